@@ -1,0 +1,1 @@
+"""Training, evaluation and ONNX export of seqserve's models (needs torch; service/ never imports it)."""

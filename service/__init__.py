@@ -1,0 +1,1 @@
+"""seqserve: an inference service for recurrent sequence models over ONNX Runtime."""

@@ -1,0 +1,113 @@
+"""Beam search (greedy is beam 1) for one request, independent of how rows are batched.
+
+A ``BeamSearch`` holds one request's live hypotheses and finished ones. The caller runs the
+decoder for all live rows of all requests at once, hands each request its slice of the
+log-probabilities, and reorders its decoder-state rows by the parents ``advance`` returns.
+Keeping the per-request logic here lets whole-request batching and iteration-level scheduling
+share one search implementation, so they produce identical output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.tokenization import BOS_ID, EOS_ID
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]
+    log_prob: float
+    score: float  # length-normalised
+    attention: list[np.ndarray] = field(default_factory=list)  # one [source_len] row per token
+
+
+class BeamSearch:
+    """Length-normalised beam search state for one request.
+
+    score = sum(log p) / len(tokens incl. </s>) ** length_penalty. The search stops when
+    ``beam_size`` hypotheses have finished, or at ``max_length`` (live beams are then closed as
+    they are). With beam_size 1 this is exactly greedy decoding.
+    """
+
+    def __init__(self, beam_size: int, max_length: int, length_penalty: float = 1.0,
+                 keep_attention: bool = False) -> None:
+        if beam_size < 1:
+            raise ValueError("beam_size must be >= 1")
+        self.beam_size = beam_size
+        self.max_length = max(1, max_length)
+        self.length_penalty = length_penalty
+        self.keep_attention = keep_attention
+        self.tokens: list[list[int]] = [[]]
+        self.log_probs = np.zeros(1, dtype=np.float64)
+        self.attention: list[list[np.ndarray]] = [[]]
+        self.finished: list[Hypothesis] = []
+        self.steps = 0
+
+    @property
+    def live(self) -> int:
+        """Rows this request occupies in the next decoder step (0 when done)."""
+        return 0 if self.done else len(self.tokens)
+
+    @property
+    def done(self) -> bool:
+        return len(self.finished) >= self.beam_size or (self.steps >= self.max_length) or not self.tokens
+
+    def last_tokens(self) -> list[int]:
+        return [t[-1] if t else BOS_ID for t in self.tokens]
+
+    def _normalise(self, log_prob: float, length: int) -> float:
+        return log_prob / (max(length, 1) ** self.length_penalty)
+
+    def _finish(self, tokens: list[int], log_prob: float, attention: list[np.ndarray]) -> None:
+        # the emitted </s> counts towards the length, its token is not returned
+        self.finished.append(Hypothesis(tokens, log_prob, self._normalise(log_prob, len(tokens) + 1), attention))
+
+    def advance(self, log_probs: np.ndarray, attention: np.ndarray | None = None) -> np.ndarray:
+        """Consume this step's [live, vocab] log-probabilities; return parent rows of the new beams.
+
+        The returned indices (into this request's current live rows) say how to reorder its
+        decoder state; the array is empty when the request is done.
+        """
+        live, vocab = log_probs.shape
+        total = self.log_probs[:live, None] + log_probs.astype(np.float64)
+        want = min(2 * self.beam_size, total.size)
+        flat = total.ravel()
+        top = np.argpartition(-flat, want - 1)[:want]
+        top = top[np.argsort(-flat[top], kind="stable")]
+        new_tokens: list[list[int]] = []
+        new_scores: list[float] = []
+        new_attn: list[list[np.ndarray]] = []
+        parents: list[int] = []
+        self.steps += 1
+        at_limit = self.steps >= self.max_length
+        for index in top:
+            parent, token = divmod(int(index), vocab)
+            attn = self.attention[parent] + [attention[parent]] if self.keep_attention and attention is not None else []
+            if token == EOS_ID:
+                if len(self.finished) < self.beam_size:
+                    self._finish(self.tokens[parent], float(flat[index]), attn)
+                continue
+            if len(new_tokens) < self.beam_size:
+                new_tokens.append(self.tokens[parent] + [token])
+                new_scores.append(float(flat[index]))
+                new_attn.append(attn)
+                parents.append(parent)
+            if len(new_tokens) >= self.beam_size and len(self.finished) >= self.beam_size:
+                break
+        if at_limit and len(self.finished) < self.beam_size:
+            # out of length: close the best live beams as they are
+            for tokens, score, attn in zip(new_tokens, new_scores, new_attn, strict=True):
+                if len(self.finished) < self.beam_size:
+                    self.finished.append(Hypothesis(tokens, score, self._normalise(score, len(tokens)), attn))
+        self.tokens, self.log_probs, self.attention = new_tokens, np.asarray(new_scores), new_attn
+        if self.done:
+            return np.zeros(0, dtype=np.int64)
+        return np.asarray(parents, dtype=np.int64)
+
+    def best(self) -> Hypothesis:
+        if not self.finished:
+            raise RuntimeError("best() called before the search finished")
+        return max(self.finished, key=lambda h: h.score)

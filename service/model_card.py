@@ -1,0 +1,95 @@
+"""model.json: the contract between an exported model and the service (../shared/DESIGN.md).
+
+The pydantic classes are the schema: the service parses every model.json with them, and the
+test suite validates the committed cards against ``ModelCard.model_json_schema()``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+TensorType = Literal["int64", "int32", "float32", "float16", "bool"]
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    dtype: TensorType
+    shape: list[int | str] = Field(description="ints are fixed sizes, strings name dynamic axes")
+
+
+class GraphSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class TokenizerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["sentencepiece"] = "sentencepiece"
+    file: str
+    normalizer: Literal["sentiment", "translation"]
+    vocab_size: int = Field(gt=0)
+
+
+class DecodingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    default_beam_size: int = Field(ge=1)
+    max_beam_size: int = Field(ge=1)
+    length_penalty: float
+    max_length_ratio: float = Field(gt=0, description="default max_length = ratio * source tokens + extra")
+    max_length_extra: int = Field(ge=0)
+
+
+class ParitySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tolerance: float = Field(gt=0)
+    max_abs_diff: float = Field(ge=0, description="measured ONNX Runtime vs PyTorch on real mixed-length batches")
+    checked_on: str
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: str = Field(pattern=r"^[0-9]+$")
+    task: Literal["text-classification", "translation"]
+    description: str
+    architecture: dict[str, int | float | str]
+    graphs: dict[str, GraphSpec]
+    tokenizers: dict[str, TokenizerSpec]
+    special_tokens: dict[str, int]
+    max_input_tokens: int = Field(gt=0)
+    max_output_tokens: int | None = None
+    labels: list[str] | None = None
+    languages: dict[str, str] | None = None
+    decoding: DecodingSpec | None = None
+    training_data: dict[str, str]
+    training: dict[str, int | float | str]
+    metrics: dict[str, float]
+    opset: int = Field(ge=17)
+    parity: ParitySpec
+
+
+class ModelCardError(ValueError):
+    """A model.json that is missing, unreadable or does not follow the schema."""
+
+
+def load_model_card(path: Path) -> ModelCard:
+    try:
+        return ModelCard.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError as exc:
+        raise ModelCardError(f"{path}: model card not found") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelCardError(f"{path}: not valid JSON ({exc})") from exc
+    except ValidationError as exc:
+        raise ModelCardError(f"{path}: does not follow the model.json schema: {exc}") from exc
+
+
+def write_model_card(card: ModelCard, path: Path) -> None:
+    path.write_text(json.dumps(card.model_dump(exclude_none=True), indent=2, ensure_ascii=False) + "\n")

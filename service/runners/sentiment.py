@@ -1,0 +1,46 @@
+"""Many-to-one runner: one graph, token ids + lengths → class probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service.model_card import ModelCard
+from service.onnx_session import open_session
+from service.tokenization import PAD_ID, SubwordTokenizer
+
+
+def pad_batch(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to [batch, max_len] int64 plus lengths [batch] int64."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    ids = np.full((len(sequences), int(lengths.max(initial=1))), PAD_ID, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+    return ids, lengths
+
+
+class SentimentRunner:
+    def __init__(self, model_dir: Path, card: ModelCard, providers: list[str], intra_op_threads: int = 0) -> None:
+        self.card = card
+        self.model_dir = model_dir
+        self.session = open_session(model_dir, card.graphs["model"], providers, intra_op_threads)
+        self.providers = self.session.get_providers()
+        self.tokenizer = SubwordTokenizer(model_dir / card.tokenizers["text"].file, card.tokenizers["text"].normalizer)
+        self.labels: list[str] = list(card.labels or [])
+        self._inputs = [i.name for i in card.graphs["model"].inputs]
+        self._output = card.graphs["model"].outputs[0].name
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def run(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Probabilities [len(batch), classes] for already tokenised texts (any lengths)."""
+        ids, lengths = pad_batch(batch)
+        (probs,) = self.session.run([self._output], {self._inputs[0]: ids, self._inputs[1]: lengths})
+        return np.asarray(probs)
+
+    def warmup(self, batch_sizes: Sequence[int] = (1, 8, 32), length: int = 24) -> None:
+        for size in batch_sizes:
+            self.run([[5] * length] * size)

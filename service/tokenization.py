@@ -1,0 +1,106 @@
+"""Text normalisation and subword tokenisation, shared unchanged by training and serving.
+
+The sentiment corpus (SST-2) is lowercased and Penn-Treebank tokenised ("it 's", "do n't",
+"-lrb-"). Users send raw text ("It's GREAT!!! 😀"). ``normalize_sentiment`` maps both styles to
+the same form, so the subword model sees at serving time what it saw in training. The
+translation corpus (Multi30k) is raw cased text, so it only gets Unicode NFKC normalisation.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+# Fixed special ids, set when the subword models are trained (export/tokenizers.py).
+PAD_ID = 0
+UNK_ID = 1
+BOS_ID = 2
+EOS_ID = 3
+
+_PTB_MARKUP = {
+    "-lrb-": "(",
+    "-rrb-": ")",
+    "-lsb-": "[",
+    "-rsb-": "]",
+    "-lcb-": "{",
+    "-rcb-": "}",
+    "``": '"',
+    "''": '"',
+}
+_QUOTES = str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'", "“": '"', "”": '"', "„": '"'})
+_NEGATION = re.compile(r"(\w)(n't)\b")
+_CLITIC = re.compile(r"(\w)('s|'re|'ve|'ll|'d|'m)\b")
+_OPEN_QUOTE = re.compile(r"(^|\s)'(?=\w)")
+_CLOSE_QUOTE = re.compile(r"(?<=[\w.!?,])'(?=\s|$)")
+_PUNCT = re.compile(r"(\.\.\.|--|[.,!?;:()\[\]{}\"/\\*&$#=+<>…|~^])")
+_SPACES = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _clean(text: str) -> str:
+    """NFKC, control characters dropped, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text)
+    text = _CONTROL.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def normalize_sentiment(text: str) -> str:
+    """Lowercase and split punctuation and clitics the way the SST-2 corpus does."""
+    text = _clean(text).lower().translate(_QUOTES)
+    for markup, char in _PTB_MARKUP.items():
+        text = text.replace(markup, char)
+    text = _OPEN_QUOTE.sub(r"\1' ", text)
+    text = _CLOSE_QUOTE.sub(" '", text)
+    text = _NEGATION.sub(r"\1 \2", text)
+    text = _CLITIC.sub(r"\1 \2", text)
+    text = _PUNCT.sub(r" \1 ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def normalize_translation(text: str) -> str:
+    """Raw, cased text: NFKC and whitespace only; the subword model does the rest."""
+    return _clean(text)
+
+
+NORMALIZERS = {"sentiment": normalize_sentiment, "translation": normalize_translation}
+
+
+class SubwordTokenizer:
+    """A sentencepiece model plus the normaliser it was trained with.
+
+    ``encode`` never fails on valid Unicode: characters the model has not seen fall back to
+    UTF-8 byte pieces (the models are trained with byte_fallback), so emoji and rare scripts
+    keep their information instead of collapsing to <unk>.
+    """
+
+    def __init__(self, model_file: str | Path, normalizer: str) -> None:
+        if normalizer not in NORMALIZERS:
+            raise ValueError(f"unknown normalizer {normalizer!r}; expected one of {sorted(NORMALIZERS)}")
+        self.model_file = Path(model_file)
+        self.normalizer_name = normalizer
+        self._normalize = NORMALIZERS[normalizer]
+        self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.get_piece_size())
+
+    def normalize(self, text: str) -> str:
+        return self._normalize(text)
+
+    def encode(self, text: str, add_eos: bool = False) -> list[int]:
+        ids: list[int] = self._sp.encode(self._normalize(text), out_type=int)
+        if add_eos:
+            ids.append(EOS_ID)
+        return ids
+
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self._sp.id_to_piece(int(i)) for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        keep = [int(i) for i in ids if int(i) not in (PAD_ID, BOS_ID, EOS_ID)]
+        return str(self._sp.decode(keep))
