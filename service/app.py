@@ -1,0 +1,59 @@
+"""App factory and lifespan. Nothing heavy happens at import: models load in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+from service import __version__, metrics, routes_v1, routes_v2
+from service.errors import install_error_handlers
+from service.middleware import RequestContextMiddleware
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger("seqserve")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.monotonic()
+        app.state.ready = False
+        registry = ModelRegistry.load(settings)  # raises ModelLoadError naming the file
+        app.state.registry = registry
+        registry.start()
+        app.state.ready = True
+        log.info("ready in %.2fs: %s on %s", time.monotonic() - started,
+                 ", ".join(f"{m.name}/{m.version}" for m in registry.all()), registry.providers[0])
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            drained = await registry.drain(settings.drain_timeout_s)
+            log.info("shutdown: %s", "all accepted work finished" if drained else "drain timeout reached")
+            await registry.close()
+
+    app = FastAPI(title="seqserve", version=__version__, lifespan=lifespan,
+                  description="Recurrent sequence models (sentiment LSTM, attention translator) over ONNX Runtime "
+                              "with dynamic batching. REST v1 and the Open Inference Protocol (v2).")
+    app.state.settings = settings
+    app.state.ready = False
+    install_error_handlers(app)
+    app.include_router(routes_v1.router)
+    app.include_router(routes_v2.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,  # type: ignore[arg-type]
+                       log_requests=settings.access_log)
+    return app

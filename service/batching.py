@@ -1,0 +1,201 @@
+"""Dynamic batching: a bounded queue per model, a batcher task, and one worker thread.
+
+A batch forms from the queue until it holds ``max_batch_size`` requests, or its padded size
+(requests x longest) would pass ``max_batch_tokens``, or ``max_queue_delay`` has passed since
+its first request arrived. Requests are sorted by length inside the window to cut padding.
+The batch runs off the event loop on the model's single worker thread, so one batch runs at a
+time per model instance. Every accepted request's future is resolved exactly once: a result,
+or the error of its own batch, or 504 if its deadline passed, or dropped unseen if its client
+went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from service import metrics
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
+
+log = logging.getLogger("seqserve.batching")
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+@dataclass
+class WorkItem(Generic[P, R]):
+    payload: P
+    length: int  # tokens, for length sorting and the padded-token budget
+    deadline: float  # time.monotonic() seconds
+    future: asyncio.Future[R]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BatchPolicy:
+    max_batch_size: int
+    max_batch_tokens: int
+    max_queue_delay_s: float
+    max_queue_size: int
+
+
+def split_by_budget(items: list[WorkItem[P, R]], policy: BatchPolicy) -> list[list[WorkItem[P, R]]]:
+    """Length-sorted items cut into batches within the size and padded-token budgets."""
+    batches: list[list[WorkItem[P, R]]] = []
+    current: list[WorkItem[P, R]] = []
+    for item in sorted(items, key=lambda i: i.length):
+        longest = max(item.length, current[-1].length if current else 0)
+        if current and (len(current) + 1 > policy.max_batch_size
+                        or (len(current) + 1) * longest > policy.max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class DynamicBatcher(Generic[P, R]):
+    """Per-model queue + batcher. ``run_batch`` is called on the worker thread with payloads."""
+
+    def __init__(self, name: str, run_batch: Callable[[list[P]], Sequence[R]], policy: BatchPolicy) -> None:
+        self.name = name
+        self.run_batch = run_batch
+        self.policy = policy
+        self.queue: asyncio.Queue[WorkItem[P, R]] = asyncio.Queue(maxsize=policy.max_queue_size)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"seqserve-{name}")
+        self.accepting = False
+        self.in_flight = 0  # accepted, not yet answered
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self.accepting = True
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop accepting, let queued and running work finish; True if it all finished in time."""
+        self.accepting = False
+        end = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        return self.in_flight == 0
+
+    async def close(self) -> None:
+        self.accepting = False
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self.queue.empty():  # nothing accepted is left without an answer
+            item = self.queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(NotReady("server shut down before this request ran"))
+        self.executor.shutdown(wait=True)
+
+    # --- requests ---------------------------------------------------------------------------
+    async def submit(self, payload: P, length: int, deadline: float) -> R:
+        if not self.accepting:
+            raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        item = WorkItem(payload, length, deadline, future)
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            metrics.REJECTED.labels(self.name, "queue_full").inc()
+            raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); retry later",
+                             retry_after_s=1) from None
+        self.in_flight += 1
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue.qsize())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
+        except asyncio.CancelledError:
+            future.cancel()  # client went away: the batcher skips it
+            raise
+
+    # --- the batcher ------------------------------------------------------------------------
+    async def _next_window(self) -> list[WorkItem[P, R]]:
+        first = await self.queue.get()
+        window = [first]
+        close_at = first.enqueued_at + self.policy.max_queue_delay_s
+        # Collect up to a few batches' worth, so length sorting has something to sort.
+        limit = self.policy.max_batch_size
+        while len(window) < limit:
+            if not self.queue.empty():
+                window.append(self.queue.get_nowait())
+                continue
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                window.append(await asyncio.wait_for(self.queue.get(), timeout=remaining))
+            except TimeoutError:
+                break
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue.qsize())
+        return window
+
+    def _resolve(self, item: WorkItem[P, R], result: R | None = None, error: BaseException | None = None) -> None:
+        self.in_flight -= 1
+        if item.future.done():
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)  # type: ignore[arg-type]
+
+    def _live(self, window: list[WorkItem[P, R]]) -> list[WorkItem[P, R]]:
+        """Drop requests whose client went away or whose deadline passed, before any compute."""
+        now = time.monotonic()
+        live = []
+        for item in window:
+            if item.future.done():
+                metrics.DROPPED.labels(self.name, "client_gone").inc()
+                self._resolve(item)
+            elif item.deadline <= now:
+                metrics.DROPPED.labels(self.name, "deadline").inc()
+                self._resolve(item, error=DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
+            else:
+                live.append(item)
+        return live
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            window = await self._next_window()
+            for batch in split_by_budget(window, self.policy):
+                batch = self._live(batch)
+                if not batch:
+                    continue
+                started = time.monotonic()
+                for item in batch:
+                    metrics.QUEUE_WAIT.labels(self.name).observe(started - item.enqueued_at)
+                longest = batch[-1].length
+                total = sum(i.length for i in batch)
+                metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+                metrics.PADDING_RATIO.labels(self.name).observe(1.0 - total / max(longest * len(batch), 1))
+                metrics.TOKENS.labels(self.name, "input").inc(total)
+                try:
+                    results = await loop.run_in_executor(self.executor, self.run_batch, [i.payload for i in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} requests")
+                except ServiceError as exc:
+                    for item in batch:
+                        self._resolve(item, error=exc)
+                except Exception as exc:  # a fault in the model run fails only this batch
+                    log.exception("batch of %d failed on model %s", len(batch), self.name)
+                    error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
+                    for item in batch:
+                        self._resolve(item, error=error)
+                else:
+                    for item, result in zip(batch, results, strict=True):
+                        self._resolve(item, result)
+                metrics.BATCH_RUN.labels(self.name).observe(time.monotonic() - started)

@@ -1,0 +1,74 @@
+"""Engines: what a route calls to run one request on one model, batched with others."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from service.batching import BatchPolicy, DynamicBatcher
+from service.runners import SentimentRunner, TranslationRunner
+from service.runners.translation import TranslationJob, TranslationOutput
+
+
+class TranslationEngine(Protocol):
+    """The seam between routes and decoding: whole-request batching or iteration-level scheduling."""
+
+    runner: TranslationRunner
+
+    async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput: ...
+    def start(self) -> None: ...
+    async def drain(self, timeout_s: float) -> bool: ...
+    async def close(self) -> None: ...
+    def queue_depth(self) -> int: ...
+
+
+class SentimentEngine:
+    def __init__(self, name: str, runner: SentimentRunner, policy: BatchPolicy) -> None:
+        self.runner = runner
+        self.batcher: DynamicBatcher[list[int], np.ndarray] = DynamicBatcher(name, self._run, policy)
+
+    def _run(self, batch: list[list[int]]) -> list[np.ndarray]:
+        return list(self.runner.run(batch))
+
+    async def classify(self, ids: list[int], deadline: float) -> np.ndarray:
+        return await self.batcher.submit(ids, len(ids), deadline)
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def drain(self, timeout_s: float) -> bool:
+        return await self.batcher.drain(timeout_s)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    def queue_depth(self) -> int:
+        return self.batcher.queue.qsize()
+
+
+class RequestBatchedTranslator:
+    """Whole-request batching: a batch is encoded and decoded together until its last request ends."""
+
+    def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy) -> None:
+        self.runner = runner
+        self.batcher: DynamicBatcher[TranslationJob, TranslationOutput] = DynamicBatcher(name, self._run, policy)
+
+    def _run(self, jobs: list[TranslationJob]) -> list[TranslationOutput]:
+        return self.runner.translate(jobs)
+
+    async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
+        return await self.batcher.submit(job, len(job.src_ids), deadline)
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def drain(self, timeout_s: float) -> bool:
+        return await self.batcher.drain(timeout_s)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    def queue_depth(self) -> int:
+        return self.batcher.queue.qsize()
+

@@ -1,0 +1,59 @@
+"""Checks shared by the v1 and v2 routes: text limits, token limits, deadlines."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+
+from service.errors import InvalidInput
+from service.settings import Settings
+
+TIMEOUT_HEADER = "x-request-timeout"
+
+
+def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
+    """Refuse empty lists, too many texts, blank texts and texts over the character limit."""
+    if not texts:
+        raise InvalidInput(f"{field} must hold at least one text", field=field, limit=settings.max_texts_per_request)
+    if len(texts) > settings.max_texts_per_request:
+        raise InvalidInput(f"{field} holds {len(texts)} texts; at most {settings.max_texts_per_request} allowed",
+                           field=field, limit=settings.max_texts_per_request)
+    for i, text in enumerate(texts):
+        name = field if len(texts) == 1 and field == "text" else f"{field}[{i}]"
+        if not text.strip():
+            raise InvalidInput(f"{name} is empty", field=name, limit=settings.max_text_chars)
+        if len(text) > settings.max_text_chars:
+            raise InvalidInput(f"{name} has {len(text)} characters; at most {settings.max_text_chars} allowed",
+                               field=name, limit=settings.max_text_chars)
+    return texts
+
+
+def check_tokens(ids: list[int], limit: int, field: str, model: str) -> list[int]:
+    if len(ids) > limit:
+        raise InvalidInput(f"{field} is {len(ids)} subword tokens; model {model} takes at most {limit}",
+                           field=field, limit=limit)
+    return ids
+
+
+def check_range(value: int | None, low: int, high: int, field: str) -> None:
+    if value is not None and not low <= value <= high:
+        raise InvalidInput(f"{field} must be between {low} and {high}; got {value}", field=field,
+                           limit=[low, high])
+
+
+def deadline_for(request: Request, settings: Settings, requested_s: float | None = None) -> float:
+    """Absolute monotonic deadline: the server's timeout, shortened by X-Request-Timeout or v2 timeout."""
+    timeout = settings.request_timeout_s
+    header = request.headers.get(TIMEOUT_HEADER)
+    for value, field in ((header, "X-Request-Timeout"), (requested_s, "parameters.timeout")):
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{field} must be a number of seconds", field=field) from None
+        if not 0 < seconds <= 3600 or seconds != seconds:
+            raise InvalidInput(f"{field} must be between 0 and 3600 seconds", field=field, limit=[0, 3600])
+        timeout = min(timeout, seconds)
+    return time.monotonic() + timeout

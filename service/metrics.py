@@ -1,0 +1,35 @@
+"""Prometheus metrics (prometheus-client), exposed at GET /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+REQUESTS = Counter("seqserve_requests_total", "HTTP requests by route and status", ["route", "status"])
+REQUEST_LATENCY = Histogram("seqserve_request_latency_seconds", "HTTP request latency", ["route"],
+                            buckets=_LATENCY_BUCKETS)
+QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Requests waiting in a model's queue", ["model"])
+QUEUE_WAIT = Histogram("seqserve_queue_wait_seconds", "Time from enqueue to batch start", ["model"],
+                       buckets=_LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("seqserve_batch_size", "Requests per executed batch", ["model"], buckets=_BATCH_BUCKETS)
+BATCH_RUN = Histogram("seqserve_batch_run_seconds", "Wall time of one batch on the model", ["model"],
+                      buckets=_LATENCY_BUCKETS)
+PADDING_RATIO = Histogram("seqserve_padding_ratio", "Padded positions / all positions in a batch", ["model"],
+                          buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0))
+TOKENS = Counter("seqserve_tokens_total", "Subword tokens processed", ["model", "kind"])
+DROPPED = Counter("seqserve_dropped_total", "Accepted requests dropped before compute", ["model", "reason"])
+REJECTED = Counter("seqserve_rejected_total", "Requests refused at the queue", ["model", "reason"])
+
+# Iteration-level decoding (translation)
+DECODE_ROWS = Histogram("seqserve_decode_running_rows", "Decoder rows (beams) per step", ["model"],
+                        buckets=_BATCH_BUCKETS)
+DECODE_STEPS = Histogram("seqserve_decode_steps_per_request", "Decoder steps a request took", ["model"],
+                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+TIME_TO_FIRST_STEP = Histogram("seqserve_decode_time_to_first_step_seconds", "Arrival to first decoder step",
+                               ["model"], buckets=_LATENCY_BUCKETS)
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST

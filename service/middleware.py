@@ -1,0 +1,120 @@
+"""Pure-ASGI middleware (cheaper per request than Starlette's BaseHTTPMiddleware).
+
+- request id: X-Request-ID honoured (if sane) or generated, and echoed on the response;
+- body limit: bodies over the limit get 413 before the app sees them;
+- one structured JSON log line per request, and request count/latency metrics by route.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import metrics
+
+access_log = logging.getLogger("seqserve.access")
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[Message, Message]:
+    payload = json.dumps(body).encode()
+    start: Message = {"type": "http.response.start", "status": status,
+                      "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                  (b"x-request-id", request_id.encode())]}
+    return start, {"type": "http.response.body", "body": payload}
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    """No Content-Type is read as JSON; a declared one must be JSON."""
+    if content_type is None:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, log_requests: bool = True) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
+        status_holder = {"status": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(headers.get(b"content-type")):
+                start, body = _json_response(415, {"error": "Content-Type must be application/json",
+                                                   "code": "unsupported_media_type", "field": "Content-Type",
+                                                   "limit": "application/json"}, request_id)
+                status_holder["status"] = 415
+                await send(start)
+                await send(body)
+                return
+            too_large, buffered = await self._read_if_chunked(headers, receive)
+            if too_large:
+                start, body = _json_response(413, {"error": f"request body over {self.max_body_bytes} bytes",
+                                                   "code": "payload_too_large", "field": "body",
+                                                   "limit": self.max_body_bytes}, request_id)
+                status_holder["status"] = 413
+                await send(start)
+                await send(body)
+                return
+            if buffered is not None:
+                async def replay() -> Message:
+                    return buffered.pop(0) if buffered else {"type": "http.disconnect"}
+
+                receive = replay
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            status = status_holder["status"]
+            metrics.REQUESTS.labels(template, str(status)).inc()
+            metrics.REQUEST_LATENCY.labels(template).observe(elapsed)
+            if self.log_requests:
+                access_log.info(json.dumps({"request_id": request_id, "method": scope["method"],
+                                            "path": scope["path"], "route": template, "status": status,
+                                            "latency_ms": round(elapsed * 1000, 2)}))
+
+    async def _read_if_chunked(self, headers: dict[bytes, bytes], receive: Receive) -> tuple[bool, list[Message] | None]:
+        """(too large?, buffered messages). A declared length is checked without reading; a
+        chunked body is buffered up to the limit and replayed to the app."""
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                return int(declared) > self.max_body_bytes, None
+            except ValueError:
+                return True, None
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return False, None
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return True, None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return False, messages

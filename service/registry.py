@@ -1,0 +1,145 @@
+"""The model repository: finds, loads, checks, warms up and serves every model under it.
+
+Layout: <repository>/<name>/<version>/model.json plus the files it names. All versions are
+loaded; requests without a version get the highest one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.batching import BatchPolicy
+from service.engines import RequestBatchedTranslator, SentimentEngine, TranslationEngine
+from service.errors import InvalidInput, ModelNotFound
+from service.model_card import ModelCard, ModelCardError
+from service.onnx_session import ModelLoadError, choose_providers
+from service.runners import SentimentRunner, TranslationRunner, load_runner
+from service.settings import Settings
+
+log = logging.getLogger("seqserve.registry")
+
+
+@dataclass
+class ServedModel:
+    card: ModelCard
+    runner: SentimentRunner | TranslationRunner
+    engine: SentimentEngine | TranslationEngine
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def provider(self) -> str:
+        return self.runner.providers[0]
+
+
+def _policy(settings: Settings) -> BatchPolicy:
+    return BatchPolicy(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+                       max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
+                       max_queue_size=settings.max_queue_size)
+
+
+def _translation_engine(name: str, runner: TranslationRunner, settings: Settings) -> TranslationEngine:
+    if settings.translation_scheduler == "iteration":
+        from service.decode_scheduler import DecodeScheduler
+
+        return DecodeScheduler(name, runner, _policy(settings))
+    return RequestBatchedTranslator(name, runner, _policy(settings))
+
+
+class ModelRegistry:
+    def __init__(self, models: list[ServedModel], providers: list[str]) -> None:
+        self.providers = providers
+        self._by_key = {(m.name, m.version): m for m in models}
+        self._latest: dict[str, ServedModel] = {}
+        for m in sorted(models, key=lambda m: int(m.version)):
+            self._latest[m.name] = m
+
+    @classmethod
+    def load(cls, settings: Settings) -> ModelRegistry:
+        """Load every model; raise ModelLoadError naming the file on any problem."""
+        repo = settings.model_repository
+        cards = sorted(repo.glob("*/*/model.json"))
+        if not cards:
+            raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json)")
+        providers = choose_providers(settings.providers)
+        log.info("ONNX Runtime providers: %s", ", ".join(providers))
+        models = []
+        for card_file in cards:
+            started = time.monotonic()
+            try:
+                runner = load_runner(card_file.parent, providers, settings.ort_intra_op_threads)
+            except ModelCardError as exc:
+                raise ModelLoadError(str(exc)) from exc
+            except (OSError, RuntimeError, ValueError) as exc:
+                if isinstance(exc, ModelLoadError):
+                    raise
+                raise ModelLoadError(f"{card_file.parent}: cannot load model: {exc}") from exc
+            card = runner.card
+            if (card.name, card.version) != (card_file.parent.parent.name, card_file.parent.name):
+                raise ModelLoadError(f"{card_file}: name/version {card.name}/{card.version} do not match "
+                                     f"its folder {card_file.parent.parent.name}/{card_file.parent.name}")
+            if settings.warmup:
+                runner.warmup()
+            engine: SentimentEngine | TranslationEngine
+            if isinstance(runner, SentimentRunner):
+                engine = SentimentEngine(card.name, runner, _policy(settings))
+            else:
+                engine = _translation_engine(card.name, runner, settings)
+            models.append(ServedModel(card, runner, engine, card_file.parent))
+            log.info("loaded %s/%s (%s) on %s in %.2fs", card.name, card.version, card.task,
+                     runner.providers[0], time.monotonic() - started)
+        return cls(models, providers)
+
+    # --- lookup -----------------------------------------------------------------------------
+    def all(self) -> list[ServedModel]:
+        return list(self._by_key.values())
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        model = self._latest.get(name) if version is None else self._by_key.get((name, version))
+        if model is None:
+            known = ", ".join(f"{n}/{v}" for n, v in sorted(self._by_key))
+            wanted = name if version is None else f"{name}/{version}"
+            raise ModelNotFound(f"unknown model {wanted}; served: {known}", field="model")
+        return model
+
+    def for_task(self, task: str) -> ServedModel:
+        for model in self._latest.values():
+            if model.card.task == task:
+                return model
+        raise ModelNotFound(f"no {task} model is served")
+
+    def translator(self, source: str, target: str) -> ServedModel:
+        pairs = []
+        for model in self._latest.values():
+            langs = model.card.languages or {}
+            if model.card.task == "translation":
+                if (langs.get("source"), langs.get("target")) == (source, target):
+                    return model
+                pairs.append(f"{langs.get('source')}->{langs.get('target')}")
+        raise InvalidInput(f"unknown language pair {source}->{target}; available: {', '.join(sorted(pairs))}",
+                           field="source/target", limit=sorted(pairs))
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        for model in self.all():
+            model.engine.start()
+
+    async def drain(self, timeout_s: float) -> bool:
+        ok = True
+        for model in self.all():
+            ok = await model.engine.drain(timeout_s) and ok
+        return ok
+
+    async def close(self) -> None:
+        for model in self.all():
+            await model.engine.close()

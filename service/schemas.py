@@ -1,0 +1,81 @@
+"""Request and response bodies of the REST v1 API (they also make the OpenAPI at /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+
+
+class _OneOrMany(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr | None = Field(None, description="one text; or use 'texts'")
+    texts: list[StrictStr] | None = Field(None, description="several texts, answered in the same order")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> _OneOrMany:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        return self
+
+
+class SentimentRequest(_OneOrMany):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "A gorgeous, witty film."}]})
+
+
+class SentimentResult(BaseModel):
+    label: str
+    score: float = Field(description="probability of the returned label")
+    probabilities: dict[str, float]
+    model: str
+    version: str
+
+
+class SentimentBatchResponse(BaseModel):
+    results: list[SentimentResult]
+
+
+class TranslateRequest(_OneOrMany):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"text": "A man is riding a bike.", "source": "en", "target": "de", "beam_size": 5}]})
+    source: StrictStr = "en"
+    target: StrictStr = "de"
+    beam_size: StrictInt | None = Field(None, description="1 = greedy; default from the model card")
+    max_length: StrictInt | None = Field(None, description="max target subwords; default 2 x source + 10")
+    return_attention: StrictBool = False
+
+
+class TranslationResult(BaseModel):
+    translation: str
+    source_tokens: list[str]
+    target_tokens: list[str]
+    score: float = Field(description="length-normalised log-probability of the translation")
+    attention: list[list[float]] | None = Field(
+        None, description="one row per target token, one column per source token (</s> column omitted)")
+    model: str
+    version: str
+
+
+class TranslateBatchResponse(BaseModel):
+    results: list[TranslationResult]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    versions: list[str]
+    task: str
+    provider: str
+    labels: list[str] | None = None
+    languages: dict[str, str] | None = None
+    limits: dict[str, int | float]
+    metrics: dict[str, float]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    code: str
+    field: str | None = None
+    limit: object | None = None

@@ -1,0 +1,39 @@
+"""Service settings, read from SEQSERVE_* environment variables (pydantic-settings).
+
+Every field is documented, with its trade-off, in the README's settings table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEQSERVE_", env_file=None, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 inside a container")
+    port: int = Field(8000, ge=0, le=65535)
+    model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/model.json")
+    providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution providers")
+    ort_intra_op_threads: int = Field(0, ge=0, description="threads per ONNX Runtime session; 0 = ORT default")
+
+    max_batch_size: int = Field(64, ge=1, description="requests per batch")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="how long a batch waits for company")
+    max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per batch (batch x longest)")
+    max_queue_size: int = Field(1024, ge=1, description="queued requests per model before 503")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline from arrival to answer (504 after)")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, time allowed to finish accepted work")
+
+    max_text_chars: int = Field(2000, ge=1, description="characters per text")
+    max_texts_per_request: int = Field(64, ge=1, description="texts in one request's 'texts' list")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit (413 above)")
+
+    translation_scheduler: Literal["iteration", "request"] = Field(
+        "iteration", description="iteration-level decode scheduling, or whole-request batching")
+    warmup: bool = Field(True, description="run each model on typical shapes before reporting ready")
+    log_level: str = Field("info")
+    access_log: bool = Field(True, description="one JSON log line per request")
