@@ -117,6 +117,7 @@ class DynamicBatcher(Generic[P, R]):
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=max(deadline - time.monotonic(), 0))
         except TimeoutError:
+            future.cancel()  # the batcher drops it unseen
             raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
         except asyncio.CancelledError:
             future.cancel()  # client went away: the batcher skips it

@@ -83,11 +83,12 @@ class BeamSearch:
         parents: list[int] = []
         self.steps += 1
         at_limit = self.steps >= self.max_length
-        for index in top:
+        for rank, index in enumerate(top):
             parent, token = divmod(int(index), vocab)
             attn = self.attention[parent] + [attention[parent]] if self.keep_attention and attention is not None else []
             if token == EOS_ID:
-                if len(self.finished) < self.beam_size:
+                # as in fairseq: only an end among the top beam_size candidates finishes a hypothesis
+                if rank < self.beam_size and len(self.finished) < self.beam_size:
                     self._finish(self.tokens[parent], float(flat[index]), attn)
                 continue
             if len(new_tokens) < self.beam_size:

@@ -34,11 +34,13 @@ _PTB_MARKUP = {
 _QUOTES = str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'", "“": '"', "”": '"', "„": '"'})
 _NEGATION = re.compile(r"(\w)(n't)\b")
 _CLITIC = re.compile(r"(\w)('s|'re|'ve|'ll|'d|'m)\b")
-_OPEN_QUOTE = re.compile(r"(^|\s)'(?=\w)")
+# an opening quote, but not the clitic of corpus-style "it 's" / "we 're"
+_OPEN_QUOTE = re.compile(r"(^|\s)'(?!(?:s|re|ve|ll|d|m|t)\b)(?=\w)")
 _CLOSE_QUOTE = re.compile(r"(?<=[\w.!?,])'(?=\s|$)")
 _PUNCT = re.compile(r"(\.\.\.|--|[.,!?;:()\[\]{}\"/\\*&$#=+<>…|~^])")
 _SPACES = re.compile(r"\s+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# control and invisible format characters (zero-width spaces, bidi marks, BOM)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]")
 
 
 def _clean(text: str) -> str:

@@ -1,0 +1,55 @@
+# seqserve — the commands a user and CI run. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA_DIR ?= ../shared/data
+SEQSERVE_HOST ?= 127.0.0.1
+SEQSERVE_PORT ?= 8000
+export SEQSERVE_HOST SEQSERVE_PORT
+
+.PHONY: help serve test lint typecheck unit train-sentiment train-translation evaluate bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# dev + train extras: tests exercise the export path, which needs torch (a CPU wheel, pinned).
+$(VENV)/.dev: $(VENV)/.runtime
+	$(PY) -m pip install --quiet -e ".[dev,train]"
+	touch $@
+
+serve: $(VENV)/.runtime  ## start the API on $SEQSERVE_HOST:$SEQSERVE_PORT (default 127.0.0.1:8000) with models/
+	$(PY) -m service
+
+test: $(VENV)/.dev lint  ## lint, type-check and run the test suite
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev  ## ruff + mypy
+	$(VENV)/bin/ruff check service export loadtests tests
+	$(VENV)/bin/mypy service export loadtests
+
+train-sentiment: $(VENV)/.dev  ## train, export and evaluate the SST-2 sentiment model (~35 min on 2 cores)
+	$(PY) -m export.train_sentiment --data-dir $(DATA_DIR) --run-dir runs/sentiment
+	$(PY) -m export.onnx_export sentiment --data-dir $(DATA_DIR) --run-dir runs/sentiment --out-dir models/sentiment/1
+	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1 --write
+
+train-translation: $(VENV)/.dev  ## train, export and evaluate the en→de translator (see README for time)
+	$(PY) -m export.train_translation --data-dir $(DATA_DIR) --run-dir runs/translate-en-de
+	$(PY) -m export.onnx_export translation --data-dir $(DATA_DIR) --run-dir runs/translate-en-de --out-dir models/translate-en-de/1
+	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --write
+
+evaluate: $(VENV)/.dev  ## print the committed models' quality (accuracy, BLEU) from ONNX Runtime
+	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1
+	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1
+
+bench: $(VENV)/.dev  ## serving benchmark: HTTP vs raw ONNX Runtime, concurrency scaling, start-up time
+	$(PY) -m loadtests.bench_service
+
+clean:  ## remove caches (keeps .venv and runs/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,306 @@
+"""Iteration-level ("continuous") batching for the recurrent encoder-decoder.
+
+A running set of requests is advanced one decoder step at a time on a dedicated thread. At
+every step, newly arrived requests are encoded (together) and join; requests whose beams have
+all finished, or whose deadline passed, or whose client went away, leave and are answered at
+once. A request holds ``beam_size`` rows; greedy is beam 1. Because each request keeps its own
+fixed-size recurrent state and encoder states, joining and leaving costs one re-gather of the
+row arrays, done only when membership changes — not on every step.
+
+Admission is bounded by a step budget (rows and encoder tokens), so step time and memory stay
+predictable; the rest wait in a bounded queue (503 when full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service import metrics
+from service.batching import BatchPolicy
+from service.decoding import BeamSearch
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
+from service.runners.translation import TranslationJob, TranslationOutput, TranslationRunner
+
+log = logging.getLogger("seqserve.decode")
+
+
+@dataclass
+class _Request:
+    job: TranslationJob
+    deadline: float
+    future: asyncio.Future[TranslationOutput]
+    loop: asyncio.AbstractEventLoop
+    arrived: float = field(default_factory=time.monotonic)
+    search: BeamSearch | None = None
+    states: np.ndarray | None = None  # [S_i, E] this request's encoder states (no padding)
+    keys: np.ndarray | None = None  # [S_i, A]
+    first_step_at: float | None = None
+
+    @property
+    def src_len(self) -> int:
+        return len(self.job.src_ids)
+
+    def resolve(self, result: TranslationOutput | None = None, error: BaseException | None = None) -> None:
+        def _set() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)  # type: ignore[arg-type]
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(_set)
+
+
+class _RowArrays:
+    """Decoder inputs for the running set, rebuilt only when membership changes."""
+
+    def __init__(self) -> None:
+        self.members: list[_Request] = []
+        self.layout: list[int] = []  # live rows per member, in order
+        self.state: np.ndarray | None = None
+        self.states: np.ndarray | None = None
+        self.keys: np.ndarray | None = None
+        self.mask: np.ndarray | None = None
+
+    def rebuild(self, members: list[_Request], state: np.ndarray) -> None:
+        self.members = list(members)
+        self.layout = [m.search.live for m in members]  # type: ignore[union-attr]
+        rows = sum(self.layout)
+        width = max(m.src_len for m in members)
+        first = members[0]
+        assert first.states is not None and first.keys is not None
+        self.states = np.zeros((rows, width, first.states.shape[1]), dtype=np.float32)
+        self.keys = np.zeros((rows, width, first.keys.shape[1]), dtype=np.float32)
+        self.mask = np.zeros((rows, width), dtype=np.float32)
+        row = 0
+        for member, live in zip(members, self.layout, strict=True):
+            n = member.src_len
+            self.states[row : row + live, :n] = member.states
+            self.keys[row : row + live, :n] = member.keys
+            self.mask[row : row + live, :n] = 1.0
+            row += live
+        self.state = state
+
+
+class DecodeScheduler:
+    """Translation engine with iteration-level scheduling (see module docstring)."""
+
+    def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy, max_rows: int | None = None) -> None:
+        self.name = name
+        self.runner = runner
+        self.policy = policy
+        self.max_rows = max_rows or 4 * policy.max_batch_size  # beams across the running set
+        self.max_encoder_tokens = policy.max_batch_tokens
+        self.intake: queue.Queue[_Request] = queue.Queue(maxsize=policy.max_queue_size)
+        self.accepting = False
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._waiting: list[_Request] = []  # taken from intake, not yet admitted (over budget)
+        self._running: list[_Request] = []
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self.accepting = True
+        self._thread = threading.Thread(target=self._run, name=f"seqserve-decode-{self.name}", daemon=True)
+        self._thread.start()
+
+    async def drain(self, timeout_s: float) -> bool:
+        self.accepting = False
+        end = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        return self.in_flight == 0
+
+    async def close(self) -> None:
+        self.accepting = False
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10.0)
+        leftovers = self._running + self._waiting
+        while not self.intake.empty():
+            leftovers.append(self.intake.get_nowait())
+        for request in leftovers:
+            request.resolve(error=NotReady("server shut down before this translation finished"))
+
+    def queue_depth(self) -> int:
+        return self.intake.qsize() + len(self._waiting)
+
+    # --- requests ---------------------------------------------------------------------------
+    async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
+        if not self.accepting:
+            raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
+        loop = asyncio.get_running_loop()
+        request = _Request(job, deadline, loop.create_future(), loop)
+        try:
+            self.intake.put_nowait(request)
+        except queue.Full:
+            metrics.REJECTED.labels(self.name, "queue_full").inc()
+            raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); retry later",
+                             retry_after_s=1) from None
+        with self._lock:
+            self.in_flight += 1
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), timeout=max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            request.future.cancel()  # the decode thread drops it at its next step
+            raise DeadlineExceeded(f"deadline passed before model {self.name} finished the translation") from None
+        except asyncio.CancelledError:
+            request.future.cancel()
+            raise
+
+    # --- the decode thread ------------------------------------------------------------------
+    def _finish(self, request: _Request, result: TranslationOutput | None = None,
+                error: BaseException | None = None) -> None:
+        with self._lock:
+            self.in_flight -= 1
+        request.resolve(result, error)
+
+    def _admit(self) -> list[_Request]:
+        """Move waiting requests into the running set while the step budget allows."""
+        block = not self._running and not self._waiting
+        try:
+            while True:
+                self._waiting.append(self.intake.get(timeout=0.05) if block else self.intake.get_nowait())
+                block = False
+        except queue.Empty:
+            pass
+        rows = sum(r.search.live for r in self._running if r.search is not None)
+        tokens = sum(r.src_len * r.job.beam_size for r in self._running)
+        admitted, still_waiting = [], []
+        now = time.monotonic()
+        for request in self._waiting:
+            if request.future.done():
+                metrics.DROPPED.labels(self.name, "client_gone").inc()
+                self._finish(request)
+            elif request.deadline <= now:
+                metrics.DROPPED.labels(self.name, "deadline").inc()
+                self._finish(request, error=DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
+            elif not still_waiting and (not self._running and not admitted or (
+                    rows + request.job.beam_size <= self.max_rows
+                    and tokens + request.src_len * request.job.beam_size <= self.max_encoder_tokens)):
+                admitted.append(request)
+                rows += request.job.beam_size
+                tokens += request.src_len * request.job.beam_size
+            else:
+                still_waiting.append(request)  # FIFO: nobody overtakes a request that does not fit
+        self._waiting = still_waiting
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
+        return admitted
+
+    def _encode(self, joiners: list[_Request]) -> np.ndarray:
+        """Encode the joiners together; keep each one's unpadded states. Returns initial states."""
+        encoded = self.runner.encode([r.job.src_ids for r in joiners])
+        decoding = self.runner.decoding
+        for i, request in enumerate(joiners):
+            n = request.src_len
+            request.states = encoded.states[i, :n].copy()
+            request.keys = encoded.keys[i, :n].copy()
+            request.search = BeamSearch(request.job.beam_size, request.job.max_length, decoding.length_penalty,
+                                        request.job.keep_attention)
+        metrics.TOKENS.labels(self.name, "input").inc(sum(r.src_len for r in joiners))
+        return encoded.init_state
+
+    def _run(self) -> None:
+        rows = _RowArrays()
+        while not self._stop.is_set():
+            try:
+                self._loop_once(rows)
+            except Exception as exc:  # a fault fails the requests in flight, never the thread
+                log.exception("decode step failed on model %s", self.name)
+                error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
+                for request in self._running:
+                    self._finish(request, error=error)
+                self._running = []
+                rows.members = []
+
+    def _loop_once(self, rows: _RowArrays) -> None:
+        joiners = self._admit()
+        changed = bool(joiners)
+        if joiners:
+            init = self._encode(joiners)
+            state_parts = [rows.state] if rows.state is not None and rows.members else []
+            rows_state = np.concatenate([*state_parts, init]) if state_parts else init
+            self._running = rows.members + joiners
+        else:
+            rows_state = rows.state  # type: ignore[assignment]
+        # requests that went away or ran out of time leave before the step
+        now = time.monotonic()
+        keep_rows: list[np.ndarray] = []
+        survivors = []
+        offset = 0
+        for request in self._running:
+            live = request.search.live  # type: ignore[union-attr]
+            if request.future.done():
+                metrics.DROPPED.labels(self.name, "client_gone").inc()
+                self._finish(request)
+                changed = True
+            elif request.deadline <= now:
+                metrics.DROPPED.labels(self.name, "deadline").inc()
+                self._finish(request, error=DeadlineExceeded(
+                    f"deadline passed during decoding on model {self.name}"))
+                changed = True
+            else:
+                survivors.append(request)
+                keep_rows.append(np.arange(offset, offset + live))
+            offset += live
+        if not survivors:
+            self._running, rows.members, rows.state = [], [], None
+            return
+        if changed:
+            state = rows_state[np.concatenate(keep_rows)] if len(survivors) != len(self._running) else rows_state
+            rows.rebuild(survivors, state)
+        self._running = survivors
+        self._step(rows)
+
+    def _step(self, rows: _RowArrays) -> None:
+        assert rows.state is not None and rows.states is not None and rows.keys is not None and rows.mask is not None
+        prev = np.fromiter((t for r in rows.members for t in r.search.last_tokens()),  # type: ignore[union-attr]
+                           dtype=np.int64)
+        started = time.monotonic()
+        log_probs, new_state, attention = self.runner.step(prev, rows.state, rows.states, rows.keys, rows.mask)
+        metrics.DECODE_ROWS.labels(self.name).observe(len(prev))
+        reorder, survivors = [], []
+        offset = 0
+        membership_changed = False
+        for request, live in zip(rows.members, rows.layout, strict=True):
+            search = request.search
+            assert search is not None
+            if request.first_step_at is None:
+                request.first_step_at = started
+                metrics.TIME_TO_FIRST_STEP.labels(self.name).observe(started - request.arrived)
+            parents = search.advance(log_probs[offset : offset + live],
+                                     attention[offset : offset + live, : request.src_len] if search.keep_attention else None)
+            if search.done:
+                membership_changed = True
+                metrics.DECODE_STEPS.labels(self.name).observe(search.steps)
+                output = TranslationRunner._output(search.best(), request.src_len)
+                metrics.TOKENS.labels(self.name, "output").inc(len(output.tokens))
+                self._finish(request, output)
+            else:
+                survivors.append(request)
+                reorder.append(offset + parents)
+                membership_changed |= search.live != live
+            offset += live
+        if not survivors:
+            rows.members, rows.state = [], None
+            self._running = []
+            return
+        state = new_state[np.concatenate(reorder)]
+        if membership_changed:
+            rows.rebuild(survivors, state)
+        else:
+            rows.state = state
+        self._running = survivors

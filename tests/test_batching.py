@@ -1,0 +1,106 @@
+"""The dynamic batcher with a fake runner (the test is about batching, not the model)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.batching import BatchPolicy, DynamicBatcher, WorkItem, split_by_budget
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded
+
+
+def _policy(**kw: float) -> BatchPolicy:
+    base = {"max_batch_size": 8, "max_batch_tokens": 1000, "max_queue_delay_s": 0.01, "max_queue_size": 100}
+    return BatchPolicy(**{**base, **kw})  # type: ignore[arg-type]
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.delay = delay
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+
+    def __call__(self, payloads: list[str]) -> list[str]:
+        with self.lock:
+            self.batches.append(list(payloads))
+        time.sleep(self.delay)
+        if self.fail_on in payloads:
+            raise RuntimeError("boom")
+        return [p.upper() for p in payloads]
+
+
+def test_split_sorts_by_length_and_respects_budgets() -> None:
+    loop = asyncio.new_event_loop()
+    items = [WorkItem(str(n), n, 1e9, loop.create_future()) for n in (9, 1, 5, 2, 8, 3)]
+    batches = split_by_budget(items, _policy(max_batch_size=4, max_batch_tokens=20))
+    assert [[i.length for i in b] for b in batches] == [[1, 2, 3, 5], [8, 9]]
+    for batch in batches:
+        assert len(batch) * batch[-1].length <= 20
+    loop.close()
+
+
+async def test_concurrent_requests_share_batches_and_each_gets_its_own_result() -> None:
+    runner = Recorder(delay=0.02)
+    batcher = DynamicBatcher("m", runner, _policy(max_batch_size=8))
+    batcher.start()
+    words = [f"w{i}" for i in range(40)]
+    results = await asyncio.gather(*(batcher.submit(w, len(w), time.monotonic() + 5) for w in words))
+    assert results == [w.upper() for w in words]
+    assert max(len(b) for b in runner.batches) == 8
+    assert len(runner.batches) < 40
+    assert batcher.in_flight == 0
+    await batcher.close()
+
+
+async def test_a_failing_batch_fails_only_its_requests() -> None:
+    runner = Recorder(fail_on="bad")
+    batcher = DynamicBatcher("m", runner, _policy(max_batch_size=1))
+    batcher.start()
+    ok, bad = await asyncio.gather(batcher.submit("ok", 2, time.monotonic() + 5),
+                                   batcher.submit("bad", 3, time.monotonic() + 5), return_exceptions=True)
+    assert ok == "OK"
+    assert isinstance(bad, InferenceFailed) and "boom" in str(bad)
+    assert await batcher.submit("again", 5, time.monotonic() + 5) == "AGAIN"
+    await batcher.close()
+
+
+async def test_full_queue_is_refused_at_once() -> None:
+    runner = Recorder(delay=0.2)
+    batcher = DynamicBatcher("m", runner, _policy(max_batch_size=1, max_queue_size=2))
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit(f"x{i}", 1, time.monotonic() + 5)) for i in range(6)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert refused and all(r.headers.get("Retry-After") for r in refused)
+    assert all(isinstance(r, str | Overloaded) for r in results)
+    await batcher.close()
+
+
+async def test_expired_requests_are_dropped_before_compute() -> None:
+    runner = Recorder(delay=0.15)
+    batcher = DynamicBatcher("m", runner, _policy(max_batch_size=1))
+    batcher.start()
+    slow = asyncio.create_task(batcher.submit("first", 1, time.monotonic() + 5))
+    await asyncio.sleep(0.02)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit("late", 1, time.monotonic() + 0.05)
+    assert await slow == "FIRST"
+    await asyncio.sleep(0.05)
+    assert ["late"] not in runner.batches
+    assert batcher.in_flight == 0
+    await batcher.close()
+
+
+async def test_drain_finishes_accepted_work() -> None:
+    runner = Recorder(delay=0.01)
+    batcher = DynamicBatcher("m", runner, _policy(max_batch_size=2))
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit(f"d{i}", 1, time.monotonic() + 5)) for i in range(10)]
+    await asyncio.sleep(0)
+    assert await batcher.drain(5.0)
+    assert [t.result() for t in tasks] == [f"D{i}" for i in range(10)]
+    await batcher.close()

@@ -1,0 +1,101 @@
+"""Iteration-level scheduling on a small, really exported translation model."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from export.data import read_multi30k
+from service.batching import BatchPolicy
+from service.decode_scheduler import DecodeScheduler
+from service.errors import DeadlineExceeded
+from service.runners import TranslationRunner, load_runner
+from service.runners.translation import TranslationJob
+from tests.conftest import DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_repo: Path) -> TranslationRunner:
+    r = load_runner(tiny_repo / "translate-en-de" / "1", ["CPUExecutionProvider"])
+    assert isinstance(r, TranslationRunner)
+    return r
+
+
+def _jobs(runner: TranslationRunner, count: int, seed: int) -> list[TranslationJob]:
+    rng = random.Random(seed)
+    sources = read_multi30k(DATA_DIR, "val", "en")
+    return [TranslationJob(runner.tokenize(rng.choice(sources)), rng.choice([1, 1, 2, 4]),
+                           rng.choice([3, 8, 20]), keep_attention=rng.random() < 0.3) for _ in range(count)]
+
+
+async def _scheduled(runner: TranslationRunner, jobs: list[TranslationJob], spread_s: float, seed: int,
+                     policy: BatchPolicy | None = None) -> list:  # type: ignore[type-arg]
+    scheduler = DecodeScheduler("t", runner, policy or BatchPolicy(16, 4096, 0.001, 10_000))
+    scheduler.start()
+    rng = random.Random(seed)
+
+    async def one(job: TranslationJob) -> object:
+        await asyncio.sleep(rng.random() * spread_s)  # arrive mid-flight, at random steps
+        return await scheduler.translate(job, time.monotonic() + 60)
+
+    try:
+        return list(await asyncio.gather(*(one(j) for j in jobs)))
+    finally:
+        assert await scheduler.drain(5)
+        assert scheduler.in_flight == 0
+        await scheduler.close()
+
+
+async def test_joining_mid_flight_gives_the_same_output_as_solo_decoding(runner: TranslationRunner) -> None:
+    jobs = _jobs(runner, 40, seed=1)
+    outputs = await _scheduled(runner, jobs, spread_s=0.2, seed=2)
+    for job, out in zip(jobs, outputs, strict=True):
+        solo = runner.translate([job])[0]
+        assert out.tokens == solo.tokens
+        assert out.score == pytest.approx(solo.score, abs=1e-4)
+        if job.keep_attention:
+            assert out.attention is not None and solo.attention is not None
+            assert out.attention.shape == solo.attention.shape
+            assert abs(out.attention - solo.attention).max() < 1e-4
+
+
+async def test_many_mixed_requests_leak_no_state(runner: TranslationRunner) -> None:
+    jobs = _jobs(runner, 600, seed=3)
+    outputs = await _scheduled(runner, jobs, spread_s=0.5, seed=4, policy=BatchPolicy(16, 2048, 0.001, 10_000))
+    sample = random.Random(5).sample(range(len(jobs)), 40)
+    for i in sample:
+        assert outputs[i].tokens == runner.translate([jobs[i]])[0].tokens
+
+
+async def test_a_short_request_behind_a_long_one_finishes_first(runner: TranslationRunner) -> None:
+    scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100))
+    scheduler.start()
+    long_job = TranslationJob(runner.tokenize("A man in a red shirt rides a bike down a long street."), 4, 200)
+    short_job = TranslationJob(runner.tokenize("A dog."), 1, 2)
+    done: list[str] = []
+
+    async def run(name: str, job: TranslationJob, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await scheduler.translate(job, time.monotonic() + 60)
+        done.append(name)
+
+    await asyncio.gather(run("long", long_job, 0), run("short", short_job, 0.01))
+    assert done == ["short", "long"]
+    await scheduler.close()
+
+
+async def test_deadline_inside_decoding_gives_504_and_frees_the_rows(runner: TranslationRunner) -> None:
+    scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100))
+    scheduler.start()
+    job = TranslationJob(runner.tokenize("A man in a red shirt rides a bike down a long street."), 10, 200)
+    with pytest.raises(DeadlineExceeded):
+        await scheduler.translate(job, time.monotonic() + 0.02)
+    await asyncio.sleep(0.2)
+    assert scheduler.in_flight == 0 and not scheduler._running
+    ok = await scheduler.translate(TranslationJob(runner.tokenize("A dog."), 1, 5), time.monotonic() + 30)
+    assert ok.tokens == runner.translate([TranslationJob(runner.tokenize("A dog."), 1, 5)])[0].tokens
+    await scheduler.close()

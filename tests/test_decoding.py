@@ -1,0 +1,58 @@
+"""Beam search on a hand-made step function: greedy is argmax, beams find better sequences."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.decoding import BeamSearch
+from service.tokenization import EOS_ID
+
+VOCAB = 8
+
+
+def _log_probs(table: dict[tuple[int, ...], dict[int, float]], prefix: list[int]) -> np.ndarray:
+    probs = np.full(VOCAB, 1e-6)
+    for token, p in table.get(tuple(prefix), {EOS_ID: 1.0}).items():
+        probs[token] = p
+    return np.log(probs / probs.sum())
+
+
+def _run(search: BeamSearch, table: dict[tuple[int, ...], dict[int, float]]) -> list[int]:
+    while not search.done:
+        rows = np.stack([_log_probs(table, t) for t in search.tokens])
+        search.advance(rows)
+    return search.best().tokens
+
+
+# Greedy takes 4 (p=0.6) and then faces a flat distribution; 5 (p=0.4) leads to a sure path.
+TABLE = {
+    (): {4: 0.6, 5: 0.4},
+    (4,): {6: 0.3, 7: 0.3, EOS_ID: 0.4},
+    (5,): {6: 0.99, EOS_ID: 0.01},
+    (5, 6): {EOS_ID: 1.0},
+    (4, 6): {EOS_ID: 1.0},
+    (4, 7): {EOS_ID: 1.0},
+}
+
+
+def test_beam_one_is_greedy() -> None:
+    assert _run(BeamSearch(beam_size=1, max_length=10), TABLE) == [4]
+
+
+def test_beam_search_finds_the_more_likely_sequence() -> None:
+    assert _run(BeamSearch(beam_size=3, max_length=10, length_penalty=0.0), TABLE) == [5, 6]
+
+
+def test_max_length_closes_live_beams() -> None:
+    endless = {(): {4: 1.0}, (4,): {4: 1.0}, (4, 4): {4: 1.0}}
+    search = BeamSearch(beam_size=2, max_length=3)
+    tokens = _run(search, endless)
+    assert len(tokens) == 3 and search.done
+
+
+def test_parents_index_live_rows() -> None:
+    search = BeamSearch(beam_size=2, max_length=5)
+    parents = search.advance(np.stack([_log_probs(TABLE, [])]))
+    assert list(parents) == [0, 0] and search.tokens == [[4], [5]]
+    parents = search.advance(np.stack([_log_probs(TABLE, t) for t in search.tokens]))
+    assert set(parents.tolist()) <= {0, 1}

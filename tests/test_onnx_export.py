@@ -1,0 +1,92 @@
+"""Export parity on small randomly initialised models (fast, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.onnx_export import (
+    PARITY_TOLERANCE,
+    export_sentiment_graph,
+    export_translation_graphs,
+    sentiment_parity,
+    translation_parity,
+)
+from export.sentiment_model import SentimentConfig, SentimentLSTM
+from export.translation_model import AttentionTranslator, TranslationConfig
+from service.runners.sentiment import pad_batch
+
+
+def _random_sequences(rng: np.random.Generator, count: int, vocab: int, max_len: int) -> list[list[int]]:
+    return [list(rng.integers(4, vocab, size=int(rng.integers(1, max_len + 1)))) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory: pytest.TempPathFactory) -> tuple[SentimentLSTM, Path]:
+    torch.manual_seed(0)
+    model = SentimentLSTM(SentimentConfig(vocab=300, embed_dim=24, hidden=16, layers=2)).eval()
+    out = tmp_path_factory.mktemp("sentiment")
+    export_sentiment_graph(model, out)
+    return model, out / "sentiment.onnx"
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory: pytest.TempPathFactory) -> tuple[AttentionTranslator, Path]:
+    torch.manual_seed(0)
+    model = AttentionTranslator(TranslationConfig(src_vocab=300, tgt_vocab=280, embed_dim=24, encoder_hidden=16,
+                                                  decoder_hidden=32, attention_dim=16)).eval()
+    out = tmp_path_factory.mktemp("translation")
+    export_translation_graphs(model, out)
+    return model, out
+
+
+def test_sentiment_parity_on_mixed_lengths(sentiment: tuple[SentimentLSTM, Path]) -> None:
+    model, path = sentiment
+    rng = np.random.default_rng(1)
+    batches = [_random_sequences(rng, size, 300, 40) for size in (1, 5, 17, 32)]
+    assert sentiment_parity(model, path, batches) <= PARITY_TOLERANCE
+
+
+def test_sentiment_result_does_not_depend_on_batch_mates(sentiment: tuple[SentimentLSTM, Path]) -> None:
+    _, path = sentiment
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    target = [7, 8, 9, 10, 11]
+    ids, lengths = pad_batch([target])
+    (alone,) = session.run(None, {"token_ids": ids, "lengths": lengths})
+    batch = [*_random_sequences(rng, 6, 300, 50), target, *_random_sequences(rng, 3, 300, 9)]
+    ids, lengths = pad_batch(batch)
+    (together,) = session.run(None, {"token_ids": ids, "lengths": lengths})
+    np.testing.assert_allclose(together[6], alone[0], atol=1e-6)
+
+
+def test_translation_parity_on_mixed_lengths(translator: tuple[AttentionTranslator, Path]) -> None:
+    model, out = translator
+    rng = np.random.default_rng(3)
+    pairs = list(zip(_random_sequences(rng, 24, 300, 30), _random_sequences(rng, 24, 280, 30), strict=True))
+    assert translation_parity(model, out, pairs, batch_size=8) <= PARITY_TOLERANCE
+
+
+def test_translation_step_does_not_depend_on_padding(translator: tuple[AttentionTranslator, Path]) -> None:
+    _, out = translator
+    enc = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(out / "decoder_step.onnx"), providers=["CPUExecutionProvider"])
+
+    def first_step(batch: list[list[int]], row: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, lengths = pad_batch(batch)
+        states, keys, state = enc.run(None, {"src_ids": ids, "src_lengths": lengths})
+        mask = (np.arange(ids.shape[1])[None] < lengths[:, None]).astype(np.float32)
+        log_probs, _, attention = dec.run(None, {"prev_tokens": np.full(len(batch), 2, dtype=np.int64),
+                                                 "decoder_state": state, "encoder_states": states,
+                                                 "encoder_keys": keys, "src_mask": mask})
+        return log_probs[row], attention[row, : lengths[row]]
+
+    target = [20, 21, 22, 3]
+    alone = first_step([target], 0)
+    together = first_step([[5] * 25, target, [6, 7, 3]], 1)
+    np.testing.assert_allclose(together[0], alone[0], atol=1e-5)
+    np.testing.assert_allclose(together[1], alone[1], atol=1e-6)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from service.tokenization import EOS_ID, SubwordTokenizer, normalize_sentiment, normalize_translation
+from tests.conftest import COMMITTED_MODELS
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("It's GREAT!!!", "it 's great ! ! !"),
+    ("I can't believe it's not butter...", "i ca n't believe it 's not butter ..."),
+    ("the film wo n't sit", "the film wo n't sit"),  # corpus style is a fixed point
+    ("its heart -lrb- and its palate -rrb-", "its heart ( and its palate )"),
+    ("“Smart,” she said.", "\" smart , \" she said ."),
+    ("tab\there\x00 null\u200b", "tab here null"),
+    ("Ｆｕｌｌｗｉｄｔｈ", "fullwidth"),
+])
+def test_sentiment_normalisation_maps_raw_text_to_corpus_style(raw: str, expected: str) -> None:
+    assert normalize_sentiment(raw) == expected
+
+
+def test_normalisation_is_idempotent() -> None:
+    for text in ["It's GREAT!!! 😀", "don't -- ever (really)", "Ünïcödé «quotes»"]:
+        once = normalize_sentiment(text)
+        assert normalize_sentiment(once) == once
+    assert normalize_translation("  A  man\n rides. ") == "A man rides."
+
+
+MESSY = ["A man, in a RED shirt — rides a bike!!! 😀🚲", "Zwei Männer", "日本語のテキスト", "x" * 300,
+         "ümlaut café naïve", "@user #hashtag http://example.com/a?b=c"]
+
+
+@pytest.mark.parametrize("model", ["translate-en-de/1/source.spm.model", "translate-en-de/1/target.spm.model"])
+def test_translation_tokenizer_round_trips_messy_text(model: str) -> None:
+    path = COMMITTED_MODELS / model
+    if not path.exists():
+        pytest.skip("no committed translation model")
+    tok = SubwordTokenizer(path, "translation")
+    for text in MESSY:
+        ids = tok.encode(text, add_eos=True)
+        assert ids[-1] == EOS_ID
+        assert tok.decode(ids) == normalize_translation(text)  # emoji survive through byte fallback
+
+
+def test_sentiment_tokenizer_keeps_information_from_unseen_characters() -> None:
+    path = COMMITTED_MODELS / "sentiment/1/sentiment.spm.model"
+    if not path.exists():
+        pytest.skip("no committed sentiment model")
+    tok = SubwordTokenizer(path, "sentiment")
+    happy, sad = tok.encode("good 😀"), tok.encode("good 😢")
+    assert happy != sad  # not both collapsed to <unk>
+    assert tok.decode(tok.encode("It's GREAT!!! 😀")) == normalize_sentiment("It's GREAT!!! 😀")
