@@ -44,7 +44,9 @@ from service.tokenization import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SubwordTokenize
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 SPECIAL_TOKENS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
-_DTYPES = {onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.BOOL: "bool"}
+_DTYPES: dict[int, str] = {
+    onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.BOOL: "bool",
+}
 
 
 def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
@@ -58,7 +60,7 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path,
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:
         dims = value.type.tensor_type.shape.dim
-        return TensorSpec(name=value.name, dtype=_DTYPES[value.type.tensor_type.elem_type],  # type: ignore[arg-type]
+        return TensorSpec(name=value.name, dtype=_DTYPES[value.type.tensor_type.elem_type],
                           shape=[d.dim_param if d.dim_param else d.dim_value for d in dims])
 
     return GraphSpec(file=path.name, sha256=sha256_of(path), inputs=[spec(v) for v in graph.graph.input],
@@ -128,7 +130,7 @@ def translation_parity(model: AttentionTranslator, out_dir: Path,
         o_states, o_keys, o_state = enc.run(None, {"src_ids": src, "src_lengths": src_len})
         mask = (np.arange(src.shape[1])[None] < src_len[:, None]).astype(np.float32)
         with torch.no_grad():
-            t_states, t_keys, t_state = model.encode(torch.from_numpy(src), torch.from_numpy(src_len))
+            t_states, _, _ = model.encode(torch.from_numpy(src), torch.from_numpy(src_len))
             full = torch.log_softmax(model(torch.from_numpy(src), torch.from_numpy(src_len),
                                            torch.from_numpy(tgt)), -1).numpy()
         worst = max(worst, float(np.abs(o_states - t_states.numpy()).max()))

@@ -1,8 +1,16 @@
-"""python -m service: run the API with uvicorn, configured by SEQSERVE_* settings."""
+"""python -m service: run the API with uvicorn, configured by SEQSERVE_* settings.
+
+SIGTERM/SIGINT start a graceful shutdown: readiness turns 503, the listening socket closes,
+accepted requests finish (up to SEQSERVE_DRAIN_TIMEOUT_S), then the process exits 0.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -10,11 +18,29 @@ from service.app import create_app
 from service.settings import Settings
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the captured signal after its graceful shutdown, which makes a clean,
+        # drained stop exit with -15; orchestrators read that as a crash. Handle it, exit 0.
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level=settings.log_level, access_log=False,
+                            timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1)
+    server = _Server(config)
+    server.run()
+    if not server.started:  # start-up failed (e.g. a model refused to load): say so in the exit code
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from service import __version__, metrics, routes_v1, routes_v2
 from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
+from service.onnx_session import ModelLoadError
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -26,7 +27,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.monotonic()
         app.state.ready = False
-        registry = ModelRegistry.load(settings)  # raises ModelLoadError naming the file
+        try:
+            registry = ModelRegistry.load(settings)
+        except ModelLoadError as exc:
+            log.error("refusing to start: %s", exc)  # names the file; the traceback follows
+            raise
         app.state.registry = registry
         registry.start()
         app.state.ready = True
@@ -54,6 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,  # type: ignore[arg-type]
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        log_requests=settings.access_log)
     return app

@@ -26,7 +26,7 @@ import numpy as np
 from service import metrics
 from service.batching import BatchPolicy
 from service.decoding import BeamSearch
-from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.runners.translation import TranslationJob, TranslationOutput, TranslationRunner
 
 log = logging.getLogger("seqserve.decode")
@@ -179,7 +179,8 @@ class DecodeScheduler:
             pass
         rows = sum(r.search.live for r in self._running if r.search is not None)
         tokens = sum(r.src_len * r.job.beam_size for r in self._running)
-        admitted, still_waiting = [], []
+        admitted: list[_Request] = []
+        still_waiting: list[_Request] = []
         now = time.monotonic()
         for request in self._waiting:
             if request.future.done():
@@ -188,7 +189,7 @@ class DecodeScheduler:
             elif request.deadline <= now:
                 metrics.DROPPED.labels(self.name, "deadline").inc()
                 self._finish(request, error=DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
-            elif not still_waiting and (not self._running and not admitted or (
+            elif not still_waiting and ((not self._running and not admitted) or (
                     rows + request.job.beam_size <= self.max_rows
                     and tokens + request.src_len * request.job.beam_size <= self.max_encoder_tokens)):
                 admitted.append(request)
@@ -281,8 +282,8 @@ class DecodeScheduler:
             if request.first_step_at is None:
                 request.first_step_at = started
                 metrics.TIME_TO_FIRST_STEP.labels(self.name).observe(started - request.arrived)
-            parents = search.advance(log_probs[offset : offset + live],
-                                     attention[offset : offset + live, : request.src_len] if search.keep_attention else None)
+            attn = attention[offset : offset + live, : request.src_len] if search.keep_attention else None
+            parents = search.advance(log_probs[offset : offset + live], attn)
             if search.done:
                 membership_changed = True
                 metrics.DECODE_STEPS.labels(self.name).observe(search.steps)

@@ -25,7 +25,8 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[Message, Message]:
     payload = json.dumps(body).encode()
     start: Message = {"type": "http.response.start", "status": status,
-                      "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                      "headers": [(b"content-type", b"application/json"),
+                                  (b"content-length", str(len(payload)).encode()),
                                   (b"x-request-id", request_id.encode())]}
     return start, {"type": "http.response.body", "body": payload}
 
@@ -97,7 +98,9 @@ class RequestContextMiddleware:
                                             "path": scope["path"], "route": template, "status": status,
                                             "latency_ms": round(elapsed * 1000, 2)}))
 
-    async def _read_if_chunked(self, headers: dict[bytes, bytes], receive: Receive) -> tuple[bool, list[Message] | None]:
+    async def _read_if_chunked(
+        self, headers: dict[bytes, bytes], receive: Receive
+    ) -> tuple[bool, list[Message] | None]:
         """(too large?, buffered messages). A declared length is checked without reading; a
         chunked body is buffered up to the limit and replayed to the app."""
         declared = headers.get(b"content-length")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.model_card import GraphSpec
+from service.model_card import GraphSpec, TensorSpec
 
 log = logging.getLogger("seqserve.onnx")
 
@@ -69,7 +69,7 @@ def open_session(
     return session
 
 
-def _check_io(path: Path, kind: str, actual: list[tuple[str, str]], expected: list) -> None:  # type: ignore[type-arg]
+def _check_io(path: Path, kind: str, actual: list[tuple[str, str]], expected: list[TensorSpec]) -> None:
     got = [(name, _ORT_TYPES.get(t, t)) for name, t in actual]
     want = [(t.name, t.dtype) for t in expected]
     if got != want:

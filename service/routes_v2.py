@@ -98,7 +98,8 @@ def _texts(body: InferRequest) -> list[str]:
     if tensor is None:
         raise InvalidInput("inputs must contain a BYTES tensor named 'text'", field="inputs")
     if tensor.datatype != "BYTES":
-        raise InvalidInput(f"input 'text' must have datatype BYTES, not {tensor.datatype}", field="inputs.text.datatype")
+        raise InvalidInput(f"input 'text' must have datatype BYTES, not {tensor.datatype}",
+                           field="inputs.text.datatype")
     if not tensor.shape or len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
         raise InvalidInput(f"input 'text' must have shape [N] or [N, 1], not {tensor.shape}",
                            field="inputs.text.shape")

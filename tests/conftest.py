@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("SEQSERVE_DATA_DIR", ROOT.parent / "shared" / "data"))
-COMMITTED_MODELS = ROOT / "models"
+COMMITTED_MODELS = Path(os.environ.get("SEQSERVE_TEST_MODELS", ROOT / "models"))
 
 needs_data = pytest.mark.skipif(not (DATA_DIR / "sst2").is_dir(), reason=f"no data sets under {DATA_DIR}")
 

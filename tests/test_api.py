@@ -1,0 +1,212 @@
+"""Integration: the real server (uvicorn on 127.0.0.1, a free port) on the committed models."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+
+def test_sentiment_single_and_batch(committed_server: Server) -> None:
+    one = httpx.post(f"{committed_server.url}/v1/sentiment", json={"text": "A gorgeous, witty, seductive movie."})
+    assert one.status_code == 200
+    body = one.json()
+    assert body["label"] == "positive" and body["model"] == "sentiment" and body["version"] == "1"
+    assert body["score"] == pytest.approx(body["probabilities"]["positive"])
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    texts = ["A dull, lifeless film.", "A gorgeous, witty, seductive movie.", "ok"]
+    many = httpx.post(f"{committed_server.url}/v1/sentiment", json={"texts": texts}).json()["results"]
+    assert [r["label"] for r in many][:2] == ["negative", "positive"]
+    assert many[1]["probabilities"] == pytest.approx(body["probabilities"], abs=1e-6)
+
+
+def test_translate_single_with_attention(committed_server: Server) -> None:
+    r = httpx.post(f"{committed_server.url}/v1/translate",
+                   json={"text": "A man is riding a bike.", "source": "en", "target": "de", "return_attention": True},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["translation"] and body["model"] == "translate-en-de"
+    assert len(body["attention"]) == len(body["target_tokens"])
+    assert all(len(row) == len(body["source_tokens"]) for row in body["attention"])
+    assert all(0.0 <= sum(row) <= 1.0 + 1e-4 for row in body["attention"])
+
+
+def test_translation_is_the_same_alone_and_in_a_batch(committed_server: Server) -> None:
+    url = f"{committed_server.url}/v1/translate"
+    texts = ["Two dogs play in the snow.", "A woman sings.", "A group of people stand in front of an igloo."]
+    alone = [httpx.post(url, json={"text": t, "beam_size": 3}, timeout=30).json() for t in texts]
+    together = httpx.post(url, json={"texts": texts, "beam_size": 3}, timeout=30).json()["results"]
+    assert [a["translation"] for a in alone] == [b["translation"] for b in together]
+
+
+@pytest.mark.parametrize(("route", "body", "status", "field"), [
+    ("/v1/sentiment", {"text": ""}, 422, "text"),
+    ("/v1/sentiment", {"text": "   "}, 422, "text"),
+    ("/v1/sentiment", {"text": 5}, 422, "text"),
+    ("/v1/sentiment", {"texts": []}, 422, "texts"),
+    ("/v1/sentiment", {"texts": ["ok", ""]}, 422, "texts[1]"),
+    ("/v1/sentiment", {"texts": ["x"] * 65}, 422, "texts"),
+    ("/v1/sentiment", {"text": "x" * 2001}, 422, "text"),
+    ("/v1/sentiment", {"text": "a", "texts": ["b"]}, 422, "body"),
+    ("/v1/sentiment", {"txt": "a"}, 422, "txt"),
+    ("/v1/translate", {"text": "hi", "target": "fr"}, 422, "source/target"),
+    ("/v1/translate", {"text": "hi", "beam_size": 0}, 422, "beam_size"),
+    ("/v1/translate", {"text": "hi", "beam_size": 11}, 422, "beam_size"),
+    ("/v1/translate", {"text": "hi", "beam_size": "3"}, 422, "beam_size"),
+    ("/v1/translate", {"text": "hi", "max_length": 0}, 422, "max_length"),
+    ("/v1/translate", {"text": "hi", "max_length": 100000}, 422, "max_length"),
+    ("/v1/translate", {"text": " ".join(["word"] * 400)}, 422, "text"),
+    ("/v2/models/nope/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]},
+     404, "model"),
+    ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["x"]}]},
+     422, "inputs.text.data"),
+    ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+     422, "inputs.text.datatype"),
+    ("/v2/models/sentiment/infer", {"inputs": []}, 422, "inputs"),
+])
+def test_bad_input_gets_a_clear_4xx(committed_server: Server, route: str, body: dict, status: int,  # type: ignore[type-arg]
+                                    field: str) -> None:
+    r = httpx.post(committed_server.url + route, json=body, timeout=30)
+    assert r.status_code == status, r.text
+    payload = r.json()
+    assert payload["error"] and payload["field"] == field
+
+
+def test_malformed_json_wrong_type_and_size_limits(committed_server: Server) -> None:
+    url = f"{committed_server.url}/v1/sentiment"
+    r = httpx.post(url, content=b'{"text": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["error"]
+    r = httpx.post(url, content=b"text=hi", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and r.json()["field"] == "Content-Type"
+    big = b'{"text": "' + b"a" * (1 << 20) + b'"}'
+    r = httpx.post(url, content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["limit"] == 1 << 20
+    r = httpx.post(url, content=iter([big[:1000], big[1000:]]), headers={"content-type": "application/json"})
+    assert r.status_code == 413  # chunked, no Content-Length
+
+
+def test_models_listing(committed_server: Server) -> None:
+    models = {m["name"]: m for m in httpx.get(f"{committed_server.url}/v1/models").json()["models"]}
+    assert set(models) == {"sentiment", "translate-en-de"}
+    assert models["sentiment"]["labels"] == ["negative", "positive"]
+    assert models["translate-en-de"]["languages"] == {"source": "en", "target": "de"}
+    assert models["sentiment"]["provider"] == "CPUExecutionProvider"
+    assert "sst2_test_accuracy" in models["sentiment"]["metrics"]
+    assert models["translate-en-de"]["limits"]["max_beam_size"] >= 5
+
+
+def test_open_inference_protocol_round_trips(committed_server: Server) -> None:
+    url = committed_server.url
+    assert httpx.get(f"{url}/v2").json()["name"] == "seqserve"
+    assert httpx.get(f"{url}/v2/health/live").status_code == 200
+    assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+    for name in ("sentiment", "translate-en-de"):
+        meta = httpx.get(f"{url}/v2/models/{name}").json()
+        assert meta["name"] == name and meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+        assert httpx.get(f"{url}/v2/models/{name}/versions/1").json() == meta
+        assert httpx.get(f"{url}/v2/models/{name}/ready").status_code == 200
+        assert httpx.get(f"{url}/v2/models/{name}/versions/1/ready").status_code == 200
+    assert httpx.get(f"{url}/v2/models/nope").status_code == 404
+    assert httpx.get(f"{url}/v2/models/sentiment/versions/9").status_code == 404
+    body = {"id": "r1", "inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES",
+                                    "data": [["A gorgeous movie."], ["A dull film."]]}]}
+    out = httpx.post(f"{url}/v2/models/sentiment/infer", json=body).json()
+    assert out["id"] == "r1" and out["model_name"] == "sentiment" and out["model_version"] == "1"
+    outputs = {o["name"]: o for o in out["outputs"]}
+    assert outputs["label"]["data"] == ["positive", "negative"] and outputs["label"]["datatype"] == "BYTES"
+    assert outputs["probabilities"]["shape"] == [2, 2] and outputs["probabilities"]["datatype"] == "FP32"
+    v1 = httpx.post(f"{url}/v1/sentiment", json={"text": "A gorgeous movie."}).json()
+    assert outputs["probabilities"]["data"][:2] == pytest.approx([v1["probabilities"]["negative"],
+                                                                 v1["probabilities"]["positive"]], abs=1e-6)
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Two dogs play."]}],
+            "parameters": {"beam_size": 2}}
+    out = httpx.post(f"{url}/v2/models/translate-en-de/versions/1/infer", json=body, timeout=30).json()
+    v1 = httpx.post(f"{url}/v1/translate", json={"text": "Two dogs play.", "beam_size": 2}, timeout=30).json()
+    assert out["outputs"][0]["data"] == [v1["translation"]]
+
+
+def test_request_id_is_echoed_or_generated(committed_server: Server) -> None:
+    r = httpx.get(f"{committed_server.url}/v2/health/live", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r = httpx.get(f"{committed_server.url}/v2/health/live")
+    assert len(r.headers["x-request-id"]) == 32
+
+
+def test_metrics_show_requests_and_batches(committed_server: Server) -> None:
+    httpx.post(f"{committed_server.url}/v1/sentiment", json={"text": "fine"})
+    text = httpx.get(f"{committed_server.url}/metrics").text
+    for name in ("seqserve_requests_total", "seqserve_request_latency_seconds_bucket", "seqserve_queue_depth",
+                 "seqserve_queue_wait_seconds", "seqserve_batch_size", "seqserve_batch_run_seconds",
+                 "seqserve_padding_ratio", "seqserve_tokens_total"):
+        assert name in text
+    assert 'route="/v1/sentiment",status="200"' in text
+
+
+async def test_200_concurrent_mixed_requests_are_all_answered_correctly(committed_server: Server) -> None:
+    url = committed_server.url
+    sentences = ["A gorgeous, witty, seductive movie.", "A dull, lifeless film.", "Two dogs play in the snow.",
+                 "A woman is singing on a stage.", "It's not bad at all!"]
+    async with httpx.AsyncClient(timeout=60) as client:
+        expected_s = {s: (await client.post(f"{url}/v1/sentiment", json={"text": s})).json() for s in sentences}
+        expected_t = {s: (await client.post(f"{url}/v1/translate", json={"text": s, "beam_size": 1})).json()
+                      for s in sentences}
+        rng = random.Random(7)
+        calls = [(rng.choice(["s", "t"]), rng.choice(sentences)) for _ in range(200)]
+
+        async def call(kind: str, text: str) -> tuple[str, str, dict]:  # type: ignore[type-arg]
+            if kind == "s":
+                r = await client.post(f"{url}/v1/sentiment", json={"text": text})
+            else:
+                r = await client.post(f"{url}/v1/translate", json={"text": text, "beam_size": 1})
+            assert r.status_code == 200, r.text
+            return kind, text, r.json()
+
+        results = await asyncio.gather(*(call(k, t) for k, t in calls))
+    for kind, text, body in results:
+        if kind == "s":
+            assert body["probabilities"] == pytest.approx(expected_s[text]["probabilities"], abs=1e-6)
+        else:
+            assert body["translation"] == expected_t[text]["translation"]
+
+
+async def test_queue_full_gives_503_and_deadline_gives_504(tmp_path: Path) -> None:
+    from tests.conftest import COMMITTED_MODELS
+
+    server = Server(COMMITTED_MODELS, max_queue_size="2", translation_scheduler="request", max_batch_size="1",
+                    warmup="false").wait_ready()
+    try:
+        long_text = "A man in a blue shirt and a woman in a red dress are walking their dogs in the park. " * 3
+        async with httpx.AsyncClient(timeout=60) as client:
+            tasks = [client.post(f"{server.url}/v1/translate", json={"text": long_text, "beam_size": 10})
+                     for _ in range(30)]
+            responses = await asyncio.gather(*tasks)
+        statuses = [r.status_code for r in responses]
+        assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"] and refused.json()["code"] == "overloaded"
+        r = httpx.post(f"{server.url}/v1/translate", json={"text": long_text, "beam_size": 10},
+                       headers={"X-Request-Timeout": "0.001"}, timeout=30)
+        assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded"
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_corrupt_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> None:
+    from tests.conftest import COMMITTED_MODELS
+
+    repo = tmp_path / "models"
+    shutil.copytree(COMMITTED_MODELS, repo)
+    graph = repo / "sentiment" / "1" / "sentiment.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    server = Server(repo)
+    code = server.proc.wait(timeout=60)
+    output = server.output()
+    assert code != 0
+    assert str(graph) in output
