@@ -1,0 +1,242 @@
+"""Serving benchmark: the served model against its raw ONNX Runtime limit, in one run.
+
+    python -m loadtests.bench_service [--duration 8] [--out reports/bench_service.md]
+
+Prints (and writes as markdown):
+  - raw ONNX Runtime throughput of the sentiment model at a range of batch sizes (no HTTP) on
+    the SST-2 test sentences, and its single-request latency;
+  - start-up to ready of `python -m service`;
+  - sentiment over HTTP: p50 at 1 client, sentences/s at 64 clients, as a fraction of raw best;
+  - translation over HTTP: requests/s at 1, 32 and 64 clients (iteration-level scheduling),
+    the same at 64 clients with whole-request batching, p50 by source-length bucket, and a
+    check that every served translation equals solo decoding of the same sentence.
+Loopback only; every phase is bounded in time and requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtests.http_client import LoadResult, closed_loop, encode_post
+from service.runners import SentimentRunner, TranslationRunner, load_runner
+from service.runners.translation import TranslationJob
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sst2_sentences(data_dir: Path) -> list[str]:
+    path = data_dir / "sst2" / "stsa.binary.test"
+    if path.exists():
+        return [line.partition(" ")[2].strip() for line in path.read_text().splitlines() if line.strip()]
+    rng = random.Random(0)
+    words = ["the", "film", "is", "a", "great", "fun", "movie", "with", "dull", "moments", "but", "weak", "plot"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 40))) for _ in range(1000)]
+
+
+def multi30k_sources(data_dir: Path) -> list[str]:
+    import gzip
+
+    path = data_dir / "multi30k" / "test_2016_flickr.en.gz"
+    if path.exists():
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    return ["A man is riding a bike.", "Two dogs play in the snow.", "A woman in a red dress sings on a stage."] * 300
+
+
+# --- raw ONNX Runtime -----------------------------------------------------------------------
+def raw_sentiment(runner: SentimentRunner, sentences: list[str], sizes: list[int]) -> dict[str, Any]:
+    ids = [runner.tokenize(s) for s in sentences]
+    out: dict[str, Any] = {"throughput": {}}
+    for size in sizes:
+        # length-sorted batches: the raw limit at its best, stricter than what the server sees
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        batches = [[ids[i] for i in order[j : j + size]] for j in range(0, len(order), size)]
+        runner.run(batches[0])
+        start = time.perf_counter()
+        for batch in batches:
+            runner.run(batch)
+        out["throughput"][size] = len(ids) / (time.perf_counter() - start)
+    singles = []
+    for x in ids[:300]:
+        start = time.perf_counter()
+        runner.run([x])
+        singles.append(time.perf_counter() - start)
+    out["single_p50_ms"] = statistics.median(singles) * 1000
+    out["best_size"] = max(out["throughput"], key=out["throughput"].get)
+    out["best"] = out["throughput"][out["best_size"]]
+    return out
+
+
+# --- server ---------------------------------------------------------------------------------
+class ServerProcess:
+    def __init__(self, models: Path, **settings: str) -> None:
+        self.port = _free_port()
+        env = {**os.environ, "SEQSERVE_MODEL_REPOSITORY": str(models), "SEQSERVE_PORT": str(self.port),
+               "SEQSERVE_ACCESS_LOG": "false", "SEQSERVE_LOG_LEVEL": "warning",
+               **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.ready_after_s = self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 120) -> float:
+        while time.perf_counter() - self.started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=0.5).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def _run(coro: Any) -> LoadResult:
+    try:
+        import uvloop
+
+        result: LoadResult = uvloop.run(coro)
+    except ImportError:
+        result = asyncio.run(coro)
+    return result
+
+
+def http_sentiment(port: int, sentences: list[str], clients: int, duration: float) -> LoadResult:
+    requests = [encode_post("/v1/sentiment", {"text": s}) for s in sentences]
+    return _run(closed_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1), clients, duration))
+
+
+def http_translate(port: int, sources: list[str], clients: int, duration: float,
+                   record: dict[int, bytes] | None = None) -> LoadResult:
+    requests = [encode_post("/v1/translate", {"text": s}) for s in sources]
+    return _run(closed_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1), clients, duration,
+                            record=record, record_key=lambda i: i % len(requests)))
+
+
+def length_buckets(runner: TranslationRunner, sources: list[str], result: LoadResult) -> dict[str, float]:
+    """p50 latency by source length (subwords); needs result.tagged latencies."""
+    buckets: dict[str, list[float]] = {}
+    for key, latency in result.tagged:
+        n = len(runner.tokenize(sources[key])) - 1
+        name = "1-10" if n <= 10 else "11-20" if n <= 20 else "21-30" if n <= 30 else "31+"
+        buckets.setdefault(name, []).append(latency)
+    return {k: statistics.median(v) * 1000 for k, v in sorted(buckets.items())}
+
+
+def check_identical(runner: TranslationRunner, sources: list[str], recorded: dict[int, bytes]) -> tuple[int, int]:
+    """Every served translation equals solo decoding (one request alone, default settings)."""
+    mismatches = 0
+    for key, body in recorded.items():
+        served = json.loads(body)["translation"]
+        ids = runner.tokenize(sources[key])
+        job = TranslationJob(ids, runner.decoding.default_beam_size, runner.default_max_length(len(ids)))
+        solo = runner.detokenize(runner.translate([job])[0].tokens)
+        mismatches += served != solo
+    return len(recorded), mismatches
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--duration", type=float, default=8.0, help="seconds measured per phase (after 1 s warm-up)")
+    p.add_argument("--skip-translation", action="store_true")
+    p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_service.md")
+    args = p.parse_args(argv)
+
+    lines: list[str] = ["# seqserve serving benchmark", "",
+                        f"machine: {os.cpu_count()} CPUs; duration per phase {args.duration:.0f} s", ""]
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    sentences = sst2_sentences(args.data_dir)
+    sentiment = load_runner(args.models / "sentiment" / "1", ["CPUExecutionProvider"])
+    assert isinstance(sentiment, SentimentRunner)
+    raw = raw_sentiment(sentiment, sentences, [1, 8, 16, 32, 64, 128, 256])
+    say("## Sentiment: raw ONNX Runtime (no HTTP), SST-2 test sentences")
+    say("| batch size | sentences/s |\n|---:|---:|")
+    for size, value in raw["throughput"].items():
+        say(f"| {size} | {value:,.0f} |")
+    say(f"\nbest: {raw['best']:,.0f} sentences/s at batch {raw['best_size']}; "
+        f"single request p50 {raw['single_p50_ms']:.2f} ms\n")
+
+    server = ServerProcess(args.models)
+    say(f"## Start-up\nspawn to ready (imports, model load, checks, warm-up): {server.ready_after_s:.2f} s\n")
+    try:
+        one = http_sentiment(server.port, sentences, 1, args.duration)
+        many = http_sentiment(server.port, sentences, 64, args.duration)
+        say("## Sentiment over HTTP (POST /v1/sentiment, one sentence per request)")
+        say("| clients | sentences/s | p50 ms | p99 ms | non-2xx |\n|---:|---:|---:|---:|---:|")
+        for r in (one, many):
+            say(f"| {r.concurrency} | {r.items_per_s:,.0f} | {r.percentile(50) * 1000:.2f} | "
+                f"{r.percentile(99) * 1000:.2f} | {sum(n for s, n in r.statuses.items() if s >= 300)} |")
+        say(f"\n64 clients / raw best: **{many.items_per_s / raw['best']:.2f}** (target >= 0.8)")
+        say(f"p50 at 1 client - raw single request: **{one.percentile(50) * 1000 - raw['single_p50_ms']:.2f} ms** "
+            f"(target <= 3 ms)\n")
+
+        if not args.skip_translation:
+            sources = multi30k_sources(args.data_dir)
+            random.Random(0).shuffle(sources)
+            translator = load_runner(args.models / "translate-en-de" / "1", ["CPUExecutionProvider"])
+            assert isinstance(translator, TranslationRunner)
+            recorded: dict[int, bytes] = {}
+            results = {c: http_translate(server.port, sources, c, args.duration, recorded) for c in (1, 32, 64)}
+            server.stop()
+            server = ServerProcess(args.models, translation_scheduler="request")
+            whole = http_translate(server.port, sources, 64, args.duration)
+            say(f"## Translation over HTTP (POST /v1/translate, default beam "
+                f"{translator.decoding.default_beam_size}, Multi30k test_2016_flickr sources)")
+            say("| scheduler | clients | requests/s | p50 ms | p99 ms | non-2xx |\n|---|---:|---:|---:|---:|---:|")
+            for name, r in [*[("iteration", r) for r in results.values()], ("whole-request", whole)]:
+                say(f"| {name} | {r.concurrency} | {r.rps:.2f} | {r.percentile(50) * 1000:.0f} | "
+                    f"{r.percentile(99) * 1000:.0f} | {sum(n for s, n in r.statuses.items() if s >= 300)} |")
+            base = max(results[1].rps, 1e-9)
+            say(f"\n32 clients / 1 client: **{results[32].rps / base:.1f}x** (target >= 8)")
+            say(f"64 clients / 1 client: **{results[64].rps / base:.1f}x** (target >= 12)")
+            say(f"iteration-level / whole-request at 64 clients: **{results[64].rps / max(whole.rps, 1e-9):.2f}x** "
+                f"(target >= 1.3); p99 {results[64].percentile(99) * 1000:.0f} vs {whole.percentile(99) * 1000:.0f} ms")
+            say("\np50 latency (ms) by source length (subwords) at 64 clients:")
+            say("| scheduler | " + " | ".join(length_buckets(translator, sources, results[64])) + " |")
+            say("|---|" + "---:|" * len(length_buckets(translator, sources, results[64])))
+            for name, r in (("iteration", results[64]), ("whole-request", whole)):
+                say(f"| {name} | " + " | ".join(f"{v:.0f}" for v in length_buckets(translator, sources, r).values())
+                    + " |")
+            checked, mismatches = check_identical(translator, sources, recorded)
+            say(f"\nserved vs solo decoding: {checked} distinct sentences checked, **{mismatches} differ**")
+    finally:
+        server.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

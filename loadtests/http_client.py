@@ -1,0 +1,121 @@
+"""A minimal keep-alive HTTP/1.1 JSON client on asyncio streams.
+
+The benchmark machine has 2 cores shared by server and load generator, so the client must
+cost as little CPU per request as possible: requests are pre-encoded bytes and responses are
+read by Content-Length, with no per-request object churn. It speaks only what seqserve
+answers (Content-Length bodies, no chunked responses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def encode_post(path: str, body: dict[str, Any], host: str = "127.0.0.1",
+                headers: dict[str, str] | None = None) -> bytes:
+    payload = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n{extra}\r\n")
+    return head.encode() + payload
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+                break
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)  # of 2xx answers
+    statuses: dict[int, int] = field(default_factory=dict)
+    items: int = 0  # texts answered (a request may carry several)
+    tagged: list[tuple[int, float]] = field(default_factory=list)  # (request key, latency) when keyed
+
+    @property
+    def ok(self) -> int:
+        return sum(n for s, n in self.statuses.items() if 200 <= s < 300)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+async def closed_loop(host: str, port: int, next_request: Callable[[int], tuple[bytes, int]], concurrency: int,
+                      duration_s: float, warmup_s: float = 1.0, max_requests: int = 1_000_000,
+                      record: dict[int, bytes] | None = None,
+                      record_key: Callable[[int], int] | None = None) -> LoadResult:
+    """``concurrency`` clients, each sending its next request as soon as the last is answered.
+
+    Only requests that start after the warm-up and end before the deadline are counted.
+    ``next_request(i)`` returns the encoded request and how many texts it carries. With
+    ``record_key``, latencies are also tagged with the key, and 2xx bodies are kept in ``record``.
+    """
+    result = LoadResult(concurrency, duration_s)
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop_at = measure_from + duration_s
+    counter = iter(range(max_requests))
+
+    async def client() -> None:
+        conn = await Connection.open(host, port)
+        try:
+            for i in counter:
+                request, items = next_request(i)
+                sent = time.perf_counter()
+                if sent >= stop_at:
+                    return
+                status, body = await conn.send(request)
+                done = time.perf_counter()
+                if sent >= measure_from and done <= stop_at:
+                    result.statuses[status] = result.statuses.get(status, 0) + 1
+                    if 200 <= status < 300:
+                        result.latencies.append(done - sent)
+                        result.items += items
+                        if record_key is not None:
+                            key = record_key(i)
+                            result.tagged.append((key, done - sent))
+                            if record is not None:
+                                record[key] = body
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return result

@@ -1,0 +1,60 @@
+"""The committed model cards follow the schema, and their files match what they say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from service.model_card import ModelCard, load_model_card
+from service.onnx_session import sha256_of
+from tests.conftest import COMMITTED_MODELS
+
+CARDS = sorted(COMMITTED_MODELS.glob("*/*/model.json"))
+SIZE_LIMIT_MB = {"sentiment": 20, "translate-en-de": 60}
+
+
+def test_the_committed_repository_holds_both_models() -> None:
+    assert {p.parent.parent.name for p in CARDS} == {"sentiment", "translate-en-de"}
+
+
+@pytest.mark.parametrize("card_file", CARDS, ids=lambda p: p.parent.parent.name)
+def test_card_validates_against_the_schema(card_file: Path) -> None:
+    jsonschema.validate(json.loads(card_file.read_text()), ModelCard.model_json_schema())
+    card = load_model_card(card_file)
+    assert (card.name, card.version) == (card_file.parent.parent.name, card_file.parent.name)
+    assert card.opset >= 17
+    assert card.parity.max_abs_diff <= card.parity.tolerance <= 1e-4
+
+
+@pytest.mark.parametrize("card_file", CARDS, ids=lambda p: p.parent.parent.name)
+def test_card_files_exist_match_their_hashes_and_stay_small(card_file: Path) -> None:
+    card = load_model_card(card_file)
+    folder = card_file.parent
+    total = 0
+    for graph in card.graphs.values():
+        assert sha256_of(folder / graph.file) == graph.sha256
+        total += (folder / graph.file).stat().st_size
+    for tok in card.tokenizers.values():
+        assert (folder / tok.file).is_file()
+        total += (folder / tok.file).stat().st_size
+    assert total / 1e6 <= SIZE_LIMIT_MB[card.name]
+    assert (folder / "training_curves.png").is_file()
+
+
+def test_cards_carry_measured_test_metrics() -> None:
+    for card_file in CARDS:
+        card = load_model_card(card_file)
+        if card.task == "text-classification":
+            assert card.metrics["sst2_test_accuracy"] >= 0.83
+        else:
+            assert card.metrics["test_2016_flickr_bleu_lc_beam5"] >= 35.0
+
+
+def test_schema_refuses_a_card_with_missing_fields() -> None:
+    card = json.loads(CARDS[0].read_text())
+    del card["graphs"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(card, ModelCard.model_json_schema())
