@@ -114,14 +114,12 @@ class DynamicBatcher(Generic[P, R]):
                              retry_after_s=1) from None
         self.in_flight += 1
         metrics.QUEUE_DEPTH.labels(self.name).set(self.queue.qsize())
+        # On timeout or client disconnect the awaited future is cancelled, so the batcher skips it.
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout=max(deadline - time.monotonic(), 0))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                return await future
         except TimeoutError:
-            future.cancel()  # the batcher drops it unseen
             raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
-        except asyncio.CancelledError:
-            future.cancel()  # client went away: the batcher skips it
-            raise
 
     # --- the batcher ------------------------------------------------------------------------
     async def _next_window(self) -> list[WorkItem[P, R]]:

@@ -152,14 +152,13 @@ class DecodeScheduler:
         with self._lock:
             self.in_flight += 1
         metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
+        # On timeout or client disconnect the awaited future is cancelled; the decode thread
+        # sees that and drops the request at its next step.
         try:
-            return await asyncio.wait_for(asyncio.shield(request.future), timeout=max(deadline - time.monotonic(), 0))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                return await request.future
         except TimeoutError:
-            request.future.cancel()  # the decode thread drops it at its next step
             raise DeadlineExceeded(f"deadline passed before model {self.name} finished the translation") from None
-        except asyncio.CancelledError:
-            request.future.cancel()
-            raise
 
     # --- the decode thread ------------------------------------------------------------------
     def _finish(self, request: _Request, result: TranslationOutput | None = None,

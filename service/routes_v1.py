@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from service.engines import SentimentEngine
 from service.inputs import check_range, check_texts, check_tokens, deadline_for
@@ -54,14 +55,15 @@ async def classify_texts(model: ServedModel, texts: list[str], field: str, deadl
 
 @router.post("/sentiment", response_model=SentimentResult | SentimentBatchResponse, responses=_ERRORS,
              summary="Classify the sentiment of one text or a list of texts")
-async def sentiment(body: SentimentRequest, request: Request) -> dict[str, Any]:
+async def sentiment(body: SentimentRequest, request: Request) -> JSONResponse:
     registry, settings = _state(request)
     model = registry.for_task("text-classification")
     field = "text" if body.text is not None else "texts"
     texts = check_texts([body.text] if body.text is not None else list(body.texts or []), settings, field)
     probs = await classify_texts(model, texts, field, deadline_for(request, settings))
     results = [sentiment_result(model, p) for p in probs]
-    return results[0] if body.text is not None else {"results": results}
+    # built as plain JSON: response_model documents the shape without re-validating every answer
+    return JSONResponse(results[0] if body.text is not None else {"results": results})
 
 
 def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size: int | None,
@@ -94,7 +96,7 @@ def translation_result(model: ServedModel, job: TranslationJob, out: Translation
 
 @router.post("/translate", response_model=TranslationResult | TranslateBatchResponse, responses=_ERRORS,
              summary="Translate one text or a list of texts (English → German)")
-async def translate(body: TranslateRequest, request: Request) -> dict[str, Any]:
+async def translate(body: TranslateRequest, request: Request) -> JSONResponse:
     registry, settings = _state(request)
     model = registry.translator(body.source, body.target)
     field = "text" if body.text is not None else "texts"
@@ -103,7 +105,7 @@ async def translate(body: TranslateRequest, request: Request) -> dict[str, Any]:
     deadline = deadline_for(request, settings)
     outputs = await asyncio.gather(*(model.engine.translate(job, deadline) for job in jobs))  # type: ignore[union-attr]
     results = [translation_result(model, job, out) for job, out in zip(jobs, outputs, strict=True)]
-    return results[0] if body.text is not None else {"results": results}
+    return JSONResponse(results[0] if body.text is not None else {"results": results})
 
 
 def model_info(registry: ModelRegistry, model: ServedModel, settings: Settings) -> dict[str, Any]:

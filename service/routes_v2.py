@@ -176,10 +176,10 @@ async def model_version_ready(request: Request, name: str, version: str) -> JSON
 
 
 @router.post("/models/{name}/infer", summary="Inference")
-async def infer(request: Request, name: str, body: InferRequest) -> dict[str, Any]:
-    return await _infer(request, name, None, body)
+async def infer(request: Request, name: str, body: InferRequest) -> JSONResponse:
+    return JSONResponse(await _infer(request, name, None, body))
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
-async def infer_version(request: Request, name: str, version: str, body: InferRequest) -> dict[str, Any]:
-    return await _infer(request, name, version, body)
+async def infer_version(request: Request, name: str, version: str, body: InferRequest) -> JSONResponse:
+    return JSONResponse(await _infer(request, name, version, body))
