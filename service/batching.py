@@ -44,21 +44,36 @@ class BatchPolicy:
     max_batch_tokens: int
     max_queue_delay_s: float
     max_queue_size: int
+    # Fixed cost of one model run, in padded-token equivalents (measured at warm-up). It decides
+    # when splitting a window into shorter, less padded batches pays for the extra runs.
+    batch_overhead_tokens: float = 64.0
 
 
 def split_by_budget(items: list[WorkItem[P, R]], policy: BatchPolicy) -> list[list[WorkItem[P, R]]]:
-    """Length-sorted items cut into batches within the size and padded-token budgets."""
+    """Cut a window into batches of length-sorted items at the least modelled cost.
+
+    The cost of a batch is ``overhead + size x longest`` (padded tokens); dynamic programming
+    over the sorted lengths finds the cheapest split that keeps every batch within
+    ``max_batch_size`` and ``max_batch_tokens`` (a single over-long item still runs alone).
+    """
+    ordered = sorted(items, key=lambda i: i.length)
+    lengths = [i.length for i in ordered]
+    n = len(ordered)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = lengths[end - 1]
+        max_size = min(policy.max_batch_size, max(policy.max_batch_tokens // max(longest, 1), 1))
+        for start in range(max(0, end - max_size), end):
+            cost = best[start] + policy.batch_overhead_tokens + (end - start) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
     batches: list[list[WorkItem[P, R]]] = []
-    current: list[WorkItem[P, R]] = []
-    for item in sorted(items, key=lambda i: i.length):
-        longest = max(item.length, current[-1].length if current else 0)
-        if current and (len(current) + 1 > policy.max_batch_size
-                        or (len(current) + 1) * longest > policy.max_batch_tokens):
-            batches.append(current)
-            current = []
-        current.append(item)
-    if current:
-        batches.append(current)
+    end = n
+    while end > 0:
+        batches.append(ordered[cut[end] : end])
+        end = cut[end]
+    batches.reverse()
     return batches
 
 

@@ -92,7 +92,12 @@ class ModelRegistry:
                 runner.warmup()
             engine: SentimentEngine | TranslationEngine
             if isinstance(runner, SentimentRunner):
-                engine = SentimentEngine(card.name, runner, _policy(settings))
+                policy = _policy(settings)
+                if settings.warmup:
+                    policy.batch_overhead_tokens = runner.measure_batch_overhead()
+                    log.info("%s: one run costs as much as %.0f padded tokens", card.name,
+                             policy.batch_overhead_tokens)
+                engine = SentimentEngine(card.name, runner, policy)
             else:
                 engine = _translation_engine(card.name, runner, settings)
             models.append(ServedModel(card, runner, engine, card_file.parent))

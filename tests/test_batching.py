@@ -37,9 +37,21 @@ def test_split_sorts_by_length_and_respects_budgets() -> None:
     loop = asyncio.new_event_loop()
     items = [WorkItem(str(n), n, 1e9, loop.create_future()) for n in (9, 1, 5, 2, 8, 3)]
     batches = split_by_budget(items, _policy(max_batch_size=4, max_batch_tokens=20))
-    assert [[i.length for i in b] for b in batches] == [[1, 2, 3, 5], [8, 9]]
+    flat = [i.length for b in batches for i in b]
+    assert flat == sorted(flat) == [1, 2, 3, 5, 8, 9]
     for batch in batches:
-        assert len(batch) * batch[-1].length <= 20
+        assert len(batch) <= 4 and len(batch) * batch[-1].length <= 20
+    loop.close()
+
+
+def test_split_trades_padding_against_the_cost_of_a_run() -> None:
+    loop = asyncio.new_event_loop()
+    items = [WorkItem(str(n), n, 1e9, loop.create_future()) for n in [2] * 30 + [40] * 2]
+    cheap_runs = split_by_budget(items, _policy(max_batch_size=64, max_batch_tokens=10_000, batch_overhead_tokens=4))
+    dear_runs = split_by_budget(items, _policy(max_batch_size=64, max_batch_tokens=10_000,
+                                               batch_overhead_tokens=5000))
+    assert [len(b) for b in cheap_runs] == [30, 2]  # the short ones are not padded to 40
+    assert [len(b) for b in dear_runs] == [32]  # one run is cheaper than two
     loop.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,3 +45,19 @@ class SentimentRunner:
     def warmup(self, batch_sizes: Sequence[int] = (1, 8, 32), length: int = 24) -> None:
         for size in batch_sizes:
             self.run([[5] * length] * size)
+
+    def measure_batch_overhead(self, length: int = 24, big: int = 32, repeats: int = 5) -> float:
+        """Fixed cost of one run in padded-token equivalents: t(b, L) ~ a + c*b*L, returns a/c."""
+
+        def timed(size: int) -> float:
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.run([[5] * length] * size)
+                runs.append(time.perf_counter() - start)
+            return sorted(runs)[repeats // 2]
+
+        small_t, big_t = timed(1), timed(big)
+        per_token = max((big_t - small_t) / ((big - 1) * length), 1e-9)
+        fixed = max(small_t - per_token * length, 0.0)
+        return float(min(max(fixed / per_token, 1.0), 4096.0))
