@@ -15,12 +15,12 @@ help:  ## list the targets
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e ".[cpu]"
 	touch $@
 
 # dev + train extras: tests exercise the export path, which needs torch (a CPU wheel, pinned).
 $(VENV)/.dev: $(VENV)/.runtime
-	$(PY) -m pip install --quiet -e ".[dev,train]"
+	$(PY) -m pip install --quiet -e ".[cpu,dev,train]"
 	touch $@
 
 serve: $(VENV)/.runtime  ## start the API on $SEQSERVE_HOST:$SEQSERVE_PORT (default 127.0.0.1:8000) with models/

@@ -1,0 +1,75 @@
+"""Locust users for seqserve (FastHttpUser: Locust's fast HTTP client).
+
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000
+
+A realistic mix by default: most traffic is single-text sentiment, then greedy and beam
+translation, some batched sentiment, attention requests and Open Inference Protocol calls.
+Select users with Locust's class picker or `locust ... SentimentUser TranslationUser`.
+"""
+
+from __future__ import annotations
+
+import random
+
+from locust import FastHttpUser, between, task
+
+from loadtests.inputs import sentiment_texts, translation_texts
+
+SENTIMENT = sentiment_texts()
+TRANSLATION = translation_texts()
+
+
+class _SeqserveUser(FastHttpUser):
+    abstract = True
+    wait_time = between(0.0, 0.05)
+
+    def _post(self, path: str, body: dict, name: str) -> None:  # type: ignore[type-arg]
+        with self.client.post(path, json=body, name=name, catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+
+
+class SentimentUser(_SeqserveUser):
+    weight = 6
+
+    @task(8)
+    def single(self) -> None:
+        self._post("/v1/sentiment", {"text": random.choice(SENTIMENT)}, "/v1/sentiment [1]")
+
+    @task(2)
+    def batched(self) -> None:
+        self._post("/v1/sentiment", {"texts": random.sample(SENTIMENT, 8)}, "/v1/sentiment [8]")
+
+
+class TranslationUser(_SeqserveUser):
+    weight = 3
+
+    @task(5)
+    def greedy(self) -> None:
+        self._post("/v1/translate", {"text": random.choice(TRANSLATION), "beam_size": 1}, "/v1/translate greedy")
+
+    @task(4)
+    def beam(self) -> None:
+        self._post("/v1/translate", {"text": random.choice(TRANSLATION), "beam_size": 5}, "/v1/translate beam5")
+
+    @task(1)
+    def attention(self) -> None:
+        self._post("/v1/translate", {"text": random.choice(TRANSLATION), "return_attention": True},
+                   "/v1/translate attention")
+
+
+class OpenInferenceUser(_SeqserveUser):
+    weight = 1
+
+    @task(2)
+    def sentiment(self) -> None:
+        text = random.choice(SENTIMENT)
+        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
+        self._post("/v2/models/sentiment/infer", body, "/v2 sentiment infer")
+
+    @task(1)
+    def translate(self) -> None:
+        text = random.choice(TRANSLATION)
+        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
+                "parameters": {"beam_size": 1}}
+        self._post("/v2/models/translate-en-de/infer", body, "/v2 translate infer")

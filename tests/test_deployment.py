@@ -1,0 +1,59 @@
+"""Deployment files: Kubernetes manifests validate offline; images and compose keep their promises."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+K8S_VERSION = "1.30.0"
+MANIFESTS = sorted((ROOT / "docker" / "k8s").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_kubernetes_manifests_validate_against_the_schemas(manifest: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["lifecycle"]["preStop"]
+    assert pod["terminationGracePeriodSeconds"] > 30  # longer than the default drain timeout
+
+
+def _final_stage(dockerfile: Path) -> str:
+    return re.split(r"(?m)^FROM ", dockerfile.read_text())[-1]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_runtime_images_are_non_root_exec_form_with_healthcheck_and_no_torch(name: str) -> None:
+    dockerfile = ROOT / "docker" / name
+    final = _final_stage(dockerfile)
+    assert re.search(r"(?m)^USER 10001", final)
+    assert re.search(r'(?m)^ENTRYPOINT \["python", "-m", "service"\]', final)
+    assert "/v2/health/ready" in final and "HEALTHCHECK" in final
+    assert not re.search(r"(?m)^RUN .*(torch|\[.*train.*\])", dockerfile.read_text())
+    assert "COPY models /app/models" in final
+
+
+def test_compose_stack_wires_health_gpu_profile_and_locust() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["api"]["healthcheck"]["test"]
+    assert services["api-gpu"]["profiles"] == ["gpu"]
+    assert services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert services["locust-master"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "--worker" in services["locust-worker"]["command"]
+    assert "--headless" in services["locust-headless"]["command"]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "runs", ".git"} <= set(ignored)
