@@ -30,10 +30,10 @@ from typing import Any
 import httpx
 
 from loadtests.http_client import LoadResult, closed_loop, encode_post
+from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from service.runners import SentimentRunner, TranslationRunner, load_runner
 from service.runners.translation import TranslationJob
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,25 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def sst2_sentences(data_dir: Path) -> list[str]:
-    path = data_dir / "sst2" / "stsa.binary.test"
-    if path.exists():
-        return [line.partition(" ")[2].strip() for line in path.read_text().splitlines() if line.strip()]
-    rng = random.Random(0)
-    words = ["the", "film", "is", "a", "great", "fun", "movie", "with", "dull", "moments", "but", "weak", "plot"]
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 40))) for _ in range(1000)]
-
-
-def multi30k_sources(data_dir: Path) -> list[str]:
-    import gzip
-
-    path = data_dir / "multi30k" / "test_2016_flickr.en.gz"
-    if path.exists():
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    return ["A man is riding a bike.", "Two dogs play in the snow.", "A woman in a red dress sings on a stage."] * 300
 
 
 # --- raw ONNX Runtime -----------------------------------------------------------------------
@@ -164,7 +145,7 @@ def check_identical(runner: TranslationRunner, sources: list[str], recorded: dic
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "models")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--duration", type=float, default=8.0, help="seconds measured per phase (after 1 s warm-up)")
     p.add_argument("--skip-translation", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_service.md")
@@ -177,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         print(text, flush=True)
         lines.append(text)
 
-    sentences = sst2_sentences(args.data_dir)
+    sentences = sentiment_texts(args.data_dir, "test")
     sentiment = load_runner(args.models / "sentiment" / "1", ["CPUExecutionProvider"])
     assert isinstance(sentiment, SentimentRunner)
     raw = raw_sentiment(sentiment, sentences, [1, 8, 16, 32, 64, 128, 256])
@@ -203,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             f"(target <= 3 ms)\n")
 
         if not args.skip_translation:
-            sources = multi30k_sources(args.data_dir)
+            sources = translation_texts(args.data_dir, "test_2016_flickr")
             random.Random(0).shuffle(sources)
             translator = load_runner(args.models / "translate-en-de" / "1", ["CPUExecutionProvider"])
             assert isinstance(translator, TranslationRunner)

@@ -29,16 +29,16 @@ def _generate(count: int, median_words: int, seed: int) -> list[str]:
     return out
 
 
-def sentiment_texts(data_dir: Path = DATA_DIR) -> list[str]:
-    path = data_dir / "sst2" / "stsa.binary.dev"
+def sentiment_texts(data_dir: Path = DATA_DIR, split: str = "dev") -> list[str]:
+    path = data_dir / "sst2" / f"stsa.binary.{split}"
     if path.exists():
         return [line.partition(" ")[2].strip() for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip()]
     return _generate(872, 19, seed=1)
 
 
-def translation_texts(data_dir: Path = DATA_DIR) -> list[str]:
-    path = data_dir / "multi30k" / "val.en.gz"
+def translation_texts(data_dir: Path = DATA_DIR, split: str = "val") -> list[str]:
+    path = data_dir / "multi30k" / f"{split}.en.gz"
     if path.exists():
         with gzip.open(path, "rt", encoding="utf-8") as handle:
             return [line.strip() for line in handle if line.strip()]
