@@ -23,7 +23,7 @@ class _SeqserveUser(FastHttpUser):
     abstract = True
     wait_time = between(0.0, 0.05)
 
-    def _post(self, path: str, body: dict, name: str) -> None:  # type: ignore[type-arg]
+    def _post(self, path: str, body: dict[str, object], name: str) -> None:
         with self.client.post(path, json=body, name=name, catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
