@@ -10,6 +10,7 @@ Select users with Locust's class picker or `locust ... SentimentUser Translation
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 from locust import FastHttpUser, between, task
 
@@ -23,7 +24,7 @@ class _SeqserveUser(FastHttpUser):
     abstract = True
     wait_time = between(0.0, 0.05)
 
-    def _post(self, path: str, body: dict[str, object], name: str) -> None:
+    def _post(self, path: str, body: Mapping[str, object], name: str) -> None:
         with self.client.post(path, json=body, name=name, catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
