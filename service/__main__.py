@@ -11,14 +11,25 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.app import create_app
 from service.settings import Settings
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # readiness turns 503 at once, so balancers stop sending while accepted work drains
+        self.app.state.ready = False
+        super().handle_exit(sig, frame)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         # uvicorn re-raises the captured signal after its graceful shutdown, which makes a clean,
@@ -34,10 +45,11 @@ class _Server(uvicorn.Server):
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False,
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1)
-    server = _Server(config)
+    server = _Server(config, app)
     server.run()
     if not server.started:  # start-up failed (e.g. a model refused to load): say so in the exit code
         sys.exit(3)

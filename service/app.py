@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
 from service import __version__, metrics, routes_v1, routes_v2
+from service.auth import ApiKeyMiddleware
 from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
 from service.onnx_session import ModelLoadError
@@ -59,6 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
+    # Added last = runs first: request id, size and content-type checks, then keys, then CORS.
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
+                                          "X-Request-Timeout"], expose_headers=["X-Request-ID", "Retry-After"])
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, exempt_paths=settings.auth_exempt_paths)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        log_requests=settings.access_log)
     return app

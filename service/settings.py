@@ -34,6 +34,12 @@ class Settings(BaseSettings):
 
     translation_scheduler: Literal["iteration", "request"] = Field(
         "iteration", description="iteration-level decode scheduling, or whole-request batching")
+    api_keys: list[str] = Field(default_factory=list, description="if set, requests need one of these keys")
+    auth_exempt_paths: list[str] = Field(
+        default_factory=lambda: ["/v2/health/live", "/v2/health/ready", "/metrics"],
+        description="paths answered without an API key (prefix match)")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
+
     warmup: bool = Field(True, description="run each model on typical shapes before reporting ready")
     log_level: str = Field("info")
     access_log: bool = Field(True, description="one JSON log line per request")

@@ -103,3 +103,10 @@ def committed_server() -> Iterator[Server]:
 
 def read_json(path: Path) -> dict:  # type: ignore[type-arg]
     return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def openapi_schema(committed_server: Server):  # type: ignore[no-untyped-def]
+    import schemathesis
+
+    return schemathesis.openapi.from_url(f"{committed_server.url}/openapi.json")

@@ -1,0 +1,168 @@
+"""Reliability scenarios and their report: overload burst and graceful shutdown under load.
+
+    python -m loadtests.reliability [--models models]
+
+Each scenario starts a real server on 127.0.0.1, sends a bounded burst, and prints: requests
+sent, results, rejects by status, lost (accepted but never answered: must be 0), connection
+errors, and the health endpoint's latency measured meanwhile from a separate process (so the
+load generator's own event loop does not inflate it). Used by tests/test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from loadtests.bench_service import ROOT, ServerProcess
+
+LONG = "A man in a blue shirt and a woman in a red dress are walking their two dogs in the park. "
+
+_PROBE = """
+import json, sys, time, httpx
+url, seconds = sys.argv[1], float(sys.argv[2])
+lat, bad = [], 0
+end = time.monotonic() + seconds
+with httpx.Client(timeout=5) as c:
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        try:
+            ok = c.get(url).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        lat.append(time.perf_counter() - t)
+        bad += not ok
+        time.sleep(0.01)
+print(json.dumps({"latencies": lat, "failures": bad}))
+"""
+
+
+@dataclass
+class ScenarioReport:
+    name: str
+    sent: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    connection_errors: int = 0
+    lost: int = 0
+    health: list[float] = field(default_factory=list)
+    health_failures: int = 0
+    exit_code: int | None = None
+    seconds: float = 0.0
+
+    def health_p(self, q: float) -> float:
+        ordered = sorted(self.health)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
+
+    def lines(self) -> list[str]:
+        rejects = {s: n for s, n in sorted(self.statuses.items()) if s != 200}
+        out = [f"## {self.name}",
+               f"requests sent: {self.sent}; results (200): {self.statuses.get(200, 0)}; "
+               f"rejects by status: {rejects or 'none'}; connection errors: {self.connection_errors}; "
+               f"lost: {self.lost}",
+               f"health (/v2/health/ready) during the scenario: {len(self.health)} probes, "
+               f"p50 {self.health_p(50) * 1000:.1f} ms, p99 {self.health_p(99) * 1000:.1f} ms, "
+               f"max {max(self.health, default=float('nan')) * 1000:.1f} ms, failures {self.health_failures}",
+               f"wall time {self.seconds:.1f} s"]
+        if self.exit_code is not None:
+            out.append(f"server exit code: {self.exit_code}")
+        return out
+
+
+def _start_probe(url: str, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _PROBE, url, str(seconds)], stdout=subprocess.PIPE, text=True)
+
+
+def _finish_probe(probe: subprocess.Popen[str], report: ScenarioReport) -> None:
+    out, _ = probe.communicate(timeout=60)
+    data = json.loads(out)
+    report.health, report.health_failures = data["latencies"], data["failures"]
+
+
+async def _burst(url: str, count: int, report: ScenarioReport) -> list[httpx.Response | BaseException]:
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=count)) as client:
+
+        async def call(i: int) -> httpx.Response:
+            if i % 2:
+                return await client.post(f"{url}/v1/sentiment", json={"text": f"{LONG} {i}"})
+            return await client.post(f"{url}/v1/translate", json={"text": f"{LONG} {i}", "beam_size": 4})
+
+        report.sent += count
+        return list(await asyncio.gather(*(call(i) for i in range(count)), return_exceptions=True))
+
+
+def _tally(responses: list[httpx.Response | BaseException], report: ScenarioReport) -> None:
+    for r in responses:
+        if isinstance(r, httpx.Response):
+            report.statuses[r.status_code] += 1
+        elif isinstance(r, httpx.ConnectError):
+            report.connection_errors += 1  # never reached the server: not accepted
+        else:
+            report.lost += 1  # accepted (connected) but no answer
+
+
+def overload(models: Path, burst: int = 400, queue_size: int = 16) -> ScenarioReport:
+    """A burst far beyond capacity against a small queue: results or fast 503s, nothing lost."""
+    report = ScenarioReport(f"overload: burst of {burst} mixed requests, queue size {queue_size}")
+    server = ServerProcess(models, max_queue_size=str(queue_size))
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        probe = _start_probe(f"{url}/v2/health/ready", 6.0)
+        time.sleep(0.5)
+        start = time.perf_counter()
+        _tally(asyncio.run(_burst(url, burst, report)), report)
+        report.seconds = time.perf_counter() - start
+        _finish_probe(probe, report)
+    finally:
+        server.proc.terminate()
+        report.exit_code = server.proc.wait(timeout=60)
+    return report
+
+
+def shutdown(models: Path, requests: int = 48, after_s: float = 0.5) -> ScenarioReport:
+    """SIGTERM while requests are queued and decoding: every accepted request gets its result."""
+    report = ScenarioReport(f"graceful shutdown: SIGTERM {after_s} s into {requests} requests")
+    server = ServerProcess(models)
+    url = f"http://127.0.0.1:{server.port}"
+    probe = _start_probe(f"{url}/v2/health/ready", after_s + 0.2)
+
+    async def scenario() -> list[httpx.Response | BaseException]:
+        task = asyncio.create_task(_burst(url, requests, report))
+        await asyncio.sleep(after_s)
+        server.proc.send_signal(signal.SIGTERM)
+        return await task
+
+    start = time.perf_counter()
+    _tally(asyncio.run(scenario()), report)
+    report.seconds = time.perf_counter() - start
+    report.exit_code = server.proc.wait(timeout=120)
+    _finish_probe(probe, report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--out", type=Path, default=ROOT / "reports" / "reliability.md")
+    args = p.parse_args(argv)
+    lines = ["# seqserve reliability report", ""]
+    for report in (overload(args.models), shutdown(args.models)):
+        for line in report.lines():
+            print(line, flush=True)
+            lines.append(line)
+        print()
+        lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

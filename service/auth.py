@@ -1,0 +1,41 @@
+"""Optional API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+
+Off unless SEQSERVE_API_KEYS is set. Health and metrics are exempt by default so that probes
+and scrapers need no secret. Keys are compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, keys: list[str], exempt_paths: list[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys if k]
+        self.exempt = tuple(exempt_paths)
+
+    def _authorised(self, scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        presented = headers.get(b"x-api-key")
+        auth = headers.get(b"authorization", b"")
+        if presented is None and auth[:7].lower() == b"bearer ":
+            presented = auth[7:].strip()
+        if presented is None:
+            return False
+        return any(hmac.compare_digest(presented, key) for key in self.keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"].startswith(self.exempt) \
+                or self._authorised(scope):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": "missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",
+                           "code": "unauthorized", "field": "Authorization"}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
