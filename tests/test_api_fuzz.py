@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 
 from tests.conftest import Server
 
