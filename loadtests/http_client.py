@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadtests.steady import Window, is_steady
+
 
 def encode_post(path: str, body: dict[str, Any], host: str = "127.0.0.1",
                 headers: dict[str, str] | None = None) -> bytes:
@@ -119,3 +121,76 @@ async def closed_loop(host: str, port: int, next_request: Callable[[int], tuple[
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return result
+
+
+async def open_loop(host: str, port: int, next_request: Callable[[int], tuple[bytes, int]], rate: float,
+                    window_s: float, max_windows: int, warmup_s: float = 1.0,
+                    max_connections: int = 1024) -> tuple[list[Window], bool]:
+    """Requests arrive as a Poisson process at ``rate``/s whatever the answers do (open loop).
+
+    Latency is measured from each request's scheduled arrival, so time spent queueing in the
+    server *or* waiting for a free client connection is counted (no coordinated omission).
+    Runs until three windows agree (loadtests/steady.py) or ``max_windows``.
+    """
+    import random
+
+    rng = random.Random(0)
+    idle: list[Connection] = []
+    opened = 0
+    windows: list[Window] = []
+    current = Window(window_s, 0)
+    loop_start = time.perf_counter()
+    measure_from = loop_start + warmup_s
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal opened
+        request, _ = next_request(i)
+        conn = idle.pop() if idle else None
+        if conn is None:
+            opened += 1
+            conn = await Connection.open(host, port)
+        try:
+            status, _ = await conn.send(request)
+        except (OSError, asyncio.IncompleteReadError):
+            status = 0
+            conn.close()
+            conn = None
+        done = time.perf_counter()
+        if conn is not None:
+            idle.append(conn)
+        if scheduled >= measure_from:
+            bucket = current
+            bucket.statuses[status] += 1
+            if 200 <= status < 300:
+                bucket.requests += 1
+                bucket.latencies_ms[round((done - scheduled) * 1000)] += 1
+
+    i = 0
+    next_at = loop_start
+    window_end = measure_from + window_s
+    steady = False
+    while len(windows) < max_windows and not steady:
+        now = time.perf_counter()
+        if now >= window_end:
+            windows.append(current)
+            current = Window(window_s, 0)
+            window_end += window_s
+            steady = is_steady(windows)
+            continue
+        if now < next_at:
+            await asyncio.sleep(min(next_at - now, window_end - now))
+            continue
+        if len(in_flight) < max_connections:
+            task = asyncio.create_task(one(i, next_at))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        else:
+            current.statuses[-1] += 1  # the client itself was saturated: reported, never hidden
+        i += 1
+        next_at += rng.expovariate(rate)
+    for task in list(in_flight):
+        task.cancel()
+    for conn in idle:
+        conn.close()
+    return windows, steady

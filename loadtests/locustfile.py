@@ -31,7 +31,7 @@ class _SeqserveUser(FastHttpUser):
 
 
 class SentimentUser(_SeqserveUser):
-    weight = 6
+    weight = 4
 
     @task(8)
     def single(self) -> None:
@@ -40,6 +40,16 @@ class SentimentUser(_SeqserveUser):
     @task(2)
     def batched(self) -> None:
         self._post("/v1/sentiment", {"texts": random.sample(SENTIMENT, 8)}, "/v1/sentiment [8]")
+
+
+class SentimentSingleUser(_SeqserveUser):
+    """Only single-text sentiment: the scenario of `make loadtest`, comparable with the raw limit."""
+
+    weight = 2
+
+    @task
+    def single(self) -> None:
+        self._post("/v1/sentiment", {"text": random.choice(SENTIMENT)}, "/v1/sentiment [1]")
 
 
 class TranslationUser(_SeqserveUser):
