@@ -7,7 +7,7 @@ SEQSERVE_HOST ?= 127.0.0.1
 SEQSERVE_PORT ?= 8000
 export SEQSERVE_HOST SEQSERVE_PORT
 
-.PHONY: help serve test lint typecheck unit train-sentiment train-translation evaluate bench clean
+.PHONY: help serve test lint train-sentiment train-translation evaluate loadtest reliability bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -46,6 +46,13 @@ train-translation: $(VENV)/.dev  ## train, export and evaluate the en→de trans
 evaluate: $(VENV)/.dev  ## print the committed models' quality (accuracy, BLEU) from ONNX Runtime
 	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1
+
+loadtest: $(VENV)/.dev  ## Locust sweep + open loop, batching on vs off, vs the raw limit (reports/loadtest/)
+	$(VENV)/bin/pip install --quiet -e ".[cpu,dev,train,loadtest]"
+	$(PY) -m loadtests
+
+reliability: $(VENV)/.dev  ## overload and graceful-shutdown scenarios (reports/reliability.md)
+	$(PY) -m loadtests.reliability
 
 bench: $(VENV)/.dev  ## serving benchmark: HTTP vs raw ONNX Runtime, concurrency scaling, start-up time
 	$(PY) -m loadtests.bench_service

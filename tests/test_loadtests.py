@@ -1,0 +1,46 @@
+"""The load-test harness: stability rule, percentiles, and a short real run of the runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from loadtests.steady import Window, is_steady, percentile, summarise
+from tests.conftest import ROOT
+
+
+def test_three_windows_within_ten_percent_are_steady() -> None:
+    assert not is_steady([Window(1, 100), Window(1, 100)])
+    assert is_steady([Window(1, 50), Window(1, 100), Window(1, 95), Window(1, 105)])
+    assert not is_steady([Window(1, 80), Window(1, 100), Window(1, 120)])
+    assert not is_steady([Window(1, 0), Window(1, 0), Window(1, 0)])
+
+
+def test_percentiles_from_millisecond_histograms() -> None:
+    hist = Counter({1: 50, 2: 40, 10: 9, 100: 1})
+    assert percentile(hist, 50) == 1
+    assert percentile(hist, 90) == 2
+    assert percentile(hist, 99) == 10
+    assert percentile(hist, 100) == 100
+    s = summarise([Window(2, 10, Counter({5: 10}), Counter({200: 10, 503: 2}))], steady=False)
+    assert s["rps"] == 5 and s["statuses"] == {"200": 10, "503": 2} and s["p50_ms"] == 5
+
+
+def test_runner_produces_csv_summary_and_plot(tiny_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lt"
+    subprocess.run([sys.executable, "-m", "loadtests", "--models", str(tiny_repo), "--users", "1,4", "--rates", "20",
+                    "--window", "1", "--max-windows", "3", "--cross-check", "4", "--out", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    for name in ("summary.md", "results.json", "latency_vs_throughput.png", "A_u4_stats.csv", "B_u4_stats.csv",
+                 "A_u4_stats_history.csv"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    a, b = results["results"]
+    assert [s["users"] for s in a["closed"]] == [1, 4] and b["config"].startswith("SEQSERVE_MAX_BATCH_SIZE=1")
+    assert all(s["rps"] > 0 and s["statuses"].get("200") for s in a["closed"] + a["open"])
+    assert results["raw"]["best"] > 0
+    summary = (out / "summary.md").read_text()
+    assert "A/B" in summary and "raw limit" in summary and "Cross-check" in summary
