@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
 from service.batching import BatchPolicy, DynamicBatcher
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
+
+P = TypeVar("P")
+R = TypeVar("R")
 
 
 class TranslationEngine(Protocol):
@@ -23,10 +26,28 @@ class TranslationEngine(Protocol):
     def queue_depth(self) -> int: ...
 
 
-class SentimentEngine:
+class _BatchedEngine(Generic[P, R]):
+    """Lifecycle shared by the engines built on the dynamic batcher."""
+
+    batcher: DynamicBatcher[P, R]
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def drain(self, timeout_s: float) -> bool:
+        return await self.batcher.drain(timeout_s)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    def queue_depth(self) -> int:
+        return self.batcher.queue.qsize()
+
+
+class SentimentEngine(_BatchedEngine[list[int], np.ndarray]):
     def __init__(self, name: str, runner: SentimentRunner, policy: BatchPolicy) -> None:
         self.runner = runner
-        self.batcher: DynamicBatcher[list[int], np.ndarray] = DynamicBatcher(name, self._run, policy)
+        self.batcher = DynamicBatcher(name, self._run, policy)
 
     def _run(self, batch: list[list[int]]) -> list[np.ndarray]:
         return list(self.runner.run(batch))
@@ -34,41 +55,13 @@ class SentimentEngine:
     async def classify(self, ids: list[int], deadline: float) -> np.ndarray:
         return await self.batcher.submit(ids, len(ids), deadline)
 
-    def start(self) -> None:
-        self.batcher.start()
 
-    async def drain(self, timeout_s: float) -> bool:
-        return await self.batcher.drain(timeout_s)
-
-    async def close(self) -> None:
-        await self.batcher.close()
-
-    def queue_depth(self) -> int:
-        return self.batcher.queue.qsize()
-
-
-class RequestBatchedTranslator:
+class RequestBatchedTranslator(_BatchedEngine[TranslationJob, TranslationOutput]):
     """Whole-request batching: a batch is encoded and decoded together until its last request ends."""
 
     def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy) -> None:
         self.runner = runner
-        self.batcher: DynamicBatcher[TranslationJob, TranslationOutput] = DynamicBatcher(name, self._run, policy)
-
-    def _run(self, jobs: list[TranslationJob]) -> list[TranslationOutput]:
-        return self.runner.translate(jobs)
+        self.batcher = DynamicBatcher(name, runner.translate, policy)
 
     async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
         return await self.batcher.submit(job, len(job.src_ids), deadline)
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def drain(self, timeout_s: float) -> bool:
-        return await self.batcher.drain(timeout_s)
-
-    async def close(self) -> None:
-        await self.batcher.close()
-
-    def queue_depth(self) -> int:
-        return self.batcher.queue.qsize()
-
