@@ -167,6 +167,12 @@ def _previous_metrics(out_dir: Path) -> dict[str, float]:
     return json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
 
 
+def _require_parity(worst: float, what: str) -> None:
+    print(f"parity: max |ORT - torch| on {what} = {worst:.2e}")
+    if worst > PARITY_TOLERANCE:
+        raise SystemExit(f"parity {worst:.2e} exceeds the tolerance {PARITY_TOLERANCE:.0e}")
+
+
 def export_sentiment(run_dir: Path, out_dir: Path, data_dir: Path) -> ModelCard:
     ckpt = _load(run_dir)
     model = SentimentLSTM(SentimentConfig(**ckpt["config"]))
@@ -177,9 +183,7 @@ def export_sentiment(run_dir: Path, out_dir: Path, data_dir: Path) -> ModelCard:
     graph = export_sentiment_graph(model, out_dir)
     dev = [tok.encode(r.text) for r in read_sst2(data_dir, "dev")]
     worst = sentiment_parity(model, out_dir / "sentiment.onnx", [dev[i : i + 32] for i in range(0, len(dev), 32)])
-    print(f"parity: max |ORT - torch| on SST-2 dev probabilities = {worst:.2e}")
-    if worst > PARITY_TOLERANCE:
-        raise SystemExit(f"parity {worst:.2e} exceeds the tolerance {PARITY_TOLERANCE:.0e}")
+    _require_parity(worst, "SST-2 dev probabilities")
     card = ModelCard(
         name="sentiment", version=out_dir.name, task="text-classification",
         description="Binary sentiment of English text (SST-2): stacked bidirectional LSTM over subwords.",
@@ -211,9 +215,7 @@ def export_translation(run_dir: Path, out_dir: Path, data_dir: Path) -> ModelCar
     val = read_multi30k_pairs(data_dir, "val")[:256]
     pairs = [(src_tok.encode(s, add_eos=True), tgt_tok.encode(t)) for s, t in val]
     worst = translation_parity(model, out_dir, pairs)
-    print(f"parity: max |ORT - torch| on Multi30k val log-probs = {worst:.2e}")
-    if worst > PARITY_TOLERANCE:
-        raise SystemExit(f"parity {worst:.2e} exceeds the tolerance {PARITY_TOLERANCE:.0e}")
+    _require_parity(worst, "Multi30k val log-probs")
     card = ModelCard(
         name="translate-en-de", version=out_dir.name, task="translation",
         description="English→German translation (Multi30k): bidirectional GRU encoder, GRU decoder with "

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from export.data import DEFAULT_DATA_DIR, LabelledText, read_sst2, read_sst2_phrases
 from export.sentiment_model import SentimentConfig, SentimentLSTM
 from export.tokenizers import train_subword_model
-from export.training import EpochLog, Timer, bucketed_batches, pad, plot_curves, set_seed
+from export.training import EpochLog, Timer, bucketed_batches, pad, plot_curves, resume, save_last, set_seed
 from service.tokenization import SubwordTokenizer
 
 
@@ -91,15 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     model = SentimentLSTM(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     log = EpochLog(run / "log.jsonl")
-    state = {"epoch": 0, "best_acc": -1.0, "bad_epochs": 0}
-    last = run / "last.pt"
-    if last.exists():
-        ckpt = torch.load(last, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        log.truncate(state["epoch"])
-        print(f"resumed from {last} after epoch {state['epoch']}", flush=True)
+    state = resume(run, model, optimizer, log, {"epoch": 0, "best_acc": -1.0, "bad_epochs": 0})
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.2f}M parameters; {len(data)} training texts; {len(dev_data)} dev", flush=True)
 
@@ -132,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, last)
+        save_last(run, model, optimizer, state)
         log.append({"epoch": epoch, "train_loss": total_loss / seen, "train_acc": correct / seen,
                     "dev_acc": dev_acc, "minutes": timer.minutes(), "best": improved})
         if timer.minutes() > args.max_minutes:

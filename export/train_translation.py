@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs
 from export.tokenizers import train_subword_model
-from export.training import EpochLog, Timer, bucketed_batches, pad, plot_curves, set_seed
+from export.training import EpochLog, Timer, bucketed_batches, pad, plot_curves, resume, save_last, set_seed
 from export.translation_model import AttentionTranslator, TranslationConfig
 from service.tokenization import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer
 
@@ -123,15 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     model = AttentionTranslator(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     log = EpochLog(run / "log.jsonl")
-    state = {"epoch": 0, "best_bleu": -1.0, "bad_epochs": 0}
-    last = run / "last.pt"
-    if last.exists():
-        ckpt = torch.load(last, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        log.truncate(state["epoch"])
-        print(f"resumed from {last} after epoch {state['epoch']}", flush=True)
+    state = resume(run, model, optimizer, log, {"epoch": 0, "best_bleu": -1.0, "bad_epochs": 0})
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.2f}M parameters; {len(data)} training pairs; {len(val_src)} val", flush=True)
 
@@ -172,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             for group in optimizer.param_groups:  # halve the step size on a plateau
                 group["lr"] = lr * 0.5
         state["epoch"] = epoch
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, last)
+        save_last(run, model, optimizer, state)
         log.append({"epoch": epoch, "train_loss": total_loss / total_tokens, "val_bleu": bleu,
                     "val_bleu_lc": bleu_lc, "lr": lr, "minutes": timer.minutes(), "best": improved})
         print(f"  sample: {val_pairs[0][0]!r} -> {hyps[0]!r}", flush=True)

@@ -81,6 +81,25 @@ def plot_curves(rows: list[dict[str, Any]], metrics: list[str], title: str, out_
     return out_file
 
 
+def resume(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, log: EpochLog,
+           fresh: dict[str, Any]) -> dict[str, Any]:
+    """Continue from ``run/last.pt`` when it exists (model, optimizer, loop state, log)."""
+    last = run / "last.pt"
+    if not last.exists():
+        return fresh
+    ckpt = torch.load(last, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    state: dict[str, Any] = ckpt["state"]
+    log.truncate(state["epoch"])
+    print(f"resumed from {last} after epoch {state['epoch']}", flush=True)
+    return state
+
+
+def save_last(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, run / "last.pt")
+
+
 class Timer:
     def __init__(self) -> None:
         self.start = time.monotonic()

@@ -49,6 +49,14 @@ class BatchPolicy:
     batch_overhead_tokens: float = 64.0
 
 
+async def wait_until_idle(in_flight: Callable[[], int], timeout_s: float) -> bool:
+    """Poll until nothing is in flight or the timeout passes; True if idle."""
+    end = time.monotonic() + timeout_s
+    while in_flight() and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    return in_flight() == 0
+
+
 def split_by_budget(items: list[WorkItem[P, R]], policy: BatchPolicy) -> list[list[WorkItem[P, R]]]:
     """Cut a window into batches of length-sorted items at the least modelled cost.
 
@@ -98,10 +106,7 @@ class DynamicBatcher(Generic[P, R]):
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting, let queued and running work finish; True if it all finished in time."""
         self.accepting = False
-        end = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < end:
-            await asyncio.sleep(0.01)
-        return self.in_flight == 0
+        return await wait_until_idle(lambda: self.in_flight, timeout_s)
 
     async def close(self) -> None:
         self.accepting = False

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.batching import BatchPolicy
+from service.batching import BatchPolicy, wait_until_idle
 from service.decoding import BeamSearch
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.runners.translation import TranslationJob, TranslationOutput, TranslationRunner
@@ -118,10 +118,7 @@ class DecodeScheduler:
 
     async def drain(self, timeout_s: float) -> bool:
         self.accepting = False
-        end = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < end:
-            await asyncio.sleep(0.01)
-        return self.in_flight == 0
+        return await wait_until_idle(lambda: self.in_flight, timeout_s)
 
     async def close(self) -> None:
         self.accepting = False
