@@ -43,6 +43,8 @@ from service.tokenization import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SubwordTokenize
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
+MAX_BEAM_SIZE = 10
+TOP_K = 2 * MAX_BEAM_SIZE  # candidates per row the decoder step returns: enough for any allowed beam
 SPECIAL_TOKENS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 _DTYPES: dict[int, str] = {
     onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.BOOL: "bool",
@@ -106,13 +108,15 @@ def export_translation_graphs(model: AttentionTranslator, out_dir: Path) -> tupl
         states, keys, state = model.encode(ids, lengths)
     mask = (torch.arange(7)[None] < lengths[:, None]).float()
     prev = torch.tensor([BOS_ID, 5, 6])
-    decoder = _export(TranslationDecoderStepGraph(model), (prev, state, states, keys, mask),
+    parents = torch.tensor([0, 1, 2])
+    decoder = _export(TranslationDecoderStepGraph(model, TOP_K), (prev, state, parents, states, keys, mask),
                       out_dir / "decoder_step.onnx",
-                      ["prev_tokens", "decoder_state", "encoder_states", "encoder_keys", "src_mask"],
-                      ["log_probs", "new_decoder_state", "attention"],
-                      {"prev_tokens": {0: "rows"}, "decoder_state": {0: "rows"},
+                      ["prev_tokens", "decoder_state", "parent_rows", "encoder_states", "encoder_keys", "src_mask"],
+                      ["log_probs", "top_log_probs", "top_ids", "new_decoder_state", "attention"],
+                      {"prev_tokens": {0: "rows"}, "decoder_state": {0: "state_rows"}, "parent_rows": {0: "rows"},
                        "encoder_states": {0: "rows", 1: "src_time"}, "encoder_keys": {0: "rows", 1: "src_time"},
                        "src_mask": {0: "rows", 1: "src_time"}, "log_probs": {0: "rows"},
+                       "top_log_probs": {0: "rows"}, "top_ids": {0: "rows"},
                        "new_decoder_state": {0: "rows"}, "attention": {0: "rows", 1: "src_time"}})
     return encoder, decoder
 
@@ -135,9 +139,9 @@ def translation_parity(model: AttentionTranslator, out_dir: Path,
                                            torch.from_numpy(tgt)), -1).numpy()
         worst = max(worst, float(np.abs(o_states - t_states.numpy()).max()))
         for t in range(tgt.shape[1]):
-            log_probs, o_state, _ = dec.run(None, {"prev_tokens": tgt[:, t], "decoder_state": o_state,
-                                                    "encoder_states": o_states, "encoder_keys": o_keys,
-                                                    "src_mask": mask})
+            log_probs, _, _, o_state, _ = dec.run(None, {
+                "prev_tokens": tgt[:, t], "decoder_state": o_state, "parent_rows": np.arange(len(chunk)),
+                "encoder_states": o_states, "encoder_keys": o_keys, "src_mask": mask})
             real = tgt[:, t] != PAD_ID
             worst = max(worst, float(np.abs(log_probs[real] - full[real, t]).max()))
     return worst
@@ -228,8 +232,8 @@ def export_translation(run_dir: Path, out_dir: Path, data_dir: Path) -> ModelCar
                                             vocab_size=tgt_tok.vocab_size)},
         special_tokens=SPECIAL_TOKENS, max_input_tokens=128, max_output_tokens=200,
         languages={"source": "en", "target": "de"},
-        decoding=DecodingSpec(default_beam_size=5, max_beam_size=10, length_penalty=1.0,
-                              max_length_ratio=2.0, max_length_extra=10),
+        decoding=DecodingSpec(default_beam_size=5, max_beam_size=MAX_BEAM_SIZE, length_penalty=1.0,
+                              max_length_ratio=2.0, max_length_extra=10, top_k=TOP_K),
         training_data={"name": "Multi30k task 1 (en-de)", "train": "train (29,000 pairs)",
                        "early_stopping": "val greedy BLEU", "test": "test_2016_flickr"},
         training=_training_summary(run_dir, "val_bleu_lc"), metrics=_previous_metrics(out_dir), opset=OPSET,

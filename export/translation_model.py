@@ -123,13 +123,24 @@ class TranslationEncoderGraph(nn.Module):
 
 
 class TranslationDecoderStepGraph(nn.Module):
-    """The one-step decoder graph as exported."""
+    """The one-step decoder graph as exported.
 
-    def __init__(self, model: AttentionTranslator) -> None:
+    Two additions to ``step`` let the decoder state and the vocabulary-sized scores stay on the
+    accelerator between steps: ``parent_rows`` picks (and reorders, for beam search) the rows of
+    the previous step's state inside the graph, and the graph returns each row's ``top_k`` best
+    tokens, which is all beam search needs when top_k >= 2 x beam size.
+    """
+
+    def __init__(self, model: AttentionTranslator, top_k: int) -> None:
         super().__init__()
         self.model = model
+        self.top_k = top_k
 
     def forward(
-        self, prev_tokens: Tensor, state: Tensor, enc_states: Tensor, enc_keys: Tensor, src_mask: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.step(prev_tokens, state, enc_states, enc_keys, src_mask)
+        self, prev_tokens: Tensor, state: Tensor, parent_rows: Tensor, enc_states: Tensor, enc_keys: Tensor,
+        src_mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        log_probs, new_state, attention = self.model.step(
+            prev_tokens, state.index_select(0, parent_rows), enc_states, enc_keys, src_mask)
+        top_log_probs, top_ids = torch.topk(log_probs, self.top_k, dim=-1)
+        return log_probs, top_log_probs, top_ids, new_state, attention

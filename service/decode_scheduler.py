@@ -27,7 +27,7 @@ from service import metrics
 from service.batching import BatchPolicy, wait_until_idle
 from service.decoding import BeamSearch
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
-from service.runners.translation import TranslationJob, TranslationOutput, TranslationRunner
+from service.runners.translation import DecoderRows, Tensor, TranslationJob, TranslationOutput, TranslationRunner
 
 log = logging.getLogger("seqserve.decode")
 
@@ -62,34 +62,53 @@ class _Request:
 
 
 class _RowArrays:
-    """Decoder inputs for the running set, rebuilt only when membership changes."""
+    """The running set's rows: members in row order, the encoder side (placed where the decoder
+    reads it), and the decoder state with the parent rows the next step takes from it.
 
-    def __init__(self) -> None:
+    The encoder side is rebuilt (and, under I/O binding, uploaded) only when membership changes;
+    between changes each step only passes ``parents`` and the device-resident state along.
+    """
+
+    def __init__(self, runner: TranslationRunner) -> None:
+        self.runner = runner
         self.members: list[_Request] = []
-        self.layout: list[int] = []  # live rows per member, in order
-        self.state: np.ndarray | None = None
-        self.states: np.ndarray | None = None
-        self.keys: np.ndarray | None = None
-        self.mask: np.ndarray | None = None
+        self.layout: list[int] = []  # live rows per member, in row order
+        self.rows: DecoderRows | None = None
+        self.state: Tensor | None = None
+        self.parents = np.zeros(0, dtype=np.int64)
+        self.dirty = False  # membership changed since the encoder side was built
 
-    def rebuild(self, members: list[_Request], state: np.ndarray) -> None:
+    def host_state(self) -> np.ndarray | None:
+        """The current members' state rows on the host (only on membership changes)."""
+        if self.state is None or not self.members:
+            return None
+        return self.runner.to_host(self.state)[self.parents]
+
+    def rebuild(self, members: list[_Request], host_state: np.ndarray) -> None:
         self.members = list(members)
         self.layout = [m.search.live for m in members]  # type: ignore[union-attr]
         rows = sum(self.layout)
         width = max(m.src_len for m in members)
         first = members[0]
         assert first.states is not None and first.keys is not None
-        self.states = np.zeros((rows, width, first.states.shape[1]), dtype=np.float32)
-        self.keys = np.zeros((rows, width, first.keys.shape[1]), dtype=np.float32)
-        self.mask = np.zeros((rows, width), dtype=np.float32)
+        states = np.zeros((rows, width, first.states.shape[1]), dtype=np.float32)
+        keys = np.zeros((rows, width, first.keys.shape[1]), dtype=np.float32)
+        mask = np.zeros((rows, width), dtype=np.float32)
         row = 0
         for member, live in zip(members, self.layout, strict=True):
             n = member.src_len
-            self.states[row : row + live, :n] = member.states
-            self.keys[row : row + live, :n] = member.keys
-            self.mask[row : row + live, :n] = 1.0
+            states[row : row + live, :n] = member.states
+            keys[row : row + live, :n] = member.keys
+            mask[row : row + live, :n] = 1.0
             row += live
-        self.state = state
+        place = self.runner.place
+        self.rows = DecoderRows(place(states), place(keys), place(mask))
+        self.state = place(host_state)
+        self.parents = np.arange(rows, dtype=np.int64)
+        self.dirty = False
+
+    def clear(self) -> None:
+        self.members, self.layout, self.rows, self.state, self.dirty = [], [], None, None, False
 
 
 class DecodeScheduler:
@@ -211,7 +230,7 @@ class DecodeScheduler:
         return encoded.init_state
 
     def _run(self) -> None:
-        rows = _RowArrays()
+        rows = _RowArrays(self.runner)
         while not self._stop.is_set():
             try:
                 self._loop_once(rows)
@@ -221,83 +240,79 @@ class DecodeScheduler:
                 for request in self._running:
                     self._finish(request, error=error)
                 self._running = []
-                rows.members = []
+                rows.clear()
 
     def _loop_once(self, rows: _RowArrays) -> None:
         joiners = self._admit()
-        changed = bool(joiners)
-        if joiners:
-            init = self._encode(joiners)
-            state_parts = [rows.state] if rows.state is not None and rows.members else []
-            rows_state = np.concatenate([*state_parts, init]) if state_parts else init
-            self._running = rows.members + joiners
-        else:
-            rows_state = rows.state  # type: ignore[assignment]
+        changed = bool(joiners) or rows.dirty
         # requests that went away or ran out of time leave before the step
         now = time.monotonic()
-        keep_rows: list[np.ndarray] = []
+        keep: list[np.ndarray] = []
         survivors = []
         offset = 0
-        for request in self._running:
-            live = request.search.live  # type: ignore[union-attr]
+        for request, live in zip(rows.members, rows.layout, strict=True):
             if request.future.done():
                 metrics.DROPPED.labels(self.name, "client_gone").inc()
                 self._finish(request)
                 changed = True
             elif request.deadline <= now:
                 metrics.DROPPED.labels(self.name, "deadline").inc()
-                self._finish(request, error=DeadlineExceeded(
-                    f"deadline passed during decoding on model {self.name}"))
+                self._finish(request, error=DeadlineExceeded(f"deadline passed during decoding on model {self.name}"))
                 changed = True
             else:
                 survivors.append(request)
-                keep_rows.append(np.arange(offset, offset + live))
+                keep.append(np.arange(offset, offset + live))
             offset += live
-        if not survivors:
-            self._running, rows.members, rows.state = [], [], None
-            return
         if changed:
-            state = rows_state[np.concatenate(keep_rows)] if len(survivors) != len(self._running) else rows_state
-            rows.rebuild(survivors, state)
-        self._running = survivors
-        self._step(rows)
+            parts = []
+            host = rows.host_state()
+            if host is not None and survivors:
+                parts.append(host[np.concatenate(keep)])
+            if joiners:
+                parts.append(self._encode(joiners))
+            if not parts:
+                rows.clear()
+                self._running = []
+                return
+            rows.rebuild(survivors + joiners, np.concatenate(parts))
+        self._running = list(rows.members)
+        if self._running:
+            self._step(rows)
 
     def _step(self, rows: _RowArrays) -> None:
-        assert rows.state is not None and rows.states is not None and rows.keys is not None and rows.mask is not None
+        assert rows.rows is not None and rows.state is not None
         prev = np.fromiter((t for r in rows.members for t in r.search.last_tokens()),  # type: ignore[union-attr]
                            dtype=np.int64)
+        want_attention = any(r.job.keep_attention for r in rows.members)
         started = time.monotonic()
-        log_probs, new_state, attention = self.runner.step(prev, rows.state, rows.states, rows.keys, rows.mask)
+        top_lp, top_ids, new_state, attention = self.runner.step(prev, rows.state, rows.parents, rows.rows,
+                                                                 want_attention)
         metrics.DECODE_ROWS.labels(self.name).observe(len(prev))
-        reorder, survivors = [], []
+        reorder, survivors, layout = [], [], []
         offset = 0
-        membership_changed = False
+        finished = False
         for request, live in zip(rows.members, rows.layout, strict=True):
             search = request.search
             assert search is not None
             if request.first_step_at is None:
                 request.first_step_at = started
                 metrics.TIME_TO_FIRST_STEP.labels(self.name).observe(started - request.arrived)
-            attn = attention[offset : offset + live, : request.src_len] if search.keep_attention else None
-            parents = search.advance(log_probs[offset : offset + live], attn)
+            window = slice(offset, offset + live)
+            attn = attention[window, : request.src_len] if attention is not None and search.keep_attention else None
+            parents = search.advance(top_lp[window], top_ids[window], attn)
             if search.done:
-                membership_changed = True
+                finished = True
                 metrics.DECODE_STEPS.labels(self.name).observe(search.steps)
                 output = TranslationRunner._output(search.best(), request.src_len)
                 metrics.TOKENS.labels(self.name, "output").inc(len(output.tokens))
                 self._finish(request, output)
             else:
                 survivors.append(request)
+                layout.append(search.live)
                 reorder.append(offset + parents)
-                membership_changed |= search.live != live
             offset += live
-        if not survivors:
-            rows.members, rows.state = [], None
-            self._running = []
-            return
-        state = new_state[np.concatenate(reorder)]
-        if membership_changed:
-            rows.rebuild(survivors, state)
-        else:
-            rows.state = state
+        rows.dirty = finished or layout != rows.layout  # the next loop re-gathers the rows, once
+        rows.members, rows.layout = survivors, layout
+        rows.state = new_state
+        rows.parents = np.concatenate(reorder) if reorder else np.zeros(0, dtype=np.int64)
         self._running = survivors

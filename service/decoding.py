@@ -65,14 +65,17 @@ class BeamSearch:
         # the emitted </s> counts towards the length, its token is not returned
         self.finished.append(Hypothesis(tokens, log_prob, self._normalise(log_prob, len(tokens) + 1), attention))
 
-    def advance(self, log_probs: np.ndarray, attention: np.ndarray | None = None) -> np.ndarray:
-        """Consume this step's [live, vocab] log-probabilities; return parent rows of the new beams.
-
-        The returned indices (into this request's current live rows) say how to reorder its
-        decoder state; the array is empty when the request is done.
+    def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray,
+                attention: np.ndarray | None = None) -> np.ndarray:
+        """Consume this step's candidates: each live row's best tokens ([live, k] log-probs and
+        ids, k >= 2 x beam size, as the decoder graph returns them). Returns the parent rows of
+        the new beams (indices into this request's current live rows), which say how to reorder
+        its decoder state; the array is empty when the request is done.
         """
-        live, vocab = log_probs.shape
-        total = self.log_probs[:live, None] + log_probs.astype(np.float64)
+        live, width = top_log_probs.shape
+        if width < 2 * self.beam_size:
+            raise ValueError(f"beam {self.beam_size} needs at least {2 * self.beam_size} candidates per row")
+        total = self.log_probs[:live, None] + top_log_probs.astype(np.float64)
         want = min(2 * self.beam_size, total.size)
         flat = total.ravel()
         top = np.argpartition(-flat, want - 1)[:want]
@@ -84,7 +87,8 @@ class BeamSearch:
         self.steps += 1
         at_limit = self.steps >= self.max_length
         for rank, index in enumerate(top):
-            parent, token = divmod(int(index), vocab)
+            parent, column = divmod(int(index), width)
+            token = int(top_ids[parent, column])
             attn = self.attention[parent] + [attention[parent]] if self.keep_attention and attention is not None else []
             if token == EOS_ID:
                 # as in fairseq: only an end among the top beam_size candidates finishes a hypothesis
@@ -112,3 +116,12 @@ class BeamSearch:
         if not self.finished:
             raise RuntimeError("best() called before the search finished")
         return max(self.finished, key=lambda h: h.score)
+
+
+def top_candidates(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k best (log-prob, id), best first: what the decoder graph's TopK returns."""
+    k = min(k, log_probs.shape[1])
+    ids = np.argpartition(-log_probs, k - 1, axis=1)[:, :k]
+    scores = np.take_along_axis(log_probs, ids, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)

@@ -45,6 +45,7 @@ class DecodingSpec(BaseModel):
     length_penalty: float
     max_length_ratio: float = Field(gt=0, description="default max_length = ratio * source tokens + extra")
     max_length_extra: int = Field(ge=0)
+    top_k: int = Field(ge=2, description="candidates per row returned by the decoder step (>= 2 x max beam)")
 
 
 class ParitySpec(BaseModel):

@@ -63,6 +63,20 @@ async def test_joining_mid_flight_gives_the_same_output_as_solo_decoding(runner:
             assert abs(out.attention - solo.attention).max() < 1e-4
 
 
+async def test_io_binding_path_gives_the_same_output(tiny_repo: Path, runner: TranslationRunner) -> None:
+    """The device path (I/O binding, state kept as OrtValues between steps) exercised on the CPU."""
+    bound = load_runner(tiny_repo / "translate-en-de" / "1", ["CPUExecutionProvider"])
+    assert isinstance(bound, TranslationRunner)
+    bound.io_binding = True
+    jobs = _jobs(runner, 30, seed=11)
+    outputs = await _scheduled(bound, jobs, spread_s=0.2, seed=12)
+    for job, out in zip(jobs, outputs, strict=True):
+        solo = runner.translate([job])[0]
+        assert out.tokens == solo.tokens
+        assert out.score == pytest.approx(solo.score, abs=1e-4)
+    assert [o.tokens for o in bound.translate(jobs[:8])] == [o.tokens for o in runner.translate(jobs[:8])]
+
+
 async def test_many_mixed_requests_leak_no_state(runner: TranslationRunner) -> None:
     jobs = _jobs(runner, 600, seed=3)
     outputs = await _scheduled(runner, jobs, spread_s=0.5, seed=4, policy=BatchPolicy(16, 2048, 0.001, 10_000))

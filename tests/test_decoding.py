@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.decoding import BeamSearch
+from service.decoding import BeamSearch, top_candidates
 from service.tokenization import EOS_ID
 
 VOCAB = 8
@@ -20,7 +20,7 @@ def _log_probs(table: dict[tuple[int, ...], dict[int, float]], prefix: list[int]
 def _run(search: BeamSearch, table: dict[tuple[int, ...], dict[int, float]]) -> list[int]:
     while not search.done:
         rows = np.stack([_log_probs(table, t) for t in search.tokens])
-        search.advance(rows)
+        search.advance(*top_candidates(rows, 2 * search.beam_size))
     return search.best().tokens
 
 
@@ -52,7 +52,7 @@ def test_max_length_closes_live_beams() -> None:
 
 def test_parents_index_live_rows() -> None:
     search = BeamSearch(beam_size=2, max_length=5)
-    parents = search.advance(np.stack([_log_probs(TABLE, [])]))
+    parents = search.advance(*top_candidates(np.stack([_log_probs(TABLE, [])]), 4))
     assert list(parents) == [0, 0] and search.tokens == [[4], [5]]
-    parents = search.advance(np.stack([_log_probs(TABLE, t) for t in search.tokens]))
+    parents = search.advance(*top_candidates(np.stack([_log_probs(TABLE, t) for t in search.tokens]), 4))
     assert set(parents.tolist()) <= {0, 1}

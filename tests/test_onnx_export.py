@@ -80,9 +80,9 @@ def test_translation_step_does_not_depend_on_padding(translator: tuple[Attention
         ids, lengths = pad_batch(batch)
         states, keys, state = enc.run(None, {"src_ids": ids, "src_lengths": lengths})
         mask = (np.arange(ids.shape[1])[None] < lengths[:, None]).astype(np.float32)
-        log_probs, _, attention = dec.run(None, {"prev_tokens": np.full(len(batch), 2, dtype=np.int64),
-                                                 "decoder_state": state, "encoder_states": states,
-                                                 "encoder_keys": keys, "src_mask": mask})
+        log_probs, _, _, _, attention = dec.run(None, {
+            "prev_tokens": np.full(len(batch), 2, dtype=np.int64), "decoder_state": state,
+            "parent_rows": np.arange(len(batch)), "encoder_states": states, "encoder_keys": keys, "src_mask": mask})
         return log_probs[row], attention[row, : lengths[row]]
 
     target = [20, 21, 22, 3]
@@ -90,3 +90,22 @@ def test_translation_step_does_not_depend_on_padding(translator: tuple[Attention
     together = first_step([[5] * 25, target, [6, 7, 3]], 1)
     np.testing.assert_allclose(together[0], alone[0], atol=1e-5)
     np.testing.assert_allclose(together[1], alone[1], atol=1e-6)
+
+
+def test_decoder_step_reorders_state_rows_and_returns_top_k(translator: tuple[AttentionTranslator, Path]) -> None:
+    _, out = translator
+    dec = ort.InferenceSession(str(out / "decoder_step.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    rows, src = 3, 6
+    feeds = {"prev_tokens": np.array([2, 5, 9]), "decoder_state": rng.normal(size=(4, 2, 32)).astype(np.float32),
+             "encoder_states": rng.normal(size=(rows, src, 32)).astype(np.float32),
+             "encoder_keys": rng.normal(size=(rows, src, 16)).astype(np.float32),
+             "src_mask": np.ones((rows, src), dtype=np.float32)}
+    picked = dec.run(None, {**feeds, "parent_rows": np.array([3, 0, 0])})
+    direct = dec.run(None, {**feeds, "decoder_state": feeds["decoder_state"][[3, 0, 0]], "parent_rows": np.arange(3)})
+    for a, b in zip(picked, direct, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    log_probs, top_lp, top_ids = picked[:3]
+    assert top_ids.shape == (rows, 20)
+    np.testing.assert_allclose(np.take_along_axis(log_probs, top_ids, axis=1), top_lp, atol=1e-6)
+    assert (np.sort(log_probs, axis=1)[:, ::-1][:, :20] == top_lp).all()

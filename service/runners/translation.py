@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
+import onnxruntime as ort
 
 from service.decoding import BeamSearch, Hypothesis
 from service.model_card import ModelCard
 from service.onnx_session import open_session
 from service.runners.sentiment import pad_batch
 from service.tokenization import SubwordTokenizer
+
+Tensor: TypeAlias = np.ndarray | ort.OrtValue  # a host array, or a value on the inference device
 
 
 @dataclass
@@ -27,6 +31,15 @@ class Encoded:
     init_state: np.ndarray  # [N, layers, H] float32
     mask: np.ndarray  # [N, S] float32, 1 on real tokens
     lengths: np.ndarray  # [N] int64
+
+
+@dataclass
+class DecoderRows:
+    """Encoder side of the rows being decoded (numpy, or OrtValues on the device)."""
+
+    states: Tensor  # [R, S, E]
+    keys: Tensor  # [R, S, A]
+    mask: Tensor  # [R, S]
 
 
 @dataclass
@@ -45,7 +58,8 @@ class TranslationOutput:
 
 
 class TranslationRunner:
-    def __init__(self, model_dir: Path, card: ModelCard, providers: list[str], intra_op_threads: int = 0) -> None:
+    def __init__(self, model_dir: Path, card: ModelCard, providers: list[str], intra_op_threads: int = 0,
+                 io_binding: bool | None = None) -> None:
         if card.decoding is None or card.max_output_tokens is None:
             raise ValueError(f"{model_dir / 'model.json'}: a translation card needs decoding and max_output_tokens")
         self.card = card
@@ -55,6 +69,10 @@ class TranslationRunner:
         self.encoder = open_session(model_dir, card.graphs["encoder"], providers, intra_op_threads)
         self.decoder = open_session(model_dir, card.graphs["decoder_step"], providers, intra_op_threads)
         self.providers = self.encoder.get_providers()
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        # On a GPU, decoder state and encoder states stay on the device between steps (I/O
+        # binding); the CPU path can use the same binding code (tests do), but gains nothing.
+        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
         self.source_tokenizer = SubwordTokenizer(model_dir / card.tokenizers["source"].file,
                                                  card.tokenizers["source"].normalizer)
         self.target_tokenizer = SubwordTokenizer(model_dir / card.tokenizers["target"].file,
@@ -83,39 +101,74 @@ class TranslationRunner:
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.float32)
         return Encoded(states, keys, init, mask, lengths)
 
-    def step(self, prev: np.ndarray, state: np.ndarray, states: np.ndarray, keys: np.ndarray,
-             mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One decoder step for every row: log-probs [R,V], new state, attention [R,S]."""
-        feeds = dict(zip(self._dec_in, (prev, state, states, keys, mask), strict=True))
-        log_probs, new_state, attention = self.decoder.run(self._dec_out, feeds)
-        return log_probs, new_state, attention
+    def place(self, array: np.ndarray) -> Tensor:
+        """Put an array where the decoder reads it: on the device when I/O binding is on."""
+        if not self.io_binding:
+            return array
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    @staticmethod
+    def to_host(value: Tensor) -> np.ndarray:
+        return value if isinstance(value, np.ndarray) else value.numpy()
+
+    def step(self, prev: np.ndarray, state: Tensor, parents: np.ndarray, rows: DecoderRows,
+             want_attention: bool) -> tuple[np.ndarray, np.ndarray, Tensor, np.ndarray | None]:
+        """One decoder step for every row.
+
+        ``state`` is the previous step's new state (or a placed initial state) and ``parents``
+        picks its rows for this step. Returns each row's top-k (log-probs, ids), the new state
+        (left on the device under I/O binding) and, if asked, attention [rows, src_time].
+        """
+        if not self.io_binding:
+            feeds = dict(zip(self._dec_in, (prev, state, parents, rows.states, rows.keys, rows.mask), strict=True))
+            _, top_lp, top_ids, new_state, attention = self.decoder.run(self._dec_out, feeds)
+            return top_lp, top_ids, new_state, attention if want_attention else None
+        binding = self.decoder.io_binding()
+        for name, value in zip(self._dec_in, (prev, state, parents, rows.states, rows.keys, rows.mask), strict=True):
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        _, top_lp_name, top_ids_name, state_name, attention_name = self._dec_out
+        binding.bind_output(top_lp_name, "cpu")  # only these small arrays come back every step
+        binding.bind_output(top_ids_name, "cpu")
+        binding.bind_output(state_name, self.device)
+        binding.bind_output(attention_name, "cpu" if want_attention else self.device)
+        self.decoder.run_with_iobinding(binding)
+        top_lp, top_ids, new_state, attention = binding.get_outputs()  # in the order bound above
+        return top_lp.numpy(), top_ids.numpy(), new_state, attention.numpy() if want_attention else None
 
     # --- whole-request batched decoding -----------------------------------------------------
     def translate(self, jobs: Sequence[TranslationJob]) -> list[TranslationOutput]:
         enc = self.encode([j.src_ids for j in jobs])
         searches = [BeamSearch(j.beam_size, j.max_length, self.decoding.length_penalty, j.keep_attention)
                     for j in jobs]
-        state = enc.init_state
+        want_attention = any(j.keep_attention for j in jobs)
         owners = np.arange(len(jobs))
-        row_states, row_keys, row_mask = enc.states, enc.keys, enc.mask
+        rows = DecoderRows(self.place(enc.states), self.place(enc.keys), self.place(enc.mask))
+        state: Tensor = self.place(enc.init_state)
+        parents = np.arange(len(jobs))
         while True:
-            prev = np.fromiter((t for j in owners_unique(owners) for t in searches[j].last_tokens()), dtype=np.int64)
-            log_probs, new_state, attention = self.step(prev, state, row_states, row_keys, row_mask)
+            active = owners_unique(owners)
+            prev = np.fromiter((t for j in active for t in searches[j].last_tokens()), dtype=np.int64)
+            top_lp, top_ids, state, attention = self.step(prev, state, parents, rows, want_attention)
             reorder: list[np.ndarray] = []
             offset = 0
-            for j in owners_unique(owners):
+            for j in active:
                 live = searches[j].live
-                parents = searches[j].advance(log_probs[offset : offset + live], attention[offset : offset + live])
-                reorder.append(offset + parents)
+                window = slice(offset, offset + live)
+                found = searches[j].advance(top_lp[window], top_ids[window],
+                                            attention[window] if attention is not None else None)
+                reorder.append(offset + found)
                 offset += live
-            index = np.concatenate(reorder)
-            if index.size == 0:
+            parents = np.concatenate(reorder)
+            if parents.size == 0:
                 break
-            new_owners = owners[index]
-            state = new_state[index]
+            new_owners = owners[parents]
             if not np.array_equal(new_owners, owners):
                 # membership changed: gather the encoder rows once, not on every step
-                row_states, row_keys, row_mask = enc.states[new_owners], enc.keys[new_owners], enc.mask[new_owners]
+                rows = DecoderRows(self.place(enc.states[new_owners]), self.place(enc.keys[new_owners]),
+                                   self.place(enc.mask[new_owners]))
                 owners = new_owners
         return [self._output(s.best(), int(enc.lengths[j])) for j, s in enumerate(searches)]
 
