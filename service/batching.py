@@ -3,10 +3,10 @@
 A batch forms from the queue until it holds ``max_batch_size`` requests, or its padded size
 (requests x longest) would pass ``max_batch_tokens``, or ``max_queue_delay`` has passed since
 its first request arrived. Requests are sorted by length inside the window to cut padding.
-The batch runs off the event loop on the model's single worker thread, so one batch runs at a
-time per model instance. Every accepted request's future is resolved exactly once: a result,
-or the error of its own batch, or 504 if its deadline passed, or dropped unseen if its client
-went away.
+The batch runs off the event loop on a worker thread; ``instances`` workers (default 1) run
+that many batches at once, one batch at a time per worker. Every accepted request's future is
+resolved exactly once: a result, or the error of its own batch, or 504 if its deadline passed,
+or dropped unseen if its client went away.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class BatchPolicy:
     # Fixed cost of one model run, in padded-token equivalents (measured at warm-up). It decides
     # when splitting a window into shorter, less padded batches pays for the extra runs.
     batch_overhead_tokens: float = 64.0
+    instances: int = 1  # batches run at once (worker threads)
 
 
 async def wait_until_idle(in_flight: Callable[[], int], timeout_s: float) -> bool:
@@ -93,7 +94,10 @@ class DynamicBatcher(Generic[P, R]):
         self.run_batch = run_batch
         self.policy = policy
         self.queue: asyncio.Queue[WorkItem[P, R]] = asyncio.Queue(maxsize=policy.max_queue_size)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"seqserve-{name}")
+        # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
+        # that many batches at once (best with 1 intra-op thread each on a small CPU)
+        self.executor = ThreadPoolExecutor(max_workers=policy.instances, thread_name_prefix=f"seqserve-{name}")
+        self._workers = asyncio.Semaphore(policy.instances)
         self.accepting = False
         self.in_flight = 0  # accepted, not yet answered
         self._task: asyncio.Task[None] | None = None
@@ -187,34 +191,49 @@ class DynamicBatcher(Generic[P, R]):
         return live
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        windows: set[asyncio.Task[None]] = set()
         while True:
+            # take a worker first, then form the window: a window never waits for a worker while
+            # requests keep arriving that it could have taken
+            await self._workers.acquire()
             window = await self._next_window()
+            task = asyncio.get_running_loop().create_task(self._run_window(window))
+            windows.add(task)
+            task.add_done_callback(windows.discard)
+
+    async def _run_window(self, window: list[WorkItem[P, R]]) -> None:
+        try:
             for batch in split_by_budget(window, self.policy):
-                batch = self._live(batch)
-                if not batch:
-                    continue
-                started = time.monotonic()
-                for item in batch:
-                    metrics.QUEUE_WAIT.labels(self.name).observe(started - item.enqueued_at)
-                longest = batch[-1].length
-                total = sum(i.length for i in batch)
-                metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
-                metrics.PADDING_RATIO.labels(self.name).observe(1.0 - total / max(longest * len(batch), 1))
-                metrics.TOKENS.labels(self.name, "input").inc(total)
-                try:
-                    results = await loop.run_in_executor(self.executor, self.run_batch, [i.payload for i in batch])
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} requests")
-                except ServiceError as exc:
-                    for item in batch:
-                        self._resolve(item, error=exc)
-                except Exception as exc:  # a fault in the model run fails only this batch
-                    log.exception("batch of %d failed on model %s", len(batch), self.name)
-                    error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
-                    for item in batch:
-                        self._resolve(item, error=error)
-                else:
-                    for item, result in zip(batch, results, strict=True):
-                        self._resolve(item, result)
-                metrics.BATCH_RUN.labels(self.name).observe(time.monotonic() - started)
+                await self._run_batch(batch)
+        finally:
+            self._workers.release()
+
+    async def _run_batch(self, batch: list[WorkItem[P, R]]) -> None:
+        batch = self._live(batch)
+        if not batch:
+            return
+        started = time.monotonic()
+        for item in batch:
+            metrics.QUEUE_WAIT.labels(self.name).observe(started - item.enqueued_at)
+        longest = batch[-1].length
+        total = sum(i.length for i in batch)
+        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+        metrics.PADDING_RATIO.labels(self.name).observe(1.0 - total / max(longest * len(batch), 1))
+        metrics.TOKENS.labels(self.name, "input").inc(total)
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self.executor, self.run_batch, [i.payload for i in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} requests")
+        except ServiceError as exc:
+            for item in batch:
+                self._resolve(item, error=exc)
+        except Exception as exc:  # a fault in the model run fails only this batch
+            log.exception("batch of %d failed on model %s", len(batch), self.name)
+            error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
+            for item in batch:
+                self._resolve(item, error=error)
+        else:
+            for item, result in zip(batch, results, strict=True):
+                self._resolve(item, result)
+        metrics.BATCH_RUN.labels(self.name).observe(time.monotonic() - started)

@@ -45,7 +45,7 @@ class ServedModel:
 def _policy(settings: Settings) -> BatchPolicy:
     return BatchPolicy(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
                        max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
-                       max_queue_size=settings.max_queue_size)
+                       max_queue_size=settings.max_queue_size, instances=settings.instances)
 
 
 def _translation_engine(name: str, runner: TranslationRunner, settings: Settings) -> TranslationEngine:

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/model.json")
     providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution providers")
     ort_intra_op_threads: int = Field(0, ge=0, description="threads per ONNX Runtime session; 0 = ORT default")
+    instances: int = Field(1, ge=1, le=16, description="batches a model runs at once (worker threads)")
 
     max_batch_size: int = Field(64, ge=1, description="requests per batch")
     max_queue_delay_ms: float = Field(2.0, ge=0, description="how long a batch waits for company")

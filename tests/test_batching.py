@@ -116,3 +116,25 @@ async def test_drain_finishes_accepted_work() -> None:
     assert await batcher.drain(5.0)
     assert [t.result() for t in tasks] == [f"D{i}" for i in range(10)]
     await batcher.close()
+
+
+async def test_several_instances_run_batches_at_once() -> None:
+    active, peak = 0, 0
+    lock = threading.Lock()
+
+    def slow(payloads: list[str]) -> list[str]:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.05)
+        with lock:
+            active -= 1
+        return payloads
+
+    batcher = DynamicBatcher("m", slow, _policy(max_batch_size=2, instances=2))
+    batcher.start()
+    words = [f"w{i}" for i in range(12)]
+    assert await asyncio.gather(*(batcher.submit(w, 1, time.monotonic() + 5) for w in words)) == words
+    assert peak == 2
+    await batcher.close()
