@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from starlette.requests import Request
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ServiceError
 from service.settings import Settings
 
 TIMEOUT_HEADER = "x-request-timeout"
@@ -57,3 +60,32 @@ def deadline_for(request: Request, settings: Settings, requested_s: float | None
             raise InvalidInput(f"{field} must be between 0 and 3600 seconds", field=field, limit=[0, 3600])
         timeout = min(timeout, seconds)
     return time.monotonic() + timeout
+
+
+T = TypeVar("T")
+
+
+class ClientGone(ServiceError):
+    status, code = 499, "client_closed_request"
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it so the batcher or decoder drops
+    the request before (or during) compute instead of working for nobody."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:  # after the body, the only message left to receive is the disconnect
+            if (await request.receive())["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientGone("client closed the connection before the answer") from None
+        raise
+    finally:
+        watcher.cancel()

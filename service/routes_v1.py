@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.engines import SentimentEngine
-from service.inputs import check_range, check_texts, check_tokens, deadline_for
+from service.inputs import check_range, check_texts, check_tokens, deadline_for, unless_client_leaves
 from service.registry import ModelRegistry, ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
@@ -60,7 +60,7 @@ async def sentiment(body: SentimentRequest, request: Request) -> JSONResponse:
     model = registry.for_task("text-classification")
     field = "text" if body.text is not None else "texts"
     texts = check_texts([body.text] if body.text is not None else list(body.texts or []), settings, field)
-    probs = await classify_texts(model, texts, field, deadline_for(request, settings))
+    probs = await unless_client_leaves(request, classify_texts(model, texts, field, deadline_for(request, settings)))
     results = [sentiment_result(model, p) for p in probs]
     # built as plain JSON: response_model documents the shape without re-validating every answer
     return JSONResponse(results[0] if body.text is not None else {"results": results})
@@ -103,7 +103,8 @@ async def translate(body: TranslateRequest, request: Request) -> JSONResponse:
     texts = check_texts([body.text] if body.text is not None else list(body.texts or []), settings, field)
     jobs = translation_jobs(model, texts, field, body.beam_size, body.max_length, body.return_attention)
     deadline = deadline_for(request, settings)
-    outputs = await asyncio.gather(*(model.engine.translate(job, deadline) for job in jobs))  # type: ignore[union-attr]
+    outputs = await unless_client_leaves(
+        request, asyncio.gather(*(model.engine.translate(job, deadline) for job in jobs)))  # type: ignore[union-attr]
     results = [translation_result(model, job, out) for job, out in zip(jobs, outputs, strict=True)]
     return JSONResponse(results[0] if body.text is not None else {"results": results})
 

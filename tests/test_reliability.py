@@ -147,3 +147,28 @@ def test_cors_is_off_by_default_and_configurable(committed_server: Server) -> No
         assert r.headers["access-control-allow-origin"] == "http://example.com"
     finally:
         server.stop()
+
+
+def _dropped(url: str, model: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "seqserve_dropped_total" and sample.labels == {"model": model, "reason": "client_gone"}:
+                return sample.value
+    return 0.0
+
+
+def test_a_client_that_leaves_is_dropped_from_decoding(committed_server: Server) -> None:
+    before = _dropped(committed_server.url, "translate-en-de")
+    body = json.dumps({"text": LONG * 2, "beam_size": 10, "max_length": 200}).encode()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", committed_server.port)) as gone:
+            gone.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while _dropped(committed_server.url, "translate-en-de") < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _dropped(committed_server.url, "translate-en-de") >= before + 1
+    assert httpx.post(f"{committed_server.url}/v1/sentiment", json={"text": "still serving"}).status_code == 200
