@@ -39,9 +39,10 @@ GOLDEN_TRANSLATION = [
 ]
 
 
-def evaluate_sentiment(runner: SentimentRunner, data_dir: Path) -> dict[str, float]:
+def evaluate_sentiment(runner: SentimentRunner, data_dir: Path, splits: tuple[str, ...] = ("dev", "test")
+                       ) -> dict[str, float]:
     metrics = {}
-    for split in ("dev", "test"):
+    for split in splits:
         rows = read_sst2(data_dir, split)
         probs = np.concatenate([runner.run([runner.tokenize(r.text) for r in rows[i : i + 64]])
                                 for i in range(0, len(rows), 64)])
@@ -63,12 +64,13 @@ def translate_all(runner: TranslationRunner, sources: list[str], beam: int, batc
     return out
 
 
-def evaluate_translation(runner: TranslationRunner, data_dir: Path, beams: list[int]) -> dict[str, float]:
+def evaluate_translation(runner: TranslationRunner, data_dir: Path, beams: list[int],
+                         splits: tuple[str, ...] = ("val", "test_2016_flickr")) -> dict[str, float]:
     import sacrebleu
 
     metrics = {}
     print(f"{'split':18s} {'decoding':8s} {'BLEU (cased, detok 13a)':>24s} {'BLEU (lowercased 13a)':>22s} {'sec':>6s}")
-    for split in ("val", "test_2016_flickr"):
+    for split in splits:
         pairs = read_multi30k_pairs(data_dir, split)
         sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
         for beam in beams:
@@ -104,15 +106,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model-dir", type=Path, required=True)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--beams", type=int, nargs="+", default=[1, 5], help="beam sizes to evaluate (1 = greedy)")
+    p.add_argument("--dev-only", action="store_true", help="only the dev/val split (for tuning: keep test unseen)")
     p.add_argument("--write", action="store_true", help="store the metrics in model.json and record golden outputs")
     p.add_argument("--golden-dir", type=Path, default=Path("tests/golden"))
     args = p.parse_args(argv)
 
     runner = load_runner(args.model_dir, ["CPUExecutionProvider"])
+    if args.dev_only and args.write:
+        p.error("--write records test figures; run it without --dev-only")
     if isinstance(runner, SentimentRunner):
-        metrics = evaluate_sentiment(runner, args.data_dir)
+        metrics = evaluate_sentiment(runner, args.data_dir, ("dev",) if args.dev_only else ("dev", "test"))
     else:
-        metrics = evaluate_translation(runner, args.data_dir, args.beams)
+        splits = ("val",) if args.dev_only else ("val", "test_2016_flickr")
+        metrics = evaluate_translation(runner, args.data_dir, args.beams, splits)
     if args.write:
         card = load_model_card(args.model_dir / "model.json")
         card.metrics = {**card.metrics, **metrics}
