@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,9 @@ def http_sentiment(port: int, sentences: list[str], clients: int, duration: floa
     return _run(closed_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1), clients, duration))
 
 
-def http_translate(port: int, sources: list[str], clients: int, duration: float,
+def http_translate(port: int, sources: list[str], clients: int, duration: float, beam_size: int,
                    record: dict[int, bytes] | None = None) -> LoadResult:
-    requests = [encode_post("/v1/translate", {"text": s}) for s in sources]
+    requests = [encode_post("/v1/translate", {"text": s, "beam_size": beam_size}) for s in sources]
     return _run(closed_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1), clients, duration,
                             record=record, record_key=lambda i: i % len(requests)))
 
@@ -130,16 +131,58 @@ def length_buckets(runner: TranslationRunner, sources: list[str], result: LoadRe
     return {k: statistics.median(v) * 1000 for k, v in sorted(buckets.items())}
 
 
-def check_identical(runner: TranslationRunner, sources: list[str], recorded: dict[int, bytes]) -> tuple[int, int]:
-    """Every served translation equals solo decoding (one request alone, default settings)."""
+def check_identical(runner: TranslationRunner, sources: list[str], recorded: dict[int, bytes],
+                    beam_size: int) -> tuple[int, int]:
+    """Every served translation equals solo decoding (the same request alone)."""
     mismatches = 0
     for key, body in recorded.items():
         served = json.loads(body)["translation"]
         ids = runner.tokenize(sources[key])
-        job = TranslationJob(ids, runner.decoding.default_beam_size, runner.default_max_length(len(ids)))
+        job = TranslationJob(ids, beam_size, runner.default_max_length(len(ids)))
         solo = runner.detokenize(runner.translate([job])[0].tokens)
         mismatches += served != solo
     return len(recorded), mismatches
+
+
+def translation_section(args: argparse.Namespace, server: ServerProcess, say: Callable[[str], None]) -> ServerProcess:
+    """Greedy and beam 5 at 1, 32, 64 clients (iteration-level), then whole-request batching at 64.
+    Returns the server left running (the caller stops it)."""
+    sources = translation_texts(args.data_dir, "test_2016_flickr")
+    random.Random(0).shuffle(sources)
+    translator = load_runner(args.models / "translate-en-de" / "1", ["CPUExecutionProvider"])
+    assert isinstance(translator, TranslationRunner)
+    beams = (1, translator.decoding.default_beam_size)
+    recorded: dict[int, dict[int, bytes]] = {b: {} for b in beams}
+    iteration = {b: {c: http_translate(server.port, sources, c, args.duration, b, recorded[b]) for c in (1, 32, 64)}
+                 for b in beams}
+    server.stop()
+    server = ServerProcess(args.models, translation_scheduler="request")
+    whole = {b: http_translate(server.port, sources, 64, args.duration, b) for b in beams}
+    say("## Translation over HTTP (POST /v1/translate, Multi30k test_2016_flickr sources)")
+    say("| beam | scheduler | clients | requests/s | p50 ms | p99 ms | non-2xx |\n|---:|---|---:|---:|---:|---:|---:|")
+    for b in beams:
+        for name, r in [*[("iteration", r) for r in iteration[b].values()], ("whole-request", whole[b])]:
+            say(f"| {b} | {name} | {r.concurrency} | {r.rps:.2f} | {r.percentile(50) * 1000:.0f} | "
+                f"{r.percentile(99) * 1000:.0f} | {sum(n for s, n in r.statuses.items() if s >= 300)} |")
+    say("")
+    for b in beams:
+        res, base = iteration[b], max(iteration[b][1].rps, 1e-9)
+        say(f"beam {b}: 32 clients / 1 client **{res[32].rps / base:.1f}x** (target >= 8); 64 / 1 "
+            f"**{res[64].rps / base:.1f}x** (target >= 12); iteration-level / whole-request at 64 "
+            f"**{res[64].rps / max(whole[b].rps, 1e-9):.2f}x** (target >= 1.3), p99 "
+            f"{res[64].percentile(99) * 1000:.0f} vs {whole[b].percentile(99) * 1000:.0f} ms")
+    for b in beams:
+        buckets = length_buckets(translator, sources, iteration[b][64])
+        say(f"\np50 latency (ms) by source length (subwords) at 64 clients, beam {b}:")
+        say("| scheduler | " + " | ".join(buckets) + " |")
+        say("|---|" + "---:|" * len(buckets))
+        for name, r in (("iteration", iteration[b][64]), ("whole-request", whole[b])):
+            say(f"| {name} | " + " | ".join(f"{v:.0f}" for v in length_buckets(translator, sources, r).values())
+                + " |")
+    for b in beams:
+        checked, mismatches = check_identical(translator, sources, recorded[b], b)
+        say(f"\nbeam {b}: served vs solo decoding: {checked} distinct sentences checked, **{mismatches} differ**")
+    return server
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,34 +227,7 @@ def main(argv: list[str] | None = None) -> None:
             f"(target <= 3 ms)\n")
 
         if not args.skip_translation:
-            sources = translation_texts(args.data_dir, "test_2016_flickr")
-            random.Random(0).shuffle(sources)
-            translator = load_runner(args.models / "translate-en-de" / "1", ["CPUExecutionProvider"])
-            assert isinstance(translator, TranslationRunner)
-            recorded: dict[int, bytes] = {}
-            results = {c: http_translate(server.port, sources, c, args.duration, recorded) for c in (1, 32, 64)}
-            server.stop()
-            server = ServerProcess(args.models, translation_scheduler="request")
-            whole = http_translate(server.port, sources, 64, args.duration)
-            say(f"## Translation over HTTP (POST /v1/translate, default beam "
-                f"{translator.decoding.default_beam_size}, Multi30k test_2016_flickr sources)")
-            say("| scheduler | clients | requests/s | p50 ms | p99 ms | non-2xx |\n|---|---:|---:|---:|---:|---:|")
-            for name, r in [*[("iteration", r) for r in results.values()], ("whole-request", whole)]:
-                say(f"| {name} | {r.concurrency} | {r.rps:.2f} | {r.percentile(50) * 1000:.0f} | "
-                    f"{r.percentile(99) * 1000:.0f} | {sum(n for s, n in r.statuses.items() if s >= 300)} |")
-            base = max(results[1].rps, 1e-9)
-            say(f"\n32 clients / 1 client: **{results[32].rps / base:.1f}x** (target >= 8)")
-            say(f"64 clients / 1 client: **{results[64].rps / base:.1f}x** (target >= 12)")
-            say(f"iteration-level / whole-request at 64 clients: **{results[64].rps / max(whole.rps, 1e-9):.2f}x** "
-                f"(target >= 1.3); p99 {results[64].percentile(99) * 1000:.0f} vs {whole.percentile(99) * 1000:.0f} ms")
-            say("\np50 latency (ms) by source length (subwords) at 64 clients:")
-            say("| scheduler | " + " | ".join(length_buckets(translator, sources, results[64])) + " |")
-            say("|---|" + "---:|" * len(length_buckets(translator, sources, results[64])))
-            for name, r in (("iteration", results[64]), ("whole-request", whole)):
-                say(f"| {name} | " + " | ".join(f"{v:.0f}" for v in length_buckets(translator, sources, r).values())
-                    + " |")
-            checked, mismatches = check_identical(translator, sources, recorded)
-            say(f"\nserved vs solo decoding: {checked} distinct sentences checked, **{mismatches} differ**")
+            server = translation_section(args, server, say)
     finally:
         server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
