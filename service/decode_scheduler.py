@@ -303,7 +303,7 @@ class DecodeScheduler:
             if search.done:
                 finished = True
                 metrics.DECODE_STEPS.labels(self.name).observe(search.steps)
-                output = TranslationRunner._output(search.best(), request.src_len)
+                output = TranslationRunner.to_output(search.best(), request.src_len)
                 metrics.TOKENS.labels(self.name, "output").inc(len(output.tokens))
                 self._finish(request, output)
             else:

@@ -170,10 +170,11 @@ class TranslationRunner:
                 rows = DecoderRows(self.place(enc.states[new_owners]), self.place(enc.keys[new_owners]),
                                    self.place(enc.mask[new_owners]))
                 owners = new_owners
-        return [self._output(s.best(), int(enc.lengths[j])) for j, s in enumerate(searches)]
+        return [self.to_output(s.best(), int(enc.lengths[j])) for j, s in enumerate(searches)]
 
     @staticmethod
-    def _output(hyp: Hypothesis, source_len: int) -> TranslationOutput:
+    def to_output(hyp: Hypothesis, source_len: int) -> TranslationOutput:
+        """The API-facing result of a finished search: tokens, score, attention without </s>."""
         attention = None
         if hyp.attention:
             attention = np.stack(hyp.attention[: len(hyp.tokens)])[:, : source_len - 1] if hyp.tokens else \
