@@ -33,8 +33,8 @@ lint: $(VENV)/.dev  ## ruff + mypy
 	$(VENV)/bin/ruff check service export loadtests tests
 	$(VENV)/bin/mypy service export loadtests
 
-train-sentiment: $(VENV)/.dev  ## train, export and evaluate the SST-2 sentiment model (~35 min on 2 cores)
-	$(PY) -m export.train_sentiment --data-dir $(DATA_DIR) --run-dir runs/sentiment
+train-sentiment: $(VENV)/.dev  ## train, export and evaluate the SST-2 sentiment model (~45 min on 2 cores)
+	$(PY) -m export.train_sentiment --data-dir $(DATA_DIR) --run-dir runs/sentiment --threads 1
 	$(PY) -m export.onnx_export sentiment --data-dir $(DATA_DIR) --run-dir runs/sentiment --out-dir models/sentiment/1
 	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1 --write
 
