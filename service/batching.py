@@ -98,6 +98,8 @@ class DynamicBatcher(Generic[P, R]):
         # that many batches at once (best with 1 intra-op thread each on a small CPU)
         self.executor = ThreadPoolExecutor(max_workers=policy.instances, thread_name_prefix=f"seqserve-{name}")
         self._workers = asyncio.Semaphore(policy.instances)
+        self._last_arrival = 0.0
+        self._mean_gap_s = 1.0
         self.accepting = False
         self.in_flight = 0  # accepted, not yet answered
         self._task: asyncio.Task[None] | None = None
@@ -137,6 +139,9 @@ class DynamicBatcher(Generic[P, R]):
             raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); retry later",
                              retry_after_s=1) from None
         self.in_flight += 1
+        # moving average of the time between arrivals (decides whether a window waits)
+        self._mean_gap_s += 0.1 * (min(item.enqueued_at - self._last_arrival, 1.0) - self._mean_gap_s)
+        self._last_arrival = item.enqueued_at
         metrics.QUEUE_DEPTH.labels(self.name).set(self.queue.qsize())
         # On timeout or client disconnect the awaited future is cancelled, so the batcher skips it.
         try:
@@ -149,8 +154,10 @@ class DynamicBatcher(Generic[P, R]):
     async def _next_window(self) -> list[WorkItem[P, R]]:
         first = await self.queue.get()
         window = [first]
-        close_at = first.enqueued_at + self.policy.max_queue_delay_s
-        # Collect up to a few batches' worth, so length sorting has something to sort.
+        # Wait for company only when it is likely to come: if requests arrive further apart than
+        # the delay (e.g. a single client waiting for each answer), waiting only adds latency.
+        delay = self.policy.max_queue_delay_s if self._mean_gap_s < self.policy.max_queue_delay_s else 0.0
+        close_at = first.enqueued_at + delay
         limit = self.policy.max_batch_size
         while len(window) < limit:
             if not self.queue.empty():

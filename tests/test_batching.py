@@ -139,3 +139,14 @@ async def test_several_instances_run_batches_at_once() -> None:
     assert await asyncio.gather(*(batcher.submit(w, 1, time.monotonic() + 5) for w in words)) == words
     assert peak == 2
     await batcher.close()
+
+
+async def test_a_lone_client_does_not_wait_for_company_that_never_comes() -> None:
+    batcher = DynamicBatcher("m", Recorder(), _policy(max_queue_delay_s=0.25))
+    batcher.start()
+    for i in range(3):
+        start = time.monotonic()
+        assert await batcher.submit(f"x{i}", 1, time.monotonic() + 5) == f"X{i}"
+        assert time.monotonic() - start < 0.2
+        await asyncio.sleep(0.3)  # the next request comes later than the delay
+    await batcher.close()
