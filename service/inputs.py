@@ -72,19 +72,23 @@ class ClientGone(ServiceError):
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it so the batcher or decoder drops
     the request before (or during) compute instead of working for nobody."""
-    task = asyncio.ensure_future(work)
+    handler = asyncio.current_task()
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while True:  # after the body, the only message left to receive is the disconnect
             if (await request.receive())["type"] == "http.disconnect":
-                task.cancel()
+                gone = True
+                if handler is not None:
+                    handler.cancel()
                 return
 
     watcher = asyncio.create_task(watch())
     try:
-        return await task
+        return await work
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
+        if gone:
             raise ClientGone("client closed the connection before the answer") from None
         raise
     finally:

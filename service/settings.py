@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     ort_intra_op_threads: int = Field(
         1, ge=0, description="threads per ONNX Runtime session; 0 = one per core. 1 is fastest for the small "
         "per-step graphs of these models on a small CPU that also serves HTTP")
-    instances: int = Field(1, ge=1, le=16, description="batches a model runs at once (worker threads)")
+    instances: int = Field(2, ge=1, le=16, description="batches a model runs at once (worker threads)")
 
     max_batch_size: int = Field(64, ge=1, description="requests per batch")
     max_queue_delay_ms: float = Field(2.0, ge=0, description="how long a batch waits for company")
@@ -43,6 +43,7 @@ class Settings(BaseSettings):
         description="paths answered without an API key (prefix match)")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
 
+    fastapi_telemetry: bool = Field(False, description="FastAPI's built-in OpenTelemetry (newer FastAPI only)")
     warmup: bool = Field(True, description="run each model on typical shapes before reporting ready")
     log_level: str = Field("info")
     access_log: bool = Field(True, description="one JSON log line per request")
