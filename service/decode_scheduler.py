@@ -1,11 +1,13 @@
 """Iteration-level ("continuous") batching for the recurrent encoder-decoder.
 
-A running set of requests is advanced one decoder step at a time on a dedicated thread. At
-every step, newly arrived requests are encoded (together) and join; requests whose beams have
-all finished, or whose deadline passed, or whose client went away, leave and are answered at
-once. A request holds ``beam_size`` rows; greedy is beam 1. Because each request keeps its own
-fixed-size recurrent state and encoder states, joining and leaving costs one re-gather of the
-row arrays, done only when membership changes — not on every step.
+A running set of requests is advanced one decoder step at a time on a dedicated thread.
+Newly arrived requests are encoded together and join between steps (gathered for up to
+``join_every`` steps, or at once when many are waiting, so that encoder runs are not wasted on
+one sentence each); requests whose beams have all finished, or whose deadline passed, or whose
+client went away, leave and are answered at once. A request holds ``beam_size`` rows; greedy
+is beam 1. Because each request keeps its own fixed-size recurrent state and encoder states,
+joining and leaving costs one re-gather of the row arrays, done only when membership changes,
+not on every step.
 
 Admission is bounded by a step budget (rows and encoder tokens), so step time and memory stay
 predictable; the rest wait in a bounded queue (503 when full).
@@ -112,28 +114,30 @@ class _RowArrays:
 
 
 class DecodeScheduler:
-    """Translation engine with iteration-level scheduling (see module docstring)."""
+    """Translation engine with iteration-level scheduling (see module docstring).
 
-    def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy, max_rows: int | None = None) -> None:
+    ``instances`` lanes each run their own running set on their own thread (so a 2-core machine
+    decodes on both cores); a new request goes to the lane with the fewest requests in flight.
+    """
+
+    def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy, max_rows: int | None = None,
+                 join_every: int = 4) -> None:
         self.name = name
         self.runner = runner
         self.policy = policy
-        self.max_rows = max_rows or 4 * policy.max_batch_size  # beams across the running set
-        self.max_encoder_tokens = policy.max_batch_tokens
-        self.intake: queue.Queue[_Request] = queue.Queue(maxsize=policy.max_queue_size)
         self.accepting = False
         self.in_flight = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._waiting: list[_Request] = []  # taken from intake, not yet admitted (over budget)
-        self._running: list[_Request] = []
+        lanes = max(1, policy.instances)
+        self.lanes = [_Lane(self, i, max_rows or 4 * policy.max_batch_size, policy.max_batch_tokens, join_every,
+                            -(-policy.max_queue_size // lanes)) for i in range(lanes)]
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         self.accepting = True
-        self._thread = threading.Thread(target=self._run, name=f"seqserve-decode-{self.name}", daemon=True)
-        self._thread.start()
+        for lane in self.lanes:
+            lane.start()
 
     async def drain(self, timeout_s: float) -> bool:
         self.accepting = False
@@ -142,16 +146,19 @@ class DecodeScheduler:
     async def close(self) -> None:
         self.accepting = False
         self._stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10.0)
-        leftovers = self._running + self._waiting
-        while not self.intake.empty():
-            leftovers.append(self.intake.get_nowait())
-        for request in leftovers:
-            request.resolve(error=NotReady("server shut down before this translation finished"))
+        for lane in self.lanes:
+            if lane.thread is not None:
+                await asyncio.to_thread(lane.thread.join, 10.0)
+        for lane in self.lanes:
+            for request in lane.leftovers():
+                request.resolve(error=NotReady("server shut down before this translation finished"))
 
     def queue_depth(self) -> int:
-        return self.intake.qsize() + len(self._waiting)
+        return sum(lane.queue_depth() for lane in self.lanes)
+
+    @property
+    def _running(self) -> list[_Request]:
+        return [r for lane in self.lanes for r in lane.running]
 
     # --- requests ---------------------------------------------------------------------------
     async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
@@ -159,14 +166,16 @@ class DecodeScheduler:
             raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
         loop = asyncio.get_running_loop()
         request = _Request(job, deadline, loop.create_future(), loop)
-        try:
-            self.intake.put_nowait(request)
-        except queue.Full:
-            metrics.REJECTED.labels(self.name, "queue_full").inc()
-            raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); retry later",
-                             retry_after_s=1) from None
         with self._lock:
+            lane = min(self.lanes, key=lambda lane: lane.assigned)
+            try:
+                lane.intake.put_nowait(request)
+            except queue.Full:
+                metrics.REJECTED.labels(self.name, "queue_full").inc()
+                raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); "
+                                 "retry later", retry_after_s=1) from None
             self.in_flight += 1
+            lane.assigned += 1
         metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
         # On timeout or client disconnect the awaited future is cancelled; the decode thread
         # sees that and drops the request at its next step.
@@ -176,12 +185,56 @@ class DecodeScheduler:
         except TimeoutError:
             raise DeadlineExceeded(f"deadline passed before model {self.name} finished the translation") from None
 
+    def finish(self, lane: _Lane, request: _Request, result: TranslationOutput | None = None,
+               error: BaseException | None = None) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            lane.assigned -= 1
+        request.resolve(result, error)
+
+
+class _Lane:
+    """One running set, advanced step by step on its own thread."""
+
+    def __init__(self, scheduler: DecodeScheduler, index: int, max_rows: int, max_encoder_tokens: int,
+                 join_every: int, queue_size: int) -> None:
+        self.scheduler = scheduler
+        self.name = scheduler.name
+        self.runner = scheduler.runner
+        self.index = index
+        self.max_rows = max_rows  # beams across the running set
+        self.max_encoder_tokens = max_encoder_tokens
+        self.join_every = join_every
+        self.intake: queue.Queue[_Request] = queue.Queue(maxsize=queue_size)
+        self.assigned = 0  # requests given to this lane and not answered yet
+        self.thread: threading.Thread | None = None
+        self._stop = scheduler._stop
+        self._waiting: list[_Request] = []  # taken from intake, not yet admitted
+        self._steps_since_join = 0
+        self._running: list[_Request] = []
+
+    @property
+    def running(self) -> list[_Request]:
+        return self._running
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=f"seqserve-decode-{self.name}-{self.index}",
+                                       daemon=True)
+        self.thread.start()
+
+    def queue_depth(self) -> int:
+        return self.intake.qsize() + len(self._waiting)
+
+    def leftovers(self) -> list[_Request]:
+        out = self._running + self._waiting
+        while not self.intake.empty():
+            out.append(self.intake.get_nowait())
+        return out
+
     # --- the decode thread ------------------------------------------------------------------
     def _finish(self, request: _Request, result: TranslationOutput | None = None,
                 error: BaseException | None = None) -> None:
-        with self._lock:
-            self.in_flight -= 1
-        request.resolve(result, error)
+        self.scheduler.finish(self, request, result, error)
 
     def _admit(self) -> list[_Request]:
         """Move waiting requests into the running set while the step budget allows."""
@@ -192,6 +245,9 @@ class DecodeScheduler:
                 block = False
         except queue.Empty:
             pass
+        self._steps_since_join += 1
+        if self._running and not self._join_due():
+            return []
         rows = sum(r.search.live for r in self._running if r.search is not None)
         tokens = sum(r.src_len * r.job.beam_size for r in self._running)
         admitted: list[_Request] = []
@@ -213,8 +269,23 @@ class DecodeScheduler:
             else:
                 still_waiting.append(request)  # FIFO: nobody overtakes a request that does not fit
         self._waiting = still_waiting
-        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
+        if admitted:
+            self._steps_since_join = 0
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.scheduler.queue_depth())
         return admitted
+
+    def _join_due(self) -> bool:
+        """Whether waiting requests join the running set at this step.
+
+        Every join costs an encoder run and a re-gather of the rows, whatever its size, so
+        joiners are gathered for a few steps and encoded together: at once when a quarter of the
+        running set is waiting, otherwise every ``join_every`` steps (a few milliseconds of
+        waiting against a request that takes tens of steps).
+        """
+        if not self._waiting:
+            return False
+        return (len(self._waiting) * 4 >= len(self._running)
+                or self._steps_since_join >= self.join_every)
 
     def _encode(self, joiners: list[_Request]) -> np.ndarray:
         """Encode the joiners together; keep each one's unpadded states. Returns initial states."""

@@ -52,7 +52,7 @@ def _translation_engine(name: str, runner: TranslationRunner, settings: Settings
     if settings.translation_scheduler == "iteration":
         from service.decode_scheduler import DecodeScheduler
 
-        return DecodeScheduler(name, runner, _policy(settings))
+        return DecodeScheduler(name, runner, _policy(settings), join_every=settings.decode_join_every)
     return RequestBatchedTranslator(name, runner, _policy(settings))
 
 

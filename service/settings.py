@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(64, ge=1, description="texts in one request's 'texts' list")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit (413 above)")
 
+    decode_join_every: int = Field(4, ge=1, le=64, description="steps new translations may wait to join together")
     translation_scheduler: Literal["iteration", "request"] = Field(
         "iteration", description="iteration-level decode scheduling, or whole-request batching")
     api_keys: list[str] = Field(default_factory=list, description="if set, requests need one of these keys")
