@@ -45,8 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         app.state.ready = True
-        log.info("ready in %.2fs: %s on %s", time.monotonic() - started,
-                 ", ".join(f"{m.name}/{m.version}" for m in registry.all()), registry.providers[0])
+        log.info("ready in %.2fs: %s", time.monotonic() - started,
+                 ", ".join(f"{m.name}/{m.version} on {m.provider}" for m in registry.all()))
         try:
             yield
         finally:

@@ -103,6 +103,9 @@ class ModelRegistry:
             models.append(ServedModel(card, runner, engine, card_file.parent))
             log.info("loaded %s/%s (%s) on %s in %.2fs", card.name, card.version, card.task,
                      runner.providers[0], time.monotonic() - started)
+            if providers[0] == "CUDAExecutionProvider" and runner.providers[0] != providers[0]:
+                log.warning("%s: the CUDA provider could not start (no GPU, driver or matching CUDA libraries "
+                            "visible to this process); serving on the CPU", card.name)
         return cls(models, providers)
 
     # --- lookup -----------------------------------------------------------------------------
