@@ -63,6 +63,9 @@ def open_session(
     # ORT's worker threads spin while waiting for work by default; in a server they would burn
     # the cores the event loop and the other models need between batches.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ORT's CPU arena keeps the peak of every shape it has seen (a burst of long batches would
+    # stay resident); plain malloc/free lets memory go back after the burst
+    options.enable_cpu_mem_arena = False
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
