@@ -79,12 +79,12 @@ async def sentiment(request: Request) -> JSONResponse:
     body = await parse_body(request, SentimentRequest)
     registry, settings = _state(request)
     model = registry.for_task("text-classification")
-    field = "text" if body.text is not None else "texts"
-    texts = check_texts([body.text] if body.text is not None else list(body.texts or []), settings, field)
+    field, texts = body.field_and_texts()
+    check_texts(texts, settings, field)
     probs = await unless_client_leaves(request, classify_texts(model, texts, field, deadline_for(request, settings)))
     results = [sentiment_result(model, p) for p in probs]
     # built as plain JSON: response_model documents the shape without re-validating every answer
-    return JSONResponse(results[0] if body.text is not None else {"results": results})
+    return JSONResponse(body.answer(results))
 
 
 def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size: int | None,
@@ -122,14 +122,14 @@ async def translate(request: Request) -> JSONResponse:
     body = await parse_body(request, TranslateRequest)
     registry, settings = _state(request)
     model = registry.translator(body.source, body.target)
-    field = "text" if body.text is not None else "texts"
-    texts = check_texts([body.text] if body.text is not None else list(body.texts or []), settings, field)
+    field, texts = body.field_and_texts()
+    check_texts(texts, settings, field)
     jobs = translation_jobs(model, texts, field, body.beam_size, body.max_length, body.return_attention)
     deadline = deadline_for(request, settings)
     outputs = await unless_client_leaves(
         request, asyncio.gather(*(model.engine.translate(job, deadline) for job in jobs)))  # type: ignore[union-attr]
     results = [translation_result(model, job, out) for job, out in zip(jobs, outputs, strict=True)]
-    return JSONResponse(results[0] if body.text is not None else {"results": results})
+    return JSONResponse(body.answer(results))
 
 
 def model_info(registry: ModelRegistry, model: ServedModel, settings: Settings) -> dict[str, Any]:

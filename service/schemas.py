@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 
@@ -15,6 +17,14 @@ class _OneOrMany(BaseModel):
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' or 'texts'")
         return self
+
+    def field_and_texts(self) -> tuple[str, list[str]]:
+        """The field the texts came from (for error messages) and the texts as a list."""
+        return ("text", [self.text]) if self.text is not None else ("texts", list(self.texts or []))
+
+    def answer(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+        """One result for 'text', {"results": [...]} in order for 'texts'."""
+        return results[0] if self.text is not None else {"results": results}
 
 
 class SentimentRequest(_OneOrMany):
