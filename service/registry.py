@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.batching import BatchPolicy
+from service.decode_scheduler import DecodeScheduler
 from service.engines import RequestBatchedTranslator, SentimentEngine, TranslationEngine
 from service.errors import InvalidInput, ModelNotFound
 from service.model_card import ModelCard, ModelCardError
@@ -50,8 +51,6 @@ def _policy(settings: Settings) -> BatchPolicy:
 
 def _translation_engine(name: str, runner: TranslationRunner, settings: Settings) -> TranslationEngine:
     if settings.translation_scheduler == "iteration":
-        from service.decode_scheduler import DecodeScheduler
-
         return DecodeScheduler(name, runner, _policy(settings), join_every=settings.decode_join_every)
     return RequestBatchedTranslator(name, runner, _policy(settings))
 
