@@ -22,7 +22,6 @@ import numpy as np
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs, read_sst2
 from service.model_card import load_model_card, write_model_card
 from service.runners import SentimentRunner, TranslationRunner, load_runner
-from service.runners.translation import TranslationJob
 
 GOLDEN_SENTIMENT = [
     "A gorgeous, witty, seductive movie.",
@@ -58,7 +57,7 @@ def translate_all(runner: TranslationRunner, sources: list[str], beam: int, batc
     out: list[str] = [""] * len(ids)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        jobs = [TranslationJob(ids[i], beam, runner.default_max_length(len(ids[i]))) for i in chunk]
+        jobs = [runner.job(ids[i], beam) for i in chunk]
         for i, result in zip(chunk, runner.translate(jobs), strict=True):
             out[i] = runner.detokenize(result.tokens)
     return out
@@ -92,8 +91,7 @@ def golden_outputs(runner: SentimentRunner | TranslationRunner) -> dict[str, obj
         probs = runner.run([runner.tokenize(t) for t in GOLDEN_SENTIMENT])
         return {"inputs": GOLDEN_SENTIMENT, "probabilities": probs.round(6).tolist()}
     beam = runner.decoding.default_beam_size
-    jobs = [TranslationJob(runner.tokenize(t), beam, runner.default_max_length(len(runner.tokenize(t))))
-            for t in GOLDEN_TRANSLATION]
+    jobs = [runner.job(runner.tokenize(t), beam) for t in GOLDEN_TRANSLATION]
     results = runner.translate(jobs)
     return {"inputs": GOLDEN_TRANSLATION, "beam_size": beam,
             "translations": [runner.detokenize(r.tokens) for r in results],

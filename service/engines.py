@@ -23,7 +23,6 @@ class TranslationEngine(Protocol):
     def start(self) -> None: ...
     async def drain(self, timeout_s: float) -> bool: ...
     async def close(self) -> None: ...
-    def queue_depth(self) -> int: ...
 
 
 class _BatchedEngine(Generic[P, R]):
@@ -39,9 +38,6 @@ class _BatchedEngine(Generic[P, R]):
 
     async def close(self) -> None:
         await self.batcher.close()
-
-    def queue_depth(self) -> int:
-        return self.batcher.queue.qsize()
 
 
 class SentimentEngine(_BatchedEngine[list[int], np.ndarray]):

@@ -65,6 +65,12 @@ class DeadlineExceeded(ServiceError):
     status, code = 504, "deadline_exceeded"
 
 
+class ClientGone(ServiceError):
+    """The client disconnected before its answer (nobody reads this; it only ends the handler)."""
+
+    status, code = 499, "client_closed_request"
+
+
 class InferenceFailed(ServiceError):
     """A fault inside the model run (not the client's input): only that batch fails."""
 

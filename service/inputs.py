@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from service.errors import InvalidInput, ServiceError
+from service.errors import ClientGone, InvalidInput
 from service.settings import Settings
 
 TIMEOUT_HEADER = "x-request-timeout"
@@ -63,10 +63,6 @@ def deadline_for(request: Request, settings: Settings, requested_s: float | None
 
 
 T = TypeVar("T")
-
-
-class ClientGone(ServiceError):
-    status, code = 499, "client_closed_request"
 
 
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:

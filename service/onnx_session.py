@@ -6,7 +6,6 @@ import hashlib
 import logging
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from service.model_card import GraphSpec, TensorSpec
@@ -20,7 +19,6 @@ _ORT_TYPES = {
     "tensor(float16)": "float16",
     "tensor(bool)": "bool",
 }
-NUMPY_TYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16, "bool": np.bool_}
 
 
 class ModelLoadError(RuntimeError):

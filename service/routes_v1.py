@@ -91,16 +91,14 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
                      max_length: int | None, keep_attention: bool) -> list[TranslationJob]:
     runner = model.runner
     assert isinstance(runner, TranslationRunner)
-    decoding = runner.decoding
-    check_range(beam_size, 1, decoding.max_beam_size, "beam_size")
+    check_range(beam_size, 1, runner.decoding.max_beam_size, "beam_size")
     check_range(max_length, 1, runner.max_output_tokens, "max_length")
     jobs = []
     for i, text in enumerate(texts):
         # the limit counts subwords before the </s> the model appends
         ids = runner.tokenize(text)
         check_tokens(ids[:-1], model.card.max_input_tokens, field if len(texts) == 1 else f"{field}[{i}]", model.name)
-        jobs.append(TranslationJob(ids, beam_size or decoding.default_beam_size,
-                                   max_length or runner.default_max_length(len(ids)), keep_attention))
+        jobs.append(runner.job(ids, beam_size, max_length, keep_attention))
     return jobs
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from service.runners import SentimentRunner, TranslationRunner, load_runner
-from service.runners.translation import TranslationJob
 from tests.conftest import COMMITTED_MODELS, ROOT
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -36,8 +35,7 @@ def test_translation_reproduces_recorded_outputs() -> None:
     golden = _golden("translate-en-de")
     runner = load_runner(COMMITTED_MODELS / "translate-en-de" / "1", ["CPUExecutionProvider"])
     assert isinstance(runner, TranslationRunner)
-    jobs = [TranslationJob(runner.tokenize(t), golden["beam_size"], runner.default_max_length(len(runner.tokenize(t))))
-            for t in golden["inputs"]]
+    jobs = [runner.job(runner.tokenize(t), golden["beam_size"]) for t in golden["inputs"]]
     results = runner.translate(jobs)
     assert [runner.detokenize(r.tokens) for r in results] == golden["translations"]
     assert [r.score for r in results] == pytest.approx(golden["scores"], abs=1e-4)

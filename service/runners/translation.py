@@ -91,6 +91,12 @@ class TranslationRunner:
         guess = int(self.decoding.max_length_ratio * source_len) + self.decoding.max_length_extra
         return min(guess, self.max_output_tokens)
 
+    def job(self, src_ids: list[int], beam_size: int | None = None, max_length: int | None = None,
+            keep_attention: bool = False) -> TranslationJob:
+        """A decoding job with the model card's defaults for what the caller leaves out."""
+        return TranslationJob(src_ids, beam_size or self.decoding.default_beam_size,
+                              max_length or self.default_max_length(len(src_ids)), keep_attention)
+
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.target_tokenizer.decode(ids)
 
@@ -176,9 +182,9 @@ class TranslationRunner:
     def to_output(hyp: Hypothesis, source_len: int) -> TranslationOutput:
         """The API-facing result of a finished search: tokens, score, attention without </s>."""
         attention = None
-        if hyp.attention:
-            attention = np.stack(hyp.attention[: len(hyp.tokens)])[:, : source_len - 1] if hyp.tokens else \
-                np.zeros((0, source_len - 1), dtype=np.float32)
+        if hyp.attention:  # one row per emitted token; the </s> step's row and column are left out
+            rows = hyp.attention[: len(hyp.tokens)]
+            attention = np.stack(rows)[:, : source_len - 1] if rows else np.zeros((0, source_len - 1), np.float32)
         return TranslationOutput(tokens=hyp.tokens, score=hyp.score, attention=attention)
 
     def warmup(self, batch_sizes: Sequence[int] = (1, 8), length: int = 16) -> None:
