@@ -21,29 +21,15 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from loadtests.http_client import LoadResult, closed_loop, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
+from loadtests.server import ROOT, ServerProcess
 from service.runners import SentimentRunner, TranslationRunner, load_runner
-from service.runners.translation import TranslationJob
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- raw ONNX Runtime -----------------------------------------------------------------------
@@ -74,35 +60,6 @@ def raw_sentiment(runner: SentimentRunner, sentences: list[str], sizes: list[int
     out["best_size"] = max(out["throughput"], key=out["throughput"].get)
     out["best"] = out["throughput"][out["best_size"]]
     return out
-
-
-# --- server ---------------------------------------------------------------------------------
-class ServerProcess:
-    def __init__(self, models: Path, **settings: str) -> None:
-        self.port = _free_port()
-        env = {**os.environ, "SEQSERVE_MODEL_REPOSITORY": str(models), "SEQSERVE_PORT": str(self.port),
-               "SEQSERVE_ACCESS_LOG": "false", "SEQSERVE_LOG_LEVEL": "warning",
-               **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.ready_after_s = self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 120) -> float:
-        while time.perf_counter() - self.started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=0.5).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-        raise TimeoutError("server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
 
 
 def _run(coro: Any) -> LoadResult:
@@ -144,7 +101,7 @@ def check_identical(runner: TranslationRunner, sources: list[str], recorded: dic
     for key, body in recorded.items():
         served = json.loads(body)["translation"]
         ids = runner.tokenize(sources[key])
-        job = TranslationJob(ids, beam_size, runner.default_max_length(len(ids)))
+        job = runner.job(ids, beam_size)
         solo = runner.detokenize(runner.translate([job])[0].tokens)
         mismatches += served != solo
     return len(recorded), mismatches
@@ -162,7 +119,7 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, say: Ca
     iteration = {b: {c: http_translate(server.port, sources, c, args.duration, b, recorded[b]) for c in (1, 32, 64)}
                  for b in beams}
     server.stop()
-    server = ServerProcess(args.models, translation_scheduler="request")
+    server = ServerProcess(args.models, translation_scheduler="request").wait_ready()
     whole = {b: http_translate(server.port, sources, 64, args.duration, b) for b in beams}
     say("## Translation over HTTP (POST /v1/translate, Multi30k test_2016_flickr sources)")
     say("| beam | scheduler | clients | requests/s | p50 ms | p99 ms | non-2xx |\n|---:|---|---:|---:|---:|---:|---:|")
@@ -218,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     say(f"\nbest: {raw['best']:,.0f} sentences/s at batch {raw['best_size']}; "
         f"single request p50 {raw['single_p50_ms']:.2f} ms\n")
 
-    server = ServerProcess(args.models)
+    server = ServerProcess(args.models).wait_ready()
     say(f"## Start-up\nspawn to ready (imports, model load, checks, warm-up): {server.ready_after_s:.2f} s\n")
     try:
         one = http_sentiment(server.port, sentences, 1, args.duration)

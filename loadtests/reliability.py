@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.bench_service import ROOT, ServerProcess
+from loadtests.server import ROOT, ServerProcess
 
 LONG = "A man in a blue shirt and a woman in a red dress are walking their two dogs in the park. "
 
@@ -123,9 +123,9 @@ def overload(models: Path, burst: int = 400, queue_size: int = 16, rounds: int =
     """Bursts far beyond capacity against a small queue: results or fast 503s, nothing lost, and
     the server's memory back at its level after the first burst (no growth per burst)."""
     report = ScenarioReport(f"overload: {rounds} bursts of {burst} mixed requests, queue size {queue_size}")
-    server = ServerProcess(models, max_queue_size=str(queue_size))
+    server = ServerProcess(models, max_queue_size=str(queue_size)).wait_ready()
     try:
-        url = f"http://127.0.0.1:{server.port}"
+        url = server.url
         probe = _start_probe(f"{url}/v2/health/ready", 4.0 * rounds + 2)
         time.sleep(0.5)
         baseline = rss_mb(server.proc.pid)
@@ -140,16 +140,15 @@ def overload(models: Path, burst: int = 400, queue_size: int = 16, rounds: int =
         report.note = (f"server RSS: {baseline:.0f} MB before, after each burst "
                        + ", ".join(f"{x:.0f}" for x in after) + " MB")
     finally:
-        server.proc.terminate()
-        report.exit_code = server.proc.wait(timeout=60)
+        report.exit_code = server.stop()
     return report
 
 
 def shutdown(models: Path, requests: int = 160, after_s: float = 0.3) -> ScenarioReport:
     """SIGTERM while requests are queued and decoding: every accepted request gets its result."""
     report = ScenarioReport(f"graceful shutdown: SIGTERM {after_s} s into {requests} requests")
-    server = ServerProcess(models)
-    url = f"http://127.0.0.1:{server.port}"
+    server = ServerProcess(models).wait_ready()
+    url = server.url
     probe = _start_probe(f"{url}/v2/health/ready", after_s + 1.0)  # probes after SIGTERM fail: listener closed
 
     async def scenario() -> list[httpx.Response | BaseException]:

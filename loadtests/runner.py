@@ -25,9 +25,10 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.bench_service import ROOT, ServerProcess, raw_sentiment
+from loadtests.bench_service import raw_sentiment
 from loadtests.http_client import closed_loop, encode_post, open_loop
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
+from loadtests.server import ROOT, ServerProcess
 from loadtests.steady import summarise
 
 
@@ -206,9 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.host:
             res = run_config(name, args.host.rstrip("/"), args, args.out)
         else:
-            server = ServerProcess(args.models, **env)
+            server = ServerProcess(args.models, settings=env).wait_ready()
             try:
-                res = run_config(name, f"http://127.0.0.1:{server.port}", args, args.out)
+                res = run_config(name, server.url, args, args.out)
             finally:
                 server.stop()
         res["config"] = label
