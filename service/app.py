@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from service import __version__, metrics, routes_v1, routes_v2
 from service.auth import ApiKeyMiddleware
 from service.errors import install_error_handlers
+from service.hot_routes import HotRouteMiddleware
 from service.middleware import RequestContextMiddleware
 from service.onnx_session import ModelLoadError
 from service.registry import ModelRegistry
@@ -74,7 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    # Added last = runs first: request id, size and content-type checks, then keys, then CORS.
+    # Added last = runs first: request id, size and content-type checks, then keys, then CORS,
+    # then the direct path to the inference endpoints (service/hot_routes.py).
+    app.add_middleware(HotRouteMiddleware, fastapi_app=app, router=routes_v1.router,
+                       paths=("/v1/sentiment", "/v1/translate"))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",

@@ -54,6 +54,8 @@ async def classify_texts(model: ServedModel, texts: list[str], field: str, deadl
     assert isinstance(runner, SentimentRunner) and isinstance(engine, SentimentEngine)
     ids = [check_tokens(runner.tokenize(t), model.card.max_input_tokens,
                         field if len(texts) == 1 else f"{field}[{i}]", model.name) for i, t in enumerate(texts)]
+    if len(ids) == 1:  # the common case, without a task per text
+        return [await engine.classify(ids[0], deadline)]
     return list(await asyncio.gather(*(engine.classify(x, deadline) for x in ids)))
 
 
@@ -81,7 +83,9 @@ async def sentiment(request: Request) -> JSONResponse:
     model = registry.for_task("text-classification")
     field, texts = body.field_and_texts()
     check_texts(texts, settings, field)
-    probs = await unless_client_leaves(request, classify_texts(model, texts, field, deadline_for(request, settings)))
+    # No disconnect watcher here (unlike translation): a sentiment batch takes milliseconds, and a
+    # watcher task per request costs more CPU than the rare abandoned classification it would save.
+    probs = await classify_texts(model, texts, field, deadline_for(request, settings))
     results = [sentiment_result(model, p) for p in probs]
     # built as plain JSON: response_model documents the shape without re-validating every answer
     return JSONResponse(body.answer(results))
