@@ -1,12 +1,17 @@
-"""Dynamic batching: a bounded queue per model, a batcher task, and one worker thread.
+"""Dynamic batching: a bounded queue per model and ``instances`` worker threads.
 
 A batch forms from the queue until it holds ``max_batch_size`` requests, or its padded size
 (requests x longest) would pass ``max_batch_tokens``, or ``max_queue_delay`` has passed since
 its first request arrived. Requests are sorted by length inside the window to cut padding.
-The batch runs off the event loop on a worker thread; ``instances`` workers (default 1) run
-that many batches at once, one batch at a time per worker. Every accepted request's future is
-resolved exactly once: a result, or the error of its own batch, or 504 if its deadline passed,
-or dropped unseen if its client went away.
+
+The worker threads form and run the batches themselves, off the event loop: a worker takes the
+next window from a thread-safe queue as soon as it is free, runs it, and hands all its answers
+back to the event loop in one call. The event loop only accepts requests and delivers answers;
+a worker never waits for the event loop between batches (on a small CPU, where the event loop is
+busy with HTTP, that wait left the model idle for a third of each batch's time).
+
+Every accepted request's future is resolved exactly once: a result, or the error of its own
+batch, or 504 if its deadline passed, or dropped unseen if its client went away.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -87,27 +93,32 @@ def split_by_budget(items: list[WorkItem[P, R]], policy: BatchPolicy) -> list[li
 
 
 class DynamicBatcher(Generic[P, R]):
-    """Per-model queue + batcher. ``run_batch`` is called on the worker thread with payloads."""
+    """Per-model queue + worker threads. ``run_batch`` is called on a worker thread with payloads."""
 
     def __init__(self, name: str, run_batch: Callable[[list[P]], Sequence[R]], policy: BatchPolicy) -> None:
         self.name = name
         self.run_batch = run_batch
         self.policy = policy
-        self.queue: asyncio.Queue[WorkItem[P, R]] = asyncio.Queue(maxsize=policy.max_queue_size)
-        # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
-        # that many batches at once (best with 1 intra-op thread each on a small CPU)
-        self.executor = ThreadPoolExecutor(max_workers=policy.instances, thread_name_prefix=f"seqserve-{name}")
-        self._workers = asyncio.Semaphore(policy.instances)
+        # thread-safe: the event loop puts, the workers take
+        self.queue: queue.Queue[WorkItem[P, R]] = queue.Queue(maxsize=policy.max_queue_size)
         self._last_arrival = 0.0
         self._mean_gap_s = 1.0
         self.accepting = False
-        self.in_flight = 0  # accepted, not yet answered
-        self._task: asyncio.Task[None] | None = None
+        self.in_flight = 0  # accepted, not yet answered (changed on the event loop only)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.accepting = True
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+        # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
+        # that many batches at once (best with 1 intra-op thread each on a small CPU)
+        for i in range(max(1, self.policy.instances)):
+            thread = threading.Thread(target=self._work, name=f"seqserve-{self.name}-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting, let queued and running work finish; True if it all finished in time."""
@@ -116,25 +127,23 @@ class DynamicBatcher(Generic[P, R]):
 
     async def close(self) -> None:
         self.accepting = False
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stop.set()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, 10.0)
+        await asyncio.sleep(0)  # answers the workers handed over before stopping are delivered
         while not self.queue.empty():  # nothing accepted is left without an answer
             item = self.queue.get_nowait()
-            if not item.future.done():
-                item.future.set_exception(NotReady("server shut down before this request ran"))
-        self.executor.shutdown(wait=True)
+            self._deliver([(item, None, NotReady("server shut down before this request ran"))])
 
-    # --- requests ---------------------------------------------------------------------------
+    # --- requests (event loop) --------------------------------------------------------------
     async def submit(self, payload: P, length: int, deadline: float) -> R:
-        if not self.accepting:
+        if not self.accepting or self._loop is None:
             raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[R] = self._loop.create_future()
         item = WorkItem(payload, length, deadline, future)
         try:
             self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        except queue.Full:
             metrics.REJECTED.labels(self.name, "queue_full").inc()
             raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); retry later",
                              retry_after_s=1) from None
@@ -142,105 +151,96 @@ class DynamicBatcher(Generic[P, R]):
         # moving average of the time between arrivals (decides whether a window waits)
         self._mean_gap_s += 0.1 * (min(item.enqueued_at - self._last_arrival, 1.0) - self._mean_gap_s)
         self._last_arrival = item.enqueued_at
-        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue.qsize())
-        # On timeout or client disconnect the awaited future is cancelled, so the batcher skips it.
+        # On timeout or client disconnect the awaited future is cancelled, so the worker skips it.
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
                 return await future
         except TimeoutError:
             raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
 
-    # --- the batcher ------------------------------------------------------------------------
-    async def _next_window(self) -> list[WorkItem[P, R]]:
-        first = await self.queue.get()
+    def _deliver(self, answers: list[tuple[WorkItem[P, R], R | None, BaseException | None]]) -> None:
+        """On the event loop: resolve each future once (a cancelled one is left alone)."""
+        for item, result, error in answers:
+            self.in_flight -= 1
+            if item.future.done():
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(result)  # type: ignore[arg-type]
+
+    def _hand_over(self, answers: list[tuple[WorkItem[P, R], R | None, BaseException | None]]) -> None:
+        """From a worker: one wake-up of the event loop for a whole batch of answers."""
+        if answers and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                self._loop.call_soon_threadsafe(self._deliver, answers)
+
+    # --- the workers (threads) --------------------------------------------------------------
+    def _next_window(self) -> list[WorkItem[P, R]]:
+        try:
+            first = self.queue.get(timeout=0.05)  # wakes now and then to see whether to stop
+        except queue.Empty:
+            return []
         window = [first]
         # Wait for company only when it is likely to come: if requests arrive further apart than
         # the delay (e.g. a single client waiting for each answer), waiting only adds latency.
         delay = self.policy.max_queue_delay_s if self._mean_gap_s < self.policy.max_queue_delay_s else 0.0
         close_at = first.enqueued_at + delay
-        limit = self.policy.max_batch_size
-        while len(window) < limit:
-            if not self.queue.empty():
+        while len(window) < self.policy.max_batch_size:
+            try:
                 window.append(self.queue.get_nowait())
                 continue
+            except queue.Empty:
+                pass
             remaining = close_at - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                window.append(await asyncio.wait_for(self.queue.get(), timeout=remaining))
-            except TimeoutError:
+                window.append(self.queue.get(timeout=remaining))
+            except queue.Empty:
                 break
         metrics.QUEUE_DEPTH.labels(self.name).set(self.queue.qsize())
         return window
 
-    def _resolve(self, item: WorkItem[P, R], result: R | None = None, error: BaseException | None = None) -> None:
-        self.in_flight -= 1
-        if item.future.done():
-            return
-        if error is not None:
-            item.future.set_exception(error)
-        else:
-            item.future.set_result(result)  # type: ignore[arg-type]
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            window = self._next_window()
+            for batch in split_by_budget(window, self.policy) if window else []:
+                self._hand_over(self._run_batch(batch))
 
-    def _live(self, window: list[WorkItem[P, R]]) -> list[WorkItem[P, R]]:
-        """Drop requests whose client went away or whose deadline passed, before any compute."""
-        now = time.monotonic()
-        live = []
-        for item in window:
+    def _run_batch(self, batch: list[WorkItem[P, R]]) -> list[tuple[WorkItem[P, R], R | None, BaseException | None]]:
+        """Run one batch; the answers for every item in it (dropped ones included)."""
+        answers: list[tuple[WorkItem[P, R], R | None, BaseException | None]] = []
+        live: list[WorkItem[P, R]] = []
+        started = time.monotonic()
+        for item in batch:  # drop, before any compute, requests nobody waits for or that are too late
             if item.future.done():
                 metrics.DROPPED.labels(self.name, "client_gone").inc()
-                self._resolve(item)
-            elif item.deadline <= now:
+                answers.append((item, None, None))
+            elif item.deadline <= started:
                 metrics.DROPPED.labels(self.name, "deadline").inc()
-                self._resolve(item, error=DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
+                answers.append((item, None, DeadlineExceeded(f"deadline passed while queued for model {self.name}")))
             else:
                 live.append(item)
-        return live
-
-    async def _loop(self) -> None:
-        windows: set[asyncio.Task[None]] = set()
-        while True:
-            # take a worker first, then form the window: a window never waits for a worker while
-            # requests keep arriving that it could have taken
-            await self._workers.acquire()
-            window = await self._next_window()
-            task = asyncio.get_running_loop().create_task(self._run_window(window))
-            windows.add(task)
-            task.add_done_callback(windows.discard)
-
-    async def _run_window(self, window: list[WorkItem[P, R]]) -> None:
-        try:
-            for batch in split_by_budget(window, self.policy):
-                await self._run_batch(batch)
-        finally:
-            self._workers.release()
-
-    async def _run_batch(self, batch: list[WorkItem[P, R]]) -> None:
-        batch = self._live(batch)
-        if not batch:
-            return
-        started = time.monotonic()
-        for item in batch:
-            metrics.QUEUE_WAIT.labels(self.name).observe(started - item.enqueued_at)
-        longest = batch[-1].length
-        total = sum(i.length for i in batch)
-        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
-        metrics.PADDING_RATIO.labels(self.name).observe(1.0 - total / max(longest * len(batch), 1))
+                metrics.QUEUE_WAIT.labels(self.name).observe(started - item.enqueued_at)
+        if not live:
+            return answers
+        longest = live[-1].length
+        total = sum(i.length for i in live)
+        metrics.BATCH_SIZE.labels(self.name).observe(len(live))
+        metrics.PADDING_RATIO.labels(self.name).observe(1.0 - total / max(longest * len(live), 1))
         metrics.TOKENS.labels(self.name, "input").inc(total)
-        loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self.executor, self.run_batch, [i.payload for i in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} requests")
+            results = self.run_batch([i.payload for i in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"runner returned {len(results)} results for {len(live)} requests")
         except ServiceError as exc:
-            for item in batch:
-                self._resolve(item, error=exc)
+            answers.extend((item, None, exc) for item in live)
         except Exception as exc:  # a fault in the model run fails only this batch
-            log.exception("batch of %d failed on model %s", len(batch), self.name)
+            log.exception("batch of %d failed on model %s", len(live), self.name)
             error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
-            for item in batch:
-                self._resolve(item, error=error)
+            answers.extend((item, None, error) for item in live)
         else:
-            for item, result in zip(batch, results, strict=True):
-                self._resolve(item, result)
+            answers.extend((item, result, None) for item, result in zip(live, results, strict=True))
         metrics.BATCH_RUN.labels(self.name).observe(time.monotonic() - started)
+        return answers

@@ -43,9 +43,10 @@ def _state(request: Request) -> tuple[ModelRegistry, Settings]:
 
 def sentiment_result(model: ServedModel, probs: np.ndarray) -> dict[str, Any]:
     labels = model.card.labels or []
-    best = int(np.argmax(probs))
-    return {"label": labels[best], "score": float(probs[best]),
-            "probabilities": {label: float(p) for label, p in zip(labels, probs, strict=True)},
+    values = probs.tolist()  # plain floats: cheaper to compare and to render than numpy scalars
+    best = max(range(len(values)), key=values.__getitem__)
+    return {"label": labels[best], "score": values[best],
+            "probabilities": dict(zip(labels, values, strict=True)),
             "model": model.name, "version": model.version}
 
 

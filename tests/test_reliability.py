@@ -166,7 +166,7 @@ def test_a_client_that_leaves_is_dropped_from_decoding(committed_server: Server)
         with socket.create_connection(("127.0.0.1", committed_server.port)) as gone:
             gone.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            time.sleep(0.05)
+            time.sleep(0.01)  # read and decoding by then; a beam-10 translation of this takes ~80 ms
     deadline = time.monotonic() + 10
     while _dropped(committed_server.url, "translate-en-de") < before + 1 and time.monotonic() < deadline:
         time.sleep(0.1)
