@@ -48,6 +48,8 @@ def main() -> None:
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False,
+                            # seqserve never reads the client address: skip uvicorn's X-Forwarded-For layer
+                            proxy_headers=False,
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1)
     server = _Server(config, app)
     server.run()

@@ -213,6 +213,7 @@ class DynamicBatcher(Generic[P, R]):
         answers: list[tuple[WorkItem[P, R], R | None, BaseException | None]] = []
         live: list[WorkItem[P, R]] = []
         started = time.monotonic()
+        queue_wait = metrics.QUEUE_WAIT.labels(self.name)
         for item in batch:  # drop, before any compute, requests nobody waits for or that are too late
             if item.future.done():
                 metrics.DROPPED.labels(self.name, "client_gone").inc()
@@ -222,7 +223,7 @@ class DynamicBatcher(Generic[P, R]):
                 answers.append((item, None, DeadlineExceeded(f"deadline passed while queued for model {self.name}")))
             else:
                 live.append(item)
-                metrics.QUEUE_WAIT.labels(self.name).observe(started - item.enqueued_at)
+                queue_wait.observe(started - item.enqueued_at)
         if not live:
             return answers
         longest = live[-1].length

@@ -31,5 +31,19 @@ TIME_TO_FIRST_STEP = Histogram("seqserve_decode_time_to_first_step_seconds", "Ar
                                ["model"], buckets=_LATENCY_BUCKETS)
 
 
+_request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+
+def request_done(route: str, status: int, seconds: float) -> None:
+    """Count one HTTP request; the labelled children are looked up once per (route, status),
+    not on every request (``labels()`` builds and hashes the label tuple each time)."""
+    children = _request_children.get((route, status))
+    if children is None:
+        children = (REQUESTS.labels(route, str(status)), REQUEST_LATENCY.labels(route))
+        _request_children[(route, status)] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
 def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST

@@ -95,8 +95,7 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
             status = status_holder["status"]
-            metrics.REQUESTS.labels(template, str(status)).inc()
-            metrics.REQUEST_LATENCY.labels(template).observe(elapsed)
+            metrics.request_done(template, status, elapsed)
             if self.log_requests:
                 access_log.info(json.dumps({"request_id": request_id, "method": scope["method"],
                                             "path": scope["path"], "route": template, "status": status,
