@@ -6,8 +6,9 @@ Newly arrived requests are encoded together and join between steps (gathered for
 one sentence each); requests whose beams have all finished, or whose deadline passed, or whose
 client went away, leave and are answered at once. A request holds ``beam_size`` rows; greedy
 is beam 1. Because each request keeps its own fixed-size recurrent state and encoder states,
-joining and leaving costs one re-gather of the row arrays, done only when membership changes,
-not on every step.
+joining and leaving costs one gather of the row arrays (one numpy take per array, with the
+joiners' freshly encoded rows appended), done only when membership changes, not on every step;
+between changes the decoder picks its state rows in-graph (``parent_rows``).
 
 Admission is bounded by a step budget (rows and encoder tokens), so step time and memory stay
 predictable; the rest wait in a bounded queue (503 when full).
@@ -29,7 +30,14 @@ from service import metrics
 from service.batching import BatchPolicy, wait_until_idle
 from service.decoding import BeamSearch
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
-from service.runners.translation import DecoderRows, Tensor, TranslationJob, TranslationOutput, TranslationRunner
+from service.runners.translation import (
+    DecoderRows,
+    Encoded,
+    Tensor,
+    TranslationJob,
+    TranslationOutput,
+    TranslationRunner,
+)
 
 log = logging.getLogger("seqserve.decode")
 
@@ -42,75 +50,96 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     arrived: float = field(default_factory=time.monotonic)
     search: BeamSearch | None = None
-    states: np.ndarray | None = None  # [S_i, E] this request's encoder states (no padding)
-    keys: np.ndarray | None = None  # [S_i, A]
     first_step_at: float | None = None
 
     @property
     def src_len(self) -> int:
         return len(self.job.src_ids)
 
-    def resolve(self, result: TranslationOutput | None = None, error: BaseException | None = None) -> None:
-        def _set() -> None:
-            if self.future.done():
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(result)  # type: ignore[arg-type]
+    def settle(self, result: TranslationOutput | None, error: BaseException | None) -> None:
+        """On the event loop: resolve the future once (a cancelled one is left alone)."""
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)  # type: ignore[arg-type]
 
+
+Answer = tuple[_Request, TranslationOutput | None, BaseException | None]
+
+
+def _settle_all(answers: list[Answer]) -> None:
+    for request, result, error in answers:
+        request.settle(result, error)
+
+
+def hand_over(answers: list[Answer]) -> None:
+    """From a decode thread: one wake-up of the event loop for all answers of a step."""
+    if answers:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self.loop.call_soon_threadsafe(_set)
+            answers[0][0].loop.call_soon_threadsafe(_settle_all, answers)
+
+
+def _take(array: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+    """``array[rows]`` cut or zero-padded to ``width`` source positions (axis 1), contiguous."""
+    if array.shape[1] >= width:
+        return array[rows, :width]
+    out = np.zeros((len(rows), width, *array.shape[2:]), dtype=array.dtype)
+    out[:, : array.shape[1]] = array[rows]
+    return out
 
 
 class _RowArrays:
-    """The running set's rows: members in row order, the encoder side (placed where the decoder
-    reads it), and the decoder state with the parent rows the next step takes from it.
+    """The running set's rows: members in row order, the encoder side (kept on the host, and
+    placed where the decoder reads it), and the decoder state with the parent rows the next
+    step takes from it.
 
-    The encoder side is rebuilt (and, under I/O binding, uploaded) only when membership changes;
-    between changes each step only passes ``parents`` and the device-resident state along.
+    The encoder side changes only when membership or a request's row count changes; it is then
+    gathered in one take per array (``gather``). Between changes each step only passes
+    ``parents`` and the device-resident state along.
     """
 
     def __init__(self, runner: TranslationRunner) -> None:
         self.runner = runner
         self.members: list[_Request] = []
         self.layout: list[int] = []  # live rows per member, in row order
+        self.host: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # states, keys, mask
         self.rows: DecoderRows | None = None
         self.state: Tensor | None = None
         self.parents = np.zeros(0, dtype=np.int64)
-        self.dirty = False  # membership changed since the encoder side was built
+        self.dirty = False  # membership or row counts changed since the encoder side was built
 
-    def host_state(self) -> np.ndarray | None:
-        """The current members' state rows on the host (only on membership changes)."""
-        if self.state is None or not self.members:
-            return None
-        return self.runner.to_host(self.state)[self.parents]
-
-    def rebuild(self, members: list[_Request], host_state: np.ndarray) -> None:
-        self.members = list(members)
-        self.layout = [m.search.live for m in members]  # type: ignore[union-attr]
-        rows = sum(self.layout)
+    def gather(self, survivors: list[_Request], keep: np.ndarray, joiners: list[_Request],
+               encoded: Encoded | None) -> None:
+        """Rebuild the rows: the survivors' next-step rows (``keep``: their parent rows, which
+        index both the last step's state and the current encoder rows, as every row of a request
+        holds the same encoder states), then the joiners' first rows."""
+        members = survivors + joiners
         width = max(m.src_len for m in members)
-        first = members[0]
-        assert first.states is not None and first.keys is not None
-        states = np.zeros((rows, width, first.states.shape[1]), dtype=np.float32)
-        keys = np.zeros((rows, width, first.keys.shape[1]), dtype=np.float32)
-        mask = np.zeros((rows, width), dtype=np.float32)
-        row = 0
-        for member, live in zip(members, self.layout, strict=True):
-            n = member.src_len
-            states[row : row + live, :n] = member.states
-            keys[row : row + live, :n] = member.keys
-            mask[row : row + live, :n] = 1.0
-            row += live
+        parts: list[tuple[np.ndarray, ...]] = []
+        states: list[np.ndarray] = []
+        if survivors:
+            assert self.host is not None and self.state is not None
+            parts.append(tuple(_take(a, keep, width) for a in self.host))
+            states.append(self.runner.to_host(self.state)[keep])
+        if joiners:
+            assert encoded is not None
+            first_rows = np.arange(len(joiners))
+            parts.append(tuple(_take(a, first_rows, width) for a in (encoded.states, encoded.keys, encoded.mask)))
+            states.append(encoded.init_state)
+        host = tuple(np.concatenate(p) if len(p) > 1 else p[0] for p in zip(*parts, strict=True))
+        self.host = (host[0], host[1], host[2])
         place = self.runner.place
-        self.rows = DecoderRows(place(states), place(keys), place(mask))
-        self.state = place(host_state)
-        self.parents = np.arange(rows, dtype=np.int64)
+        self.rows = DecoderRows(place(host[0]), place(host[1]), place(host[2]))
+        self.state = place(np.concatenate(states) if len(states) > 1 else states[0])
+        self.members = members
+        self.layout = [m.search.live for m in members]  # type: ignore[union-attr]
+        self.parents = np.arange(sum(self.layout), dtype=np.int64)
         self.dirty = False
 
     def clear(self) -> None:
-        self.members, self.layout, self.rows, self.state, self.dirty = [], [], None, None, False
+        self.members, self.layout, self.host, self.rows, self.state, self.dirty = [], [], None, None, None, False
 
 
 class DecodeScheduler:
@@ -150,8 +179,8 @@ class DecodeScheduler:
             if lane.thread is not None:
                 await asyncio.to_thread(lane.thread.join, 10.0)
         for lane in self.lanes:
-            for request in lane.leftovers():
-                request.resolve(error=NotReady("server shut down before this translation finished"))
+            hand_over([(request, None, NotReady("server shut down before this translation finished"))
+                       for request in lane.leftovers()])
 
     def queue_depth(self) -> int:
         return sum(lane.queue_depth() for lane in self.lanes)
@@ -185,12 +214,13 @@ class DecodeScheduler:
         except TimeoutError:
             raise DeadlineExceeded(f"deadline passed before model {self.name} finished the translation") from None
 
-    def finish(self, lane: _Lane, request: _Request, result: TranslationOutput | None = None,
-               error: BaseException | None = None) -> None:
+    def finish(self, lane: _Lane, answers: list[Answer]) -> None:
+        """Answer a lane's finished requests (handed over first, so that a drain that sees
+        nothing in flight never closes before the answers are on their way)."""
+        hand_over(answers)
         with self._lock:
-            self.in_flight -= 1
-            lane.assigned -= 1
-        request.resolve(result, error)
+            self.in_flight -= len(answers)
+            lane.assigned -= len(answers)
 
 
 class _Lane:
@@ -212,6 +242,8 @@ class _Lane:
         self._waiting: list[_Request] = []  # taken from intake, not yet admitted
         self._steps_since_join = 0
         self._running: list[_Request] = []
+        self._answers: list[Answer] = []  # finished in this loop turn, handed over together
+        self._first_step = metrics.TIME_TO_FIRST_STEP.labels(self.name)
 
     @property
     def running(self) -> list[_Request]:
@@ -234,7 +266,12 @@ class _Lane:
     # --- the decode thread ------------------------------------------------------------------
     def _finish(self, request: _Request, result: TranslationOutput | None = None,
                 error: BaseException | None = None) -> None:
-        self.scheduler.finish(self, request, result, error)
+        self._answers.append((request, result, error))  # answered together at the end of the step
+
+    def _flush(self) -> None:
+        answers, self._answers = self._answers, []
+        if answers:
+            self.scheduler.finish(self, answers)
 
     def _admit(self) -> list[_Request]:
         """Move waiting requests into the running set while the step budget allows."""
@@ -287,18 +324,15 @@ class _Lane:
         return (len(self._waiting) * 4 >= len(self._running)
                 or self._steps_since_join >= self.join_every)
 
-    def _encode(self, joiners: list[_Request]) -> np.ndarray:
-        """Encode the joiners together; keep each one's unpadded states. Returns initial states."""
+    def _encode(self, joiners: list[_Request]) -> Encoded:
+        """Encode the joiners together and start their searches."""
         encoded = self.runner.encode([r.job.src_ids for r in joiners])
         decoding = self.runner.decoding
-        for i, request in enumerate(joiners):
-            n = request.src_len
-            request.states = encoded.states[i, :n].copy()
-            request.keys = encoded.keys[i, :n].copy()
+        for request in joiners:
             request.search = BeamSearch(request.job.beam_size, request.job.max_length, decoding.length_penalty,
                                         request.job.keep_attention)
         metrics.TOKENS.labels(self.name, "input").inc(sum(r.src_len for r in joiners))
-        return encoded.init_state
+        return encoded
 
     def _run(self) -> None:
         rows = _RowArrays(self.runner)
@@ -308,10 +342,13 @@ class _Lane:
             except Exception as exc:  # a fault fails the requests in flight, never the thread
                 log.exception("decode step failed on model %s", self.name)
                 error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
+                answered = {id(request) for request, _, _ in self._answers}
                 for request in self._running:
-                    self._finish(request, error=error)
+                    if id(request) not in answered:
+                        self._finish(request, error=error)
                 self._running = []
                 rows.clear()
+            self._flush()
 
     def _loop_once(self, rows: _RowArrays) -> None:
         joiners = self._admit()
@@ -332,20 +369,16 @@ class _Lane:
                 changed = True
             else:
                 survivors.append(request)
-                keep.append(np.arange(offset, offset + live))
+                keep.append(rows.parents[offset : offset + live])
             offset += live
         if changed:
-            parts = []
-            host = rows.host_state()
-            if host is not None and survivors:
-                parts.append(host[np.concatenate(keep)])
-            if joiners:
-                parts.append(self._encode(joiners))
-            if not parts:
+            if not survivors and not joiners:
                 rows.clear()
                 self._running = []
                 return
-            rows.rebuild(survivors + joiners, np.concatenate(parts))
+            encoded = self._encode(joiners) if joiners else None
+            kept = np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+            rows.gather(survivors, kept, joiners, encoded)
         self._running = list(rows.members)
         if self._running:
             self._step(rows)
@@ -359,7 +392,10 @@ class _Lane:
         top_lp, top_ids, new_state, attention = self.runner.step(prev, rows.state, rows.parents, rows.rows,
                                                                  want_attention)
         metrics.DECODE_ROWS.labels(self.name).observe(len(prev))
-        reorder, survivors, layout = [], [], []
+        # greedy rows read their best candidate as plain numbers (one conversion per step)
+        best_lp, best_ids = top_lp[:, 0].tolist(), top_ids[:, 0].tolist()
+        reorder: list[int] = []
+        survivors, layout = [], []
         offset = 0
         finished = False
         for request, live in zip(rows.members, rows.layout, strict=True):
@@ -367,10 +403,15 @@ class _Lane:
             assert search is not None
             if request.first_step_at is None:
                 request.first_step_at = started
-                metrics.TIME_TO_FIRST_STEP.labels(self.name).observe(started - request.arrived)
-            window = slice(offset, offset + live)
-            attn = attention[window, : request.src_len] if attention is not None and search.keep_attention else None
-            parents = search.advance(top_lp[window], top_ids[window], attn)
+                self._first_step.observe(started - request.arrived)
+            keep_attention = attention is not None and search.keep_attention
+            if search.beam_size == 1:
+                attn = attention[offset, : request.src_len] if keep_attention else None  # type: ignore[index]
+                parents = [offset] if search.advance_token(best_ids[offset], best_lp[offset], attn) else []
+            else:
+                window = slice(offset, offset + live)
+                attn = attention[window, : request.src_len] if keep_attention else None  # type: ignore[index]
+                parents = (offset + search.advance(top_lp[window], top_ids[window], attn)).tolist()
             if search.done:
                 finished = True
                 metrics.DECODE_STEPS.labels(self.name).observe(search.steps)
@@ -380,10 +421,10 @@ class _Lane:
             else:
                 survivors.append(request)
                 layout.append(search.live)
-                reorder.append(offset + parents)
+                reorder.extend(parents)
             offset += live
         rows.dirty = finished or layout != rows.layout  # the next loop re-gathers the rows, once
         rows.members, rows.layout = survivors, layout
         rows.state = new_state
-        rows.parents = np.concatenate(reorder) if reorder else np.zeros(0, dtype=np.int64)
+        rows.parents = np.array(reorder, dtype=np.int64)
         self._running = survivors

@@ -15,6 +15,11 @@ import numpy as np
 
 from service.tokenization import BOS_ID, EOS_ID
 
+_NO_PARENTS = np.zeros(0, dtype=np.int64)
+_FIRST_ROW = np.zeros(1, dtype=np.int64)
+_NO_PARENTS.flags.writeable = False  # shared: callers only read them
+_FIRST_ROW.flags.writeable = False
+
 
 @dataclass
 class Hypothesis:
@@ -72,6 +77,12 @@ class BeamSearch:
         the new beams (indices into this request's current live rows), which say how to reorder
         its decoder state; the array is empty when the request is done.
         """
+        if self.beam_size == 1:
+            return self._advance_greedy(top_log_probs, top_ids, attention)
+        return self._advance_beams(top_log_probs, top_ids, attention)
+
+    def _advance_beams(self, top_log_probs: np.ndarray, top_ids: np.ndarray,
+                       attention: np.ndarray | None) -> np.ndarray:
         live, width = top_log_probs.shape
         if width < 2 * self.beam_size:
             raise ValueError(f"beam {self.beam_size} needs at least {2 * self.beam_size} candidates per row")
@@ -111,6 +122,30 @@ class BeamSearch:
         if self.done:
             return np.zeros(0, dtype=np.int64)
         return np.asarray(parents, dtype=np.int64)
+
+    def _advance_greedy(self, top_log_probs: np.ndarray, top_ids: np.ndarray,
+                        attention: np.ndarray | None) -> np.ndarray:
+        """Beam 1, without the candidate sort: the decoder's TopK already puts each row's best
+        candidate first. Same result as the general path (same float64 sums, same rules)."""
+        row = attention[0] if attention is not None else None
+        return _FIRST_ROW if self.advance_token(int(top_ids[0, 0]), float(top_log_probs[0, 0]), row) else _NO_PARENTS
+
+    def advance_token(self, token: int, log_prob: float, attention: np.ndarray | None = None) -> bool:
+        """Greedy (beam 1) step from the row's best candidate; True while the search goes on.
+        The scheduler calls this directly with plain numbers: it runs for every greedy request
+        at every step, so it is kept to a few Python operations."""
+        total = float(self.log_probs[0]) + log_prob
+        attn = self.attention[0] + [attention] if self.keep_attention and attention is not None else []
+        self.steps += 1
+        if token == EOS_ID:
+            self._finish(self.tokens[0], total, attn)
+            return False
+        tokens = self.tokens[0] + [token]
+        self.tokens, self.log_probs, self.attention = [tokens], np.array([total]), [attn]
+        if self.steps >= self.max_length:  # out of length: close the live beam as it is
+            self.finished.append(Hypothesis(tokens, total, self._normalise(total, len(tokens)), attn))
+            return False
+        return True
 
     def best(self) -> Hypothesis:
         if not self.finished:

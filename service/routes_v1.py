@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,6 +30,7 @@ from service.schemas import (
 from service.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -107,6 +109,10 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     return jobs
 
 
+async def _one(work: Awaitable[T]) -> list[T]:
+    return [await work]
+
+
 def translation_result(model: ServedModel, job: TranslationJob, out: TranslationOutput) -> dict[str, Any]:
     runner = model.runner
     assert isinstance(runner, TranslationRunner)
@@ -129,8 +135,11 @@ async def translate(request: Request) -> JSONResponse:
     check_texts(texts, settings, field)
     jobs = translation_jobs(model, texts, field, body.beam_size, body.max_length, body.return_attention)
     deadline = deadline_for(request, settings)
-    outputs = await unless_client_leaves(
-        request, asyncio.gather(*(model.engine.translate(job, deadline) for job in jobs)))  # type: ignore[union-attr]
+    engine = model.engine
+    assert not isinstance(engine, SentimentEngine)
+    work = (_one(engine.translate(jobs[0], deadline)) if len(jobs) == 1  # the common case, without a task per text
+            else asyncio.gather(*(engine.translate(job, deadline) for job in jobs)))
+    outputs = await unless_client_leaves(request, work)
     results = [translation_result(model, job, out) for job, out in zip(jobs, outputs, strict=True)]
     return JSONResponse(body.answer(results))
 

@@ -56,3 +56,27 @@ def test_parents_index_live_rows() -> None:
     assert list(parents) == [0, 0] and search.tokens == [[4], [5]]
     parents = search.advance(*top_candidates(np.stack([_log_probs(TABLE, t) for t in search.tokens]), 4))
     assert set(parents.tolist()) <= {0, 1}
+
+
+class _GeneralPathOnly(BeamSearch):
+    """Beam 1 through the general beam code (the fast path switched off), as a reference."""
+
+    def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray,
+                attention: np.ndarray | None = None) -> np.ndarray:
+        return self._advance_beams(top_log_probs, top_ids, attention)
+
+
+def test_greedy_fast_path_equals_the_general_path() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        fast = BeamSearch(1, max_length=int(rng.integers(1, 12)), keep_attention=True)
+        general = _GeneralPathOnly(1, max_length=fast.max_length, keep_attention=True)
+        while not fast.done:
+            logits = rng.normal(size=(1, VOCAB)) * 3
+            logits[0, EOS_ID] += trial % 3 - 1  # some searches end early, some run to the limit
+            candidates = top_candidates(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True), 4)
+            attention = rng.random((1, 5)).astype(np.float32)
+            assert fast.advance(*candidates, attention).tolist() == general.advance(*candidates, attention).tolist()
+        assert general.done
+        a, b = fast.best(), general.best()
+        assert (a.tokens, a.log_prob, a.score, len(a.attention)) == (b.tokens, b.log_prob, b.score, len(b.attention))
