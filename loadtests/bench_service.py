@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loadtests import ceiling
 from loadtests.http_client import LoadResult, closed_loop, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.server import ROOT, ServerProcess
@@ -151,7 +152,23 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, say: Ca
     for b in beams:
         checked, mismatches = check_identical(translator, sources, recorded[b], b)
         say(f"\nbeam {b}: served vs solo decoding: {checked} distinct sentences checked, **{mismatches} differ**")
+    ceiling_section(args, sources, recorded[1], say)
     return server
+
+
+def ceiling_section(args: argparse.Namespace, sources: list[str], greedy_bodies: dict[int, bytes],
+                    say: Callable[[str], None]) -> None:
+    """The best these ratios can be on this machine (loadtests/ceiling.py), from the cost curve
+    of the model's own graphs and the output lengths the benchmark just served."""
+    single = load_runner(args.models / "translate-en-de" / "1", ["CPUExecutionProvider"], intra_op_threads=1)
+    assert isinstance(single, TranslationRunner)
+    source_len = int(statistics.median(len(single.tokenize(s)) for s in sources))
+    lengths = [len(json.loads(body)["target_tokens"]) + 1 for body in greedy_bodies.values()]
+    steps, encodes = ceiling.measure(single, source_len)
+    say(f"\n## Ceiling on this machine (greedy; loadtests/ceiling.py; median source {source_len} subwords, "
+        f"mean output {statistics.fmean(lengths):.1f} steps)")
+    for line in ceiling.compute(steps, encodes, lengths).lines():
+        say(f"- {line}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,106 @@
+"""What the translation throughput ratios can be at best on this machine (greedy decoding).
+
+The benchmark's targets are ratios (32 clients / 1 client, iteration-level / whole-request).
+How far batching can lift them depends on how the cost of one decoder step grows with its rows,
+which is a property of the hardware, not of the server. This module measures that cost curve
+(and the encoder's) with ONNX Runtime alone, one thread per lane as the server runs it, and
+computes the ratios a server with **no** HTTP, Python or scheduling cost would reach with both
+cores busy:
+
+- 1 client: one request at a time: encode 1 sentence, then L steps of 1 row;
+- iteration-level at C clients: C/2 rows per lane, always full: per request, its share of an
+  encoder run of C/2 sentences plus L steps at 1/(C/2) of a (C/2)-row step;
+- whole-request at C clients: batches of C/2 per lane, each decoded until its longest request
+  ends, rows leaving as they finish (sampled from the real length distribution).
+
+These are upper bounds for the measured ratios, not predictions: a real server pays for HTTP,
+tokenisation and its own bookkeeping on the same cores.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from service.runners.translation import DecoderRows, TranslationRunner
+
+ROWS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+
+
+@dataclass
+class Ceiling:
+    step_ms: dict[int, float]  # decoder step time by rows (one thread)
+    encode_ms: dict[int, float]  # encoder run time by sentences
+    one_client: float  # requests/s
+    iteration: dict[int, float]  # clients -> requests/s
+    whole: dict[int, float]
+
+    def lines(self) -> list[str]:
+        steps = ", ".join(f"{r}: {t:.2f}" for r, t in self.step_ms.items())
+        encodes = ", ".join(f"{n}: {t:.2f}" for n, t in self.encode_ms.items())
+        return [
+            f"decoder step ms by rows (1 thread): {steps}",
+            f"encoder ms by sentences (1 thread): {encodes}",
+            f"ideal requests/s (no HTTP/Python cost, both cores busy): 1 client {self.one_client:.0f}; "
+            + "; ".join(f"{c} clients iteration {self.iteration[c]:.0f}, whole-request {self.whole[c]:.0f}"
+                        for c in self.iteration),
+            "ideal ratios: " + "; ".join(
+                f"{c}/1 {self.iteration[c] / self.one_client:.1f}x" for c in self.iteration)
+            + "; " + "; ".join(f"iteration/whole at {c} {self.iteration[c] / self.whole[c]:.2f}x"
+                               for c in self.iteration),
+        ]
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def measure(runner: TranslationRunner, source_len: int, repeats: int = 15) -> tuple[dict[int, float], dict[int, float]]:
+    steps: dict[int, float] = {}
+    encodes: dict[int, float] = {}
+    for rows in ROWS:
+        batch = [[5] * source_len] * rows
+        enc = runner.encode(batch)
+        decoder_rows = DecoderRows(enc.states, enc.keys, enc.mask)
+        prev = np.full(rows, 5, dtype=np.int64)
+        parents = np.arange(rows, dtype=np.int64)
+        steps[rows] = _timed(partial(runner.step, prev, enc.init_state, parents, decoder_rows, False), repeats)
+        encodes[rows] = _timed(partial(runner.encode, batch), max(3, repeats // 3))
+    return steps, encodes
+
+
+def _interp(table: dict[int, float], x: float) -> float:
+    keys = sorted(table)
+    return float(np.interp(x, keys, [table[k] for k in keys])) if x > 0 else 0.0
+
+
+def compute(steps: dict[int, float], encodes: dict[int, float], lengths: Sequence[int],
+            clients: Sequence[int] = (32, 64), lanes: int = 2, samples: int = 300) -> Ceiling:
+    """``lengths``: decoder steps per request (output subwords + </s>) of the benchmark sample."""
+    mean_len = statistics.fmean(lengths)
+    one = 1000 / (encodes[1] + mean_len * steps[1])
+    rng = random.Random(0)
+    iteration, whole = {}, {}
+    for c in clients:
+        per_lane = max(1, c // lanes)
+        per_request_ms = _interp(encodes, per_lane) / per_lane + mean_len * _interp(steps, per_lane) / per_lane
+        iteration[c] = lanes * 1000 / per_request_ms
+        batch_ms = []
+        for _ in range(samples):
+            batch = rng.choices(lengths, k=per_lane)
+            alive = [sum(1 for n in batch if n > t) for t in range(max(batch))]
+            batch_ms.append(_interp(encodes, per_lane) + sum(_interp(steps, a) for a in alive))
+        whole[c] = lanes * per_lane * 1000 / statistics.fmean(batch_ms)
+    return Ceiling(steps, encodes, one, iteration, whole)

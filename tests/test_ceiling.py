@@ -1,0 +1,28 @@
+"""The ceiling model: what batching can give, from a step-cost curve (no model needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtests import ceiling
+
+ROWS = ceiling.ROWS
+
+
+def test_a_step_cost_linear_in_rows_leaves_nothing_to_gain() -> None:
+    steps = {r: 1.0 * r for r in ROWS}  # every row costs the same, however many share a step
+    encodes = {r: 0.5 * r for r in ROWS}
+    result = ceiling.compute(steps, encodes, [5, 10, 20, 40])
+    # two lanes against one: 2x for many clients, and no difference between the schedulers
+    assert result.iteration[32] / result.one_client == pytest.approx(2.0)
+    assert result.iteration[64] / result.whole[64] == pytest.approx(1.0, rel=0.02)  # sampled batches
+
+
+def test_a_flat_step_cost_rewards_full_batches() -> None:
+    steps = {r: 1.0 for r in ROWS}  # a step costs the same for 1 or 64 rows (a GPU's regime)
+    encodes = {r: 0.0 for r in ROWS}
+    lengths = [5, 40]  # whole-request batches run as long as their longest request
+    result = ceiling.compute(steps, encodes, lengths)
+    assert result.iteration[64] / result.one_client == pytest.approx(64.0)
+    assert 1.5 < result.iteration[64] / result.whole[64] < 1.8  # mean 22.5 steps against ~40
+    assert "ideal ratios" in result.lines()[-1]
