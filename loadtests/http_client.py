@@ -73,6 +73,18 @@ class LoadResult:
     def items_per_s(self) -> float:
         return self.items / self.seconds if self.seconds else 0.0
 
+    @classmethod
+    def merged(cls, parts: list[LoadResult]) -> LoadResult:
+        """Several runs of one configuration as one (e.g. interleaved rounds)."""
+        out = cls(parts[0].concurrency, sum(p.seconds for p in parts))
+        for part in parts:
+            out.latencies += part.latencies
+            out.tagged += part.tagged
+            out.items += part.items
+            for status, n in part.statuses.items():
+                out.statuses[status] = out.statuses.get(status, 0) + n
+        return out
+
     def percentile(self, q: float) -> float:
         if not self.latencies:
             return float("nan")
