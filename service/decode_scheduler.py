@@ -243,7 +243,11 @@ class _Lane:
         self._steps_since_join = 0
         self._running: list[_Request] = []
         self._answers: list[Answer] = []  # finished in this loop turn, handed over together
+        # labelled metric children looked up once (labels() hashes the label tuple on every call)
         self._first_step = metrics.TIME_TO_FIRST_STEP.labels(self.name)
+        self._rows_per_step = metrics.DECODE_ROWS.labels(self.name)
+        self._steps_per_request = metrics.DECODE_STEPS.labels(self.name)
+        self._output_tokens = metrics.TOKENS.labels(self.name, "output")
 
     @property
     def running(self) -> list[_Request]:
@@ -391,7 +395,7 @@ class _Lane:
         started = time.monotonic()
         top_lp, top_ids, new_state, attention = self.runner.step(prev, rows.state, rows.parents, rows.rows,
                                                                  want_attention)
-        metrics.DECODE_ROWS.labels(self.name).observe(len(prev))
+        self._rows_per_step.observe(len(prev))
         # greedy rows read their best candidate as plain numbers (one conversion per step)
         best_lp, best_ids = top_lp[:, 0].tolist(), top_ids[:, 0].tolist()
         reorder: list[int] = []
@@ -414,9 +418,9 @@ class _Lane:
                 parents = (offset + search.advance(top_lp[window], top_ids[window], attn)).tolist()
             if search.done:
                 finished = True
-                metrics.DECODE_STEPS.labels(self.name).observe(search.steps)
+                self._steps_per_request.observe(search.steps)
                 output = TranslationRunner.to_output(search.best(), request.src_len)
-                metrics.TOKENS.labels(self.name, "output").inc(len(output.tokens))
+                self._output_tokens.inc(len(output.tokens))
                 self._finish(request, output)
             else:
                 survivors.append(request)
