@@ -56,6 +56,17 @@ class BatchPolicy:
     instances: int = 1  # batches run at once (worker threads)
 
 
+def settle(future: asyncio.Future[R], result: R | None, error: BaseException | None) -> None:
+    """On the event loop: resolve a future once. One already done (cancelled because its client
+    left or its deadline passed) is left alone."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
+
+
 async def wait_until_idle(in_flight: Callable[[], int], timeout_s: float) -> bool:
     """Poll until nothing is in flight or the timeout passes; True if idle."""
     end = time.monotonic() + timeout_s
@@ -162,12 +173,7 @@ class DynamicBatcher(Generic[P, R]):
         """On the event loop: resolve each future once (a cancelled one is left alone)."""
         for item, result, error in answers:
             self.in_flight -= 1
-            if item.future.done():
-                continue
-            if error is not None:
-                item.future.set_exception(error)
-            else:
-                item.future.set_result(result)  # type: ignore[arg-type]
+            settle(item.future, result, error)
 
     def _hand_over(self, answers: list[tuple[WorkItem[P, R], R | None, BaseException | None]]) -> None:
         """From a worker: one wake-up of the event loop for a whole batch of answers."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.batching import BatchPolicy, wait_until_idle
+from service.batching import BatchPolicy, settle, wait_until_idle
 from service.decoding import BeamSearch
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.runners.translation import (
@@ -56,22 +56,13 @@ class _Request:
     def src_len(self) -> int:
         return len(self.job.src_ids)
 
-    def settle(self, result: TranslationOutput | None, error: BaseException | None) -> None:
-        """On the event loop: resolve the future once (a cancelled one is left alone)."""
-        if self.future.done():
-            return
-        if error is not None:
-            self.future.set_exception(error)
-        else:
-            self.future.set_result(result)  # type: ignore[arg-type]
-
 
 Answer = tuple[_Request, TranslationOutput | None, BaseException | None]
 
 
 def _settle_all(answers: list[Answer]) -> None:
     for request, result, error in answers:
-        request.settle(result, error)
+        settle(request.future, result, error)
 
 
 def hand_over(answers: list[Answer]) -> None:
