@@ -86,14 +86,16 @@ def run_config(name: str, url: str, args: argparse.Namespace, out: Path) -> dict
         result["open"].append(step)
         print(f"  [{name}] {rate:>5} req/s offered: {step['rps']:8.1f} answered  p50 {step['p50_ms']:.0f} ms  "
               f"p99 {step['p99_ms']:.0f} ms  steady={step['steady']}", flush=True)
-    if args.cross_check and name == "A":
-        lean = asyncio.run(closed_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1),
-                                       args.cross_check, args.window * 3))
-        locust_step = next((s for s in result["closed"] if s["users"] == args.cross_check), None)
-        result["cross_check"] = {"users": args.cross_check, "lean_client_rps": lean.rps,
-                                 "locust_rps": locust_step["rps"] if locust_step else None,
-                                 "lean_p50_ms": lean.percentile(50) * 1000}
-        print(f"  [{name}] cross-check at {args.cross_check} users: lean client {lean.rps:.1f} req/s", flush=True)
+    if name == "A":
+        result["cross_check"] = []
+        for users in args.cross_check:
+            lean = asyncio.run(closed_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1),
+                                           users, args.window * 3))
+            locust_step = next((s for s in result["closed"] if s["users"] == users), None)
+            result["cross_check"].append({"users": users, "lean_client_rps": lean.rps,
+                                          "locust_rps": locust_step["rps"] if locust_step else None,
+                                          "lean_p50_ms": lean.percentile(50) * 1000})
+            print(f"  [{name}] cross-check at {users} users: lean client {lean.rps:.1f} req/s", flush=True)
     return result
 
 
@@ -164,13 +166,20 @@ def summary(results: list[dict[str, Any]], raw: dict[str, Any] | None, args: arg
                   f"raw ONNX Runtime (no HTTP, length-sorted batches of the same sentences): "
                   f"{raw['best']:,.0f} sentences/s at batch {raw['best_size']}; best served (A, one sentence a "
                   f"request): {best_served:,.0f} req/s = **{best_served / raw['best']:.2f}** of the raw limit", ""]
-    cross = results[0].get("cross_check")
-    if cross and cross["locust_rps"]:
-        ratio = cross["locust_rps"] / cross["lean_client_rps"]
+    checks = [c for c in results[0].get("cross_check", []) if c["locust_rps"]]
+    if checks:
         lines += ["## Cross-check", "",
-                  f"same server, {cross['users']} users: Locust {cross['locust_rps']:.1f} req/s vs the independent "
-                  f"lean asyncio client {cross['lean_client_rps']:.1f} req/s: ratio **{ratio:.2f}** "
-                  f"({'within' if abs(ratio - 1) <= 0.15 else 'outside'} 15 %)", ""]
+                  "The same server measured by the independent lean asyncio client (`loadtests/http_client.py`) at "
+                  "the same concurrency. Below saturation the two must agree within 15 %. Near saturation on a "
+                  "machine where the load generator shares the server's cores, each client's own CPU per request "
+                  "(Locust's is several times the lean client's) takes throughput from the server, so Locust's "
+                  "saturated figures understate the server; `make bench` (lean client) is the capacity reference.",
+                  "", "| users | Locust req/s | lean client req/s | ratio |", "|---:|---:|---:|---:|"]
+        for c in checks:
+            ratio = c["locust_rps"] / c["lean_client_rps"]
+            lines.append(f"| {c['users']} | {c['locust_rps']:.1f} | {c['lean_client_rps']:.1f} | **{ratio:.2f}** "
+                         f"({'within' if abs(ratio - 1) <= 0.15 else 'outside'} 15 %) |")
+        lines.append("")
     lines += ["![latency vs throughput](latency_vs_throughput.png)", ""]
     return "\n".join(lines)
 
@@ -187,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ab-name", default="batching-off")
     p.add_argument("--ab-env", nargs="*", default=["SEQSERVE_MAX_BATCH_SIZE=1"],
                    help="settings of configuration B (empty: no A/B)")
-    p.add_argument("--cross-check", type=int, default=16, help="users for the lean-client cross-check (0: off)")
+    p.add_argument("--cross-check", type=lambda s: [int(x) for x in s.split(",") if x], default=[4, 16],
+                   help="user counts for the lean-client cross-check, below and near saturation ('': off)")
     p.add_argument("--no-raw", action="store_true", help="skip the raw ONNX Runtime limit")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "loadtest")
