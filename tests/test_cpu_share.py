@@ -1,0 +1,19 @@
+"""The CPU-share probe reads real per-thread CPU of a real server under load."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from loadtests import cpu_share
+from tests.conftest import COMMITTED_MODELS
+
+
+def test_cpu_share_reports_the_event_loop_workers_and_client(capsys: pytest.CaptureFixture[str]) -> None:
+    if not list(COMMITTED_MODELS.glob("*/*/model.json")):
+        pytest.skip("no committed models")
+    cpu_share.main(["--models", str(COMMITTED_MODELS), "--clients", "4", "--duration", "1"])
+    out = capsys.readouterr().out
+    for label in ("event loop (main thread)", "worker/lane thread", "server, all threads", "load generator"):
+        assert re.search(rf"{re.escape(label)}.* \d+ us/request", out), label
