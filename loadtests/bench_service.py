@@ -66,13 +66,13 @@ class RawSentiment:
             self.timings[size].append(self._time(self.ids, size))
             self.in_order_timings[size].append(self._time(self.in_order, size))
 
-    def throughput(self) -> dict[int, float]:
+    def throughput(self, sorted_by_length: bool = True) -> dict[int, float]:
         """Median per batch size: the best of single noisy timings would pick the luckiest one."""
-        return {size: statistics.median(t) for size, t in self.timings.items()}
+        timings = self.timings if sorted_by_length else self.in_order_timings
+        return {size: statistics.median(t) for size, t in timings.items()}
 
     def best(self, sorted_by_length: bool = True) -> tuple[int, float]:
-        table = self.throughput() if sorted_by_length else \
-            {size: statistics.median(t) for size, t in self.in_order_timings.items()}
+        table = self.throughput(sorted_by_length)
         size = max(table, key=table.__getitem__)
         return size, table[size]
 

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from service import metrics
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
@@ -56,23 +56,53 @@ class BatchPolicy:
     instances: int = 1  # batches run at once (worker threads)
 
 
-def settle(future: asyncio.Future[R], result: R | None, error: BaseException | None) -> None:
-    """On the event loop: resolve a future once. One already done (cancelled because its client
-    left or its deadline passed) is left alone."""
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)  # type: ignore[arg-type]
+Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]  # a future, its result or its error
 
 
-async def wait_until_idle(in_flight: Callable[[], int], timeout_s: float) -> bool:
-    """Poll until nothing is in flight or the timeout passes; True if idle."""
-    end = time.monotonic() + timeout_s
-    while in_flight() and time.monotonic() < end:
-        await asyncio.sleep(0.01)
-    return in_flight() == 0
+class AnsweredFromThreads:
+    """Work accepted on the event loop and answered from worker threads (the batcher's workers,
+    the decoder's lanes): what is in flight, ``drain``, and the hand-over of answers.
+
+    ``in_flight`` changes on the event loop only: +1 when a request is accepted, -1 when its
+    answer is settled there. Threads hand answers over with one wake-up of the loop per batch.
+    """
+
+    def __init__(self) -> None:
+        self.accepting = False
+        self.in_flight = 0  # accepted, not yet answered
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.accepting = True
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop accepting, let queued and running work finish; True if it all finished in time."""
+        self.accepting = False
+        end = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        return self.in_flight == 0
+
+    def _hand_over(self, answers: list[Answer], then: Callable[[], None] | None = None) -> None:
+        """From a worker thread: settle ``answers`` on the event loop, then run ``then`` there."""
+        if answers and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                self._loop.call_soon_threadsafe(self._settle, answers, then)
+
+    def _settle(self, answers: list[Answer], then: Callable[[], None] | None = None) -> None:
+        """On the event loop: resolve each future once; one already done (cancelled because its
+        client left or its deadline passed) is left alone."""
+        for future, result, error in answers:
+            self.in_flight -= 1
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        if then is not None:
+            then()
 
 
 def split_by_budget(items: list[WorkItem[P, R]], policy: BatchPolicy) -> list[list[WorkItem[P, R]]]:
@@ -103,10 +133,11 @@ def split_by_budget(items: list[WorkItem[P, R]], policy: BatchPolicy) -> list[li
     return batches
 
 
-class DynamicBatcher(Generic[P, R]):
+class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
     """Per-model queue + worker threads. ``run_batch`` is called on a worker thread with payloads."""
 
     def __init__(self, name: str, run_batch: Callable[[list[P]], Sequence[R]], policy: BatchPolicy) -> None:
+        super().__init__()
         self.name = name
         self.run_batch = run_batch
         self.policy = policy
@@ -114,27 +145,18 @@ class DynamicBatcher(Generic[P, R]):
         self.queue: queue.Queue[WorkItem[P, R]] = queue.Queue(maxsize=policy.max_queue_size)
         self._last_arrival = 0.0
         self._mean_gap_s = 1.0
-        self.accepting = False
-        self.in_flight = 0  # accepted, not yet answered (changed on the event loop only)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.accepting = True
+        self._open()
         # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
         # that many batches at once (best with 1 intra-op thread each on a small CPU)
         for i in range(max(1, self.policy.instances)):
             thread = threading.Thread(target=self._work, name=f"seqserve-{self.name}-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
-
-    async def drain(self, timeout_s: float) -> bool:
-        """Stop accepting, let queued and running work finish; True if it all finished in time."""
-        self.accepting = False
-        return await wait_until_idle(lambda: self.in_flight, timeout_s)
 
     async def close(self) -> None:
         self.accepting = False
@@ -144,7 +166,7 @@ class DynamicBatcher(Generic[P, R]):
         await asyncio.sleep(0)  # answers the workers handed over before stopping are delivered
         while not self.queue.empty():  # nothing accepted is left without an answer
             item = self.queue.get_nowait()
-            self._deliver([(item, None, NotReady("server shut down before this request ran"))])
+            self._settle([(item.future, None, NotReady("server shut down before this request ran"))])
 
     # --- requests (event loop) --------------------------------------------------------------
     async def submit(self, payload: P, length: int, deadline: float) -> R:
@@ -168,18 +190,6 @@ class DynamicBatcher(Generic[P, R]):
                 return await future
         except TimeoutError:
             raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
-
-    def _deliver(self, answers: list[tuple[WorkItem[P, R], R | None, BaseException | None]]) -> None:
-        """On the event loop: resolve each future once (a cancelled one is left alone)."""
-        for item, result, error in answers:
-            self.in_flight -= 1
-            settle(item.future, result, error)
-
-    def _hand_over(self, answers: list[tuple[WorkItem[P, R], R | None, BaseException | None]]) -> None:
-        """From a worker: one wake-up of the event loop for a whole batch of answers."""
-        if answers and self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-                self._loop.call_soon_threadsafe(self._deliver, answers)
 
     # --- the workers (threads) --------------------------------------------------------------
     def _next_window(self) -> list[WorkItem[P, R]]:
@@ -214,19 +224,20 @@ class DynamicBatcher(Generic[P, R]):
             for batch in split_by_budget(window, self.policy) if window else []:
                 self._hand_over(self._run_batch(batch))
 
-    def _run_batch(self, batch: list[WorkItem[P, R]]) -> list[tuple[WorkItem[P, R], R | None, BaseException | None]]:
+    def _run_batch(self, batch: list[WorkItem[P, R]]) -> list[Answer]:
         """Run one batch; the answers for every item in it (dropped ones included)."""
-        answers: list[tuple[WorkItem[P, R], R | None, BaseException | None]] = []
+        answers: list[Answer] = []
         live: list[WorkItem[P, R]] = []
         started = time.monotonic()
         queue_wait = metrics.QUEUE_WAIT.labels(self.name)
         for item in batch:  # drop, before any compute, requests nobody waits for or that are too late
             if item.future.done():
                 metrics.DROPPED.labels(self.name, "client_gone").inc()
-                answers.append((item, None, None))
+                answers.append((item.future, None, None))
             elif item.deadline <= started:
                 metrics.DROPPED.labels(self.name, "deadline").inc()
-                answers.append((item, None, DeadlineExceeded(f"deadline passed while queued for model {self.name}")))
+                late = DeadlineExceeded(f"deadline passed while queued for model {self.name}")
+                answers.append((item.future, None, late))
             else:
                 live.append(item)
                 queue_wait.observe(started - item.enqueued_at)
@@ -242,12 +253,12 @@ class DynamicBatcher(Generic[P, R]):
             if len(results) != len(live):
                 raise RuntimeError(f"runner returned {len(results)} results for {len(live)} requests")
         except ServiceError as exc:
-            answers.extend((item, None, exc) for item in live)
+            answers.extend((item.future, None, exc) for item in live)
         except Exception as exc:  # a fault in the model run fails only this batch
             log.exception("batch of %d failed on model %s", len(live), self.name)
             error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
-            answers.extend((item, None, error) for item in live)
+            answers.extend((item.future, None, error) for item in live)
         else:
-            answers.extend((item, result, None) for item, result in zip(live, results, strict=True))
+            answers.extend((item.future, result, None) for item, result in zip(live, results, strict=True))
         metrics.BATCH_RUN.labels(self.name).observe(time.monotonic() - started)
         return answers

@@ -17,7 +17,6 @@ predictable; the rest wait in a bounded queue (503 when full).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.batching import BatchPolicy, settle, wait_until_idle
+from service.batching import AnsweredFromThreads, BatchPolicy
 from service.decoding import BeamSearch
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.runners.translation import (
@@ -47,7 +46,6 @@ class _Request:
     job: TranslationJob
     deadline: float
     future: asyncio.Future[TranslationOutput]
-    loop: asyncio.AbstractEventLoop
     arrived: float = field(default_factory=time.monotonic)
     search: BeamSearch | None = None
     first_step_at: float | None = None
@@ -57,19 +55,7 @@ class _Request:
         return len(self.job.src_ids)
 
 
-Answer = tuple[_Request, TranslationOutput | None, BaseException | None]
-
-
-def _settle_all(answers: list[Answer]) -> None:
-    for request, result, error in answers:
-        settle(request.future, result, error)
-
-
-def hand_over(answers: list[Answer]) -> None:
-    """From a decode thread: one wake-up of the event loop for all answers of a step."""
-    if answers:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            answers[0][0].loop.call_soon_threadsafe(_settle_all, answers)
+Done = tuple[_Request, TranslationOutput | None, BaseException | None]  # a request and its answer
 
 
 def _take(array: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
@@ -133,7 +119,7 @@ class _RowArrays:
         self.members, self.layout, self.host, self.rows, self.state, self.dirty = [], [], None, None, None, False
 
 
-class DecodeScheduler:
+class DecodeScheduler(AnsweredFromThreads):
     """Translation engine with iteration-level scheduling (see module docstring).
 
     ``instances`` lanes each run their own running set on their own thread (so a 2-core machine
@@ -142,12 +128,10 @@ class DecodeScheduler:
 
     def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy, max_rows: int | None = None,
                  join_every: int = 4) -> None:
+        super().__init__()
         self.name = name
         self.runner = runner
         self.policy = policy
-        self.accepting = False
-        self.in_flight = 0
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         lanes = max(1, policy.instances)
         self.lanes = [_Lane(self, i, max_rows or 4 * policy.max_batch_size, policy.max_batch_tokens, join_every,
@@ -155,13 +139,9 @@ class DecodeScheduler:
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        self.accepting = True
+        self._open()
         for lane in self.lanes:
             lane.start()
-
-    async def drain(self, timeout_s: float) -> bool:
-        self.accepting = False
-        return await wait_until_idle(lambda: self.in_flight, timeout_s)
 
     async def close(self) -> None:
         self.accepting = False
@@ -170,8 +150,8 @@ class DecodeScheduler:
             if lane.thread is not None:
                 await asyncio.to_thread(lane.thread.join, 10.0)
         for lane in self.lanes:
-            hand_over([(request, None, NotReady("server shut down before this translation finished"))
-                       for request in lane.leftovers()])
+            self._settle([(request.future, None, NotReady("server shut down before this translation finished"))
+                          for request in lane.leftovers()])
 
     def queue_depth(self) -> int:
         return sum(lane.queue_depth() for lane in self.lanes)
@@ -182,20 +162,19 @@ class DecodeScheduler:
 
     # --- requests ---------------------------------------------------------------------------
     async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
-        if not self.accepting:
+        if not self.accepting or self._loop is None:
             raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
-        loop = asyncio.get_running_loop()
-        request = _Request(job, deadline, loop.create_future(), loop)
-        with self._lock:
-            lane = min(self.lanes, key=lambda lane: lane.assigned)
-            try:
-                lane.intake.put_nowait(request)
-            except queue.Full:
-                metrics.REJECTED.labels(self.name, "queue_full").inc()
-                raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); "
-                                 "retry later", retry_after_s=1) from None
-            self.in_flight += 1
-            lane.assigned += 1
+        request = _Request(job, deadline, self._loop.create_future())
+        # ``assigned`` and ``in_flight`` change on the event loop only (here, and when answers are settled)
+        lane = min(self.lanes, key=lambda lane: lane.assigned)
+        try:
+            lane.intake.put_nowait(request)
+        except queue.Full:
+            metrics.REJECTED.labels(self.name, "queue_full").inc()
+            raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); "
+                             "retry later", retry_after_s=1) from None
+        self.in_flight += 1
+        lane.assigned += 1
         metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
         # On timeout or client disconnect the awaited future is cancelled; the decode thread
         # sees that and drops the request at its next step.
@@ -205,13 +184,13 @@ class DecodeScheduler:
         except TimeoutError:
             raise DeadlineExceeded(f"deadline passed before model {self.name} finished the translation") from None
 
-    def finish(self, lane: _Lane, answers: list[Answer]) -> None:
-        """Answer a lane's finished requests (handed over first, so that a drain that sees
-        nothing in flight never closes before the answers are on their way)."""
-        hand_over(answers)
-        with self._lock:
-            self.in_flight -= len(answers)
-            lane.assigned -= len(answers)
+    def finish(self, lane: _Lane, done: list[Done]) -> None:
+        """From a lane's thread: answer its finished requests, with one wake-up of the event loop."""
+
+        def unassign() -> None:
+            lane.assigned -= len(done)
+
+        self._hand_over([(request.future, result, error) for request, result, error in done], unassign)
 
 
 class _Lane:
@@ -233,7 +212,7 @@ class _Lane:
         self._waiting: list[_Request] = []  # taken from intake, not yet admitted
         self._steps_since_join = 0
         self._running: list[_Request] = []
-        self._answers: list[Answer] = []  # finished in this loop turn, handed over together
+        self._answers: list[Done] = []  # finished in this loop turn, handed over together
         # labelled metric children looked up once (labels() hashes the label tuple on every call)
         self._first_step = metrics.TIME_TO_FIRST_STEP.labels(self.name)
         self._rows_per_step = metrics.DECODE_ROWS.labels(self.name)

@@ -13,6 +13,19 @@ from service.errors import ClientGone, InvalidInput
 from service.settings import Settings
 
 TIMEOUT_HEADER = "x-request-timeout"
+T = TypeVar("T")
+
+
+def item_field(field: str, index: int) -> str:
+    """How errors name one text: ``text`` for the single-text field, ``texts[2]`` in a list."""
+    return field if field == "text" else f"{field}[{index}]"
+
+
+async def each(works: list[Awaitable[T]]) -> list[T]:
+    """Await all, answers in order: a single one directly (the common case, no task), several together."""
+    if len(works) == 1:
+        return [await works[0]]
+    return list(await asyncio.gather(*works))
 
 
 def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
@@ -23,7 +36,7 @@ def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
         raise InvalidInput(f"{field} holds {len(texts)} texts; at most {settings.max_texts_per_request} allowed",
                            field=field, limit=settings.max_texts_per_request)
     for i, text in enumerate(texts):
-        name = field if len(texts) == 1 and field == "text" else f"{field}[{i}]"
+        name = item_field(field, i)
         if not text.strip():
             raise InvalidInput(f"{name} is empty", field=name, limit=settings.max_text_chars)
         if len(text) > settings.max_text_chars:
@@ -60,9 +73,6 @@ def deadline_for(request: Request, settings: Settings, requested_s: float | None
             raise InvalidInput(f"{field} must be between 0 and 3600 seconds", field=field, limit=[0, 3600])
         timeout = min(timeout, seconds)
     return time.monotonic() + timeout
-
-
-T = TypeVar("T")
 
 
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -13,7 +11,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from service.engines import SentimentEngine
-from service.inputs import check_range, check_texts, check_tokens, deadline_for, unless_client_leaves
+from service.inputs import (
+    check_range,
+    check_texts,
+    check_tokens,
+    deadline_for,
+    each,
+    item_field,
+    unless_client_leaves,
+)
 from service.registry import ModelRegistry, ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
@@ -30,7 +36,6 @@ from service.schemas import (
 from service.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -55,11 +60,9 @@ def sentiment_result(model: ServedModel, probs: np.ndarray) -> dict[str, Any]:
 async def classify_texts(model: ServedModel, texts: list[str], field: str, deadline: float) -> list[np.ndarray]:
     runner, engine = model.runner, model.engine
     assert isinstance(runner, SentimentRunner) and isinstance(engine, SentimentEngine)
-    ids = [check_tokens(runner.tokenize(t), model.card.max_input_tokens,
-                        field if len(texts) == 1 else f"{field}[{i}]", model.name) for i, t in enumerate(texts)]
-    if len(ids) == 1:  # the common case, without a task per text
-        return [await engine.classify(ids[0], deadline)]
-    return list(await asyncio.gather(*(engine.classify(x, deadline) for x in ids)))
+    ids = [check_tokens(runner.tokenize(t), model.card.max_input_tokens, item_field(field, i), model.name)
+           for i, t in enumerate(texts)]
+    return await each([engine.classify(x, deadline) for x in ids])
 
 
 def _json_body(schema: type[BaseModel]) -> dict[str, Any]:
@@ -104,13 +107,17 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     for i, text in enumerate(texts):
         # the limit counts subwords before the </s> the model appends
         ids = runner.tokenize(text)
-        check_tokens(ids[:-1], model.card.max_input_tokens, field if len(texts) == 1 else f"{field}[{i}]", model.name)
+        check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name)
         jobs.append(runner.job(ids, beam_size, max_length, keep_attention))
     return jobs
 
 
-async def _one(work: Awaitable[T]) -> list[T]:
-    return [await work]
+async def run_translations(request: Request, model: ServedModel, jobs: list[TranslationJob],
+                           deadline: float) -> list[TranslationOutput]:
+    """Decode the jobs (batched with other requests); a client that leaves is dropped from decoding."""
+    engine = model.engine
+    assert not isinstance(engine, SentimentEngine)
+    return await unless_client_leaves(request, each([engine.translate(job, deadline) for job in jobs]))
 
 
 def translation_result(model: ServedModel, job: TranslationJob, out: TranslationOutput) -> dict[str, Any]:
@@ -134,12 +141,7 @@ async def translate(request: Request) -> JSONResponse:
     field, texts = body.field_and_texts()
     check_texts(texts, settings, field)
     jobs = translation_jobs(model, texts, field, body.beam_size, body.max_length, body.return_attention)
-    deadline = deadline_for(request, settings)
-    engine = model.engine
-    assert not isinstance(engine, SentimentEngine)
-    work = (_one(engine.translate(jobs[0], deadline)) if len(jobs) == 1  # the common case, without a task per text
-            else asyncio.gather(*(engine.translate(job, deadline) for job in jobs)))
-    outputs = await unless_client_leaves(request, work)
+    outputs = await run_translations(request, model, jobs, deadline_for(request, settings))
     results = [translation_result(model, job, out) for job, out in zip(jobs, outputs, strict=True)]
     return JSONResponse(body.answer(results))
 

@@ -8,7 +8,6 @@ Health answers read a flag and never wait behind inference.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from service import __version__
 from service.errors import InvalidInput, NotReady
 from service.inputs import check_texts, deadline_for, unless_client_leaves
 from service.registry import ModelRegistry, ServedModel
-from service.routes_v1 import classify_texts, translation_jobs
+from service.routes_v1 import classify_texts, run_translations, translation_jobs
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -139,7 +138,7 @@ async def _infer(request: Request, name: str, version: str | None, body: InferRe
     else:
         jobs = translation_jobs(model, texts, "inputs.text.data", _param_int(params, "beam_size"),
                                 _param_int(params, "max_length"), False)
-        results = await asyncio.gather(*(model.engine.translate(j, deadline) for j in jobs))  # type: ignore[union-attr]
+        results = await run_translations(request, model, jobs, deadline)
         runner = model.runner
         outputs = [{"name": "translation", "datatype": "BYTES", "shape": [n],
                     "data": [runner.detokenize(r.tokens) for r in results]}]  # type: ignore[union-attr]
