@@ -16,7 +16,6 @@ Loopback only; every phase is bounded in time and requests.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
@@ -27,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtests import ceiling
-from loadtests.http_client import LoadResult, closed_loop, encode_post
+from loadtests.http_client import LoadResult, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
+from loadtests.load_generator import LoadGenerator, default_processes
 from loadtests.server import ROOT, ServerProcess
 from service.onnx_session import choose_providers
 from service.runners import SentimentRunner, TranslationRunner, load_runner
+from service.settings import Settings
 
 
 # --- raw ONNX Runtime -----------------------------------------------------------------------
@@ -89,26 +90,19 @@ class RawSentiment:
         return statistics.median(singles) * 1000
 
 
-def _run(coro: Any) -> LoadResult:
-    try:
-        import uvloop
-
-        result: LoadResult = uvloop.run(coro)
-    except ImportError:
-        result = asyncio.run(coro)
-    return result
-
-
-def http_sentiment(port: int, sentences: list[str], clients: int, duration: float) -> LoadResult:
+def http_sentiment(port: int, sentences: list[str], clients: int, duration: float,
+                   generator: LoadGenerator | None = None) -> LoadResult:
     requests = [encode_post("/v1/sentiment", {"text": s}) for s in sentences]
-    return _run(closed_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1), clients, duration))
+    return (generator or LoadGenerator()).run(port, requests, clients, duration)[0]
 
 
 def http_translate(port: int, sources: list[str], clients: int, duration: float, beam_size: int,
-                   record: dict[int, bytes] | None = None) -> LoadResult:
+                   record: dict[int, bytes] | None = None, generator: LoadGenerator | None = None) -> LoadResult:
     requests = [encode_post("/v1/translate", {"text": s, "beam_size": beam_size}) for s in sources]
-    return _run(closed_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1), clients, duration,
-                            record=record, record_key=lambda i: i % len(requests)))
+    result, bodies = (generator or LoadGenerator()).run(port, requests, clients, duration, keyed=True)
+    if record is not None:
+        record.update(bodies)
+    return result
 
 
 def length_buckets(runner: TranslationRunner, sources: list[str], result: LoadResult) -> dict[str, float]:
@@ -134,7 +128,8 @@ def check_identical(runner: TranslationRunner, sources: list[str], recorded: dic
     return len(recorded), mismatches
 
 
-def translation_section(args: argparse.Namespace, server: ServerProcess, say: Callable[[str], None]) -> None:
+def translation_section(args: argparse.Namespace, server: ServerProcess, generator: LoadGenerator,
+                        say: Callable[[str], None]) -> None:
     """Greedy and beam 5 at 1, 32, 64 clients (iteration-level) and at 64 with whole-request
     batching: two servers up side by side, the configurations run in interleaved rounds so that
     the machine's drift during the run falls on all of them alike."""
@@ -155,7 +150,7 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, say: Ca
                                             ("iteration", server.port, 64), ("whole-request", whole_server.port, 64)):
                     record = recorded[b] if name == "iteration" else None
                     runs.setdefault((b, name, clients), []).append(
-                        http_translate(port, sources, clients, slice_s, b, record))
+                        http_translate(port, sources, clients, slice_s, b, record, generator))
     finally:
         whole_server.stop()
     iteration = {b: {c: LoadResult.merged(runs[(b, "iteration", c)]) for c in (1, 32, 64)} for b in beams}
@@ -199,9 +194,12 @@ def ceiling_section(args: argparse.Namespace, sources: list[str], greedy_bodies:
     source_len = int(statistics.median(len(single.tokenize(s)) for s in sources))
     lengths = [len(json.loads(body)["target_tokens"]) + 1 for body in greedy_bodies.values()]
     steps, encodes = ceiling.measure(single, source_len)
+    settings = Settings()  # the server's, from the same environment
+    lanes = min(os.cpu_count() or 1, settings.workers * settings.instances)
     say(f"\n## Ceiling on this machine (greedy; loadtests/ceiling.py; median source {source_len} subwords, "
-        f"mean output {statistics.fmean(lengths):.1f} steps)")
-    for line in ceiling.compute(steps, encodes, lengths).lines():
+        f"mean output {statistics.fmean(lengths):.1f} steps; {settings.workers} worker(s) x "
+        f"{settings.instances} lanes on {os.cpu_count()} cores)")
+    for line in ceiling.compute(steps, encodes, lengths, lanes=lanes).lines():
         say(f"- {line}")
 
 
@@ -213,11 +211,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3,
                    help="each configuration's time is split into this many interleaved rounds")
     p.add_argument("--skip-translation", action="store_true")
+    p.add_argument("--client-processes", type=int, default=default_processes(),
+                   help="load generator processes (default: 1 on up to 4 cores, else cores/4, at most 4)")
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_service.md")
     args = p.parse_args(argv)
 
     lines: list[str] = ["# seqserve serving benchmark", "",
-                        f"machine: {os.cpu_count()} CPUs; duration per phase {args.duration:.0f} s", ""]
+                        f"machine: {os.cpu_count()} CPUs; duration per phase {args.duration:.0f} s; load generator "
+                        f"processes {args.client_processes}; server settings "
+                        "from the environment: " + (", ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                                                              if k.startswith("SEQSERVE_")) or "none (defaults)"), ""]
 
     def say(text: str = "") -> None:
         print(text, flush=True)
@@ -231,14 +234,15 @@ def main(argv: list[str] | None = None) -> None:
 
     server = ServerProcess(args.models).wait_ready()
     say(f"## Start-up\nspawn to ready (imports, model load, checks, warm-up): {server.ready_after_s:.2f} s\n")
+    generator = LoadGenerator(args.client_processes)
     try:
         # raw and served in alternating rounds (the served server idles during the raw sweeps), so
         # that the machine's drift during the run falls on both sides of the ratio alike
         one_runs, many_runs = [], []
         for _ in range(args.rounds):
             raw.sweep()
-            one_runs.append(http_sentiment(server.port, sentences, 1, args.duration / args.rounds))
-            many_runs.append(http_sentiment(server.port, sentences, 64, args.duration / args.rounds))
+            one_runs.append(http_sentiment(server.port, sentences, 1, args.duration / args.rounds, generator))
+            many_runs.append(http_sentiment(server.port, sentences, 64, args.duration / args.rounds, generator))
         one, many = LoadResult.merged(one_runs), LoadResult.merged(many_runs)
         best_size, best = raw.best()
         plain_size, plain = raw.best(sorted_by_length=False)
@@ -260,8 +264,9 @@ def main(argv: list[str] | None = None) -> None:
             f"(target <= 3 ms)\n")
 
         if not args.skip_translation:
-            translation_section(args, server, say)
+            translation_section(args, server, generator, say)
     finally:
+        generator.close()
         server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -4,13 +4,13 @@ The benchmark's targets are ratios (32 clients / 1 client, iteration-level / who
 How far batching can lift them depends on how the cost of one decoder step grows with its rows,
 which is a property of the hardware, not of the server. This module measures that cost curve
 (and the encoder's) with ONNX Runtime alone, one thread per lane as the server runs it, and
-computes the ratios a server with **no** HTTP, Python or scheduling cost would reach with both
-cores busy:
+computes the ratios a server with **no** HTTP, Python or scheduling cost would reach with K
+decode lanes (workers x instances, at most one per core) all busy:
 
 - 1 client: one request at a time: encode 1 sentence, then L steps of 1 row;
-- iteration-level at C clients: C/2 rows per lane, always full: per request, its share of an
-  encoder run of C/2 sentences plus L steps at 1/(C/2) of a (C/2)-row step;
-- whole-request at C clients: batches of C/2 per lane, each decoded until its longest request
+- iteration-level at C clients: C/K rows per lane, always full: per request, its share of an
+  encoder run of C/K sentences plus L steps at 1/(C/K) of a (C/K)-row step;
+- whole-request at C clients: batches of C/K per lane, each decoded until its longest request
   ends, rows leaving as they finish (sampled from the real length distribution).
 
 These are upper bounds for the measured ratios, not predictions: a real server pays for HTTP,
@@ -40,6 +40,7 @@ class Ceiling:
     one_client: float  # requests/s
     iteration: dict[int, float]  # clients -> requests/s
     whole: dict[int, float]
+    lanes: int
 
     def lines(self) -> list[str]:
         steps = ", ".join(f"{r}: {t:.2f}" for r, t in self.step_ms.items())
@@ -47,7 +48,8 @@ class Ceiling:
         return [
             f"decoder step ms by rows (1 thread): {steps}",
             f"encoder ms by sentences (1 thread): {encodes}",
-            f"ideal requests/s (no HTTP/Python cost, both cores busy): 1 client {self.one_client:.0f}; "
+            f"ideal requests/s (no HTTP/Python cost, {self.lanes} lanes busy, one core each): "
+            f"1 client {self.one_client:.0f}; "
             + "; ".join(f"{c} clients iteration {self.iteration[c]:.0f}, whole-request {self.whole[c]:.0f}"
                         for c in self.iteration),
             "ideal ratios: " + "; ".join(
@@ -109,4 +111,4 @@ def compute(steps: dict[int, float], encodes: dict[int, float], lengths: Sequenc
             alive = [sum(1 for n in batch if n > t) for t in range(max(batch))]
             batch_ms.append(_interp(encodes, per_lane) + sum(_interp(steps, a) for a in alive))
         whole[c] = lanes * per_lane * 1000 / statistics.fmean(batch_ms)
-    return Ceiling(steps, encodes, one, iteration, whole)
+    return Ceiling(steps, encodes, one, iteration, whole, lanes)

@@ -75,8 +75,16 @@ class LoadResult:
 
     @classmethod
     def merged(cls, parts: list[LoadResult]) -> LoadResult:
-        """Several runs of one configuration as one (e.g. interleaved rounds)."""
-        out = cls(parts[0].concurrency, sum(p.seconds for p in parts))
+        """Several runs of one configuration, one after another, as one (e.g. interleaved rounds)."""
+        return cls._add(cls(parts[0].concurrency, sum(p.seconds for p in parts)), parts)
+
+    @classmethod
+    def side_by_side(cls, parts: list[LoadResult]) -> LoadResult:
+        """Parts of one run, measured over the same interval by several processes, as one."""
+        return cls._add(cls(sum(p.concurrency for p in parts), max(p.seconds for p in parts)), parts)
+
+    @staticmethod
+    def _add(out: LoadResult, parts: list[LoadResult]) -> LoadResult:
         for part in parts:
             out.latencies += part.latencies
             out.tagged += part.tagged
@@ -95,15 +103,18 @@ class LoadResult:
 async def closed_loop(host: str, port: int, next_request: Callable[[int], tuple[bytes, int]], concurrency: int,
                       duration_s: float, warmup_s: float = 1.0, max_requests: int = 1_000_000,
                       record: dict[int, bytes] | None = None,
-                      record_key: Callable[[int], int] | None = None) -> LoadResult:
+                      record_key: Callable[[int], int] | None = None, start_at: float | None = None) -> LoadResult:
     """``concurrency`` clients, each sending its next request as soon as the last is answered.
 
     Throughput counts the answers that complete inside the measured interval (after the
     warm-up, before the end), whenever they were sent, so slow requests are not under-counted;
     latencies are those of the same answers. ``next_request(i)`` returns the encoded request
     and how many texts it carries. With ``record_key``, latencies are also tagged with the key,
-    and 2xx bodies are kept in ``record``.
+    and 2xx bodies are kept in ``record``. ``start_at`` (time.perf_counter, one clock for all
+    processes) lines up the intervals of several processes that load one server together.
     """
+    if start_at is not None:
+        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     result = LoadResult(concurrency, duration_s)
     start = time.perf_counter()
     measure_from = start + warmup_s

@@ -144,10 +144,12 @@ def overload(models: Path, burst: int = 400, queue_size: int = 16, rounds: int =
     return report
 
 
-def shutdown(models: Path, requests: int = 160, after_s: float = 0.3) -> ScenarioReport:
-    """SIGTERM while requests are queued and decoding: every accepted request gets its result."""
-    report = ScenarioReport(f"graceful shutdown: SIGTERM {after_s} s into {requests} requests")
-    server = ServerProcess(models).wait_ready()
+def shutdown(models: Path, requests: int = 160, after_s: float = 0.3, **settings: str) -> ScenarioReport:
+    """SIGTERM while requests are queued and decoding: every accepted request gets its result.
+    ``settings`` go to the server (``workers="2"``: the supervisor passes SIGTERM on to each)."""
+    report = ScenarioReport(f"graceful shutdown: SIGTERM {after_s} s into {requests} requests"
+                            + "".join(f", {k}={v}" for k, v in settings.items()))
+    server = ServerProcess(models, settings=settings).wait_ready()
     url = server.url
     probe = _start_probe(f"{url}/v2/health/ready", after_s + 1.0)  # probes after SIGTERM fail: listener closed
 

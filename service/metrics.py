@@ -1,8 +1,15 @@
-"""Prometheus metrics (prometheus-client), exposed at GET /metrics."""
+"""Prometheus metrics (prometheus-client), exposed at GET /metrics.
+
+With several worker processes (SEQSERVE_WORKERS) prometheus-client's multiprocess mode keeps each
+process's values in PROMETHEUS_MULTIPROC_DIR, and /metrics sums them: any worker answers for all.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -10,7 +17,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REQUESTS = Counter("seqserve_requests_total", "HTTP requests by route and status", ["route", "status"])
 REQUEST_LATENCY = Histogram("seqserve_request_latency_seconds", "HTTP request latency", ["route"],
                             buckets=_LATENCY_BUCKETS)
-QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Requests waiting in a model's queue", ["model"])
+QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Requests waiting in a model's queue", ["model"],
+                    multiprocess_mode="livesum")
 QUEUE_WAIT = Histogram("seqserve_queue_wait_seconds", "Time from enqueue to batch start", ["model"],
                        buckets=_LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("seqserve_batch_size", "Requests per executed batch", ["model"], buckets=_BATCH_BUCKETS)
@@ -46,4 +54,8 @@ def request_done(route: str, status: int, seconds: float) -> None:
 
 
 def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

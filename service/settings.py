@@ -23,6 +23,8 @@ class Settings(BaseSettings):
         1, ge=0, description="threads per ONNX Runtime session; 0 = one per core. 1 is fastest for the small "
         "per-step graphs of these models on a small CPU that also serves HTTP")
     instances: int = Field(2, ge=1, le=16, description="batches a model runs at once (worker threads)")
+    workers: int = Field(1, ge=1, le=64, description="server processes on the port, each with its own models; "
+                         "one Python process tops out at a few thousand small requests/s")
 
     max_batch_size: int = Field(64, ge=1, description="requests per batch")
     max_queue_delay_ms: float = Field(2.0, ge=0, description="how long a batch waits for company")

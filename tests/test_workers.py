@@ -1,0 +1,68 @@
+"""service/workers.py: several server processes on one port, against real servers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from loadtests import reliability
+from tests.conftest import COMMITTED_MODELS, Server
+
+
+def _workers(parent_pid: int) -> set[int]:
+    """The supervisor's spawned workers (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{parent_pid}/task/{parent_pid}/children").read_text().split()
+    return {int(pid) for pid in children
+            if "from multiprocessing.spawn import spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()}
+
+
+def _requests_counted(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    match = re.search(r'^seqserve_requests_total\{route="/v1/sentiment",status="200"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_workers_share_the_port_sum_metrics_and_replace_a_dead_one() -> None:
+    server = Server(COMMITTED_MODELS, workers="2").wait_ready()
+    try:
+        first = _workers(server.proc.pid)
+        assert len(first) == 2
+        with httpx.Client(base_url=server.url) as client:  # a new connection each: spread across workers
+            for i in range(30):
+                r = client.post("/v1/sentiment", json={"text": f"a fine film {i}"}, headers={"Connection": "close"})
+                assert r.status_code == 200 and r.json()["label"] in {"positive", "negative"}
+        # any worker answers /metrics for all of them
+        assert _requests_counted(server.url) == 30
+
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        now = _workers(server.proc.pid)
+        while time.monotonic() < deadline and (len(now) < 2 or victim in now):
+            time.sleep(0.1)
+            now = _workers(server.proc.pid)
+        assert len(now) == 2 and victim not in now
+        for _ in range(10):  # the port keeps answering through the replacement's start
+            assert httpx.post(f"{server.url}/v1/sentiment", json={"text": "dull"}).status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert re.search(r"worker \d \(pid \d+\) ended with -9: starting a new one", server.output())
+
+
+def test_sigterm_drains_every_worker_and_exits_zero() -> None:
+    report = reliability.shutdown(COMMITTED_MODELS, requests=24, after_s=0.3, workers="2")
+    assert report.statuses[200] == 24 and report.lost == 0 and report.connection_errors == 0
+    assert report.exit_code == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
+    server = Server(tmp_path, workers="2")
+    code = server.proc.wait(timeout=60)
+    log = server.output()
+    assert code == 3
+    assert "no models found" in log and "before it served" in log
