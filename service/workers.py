@@ -78,18 +78,19 @@ class Supervisor:
             os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
             return
         # set before any worker starts: prometheus-client picks its storage when first imported
-        try:
-            self.metrics_dir = tempfile.mkdtemp(prefix="seqserve-metrics-")
-        except OSError as exc:
-            raise SystemExit(f"SEQSERVE_WORKERS > 1 keeps metrics in a folder and could not make one ({exc}): "
-                             "set PROMETHEUS_MULTIPROC_DIR to a writable folder (a read-only root file "
-                             "system needs a writable /tmp volume)") from exc
+        self.metrics_dir = tempfile.mkdtemp(prefix="seqserve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the exit code is 0 after a clean drain, STARTUP_FAILED if a
         worker could not start, 1 if a worker ended badly on the way out."""
-        self._prepare_metrics_dir()
+        try:
+            self._prepare_metrics_dir()
+        except OSError as exc:
+            log.error("SEQSERVE_WORKERS > 1 keeps metrics in a folder and could not make one (%s): set "
+                      "PROMETHEUS_MULTIPROC_DIR to a writable folder (a read-only root file system needs a "
+                      "writable /tmp volume)", exc)
+            return STARTUP_FAILED
         sock = bind_socket(self.settings.host, self.settings.port)
         originals = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         code = 0

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from loadtests import reliability
 from tests.conftest import COMMITTED_MODELS, Server
@@ -66,3 +67,13 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None
     log = server.output()
     assert code == 3
     assert "no models found" in log and "before it served" in log
+
+
+def test_no_writable_folder_for_the_summed_metrics_is_a_clear_refusal(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(blocked / "metrics"))  # under a file: cannot be made
+    server = Server(COMMITTED_MODELS, workers="2")
+    assert server.proc.wait(timeout=60) == 3
+    assert "set PROMETHEUS_MULTIPROC_DIR to a writable folder" in server.output()
