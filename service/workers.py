@@ -91,7 +91,11 @@ class Supervisor:
                       "PROMETHEUS_MULTIPROC_DIR to a writable folder (a read-only root file system needs a "
                       "writable /tmp volume)", exc)
             return STARTUP_FAILED
-        sock = bind_socket(self.settings.host, self.settings.port)
+        try:
+            sock = bind_socket(self.settings.host, self.settings.port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, exc)
+            return STARTUP_FAILED
         originals = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         code = 0
         try:

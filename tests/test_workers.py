@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -77,3 +78,13 @@ def test_no_writable_folder_for_the_summed_metrics_is_a_clear_refusal(tmp_path: 
     server = Server(COMMITTED_MODELS, workers="2")
     assert server.proc.wait(timeout=60) == 3
     assert "set PROMETHEUS_MULTIPROC_DIR to a writable folder" in server.output()
+
+
+def test_a_port_in_use_is_a_clear_refusal() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = Server(COMMITTED_MODELS, workers="2", port=str(taken.getsockname()[1]))
+        assert server.proc.wait(timeout=60) == 3
+    log = server.output()
+    assert "cannot listen on 127.0.0.1:" in log and "in use" in log
