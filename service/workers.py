@@ -105,6 +105,9 @@ class Supervisor:
                 code = self._replace_dead(sock)
                 if code:
                     break
+            # the workers stop accepting at SIGTERM; the supervisor's copy of the listening socket
+            # must close too, or new connections would wait in its backlog for the whole drain
+            sock.close()
             code = max(code, self._stop_all())
         finally:
             for sig, handler in originals.items():

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -88,3 +89,26 @@ def test_a_port_in_use_is_a_clear_refusal() -> None:
         assert server.proc.wait(timeout=60) == 3
     log = server.output()
     assert "cannot listen on 127.0.0.1:" in log and "in use" in log
+
+
+def test_during_the_drain_new_connections_are_refused_at_once_and_accepted_work_finishes() -> None:
+    server = Server(COMMITTED_MODELS, workers="2").wait_ready()
+    long = "A man in a blue shirt and a woman in a red dress are walking their two dogs in the park. " * 3
+    answer: dict[str, int] = {}
+
+    def accepted() -> None:
+        r = httpx.post(f"{server.url}/v1/translate", json={"texts": [long] * 16, "beam_size": 10}, timeout=60)
+        answer["status"] = r.status_code
+
+    thread = threading.Thread(target=accepted)
+    thread.start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    started = time.monotonic()
+    with pytest.raises(httpx.ConnectError):  # refused, not left waiting in a backlog
+        httpx.get(f"{server.url}/v2/health/live", timeout=5)
+    assert time.monotonic() - started < 1.0
+    thread.join()
+    assert answer == {"status": 200}
+    assert server.proc.wait(timeout=60) == 0
