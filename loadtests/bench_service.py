@@ -105,24 +105,23 @@ def http_translate(port: int, sources: list[str], clients: int, duration: float,
     return result
 
 
-def length_buckets(runner: TranslationRunner, sources: list[str], result: LoadResult) -> dict[str, float]:
-    """p50 latency by source length (subwords); needs result.tagged latencies."""
+def length_buckets(source_ids: list[list[int]], result: LoadResult) -> dict[str, float]:
+    """p50 latency by source length (subwords, without </s>); needs result.tagged latencies."""
     buckets: dict[str, list[float]] = {}
     for key, latency in result.tagged:
-        n = len(runner.tokenize(sources[key])) - 1
+        n = len(source_ids[key]) - 1
         name = "1-10" if n <= 10 else "11-20" if n <= 20 else "21-30" if n <= 30 else "31+"
         buckets.setdefault(name, []).append(latency)
     return {k: statistics.median(v) * 1000 for k, v in sorted(buckets.items())}
 
 
-def check_identical(runner: TranslationRunner, sources: list[str], recorded: dict[int, bytes],
+def check_identical(runner: TranslationRunner, source_ids: list[list[int]], recorded: dict[int, bytes],
                     beam_size: int) -> tuple[int, int]:
     """Every served translation equals solo decoding (the same request alone)."""
     mismatches = 0
     for key, body in recorded.items():
         served = json.loads(body)["translation"]
-        ids = runner.tokenize(sources[key])
-        job = runner.job(ids, beam_size)
+        job = runner.job(source_ids[key], beam_size)
         solo = runner.detokenize(runner.translate([job])[0].tokens)
         mismatches += served != solo
     return len(recorded), mismatches
@@ -138,6 +137,7 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
     # solo decoding and the ceiling run where the server runs (CUDA when this onnxruntime has it)
     translator = load_runner(args.models / "translate-en-de" / "1", choose_providers())
     assert isinstance(translator, TranslationRunner)
+    source_ids = [translator.tokenize(s) for s in sources]  # indexed like the requests' keys
     beams = (1, translator.decoding.default_beam_size)
     recorded: dict[int, dict[int, bytes]] = {b: {} for b in beams}
     whole_server = ServerProcess(args.models, translation_scheduler="request").wait_ready()
@@ -169,20 +169,20 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
             f"**{res[64].rps / max(whole[b].rps, 1e-9):.2f}x** (target >= 1.3), p99 "
             f"{res[64].percentile(99) * 1000:.0f} vs {whole[b].percentile(99) * 1000:.0f} ms")
     for b in beams:
-        buckets = length_buckets(translator, sources, iteration[b][64])
+        tables = {name: length_buckets(source_ids, r) for name, r in (("iteration", iteration[b][64]),
+                                                                       ("whole-request", whole[b]))}
         say(f"\np50 latency (ms) by source length (subwords) at 64 clients, beam {b}:")
-        say("| scheduler | " + " | ".join(buckets) + " |")
-        say("|---|" + "---:|" * len(buckets))
-        for name, r in (("iteration", iteration[b][64]), ("whole-request", whole[b])):
-            say(f"| {name} | " + " | ".join(f"{v:.0f}" for v in length_buckets(translator, sources, r).values())
-                + " |")
+        say("| scheduler | " + " | ".join(tables["iteration"]) + " |")
+        say("|---|" + "---:|" * len(tables["iteration"]))
+        for name, table in tables.items():
+            say(f"| {name} | " + " | ".join(f"{v:.0f}" for v in table.values()) + " |")
     for b in beams:
-        checked, mismatches = check_identical(translator, sources, recorded[b], b)
+        checked, mismatches = check_identical(translator, source_ids, recorded[b], b)
         say(f"\nbeam {b}: served vs solo decoding: {checked} distinct sentences checked, **{mismatches} differ**")
-    ceiling_section(args, sources, recorded[1], say)
+    ceiling_section(args, source_ids, recorded[1], say)
 
 
-def ceiling_section(args: argparse.Namespace, sources: list[str], greedy_bodies: dict[int, bytes],
+def ceiling_section(args: argparse.Namespace, source_ids: list[list[int]], greedy_bodies: dict[int, bytes],
                     say: Callable[[str], None]) -> None:
     """The best these ratios can be on this machine (loadtests/ceiling.py), from the cost curve
     of the model's own graphs and the output lengths the benchmark just served."""
@@ -191,7 +191,7 @@ def ceiling_section(args: argparse.Namespace, sources: list[str], greedy_bodies:
         return
     single = load_runner(args.models / "translate-en-de" / "1", ["CPUExecutionProvider"], intra_op_threads=1)
     assert isinstance(single, TranslationRunner)
-    source_len = int(statistics.median(len(single.tokenize(s)) for s in sources))
+    source_len = int(statistics.median(len(ids) for ids in source_ids))
     lengths = [len(json.loads(body)["target_tokens"]) + 1 for body in greedy_bodies.values()]
     steps, encodes = ceiling.measure(single, source_len)
     settings = Settings()  # the server's, from the same environment

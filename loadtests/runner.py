@@ -26,8 +26,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.bench_service import RawSentiment
-from loadtests.http_client import closed_loop, encode_post, open_loop
+from loadtests.http_client import encode_post, open_loop
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
+from loadtests.load_generator import run_clients
 from loadtests.server import ROOT, ServerProcess
 from loadtests.steady import summarise
 
@@ -89,8 +90,7 @@ def run_config(name: str, url: str, args: argparse.Namespace, out: Path) -> dict
     if name == "A":
         result["cross_check"] = []
         for users in args.cross_check:
-            lean = asyncio.run(closed_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1),
-                                           users, args.window * 3))
+            lean, _ = run_clients(port, requests, users, args.window * 3)
             locust_step = next((s for s in result["closed"] if s["users"] == users), None)
             result["cross_check"].append({"users": users, "lean_client_rps": lean.rps,
                                           "locust_rps": locust_step["rps"] if locust_step else None,

@@ -210,8 +210,9 @@ class _Lane:
         self.thread: threading.Thread | None = None
         self._stop = scheduler._stop
         self._waiting: list[_Request] = []  # taken from intake, not yet admitted
+        self._joining: list[_Request] = []  # admitted, not yet in the rows (a fault must fail them too)
         self._steps_since_join = 0
-        self._running: list[_Request] = []
+        self._rows = _RowArrays(self.runner)  # the running set: its members, in row order
         self._answers: list[Done] = []  # finished in this loop turn, handed over together
         # labelled metric children looked up once (labels() hashes the label tuple on every call)
         self._first_step = metrics.TIME_TO_FIRST_STEP.labels(self.name)
@@ -221,7 +222,7 @@ class _Lane:
 
     @property
     def running(self) -> list[_Request]:
-        return self._running
+        return self._rows.members
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name=f"seqserve-decode-{self.name}-{self.index}",
@@ -232,7 +233,7 @@ class _Lane:
         return self.intake.qsize() + len(self._waiting)
 
     def leftovers(self) -> list[_Request]:
-        out = self._running + self._waiting
+        out = self._rows.members + self._waiting
         while not self.intake.empty():
             out.append(self.intake.get_nowait())
         return out
@@ -249,7 +250,7 @@ class _Lane:
 
     def _admit(self) -> list[_Request]:
         """Move waiting requests into the running set while the step budget allows."""
-        block = not self._running and not self._waiting
+        block = not self.running and not self._waiting
         try:
             while True:
                 self._waiting.append(self.intake.get(timeout=0.05) if block else self.intake.get_nowait())
@@ -257,10 +258,10 @@ class _Lane:
         except queue.Empty:
             pass
         self._steps_since_join += 1
-        if self._running and not self._join_due():
+        if self.running and not self._join_due():
             return []
-        rows = sum(r.search.live for r in self._running if r.search is not None)
-        tokens = sum(r.src_len * r.job.beam_size for r in self._running)
+        rows = sum(self._rows.layout)
+        tokens = sum(r.src_len * r.job.beam_size for r in self.running)
         admitted: list[_Request] = []
         still_waiting: list[_Request] = []
         now = time.monotonic()
@@ -271,7 +272,7 @@ class _Lane:
             elif request.deadline <= now:
                 metrics.DROPPED.labels(self.name, "deadline").inc()
                 self._finish(request, error=DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
-            elif not still_waiting and ((not self._running and not admitted) or (
+            elif not still_waiting and ((not self.running and not admitted) or (
                     rows + request.job.beam_size <= self.max_rows
                     and tokens + request.src_len * request.job.beam_size <= self.max_encoder_tokens)):
                 admitted.append(request)
@@ -295,7 +296,7 @@ class _Lane:
         """
         if not self._waiting:
             return False
-        return (len(self._waiting) * 4 >= len(self._running)
+        return (len(self._waiting) * 4 >= len(self.running)
                 or self._steps_since_join >= self.join_every)
 
     def _encode(self, joiners: list[_Request]) -> Encoded:
@@ -309,23 +310,22 @@ class _Lane:
         return encoded
 
     def _run(self) -> None:
-        rows = _RowArrays(self.runner)
         while not self._stop.is_set():
             try:
-                self._loop_once(rows)
+                self._loop_once(self._rows)
             except Exception as exc:  # a fault fails the requests in flight, never the thread
                 log.exception("decode step failed on model %s", self.name)
                 error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
                 answered = {id(request) for request, _, _ in self._answers}
-                for request in self._running:
+                for request in [*self._rows.members, *self._joining]:
                     if id(request) not in answered:
                         self._finish(request, error=error)
-                self._running = []
-                rows.clear()
+                self._joining = []
+                self._rows.clear()
             self._flush()
 
     def _loop_once(self, rows: _RowArrays) -> None:
-        joiners = self._admit()
+        joiners = self._joining = self._admit()
         changed = bool(joiners) or rows.dirty
         # requests that went away or ran out of time leave before the step
         now = time.monotonic()
@@ -348,13 +348,12 @@ class _Lane:
         if changed:
             if not survivors and not joiners:
                 rows.clear()
-                self._running = []
                 return
             encoded = self._encode(joiners) if joiners else None
             kept = np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
             rows.gather(survivors, kept, joiners, encoded)
-        self._running = list(rows.members)
-        if self._running:
+            self._joining = []
+        if rows.members:
             self._step(rows)
 
     def _step(self, rows: _RowArrays) -> None:
@@ -401,4 +400,3 @@ class _Lane:
         rows.members, rows.layout = survivors, layout
         rows.state = new_state
         rows.parents = np.array(reorder, dtype=np.int64)
-        self._running = survivors

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__
 from service.errors import InvalidInput, NotReady
-from service.inputs import check_texts, deadline_for, unless_client_leaves
+from service.inputs import check_texts, deadline_for
 from service.registry import ModelRegistry, ServedModel
 from service.routes_v1 import classify_texts, run_translations, translation_jobs
 
@@ -176,9 +176,9 @@ async def model_version_ready(request: Request, name: str, version: str) -> JSON
 
 @router.post("/models/{name}/infer", summary="Inference")
 async def infer(request: Request, name: str, body: InferRequest) -> JSONResponse:
-    return JSONResponse(await unless_client_leaves(request, _infer(request, name, None, body)))
+    return JSONResponse(await _infer(request, name, None, body))
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
 async def infer_version(request: Request, name: str, version: str, body: InferRequest) -> JSONResponse:
-    return JSONResponse(await unless_client_leaves(request, _infer(request, name, version, body)))
+    return JSONResponse(await _infer(request, name, version, body))

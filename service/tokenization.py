@@ -31,6 +31,7 @@ _PTB_MARKUP = {
     "``": '"',
     "''": '"',
 }
+_MARKUP = re.compile("|".join(re.escape(markup) for markup in _PTB_MARKUP))
 _QUOTES = str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'", "“": '"', "”": '"', "„": '"'})
 _NEGATION = re.compile(r"(\w)(n't)\b")
 _CLITIC = re.compile(r"(\w)('s|'re|'ve|'ll|'d|'m)\b")
@@ -53,13 +54,10 @@ def _clean(text: str) -> str:
 def normalize_sentiment(text: str) -> str:
     """Lowercase and split punctuation and clitics the way the SST-2 corpus does.
 
-    Each rewrite runs only when its trigger character is present: the output is the same, and
-    most texts skip most passes (this runs on the event loop for every request).
+    The corpus markup is replaced in one pass, and the apostrophe rules run only on texts with
+    an apostrophe: the output is the same, and this runs on the event loop for every request.
     """
-    text = _clean(text).lower().translate(_QUOTES)
-    if "-" in text or "`" in text or "''" in text:
-        for markup, char in _PTB_MARKUP.items():
-            text = text.replace(markup, char)
+    text = _MARKUP.sub(lambda m: _PTB_MARKUP[m.group()], _clean(text).lower().translate(_QUOTES))
     if "'" in text:
         text = _OPEN_QUOTE.sub(r"\1' ", text)
         text = _CLOSE_QUOTE.sub(" '", text)

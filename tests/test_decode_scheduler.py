@@ -12,7 +12,7 @@ import pytest
 from export.data import read_multi30k
 from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
-from service.errors import DeadlineExceeded
+from service.errors import DeadlineExceeded, InferenceFailed
 from service.runners import TranslationRunner, load_runner
 from service.runners.translation import TranslationJob
 from tests.conftest import DATA_DIR
@@ -112,4 +112,30 @@ async def test_deadline_inside_decoding_gives_504_and_frees_the_rows(runner: Tra
     assert scheduler.in_flight == 0 and not scheduler._running
     ok = await scheduler.translate(TranslationJob(runner.tokenize("A dog."), 1, 5), time.monotonic() + 30)
     assert ok.tokens == runner.translate([TranslationJob(runner.tokenize("A dog."), 1, 5)])[0].tokens
+    await scheduler.close()
+
+
+async def test_an_encoder_fault_fails_the_joining_requests_at_once(runner: TranslationRunner,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100))
+    scheduler.start()
+    real_encode = runner.encode
+    calls = 0
+
+    def encode_once_broken(ids: list[list[int]]) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("planted encoder fault")
+        return real_encode(ids)
+
+    monkeypatch.setattr(runner, "encode", encode_once_broken)
+    job = TranslationJob(runner.tokenize("A dog runs."), 2, 10)
+    started = time.monotonic()
+    with pytest.raises(InferenceFailed, match="planted encoder fault"):
+        await scheduler.translate(job, time.monotonic() + 20)
+    assert time.monotonic() - started < 5  # an error at once, not a 504 at the deadline
+    ok = await scheduler.translate(job, time.monotonic() + 20)  # the lane keeps serving
+    assert ok.tokens == runner.translate([job])[0].tokens
+    assert await scheduler.drain(5)
     await scheduler.close()
