@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,15 +38,25 @@ class ServerProcess:
         out = subprocess.PIPE if capture_output else subprocess.DEVNULL
         self.started = time.perf_counter()
         self.ready_after_s = float("nan")
+        self.workers = int(env.get("SEQSERVE_WORKERS") or 1)
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=out,
                                      stderr=subprocess.STDOUT, text=True)
 
+    def workers_serving(self) -> int:
+        """How many worker processes accept requests (from /metrics, summed over workers)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=0.5).text
+        match = re.search(r"^seqserve_workers_serving (\S+)$", text, re.M)
+        return int(float(match.group(1))) if match else 0
+
     def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
+        """Until every worker serves: with SEQSERVE_WORKERS > 1 the first one ready answers
+        /v2/health/ready while the others may still be loading their models."""
         while time.perf_counter() - self.started < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=0.5).status_code == 200:
+                if (httpx.get(f"{self.url}/v2/health/ready", timeout=0.5).status_code == 200
+                        and (self.workers == 1 or self.workers_serving() >= self.workers)):
                     self.ready_after_s = time.perf_counter() - self.started
                     return self
             except httpx.HTTPError:

@@ -28,6 +28,8 @@ PADDING_RATIO = Histogram("seqserve_padding_ratio", "Padded positions / all posi
                           buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0))
 TOKENS = Counter("seqserve_tokens_total", "Subword tokens processed", ["model", "kind"])
 DROPPED = Counter("seqserve_dropped_total", "Accepted requests dropped before compute", ["model", "reason"])
+WORKERS_SERVING = Gauge("seqserve_workers_serving", "Server processes accepting requests (summed over "
+                        "SEQSERVE_WORKERS; 0 while draining)", multiprocess_mode="livesum")
 REJECTED = Counter("seqserve_rejected_total", "Requests refused at the queue", ["model", "reason"])
 
 # Iteration-level decoding (translation)

@@ -36,13 +36,24 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and self.started_event is not None:
-            self.started_event.set()  # tells a supervisor that this worker serves
+        if self.started:
+            from service.metrics import WORKERS_SERVING  # imported late: see serve()
+
+            WORKERS_SERVING.set(1)  # summed over workers: shows when all of them accept requests
+            if self.started_event is not None:
+                self.started_event.set()  # tells a supervisor that this worker serves
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # readiness turns 503 at once, so balancers stop sending while accepted work drains
         self.app.state.ready = False
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # here, not in handle_exit: a signal handler must not take prometheus-client's value lock
+        from service.metrics import WORKERS_SERVING
+
+        WORKERS_SERVING.set(0)
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

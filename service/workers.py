@@ -100,11 +100,17 @@ class Supervisor:
         code = 0
         try:
             self.workers = [self._spawn(sock, i) for i in range(self.settings.workers)]
-            log.info("%d workers serving http://%s:%d", self.settings.workers, self.settings.host, self.settings.port)
+            log.info("%d workers starting on http://%s:%d",
+                     self.settings.workers, self.settings.host, self.settings.port)
+            all_serving = False
             while not self.stopping.wait(_POLL_S):
                 code = self._replace_dead(sock)
                 if code:
                     break
+                now_serving = all(w.serving.is_set() for w in self.workers)
+                if now_serving and not all_serving:  # full capacity (again, after a replacement)
+                    log.info("all %d workers serving", len(self.workers))
+                all_serving = now_serving
             # the workers stop accepting at SIGTERM; the supervisor's copy of the listening socket
             # must close too, or new connections would wait in its backlog for the whole drain
             sock.close()

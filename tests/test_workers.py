@@ -42,6 +42,8 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_one() -> None:
         # any worker answers /metrics for all of them
         assert _requests_counted(server.url) == 30
 
+        assert server.workers_serving() == 2  # wait_ready waited for both, not only the first
+
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -52,9 +54,15 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_one() -> None:
         assert len(now) == 2 and victim not in now
         for _ in range(10):  # the port keeps answering through the replacement's start
             assert httpx.post(f"{server.url}/v1/sentiment", json={"text": "dull"}).status_code == 200
+        # the dead worker no longer counts; the replacement does once it serves
+        while time.monotonic() < deadline and server.workers_serving() != 2:
+            time.sleep(0.1)
+        assert server.workers_serving() == 2
     finally:
         assert server.stop() == 0
-    assert re.search(r"worker \d \(pid \d+\) ended with -9: starting a new one", server.output())
+    log = server.output()
+    assert re.search(r"worker \d \(pid \d+\) ended with -9: starting a new one", log)
+    assert log.count("all 2 workers serving") == 2  # at start, and again after the replacement
 
 
 def test_sigterm_drains_every_worker_and_exits_zero() -> None:
