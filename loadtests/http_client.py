@@ -52,6 +52,39 @@ class Connection:
         self.writer.close()
 
 
+# uvicorn closes a keep-alive connection idle for 5 s (its timeout_keep_alive); a pooled one kept
+# longer would be reused just as the server drops it, and the request would fail with no answer
+_MAX_IDLE_S = 4.0
+
+
+class ConnectionPool:
+    """Idle keep-alive connections for the open-loop client, most recently used first. One the
+    server has closed (end of stream already seen) or that sat idle too long is never reused."""
+
+    def __init__(self, host: str, port: int, max_idle_s: float = _MAX_IDLE_S) -> None:
+        self.host, self.port, self.max_idle_s = host, port, max_idle_s
+        self.idle: list[tuple[Connection, float]] = []
+        self.opened = 0
+
+    async def acquire(self) -> Connection:
+        now = time.perf_counter()
+        while self.idle:
+            conn, since = self.idle.pop()
+            if now - since < self.max_idle_s and not conn.reader.at_eof():
+                return conn
+            conn.close()
+        self.opened += 1
+        return await Connection.open(self.host, self.port)
+
+    def release(self, conn: Connection) -> None:
+        self.idle.append((conn, time.perf_counter()))
+
+    def close(self) -> None:
+        for conn, _ in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
 @dataclass
 class LoadResult:
     concurrency: int
@@ -164,8 +197,7 @@ async def open_loop(host: str, port: int, next_request: Callable[[int], tuple[by
     import random
 
     rng = random.Random(0)
-    idle: list[Connection] = []
-    opened = 0
+    pool = ConnectionPool(host, port)
     windows: list[Window] = []
     current = Window(window_s, 0)
     loop_start = time.perf_counter()
@@ -173,21 +205,18 @@ async def open_loop(host: str, port: int, next_request: Callable[[int], tuple[by
     in_flight: set[asyncio.Task[None]] = set()
 
     async def one(i: int, scheduled: float) -> None:
-        nonlocal opened
         request, _ = next_request(i)
-        conn = idle.pop() if idle else None
-        if conn is None:
-            opened += 1
-            conn = await Connection.open(host, port)
-        try:
+        conn: Connection | None = None
+        try:  # a refused connection is counted as status 0 too, not lost with its task
+            conn = await pool.acquire()
             status, _ = await conn.send(request)
         except (OSError, asyncio.IncompleteReadError):
             status = 0
-            conn.close()
-            conn = None
+            if conn is not None:
+                conn.close()
+        else:
+            pool.release(conn)
         done = time.perf_counter()
-        if conn is not None:
-            idle.append(conn)
         if scheduled >= measure_from:
             bucket = current
             bucket.statuses[status] += 1
@@ -220,6 +249,5 @@ async def open_loop(host: str, port: int, next_request: Callable[[int], tuple[by
         next_at += rng.expovariate(rate)
     for task in list(in_flight):
         task.cancel()
-    for conn in idle:
-        conn.close()
+    pool.close()
     return windows, steady
