@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
+def _count_as_serving(serving: bool) -> None:
+    """seqserve_workers_serving is summed over workers: it shows when all of them accept requests."""
+    from service.metrics import WORKERS_SERVING  # imported late: see serve()
+
+    WORKERS_SERVING.set(1 if serving else 0)
+
+
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI, started: Event | None = None) -> None:
         super().__init__(config)
@@ -37,9 +44,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            from service.metrics import WORKERS_SERVING  # imported late: see serve()
-
-            WORKERS_SERVING.set(1)  # summed over workers: shows when all of them accept requests
+            _count_as_serving(True)
             if self.started_event is not None:
                 self.started_event.set()  # tells a supervisor that this worker serves
 
@@ -50,9 +55,7 @@ class _Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # here, not in handle_exit: a signal handler must not take prometheus-client's value lock
-        from service.metrics import WORKERS_SERVING
-
-        WORKERS_SERVING.set(0)
+        _count_as_serving(False)
         await super().shutdown(sockets)
 
     @contextlib.contextmanager

@@ -147,6 +147,7 @@ def test_metrics_show_requests_and_batches(committed_server: Server) -> None:
                  "seqserve_padding_ratio", "seqserve_tokens_total"):
         assert name in text
     assert 'route="/v1/sentiment",status="200"' in text
+    assert "\nseqserve_workers_serving 1.0\n" in text  # one process, serving
 
 
 async def test_200_concurrent_mixed_requests_are_all_answered_correctly(committed_server: Server) -> None:
