@@ -33,6 +33,7 @@ log = logging.getLogger("seqserve.batching")
 
 P = TypeVar("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,13 +62,16 @@ Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]  # a future, it
 
 class AnsweredFromThreads:
     """Work accepted on the event loop and answered from worker threads (the batcher's workers,
-    the decoder's lanes): what is in flight, ``drain``, and the hand-over of answers.
+    the decoder's lanes): accepting a request into a bounded queue, awaiting its answer up to its
+    deadline, what is in flight, ``drain``, and the hand-over of answers.
 
     ``in_flight`` changes on the event loop only: +1 when a request is accepted, -1 when its
     answer is settled there. Threads hand answers over with one wake-up of the loop per batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, max_queue_size: int) -> None:
+        self.name = name
+        self.max_queue_size = max_queue_size
         self.accepting = False
         self.in_flight = 0  # accepted, not yet answered
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,6 +79,30 @@ class AnsweredFromThreads:
     def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.accepting = True
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        if not self.accepting or self._loop is None:
+            raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
+        return self._loop.create_future()
+
+    def _accept(self, put: Callable[[T], None], item: T) -> None:
+        """Queue ``item`` with ``put`` (a bounded queue's put_nowait): 503 at once when it is full."""
+        try:
+            put(item)
+        except queue.Full:
+            metrics.REJECTED.labels(self.name, "queue_full").inc()
+            raise Overloaded(f"model {self.name} queue is full ({self.max_queue_size} waiting); retry later",
+                             retry_after_s=1) from None
+        self.in_flight += 1
+
+    async def _answer(self, future: asyncio.Future[Any], deadline: float) -> Any:
+        """The answer, or 504 at the deadline. On timeout or client disconnect the awaited future
+        is cancelled; the worker or lane sees that and drops the request."""
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                return await future
+        except TimeoutError:
+            raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting, let queued and running work finish; True if it all finished in time."""
@@ -137,8 +165,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
     """Per-model queue + worker threads. ``run_batch`` is called on a worker thread with payloads."""
 
     def __init__(self, name: str, run_batch: Callable[[list[P]], Sequence[R]], policy: BatchPolicy) -> None:
-        super().__init__()
-        self.name = name
+        super().__init__(name, policy.max_queue_size)
         self.run_batch = run_batch
         self.policy = policy
         # thread-safe: the event loop puts, the workers take
@@ -170,26 +197,13 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
 
     # --- requests (event loop) --------------------------------------------------------------
     async def submit(self, payload: P, length: int, deadline: float) -> R:
-        if not self.accepting or self._loop is None:
-            raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
-        future: asyncio.Future[R] = self._loop.create_future()
-        item = WorkItem(payload, length, deadline, future)
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            metrics.REJECTED.labels(self.name, "queue_full").inc()
-            raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); retry later",
-                             retry_after_s=1) from None
-        self.in_flight += 1
+        item: WorkItem[P, R] = WorkItem(payload, length, deadline, self._new_future())
+        self._accept(self.queue.put_nowait, item)
         # moving average of the time between arrivals (decides whether a window waits)
         self._mean_gap_s += 0.1 * (min(item.enqueued_at - self._last_arrival, 1.0) - self._mean_gap_s)
         self._last_arrival = item.enqueued_at
-        # On timeout or client disconnect the awaited future is cancelled, so the worker skips it.
-        try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                return await future
-        except TimeoutError:
-            raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
+        result: R = await self._answer(item.future, deadline)
+        return result
 
     # --- the workers (threads) --------------------------------------------------------------
     def _next_window(self) -> list[WorkItem[P, R]]:

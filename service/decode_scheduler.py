@@ -28,7 +28,7 @@ import numpy as np
 from service import metrics
 from service.batching import AnsweredFromThreads, BatchPolicy
 from service.decoding import BeamSearch
-from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady
 from service.runners.translation import (
     DecoderRows,
     Encoded,
@@ -128,8 +128,7 @@ class DecodeScheduler(AnsweredFromThreads):
 
     def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy, max_rows: int | None = None,
                  join_every: int = 4) -> None:
-        super().__init__()
-        self.name = name
+        super().__init__(name, policy.max_queue_size)
         self.runner = runner
         self.policy = policy
         self._stop = threading.Event()
@@ -162,27 +161,14 @@ class DecodeScheduler(AnsweredFromThreads):
 
     # --- requests ---------------------------------------------------------------------------
     async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
-        if not self.accepting or self._loop is None:
-            raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
-        request = _Request(job, deadline, self._loop.create_future())
+        request = _Request(job, deadline, self._new_future())
         # ``assigned`` and ``in_flight`` change on the event loop only (here, and when answers are settled)
         lane = min(self.lanes, key=lambda lane: lane.assigned)
-        try:
-            lane.intake.put_nowait(request)
-        except queue.Full:
-            metrics.REJECTED.labels(self.name, "queue_full").inc()
-            raise Overloaded(f"model {self.name} queue is full ({self.policy.max_queue_size} waiting); "
-                             "retry later", retry_after_s=1) from None
-        self.in_flight += 1
+        self._accept(lane.intake.put_nowait, request)
         lane.assigned += 1
         metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
-        # On timeout or client disconnect the awaited future is cancelled; the decode thread
-        # sees that and drops the request at its next step.
-        try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                return await request.future
-        except TimeoutError:
-            raise DeadlineExceeded(f"deadline passed before model {self.name} finished the translation") from None
+        output: TranslationOutput = await self._answer(request.future, deadline)
+        return output
 
     def finish(self, lane: _Lane, done: list[Done]) -> None:
         """From a lane's thread: answer its finished requests, with one wake-up of the event loop."""
@@ -233,7 +219,7 @@ class _Lane:
         return self.intake.qsize() + len(self._waiting)
 
     def leftovers(self) -> list[_Request]:
-        out = self._rows.members + self._waiting
+        out = self.running + self._waiting
         while not self.intake.empty():
             out.append(self.intake.get_nowait())
         return out
