@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -12,8 +11,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def metric_value(url: str, sample: str, **labels: str) -> float:
+    """One sample of the server's /metrics (``seqserve_requests_total``, route=..., status=...);
+    0 when it is not there yet."""
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
+        for s in family.samples:
+            if s.name == sample and s.labels == labels:
+                return float(s.value)
+    return 0.0
 
 
 def free_port() -> int:
@@ -44,9 +54,7 @@ class ServerProcess:
 
     def workers_serving(self) -> int:
         """How many worker processes accept requests (from /metrics, summed over workers)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=0.5).text
-        match = re.search(r"^seqserve_workers_serving (\S+)$", text, re.M)
-        return int(float(match.group(1))) if match else 0
+        return int(metric_value(self.url, "seqserve_workers_serving"))
 
     def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
         """Until every worker serves: with SEQSERVE_WORKERS > 1 the first one ready answers

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from loadtests import reliability
+from loadtests.server import metric_value
 from tests.conftest import COMMITTED_MODELS, Server
 
 LONG = "A man in a blue shirt and a woman in a red dress are walking their two dogs in the park. "
@@ -150,13 +151,7 @@ def test_cors_is_off_by_default_and_configurable(committed_server: Server) -> No
 
 
 def _dropped(url: str, model: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == "seqserve_dropped_total" and sample.labels == {"model": model, "reason": "client_gone"}:
-                return sample.value
-    return 0.0
+    return metric_value(url, "seqserve_dropped_total", model=model, reason="client_gone")
 
 
 def test_a_client_that_leaves_is_dropped_from_decoding(committed_server: Server) -> None:

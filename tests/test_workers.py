@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from loadtests import reliability
+from loadtests.server import metric_value
 from tests.conftest import COMMITTED_MODELS, Server
 
 
@@ -25,9 +26,7 @@ def _workers(parent_pid: int) -> set[int]:
 
 
 def _requests_counted(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    match = re.search(r'^seqserve_requests_total\{route="/v1/sentiment",status="200"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return metric_value(url, "seqserve_requests_total", route="/v1/sentiment", status="200")
 
 
 def test_workers_share_the_port_sum_metrics_and_replace_a_dead_one() -> None:
