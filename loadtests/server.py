@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +15,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# set by ServerProcess itself, whatever the environment says
+OWN_SETTINGS = ("SEQSERVE_MODEL_REPOSITORY", "SEQSERVE_PORT", "SEQSERVE_HOST", "SEQSERVE_ACCESS_LOG")
 
 
 def metric_value(url: str, sample: str, **labels: str) -> float:
@@ -35,22 +40,47 @@ def free_port() -> int:
 class ServerProcess:
     """Starts at once; ``wait_ready`` blocks until /v2/health/ready answers 200 and records how
     long start-up took. ``settings`` become SEQSERVE_* variables (``max_queue_size="16"``).
-    With ``capture_output`` its log is kept for ``output()`` (tests read refusal messages)."""
+    With ``capture_output`` its log is kept for ``output()`` (tests read refusal messages), read
+    as it comes, so that ``wait_for_output`` can wait for a line while the server runs."""
 
     def __init__(self, models: Path, *, capture_output: bool = False, settings: Mapping[str, str] | None = None,
                  **more_settings: str) -> None:
         settings = {**(settings or {}), **more_settings}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SEQSERVE_MODEL_REPOSITORY": str(models), "SEQSERVE_PORT": str(self.port),
-               "SEQSERVE_HOST": "127.0.0.1", "SEQSERVE_ACCESS_LOG": "false",
-               **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
+        own = dict(zip(OWN_SETTINGS, (str(models), str(self.port), "127.0.0.1", "false"), strict=True))
+        env = {**os.environ, **own, **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
         out = subprocess.PIPE if capture_output else subprocess.DEVNULL
         self.started = time.perf_counter()
         self.ready_after_s = float("nan")
         self.workers = int(env.get("SEQSERVE_WORKERS") or 1)
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=out,
                                      stderr=subprocess.STDOUT, text=True)
+        self._log: list[str] = []
+        self._reader: threading.Thread | None = None
+        if capture_output:
+            self._reader = threading.Thread(target=self._read_log, daemon=True)
+            self._reader.start()
+
+    def _read_log(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._log.append(line)
+
+    def output(self) -> str:
+        """The log so far; all of it once the process has ended."""
+        if self._reader is not None and self.proc.poll() is not None:
+            self._reader.join(timeout=10)  # until the pipe's end (workers write to it too)
+        return "".join(self._log)
+
+    def wait_for_output(self, text: str, count: int = 1, timeout: float = 30.0) -> bool:
+        """Until ``text`` has appeared ``count`` times in the log (needs ``capture_output``)."""
+        end = time.perf_counter() + timeout
+        while self.output().count(text) < count:
+            if time.perf_counter() > end or self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return True
 
     def workers_serving(self) -> int:
         """How many worker processes accept requests (from /metrics, summed over workers)."""
@@ -71,9 +101,6 @@ class ServerProcess:
                 pass
             time.sleep(0.02)
         raise TimeoutError("server did not become ready")
-
-    def output(self) -> str:
-        return self.proc.stdout.read() if self.proc.stdout else ""
 
     def stop(self) -> int:
         """SIGTERM (graceful drain), then the exit code."""

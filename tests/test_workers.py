@@ -57,6 +57,7 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_one() -> None:
         while time.monotonic() < deadline and server.workers_serving() != 2:
             time.sleep(0.1)
         assert server.workers_serving() == 2
+        server.wait_for_output("all 2 workers serving", count=2)  # the supervisor polls: it may log a moment later
     finally:
         assert server.stop() == 0
     log = server.output()
