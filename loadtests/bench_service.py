@@ -29,7 +29,7 @@ from loadtests import ceiling
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import LoadGenerator, default_processes
-from loadtests.server import ROOT, ServerProcess
+from loadtests.server import OWN_SETTINGS, ROOT, ServerProcess
 from service.onnx_session import choose_providers
 from service.runners import SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"machine: {os.cpu_count()} CPUs; duration per phase {args.duration:.0f} s; load generator "
                         f"processes {args.client_processes}; server settings "
                         "from the environment: " + (", ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
-                                                              if k.startswith("SEQSERVE_")) or "none (defaults)"), ""]
+                                                              if k.startswith("SEQSERVE_") and k not in OWN_SETTINGS)
+                                                       or "none (defaults)"), ""]
 
     def say(text: str = "") -> None:
         print(text, flush=True)
