@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs
+from export.text_variants import VARIANTS, augment_choices
 from export.tokenizers import train_subword_model
 from export.training import EpochLog, Timer, bucketed_batches, pad, plot_curves, resume, save_last, set_seed
 from export.translation_model import AttentionTranslator, TranslationConfig
@@ -49,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-limit", type=int, default=0, help="use only the first N validation pairs")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--case-augment", type=float, default=0.0,
+                   help="share of training sources shown upper/lower/title-cased or without final punctuation "
+                        "each epoch (export/text_variants.py); targets keep their casing")
+    p.add_argument("--keep-epochs", type=int, default=0,
+                   help="also keep the last N epochs' weights (epoch-N.pt) for checkpoint averaging at export")
     return p.parse_args(argv)
 
 
@@ -111,7 +117,16 @@ def main(argv: list[str] | None = None) -> None:
     tgt_tok = SubwordTokenizer(tgt_model, "translation")
 
     data = [(src_tok.encode(s, add_eos=True), tgt_tok.encode(t)) for s, t in train_pairs]
-    data = [(s, t) for s, t in data if len(s) <= MAX_TRAIN_TOKENS and len(t) < MAX_TRAIN_TOKENS]
+    kept = [i for i, (s, t) in enumerate(data) if len(s) <= MAX_TRAIN_TOKENS and len(t) < MAX_TRAIN_TOKENS]
+    data = [data[i] for i in kept]
+    # each variant's source ids, encoded once; an augmented epoch picks one per pair
+    variant_src: dict[str, list[list[int]]] = {"given": [s for s, _ in data]}
+    if args.case_augment:
+        for name, transform in VARIANTS.items():
+            if name != "given":
+                encoded = [src_tok.encode(transform(train_pairs[i][0]), add_eos=True) for i in kept]
+                variant_src[name] = [ids[:MAX_TRAIN_TOKENS - 1] + ids[-1:] if len(ids) > MAX_TRAIN_TOKENS else ids
+                                     for ids in encoded]
     val_src = [src_tok.encode(s, add_eos=True) for s, _ in val_pairs]
     val_refs = [t for _, t in val_pairs]
 
@@ -131,11 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
         epoch = state["epoch"] + 1
         batches = bucketed_batches([len(t) for _, t in data], args.batch_size, rng)
+        shown = augment_choices(len(data), args.case_augment, rng) if args.case_augment else ["given"] * len(data)
+        sources = [variant_src[shown[i]][i] for i in range(len(data))]
         model.train()
         total_loss, total_tokens = 0.0, 0
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", mininterval=5, ncols=100)
         for batch in bar:
-            src, src_len = pad([data[i][0] for i in batch])
+            src, src_len = pad([sources[i] for i in batch])
             tgt_in, _ = pad([[BOS_ID, *data[i][1]] for i in batch])
             tgt_out, _ = pad([[*data[i][1], EOS_ID] for i in batch])
             logits = model(src, src_len, tgt_in)
@@ -165,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
                 group["lr"] = lr * 0.5
         state["epoch"] = epoch
         save_last(run, model, optimizer, state)
+        if args.keep_epochs:
+            torch.save({"config": config.to_dict(), "model": model.state_dict(), "epoch": epoch},
+                       run / f"epoch-{epoch}.pt")
+            stale = run / f"epoch-{epoch - args.keep_epochs}.pt"
+            stale.unlink(missing_ok=True)
         log.append({"epoch": epoch, "train_loss": total_loss / total_tokens, "val_bleu": bleu,
                     "val_bleu_lc": bleu_lc, "lr": lr, "minutes": timer.minutes(), "best": improved})
         print(f"  sample: {val_pairs[0][0]!r} -> {hyps[0]!r}", flush=True)
