@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
-from service import __version__, metrics, routes_v1, routes_v2
+from service import __version__, metrics, routes_v1, routes_v2, ui
 from service.auth import ApiKeyMiddleware
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
@@ -69,22 +69,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
+    app.include_router(ui.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    # Added last = runs first: request id, size and content-type checks, then keys, then CORS,
-    # then the direct path to the inference endpoints (service/hot_routes.py).
+    # Added last = runs first: request id, size and content-type checks, then CORS (a browser's
+    # preflight carries no key, and a 401 must carry CORS headers for the page to read it), then
+    # keys, then the direct path to the inference endpoints (service/hot_routes.py).
     app.add_middleware(HotRouteMiddleware, fastapi_app=app, router=routes_v1.router,
                        paths=("/v1/sentiment", "/v1/translate"))
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, exempt_paths=settings.auth_exempt_paths,
+                           public_paths=ui.PUBLIC_PATHS)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
                                           "X-Request-Timeout"], expose_headers=["X-Request-ID", "Retry-After"])
-    if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, exempt_paths=settings.auth_exempt_paths)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        log_requests=settings.access_log)
     return app

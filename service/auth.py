@@ -1,7 +1,9 @@
 """Optional API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
 Off unless SEQSERVE_API_KEYS is set. Health and metrics are exempt by default so that probes
-and scrapers need no secret. Keys are compared in constant time and never logged.
+and scrapers need no secret (prefixes, SEQSERVE_AUTH_EXEMPT_PATHS); the demo page's files are
+exempt by exact path only (``public_paths``), so that no prefix opens anything else. Keys are
+compared in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: list[str], exempt_paths: list[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: list[str], exempt_paths: list[str],
+                 public_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys if k]
         self.exempt = tuple(exempt_paths)
+        self.public = public_paths
 
     def _authorised(self, scope: Scope) -> bool:
         headers = dict(scope["headers"])
@@ -30,7 +34,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or scope["path"].startswith(self.exempt) \
-                or self._authorised(scope):
+                or (scope["method"] == "GET" and scope["path"] in self.public) or self._authorised(scope):
             await self.app(scope, receive, send)
             return
         body = json.dumps({"error": "missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",

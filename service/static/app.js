@@ -1,0 +1,268 @@
+// seqserve demo page: plain JS, no build step, nothing loaded from elsewhere.
+// Every call goes to the server in the "Server" field (this page's origin by default, or ?api=...)
+// and carries the key typed into the key field; the page itself holds no secret.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { base: "", key: "", translator: null, classifier: null };
+
+function initialBase() {
+  const fromQuery = new URLSearchParams(location.search).get("api");
+  return (fromQuery || location.origin).replace(/\/+$/, "");
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body && body.error ? body.error : `HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+function headers(json) {
+  const out = {};
+  if (json) out["Content-Type"] = "application/json";
+  if (state.key) out["X-API-Key"] = state.key;
+  return out;
+}
+
+async function api(path, body) {
+  const init = body === undefined ? { headers: headers(false) }
+    : { method: "POST", headers: headers(true), body: JSON.stringify(body) };
+  const response = await fetch(state.base + path, init);
+  const data = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+function explain(err) {
+  if (err instanceof ApiError) {
+    if (err.status === 401) return "The server needs an API key: type it into the key field and press Connect.";
+    const field = err.body && err.body.field ? ` (field: ${err.body.field})` : "";
+    return `${err.message}${field}`;
+  }
+  return `Cannot reach ${state.base}: ${err.message}. Is the server running, and does it allow this page's origin (SEQSERVE_CORS_ORIGINS)?`;
+}
+
+// ---- served models ----------------------------------------------------------------------
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function keyFigure(metrics) {
+  // one headline figure: a test-set one, whole-word (not lower-cased) and from beam search if there is one
+  const rank = ([name]) => (name.includes("test") ? 0 : 4) + (name.includes("_lc") ? 2 : 0)
+    + (name.includes("greedy") ? 1 : 0);
+  const [best] = Object.entries(metrics || {}).sort((a, b) => rank(a) - rank(b));
+  if (!best) return "";
+  const [name, value] = best;
+  return `${name.replace(/_/g, " ").replace(/\bbleu\b/, "BLEU")} ${typeof value === "number" ? +value.toFixed(3) : value}`;
+}
+
+function renderModels(models) {
+  const box = $("models");
+  box.replaceChildren();
+  for (const m of models) {
+    const card = el("div", "model");
+    card.dataset.model = m.name;
+    const name = el("div", "name", m.name);
+    name.append(el("span", "badge", `v${m.version}`));
+    card.append(name);
+    const provider = m.provider.replace("ExecutionProvider", "");
+    card.append(el("div", "facts", `${m.task} · ${provider} · versions ${m.versions.join(", ")}`));
+    const figure = keyFigure(m.metrics);
+    if (figure) card.append(el("div", "facts", figure));
+    box.append(card);
+  }
+}
+
+function fillBeamSizes(limits) {
+  const select = $("beam-size");
+  const max = limits.max_beam_size || 1;
+  const chosen = Number(select.value) || limits.default_beam_size || 1;
+  select.replaceChildren();
+  for (let size = 1; size <= max; size++) {
+    const option = el("option", "", size === 1 ? "1 (greedy)" : String(size));
+    option.value = String(size);
+    select.append(option);
+  }
+  select.value = String(Math.min(chosen, max));
+  if (limits.max_output_tokens) $("max-length").max = String(limits.max_output_tokens);
+}
+
+async function loadModels() {
+  showError("");
+  for (const [id, path] of [["docs-link", "/docs"], ["metrics-link", "/metrics"]]) $(id).href = state.base + path;
+  try {
+    const { models } = await api("/v1/models");
+    renderModels(models);
+    state.translator = models.find((m) => m.task === "translation") || null;
+    state.classifier = models.find((m) => m.task === "text-classification") || null;
+    if (state.translator) fillBeamSizes(state.translator.limits);
+  } catch (err) {
+    $("models").replaceChildren(el("p", "muted", "No model list yet."));
+    showError(explain(err));
+  }
+}
+
+// ---- attention heatmap: rows are target subwords, columns source subwords ----------------
+function shownPiece(piece) {
+  // sentencepiece marks a word's first subword with U+2581; the rest continue the word before
+  return piece.startsWith("\u2581") && piece.length > 1 ? piece.slice(1) : piece;
+}
+
+function pieceCell(tag, piece) {
+  const cell = el(tag);
+  const span = el("span", piece.startsWith("\u2581") ? "" : "cont", shownPiece(piece));
+  span.title = piece;
+  cell.append(span);
+  return cell;
+}
+
+const heatmap = {
+  table: null,
+  sources: [],
+  targets: [],
+  start(sourceTokens) {
+    this.table = $("heatmap");
+    this.sources = sourceTokens;
+    this.targets = [];
+    const head = el("thead");
+    const row = el("tr");
+    row.append(el("th"));
+    sourceTokens.forEach((piece) => row.append(pieceCell("th", piece)));
+    head.append(row);
+    this.table.replaceChildren(head, el("tbody"));
+    this.table.dataset.complete = "false";
+    $("readout").textContent = "Hover a cell: how much a German subword looked at each English one.";
+  },
+  addRow(targetToken, weights) {
+    const index = this.targets.length;
+    this.targets.push(targetToken);
+    const row = el("tr", "new");
+    row.append(pieceCell("th", targetToken));
+    weights.forEach((weight, col) => {
+      const cell = el("td");
+      cell.dataset.row = String(index);
+      cell.dataset.col = String(col);
+      cell.dataset.weight = String(weight);
+      cell.style.setProperty("--w", String(Math.max(0, Math.min(1, weight))));
+      cell.title = `${shownPiece(targetToken)} ← ${shownPiece(this.sources[col] ?? "?")}: ${weight.toFixed(3)}`;
+      row.append(cell);
+    });
+    const body = this.table.tBodies[0];
+    if (body.lastElementChild) body.lastElementChild.classList.remove("new");
+    body.append(row);
+  },
+  hover(cell) {
+    for (const hot of this.table.querySelectorAll("th.hot")) hot.classList.remove("hot");
+    if (!cell) return;
+    const row = Number(cell.dataset.row);
+    const col = Number(cell.dataset.col);
+    this.table.tHead.rows[0].cells[col + 1].classList.add("hot");
+    this.table.tBodies[0].rows[row].cells[0].classList.add("hot");
+    const readout = $("readout");
+    readout.replaceChildren("German ", el("b", "", shownPiece(this.targets[row])), " ← English ",
+      el("b", "", shownPiece(this.sources[col] ?? "?")), `: weight ${Number(cell.dataset.weight).toFixed(4)}`);
+  },
+};
+
+// ---- translation ------------------------------------------------------------------------
+function translationRequest() {
+  const body = { text: $("source").value, beam_size: Number($("beam-size").value) || undefined,
+    return_attention: true };
+  const maxLength = Number($("max-length").value);
+  if (maxLength > 0) body.max_length = maxLength;
+  return body;
+}
+
+async function translate(event) {
+  event.preventDefault();
+  showError("");
+  const button = $("translate");
+  button.disabled = true;
+  const started = performance.now();
+  const request = translationRequest();
+  try {
+    const result = await api("/v1/translate", request);
+    $("translation-out").hidden = false;
+    $("translation").textContent = result.translation;
+    heatmap.start(result.source_tokens);
+    result.target_tokens.forEach((piece, i) => heatmap.addRow(piece, result.attention[i]));
+    const ms = Math.round(performance.now() - started);
+    $("translation-meta").textContent = `score ${result.score.toFixed(3)} · ${result.target_tokens.length} subwords · `
+      + `beam ${request.beam_size} · ${ms} ms · ${result.model} v${result.version}`;
+    $("heatmap").dataset.complete = "true";
+  } catch (err) {
+    showError(explain(err));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- sentiment --------------------------------------------------------------------------
+async function classify(event) {
+  event.preventDefault();
+  showError("");
+  const button = $("classify");
+  button.disabled = true;
+  const started = performance.now();
+  try {
+    const result = await api("/v1/sentiment", { text: $("sentiment-text").value });
+    $("sentiment-out").hidden = false;
+    const chip = $("sentiment-label");
+    chip.textContent = `${result.label} · ${(100 * result.score).toFixed(1)}%`;
+    chip.className = `label-chip ${result.label}`;
+    const bars = $("probabilities");
+    bars.replaceChildren();
+    for (const [label, p] of Object.entries(result.probabilities)) {
+      const bar = el("div", `bar ${label}`);
+      bar.dataset.label = label;
+      bar.dataset.probability = String(p);
+      const track = el("div", "track");
+      const fill = el("div", "fill");
+      fill.style.width = `${(100 * p).toFixed(1)}%`;
+      track.append(fill);
+      bar.append(el("span", "", label), track, el("span", "value", `${(100 * p).toFixed(1)}%`));
+      bars.append(bar);
+    }
+    $("sentiment-meta").textContent = `${Math.round(performance.now() - started)} ms · ${result.model} v${result.version}`;
+  } catch (err) {
+    showError(explain(err));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- wiring -----------------------------------------------------------------------------
+function connect(event) {
+  if (event) event.preventDefault();
+  state.base = ($("api-base").value.trim() || location.origin).replace(/\/+$/, "");
+  state.key = $("api-key").value.trim();
+  // another server is kept in the address (?api=), so a reload or a shared link keeps it
+  const url = new URL(location.href);
+  if (state.base === location.origin) url.searchParams.delete("api"); else url.searchParams.set("api", state.base);
+  history.replaceState(null, "", url);
+  sessionStorage.setItem("seqserve.key", state.key);
+  return loadModels();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("api-base").value = initialBase();
+  $("api-key").value = sessionStorage.getItem("seqserve.key") || "";
+  $("connection").addEventListener("submit", connect);
+  $("translate-form").addEventListener("submit", translate);
+  $("sentiment-form").addEventListener("submit", classify);
+  $("heatmap").addEventListener("mouseover", (e) => heatmap.hover(e.target.closest("td")));
+  $("heatmap").addEventListener("mouseleave", () => heatmap.hover(null));
+  connect();
+});

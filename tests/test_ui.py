@@ -1,0 +1,211 @@
+"""The demo page (service/ui.py, service/static/): its files over HTTP, and a real headless Chromium
+that uses it against a real server, same-origin and from another origin that CORS allows."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.ui import PAGE_FILES, PUBLIC_PATHS
+from tests.conftest import COMMITTED_MODELS, ROOT, Server
+
+KEY = "page-test-key"
+SENTENCE = "A little girl in a pink dress is running through the park with her dog."
+STATIC = ROOT / "service" / "static"
+SCREENSHOT = Path(os.environ.get("SEQSERVE_UI_SCREENSHOT", ROOT / "reports" / "ui" / "page.png"))
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Servers:
+    api: Server  # seqserve, with an API key and CORS for the static origin
+    static_url: str  # the same page files from a plain file server: another origin
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    static = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(STATIC)))
+    threading.Thread(target=static.serve_forever, daemon=True).start()
+    static_url = f"http://127.0.0.1:{static.server_address[1]}"
+    api = Server(COMMITTED_MODELS, api_keys=f'["{KEY}"]', cors_origins=f'["{static_url}"]',
+                 warmup="false").wait_ready()
+    yield Servers(api, static_url)
+    api.stop()
+    static.shutdown()
+
+
+# --- the files over HTTP -----------------------------------------------------------------------
+def test_page_files_ship_and_reference_only_each_other() -> None:
+    assert {"index.html", "app.js", "style.css"} <= set(PAGE_FILES)
+    html = PAGE_FILES["index.html"][0].decode()
+    local = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert {"style.css", "app.js"} <= set(local)
+    for ref in local:  # nothing from another host: the page must work offline
+        assert ref in PAGE_FILES or ref.startswith(("/", "data:")), ref
+
+
+def test_root_redirects_and_page_files_need_no_key(servers: Servers) -> None:
+    url = servers.api.url
+    r = httpx.get(f"{url}/")
+    assert r.status_code == 307 and r.headers["location"] == "/ui/"
+    r = httpx.get(f"{url}/ui/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    for name in PAGE_FILES:
+        assert httpx.get(f"{url}/ui/{name}").status_code == 200, name
+    assert httpx.get(f"{url}/ui/app.js").headers["content-type"].startswith("text/javascript")
+    assert "/ui/app.js" in PUBLIC_PATHS
+
+
+def test_only_the_exact_page_paths_are_public(servers: Servers) -> None:
+    url = servers.api.url
+    for path in ("/ui/app.jsx", "/ui/app.js/x", "/ui/missing.js", "/uix", "/v1/models", "/docs", "/v2"):
+        assert httpx.get(f"{url}{path}").status_code == 401, path
+    assert httpx.post(f"{url}/ui/app.js").status_code == 401  # exempt for GET only
+    # with the key an unknown page file is an ordinary 404
+    r = httpx.get(f"{url}/ui/missing.js", headers={"X-API-Key": KEY})
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+
+
+def test_a_preflight_needs_no_key_and_a_401_carries_cors_headers(servers: Servers) -> None:
+    url, origin = servers.api.url, servers.static_url
+    r = httpx.options(f"{url}/v1/translate", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                                      "Access-Control-Request-Headers": "content-type,x-api-key"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+    r = httpx.get(f"{url}/v1/models", headers={"Origin": origin})
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == origin
+
+
+# --- a real browser ------------------------------------------------------------------------------
+def _chromium() -> str:
+    path = os.environ.get("SEQSERVE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        path = None
+    if path is None:
+        message = "needs Debian's chromium and the playwright package (.ci/run installs both)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must run the browser test, never skip it
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # Debian's build, not a downloaded one: Playwright drives it over the DevTools protocol
+        launched = playwright.chromium.launch(executable_path=executable, headless=True)
+        yield launched
+        launched.close()
+
+
+def _open(browser: Any, url: str) -> tuple[Any, list[str]]:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type == "error" and "401" not in msg.text else None)
+    page.goto(url)
+    return page, problems
+
+
+def _connect(page: Any) -> None:
+    page.fill("#api-key", KEY)
+    page.click("#connect")
+    page.wait_for_selector(".model[data-model='translate-en-de']")
+    page.wait_for_selector(".model[data-model='sentiment']")
+
+
+def _translate_in_page(page: Any, beam_size: int) -> dict[str, Any]:
+    page.fill("#source", SENTENCE)
+    page.select_option("#beam-size", str(beam_size))
+    page.click("#translate")
+    page.wait_for_selector("#heatmap[data-complete='true']", timeout=30_000)
+    return page.evaluate("""() => ({
+        translation: document.getElementById('translation').textContent,
+        sources: [...document.querySelectorAll('#heatmap thead th span')].map(s => s.title),
+        targets: [...document.querySelectorAll('#heatmap tbody th span')].map(s => s.title),
+        cells: [...document.querySelectorAll('#heatmap td')].map(
+            c => [Number(c.dataset.row), Number(c.dataset.col), Number(c.dataset.weight)]),
+    })""")
+
+
+def _api_translation(url: str, beam_size: int) -> dict[str, Any]:
+    r = httpx.post(f"{url}/v1/translate", headers={"X-API-Key": KEY}, timeout=30,
+                   json={"text": SENTENCE, "beam_size": beam_size, "return_attention": True})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _check_heatmap(shown: dict[str, Any], api: dict[str, Any]) -> None:
+    assert shown["translation"] == api["translation"]
+    assert shown["sources"] == api["source_tokens"] and shown["targets"] == api["target_tokens"]
+    matrix = api["attention"]
+    assert len(shown["cells"]) == len(matrix) * len(matrix[0]) > 0
+    for row, col, weight in shown["cells"]:
+        assert weight == matrix[row][col], (row, col)
+
+
+def test_browser_translates_draws_the_attention_and_classifies(browser: Any, servers: Servers) -> None:
+    url = servers.api.url
+    page, problems = _open(browser, f"{url}/")
+    assert page.url == f"{url}/ui/"
+    page.wait_for_selector("#error:not([hidden])")  # no key yet: the page says what is missing
+    assert "API key" in page.text_content("#error")
+    _connect(page)
+    assert page.is_hidden("#error")
+    models = page.text_content("#models")
+    assert "translate-en-de" in models and "v1" in models and "CPU" in models
+
+    shown = _translate_in_page(page, beam_size=5)
+    _check_heatmap(shown, _api_translation(url, beam_size=5))
+
+    page.hover("#heatmap td[data-row='0'][data-col='0']")
+    readout = page.text_content("#readout")
+    assert "weight" in readout and shown["targets"][0].lstrip("\u2581") in readout
+
+    page.fill("#sentiment-text", "A gorgeous, witty and deeply moving film.")
+    page.click("#classify")
+    page.wait_for_selector("#sentiment-out:not([hidden])")
+    bars = page.evaluate("() => Object.fromEntries([...document.querySelectorAll('#probabilities .bar')]"
+                         ".map(b => [b.dataset.label, Number(b.dataset.probability)]))")
+    r = httpx.post(f"{url}/v1/sentiment", headers={"X-API-Key": KEY},
+                   json={"text": page.input_value("#sentiment-text")})
+    assert bars == r.json()["probabilities"]
+    assert r.json()["label"] in page.text_content("#sentiment-label")
+
+    page.hover("#heatmap td[data-row='1'][data-col='1']")  # the picture shows a hovered cell
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    print(f"screenshot: {SCREENSHOT}")
+    assert problems == []
+    page.close()
+
+
+def test_browser_page_from_another_origin_calls_the_api_with_the_key(browser: Any, servers: Servers) -> None:
+    url = servers.api.url
+    page, problems = _open(browser, f"{servers.static_url}/index.html?api={url}")
+    _connect(page)
+    shown = _translate_in_page(page, beam_size=1)
+    _check_heatmap(shown, _api_translation(url, beam_size=1))
+    assert problems == []
+    page.close()
