@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # set by ServerProcess itself, whatever the environment says
-OWN_SETTINGS = ("SEQSERVE_MODEL_REPOSITORY", "SEQSERVE_PORT", "SEQSERVE_HOST", "SEQSERVE_ACCESS_LOG")
+OWN_SETTINGS = ("SEQSERVE_MODEL_REPOSITORY", "SEQSERVE_PORT", "SEQSERVE_HOST", "SEQSERVE_ACCESS_LOG",
+                "SEQSERVE_GRPC_PORT")
 
 
 def metric_value(url: str, sample: str, **labels: str) -> float:
@@ -48,7 +49,10 @@ class ServerProcess:
         settings = {**(settings or {}), **more_settings}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        own = dict(zip(OWN_SETTINGS, (str(models), str(self.port), "127.0.0.1", "false"), strict=True))
+        self.grpc_port = int(settings.get("grpc_port", free_port()))  # 0 = no gRPC
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        own = dict(zip(OWN_SETTINGS, (str(models), str(self.port), "127.0.0.1", "false", str(self.grpc_port)),
+                       strict=True))
         env = {**os.environ, **own, **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
         out = subprocess.PIPE if capture_output else subprocess.DEVNULL
         self.started = time.perf_counter()

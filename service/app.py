@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
-from service import __version__, metrics, routes_v1, routes_v2, ui
+from service import __version__, grpc_v2, metrics, routes_v1, routes_v2, ui
 from service.auth import ApiKeyMiddleware
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.registry = registry
         registry.start()
+        grpc_server = await grpc_v2.start(app.state, settings)
         # what is loaded now lives as long as the process: keep it out of every collection, and
         # collect less often (each request allocates many short-lived objects)
         gc.collect()
@@ -52,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.ready = False
+            if grpc_server is not None:  # refuses new calls at once, lets the accepted ones finish
+                await grpc_server.stop(settings.drain_timeout_s)
             drained = await registry.drain(settings.drain_timeout_s)
             log.info("shutdown: %s", "all accepted work finished" if drained else "drain timeout reached")
             await registry.close()

@@ -60,9 +60,15 @@ def check_range(value: int | None, low: int, high: int, field: str) -> None:
 
 def deadline_for(request: Request, settings: Settings, requested_s: float | None = None) -> float:
     """Absolute monotonic deadline: the server's timeout, shortened by X-Request-Timeout or v2 timeout."""
+    return deadline_after(settings, (request.headers.get(TIMEOUT_HEADER), "X-Request-Timeout"),
+                          (requested_s, "parameters.timeout"))
+
+
+def deadline_after(settings: Settings, *timeouts: tuple[str | float | None, str]) -> float:
+    """The server's timeout shortened by each (seconds, field that gave them) the client set
+    (None = not set), whatever the transport."""
     timeout = settings.request_timeout_s
-    header = request.headers.get(TIMEOUT_HEADER)
-    for value, field in ((header, "X-Request-Timeout"), (requested_s, "parameters.timeout")):
+    for value, field in timeouts:
         if value is None:
             continue
         try:

@@ -17,6 +17,10 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REQUESTS = Counter("seqserve_requests_total", "HTTP requests by route and status", ["route", "status"])
 REQUEST_LATENCY = Histogram("seqserve_request_latency_seconds", "HTTP request latency", ["route"],
                             buckets=_LATENCY_BUCKETS)
+# gRPC calls get their own series: the HTTP ones keep their names and labels
+GRPC_REQUESTS = Counter("seqserve_grpc_requests_total", "gRPC calls by method and status code", ["method", "code"])
+GRPC_LATENCY = Histogram("seqserve_grpc_request_latency_seconds", "gRPC call latency", ["method"],
+                         buckets=_LATENCY_BUCKETS)
 QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Requests waiting in a model's queue", ["model"],
                     multiprocess_mode="livesum")
 QUEUE_WAIT = Histogram("seqserve_queue_wait_seconds", "Time from enqueue to batch start", ["model"],

@@ -32,12 +32,14 @@ def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[
     return start, {"type": "http.response.body", "body": payload}
 
 
-def _is_json(content_type: bytes | None) -> bool:
-    """No Content-Type is read as JSON; a declared one must be JSON."""
+def _is_json(content_type: bytes | None, path: str = "") -> bool:
+    """No Content-Type is read as JSON; a declared one must be JSON, except that the v2 routes also
+    take application/octet-stream (what Open Inference Protocol clients send with binary tensors)."""
     if content_type is None:
         return True
     media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or media.endswith(b"+json")
+    return media == b"application/json" or media.endswith(b"+json") or \
+        (media == b"application/octet-stream" and path.startswith("/v2/"))
 
 
 class RequestContextMiddleware:
@@ -67,7 +69,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            if scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(headers.get(b"content-type")):
+            content_type = headers.get(b"content-type")
+            if scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(content_type, scope["path"]):
                 start, body = _json_response(415, {"error": "Content-Type must be application/json",
                                                    "code": "unsupported_media_type", "field": "Content-Type",
                                                    "limit": "application/json"}, request_id)

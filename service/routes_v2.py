@@ -1,47 +1,58 @@
 """Open Inference Protocol (KServe v2) REST, so stock clients of that protocol work unchanged.
 
+The HTTP adapter of service/v2_infer.py: reads a JSON body (with or without a Content-Type) or
+Triton's binary tensor data (service/v2_binary.py), answers JSON or binary as the request asks.
 Inputs: one BYTES tensor named "text", shape [N] or [N, 1]. Outputs: sentiment → "label"
-(BYTES [N]) and "probabilities" (FP32 [N, C]); translation → "translation" (BYTES [N]).
+(BYTES, the input's shape) and "probabilities" (FP32 [N, C]); translation → "translation" (BYTES).
 Request "parameters" may carry beam_size, max_length (translation) and timeout (seconds).
-Health answers read a flag and never wait behind inference.
+Model metadata and configuration come from service/v2_model.py. Health answers read a flag and
+never wait behind inference.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service import __version__
-from service.errors import InvalidInput, NotReady
-from service.inputs import check_texts, deadline_for
-from service.registry import ModelRegistry, ServedModel
-from service.routes_v1 import classify_texts, run_translations, translation_jobs
+from service import __version__, v2_model
+from service.errors import InvalidInput
+from service.inputs import deadline_for, unless_client_leaves
+from service.registry import ModelRegistry
+from service.v2_binary import HEADER_LENGTH, Datatype, decode_tensor, encode_tensor, split_body, take_binary
+from service.v2_infer import Guard, InferResult, InputTensor, infer
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+
+# what GET /v2 lists: only extensions implemented as Triton's schema has them
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 
 
 class InferInput(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     shape: list[int]
-    datatype: str
-    data: list[Any]
+    datatype: Datatype
+    data: list[Any] | None = Field(None, description="row-major values; absent when the tensor is binary "
+                                                     "(parameters.binary_data_size)")
     parameters: dict[str, Any] | None = None
 
 
 class InferOutputRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: true answers this output as binary")
 
 
 class InferRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="beam_size, max_length (translation), timeout (seconds), binary_data_output")
     inputs: list[InferInput] = Field(min_length=1)
     outputs: list[InferOutputRequest] | None = None
 
@@ -52,7 +63,7 @@ def _registry(request: Request) -> ModelRegistry:
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "seqserve", "version": __version__, "extensions": []}
+    return {"name": "seqserve", "version": __version__, "extensions": EXTENSIONS}
 
 
 @router.get("/health/live", summary="Liveness: the process answers")
@@ -66,102 +77,108 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-def _io(model: ServedModel) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
-    if model.card.task == "text-classification":
-        classes = len(model.card.labels or [])
-        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}]
-    else:
-        outputs = [{"name": "translation", "datatype": "BYTES", "shape": [-1]}]
-    return inputs, outputs
-
-
-async def _metadata(request: Request, name: str, version: str | None) -> dict[str, Any]:
-    model = _registry(request).get(name, version)
-    inputs, outputs = _io(model)
-    versions = sorted((m.version for m in _registry(request).all() if m.name == name), key=int)
-    return {"name": model.name, "versions": versions, "platform": "onnxruntime_onnx",
-            "inputs": inputs, "outputs": outputs,
-            "parameters": {"task": model.card.task, "provider": model.provider}}
-
-
 async def _model_ready(request: Request, name: str, version: str | None) -> JSONResponse:
     model = _registry(request).get(name, version)
     ok = bool(getattr(request.app.state, "ready", False))
     return JSONResponse({"name": model.name, "ready": ok}, status_code=200 if ok else 503)
 
 
-def _texts(body: InferRequest) -> list[str]:
-    tensor = next((t for t in body.inputs if t.name == "text"), body.inputs[0] if len(body.inputs) == 1 else None)
-    if tensor is None:
-        raise InvalidInput("inputs must contain a BYTES tensor named 'text'", field="inputs")
-    if tensor.datatype != "BYTES":
-        raise InvalidInput(f"input 'text' must have datatype BYTES, not {tensor.datatype}",
-                           field="inputs.text.datatype")
-    if not tensor.shape or len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-        raise InvalidInput(f"input 'text' must have shape [N] or [N, 1], not {tensor.shape}",
-                           field="inputs.text.shape")
-    flat: list[Any] = []
-    for item in tensor.data:
-        flat.extend(item if isinstance(item, list) else [item])
-    if len(flat) != tensor.shape[0] or not all(isinstance(t, str) for t in flat):
-        raise InvalidInput(f"input 'text' data must be {tensor.shape[0]} strings, as its shape says",
-                           field="inputs.text.data")
-    return flat
+def _flat(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in data:
+        out.extend(_flat(item) if isinstance(item, list) else [item])
+    return out
 
 
-def _param_int(params: dict[str, Any], key: str) -> int | None:
-    value = params.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise InvalidInput(f"parameters.{key} must be an integer", field=f"parameters.{key}")
-    return value
+async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
+    """The body as JSON (with or without a Content-Type), or as a JSON header followed by binary
+    tensor data when Inference-Header-Content-Length is present."""
+    body = await request.body()
+    header_length = request.headers.get(HEADER_LENGTH)
+    header, tail = split_body(body, header_length) if header_length is not None else (body, b"")
+    try:
+        parsed = InferRequest.model_validate_json(header)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
+            from None
+    sizes: list[tuple[str, int]] = []
+    for t in parsed.inputs:
+        size = (t.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise InvalidInput(f"inputs.{t.name}.parameters.binary_data_size must be an integer",
+                                   field=f"inputs.{t.name}.parameters.binary_data_size")
+            sizes.append((f"inputs.{t.name}", size))
+        elif t.data is None:
+            raise InvalidInput(f"input {t.name!r} has neither data nor parameters.binary_data_size",
+                               field=f"inputs.{t.name}.data")
+    raw = take_binary(sizes, tail)
+    tensors = []
+    for t in parsed.inputs:
+        field = f"inputs.{t.name}"
+        data = decode_tensor(t.datatype, t.shape, raw[field], field) if field in raw else _flat(t.data or [])
+        tensors.append(InputTensor(t.name, t.datatype, t.shape, data))
+    return parsed, tensors
 
 
-async def _infer(request: Request, name: str, version: str | None, body: InferRequest) -> dict[str, Any]:
-    if not getattr(request.app.state, "ready", False):
-        raise NotReady("server is not ready")
-    settings = request.app.state.settings
-    model = _registry(request).get(name, version)
-    params = body.parameters or {}
-    texts = check_texts(_texts(body), settings, "inputs.text.data")
-    deadline = deadline_for(request, settings, params.get("timeout"))
-    outputs: list[dict[str, Any]]
-    n = len(texts)
-    if model.card.task == "text-classification":
-        probs = np.stack(await classify_texts(model, texts, "inputs.text.data", deadline))
-        labels = model.card.labels or []
-        outputs = [{"name": "label", "datatype": "BYTES", "shape": [n],
-                    "data": [labels[int(i)] for i in probs.argmax(-1)]},
-                   {"name": "probabilities", "datatype": "FP32", "shape": [n, probs.shape[1]],
-                    "data": [float(x) for x in probs.ravel()]}]
-    else:
-        jobs = translation_jobs(model, texts, "inputs.text.data", _param_int(params, "beam_size"),
-                                _param_int(params, "max_length"), False)
-        results = await run_translations(request, model, jobs, deadline)
-        runner = model.runner
-        outputs = [{"name": "translation", "datatype": "BYTES", "shape": [n],
-                    "data": [runner.detokenize(r.tokens) for r in results]}]  # type: ignore[union-attr]
-    if body.outputs:
-        wanted = {o.name for o in body.outputs}
-        unknown = wanted - {o["name"] for o in outputs}
-        if unknown:
-            raise InvalidInput(f"unknown outputs {sorted(unknown)}", field="outputs")
-        outputs = [o for o in outputs if o["name"] in wanted]
-    response: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
+def _render(result: InferResult, body: InferRequest) -> Response:
+    """JSON, or the JSON header and the binary outputs after it: an output is binary when the
+    request asked so for it (outputs[].parameters.binary_data) or for all (binary_data_output)."""
+    every = bool((body.parameters or {}).get("binary_data_output", False))
+    asked = {o.name: (o.parameters or {}).get("binary_data") for o in body.outputs or []}
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for out in result.outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
+        binary = asked.get(out.name)
+        if every if binary is None else bool(binary):
+            blob = encode_tensor(out.datatype, out.data)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = out.data if isinstance(out.data, list) else out.data.ravel().tolist()
+        outputs.append(entry)
+    answer: dict[str, Any] = {"model_name": result.model_name, "model_version": result.model_version,
+                              "outputs": outputs}
     if body.id is not None:
-        response["id"] = body.id
-    return response
+        answer["id"] = body.id
+    if not blobs:
+        return JSONResponse(answer)
+    header = json.dumps(answer, separators=(",", ":")).encode()
+    return Response(b"".join([header, *blobs]), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    body, inputs = await _read(request)
+    state = request.app.state
+    settings = state.settings
+
+    def deadline(params: dict[str, Any]) -> float:
+        return deadline_for(request, settings, params.get("timeout"))
+
+    guard: Guard = lambda work: unless_client_leaves(request, work)  # noqa: E731
+    result = await infer(state.registry, settings, bool(getattr(state, "ready", False)), name, version, inputs,
+                         [o.name for o in body.outputs] if body.outputs else None, body.parameters or {},
+                         deadline, guard)
+    return _render(result, body)
+
+
+_INFER_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": InferRequest.model_json_schema()},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                            "description": "JSON header of Inference-Header-Content-Length "
+                                                           "bytes, then the binary tensor data"}}}}}
 
 
 @router.get("/models/{name}", summary="Model metadata")
 async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-    return await _metadata(request, name, None)
+    return v2_model.metadata(_registry(request), name, None)
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
 async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
-    return await _metadata(request, name, version)
+    return v2_model.metadata(_registry(request), name, version)
 
 
 @router.get("/models/{name}/ready", summary="Model readiness")
@@ -174,11 +191,21 @@ async def model_version_ready(request: Request, name: str, version: str) -> JSON
     return await _model_ready(request, name, version)
 
 
-@router.post("/models/{name}/infer", summary="Inference")
-async def infer(request: Request, name: str, body: InferRequest) -> JSONResponse:
-    return JSONResponse(await _infer(request, name, None, body))
+@router.get("/models/{name}/config", summary="Model configuration (Triton's JSON form)")
+async def model_config(request: Request, name: str) -> dict[str, Any]:
+    return v2_model.config(_registry(request), request.app.state.settings, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
-async def infer_version(request: Request, name: str, version: str, body: InferRequest) -> JSONResponse:
-    return JSONResponse(await _infer(request, name, version, body))
+@router.get("/models/{name}/versions/{version}/config", summary="Model configuration (one version)")
+async def model_version_config(request: Request, name: str, version: str) -> dict[str, Any]:
+    return v2_model.config(_registry(request), request.app.state.settings, name, version)
+
+
+@router.post("/models/{name}/infer", summary="Inference", openapi_extra=_INFER_DOC)
+async def infer_latest(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)", openapi_extra=_INFER_DOC)
+async def infer_version(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)

@@ -17,6 +17,7 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 inside a container")
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535, description="Open Inference Protocol gRPC port; 0 = no gRPC")
     model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/model.json")
     providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution providers")
     ort_intra_op_threads: int = Field(

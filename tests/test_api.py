@@ -109,7 +109,7 @@ def test_open_inference_protocol_round_trips(committed_server: Server) -> None:
     assert httpx.get(f"{url}/v2/health/ready").status_code == 200
     for name in ("sentiment", "translate-en-de"):
         meta = httpx.get(f"{url}/v2/models/{name}").json()
-        assert meta["name"] == name and meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+        assert meta["name"] == name and meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1, 1]}
         assert httpx.get(f"{url}/v2/models/{name}/versions/1").json() == meta
         assert httpx.get(f"{url}/v2/models/{name}/ready").status_code == 200
         assert httpx.get(f"{url}/v2/models/{name}/versions/1/ready").status_code == 200

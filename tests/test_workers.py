@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import tritonclient.grpc as grpcclient
 
 from loadtests import reliability
 from loadtests.server import metric_value
@@ -40,6 +41,12 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_one() -> None:
                 assert r.status_code == 200 and r.json()["label"] in {"positive", "negative"}
         # any worker answers /metrics for all of them
         assert _requests_counted(server.url) == 30
+        # every worker serves gRPC on the shared port (SO_REUSEPORT); a new channel each
+        assert server.output().count(f"gRPC (Open Inference Protocol) on 127.0.0.1:{server.grpc_port}") == 2
+        for _ in range(6):
+            with grpcclient.InferenceServerClient(server.grpc_url) as grpc_client:
+                assert grpc_client.get_model_metadata("sentiment").name == "sentiment"
+        assert metric_value(server.url, "seqserve_grpc_requests_total", method="ModelMetadata", code="OK") == 6
 
         assert server.workers_serving() == 2  # wait_ready waited for both, not only the first
 

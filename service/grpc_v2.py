@@ -1,0 +1,215 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), in the server process.
+
+A grpc.aio server on SEQSERVE_GRPC_PORT shares the event loop, models, batchers, deadlines, limits
+and error vocabulary with HTTP: ModelInfer calls service/v2_infer.py, as the v2 REST route does,
+and metadata and configuration come from service/v2_model.py. Only the wire format differs: tensors
+arrive as ``raw_input_contents`` (or typed ``contents``) and leave as ``raw_output_contents``.
+Errors become gRPC status codes; API keys travel as ``authorization: Bearer <key>`` or
+``x-api-key`` metadata; each call is counted in ``seqserve_grpc_requests_total{method,code}``.
+With SEQSERVE_WORKERS > 1 every worker binds the port with SO_REUSEPORT and the kernel spreads
+connections across them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from starlette.datastructures import State
+
+from service import __version__, metrics, v2_model
+from service.errors import InvalidInput, ServiceError
+from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
+from service.inputs import deadline_after
+from service.settings import Settings
+from service.v2_binary import decode_tensor, encode_tensor
+from service.v2_infer import InputTensor, infer
+
+log = logging.getLogger("seqserve.grpc")
+access_log = logging.getLogger("seqserve.access")
+
+_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
+          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.INVALID_ARGUMENT,
+          499: grpc.StatusCode.CANCELLED, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+# methods a probe may call without a key (as the HTTP health routes)
+_EXEMPT = {"ServerLive", "ServerReady"}
+# typed contents (when a client sends no raw_input_contents) by datatype
+_CONTENTS = {"BYTES": "bytes_contents", "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+             "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+             "FP32": "fp32_contents", "FP64": "fp64_contents"}
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _parameters(params: Any) -> dict[str, Any]:
+    """InferParameter map → plain values."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        choice = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, choice) if choice else None
+    return out
+
+
+def _inputs(request: Any) -> list[InputTensor]:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"raw_input_contents holds {len(raw)} tensors for {len(request.inputs)} inputs",
+                           field="raw_input_contents", limit=len(request.inputs))
+    tensors = []
+    for i, t in enumerate(request.inputs):
+        shape = list(t.shape)
+        field = f"inputs.{t.name}"
+        if raw:
+            data = decode_tensor(t.datatype, shape, raw[i], field)
+        else:
+            data = list(getattr(t.contents, _CONTENTS.get(t.datatype, "bytes_contents")))
+        tensors.append(InputTensor(t.name, t.datatype, shape, data))
+    return tensors
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Each method: API key check, the call, its error as a status code, a metric and a log line."""
+
+    def __init__(self, state: State, settings: Settings) -> None:
+        self.state = state
+        self.settings = settings
+        self.keys = [k.encode() for k in settings.api_keys if k]
+
+    # --- plumbing shared by every method -------------------------------------------------------
+    def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        presented = metadata.get("x-api-key")
+        auth = str(metadata.get("authorization", ""))
+        if presented is None and auth[:7].lower() == "bearer ":
+            presented = auth[7:].strip()
+        if presented is None:
+            return False
+        value = presented.encode() if isinstance(presented, str) else bytes(presented)
+        return any(hmac.compare_digest(value, key) for key in self.keys)
+
+    @property
+    def _ready(self) -> bool:
+        return bool(getattr(self.state, "ready", False))
+
+    # --- health and metadata -------------------------------------------------------------------
+    async def _server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def _server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self._ready)
+
+    async def _server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerMetadataResponse(name="seqserve", version=__version__, extensions=EXTENSIONS)
+
+    async def _model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.state.registry.get(request.name, request.version or None)
+        return service_pb2.ModelReadyResponse(ready=self._ready)
+
+    async def _model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = v2_model.metadata(self.state.registry, request.name, request.version or None)
+        meta.pop("parameters")  # not a field of ModelMetadataResponse
+        return json_format.ParseDict(meta, service_pb2.ModelMetadataResponse())
+
+    async def _model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        config = v2_model.config(self.state.registry, self.settings, request.name, request.version or None)
+        return service_pb2.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
+
+    # --- inference ------------------------------------------------------------------------------
+    async def _model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        remaining = context.time_remaining()
+
+        def deadline(params: dict[str, Any]) -> float:
+            until = deadline_after(self.settings, (params.get("timeout"), "parameters.timeout"))
+            return until if remaining is None else min(until, time.monotonic() + max(remaining, 0.0))
+
+        requested = [o.name for o in request.outputs] or None
+        result = await infer(self.state.registry, self.settings, self._ready, request.model_name,
+                             request.model_version or None, _inputs(request), requested,
+                             _parameters(request.parameters), deadline)
+        response = service_pb2.ModelInferResponse(model_name=result.model_name, model_version=result.model_version,
+                                                  id=request.id)
+        for out in result.outputs:
+            response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+            response.raw_output_contents.append(encode_tensor(out.datatype, out.data))
+        return response
+
+    async def _unimplemented(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented by seqserve")
+
+
+def _wrap(name: str, handler: Handler) -> Handler:
+    @wraps(handler)
+    async def call(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        message = ""
+        body: dict[str, Any] = {}
+        try:
+            if self.keys and name not in _EXEMPT and not self._authorised(context):
+                code, message = grpc.StatusCode.UNAUTHENTICATED, \
+                    "missing or invalid API key (metadata authorization: Bearer <key>, or x-api-key)"
+                body = {"error": message, "code": "unauthorized", "field": "authorization"}
+            else:
+                return await handler(self, request, context)
+        except ServiceError as exc:
+            code, message, body = _CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message, exc.body()
+        except grpc.aio.AbortError:
+            code = grpc.StatusCode.UNIMPLEMENTED
+            raise
+        except asyncio.CancelledError:  # the client cancelled or its deadline passed: grpc cancels the handler
+            remaining = context.time_remaining()
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 \
+                else grpc.StatusCode.CANCELLED
+            raise
+        except Exception:  # a bug must not leave the client without an answer
+            log.exception("%s failed", name)
+            message = "internal error"
+            code, body = grpc.StatusCode.INTERNAL, {"error": message, "code": "internal_error"}
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.GRPC_REQUESTS.labels(name, code.name).inc()
+            metrics.GRPC_LATENCY.labels(name).observe(elapsed)
+            if self.settings.access_log:
+                access_log.info(json.dumps({"protocol": "grpc", "method": name, "status": code.name,
+                                            "latency_ms": round(elapsed * 1000, 2)}))
+        # the HTTP error body (code, field, limit) travels as trailing metadata
+        await context.abort(code, message, trailing_metadata=(("seqserve-error", json.dumps(body)),))
+
+    return call
+
+
+_METHODS = {"ServerLive": InferenceServicer._server_live, "ServerReady": InferenceServicer._server_ready,
+            "ServerMetadata": InferenceServicer._server_metadata, "ModelReady": InferenceServicer._model_ready,
+            "ModelMetadata": InferenceServicer._model_metadata, "ModelConfig": InferenceServicer._model_config,
+            "ModelInfer": InferenceServicer._model_infer}
+for _name in [n for n in dir(service_pb2_grpc.GRPCInferenceServiceServicer) if n[0].isupper()]:
+    setattr(InferenceServicer, _name, _wrap(_name, _METHODS.get(_name, InferenceServicer._unimplemented)))
+
+
+async def start(state: State, settings: Settings) -> grpc.aio.Server | None:
+    """Serve gRPC on settings.grpc_port (None when it is 0). Raises RuntimeError if the port is taken."""
+    if not settings.grpc_port:
+        return None
+    options = [("grpc.max_receive_message_length", settings.max_body_bytes),
+               # several workers share the port; one process should hear that it is taken
+               ("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
+    server = grpc.aio.server(options=options)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state, settings), server)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    try:
+        server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot serve gRPC on {host}:{settings.grpc_port} (in use?): {exc}") from exc
+    await server.start()
+    log.info("gRPC (Open Inference Protocol) on %s:%d", host, settings.grpc_port)
+    return server

@@ -1,0 +1,131 @@
+"""Open Inference Protocol inference without a transport: what the v2 REST route and the gRPC
+servicer both call. Each adapter turns its wire format into InputTensors (flat values) and the
+InferResult back; validation, limits, deadlines, batching and errors are the same for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.engines import SentimentEngine
+from service.errors import InvalidInput, NotReady
+from service.inputs import check_texts, each
+from service.registry import ModelRegistry, ServedModel
+from service.routes_v1 import classify_texts, translation_jobs
+from service.runners import TranslationRunner
+from service.runners.translation import TranslationOutput
+from service.settings import Settings
+from service.v2_model import outputs_of
+
+FIELD = "inputs.text.data"
+
+Guard = Callable[[Awaitable[list[TranslationOutput]]], Awaitable[list[TranslationOutput]]]
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any]  # flat; BYTES items are str (JSON) or bytes (binary, gRPC)
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[str] | np.ndarray  # str items for BYTES, a float32 array for FP32
+
+
+@dataclass
+class InferResult:
+    model_name: str
+    model_version: str
+    outputs: list[OutputTensor]
+
+
+def _as_text(item: Any, index: int) -> str:
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{FIELD}[{index}] is not valid UTF-8", field=f"{FIELD}[{index}]") from None
+    if not isinstance(item, str):
+        raise InvalidInput(f"{FIELD}[{index}] must be a string, not {type(item).__name__}", field=FIELD)
+    return item
+
+
+def texts_from(inputs: list[InputTensor]) -> tuple[list[str], int]:
+    """The texts of the "text" input and its rank (1 or 2)."""
+    if not inputs:
+        raise InvalidInput("inputs must hold one BYTES tensor named 'text'", field="inputs")
+    tensor = next((t for t in inputs if t.name == "text"), inputs[0] if len(inputs) == 1 else None)
+    if tensor is None:
+        raise InvalidInput("inputs must contain a BYTES tensor named 'text'", field="inputs")
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(f"input 'text' must have datatype BYTES, not {tensor.datatype}",
+                           field="inputs.text.datatype", limit="BYTES")
+    shape = tensor.shape
+    if not shape or len(shape) > 2 or (len(shape) == 2 and shape[1] != 1) or shape[0] < 0:
+        raise InvalidInput(f"input 'text' must have shape [N] or [N, 1], not {shape}", field="inputs.text.shape")
+    if len(tensor.data) != shape[0]:
+        raise InvalidInput(f"input 'text' data must be {shape[0]} strings, as its shape says; got {len(tensor.data)}",
+                           field=FIELD, limit=shape[0])
+    return [_as_text(item, i) for i, item in enumerate(tensor.data)], len(shape)
+
+
+def _param_int(params: dict[str, Any], key: str) -> int | None:
+    value = params.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise InvalidInput(f"parameters.{key} must be an integer", field=f"parameters.{key}")
+    return value
+
+
+def check_outputs(model: ServedModel, requested: list[str] | None) -> list[str]:
+    """The names of the outputs to answer with, checked before any work is done."""
+    names = [o.name for o in outputs_of(model)]
+    if not requested:
+        return names
+    unknown = sorted(set(requested) - set(names))
+    if unknown:
+        raise InvalidInput(f"unknown outputs {unknown}; model {model.name} has {names}", field="outputs", limit=names)
+    return [n for n in names if n in requested]
+
+
+async def _passthrough(work: Awaitable[list[TranslationOutput]]) -> list[TranslationOutput]:
+    return await work
+
+
+async def infer(registry: ModelRegistry, settings: Settings, ready: bool, name: str, version: str | None,
+                inputs: list[InputTensor], requested: list[str] | None, params: dict[str, Any],
+                deadline: Callable[[dict[str, Any]], float], guard: Guard = _passthrough) -> InferResult:
+    """Run one request. ``deadline`` turns the request parameters into the absolute deadline (each
+    transport adds its own timeout); ``guard`` wraps decoding (HTTP drops a client that leaves)."""
+    if not ready:
+        raise NotReady("server is not ready")
+    model = registry.get(name, version)
+    wanted = check_outputs(model, requested)
+    texts, rank = texts_from(inputs)
+    check_texts(texts, settings, FIELD)
+    until = deadline(params)
+    n = len(texts)
+    text_shape = [n] if rank == 1 else [n, 1]
+    outputs: list[OutputTensor]
+    if model.card.task == "text-classification":
+        probs = np.stack(await classify_texts(model, texts, FIELD, until)).astype(np.float32)
+        labels = model.card.labels or []
+        outputs = [OutputTensor("label", "BYTES", text_shape, [labels[int(i)] for i in probs.argmax(-1)]),
+                   OutputTensor("probabilities", "FP32", list(probs.shape), probs)]
+    else:
+        runner, engine = model.runner, model.engine
+        assert isinstance(runner, TranslationRunner) and not isinstance(engine, SentimentEngine)
+        jobs = translation_jobs(model, texts, FIELD, _param_int(params, "beam_size"),
+                                _param_int(params, "max_length"), False)
+        results = await guard(each([engine.translate(job, until) for job in jobs]))
+        outputs = [OutputTensor("translation", "BYTES", text_shape, [runner.detokenize(r.tokens) for r in results])]
+    return InferResult(model.name, model.version, [o for o in outputs if o.name in wanted])

@@ -1,0 +1,161 @@
+"""The Open Inference Protocol over gRPC as the stock client uses it (tritonclient.grpc, sync and
+asyncio) against the session's real server (committed_server), plus one keyed server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.grpc.aio as tg_aio
+from starlette.datastructures import State
+from tritonclient.utils import InferenceServerException
+
+from loadtests.server import metric_value
+from service import grpc_v2
+from service.settings import Settings
+from tests.conftest import COMMITTED_MODELS, Server
+
+TEXTS = ["A gorgeous, witty, seductive movie.", "A dull, lifeless film."]
+GERMAN = ["Two dogs play in the snow.", "A woman sings."]
+
+
+def _text(module: object, texts: list[str], datatype: str = "BYTES") -> tg.InferInput:
+    array = np.array([[t.encode()] for t in texts], dtype=np.object_)
+    tensor = module.InferInput("text", list(array.shape), datatype)  # type: ignore[attr-defined]
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _v1(url: str, route: str, texts: list[str]) -> list[dict]:  # type: ignore[type-arg]
+    return httpx.post(f"{url}/v1/{route}", json={"texts": texts}, timeout=60).json()["results"]
+
+
+@pytest.fixture(scope="module")
+def client(committed_server: Server) -> Iterator[tg.InferenceServerClient]:
+    client = tg.InferenceServerClient(url=committed_server.grpc_url)
+    yield client
+    client.close()
+
+
+def test_health_metadata_and_config(client: tg.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.get_server_metadata(as_json=True)["extensions"] == ["binary_tensor_data", "model_configuration"]
+    for name in ("sentiment", "translate-en-de"):
+        assert client.is_model_ready(name) and client.is_model_ready(name, "1")
+        meta = client.get_model_metadata(name, as_json=True)
+        assert meta["versions"] == ["1"]
+        assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1", "1"]}]
+    config = client.get_model_config("sentiment", as_json=True)["config"]
+    assert config["max_batch_size"] == 64 and config["input"][0]["data_type"] == "TYPE_STRING"
+    assert [o["data_type"] for o in config["output"]] == ["TYPE_STRING", "TYPE_FP32"]
+    assert "dynamic_batching" in config
+
+
+def test_both_models_answer_as_v1_does(client: tg.InferenceServerClient, committed_server: Server) -> None:
+    before = metric_value(committed_server.url, "seqserve_grpc_requests_total", method="ModelInfer", code="OK")
+    result = client.infer("sentiment", [_text(tg, TEXTS)], request_id="g1")
+    assert result.get_response().id == "g1"
+    v1 = _v1(committed_server.url, "sentiment", TEXTS)
+    labels = [b.decode() for b in result.as_numpy("label").ravel()]
+    assert labels == [r["label"] for r in v1] == ["positive", "negative"]
+    assert result.as_numpy("probabilities")[:, 1] == pytest.approx([r["probabilities"]["positive"] for r in v1],
+                                                                   abs=1e-6)
+    result = client.infer("translate-en-de", [_text(tg, GERMAN)], outputs=[tg.InferRequestedOutput("translation")],
+                          parameters={"beam_size": 2})
+    v1 = httpx.post(f"{committed_server.url}/v1/translate", json={"texts": GERMAN, "beam_size": 2}, timeout=60)
+    assert [b.decode() for b in result.as_numpy("translation").ravel()] == \
+        [r["translation"] for r in v1.json()["results"]]
+    after = metric_value(committed_server.url, "seqserve_grpc_requests_total", method="ModelInfer", code="OK")
+    assert after - before == 2  # the HTTP series are left as they were
+
+
+def test_asyncio_client(committed_server: Server) -> None:
+    async def run() -> list[str]:
+        async with tg_aio.InferenceServerClient(url=committed_server.grpc_url) as client:
+            assert await client.is_model_ready("sentiment")
+            results = await asyncio.gather(*[client.infer("sentiment", [_text(tg_aio, [t])]) for t in TEXTS * 4])
+        return [r.as_numpy("label")[0, 0].decode() for r in results]
+
+    assert asyncio.run(run()) == ["positive", "negative"] * 4
+
+
+@pytest.mark.parametrize(("model", "texts", "datatype", "shape", "code", "words"), [
+    ("nope", TEXTS, "BYTES", None, "StatusCode.NOT_FOUND", "unknown model nope"),
+    ("sentiment", TEXTS, "FP32", None, "StatusCode.INVALID_ARGUMENT", "datatype BYTES"),
+    ("sentiment", TEXTS, "BYTES", [1, 2], "StatusCode.INVALID_ARGUMENT", "shape [N] or [N, 1]"),
+    ("sentiment", ["ok", "  "], "BYTES", None, "StatusCode.INVALID_ARGUMENT", "inputs.text.data[1] is empty"),
+    ("translate-en-de", [""], "BYTES", None, "StatusCode.INVALID_ARGUMENT", "inputs.text.data[0] is empty"),
+])
+def test_errors_are_status_codes(client: tg.InferenceServerClient, model: str, texts: list[str], datatype: str,
+                                 shape: list[int] | None, code: str, words: str) -> None:
+    tensor = _text(tg, texts)
+    if datatype != "BYTES":
+        tensor = tg.InferInput("text", [len(texts), 1], datatype)
+        tensor.set_data_from_numpy(np.ones((len(texts), 1), dtype=np.float32))
+    if shape is not None:
+        tensor.set_shape(shape)
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(model, [tensor])
+    assert err.value.status() == code and words in err.value.message()
+
+
+def test_the_grpc_deadline_bounds_a_translation(client: tg.InferenceServerClient, committed_server: Server) -> None:
+    def dropped() -> float:
+        return sum(metric_value(committed_server.url, "seqserve_dropped_total", model="translate-en-de", reason=r)
+                   for r in ("client_gone", "deadline"))
+
+    before = dropped()
+    long_text = " ".join(["A man in a red shirt is riding a bike down the street."] * 4)
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("translate-en-de", [_text(tg, [long_text] * 16)], parameters={"beam_size": 10},
+                     client_timeout=0.2)
+    assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    # the server gave up the work too, instead of decoding for nobody
+    end = time.monotonic() + 10
+    while dropped() < before + 16 and time.monotonic() < end:
+        time.sleep(0.1)
+    assert dropped() >= before + 16
+    assert metric_value(committed_server.url, "seqserve_grpc_requests_total", method="ModelInfer",
+                        code="DEADLINE_EXCEEDED") >= 1
+    assert client.is_server_ready()
+
+
+def test_a_grpc_port_in_use_is_a_clear_refusal() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = Server(COMMITTED_MODELS, grpc_port=str(port), warmup="false")
+        assert server.proc.wait(timeout=60) == 3
+    assert f"cannot serve gRPC on 127.0.0.1:{port}" in server.output()
+
+
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[Server]:
+    server = Server(COMMITTED_MODELS, api_keys='["k1"]', warmup="false").wait_ready()
+    yield server
+    server.stop()
+
+
+def test_api_keys_in_metadata(keyed_server: Server) -> None:
+    client = tg.InferenceServerClient(url=keyed_server.grpc_url)
+    assert client.is_server_ready()  # probes need no key, as on HTTP
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("sentiment", [_text(tg, TEXTS[:1])])
+    assert err.value.status() == "StatusCode.UNAUTHENTICATED"
+    for headers in ({"authorization": "Bearer k1"}, {"x-api-key": "k1"}):
+        result = client.infer("sentiment", [_text(tg, TEXTS[:1])], headers=headers)
+        assert result.as_numpy("label")[0, 0] == b"positive"
+    assert metric_value(keyed_server.url, "seqserve_grpc_requests_total", method="ModelInfer",
+                        code="UNAUTHENTICATED") == 1
+    client.close()
+
+
+def test_grpc_port_zero_turns_it_off() -> None:
+    assert asyncio.run(grpc_v2.start(State(), Settings(grpc_port=0))) is None

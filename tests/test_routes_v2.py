@@ -1,0 +1,157 @@
+"""The Open Inference Protocol over HTTP as the stock client uses it (tritonclient.http, sync and
+asyncio): binary tensors (its default) and JSON, both models, metadata, configuration, errors.
+One real server for the whole session (committed_server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as tc
+import tritonclient.http.aio as tc_aio
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import Server
+
+TEXTS = ["A gorgeous, witty, seductive movie.", "A dull, lifeless film."]
+GERMAN = ["Two dogs play in the snow.", "A woman sings."]
+
+
+def _text(module: object, texts: list[str], binary: bool, datatype: str = "BYTES") -> tc.InferInput:
+    array = np.array([[t.encode()] for t in texts], dtype=np.object_)
+    tensor = module.InferInput("text", list(array.shape), datatype)  # type: ignore[attr-defined]
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    return tensor
+
+
+def _strings(array: np.ndarray) -> list[str]:
+    """BYTES elements: bytes when they came binary, str when they came as JSON (the client's way)."""
+    return [x.decode() if isinstance(x, bytes) else x for x in array.ravel()]
+
+
+def _v1(url: str, route: str, texts: list[str]) -> list[dict]:  # type: ignore[type-arg]
+    return httpx.post(f"{url}/v1/{route}", json={"texts": texts}, timeout=60).json()["results"]
+
+
+@pytest.fixture(scope="module")
+def client(committed_server: Server) -> tc.InferenceServerClient:
+    return tc.InferenceServerClient(url=committed_server.url.removeprefix("http://"), network_timeout=60)
+
+
+def test_server_and_model_metadata(client: tc.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration"]
+    for name in ("sentiment", "translate-en-de"):
+        assert client.is_model_ready(name) and client.is_model_ready(name, "1")
+        meta = client.get_model_metadata(name)
+        assert meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
+        assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}]
+    outputs = {o["name"]: o for o in client.get_model_metadata("sentiment")["outputs"]}
+    assert outputs["probabilities"] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}
+
+
+def test_model_configuration_in_tritons_form(client: tc.InferenceServerClient) -> None:
+    config = client.get_model_config("sentiment")
+    assert config == client.get_model_config("sentiment", "1")
+    assert config["name"] == "sentiment" and config["platform"] == "onnxruntime_onnx"
+    assert config["max_batch_size"] == 64
+    assert config["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [1]}]
+    assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [
+        ("label", "TYPE_STRING", [1]), ("probabilities", "TYPE_FP32", [2])]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    translator = client.get_model_config("translate-en-de")
+    assert translator["output"] == [{"name": "translation", "data_type": "TYPE_STRING", "dims": [1]}]
+    assert translator["parameters"]["max_beam_size"]["string_value"] == "10"
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_both_models_answer_as_v1_does(client: tc.InferenceServerClient, committed_server: Server,
+                                       binary: bool) -> None:
+    outputs = None if binary else [tc.InferRequestedOutput(n, binary_data=False) for n in ("label", "probabilities")]
+    result = client.infer("sentiment", [_text(tc, TEXTS, binary)], outputs=outputs, request_id="r1")
+    response = result.get_response()
+    assert response["id"] == "r1" and response["model_version"] == "1"
+    assert all(("parameters" in o) == binary for o in response["outputs"])
+    v1 = _v1(committed_server.url, "sentiment", TEXTS)
+    labels = _strings(result.as_numpy("label"))
+    assert labels == [r["label"] for r in v1] == ["positive", "negative"]
+    assert result.as_numpy("label").shape == (2, 1)
+    probs = result.as_numpy("probabilities")
+    assert probs.dtype == np.float32 and probs.shape == (2, 2)
+    assert probs[:, 1] == pytest.approx([r["probabilities"]["positive"] for r in v1], abs=1e-6)
+
+    outputs = [tc.InferRequestedOutput("translation", binary_data=binary)]
+    result = client.infer("translate-en-de", [_text(tc, GERMAN, binary)], outputs=outputs)
+    assert _strings(result.as_numpy("translation")) == \
+        [r["translation"] for r in _v1(committed_server.url, "translate", GERMAN)]
+
+
+def test_one_requested_output_and_decoding_parameters(client: tc.InferenceServerClient) -> None:
+    result = client.infer("sentiment", [_text(tc, TEXTS[:1], True)], outputs=[tc.InferRequestedOutput("label")])
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["label"]
+    greedy = client.infer("translate-en-de", [_text(tc, GERMAN[:1], True)], parameters={"beam_size": 1})
+    assert greedy.as_numpy("translation")[0, 0].decode()
+
+
+def test_asyncio_client(committed_server: Server) -> None:
+    async def run() -> tuple[list[str], list[str]]:
+        client = tc_aio.InferenceServerClient(url=committed_server.url.removeprefix("http://"))
+        try:
+            assert await client.is_server_ready()
+            assert (await client.get_model_config("translate-en-de"))["max_batch_size"] == 64
+            sentiment, translation = await asyncio.gather(
+                client.infer("sentiment", [_text(tc_aio, TEXTS, True)]),
+                client.infer("translate-en-de", [_text(tc_aio, GERMAN, False)],
+                             outputs=[tc_aio.InferRequestedOutput("translation", binary_data=False)]))
+        finally:
+            await client.close()
+        return _strings(sentiment.as_numpy("label")), _strings(translation.as_numpy("translation"))
+
+    labels, german = asyncio.run(run())
+    assert labels == ["positive", "negative"]
+    assert german == [r["translation"] for r in _v1(committed_server.url, "translate", GERMAN)]
+
+
+@pytest.mark.parametrize(("model", "texts", "datatype", "shape", "status", "words"), [
+    ("nope", TEXTS, "BYTES", None, "404", "unknown model nope"),
+    ("sentiment", TEXTS, "FP32", None, "422", "datatype BYTES"),
+    ("sentiment", TEXTS, "BYTES", [1, 2], "422", "shape [N] or [N, 1]"),
+    ("sentiment", ["ok", "  "], "BYTES", None, "422", "inputs.text.data[1] is empty"),
+    ("translate-en-de", [""], "BYTES", None, "422", "inputs.text.data[0] is empty"),
+])
+def test_errors_reach_the_client(client: tc.InferenceServerClient, model: str, texts: list[str], datatype: str,
+                                 shape: list[int] | None, status: str, words: str) -> None:
+    tensor = _text(tc, texts, True)
+    if datatype != "BYTES":
+        tensor = tc.InferInput("text", [len(texts), 1], datatype)
+        tensor.set_data_from_numpy(np.ones((len(texts), 1), dtype=np.float32))
+    if shape is not None:
+        tensor.set_shape(shape)
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(model, [tensor])
+    assert err.value.status() == status and words in err.value.message()
+
+
+def test_a_body_without_content_type_is_json(committed_server: Server) -> None:
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
+    r = httpx.post(f"{committed_server.url}/v2/models/sentiment/infer", content=json.dumps(body).encode())
+    assert "content-type" not in r.request.headers
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0] == {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["positive"]}
+
+
+def test_binary_body_mistakes_are_named(committed_server: Server) -> None:
+    header = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": 50}}]}).encode()
+    url = f"{committed_server.url}/v2/models/sentiment/infer"
+    r = httpx.post(url, content=header + b"\x05\x00\x00\x00hello",
+                   headers={"Inference-Header-Content-Length": str(len(header))})
+    assert r.status_code == 422 and r.json()["field"] == "inputs.text.parameters.binary_data_size", r.text
+    r = httpx.post(url, content=header, headers={"Inference-Header-Content-Length": str(len(header) + 5)})
+    assert r.status_code == 422 and r.json()["field"] == "Inference-Header-Content-Length"
+    r = httpx.post(url, content=json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                                        "data": ["x"]}], "outputs": [{"name": "nope"}]}))
+    assert r.status_code == 422 and r.json()["field"] == "outputs" and r.json()["limit"] == ["label", "probabilities"]
