@@ -90,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
-                                          "X-Request-Timeout"], expose_headers=["X-Request-ID", "Retry-After"])
+                                          "X-Request-Timeout", "Inference-Header-Content-Length"],
+                           expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"])
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        log_requests=settings.access_log)
     return app
