@@ -25,7 +25,7 @@ import grpc
 from google.protobuf import json_format
 from starlette.datastructures import State
 
-from service import __version__, metrics, v2_model
+from service import __version__, metrics, v2_model, v2_stats
 from service.errors import InvalidInput, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
 from service.inputs import deadline_after
@@ -46,7 +46,6 @@ _CONTENTS = {"BYTES": "bytes_contents", "BOOL": "bool_contents", "INT8": "int_co
              "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
              "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
              "FP32": "fp32_contents", "FP64": "fp64_contents"}
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -109,7 +108,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerReadyResponse(ready=self._ready)
 
     async def _server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return service_pb2.ServerMetadataResponse(name="seqserve", version=__version__, extensions=EXTENSIONS)
+        return service_pb2.ServerMetadataResponse(name="seqserve", version=__version__, extensions=v2_model.EXTENSIONS)
 
     async def _model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.state.registry.get(request.name, request.version or None)
@@ -123,6 +122,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         config = v2_model.config(self.state.registry, self.settings, request.name, request.version or None)
         return service_pb2.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
+
+    async def _model_statistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        stats = v2_stats.statistics(self.state.registry, request.name or None, request.version or None)
+        return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
 
     # --- inference ------------------------------------------------------------------------------
     async def _model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -191,7 +194,7 @@ def _wrap(name: str, handler: Handler) -> Handler:
 _METHODS = {"ServerLive": InferenceServicer._server_live, "ServerReady": InferenceServicer._server_ready,
             "ServerMetadata": InferenceServicer._server_metadata, "ModelReady": InferenceServicer._model_ready,
             "ModelMetadata": InferenceServicer._model_metadata, "ModelConfig": InferenceServicer._model_config,
-            "ModelInfer": InferenceServicer._model_infer}
+            "ModelStatistics": InferenceServicer._model_statistics, "ModelInfer": InferenceServicer._model_infer}
 for _name in [n for n in dir(service_pb2_grpc.GRPCInferenceServiceServicer) if n[0].isupper()]:
     setattr(InferenceServicer, _name, _wrap(_name, _METHODS.get(_name, InferenceServicer._unimplemented)))
 

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service import __version__, v2_model
+from service import __version__, v2_model, v2_stats
 from service.errors import InvalidInput
 from service.inputs import deadline_for, unless_client_leaves
 from service.registry import ModelRegistry
@@ -28,8 +28,6 @@ from service.v2_infer import Guard, InferResult, InputTensor, infer
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
-# what GET /v2 lists: only extensions implemented as Triton's schema has them
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 
 
 class InferInput(BaseModel):
@@ -63,7 +61,7 @@ def _registry(request: Request) -> ModelRegistry:
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "seqserve", "version": __version__, "extensions": EXTENSIONS}
+    return {"name": "seqserve", "version": __version__, "extensions": v2_model.EXTENSIONS}
 
 
 @router.get("/health/live", summary="Liveness: the process answers")
@@ -169,6 +167,21 @@ _INFER_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary",
                                             "description": "JSON header of Inference-Header-Content-Length "
                                                            "bytes, then the binary tensor data"}}}}}
+
+
+@router.get("/models/stats", summary="Statistics of every model (Triton's schema)")
+async def all_statistics(request: Request) -> dict[str, Any]:
+    return v2_stats.statistics(_registry(request), None, None)
+
+
+@router.get("/models/{name}/stats", summary="Statistics of a model's versions")
+async def model_statistics(request: Request, name: str) -> dict[str, Any]:
+    return v2_stats.statistics(_registry(request), name, None)
+
+
+@router.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version")
+async def model_version_statistics(request: Request, name: str, version: str) -> dict[str, Any]:
+    return v2_stats.statistics(_registry(request), name, version)
 
 
 @router.get("/models/{name}", summary="Model metadata")

@@ -5,12 +5,14 @@ InferResult back; validation, limits, deadlines, batching and errors are the sam
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from service import v2_stats
 from service.engines import SentimentEngine
 from service.errors import InvalidInput, NotReady
 from service.inputs import check_texts, each
@@ -109,6 +111,19 @@ async def infer(registry: ModelRegistry, settings: Settings, ready: bool, name: 
     if not ready:
         raise NotReady("server is not ready")
     model = registry.get(name, version)
+    started = time.perf_counter()
+    ok = False
+    try:
+        result = await _run(registry, settings, model, inputs, requested, params, deadline, guard)
+        ok = True
+        return result
+    finally:
+        v2_stats.record(model.name, model.version, ok, time.perf_counter() - started)
+
+
+async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, inputs: list[InputTensor],
+               requested: list[str] | None, params: dict[str, Any], deadline: Callable[[dict[str, Any]], float],
+               guard: Guard) -> InferResult:
     wanted = check_outputs(model, requested)
     texts, rank = texts_from(inputs)
     check_texts(texts, settings, FIELD)

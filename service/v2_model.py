@@ -30,6 +30,8 @@ class TensorSpec:
 
 
 TEXT_INPUT = TensorSpec("text", "BYTES", [1])
+# what GET /v2 and gRPC ServerMetadata list: only extensions implemented as Triton's schema has them
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 
 
 def outputs_of(model: ServedModel) -> list[TensorSpec]:

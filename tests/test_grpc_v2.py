@@ -45,7 +45,7 @@ def client(committed_server: Server) -> Iterator[tg.InferenceServerClient]:
 
 def test_health_metadata_and_config(client: tg.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert client.get_server_metadata(as_json=True)["extensions"] == ["binary_tensor_data", "model_configuration"]
+    assert client.get_server_metadata(as_json=True)["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
     for name in ("sentiment", "translate-en-de"):
         assert client.is_model_ready(name) and client.is_model_ready(name, "1")
         meta = client.get_model_metadata(name, as_json=True)
@@ -73,6 +73,13 @@ def test_both_models_answer_as_v1_does(client: tg.InferenceServerClient, committ
         [r["translation"] for r in v1.json()["results"]]
     after = metric_value(committed_server.url, "seqserve_grpc_requests_total", method="ModelInfer", code="OK")
     assert after - before == 2  # the HTTP series are left as they were
+
+
+def test_statistics(client: tg.InferenceServerClient) -> None:
+    client.infer("translate-en-de", [_text(tg, GERMAN[:1])])
+    stats = client.get_inference_statistics("translate-en-de", as_json=True)["model_stats"]
+    assert stats[0]["name"] == "translate-en-de" and int(stats[0]["inference_stats"]["success"]["count"]) >= 1
+    assert int(stats[0]["execution_count"]) > 0  # decoder steps
 
 
 def test_asyncio_client(committed_server: Server) -> None:

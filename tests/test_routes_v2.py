@@ -43,7 +43,7 @@ def client(committed_server: Server) -> tc.InferenceServerClient:
 
 def test_server_and_model_metadata(client: tc.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration"]
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
     for name in ("sentiment", "translate-en-de"):
         assert client.is_model_ready(name) and client.is_model_ready(name, "1")
         meta = client.get_model_metadata(name)
@@ -94,6 +94,27 @@ def test_one_requested_output_and_decoding_parameters(client: tc.InferenceServer
     assert [o["name"] for o in result.get_response()["outputs"]] == ["label"]
     greedy = client.infer("translate-en-de", [_text(tc, GERMAN[:1], True)], parameters={"beam_size": 1})
     assert greedy.as_numpy("translation")[0, 0].decode()
+
+
+def test_statistics_in_tritons_schema(client: tc.InferenceServerClient) -> None:
+    before = client.get_inference_statistics("sentiment")["model_stats"][0]
+    client.infer("sentiment", [_text(tc, TEXTS, True)])
+    with pytest.raises(InferenceServerException):
+        client.infer("sentiment", [_text(tc, ["  "], True)])
+    stats = client.get_inference_statistics("sentiment", "1")["model_stats"]
+    assert [(s["name"], s["version"]) for s in stats] == [("sentiment", "1")]
+    after = stats[0]
+    assert after["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
+    assert after["inference_stats"]["fail"]["count"] == before["inference_stats"]["fail"]["count"] + 1
+    assert after["inference_count"] >= before["inference_count"] + 2
+    assert after["execution_count"] > before["execution_count"]
+    assert after["inference_stats"]["queue"]["ns"] > before["inference_stats"]["queue"]["ns"]
+    assert after["last_inference"] > 0
+    everything = client.get_inference_statistics()["model_stats"]
+    assert {s["name"] for s in everything} == {"sentiment", "translate-en-de"}
+    with pytest.raises(InferenceServerException) as err:
+        client.get_inference_statistics("nope")
+    assert err.value.status() == "404"
 
 
 def test_asyncio_client(committed_server: Server) -> None:
