@@ -45,7 +45,8 @@ def client(committed_server: Server) -> Iterator[tg.InferenceServerClient]:
 
 def test_health_metadata_and_config(client: tg.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert client.get_server_metadata(as_json=True)["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
+    extensions = client.get_server_metadata(as_json=True)["extensions"]
+    assert extensions == ["binary_tensor_data", "model_configuration", "statistics"]
     for name in ("sentiment", "translate-en-de"):
         assert client.is_model_ready(name) and client.is_model_ready(name, "1")
         meta = client.get_model_metadata(name, as_json=True)
