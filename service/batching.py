@@ -23,11 +23,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from service import metrics
-from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
+from service.admission import Admission, Waiting
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
 
 log = logging.getLogger("seqserve.batching")
 
@@ -36,13 +37,16 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-@dataclass
-class WorkItem(Generic[P, R]):
-    payload: P
-    length: int  # tokens, for length sorting and the padded-token budget
-    deadline: float  # time.monotonic() seconds
-    future: asyncio.Future[R]
-    enqueued_at: float = field(default_factory=time.monotonic)
+class WorkItem(Waiting, Generic[P, R]):
+    __slots__ = ("deadline", "enqueued_at", "future", "length", "payload")
+
+    def __init__(self, payload: P, length: int, deadline: float, future: asyncio.Future[R]) -> None:
+        super().__init__()
+        self.payload = payload
+        self.length = length  # tokens, for length sorting and the padded-token budget
+        self.deadline = deadline  # time.monotonic() seconds
+        self.future = future
+        self.enqueued_at = time.monotonic()
 
 
 @dataclass
@@ -58,22 +62,35 @@ class BatchPolicy:
 
 
 Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]  # a future, its result or its error
+Queued = TypeVar("Queued", bound="Waiting")
+
+_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)  # before replacing a thread that failed 1, 2, 3, 4+ times in a row
 
 
 class AnsweredFromThreads:
     """Work accepted on the event loop and answered from worker threads (the batcher's workers,
-    the decoder's lanes): accepting a request into a bounded queue, awaiting its answer up to its
-    deadline, what is in flight, ``drain``, and the hand-over of answers.
+    the decoder's lanes): admission (service/admission.py), awaiting the answers up to the
+    deadline, what is in flight, ``drain``, the hand-over of answers, and the threads' supervision.
 
-    ``in_flight`` changes on the event loop only: +1 when a request is accepted, -1 when its
+    ``in_flight`` changes on the event loop only: +1 when a text is accepted, -1 when its
     answer is settled there. Threads hand answers over with one wake-up of the loop per batch.
+
+    A thread that raises outside the model call (the model call's own errors fail only its batch)
+    is logged, the texts it had taken are answered with 500 ``inference_failed``, and a new thread
+    takes its place. ``healthy`` (readiness) turns false only when the replacement fails too,
+    before it has done any work, and true again once a thread gets work done.
     """
 
     def __init__(self, name: str, max_queue_size: int) -> None:
         self.name = name
         self.max_queue_size = max_queue_size
+        self.admission = Admission(name, max_queue_size)
         self.accepting = False
+        self.healthy = True
         self.in_flight = 0  # accepted, not yet answered
+        self._faults_in_a_row = 0
+        self._stop = threading.Event()
+        self.threads: list[threading.Thread] = []  # supervised: a failed one is replaced in place
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _open(self) -> None:
@@ -85,24 +102,27 @@ class AnsweredFromThreads:
             raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
         return self._loop.create_future()
 
-    def _accept(self, put: Callable[[T], None], item: T) -> None:
-        """Queue ``item`` with ``put`` (a bounded queue's put_nowait): 503 at once when it is full."""
-        try:
+    def _accept_all(self, put: Callable[[Queued], None], items: list[Queued]) -> None:
+        """Admit ``items`` (one request's texts) whole, or refuse them whole with 503, then queue them."""
+        self.admission.admit(items)
+        for item in items:
             put(item)
-        except queue.Full:
-            metrics.REJECTED.labels(self.name, "queue_full").inc()
-            raise Overloaded(f"model {self.name} queue is full ({self.max_queue_size} waiting); retry later",
-                             retry_after_s=1) from None
-        self.in_flight += 1
+        self.in_flight += len(items)
 
-    async def _answer(self, future: asyncio.Future[Any], deadline: float) -> Any:
-        """The answer, or 504 at the deadline. On timeout or client disconnect the awaited future
-        is cancelled; the worker or lane sees that and drops the request."""
+    async def _answer_all(self, items: Sequence[Any], deadline: float) -> list[Any]:
+        """Every item's answer in order, or 504 at the deadline. When one fails, or on timeout, or
+        when the caller is cancelled (its client left), the rest are cancelled so that the
+        threads drop them; texts still queued give their places back at once."""
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                return await future
+                return [await item.future for item in items]
         except TimeoutError:
             raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
+        finally:
+            for item in items:
+                if not item.future.done():
+                    item.future.cancel()
+                self.admission.leave(item)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting, let queued and running work finish; True if it all finished in time."""
@@ -131,6 +151,45 @@ class AnsweredFromThreads:
                 future.set_result(result)
         if then is not None:
             then()
+
+    # --- supervised threads -----------------------------------------------------------------
+    def _start_thread(self, name: str, turn: Callable[[], bool], on_fault: Callable[[BaseException], None],
+                      index: int | None = None) -> None:
+        """Start a thread that calls ``turn`` (True when it got work done) until the engine stops;
+        if ``turn`` raises, ``on_fault`` answers what the thread had taken and a new thread with the
+        same ``turn`` replaces this one."""
+
+        def main() -> None:
+            try:
+                while not self._stop.is_set():
+                    if turn():
+                        self._faults_in_a_row = 0
+                        self.healthy = True
+            except BaseException as exc:  # anything that ends the thread is answered and logged
+                self._faults_in_a_row += 1
+                self.healthy = self._faults_in_a_row < 2  # the replacement failed too: not ready
+                log.exception("thread %s of model %s failed (%d in a row); answering what it held and "
+                              "starting a new one", name, self.name, self._faults_in_a_row)
+                try:
+                    on_fault(exc)
+                finally:
+                    if not self._stop.wait(_BACKOFF_S[min(self._faults_in_a_row, len(_BACKOFF_S)) - 1]):
+                        self._start_thread(name, turn, on_fault, self.threads.index(threading.current_thread()))
+
+        thread = threading.Thread(target=main, name=f"seqserve-{self.name}-{name}", daemon=True)
+        if index is None:
+            self.threads.append(thread)
+        else:
+            self.threads[index] = thread
+        thread.start()
+
+    async def _join_threads(self) -> None:
+        self._stop.set()
+        for thread in list(self.threads):
+            await asyncio.to_thread(thread.join, 10.0)
+
+    def failure(self, exc: BaseException) -> InferenceFailed:
+        return InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
 
 
 def split_by_budget(items: list[WorkItem[P, R]], policy: BatchPolicy) -> list[list[WorkItem[P, R]]]:
@@ -168,12 +227,11 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         super().__init__(name, policy.max_queue_size)
         self.run_batch = run_batch
         self.policy = policy
-        # thread-safe: the event loop puts, the workers take
-        self.queue: queue.Queue[WorkItem[P, R]] = queue.Queue(maxsize=policy.max_queue_size)
+        # thread-safe: the event loop puts, the workers take; its length is bounded by admission
+        self.queue: queue.Queue[WorkItem[P, R]] = queue.Queue()
         self._last_arrival = 0.0
         self._mean_gap_s = 1.0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._held = threading.local()  # per worker: the window it took and has not answered yet
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -181,29 +239,31 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
         # that many batches at once (best with 1 intra-op thread each on a small CPU)
         for i in range(max(1, self.policy.instances)):
-            thread = threading.Thread(target=self._work, name=f"seqserve-{self.name}-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._start_thread(str(i), self._turn, self._fail_held)
 
     async def close(self) -> None:
         self.accepting = False
-        self._stop.set()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, 10.0)
+        await self._join_threads()
         await asyncio.sleep(0)  # answers the workers handed over before stopping are delivered
         while not self.queue.empty():  # nothing accepted is left without an answer
             item = self.queue.get_nowait()
             self._settle([(item.future, None, NotReady("server shut down before this request ran"))])
 
     # --- requests (event loop) --------------------------------------------------------------
-    async def submit(self, payload: P, length: int, deadline: float) -> R:
-        item: WorkItem[P, R] = WorkItem(payload, length, deadline, self._new_future())
-        self._accept(self.queue.put_nowait, item)
+    async def submit_all(self, payloads: list[tuple[P, int]], deadline: float) -> list[R]:
+        """Run one request's payloads (each with its length in tokens); answers in order."""
+        items: list[WorkItem[P, R]] = [WorkItem(payload, length, deadline, self._new_future())
+                                       for payload, length in payloads]
+        self._accept_all(self.queue.put_nowait, items)
         # moving average of the time between arrivals (decides whether a window waits)
-        self._mean_gap_s += 0.1 * (min(item.enqueued_at - self._last_arrival, 1.0) - self._mean_gap_s)
-        self._last_arrival = item.enqueued_at
-        result: R = await self._answer(item.future, deadline)
-        return result
+        now = items[0].enqueued_at
+        self._mean_gap_s += 0.1 * (min(now - self._last_arrival, 1.0) - self._mean_gap_s)
+        self._last_arrival = now
+        return await self._answer_all(items, deadline)
+
+    async def submit(self, payload: P, length: int, deadline: float) -> R:
+        """One payload alone (a request of one text)."""
+        return (await self.submit_all([(payload, length)], deadline))[0]
 
     # --- the workers (threads) --------------------------------------------------------------
     def _next_window(self) -> list[WorkItem[P, R]]:
@@ -229,14 +289,26 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
                 window.append(self.queue.get(timeout=remaining))
             except queue.Empty:
                 break
-        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue.qsize())
+        for item in window:
+            self.admission.leave(item)
         return window
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            window = self._next_window()
-            for batch in split_by_budget(window, self.policy) if window else []:
-                self._hand_over(self._run_batch(batch))
+    def _turn(self) -> bool:
+        """One window: formed, split into batches, run, answered. True if there was any."""
+        window = self._next_window()
+        self._held.items = window  # what a fault outside the model call must still answer
+        for batch in split_by_budget(window, self.policy) if window else []:
+            answers = self._run_batch(batch)
+            answered = {id(item) for item in batch}
+            self._held.items = [item for item in self._held.items if id(item) not in answered]
+            self._hand_over(answers)
+        return bool(window)
+
+    def _fail_held(self, exc: BaseException) -> None:
+        held: list[WorkItem[P, R]] = getattr(self._held, "items", [])
+        self._held.items = []
+        error = self.failure(exc)
+        self._hand_over([(item.future, None, error) for item in held])
 
     def _run_batch(self, batch: list[WorkItem[P, R]]) -> list[Answer]:
         """Run one batch; the answers for every item in it (dropped ones included)."""
@@ -270,7 +342,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             answers.extend((item.future, None, exc) for item in live)
         except Exception as exc:  # a fault in the model run fails only this batch
             log.exception("batch of %d failed on model %s", len(live), self.name)
-            error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
+            error = self.failure(exc)
             answers.extend((item.future, None, error) for item in live)
         else:
             answers.extend((item.future, result, None) for item, result in zip(live, results, strict=True))

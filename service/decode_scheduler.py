@@ -10,25 +10,27 @@ joining and leaving costs one gather of the row arrays (one numpy take per array
 joiners' freshly encoded rows appended), done only when membership changes, not on every step;
 between changes the decoder picks its state rows in-graph (``parent_rows``).
 
-Admission is bounded by a step budget (rows and encoder tokens), so step time and memory stay
-predictable; the rest wait in a bounded queue (503 when full).
+Joining is bounded by a step budget (rows and encoder tokens), so step time and memory stay
+predictable; the rest wait, in arrival order. How many may wait is decided on arrival by the
+model's admission (service/admission.py, 503 beyond it); a lane looks at no more waiting requests
+per step than could join, so a step's bookkeeping stays bounded whatever the backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
-import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from service import metrics
+from service.admission import Waiting
 from service.batching import AnsweredFromThreads, BatchPolicy
 from service.decoding import BeamSearch
-from service.errors import DeadlineExceeded, InferenceFailed, NotReady
+from service.errors import DeadlineExceeded, NotReady
 from service.runners.translation import (
     DecoderRows,
     Encoded,
@@ -41,14 +43,17 @@ from service.runners.translation import (
 log = logging.getLogger("seqserve.decode")
 
 
-@dataclass
-class _Request:
-    job: TranslationJob
-    deadline: float
-    future: asyncio.Future[TranslationOutput]
-    arrived: float = field(default_factory=time.monotonic)
-    search: BeamSearch | None = None
-    first_step_at: float | None = None
+class _Request(Waiting):
+    __slots__ = ("arrived", "deadline", "first_step_at", "future", "job", "search")
+
+    def __init__(self, job: TranslationJob, deadline: float, future: asyncio.Future[TranslationOutput]) -> None:
+        super().__init__()
+        self.job = job
+        self.deadline = deadline
+        self.future = future
+        self.arrived = time.monotonic()
+        self.search: BeamSearch | None = None
+        self.first_step_at: float | None = None
 
     @property
     def src_len(self) -> int:
@@ -131,44 +136,46 @@ class DecodeScheduler(AnsweredFromThreads):
         super().__init__(name, policy.max_queue_size)
         self.runner = runner
         self.policy = policy
-        self._stop = threading.Event()
         lanes = max(1, policy.instances)
-        self.lanes = [_Lane(self, i, max_rows or 4 * policy.max_batch_size, policy.max_batch_tokens, join_every,
-                            -(-policy.max_queue_size // lanes)) for i in range(lanes)]
+        self.lanes = [_Lane(self, i, max_rows or 4 * policy.max_batch_size, policy.max_batch_tokens, join_every)
+                      for i in range(lanes)]
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         self._open()
         for lane in self.lanes:
-            lane.start()
+            self._start_thread(f"decode-{lane.index}", lane.turn, lane.fail_held)
 
     async def close(self) -> None:
         self.accepting = False
-        self._stop.set()
-        for lane in self.lanes:
-            if lane.thread is not None:
-                await asyncio.to_thread(lane.thread.join, 10.0)
+        await self._join_threads()
         for lane in self.lanes:
             self._settle([(request.future, None, NotReady("server shut down before this translation finished"))
                           for request in lane.leftovers()])
 
     def queue_depth(self) -> int:
-        return sum(lane.queue_depth() for lane in self.lanes)
+        return self.admission.waiting
 
     @property
     def _running(self) -> list[_Request]:
         return [r for lane in self.lanes for r in lane.running]
 
     # --- requests ---------------------------------------------------------------------------
+    async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]:
+        """Decode one request's jobs (admitted whole or refused whole); answers in order."""
+        requests = [_Request(job, deadline, self._new_future()) for job in jobs]
+        self._accept_all(self._to_a_lane, requests)
+        return await self._answer_all(requests, deadline)
+
     async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
-        request = _Request(job, deadline, self._new_future())
+        """One job alone (a request of one text)."""
+        return (await self.translate_all([job], deadline))[0]
+
+    def _to_a_lane(self, request: _Request) -> None:
         # ``assigned`` and ``in_flight`` change on the event loop only (here, and when answers are settled)
         lane = min(self.lanes, key=lambda lane: lane.assigned)
-        self._accept(lane.intake.put_nowait, request)
+        lane.intake.put_nowait(request)
         lane.assigned += 1
-        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
-        output: TranslationOutput = await self._answer(request.future, deadline)
-        return output
 
     def finish(self, lane: _Lane, done: list[Done]) -> None:
         """From a lane's thread: answer its finished requests, with one wake-up of the event loop."""
@@ -183,7 +190,7 @@ class _Lane:
     """One running set, advanced step by step on its own thread."""
 
     def __init__(self, scheduler: DecodeScheduler, index: int, max_rows: int, max_encoder_tokens: int,
-                 join_every: int, queue_size: int) -> None:
+                 join_every: int) -> None:
         self.scheduler = scheduler
         self.name = scheduler.name
         self.runner = scheduler.runner
@@ -191,11 +198,9 @@ class _Lane:
         self.max_rows = max_rows  # beams across the running set
         self.max_encoder_tokens = max_encoder_tokens
         self.join_every = join_every
-        self.intake: queue.Queue[_Request] = queue.Queue(maxsize=queue_size)
+        self.intake: queue.Queue[_Request] = queue.Queue()  # its length is bounded by admission
         self.assigned = 0  # requests given to this lane and not answered yet
-        self.thread: threading.Thread | None = None
-        self._stop = scheduler._stop
-        self._waiting: list[_Request] = []  # taken from intake, not yet admitted
+        self._waiting: collections.deque[_Request] = collections.deque()  # taken from intake, not yet joined
         self._joining: list[_Request] = []  # admitted, not yet in the rows (a fault must fail them too)
         self._steps_since_join = 0
         self._rows = _RowArrays(self.runner)  # the running set: its members, in row order
@@ -210,16 +215,8 @@ class _Lane:
     def running(self) -> list[_Request]:
         return self._rows.members
 
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name=f"seqserve-decode-{self.name}-{self.index}",
-                                       daemon=True)
-        self.thread.start()
-
-    def queue_depth(self) -> int:
-        return self.intake.qsize() + len(self._waiting)
-
     def leftovers(self) -> list[_Request]:
-        out = self.running + self._waiting
+        out = self.running + list(self._waiting)
         while not self.intake.empty():
             out.append(self.intake.get_nowait())
         return out
@@ -235,10 +232,14 @@ class _Lane:
             self.scheduler.finish(self, answers)
 
     def _admit(self) -> list[_Request]:
-        """Move waiting requests into the running set while the step budget allows."""
+        """Move waiting requests into the running set, in arrival order, while the step budget allows.
+
+        Only the head of the waiting line is looked at: requests taken from the intake are capped
+        at what could join at once, and the scan stops at the first that does not fit.
+        """
         block = not self.running and not self._waiting
         try:
-            while True:
+            while len(self._waiting) < self.max_rows:
                 self._waiting.append(self.intake.get(timeout=0.05) if block else self.intake.get_nowait())
                 block = False
         except queue.Empty:
@@ -249,27 +250,28 @@ class _Lane:
         rows = sum(self._rows.layout)
         tokens = sum(r.src_len * r.job.beam_size for r in self.running)
         admitted: list[_Request] = []
-        still_waiting: list[_Request] = []
         now = time.monotonic()
-        for request in self._waiting:
+        admission = self.scheduler.admission
+        while self._waiting:
+            request = self._waiting[0]
             if request.future.done():
                 metrics.DROPPED.labels(self.name, "client_gone").inc()
                 self._finish(request)
             elif request.deadline <= now:
                 metrics.DROPPED.labels(self.name, "deadline").inc()
                 self._finish(request, error=DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
-            elif not still_waiting and ((not self.running and not admitted) or (
+            elif (not self.running and not admitted) or (
                     rows + request.job.beam_size <= self.max_rows
-                    and tokens + request.src_len * request.job.beam_size <= self.max_encoder_tokens)):
+                    and tokens + request.src_len * request.job.beam_size <= self.max_encoder_tokens):
                 admitted.append(request)
                 rows += request.job.beam_size
                 tokens += request.src_len * request.job.beam_size
             else:
-                still_waiting.append(request)  # FIFO: nobody overtakes a request that does not fit
-        self._waiting = still_waiting
+                break  # FIFO: nobody overtakes a request that does not fit
+            self._waiting.popleft()
+            admission.leave(request)
         if admitted:
             self._steps_since_join = 0
-        metrics.QUEUE_DEPTH.labels(self.name).set(self.scheduler.queue_depth())
         return admitted
 
     def _join_due(self) -> bool:
@@ -295,22 +297,24 @@ class _Lane:
         metrics.TOKENS.labels(self.name, "input").inc(sum(r.src_len for r in joiners))
         return encoded
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._loop_once(self._rows)
-            except Exception as exc:  # a fault fails the requests in flight, never the thread
-                log.exception("decode step failed on model %s", self.name)
-                error = InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
-                answered = {id(request) for request, _, _ in self._answers}
-                for request in [*self._rows.members, *self._joining]:
-                    if id(request) not in answered:
-                        self._finish(request, error=error)
-                self._joining = []
-                self._rows.clear()
-            self._flush()
+    def turn(self) -> bool:
+        """One loop of the lane's thread (supervised, see AnsweredFromThreads): True if it stepped."""
+        stepped = self._loop_once(self._rows)
+        self._flush()
+        return stepped
 
-    def _loop_once(self, rows: _RowArrays) -> None:
+    def fail_held(self, exc: BaseException) -> None:
+        """After a fault: the requests being decoded or joining fail; those still waiting stay."""
+        error = self.scheduler.failure(exc)
+        answered = {id(request) for request, _, _ in self._answers}
+        for request in [*self._rows.members, *self._joining]:
+            if id(request) not in answered:
+                self._finish(request, error=error)
+        self._joining = []
+        self._rows.clear()
+        self._flush()
+
+    def _loop_once(self, rows: _RowArrays) -> bool:
         joiners = self._joining = self._admit()
         changed = bool(joiners) or rows.dirty
         # requests that went away or ran out of time leave before the step
@@ -334,13 +338,15 @@ class _Lane:
         if changed:
             if not survivors and not joiners:
                 rows.clear()
-                return
+                return False
             encoded = self._encode(joiners) if joiners else None
             kept = np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
             rows.gather(survivors, kept, joiners, encoded)
             self._joining = []
         if rows.members:
             self._step(rows)
+            return True
+        return False
 
     def _step(self, rows: _RowArrays) -> None:
         assert rows.rows is not None and rows.state is not None

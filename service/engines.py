@@ -19,7 +19,10 @@ class TranslationEngine(Protocol):
 
     runner: TranslationRunner
 
-    async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput: ...
+    @property
+    def healthy(self) -> bool: ...
+
+    async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]: ...
     def start(self) -> None: ...
     async def drain(self, timeout_s: float) -> bool: ...
     async def close(self) -> None: ...
@@ -29,6 +32,10 @@ class _BatchedEngine(Generic[P, R]):
     """Lifecycle shared by the engines built on the dynamic batcher."""
 
     batcher: DynamicBatcher[P, R]
+
+    @property
+    def healthy(self) -> bool:
+        return self.batcher.healthy
 
     def start(self) -> None:
         self.batcher.start()
@@ -48,8 +55,9 @@ class SentimentEngine(_BatchedEngine[list[int], np.ndarray]):
     def _run(self, batch: list[list[int]]) -> list[np.ndarray]:
         return list(self.runner.run(batch))
 
-    async def classify(self, ids: list[int], deadline: float) -> np.ndarray:
-        return await self.batcher.submit(ids, len(ids), deadline)
+    async def classify_all(self, texts_ids: list[list[int]], deadline: float) -> list[np.ndarray]:
+        """One request's texts, admitted whole or refused whole; probabilities in order."""
+        return await self.batcher.submit_all([(ids, len(ids)) for ids in texts_ids], deadline)
 
 
 class RequestBatchedTranslator(_BatchedEngine[TranslationJob, TranslationOutput]):
@@ -59,5 +67,5 @@ class RequestBatchedTranslator(_BatchedEngine[TranslationJob, TranslationOutput]
         self.runner = runner
         self.batcher = DynamicBatcher(name, runner.translate, policy)
 
-    async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
-        return await self.batcher.submit(job, len(job.src_ids), deadline)
+    async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]:
+        return await self.batcher.submit_all([(job, len(job.src_ids)) for job in jobs], deadline)

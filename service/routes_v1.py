@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from service.engines import SentimentEngine
-from service.inputs import (
-    check_range,
-    check_texts,
-    check_tokens,
-    deadline_for,
-    each,
-    item_field,
-    unless_client_leaves,
-)
+from service import inference
+from service.inputs import check_texts, deadline_for, unless_client_leaves
 from service.registry import ModelRegistry, ServedModel
-from service.runners import SentimentRunner, TranslationRunner
-from service.runners.translation import TranslationJob, TranslationOutput
 from service.schemas import (
     ErrorBody,
     ModelList,
@@ -46,23 +35,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _state(request: Request) -> tuple[ModelRegistry, Settings]:
     return request.app.state.registry, request.app.state.settings
-
-
-def sentiment_result(model: ServedModel, probs: np.ndarray) -> dict[str, Any]:
-    labels = model.card.labels or []
-    values = probs.tolist()  # plain floats: cheaper to compare and to render than numpy scalars
-    best = max(range(len(values)), key=values.__getitem__)
-    return {"label": labels[best], "score": values[best],
-            "probabilities": dict(zip(labels, values, strict=True)),
-            "model": model.name, "version": model.version}
-
-
-async def classify_texts(model: ServedModel, texts: list[str], field: str, deadline: float) -> list[np.ndarray]:
-    runner, engine = model.runner, model.engine
-    assert isinstance(runner, SentimentRunner) and isinstance(engine, SentimentEngine)
-    ids = [check_tokens(runner.tokenize(t), model.card.max_input_tokens, item_field(field, i), model.name)
-           for i, t in enumerate(texts)]
-    return await each([engine.classify(x, deadline) for x in ids])
 
 
 def _json_body(schema: type[BaseModel]) -> dict[str, Any]:
@@ -89,46 +61,13 @@ async def sentiment(request: Request) -> JSONResponse:
     model = registry.for_task("text-classification")
     field, texts = body.field_and_texts()
     check_texts(texts, settings, field)
+    ids = inference.sentiment_ids(model, texts, field)
     # No disconnect watcher here (unlike translation): a sentiment batch takes milliseconds, and a
     # watcher task per request costs more CPU than the rare abandoned classification it would save.
-    probs = await classify_texts(model, texts, field, deadline_for(request, settings))
-    results = [sentiment_result(model, p) for p in probs]
+    probs = await inference.classify(model, ids, deadline_for(request, settings))
+    results = [inference.sentiment_result(model, p) for p in probs]
     # built as plain JSON: response_model documents the shape without re-validating every answer
     return JSONResponse(body.answer(results))
-
-
-def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size: int | None,
-                     max_length: int | None, keep_attention: bool) -> list[TranslationJob]:
-    runner = model.runner
-    assert isinstance(runner, TranslationRunner)
-    check_range(beam_size, 1, runner.decoding.max_beam_size, "beam_size")
-    check_range(max_length, 1, runner.max_output_tokens, "max_length")
-    jobs = []
-    for i, text in enumerate(texts):
-        # the limit counts subwords before the </s> the model appends
-        ids = runner.tokenize(text)
-        check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name)
-        jobs.append(runner.job(ids, beam_size, max_length, keep_attention))
-    return jobs
-
-
-async def run_translations(request: Request, model: ServedModel, jobs: list[TranslationJob],
-                           deadline: float) -> list[TranslationOutput]:
-    """Decode the jobs (batched with other requests); a client that leaves is dropped from decoding."""
-    engine = model.engine
-    assert not isinstance(engine, SentimentEngine)
-    return await unless_client_leaves(request, each([engine.translate(job, deadline) for job in jobs]))
-
-
-def translation_result(model: ServedModel, job: TranslationJob, out: TranslationOutput) -> dict[str, Any]:
-    runner = model.runner
-    assert isinstance(runner, TranslationRunner)
-    return {"translation": runner.detokenize(out.tokens),
-            "source_tokens": runner.source_tokenizer.pieces(job.src_ids[:-1]),
-            "target_tokens": runner.target_tokenizer.pieces(out.tokens),
-            "score": float(out.score),
-            "attention": None if out.attention is None else np.round(out.attention.astype(np.float64), 5).tolist(),
-            "model": model.name, "version": model.version}
 
 
 @router.post("/translate", response_model=TranslationResult | TranslateBatchResponse, responses=_ERRORS,
@@ -140,9 +79,10 @@ async def translate(request: Request) -> JSONResponse:
     model = registry.translator(body.source, body.target)
     field, texts = body.field_and_texts()
     check_texts(texts, settings, field)
-    jobs = translation_jobs(model, texts, field, body.beam_size, body.max_length, body.return_attention)
-    outputs = await run_translations(request, model, jobs, deadline_for(request, settings))
-    results = [translation_result(model, job, out) for job, out in zip(jobs, outputs, strict=True)]
+    jobs = inference.translation_jobs(model, texts, field, body.beam_size, body.max_length, body.return_attention)
+    # a client that leaves is dropped from decoding (it holds the decoder for many steps)
+    outputs = await unless_client_leaves(request, inference.translate(model, jobs, deadline_for(request, settings)))
+    results = [inference.translation_result(model, job, out) for job, out in zip(jobs, outputs, strict=True)]
     return JSONResponse(body.answer(results))
 
 

@@ -12,12 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from service import v2_stats
-from service.engines import SentimentEngine
+from service import inference, v2_stats
 from service.errors import InvalidInput, NotReady
-from service.inputs import check_texts, each
+from service.inputs import check_texts
 from service.registry import ModelRegistry, ServedModel
-from service.routes_v1 import classify_texts, translation_jobs
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationOutput
 from service.settings import Settings
@@ -132,15 +130,16 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
     text_shape = [n] if rank == 1 else [n, 1]
     outputs: list[OutputTensor]
     if model.card.task == "text-classification":
-        probs = np.stack(await classify_texts(model, texts, FIELD, until)).astype(np.float32)
+        ids = inference.sentiment_ids(model, texts, FIELD)
+        probs = np.stack(await inference.classify(model, ids, until)).astype(np.float32)
         labels = model.card.labels or []
         outputs = [OutputTensor("label", "BYTES", text_shape, [labels[int(i)] for i in probs.argmax(-1)]),
                    OutputTensor("probabilities", "FP32", list(probs.shape), probs)]
     else:
-        runner, engine = model.runner, model.engine
-        assert isinstance(runner, TranslationRunner) and not isinstance(engine, SentimentEngine)
-        jobs = translation_jobs(model, texts, FIELD, _param_int(params, "beam_size"),
-                                _param_int(params, "max_length"), False)
-        results = await guard(each([engine.translate(job, until) for job in jobs]))
+        runner = model.runner
+        assert isinstance(runner, TranslationRunner)
+        jobs = inference.translation_jobs(model, texts, FIELD, _param_int(params, "beam_size"),
+                                          _param_int(params, "max_length"), False)
+        results = await guard(inference.translate(model, jobs, until))
         outputs = [OutputTensor("translation", "BYTES", text_shape, [runner.detokenize(r.tokens) for r in results])]
     return InferResult(model.name, model.version, [o for o in outputs if o.name in wanted])

@@ -1,0 +1,62 @@
+"""One admission point per model: ``SEQSERVE_MAX_QUEUE_SIZE`` bounds the texts waiting for it.
+
+A request is admitted whole (all its texts) or refused whole with 503 + Retry-After, decided on
+the event loop the moment it arrives, whatever the model threads are doing: the decision reads
+and changes one counter under a lock that is only ever held for that (never while a model runs).
+
+A text stops waiting exactly once, whichever comes first: an engine takes it (into a batch, or
+into the decoder's running set), or its caller stops waiting for it (deadline, client gone).
+So texts nobody waits for any more never hold places that a new request could use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from service import metrics
+from service.errors import Overloaded
+
+
+class Waiting:
+    """What a queued text carries so that its place is given back once (see ``Admission.leave``)."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting = False
+
+
+class Admission:
+    def __init__(self, model: str, limit: int) -> None:
+        self.model = model
+        self.limit = limit
+        self.waiting = 0
+        self._lock = threading.Lock()
+        self._depth = metrics.QUEUE_DEPTH.labels(model)
+
+    def admit(self, texts: Sequence[Waiting]) -> None:
+        """Count ``texts`` as waiting, all or none: 503 when they would not all fit."""
+        with self._lock:
+            if self.waiting + len(texts) > self.limit:
+                waiting = self.waiting
+                fits = False
+            else:
+                self.waiting += len(texts)
+                for text in texts:
+                    text.waiting = True
+                fits = True
+        if not fits:
+            metrics.REJECTED.labels(self.model, "queue_full").inc()
+            raise Overloaded(f"model {self.model} has {waiting} texts waiting (limit {self.limit}); this request "
+                             f"brings {len(texts)}; retry later", retry_after_s=1)
+        self._depth.set(self.waiting)
+
+    def leave(self, text: Waiting) -> None:
+        """``text`` no longer waits (taken by an engine, or abandoned); a second call does nothing."""
+        with self._lock:
+            if not text.waiting:
+                return
+            text.waiting = False
+            self.waiting -= 1
+        self._depth.set(self.waiting)

@@ -1,0 +1,77 @@
+"""The one inference API that every protocol adapter calls (REST v1, Open Inference Protocol v2).
+
+It owns what must not differ between protocols: the token limits and decoding options checked
+before anything is queued, one request's texts admitted whole or refused whole by the model's
+engine, the deadline, and the shape of a result. Adapters only map their wire format onto these
+calls and the errors (service/errors.py) onto their status codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from service.engines import SentimentEngine
+from service.inputs import check_range, check_tokens, item_field
+from service.registry import ServedModel
+from service.runners import SentimentRunner, TranslationRunner
+from service.runners.translation import TranslationJob, TranslationOutput
+
+
+def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> list[list[int]]:
+    """Subword ids of each text, refused (422 naming the text) when over the model's limit."""
+    runner = model.runner
+    assert isinstance(runner, SentimentRunner)
+    return [check_tokens(runner.tokenize(t), model.card.max_input_tokens, item_field(field, i), model.name)
+            for i, t in enumerate(texts)]
+
+
+async def classify(model: ServedModel, texts_ids: list[list[int]], deadline: float) -> list[np.ndarray]:
+    """Class probabilities of each text, batched with other requests."""
+    engine = model.engine
+    assert isinstance(engine, SentimentEngine)
+    return await engine.classify_all(texts_ids, deadline)
+
+
+def sentiment_result(model: ServedModel, probs: np.ndarray) -> dict[str, Any]:
+    labels = model.card.labels or []
+    values = probs.tolist()  # plain floats: cheaper to compare and to render than numpy scalars
+    best = max(range(len(values)), key=values.__getitem__)
+    return {"label": labels[best], "score": values[best],
+            "probabilities": dict(zip(labels, values, strict=True)),
+            "model": model.name, "version": model.version}
+
+
+def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size: int | None,
+                     max_length: int | None, keep_attention: bool) -> list[TranslationJob]:
+    """One decoding job per text; options and subword limits checked before anything is queued."""
+    runner = model.runner
+    assert isinstance(runner, TranslationRunner)
+    check_range(beam_size, 1, runner.decoding.max_beam_size, "beam_size")
+    check_range(max_length, 1, runner.max_output_tokens, "max_length")
+    jobs = []
+    for i, text in enumerate(texts):
+        # the limit counts subwords before the </s> the model appends
+        ids = runner.tokenize(text)
+        check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name)
+        jobs.append(runner.job(ids, beam_size, max_length, keep_attention))
+    return jobs
+
+
+async def translate(model: ServedModel, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]:
+    """Decode one request's jobs, batched with other requests."""
+    engine = model.engine
+    assert not isinstance(engine, SentimentEngine)
+    return await engine.translate_all(jobs, deadline)
+
+
+def translation_result(model: ServedModel, job: TranslationJob, out: TranslationOutput) -> dict[str, Any]:
+    runner = model.runner
+    assert isinstance(runner, TranslationRunner)
+    return {"translation": runner.detokenize(out.tokens),
+            "source_tokens": runner.source_tokenizer.pieces(job.src_ids[:-1]),
+            "target_tokens": runner.target_tokenizer.pieces(out.tokens),
+            "score": float(out.score),
+            "attention": None if out.attention is None else np.round(out.attention.astype(np.float64), 5).tolist(),
+            "model": model.name, "version": model.version}
