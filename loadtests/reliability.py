@@ -1,4 +1,5 @@
-"""Reliability scenarios and their report: overload burst and graceful shutdown under load.
+"""Reliability scenarios and their report: overload bursts (mixed, and translation-only with the
+refusal latency measured server-side) and graceful shutdown under load.
 
     python -m loadtests.reliability [--models models]
 
@@ -144,6 +145,104 @@ def overload(models: Path, burst: int = 400, queue_size: int = 16, rounds: int =
     return report
 
 
+@dataclass
+class BurstReport:
+    """A translation-only burst against a small queue: statuses, and how fast refusals came."""
+
+    name: str
+    statuses: Counter[int] = field(default_factory=Counter)
+    client_s: dict[int, list[float]] = field(default_factory=dict)  # by status, send to answer
+    server_refusal_ms: list[float] = field(default_factory=list)  # 503s, from the access log
+    loop_lag_p99_ms: float = float("nan")
+    lost: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        refused = sorted(self.client_s.get(503, []))
+        return [f"## {self.name}",
+                f"statuses: {dict(sorted(self.statuses.items()))}; lost (accepted, no answer): {self.lost}",
+                f"refusals (503) server-side: p50 {_q(self.server_refusal_ms, 50):.2f} ms, "
+                f"p99 {_q(self.server_refusal_ms, 99):.2f} ms, max {max(self.server_refusal_ms, default=0):.2f} ms "
+                f"(arrival at the server to the answer, access log)",
+                f"refusals (503) at the client: p50 {_q(refused, 50) * 1000:.0f} ms, "
+                f"p99 {_q(refused, 99) * 1000:.0f} ms",
+                f"results (200) at the client: p50 {_q(self.client_s.get(200, []), 50):.2f} s, "
+                f"max {max(self.client_s.get(200, []), default=0):.2f} s",
+                f"event-loop lag p99 during the burst: <= {self.loop_lag_p99_ms:g} ms (histogram bucket)",
+                f"wall time {self.seconds:.1f} s"]
+
+
+def _q(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
+
+
+def _lag_buckets(url: str) -> dict[float, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {float(s.labels["le"]): s.value for family in text_string_to_metric_families(text)
+            if family.name == "seqserve_event_loop_lag_seconds" for s in family.samples
+            if s.name.endswith("_bucket")}
+
+
+def _p99_bucket(before: dict[float, float], after: dict[float, float]) -> float:
+    """The smallest bucket bound (ms) holding 99% of the timer probes between two scrapes."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    return next((le * 1000 for le, n in counts.items() if total and n >= 0.99 * total), float("nan"))
+
+
+async def _one_shot(port: int, request: bytes, out: BurstReport) -> None:
+    """One connection, one request: the time from sending it to its answer, by status."""
+    from loadtests.http_client import Connection
+
+    try:
+        conn = await Connection.open("127.0.0.1", port)
+    except OSError:
+        out.statuses[0] += 1
+        return
+    sent = time.perf_counter()
+    try:
+        status, _ = await conn.send(request)
+    except (OSError, asyncio.IncompleteReadError):
+        out.lost += 1
+        return
+    finally:
+        conn.close()
+    out.statuses[status] += 1
+    out.client_s.setdefault(status, []).append(time.perf_counter() - sent)
+
+
+def translation_burst(models: Path, burst: int = 1000, queue_size: int = 8, beam_size: int = 5) -> BurstReport:
+    """``burst`` concurrent beam-search translations against a queue of ``queue_size`` texts, with the
+    default request timeout: every request gets 200 or 503 (none 504), refusals come at once."""
+    from loadtests.http_client import encode_post
+
+    report = BurstReport(f"translation burst: {burst} concurrent beam-{beam_size} translations, "
+                         f"queue size {queue_size}")
+    server = ServerProcess(models, capture_output=True, max_queue_size=str(queue_size), access_log="true")
+    try:
+        server.wait_ready()
+        requests = [encode_post("/v1/translate", {"text": f"{LONG} {i}", "beam_size": beam_size})
+                    for i in range(burst)]
+        before = _lag_buckets(server.url)
+
+        async def scenario() -> None:
+            await asyncio.gather(*(_one_shot(server.port, r, report) for r in requests))
+
+        start = time.perf_counter()
+        asyncio.run(scenario())
+        report.seconds = time.perf_counter() - start
+        report.loop_lag_p99_ms = _p99_bucket(before, _lag_buckets(server.url))
+    finally:
+        server.stop()
+    for line in server.output().splitlines():
+        if line.startswith("{") and '"status": 503' in line and '"/v1/translate"' in line:
+            report.server_refusal_ms.append(json.loads(line)["latency_ms"])
+    return report
+
+
 def shutdown(models: Path, requests: int = 160, after_s: float = 0.3, **settings: str) -> ScenarioReport:
     """SIGTERM while requests are queued and decoding: every accepted request gets its result.
     ``settings`` go to the server (``workers="2"``: the supervisor passes SIGTERM on to each)."""
@@ -175,7 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "reliability.md")
     args = p.parse_args(argv)
     lines = ["# seqserve reliability report", ""]
-    for report in (overload(args.models), shutdown(args.models)):
+    reports: tuple[ScenarioReport | BurstReport, ...] = (
+        overload(args.models), translation_burst(args.models), shutdown(args.models))
+    for report in reports:
         for line in report.lines():
             print(line, flush=True)
             lines.append(line)

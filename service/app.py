@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import inspect
 import logging
@@ -47,11 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         app.state.ready = True
+        lag_watch = asyncio.create_task(metrics.watch_event_loop_lag())
         log.info("ready in %.2fs: %s", time.monotonic() - started,
                  ", ".join(f"{m.name}/{m.version} on {m.provider}" for m in registry.all()))
         try:
             yield
         finally:
+            lag_watch.cancel()
             app.state.ready = False
             if grpc_server is not None:  # refuses new calls at once, lets the accepted ones finish
                 await grpc_server.stop(settings.drain_timeout_s)
@@ -79,19 +82,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    # Added last = runs first: request id, size and content-type checks, then CORS (a browser's
-    # preflight carries no key, and a 401 must carry CORS headers for the page to read it), then
-    # keys, then the direct path to the inference endpoints (service/hot_routes.py).
+    # Added last = runs first: CORS (a browser's preflight carries no key and is answered before
+    # anything else, and every answer a browser may read carries the CORS headers, the 401/413/415
+    # below included), then request id, size and content-type checks, then keys, then the direct
+    # path to the inference endpoints (service/hot_routes.py).
     app.add_middleware(HotRouteMiddleware, fastapi_app=app, router=routes_v1.router,
                        paths=("/v1/sentiment", "/v1/translate"))
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, exempt_paths=settings.auth_exempt_paths,
                            public_paths=ui.PUBLIC_PATHS)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+                       log_requests=settings.access_log)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
                                           "X-Request-Timeout", "Inference-Header-Content-Length"],
                            expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"])
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
-                       log_requests=settings.access_log)
     return app

@@ -105,14 +105,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerLiveResponse(live=True)
 
     async def _server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return service_pb2.ServerReadyResponse(ready=self._ready)
+        return service_pb2.ServerReadyResponse(ready=self._ready and self.state.registry.healthy())
 
     async def _server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return service_pb2.ServerMetadataResponse(name="seqserve", version=__version__, extensions=v2_model.EXTENSIONS)
 
     async def _model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        self.state.registry.get(request.name, request.version or None)
-        return service_pb2.ModelReadyResponse(ready=self._ready)
+        model = self.state.registry.get(request.name, request.version or None)
+        return service_pb2.ModelReadyResponse(ready=self._ready and model.engine.healthy)
 
     async def _model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         meta = v2_model.metadata(self.state.registry, request.name, request.version or None)

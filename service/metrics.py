@@ -6,6 +6,7 @@ process's values in PROMETHEUS_MULTIPROC_DIR, and /metrics sums them: any worker
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -43,6 +44,22 @@ DECODE_STEPS = Histogram("seqserve_decode_steps_per_request", "Decoder steps a r
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 TIME_TO_FIRST_STEP = Histogram("seqserve_decode_time_to_first_step_seconds", "Arrival to first decoder step",
                                ["model"], buckets=_LATENCY_BUCKETS)
+
+
+# How late the event loop runs a timer: what every request waits on top of its own work when the
+# loop is busy (parsing, tokenising, answers) or starved of the GIL by model threads.
+EVENT_LOOP_LAG = Histogram("seqserve_event_loop_lag_seconds", "Delay of a 50 ms timer on the event loop",
+                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0))
+EVENT_LOOP_PROBE_S = 0.05
+
+
+async def watch_event_loop_lag() -> None:
+    """Run for the server's life: sleep 50 ms, record how much later than asked it woke."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time() + EVENT_LOOP_PROBE_S
+        await asyncio.sleep(EVENT_LOOP_PROBE_S)
+        EVENT_LOOP_LAG.observe(max(loop.time() - asked, 0.0))
 
 
 _request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}

@@ -2,7 +2,9 @@
 
 - request id: X-Request-ID honoured (if sane) or generated, and echoed on the response;
 - body limit: bodies over the limit get 413 before the app sees them;
-- one structured JSON log line per request, and request count/latency metrics by route.
+- one structured JSON log line per request, and request count/latency metrics by route;
+- a fault nobody else answered (a bug) is logged with its traceback and answered with a JSON 500
+  in the API's error vocabulary, never a text/plain page.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 
 access_log = logging.getLogger("seqserve.access")
+log = logging.getLogger("seqserve")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -60,9 +63,12 @@ class RequestContextMiddleware:
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if incoming and _SANE_ID.match(incoming) else next(self._ids)
         status_holder = {"status": 500}
+        started_response = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status_holder["status"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
@@ -88,11 +94,23 @@ class RequestContextMiddleware:
                 await send(body)
                 return
             if buffered is not None:
+                # the chunked body, read in full, then the connection itself again: the app must
+                # see a disconnect only when the client really leaves
+                read_on = receive
+
                 async def replay() -> Message:
-                    return buffered.pop(0) if buffered else {"type": "http.disconnect"}
+                    return buffered.pop(0) if buffered else await read_on()
 
                 receive = replay
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            status_holder["status"] = 500
+            log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
+            if not started_response:
+                start, body = _json_response(500, {"error": f"internal server error (request {request_id})",
+                                                   "code": "internal_error"}, request_id)
+                await send(start)
+                await send(body)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -100,9 +118,9 @@ class RequestContextMiddleware:
             status = status_holder["status"]
             metrics.request_done(template, status, elapsed)
             if self.log_requests:
-                access_log.info(json.dumps({"request_id": request_id, "method": scope["method"],
-                                            "path": scope["path"], "route": template, "status": status,
-                                            "latency_ms": round(elapsed * 1000, 2)}))
+                access_log.info("%s %s %s", scope["method"], scope["path"], status, extra={"access": {
+                    "request_id": request_id, "method": scope["method"], "path": scope["path"], "route": template,
+                    "status": status, "latency_ms": round(elapsed * 1000, 2)}})
 
     async def _read_if_chunked(
         self, headers: dict[bytes, bytes], receive: Receive

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 TensorType = Literal["int64", "int32", "float32", "float16", "bool"]
 
@@ -75,6 +75,28 @@ class ModelCard(BaseModel):
     metrics: dict[str, float]
     opset: int = Field(ge=17)
     parity: ParitySpec
+
+
+    @model_validator(mode="after")
+    def _has_what_its_runner_reads(self) -> ModelCard:
+        """Every key the task's runner reads (service/runners/), so a card missing one is refused
+        at load with its name rather than failing later with a KeyError."""
+        graphs, tokenizers = _TASK_KEYS[self.task]
+        for kind, wanted, present in (("graphs", graphs, self.graphs), ("tokenizers", tokenizers, self.tokenizers)):
+            missing = [key for key in wanted if key not in present]
+            if missing:
+                raise ValueError(f"a {self.task} card needs {kind} {', '.join(repr(k) for k in missing)}")
+        for key in _TASK_FIELDS[self.task]:
+            if not getattr(self, key):
+                raise ValueError(f"a {self.task} card needs {key!r}")
+        return self
+
+
+# what each task's runner reads from a card: graphs and tokenizers by key, then top-level fields
+_TASK_KEYS = {"text-classification": (("model",), ("text",)),
+              "translation": (("encoder", "decoder_step"), ("source", "target"))}
+_TASK_FIELDS = {"text-classification": ("labels",),
+                "translation": ("decoding", "max_output_tokens", "languages")}
 
 
 class ModelCardError(ValueError):

@@ -136,6 +136,10 @@ class ModelRegistry:
         raise InvalidInput(f"unknown language pair {source}->{target}; available: {', '.join(sorted(pairs))}",
                            field="source/target", limit=sorted(pairs))
 
+    def healthy(self) -> bool:
+        """False while a model's threads keep failing (see AnsweredFromThreads)."""
+        return all(model.engine.healthy for model in self.all())
+
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         for model in self.all():

@@ -69,15 +69,15 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Readiness: models loaded and not shutting down")
+@router.get("/health/ready", summary="Readiness: models loaded, their threads working, not shutting down")
 async def ready(request: Request) -> JSONResponse:
-    ok = bool(getattr(request.app.state, "ready", False))
+    ok = bool(getattr(request.app.state, "ready", False)) and _registry(request).healthy()
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
 async def _model_ready(request: Request, name: str, version: str | None) -> JSONResponse:
     model = _registry(request).get(name, version)
-    ok = bool(getattr(request.app.state, "ready", False))
+    ok = bool(getattr(request.app.state, "ready", False)) and model.engine.healthy
     return JSONResponse({"name": model.name, "ready": ok}, status_code=200 if ok else 503)
 
 

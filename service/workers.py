@@ -24,7 +24,8 @@ import signal
 import socket
 import tempfile
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from types import FrameType
@@ -50,6 +51,16 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class _Worker:
     process: BaseProcess
     serving: Event  # set by the worker once it accepts requests
+    started_at: float = field(default_factory=time.monotonic)
+    crashes_in_a_row: int = 0  # deaths after serving, each within _STABLE_S of its start
+    respawn_at: float | None = None  # dead, and waiting out its backoff
+
+
+# A worker that keeps crashing is restarted after 0.5, 1, 2, ... up to 30 s, so a crash loop
+# does not spin the machine; one that served for a minute counts as healthy again.
+_BACKOFF_FIRST_S = 0.5
+_BACKOFF_MAX_S = 30.0
+_STABLE_S = 60.0
 
 
 class Supervisor:
@@ -107,7 +118,7 @@ class Supervisor:
                 code = self._replace_dead(sock)
                 if code:
                     break
-                now_serving = all(w.serving.is_set() for w in self.workers)
+                now_serving = all(w.serving.is_set() and w.respawn_at is None for w in self.workers)
                 if now_serving and not all_serving:  # full capacity (again, after a replacement)
                     log.info("all %d workers serving", len(self.workers))
                 all_serving = now_serving
@@ -124,17 +135,32 @@ class Supervisor:
         return code
 
     def _replace_dead(self, sock: socket.socket) -> int:
+        now = time.monotonic()
         for i, worker in enumerate(self.workers):
             process = worker.process
-            if process.is_alive() or self.stopping.is_set():
+            if self.stopping.is_set():
+                break
+            if worker.respawn_at is not None:
+                if now >= worker.respawn_at:
+                    crashes = worker.crashes_in_a_row
+                    self.workers[i] = self._spawn(sock, i)
+                    self.workers[i].crashes_in_a_row = crashes
+                continue
+            if process.is_alive():
                 continue
             self._forget_metrics(process)
             if not worker.serving.is_set():
                 log.error("worker %d ended with %s before it served: stopping (its log says why)",
                           i, process.exitcode)
                 return STARTUP_FAILED
-            log.error("worker %d (pid %s) ended with %s: starting a new one", i, process.pid, process.exitcode)
-            self.workers[i] = self._spawn(sock, i)
+            worker.crashes_in_a_row = 0 if now - worker.started_at >= _STABLE_S else worker.crashes_in_a_row + 1
+            delay = min(_BACKOFF_FIRST_S * 2 ** max(worker.crashes_in_a_row - 1, 0), _BACKOFF_MAX_S) \
+                if worker.crashes_in_a_row else 0.0
+            log.error("worker %d (pid %s) ended with %s: starting a new one%s", i, process.pid, process.exitcode,
+                      f" in {delay:.1f}s ({worker.crashes_in_a_row} quick crashes in a row)" if delay else "")
+            worker.respawn_at = now + delay
+            if not delay:
+                self.workers[i] = self._spawn(sock, i)
         return 0
 
     def _stop_all(self) -> int:
@@ -143,6 +169,8 @@ class Supervisor:
                 os.kill(worker.process.pid, signal.SIGTERM)  # each worker drains its accepted work
         code = 0
         for worker in self.workers:
+            if worker.respawn_at is not None:  # died and was reported; its replacement never started
+                continue
             process = worker.process
             process.join(self.settings.drain_timeout_s + 10)
             if process.is_alive():

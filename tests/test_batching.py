@@ -151,3 +151,66 @@ async def test_a_lone_client_does_not_wait_for_company_that_never_comes() -> Non
         assert time.monotonic() - start < 0.5
         await asyncio.sleep(1.05)  # the next request comes later than the delay
     await batcher.close()
+
+
+async def test_a_request_is_admitted_whole_or_refused_whole() -> None:
+    runner = Recorder(delay=0.3)
+    batcher = DynamicBatcher("m", runner, _policy(max_batch_size=1, max_queue_size=3))
+    batcher.start()
+    busy = asyncio.create_task(batcher.submit("busy", 1, time.monotonic() + 5))
+    await asyncio.sleep(0.1)  # the worker holds "busy"; nothing waits
+    two = asyncio.create_task(batcher.submit_all([("a", 1), ("b", 1)], time.monotonic() + 5))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded):  # 2 waiting + 2 more > 3: refused whole, on arrival
+        await batcher.submit_all([("c", 1), ("d", 1)], time.monotonic() + 5)
+    assert batcher.admission.waiting == 2 and batcher.queue.qsize() == 2
+    assert await two == ["A", "B"] and await busy == "BUSY"
+    assert all(batch != ["c"] and batch != ["d"] for batch in runner.batches)  # never computed
+    await batcher.close()
+
+
+async def test_a_request_that_stops_waiting_gives_its_places_back_at_once() -> None:
+    batcher = DynamicBatcher("m", Recorder(delay=0.5), _policy(max_batch_size=1, max_queue_size=2))
+    batcher.start()
+    busy = asyncio.create_task(batcher.submit("busy", 1, time.monotonic() + 5))
+    await asyncio.sleep(0.1)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit_all([("late1", 1), ("late2", 1)], time.monotonic() + 0.05)
+    assert batcher.admission.waiting == 0  # still queued, but nobody waits for them: places free
+    assert await batcher.submit_all([("x", 1), ("y", 1)], time.monotonic() + 5) == ["X", "Y"]
+    await busy
+    await batcher.close()
+
+
+async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.batching as batching
+
+    faults = {"left": 1}
+    real_split = batching.split_by_budget
+
+    def split_broken(items: list, policy: BatchPolicy) -> list:  # type: ignore[type-arg]
+        if faults["left"]:
+            faults["left"] -= 1
+            raise RuntimeError("planted fault outside the model call")
+        return real_split(items, policy)
+
+    monkeypatch.setattr(batching, "split_by_budget", split_broken)
+    batcher = DynamicBatcher("m", Recorder(), _policy(instances=1))
+    batcher.start()
+    first_thread = batcher.threads[0]
+    started = time.monotonic()
+    with pytest.raises(InferenceFailed, match="planted fault"):  # answered 500 at once, not at the deadline
+        await batcher.submit("x", 1, time.monotonic() + 10)
+    assert time.monotonic() - started < 5
+    assert await batcher.submit("again", 1, time.monotonic() + 10) == "AGAIN"  # a new thread serves
+    assert batcher.threads[0] is not first_thread and batcher.threads[0].is_alive() and batcher.healthy
+    # a replacement that fails too before doing any work turns the model unhealthy (not ready) ...
+    faults["left"] = 2
+    for _ in range(2):
+        with pytest.raises(InferenceFailed):
+            await batcher.submit("x", 1, time.monotonic() + 10)
+    assert not batcher.healthy
+    # ... until a thread gets work done again
+    assert await batcher.submit("back", 1, time.monotonic() + 10) == "BACK"
+    assert batcher.healthy and batcher.in_flight == 0
+    await batcher.close()

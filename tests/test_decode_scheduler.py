@@ -139,3 +139,48 @@ async def test_an_encoder_fault_fails_the_joining_requests_at_once(runner: Trans
     assert ok.tokens == runner.translate([job])[0].tokens
     assert await scheduler.drain(5)
     await scheduler.close()
+
+
+async def test_a_lane_thread_that_raises_is_replaced_and_waiting_requests_still_run(
+        runner: TranslationRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import decode_scheduler
+
+    scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100, instances=1))
+    scheduler.start()
+    first_thread = scheduler.threads[0]
+    real_gather = decode_scheduler._RowArrays.gather
+    faults = {"left": 1}
+
+    def gather_once_broken(self: object, *args: object) -> None:
+        if faults["left"]:
+            faults["left"] -= 1
+            raise RuntimeError("planted fault in the lane's bookkeeping")
+        real_gather(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode_scheduler._RowArrays, "gather", gather_once_broken)
+    job = TranslationJob(runner.tokenize("A dog runs."), 2, 10)
+    with pytest.raises(InferenceFailed, match="planted fault"):
+        await scheduler.translate(job, time.monotonic() + 20)
+    ok = await scheduler.translate(job, time.monotonic() + 20)
+    assert ok.tokens == runner.translate([job])[0].tokens
+    assert scheduler.threads[0] is not first_thread and scheduler.healthy
+    assert await scheduler.drain(5)
+    await scheduler.close()
+
+
+async def test_a_backlog_is_bounded_by_admission_and_refused_whole(runner: TranslationRunner) -> None:
+    from service.errors import Overloaded
+
+    scheduler = DecodeScheduler("t", runner, BatchPolicy(1, 4096, 0.001, 4, instances=1), max_rows=2)
+    scheduler.start()
+    jobs = [TranslationJob(runner.tokenize("A man in a blue shirt is walking his dog in the park."), 2, 40)
+            for _ in range(12)]
+    results = await asyncio.gather(*(scheduler.translate_all(jobs[i:i + 3], time.monotonic() + 60)
+                                     for i in range(0, 12, 3)), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    answered = [r for r in results if isinstance(r, list)]
+    assert refused and answered and len(refused) + len(answered) == 4
+    assert all(len(r) == 3 for r in answered)  # a request is never answered in part
+    assert scheduler.admission.waiting == 0
+    assert await scheduler.drain(5)
+    await scheduler.close()

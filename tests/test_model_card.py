@@ -58,3 +58,27 @@ def test_schema_refuses_a_card_with_missing_fields() -> None:
     del card["graphs"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(card, ModelCard.model_json_schema())
+
+
+@pytest.mark.parametrize(("model", "remove", "named"), [
+    ("translate-en-de", ("tokenizers", "target"), "tokenizers 'target'"),
+    ("translate-en-de", ("graphs", "decoder_step"), "graphs 'decoder_step'"),
+    ("translate-en-de", ("decoding",), "'decoding'"),
+    ("sentiment", ("graphs", "model"), "graphs 'model'"),
+    ("sentiment", ("tokenizers", "text"), "tokenizers 'text'"),
+    ("sentiment", ("labels",), "'labels'"),
+])
+def test_a_card_missing_a_key_its_runner_reads_is_refused_naming_file_and_key(
+        tmp_path: Path, model: str, remove: tuple[str, ...], named: str) -> None:
+    from service.model_card import ModelCardError
+
+    card = json.loads((COMMITTED_MODELS / model / "1" / "model.json").read_text())
+    holder = card
+    for key in remove[:-1]:
+        holder = holder[key]
+    del holder[remove[-1]]
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelCardError) as refused:
+        load_model_card(path)
+    assert str(path) in str(refused.value) and named in str(refused.value)

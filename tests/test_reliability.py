@@ -28,6 +28,15 @@ def test_overload_burst_gets_results_or_fast_503_and_health_stays_fast() -> None
     assert report.exit_code == 0
 
 
+def test_a_translation_burst_against_a_small_queue_gets_200_or_a_fast_503_never_504() -> None:
+    report = reliability.translation_burst(COMMITTED_MODELS, burst=200, queue_size=8)
+    assert report.lost == 0
+    assert set(report.statuses) <= {200, 503} and report.statuses[200] and report.statuses[503]
+    assert len(report.server_refusal_ms) == report.statuses[503]
+    # refusals are decided on arrival; the < 50 ms target is the reliability report's (CI is noisy)
+    assert max(report.server_refusal_ms) < 2000
+
+
 def test_sigterm_drains_accepted_work_and_exits_zero() -> None:
     report = reliability.shutdown(COMMITTED_MODELS, requests=24, after_s=0.3)
     assert report.statuses[200] == 24 and report.lost == 0 and report.connection_errors == 0

@@ -133,3 +133,38 @@ def test_during_the_drain_new_connections_are_refused_at_once_and_accepted_work_
     thread.join()
     assert answer == {"status": 200}
     assert server.proc.wait(timeout=60) == 0
+
+
+class _DeadProcess:
+    """Stands in for a crashed worker process (the test is about the supervisor's restart timing)."""
+
+    pid = None
+    exitcode = -9
+
+    def is_alive(self) -> bool:
+        return False
+
+
+def test_a_worker_that_keeps_crashing_is_restarted_with_growing_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import workers
+    from service.settings import Settings
+
+    supervisor = workers.Supervisor(Settings(workers=1))
+    spawned: list[float] = []
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(workers.time, "monotonic", lambda: clock["now"])
+
+    def spawn(sock: object, index: int) -> workers._Worker:
+        spawned.append(clock["now"])
+        serving = threading.Event()
+        serving.set()  # it served, then crashed (a crash before serving stops the supervisor instead)
+        return workers._Worker(_DeadProcess(), serving)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
+    supervisor.workers = [spawn(None, 0)]
+    for _ in range(200):  # 20 s of 0.1 s supervisor polls, every worker dying at once
+        assert supervisor._replace_dead(None) == 0  # type: ignore[arg-type]
+        clock["now"] += 0.1
+    gaps = [round(b - a, 1) for a, b in zip(spawned, spawned[1:], strict=False)]
+    assert gaps[:5] == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0], abs=0.15)  # not every poll: 0.5, 1, 2, ... s
+    assert len(spawned) <= 7

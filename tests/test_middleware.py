@@ -1,0 +1,104 @@
+"""The outer request layers against real servers: chunked bodies, CORS before keys, the JSON 500,
+the access log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import COMMITTED_MODELS, Server
+
+ORIGIN = "http://ui.example"
+
+
+def _chunked(body: dict) -> Iterator[bytes]:  # type: ignore[type-arg]
+    """A body with no Content-Length: httpx sends it with Transfer-Encoding: chunked."""
+    raw = json.dumps(body).encode()
+    yield raw[:7]
+    yield raw[7:]
+
+
+@pytest.mark.parametrize(("path", "body", "expect"), [
+    ("/v1/sentiment", {"text": "A fine film."}, "label"),
+    ("/v1/translate", {"text": "A man is riding a bike.", "beam_size": 5}, "translation"),
+    ("/v1/translate", {"texts": ["A dog runs.", "Two cats sleep."]}, "results"),
+    ("/v2/models/sentiment/infer",
+     {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Great."]}]}, "outputs"),
+    ("/v2/models/translate-en-de/infer",
+     {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["A dog runs."]}]}, "outputs"),
+])
+def test_a_chunked_body_is_read_in_full_and_answered(committed_server: Server, path: str, body: dict,  # type: ignore[type-arg]
+                                                     expect: str) -> None:
+    with httpx.Client(timeout=60) as client:
+        r = client.post(f"{committed_server.url}{path}", content=_chunked(body),
+                        headers={"Content-Type": "application/json"})
+    assert r.request.headers.get("transfer-encoding") == "chunked"
+    assert r.status_code == 200, r.text
+    assert expect in r.json()
+
+
+@pytest.fixture(scope="module")
+def keyed_cors_server() -> Iterator[Server]:
+    server = Server(COMMITTED_MODELS, api_keys='["k-123"]', cors_origins=f'["{ORIGIN}"]', warmup="false",
+                    max_body_bytes="2048").wait_ready()
+    yield server
+    server.stop()
+
+
+def test_a_browser_preflight_is_answered_before_the_key_check(keyed_cors_server: Server) -> None:
+    r = httpx.options(f"{keyed_cors_server.url}/v1/translate",
+                      headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                               "Access-Control-Request-Headers": "content-type,x-api-key"})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
+
+
+@pytest.mark.parametrize(("headers", "content", "status"), [
+    ({"Content-Type": "application/json"}, b'{"text": "fine"}', 401),  # no key
+    ({"Content-Type": "text/plain", "X-API-Key": "k-123"}, b"fine", 415),
+    ({"Content-Type": "application/json", "X-API-Key": "k-123"}, b'{"text": "' + b"a" * 4000 + b'"}', 413),
+    ({"Content-Type": "application/json", "X-API-Key": "k-123"}, b'{"text": "fine"}', 200),
+])
+def test_every_answer_a_browser_reads_carries_cors_headers(keyed_cors_server: Server, headers: dict,  # type: ignore[type-arg]
+                                                           content: bytes, status: int) -> None:
+    r = httpx.post(f"{keyed_cors_server.url}/v1/sentiment", content=content, headers={"Origin": ORIGIN, **headers})
+    assert r.status_code == status
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert r.json()["code"] if status != 200 else r.json()["label"]
+
+
+def test_a_bug_is_a_json_500_in_the_error_vocabulary(monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.testclient import TestClient
+
+    from service import inference
+    from service.app import create_app
+    from service.settings import Settings
+
+    def broken(*args: object) -> dict:  # type: ignore[type-arg]
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(inference, "sentiment_result", broken)
+    app = create_app(Settings(model_repository=COMMITTED_MODELS, warmup=False))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/v1/sentiment", json={"text": "fine"}, headers={"X-Request-ID": "bug-1"})
+        assert client.post("/v2/health/ready").status_code in (200, 405)  # the app keeps serving
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"error": "internal server error (request bug-1)", "code": "internal_error"}
+
+
+def test_the_access_log_is_one_json_object_per_line() -> None:
+    server = Server(COMMITTED_MODELS, access_log="true", warmup="false").wait_ready()
+    try:
+        httpx.post(f"{server.url}/v1/sentiment", json={"text": "fine"}, headers={"X-Request-ID": "log-1"})
+        assert server.wait_for_output('"request_id": "log-1"')
+    finally:
+        server.stop()
+    line = next(x for x in server.output().splitlines() if '"log-1"' in x)
+    entry = json.loads(line)
+    assert entry["status"] == 200 and entry["route"] == "/v1/sentiment" and entry["logger"] == "seqserve.access"
+    assert entry["time"].endswith("Z") and entry["latency_ms"] > 0
