@@ -14,7 +14,7 @@ def test_a_request_is_admitted_whole_or_refused_whole() -> None:
     admission.admit(first)
     assert admission.waiting == 3 and all(t.waiting for t in first)
     second = [Waiting() for _ in range(2)]
-    with pytest.raises(Overloaded, match="3 texts waiting .limit 4.; this request brings 2") as refused:
+    with pytest.raises(Overloaded, match=r"3 texts waiting \(limit 4\); this request brings 2") as refused:
         admission.admit(second)
     assert refused.value.headers["Retry-After"] == "1"
     assert admission.waiting == 3 and not any(t.waiting for t in second)  # none of the refused one got in
