@@ -18,6 +18,11 @@ $(VENV)/.runtime: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[cpu]"
 	touch $@
 
+# evaluation reads the committed ONNX graphs: ONNX Runtime and sacrebleu, no torch
+$(VENV)/.eval: $(VENV)/.runtime
+	$(PY) -m pip install --quiet -e ".[cpu,eval]"
+	touch $@
+
 # dev + train extras: tests exercise the export path, which needs torch (a CPU wheel, pinned).
 $(VENV)/.dev: $(VENV)/.runtime
 	$(PY) -m pip install --quiet -e ".[cpu,dev,train]"
@@ -43,7 +48,7 @@ train-translation: $(VENV)/.dev  ## train, export and evaluate the en→de trans
 	$(PY) -m export.onnx_export translation --data-dir $(DATA_DIR) --run-dir runs/translate-en-de --out-dir models/translate-en-de/1
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --write
 
-evaluate: $(VENV)/.dev  ## print the committed models' quality (accuracy, BLEU) from ONNX Runtime
+evaluate: $(VENV)/.eval  ## print the committed models' quality (accuracy, BLEU) from ONNX Runtime
 	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1
 
@@ -54,8 +59,9 @@ loadtest: $(VENV)/.dev  ## Locust sweep + open loop, batching on vs off, vs the 
 reliability: $(VENV)/.dev  ## overload and graceful-shutdown scenarios (reports/reliability.md)
 	$(PY) -m loadtests.reliability
 
-bench: $(VENV)/.dev  ## serving benchmark: HTTP vs raw ONNX Runtime, concurrency scaling, start-up time
-	$(PY) -m loadtests.bench_service
+# make's own option parser takes `make bench --duration 9` for itself: options go in BENCH_ARGS
+bench: $(VENV)/.dev  ## serving benchmark (BENCH_ARGS="--duration 9"; BASELINE=<checkout> compares against it)
+	$(PY) -m loadtests.bench_service $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

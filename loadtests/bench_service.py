@@ -1,6 +1,7 @@
 """Serving benchmark: the served model against its raw ONNX Runtime limit, in one run.
 
     python -m loadtests.bench_service [--duration 8] [--out reports/bench_service.md]
+    python -m loadtests.bench_service --baseline ../other-checkout   (this vs that, loadtests/baseline.py)
 
 Prints (and writes as markdown):
   - raw ONNX Runtime throughput of the sentiment model at a range of batch sizes (no HTTP) on
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtests import ceiling
+from loadtests import baseline, ceiling
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import LoadGenerator, default_processes
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--client-processes", type=int, default=default_processes(),
                    help="load generator processes (default: 1 on up to 4 cores, else cores/4, at most 4)")
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_service.md")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="another checkout (with its own .venv) to compare against in alternating rounds "
+                        "(loadtests/baseline.py); only that comparison runs")
     args = p.parse_args(argv)
 
     lines: list[str] = ["# seqserve serving benchmark", "",
@@ -228,6 +232,20 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(text)
 
     sentences = sentiment_texts(args.data_dir, "test")
+    if args.baseline is not None:
+        server = ServerProcess(args.models).wait_ready()
+        generator = LoadGenerator(args.client_processes)
+        try:
+            sources = translation_texts(args.data_dir, "test_2016_flickr")
+            baseline.compare(args.baseline.resolve(), server, generator, sentences, sources,
+                             args.duration / args.rounds, args.rounds, say)
+        finally:
+            generator.close()
+            server.stop()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+        print(f"\nwritten to {args.out}")
+        return
     sentiment = load_runner(args.models / "sentiment" / "1", ["CPUExecutionProvider"])
     assert isinstance(sentiment, SentimentRunner)
     raw = RawSentiment(sentiment, sentences, [1, 8, 16, 32, 64, 128, 256])

@@ -41,11 +41,12 @@ def free_port() -> int:
 class ServerProcess:
     """Starts at once; ``wait_ready`` blocks until /v2/health/ready answers 200 and records how
     long start-up took. ``settings`` become SEQSERVE_* variables (``max_queue_size="16"``).
+    ``checkout``: run that checkout's service with its own .venv instead of this one's.
     With ``capture_output`` its log is kept for ``output()`` (tests read refusal messages), read
     as it comes, so that ``wait_for_output`` can wait for a line while the server runs."""
 
     def __init__(self, models: Path, *, capture_output: bool = False, settings: Mapping[str, str] | None = None,
-                 **more_settings: str) -> None:
+                 checkout: Path | None = None, **more_settings: str) -> None:
         settings = {**(settings or {}), **more_settings}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,7 +59,9 @@ class ServerProcess:
         self.started = time.perf_counter()
         self.ready_after_s = float("nan")
         self.workers = int(env.get("SEQSERVE_WORKERS") or 1)
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=out,
+        # another checkout (a baseline to compare against) runs its own code with its own .venv
+        python = str(checkout / ".venv" / "bin" / "python") if checkout else sys.executable
+        self.proc = subprocess.Popen([python, "-m", "service"], cwd=checkout or ROOT, env=env, stdout=out,
                                      stderr=subprocess.STDOUT, text=True)
         self._log: list[str] = []
         self._reader: threading.Thread | None = None

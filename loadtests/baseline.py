@@ -1,0 +1,80 @@
+"""This checkout against a baseline checkout, measured in alternating rounds on one machine.
+
+    make bench BASELINE=../seqserve-before      (python -m loadtests.bench_service --baseline DIR)
+
+The baseline is another checkout of seqserve with its own .venv (``make .venv/.runtime`` there)
+and its own models/. Both servers run with their defaults (the same SEQSERVE_* environment), and
+each phase alternates between them round by round, so that the machine's drift falls on both
+alike; the ratio printed is of the two medians over rounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtests.http_client import LoadResult, encode_post
+from loadtests.load_generator import LoadGenerator
+from loadtests.server import ServerProcess
+
+
+@dataclass
+class Phase:
+    name: str
+    path: str
+    bodies: Sequence[Mapping[str, object]]
+    clients: int
+    per_item: bool  # sentences/s (sentiment) rather than requests/s
+
+
+def phases(sentences: list[str], sources: list[str]) -> list[Phase]:
+    sentiment = [{"text": s} for s in sentences]
+    greedy = [{"text": s, "beam_size": 1} for s in sources]
+    beam = [{"text": s, "beam_size": 5} for s in sources]
+    return [Phase("sentiment, 1 client", "/v1/sentiment", sentiment, 1, True),
+            Phase("sentiment, 16 clients", "/v1/sentiment", sentiment, 16, True),
+            Phase("sentiment, 64 clients", "/v1/sentiment", sentiment, 64, True),
+            Phase("translation greedy, 64 clients", "/v1/translate", greedy, 64, False),
+            Phase("translation beam 5, 64 clients", "/v1/translate", beam, 64, False)]
+
+
+def check_baseline(checkout: Path) -> None:
+    for needed in (checkout / ".venv" / "bin" / "python", checkout / "models"):
+        if not needed.exists():
+            raise SystemExit(f"baseline {checkout}: {needed} is missing (run `make .venv/.runtime` there)")
+
+
+def compare(checkout: Path, ours: ServerProcess, generator: LoadGenerator, sentences: list[str],
+            sources: list[str], seconds_per_round: float, rounds: int, say: Callable[[str], None]) -> None:
+    """Each phase on both servers, alternating, ``rounds`` times; prints a table of medians and ratios."""
+    check_baseline(checkout)
+    theirs = ServerProcess(checkout / "models", checkout=checkout).wait_ready()
+    rates: dict[tuple[str, str], list[float]] = {}
+    p99: dict[tuple[str, str], list[float]] = {}
+    failed: dict[tuple[str, str], int] = {}
+    try:
+        for phase in phases(sentences, sources):
+            requests = [encode_post(phase.path, dict(body)) for body in phase.bodies]
+            for _ in range(rounds):
+                for side, server in (("this", ours), ("baseline", theirs)):
+                    result: LoadResult = generator.run(server.port, requests, phase.clients, seconds_per_round)[0]
+                    key = (phase.name, side)
+                    rates.setdefault(key, []).append(result.items_per_s if phase.per_item else result.rps)
+                    p99.setdefault(key, []).append(result.percentile(99) * 1000)
+                    failed[key] = failed.get(key, 0) + sum(n for s, n in result.statuses.items() if s >= 300)
+    finally:
+        theirs.stop()
+    say(f"## This checkout vs the baseline at {checkout} ({rounds} alternating rounds of "
+        f"{seconds_per_round:.1f} s per phase and side)")
+    say("| phase | this (median) | baseline (median) | this / baseline | p99 ms this / baseline | non-2xx |")
+    say("|---|---:|---:|---:|---:|---:|")
+    for phase in phases(sentences, sources):
+        mine, base = (statistics.median(rates[(phase.name, side)]) for side in ("this", "baseline"))
+        unit = "sentences/s" if phase.per_item else "requests/s"
+        say(f"| {phase.name} | {mine:,.1f} {unit} | {base:,.1f} | **{mine / max(base, 1e-9):.2f}x** | "
+            f"{statistics.median(p99[(phase.name, 'this')]):.0f} / "
+            f"{statistics.median(p99[(phase.name, 'baseline')]):.0f} | "
+            f"{failed[(phase.name, 'this')]} / {failed[(phase.name, 'baseline')]} |")
+    say("")
