@@ -34,6 +34,14 @@ class Admission:
         self.waiting = 0
         self._lock = threading.Lock()
         self._depth = metrics.QUEUE_DEPTH.labels(model)
+        self._rejected = metrics.REJECTED.labels(model, "queue_full")
+
+    def refuse_if_full(self, count: int) -> None:
+        """503 at once when ``count`` more texts would not fit now, before the costlier checks
+        (tokenising) run for a request that would be refused anyway. A lock-free read: ``admit``
+        decides for real."""
+        if self.waiting + count > self.limit:
+            self._refuse(self.waiting, count)
 
     def admit(self, texts: Sequence[Waiting]) -> None:
         """Count ``texts`` as waiting, all or none: 503 when they would not all fit."""
@@ -47,10 +55,13 @@ class Admission:
                     text.waiting = True
                 fits = True
         if not fits:
-            metrics.REJECTED.labels(self.model, "queue_full").inc()
-            raise Overloaded(f"model {self.model} has {waiting} texts waiting (limit {self.limit}); this request "
-                             f"brings {len(texts)}; retry later", retry_after_s=1)
+            self._refuse(waiting, len(texts))
         self._depth.set(self.waiting)
+
+    def _refuse(self, waiting: int, count: int) -> None:
+        self._rejected.inc()
+        raise Overloaded(f"model {self.model} has {waiting} texts waiting (limit {self.limit}); this request "
+                         f"brings {count}; retry later", retry_after_s=1)
 
     def leave(self, text: Waiting) -> None:
         """``text`` no longer waits (taken by an engine, or abandoned); a second call does nothing."""

@@ -6,6 +6,7 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
+from service.admission import Admission
 from service.batching import BatchPolicy, DynamicBatcher
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
@@ -21,6 +22,8 @@ class TranslationEngine(Protocol):
 
     @property
     def healthy(self) -> bool: ...
+    @property
+    def admission(self) -> Admission: ...
 
     async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]: ...
     def start(self) -> None: ...
@@ -36,6 +39,10 @@ class _BatchedEngine(Generic[P, R]):
     @property
     def healthy(self) -> bool:
         return self.batcher.healthy
+
+    @property
+    def admission(self) -> Admission:
+        return self.batcher.admission
 
     def start(self) -> None:
         self.batcher.start()

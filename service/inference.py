@@ -2,8 +2,11 @@
 
 It owns what must not differ between protocols: the token limits and decoding options checked
 before anything is queued, one request's texts admitted whole or refused whole by the model's
-engine, the deadline, and the shape of a result. Adapters only map their wire format onto these
-calls and the errors (service/errors.py) onto their status codes.
+engine, the deadline, and the shape of a result. A request that would not fit in the model's
+queue is refused before its texts are tokenised (the costliest check): under overload a refusal
+then costs little more than parsing, so it comes fast and leaves the event loop free.
+Adapters only map their wire format onto these calls and the errors (service/errors.py) onto
+their status codes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from service.runners.translation import TranslationJob, TranslationOutput
 
 def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> list[list[int]]:
     """Subword ids of each text, refused (422 naming the text) when over the model's limit."""
+    model.engine.admission.refuse_if_full(len(texts))
     runner = model.runner
     assert isinstance(runner, SentimentRunner)
     return [check_tokens(runner.tokenize(t), model.card.max_input_tokens, item_field(field, i), model.name)
@@ -50,6 +54,7 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     assert isinstance(runner, TranslationRunner)
     check_range(beam_size, 1, runner.decoding.max_beam_size, "beam_size")
     check_range(max_length, 1, runner.max_output_tokens, "max_length")
+    model.engine.admission.refuse_if_full(len(texts))
     jobs = []
     for i, text in enumerate(texts):
         # the limit counts subwords before the </s> the model appends
