@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -182,6 +183,14 @@ async def test_a_request_that_stops_waiting_gives_its_places_back_at_once() -> N
     await batcher.close()
 
 
+async def _becomes(condition: Callable[[], bool], within_s: float = 2.0) -> bool:
+    """The thread marks itself healthy just after handing its answer over: wait for it."""
+    end = time.monotonic() + within_s
+    while not condition() and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    return condition()
+
+
 async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     import service.batching as batching
 
@@ -203,7 +212,8 @@ async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypat
         await batcher.submit("x", 1, time.monotonic() + 10)
     assert time.monotonic() - started < 5
     assert await batcher.submit("again", 1, time.monotonic() + 10) == "AGAIN"  # a new thread serves
-    assert batcher.threads[0] is not first_thread and batcher.threads[0].is_alive() and batcher.healthy
+    assert batcher.threads[0] is not first_thread and batcher.threads[0].is_alive()
+    assert await _becomes(lambda: batcher.healthy)
     # a replacement that fails too before doing any work turns the model unhealthy (not ready) ...
     faults["left"] = 2
     for _ in range(2):
@@ -212,5 +222,5 @@ async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypat
     assert not batcher.healthy
     # ... until a thread gets work done again
     assert await batcher.submit("back", 1, time.monotonic() + 10) == "BACK"
-    assert batcher.healthy and batcher.in_flight == 0
+    assert await _becomes(lambda: batcher.healthy) and batcher.in_flight == 0
     await batcher.close()
