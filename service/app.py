@@ -15,13 +15,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
-from service import __version__, grpc_v2, metrics, routes_v1, routes_v2, ui
+from service import __version__, grpc_v2, metrics, routes_repository, routes_v1, routes_v2, ui
 from service.auth import ApiKeyMiddleware
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
 from service.middleware import RequestContextMiddleware
 from service.onnx_session import ModelLoadError
 from service.registry import ModelRegistry
+from service.repository import ModelControl
 from service.settings import Settings
 
 log = logging.getLogger("seqserve")
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("refusing to start: %s", exc)  # names the file; the traceback follows
             raise
         app.state.registry = registry
+        app.state.model_control = ModelControl(registry, settings)
         registry.start()
         grpc_server = await grpc_v2.start(app.state, settings)
         # what is loaded now lives as long as the process: keep it out of every collection, and
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
+    app.include_router(routes_repository.router)
     app.include_router(ui.router)
 
     @app.get("/metrics", include_in_schema=False)

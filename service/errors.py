@@ -47,6 +47,18 @@ class ModelNotFound(ServiceError):
     status, code = 404, "model_not_found"
 
 
+class ModelControlRefused(ServiceError):
+    """Model control is off (SEQSERVE_MODEL_CONTROL), or several worker processes would disagree."""
+
+    status, code = 409, "model_control_refused"
+
+
+class ModelLoadFailed(ServiceError):
+    """A version in the repository cannot be loaded: the message names the file."""
+
+    status, code = 409, "model_load_failed"
+
+
 class Overloaded(ServiceError):
     status, code = 503, "overloaded"
 

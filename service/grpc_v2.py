@@ -29,6 +29,7 @@ from service import __version__, metrics, v2_model, v2_stats
 from service.errors import InvalidInput, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
 from service.inputs import deadline_after
+from service.repository import check_load_parameters
 from service.settings import Settings
 from service.v2_binary import decode_tensor, encode_tensor
 from service.v2_infer import InputTensor, infer
@@ -37,7 +38,8 @@ log = logging.getLogger("seqserve.grpc")
 access_log = logging.getLogger("seqserve.access")
 
 _CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
-          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.INVALID_ARGUMENT,
+          409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+          422: grpc.StatusCode.INVALID_ARGUMENT,
           499: grpc.StatusCode.CANCELLED, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 # methods a probe may call without a key (as the HTTP health routes)
 _EXEMPT = {"ServerLive", "ServerReady"}
@@ -127,6 +129,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         stats = v2_stats.statistics(self.state.registry, request.name or None, request.version or None)
         return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
 
+    # --- model repository (service/repository.py) -----------------------------------------------
+    async def _repository_index(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rows = self.state.model_control.index(ready_only=request.ready)
+        return json_format.ParseDict({"models": rows}, service_pb2.RepositoryIndexResponse())
+
+    async def _repository_load(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        check_load_parameters(dict(request.parameters))
+        await self.state.model_control.load(request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def _repository_unload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self.state.model_control.unload(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
     # --- inference ------------------------------------------------------------------------------
     async def _model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         remaining = context.time_remaining()
@@ -194,7 +210,10 @@ def _wrap(name: str, handler: Handler) -> Handler:
 _METHODS = {"ServerLive": InferenceServicer._server_live, "ServerReady": InferenceServicer._server_ready,
             "ServerMetadata": InferenceServicer._server_metadata, "ModelReady": InferenceServicer._model_ready,
             "ModelMetadata": InferenceServicer._model_metadata, "ModelConfig": InferenceServicer._model_config,
-            "ModelStatistics": InferenceServicer._model_statistics, "ModelInfer": InferenceServicer._model_infer}
+            "ModelStatistics": InferenceServicer._model_statistics, "ModelInfer": InferenceServicer._model_infer,
+            "RepositoryIndex": InferenceServicer._repository_index,
+            "RepositoryModelLoad": InferenceServicer._repository_load,
+            "RepositoryModelUnload": InferenceServicer._repository_unload}
 for _name in [n for n in dir(service_pb2_grpc.GRPCInferenceServiceServicer) if n[0].isupper()]:
     setattr(InferenceServicer, _name, _wrap(_name, _METHODS.get(_name, InferenceServicer._unimplemented)))
 

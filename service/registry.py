@@ -55,13 +55,64 @@ def _translation_engine(name: str, runner: TranslationRunner, settings: Settings
     return RequestBatchedTranslator(name, runner, _policy(settings))
 
 
+def load_model(card_file: Path, providers: list[str], settings: Settings) -> ServedModel:
+    """Load, check and warm up one version, with its engine (not started); raise ModelLoadError
+    naming the file on any problem. Blocking: at start-up, or in a thread when loaded later."""
+    started = time.monotonic()
+    try:
+        runner = load_runner(card_file.parent, providers, settings.ort_intra_op_threads)
+    except ModelCardError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except (OSError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, ModelLoadError):
+            raise
+        raise ModelLoadError(f"{card_file.parent}: cannot load model: {exc}") from exc
+    card = runner.card
+    if (card.name, card.version) != (card_file.parent.parent.name, card_file.parent.name):
+        raise ModelLoadError(f"{card_file}: name/version {card.name}/{card.version} do not match "
+                             f"its folder {card_file.parent.parent.name}/{card_file.parent.name}")
+    if settings.warmup:
+        runner.warmup()
+    engine: SentimentEngine | TranslationEngine
+    if isinstance(runner, SentimentRunner):
+        policy = _policy(settings)
+        if settings.warmup:
+            policy.batch_overhead_tokens = runner.measure_batch_overhead()
+            log.info("%s: one run costs as much as %.0f padded tokens", card.name,
+                     policy.batch_overhead_tokens)
+        engine = SentimentEngine(card.name, runner, policy)
+    else:
+        engine = _translation_engine(card.name, runner, settings)
+    log.info("loaded %s/%s (%s) on %s in %.2fs", card.name, card.version, card.task,
+             runner.providers[0], time.monotonic() - started)
+    if providers[0] == "CUDAExecutionProvider" and runner.providers[0] != providers[0]:
+        log.warning("%s: the CUDA provider could not start (no GPU, driver or matching CUDA libraries "
+                    "visible to this process); serving on the CPU", card.name)
+    return ServedModel(card, runner, engine, card_file.parent)
+
+
 class ModelRegistry:
     def __init__(self, models: list[ServedModel], providers: list[str]) -> None:
         self.providers = providers
         self._by_key = {(m.name, m.version): m for m in models}
         self._latest: dict[str, ServedModel] = {}
-        for m in sorted(models, key=lambda m: int(m.version)):
+        self._index_latest()
+
+    def _index_latest(self) -> None:
+        self._latest = {}
+        for m in sorted(self._by_key.values(), key=lambda m: int(m.version)):
             self._latest[m.name] = m
+
+    # --- changes (model control, service/repository.py) -----------------------------------
+    def add(self, model: ServedModel) -> None:
+        """Serve a loaded, started version; unversioned requests go to it if it is the highest."""
+        self._by_key[(model.name, model.version)] = model
+        self._index_latest()
+
+    def remove(self, model: ServedModel) -> None:
+        """Stop routing requests to a version (404 for it; unversioned ones go to the next highest)."""
+        self._by_key.pop((model.name, model.version), None)
+        self._index_latest()
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
@@ -72,40 +123,7 @@ class ModelRegistry:
             raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json)")
         providers = choose_providers(settings.providers)
         log.info("ONNX Runtime providers: %s", ", ".join(providers))
-        models = []
-        for card_file in cards:
-            started = time.monotonic()
-            try:
-                runner = load_runner(card_file.parent, providers, settings.ort_intra_op_threads)
-            except ModelCardError as exc:
-                raise ModelLoadError(str(exc)) from exc
-            except (OSError, RuntimeError, ValueError) as exc:
-                if isinstance(exc, ModelLoadError):
-                    raise
-                raise ModelLoadError(f"{card_file.parent}: cannot load model: {exc}") from exc
-            card = runner.card
-            if (card.name, card.version) != (card_file.parent.parent.name, card_file.parent.name):
-                raise ModelLoadError(f"{card_file}: name/version {card.name}/{card.version} do not match "
-                                     f"its folder {card_file.parent.parent.name}/{card_file.parent.name}")
-            if settings.warmup:
-                runner.warmup()
-            engine: SentimentEngine | TranslationEngine
-            if isinstance(runner, SentimentRunner):
-                policy = _policy(settings)
-                if settings.warmup:
-                    policy.batch_overhead_tokens = runner.measure_batch_overhead()
-                    log.info("%s: one run costs as much as %.0f padded tokens", card.name,
-                             policy.batch_overhead_tokens)
-                engine = SentimentEngine(card.name, runner, policy)
-            else:
-                engine = _translation_engine(card.name, runner, settings)
-            models.append(ServedModel(card, runner, engine, card_file.parent))
-            log.info("loaded %s/%s (%s) on %s in %.2fs", card.name, card.version, card.task,
-                     runner.providers[0], time.monotonic() - started)
-            if providers[0] == "CUDAExecutionProvider" and runner.providers[0] != providers[0]:
-                log.warning("%s: the CUDA provider could not start (no GPU, driver or matching CUDA libraries "
-                            "visible to this process); serving on the CPU", card.name)
-        return cls(models, providers)
+        return cls([load_model(card_file, providers, settings) for card_file in cards], providers)
 
     # --- lookup -----------------------------------------------------------------------------
     def all(self) -> list[ServedModel]:

@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="Open Inference Protocol gRPC port; 0 = no gRPC")
     model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/model.json")
+    model_control: bool = Field(False, description="allow loading and unloading models at run time "
+                                "(POST /v2/repository/...); with WORKERS > 1 such calls are refused")
     providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution providers")
     ort_intra_op_threads: int = Field(
         1, ge=0, description="threads per ONNX Runtime session; 0 = one per core. 1 is fastest for the small "

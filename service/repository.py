@@ -1,0 +1,109 @@
+"""Model control (the Open Inference Protocol's model repository extension), off unless
+SEQSERVE_MODEL_CONTROL is set.
+
+- index: every version under the repository, READY when served, UNAVAILABLE otherwise.
+- load <name>: brings the served versions in line with the repository, as Triton's explicit mode
+  does: each version folder not yet served is loaded, checked against its model.json and warmed up
+  in a thread (the event loop keeps serving), and only then takes traffic; a served version whose
+  folder is gone is unloaded. Unversioned requests go to the highest served version.
+- unload <name>: every version of the model stops taking requests at once (404 for it), what was
+  accepted is drained, then its threads and sessions are freed.
+
+With SEQSERVE_WORKERS > 1 each worker process has its own models and a call reaches only one of
+them, so load and unload are refused (409) rather than applied to one worker in N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from service.errors import InvalidInput, ModelControlRefused, ModelLoadFailed, ModelNotFound
+from service.onnx_session import ModelLoadError
+from service.registry import ModelRegistry, ServedModel, load_model
+from service.settings import Settings
+
+log = logging.getLogger("seqserve.repository")
+
+
+def check_load_parameters(parameters: dict[str, Any]) -> None:
+    """Triton's load may override a model's configuration or files ("config", "file:..."); here a
+    version is its folder and model.json, so such a load is refused rather than half-applied."""
+    overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
+    if overrides:
+        raise InvalidInput(f"load parameters {overrides} are not supported: a version is defined by its "
+                           "folder and model.json", field="parameters")
+
+
+class ModelControl:
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._lock = asyncio.Lock()  # one change at a time
+
+    def _on_disk(self, name: str | None = None) -> dict[tuple[str, str], Path]:
+        pattern = f"{name}/*/model.json" if name else "*/*/model.json"
+        return {(card.parent.parent.name, card.parent.name): card
+                for card in self.settings.model_repository.glob(pattern) if card.parent.name.isdigit()}
+
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        served = {(m.name, m.version) for m in self.registry.all()}
+        rows = []
+        for name, version in sorted(set(self._on_disk()) | served, key=lambda k: (k[0], int(k[1]))):
+            if (name, version) in served:
+                rows.append({"name": name, "version": version, "state": "READY"})
+            elif not ready_only:
+                rows.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": "unloaded"})
+        return rows
+
+    def _check_allowed(self) -> None:
+        if not self.settings.model_control:
+            raise ModelControlRefused("model control is off; start the server with SEQSERVE_MODEL_CONTROL=true",
+                                      field="SEQSERVE_MODEL_CONTROL")
+        if self.settings.workers > 1:
+            raise ModelControlRefused(f"model control needs one server process; SEQSERVE_WORKERS is "
+                                      f"{self.settings.workers} and each worker has its own models",
+                                      field="SEQSERVE_WORKERS", limit=1)
+
+    async def load(self, name: str) -> None:
+        self._check_allowed()
+        async with self._lock:
+            on_disk = self._on_disk(name)
+            served = {m.version: m for m in self.registry.all() if m.name == name}
+            if not on_disk and not served:
+                raise ModelNotFound(f"no model {name} in the repository {self.settings.model_repository}",
+                                    field="model")
+            for (_, version), card in sorted(on_disk.items(), key=lambda kv: int(kv[0][1])):
+                if version in served:
+                    continue
+                try:
+                    model = await asyncio.to_thread(load_model, card, self.registry.providers, self.settings)
+                except ModelLoadError as exc:
+                    raise ModelLoadFailed(str(exc), field="model") from exc
+                model.engine.start()
+                self.registry.add(model)
+                log.info("serving %s/%s", name, version)
+            for version, model in served.items():
+                if (name, version) not in on_disk:
+                    await self._retire(model)
+
+    async def unload(self, name: str) -> None:
+        self._check_allowed()
+        async with self._lock:
+            models = [m for m in self.registry.all() if m.name == name]
+            if not models:
+                raise ModelNotFound(f"model {name} is not loaded", field="model")
+            for model in models:
+                await self._retire(model)
+
+    async def _retire(self, model: ServedModel) -> None:
+        self.registry.remove(model)
+        # requests that looked the version up before this point may not have queued yet
+        # (several texts are submitted as tasks): let them run up to their queue first
+        await asyncio.sleep(0)
+        drained = await model.engine.drain(self.settings.drain_timeout_s)
+        await model.engine.close()
+        log.info("unloaded %s/%s (%s)", model.name, model.version,
+                 "drained" if drained else "drain timeout reached")

@@ -1,0 +1,60 @@
+"""REST of the model repository extension (service/repository.py): index, load, unload.
+
+Bodies are optional JSON, as tritonclient sends them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.errors import InvalidInput
+from service.repository import ModelControl, check_load_parameters
+from service.schemas import ErrorBody
+
+router = APIRouter(prefix="/v2/repository", tags=["v2 model repository"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 409, 422)}
+
+
+def control(request: Request) -> ModelControl:
+    return request.app.state.model_control
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidInput("request body is not valid JSON", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object", field="body")
+    return body
+
+
+@router.post("/index", summary="Every version in the repository and whether it is served", responses=_ERRORS)
+async def index(request: Request) -> JSONResponse:
+    body = await _body(request)
+    return JSONResponse(control(request).index(ready_only=bool(body.get("ready", False))))
+
+
+@router.post("/models/{name}/load", summary="Serve the model's versions as they are in the repository",
+             responses=_ERRORS)
+async def load(request: Request, name: str) -> JSONResponse:
+    body = await _body(request)
+    check_load_parameters(body.get("parameters") or {})
+    await control(request).load(name)
+    return JSONResponse({})
+
+
+@router.post("/models/{name}/unload", summary="Stop serving every version of the model (drained first)",
+             responses=_ERRORS)
+async def unload(request: Request, name: str) -> JSONResponse:
+    await _body(request)
+    await control(request).unload(name)
+    return JSONResponse({})

@@ -1,0 +1,168 @@
+"""Model control (service/repository.py) on a real server, driven by the stock tritonclient:
+a second sentiment version loaded and unloaded while 64 clients keep sending."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.http as tc
+from tritonclient.utils import InferenceServerException
+
+from service.errors import ModelControlRefused
+from service.repository import ModelControl
+from service.settings import Settings
+from tests.conftest import COMMITTED_MODELS, Server
+
+BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["A gorgeous, witty movie."]}]}
+
+
+def _add_version(repo: Path, version: str, card_version: str | None = None) -> Path:
+    """A copy of sentiment/1 as another version (its files linked, its model.json rewritten)."""
+    source, target = COMMITTED_MODELS / "sentiment" / "1", repo / "sentiment" / version
+    target.mkdir(parents=True)
+    for f in source.iterdir():
+        if f.name != "model.json":
+            (target / f.name).symlink_to(f.resolve())
+    card = json.loads((source / "model.json").read_text())
+    card["version"] = card_version or version
+    (target / "model.json").write_text(json.dumps(card))
+    return target
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("repo")
+    (repo / "sentiment").mkdir()
+    (repo / "sentiment" / "1").symlink_to((COMMITTED_MODELS / "sentiment" / "1").resolve())
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[Server]:
+    server = Server(repo, model_control="true").wait_ready()
+    yield server
+    server.stop()
+
+
+class Clients:
+    """``n`` clients sending unversioned v2 requests back to back until stopped, in their own loop."""
+
+    def __init__(self, url: str, n: int) -> None:
+        self.url, self.n = url, n
+        self.answers: list[tuple[float, float, int, str]] = []  # (sent, answered, status, version)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()))
+
+    async def _run(self) -> None:
+        # idle connections are dropped well before uvicorn closes them (5 s), so that a request never
+        # races the server's close of a kept-alive connection
+        async with httpx.AsyncClient(base_url=self.url, timeout=30,
+                                     limits=httpx.Limits(max_connections=self.n, keepalive_expiry=2)) as client:
+            async def one() -> None:
+                while not self._stop.is_set():
+                    sent = time.monotonic()
+                    try:
+                        r = await client.post("/v2/models/sentiment/infer", json=BODY)
+                    except httpx.HTTPError as exc:  # counted as status 0: the test fails on it
+                        self.answers.append((sent, time.monotonic(), 0, repr(exc)))
+                        continue
+                    version = r.json().get("model_version", "") if r.status_code == 200 else r.text
+                    self.answers.append((sent, time.monotonic(), r.status_code, version))
+
+            await asyncio.gather(*[one() for _ in range(self.n)])
+
+    def __enter__(self) -> Clients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def sent_between(self, start: float, end: float) -> list[str]:
+        """Versions that answered the requests sent in [start, end) and answered before ``end``."""
+        return [v for sent, done, _, v in self.answers if start <= sent and done < end]
+
+    def wait_for_requests_sent_after(self, start: float, count: int = 20, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        while len(self.sent_between(start, float("inf"))) < count and time.monotonic() < end:
+            time.sleep(0.05)
+
+
+def test_load_and_unload_a_second_version_under_load(server: Server, repo: Path) -> None:
+    http = tc.InferenceServerClient(server.url.removeprefix("http://"))
+    grpc = tg.InferenceServerClient(server.grpc_url)
+    assert http.get_model_repository_index() == [{"name": "sentiment", "version": "1", "state": "READY"}]
+    v2 = _add_version(repo, "2")
+    assert http.get_model_repository_index()[1] == {"name": "sentiment", "version": "2", "state": "UNAVAILABLE",
+                                                    "reason": "unloaded"}
+    with Clients(server.url, 64) as clients:
+        clients.wait_for_requests_sent_after(time.monotonic())
+        http.load_model("sentiment")  # returns once version 2 is loaded, warmed up and serving
+        loaded = time.monotonic()
+        clients.wait_for_requests_sent_after(loaded)
+        assert http.get_model_metadata("sentiment")["versions"] == ["1", "2"]
+        shutil.rmtree(v2)
+        unloading = time.monotonic()
+        grpc.load_model("sentiment")  # the folder is gone: version 2 stops taking requests, drains, is freed
+        unloaded = time.monotonic()
+        clients.wait_for_requests_sent_after(unloaded)
+    statuses = [s for _, _, s, _ in clients.answers]
+    assert set(statuses) == {200}, [a for a in clients.answers if a[2] != 200][:3]
+    # unversioned requests go to the highest version as soon as it serves, and back when it is gone
+    assert set(clients.sent_between(loaded, unloading)) == {"2"}
+    assert set(clients.sent_between(unloaded, float("inf"))) == {"1"}
+    print(f"{len(statuses)} requests, all 200; {clients.sent_between(0, unloading).count('2')} answered by version 2")
+    index = grpc.get_model_repository_index(as_json=True)["models"]
+    assert [(m["name"], m["version"], m["state"]) for m in index] == [("sentiment", "1", "READY")]
+    r = httpx.post(f"{server.url}/v2/models/sentiment/versions/2/infer", json=BODY)
+    assert r.status_code == 404 and r.json()["code"] == "model_not_found"
+    grpc.close()
+
+
+def test_a_broken_version_is_refused_naming_its_file(server: Server, repo: Path) -> None:
+    bad = _add_version(repo, "3", card_version="1")  # model.json says version 1
+    try:
+        r = httpx.post(f"{server.url}/v2/repository/models/sentiment/load", timeout=60)
+        assert r.status_code == 409 and r.json()["code"] == "model_load_failed"
+        assert str(bad / "model.json") in r.json()["error"]
+        assert httpx.post(f"{server.url}/v2/models/sentiment/infer", json=BODY).status_code == 200
+    finally:
+        shutil.rmtree(bad)
+    r = httpx.post(f"{server.url}/v2/repository/models/sentiment/load", json={"parameters": {"config": "{}"}})
+    assert r.status_code == 422 and r.json()["field"] == "parameters"
+    r = httpx.post(f"{server.url}/v2/repository/models/nope/load")
+    assert r.status_code == 404
+
+
+def test_unload_then_load_again(server: Server) -> None:
+    client = tc.InferenceServerClient(server.url.removeprefix("http://"))
+    client.unload_model("sentiment")
+    with pytest.raises(InferenceServerException) as err:
+        client.get_model_metadata("sentiment")
+    assert err.value.status() == "404"
+    assert client.get_model_repository_index()[0]["state"] == "UNAVAILABLE"
+    client.load_model("sentiment")
+    assert httpx.post(f"{server.url}/v2/models/sentiment/infer", json=BODY).json()["model_version"] == "1"
+
+
+def test_model_control_is_off_by_default_and_refused_with_workers(committed_server: Server) -> None:
+    r = httpx.post(f"{committed_server.url}/v2/repository/models/sentiment/unload")
+    assert r.status_code == 409 and r.json()["field"] == "SEQSERVE_MODEL_CONTROL"
+    index = httpx.post(f"{committed_server.url}/v2/repository/index").json()  # reading is always allowed
+    assert {(m["name"], m["state"]) for m in index} == {("sentiment", "READY"), ("translate-en-de", "READY")}
+    with pytest.raises(InferenceServerException) as err:
+        tg.InferenceServerClient(committed_server.grpc_url).unload_model("sentiment")
+    assert err.value.status() == "StatusCode.FAILED_PRECONDITION"
+    control = ModelControl(None, Settings(model_control=True, workers=2))  # type: ignore[arg-type]
+    with pytest.raises(ModelControlRefused, match="SEQSERVE_WORKERS is 2"):
+        asyncio.run(control.load("sentiment"))
