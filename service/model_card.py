@@ -36,6 +36,8 @@ class TokenizerSpec(BaseModel):
     file: str
     normalizer: Literal["sentiment", "translation"]
     vocab_size: int = Field(gt=0)
+    truecaser: str | None = Field(None, description="word-casing table recasing ALL CAPS / lower / Title Case "
+                                                    "input before subwords (service/truecasing.py)")
 
 
 class DecodingSpec(BaseModel):
@@ -53,6 +55,23 @@ class ParitySpec(BaseModel):
     tolerance: float = Field(gt=0)
     max_abs_diff: float = Field(ge=0, description="measured ONNX Runtime vs PyTorch on real mixed-length batches")
     checked_on: str
+
+
+class RobustnessScore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bleu_lc: float = Field(description="lowercased 13a BLEU against the normal (cased) references")
+    bleu: float = Field(description="cased detokenised BLEU (13a) against the normal references")
+    refused: int = Field(ge=0, description="sentences the API refuses (over max_input_tokens); scored as empty")
+
+
+class RobustnessSpec(BaseModel):
+    """Quality on the same held-out sentences typed differently (export/text_variants.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    beam_size: int = Field(ge=1)
+    truecaser: bool = Field(description="whether the source truecaser was on")
+    measured: str = Field(description="how the figures were produced")
+    scores: dict[str, dict[str, RobustnessScore]] = Field(description="split -> variant -> scores")
 
 
 class ModelCard(BaseModel):
@@ -73,6 +92,7 @@ class ModelCard(BaseModel):
     training_data: dict[str, str]
     training: dict[str, int | float | str]
     metrics: dict[str, float]
+    robustness: RobustnessSpec | None = None
     opset: int = Field(ge=17)
     parity: ParitySpec
 

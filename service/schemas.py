@@ -55,11 +55,12 @@ class TranslateRequest(_OneOrMany):
 
 class TranslationResult(BaseModel):
     translation: str
-    source_tokens: list[str]
+    source_tokens: list[str] = Field(description="source subwords as the model read them, ending with \"</s>\"")
     target_tokens: list[str]
     score: float = Field(description="length-normalised log-probability of the translation")
     attention: list[list[float]] | None = Field(
-        None, description="one row per target token, one column per source token (</s> column omitted)")
+        None, description="one row per target token, one column per source token including the final \"</s>\": "
+                          "each row is that step's attention distribution and sums to 1 (within 1e-5)")
     model: str
     version: str
 

@@ -12,8 +12,14 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sentencepiece as spm
+
+from service.truecasing import Truecaser
+
+if TYPE_CHECKING:
+    from service.model_card import TokenizerSpec
 
 # Fixed special ids, set when the subword models are trained (export/tokenizers.py).
 PAD_ID = 0
@@ -76,30 +82,39 @@ NORMALIZERS = {"sentiment": normalize_sentiment, "translation": normalize_transl
 
 
 class SubwordTokenizer:
-    """A sentencepiece model plus the normaliser it was trained with.
+    """A sentencepiece model plus the normaliser it was trained with, and optionally a truecaser
+    that recases text typed in one case throughout (service/truecasing.py) after normalisation.
 
     ``encode`` never fails on valid Unicode: characters the model has not seen fall back to
     UTF-8 byte pieces (the models are trained with byte_fallback), so emoji and rare scripts
     keep their information instead of collapsing to <unk>.
     """
 
-    def __init__(self, model_file: str | Path, normalizer: str) -> None:
+    def __init__(self, model_file: str | Path, normalizer: str, truecaser: Truecaser | None = None) -> None:
         if normalizer not in NORMALIZERS:
             raise ValueError(f"unknown normalizer {normalizer!r}; expected one of {sorted(NORMALIZERS)}")
         self.model_file = Path(model_file)
         self.normalizer_name = normalizer
         self._normalize = NORMALIZERS[normalizer]
+        self.truecaser = truecaser
         self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+
+    @classmethod
+    def from_spec(cls, model_dir: Path, spec: TokenizerSpec) -> SubwordTokenizer:
+        """The tokenizer a model card describes, with its files read from ``model_dir``."""
+        truecaser = Truecaser.load(model_dir / spec.truecaser) if spec.truecaser else None
+        return cls(model_dir / spec.file, spec.normalizer, truecaser)
 
     @property
     def vocab_size(self) -> int:
         return int(self._sp.get_piece_size())
 
     def normalize(self, text: str) -> str:
-        return self._normalize(text)
+        text = self._normalize(text)
+        return self.truecaser(text) if self.truecaser is not None else text
 
     def encode(self, text: str, add_eos: bool = False) -> list[int]:
-        ids: list[int] = self._sp.encode(self._normalize(text), out_type=int)
+        ids: list[int] = self._sp.encode(self.normalize(text), out_type=int)
         if add_eos:
             ids.append(EOS_ID)
         return ids

@@ -33,9 +33,26 @@ def test_translate_single_with_attention(committed_server: Server) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["translation"] and body["model"] == "translate-en-de"
+    assert body["source_tokens"][-1] == "</s>"
     assert len(body["attention"]) == len(body["target_tokens"])
     assert all(len(row) == len(body["source_tokens"]) for row in body["attention"])
-    assert all(0.0 <= sum(row) <= 1.0 + 1e-4 for row in body["attention"])
+    # full rows: each is the step's attention distribution over the source, </s> included
+    assert all(abs(sum(row) - 1.0) <= 1e-5 and min(row) >= 0.0 for row in body["attention"])
+
+
+def test_attention_rows_sum_to_one_for_beams_and_batches(committed_server: Server) -> None:
+    texts = ["Two dogs play in the snow.", "A LITTLE GIRL IS CLIMBING INTO A WOODEN PLAYHOUSE",
+             "A man in a blue shirt is riding a bicycle while talking on his phone in the busy street."]
+    for beam in (1, 5):
+        r = httpx.post(f"{committed_server.url}/v1/translate",
+                       json={"texts": texts, "beam_size": beam, "return_attention": True}, timeout=30)
+        assert r.status_code == 200, r.text
+        for result in r.json()["results"]:
+            assert result["source_tokens"][-1] == "</s>"
+            assert len(result["attention"]) == len(result["target_tokens"])
+            for row in result["attention"]:
+                assert len(row) == len(result["source_tokens"])
+                assert sum(row) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_translation_is_the_same_alone_and_in_a_batch(committed_server: Server) -> None:

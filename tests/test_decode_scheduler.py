@@ -59,8 +59,9 @@ async def test_joining_mid_flight_gives_the_same_output_as_solo_decoding(runner:
         assert out.score == pytest.approx(solo.score, abs=1e-4)
         if job.keep_attention:
             assert out.attention is not None and solo.attention is not None
-            assert out.attention.shape == solo.attention.shape
+            assert out.attention.shape == solo.attention.shape == (len(out.tokens), len(job.src_ids))
             assert abs(out.attention - solo.attention).max() < 1e-4
+            assert abs(out.attention.sum(axis=1) - 1.0).max() < 1e-5  # whole rows, </s> included
 
 
 async def test_io_binding_path_gives_the_same_output(tiny_repo: Path, runner: TranslationRunner) -> None:

@@ -109,3 +109,18 @@ def test_decoder_step_reorders_state_rows_and_returns_top_k(translator: tuple[At
     assert top_ids.shape == (rows, 20)
     np.testing.assert_allclose(np.take_along_axis(log_probs, top_ids, axis=1), top_lp, atol=1e-6)
     assert (np.sort(log_probs, axis=1)[:, ::-1][:, :20] == top_lp).all()
+
+
+def test_average_checkpoints_is_the_mean_of_the_last_kept_epochs(tmp_path: Path) -> None:
+    from export.onnx_export import average_checkpoints
+
+    for epoch in range(1, 5):  # epochs 1..4 kept; the last 3 are averaged
+        torch.save({"config": {"size": 2}, "epoch": epoch,
+                    "model": {"w": torch.full((2, 2), float(epoch)), "steps": torch.tensor(epoch)}},
+                   tmp_path / f"epoch-{epoch}.pt")
+    averaged = average_checkpoints(tmp_path, 3)
+    assert averaged["averaged_epochs"] == [2, 3, 4] and averaged["config"] == {"size": 2}
+    assert torch.equal(averaged["model"]["w"], torch.full((2, 2), 3.0))
+    assert averaged["model"]["steps"].dtype == torch.int64
+    with pytest.raises(SystemExit, match="only 4 epoch checkpoints"):
+        average_checkpoints(tmp_path, 5)

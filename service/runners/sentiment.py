@@ -28,7 +28,7 @@ class SentimentRunner:
         self.model_dir = model_dir
         self.session = open_session(model_dir, card.graphs["model"], providers, intra_op_threads)
         self.providers = self.session.get_providers()
-        self.tokenizer = SubwordTokenizer(model_dir / card.tokenizers["text"].file, card.tokenizers["text"].normalizer)
+        self.tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["text"])
         self.labels: list[str] = list(card.labels or [])
         self._inputs = [i.name for i in card.graphs["model"].inputs]
         self._output = card.graphs["model"].outputs[0].name

@@ -54,7 +54,7 @@ class TranslationJob:
 class TranslationOutput:
     tokens: list[int]
     score: float
-    attention: np.ndarray | None  # [target tokens, source tokens without </s>]
+    attention: np.ndarray | None  # [target tokens, source tokens incl. </s>], rows sum to 1
 
 
 class TranslationRunner:
@@ -73,10 +73,8 @@ class TranslationRunner:
         # On a GPU, decoder state and encoder states stay on the device between steps (I/O
         # binding); the CPU path can use the same binding code (tests do), but gains nothing.
         self.io_binding = self.device == "cuda" if io_binding is None else io_binding
-        self.source_tokenizer = SubwordTokenizer(model_dir / card.tokenizers["source"].file,
-                                                 card.tokenizers["source"].normalizer)
-        self.target_tokenizer = SubwordTokenizer(model_dir / card.tokenizers["target"].file,
-                                                 card.tokenizers["target"].normalizer)
+        self.source_tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["source"])
+        self.target_tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["target"])
         self._enc_in = [t.name for t in card.graphs["encoder"].inputs]
         self._enc_out = [t.name for t in card.graphs["encoder"].outputs]
         self._dec_in = [t.name for t in card.graphs["decoder_step"].inputs]
@@ -180,11 +178,13 @@ class TranslationRunner:
 
     @staticmethod
     def to_output(hyp: Hypothesis, source_len: int) -> TranslationOutput:
-        """The API-facing result of a finished search: tokens, score, attention without </s>."""
+        """The API-facing result of a finished search: tokens, score, and attention with one row
+        per emitted token over every source position including the source </s>, so that each row
+        is the step's whole attention distribution (sums to 1)."""
         attention = None
-        if hyp.attention:  # one row per emitted token; the </s> step's row and column are left out
+        if hyp.attention:  # the target </s> step's row is left out: that token is not returned
             rows = hyp.attention[: len(hyp.tokens)]
-            attention = np.stack(rows)[:, : source_len - 1] if rows else np.zeros((0, source_len - 1), np.float32)
+            attention = np.stack(rows)[:, :source_len] if rows else np.zeros((0, source_len), np.float32)
         return TranslationOutput(tokens=hyp.tokens, score=hyp.score, attention=attention)
 
     def warmup(self, batch_sizes: Sequence[int] = (1, 8), length: int = 16) -> None:

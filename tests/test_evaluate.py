@@ -1,0 +1,67 @@
+"""The evaluation command's robustness table, through the runners and through a real server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from export.evaluate import api_translator, robustness_scores, robustness_table, runner_translator
+from export.text_variants import VARIANTS
+from service.model_card import ModelCard, RobustnessSpec, load_model_card
+from service.runners import TranslationRunner, load_runner
+from tests.conftest import COMMITTED_MODELS, Server
+
+TRANSLATOR = COMMITTED_MODELS / "translate-en-de" / "1"
+# two Multi30k val pairs, and a source over the 128-subword limit that the service refuses
+PAIRS = [("A man in an orange hat starring at something.",
+          "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt."),
+         ("A Boston Terrier is running on lush green grass in front of a white fence.",
+          "Ein Boston Terrier läuft über saftig-grünes Gras vor einem weißen Zaun."),
+         (" ".join(["zebra-striped xylophones"] * 40) + ".", "Zu lang.")]
+
+
+@pytest.fixture(scope="module")
+def runner() -> TranslationRunner:
+    r = load_runner(TRANSLATOR, ["CPUExecutionProvider"])
+    assert isinstance(r, TranslationRunner)
+    return r
+
+
+def test_robustness_scores_every_variant_and_counts_refusals(runner: TranslationRunner) -> None:
+    scores = robustness_scores(runner_translator(runner), {"val": PAIRS}, beam=1)
+    assert list(scores) == ["val"] and list(scores["val"]) == list(VARIANTS)
+    for score in scores["val"].values():
+        assert score.refused == 1  # the long source, in every variant; scored as an empty output
+        assert 0.0 < score.bleu_lc <= 100.0 and 0.0 < score.bleu <= 100.0
+    # the truecaser turns UPPER and Title back into the sentences as given
+    assert scores["val"]["upper"].bleu_lc == pytest.approx(scores["val"]["given"].bleu_lc, abs=5.0)
+    runner.source_tokenizer.truecaser, truecaser = None, runner.source_tokenizer.truecaser
+    try:
+        raw = robustness_scores(runner_translator(runner), {"val": PAIRS[:2]}, beam=1)
+    finally:
+        runner.source_tokenizer.truecaser = truecaser
+    assert raw["val"]["upper"].bleu_lc < scores["val"]["upper"].bleu_lc
+
+
+def test_the_table_is_stored_in_the_card_and_older_cards_still_load(runner: TranslationRunner) -> None:
+    scores = robustness_scores(runner_translator(runner), {"val": PAIRS[:1]}, beam=1)
+    spec = RobustnessSpec(beam_size=1, truecaser=True, measured="test", scores=scores)
+    table = robustness_table(spec)
+    assert table.splitlines()[0].startswith("| source typed as | val BLEU lc (cased)")
+    assert len(table.splitlines()) == 2 + len(VARIANTS)
+    card = load_model_card(TRANSLATOR / "model.json").model_copy(update={"robustness": spec})
+    again = ModelCard.model_validate_json(card.model_dump_json())
+    assert again.robustness == spec
+    old = json.loads((TRANSLATOR / "model.json").read_text())
+    old.pop("robustness", None)
+    old["tokenizers"]["source"].pop("truecaser", None)
+    assert ModelCard.model_validate(old).robustness is None
+
+
+def test_through_the_api_the_same_translations_and_refusals(runner: TranslationRunner,
+                                                             committed_server: Server) -> None:
+    sources = [s for s, _ in PAIRS] + ["TWO DOGS PLAY IN THE SNOW."]
+    over_http = api_translator(committed_server.url, batch_size=2)(sources, 3)
+    assert over_http == runner_translator(runner)(sources, 3)
+    assert over_http[2] is None and all(t for i, t in enumerate(over_http) if i != 2)
