@@ -21,6 +21,17 @@ _NO_PARENTS.flags.writeable = False  # shared: callers only read them
 _FIRST_ROW.flags.writeable = False
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Random sampling instead of the argmax (beam 1 only): from the ``topk`` best candidates the
+    decoder returns, with probabilities softmax(log p / temperature). Each request draws from its
+    own generator seeded with ``seed``, so a sample does not depend on what it is batched with."""
+
+    topk: int
+    temperature: float
+    seed: int
+
+
 @dataclass
 class Hypothesis:
     tokens: list[int]
@@ -38,9 +49,13 @@ class BeamSearch:
     """
 
     def __init__(self, beam_size: int, max_length: int, length_penalty: float = 1.0,
-                 keep_attention: bool = False) -> None:
+                 keep_attention: bool = False, sampling: Sampling | None = None) -> None:
         if beam_size < 1:
             raise ValueError("beam_size must be >= 1")
+        if sampling is not None and beam_size != 1:
+            raise ValueError("sampling draws one token per step: beam_size must be 1")
+        self.sampling = sampling
+        self._rng = np.random.default_rng(sampling.seed) if sampling is not None else None
         self.beam_size = beam_size
         self.max_length = max(1, max_length)
         self.length_penalty = length_penalty
@@ -77,6 +92,8 @@ class BeamSearch:
         the new beams (indices into this request's current live rows), which say how to reorder
         its decoder state; the array is empty when the request is done.
         """
+        if self.sampling is not None:
+            return self._advance_sampled(top_log_probs, top_ids, attention)
         if self.beam_size == 1:
             return self._advance_greedy(top_log_probs, top_ids, attention)
         return self._advance_beams(top_log_probs, top_ids, attention)
@@ -130,6 +147,18 @@ class BeamSearch:
         row = attention[0] if attention is not None else None
         return _FIRST_ROW if self.advance_token(int(top_ids[0, 0]), float(top_log_probs[0, 0]), row) else _NO_PARENTS
 
+    def _advance_sampled(self, top_log_probs: np.ndarray, top_ids: np.ndarray,
+                         attention: np.ndarray | None) -> np.ndarray:
+        """One token drawn from the row's ``topk`` candidates; its score is the model's own log p."""
+        assert self.sampling is not None and self._rng is not None
+        k = min(self.sampling.topk, top_log_probs.shape[1])
+        scaled = top_log_probs[0, :k].astype(np.float64) / self.sampling.temperature
+        weights = np.exp(scaled - scaled.max())
+        pick = min(int(np.searchsorted(np.cumsum(weights), self._rng.random() * weights.sum(), side="right")), k - 1)
+        row = attention[0] if attention is not None else None
+        token, log_prob = int(top_ids[0, pick]), float(top_log_probs[0, pick])
+        return _FIRST_ROW if self.advance_token(token, log_prob, row) else _NO_PARENTS
+
     def advance_token(self, token: int, log_prob: float, attention: np.ndarray | None = None) -> bool:
         """Greedy (beam 1) step from the row's best candidate; True while the search goes on.
         The scheduler calls this directly with plain numbers: it runs for every greedy request
@@ -148,9 +177,14 @@ class BeamSearch:
         return True
 
     def best(self) -> Hypothesis:
+        return self.nbest(1)[0]
+
+    def nbest(self, n: int) -> list[Hypothesis]:
+        """The ``n`` best finished hypotheses (at most the beam size), best first; ties keep the
+        order they finished in."""
         if not self.finished:
-            raise RuntimeError("best() called before the search finished")
-        return max(self.finished, key=lambda h: h.score)
+            raise RuntimeError("nbest() called before the search finished")
+        return sorted(self.finished, key=lambda h: h.score, reverse=True)[:n]
 
 
 def top_candidates(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from service.decoding import BeamSearch, top_candidates
+from service.decoding import BeamSearch, Sampling, top_candidates
 from service.tokenization import EOS_ID
 
 VOCAB = 8
@@ -80,3 +81,43 @@ def test_greedy_fast_path_equals_the_general_path() -> None:
         assert general.done
         a, b = fast.best(), general.best()
         assert (a.tokens, a.log_prob, a.score, len(a.attention)) == (b.tokens, b.log_prob, b.score, len(b.attention))
+
+
+def test_nbest_is_sorted_by_score_and_starts_with_the_best() -> None:
+    search = BeamSearch(beam_size=3, max_length=10)
+    _run(search, TABLE)
+    nbest = search.nbest(3)
+    assert nbest[0] is search.best() and len(nbest) == 3
+    assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
+    assert search.nbest(2) == nbest[:2]
+
+
+def test_length_penalty_is_the_exponent_of_the_length() -> None:
+    # score = sum(log p) / (tokens + 1 for </s>) ** alpha
+    for alpha in (0.0, 0.6, 1.0, 2.0):
+        search = BeamSearch(beam_size=1, max_length=10, length_penalty=alpha)
+        _run(search, TABLE)
+        best = search.best()
+        assert best.tokens == [4]
+        assert best.score == best.log_prob / 2 ** alpha
+
+
+def _sampled(seed: int, topk: int = 20, temperature: float = 1.0, table: dict | None = None) -> list[int]:
+    return _run(BeamSearch(1, max_length=10, sampling=Sampling(topk, temperature, seed)), table or TABLE)
+
+
+def test_sampling_follows_the_model_and_a_seed_repeats_it() -> None:
+    firsts = [_sampled(seed)[0] for seed in range(2000)]
+    assert abs(firsts.count(4) / 2000 - 0.6) < 0.06  # p(4) = 0.6, p(5) = 0.4
+    assert all(_sampled(seed) == _sampled(seed) for seed in range(50))
+
+
+def test_sampling_topk_one_or_a_cold_temperature_is_greedy() -> None:
+    greedy = _run(BeamSearch(beam_size=1, max_length=10), TABLE)
+    assert all(_sampled(seed, topk=1) == greedy for seed in range(50))
+    assert all(_sampled(seed, temperature=1e-3) == greedy for seed in range(50))
+
+
+def test_sampling_needs_beam_one() -> None:
+    with pytest.raises(ValueError, match="beam_size must be 1"):
+        BeamSearch(beam_size=2, max_length=5, sampling=Sampling(5, 1.0, 0))
