@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
-from service import __version__, grpc_v2, metrics, routes_repository, routes_v1, routes_v2, ui
+from service import __version__, grpc_v2, metrics, routes_repository, routes_stream, routes_v1, routes_v2, ui
 from service.auth import ApiKeyMiddleware
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
     app.include_router(routes_repository.router)
+    app.include_router(routes_stream.router)
     app.include_router(ui.router)
 
     @app.get("/metrics", include_in_schema=False)

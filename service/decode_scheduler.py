@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import queue
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from service import metrics
 from service.admission import Waiting
 from service.batching import AnsweredFromThreads, BatchPolicy
-from service.decoding import BeamSearch
+from service.decoding import BeamSearch, StepUpdate
 from service.errors import DeadlineExceeded, NotReady
 from service.runners.translation import (
     DecoderRows,
@@ -61,6 +63,16 @@ class _Request(Waiting):
 
 
 Done = tuple[_Request, TranslationOutput | None, BaseException | None]  # a request and its answer
+StreamUpdate = tuple[Callable[[StepUpdate], None], StepUpdate]  # a stream's callback and its step
+
+
+def _deliver(updates: list[StreamUpdate]) -> None:
+    """On the event loop: each stream gets its step (a failing stream never stops the others)."""
+    for on_step, update in updates:
+        try:
+            on_step(update)
+        except Exception:
+            log.exception("a stream's step callback failed")
 
 
 def _take(array: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
@@ -177,6 +189,12 @@ class DecodeScheduler(AnsweredFromThreads):
         lane.intake.put_nowait(request)
         lane.assigned += 1
 
+    def stream(self, updates: list[StreamUpdate]) -> None:
+        """From a lane's thread: hand one step's updates to their streams, with one wake-up."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+                self._loop.call_soon_threadsafe(_deliver, updates)
+
     def finish(self, lane: _Lane, done: list[Done]) -> None:
         """From a lane's thread: answer its finished requests, with one wake-up of the event loop."""
 
@@ -205,6 +223,7 @@ class _Lane:
         self._steps_since_join = 0
         self._rows = _RowArrays(self.runner)  # the running set: its members, in row order
         self._answers: list[Done] = []  # finished in this loop turn, handed over together
+        self._updates: list[StreamUpdate] = []  # streamed requests' steps in this turn, likewise
         # labelled metric children looked up once (labels() hashes the label tuple on every call)
         self._first_step = metrics.TIME_TO_FIRST_STEP.labels(self.name)
         self._rows_per_step = metrics.DECODE_ROWS.labels(self.name)
@@ -228,6 +247,9 @@ class _Lane:
 
     def _flush(self) -> None:
         answers, self._answers = self._answers, []
+        updates, self._updates = self._updates, []
+        if updates:  # before the answers: a stream's last update precedes its result
+            self.scheduler.stream(updates)
         if answers:
             self.scheduler.finish(self, answers)
 
@@ -290,10 +312,8 @@ class _Lane:
     def _encode(self, joiners: list[_Request]) -> Encoded:
         """Encode the joiners together and start their searches."""
         encoded = self.runner.encode([r.job.src_ids for r in joiners])
-        decoding = self.runner.decoding
         for request in joiners:
-            request.search = BeamSearch(request.job.beam_size, request.job.max_length, decoding.length_penalty,
-                                        request.job.keep_attention)
+            request.search = self.runner.search_for(request.job)
         metrics.TOKENS.labels(self.name, "input").inc(sum(r.src_len for r in joiners))
         return encoded
 
@@ -370,7 +390,7 @@ class _Lane:
                 request.first_step_at = started
                 self._first_step.observe(started - request.arrived)
             keep_attention = attention is not None and search.keep_attention
-            if search.beam_size == 1:
+            if search.beam_size == 1 and search.sampling is None:
                 attn = attention[offset, : request.src_len] if keep_attention else None  # type: ignore[index]
                 parents = [offset] if search.advance_token(best_ids[offset], best_lp[offset], attn) else []
             else:
@@ -380,10 +400,12 @@ class _Lane:
             if search.done:
                 finished = True
                 self._steps_per_request.observe(search.steps)
-                output = TranslationRunner.to_output(search.best(), request.src_len)
+                output = TranslationRunner.result_of(search, request.job)
                 self._output_tokens.inc(len(output.tokens))
                 self._finish(request, output)
             else:
+                if request.job.on_step is not None:
+                    self._updates.append((request.job.on_step, search.update()))
                 survivors.append(request)
                 layout.append(search.live)
                 reorder.extend(parents)

@@ -32,6 +32,15 @@ class Sampling:
     seed: int
 
 
+@dataclass(frozen=True)
+class StepUpdate:
+    """A streamed request's search after one decoder step, built on the decode thread without
+    copies (the search replaces its token lists rather than appending to them)."""
+
+    tokens: list[int]  # the best live hypothesis (greedy: every token so far)
+    attention: np.ndarray | None = None  # greedy with attention kept: this step's row
+
+
 @dataclass
 class Hypothesis:
     tokens: list[int]
@@ -175,6 +184,11 @@ class BeamSearch:
             self.finished.append(Hypothesis(tokens, total, self._normalise(total, len(tokens)), attn))
             return False
         return True
+
+    def update(self) -> StepUpdate:
+        """The state a stream reports after a step (call while the search is not done)."""
+        row = self.attention[0][-1] if self.beam_size == 1 and self.keep_attention and self.attention[0] else None
+        return StepUpdate(self.tokens[0], row)
 
     def best(self) -> Hypothesis:
         return self.nbest(1)[0]

@@ -11,15 +11,21 @@ their status codes.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
 
 from service.engines import SentimentEngine
+from service.errors import InvalidInput
 from service.inputs import check_range, check_tokens, item_field
 from service.registry import ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
+from service.streaming import Event, TranslationStream
+
+# 7 decimals: rounding moves a row's sum by at most 129 x 5e-8, inside the 1e-5 promised
+ATTENTION_DECIMALS = 7
 
 
 def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> list[list[int]]:
@@ -71,13 +77,41 @@ async def translate(model: ServedModel, jobs: list[TranslationJob], deadline: fl
     return await engine.translate_all(jobs, deadline)
 
 
+def translator(model: ServedModel) -> TranslationRunner:
+    """The model's translation runner, or 422 for a model that does not generate text."""
+    runner = model.runner
+    if not isinstance(runner, TranslationRunner):
+        raise InvalidInput(f"model {model.name} does not generate text (task {model.card.task})", field="model")
+    return runner
+
+
+def source_tokens(runner: TranslationRunner, job: TranslationJob) -> list[str]:
+    return runner.source_tokenizer.pieces(job.src_ids)  # ends with "</s>": one per attention column
+
+
 def translation_result(model: ServedModel, job: TranslationJob, out: TranslationOutput) -> dict[str, Any]:
     runner = model.runner
     assert isinstance(runner, TranslationRunner)
     return {"translation": runner.detokenize(out.tokens),
-            "source_tokens": runner.source_tokenizer.pieces(job.src_ids),  # ends with "</s>"
+            "source_tokens": source_tokens(runner, job),
             "target_tokens": runner.target_tokenizer.pieces(out.tokens),
             "score": float(out.score),
-            # 7 decimals: rounding moves a row's sum by at most 129 x 5e-8, inside the 1e-5 promised
-            "attention": None if out.attention is None else np.round(out.attention.astype(np.float64), 7).tolist(),
+            "attention": None if out.attention is None
+            else np.round(out.attention.astype(np.float64), ATTENTION_DECIMALS).tolist(),
             "model": model.name, "version": model.version}
+
+
+def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -> AsyncGenerator[Event, None]:
+    """Decode one job and yield its events as the decoder steps (service/streaming.py): the same
+    engine call as ``translate``, with the job's step callback set. Closing the generator before
+    its end cancels the decoding."""
+    runner = translator(model)
+    width = len(source_tokens(runner, job)) if job.keep_attention else None
+    stream = TranslationStream(model.name, job.beam_size, runner.detokenize, runner.target_tokenizer.pieces,
+                               width, ATTENTION_DECIMALS)
+    job.on_step = stream.push
+
+    async def run() -> TranslationOutput:
+        return (await translate(model, [job], deadline))[0]
+
+    return stream.events(run())

@@ -17,8 +17,9 @@ T = TypeVar("T")
 
 
 def item_field(field: str, index: int) -> str:
-    """How errors name one text: ``text`` for the single-text field, ``texts[2]`` in a list."""
-    return field if field == "text" else f"{field}[{index}]"
+    """How errors name one text: ``text`` (v1) or ``text_input`` (v2 generate) for a single-text
+    field, ``texts[2]`` in a list."""
+    return field if field in ("text", "text_input") else f"{field}[{index}]"
 
 
 async def each(works: list[Awaitable[T]]) -> list[T]:

@@ -45,6 +45,14 @@ DECODE_STEPS = Histogram("seqserve_decode_steps_per_request", "Decoder steps a r
 TIME_TO_FIRST_STEP = Histogram("seqserve_decode_time_to_first_step_seconds", "Arrival to first decoder step",
                                ["model"], buckets=_LATENCY_BUCKETS)
 
+# Streamed translations (SSE)
+STREAM_FIRST_EVENT = Histogram("seqserve_stream_time_to_first_event_seconds",
+                               "Start of a streamed translation to its first event", ["model"],
+                               buckets=_LATENCY_BUCKETS)
+STREAM_TOKENS_PER_SECOND = Histogram("seqserve_stream_tokens_per_second",
+                                     "Output tokens / duration of each streamed translation", ["model"],
+                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
+
 
 # How late the event loop runs a timer: what every request waits on top of its own work when the
 # loop is busy (parsing, tokenising, answers) or starved of the GIL by model threads.

@@ -6,10 +6,11 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from service import inference
+from service import inference, routes_stream
+from service.errors import InvalidInput
 from service.inputs import check_texts, deadline_for, unless_client_leaves
 from service.registry import ModelRegistry, ServedModel
 from service.schemas import (
@@ -73,13 +74,18 @@ async def sentiment(request: Request) -> JSONResponse:
 @router.post("/translate", response_model=TranslationResult | TranslateBatchResponse, responses=_ERRORS,
              summary="Translate one text or a list of texts (English → German)",
              openapi_extra=_json_body(TranslateRequest))
-async def translate(request: Request) -> JSONResponse:
+async def translate(request: Request) -> Response:
     body = await parse_body(request, TranslateRequest)
     registry, settings = _state(request)
     model = registry.translator(body.source, body.target)
     field, texts = body.field_and_texts()
     check_texts(texts, settings, field)
+    if body.stream and body.texts is not None:
+        raise InvalidInput("a stream carries one translation: send 'text', not 'texts'", field="stream")
     jobs = inference.translation_jobs(model, texts, field, body.beam_size, body.max_length, body.return_attention)
+    if body.stream:
+        render = routes_stream.v1_renderer(model, jobs[0], inference.translation_result)
+        return await routes_stream.start_stream(model, jobs[0], deadline_for(request, settings), render)
     # a client that leaves is dropped from decoding (it holds the decoder for many steps)
     outputs = await unless_client_leaves(request, inference.translate(model, jobs, deadline_for(request, settings)))
     results = [inference.translation_result(model, job, out) for job, out in zip(jobs, outputs, strict=True)]

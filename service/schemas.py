@@ -51,6 +51,7 @@ class TranslateRequest(_OneOrMany):
     beam_size: StrictInt | None = Field(None, description="1 = greedy; default from the model card")
     max_length: StrictInt | None = Field(None, description="max target subwords; default 2 x source + 10")
     return_attention: StrictBool = False
+    stream: StrictBool = Field(False, description="answer as Server-Sent Events (one 'text'; see the README)")
 
 
 class TranslationResult(BaseModel):

@@ -7,7 +7,7 @@ scheduler reuses ``encode`` and ``step`` with its own driver loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -15,7 +15,7 @@ from typing import TypeAlias
 import numpy as np
 import onnxruntime as ort
 
-from service.decoding import BeamSearch, Hypothesis
+from service.decoding import BeamSearch, Hypothesis, Sampling, StepUpdate
 from service.model_card import ModelCard
 from service.onnx_session import open_session
 from service.runners.sentiment import pad_batch
@@ -48,6 +48,11 @@ class TranslationJob:
     beam_size: int
     max_length: int
     keep_attention: bool = False
+    num_hypotheses: int = 1  # n-best: up to beam_size finished hypotheses, best first
+    length_penalty: float | None = None  # the exponent; None = the model card's
+    sampling: Sampling | None = None
+    # streaming: called on the event loop after each decoder step that did not finish the search
+    on_step: Callable[[StepUpdate], None] | None = None
 
 
 @dataclass
@@ -55,6 +60,7 @@ class TranslationOutput:
     tokens: list[int]
     score: float
     attention: np.ndarray | None  # [target tokens, source tokens incl. </s>], rows sum to 1
+    hypotheses: list[tuple[list[int], float]] | None = None  # n-best (tokens, score) when asked for
 
 
 class TranslationRunner:
@@ -94,6 +100,19 @@ class TranslationRunner:
         """A decoding job with the model card's defaults for what the caller leaves out."""
         return TranslationJob(src_ids, beam_size or self.decoding.default_beam_size,
                               max_length or self.default_max_length(len(src_ids)), keep_attention)
+
+    def search_for(self, job: TranslationJob) -> BeamSearch:
+        """The search that decodes ``job`` (one place, for both schedulers)."""
+        penalty = self.decoding.length_penalty if job.length_penalty is None else job.length_penalty
+        return BeamSearch(job.beam_size, job.max_length, penalty, job.keep_attention, job.sampling)
+
+    @classmethod
+    def result_of(cls, search: BeamSearch, job: TranslationJob) -> TranslationOutput:
+        """The finished search's answer: its best hypothesis, and the n-best list when asked for."""
+        output = cls.to_output(search.best(), len(job.src_ids))
+        if job.num_hypotheses > 1:
+            output.hypotheses = [(h.tokens, h.score) for h in search.nbest(job.num_hypotheses)]
+        return output
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.target_tokenizer.decode(ids)
@@ -145,8 +164,7 @@ class TranslationRunner:
     # --- whole-request batched decoding -----------------------------------------------------
     def translate(self, jobs: Sequence[TranslationJob]) -> list[TranslationOutput]:
         enc = self.encode([j.src_ids for j in jobs])
-        searches = [BeamSearch(j.beam_size, j.max_length, self.decoding.length_penalty, j.keep_attention)
-                    for j in jobs]
+        searches = [self.search_for(j) for j in jobs]
         want_attention = any(j.keep_attention for j in jobs)
         owners = np.arange(len(jobs))
         rows = DecoderRows(self.place(enc.states), self.place(enc.keys), self.place(enc.mask))
@@ -174,7 +192,7 @@ class TranslationRunner:
                 rows = DecoderRows(self.place(enc.states[new_owners]), self.place(enc.keys[new_owners]),
                                    self.place(enc.mask[new_owners]))
                 owners = new_owners
-        return [self.to_output(s.best(), int(enc.lengths[j])) for j, s in enumerate(searches)]
+        return [self.result_of(s, job) for s, job in zip(searches, jobs, strict=True)]
 
     @staticmethod
     def to_output(hyp: Hypothesis, source_len: int) -> TranslationOutput:

@@ -176,10 +176,32 @@ const heatmap = {
   },
 };
 
-// ---- translation ------------------------------------------------------------------------
+// ---- translation: streamed (fetch reads the event stream; EventSource cannot POST or send a key) ----
+async function* sseEvents(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
+    }
+  }
+}
+
 function translationRequest() {
   const body = { text: $("source").value, beam_size: Number($("beam-size").value) || undefined,
-    return_attention: true };
+    return_attention: true, stream: true };
   const maxLength = Number($("max-length").value);
   if (maxLength > 0) body.max_length = maxLength;
   return body;
@@ -191,20 +213,44 @@ async function translate(event) {
   const button = $("translate");
   button.disabled = true;
   const started = performance.now();
+  let firstAt = null;
   const request = translationRequest();
+  const shown = $("translation");
   try {
-    const result = await api("/v1/translate", request);
+    const response = await fetch(`${state.base}/v1/translate`,
+      { method: "POST", headers: headers(true), body: JSON.stringify(request) });
+    if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
     $("translation-out").hidden = false;
-    $("translation").textContent = result.translation;
-    heatmap.start(result.source_tokens);
-    result.target_tokens.forEach((piece, i) => heatmap.addRow(piece, result.attention[i]));
-    const ms = Math.round(performance.now() - started);
-    $("translation-meta").textContent = `score ${result.score.toFixed(3)} · ${result.target_tokens.length} subwords · `
-      + `beam ${request.beam_size} · ${ms} ms · ${result.model} v${result.version}`;
-    $("heatmap").dataset.complete = "true";
+    shown.textContent = "";
+    shown.classList.add("live");
+    $("translation-meta").textContent = "translating…";
+    for await (const { event: name, data } of sseEvents(response)) {
+      firstAt ??= performance.now();
+      if (data.source_tokens) heatmap.start(data.source_tokens);
+      if (name === "delta") {  // greedy: the text grows and the heatmap gains a row per subword
+        shown.textContent += data.text;
+        heatmap.addRow(data.token, data.attention);
+      } else if (name === "hypothesis") {  // beam search: the best beam so far (may still change)
+        shown.textContent = data.translation;
+      } else if (name === "result") {
+        shown.textContent = data.translation;
+        if (heatmap.targets.length !== data.target_tokens.length) {  // beam search: the rows come with the result
+          heatmap.start(data.source_tokens);
+          data.target_tokens.forEach((piece, i) => heatmap.addRow(piece, data.attention[i]));
+        }
+        const ms = (t) => Math.round(t - started);
+        $("translation-meta").textContent = `score ${data.score.toFixed(3)} · ${data.target_tokens.length} subwords · `
+          + `beam ${request.beam_size} · first event ${ms(firstAt)} ms · whole ${ms(performance.now())} ms · `
+          + `${data.model} v${data.version}`;
+        $("heatmap").dataset.complete = "true";
+      } else if (name === "error") {
+        throw new ApiError(200, data);
+      }
+    }
   } catch (err) {
     showError(explain(err));
   } finally {
+    shown.classList.remove("live");
     button.disabled = false;
   }
 }

@@ -1,0 +1,195 @@
+"""Server-Sent Events adapters for streamed translation, over service/streaming.py.
+
+- REST v1: ``POST /v1/translate`` with ``"stream": true`` (routes_v1 hands the job over here):
+  ``delta`` events (greedy), ``hypothesis`` events (beam search), then ``result`` (the
+  non-streamed answer) or ``error``.
+- Triton's generate extension: ``POST /v2/models/{name}[/versions/{v}]/generate`` (one JSON
+  answer) and ``.../generate_stream`` (SSE, each event a ``$generate_response`` whose
+  ``text_output`` pieces concatenate to the translation).
+
+A request that fails before its first event (bad input, queue full, deadline) gets an ordinary
+JSON error with its status; after that, an error is an event in the stream (status 200 sent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from service import inference
+from service.errors import InvalidInput, NotReady
+from service.inputs import check_texts, deadline_for, unless_client_leaves
+from service.registry import ServedModel
+from service.runners import TranslationRunner
+from service.runners.translation import TranslationJob
+from service.streaming import Delta, Event, Failed, Final, Partial, sse
+
+Render = Callable[[Event], bytes]
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def start_stream(model: ServedModel, job: TranslationJob, deadline: float, render: Render) -> StreamingResponse:
+    """Start decoding ``job`` and answer with its event stream, once its first event is there.
+
+    Waiting for the first event lets a refusal (queue full, deadline) still be a JSON error with
+    its status; every later event is sent as soon as the decode lane hands it over."""
+    events = inference.translate_stream(model, job, deadline)
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+    if isinstance(first, Failed):
+        await events.aclose()
+        raise first.error
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield render(first)
+            async for event in events:
+                yield render(event)
+        finally:  # the client left (or the stream ended): cancel what still runs
+            await events.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream; charset=utf-8", headers=_SSE_HEADERS)
+
+
+# --- REST v1 -----------------------------------------------------------------------------------
+def v1_renderer(model: ServedModel, job: TranslationJob,
+                result: Callable[[ServedModel, TranslationJob, Any], dict[str, Any]]) -> Render:
+    """v1 events: ``delta`` / ``hypothesis`` / ``result`` / ``error``; the first event also
+    carries ``source_tokens`` (the attention's columns)."""
+    runner = inference.translator(model)
+    first = [True]
+
+    def render(event: Event) -> bytes:
+        data: dict[str, Any]
+        if isinstance(event, Delta):
+            name, data = "delta", {"index": event.index, "token": event.token, "text": event.text}
+            if event.attention is not None:
+                data["attention"] = event.attention
+        elif isinstance(event, Partial):
+            name, data = "hypothesis", {"step": event.step, "translation": event.text,
+                                        "target_tokens": runner.target_tokenizer.pieces(event.tokens)}
+        elif isinstance(event, Final):
+            name, data = "result", result(model, job, event.output)
+        else:
+            name, data = "error", event.error.body()
+        if first[0] and name in ("delta", "hypothesis"):
+            data["source_tokens"] = inference.source_tokens(runner, job)
+        first[0] = False
+        return sse(data, event=name)
+
+    return render
+
+
+# --- Triton's generate extension -----------------------------------------------------------------
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+
+# decoding parameters the generate routes take, in "parameters" or at the top level (as Triton
+# passes extra properties on); "max_tokens" is what generate clients commonly send for the length
+_INT_PARAMS = ("beam_size", "max_length", "max_tokens")
+_OTHER_PARAMS = ("timeout", "stream")
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "examples": [{"text_input": "A man is riding a bike.", "parameters": {"beam_size": 1}}]})
+    text_input: StrictStr = Field(description="the text to translate")
+    parameters: dict[str, Any] | None = None
+
+
+def _parameters(body: GenerateRequest) -> dict[str, Any]:
+    params = {**(body.model_extra or {}), **(body.parameters or {})}
+    for key, value in params.items():
+        if key not in _INT_PARAMS + _OTHER_PARAMS:
+            raise InvalidInput(f"unknown parameter {key!r}; this model takes {', '.join(_INT_PARAMS + _OTHER_PARAMS)}",
+                               field=f"parameters.{key}")
+        if key in _INT_PARAMS and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InvalidInput(f"parameters.{key} must be an integer", field=f"parameters.{key}")
+        if key == "stream" and not isinstance(value, bool):
+            raise InvalidInput("parameters.stream must be true or false", field="parameters.stream")
+    if "max_tokens" in params and "max_length" in params:
+        raise InvalidInput("give max_length or max_tokens, not both", field="parameters.max_tokens")
+    return params
+
+
+async def _generate_job(request: Request, name: str, version: str | None,
+                        body: GenerateRequest) -> tuple[ServedModel, TranslationJob, float]:
+    if not getattr(request.app.state, "ready", False):
+        raise NotReady("server is not ready")
+    settings = request.app.state.settings
+    model = request.app.state.registry.get(name, version)
+    inference.translator(model)
+    params = _parameters(body)
+    check_texts([body.text_input], settings, "text_input")
+    max_length = params.get("max_length", params.get("max_tokens"))
+    job = inference.translation_jobs(model, [body.text_input], "text_input", params.get("beam_size"), max_length,
+                                     False)[0]
+    return model, job, deadline_for(request, settings, params.get("timeout"))
+
+
+def _generate_response(model: ServedModel, text: str, **extra: Any) -> dict[str, Any]:
+    return {"model_name": model.name, "model_version": model.version, "text_output": text, **extra}
+
+
+def _generate_renderer(model: ServedModel, runner: TranslationRunner) -> Render:
+    """Each event a $generate_response: greedy ``text_output`` deltas; beam search sends its best
+    hypothesis so far in ``hypothesis`` with an empty ``text_output``, and the whole translation
+    in the last event, so that the ``text_output`` pieces always concatenate to the translation.
+    Errors are Triton's error object, ``{"error": ...}``."""
+    sent: list[str] = []
+
+    def render(event: Event) -> bytes:
+        if isinstance(event, Delta):
+            sent.append(event.text)
+            return sse(_generate_response(model, event.text))
+        if isinstance(event, Partial):
+            return sse(_generate_response(model, "", hypothesis=event.text))
+        if isinstance(event, Final):
+            text = runner.detokenize(event.output.tokens)
+            done = "".join(sent)
+            rest = text[len(done):] if text.startswith(done) else text
+            return sse(_generate_response(model, rest, finished=True))
+        assert isinstance(event, Failed)
+        return sse(event.error.body())
+
+    return render
+
+
+async def _generate(request: Request, name: str, version: str | None, body: GenerateRequest) -> JSONResponse:
+    model, job, deadline = await _generate_job(request, name, version, body)
+    output = (await unless_client_leaves(request, inference.translate(model, [job], deadline)))[0]
+    return JSONResponse(_generate_response(model, inference.translator(model).detokenize(output.tokens)))
+
+
+async def _generate_stream(request: Request, name: str, version: str | None,
+                           body: GenerateRequest) -> StreamingResponse:
+    model, job, deadline = await _generate_job(request, name, version, body)
+    return await start_stream(model, job, deadline, _generate_renderer(model, inference.translator(model)))
+
+
+@router.post("/models/{name}/generate", summary="Generate extension: one translation")
+async def generate(request: Request, name: str, body: GenerateRequest) -> JSONResponse:
+    return await _generate(request, name, None, body)
+
+
+@router.post("/models/{name}/versions/{version}/generate", summary="Generate extension (one version)")
+async def generate_version(request: Request, name: str, version: str, body: GenerateRequest) -> JSONResponse:
+    return await _generate(request, name, version, body)
+
+
+@router.post("/models/{name}/generate_stream", summary="Generate extension: the translation as Server-Sent Events")
+async def generate_stream(request: Request, name: str, body: GenerateRequest) -> StreamingResponse:
+    return await _generate_stream(request, name, None, body)
+
+
+@router.post("/models/{name}/versions/{version}/generate_stream",
+             summary="Generate extension: Server-Sent Events (one version)")
+async def generate_stream_version(request: Request, name: str, version: str,
+                                  body: GenerateRequest) -> StreamingResponse:
+    return await _generate_stream(request, name, version, body)

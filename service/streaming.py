@@ -1,0 +1,204 @@
+"""Streaming one translation step by step, for Server-Sent Events adapters (v1 and v2 generate).
+
+The decode lane hands a streamed request a ``StepUpdate`` after each decoder step (delivered on
+the event loop, batched with every other stream's updates of that step). ``TranslationStream``
+turns them into events that do not depend on a wire format:
+
+- greedy (beam 1): one ``Delta`` per new target token: the token, the text it adds (incremental
+  detokenisation: the deltas concatenate to the final translation, byte-fallback pieces
+  included: a delta waits while the text ends in an incomplete UTF-8 sequence) and, when asked,
+  its attention row;
+- beam search: a ``Partial`` whenever the best live beam (highest summed log-probability) differs
+  from the last one sent; it is the whole current text, since a beam may revise earlier words;
+- at the end, any deltas not yet sent (greedy: the step that hit the length limit), then ``Final``
+  with the same result as the non-streamed call, or ``Failed`` with the error.
+
+Detokenising and formatting happen here, on the event loop, never on the decode thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service import metrics
+from service.decoding import StepUpdate
+from service.errors import InferenceFailed, ServiceError
+from service.runners.translation import TranslationOutput
+
+_REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 byte sequence decodes to, for now
+
+
+@dataclass(frozen=True)
+class Delta:
+    index: int  # position of the token in the translation
+    token: str  # its subword piece
+    text: str  # what it adds to the translation ("" while a byte sequence is incomplete)
+    attention: list[float] | None
+
+
+@dataclass(frozen=True)
+class Partial:
+    step: int
+    tokens: list[int]
+    text: str
+
+
+@dataclass(frozen=True)
+class Final:
+    output: TranslationOutput
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: ServiceError
+
+
+Event = Delta | Partial | Final | Failed
+
+
+class TextDeltas:
+    """Incremental detokenisation: decode the tokens so far and send what the text gained.
+
+    Sentencepiece decodes a prefix of the tokens to a prefix of the final text, except while the
+    last pieces are the first bytes of a multi-byte character (decoded as U+FFFD): then nothing
+    is sent until the character is whole. ``finish`` sends the rest of the final text.
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str]) -> None:
+        self.decode = decode
+        self.sent = ""
+
+    def feed(self, tokens: Sequence[int]) -> str:
+        text = self.decode(tokens)
+        if text.endswith(_REPLACEMENT) or not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+    def finish(self, text: str) -> str:
+        if not text.startswith(self.sent):  # cannot happen with sentencepiece; never send a wrong concatenation
+            raise InferenceFailed("streamed text is not a prefix of the translation")
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+
+def round_row(row: np.ndarray, width: int, decimals: int) -> list[float]:
+    """An attention row as the non-streamed result rounds it, ``width`` columns."""
+    rounded: list[float] = np.round(row[:width].astype(np.float64), decimals).tolist()
+    return rounded
+
+
+class TranslationStream:
+    """One streamed translation: ``push`` (event loop, from the lane's hand-over) and ``events``."""
+
+    def __init__(self, model: str, beam_size: int, decode: Callable[[Sequence[int]], str],
+                 pieces: Callable[[Sequence[int]], list[str]], attention_width: int | None,
+                 attention_decimals: int) -> None:
+        self.model = model
+        self.greedy = beam_size == 1
+        self.decode = decode
+        self.pieces = pieces
+        self.attention_width = attention_width  # columns per row when attention is streamed
+        self.attention_decimals = attention_decimals
+        self.deltas = TextDeltas(decode)
+        self._pending: list[StepUpdate] = []
+        self._wake: asyncio.Future[None] | None = None
+        self._sent_tokens = 0  # greedy: tokens already sent as deltas
+        self._last: list[int] | None = None  # beam: the last hypothesis sent
+        self._steps = 0
+
+    def push(self, update: StepUpdate) -> None:
+        self._pending.append(update)
+        self._signal()
+
+    def _signal(self, *_: object) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def _deltas(self, tokens: list[int], rows: Sequence[np.ndarray | None]) -> list[Event]:
+        """Deltas for tokens[sent:], with their attention rows (aligned with those tokens)."""
+        out: list[Event] = []
+        for index in range(self._sent_tokens, len(tokens)):
+            at = index - self._sent_tokens
+            row = rows[at] if at < len(rows) else None
+            attention = round_row(row, self.attention_width, self.attention_decimals) \
+                if row is not None and self.attention_width else None
+            out.append(Delta(index, self.pieces(tokens[index:index + 1])[0], self.deltas.feed(tokens[: index + 1]),
+                             attention))
+        self._sent_tokens = len(tokens)
+        return out
+
+    def _events_for(self, update: StepUpdate) -> list[Event]:
+        self._steps += 1
+        if self.greedy:
+            return self._deltas(update.tokens, [update.attention])
+        if update.tokens == self._last:
+            return []
+        self._last = update.tokens
+        return [Partial(self._steps, update.tokens, self.decode(update.tokens))]
+
+    def _final_events(self, output: TranslationOutput) -> list[Event]:
+        out: list[Event] = []
+        if self.greedy:
+            rows = list(output.attention[self._sent_tokens:]) if output.attention is not None else []
+            out = self._deltas(output.tokens, rows)
+            rest = self.deltas.finish(self.decode(output.tokens))
+            if rest:  # only an incomplete byte sequence at the very end: no token of its own
+                out.append(Delta(len(output.tokens), "", rest, None))
+        return [*out, Final(output)]
+
+    async def events(self, run: Awaitable[TranslationOutput]) -> AsyncGenerator[Event, None]:
+        """Run the translation (``run``, the engine call with ``push`` as its step callback) and
+        yield its events. Closing the iterator early (the client left) cancels the run, which
+        takes the request out of the decode batch at the next step."""
+        started = time.monotonic()
+        first = True
+        task = asyncio.ensure_future(run)
+        task.add_done_callback(self._signal)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._pending and not task.done():
+                    self._wake = loop.create_future()
+                    await self._wake
+                updates, self._pending = self._pending, []
+                events = [e for update in updates for e in self._events_for(update)]
+                if task.done() and not self._pending:
+                    events += self._finish(task)
+                for event in events:
+                    if first:
+                        metrics.STREAM_FIRST_EVENT.labels(self.model).observe(time.monotonic() - started)
+                        first = False
+                    yield event
+                    if isinstance(event, Final):
+                        elapsed = time.monotonic() - started
+                        metrics.STREAM_TOKENS_PER_SECOND.labels(self.model).observe(
+                            len(event.output.tokens) / elapsed if elapsed > 0 else 0.0)
+                    if isinstance(event, Final | Failed):
+                        return
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _finish(self, task: asyncio.Future[TranslationOutput]) -> list[Event]:
+        if task.cancelled():
+            return [Failed(InferenceFailed("the translation was cancelled"))]
+        error = task.exception()
+        if error is None:
+            return self._final_events(task.result())
+        if isinstance(error, ServiceError):
+            return [Failed(error)]
+        return [Failed(InferenceFailed(f"inference failed on model {self.model}: {type(error).__name__}"))]
+
+
+def sse(data: dict[str, Any], event: str | None = None) -> bytes:
+    """One Server-Sent Event; the JSON has no raw newline, so it is one data line."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
