@@ -11,11 +11,14 @@ their status codes.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from service.decoding import Sampling
 from service.engines import SentimentEngine
 from service.errors import InvalidInput
 from service.inputs import check_range, check_tokens, item_field
@@ -53,12 +56,61 @@ def sentiment_result(model: ServedModel, probs: np.ndarray) -> dict[str, Any]:
             "model": model.name, "version": model.version}
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """Decoding options beyond beam size and length (the README's "Decoding options")."""
+
+    num_hypotheses: int | None = None  # n-best list, up to the beam size
+    length_penalty: float | None = None  # the exponent of the length in the score; default the card's
+    sampling_topk: int | None = None  # sampling: from the k best candidates (up to the decoder's top-k)
+    sampling_temperature: float | None = None
+    seed: int | None = None  # for a repeatable sample; drawn at random (and returned) when left out
+
+
+NO_OPTIONS = SearchOptions()
+_MAX_SEED = 2**63 - 1
+
+
+def _limit(value: float | None, low: float, high: float, field: str, low_open: bool = False) -> None:
+    if value is None:
+        return
+    if value != value or (value <= low if low_open else value < low) or value > high:  # NaN fails too
+        bound = f"above {low}" if low_open else f"at least {low}"
+        raise InvalidInput(f"{field} must be {bound} and at most {high}; got {value}", field=field, limit=[low, high])
+
+
+def search_settings(runner: TranslationRunner, beam_size: int | None,
+                    options: SearchOptions) -> tuple[int, int, float | None, Sampling | None]:
+    """(beam size, n-best size (0 = no list), length penalty, sampling), checked: sampling draws
+    one hypothesis (beam 1), the n-best list holds at most the beam size."""
+    check_range(beam_size, 1, runner.decoding.max_beam_size, "beam_size")
+    _limit(options.length_penalty, 0.0, 5.0, "length_penalty")
+    sampling = None
+    if options.sampling_topk is not None or options.sampling_temperature is not None:
+        top = runner.decoding.top_k
+        check_range(options.sampling_topk, 1, top, "sampling_topk")
+        _limit(options.sampling_temperature, 0.0, 100.0, "sampling_temperature", low_open=True)
+        if beam_size not in (None, 1):
+            raise InvalidInput("sampling draws one hypothesis: beam_size must be 1 or left out", field="beam_size",
+                               limit=1)
+        check_range(options.seed, 0, _MAX_SEED, "seed")
+        seed = secrets.randbits(63) if options.seed is None else options.seed
+        sampling = Sampling(options.sampling_topk or top, options.sampling_temperature or 1.0, seed)
+        beam_size = 1
+    elif options.seed is not None:
+        raise InvalidInput("seed needs sampling: give sampling_topk or sampling_temperature", field="seed")
+    beam = beam_size or runner.decoding.default_beam_size
+    check_range(options.num_hypotheses, 1, beam, "num_hypotheses")
+    return beam, options.num_hypotheses or 0, options.length_penalty, sampling
+
+
 def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size: int | None,
-                     max_length: int | None, keep_attention: bool) -> list[TranslationJob]:
+                     max_length: int | None, keep_attention: bool,
+                     options: SearchOptions = NO_OPTIONS) -> list[TranslationJob]:
     """One decoding job per text; options and subword limits checked before anything is queued."""
     runner = model.runner
     assert isinstance(runner, TranslationRunner)
-    check_range(beam_size, 1, runner.decoding.max_beam_size, "beam_size")
+    beam, nbest, length_penalty, sampling = search_settings(runner, beam_size, options)
     check_range(max_length, 1, runner.max_output_tokens, "max_length")
     model.engine.admission.refuse_if_full(len(texts))
     jobs = []
@@ -66,7 +118,9 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
         # the limit counts subwords before the </s> the model appends
         ids = runner.tokenize(text)
         check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name)
-        jobs.append(runner.job(ids, beam_size, max_length, keep_attention))
+        job = runner.job(ids, beam, max_length, keep_attention)
+        job.num_hypotheses, job.length_penalty, job.sampling = nbest, length_penalty, sampling
+        jobs.append(job)
     return jobs
 
 
@@ -98,7 +152,19 @@ def translation_result(model: ServedModel, job: TranslationJob, out: Translation
             "score": float(out.score),
             "attention": None if out.attention is None
             else np.round(out.attention.astype(np.float64), ATTENTION_DECIMALS).tolist(),
-            "model": model.name, "version": model.version}
+            "model": model.name, "version": model.version, **_search_extras(runner, job, out)}
+
+
+def _search_extras(runner: TranslationRunner, job: TranslationJob, out: TranslationOutput) -> dict[str, Any]:
+    """The n-best list and the sampling seed, when the request asked for them."""
+    extras: dict[str, Any] = {}
+    if out.hypotheses is not None:
+        extras["hypotheses"] = [{"translation": runner.detokenize(tokens), "score": float(score),
+                                 "target_tokens": runner.target_tokenizer.pieces(tokens)}
+                                for tokens, score in out.hypotheses]
+    if job.sampling is not None:
+        extras["seed"] = job.sampling.seed
+    return extras
 
 
 def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -> AsyncGenerator[Event, None]:

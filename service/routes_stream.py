@@ -92,8 +92,10 @@ router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
 # decoding parameters the generate routes take, in "parameters" or at the top level (as Triton
 # passes extra properties on); "max_tokens" is what generate clients commonly send for the length
-_INT_PARAMS = ("beam_size", "max_length", "max_tokens")
-_OTHER_PARAMS = ("timeout", "stream")
+_INT_PARAMS = ("beam_size", "max_length", "max_tokens", "sampling_topk", "seed")
+_NUMBER_PARAMS = ("length_penalty", "sampling_temperature", "timeout")
+_OTHER_PARAMS = ("stream",)
+_PARAMS = _INT_PARAMS + _NUMBER_PARAMS + _OTHER_PARAMS
 
 
 class GenerateRequest(BaseModel):
@@ -106,11 +108,13 @@ class GenerateRequest(BaseModel):
 def _parameters(body: GenerateRequest) -> dict[str, Any]:
     params = {**(body.model_extra or {}), **(body.parameters or {})}
     for key, value in params.items():
-        if key not in _INT_PARAMS + _OTHER_PARAMS:
-            raise InvalidInput(f"unknown parameter {key!r}; this model takes {', '.join(_INT_PARAMS + _OTHER_PARAMS)}",
+        if key not in _PARAMS:
+            raise InvalidInput(f"unknown parameter {key!r}; this model takes {', '.join(_PARAMS)}",
                                field=f"parameters.{key}")
         if key in _INT_PARAMS and (not isinstance(value, int) or isinstance(value, bool)):
             raise InvalidInput(f"parameters.{key} must be an integer", field=f"parameters.{key}")
+        if key in _NUMBER_PARAMS and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise InvalidInput(f"parameters.{key} must be a number", field=f"parameters.{key}")
         if key == "stream" and not isinstance(value, bool):
             raise InvalidInput("parameters.stream must be true or false", field="parameters.stream")
     if "max_tokens" in params and "max_length" in params:
@@ -128,8 +132,10 @@ async def _generate_job(request: Request, name: str, version: str | None,
     params = _parameters(body)
     check_texts([body.text_input], settings, "text_input")
     max_length = params.get("max_length", params.get("max_tokens"))
+    options = inference.SearchOptions(None, params.get("length_penalty"), params.get("sampling_topk"),
+                                      params.get("sampling_temperature"), params.get("seed"))
     job = inference.translation_jobs(model, [body.text_input], "text_input", params.get("beam_size"), max_length,
-                                     False)[0]
+                                     False, options)[0]
     return model, job, deadline_for(request, settings, params.get("timeout"))
 
 

@@ -82,7 +82,10 @@ async def translate(request: Request) -> Response:
     check_texts(texts, settings, field)
     if body.stream and body.texts is not None:
         raise InvalidInput("a stream carries one translation: send 'text', not 'texts'", field="stream")
-    jobs = inference.translation_jobs(model, texts, field, body.beam_size, body.max_length, body.return_attention)
+    options = inference.SearchOptions(body.num_hypotheses, body.length_penalty, body.sampling_topk,
+                                      body.sampling_temperature, body.seed)
+    jobs = inference.translation_jobs(model, texts, field, body.beam_size, body.max_length, body.return_attention,
+                                      options)
     if body.stream:
         render = routes_stream.v1_renderer(model, jobs[0], inference.translation_result)
         return await routes_stream.start_stream(model, jobs[0], deadline_for(request, settings), render)

@@ -52,6 +52,20 @@ class TranslateRequest(_OneOrMany):
     max_length: StrictInt | None = Field(None, description="max target subwords; default 2 x source + 10")
     return_attention: StrictBool = False
     stream: StrictBool = Field(False, description="answer as Server-Sent Events (one 'text'; see the README)")
+    num_hypotheses: StrictInt | None = Field(None, description="n-best: also return this many hypotheses "
+                                             "(up to the beam size), best first")
+    length_penalty: float | None = Field(None, description="score = sum(log p) / length ** length_penalty "
+                                         "(0-5; default from the model card)")
+    sampling_topk: StrictInt | None = Field(None, description="sample from the k most likely subwords each step "
+                                            "(1-20; beam 1)")
+    sampling_temperature: float | None = Field(None, description="sampling temperature (> 0, <= 100; default 1)")
+    seed: StrictInt | None = Field(None, description="sampling seed, for a repeatable sample")
+
+
+class NBestItem(BaseModel):
+    translation: str
+    score: float
+    target_tokens: list[str]
 
 
 class TranslationResult(BaseModel):
@@ -64,6 +78,8 @@ class TranslationResult(BaseModel):
                           "each row is that step's attention distribution and sums to 1 (within 1e-5)")
     model: str
     version: str
+    hypotheses: list[NBestItem] | None = Field(None, description="the n-best list, when num_hypotheses is given")
+    seed: int | None = Field(None, description="the sampling seed used, when sampling")
 
 
 class TranslateBatchResponse(BaseModel):

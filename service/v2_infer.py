@@ -86,6 +86,20 @@ def _param_int(params: dict[str, Any], key: str) -> int | None:
     return value
 
 
+def _param_float(params: dict[str, Any], key: str) -> float | None:
+    value = params.get(key)
+    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+        raise InvalidInput(f"parameters.{key} must be a number", field=f"parameters.{key}")
+    return None if value is None else float(value)
+
+
+def search_options(params: dict[str, Any]) -> inference.SearchOptions:
+    """The decoding options a v2 request's parameters carry (same names and limits as v1)."""
+    return inference.SearchOptions(_param_int(params, "num_hypotheses"), _param_float(params, "length_penalty"),
+                                   _param_int(params, "sampling_topk"), _param_float(params, "sampling_temperature"),
+                                   _param_int(params, "seed"))
+
+
 def check_outputs(model: ServedModel, requested: list[str] | None) -> list[str]:
     """The names of the outputs to answer with, checked before any work is done."""
     names = [o.name for o in outputs_of(model)]
@@ -138,8 +152,19 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
     else:
         runner = model.runner
         assert isinstance(runner, TranslationRunner)
+        options = search_options(params)
+        if options.num_hypotheses is None:  # the n-best output exists only when a list is asked for
+            if requested and "hypotheses" in requested:
+                raise InvalidInput("output 'hypotheses' needs parameters.num_hypotheses", field="outputs")
+            wanted = [w for w in wanted if w != "hypotheses"]
         jobs = inference.translation_jobs(model, texts, FIELD, _param_int(params, "beam_size"),
-                                          _param_int(params, "max_length"), False)
+                                          _param_int(params, "max_length"), False, options)
         results = await guard(inference.translate(model, jobs, until))
         outputs = [OutputTensor("translation", "BYTES", text_shape, [runner.detokenize(r.tokens) for r in results])]
+        if options.num_hypotheses is not None:
+            k = options.num_hypotheses
+            # [N, k], best first; a search that closed fewer hypotheses than asked pads with ""
+            rows = [[runner.detokenize(tokens) for tokens, _ in r.hypotheses or []] for r in results]
+            flat = [text for row in rows for text in row + [""] * (k - len(row))]
+            outputs.append(OutputTensor("hypotheses", "BYTES", [n, k], flat))
     return InferResult(model.name, model.version, [o for o in outputs if o.name in wanted])

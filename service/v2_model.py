@@ -37,7 +37,8 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 def outputs_of(model: ServedModel) -> list[TensorSpec]:
     if model.card.task == "text-classification":
         return [TensorSpec("label", "BYTES", [1]), TensorSpec("probabilities", "FP32", [len(model.card.labels or [])])]
-    return [TensorSpec("translation", "BYTES", [1])]
+    # "hypotheses" [N, k]: the n-best list, answered when parameters.num_hypotheses is given
+    return [TensorSpec("translation", "BYTES", [1]), TensorSpec("hypotheses", "BYTES", [-1])]
 
 
 def versions_of(registry: ModelRegistry, name: str) -> list[str]:

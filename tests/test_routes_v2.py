@@ -63,7 +63,8 @@ def test_model_configuration_in_tritons_form(client: tc.InferenceServerClient) -
         ("label", "TYPE_STRING", [1]), ("probabilities", "TYPE_FP32", [2])]
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
     translator = client.get_model_config("translate-en-de")
-    assert translator["output"] == [{"name": "translation", "data_type": "TYPE_STRING", "dims": [1]}]
+    assert translator["output"] == [{"name": "translation", "data_type": "TYPE_STRING", "dims": [1]},
+                                    {"name": "hypotheses", "data_type": "TYPE_STRING", "dims": [-1]}]
     assert translator["parameters"]["max_beam_size"]["string_value"] == "10"
 
 

@@ -48,7 +48,7 @@ class TranslationJob:
     beam_size: int
     max_length: int
     keep_attention: bool = False
-    num_hypotheses: int = 1  # n-best: up to beam_size finished hypotheses, best first
+    num_hypotheses: int = 0  # n-best list asked for: up to beam_size finished hypotheses (0 = no list)
     length_penalty: float | None = None  # the exponent; None = the model card's
     sampling: Sampling | None = None
     # streaming: called on the event loop after each decoder step that did not finish the search
@@ -110,7 +110,7 @@ class TranslationRunner:
     def result_of(cls, search: BeamSearch, job: TranslationJob) -> TranslationOutput:
         """The finished search's answer: its best hypothesis, and the n-best list when asked for."""
         output = cls.to_output(search.best(), len(job.src_ids))
-        if job.num_hypotheses > 1:
+        if job.num_hypotheses > 0:
             output.hypotheses = [(h.tokens, h.score) for h in search.nbest(job.num_hypotheses)]
         return output
 

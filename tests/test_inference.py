@@ -1,0 +1,104 @@
+"""Decoding options of the inference API (service/inference.py) through v1 and v2 on a real server:
+n-best lists, seeded sampling, the length-penalty exponent, and their limits."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+TEXT = "Two young children are playing in the sand near the water."
+OTHERS = ["A dog runs.", "A man in a red shirt is riding a bike.", "Three women are talking on a busy street."]
+
+
+def _translate(url: str, **body: object) -> dict:
+    r = httpx.post(f"{url}/v1/translate", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_nbest_first_is_the_beam_result(committed_server: Server) -> None:
+    url = committed_server.url
+    plain = _translate(url, text=TEXT, beam_size=5)
+    nbest = _translate(url, text=TEXT, beam_size=5, num_hypotheses=5)
+    assert {k: v for k, v in nbest.items() if k != "hypotheses"} == plain
+    hyps = nbest["hypotheses"]
+    assert len(hyps) == 5 and hyps[0]["translation"] == plain["translation"] and hyps[0]["score"] == plain["score"]
+    assert hyps[0]["target_tokens"] == plain["target_tokens"]
+    assert [h["score"] for h in hyps] == sorted((h["score"] for h in hyps), reverse=True)
+    assert len({h["translation"] for h in hyps}) > 1
+    assert "hypotheses" not in plain and "seed" not in plain
+
+
+def test_v2_nbest_output_is_n_by_k(committed_server: Server) -> None:
+    url = committed_server.url
+    body = {"inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [TEXT, OTHERS[1]]}],
+            "parameters": {"beam_size": 4, "num_hypotheses": 3}}
+    out = httpx.post(f"{url}/v2/models/translate-en-de/infer", json=body, timeout=60).json()
+    outputs = {o["name"]: o for o in out["outputs"]}
+    assert outputs["hypotheses"]["shape"] == [2, 3] and outputs["hypotheses"]["datatype"] == "BYTES"
+    data = outputs["hypotheses"]["data"]
+    assert [data[0], data[3]] == outputs["translation"]["data"]
+    plain = httpx.post(f"{url}/v2/models/translate-en-de/infer", json={**body, "parameters": {"beam_size": 4}}).json()
+    assert [o["name"] for o in plain["outputs"]] == ["translation"]  # no list unless asked for
+    r = httpx.post(f"{url}/v2/models/translate-en-de/infer", json={**body, "parameters": {"num_hypotheses": 11}})
+    assert r.status_code == 422 and r.json()["field"] == "num_hypotheses"
+
+
+def test_a_fixed_seed_gives_the_same_sample_alone_and_in_any_batch(committed_server: Server) -> None:
+    url = committed_server.url
+    options = {"sampling_topk": 20, "sampling_temperature": 1.5, "seed": 1234}
+    alone = _translate(url, text=TEXT, **options)
+    assert alone["seed"] == 1234 and _translate(url, text=TEXT, **options) == alone
+    # in one request's batch, between other texts, and beside concurrent requests of other texts
+    batch = _translate(url, texts=[OTHERS[0], TEXT, OTHERS[1], TEXT], **options)["results"]
+    assert batch[1]["translation"] == batch[3]["translation"] == alone["translation"]
+    with ThreadPoolExecutor(8) as pool:
+        noise = [pool.submit(_translate, url, text=t, beam_size=5) for t in OTHERS * 4]
+        busy = [pool.submit(_translate, url, text=TEXT, **options) for _ in range(4)]
+        assert all(f.result()["translation"] == alone["translation"] for f in busy)
+        assert all(f.result() for f in noise)
+
+
+def test_sampling_varies_with_the_seed_and_reports_a_drawn_one(committed_server: Server) -> None:
+    url = committed_server.url
+    samples = {_translate(url, text=TEXT, sampling_topk=20, sampling_temperature=1.5, seed=s)["translation"]
+               for s in range(8)}
+    assert len(samples) > 1
+    drawn = _translate(url, text=TEXT, sampling_temperature=1.5)
+    again = _translate(url, text=TEXT, sampling_temperature=1.5, seed=drawn["seed"])
+    assert again["translation"] == drawn["translation"]
+    greedy = _translate(url, text=TEXT, beam_size=1)
+    assert _translate(url, text=TEXT, sampling_topk=1, seed=3)["translation"] == greedy["translation"]
+
+
+def test_length_penalty_is_the_exponent_of_the_length(committed_server: Server) -> None:
+    url = committed_server.url
+    raw = _translate(url, text=TEXT, beam_size=1, length_penalty=0)  # the summed log-probability
+    normalised = _translate(url, text=TEXT, beam_size=1, length_penalty=1.0)
+    squared = _translate(url, text=TEXT, beam_size=1, length_penalty=2.0)
+    length = len(raw["target_tokens"]) + 1  # the emitted </s> counts
+    assert raw["translation"] == normalised["translation"] == squared["translation"]
+    assert normalised["score"] == pytest.approx(raw["score"] / length, rel=1e-6)
+    assert squared["score"] == pytest.approx(raw["score"] / length**2, rel=1e-6)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"num_hypotheses": 6, "beam_size": 5}, "num_hypotheses"),
+    ({"num_hypotheses": 0}, "num_hypotheses"),
+    ({"sampling_topk": 5, "beam_size": 5}, "beam_size"),
+    ({"sampling_topk": 21}, "sampling_topk"),
+    ({"sampling_temperature": 0}, "sampling_temperature"),
+    ({"sampling_temperature": -1.0}, "sampling_temperature"),
+    ({"seed": 5}, "seed"),
+    ({"sampling_topk": 5, "seed": -1}, "seed"),
+    ({"sampling_topk": 5, "num_hypotheses": 2}, "num_hypotheses"),
+    ({"length_penalty": 6}, "length_penalty"),
+    ({"sampling_topk": "5"}, "sampling_topk"),
+])
+def test_decoding_options_outside_their_limits_are_422(committed_server: Server, body: dict, field: str) -> None:
+    r = httpx.post(f"{committed_server.url}/v1/translate", json={"text": TEXT, **body})
+    assert r.status_code == 422 and r.json()["field"] == field, r.text
