@@ -15,7 +15,17 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
-from service import __version__, grpc_v2, metrics, routes_repository, routes_stream, routes_v1, routes_v2, ui
+from service import (
+    __version__,
+    grpc_v2,
+    metrics,
+    openapi_doc,
+    routes_repository,
+    routes_stream,
+    routes_v1,
+    routes_v2,
+    ui,
+)
 from service.auth import ApiKeyMiddleware
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
@@ -80,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_repository.router)
     app.include_router(routes_stream.router)
     app.include_router(ui.router)
+    openapi_doc.install(app, settings, ui.PUBLIC_PATHS)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

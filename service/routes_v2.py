@@ -162,11 +162,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     return _render(result, body)
 
 
-_INFER_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": InferRequest.model_json_schema()},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
-                                            "description": "JSON header of Inference-Header-Content-Length "
-                                                           "bytes, then the binary tensor data"}}}}}
+# Only the JSON form is in the schema: a binary body (the header's JSON, then raw tensor bytes) has
+# no JSON Schema, so a generated client would send bytes the server must refuse.
+_INFER_DOC: dict[str, Any] = {"requestBody": {
+    "required": True, "content": {"application/json": {"schema": InferRequest.model_json_schema()}},
+    "description": "Also Triton's binary tensor data: with an Inference-Header-Content-Length header, that many "
+                   "bytes of this JSON, then each input's bytes (parameters.binary_data_size)."}}
 
 
 @router.get("/models/stats", summary="Statistics of every model (Triton's schema)")

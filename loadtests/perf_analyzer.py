@@ -1,0 +1,105 @@
+"""Triton's perf_analyzer against seqserve: both models, over HTTP and gRPC, at several concurrencies,
+with real dev/val sentences as --input-data (its default random strings would decode garbage).
+
+perf_analyzer comes as a wheel (``pip install perf-analyzer``) whose binary needs glibc >= 2.38.
+On an older host run it inside a newer Debian root: ``--root DIR`` runs ``chroot DIR BINARY`` and
+writes the input and output files under DIR/tmp (see the README's Benchmarks section).
+
+    python -m loadtests.perf_analyzer                          # starts a server itself
+    python -m loadtests.perf_analyzer --url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001
+    python -m loadtests.perf_analyzer --root /var/tmp/trixie --binary /opt/pa/bin/perf_analyzer
+
+Prints one row per (model, protocol, concurrency): throughput, latency percentiles and the
+requests that failed (perf_analyzer stops with an error on the first failed request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from loadtests.inputs import sentiment_texts, translation_texts
+from loadtests.server import ROOT, ServerProcess
+
+
+def input_data(texts: list[str]) -> dict[str, object]:
+    """perf_analyzer's --input-data: one request per text, shape [1] past the batch dimension."""
+    return {"data": [{"text": {"content": [t], "shape": [1]}} for t in texts]}
+
+
+def run_one(command: list[str], out_csv: Path, host_csv: Path) -> dict[str, str]:
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0 or not host_csv.exists():
+        return {"error": (proc.stdout + proc.stderr).strip().splitlines()[-1] if proc.stdout + proc.stderr else
+                f"exit {proc.returncode}"}
+    with host_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    host_csv.unlink()
+    return rows[-1] if rows else {"error": "no measurement"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="HTTP host:port of a running server (default: start one)")
+    parser.add_argument("--grpc-url", help="gRPC host:port of that server")
+    parser.add_argument("--binary", default="perf_analyzer", help="perf_analyzer (inside --root when given)")
+    parser.add_argument("--root", type=Path, help="run the binary with chroot in this root (glibc >= 2.38)")
+    parser.add_argument("--models", default="sentiment,translate-en-de")
+    parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--texts", type=int, default=200, help="distinct sentences per model")
+    parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's measurement window")
+    parser.add_argument("--max-trials", type=int, default=8, help="windows before a step counts as unstable")
+    parser.add_argument("--stability", type=int, default=10,
+                        help="percent by which 3 windows may differ (perf_analyzer's -s; raise it on a busy "
+                             "shared machine)")
+    args = parser.parse_args(argv)
+
+    server = None
+    if args.url is None:
+        server = ServerProcess(ROOT / "models", capture_output=True).wait_ready()
+        args.url, args.grpc_url = server.url.removeprefix("http://"), server.grpc_url
+    inside = Path("/tmp") if args.root else Path(ROOT / "reports")
+    host_dir = args.root / "tmp" if args.root else inside
+    host_dir.mkdir(parents=True, exist_ok=True)
+    prefix = ["chroot", str(args.root)] if args.root else []
+    texts = {"sentiment": sentiment_texts(), "translate-en-de": translation_texts()}
+    print("| model | protocol | concurrency | infer/s | p50 ms | p90 ms | p99 ms | server queue ms | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    failed = 0
+    try:
+        for model in args.models.split(","):
+            data_name = f"perf_analyzer_{model}.json"
+            (host_dir / data_name).write_text(json.dumps(input_data(texts[model][:args.texts])))
+            for protocol in args.protocols.split(","):
+                url = args.url if protocol == "http" else args.grpc_url
+                for level in args.concurrency.split(","):
+                    command = [*prefix, args.binary, "-m", model, "-u", url, "-i", protocol,
+                               "--input-data", str(inside / data_name), "--concurrency-range", level,
+                               "-p", str(args.interval_ms), "--max-trials", str(args.max_trials),
+                               "-s", str(args.stability),
+                               "-f", str(inside / "perf_analyzer.csv")]
+                    row = run_one(command, inside / "perf_analyzer.csv", host_dir / "perf_analyzer.csv")
+                    if "error" in row:
+                        failed += 1
+                        print(f"| {model} | {protocol} | {level} | | | | | | {row['error']} |")
+                        print("  command:", shlex.join(command), file=sys.stderr)
+                        continue
+                    ms = {k: float(row[k]) / 1000 for k in ("p50 latency", "p90 latency", "p99 latency",
+                                                              "Server Queue")}
+                    print(f"| {model} | {protocol} | {level} | {float(row['Inferences/Second']):.1f} "
+                          f"| {ms['p50 latency']:.1f} | {ms['p90 latency']:.1f} | {ms['p99 latency']:.1f} "
+                          f"| {ms['Server Queue']:.1f} | 0 |", flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
