@@ -110,7 +110,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerReadyResponse(ready=self._ready and self.state.registry.healthy())
 
     async def _server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return service_pb2.ServerMetadataResponse(name="seqserve", version=__version__, extensions=v2_model.EXTENSIONS)
+        return service_pb2.ServerMetadataResponse(name="seqserve", version=__version__,
+                                                  extensions=v2_model.extensions(self.settings))
 
     async def _model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = self.state.registry.get(request.name, request.version or None)

@@ -60,8 +60,9 @@ def _registry(request: Request) -> ModelRegistry:
 
 
 @router.get("", summary="Server metadata")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "seqserve", "version": __version__, "extensions": v2_model.EXTENSIONS}
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return {"name": "seqserve", "version": __version__,
+            "extensions": v2_model.extensions(request.app.state.settings)}
 
 
 @router.get("/health/live", summary="Liveness: the process answers")

@@ -30,8 +30,13 @@ class TensorSpec:
 
 
 TEXT_INPUT = TensorSpec("text", "BYTES", [1])
-# what GET /v2 and gRPC ServerMetadata list: only extensions implemented as Triton's schema has them
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+
+
+def extensions(settings: Settings) -> list[str]:
+    """What GET /v2 and gRPC ServerMetadata list: only extensions implemented as Triton's schema
+    has them (the repository's load and unload only when model control is on)."""
+    return ["binary_tensor_data", "model_configuration", "statistics",
+            *(["model_repository"] if settings.model_control else [])]
 
 
 def outputs_of(model: ServedModel) -> list[TensorSpec]:

@@ -101,6 +101,7 @@ class Clients:
 def test_load_and_unload_a_second_version_under_load(server: Server, repo: Path) -> None:
     http = tc.InferenceServerClient(server.url.removeprefix("http://"))
     grpc = tg.InferenceServerClient(server.grpc_url)
+    assert http.get_server_metadata()["extensions"][-1] == "model_repository"
     assert http.get_model_repository_index() == [{"name": "sentiment", "version": "1", "state": "READY"}]
     v2 = _add_version(repo, "2")
     assert http.get_model_repository_index()[1] == {"name": "sentiment", "version": "2", "state": "UNAVAILABLE",
