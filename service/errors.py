@@ -117,6 +117,11 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode (bytes that are not UTF-8): malformed JSON
+        # is a 422 everywhere else, so here too
+        return JSONResponse({"error": "request body is not valid JSON", "code": "invalid_input", "field": "body"},
+                            status_code=422)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse({"error": str(exc.detail), "code": code}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))

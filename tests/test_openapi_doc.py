@@ -45,3 +45,10 @@ def test_keys_add_401_outside_the_exempt_paths() -> None:
     doc = create_app(Settings(api_keys=["k"])).openapi()
     assert "401" in doc["paths"]["/v1/translate"]["post"]["responses"]
     assert "401" not in doc["paths"]["/v2/health/ready"]["get"]["responses"]
+
+
+def test_an_undecodable_body_is_a_documented_422(committed_server: Server) -> None:
+    # FastAPI answers 400 to bytes that are not UTF-8 on the routes whose body it parses
+    r = httpx.post(f"{committed_server.url}/v2/models/translate-en-de/generate", content=b"\xff\xfe",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
