@@ -19,6 +19,7 @@ from service.model_card import ModelCard, ModelCardError
 from service.onnx_session import ModelLoadError, choose_providers
 from service.runners import SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
+from service.version_policy import served_cards
 
 log = logging.getLogger("seqserve.registry")
 
@@ -118,7 +119,7 @@ class ModelRegistry:
     def load(cls, settings: Settings) -> ModelRegistry:
         """Load every model; raise ModelLoadError naming the file on any problem."""
         repo = settings.model_repository
-        cards = sorted(repo.glob("*/*/model.json"))
+        cards = served_cards(repo.glob("*/*/model.json"), settings.version_policy)
         if not cards:
             raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json)")
         providers = choose_providers(settings.providers)

@@ -2,8 +2,8 @@
 SEQSERVE_MODEL_CONTROL is set.
 
 - index: every version under the repository, READY when served, UNAVAILABLE otherwise.
-- load <name>: brings the served versions in line with the repository, as Triton's explicit mode
-  does: each version folder not yet served is loaded, checked against its model.json and warmed up
+- load <name>: brings the served versions in line with the repository and the version policy
+  (service/version_policy.py), as Triton's explicit mode does: each version folder not yet served is loaded, checked against its model.json and warmed up
   in a thread (the event loop keeps serving), and only then takes traffic; a served version whose
   folder is gone is unloaded. Unversioned requests go to the highest served version.
 - unload <name>: every version of the model stops taking requests at once (404 for it), what was
@@ -24,6 +24,7 @@ from service.errors import InvalidInput, ModelControlRefused, ModelLoadFailed, M
 from service.onnx_session import ModelLoadError
 from service.registry import ModelRegistry, ServedModel, load_model
 from service.settings import Settings
+from service.version_policy import served_cards
 
 log = logging.getLogger("seqserve.repository")
 
@@ -43,19 +44,24 @@ class ModelControl:
         self.settings = settings
         self._lock = asyncio.Lock()  # one change at a time
 
-    def _on_disk(self, name: str | None = None) -> dict[tuple[str, str], Path]:
+    def _on_disk(self, name: str | None = None, policy: bool = True) -> dict[tuple[str, str], Path]:
+        """The version folders under the repository (only those the version policy serves)."""
         pattern = f"{name}/*/model.json" if name else "*/*/model.json"
-        return {(card.parent.parent.name, card.parent.name): card
-                for card in self.settings.model_repository.glob(pattern) if card.parent.name.isdigit()}
+        cards = [card for card in self.settings.model_repository.glob(pattern) if card.parent.name.isdigit()]
+        if policy:
+            cards = served_cards(cards, self.settings.version_policy)
+        return {(card.parent.parent.name, card.parent.name): card for card in cards}
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         served = {(m.name, m.version) for m in self.registry.all()}
+        allowed = set(self._on_disk())
         rows = []
-        for name, version in sorted(set(self._on_disk()) | served, key=lambda k: (k[0], int(k[1]))):
+        for name, version in sorted(set(self._on_disk(policy=False)) | served, key=lambda k: (k[0], int(k[1]))):
             if (name, version) in served:
                 rows.append({"name": name, "version": version, "state": "READY"})
             elif not ready_only:
-                rows.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": "unloaded"})
+                reason = "unloaded" if (name, version) in allowed else "not selected by the version policy"
+                rows.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason})
         return rows
 
     def _check_allowed(self) -> None:

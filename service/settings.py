@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.version_policy import VersionPolicy
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEQSERVE_", env_file=None, extra="ignore")
@@ -19,6 +21,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="Open Inference Protocol gRPC port; 0 = no gRPC")
     model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/model.json")
+    version_policy: dict[str, VersionPolicy] = Field(
+        default_factory=dict, description='versions served per model: {"sentiment": {"latest": 1}} or '
+        '{"sentiment": {"specific": ["1", "3"]}}; a model not named serves all its versions')
     model_control: bool = Field(False, description="allow loading and unloading models at run time "
                                 "(POST /v2/repository/...); with WORKERS > 1 such calls are refused")
     providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution providers")

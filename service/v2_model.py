@@ -13,6 +13,7 @@ from typing import Any
 
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
+from service.version_policy import VersionPolicy
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def config(registry: ModelRegistry, settings: Settings, name: str, version: str 
         "name": model.name,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
-        "version_policy": {"all": {}},
+        "version_policy": settings.version_policy.get(model.name, VersionPolicy()).config(),
         "max_batch_size": settings.max_texts_per_request,
         "input": [TEXT_INPUT.config()],
         "output": [o.config() for o in outputs_of(model)],

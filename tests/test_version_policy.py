@@ -1,0 +1,56 @@
+"""service/version_policy.py: which versions a model serves, at start-up and in model control."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service import v2_model
+from service.registry import ModelRegistry
+from service.repository import ModelControl
+from service.settings import Settings
+from service.version_policy import VersionPolicy, served_cards
+from tests.conftest import COMMITTED_MODELS
+
+
+def test_select_and_tritons_form() -> None:
+    versions = ["1", "2", "10"]
+    assert VersionPolicy().select(versions) == {"1", "2", "10"}
+    assert VersionPolicy(latest=2).select(versions) == {"2", "10"}
+    assert VersionPolicy(specific=["1", "7"]).select(versions) == {"1"}
+    assert VersionPolicy(latest=1).config() == {"latest": {"num_versions": 1}}
+    assert VersionPolicy(specific=["1"]).config() == {"specific": {"versions": [1]}}
+    assert VersionPolicy().config() == {"all": {}}
+    with pytest.raises(ValidationError, match="not both"):
+        VersionPolicy(latest=1, specific=["1"])
+    cards = [Path(f"m/{n}/{v}/model.json") for n, v in [("a", "1"), ("a", "2"), ("b", "1"), ("b", "3")]]
+    assert served_cards(cards, {"a": VersionPolicy(latest=1)}) == [cards[1], cards[2], cards[3]]
+
+
+def test_the_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEQSERVE_VERSION_POLICY",
+                       '{"sentiment": {"latest": 1}, "translate-en-de": {"specific": ["1"]}}')
+    assert Settings().version_policy == {"sentiment": VersionPolicy(latest=1),
+                                         "translate-en-de": VersionPolicy(specific=["1"])}
+
+
+def test_only_the_selected_versions_load(tmp_path: Path) -> None:
+    source = COMMITTED_MODELS / "sentiment" / "1"
+    (tmp_path / "sentiment").mkdir()
+    (tmp_path / "sentiment" / "1").symlink_to(source.resolve())
+    two = tmp_path / "sentiment" / "2"
+    two.mkdir()
+    for f in source.iterdir():
+        if f.name != "model.json":
+            (two / f.name).symlink_to(f.resolve())
+    (two / "model.json").write_text(json.dumps({**json.loads((source / "model.json").read_text()), "version": "2"}))
+    settings = Settings(model_repository=tmp_path, warmup=False, version_policy={"sentiment": VersionPolicy(latest=1)})
+    registry = ModelRegistry.load(settings)
+    assert [(m.name, m.version) for m in registry.all()] == [("sentiment", "2")]
+    assert v2_model.config(registry, settings, "sentiment", None)["version_policy"] == {"latest": {"num_versions": 1}}
+    assert ModelControl(registry, settings).index() == [
+        {"name": "sentiment", "version": "1", "state": "UNAVAILABLE", "reason": "not selected by the version policy"},
+        {"name": "sentiment", "version": "2", "state": "READY"}]
