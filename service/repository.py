@@ -3,9 +3,10 @@ SEQSERVE_MODEL_CONTROL is set.
 
 - index: every version under the repository, READY when served, UNAVAILABLE otherwise.
 - load <name>: brings the served versions in line with the repository and the version policy
-  (service/version_policy.py), as Triton's explicit mode does: each version folder not yet served is loaded, checked against its model.json and warmed up
-  in a thread (the event loop keeps serving), and only then takes traffic; a served version whose
-  folder is gone is unloaded. Unversioned requests go to the highest served version.
+  (service/version_policy.py), as Triton's explicit mode does: each selected version folder not
+  yet served is loaded, checked against its model.json and warmed up in a thread (the event loop
+  keeps serving), and only then takes traffic; a served version whose folder is gone (or that the
+  policy no longer selects) is unloaded. Unversioned requests go to the highest served version.
 - unload <name>: every version of the model stops taking requests at once (404 for it), what was
   accepted is drained, then its threads and sessions are freed.
 
