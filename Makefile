@@ -7,7 +7,7 @@ SEQSERVE_HOST ?= 127.0.0.1
 SEQSERVE_PORT ?= 8000
 export SEQSERVE_HOST SEQSERVE_PORT
 
-.PHONY: help serve test lint train-sentiment train-translation evaluate loadtest reliability bench clean
+.PHONY: help serve test lint train-sentiment train-translation evaluate evaluate-api loadtest reliability bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -46,11 +46,14 @@ train-sentiment: $(VENV)/.dev  ## train, export and evaluate the SST-2 sentiment
 train-translation: $(VENV)/.dev  ## train, export and evaluate the en→de translator (~60 min on 2 cores)
 	$(PY) -m export.train_translation --data-dir $(DATA_DIR) --run-dir runs/translate-en-de --threads 1 --epochs 9 --max-minutes 600
 	$(PY) -m export.onnx_export translation --data-dir $(DATA_DIR) --run-dir runs/translate-en-de --out-dir models/translate-en-de/1
-	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --write
+	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --robustness --write
 
 evaluate: $(VENV)/.eval  ## print the committed models' quality (accuracy, BLEU) from ONNX Runtime
 	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1
+
+evaluate-api: $(VENV)/.dev  ## the translator's robustness table (UPPER/lower/Title/...) over HTTP on a real server
+	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --through-api
 
 loadtest: $(VENV)/.dev  ## Locust sweep + open loop, batching on vs off, vs the raw limit (reports/loadtest/)
 	$(VENV)/bin/pip install --quiet -e ".[cpu,dev,train,loadtest]"

@@ -84,3 +84,15 @@ def test_a_card_missing_a_key_its_runner_reads_is_refused_naming_file_and_key(
     with pytest.raises(ModelCardError) as refused:
         load_model_card(path)
     assert str(path) in str(refused.value) and named in str(refused.value)
+
+
+def test_the_translator_card_carries_its_robustness_table() -> None:
+    card = load_model_card(COMMITTED_MODELS / "translate-en-de" / "1" / "model.json")
+    assert card.robustness is not None and card.robustness.truecaser and card.robustness.beam_size == 5
+    for split in ("val", "test_2016_flickr"):
+        scores = card.robustness.scores[split]
+        assert set(scores) == {"given", "upper", "lower", "title", "no_final_punct"}
+        assert scores["given"].bleu_lc == card.metrics[f"{split}_bleu_lc_beam5"]
+        for variant in ("upper", "lower", "title"):  # the bar: each >= 0.9 x as given, none refused
+            assert scores[variant].bleu_lc >= 0.9 * scores["given"].bleu_lc
+        assert all(s.refused == 0 for s in scores.values())
