@@ -98,8 +98,10 @@ def http_sentiment(port: int, sentences: list[str], clients: int, duration: floa
 
 
 def http_translate(port: int, sources: list[str], clients: int, duration: float, beam_size: int,
-                   record: dict[int, bytes] | None = None, generator: LoadGenerator | None = None) -> LoadResult:
-    requests = [encode_post("/v1/translate", {"text": s, "beam_size": beam_size}) for s in sources]
+                   record: dict[int, bytes] | None = None, generator: LoadGenerator | None = None,
+                   stream: bool = False) -> LoadResult:
+    extra = {"stream": True} if stream else {}
+    requests = [encode_post("/v1/translate", {"text": s, "beam_size": beam_size, **extra}) for s in sources]
     result, bodies = (generator or LoadGenerator()).run(port, requests, clients, duration, keyed=True)
     if record is not None:
         record.update(bodies)
@@ -148,18 +150,21 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
         for b in beams:
             for _ in range(args.rounds):
                 for name, port, clients in (("iteration", server.port, 1), ("iteration", server.port, 32),
-                                            ("iteration", server.port, 64), ("whole-request", whole_server.port, 64)):
+                                            ("iteration", server.port, 64), ("whole-request", whole_server.port, 64),
+                                            ("streamed", server.port, 64)):
                     record = recorded[b] if name == "iteration" else None
                     runs.setdefault((b, name, clients), []).append(
-                        http_translate(port, sources, clients, slice_s, b, record, generator))
+                        http_translate(port, sources, clients, slice_s, b, record, generator, name == "streamed"))
     finally:
         whole_server.stop()
     iteration = {b: {c: LoadResult.merged(runs[(b, "iteration", c)]) for c in (1, 32, 64)} for b in beams}
     whole = {b: LoadResult.merged(runs[(b, "whole-request", 64)]) for b in beams}
+    streamed = {b: LoadResult.merged(runs[(b, "streamed", 64)]) for b in beams}
     say("## Translation over HTTP (POST /v1/translate, Multi30k test_2016_flickr sources)")
     say("| beam | scheduler | clients | requests/s | p50 ms | p99 ms | non-2xx |\n|---:|---|---:|---:|---:|---:|---:|")
     for b in beams:
-        for name, r in [*[("iteration", r) for r in iteration[b].values()], ("whole-request", whole[b])]:
+        for name, r in [*[("iteration", r) for r in iteration[b].values()], ("whole-request", whole[b]),
+                        ("iteration, streamed (SSE)", streamed[b])]:
             say(f"| {b} | {name} | {r.concurrency} | {r.rps:.2f} | {r.percentile(50) * 1000:.0f} | "
                 f"{r.percentile(99) * 1000:.0f} | {sum(n for s, n in r.statuses.items() if s >= 300)} |")
     say("")
@@ -168,7 +173,8 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
         say(f"beam {b}: 32 clients / 1 client **{res[32].rps / base:.1f}x** (target >= 8); 64 / 1 "
             f"**{res[64].rps / base:.1f}x** (target >= 12); iteration-level / whole-request at 64 "
             f"**{res[64].rps / max(whole[b].rps, 1e-9):.2f}x** (target >= 1.3), p99 "
-            f"{res[64].percentile(99) * 1000:.0f} vs {whole[b].percentile(99) * 1000:.0f} ms")
+            f"{res[64].percentile(99) * 1000:.0f} vs {whole[b].percentile(99) * 1000:.0f} ms; streamed / "
+            f"non-streamed at 64 **{streamed[b].rps / max(res[64].rps, 1e-9):.2f}x** (target >= 0.8)")
     for b in beams:
         tables = {name: length_buckets(source_ids, r) for name, r in (("iteration", iteration[b][64]),
                                                                        ("whole-request", whole[b]))}

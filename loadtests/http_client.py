@@ -3,7 +3,7 @@
 The benchmark machine has 2 cores shared by server and load generator, so the client must
 cost as little CPU per request as possible: requests are pre-encoded bytes and responses are
 read by Content-Length, with no per-request object churn. It speaks only what seqserve
-answers (Content-Length bodies, no chunked responses).
+answers: Content-Length bodies, and chunked ones (event streams) read to their end.
 """
 
 from __future__ import annotations
@@ -45,8 +45,19 @@ class Connection:
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
                 break
+            if line.lower() == b"transfer-encoding: chunked":
+                return status, await self._chunked()
         body = await self.reader.readexactly(length) if length else b""
         return status, body
+
+    async def _chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0], 16)
+            if size == 0:
+                await self.reader.readuntil(b"\r\n")  # no trailers from uvicorn: the closing blank line
+                return b"".join(parts)
+            parts.append((await self.reader.readexactly(size + 2))[:-2])
 
     def close(self) -> None:
         self.writer.close()

@@ -18,7 +18,8 @@ def test_benchmark_runs_every_section(tmp_path: Path) -> None:
     bench_service.main(["--models", str(COMMITTED_MODELS), "--duration", "0.6", "--rounds", "1", "--out", str(out)])
     report = out.read_text()
     for section in ("## Start-up", "## Sentiment: raw ONNX Runtime", "## Sentiment over HTTP", "64 clients / raw best",
-                    "## Translation over HTTP", "iteration-level / whole-request at 64", "p50 latency (ms) by source",
+                    "## Translation over HTTP", "iteration-level / whole-request at 64",
+                    "streamed / non-streamed at 64", "p50 latency (ms) by source",
                     "## Ceiling on this machine", "ideal ratios"):
         assert section in report
     # served translations equal solo decoding, for both decoding modes

@@ -4,6 +4,7 @@ connections the way uvicorn does after its keep-alive timeout."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 from loadtests.http_client import ConnectionPool, encode_post
 
@@ -63,3 +64,22 @@ def test_an_idle_connection_is_reused_until_its_idle_limit() -> None:
         return pool.opened
 
     assert asyncio.run(main()) == 2
+
+
+def test_a_chunked_event_stream_is_read_to_its_end_and_the_connection_reused(committed_server) -> None:
+    from loadtests.http_client import Connection
+
+    async def run() -> list[tuple[int, bytes]]:
+        conn = await Connection.open("127.0.0.1", committed_server.port)
+        try:
+            stream = encode_post("/v1/translate", {"text": "A dog runs in the park.", "stream": True, "beam_size": 1})
+            plain = encode_post("/v1/translate", {"text": "A dog runs in the park.", "beam_size": 1})
+            return [await conn.send(stream), await conn.send(plain)]
+        finally:
+            conn.close()
+
+    (status, body), (plain_status, plain_body) = asyncio.run(run())
+    assert status == plain_status == 200
+    events = body.decode().strip().split("\n\n")
+    assert len(events) > 3 and events[0].startswith("event: delta") and events[-1].startswith("event: result")
+    assert json.loads(events[-1].split("data: ", 1)[1]) == json.loads(plain_body)

@@ -135,9 +135,10 @@ def _connect(page: Any) -> None:
     page.wait_for_selector(".model[data-model='sentiment']")
 
 
-def _translate_in_page(page: Any, beam_size: int) -> dict[str, Any]:
+def _translate_in_page(page: Any, beam_size: int, nbest: int | None = None) -> dict[str, Any]:
     page.fill("#source", SENTENCE)
     page.select_option("#beam-size", str(beam_size))
+    page.select_option("#nbest", str(nbest or ""))
     # how many rows each DOM update added: a streamed heatmap grows over several updates
     page.evaluate("""() => {
         window.rowBatches = [];
@@ -150,6 +151,7 @@ def _translate_in_page(page: Any, beam_size: int) -> dict[str, Any]:
     return page.evaluate("""() => ({
         rowBatches: window.rowBatches.filter(n => n > 0),
         translation: document.getElementById('translation').textContent,
+        nbest: [...document.querySelectorAll('#nbest-list li')].map(li => li.firstChild.textContent),
         sources: [...document.querySelectorAll('#heatmap thead th span')].map(s => s.title),
         targets: [...document.querySelectorAll('#heatmap tbody th span')].map(s => s.title),
         cells: [...document.querySelectorAll('#heatmap td')].map(
@@ -157,9 +159,9 @@ def _translate_in_page(page: Any, beam_size: int) -> dict[str, Any]:
     })""")
 
 
-def _api_translation(url: str, beam_size: int) -> dict[str, Any]:
+def _api_translation(url: str, beam_size: int, **options: Any) -> dict[str, Any]:
     r = httpx.post(f"{url}/v1/translate", headers={"X-API-Key": KEY}, timeout=30,
-                   json={"text": SENTENCE, "beam_size": beam_size, "return_attention": True})
+                   json={"text": SENTENCE, "beam_size": beam_size, "return_attention": True, **options})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -214,7 +216,19 @@ def test_browser_page_from_another_origin_calls_the_api_with_the_key(browser: An
     url = servers.api.url
     page, problems = _open(browser, f"{servers.static_url}/index.html?api={url}")
     _connect(page)
-    shown = _translate_in_page(page, beam_size=5)  # beam search: the rows come with the result
-    _check_heatmap(shown, _api_translation(url, beam_size=5))
+    shown = _translate_in_page(page, beam_size=5, nbest=3)  # beam search: the rows come with the result
+    api = _api_translation(url, beam_size=5, num_hypotheses=3)
+    _check_heatmap(shown, api)
+    assert shown["nbest"] == [h["translation"] for h in api["hypotheses"]] and len(shown["nbest"]) == 3
+
+    page.check("#sampling")  # a seeded sample is the API's sample for the same seed
+    page.fill("#topk", "20")
+    page.fill("#temperature", "1.5")
+    page.fill("#seed", "7")
+    page.click("#translate")
+    page.wait_for_selector("#heatmap[data-complete='true']", timeout=30_000)
+    sampled = _api_translation(url, 1, sampling_topk=20, sampling_temperature=1.5, seed=7)
+    assert page.text_content("#translation") == sampled["translation"]
+    assert "seed 7" in page.text_content("#translation-meta")
     assert problems == []
     page.close()

@@ -96,6 +96,7 @@ function fillBeamSizes(limits) {
     select.append(option);
   }
   select.value = String(Math.min(chosen, max));
+  fillNbest();
   if (limits.max_output_tokens) $("max-length").max = String(limits.max_output_tokens);
 }
 
@@ -176,6 +177,40 @@ const heatmap = {
   },
 };
 
+function fillNbest() {
+  const select = $("nbest");
+  const beam = Number($("beam-size").value) || 1;
+  const chosen = Number(select.value) || 0;
+  select.replaceChildren(el("option", "", "off"));
+  select.options[0].value = "";
+  for (let n = 2; n <= beam; n++) {
+    const option = el("option", "", String(n));
+    option.value = String(n);
+    select.append(option);
+  }
+  select.value = chosen && chosen <= beam ? String(chosen) : "";
+}
+
+function toggleSampling() {
+  const on = $("sampling").checked;
+  document.querySelector(".card.translate").classList.toggle("sampling", on);
+  if (on) $("beam-size").value = "1";  // sampling draws one hypothesis
+  $("beam-size").disabled = on;
+  fillNbest();
+  $("nbest").disabled = on;
+}
+
+function showNbest(hypotheses) {
+  const list = $("nbest-list");
+  list.replaceChildren();
+  list.hidden = !hypotheses;
+  for (const h of hypotheses || []) {
+    const item = el("li", "", h.translation);
+    item.append(el("span", "score", h.score.toFixed(3)));
+    list.append(item);
+  }
+}
+
 // ---- translation: streamed (fetch reads the event stream; EventSource cannot POST or send a key) ----
 async function* sseEvents(response) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -204,6 +239,14 @@ function translationRequest() {
     return_attention: true, stream: true };
   const maxLength = Number($("max-length").value);
   if (maxLength > 0) body.max_length = maxLength;
+  if ($("sampling").checked) {
+    body.beam_size = 1;
+    body.sampling_topk = Number($("topk").value) || undefined;
+    body.sampling_temperature = Number($("temperature").value) || undefined;
+    if ($("seed").value !== "") body.seed = Number($("seed").value);
+  } else if (Number($("nbest").value) > 1) {
+    body.num_hypotheses = Number($("nbest").value);
+  }
   return body;
 }
 
@@ -222,6 +265,7 @@ async function translate(event) {
     if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
     $("translation-out").hidden = false;
     shown.textContent = "";
+    showNbest(null);
     shown.classList.add("live");
     $("translation-meta").textContent = "translating…";
     for await (const { event: name, data } of sseEvents(response)) {
@@ -238,9 +282,11 @@ async function translate(event) {
           heatmap.start(data.source_tokens);
           data.target_tokens.forEach((piece, i) => heatmap.addRow(piece, data.attention[i]));
         }
+        showNbest(data.hypotheses);
         const ms = (t) => Math.round(t - started);
+        const how = data.seed !== undefined ? `sampled, seed ${data.seed}` : `beam ${request.beam_size}`;
         $("translation-meta").textContent = `score ${data.score.toFixed(3)} · ${data.target_tokens.length} subwords · `
-          + `beam ${request.beam_size} · first event ${ms(firstAt)} ms · whole ${ms(performance.now())} ms · `
+          + `${how} · first event ${ms(firstAt)} ms · whole ${ms(performance.now())} ms · `
           + `${data.model} v${data.version}`;
         $("heatmap").dataset.complete = "true";
       } else if (name === "error") {
@@ -307,6 +353,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("api-key").value = sessionStorage.getItem("seqserve.key") || "";
   $("connection").addEventListener("submit", connect);
   $("translate-form").addEventListener("submit", translate);
+  $("beam-size").addEventListener("change", fillNbest);
+  $("sampling").addEventListener("change", toggleSampling);
   $("sentiment-form").addEventListener("submit", classify);
   $("heatmap").addEventListener("mouseover", (e) => heatmap.hover(e.target.closest("td")));
   $("heatmap").addEventListener("mouseleave", () => heatmap.hover(null));
