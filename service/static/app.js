@@ -123,7 +123,9 @@ function shownPiece(piece) {
 
 function pieceCell(tag, piece) {
   const cell = el(tag);
-  const span = el("span", piece.startsWith("\u2581") ? "" : "cont", shownPiece(piece));
+  // a subword that continues a word is marked; a word's first one and the end-of-sentence token are not
+  const continues = !piece.startsWith("\u2581") && piece !== "</s>";
+  const span = el("span", continues ? "cont" : "", shownPiece(piece));
   span.title = piece;
   cell.append(span);
   return cell;
