@@ -6,8 +6,9 @@ DATA_DIR ?= ../shared/data
 SEQSERVE_HOST ?= 127.0.0.1
 SEQSERVE_PORT ?= 8000
 export SEQSERVE_HOST SEQSERVE_PORT
+MODEL_DIRS := $(patsubst %/model.json,%,$(wildcard models/*/*/model.json))
 
-.PHONY: help serve test lint train-sentiment train-translation evaluate evaluate-api loadtest reliability bench clean
+.PHONY: help serve test lint int8 train-sentiment train-translation evaluate evaluate-api loadtest reliability bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -28,29 +29,41 @@ $(VENV)/.dev: $(VENV)/.runtime
 	$(PY) -m pip install --quiet -e ".[cpu,dev,train]"
 	touch $@
 
-serve: $(VENV)/.runtime  ## start the API on $SEQSERVE_HOST:$SEQSERVE_PORT (default 127.0.0.1:8000) with models/
+# the quantizer needs onnx, which the runtime does not
+$(VENV)/.quantize: $(VENV)/.runtime
+	$(PY) -m pip install --quiet -e ".[cpu,quantize]"
+	touch $@
+
+int8: $(VENV)/.quantize  ## derive the INT8 graphs beside the fp32 ones (git-ignored), checked by parity; no-op when current
+	$(PY) -m export.quantize --data-dir $(DATA_DIR) --model-dir $(MODEL_DIRS)
+
+serve: $(VENV)/.runtime int8  ## start the API on $SEQSERVE_HOST:$SEQSERVE_PORT (default 127.0.0.1:8000) with models/
 	$(PY) -m service
 
-test: $(VENV)/.dev lint  ## lint, type-check and run the test suite
+test: $(VENV)/.dev lint int8  ## lint, type-check and run the test suite
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev  ## ruff + mypy
 	$(VENV)/bin/ruff check service export loadtests tests
 	$(VENV)/bin/mypy service export loadtests
 
-train-sentiment: $(VENV)/.dev  ## train, export and evaluate the SST-2 sentiment model (~45 min on 2 cores)
+train-sentiment: $(VENV)/.dev  ## train, export, evaluate (fp32 and INT8) the SST-2 sentiment model (~45 min on 2 cores)
 	$(PY) -m export.train_sentiment --data-dir $(DATA_DIR) --run-dir runs/sentiment --threads 1
 	$(PY) -m export.onnx_export sentiment --data-dir $(DATA_DIR) --run-dir runs/sentiment --out-dir models/sentiment/1
 	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1 --write
+	$(PY) -m export.quantize --data-dir $(DATA_DIR) --model-dir models/sentiment/1 --write
 
-train-translation: $(VENV)/.dev  ## train, export and evaluate the en→de translator (~60 min on 2 cores)
+train-translation: $(VENV)/.dev  ## train, export, evaluate (fp32 and INT8) the en→de translator (~60 min on 2 cores)
 	$(PY) -m export.train_translation --data-dir $(DATA_DIR) --run-dir runs/translate-en-de --threads 1 --epochs 9 --max-minutes 600
 	$(PY) -m export.onnx_export translation --data-dir $(DATA_DIR) --run-dir runs/translate-en-de --out-dir models/translate-en-de/1
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --robustness --write
+	$(PY) -m export.quantize --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --write
 
-evaluate: $(VENV)/.eval  ## print the committed models' quality (accuracy, BLEU) from ONNX Runtime
+evaluate: $(VENV)/.eval int8  ## print the committed models' quality (accuracy, BLEU) from ONNX Runtime, fp32 and INT8
 	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1
+	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1 --precision int8
+	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --precision int8
 
 evaluate-api: $(VENV)/.dev  ## the translator's robustness table (UPPER/lower/Title/...) over HTTP on a real server
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --through-api
@@ -63,7 +76,7 @@ reliability: $(VENV)/.dev  ## overload and graceful-shutdown scenarios (reports/
 	$(PY) -m loadtests.reliability
 
 # make's own option parser takes `make bench --duration 9` for itself: options go in BENCH_ARGS
-bench: $(VENV)/.dev  ## serving benchmark (BENCH_ARGS="--duration 9"; BASELINE=<checkout> compares against it)
+bench: $(VENV)/.dev int8  ## serving benchmark: fp32/INT8 limits, CPU per request (BENCH_ARGS="--duration 9"; BASELINE=<checkout>)
 	$(PY) -m loadtests.bench_service $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 
 clean:  ## remove caches (keeps .venv and runs/)

@@ -12,6 +12,7 @@ Title, without final punctuation; beam 5), with refused sentences counted and sc
 --through-api measures that table over HTTP on a real server (`python -m service` on a free
 port, serving the model's repository): the figures a client gets.
 --write stores the figures in model.json and records golden outputs for tests/golden/.
+--precision int8 measures the derived INT8 graphs (make int8); export/quantize.py --write records them.
 Needs no torch: only onnxruntime, sentencepiece and sacrebleu (and httpx for --through-api).
 """
 
@@ -227,19 +228,24 @@ def main(argv: list[str] | None = None) -> None:
                    help="translation: only the robustness table, measured over HTTP on a real server")
     p.add_argument("--write", action="store_true", help="store the metrics in model.json and record golden outputs")
     p.add_argument("--golden-dir", type=Path, default=Path("tests/golden"))
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: the graphs derived by export/quantize.py")
     args = p.parse_args(argv)
 
     if args.dev_only and args.write:
         p.error("--write records test figures; run it without --dev-only")
     if args.write and (args.without_truecaser or args.through_api):
         p.error("--write stores the figures of the model as served; leave out --without-truecaser/--through-api")
+    if args.precision != "fp32" and (args.write or args.through_api):
+        p.error("--write records the fp32 figures (`python -m export.quantize --write` records INT8's); "
+                "--through-api measures the precision the server serves")
     splits = ("val",) if args.dev_only else ("val", "test_2016_flickr")
     if args.through_api:
         if args.model != "translation" or args.without_truecaser:
             p.error("--through-api measures the translator as served (with its card's truecaser)")
         through_api(args.model_dir, args.data_dir, splits)
         return
-    runner = load_runner(args.model_dir, ["CPUExecutionProvider"])
+    runner = load_runner(args.model_dir, ["CPUExecutionProvider"], precision=args.precision)
     robustness = None
     if isinstance(runner, SentimentRunner):
         metrics = evaluate_sentiment(runner, args.data_dir, ("dev",) if args.dev_only else ("dev", "test"))

@@ -5,9 +5,12 @@
 
 Prints (and writes as markdown):
   - raw ONNX Runtime throughput of the sentiment model at a range of batch sizes (no HTTP) on
-    the SST-2 test sentences, and its single-request latency;
+    the SST-2 test sentences, fp32 and INT8 (the graphs `make int8` derives): the two limits;
   - start-up to ready of `python -m service`;
-  - sentiment over HTTP: p50 at 1 client, sentences/s at 64 clients, as a fraction of raw best;
+  - sentiment over HTTP at 1, 16 and 64 clients (in the precision the server chose; INT8 on a
+    CPU by default): sentences/s as a fraction of the INT8 limit, p50/p99; and server CPU per
+    request (all threads, loadtests/cpu_share.py) split into the model (ONNX Runtime alone on
+    batches of the served mean size, with the server's session settings) and serving (the rest);
   - translation over HTTP: requests/s at 1, 32 and 64 clients (iteration-level scheduling),
     the same at 64 clients with whole-request batching, p50 by source-length bucket, and a
     check that every served translation equals solo decoding of the same sentence.
@@ -26,12 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtests import baseline, ceiling
+import httpx
+
+from loadtests import api_quality, baseline, ceiling, cpu_share
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import LoadGenerator, default_processes
-from loadtests.server import OWN_SETTINGS, ROOT, ServerProcess
-from service.onnx_session import choose_providers
+from loadtests.server import OWN_SETTINGS, ROOT, ServerProcess, metric_value
+from service.onnx_session import Precision, StaleGraphError, choose_providers, graph_path
 from service.runners import SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
 
@@ -45,8 +50,8 @@ class RawSentiment:
     def __init__(self, runner: SentimentRunner, sentences: list[str], sizes: list[int]) -> None:
         import onnxruntime as ort
 
-        runner.session = ort.InferenceSession(str(runner.model_dir / runner.card.graphs["model"].file),
-                                              providers=["CPUExecutionProvider"])
+        path = graph_path(runner.model_dir, runner.card.graphs["model"], runner.precision)
+        runner.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.runner = runner
         self.in_order = [runner.tokenize(s) for s in sentences]
         self.ids = sorted(self.in_order, key=len)
@@ -89,6 +94,139 @@ class RawSentiment:
             self.runner.run([x])
             singles.append(time.perf_counter() - start)
         return statistics.median(singles) * 1000
+
+
+def model_cpu_us(runner: SentimentRunner, sentences: list[str], batch_size: float) -> float:
+    """CPU microseconds per sentence of ONNX Runtime alone (the runner's session: the server's
+    settings) on batches of ``batch_size`` cut from the sentences in the order they are sent."""
+    size = max(1, round(batch_size))
+    ids = [runner.tokenize(s) for s in sentences]
+    runner.run(ids[:size])
+    start = time.process_time()
+    for i in range(0, len(ids), size):
+        runner.run(ids[i : i + size])
+    return (time.process_time() - start) / len(ids) * 1e6
+
+
+class ServedCpu:
+    """Server CPU (all threads and the event loop) and sentiment batch sizes over served runs."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.cpu = self.loop = self.answered = self.batches = self.batched = 0.0
+
+    def _batches(self) -> tuple[float, float]:
+        return (metric_value(self.server.url, "seqserve_batch_size_count", model="sentiment"),
+                metric_value(self.server.url, "seqserve_batch_size_sum", model="sentiment"))
+
+    def run(self, sentences: list[str], clients: int, duration: float, generator: LoadGenerator) -> LoadResult:
+        # /metrics is read outside the CPU readings: its own cost is not a request's
+        batches_before = self._batches()
+        cpu_before = cpu_share.server_cpu(self.server.proc.pid)
+        result = http_sentiment(self.server.port, sentences, clients, duration, generator)
+        cpu_after = cpu_share.server_cpu(self.server.proc.pid)
+        batches_after = self._batches()
+        cpu, loop = (b - a for a, b in zip(cpu_before, cpu_after, strict=True))
+        count, summed = (b - a for a, b in zip(batches_before, batches_after, strict=True))
+        self.cpu += cpu
+        self.loop += loop
+        self.batches += count
+        self.batched += summed
+        self.answered += cpu_share.answered_in_run(result, duration)
+        return result
+
+    @property
+    def mean_batch(self) -> float:
+        return self.batched / max(self.batches, 1.0)
+
+    def per_request_us(self) -> tuple[float, float]:
+        """(all threads, event loop) CPU microseconds per answered request."""
+        return self.cpu / max(self.answered, 1.0) * 1e6, self.loop / max(self.answered, 1.0) * 1e6
+
+
+def raw_runners(models: Path, sentences: list[str], sizes: list[int]) -> dict[str, RawSentiment]:
+    """fp32 and, where `make int8` derived it, INT8, each on ONNX Runtime's defaults."""
+    raws = {}
+    for precision in ("fp32", "int8"):
+        try:
+            runner = load_runner(models / "sentiment" / "1", ["CPUExecutionProvider"], precision=precision)
+        except StaleGraphError:
+            continue
+        except (OSError, RuntimeError) as exc:
+            if precision == "fp32":
+                raise
+            print(f"no INT8 limit: {exc}")
+            continue
+        assert isinstance(runner, SentimentRunner)
+        raws[precision] = RawSentiment(runner, sentences, sizes)
+    return raws
+
+
+def sentiment_section(args: argparse.Namespace, server: ServerProcess, generator: LoadGenerator,
+                      say: Callable[[str], None]) -> None:
+    """Raw fp32 and INT8 limits, then the server at 1/16/64 clients with its CPU per request split
+    into model and serving. Raw sweeps and served runs alternate in rounds (the server idles
+    during the sweeps), so that the machine's drift falls on both sides of the ratios alike."""
+    sentences = sentiment_texts(args.data_dir, "test")
+    raws = raw_runners(args.models, sentences, [1, 8, 16, 32, 64, 128, 256])
+    served = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}["sentiment"]
+    precision: Precision = served["precision"]
+    clients = (1, 16, 64)
+    cpu = {c: ServedCpu(server) for c in clients}
+    runs: dict[int, list[LoadResult]] = {c: [] for c in clients}
+    for _ in range(args.rounds):
+        for raw in raws.values():
+            raw.sweep()
+        for c in clients:
+            runs[c].append(cpu[c].run(sentences, c, args.duration / args.rounds, generator))
+    results = {c: LoadResult.merged(runs[c]) for c in clients}
+    limits = {p: raw.best() for p, raw in raws.items()}
+    reference = "int8" if "int8" in limits else "fp32"
+    limit = limits[reference][1]
+
+    say(f"## Sentiment: raw ONNX Runtime (no HTTP), SST-2 test sentences ({args.rounds} rounds)")
+    say("ONNX Runtime's defaults (all cores, spinning threads), batches cut from the length-sorted "
+        "sentences: the strictest limit. Median sentences/s (min - max):")
+    say("| batch size | " + " | ".join(raws) + " |\n|---:|" + "---:|" * len(raws))
+    for size in raws["fp32"].timings:
+        say(f"| {size} | " + " | ".join(f"{raw.throughput()[size]:,.0f} ({min(raw.timings[size]):,.0f} - "
+                                        f"{max(raw.timings[size]):,.0f})" for raw in raws.values()) + " |")
+    say("\nlimits: " + "; ".join(f"**{p} {best:,.0f} sentences/s** at batch {size}"
+                                  for p, (size, best) in limits.items())
+        + (f"; INT8 / fp32 {limits['int8'][1] / limits['fp32'][1]:.2f}x" if "int8" in limits else
+           " (no INT8 graphs: `make int8`; fractions below are of the fp32 limit)"))
+    mine = raws.get(precision, raws["fp32"])
+    plain_size, plain = mine.best(sorted_by_length=False)
+    say(f"For context only ({precision}): batches cut in corpus order (no length sorting), best {plain:,.0f} "
+        f"sentences/s at batch {plain_size}.\n")
+
+    say(f"## Sentiment over HTTP (POST /v1/sentiment, one sentence per request; served in {precision})")
+    say(f"| clients | sentences/s | of the {reference} limit | p50 ms | p99 ms | non-2xx |\n"
+        "|---:|---:|---:|---:|---:|---:|")
+    for c, r in results.items():
+        say(f"| {c} | {r.items_per_s:,.0f} | **{r.items_per_s / limit:.2f}** | {r.percentile(50) * 1000:.2f} | "
+            f"{r.percentile(99) * 1000:.2f} | {sum(n for s, n in r.statuses.items() if s >= 300)} |")
+    single_ms = mine.single_p50_ms()
+    say(f"\n64 clients / {reference} limit per round: " + ", ".join(
+        f"{r.items_per_s / limit:.2f}" for r in runs[64]) + f"; p50 at 1 client - raw single request "
+        f"({precision}, {single_ms:.2f} ms): **{results[1].percentile(50) * 1000 - single_ms:.2f} ms**\n")
+
+    # the model's own CPU, measured here with the server's session settings on batches of the
+    # size the server formed: what is left of the server's CPU is the cost of serving
+    settings = Settings()
+    model = load_runner(args.models / "sentiment" / "1", ["CPUExecutionProvider"], settings.ort_intra_op_threads,
+                        precision)
+    assert isinstance(model, SentimentRunner)
+    say("## Server CPU per request (sentiment; loadtests/cpu_share.py; microseconds of CPU per answered request)")
+    say("model = ONNX Runtime alone, in this process, on batches of the served mean size cut in sending order, "
+        "with the server's session settings; serving = server (all threads) - model\n")
+    say("| clients | mean batch | server | model | serving | of which event loop |\n|---:|---:|---:|---:|---:|---:|")
+    for c in clients:
+        total, loop = cpu[c].per_request_us()
+        model_us = model_cpu_us(model, sentences, cpu[c].mean_batch)
+        say(f"| {c} | {cpu[c].mean_batch:.1f} | {total:.0f} | {model_us:.0f} | **{total - model_us:.0f}** | "
+            f"{loop:.0f} |")
+    say("")
 
 
 def http_sentiment(port: int, sentences: list[str], clients: int, duration: float,
@@ -137,13 +275,16 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
     the machine's drift during the run falls on all of them alike."""
     sources = translation_texts(args.data_dir, "test_2016_flickr")
     random.Random(0).shuffle(sources)
-    # solo decoding and the ceiling run where the server runs (CUDA when this onnxruntime has it)
-    translator = load_runner(args.models / "translate-en-de" / "1", choose_providers())
+    # solo decoding and the ceiling run where and as the server runs (CUDA when this onnxruntime
+    # has it; the precision the server chose)
+    precision: Precision = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}[
+        "translate-en-de"]["precision"]
+    translator = load_runner(args.models / "translate-en-de" / "1", choose_providers(), precision=precision)
     assert isinstance(translator, TranslationRunner)
     source_ids = [translator.tokenize(s) for s in sources]  # indexed like the requests' keys
     beams = (1, translator.decoding.default_beam_size)
     recorded: dict[int, dict[int, bytes]] = {b: {} for b in beams}
-    whole_server = ServerProcess(args.models, translation_scheduler="request").wait_ready()
+    whole_server = ServerProcess(args.models, translation_scheduler="request", precision=precision).wait_ready()
     slice_s = args.duration / args.rounds
     runs: dict[tuple[int, str, int], list[LoadResult]] = {}
     try:
@@ -160,7 +301,7 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
     iteration = {b: {c: LoadResult.merged(runs[(b, "iteration", c)]) for c in (1, 32, 64)} for b in beams}
     whole = {b: LoadResult.merged(runs[(b, "whole-request", 64)]) for b in beams}
     streamed = {b: LoadResult.merged(runs[(b, "streamed", 64)]) for b in beams}
-    say("## Translation over HTTP (POST /v1/translate, Multi30k test_2016_flickr sources)")
+    say(f"## Translation over HTTP (POST /v1/translate, Multi30k test_2016_flickr sources; served in {precision})")
     say("| beam | scheduler | clients | requests/s | p50 ms | p99 ms | non-2xx |\n|---:|---|---:|---:|---:|---:|---:|")
     for b in beams:
         for name, r in [*[("iteration", r) for r in iteration[b].values()], ("whole-request", whole[b]),
@@ -185,18 +326,21 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
             say(f"| {name} | " + " | ".join(f"{v:.0f}" for v in table.values()) + " |")
     for b in beams:
         checked, mismatches = check_identical(translator, source_ids, recorded[b], b)
-        say(f"\nbeam {b}: served vs solo decoding: {checked} distinct sentences checked, **{mismatches} differ**")
-    ceiling_section(args, source_ids, recorded[1], say)
+        say(f"\nbeam {b}: served vs solo decoding: {checked} distinct sentences checked, **{mismatches} differ**"
+            + (" (INT8: dynamic activation scales are per batch, so a few answers move with their batch-mates)"
+               if precision == "int8" else ""))
+    ceiling_section(args, source_ids, recorded[1], precision, say)
 
 
 def ceiling_section(args: argparse.Namespace, source_ids: list[list[int]], greedy_bodies: dict[int, bytes],
-                    say: Callable[[str], None]) -> None:
+                    precision: Precision, say: Callable[[str], None]) -> None:
     """The best these ratios can be on this machine (loadtests/ceiling.py), from the cost curve
     of the model's own graphs and the output lengths the benchmark just served."""
     if choose_providers()[0] != "CPUExecutionProvider":
         say("\n## Ceiling\nskipped: its model has one CPU core per decode lane; on a GPU the lanes share one device")
         return
-    single = load_runner(args.models / "translate-en-de" / "1", ["CPUExecutionProvider"], intra_op_threads=1)
+    single = load_runner(args.models / "translate-en-de" / "1", ["CPUExecutionProvider"], intra_op_threads=1,
+                         precision=precision)
     assert isinstance(single, TranslationRunner)
     source_len = int(statistics.median(len(ids) for ids in source_ids))
     lengths = [len(json.loads(body)["target_tokens"]) + 1 for body in greedy_bodies.values()]
@@ -205,9 +349,24 @@ def ceiling_section(args: argparse.Namespace, source_ids: list[list[int]], greed
     lanes = min(os.cpu_count() or 1, settings.workers * settings.instances)
     say(f"\n## Ceiling on this machine (greedy; loadtests/ceiling.py; median source {source_len} subwords, "
         f"mean output {statistics.fmean(lengths):.1f} steps; {settings.workers} worker(s) x "
-        f"{settings.instances} lanes on {os.cpu_count()} cores)")
+        f"{settings.instances} lanes on {os.cpu_count()} cores; {precision})")
     for line in ceiling.compute(steps, encodes, lengths, lanes=lanes).lines():
         say(f"- {line}")
+
+
+def quality_section(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    """SST-2 test and Multi30k test_2016_flickr through a real server in each precision
+    (loadtests/api_quality.py), beside the card's fp32 figures."""
+    say("## Quality through the API (16 clients, one text per request; loadtests/api_quality.py)")
+    say("| precision | SST-2 test accuracy | test_2016_flickr BLEU (lc 13a, beam 5) |\n|---|---:|---:|")
+    for precision in ("fp32", "int8"):
+        try:
+            result = api_quality.measure(args.models, precision, args.data_dir)
+        except RuntimeError as exc:  # the server refused to start: no INT8 graphs
+            say(f"| {precision} | not served: {str(exc).splitlines()[0]} | |")
+            continue
+        say(f"| {precision} | {result['sst2_test_accuracy']:.4f} | {result['test_2016_flickr_bleu_lc_beam5']:.2f} |")
+    say("")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3,
                    help="each configuration's time is split into this many interleaved rounds")
     p.add_argument("--skip-translation", action="store_true")
+    p.add_argument("--skip-quality", action="store_true", help="leave out quality through the API (fp32 vs INT8)")
     p.add_argument("--client-processes", type=int, default=default_processes(),
                    help="load generator processes (default: 1 on up to 4 cores, else cores/4, at most 4)")
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_service.md")
@@ -237,14 +397,13 @@ def main(argv: list[str] | None = None) -> None:
         print(text, flush=True)
         lines.append(text)
 
-    sentences = sentiment_texts(args.data_dir, "test")
     if args.baseline is not None:
         server = ServerProcess(args.models).wait_ready()
         generator = LoadGenerator(args.client_processes)
         try:
             sources = translation_texts(args.data_dir, "test_2016_flickr")
-            baseline.compare(args.baseline.resolve(), server, generator, sentences, sources,
-                             args.duration / args.rounds, args.rounds, say)
+            baseline.compare(args.baseline.resolve(), server, generator, sentiment_texts(args.data_dir, "test"),
+                             sources, args.duration / args.rounds, args.rounds, say)
         finally:
             generator.close()
             server.stop()
@@ -252,47 +411,18 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text("\n".join(lines) + "\n")
         print(f"\nwritten to {args.out}")
         return
-    sentiment = load_runner(args.models / "sentiment" / "1", ["CPUExecutionProvider"])
-    assert isinstance(sentiment, SentimentRunner)
-    raw = RawSentiment(sentiment, sentences, [1, 8, 16, 32, 64, 128, 256])
-    single_ms = raw.single_p50_ms()
-
     server = ServerProcess(args.models).wait_ready()
     say(f"## Start-up\nspawn to ready (imports, model load, checks, warm-up): {server.ready_after_s:.2f} s\n")
     generator = LoadGenerator(args.client_processes)
     try:
-        # raw and served in alternating rounds (the served server idles during the raw sweeps), so
-        # that the machine's drift during the run falls on both sides of the ratio alike
-        one_runs, many_runs = [], []
-        for _ in range(args.rounds):
-            raw.sweep()
-            one_runs.append(http_sentiment(server.port, sentences, 1, args.duration / args.rounds, generator))
-            many_runs.append(http_sentiment(server.port, sentences, 64, args.duration / args.rounds, generator))
-        one, many = LoadResult.merged(one_runs), LoadResult.merged(many_runs)
-        best_size, best = raw.best()
-        plain_size, plain = raw.best(sorted_by_length=False)
-        say(f"## Sentiment: raw ONNX Runtime (no HTTP), SST-2 test sentences ({args.rounds} rounds)")
-        say("| batch size | sentences/s (median) | min - max |\n|---:|---:|---:|")
-        for size, value in raw.throughput().items():
-            say(f"| {size} | {value:,.0f} | {min(raw.timings[size]):,.0f} - {max(raw.timings[size]):,.0f} |")
-        say(f"\nbest: {best:,.0f} sentences/s at batch {best_size}; single request p50 {single_ms:.2f} ms.")
-        say(f"For context only: batches cut in corpus order (no length sorting), best {plain:,.0f} sentences/s "
-            f"at batch {plain_size}; the served 64-client figure is {many.items_per_s / plain:.2f} of that.\n")
-        say("## Sentiment over HTTP (POST /v1/sentiment, one sentence per request)")
-        say("| clients | sentences/s | p50 ms | p99 ms | non-2xx |\n|---:|---:|---:|---:|---:|")
-        for r in (one, many):
-            say(f"| {r.concurrency} | {r.items_per_s:,.0f} | {r.percentile(50) * 1000:.2f} | "
-                f"{r.percentile(99) * 1000:.2f} | {sum(n for s, n in r.statuses.items() if s >= 300)} |")
-        say(f"\n64 clients / raw best: **{many.items_per_s / best:.2f}** (target >= 0.8); per round: "
-            + ", ".join(f"{r.items_per_s / best:.2f}" for r in many_runs))
-        say(f"p50 at 1 client - raw single request: **{one.percentile(50) * 1000 - single_ms:.2f} ms** "
-            f"(target <= 3 ms)\n")
-
+        sentiment_section(args, server, generator, say)
         if not args.skip_translation:
             translation_section(args, server, generator, say)
     finally:
         generator.close()
         server.stop()
+    if not args.skip_quality:
+        quality_section(args, say)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {args.out}")

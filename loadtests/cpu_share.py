@@ -18,7 +18,7 @@ import random
 import resource
 from pathlib import Path
 
-from loadtests.bench_service import http_sentiment, http_translate
+from loadtests import bench_service  # a module: bench_service uses this one too
 from loadtests.http_client import LoadResult
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.server import ROOT, ServerProcess
@@ -39,6 +39,18 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float, float]]:
         user, system = int(fields[11]) / _TICK, int(fields[12]) / _TICK
         out[int(tid)] = (name, user + system, system)
     return out
+
+
+def server_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a server process so far: (all threads, its main thread = the event loop)."""
+    threads = thread_cpu(pid)
+    return sum(cpu for _, cpu, _ in threads.values()), threads.get(pid, ("", 0.0, 0.0))[1]
+
+
+def answered_in_run(result: LoadResult, duration: float, warmup_s: float = 1.0) -> float:
+    """Requests a LoadGenerator run answered, its unmeasured warm-up included: CPU read around
+    the whole run is divided by this."""
+    return result.ok * (duration + warmup_s) / duration
 
 
 def own_cpu() -> float:
@@ -63,13 +75,13 @@ def main(argv: list[str] | None = None) -> None:
             texts = sentiment_texts(args.data_dir, "test")
 
             def run(seconds: float) -> LoadResult:
-                return http_sentiment(server.port, texts, args.clients, seconds)
+                return bench_service.http_sentiment(server.port, texts, args.clients, seconds)
         else:
             texts = translation_texts(args.data_dir, "test_2016_flickr")
             random.Random(0).shuffle(texts)
 
             def run(seconds: float) -> LoadResult:
-                return http_translate(server.port, texts, args.clients, seconds, args.beam)
+                return bench_service.http_translate(server.port, texts, args.clients, seconds, args.beam)
 
         run(2.0)  # warm-up
         before, client_before = thread_cpu(server.proc.pid), own_cpu()
@@ -77,8 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         after, client_after = thread_cpu(server.proc.pid), own_cpu()
     finally:
         server.stop()
-    # the CPU was read around the whole run (1 s of it unmeasured warm-up): count its answers too
-    answered = result.ok * (args.duration + 1.0) / args.duration
+    answered = answered_in_run(result, args.duration)
     print(f"{args.route}, {args.clients} clients: {result.rps:.1f} req/s, p50 {result.percentile(50) * 1000:.1f} ms")
     total = 0.0
     for tid, (name, cpu, system) in sorted(after.items()):

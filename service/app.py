@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ready = True
         lag_watch = asyncio.create_task(metrics.watch_event_loop_lag())
         log.info("ready in %.2fs: %s", time.monotonic() - started,
-                 ", ".join(f"{m.name}/{m.version} on {m.provider}" for m in registry.all()))
+                 ", ".join(f"{m.name}/{m.version} on {m.provider} ({m.precision})" for m in registry.all()))
         try:
             yield
         finally:

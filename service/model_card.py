@@ -74,6 +74,32 @@ class RobustnessSpec(BaseModel):
     scores: dict[str, dict[str, RobustnessScore]] = Field(description="split -> variant -> scores")
 
 
+class DerivedParity(BaseModel):
+    """A derived precision against the fp32 graphs, on the same inputs: how often the top class or
+    next token agrees, and how far the probabilities move (per row, the largest |p - p_fp32|)."""
+
+    model_config = ConfigDict(extra="forbid")
+    agreement: float = Field(ge=0, le=1)
+    min_agreement: float = Field(ge=0, le=1)
+    mean_abs_diff: float = Field(ge=0, description="per-row largest probability difference, averaged over rows")
+    tolerance: float = Field(gt=0, description="limit on mean_abs_diff")
+    max_abs_diff: float = Field(ge=0, description="the largest over all rows (reported, not limited)")
+    checked_on: str
+
+
+class PrecisionSpec(BaseModel):
+    """A precision derived from the committed fp32 graphs by a repo command. Its graph files are
+    git-ignored, beside the fp32 ones; they carry the sha256 of the graph they came from, and are
+    checked by parity (the quantizer's bytes vary across ONNX Runtime versions, so not by hash)."""
+
+    model_config = ConfigDict(extra="forbid")
+    graphs: dict[str, str] = Field(description="graph key -> derived file")
+    method: str
+    command: str
+    parity: DerivedParity
+    metrics: dict[str, float] = Field(description="measured like the fp32 metrics, same keys")
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -95,7 +121,9 @@ class ModelCard(BaseModel):
     robustness: RobustnessSpec | None = None
     opset: int = Field(ge=17)
     parity: ParitySpec
-
+    # optional: cards written before INT8 existed load unchanged, and a fresh export drops the
+    # entry (the figures described the old fp32 graphs) until `python -m export.quantize --write`
+    precisions: dict[Literal["int8"], PrecisionSpec] | None = None
 
     @model_validator(mode="after")
     def _has_what_its_runner_reads(self) -> ModelCard:

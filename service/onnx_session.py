@@ -1,10 +1,19 @@
-"""ONNX Runtime sessions: provider choice and the check of each graph against its model card."""
+"""ONNX Runtime sessions: provider choice and the check of each graph against its model card.
+
+A graph runs in one of two precisions. fp32 is the committed file, checked by its sha256 in
+model.json. int8 is derived from it (``python -m export.quantize``, run by ``make int8`` and at
+image build) into ``<stem>.int8.onnx`` beside it, git-ignored; the quantizer's bytes vary across
+ONNX Runtime versions, so it is checked by parity when derived, and carries in its ONNX metadata
+the sha256 of the fp32 graph it came from: a derived graph left over from an older fp32 graph is
+refused here.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 from pathlib import Path
+from typing import Literal
 
 import onnxruntime as ort
 
@@ -21,8 +30,24 @@ _ORT_TYPES = {
 }
 
 
+Precision = Literal["fp32", "int8"]
+DERIVED: tuple[Precision, ...] = ("int8",)
+SOURCE_SHA256_KEY = "seqserve.source_sha256"  # ONNX metadata of a derived graph: its fp32 graph's sha256
+
+
 class ModelLoadError(RuntimeError):
     """A graph file that is missing, corrupt, or does not match its model.json."""
+
+
+class StaleGraphError(ModelLoadError):
+    """A derived graph that was not derived from the fp32 graph model.json names."""
+
+
+def graph_path(model_dir: Path, spec: GraphSpec, precision: Precision = "fp32") -> Path:
+    """The file a graph runs from in ``precision``: sentiment.onnx -> sentiment.int8.onnx."""
+    if precision == "fp32":
+        return model_dir / spec.file
+    return model_dir / f"{spec.file.removesuffix('.onnx')}.{precision}.onnx"
 
 
 def choose_providers(preferred: str = "auto") -> list[str]:
@@ -45,15 +70,16 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_session(
-    model_dir: Path, spec: GraphSpec, providers: list[str], intra_op_threads: int = 0, verify_hash: bool = True
-) -> ort.InferenceSession:
-    """Open one graph and refuse it, naming the file, if it does not match ``spec``."""
-    path = model_dir / spec.file
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: graph file not found")
-    if verify_hash and sha256_of(path) != spec.sha256:
-        raise ModelLoadError(f"{path}: sha256 differs from model.json (file corrupt or replaced)")
+def open_session(model_dir: Path, spec: GraphSpec, providers: list[str], intra_op_threads: int = 0,
+                 precision: Precision = "fp32") -> ort.InferenceSession:
+    """Open one graph and refuse it, naming the file, if it does not match ``spec``. The fp32
+    graph is checked whatever the precision: a derived graph is only as good as its source."""
+    source, path = model_dir / spec.file, graph_path(model_dir, spec, precision)
+    for file in dict.fromkeys((source, path)):
+        if not file.is_file():
+            raise ModelLoadError(f"{file}: graph file not found")
+    if sha256_of(source) != spec.sha256:
+        raise ModelLoadError(f"{source}: sha256 differs from model.json (file corrupt or replaced)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
@@ -68,6 +94,11 @@ def open_session(
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
         raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+    if precision != "fp32":
+        stamp = session.get_modelmeta().custom_metadata_map.get(SOURCE_SHA256_KEY)
+        if stamp != spec.sha256:
+            raise StaleGraphError(f"{path}: derived from another fp32 graph than {spec.file} (stamp {stamp}); "
+                                  f"derive it again with `python -m export.quantize --model-dir {model_dir}`")
     _check_io(path, "input", [(i.name, i.type) for i in session.get_inputs()], spec.inputs)
     _check_io(path, "output", [(o.name, o.type) for o in session.get_outputs()], spec.outputs)
     return session

@@ -15,9 +15,9 @@ from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import RequestBatchedTranslator, SentimentEngine, TranslationEngine
 from service.errors import InvalidInput, ModelNotFound
-from service.model_card import ModelCard, ModelCardError
-from service.onnx_session import ModelLoadError, choose_providers
-from service.runners import SentimentRunner, TranslationRunner, load_runner
+from service.model_card import ModelCard, ModelCardError, load_model_card
+from service.onnx_session import ModelLoadError, Precision, StaleGraphError, choose_providers, graph_path
+from service.runners import Runner, SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
 from service.version_policy import served_cards
 
@@ -43,6 +43,18 @@ class ServedModel:
     def provider(self) -> str:
         return self.runner.providers[0]
 
+    @property
+    def precision(self) -> str:
+        return self.runner.precision
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The card's measured quality of the precision being served (empty if never measured)."""
+        if self.runner.precision == "fp32":
+            return self.card.metrics
+        derived = (self.card.precisions or {}).get(self.runner.precision)
+        return derived.metrics if derived else {}
+
 
 def _policy(settings: Settings) -> BatchPolicy:
     return BatchPolicy(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
@@ -56,18 +68,49 @@ def _translation_engine(name: str, runner: TranslationRunner, settings: Settings
     return RequestBatchedTranslator(name, runner, _policy(settings))
 
 
-def load_model(card_file: Path, providers: list[str], settings: Settings) -> ServedModel:
-    """Load, check and warm up one version, with its engine (not started); raise ModelLoadError
-    naming the file on any problem. Blocking: at start-up, or in a thread when loaded later."""
-    started = time.monotonic()
+def choose_precision(requested: str, model_dir: Path, card: ModelCard, provider: str) -> Precision:
+    """auto: int8 on the CPU provider where the derived graphs exist, fp32 otherwise (a warning
+    on the CPU: the derived graphs were expected there); int8 asked for and missing: refuse."""
+    if requested == "fp32" or (requested == "auto" and provider != "CPUExecutionProvider"):
+        return "fp32"
+    missing = [path for spec in card.graphs.values() if not (path := graph_path(model_dir, spec, "int8")).is_file()]
+    if not missing:
+        if provider != "CPUExecutionProvider":
+            log.warning("%s: INT8 graphs on %s: their quantized operators are CPU kernels", card.name, provider)
+        return "int8"
+    hint = f"derive them with `make int8` or `python -m export.quantize --model-dir {model_dir}`"
+    if requested == "int8":
+        raise ModelLoadError(f"{missing[0]}: INT8 graph not found (SEQSERVE_PRECISION=int8); {hint}")
+    log.warning("%s/%s: no INT8 graph (%s missing); serving fp32 on the CPU, %s", card.name, card.version,
+                missing[0], hint)
+    return "fp32"
+
+
+def _load_runner(model_dir: Path, providers: list[str], settings: Settings) -> Runner:
+    """The model in the precision the settings ask for, or the refusal naming the file."""
     try:
-        runner = load_runner(card_file.parent, providers, settings.ort_intra_op_threads)
+        card = load_model_card(model_dir / "model.json")
+        precision = choose_precision(settings.precision, model_dir, card, providers[0])
+        try:
+            return load_runner(model_dir, providers, settings.ort_intra_op_threads, precision, card)
+        except StaleGraphError as exc:
+            if settings.precision == "int8":
+                raise
+            log.warning("%s; serving fp32", exc)
+            return load_runner(model_dir, providers, settings.ort_intra_op_threads, "fp32", card)
     except ModelCardError as exc:
         raise ModelLoadError(str(exc)) from exc
     except (OSError, RuntimeError, ValueError) as exc:
         if isinstance(exc, ModelLoadError):
             raise
-        raise ModelLoadError(f"{card_file.parent}: cannot load model: {exc}") from exc
+        raise ModelLoadError(f"{model_dir}: cannot load model: {exc}") from exc
+
+
+def load_model(card_file: Path, providers: list[str], settings: Settings) -> ServedModel:
+    """Load, check and warm up one version, with its engine (not started); raise ModelLoadError
+    naming the file on any problem. Blocking: at start-up, or in a thread when loaded later."""
+    started = time.monotonic()
+    runner = _load_runner(card_file.parent, providers, settings)
     card = runner.card
     if (card.name, card.version) != (card_file.parent.parent.name, card_file.parent.name):
         raise ModelLoadError(f"{card_file}: name/version {card.name}/{card.version} do not match "
@@ -84,8 +127,8 @@ def load_model(card_file: Path, providers: list[str], settings: Settings) -> Ser
         engine = SentimentEngine(card.name, runner, policy)
     else:
         engine = _translation_engine(card.name, runner, settings)
-    log.info("loaded %s/%s (%s) on %s in %.2fs", card.name, card.version, card.task,
-             runner.providers[0], time.monotonic() - started)
+    log.info("loaded %s/%s (%s) on %s, %s, in %.2fs", card.name, card.version, card.task,
+             runner.providers[0], runner.precision, time.monotonic() - started)
     if providers[0] == "CUDAExecutionProvider" and runner.providers[0] != providers[0]:
         log.warning("%s: the CUDA provider could not start (no GPU, driver or matching CUDA libraries "
                     "visible to this process); serving on the CPU", card.name)

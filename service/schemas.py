@@ -92,6 +92,7 @@ class ModelInfo(BaseModel):
     versions: list[str]
     task: str
     provider: str
+    precision: str = Field(description="fp32, or int8 (derived from fp32, on the CPU)")
     labels: list[str] | None = None
     languages: dict[str, str] | None = None
     limits: dict[str, int | float]

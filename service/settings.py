@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     model_control: bool = Field(False, description="allow loading and unloading models at run time "
                                 "(POST /v2/repository/...); with WORKERS > 1 such calls are refused")
     providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution providers")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="graphs to run: auto = int8 on the CPU provider where the derived INT8 graphs exist "
+        "(else fp32, with a warning), fp32 on CUDA; int8 = refuse to start without them")
     ort_intra_op_threads: int = Field(
         1, ge=0, description="threads per ONNX Runtime session; 0 = one per core. 1 is fastest for the small "
         "per-step graphs of these models on a small CPU that also serves HTTP")

@@ -55,7 +55,7 @@ def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[st
     model = registry.get(name, version)
     return {"name": model.name, "versions": versions_of(registry, name), "platform": "onnxruntime_onnx",
             "inputs": [TEXT_INPUT.metadata()], "outputs": [o.metadata() for o in outputs_of(model)],
-            "parameters": {"task": model.card.task, "provider": model.provider}}
+            "parameters": {"task": model.card.task, "provider": model.provider, "precision": model.precision}}
 
 
 def config(registry: ModelRegistry, settings: Settings, name: str, version: str | None) -> dict[str, Any]:
@@ -64,7 +64,8 @@ def config(registry: ModelRegistry, settings: Settings, name: str, version: str 
     model = registry.get(name, version)
     card = model.card
     kind = "KIND_GPU" if model.provider == "CUDAExecutionProvider" else "KIND_CPU"
-    limits: dict[str, Any] = {"task": card.task, "max_input_tokens": card.max_input_tokens,
+    limits: dict[str, Any] = {"task": card.task, "precision": model.precision,
+                              "max_input_tokens": card.max_input_tokens,
                               "max_text_chars": settings.max_text_chars,
                               "request_timeout_s": settings.request_timeout_s}
     if card.decoding is not None:

@@ -55,6 +55,36 @@ class Server(ServerProcess):
 def committed_server() -> Iterator[Server]:
     if not list(COMMITTED_MODELS.glob("*/*/model.json")):
         pytest.skip("no committed models")
-    server = Server(COMMITTED_MODELS).wait_ready()
+    # fp32: these tests compare answers across batch compositions, which INT8 moves slightly (its
+    # activation scales are per batch); tests/test_registry.py serves INT8
+    server = Server(COMMITTED_MODELS, precision="fp32").wait_ready()
     yield server
     server.stop()
+
+
+def model_repository(dest: Path, source: Path = COMMITTED_MODELS) -> Path:
+    """A model repository of the committed versions without derived graphs: links to their files,
+    a copy of each model.json (tests may rewrite it)."""
+    for card in source.glob("*/*/model.json"):
+        folder = dest / card.parent.relative_to(source)
+        folder.mkdir(parents=True)
+        for file in card.parent.iterdir():
+            if file.name == "model.json":
+                (folder / file.name).write_bytes(file.read_bytes())
+            elif not file.name.endswith(".int8.onnx"):
+                (folder / file.name).symlink_to(file.resolve())
+    return dest
+
+
+@pytest.fixture(scope="session")
+def int8_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed models with INT8 graphs derived by export/quantize.py, once per session
+    (checked on the built-in probe: quicker than the data sets, which `make int8` uses)."""
+    if not list(COMMITTED_MODELS.glob("*/*/model.json")):
+        pytest.skip("no committed models")
+    from export.quantize import quantize
+
+    repo = model_repository(tmp_path_factory.mktemp("int8") / "models")
+    for card in sorted(repo.glob("*/*/model.json")):
+        assert quantize(card.parent, None) is not None
+    return repo

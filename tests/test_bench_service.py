@@ -3,24 +3,44 @@ judged here; the machines are shared and noisy)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from loadtests import bench_service
-from tests.conftest import COMMITTED_MODELS
+from loadtests import api_quality, bench_service
 
 
-def test_benchmark_runs_every_section(tmp_path: Path) -> None:
-    if not list(COMMITTED_MODELS.glob("*/*/model.json")):
-        pytest.skip("no committed models")
+def test_benchmark_runs_every_section(int8_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # fp32 served: its translations must equal solo decoding exactly (INT8's move with batch-mates)
+    monkeypatch.setenv("SEQSERVE_PRECISION", "fp32")
     out = tmp_path / "bench.md"
-    bench_service.main(["--models", str(COMMITTED_MODELS), "--duration", "0.6", "--rounds", "1", "--out", str(out)])
+    bench_service.main(["--models", str(int8_repo), "--duration", "0.6", "--rounds", "1", "--skip-quality",
+                        "--out", str(out)])
     report = out.read_text()
-    for section in ("## Start-up", "## Sentiment: raw ONNX Runtime", "## Sentiment over HTTP", "64 clients / raw best",
-                    "## Translation over HTTP", "iteration-level / whole-request at 64",
-                    "streamed / non-streamed at 64", "p50 latency (ms) by source",
-                    "## Ceiling on this machine", "ideal ratios"):
-        assert section in report
+    for section in ("## Start-up", "## Sentiment: raw ONNX Runtime", "| batch size | fp32 | int8 |",
+                    "## Sentiment over HTTP", "served in fp32", "of the int8 limit", "64 clients / int8 limit",
+                    "## Server CPU per request", "## Translation over HTTP", "iteration-level / whole-request at 64",
+                    "streamed / non-streamed at 64", "p50 latency (ms) by source", "## Ceiling on this machine",
+                    "ideal ratios"):
+        assert section in report, section
+    assert re.search(r"limits: \*\*fp32 [\d,]+ sentences/s\*\* at batch \d+; \*\*int8 [\d,]+ sentences/s\*\*", report)
+    # one row per client count, each with a model and a serving share of the server's CPU
+    rows = re.findall(r"(?m)^\| (1|16|64) \| [\d.]+ \| (\d+) \| (\d+) \| \*\*(-?\d+)\*\* \| \d+ \|$", report)
+    assert [r[0] for r in rows] == ["1", "16", "64"]
+    assert all(int(total) > 0 and int(model) > 0 and int(total) - int(model) == int(serving)
+               for _, total, model, serving in rows)
     # served translations equal solo decoding, for both decoding modes
     assert report.count("**0 differ**") == 2
+
+
+def test_quality_through_the_api_in_each_precision(int8_repo: Path) -> None:
+    from tests.conftest import DATA_DIR
+
+    if not (DATA_DIR / "sst2").is_dir():
+        pytest.skip("no data sets")
+    results = {p: api_quality.measure(int8_repo, p, DATA_DIR, clients=8, limit=48) for p in ("fp32", "int8")}
+    for precision, result in results.items():
+        assert result["served"] == {"sentiment": precision, "translate-en-de": precision}
+        assert result["sst2_test_accuracy"] >= 0.75
+        assert result["test_2016_flickr_bleu_lc_beam5"] >= 25

@@ -43,7 +43,15 @@ def test_runtime_images_are_non_root_exec_form_with_healthcheck_and_no_torch(nam
     assert re.search(r'(?m)^ENTRYPOINT \["python", "-m", "service"\]', final)
     assert "/v2/health/ready" in final and "HEALTHCHECK" in final
     assert not re.search(r"(?m)^RUN .*(torch|\[.*train.*\])", dockerfile.read_text())
-    assert "COPY models /app/models" in final
+    assert re.search(r"(?m)^COPY (--from=int8 /src/)?models /app/models$", final)
+
+
+def test_cpu_image_derives_the_int8_graphs_at_build_outside_the_runtime_stage() -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    stages = re.split(r"(?m)^FROM ", dockerfile)
+    int8 = next(stage for stage in stages if stage.split("\n", 1)[0].endswith(" AS int8"))
+    assert re.search(r"(?m)^RUN .*-m export\.quantize .*--model-dir", int8)
+    assert "COPY --from=int8 /src/models /app/models" in stages[-1]
 
 
 def test_compose_stack_wires_health_gpu_profile_and_locust() -> None:

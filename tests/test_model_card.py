@@ -96,3 +96,26 @@ def test_the_translator_card_carries_its_robustness_table() -> None:
         for variant in ("upper", "lower", "title"):  # the bar: each >= 0.9 x as given, none refused
             assert scores[variant].bleu_lc >= 0.9 * scores["given"].bleu_lc
         assert all(s.refused == 0 for s in scores.values())
+
+
+def test_cards_written_before_int8_existed_still_load(tmp_path: Path) -> None:
+    for card_file in CARDS:
+        old = json.loads(card_file.read_text())
+        old.pop("precisions", None)
+        (tmp_path / "model.json").write_text(json.dumps(old))
+        assert load_model_card(tmp_path / "model.json").precisions is None
+
+
+@pytest.mark.parametrize("card_file", CARDS, ids=lambda p: p.parent.parent.name)
+def test_cards_carry_the_measured_int8_parity_and_quality(card_file: Path) -> None:
+    card = load_model_card(card_file)
+    assert card.precisions and "int8" in card.precisions, (
+        f"{card_file}: no INT8 entry; run python -m export.quantize --model-dir {card_file.parent} --write")
+    entry = card.precisions["int8"]
+    assert set(entry.graphs) == set(card.graphs)
+    assert entry.parity.agreement >= entry.parity.min_agreement
+    assert entry.parity.mean_abs_diff <= entry.parity.tolerance
+    assert set(entry.metrics) == set(card.metrics)  # measured like fp32, on the same splits
+    key = "sst2_test_accuracy" if card.task == "text-classification" else "test_2016_flickr_bleu_lc_beam5"
+    allowed = 0.01 if card.task == "text-classification" else 1.0  # accuracy 1 point; BLEU 1 point
+    assert abs(entry.metrics[key] - card.metrics[key]) <= allowed

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from service.model_card import ModelCard
-from service.onnx_session import open_session
+from service.onnx_session import Precision, open_session
 from service.tokenization import PAD_ID, SubwordTokenizer
 
 
@@ -23,10 +23,12 @@ def pad_batch(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarra
 
 
 class SentimentRunner:
-    def __init__(self, model_dir: Path, card: ModelCard, providers: list[str], intra_op_threads: int = 0) -> None:
+    def __init__(self, model_dir: Path, card: ModelCard, providers: list[str], intra_op_threads: int = 0,
+                 precision: Precision = "fp32") -> None:
         self.card = card
         self.model_dir = model_dir
-        self.session = open_session(model_dir, card.graphs["model"], providers, intra_op_threads)
+        self.precision = precision
+        self.session = open_session(model_dir, card.graphs["model"], providers, intra_op_threads, precision)
         self.providers = self.session.get_providers()
         self.tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["text"])
         self.labels: list[str] = list(card.labels or [])

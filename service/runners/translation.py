@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from service.decoding import BeamSearch, Hypothesis, Sampling, StepUpdate
 from service.model_card import ModelCard
-from service.onnx_session import open_session
+from service.onnx_session import Precision, open_session
 from service.runners.sentiment import pad_batch
 from service.tokenization import SubwordTokenizer
 
@@ -65,15 +65,16 @@ class TranslationOutput:
 
 class TranslationRunner:
     def __init__(self, model_dir: Path, card: ModelCard, providers: list[str], intra_op_threads: int = 0,
-                 io_binding: bool | None = None) -> None:
+                 io_binding: bool | None = None, precision: Precision = "fp32") -> None:
         if card.decoding is None or card.max_output_tokens is None:
             raise ValueError(f"{model_dir / 'model.json'}: a translation card needs decoding and max_output_tokens")
         self.card = card
         self.model_dir = model_dir
         self.decoding = card.decoding
         self.max_output_tokens = card.max_output_tokens
-        self.encoder = open_session(model_dir, card.graphs["encoder"], providers, intra_op_threads)
-        self.decoder = open_session(model_dir, card.graphs["decoder_step"], providers, intra_op_threads)
+        self.precision = precision
+        self.encoder = open_session(model_dir, card.graphs["encoder"], providers, intra_op_threads, precision)
+        self.decoder = open_session(model_dir, card.graphs["decoder_step"], providers, intra_op_threads, precision)
         self.providers = self.encoder.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         # On a GPU, decoder state and encoder states stay on the device between steps (I/O

@@ -1,0 +1,91 @@
+"""The precision a model version is served in (SEQSERVE_PRECISION), through real servers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.model_card import load_model_card
+from service.onnx_session import ModelLoadError
+from service.registry import choose_precision
+from service.server import STARTUP_FAILED
+from tests.conftest import Server, model_repository
+
+
+def _precisions(server: Server) -> dict[str, tuple[str, str]]:
+    """Per model: (v1 /v1/models precision, v2 metadata parameters.precision)."""
+    v1 = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+    return {name: (m["precision"], httpx.get(f"{server.url}/v2/models/{name}").json()["parameters"]["precision"])
+            for name, m in v1.items()}
+
+
+@pytest.fixture(scope="module")
+def fp32_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_repository(tmp_path_factory.mktemp("fp32") / "models")
+
+
+def test_auto_serves_int8_on_the_cpu_and_says_so(int8_repo: Path) -> None:
+    server = Server(int8_repo).wait_ready()
+    try:
+        assert _precisions(server) == {"sentiment": ("int8", "int8"), "translate-en-de": ("int8", "int8")}
+        assert server.wait_for_output("sentiment/1 on CPUExecutionProvider (int8)")
+        good = httpx.post(f"{server.url}/v1/sentiment", json={"text": "A gorgeous, witty, seductive movie."}).json()
+        assert good["label"] == "positive"
+        de = httpx.post(f"{server.url}/v1/translate", json={"text": "Two dogs play in the snow."}, timeout=30).json()
+        assert "Hunde" in de["translation"]
+        models = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+        card = load_model_card(int8_repo / "sentiment" / "1" / "model.json")
+        # the metrics shown are those measured for the precision served (none yet in this fresh card)
+        expected = card.precisions["int8"].metrics if card.precisions else {}
+        assert models["sentiment"]["metrics"] == expected
+    finally:
+        assert server.stop() == 0
+
+
+def test_fp32_asked_for_is_served_even_where_int8_graphs_exist(int8_repo: Path) -> None:
+    server = Server(int8_repo, precision="fp32").wait_ready()
+    try:
+        assert _precisions(server) == {"sentiment": ("fp32", "fp32"), "translate-en-de": ("fp32", "fp32")}
+        models = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+        assert models["sentiment"]["metrics"]["sst2_test_accuracy"] >= 0.83
+    finally:
+        server.stop()
+    assert "no INT8 graph" not in server.output()
+
+
+def test_auto_without_int8_graphs_serves_fp32_with_a_warning(fp32_repo: Path) -> None:
+    server = Server(fp32_repo).wait_ready()
+    try:
+        assert _precisions(server) == {"sentiment": ("fp32", "fp32"), "translate-en-de": ("fp32", "fp32")}
+    finally:
+        server.stop()
+    log = server.output()
+    assert "WARNING" in log and f"{fp32_repo / 'sentiment' / '1' / 'sentiment.int8.onnx'} missing" in log
+    assert "make int8" in log
+
+
+def test_int8_asked_for_and_missing_refuses_to_start_naming_the_file(fp32_repo: Path) -> None:
+    server = Server(fp32_repo, precision="int8")
+    assert server.proc.wait(timeout=60) == STARTUP_FAILED
+    log = server.output()
+    assert f"{fp32_repo / 'sentiment' / '1' / 'sentiment.int8.onnx'}: INT8 graph not found" in log
+    assert "refusing to start" in log
+
+
+def test_choose_precision(int8_repo: Path, fp32_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder, bare = int8_repo / "translate-en-de" / "1", fp32_repo / "translate-en-de" / "1"
+    card = load_model_card(folder / "model.json")
+    cpu, cuda = "CPUExecutionProvider", "CUDAExecutionProvider"
+    assert choose_precision("auto", folder, card, cpu) == "int8"
+    assert choose_precision("auto", folder, card, cuda) == "fp32"  # fp32 stays the GPU's precision
+    assert choose_precision("fp32", folder, card, cpu) == "fp32"
+    with caplog.at_level(logging.WARNING):
+        assert choose_precision("auto", bare, card, cuda) == "fp32"
+        assert not caplog.records  # nothing was expected on the GPU
+        assert choose_precision("int8", folder, card, cuda) == "int8"
+        assert "CPU kernels" in caplog.text
+    with pytest.raises(ModelLoadError, match=r"encoder\.int8\.onnx: INT8 graph not found"):
+        choose_precision("int8", bare, card, cpu)
