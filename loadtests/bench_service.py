@@ -96,42 +96,33 @@ class RawSentiment:
         return statistics.median(singles) * 1000
 
 
-def model_cpu_us(runner: SentimentRunner, sentences: list[str], batch_size: float) -> float:
-    """CPU microseconds per sentence of ONNX Runtime alone (the runner's session: the server's
-    settings) on batches of ``batch_size`` cut from the sentences in the order they are sent."""
-    size = max(1, round(batch_size))
-    ids = [runner.tokenize(s) for s in sentences]
-    runner.run(ids[:size])
-    start = time.process_time()
-    for i in range(0, len(ids), size):
-        runner.run(ids[i : i + size])
-    return (time.process_time() - start) / len(ids) * 1e6
-
-
 class ServedCpu:
-    """Server CPU (all threads and the event loop) and sentiment batch sizes over served runs."""
+    """Server CPU over served sentiment runs: all threads and the event loop (from /proc, as
+    loadtests/cpu_share.py reads them), the model's share (seqserve_model_cpu_seconds_total: the
+    CPU of the threads calling ONNX Runtime, inside its runs, on the batches the server formed),
+    and the batch sizes."""
 
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
-        self.cpu = self.loop = self.answered = self.batches = self.batched = 0.0
+        self.cpu = self.loop = self.model = self.answered = self.batches = self.batched = 0.0
 
-    def _batches(self) -> tuple[float, float]:
-        return (metric_value(self.server.url, "seqserve_batch_size_count", model="sentiment"),
-                metric_value(self.server.url, "seqserve_batch_size_sum", model="sentiment"))
+    def _metrics(self) -> list[float]:
+        return [metric_value(self.server.url, name, model="sentiment")
+                for name in ("seqserve_model_cpu_seconds_total", "seqserve_batch_size_count",
+                             "seqserve_batch_size_sum")]
 
     def run(self, sentences: list[str], clients: int, duration: float, generator: LoadGenerator) -> LoadResult:
-        # /metrics is read outside the CPU readings: its own cost is not a request's
-        batches_before = self._batches()
+        # /metrics is read outside the /proc readings: its own cost is not a request's
+        metrics_before = self._metrics()
         cpu_before = cpu_share.server_cpu(self.server.proc.pid)
         result = http_sentiment(self.server.port, sentences, clients, duration, generator)
         cpu_after = cpu_share.server_cpu(self.server.proc.pid)
-        batches_after = self._batches()
-        cpu, loop = (b - a for a, b in zip(cpu_before, cpu_after, strict=True))
-        count, summed = (b - a for a, b in zip(batches_before, batches_after, strict=True))
-        self.cpu += cpu
-        self.loop += loop
-        self.batches += count
-        self.batched += summed
+        metrics_after = self._metrics()
+        self.cpu += cpu_after[0] - cpu_before[0]
+        self.loop += cpu_after[1] - cpu_before[1]
+        self.model += metrics_after[0] - metrics_before[0]
+        self.batches += metrics_after[1] - metrics_before[1]
+        self.batched += metrics_after[2] - metrics_before[2]
         self.answered += cpu_share.answered_in_run(result, duration)
         return result
 
@@ -139,9 +130,10 @@ class ServedCpu:
     def mean_batch(self) -> float:
         return self.batched / max(self.batches, 1.0)
 
-    def per_request_us(self) -> tuple[float, float]:
-        """(all threads, event loop) CPU microseconds per answered request."""
-        return self.cpu / max(self.answered, 1.0) * 1e6, self.loop / max(self.answered, 1.0) * 1e6
+    def per_request_us(self) -> tuple[float, float, float]:
+        """(all threads, model, event loop) CPU microseconds per answered request."""
+        per = 1e6 / max(self.answered, 1.0)
+        return self.cpu * per, self.model * per, self.loop * per
 
 
 def raw_runners(models: Path, sentences: list[str], sizes: list[int]) -> dict[str, RawSentiment]:
@@ -211,19 +203,15 @@ def sentiment_section(args: argparse.Namespace, server: ServerProcess, generator
         f"{r.items_per_s / limit:.2f}" for r in runs[64]) + f"; p50 at 1 client - raw single request "
         f"({precision}, {single_ms:.2f} ms): **{results[1].percentile(50) * 1000 - single_ms:.2f} ms**\n")
 
-    # the model's own CPU, measured here with the server's session settings on batches of the
-    # size the server formed: what is left of the server's CPU is the cost of serving
-    settings = Settings()
-    model = load_runner(args.models / "sentiment" / "1", ["CPUExecutionProvider"], settings.ort_intra_op_threads,
-                        precision)
-    assert isinstance(model, SentimentRunner)
-    say("## Server CPU per request (sentiment; loadtests/cpu_share.py; microseconds of CPU per answered request)")
-    say("model = ONNX Runtime alone, in this process, on batches of the served mean size cut in sending order, "
-        "with the server's session settings; serving = server (all threads) - model\n")
+    threads = Settings().ort_intra_op_threads
+    say("## Server CPU per request (sentiment, one sentence each; microseconds of CPU per answered request)")
+    say("server = all its threads (/proc, as loadtests/cpu_share.py reads them); model = inside ONNX Runtime's runs "
+        "on the batches the server formed (seqserve_model_cpu_seconds_total); serving = server - model"
+        + ("" if threads == 1 else f" (ORT_INTRA_OP_THREADS={threads}: ONNX Runtime's pool threads count as "
+                                   "serving here)") + "\n")
     say("| clients | mean batch | server | model | serving | of which event loop |\n|---:|---:|---:|---:|---:|---:|")
     for c in clients:
-        total, loop = cpu[c].per_request_us()
-        model_us = model_cpu_us(model, sentences, cpu[c].mean_batch)
+        total, model_us, loop = cpu[c].per_request_us()
         say(f"| {c} | {cpu[c].mean_batch:.1f} | {total:.0f} | {model_us:.0f} | **{total - model_us:.0f}** | "
             f"{loop:.0f} |")
     say("")

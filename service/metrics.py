@@ -36,6 +36,9 @@ DROPPED = Counter("seqserve_dropped_total", "Accepted requests dropped before co
 WORKERS_SERVING = Gauge("seqserve_workers_serving", "Server processes accepting requests (summed over "
                         "SEQSERVE_WORKERS; 0 while draining)", multiprocess_mode="livesum")
 REJECTED = Counter("seqserve_rejected_total", "Requests refused at the queue", ["model", "reason"])
+# the model's own CPU, beside the process's: what is left is the cost of serving (make bench splits them)
+MODEL_CPU = Counter("seqserve_model_cpu_seconds_total", "CPU time of the threads calling ONNX Runtime, inside "
+                    "its runs (all of ONNX Runtime's with ORT_INTRA_OP_THREADS=1)", ["model"])
 
 # Iteration-level decoding (translation)
 DECODE_ROWS = Histogram("seqserve_decode_running_rows", "Decoder rows (beams) per step", ["model"],

@@ -28,7 +28,7 @@ def test_benchmark_runs_every_section(int8_repo: Path, tmp_path: Path, monkeypat
     # one row per client count, each with a model and a serving share of the server's CPU
     rows = re.findall(r"(?m)^\| (1|16|64) \| [\d.]+ \| (\d+) \| (\d+) \| \*\*(-?\d+)\*\* \| \d+ \|$", report)
     assert [r[0] for r in rows] == ["1", "16", "64"]
-    assert all(int(total) > 0 and int(model) > 0 and int(total) - int(model) == int(serving)
+    assert all(int(model) > 0 and int(serving) > 0 and abs(int(total) - int(model) - int(serving)) <= 1
                for _, total, model, serving in rows)
     # served translations equal solo decoding, for both decoding modes
     assert report.count("**0 differ**") == 2

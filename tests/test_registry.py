@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.server import metric_value
 from service.model_card import load_model_card
 from service.onnx_session import ModelLoadError
 from service.registry import choose_precision
@@ -41,6 +42,9 @@ def test_auto_serves_int8_on_the_cpu_and_says_so(int8_repo: Path) -> None:
         # the metrics shown are those measured for the precision served (none yet in this fresh card)
         expected = card.precisions["int8"].metrics if card.precisions else {}
         assert models["sentiment"]["metrics"] == expected
+        # the model's own CPU is counted apart from the server's (make bench splits the two)
+        for name in ("sentiment", "translate-en-de"):
+            assert metric_value(server.url, "seqserve_model_cpu_seconds_total", model=name) > 0
     finally:
         assert server.stop() == 0
 

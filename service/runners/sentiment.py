@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.metrics import MODEL_CPU
 from service.model_card import ModelCard
 from service.onnx_session import Precision, open_session
 from service.tokenization import PAD_ID, SubwordTokenizer
@@ -34,6 +35,7 @@ class SentimentRunner:
         self.labels: list[str] = list(card.labels or [])
         self._inputs = [i.name for i in card.graphs["model"].inputs]
         self._output = card.graphs["model"].outputs[0].name
+        self._model_cpu = MODEL_CPU.labels(card.name)
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -41,7 +43,9 @@ class SentimentRunner:
     def run(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Probabilities [len(batch), classes] for already tokenised texts (any lengths)."""
         ids, lengths = pad_batch(batch)
+        started = time.thread_time()
         (probs,) = self.session.run([self._output], {self._inputs[0]: ids, self._inputs[1]: lengths})
+        self._model_cpu.inc(time.thread_time() - started)
         return np.asarray(probs)
 
     def warmup(self, batch_sizes: Sequence[int] = (1, 8, 32), length: int = 24) -> None:

@@ -7,6 +7,7 @@ scheduler reuses ``encode`` and ``step`` with its own driver loop.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.decoding import BeamSearch, Hypothesis, Sampling, StepUpdate
+from service.metrics import MODEL_CPU
 from service.model_card import ModelCard
 from service.onnx_session import Precision, open_session
 from service.runners.sentiment import pad_batch
@@ -86,6 +88,7 @@ class TranslationRunner:
         self._enc_out = [t.name for t in card.graphs["encoder"].outputs]
         self._dec_in = [t.name for t in card.graphs["decoder_step"].inputs]
         self._dec_out = [t.name for t in card.graphs["decoder_step"].outputs]
+        self._model_cpu = MODEL_CPU.labels(card.name)
 
     # --- pre/post-processing ---------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -121,7 +124,9 @@ class TranslationRunner:
     # --- graphs -----------------------------------------------------------------------------
     def encode(self, batch: Sequence[Sequence[int]]) -> Encoded:
         ids, lengths = pad_batch(batch)
+        started = time.thread_time()
         states, keys, init = self.encoder.run(self._enc_out, {self._enc_in[0]: ids, self._enc_in[1]: lengths})
+        self._model_cpu.inc(time.thread_time() - started)
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.float32)
         return Encoded(states, keys, init, mask, lengths)
 
@@ -145,7 +150,9 @@ class TranslationRunner:
         """
         if not self.io_binding:
             feeds = dict(zip(self._dec_in, (prev, state, parents, rows.states, rows.keys, rows.mask), strict=True))
+            started = time.thread_time()
             _, top_lp, top_ids, new_state, attention = self.decoder.run(self._dec_out, feeds)
+            self._model_cpu.inc(time.thread_time() - started)
             return top_lp, top_ids, new_state, attention if want_attention else None
         binding = self.decoder.io_binding()
         for name, value in zip(self._dec_in, (prev, state, parents, rows.states, rows.keys, rows.mask), strict=True):
@@ -158,7 +165,9 @@ class TranslationRunner:
         binding.bind_output(top_ids_name, "cpu")
         binding.bind_output(state_name, self.device)
         binding.bind_output(attention_name, "cpu" if want_attention else self.device)
+        started = time.thread_time()
         self.decoder.run_with_iobinding(binding)
+        self._model_cpu.inc(time.thread_time() - started)
         top_lp, top_ids, new_state, attention = binding.get_outputs()  # in the order bound above
         return top_lp.numpy(), top_ids.numpy(), new_state, attention.numpy() if want_attention else None
 
