@@ -1,47 +1,45 @@
 """Quality through the API: the held-out test sets sent to a real server, scored like the cards.
 
-    python -m loadtests.api_quality [--precision fp32 int8] [--clients 16] [--beam 5]
+    python -m loadtests.api_quality [--precision fp32 int8] [--beam 5]
 
 For each precision a server is started on the model repository with SEQSERVE_PRECISION set, and
 every SST-2 test sentence and every Multi30k test_2016_flickr source goes through POST
-/v1/sentiment and /v1/translate, one text per request from ``clients`` concurrent clients (so
-answers come out of batches formed as in service). Prints accuracy and lowercased 13a BLEU (the
-cards' ``sst2_test_accuracy`` and ``test_2016_flickr_bleu_lc_beam5``), so served quality can be
-held against the figures measured on the runners.
+/v1/sentiment and /v1/translate (lists of 16 texts, 4 at a time: export/evaluate.py's
+api_translator, so answers come out of batches formed as in service). Prints accuracy and
+lowercased 13a BLEU (the cards' ``sst2_test_accuracy`` and ``test_2016_flickr_bleu_lc_beam5``), so
+that served quality can be held against the figures measured on the runners.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from export.data import read_multi30k_pairs, read_sst2
+from export.evaluate import api_translator
 from loadtests.inputs import DATA_DIR
 from loadtests.server import ROOT, ServerProcess
 
 
-async def _post_all(url: str, bodies: list[dict[str, Any]], clients: int) -> list[dict[str, Any]]:
-    """Every body once, ``clients`` at a time; answers in the bodies' order."""
-    answers: list[dict[str, Any]] = [{} for _ in bodies]
-    queue = iter(enumerate(bodies))
-    async with httpx.AsyncClient(timeout=120) as client:
+def api_labels(url: str, texts: list[str], batch_size: int = 16, concurrency: int = 4) -> list[str]:
+    """Labels through POST /v1/sentiment, in order (as api_translator sends translations)."""
+    with httpx.Client(base_url=url, timeout=300) as client:
+        def one_batch(batch: list[str]) -> list[str]:
+            r = client.post("/v1/sentiment", json={"texts": batch})
+            r.raise_for_status()
+            return [res["label"] for res in r.json()["results"]]
 
-        async def worker() -> None:
-            for i, body in queue:
-                response = await client.post(url, json=body)
-                response.raise_for_status()
-                answers[i] = response.json()
-
-        await asyncio.gather(*(worker() for _ in range(clients)))
-    return answers
+        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        with ThreadPoolExecutor(concurrency) as pool:
+            return [label for part in pool.map(one_batch, chunks) for label in part]
 
 
-def measure(models: Path, precision: str, data_dir: Path = DATA_DIR, clients: int = 16,
-            beam: int = 5, limit: int | None = None) -> dict[str, Any]:
+def measure(models: Path, precision: str, data_dir: Path = DATA_DIR, beam: int = 5,
+            limit: int | None = None) -> dict[str, Any]:
     """Served accuracy and BLEU with SEQSERVE_PRECISION=``precision``, and what the server says it
     served. ``limit``: only the first so many sentences of each test set (for a quick check)."""
     import sacrebleu
@@ -51,15 +49,14 @@ def measure(models: Path, precision: str, data_dir: Path = DATA_DIR, clients: in
     server = ServerProcess(models, precision=precision).wait_ready()
     try:
         served = {m["name"]: m["precision"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
-        labels = asyncio.run(_post_all(f"{server.url}/v1/sentiment", [{"text": r.text} for r in sst], clients))
-        translations = asyncio.run(_post_all(f"{server.url}/v1/translate",
-                                             [{"text": s, "beam_size": beam} for s, _ in pairs], clients))
+        labels = api_labels(server.url, [r.text for r in sst])
+        hyps = api_translator(server.url)([s for s, _ in pairs], beam)
     finally:
         server.stop()
     names = ["negative", "positive"]
-    accuracy = sum(names.index(a["label"]) == r.label for a, r in zip(labels, sst, strict=True)) / len(sst)
-    hyps = [a["translation"] for a in translations]
-    bleu = sacrebleu.corpus_bleu(hyps, [[t for _, t in pairs]], tokenize="13a", lowercase=True).score
+    accuracy = sum(names.index(label) == r.label for label, r in zip(labels, sst, strict=True)) / len(sst)
+    bleu = sacrebleu.corpus_bleu([h or "" for h in hyps], [[t for _, t in pairs]], tokenize="13a",
+                                 lowercase=True).score
     return {"served": served, "sst2_test_accuracy": accuracy, f"test_2016_flickr_bleu_lc_beam{beam}": bleu}
 
 
@@ -68,13 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8", "auto"])
-    p.add_argument("--clients", type=int, default=16)
     p.add_argument("--beam", type=int, default=5)
     args = p.parse_args(argv)
     print("| precision asked | served | SST-2 test accuracy | test_2016_flickr BLEU (lc 13a, beam "
           f"{args.beam}) |\n|---|---|---:|---:|")
     for precision in args.precision:
-        result = measure(args.models, precision, args.data_dir, args.clients, args.beam)
+        result = measure(args.models, precision, args.data_dir, args.beam)
         served = ", ".join(f"{k} {v}" for k, v in sorted(result["served"].items()))
         print(f"| {precision} | {served} | {result['sst2_test_accuracy']:.4f} | "
               f"{result[f'test_2016_flickr_bleu_lc_beam{args.beam}']:.2f} |", flush=True)

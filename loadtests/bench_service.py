@@ -345,7 +345,7 @@ def ceiling_section(args: argparse.Namespace, source_ids: list[list[int]], greed
 def quality_section(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     """SST-2 test and Multi30k test_2016_flickr through a real server in each precision
     (loadtests/api_quality.py), beside the card's fp32 figures."""
-    say("## Quality through the API (16 clients, one text per request; loadtests/api_quality.py)")
+    say("## Quality through the API (lists of 16 texts, 4 requests at a time; loadtests/api_quality.py)")
     say("| precision | SST-2 test accuracy | test_2016_flickr BLEU (lc 13a, beam 5) |\n|---|---:|---:|")
     for precision in ("fp32", "int8"):
         try:

@@ -41,10 +41,12 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Server(ServerProcess):
-    """The shared server helper, keeping the log so tests can read refusal messages."""
+    """The shared server helper, keeping the log so tests can read refusal messages. It serves
+    fp32 unless told otherwise: tests compare answers across batch compositions, which INT8 moves
+    slightly (its activation scales are per batch); tests/test_registry.py serves INT8."""
 
     def __init__(self, repo: Path, **settings: str) -> None:
-        super().__init__(repo, capture_output=True, settings=settings)
+        super().__init__(repo, capture_output=True, settings={"precision": "fp32", **settings})
 
     def wait_ready(self, timeout: float = 60.0) -> Server:
         super().wait_ready(timeout)
@@ -55,9 +57,7 @@ class Server(ServerProcess):
 def committed_server() -> Iterator[Server]:
     if not list(COMMITTED_MODELS.glob("*/*/model.json")):
         pytest.skip("no committed models")
-    # fp32: these tests compare answers across batch compositions, which INT8 moves slightly (its
-    # activation scales are per batch); tests/test_registry.py serves INT8
-    server = Server(COMMITTED_MODELS, precision="fp32").wait_ready()
+    server = Server(COMMITTED_MODELS).wait_ready()
     yield server
     server.stop()
 

@@ -39,7 +39,7 @@ def test_quality_through_the_api_in_each_precision(int8_repo: Path) -> None:
 
     if not (DATA_DIR / "sst2").is_dir():
         pytest.skip("no data sets")
-    results = {p: api_quality.measure(int8_repo, p, DATA_DIR, clients=8, limit=48) for p in ("fp32", "int8")}
+    results = {p: api_quality.measure(int8_repo, p, DATA_DIR, limit=48) for p in ("fp32", "int8")}
     for precision, result in results.items():
         assert result["served"] == {"sentiment": precision, "translate-en-de": precision}
         assert result["sst2_test_accuracy"] >= 0.75

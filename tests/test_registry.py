@@ -13,6 +13,7 @@ from service.model_card import load_model_card
 from service.onnx_session import ModelLoadError
 from service.registry import choose_precision
 from service.server import STARTUP_FAILED
+from service.settings import Settings
 from tests.conftest import Server, model_repository
 
 
@@ -29,7 +30,7 @@ def fp32_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_auto_serves_int8_on_the_cpu_and_says_so(int8_repo: Path) -> None:
-    server = Server(int8_repo).wait_ready()
+    server = Server(int8_repo, precision="auto").wait_ready()
     try:
         assert _precisions(server) == {"sentiment": ("int8", "int8"), "translate-en-de": ("int8", "int8")}
         assert server.wait_for_output("sentiment/1 on CPUExecutionProvider (int8)")
@@ -61,7 +62,7 @@ def test_fp32_asked_for_is_served_even_where_int8_graphs_exist(int8_repo: Path) 
 
 
 def test_auto_without_int8_graphs_serves_fp32_with_a_warning(fp32_repo: Path) -> None:
-    server = Server(fp32_repo).wait_ready()
+    server = Server(fp32_repo, precision="auto").wait_ready()
     try:
         assert _precisions(server) == {"sentiment": ("fp32", "fp32"), "translate-en-de": ("fp32", "fp32")}
     finally:
@@ -83,6 +84,7 @@ def test_choose_precision(int8_repo: Path, fp32_repo: Path, caplog: pytest.LogCa
     folder, bare = int8_repo / "translate-en-de" / "1", fp32_repo / "translate-en-de" / "1"
     card = load_model_card(folder / "model.json")
     cpu, cuda = "CPUExecutionProvider", "CUDAExecutionProvider"
+    assert Settings.model_fields["precision"].default == "auto"
     assert choose_precision("auto", folder, card, cpu) == "int8"
     assert choose_precision("auto", folder, card, cuda) == "fp32"  # fp32 stays the GPU's precision
     assert choose_precision("fp32", folder, card, cpu) == "fp32"
