@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from loadtests import api_quality, baseline, ceiling, cpu_share
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import LoadGenerator, default_processes
 from loadtests.server import OWN_SETTINGS, ROOT, ServerProcess, metric_value
-from service.onnx_session import Precision, StaleGraphError, choose_providers, graph_path
+from service.onnx_session import CPU, Precision, StaleGraphError, choose_providers, graph_path, provider_name
 from service.runners import SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
 
@@ -234,14 +235,15 @@ def http_translate(port: int, sources: list[str], clients: int, duration: float,
     return result
 
 
-def length_buckets(source_ids: list[list[int]], result: LoadResult) -> dict[str, float]:
-    """p50 latency by source length (subwords, without </s>); needs result.tagged latencies."""
+def length_buckets(source_ids: list[list[int]], result: LoadResult, q: float = 50) -> dict[str, float]:
+    """The q-th percentile of latency (ms) by source length (subwords, without </s>); needs
+    result.tagged latencies."""
     buckets: dict[str, list[float]] = {}
     for key, latency in result.tagged:
         n = len(source_ids[key]) - 1
         name = "1-10" if n <= 10 else "11-20" if n <= 20 else "21-30" if n <= 30 else "31+"
         buckets.setdefault(name, []).append(latency)
-    return {k: statistics.median(v) * 1000 for k, v in sorted(buckets.items())}
+    return {k: float(np.percentile(v, q)) * 1000 for k, v in sorted(buckets.items())}
 
 
 def check_identical(runner: TranslationRunner, source_ids: list[list[int]], recorded: dict[int, bytes],
@@ -324,7 +326,7 @@ def ceiling_section(args: argparse.Namespace, source_ids: list[list[int]], greed
                     precision: Precision, say: Callable[[str], None]) -> None:
     """The best these ratios can be on this machine (loadtests/ceiling.py), from the cost curve
     of the model's own graphs and the output lengths the benchmark just served."""
-    if choose_providers()[0] != "CPUExecutionProvider":
+    if provider_name(choose_providers()[0]) != CPU:
         say("\n## Ceiling\nskipped: its model has one CPU core per decode lane; on a GPU the lanes share one device")
         return
     single = load_runner(args.models / "translate-en-de" / "1", ["CPUExecutionProvider"], intra_op_threads=1,

@@ -28,7 +28,7 @@ from functools import partial
 
 import numpy as np
 
-from service.runners.translation import DecoderRows, TranslationRunner
+from service.runners.translation import TranslationRunner
 
 ROWS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 
@@ -79,11 +79,10 @@ def measure(runner: TranslationRunner, source_len: int, rounds: int = 5,
     for _ in range(rounds):
         for rows in ROWS:
             batch = [[5] * source_len] * rows
-            enc = runner.encode(batch)
-            decoder_rows = DecoderRows(enc.states, enc.keys, enc.mask)
+            decoder_rows, state = runner.gather_rows(None, None, None, runner.encode(batch), source_len)
             prev = np.full(rows, 5, dtype=np.int64)
             parents = np.arange(rows, dtype=np.int64)
-            steps[rows].append(_timed(partial(runner.step, prev, enc.init_state, parents, decoder_rows, False),
+            steps[rows].append(_timed(partial(runner.step, prev, state, parents, decoder_rows, False),
                                       repeats))
             encodes[rows].append(_timed(partial(runner.encode, batch), max(1, repeats // 2)))
     return {r: min(t) for r, t in steps.items()}, {r: min(t) for r, t in encodes.items()}

@@ -32,15 +32,16 @@ def _run(coro: Any) -> LoadResult:
 
 
 def run_clients(port: int, requests: list[bytes], clients: int, duration: float, *, keyed: bool = False,
-                offset: int = 0, stride: int = 1, start_at: float | None = None) -> tuple[LoadResult, dict[int, bytes]]:
+                offset: int = 0, stride: int = 1, start_at: float | None = None,
+                warmup_s: float = 1.0) -> tuple[LoadResult, dict[int, bytes]]:
     """``clients`` closed-loop clients sending ``requests[offset], requests[offset + stride], ...``
     (round robin). With ``keyed``, latencies are tagged with the request's index and 2xx bodies
     come back by index. A plain function, so that a process pool can run it."""
     n = len(requests)
     record: dict[int, bytes] | None = {} if keyed else None
     result = _run(closed_loop("127.0.0.1", port, lambda i: (requests[(offset + i * stride) % n], 1), clients,
-                              duration, record=record, record_key=(lambda i: (offset + i * stride) % n) if keyed
-                              else None, start_at=start_at))
+                              duration, warmup_s=warmup_s, record=record,
+                              record_key=(lambda i: (offset + i * stride) % n) if keyed else None, start_at=start_at))
     return result, record or {}
 
 
@@ -50,8 +51,9 @@ def default_processes() -> int:
 
 
 class LoadGenerator:
-    def __init__(self, processes: int = 1) -> None:
+    def __init__(self, processes: int = 1, warmup_s: float = 1.0) -> None:
         self.processes = processes
+        self.warmup_s = warmup_s  # unmeasured time before each run's interval
         self.pool = (ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
                      if processes > 1 else None)
 
@@ -59,10 +61,11 @@ class LoadGenerator:
             keyed: bool = False) -> tuple[LoadResult, dict[int, bytes]]:
         parts = min(self.processes, clients)
         if self.pool is None or parts == 1:
-            return run_clients(port, requests, clients, duration, keyed=keyed)
+            return run_clients(port, requests, clients, duration, keyed=keyed, warmup_s=self.warmup_s)
         start_at = time.perf_counter() + _LINE_UP_S
         futures = [self.pool.submit(run_clients, port, requests, clients // parts + (j < clients % parts), duration,
-                                    keyed=keyed, offset=j, stride=parts, start_at=start_at) for j in range(parts)]
+                                    keyed=keyed, offset=j, stride=parts, start_at=start_at, warmup_s=self.warmup_s)
+                   for j in range(parts)]
         results = [f.result() for f in futures]
         record: dict[int, bytes] = {}
         for _, part in results:

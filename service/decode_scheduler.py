@@ -6,9 +6,11 @@ Newly arrived requests are encoded together and join between steps (gathered for
 one sentence each); requests whose beams have all finished, or whose deadline passed, or whose
 client went away, leave and are answered at once. A request holds ``beam_size`` rows; greedy
 is beam 1. Because each request keeps its own fixed-size recurrent state and encoder states,
-joining and leaving costs one gather of the row arrays (one numpy take per array, with the
-joiners' freshly encoded rows appended), done only when membership changes, not on every step;
-between changes the decoder picks its state rows in-graph (``parent_rows``).
+joining and leaving costs one gather of the row arrays (the survivors' rows picked, cut or padded
+to the new source width, the joiners' freshly encoded rows appended: in numpy, or on the device by
+a small ONNX graph when the rows live there, service/runners/row_ops.py), done only when
+membership changes, not on every step; between changes the decoder picks its state rows in-graph
+(``parent_rows``).
 
 Joining is bounded by a step budget (rows and encoder tokens), so step time and memory stay
 predictable; the rest wait, in arrival order. How many may wait is decided on arrival by the
@@ -75,65 +77,45 @@ def _deliver(updates: list[StreamUpdate]) -> None:
             log.exception("a stream's step callback failed")
 
 
-def _take(array: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
-    """``array[rows]`` cut or zero-padded to ``width`` source positions (axis 1), contiguous."""
-    if array.shape[1] >= width:
-        return array[rows, :width]
-    out = np.zeros((len(rows), width, *array.shape[2:]), dtype=array.dtype)
-    out[:, : array.shape[1]] = array[rows]
-    return out
-
-
 class _RowArrays:
-    """The running set's rows: members in row order, the encoder side (kept on the host, and
-    placed where the decoder reads it), and the decoder state with the parent rows the next
-    step takes from it.
+    """The running set's rows: members in row order, the encoder side and the decoder state
+    (numpy, or OrtValues left on the device under I/O binding), and the parent rows the next
+    step takes from the state.
 
-    The encoder side changes only when membership or a request's row count changes; it is then
-    gathered in one take per array (``gather``). Between changes each step only passes
-    ``parents`` and the device-resident state along.
+    The rows change only when membership or a request's row count changes; they are then
+    gathered once (``gather``, through the runner's ``gather_rows``: on the device when the rows
+    live there). Between changes each step only passes ``parents`` and the state along.
     """
 
     def __init__(self, runner: TranslationRunner) -> None:
         self.runner = runner
         self.members: list[_Request] = []
         self.layout: list[int] = []  # live rows per member, in row order
-        self.host: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # states, keys, mask
         self.rows: DecoderRows | None = None
         self.state: Tensor | None = None
         self.parents = np.zeros(0, dtype=np.int64)
-        self.dirty = False  # membership or row counts changed since the encoder side was built
+        self.dirty = False  # membership or row counts changed since the rows were gathered
 
     def gather(self, survivors: list[_Request], keep: np.ndarray, joiners: list[_Request],
                encoded: Encoded | None) -> None:
         """Rebuild the rows: the survivors' next-step rows (``keep``: their parent rows, which
         index both the last step's state and the current encoder rows, as every row of a request
-        holds the same encoder states), then the joiners' first rows."""
+        holds the same encoder states), then the joiners' first rows, at the longest member's
+        source width."""
         members = survivors + joiners
         width = max(m.src_len for m in members)
-        parts: list[tuple[np.ndarray, ...]] = []
-        states: list[np.ndarray] = []
         if survivors:
-            assert self.host is not None and self.state is not None
-            parts.append(tuple(_take(a, keep, width) for a in self.host))
-            states.append(self.runner.to_host(self.state)[keep])
-        if joiners:
-            assert encoded is not None
-            first_rows = np.arange(len(joiners))
-            parts.append(tuple(_take(a, first_rows, width) for a in (encoded.states, encoded.keys, encoded.mask)))
-            states.append(encoded.init_state)
-        host = tuple(np.concatenate(p) if len(p) > 1 else p[0] for p in zip(*parts, strict=True))
-        self.host = (host[0], host[1], host[2])
-        place = self.runner.place
-        self.rows = DecoderRows(place(host[0]), place(host[1]), place(host[2]))
-        self.state = place(np.concatenate(states) if len(states) > 1 else states[0])
+            assert self.rows is not None and self.state is not None
+        self.rows, self.state = self.runner.gather_rows(
+            self.rows if survivors else None, self.state if survivors else None, keep if survivors else None,
+            encoded if joiners else None, width)
         self.members = members
         self.layout = [m.search.live for m in members]  # type: ignore[union-attr]
         self.parents = np.arange(sum(self.layout), dtype=np.int64)
         self.dirty = False
 
     def clear(self) -> None:
-        self.members, self.layout, self.host, self.rows, self.state, self.dirty = [], [], None, None, None, False
+        self.members, self.layout, self.rows, self.state, self.dirty = [], [], None, None, False
 
 
 class DecodeScheduler(AnsweredFromThreads):

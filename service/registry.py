@@ -11,12 +11,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime as ort
+
 from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import RequestBatchedTranslator, SentimentEngine, TranslationEngine
 from service.errors import InvalidInput, ModelNotFound
 from service.model_card import ModelCard, ModelCardError, load_model_card
-from service.onnx_session import ModelLoadError, Precision, StaleGraphError, choose_providers, graph_path
+from service.onnx_session import (
+    CUDA,
+    ModelLoadError,
+    Precision,
+    Provider,
+    ProviderUnavailable,
+    StaleGraphError,
+    choose_providers,
+    cuda_options,
+    graph_path,
+    log_placement,
+    provider_name,
+)
 from service.runners import Runner, SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
 from service.version_policy import served_cards
@@ -86,11 +100,11 @@ def choose_precision(requested: str, model_dir: Path, card: ModelCard, provider:
     return "fp32"
 
 
-def _load_runner(model_dir: Path, providers: list[str], settings: Settings) -> Runner:
+def _load_runner(model_dir: Path, providers: list[Provider], settings: Settings) -> Runner:
     """The model in the precision the settings ask for, or the refusal naming the file."""
     try:
         card = load_model_card(model_dir / "model.json")
-        precision = choose_precision(settings.precision, model_dir, card, providers[0])
+        precision = choose_precision(settings.precision, model_dir, card, provider_name(providers[0]))
         try:
             return load_runner(model_dir, providers, settings.ort_intra_op_threads, precision, card)
         except StaleGraphError as exc:
@@ -106,7 +120,7 @@ def _load_runner(model_dir: Path, providers: list[str], settings: Settings) -> R
         raise ModelLoadError(f"{model_dir}: cannot load model: {exc}") from exc
 
 
-def load_model(card_file: Path, providers: list[str], settings: Settings) -> ServedModel:
+def load_model(card_file: Path, providers: list[Provider], settings: Settings) -> ServedModel:
     """Load, check and warm up one version, with its engine (not started); raise ModelLoadError
     naming the file on any problem. Blocking: at start-up, or in a thread when loaded later."""
     started = time.monotonic()
@@ -115,8 +129,18 @@ def load_model(card_file: Path, providers: list[str], settings: Settings) -> Ser
     if (card.name, card.version) != (card_file.parent.parent.name, card_file.parent.name):
         raise ModelLoadError(f"{card_file}: name/version {card.name}/{card.version} do not match "
                              f"its folder {card_file.parent.parent.name}/{card_file.parent.name}")
+    if provider_name(providers[0]) == CUDA and runner.providers[0] != CUDA:
+        if settings.providers == "cuda":
+            raise ProviderUnavailable(
+                f"{card_file.parent}: SEQSERVE_PROVIDERS=cuda, but ONNX Runtime could not start its CUDA provider "
+                "for this model (no GPU, driver, or CUDA/cuDNN libraries it can load: see ONNX Runtime's message "
+                "above); refusing to serve on the CPU")
+        log.warning("%s: the CUDA provider could not start (no GPU, driver or matching CUDA libraries "
+                    "visible to this process); serving on the CPU", card.name)
     if settings.warmup:
         runner.warmup()
+    for graph, session in runner.sessions().items():  # on CUDA: what the warm-up ran on the CPU
+        log_placement(card.name, graph, session)
     engine: SentimentEngine | TranslationEngine
     if isinstance(runner, SentimentRunner):
         policy = _policy(settings)
@@ -129,14 +153,11 @@ def load_model(card_file: Path, providers: list[str], settings: Settings) -> Ser
         engine = _translation_engine(card.name, runner, settings)
     log.info("loaded %s/%s (%s) on %s, %s, in %.2fs", card.name, card.version, card.task,
              runner.providers[0], runner.precision, time.monotonic() - started)
-    if providers[0] == "CUDAExecutionProvider" and runner.providers[0] != providers[0]:
-        log.warning("%s: the CUDA provider could not start (no GPU, driver or matching CUDA libraries "
-                    "visible to this process); serving on the CPU", card.name)
     return ServedModel(card, runner, engine, card_file.parent)
 
 
 class ModelRegistry:
-    def __init__(self, models: list[ServedModel], providers: list[str]) -> None:
+    def __init__(self, models: list[ServedModel], providers: list[Provider]) -> None:
         self.providers = providers
         self._by_key = {(m.name, m.version): m for m in models}
         self._latest: dict[str, ServedModel] = {}
@@ -165,8 +186,9 @@ class ModelRegistry:
         cards = served_cards(repo.glob("*/*/model.json"), settings.version_policy)
         if not cards:
             raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json)")
-        providers = choose_providers(settings.providers)
-        log.info("ONNX Runtime providers: %s", ", ".join(providers))
+        providers = choose_providers(settings.providers, cuda_options(settings))
+        log.info("ONNX Runtime %s providers: %s", ort.__version__,
+                 ", ".join(p if isinstance(p, str) else f"{p[0]} {p[1]}" for p in providers))
         return cls([load_model(card_file, providers, settings) for card_file in cards], providers)
 
     # --- lookup -----------------------------------------------------------------------------

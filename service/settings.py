@@ -26,7 +26,16 @@ class Settings(BaseSettings):
         '{"sentiment": {"specific": ["1", "3"]}}; a model not named serves all its versions')
     model_control: bool = Field(False, description="allow loading and unloading models at run time "
                                 "(POST /v2/repository/...); with WORKERS > 1 such calls are refused")
-    providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution providers")
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime execution providers: auto (CUDA when it starts, else CPU), cpu, "
+        "or cuda (refuses to start without it)")
+    cuda_device_id: int = Field(0, ge=0, description="the GPU the CUDA provider runs on")
+    cuda_mem_limit_mb: int = Field(0, ge=0, description="cap on the CUDA provider's memory arena; 0 = none")
+    cuda_arena: Literal["kNextPowerOfTwo", "kSameAsRequested"] = Field(
+        "kNextPowerOfTwo", description="how the CUDA arena grows: in powers of two (fewer allocations) or "
+        "by what is asked (less memory held)")
+    cuda_tf32: bool = Field(False, description="TF32 tensor cores for fp32 matrix products (faster, outside "
+                            "the parity tolerance)")
     precision: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="graphs to run: auto = int8 on the CPU provider where the derived INT8 graphs exist "
         "(else fp32, with a warning), fp32 on CUDA; int8 = refuse to start without them")

@@ -7,12 +7,14 @@ import random
 import time
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 from export.data import read_multi30k
 from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
 from service.errors import DeadlineExceeded, InferenceFailed
+from service.model_card import load_model_card
 from service.runners import TranslationRunner, load_runner
 from service.runners.translation import TranslationJob
 from tests.conftest import DATA_DIR
@@ -64,18 +66,68 @@ async def test_joining_mid_flight_gives_the_same_output_as_solo_decoding(runner:
             assert abs(out.attention.sum(axis=1) - 1.0).max() < 1e-5  # whole rows, </s> included
 
 
-async def test_io_binding_path_gives_the_same_output(tiny_repo: Path, runner: TranslationRunner) -> None:
-    """The device path (I/O binding, state kept as OrtValues between steps) exercised on the CPU."""
-    bound = load_runner(tiny_repo / "translate-en-de" / "1", ["CPUExecutionProvider"])
-    assert isinstance(bound, TranslationRunner)
-    bound.io_binding = True
-    jobs = _jobs(runner, 30, seed=11)
+@pytest.fixture(scope="module")
+def bound(tiny_repo: Path) -> TranslationRunner:
+    """The device path on the CPU: I/O binding, encoder outputs and decoder state kept as OrtValues,
+    joins and leaves done by the row-operations graph (service/runners/row_ops.py)."""
+    model_dir = tiny_repo / "translate-en-de" / "1"
+    r = TranslationRunner(model_dir, load_model_card(model_dir / "model.json"), ["CPUExecutionProvider"],
+                          io_binding=True)
+    assert r.device_rows is not None
+    return r
+
+
+async def test_device_resident_rows_give_the_same_output(bound: TranslationRunner, runner: TranslationRunner) -> None:
+    encoded = bound.encode([runner.tokenize("A dog runs.")])
+    assert isinstance(encoded.states, ort.OrtValue) and isinstance(encoded.init_state, ort.OrtValue)
+    jobs = _jobs(runner, 40, seed=11)
     outputs = await _scheduled(bound, jobs, spread_s=0.2, seed=12)
-    for job, out in zip(jobs, outputs, strict=True):
+    host = await _scheduled(runner, jobs, spread_s=0.2, seed=12)
+    for job, out, on_host in zip(jobs, outputs, host, strict=True):
         solo = runner.translate([job])[0]
-        assert out.tokens == solo.tokens
+        assert out.tokens == solo.tokens == on_host.tokens
         assert out.score == pytest.approx(solo.score, abs=1e-4)
+        if job.keep_attention:
+            assert out.attention is not None and solo.attention is not None
+            assert abs(out.attention - solo.attention).max() < 1e-4
     assert [o.tokens for o in bound.translate(jobs[:8])] == [o.tokens for o in runner.translate(jobs[:8])]
+
+
+async def test_longer_joiners_pad_the_running_rows_on_the_device(bound: TranslationRunner, runner: TranslationRunner,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short sources start; longer ones (beams and greedy) join mid-flight, so the running rows are
+    zero-padded to the joiners' width, and later cut again when the long ones leave first."""
+    sources = read_multi30k(DATA_DIR, "val", "en")
+    by_length = sorted(sources, key=len)
+    short = [TranslationJob(runner.tokenize(s), beam, 200) for s, beam in zip(by_length[:6], [1, 3, 1, 2, 1, 4],
+                                                                             strict=True)]
+    long = [TranslationJob(runner.tokenize(s), beam, limit) for s, beam, limit in
+            zip(by_length[-4:], [2, 1, 5, 1], [2, 3, 4, 40], strict=True)]
+    assert max(len(j.src_ids) for j in long) > 2 * max(len(j.src_ids) for j in short)
+    widths: list[tuple[int, int]] = []  # (running rows' width, new width) of each join onto survivors
+    real_gather = bound.gather_rows
+
+    def gather_rows(rows, state, keep, joiners, width):  # type: ignore[no-untyped-def]
+        if rows is not None and joiners is not None:
+            widths.append((rows.states.shape()[1], width))
+        return real_gather(rows, state, keep, joiners, width)
+
+    monkeypatch.setattr(bound, "gather_rows", gather_rows)
+    scheduler = DecodeScheduler("t", bound, BatchPolicy(16, 4096, 0.001, 100), join_every=1)
+    scheduler.start()
+
+    async def one(job: TranslationJob, delay: float) -> object:
+        await asyncio.sleep(delay)
+        return await scheduler.translate(job, time.monotonic() + 60)
+
+    try:
+        outputs = await asyncio.gather(*(one(j, 0) for j in short), *(one(j, 0.03 * (i + 1)) for i, j in
+                                                                      enumerate(long)))
+    finally:
+        await scheduler.close()
+    assert any(new > old for old, new in widths), widths  # a joiner was longer than the running rows
+    for job, out in zip(short + long, outputs, strict=True):
+        assert out.tokens == runner.translate([job])[0].tokens  # type: ignore[attr-defined]
 
 
 async def test_many_mixed_requests_leak_no_state(runner: TranslationRunner) -> None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.model_card import ModelCard, load_model_card
-from service.onnx_session import Precision
+from service.onnx_session import Precision, Provider
 from service.runners.sentiment import SentimentRunner
 from service.runners.translation import TranslationRunner
 
 Runner = SentimentRunner | TranslationRunner
 
 
-def load_runner(model_dir: Path, providers: list[str], intra_op_threads: int = 0, precision: Precision = "fp32",
+def load_runner(model_dir: Path, providers: list[Provider], intra_op_threads: int = 0, precision: Precision = "fp32",
                 card: ModelCard | None = None) -> Runner:
     card = card or load_model_card(model_dir / "model.json")
     if card.task == "text-classification":

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from service.metrics import MODEL_CPU
 from service.model_card import ModelCard
-from service.onnx_session import Precision, open_session
+from service.onnx_session import Precision, Provider, open_session
 from service.tokenization import PAD_ID, SubwordTokenizer
 
 
@@ -24,18 +25,21 @@ def pad_batch(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarra
 
 
 class SentimentRunner:
-    def __init__(self, model_dir: Path, card: ModelCard, providers: list[str], intra_op_threads: int = 0,
-                 precision: Precision = "fp32") -> None:
+    def __init__(self, model_dir: Path, card: ModelCard, providers: list[Provider], intra_op_threads: int = 0,
+                 precision: Precision = "fp32", profile: bool | None = None) -> None:
         self.card = card
         self.model_dir = model_dir
         self.precision = precision
-        self.session = open_session(model_dir, card.graphs["model"], providers, intra_op_threads, precision)
+        self.session = open_session(model_dir, card.graphs["model"], providers, intra_op_threads, precision, profile)
         self.providers = self.session.get_providers()
         self.tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["text"])
         self.labels: list[str] = list(card.labels or [])
         self._inputs = [i.name for i in card.graphs["model"].inputs]
         self._output = card.graphs["model"].outputs[0].name
         self._model_cpu = MODEL_CPU.labels(card.name)
+
+    def sessions(self) -> dict[str, ort.InferenceSession]:
+        return {"model": self.session}
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

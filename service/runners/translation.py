@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
 
 import numpy as np
 import onnxruntime as ort
@@ -19,29 +18,10 @@ import onnxruntime as ort
 from service.decoding import BeamSearch, Hypothesis, Sampling, StepUpdate
 from service.metrics import MODEL_CPU
 from service.model_card import ModelCard
-from service.onnx_session import Precision, open_session
+from service.onnx_session import Precision, Provider, device_of, open_session
+from service.runners.row_ops import DecoderRows, DeviceRows, Encoded, RowGather, Tensor, gather_on_host
 from service.runners.sentiment import pad_batch
 from service.tokenization import SubwordTokenizer
-
-Tensor: TypeAlias = np.ndarray | ort.OrtValue  # a host array, or a value on the inference device
-
-
-@dataclass
-class Encoded:
-    states: np.ndarray  # [N, S, E] float32
-    keys: np.ndarray  # [N, S, A] float32
-    init_state: np.ndarray  # [N, layers, H] float32
-    mask: np.ndarray  # [N, S] float32, 1 on real tokens
-    lengths: np.ndarray  # [N] int64
-
-
-@dataclass
-class DecoderRows:
-    """Encoder side of the rows being decoded (numpy, or OrtValues on the device)."""
-
-    states: Tensor  # [R, S, E]
-    keys: Tensor  # [R, S, A]
-    mask: Tensor  # [R, S]
 
 
 @dataclass
@@ -66,8 +46,8 @@ class TranslationOutput:
 
 
 class TranslationRunner:
-    def __init__(self, model_dir: Path, card: ModelCard, providers: list[str], intra_op_threads: int = 0,
-                 io_binding: bool | None = None, precision: Precision = "fp32") -> None:
+    def __init__(self, model_dir: Path, card: ModelCard, providers: list[Provider], intra_op_threads: int = 0,
+                 io_binding: bool | None = None, precision: Precision = "fp32", profile: bool | None = None) -> None:
         if card.decoding is None or card.max_output_tokens is None:
             raise ValueError(f"{model_dir / 'model.json'}: a translation card needs decoding and max_output_tokens")
         self.card = card
@@ -75,13 +55,21 @@ class TranslationRunner:
         self.decoding = card.decoding
         self.max_output_tokens = card.max_output_tokens
         self.precision = precision
-        self.encoder = open_session(model_dir, card.graphs["encoder"], providers, intra_op_threads, precision)
-        self.decoder = open_session(model_dir, card.graphs["decoder_step"], providers, intra_op_threads, precision)
+        self.encoder = open_session(model_dir, card.graphs["encoder"], providers, intra_op_threads, precision,
+                                    profile)
+        self.decoder = open_session(model_dir, card.graphs["decoder_step"], providers, intra_op_threads, precision,
+                                    profile)
         self.providers = self.encoder.get_providers()
-        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
-        # On a GPU, decoder state and encoder states stay on the device between steps (I/O
-        # binding); the CPU path can use the same binding code (tests do), but gains nothing.
+        self.device, self.device_id = device_of(self.decoder)
+        # On a GPU, the encoder's outputs and the decoder state stay on the device (I/O binding), and
+        # joins and leaves reorder them there (row_ops.DeviceRows). The CPU provider can run the same
+        # binding code (tests do) but by default keeps its rows in numpy, which costs less there.
         self.io_binding = self.device == "cuda" if io_binding is None else io_binding
+        self.device_rows = (DeviceRows(providers, self.device, self.device_id, intra_op_threads,
+                                       profile=self.device == "cuda" if profile is None else profile)
+                            if self.io_binding else None)
+        # the running set's rows after a join or leave (see RowGather)
+        self.gather_rows: RowGather = self.device_rows or gather_on_host
         self.source_tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["source"])
         self.target_tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["target"])
         self._enc_in = [t.name for t in card.graphs["encoder"].inputs]
@@ -89,6 +77,10 @@ class TranslationRunner:
         self._dec_in = [t.name for t in card.graphs["decoder_step"].inputs]
         self._dec_out = [t.name for t in card.graphs["decoder_step"].outputs]
         self._model_cpu = MODEL_CPU.labels(card.name)
+
+    def sessions(self) -> dict[str, ort.InferenceSession]:
+        row_ops = self.device_rows.named_sessions() if self.device_rows is not None else {}
+        return {"encoder": self.encoder, "decoder_step": self.decoder, **row_ops}
 
     # --- pre/post-processing ---------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -123,18 +115,23 @@ class TranslationRunner:
 
     # --- graphs -----------------------------------------------------------------------------
     def encode(self, batch: Sequence[Sequence[int]]) -> Encoded:
+        """The encoder's outputs for a batch of sources: left on the device under I/O binding (only
+        the token ids go there), numpy otherwise."""
         ids, lengths = pad_batch(batch)
         started = time.thread_time()
-        states, keys, init = self.encoder.run(self._enc_out, {self._enc_in[0]: ids, self._enc_in[1]: lengths})
-        self._model_cpu.inc(time.thread_time() - started)
-        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.float32)
-        return Encoded(states, keys, init, mask, lengths)
-
-    def place(self, array: np.ndarray) -> Tensor:
-        """Put an array where the decoder reads it: on the device when I/O binding is on."""
         if not self.io_binding:
-            return array
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+            states, keys, init = self.encoder.run(self._enc_out, {self._enc_in[0]: ids, self._enc_in[1]: lengths})
+            self._model_cpu.inc(time.thread_time() - started)
+            return Encoded(states, keys, init, lengths)
+        binding = self.encoder.io_binding()
+        binding.bind_cpu_input(self._enc_in[0], ids)
+        binding.bind_cpu_input(self._enc_in[1], lengths)
+        for name in self._enc_out:
+            binding.bind_output(name, self.device, self.device_id)
+        self.encoder.run_with_iobinding(binding)
+        self._model_cpu.inc(time.thread_time() - started)
+        states, keys, init = binding.get_outputs()
+        return Encoded(states, keys, init, lengths)
 
     @staticmethod
     def to_host(value: Tensor) -> np.ndarray:
@@ -144,7 +141,7 @@ class TranslationRunner:
              want_attention: bool) -> tuple[np.ndarray, np.ndarray, Tensor, np.ndarray | None]:
         """One decoder step for every row.
 
-        ``state`` is the previous step's new state (or a placed initial state) and ``parents``
+        ``state`` is the previous step's new state (or the one a gather made) and ``parents``
         picks its rows for this step. Returns each row's top-k (log-probs, ids), the new state
         (left on the device under I/O binding) and, if asked, attention [rows, src_time].
         """
@@ -163,8 +160,11 @@ class TranslationRunner:
         _, top_lp_name, top_ids_name, state_name, attention_name = self._dec_out
         binding.bind_output(top_lp_name, "cpu")  # only these small arrays come back every step
         binding.bind_output(top_ids_name, "cpu")
-        binding.bind_output(state_name, self.device)
-        binding.bind_output(attention_name, "cpu" if want_attention else self.device)
+        binding.bind_output(state_name, self.device, self.device_id)
+        if want_attention:
+            binding.bind_output(attention_name, "cpu")
+        else:
+            binding.bind_output(attention_name, self.device, self.device_id)
         started = time.thread_time()
         self.decoder.run_with_iobinding(binding)
         self._model_cpu.inc(time.thread_time() - started)
@@ -177,8 +177,8 @@ class TranslationRunner:
         searches = [self.search_for(j) for j in jobs]
         want_attention = any(j.keep_attention for j in jobs)
         owners = np.arange(len(jobs))
-        rows = DecoderRows(self.place(enc.states), self.place(enc.keys), self.place(enc.mask))
-        state: Tensor = self.place(enc.init_state)
+        width = int(enc.lengths.max(initial=1))
+        rows, state = self.gather_rows(None, None, None, enc, width)
         parents = np.arange(len(jobs))
         while True:
             active = owners_unique(owners)
@@ -198,9 +198,9 @@ class TranslationRunner:
                 break
             new_owners = owners[parents]
             if not np.array_equal(new_owners, owners):
-                # membership changed: gather the encoder rows once, not on every step
-                rows = DecoderRows(self.place(enc.states[new_owners]), self.place(enc.keys[new_owners]),
-                                   self.place(enc.mask[new_owners]))
+                # membership changed: gather the rows once (state included), not on every step
+                rows, state = self.gather_rows(rows, state, parents, None, width)
+                parents = np.arange(len(parents))
                 owners = new_owners
         return [self.result_of(s, job) for s, job in zip(searches, jobs, strict=True)]
 
@@ -218,6 +218,9 @@ class TranslationRunner:
     def warmup(self, batch_sizes: Sequence[int] = (1, 8), length: int = 16) -> None:
         for size in batch_sizes:
             self.translate([TranslationJob([5] * length, beam_size=2, max_length=4)] * size)
+        # a join onto survivors with a longer source (whole-request decoding never does that)
+        rows, state = self.gather_rows(None, None, None, self.encode([[5] * length] * 2), length)
+        self.gather_rows(rows, state, np.array([1, 0]), self.encode([[5] * (length + 4)]), length + 4)
 
 
 def owners_unique(owners: np.ndarray) -> list[int]:

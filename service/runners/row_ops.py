@@ -1,0 +1,199 @@
+"""Row operations of the decoder's running set: when requests join or leave, the survivors' rows
+(encoder states, keys, source mask, decoder state) are gathered, cut or zero-padded to the new
+source width, and the joiners' freshly encoded rows appended.
+
+Two implementations with one signature (``RowGather``):
+- ``gather_on_host``: numpy, for values that live on the host (the CPU provider without I/O binding);
+- ``DeviceRows``: a small ONNX graph built in memory at load (Gather on the rows, Slice and Pad on the
+  source axis, Concat with the joiners, the joiners' mask from their lengths), run through ONNX
+  Runtime with I/O binding on the decoder's own provider, so that under CUDA the rows never leave
+  the device: only the row indices and the joiners' lengths go there. The committed model graphs
+  stay untouched and no extra file is shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+
+import numpy as np
+import onnxruntime as ort
+
+from service.onnx_session import Provider, session_options
+
+Tensor: TypeAlias = np.ndarray | ort.OrtValue  # a host array, or a value on the inference device
+
+_OPSET = 17
+_IR_VERSION = 8  # the lowest that opset 17 allows: every ONNX Runtime the service supports reads it
+
+
+@dataclass
+class DecoderRows:
+    """Encoder side of the rows being decoded (numpy, or OrtValues on the device)."""
+
+    states: Tensor  # [R, S, E]
+    keys: Tensor  # [R, S, A]
+    mask: Tensor  # [R, S] float32, 1 on real source tokens
+
+
+@dataclass
+class Encoded:
+    """The encoder's outputs for a batch of sources (numpy, or OrtValues on the device)."""
+
+    states: Tensor  # [N, S, E] float32
+    keys: Tensor  # [N, S, A] float32
+    init_state: Tensor  # [N, layers, H] float32
+    lengths: np.ndarray  # [N] int64, on the host
+
+
+def length_mask(lengths: np.ndarray, width: int) -> np.ndarray:
+    """[N, width] float32, 1 on each source's real tokens."""
+    return (np.arange(width)[None, :] < lengths[:, None]).astype(np.float32)
+
+
+class RowGather(Protocol):
+    def __call__(self, rows: DecoderRows | None, state: Tensor | None, keep: np.ndarray | None,
+                 joiners: Encoded | None, width: int) -> tuple[DecoderRows, Tensor]: ...
+
+
+def _take(array: np.ndarray, rows: np.ndarray | None, width: int) -> np.ndarray:
+    """``array[rows]`` (all rows if None) cut or zero-padded to ``width`` source positions (axis 1)."""
+    picked = array if rows is None else array[rows]
+    if picked.shape[1] >= width:
+        return np.ascontiguousarray(picked[:, :width])
+    out = np.zeros((len(picked), width, *picked.shape[2:]), dtype=picked.dtype)
+    out[:, : picked.shape[1]] = picked
+    return out
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def gather_on_host(rows: DecoderRows | None, state: Tensor | None, keep: np.ndarray | None,
+                   joiners: Encoded | None, width: int) -> tuple[DecoderRows, Tensor]:
+    """The new running set's rows: ``rows`` and ``state`` picked by ``keep`` (the survivors'
+    parent rows), then the joiners' rows, all at ``width`` source positions."""
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    states: list[np.ndarray] = []
+    if rows is not None:
+        assert isinstance(state, np.ndarray) and keep is not None
+        parts.append(tuple(_take(np.asarray(a), keep, width) for a in (rows.states, rows.keys, rows.mask)))  # type: ignore[arg-type]
+        states.append(state[keep])
+    if joiners is not None:
+        assert isinstance(joiners.states, np.ndarray) and isinstance(joiners.keys, np.ndarray)
+        parts.append((_take(joiners.states, None, width), _take(joiners.keys, None, width),
+                      length_mask(joiners.lengths, width)))
+        states.append(np.asarray(joiners.init_state))
+    if not parts:
+        raise ValueError("a gather needs survivors or joiners")
+    enc = [_join([p[i] for p in parts]) for i in range(3)]
+    return DecoderRows(enc[0], enc[1], enc[2]), _join(states)
+
+
+# --- the device graph -----------------------------------------------------------------------
+def build_graph(survivors: bool, joiners: bool) -> bytes:
+    """The row-operations graph for one case (rows kept, rows joining, or both), serialised.
+
+    Inputs: ``old_states/old_keys/old_mask/old_state`` and ``keep`` [K] (survivors), ``new_states/
+    new_keys/new_state`` and ``new_lengths`` [J] (joiners), ``width`` [1]. Outputs ``states, keys,
+    mask, state`` with K + J rows and ``width`` source positions. Separate graphs per case keep
+    zero-row tensors out of the device kernels.
+    """
+    from onnx import TensorProto, helper  # needed only where rows live on a device
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    nodes: list[object] = []
+    inputs = [helper.make_tensor_value_info("width", i64, [1])]
+    consts = {"zero": [0], "one_axis": [1], "pad3": [0, 0, 0, 0], "pad2": [0, 0, 0], "tail3": [0]}
+    initializers = [helper.make_tensor(name, i64, [len(v)], v) for name, v in consts.items()]
+    initializers += [helper.make_tensor("start", i64, [], [0]), helper.make_tensor("step", i64, [], [1])]
+
+    def node(op: str, ins: Sequence[str], out: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, list(ins), [out], **attrs))
+        return out
+
+    def fit(x: str, rank: int, tag: str) -> str:
+        """x [R, S, ...] -> [R, width, ...]: cut to width, then zero-pad up to it."""
+        cut = node("Slice", [x, "zero", "width", "one_axis"], f"{tag}_cut")
+        have = node("Shape", [cut], f"{tag}_have", start=1, end=2)
+        short = node("Sub", ["width", have], f"{tag}_short")
+        parts = ["pad3", short, "tail3"] if rank == 3 else ["pad2", short]
+        pads = node("Concat", parts, f"{tag}_pads", axis=0)
+        return node("Pad", [cut, pads], f"{tag}_fit", mode="constant")
+
+    def value(name: str, elem: int, rank: int) -> str:
+        dims = [f"{name}_d{i}" for i in range(rank)]
+        inputs.append(helper.make_tensor_value_info(name, elem, dims))
+        return name
+
+    sides: list[dict[str, str]] = []
+    if survivors:
+        keep = value("keep", i64, 1)
+        picked = {k: node("Gather", [value(f"old_{k}", f32, r), keep], f"old_{k}_rows", axis=0)
+                  for k, r in (("states", 3), ("keys", 3), ("mask", 2), ("state", 3))}
+        sides.append({"states": fit(picked["states"], 3, "old_states"), "keys": fit(picked["keys"], 3, "old_keys"),
+                      "mask": fit(picked["mask"], 2, "old_mask"), "state": picked["state"]})
+    if joiners:
+        lengths = node("Unsqueeze", [value("new_lengths", i64, 1), "one_axis"], "new_lengths_col")
+        limit = node("Squeeze", ["width", "zero"], "width_scalar")
+        positions = node("Unsqueeze", [node("Range", ["start", limit, "step"], "positions"), "zero"], "positions_row")
+        mask = node("Cast", [node("Less", [positions, lengths], "new_real")], "new_mask", to=f32)
+        sides.append({"states": fit(value("new_states", f32, 3), 3, "new_states"),
+                      "keys": fit(value("new_keys", f32, 3), 3, "new_keys"),
+                      "mask": mask, "state": value("new_state", f32, 3)})
+    if not sides:
+        raise ValueError("a row-operations graph needs survivors or joiners")
+    outputs = []
+    for key, rank in (("states", 3), ("keys", 3), ("mask", 2), ("state", 3)):
+        parts = [side[key] for side in sides]
+        node("Concat", parts, key, axis=0) if len(parts) > 1 else node("Identity", parts, key)
+        outputs.append(helper.make_tensor_value_info(key, f32, [f"out_{key}_d{i}" for i in range(rank)]))
+    used = {name for n in nodes for name in n.input}  # type: ignore[attr-defined]
+    initializers = [t for t in initializers if t.name in used]  # ORT warns about unused ones
+    graph = helper.make_graph(nodes, "seqserve_row_ops", inputs, outputs, initializers)  # type: ignore[arg-type]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="seqserve")
+    model.ir_version = _IR_VERSION
+    return bytes(model.SerializeToString())
+
+
+class DeviceRows:
+    """``RowGather`` on the inference device: the row-operations graphs in ONNX Runtime with I/O
+    binding, their outputs left where the decoder reads them."""
+
+    def __init__(self, providers: list[Provider], device: str, device_id: int, intra_op_threads: int = 0,
+                 profile: bool = False) -> None:
+        self.device, self.device_id = device, device_id
+        self.sessions: dict[tuple[bool, bool], ort.InferenceSession] = {}
+        for case in ((True, True), (True, False), (False, True)):
+            name = "row_ops_" + "_".join(n for n, on in zip(("survivors", "joiners"), case, strict=True) if on)
+            options = session_options(intra_op_threads, name if profile else None)
+            self.sessions[case] = ort.InferenceSession(build_graph(*case), sess_options=options, providers=providers)
+
+    def named_sessions(self) -> dict[str, ort.InferenceSession]:
+        return {"row_ops_" + "_".join(n for n, on in zip(("survivors", "joiners"), case, strict=True) if on): s
+                for case, s in self.sessions.items()}
+
+    def __call__(self, rows: DecoderRows | None, state: Tensor | None, keep: np.ndarray | None,
+                 joiners: Encoded | None, width: int) -> tuple[DecoderRows, Tensor]:
+        session = self.sessions[(rows is not None, joiners is not None)]
+        binding = session.io_binding()
+        feeds: dict[str, Tensor] = {"width": np.array([width], dtype=np.int64)}
+        if rows is not None:
+            assert state is not None and keep is not None
+            feeds.update(old_states=rows.states, old_keys=rows.keys, old_mask=rows.mask, old_state=state,
+                         keep=np.ascontiguousarray(keep, dtype=np.int64))
+        if joiners is not None:
+            feeds.update(new_states=joiners.states, new_keys=joiners.keys, new_state=joiners.init_state,
+                         new_lengths=np.ascontiguousarray(joiners.lengths, dtype=np.int64))
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in ("states", "keys", "mask", "state"):
+            binding.bind_output(name, self.device, self.device_id)
+        session.run_with_iobinding(binding)
+        states, keys, mask, new_state = binding.get_outputs()
+        return DecoderRows(states, keys, mask), new_state

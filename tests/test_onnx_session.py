@@ -1,0 +1,103 @@
+"""Provider choice, the CUDA provider's options, the refusal of an unmet 'cuda', and the
+profiler's record of which provider ran each node (all on a CPU-only onnxruntime)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.model_card import load_model_card
+from service.onnx_session import (
+    CPU,
+    CUDA,
+    CudaOptions,
+    ProviderUnavailable,
+    choose_providers,
+    cuda_options,
+    node_providers,
+    open_session,
+)
+from service.registry import ModelRegistry
+from service.settings import Settings
+from tests.conftest import COMMITTED_MODELS, Server
+
+needs_cpu_only_ort = pytest.mark.skipif(CUDA in ort.get_available_providers(),
+                                        reason="this onnxruntime has a CUDA provider")
+
+
+def test_cuda_settings_become_provider_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CudaOptions().provider_options() == {"device_id": "0", "arena_extend_strategy": "kNextPowerOfTwo",
+                                                "use_tf32": "0"}  # TF32 off unless asked for; no memory cap
+    for key, value in {"CUDA_DEVICE_ID": "1", "CUDA_MEM_LIMIT_MB": "512", "CUDA_ARENA": "kSameAsRequested",
+                       "CUDA_TF32": "true"}.items():
+        monkeypatch.setenv(f"SEQSERVE_{key}", value)
+    assert cuda_options(Settings()).provider_options() == {
+        "device_id": "1", "arena_extend_strategy": "kSameAsRequested", "use_tf32": "1",
+        "gpu_mem_limit": str(512 * 1024 * 1024)}
+
+
+def test_a_wrong_arena_strategy_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEQSERVE_CUDA_ARENA", "kBiggest")
+    with pytest.raises(ValueError, match="cuda_arena"):
+        Settings()
+
+
+@needs_cpu_only_ort
+def test_cuda_is_refused_without_a_cuda_provider_and_auto_falls_back() -> None:
+    with pytest.raises(ProviderUnavailable, match="install onnxruntime-gpu instead of onnxruntime"):
+        choose_providers("cuda")
+    assert choose_providers("auto") == [CPU]
+    assert choose_providers("cpu") == [CPU]
+
+
+def test_options_go_with_the_cuda_provider_when_it_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    options = CudaOptions(mem_limit_mb=64)
+    assert choose_providers("cuda", options) == [(CUDA, options.provider_options()), CPU]
+    assert choose_providers("cpu", options) == [CPU]
+
+
+@needs_cpu_only_ort
+def test_a_cuda_provider_that_does_not_start_is_refused_under_cuda(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The provider is listed but does not start (here: the CPU build drops it, as a GPU build
+    does without a GPU or its libraries): 'cuda' refuses, 'auto' serves on the CPU and says so."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    with pytest.raises(ProviderUnavailable, match="could not start its CUDA provider"):
+        ModelRegistry.load(Settings(providers="cuda", model_repository=COMMITTED_MODELS, warmup=False,
+                                    precision="fp32"))
+    with caplog.at_level(logging.INFO):
+        registry = ModelRegistry.load(Settings(providers="auto", model_repository=COMMITTED_MODELS, warmup=True,
+                                              precision="fp32"))
+    assert {m.provider for m in registry.all()} == {CPU}
+    assert "the CUDA provider could not start" in caplog.text
+    # the profiler ran through the warm-up and its record was read: every node ran on the CPU
+    assert "0 nodes ran on CUDA" in caplog.text and "LSTM x" in caplog.text and "GRU x" in caplog.text
+
+
+def test_the_profiler_names_each_nodes_provider() -> None:
+    card = load_model_card(COMMITTED_MODELS / "sentiment" / "1" / "model.json")
+    spec = card.graphs["model"]
+    plain = open_session(COMMITTED_MODELS / "sentiment" / "1", spec, [CPU])
+    assert node_providers(plain) == {}  # the profiler is off unless the session runs on CUDA
+    from service.onnx_session import session_options
+
+    session = ort.InferenceSession(str(COMMITTED_MODELS / "sentiment" / "1" / spec.file),
+                                   sess_options=session_options(profile_as="test"), providers=[CPU])
+    ids = np.full((2, 7), 5, dtype=np.int64)
+    session.run(None, {spec.inputs[0].name: ids, spec.inputs[1].name: np.array([7, 4], dtype=np.int64)})
+    counts = node_providers(session)
+    assert counts[(CPU, "LSTM")] >= 2  # stacked and bidirectional: one node per layer at least
+    assert {provider for provider, _ in counts} == {CPU}
+    assert node_providers(session) == {}  # read once: the profiling ended
+
+
+@needs_cpu_only_ort
+def test_a_server_asked_for_cuda_without_it_refuses_to_start() -> None:
+    server = Server(COMMITTED_MODELS, providers="cuda")
+    assert server.proc.wait(timeout=60) == 3
+    log = server.output()
+    assert "refusing to start" in log and "SEQSERVE_PROVIDERS=cuda" in log and "onnxruntime-gpu" in log

@@ -1,0 +1,68 @@
+"""The row operations on the device (the in-memory ONNX graph, run with I/O binding) give exactly
+what the numpy ones give, for every case: survivors only, joiners only, both; rows cut, kept or
+zero-padded to the new width; repeated and reordered survivors (beams)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from service.runners.row_ops import DecoderRows, DeviceRows, Encoded, build_graph, gather_on_host, length_mask
+
+CASES = [(True, True), (True, False), (False, True)]
+
+
+def _on_device(array: np.ndarray) -> ort.OrtValue:
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cpu", 0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_graphs_are_valid_onnx(case: tuple[bool, bool]) -> None:
+    model = onnx.load_from_string(build_graph(*case))
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.name for o in model.graph.output] == ["states", "keys", "mask", "state"]
+
+
+def test_device_rows_equal_host_rows() -> None:
+    rng = np.random.default_rng(0)
+    device = DeviceRows(["CPUExecutionProvider"], "cpu", 0)
+    widths_seen = set()
+    for _ in range(60):
+        rows_n, width_old, joiners_n, width_new = (int(x) for x in rng.integers(1, 7, size=4))
+        rows = DecoderRows(rng.normal(size=(rows_n, width_old, 3)).astype(np.float32),
+                           rng.normal(size=(rows_n, width_old, 2)).astype(np.float32),
+                           length_mask(rng.integers(1, width_old + 1, size=rows_n), width_old))
+        state = rng.normal(size=(rows_n, 2, 4)).astype(np.float32)
+        keep = rng.integers(0, rows_n, size=int(rng.integers(1, 6)))  # beams: repeats, any order
+        lengths = rng.integers(1, width_new + 1, size=joiners_n)
+        lengths[0] = width_new  # the encoder's width is its longest source
+        joiners = Encoded(rng.normal(size=(joiners_n, width_new, 3)).astype(np.float32),
+                          rng.normal(size=(joiners_n, width_new, 2)).astype(np.float32),
+                          rng.normal(size=(joiners_n, 2, 4)).astype(np.float32), lengths.astype(np.int64))
+        width = max(width_new, int(rng.integers(1, 8)))
+        widths_seen.add((np.sign(width - width_old), np.sign(width - width_new)))
+        on_device = (DecoderRows(*(_on_device(a) for a in (rows.states, rows.keys, rows.mask))), _on_device(state),
+                     Encoded(_on_device(joiners.states), _on_device(joiners.keys), _on_device(joiners.init_state),
+                             joiners.lengths))
+        for survivors, joining in CASES:
+            want_rows, want_state = gather_on_host(rows if survivors else None, state if survivors else None,
+                                                   keep if survivors else None, joiners if joining else None, width)
+            got_rows, got_state = device(on_device[0] if survivors else None, on_device[1] if survivors else None,
+                                         keep if survivors else None, on_device[2] if joining else None, width)
+            assert isinstance(got_state, ort.OrtValue) and isinstance(got_rows.states, ort.OrtValue)
+            for want, got in ((want_rows.states, got_rows.states), (want_rows.keys, got_rows.keys),
+                              (want_rows.mask, got_rows.mask), (want_state, got_state)):
+                assert np.array_equal(want, got.numpy())  # type: ignore[union-attr]
+    assert {(1, 1), (-1, 0), (0, 1), (1, 0)} <= widths_seen  # padded, cut and kept, both sides
+
+
+def test_host_rows_pad_with_zeros_and_mask_by_length() -> None:
+    rows = DecoderRows(np.ones((2, 2, 1), np.float32), np.ones((2, 2, 1), np.float32), np.ones((2, 2), np.float32))
+    joiners = Encoded(np.ones((1, 3, 1), np.float32), np.ones((1, 3, 1), np.float32), np.ones((1, 1, 1), np.float32),
+                      np.array([2]))
+    out, state = gather_on_host(rows, np.arange(2, dtype=np.float32).reshape(2, 1, 1), np.array([1, 1, 0]), joiners, 3)
+    assert out.mask.tolist() == [[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0]]
+    assert out.states[:, :, 0].tolist() == [[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1]]
+    assert state.ravel().tolist() == [1, 1, 0, 1]  # type: ignore[union-attr]
