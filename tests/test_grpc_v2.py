@@ -113,6 +113,13 @@ def test_errors_are_status_codes(client: tg.InferenceServerClient, model: str, t
     assert err.value.status() == code and words in err.value.message()
 
 
+def test_a_message_over_the_body_limit_is_resource_exhausted(client: tg.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("sentiment", [_text(tg, ["word " * 1000] * 300)])  # ~1.5 MB, over SEQSERVE_MAX_BODY_BYTES
+    assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert client.is_server_ready()
+
+
 def test_the_grpc_deadline_bounds_a_translation(client: tg.InferenceServerClient, committed_server: Server) -> None:
     def dropped() -> float:
         return sum(metric_value(committed_server.url, "seqserve_dropped_total", model="translate-en-de", reason=r)
