@@ -187,14 +187,19 @@ def measure_robustness(translate: Translator, data_dir: Path, splits: tuple[str,
 
 def through_api(model_dir: Path, data_dir: Path, splits: tuple[str, ...]) -> RobustnessSpec:
     """The robustness table from a real server serving the model's repository (models/<name>/<v>)."""
+    import httpx
+
     from loadtests.server import ServerProcess
 
     server = ServerProcess(model_dir.resolve().parent.parent).wait_ready()
     try:
         card = load_model_card(model_dir / "model.json")
+        served = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]}
+        precision = served[card.name].get("precision", "fp32")
+        print(f"server {server.url} serves {card.name} in {precision}", flush=True)
         return measure_robustness(api_translator(server.url), data_dir, splits,
                                   truecaser=card.tokenizers["source"].truecaser is not None,
-                                  measured=f"through POST /v1/translate on a real server ({server.url})")
+                                  measured=f"through POST /v1/translate on a real server ({precision})")
     finally:
         server.stop()
 
