@@ -193,19 +193,19 @@ def probe_inputs(model_dir: Path, card: ModelCard, data_dir: Path | None) -> tup
     if card.task == "text-classification":
         tok = card.tokenizers["text"]
         if data_dir is not None and (data_dir / "sst2").is_dir():
-            tokenizer = SubwordTokenizer(model_dir / tok.file, tok.normalizer)
+            tokenizer = SubwordTokenizer.from_spec(model_dir, tok)
             rows = read_sst2(data_dir, "dev")
             return [tokenizer.encode(r.text) for r in rows], f"SST-2 dev ({len(rows)} sentences, batches of 32)"
         return random_probe(tok.vocab_size, 512, 64), "512 random token sequences (1-64), batches of 32"
     tok = card.tokenizers["source"]
     if data_dir is not None and (data_dir / "multi30k").is_dir():
-        tokenizer = SubwordTokenizer(model_dir / tok.file, tok.normalizer)
+        tokenizer = SubwordTokenizer.from_spec(model_dir, tok)
         pairs = read_multi30k_pairs(data_dir, "val")[:PROBE_SENTENCES]
         return ([tokenizer.encode(s, add_eos=True) for s, _ in pairs],
                 f"Multi30k val, first {len(pairs)} sources, batches of 16, next-token probabilities at every "
                 "step teacher-forced on fp32 greedy output")
     # random ids make flat next-token distributions whose argmax flips on any noise: use sentences
-    tokenizer = SubwordTokenizer(model_dir / tok.file, tok.normalizer)
+    tokenizer = SubwordTokenizer.from_spec(model_dir, tok)
     return ([tokenizer.encode(s, add_eos=True) for s in PROBE_CAPTIONS],
             f"{len(PROBE_CAPTIONS)} built-in English captions, batches of 16, next-token probabilities at every step "
             "teacher-forced on fp32 greedy output")

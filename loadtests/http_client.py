@@ -27,6 +27,14 @@ def encode_post(path: str, body: dict[str, Any], host: str = "127.0.0.1",
     return head.encode() + payload
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of ``values``; NaN for none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -138,10 +146,7 @@ class LoadResult:
         return out
 
     def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+        return percentile(self.latencies, q)
 
 
 async def closed_loop(host: str, port: int, next_request: Callable[[int], tuple[bytes, int]], concurrency: int,

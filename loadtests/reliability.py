@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from loadtests.http_client import percentile
 from loadtests.server import ROOT, ServerProcess
 
 LONG = "A man in a blue shirt and a woman in a red dress are walking their two dogs in the park. "
@@ -61,8 +62,7 @@ class ScenarioReport:
     note: str = ""
 
     def health_p(self, q: float) -> float:
-        ordered = sorted(self.health)
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
+        return percentile(self.health, q)
 
     def lines(self) -> list[str]:
         rejects = {s: n for s, n in sorted(self.statuses.items()) if s != 200}
@@ -161,20 +161,16 @@ class BurstReport:
         refused = sorted(self.client_s.get(503, []))
         return [f"## {self.name}",
                 f"statuses: {dict(sorted(self.statuses.items()))}; lost (accepted, no answer): {self.lost}",
-                f"refusals (503) server-side: p50 {_q(self.server_refusal_ms, 50):.2f} ms, "
-                f"p99 {_q(self.server_refusal_ms, 99):.2f} ms, max {max(self.server_refusal_ms, default=0):.2f} ms "
+                f"refusals (503) server-side: p50 {percentile(self.server_refusal_ms, 50):.2f} ms, "
+                f"p99 {percentile(self.server_refusal_ms, 99):.2f} ms, "
+                f"max {max(self.server_refusal_ms, default=0):.2f} ms "
                 f"(arrival at the server to the answer, access log)",
-                f"refusals (503) at the client: p50 {_q(refused, 50) * 1000:.0f} ms, "
-                f"p99 {_q(refused, 99) * 1000:.0f} ms",
-                f"results (200) at the client: p50 {_q(self.client_s.get(200, []), 50):.2f} s, "
+                f"refusals (503) at the client: p50 {percentile(refused, 50) * 1000:.0f} ms, "
+                f"p99 {percentile(refused, 99) * 1000:.0f} ms",
+                f"results (200) at the client: p50 {percentile(self.client_s.get(200, []), 50):.2f} s, "
                 f"max {max(self.client_s.get(200, []), default=0):.2f} s",
                 f"event-loop lag p99 during the burst: <= {self.loop_lag_p99_ms:g} ms (histogram bucket)",
                 f"wall time {self.seconds:.1f} s"]
-
-
-def _q(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
 
 
 def _lag_buckets(url: str) -> dict[float, float]:

@@ -14,6 +14,18 @@ import json
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
+def key_matches(x_api_key: bytes | None, authorization: bytes | None, keys: list[bytes]) -> bool:
+    """Whether the key presented (``X-API-Key``, else ``Authorization: Bearer``) is one of ``keys``,
+    compared in constant time. HTTP headers and gRPC metadata both come here."""
+    presented = x_api_key
+    auth = authorization or b""
+    if presented is None and auth[:7].lower() == b"bearer ":
+        presented = auth[7:].strip()
+    if presented is None:
+        return False
+    return any(hmac.compare_digest(presented, key) for key in keys)
+
+
 class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, keys: list[str], exempt_paths: list[str],
                  public_paths: frozenset[str] = frozenset()) -> None:
@@ -24,13 +36,7 @@ class ApiKeyMiddleware:
 
     def _authorised(self, scope: Scope) -> bool:
         headers = dict(scope["headers"])
-        presented = headers.get(b"x-api-key")
-        auth = headers.get(b"authorization", b"")
-        if presented is None and auth[:7].lower() == b"bearer ":
-            presented = auth[7:].strip()
-        if presented is None:
-            return False
-        return any(hmac.compare_digest(presented, key) for key in self.keys)
+        return key_matches(headers.get(b"x-api-key"), headers.get(b"authorization"), self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or scope["path"].startswith(self.exempt) \

@@ -83,7 +83,6 @@ class AnsweredFromThreads:
 
     def __init__(self, name: str, max_queue_size: int) -> None:
         self.name = name
-        self.max_queue_size = max_queue_size
         self.admission = Admission(name, max_queue_size)
         self.accepting = False
         self.healthy = True
@@ -122,7 +121,8 @@ class AnsweredFromThreads:
             for item in items:
                 if not item.future.done():
                     item.future.cancel()
-                self.admission.leave(item)
+                if item.waiting:  # still queued: its place is free now (``leave`` decides under its lock)
+                    self.admission.leave(item)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting, let queued and running work finish; True if it all finished in time."""

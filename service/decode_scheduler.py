@@ -147,9 +147,6 @@ class DecodeScheduler(AnsweredFromThreads):
             self._settle([(request.future, None, NotReady("server shut down before this translation finished"))
                           for request in lane.leftovers()])
 
-    def queue_depth(self) -> int:
-        return self.admission.waiting
-
     @property
     def _running(self) -> list[_Request]:
         return [r for lane in self.lanes for r in lane.running]

@@ -13,7 +13,6 @@ connections across them.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from google.protobuf import json_format
 from starlette.datastructures import State
 
 from service import __version__, metrics, v2_model, v2_stats
+from service.auth import key_matches
 from service.errors import InvalidInput, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
 from service.inputs import deadline_after
@@ -78,6 +78,10 @@ def _inputs(request: Any) -> list[InputTensor]:
     return tensors
 
 
+def _as_bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Each method: API key check, the call, its error as a status code, a metric and a log line."""
 
@@ -89,14 +93,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     # --- plumbing shared by every method -------------------------------------------------------
     def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-        presented = metadata.get("x-api-key")
-        auth = str(metadata.get("authorization", ""))
-        if presented is None and auth[:7].lower() == "bearer ":
-            presented = auth[7:].strip()
-        if presented is None:
-            return False
-        value = presented.encode() if isinstance(presented, str) else bytes(presented)
-        return any(hmac.compare_digest(value, key) for key in self.keys)
+        presented, auth = metadata.get("x-api-key"), metadata.get("authorization")
+        return key_matches(_as_bytes(presented), _as_bytes(auth), self.keys)
 
     @property
     def _ready(self) -> bool:
@@ -200,8 +198,9 @@ def _wrap(name: str, handler: Handler) -> Handler:
             metrics.GRPC_REQUESTS.labels(name, code.name).inc()
             metrics.GRPC_LATENCY.labels(name).observe(elapsed)
             if self.settings.access_log:
-                access_log.info(json.dumps({"protocol": "grpc", "method": name, "status": code.name,
-                                            "latency_ms": round(elapsed * 1000, 2)}))
+                access_log.info("grpc %s %s", name, code.name, extra={"access": {
+                    "protocol": "grpc", "method": name, "status": code.name,
+                    "latency_ms": round(elapsed * 1000, 2)}})
         # the HTTP error body (code, field, limit) travels as trailing metadata
         await context.abort(code, message, trailing_metadata=(("seqserve-error", json.dumps(body)),))
 

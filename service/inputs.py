@@ -22,13 +22,6 @@ def item_field(field: str, index: int) -> str:
     return field if field in ("text", "text_input") else f"{field}[{index}]"
 
 
-async def each(works: list[Awaitable[T]]) -> list[T]:
-    """Await all, answers in order: a single one directly (the common case, no task), several together."""
-    if len(works) == 1:
-        return [await works[0]]
-    return list(await asyncio.gather(*works))
-
-
 def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
     """Refuse empty lists, too many texts, blank texts and texts over the character limit."""
     if not texts:

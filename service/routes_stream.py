@@ -27,6 +27,7 @@ from service.registry import ServedModel
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationJob
 from service.streaming import Delta, Event, Failed, Final, Partial, sse
+from service.v2_infer import param_float, param_int
 
 Render = Callable[[Event], bytes]
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -111,10 +112,10 @@ def _parameters(body: GenerateRequest) -> dict[str, Any]:
         if key not in _PARAMS:
             raise InvalidInput(f"unknown parameter {key!r}; this model takes {', '.join(_PARAMS)}",
                                field=f"parameters.{key}")
-        if key in _INT_PARAMS and (not isinstance(value, int) or isinstance(value, bool)):
-            raise InvalidInput(f"parameters.{key} must be an integer", field=f"parameters.{key}")
-        if key in _NUMBER_PARAMS and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise InvalidInput(f"parameters.{key} must be a number", field=f"parameters.{key}")
+        if key in _INT_PARAMS:
+            param_int(params, key)
+        if key in _NUMBER_PARAMS:
+            param_float(params, key)
         if key == "stream" and not isinstance(value, bool):
             raise InvalidInput("parameters.stream must be true or false", field="parameters.stream")
     if "max_tokens" in params and "max_length" in params:

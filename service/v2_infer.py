@@ -79,14 +79,14 @@ def texts_from(inputs: list[InputTensor]) -> tuple[list[str], int]:
     return [_as_text(item, i) for i, item in enumerate(tensor.data)], len(shape)
 
 
-def _param_int(params: dict[str, Any], key: str) -> int | None:
+def param_int(params: dict[str, Any], key: str) -> int | None:
     value = params.get(key)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise InvalidInput(f"parameters.{key} must be an integer", field=f"parameters.{key}")
     return value
 
 
-def _param_float(params: dict[str, Any], key: str) -> float | None:
+def param_float(params: dict[str, Any], key: str) -> float | None:
     value = params.get(key)
     if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
         raise InvalidInput(f"parameters.{key} must be a number", field=f"parameters.{key}")
@@ -95,9 +95,9 @@ def _param_float(params: dict[str, Any], key: str) -> float | None:
 
 def search_options(params: dict[str, Any]) -> inference.SearchOptions:
     """The decoding options a v2 request's parameters carry (same names and limits as v1)."""
-    return inference.SearchOptions(_param_int(params, "num_hypotheses"), _param_float(params, "length_penalty"),
-                                   _param_int(params, "sampling_topk"), _param_float(params, "sampling_temperature"),
-                                   _param_int(params, "seed"))
+    return inference.SearchOptions(param_int(params, "num_hypotheses"), param_float(params, "length_penalty"),
+                                   param_int(params, "sampling_topk"), param_float(params, "sampling_temperature"),
+                                   param_int(params, "seed"))
 
 
 def check_outputs(model: ServedModel, requested: list[str] | None) -> list[str]:
@@ -157,8 +157,8 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
             if requested and "hypotheses" in requested:
                 raise InvalidInput("output 'hypotheses' needs parameters.num_hypotheses", field="outputs")
             wanted = [w for w in wanted if w != "hypotheses"]
-        jobs = inference.translation_jobs(model, texts, FIELD, _param_int(params, "beam_size"),
-                                          _param_int(params, "max_length"), False, options)
+        jobs = inference.translation_jobs(model, texts, FIELD, param_int(params, "beam_size"),
+                                          param_int(params, "max_length"), False, options)
         results = await guard(inference.translate(model, jobs, until))
         outputs = [OutputTensor("translation", "BYTES", text_shape, [runner.detokenize(r.tokens) for r in results])]
         if options.num_hypotheses is not None:
