@@ -172,7 +172,7 @@ def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -
     engine call as ``translate``, with the job's step callback set. Closing the generator before
     its end cancels the decoding."""
     runner = translator(model)
-    width = len(source_tokens(runner, job)) if job.keep_attention else None
+    width = len(job.src_ids) if job.keep_attention else None  # one attention column per source id
     stream = TranslationStream(model.name, job.beam_size, runner.detokenize, runner.target_tokenizer.pieces,
                                width, ATTENTION_DECIMALS)
     job.on_step = stream.push

@@ -33,7 +33,7 @@ from service.onnx_session import (
 )
 from service.runners import Runner, SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
-from service.version_policy import served_cards
+from service.version_policy import served_cards, version_cards
 
 log = logging.getLogger("seqserve.registry")
 
@@ -183,7 +183,7 @@ class ModelRegistry:
     def load(cls, settings: Settings) -> ModelRegistry:
         """Load every model; raise ModelLoadError naming the file on any problem."""
         repo = settings.model_repository
-        cards = served_cards(repo.glob("*/*/model.json"), settings.version_policy)
+        cards = served_cards(version_cards(repo), settings.version_policy)
         if not cards:
             raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json)")
         providers = choose_providers(settings.providers, cuda_options(settings))
@@ -194,6 +194,10 @@ class ModelRegistry:
     # --- lookup -----------------------------------------------------------------------------
     def all(self) -> list[ServedModel]:
         return list(self._by_key.values())
+
+    def versions(self, name: str) -> list[ServedModel]:
+        """The served versions of one model, lowest first (none for an unknown name)."""
+        return sorted((m for m in self._by_key.values() if m.name == name), key=lambda m: int(m.version))
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         model = self._latest.get(name) if version is None else self._by_key.get((name, version))

@@ -25,7 +25,7 @@ from service.errors import InvalidInput, ModelControlRefused, ModelLoadFailed, M
 from service.onnx_session import ModelLoadError
 from service.registry import ModelRegistry, ServedModel, load_model
 from service.settings import Settings
-from service.version_policy import served_cards
+from service.version_policy import served_cards, version_cards
 
 log = logging.getLogger("seqserve.repository")
 
@@ -39,25 +39,27 @@ def check_load_parameters(parameters: dict[str, Any]) -> None:
                            "folder and model.json", field="parameters")
 
 
+def _keyed(cards: list[Path]) -> dict[tuple[str, str], Path]:
+    return {(card.parent.parent.name, card.parent.name): card for card in cards}
+
+
 class ModelControl:
     def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
         self._lock = asyncio.Lock()  # one change at a time
 
-    def _on_disk(self, name: str | None = None, policy: bool = True) -> dict[tuple[str, str], Path]:
-        """The version folders under the repository (only those the version policy serves)."""
-        pattern = f"{name}/*/model.json" if name else "*/*/model.json"
-        cards = [card for card in self.settings.model_repository.glob(pattern) if card.parent.name.isdigit()]
-        if policy:
-            cards = served_cards(cards, self.settings.version_policy)
-        return {(card.parent.parent.name, card.parent.name): card for card in cards}
+    def _on_disk(self, name: str | None = None) -> dict[tuple[str, str], Path]:
+        """The version folders under the repository that the version policy serves."""
+        return _keyed(served_cards(version_cards(self.settings.model_repository, name),
+                                   self.settings.version_policy))
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         served = {(m.name, m.version) for m in self.registry.all()}
-        allowed = set(self._on_disk())
+        on_disk = version_cards(self.settings.model_repository)
+        allowed = set(_keyed(served_cards(on_disk, self.settings.version_policy)))
         rows = []
-        for name, version in sorted(set(self._on_disk(policy=False)) | served, key=lambda k: (k[0], int(k[1]))):
+        for name, version in sorted(set(_keyed(on_disk)) | served, key=lambda k: (k[0], int(k[1]))):
             if (name, version) in served:
                 rows.append({"name": name, "version": version, "state": "READY"})
             elif not ready_only:
@@ -78,7 +80,7 @@ class ModelControl:
         self._check_allowed()
         async with self._lock:
             on_disk = self._on_disk(name)
-            served = {m.version: m for m in self.registry.all() if m.name == name}
+            served = {m.version: m for m in self.registry.versions(name)}
             if not on_disk and not served:
                 raise ModelNotFound(f"no model {name} in the repository {self.settings.model_repository}",
                                     field="model")
@@ -99,7 +101,7 @@ class ModelControl:
     async def unload(self, name: str) -> None:
         self._check_allowed()
         async with self._lock:
-            models = [m for m in self.registry.all() if m.name == name]
+            models = self.registry.versions(name)
             if not models:
                 raise ModelNotFound(f"model {name} is not loaded", field="model")
             for model in models:

@@ -106,7 +106,7 @@ def model_info(registry: ModelRegistry, model: ServedModel, settings: Settings) 
     if card.decoding is not None and card.max_output_tokens is not None:
         limits.update(max_output_tokens=card.max_output_tokens, max_beam_size=card.decoding.max_beam_size,
                       default_beam_size=card.decoding.default_beam_size)
-    versions = sorted((m.version for m in registry.all() if m.name == model.name), key=int)
+    versions = [m.version for m in registry.versions(model.name)]
     return {"name": model.name, "version": model.version, "versions": versions, "task": card.task,
             "provider": model.provider, "precision": model.precision, "labels": card.labels,
             "languages": card.languages, "limits": limits, "metrics": model.metrics}

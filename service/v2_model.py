@@ -47,13 +47,10 @@ def outputs_of(model: ServedModel) -> list[TensorSpec]:
     return [TensorSpec("translation", "BYTES", [1]), TensorSpec("hypotheses", "BYTES", [-1])]
 
 
-def versions_of(registry: ModelRegistry, name: str) -> list[str]:
-    return sorted((m.version for m in registry.all() if m.name == name), key=int)
-
-
 def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:
     model = registry.get(name, version)
-    return {"name": model.name, "versions": versions_of(registry, name), "platform": "onnxruntime_onnx",
+    return {"name": model.name, "versions": [m.version for m in registry.versions(name)],
+            "platform": "onnxruntime_onnx",
             "inputs": [TEXT_INPUT.metadata()], "outputs": [o.metadata() for o in outputs_of(model)],
             "parameters": {"task": model.card.task, "provider": model.provider, "precision": model.precision}}
 

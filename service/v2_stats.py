@@ -71,7 +71,7 @@ def statistics(registry: ModelRegistry, name: str | None, version: str | None) -
         models = registry.all()
     elif version is None:
         registry.get(name)  # 404 for an unknown model
-        models = [m for m in registry.all() if m.name == name]
+        models = registry.versions(name)
     else:
         models = [registry.get(name, version)]
     stats = []

@@ -39,6 +39,13 @@ class VersionPolicy(BaseModel):
 
 
 
+def version_cards(repository: Path, name: str | None = None) -> list[Path]:
+    """The <name>/<version>/model.json files under the repository (a version is a number), of one
+    model or of all."""
+    pattern = f"{name}/*/model.json" if name else "*/*/model.json"
+    return sorted(card for card in repository.glob(pattern) if card.parent.name.isdigit())
+
+
 def served_cards(cards: Iterable[Path], policies: dict[str, VersionPolicy]) -> list[Path]:
     """The <name>/<version>/model.json files the policies select, in order."""
     by_model: dict[str, dict[str, Path]] = {}
