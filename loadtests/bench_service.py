@@ -316,9 +316,8 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
             say(f"| {name} | " + " | ".join(f"{v:.0f}" for v in table.values()) + " |")
     for b in beams:
         checked, mismatches = check_identical(translator, source_ids, recorded[b], b)
-        say(f"\nbeam {b}: served vs solo decoding: {checked} distinct sentences checked, **{mismatches} differ**"
-            + (" (INT8: dynamic activation scales are per batch, so a few answers move with their batch-mates)"
-               if precision == "int8" else ""))
+        say(f"\nbeam {b}: served vs solo decoding ({precision}): {checked} distinct sentences checked, "
+            f"**{mismatches} differ**")
     ceiling_section(args, source_ids, recorded[1], precision, say)
 
 

@@ -15,19 +15,27 @@ decode lanes (workers x instances, at most one per core) all busy:
 
 These are upper bounds for the measured ratios, not predictions: a real server pays for HTTP,
 tokenisation and its own bookkeeping on the same cores.
+
+    python -m loadtests.ceiling [--precision fp32 int8] [--source-len 16]
+
+prints the decoder step and encoder costs by rows in each precision, measured in interleaved
+rounds (INT8 needs `make int8`); `make bench` prints them for the precision it serves.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
+from service.runners import load_runner
 from service.runners.translation import TranslationRunner
 
 ROWS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
@@ -111,3 +119,37 @@ def compute(steps: dict[int, float], encodes: dict[int, float], lengths: Sequenc
             batch_ms.append(_interp(encodes, per_lane) + sum(_interp(steps, a) for a in alive))
         whole[c] = lanes * per_lane * 1000 / statistics.fmean(batch_ms)
     return Ceiling(steps, encodes, one, iteration, whole, lanes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, default=Path("models/translate-en-de/1"))
+    p.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
+    p.add_argument("--source-len", type=int, default=16, help="source subwords (test_2016_flickr's median is 16)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each row count keeps its fastest")
+    args = p.parse_args(argv)
+    runners = {}
+    for precision in args.precision:
+        runner = load_runner(args.model_dir, ["CPUExecutionProvider"], intra_op_threads=1, precision=precision)
+        assert isinstance(runner, TranslationRunner)
+        runners[precision] = runner
+    best: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
+    for _ in range(args.rounds):  # precisions interleaved, so the machine's drift falls on each alike
+        for precision, runner in runners.items():
+            steps, encodes = measure(runner, args.source_len, rounds=1)
+            old = best.get(precision)
+            best[precision] = (steps, encodes) if old is None else (
+                {r: min(t, old[0][r]) for r, t in steps.items()}, {r: min(t, old[1][r]) for r, t in encodes.items()})
+    print(f"{args.model_dir}, source {args.source_len} subwords, one thread, best of {args.rounds} rounds (ms)")
+    print("| rows | " + " | ".join(f"step {p} | encoder {p}" for p in best) + " |")
+    print("|---:|" + "---:|---:|" * len(best))
+    for rows in ROWS:
+        cells = [f"{steps[rows]:.3f} | {encodes[rows]:.2f}" for steps, encodes in best.values()]
+        print(f"| {rows} | " + " | ".join(cells) + " |")
+    if len(best) == 2:
+        (a, (sa, _)), (b, (sb, _)) = best.items()
+        print("step " + b + " / " + a + ": " + ", ".join(f"{r} rows {sb[r] / sa[r]:.2f}x" for r in (1, 8, 32, 64)))
+
+
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class _Worker:
     process: BaseProcess
     serving: Event  # set by the worker once it accepts requests
-    started_at: float = field(default_factory=time.monotonic)
+    # looked up at each call (not bound at import), so a test's clock is the supervisor's clock
+    started_at: float = field(default_factory=lambda: time.monotonic())
     crashes_in_a_row: int = 0  # deaths after serving, each within _STABLE_S of its start
     respawn_at: float | None = None  # dead, and waiting out its backoff
 

@@ -42,8 +42,9 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 class Server(ServerProcess):
     """The shared server helper, keeping the log so tests can read refusal messages. It serves
-    fp32 unless told otherwise: tests compare answers across batch compositions, which INT8 moves
-    slightly (its activation scales are per batch); tests/test_registry.py serves INT8."""
+    fp32 unless told otherwise: tests compare answers across batch compositions, which the sentiment
+    model's INT8 moves slightly (its activation scales are per batch); tests/test_registry.py and
+    tests/test_bench_service.py serve INT8."""
 
     def __init__(self, repo: Path, **settings: str) -> None:
         super().__init__(repo, capture_output=True, settings={"precision": "fp32", **settings})

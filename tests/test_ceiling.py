@@ -1,6 +1,10 @@
-"""The ceiling model: what batching can give, from a step-cost curve (no model needed)."""
+"""The ceiling model: what batching can give, from a step-cost curve (no model needed); its command
+on the committed translator."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +30,11 @@ def test_a_flat_step_cost_rewards_full_batches() -> None:
     assert result.iteration[64] / result.one_client == pytest.approx(64.0)
     assert 1.5 < result.iteration[64] / result.whole[64] < 1.8  # mean 22.5 steps against ~40
     assert "ideal ratios" in result.lines()[-1]
+
+
+def test_the_command_prints_both_precisions_step_costs(int8_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ceiling.main(["--model-dir", str(int8_repo / "translate-en-de" / "1"), "--rounds", "1", "--source-len", "8"])
+    out = capsys.readouterr().out
+    assert "| rows | step fp32 | encoder fp32 | step int8 | encoder int8 |" in out
+    assert len(re.findall(r"(?m)^\| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", out)) == len(ceiling.ROWS)
+    assert re.search(r"step int8 / fp32: 1 rows [\d.]+x, 8 rows [\d.]+x, 32 rows [\d.]+x, 64 rows [\d.]+x", out)

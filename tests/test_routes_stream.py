@@ -87,7 +87,9 @@ def test_refusals_before_the_stream_are_json_errors(committed_server: Server, cl
 def test_an_error_after_the_stream_started_is_an_error_event(committed_server: Server, client: httpx.Client) -> None:
     s = post_stream(client, f"{committed_server.url}/v1/translate",
                     {"text": ENDLESS, "stream": True, "beam_size": 10, "max_length": 200},
-                    headers={"X-Request-Timeout": "0.6"})
+                    # the first event comes within ~20 ms; 200 beam-10 steps take >= 0.35 s on 2 cores
+                    # (0.6 s let a quiet machine finish first)
+                    headers={"X-Request-Timeout": "0.2"})
     assert s.status == 200
     assert s.events[0].event == "hypothesis"
     assert s.events[-1].event == "error" and s.events[-1].data["code"] == "deadline_exceeded"
