@@ -68,7 +68,7 @@ class SearchOptions:
 
 
 NO_OPTIONS = SearchOptions()
-_MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1
 
 
 def _limit(value: float | None, low: float, high: float, field: str, low_open: bool = False) -> None:
@@ -93,7 +93,7 @@ def search_settings(runner: TranslationRunner, beam_size: int | None,
         if beam_size not in (None, 1):
             raise InvalidInput("sampling draws one hypothesis: beam_size must be 1 or left out", field="beam_size",
                                limit=1)
-        check_range(options.seed, 0, _MAX_SEED, "seed")
+        check_range(options.seed, 0, MAX_SEED, "seed")
         seed = secrets.randbits(63) if options.seed is None else options.seed
         sampling = Sampling(options.sampling_topk or top, options.sampling_temperature or 1.0, seed)
         beam_size = 1

@@ -39,6 +39,12 @@ def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
     return texts
 
 
+def integral(value: object) -> object:
+    """JSON Schema's "integer" includes 5.0, so a client generated from the OpenAPI document may send
+    it: taken as 5. Strings and booleans stay refused by the integer checks after this."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def check_tokens(ids: list[int], limit: int, field: str, model: str) -> list[int]:
     if len(ids) > limit:
         raise InvalidInput(f"{field} is {len(ids)} subword tokens; model {model} takes at most {limit}",

@@ -3,6 +3,10 @@
 Request bodies that handlers parse themselves are declared with their model's JSON schema; its
 nested models ($defs) are moved to components/schemas so that every reference resolves.
 
+Request bodies state the limits and cross-field rules the handlers enforce
+(service/request_schemas.py), from the settings and the served models' cards; the document is
+built again after a model is loaded or unloaded.
+
 Each operation lists every status it can answer with, all with the one error body
 (service/errors.py). Most come from layers outside the route (the middlewares, the catch-all handler, the engines), so
 they are added here from what each operation is, rather than repeated on every route:
@@ -17,11 +21,13 @@ they are added here from what each operation is, rather than repeated on every r
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service import request_schemas
 from service.schemas import ErrorBody
 from service.settings import Settings
 
@@ -32,6 +38,22 @@ _DESCRIPTIONS = {
     503: "overloaded (with Retry-After), starting or shutting down", 504: "deadline passed",
 }
 _INFER_PATHS = ("/v1/sentiment", "/v1/translate")
+
+
+def _sse(event_names: list[str] | None) -> dict[str, Any]:
+    """A streamed answer (POST /v1/translate with "stream": true; generate_stream): the schema of one
+    event, each ``data`` a JSON object (the README lists them); v1 names its events, the generate
+    extension sends unnamed ones."""
+    event: dict[str, Any] = {"type": "string", "enum": event_names} if event_names else {"type": "string"}
+    return {"text/event-stream": {"schema": {
+        "type": "object", "required": ["data"], "description": "one Server-Sent Event (see the README)",
+        "properties": {"event": event, "data": {"type": "string", "contentMediaType": "application/json"}}}}}
+
+
+def _stream_events(path: str) -> dict[str, Any] | None:
+    if path == "/v1/translate":
+        return _sse(["delta", "hypothesis", "result", "error"])
+    return _sse(None) if path.endswith("/generate_stream") else None
 
 
 def _statuses(path: str, method: str, settings: Settings, public: frozenset[str]) -> set[int]:
@@ -67,6 +89,18 @@ def _hoist_defs(node: Any, schemas: dict[str, Any]) -> None:
             _hoist_defs(value, schemas)
 
 
+def _spell_out(paths: dict[str, Any], template: str, bodies: dict[str, Any]) -> None:
+    """Replace ``template``'s POST with one operation per model, each with that model's body."""
+    operation = paths.pop(template)["post"]
+    for name, schema in bodies.items():
+        spelled = copy.deepcopy(operation)
+        spelled["parameters"] = [p for p in spelled.get("parameters", []) if p["name"] != "name"]
+        spelled["operationId"] = f"{operation['operationId']}_{''.join(c if c.isalnum() else '_' for c in name)}"
+        spelled["summary"] = f"{operation.get('summary', '')} ({name})"
+        spelled["requestBody"]["content"]["application/json"]["schema"] = schema
+        paths[template.replace("{name}", name)] = {"post": spelled}
+
+
 def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> None:
     """Replace the app's OpenAPI builder with one that adds the error statuses (built once)."""
 
@@ -80,10 +114,24 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
                 for method, operation in operations.items():
                     _hoist_defs(operation.get("requestBody", {}), schemas)
                     responses = operation.setdefault("responses", {})
+                    stream = _stream_events(path)
+                    if stream is not None:
+                        ok = responses.setdefault("200", {"description": "Successful Response"})
+                        ok.setdefault("content", {}).update(stream)
                     for code in sorted(_statuses(path, method, settings, public_paths)):
                         entry = responses.setdefault(str(code), {"description": _DESCRIPTIONS[code]})
                         # FastAPI's own 422 schema (HTTPValidationError) is not what the server sends
                         entry["content"] = {"application/json": {"schema": ref}}
+            registry = getattr(app.state, "registry", None)
+            for (path, method), schema in request_schemas.request_bodies(settings, registry).items():
+                operation = doc["paths"][path][method]
+                operation["requestBody"]["content"]["application/json"]["schema"] = schema
+                names = request_schemas.model_names(path, registry)
+                for parameter in operation.get("parameters", []):
+                    if parameter["name"] == "name" and names:
+                        parameter["schema"]["enum"] = names
+            for template, bodies in request_schemas.infer_paths(settings, registry).items():
+                _spell_out(doc["paths"], template, bodies)
             app.openapi_schema = doc
         return app.openapi_schema
 

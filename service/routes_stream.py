@@ -107,15 +107,19 @@ class GenerateRequest(BaseModel):
 
 
 def _parameters(body: GenerateRequest) -> dict[str, Any]:
-    params = {**(body.model_extra or {}), **(body.parameters or {})}
+    top, nested = body.model_extra or {}, body.parameters
+    if top and nested is not None:
+        raise InvalidInput("give the parameters at the top level or in 'parameters', not both",
+                           field=f"parameters.{next(iter(top))}")
+    params = top if nested is None else nested
     for key, value in params.items():
         if key not in _PARAMS:
             raise InvalidInput(f"unknown parameter {key!r}; this model takes {', '.join(_PARAMS)}",
                                field=f"parameters.{key}")
-        if key in _INT_PARAMS:
-            param_int(params, key)
+        if key in _INT_PARAMS:  # checked and normalised (an integral 5.0 becomes 5)
+            params[key] = param_int(params, key)
         if key in _NUMBER_PARAMS:
-            param_float(params, key)
+            params[key] = param_float(params, key)
         if key == "stream" and not isinstance(value, bool):
             raise InvalidInput("parameters.stream must be true or false", field="parameters.stream")
     if "max_tokens" in params and "max_length" in params:

@@ -23,8 +23,9 @@ from service import __version__, v2_model, v2_stats
 from service.errors import InvalidInput
 from service.inputs import deadline_for, unless_client_leaves
 from service.registry import ModelRegistry
+from service.schemas import JsonInt
 from service.v2_binary import HEADER_LENGTH, Datatype, decode_tensor, encode_tensor, split_body, take_binary
-from service.v2_infer import Guard, InferResult, InputTensor, infer
+from service.v2_infer import Guard, InferResult, InputTensor, infer, param_float
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -33,7 +34,7 @@ router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 class InferInput(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
-    shape: list[int]
+    shape: list[JsonInt]
     datatype: Datatype
     data: list[Any] | None = Field(None, description="row-major values; absent when the tensor is binary "
                                                      "(parameters.binary_data_size)")
@@ -83,10 +84,8 @@ async def _model_ready(request: Request, name: str, version: str | None) -> JSON
 
 
 def _flat(data: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for item in data:
-        out.extend(_flat(item) if isinstance(item, list) else [item])
-    return out
+    """Row-major values, flat or one list per row (shape [N, 1] sent as [[a], [b]])."""
+    return [value for item in data for value in (item if isinstance(item, list) else [item])]
 
 
 async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
@@ -154,7 +153,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     settings = state.settings
 
     def deadline(params: dict[str, Any]) -> float:
-        return deadline_for(request, settings, params.get("timeout"))
+        return deadline_for(request, settings, param_float(params, "timeout"))
 
     guard: Guard = lambda work: unless_client_leaves(request, work)  # noqa: E731
     result = await infer(state.registry, settings, bool(getattr(state, "ready", False)), name, version, inputs,

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+from service.inputs import integral
+
+JsonInt = Annotated[StrictInt, BeforeValidator(integral)]
 
 
 class _OneOrMany(BaseModel):
@@ -48,18 +62,18 @@ class TranslateRequest(_OneOrMany):
         "examples": [{"text": "A man is riding a bike.", "source": "en", "target": "de", "beam_size": 5}]})
     source: StrictStr = "en"
     target: StrictStr = "de"
-    beam_size: StrictInt | None = Field(None, description="1 = greedy; default from the model card")
-    max_length: StrictInt | None = Field(None, description="max target subwords; default 2 x source + 10")
+    beam_size: JsonInt | None = Field(None, description="1 = greedy; default from the model card")
+    max_length: JsonInt | None = Field(None, description="max target subwords; default 2 x source + 10")
     return_attention: StrictBool = False
     stream: StrictBool = Field(False, description="answer as Server-Sent Events (one 'text'; see the README)")
-    num_hypotheses: StrictInt | None = Field(None, description="n-best: also return this many hypotheses "
+    num_hypotheses: JsonInt | None = Field(None, description="n-best: also return this many hypotheses "
                                              "(up to the beam size), best first")
-    length_penalty: float | None = Field(None, description="score = sum(log p) / length ** length_penalty "
+    length_penalty: StrictFloat | None = Field(None, description="score = sum(log p) / length ** length_penalty "
                                          "(0-5; default from the model card)")
-    sampling_topk: StrictInt | None = Field(None, description="sample from the k most likely subwords each step "
+    sampling_topk: JsonInt | None = Field(None, description="sample from the k most likely subwords each step "
                                             "(1-20; beam 1)")
-    sampling_temperature: float | None = Field(None, description="sampling temperature (> 0, <= 100; default 1)")
-    seed: StrictInt | None = Field(None, description="sampling seed, for a repeatable sample")
+    sampling_temperature: StrictFloat | None = Field(None, description="sampling temperature (> 0, <= 100; default 1)")
+    seed: JsonInt | None = Field(None, description="sampling seed, for a repeatable sample")
 
 
 class NBestItem(BaseModel):

@@ -14,7 +14,7 @@ import numpy as np
 
 from service import inference, v2_stats
 from service.errors import InvalidInput, NotReady
-from service.inputs import check_texts
+from service.inputs import check_texts, integral
 from service.registry import ModelRegistry, ServedModel
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationOutput
@@ -62,11 +62,9 @@ def _as_text(item: Any, index: int) -> str:
 
 def texts_from(inputs: list[InputTensor]) -> tuple[list[str], int]:
     """The texts of the "text" input and its rank (1 or 2)."""
-    if not inputs:
+    if len(inputs) != 1 or inputs[0].name != "text":  # the one input every model here declares
         raise InvalidInput("inputs must hold one BYTES tensor named 'text'", field="inputs")
-    tensor = next((t for t in inputs if t.name == "text"), inputs[0] if len(inputs) == 1 else None)
-    if tensor is None:
-        raise InvalidInput("inputs must contain a BYTES tensor named 'text'", field="inputs")
+    tensor = inputs[0]
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"input 'text' must have datatype BYTES, not {tensor.datatype}",
                            field="inputs.text.datatype", limit="BYTES")
@@ -80,7 +78,7 @@ def texts_from(inputs: list[InputTensor]) -> tuple[list[str], int]:
 
 
 def param_int(params: dict[str, Any], key: str) -> int | None:
-    value = params.get(key)
+    value = integral(params.get(key))
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise InvalidInput(f"parameters.{key} must be an integer", field=f"parameters.{key}")
     return value

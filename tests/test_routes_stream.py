@@ -139,7 +139,7 @@ def test_generate_stream_text_outputs_concatenate_to_the_translation(committed_s
                                                                       client: httpx.Client, beam_size: int) -> None:
     url = committed_server.url
     s = post_stream(client, f"{url}/v2/models/{TRANSLATOR}/generate_stream",
-                    {"text_input": SENTENCES[0], "max_tokens": 60, "parameters": {"beam_size": beam_size}})
+                    {"text_input": SENTENCES[0], "max_tokens": 60, "beam_size": beam_size})
     assert s.status == 200 and all(e.event == "message" for e in s.events)
     assert all(e.data["model_name"] == TRANSLATOR and e.data["model_version"] == "1" for e in s.events)
     plain = client.post(f"{url}/v1/translate", json={"text": SENTENCES[0], "beam_size": beam_size,
@@ -156,6 +156,10 @@ def test_generate_refuses_bad_parameters_and_models_that_do_not_generate(committ
     cases = [({"text_input": "a dog", "temperature": 0.5}, "parameters.temperature"),
              ({"text_input": "a dog", "parameters": {"beam_size": "5"}}, "parameters.beam_size"),
              ({"text_input": "a dog", "parameters": {"beam_size": 50}}, "beam_size"),
+             # in one place: which would win is not for the client to guess
+             ({"text_input": "a dog", "max_tokens": 9, "parameters": {"beam_size": 1}}, "parameters.max_tokens"),
+             ({"text_input": "a dog", "max_tokens": 9, "max_length": 9}, "parameters.max_tokens"),
+             ({"text_input": "a dog", "sampling_topk": 5, "beam_size": 3}, "beam_size"),
              ({"text_input": ""}, "text_input"),
              ({"text": "a dog"}, "text_input")]
     for body, field in cases:
