@@ -41,7 +41,8 @@ def scrape(url: str) -> dict[str, float]:
         if family.name in ("seqserve_batch_size", "seqserve_queue_wait_seconds", "seqserve_padding_ratio"):
             for sample in family.samples:
                 if sample.name.endswith(("_sum", "_count")):
-                    out[f"{sample.name}/{sample.labels.get('model')}"] = sample.value
+                    key = f"{sample.name}/{sample.labels.get('model')}"  # every version of the model
+                    out[key] = out.get(key, 0.0) + sample.value
     return out
 
 

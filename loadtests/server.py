@@ -23,13 +23,15 @@ OWN_SETTINGS = ("SEQSERVE_MODEL_REPOSITORY", "SEQSERVE_PORT", "SEQSERVE_HOST", "
 
 
 def metric_value(url: str, sample: str, **labels: str) -> float:
-    """One sample of the server's /metrics (``seqserve_requests_total``, route=..., status=...);
-    0 when it is not there yet."""
+    """A sample of the server's /metrics (``seqserve_requests_total``, route=..., status=...),
+    summed over the labels not given (``model=...`` alone: every version of it); 0 when it is not
+    there yet."""
+    total = 0.0
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
         for s in family.samples:
-            if s.name == sample and s.labels == labels:
-                return float(s.value)
-    return 0.0
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += float(s.value)
+    return total
 
 
 def free_port() -> int:

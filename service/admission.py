@@ -28,13 +28,13 @@ class Waiting:
 
 
 class Admission:
-    def __init__(self, model: str, limit: int) -> None:
+    def __init__(self, model: str, limit: int, version: str = "") -> None:
         self.model = model
         self.limit = limit
         self.waiting = 0
         self._lock = threading.Lock()
-        self._depth = metrics.QUEUE_DEPTH.labels(model)
-        self._rejected = metrics.REJECTED.labels(model, "queue_full")
+        self._depth = metrics.QUEUE_DEPTH.labels(model, version)
+        self._rejected = metrics.REJECTED.labels(model, version, "queue_full")
 
     def refuse_if_full(self, count: int) -> None:
         """503 at once when ``count`` more texts would not fit now, before the costlier checks

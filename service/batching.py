@@ -81,9 +81,11 @@ class AnsweredFromThreads:
     before it has done any work, and true again once a thread gets work done.
     """
 
-    def __init__(self, name: str, max_queue_size: int) -> None:
+    def __init__(self, name: str, max_queue_size: int, version: str = "") -> None:
         self.name = name
-        self.admission = Admission(name, max_queue_size)
+        self.version = version
+        self.labels = (name, version)  # of every per-model metric
+        self.admission = Admission(name, max_queue_size, version)
         self.accepting = False
         self.healthy = True
         self.in_flight = 0  # accepted, not yet answered
@@ -223,8 +225,9 @@ def split_by_budget(items: list[WorkItem[P, R]], policy: BatchPolicy) -> list[li
 class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
     """Per-model queue + worker threads. ``run_batch`` is called on a worker thread with payloads."""
 
-    def __init__(self, name: str, run_batch: Callable[[list[P]], Sequence[R]], policy: BatchPolicy) -> None:
-        super().__init__(name, policy.max_queue_size)
+    def __init__(self, name: str, run_batch: Callable[[list[P]], Sequence[R]], policy: BatchPolicy,
+                 version: str = "") -> None:
+        super().__init__(name, policy.max_queue_size, version)
         self.run_batch = run_batch
         self.policy = policy
         # thread-safe: the event loop puts, the workers take; its length is bounded by admission
@@ -315,13 +318,13 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         answers: list[Answer] = []
         live: list[WorkItem[P, R]] = []
         started = time.monotonic()
-        queue_wait = metrics.QUEUE_WAIT.labels(self.name)
+        queue_wait = metrics.QUEUE_WAIT.labels(*self.labels)
         for item in batch:  # drop, before any compute, requests nobody waits for or that are too late
             if item.future.done():
-                metrics.DROPPED.labels(self.name, "client_gone").inc()
+                metrics.DROPPED.labels(*self.labels, "client_gone").inc()
                 answers.append((item.future, None, None))
             elif item.deadline <= started:
-                metrics.DROPPED.labels(self.name, "deadline").inc()
+                metrics.DROPPED.labels(*self.labels, "deadline").inc()
                 late = DeadlineExceeded(f"deadline passed while queued for model {self.name}")
                 answers.append((item.future, None, late))
             else:
@@ -331,9 +334,9 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             return answers
         longest = live[-1].length
         total = sum(i.length for i in live)
-        metrics.BATCH_SIZE.labels(self.name).observe(len(live))
-        metrics.PADDING_RATIO.labels(self.name).observe(1.0 - total / max(longest * len(live), 1))
-        metrics.TOKENS.labels(self.name, "input").inc(total)
+        metrics.BATCH_SIZE.labels(*self.labels).observe(len(live))
+        metrics.PADDING_RATIO.labels(*self.labels).observe(1.0 - total / max(longest * len(live), 1))
+        metrics.TOKENS.labels(*self.labels, "input").inc(total)
         try:
             results = self.run_batch([i.payload for i in live])
             if len(results) != len(live):
@@ -346,5 +349,5 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             answers.extend((item.future, None, error) for item in live)
         else:
             answers.extend((item.future, result, None) for item, result in zip(live, results, strict=True))
-        metrics.BATCH_RUN.labels(self.name).observe(time.monotonic() - started)
+        metrics.BATCH_RUN.labels(*self.labels).observe(time.monotonic() - started)
         return answers

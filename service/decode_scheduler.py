@@ -127,7 +127,7 @@ class DecodeScheduler(AnsweredFromThreads):
 
     def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy, max_rows: int | None = None,
                  join_every: int = 4) -> None:
-        super().__init__(name, policy.max_queue_size)
+        super().__init__(name, policy.max_queue_size, runner.card.version)
         self.runner = runner
         self.policy = policy
         lanes = max(1, policy.instances)
@@ -190,6 +190,7 @@ class _Lane:
                  join_every: int) -> None:
         self.scheduler = scheduler
         self.name = scheduler.name
+        self.labels = scheduler.labels
         self.runner = scheduler.runner
         self.index = index
         self.max_rows = max_rows  # beams across the running set
@@ -204,10 +205,10 @@ class _Lane:
         self._answers: list[Done] = []  # finished in this loop turn, handed over together
         self._updates: list[StreamUpdate] = []  # streamed requests' steps in this turn, likewise
         # labelled metric children looked up once (labels() hashes the label tuple on every call)
-        self._first_step = metrics.TIME_TO_FIRST_STEP.labels(self.name)
-        self._rows_per_step = metrics.DECODE_ROWS.labels(self.name)
-        self._steps_per_request = metrics.DECODE_STEPS.labels(self.name)
-        self._output_tokens = metrics.TOKENS.labels(self.name, "output")
+        self._first_step = metrics.TIME_TO_FIRST_STEP.labels(*self.labels)
+        self._rows_per_step = metrics.DECODE_ROWS.labels(*self.labels)
+        self._steps_per_request = metrics.DECODE_STEPS.labels(*self.labels)
+        self._output_tokens = metrics.TOKENS.labels(*self.labels, "output")
 
     @property
     def running(self) -> list[_Request]:
@@ -256,10 +257,10 @@ class _Lane:
         while self._waiting:
             request = self._waiting[0]
             if request.future.done():
-                metrics.DROPPED.labels(self.name, "client_gone").inc()
+                metrics.DROPPED.labels(*self.labels, "client_gone").inc()
                 self._finish(request)
             elif request.deadline <= now:
-                metrics.DROPPED.labels(self.name, "deadline").inc()
+                metrics.DROPPED.labels(*self.labels, "deadline").inc()
                 self._finish(request, error=DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
             elif (not self.running and not admitted) or (
                     rows + request.job.beam_size <= self.max_rows
@@ -293,7 +294,7 @@ class _Lane:
         encoded = self.runner.encode([r.job.src_ids for r in joiners])
         for request in joiners:
             request.search = self.runner.search_for(request.job)
-        metrics.TOKENS.labels(self.name, "input").inc(sum(r.src_len for r in joiners))
+        metrics.TOKENS.labels(*self.labels, "input").inc(sum(r.src_len for r in joiners))
         return encoded
 
     def turn(self) -> bool:
@@ -323,11 +324,11 @@ class _Lane:
         offset = 0
         for request, live in zip(rows.members, rows.layout, strict=True):
             if request.future.done():
-                metrics.DROPPED.labels(self.name, "client_gone").inc()
+                metrics.DROPPED.labels(*self.labels, "client_gone").inc()
                 self._finish(request)
                 changed = True
             elif request.deadline <= now:
-                metrics.DROPPED.labels(self.name, "deadline").inc()
+                metrics.DROPPED.labels(*self.labels, "deadline").inc()
                 self._finish(request, error=DeadlineExceeded(f"deadline passed during decoding on model {self.name}"))
                 changed = True
             else:

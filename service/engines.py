@@ -57,7 +57,7 @@ class _BatchedEngine(Generic[P, R]):
 class SentimentEngine(_BatchedEngine[list[int], np.ndarray]):
     def __init__(self, name: str, runner: SentimentRunner, policy: BatchPolicy) -> None:
         self.runner = runner
-        self.batcher = DynamicBatcher(name, self._run, policy)
+        self.batcher = DynamicBatcher(name, self._run, policy, runner.card.version)
 
     def _run(self, batch: list[list[int]]) -> list[np.ndarray]:
         return list(self.runner.run(batch))
@@ -72,7 +72,7 @@ class RequestBatchedTranslator(_BatchedEngine[TranslationJob, TranslationOutput]
 
     def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy) -> None:
         self.runner = runner
-        self.batcher = DynamicBatcher(name, runner.translate, policy)
+        self.batcher = DynamicBatcher(name, runner.translate, policy, runner.card.version)
 
     async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]:
         return await self.batcher.submit_all([(job, len(job.src_ids)) for job in jobs], deadline)

@@ -22,38 +22,39 @@ REQUEST_LATENCY = Histogram("seqserve_request_latency_seconds", "HTTP request la
 GRPC_REQUESTS = Counter("seqserve_grpc_requests_total", "gRPC calls by method and status code", ["method", "code"])
 GRPC_LATENCY = Histogram("seqserve_grpc_request_latency_seconds", "gRPC call latency", ["method"],
                          buckets=_LATENCY_BUCKETS)
-QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Requests waiting in a model's queue", ["model"],
+QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Requests waiting in a model's queue", ["model", "version"],
                     multiprocess_mode="livesum")
-QUEUE_WAIT = Histogram("seqserve_queue_wait_seconds", "Time from enqueue to batch start", ["model"],
+QUEUE_WAIT = Histogram("seqserve_queue_wait_seconds", "Time from enqueue to batch start", ["model", "version"],
                        buckets=_LATENCY_BUCKETS)
-BATCH_SIZE = Histogram("seqserve_batch_size", "Requests per executed batch", ["model"], buckets=_BATCH_BUCKETS)
-BATCH_RUN = Histogram("seqserve_batch_run_seconds", "Wall time of one batch on the model", ["model"],
+BATCH_SIZE = Histogram("seqserve_batch_size", "Requests per executed batch", ["model", "version"],
+                       buckets=_BATCH_BUCKETS)
+BATCH_RUN = Histogram("seqserve_batch_run_seconds", "Wall time of one batch on the model", ["model", "version"],
                       buckets=_LATENCY_BUCKETS)
-PADDING_RATIO = Histogram("seqserve_padding_ratio", "Padded positions / all positions in a batch", ["model"],
+PADDING_RATIO = Histogram("seqserve_padding_ratio", "Padded positions / all positions in a batch", ["model", "version"],
                           buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0))
-TOKENS = Counter("seqserve_tokens_total", "Subword tokens processed", ["model", "kind"])
-DROPPED = Counter("seqserve_dropped_total", "Accepted requests dropped before compute", ["model", "reason"])
+TOKENS = Counter("seqserve_tokens_total", "Subword tokens processed", ["model", "version", "kind"])
+DROPPED = Counter("seqserve_dropped_total", "Accepted requests dropped before compute", ["model", "version", "reason"])
 WORKERS_SERVING = Gauge("seqserve_workers_serving", "Server processes accepting requests (summed over "
                         "SEQSERVE_WORKERS; 0 while draining)", multiprocess_mode="livesum")
-REJECTED = Counter("seqserve_rejected_total", "Requests refused at the queue", ["model", "reason"])
+REJECTED = Counter("seqserve_rejected_total", "Requests refused at the queue", ["model", "version", "reason"])
 # the model's own CPU, beside the process's: what is left is the cost of serving (make bench splits them)
 MODEL_CPU = Counter("seqserve_model_cpu_seconds_total", "CPU time of the threads calling ONNX Runtime, inside "
-                    "its runs (all of ONNX Runtime's with ORT_INTRA_OP_THREADS=1)", ["model"])
+                    "its runs (all of ONNX Runtime's with ORT_INTRA_OP_THREADS=1)", ["model", "version"])
 
 # Iteration-level decoding (translation)
-DECODE_ROWS = Histogram("seqserve_decode_running_rows", "Decoder rows (beams) per step", ["model"],
+DECODE_ROWS = Histogram("seqserve_decode_running_rows", "Decoder rows (beams) per step", ["model", "version"],
                         buckets=_BATCH_BUCKETS)
-DECODE_STEPS = Histogram("seqserve_decode_steps_per_request", "Decoder steps a request took", ["model"],
+DECODE_STEPS = Histogram("seqserve_decode_steps_per_request", "Decoder steps a request took", ["model", "version"],
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 TIME_TO_FIRST_STEP = Histogram("seqserve_decode_time_to_first_step_seconds", "Arrival to first decoder step",
-                               ["model"], buckets=_LATENCY_BUCKETS)
+                               ["model", "version"], buckets=_LATENCY_BUCKETS)
 
 # Streamed translations (SSE)
 STREAM_FIRST_EVENT = Histogram("seqserve_stream_time_to_first_event_seconds",
-                               "Start of a streamed translation to its first event", ["model"],
+                               "Start of a streamed translation to its first event", ["model", "version"],
                                buckets=_LATENCY_BUCKETS)
 STREAM_TOKENS_PER_SECOND = Histogram("seqserve_stream_tokens_per_second",
-                                     "Output tokens / duration of each streamed translation", ["model"],
+                                     "Output tokens / duration of each streamed translation", ["model", "version"],
                                      buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
 
 

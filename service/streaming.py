@@ -98,10 +98,11 @@ def round_row(row: np.ndarray, width: int, decimals: int) -> list[float]:
 class TranslationStream:
     """One streamed translation: ``push`` (event loop, from the lane's hand-over) and ``events``."""
 
-    def __init__(self, model: str, beam_size: int, decode: Callable[[Sequence[int]], str],
+    def __init__(self, model: str, version: str, beam_size: int, decode: Callable[[Sequence[int]], str],
                  pieces: Callable[[Sequence[int]], list[str]], attention_width: int | None,
                  attention_decimals: int) -> None:
         self.model = model
+        self.version = version
         self.greedy = beam_size == 1
         self.decode = decode
         self.pieces = pieces
@@ -174,12 +175,12 @@ class TranslationStream:
                     events += self._finish(task)
                 for event in events:
                     if first:
-                        metrics.STREAM_FIRST_EVENT.labels(self.model).observe(time.monotonic() - started)
+                        metrics.STREAM_FIRST_EVENT.labels(self.model, self.version).observe(time.monotonic() - started)
                         first = False
                     yield event
                     if isinstance(event, Final):
                         elapsed = time.monotonic() - started
-                        metrics.STREAM_TOKENS_PER_SECOND.labels(self.model).observe(
+                        metrics.STREAM_TOKENS_PER_SECOND.labels(self.model, self.version).observe(
                             len(event.output.tokens) / elapsed if elapsed > 0 else 0.0)
                     if isinstance(event, Final | Failed):
                         return

@@ -2,9 +2,9 @@
 
 Request outcomes (success/fail counts and time) are counted here for the Open Inference Protocol
 requests, REST and gRPC, per model version. What the engines do (texts run, executions, queue
-and compute time) comes from the Prometheus metrics they already keep, which are labelled by
-model name only: those figures cover every request to the model, v1 included, and are reported
-on its highest loaded version. With SEQSERVE_WORKERS > 1 each worker answers for itself.
+and compute time) comes from the Prometheus metrics they already keep, labelled by model and
+version: those figures cover every request to that version, v1 included. With SEQSERVE_WORKERS > 1
+each worker answers for itself.
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ def record(name: str, version: str, ok: bool, seconds: float) -> None:
     counts.last_inference_ms = int(time.time() * 1000)
 
 
-def _sample(metric: str, model: str) -> float:
-    return REGISTRY.get_sample_value(metric, {"model": model}) or 0.0
+def _sample(metric: str, model: tuple[str, str]) -> float:
+    return REGISTRY.get_sample_value(metric, {"model": model[0], "version": model[1]}) or 0.0
 
 
 def _duration(count: float, seconds: float) -> dict[str, int]:
     return {"count": int(count), "ns": int(seconds * 1e9)}
 
 
-def _engine(model: str) -> dict[str, Any]:
+def _engine(model: tuple[str, str]) -> dict[str, Any]:
     """Figures from the engines' metrics: the batcher's queue wait and batch runs, or the decoder's
     wait for its first step and its steps (each engine records only its own)."""
     queue_count = _sample("seqserve_queue_wait_seconds_count", model) + \
@@ -78,8 +78,7 @@ def statistics(registry: ModelRegistry, name: str | None, version: str | None) -
     zero = _duration(0, 0)
     for model in sorted(models, key=lambda m: (m.name, int(m.version))):
         counts = _outcomes.get((model.name, model.version), _Outcomes())
-        engine: dict[str, Any] = _engine(model.name) if registry.get(model.name).version == model.version else \
-            {"inference_count": 0, "execution_count": 0, "queue": zero, "compute_infer": zero}
+        engine = _engine((model.name, model.version))
         # perf_analyzer requires the three compute phases to have one count; seqserve times the
         # model run as a whole, so input and output preparation count with it and take no time
         phases = {"count": engine["compute_infer"]["count"], "ns": 0}

@@ -17,6 +17,7 @@ import tritonclient.grpc as tg
 import tritonclient.http as tc
 from tritonclient.utils import InferenceServerException
 
+from loadtests.server import metric_value
 from service.errors import ModelControlRefused
 from service.repository import ModelControl
 from service.settings import Settings
@@ -112,6 +113,14 @@ def test_load_and_unload_a_second_version_under_load(server: Server, repo: Path)
         loaded = time.monotonic()
         clients.wait_for_requests_sent_after(loaded)
         assert http.get_model_metadata("sentiment")["versions"] == ["1", "2"]
+        # the per-model series tell the versions apart (none renamed: a model label alone sums them)
+        time.sleep(0.3)
+        by_version = {v: metric_value(server.url, "seqserve_batch_size_count", model="sentiment", version=v)
+                      for v in ("1", "2")}
+        assert by_version["1"] > 0 and by_version["2"] > 0, by_version
+        assert metric_value(server.url, "seqserve_batch_size_count", model="sentiment") >= sum(by_version.values())
+        stats = http.get_inference_statistics("sentiment", "2")["model_stats"][0]
+        assert stats["version"] == "2" and int(stats["execution_count"]) > 0
         shutil.rmtree(v2)
         unloading = time.monotonic()
         grpc.load_model("sentiment")  # the folder is gone: version 2 stops taking requests, drains, is freed

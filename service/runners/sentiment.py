@@ -36,7 +36,7 @@ class SentimentRunner:
         self.labels: list[str] = list(card.labels or [])
         self._inputs = [i.name for i in card.graphs["model"].inputs]
         self._output = card.graphs["model"].outputs[0].name
-        self._model_cpu = MODEL_CPU.labels(card.name)
+        self._model_cpu = MODEL_CPU.labels(card.name, card.version)
 
     def sessions(self) -> dict[str, ort.InferenceSession]:
         return {"model": self.session}

@@ -76,7 +76,7 @@ class TranslationRunner:
         self._enc_out = [t.name for t in card.graphs["encoder"].outputs]
         self._dec_in = [t.name for t in card.graphs["decoder_step"].inputs]
         self._dec_out = [t.name for t in card.graphs["decoder_step"].outputs]
-        self._model_cpu = MODEL_CPU.labels(card.name)
+        self._model_cpu = MODEL_CPU.labels(card.name, card.version)
 
     def sessions(self) -> dict[str, ort.InferenceSession]:
         row_ops = self.device_rows.named_sessions() if self.device_rows is not None else {}
