@@ -98,6 +98,8 @@ class PrecisionSpec(BaseModel):
     command: str
     parity: DerivedParity
     metrics: dict[str, float] = Field(description="measured like the fp32 metrics, same keys")
+    auto: bool = Field(True, description="SEQSERVE_PRECISION=auto serves it on the CPU; false where its answers "
+                                         "would move with their batch-mates against what the API promises")
 
 
 class ModelCard(BaseModel):

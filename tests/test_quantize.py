@@ -12,7 +12,7 @@ import pytest
 from export import quantize as q
 from service.model_card import load_model_card
 from service.onnx_session import SOURCE_SHA256_KEY, StaleGraphError, graph_path, open_session
-from service.runners import SentimentRunner, TranslationRunner, load_runner
+from service.runners import SentimentRunner, load_runner
 from tests.conftest import DATA_DIR, model_repository, needs_data
 
 
@@ -37,26 +37,6 @@ def test_derived_graphs_are_quantized_stamped_and_smaller(int8_repo: Path, name:
     assert _ops(derived)[quantized_op] > 0
     assert derived.stat().st_size < size_ratio * (folder / spec.file).stat().st_size
     assert not list(folder.glob(".*.tmp"))
-
-
-def test_int8_translations_do_not_depend_on_their_batch_mates(int8_repo: Path) -> None:
-    # per-row activation quantization: alone or in a batch, greedy or beam, the same answer within fp32
-    # rounding, as in fp32 (dynamic quantization's per-batch scales moved scores by ~1e-3, attention
-    # weights by up to 0.03, and changed a beam-5 translation of these four)
-    runner = load_runner(int8_repo / "translate-en-de" / "1", ["CPUExecutionProvider"], precision="int8")
-    assert isinstance(runner, TranslationRunner) and runner.precision == "int8"
-    texts = ["A man in a red shirt is climbing a rock.", "Two dogs.",
-             "A group of children in colourful costumes are dancing on a stage while their parents watch.",
-             "A woman sells fruit at a busy market in the old town."]
-    for beam in (1, 5):
-        jobs = [runner.job(runner.tokenize(t), beam_size=beam, keep_attention=True) for t in texts]
-        together = runner.translate(jobs)
-        for job, batched in zip(jobs, together, strict=True):
-            (alone,) = runner.translate([job])
-            assert alone.tokens == batched.tokens
-            assert abs(alone.score - batched.score) <= 1e-5
-            assert alone.attention is not None and batched.attention is not None
-            np.testing.assert_allclose(alone.attention, batched.attention, atol=1e-5)
 
 
 def test_a_second_run_leaves_current_graphs_alone(int8_repo: Path) -> None:
@@ -124,5 +104,6 @@ def test_write_records_parity_and_quality_in_the_card(tmp_path: Path) -> None:
     assert entry.parity.agreement >= entry.parity.min_agreement
     assert entry.parity.mean_abs_diff <= entry.parity.tolerance
     assert "SST-2 dev" in entry.parity.checked_on
+    assert entry.auto is q.AUTO["text-classification"] is True  # served by SEQSERVE_PRECISION=auto
     assert set(entry.metrics) == {"sst2_dev_accuracy", "sst2_test_accuracy"}
     assert abs(entry.metrics["sst2_test_accuracy"] - card.metrics["sst2_test_accuracy"]) <= 0.01
