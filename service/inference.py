@@ -174,7 +174,8 @@ def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -
     runner = translator(model)
     width = len(job.src_ids) if job.keep_attention else None  # one attention column per source id
     stream = TranslationStream(model.name, model.version, job.beam_size, runner.detokenize,
-                               runner.target_tokenizer.pieces, width, ATTENTION_DECIMALS)
+                               runner.target_tokenizer.pieces, width, ATTENTION_DECIMALS,
+                               runner.target_tokenizer.piece_texts)
     job.on_step = stream.push
 
     async def run() -> TranslationOutput:

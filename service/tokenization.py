@@ -8,6 +8,7 @@ translation corpus (Multi30k) is raw cased text, so it only gets Unicode NFKC no
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -120,7 +121,21 @@ class SubwordTokenizer:
         return ids
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
-        return [self._sp.id_to_piece(int(i)) for i in ids]
+        table = self._piece_table
+        return [table[int(i)] for i in ids]
+
+    @functools.cached_property
+    def _piece_table(self) -> list[str]:
+        return [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+
+    @functools.cached_property
+    def piece_texts(self) -> list[str | None]:
+        """Each id's text as decoding adds it after other text (its "▁" a space); None for
+        byte, control, unknown and unused pieces, whose text depends on their neighbours or is
+        not their piece. Lets a stream send a token's text without decoding (service/streaming.py)."""
+        sp = self._sp
+        return [None if sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)
+                else piece.replace("▁", " ") for i, piece in enumerate(self._piece_table)]
 
     def decode(self, ids: Sequence[int]) -> str:
         keep = [int(i) for i in ids if int(i) not in (PAD_ID, BOS_ID, EOS_ID)]

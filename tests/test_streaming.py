@@ -21,8 +21,9 @@ def target() -> SubwordTokenizer:
     return SubwordTokenizer(TARGET_SPM, "translation")
 
 
-def _stream(tokenizer: SubwordTokenizer, ids: list[int]) -> list[str]:
-    deltas = TextDeltas(tokenizer.decode)
+def _stream(tokenizer: SubwordTokenizer, ids: list[int], table: bool = True) -> list[str]:
+    # with the piece table (as the service streams) and without it (a decode every step)
+    deltas = TextDeltas(tokenizer.decode, tokenizer.piece_texts if table else ())
     out = [deltas.feed(ids[: k + 1]) for k in range(len(ids))]
     out.append(deltas.finish(tokenizer.decode(ids)))
     return out
@@ -57,7 +58,10 @@ def test_deltas_on_val_references(target: SubwordTokenizer) -> None:
         lines = [line.strip() for line, _ in zip(f, range(300), strict=False)]
     for line in lines:
         ids = target.encode(line)
-        assert "".join(_stream(target, ids)) == target.decode(ids), line
+        for table in (True, False):
+            assert "".join(_stream(target, ids, table)) == target.decode(ids), line
+            # each delta is what the text gained: the same with and without the table
+        assert _stream(target, ids, True) == _stream(target, ids, False), line
 
 
 def test_unknown_tokens_and_specials(target: SubwordTokenizer) -> None:
