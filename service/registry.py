@@ -166,6 +166,7 @@ class ModelRegistry:
         self.providers = providers
         self._by_key = {(m.name, m.version): m for m in models}
         self._latest: dict[str, ServedModel] = {}
+        self.generation = 0  # counts the changes below: what is built from the served set rebuilds
         self._index_latest()
 
     def _index_latest(self) -> None:
@@ -177,11 +178,13 @@ class ModelRegistry:
     def add(self, model: ServedModel) -> None:
         """Serve a loaded, started version; unversioned requests go to it if it is the highest."""
         self._by_key[(model.name, model.version)] = model
+        self.generation += 1
         self._index_latest()
 
     def remove(self, model: ServedModel) -> None:
         """Stop routing requests to a version (404 for it; unversioned ones go to the next highest)."""
         self._by_key.pop((model.name, model.version), None)
+        self.generation += 1
         self._index_latest()
 
     @classmethod

@@ -49,7 +49,6 @@ async def load(request: Request, name: str) -> JSONResponse:
     body = await _body(request)
     check_load_parameters(body.get("parameters") or {})
     await control(request).load(name)
-    request.app.openapi_schema = None  # its request limits come from the served cards
     return JSONResponse({})
 
 
@@ -58,5 +57,4 @@ async def load(request: Request, name: str) -> JSONResponse:
 async def unload(request: Request, name: str) -> JSONResponse:
     await _body(request)
     await control(request).unload(name)
-    request.app.openapi_schema = None
     return JSONResponse({})

@@ -155,14 +155,22 @@ def test_a_broken_version_is_refused_naming_its_file(server: Server, repo: Path)
 
 
 def test_unload_then_load_again(server: Server) -> None:
+    def documented() -> bool:  # the OpenAPI document spells v2 inference out per served model
+        return "/v2/models/sentiment/infer" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+
     client = tc.InferenceServerClient(server.url.removeprefix("http://"))
-    client.unload_model("sentiment")
+    grpc = tg.InferenceServerClient(server.grpc_url)
+    assert documented()
+    grpc.unload_model("sentiment")  # over gRPC: the document follows whichever transport changed it
     with pytest.raises(InferenceServerException) as err:
         client.get_model_metadata("sentiment")
     assert err.value.status() == "404"
     assert client.get_model_repository_index()[0]["state"] == "UNAVAILABLE"
+    assert not documented()
     client.load_model("sentiment")
     assert httpx.post(f"{server.url}/v2/models/sentiment/infer", json=BODY).json()["model_version"] == "1"
+    assert documented()
+    grpc.close()
 
 
 def test_model_control_is_off_by_default_and_refused_with_workers(committed_server: Server) -> None:
