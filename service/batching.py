@@ -83,7 +83,6 @@ class AnsweredFromThreads:
 
     def __init__(self, name: str, max_queue_size: int, version: str = "") -> None:
         self.name = name
-        self.version = version
         self.labels = (name, version)  # of every per-model metric
         self.admission = Admission(name, max_queue_size, version)
         self.accepting = False

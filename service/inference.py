@@ -173,9 +173,8 @@ def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -
     its end cancels the decoding."""
     runner = translator(model)
     width = len(job.src_ids) if job.keep_attention else None  # one attention column per source id
-    stream = TranslationStream(model.name, model.version, job.beam_size, runner.detokenize,
-                               runner.target_tokenizer.pieces, width, ATTENTION_DECIMALS,
-                               runner.target_tokenizer.piece_texts)
+    stream = TranslationStream(model.name, model.version, job.beam_size, runner.target_tokenizer, width,
+                               ATTENTION_DECIMALS)
     job.on_step = stream.push
 
     async def run() -> TranslationOutput:

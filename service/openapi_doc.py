@@ -104,12 +104,13 @@ def _spell_out(paths: dict[str, Any], template: str, bodies: dict[str, Any]) -> 
 def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> None:
     """Replace the app's OpenAPI builder with one that adds the error statuses and the request
     rules: built once, and again after the served models change (load/unload, HTTP or gRPC)."""
-    built_for = [-1]  # the registry generation the cached document describes
+    built_for = -1  # the registry generation the cached document describes
 
     def openapi() -> dict[str, Any]:
+        nonlocal built_for
         registry = getattr(app.state, "registry", None)
         generation = registry.generation if registry is not None else -1
-        if app.openapi_schema is None or built_for[0] != generation:
+        if app.openapi_schema is None or built_for != generation:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
@@ -136,7 +137,7 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
             for template, bodies in request_schemas.infer_paths(settings, registry).items():
                 _spell_out(doc["paths"], template, bodies)
             app.openapi_schema = doc
-            built_for[0] = generation
+            built_for = generation
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -203,6 +203,10 @@ class ModelRegistry:
     def all(self) -> list[ServedModel]:
         return list(self._by_key.values())
 
+    def latest(self) -> list[ServedModel]:
+        """Each model's highest served version (what unversioned requests reach), by name."""
+        return [self._latest[name] for name in sorted(self._latest)]
+
     def versions(self, name: str) -> list[ServedModel]:
         """The served versions of one model, lowest first (none for an unknown name)."""
         return sorted((m for m in self._by_key.values() if m.name == name), key=lambda m: int(m.version))

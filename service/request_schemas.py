@@ -19,7 +19,7 @@ from typing import Any
 from service.inference import MAX_SEED
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
-from service.v2_model import outputs_of
+from service.v2_model import TEXT_INPUT, outputs_of
 
 JsonSchema = dict[str, Any]
 _NULL: JsonSchema = {"type": "null"}
@@ -51,6 +51,12 @@ def one_or_many(settings: Settings) -> tuple[dict[str, JsonSchema], JsonSchema]:
     properties = {"text": optional({**text(settings), "description": "one text; or use 'texts'"}),
                   "texts": optional({**texts(settings), "description": "several texts, answered in order"})}
     return properties, {"oneOf": [_given("text", "string"), _given("texts", "array")]}
+
+
+# sampling asked for: a top-k or a temperature given (not null)
+_SAMPLING: JsonSchema = {"anyOf": [_given("sampling_topk", "integer"), _given("sampling_temperature", "number")]}
+_TIMEOUT: JsonSchema = optional({"type": "number", "exclusiveMinimum": 0, "maximum": 3600,
+                                 "description": "seconds; shortens the server's deadline"})
 
 
 def _int(low: int, high: int, description: str) -> JsonSchema:
@@ -88,9 +94,8 @@ class TranslationLimits:
     def rules(self) -> list[JsonSchema]:
         """Sampling draws one hypothesis (beam 1, at most one in the n-best list) and a seed needs
         sampling; otherwise the n-best list holds at most the beam size asked for (or the default)."""
-        sampling = {"anyOf": [_given("sampling_topk", "integer"), _given("sampling_temperature", "number")]}
         one = {"properties": {"beam_size": {"enum": [None, 1]}, "num_hypotheses": {"enum": [None, 1]}}}
-        rules: list[JsonSchema] = [{"if": sampling, "then": one, "else": {"properties": {"seed": _NULL}}}]
+        rules: list[JsonSchema] = [{"if": _SAMPLING, "then": one, "else": {"properties": {"seed": _NULL}}}]
         for beam in range(1, self.max_beam + 1):
             rules.append({"if": {"required": ["beam_size"], "properties": {"beam_size": {"const": beam}}},
                           "then": {"properties": {"num_hypotheses": optional({"maximum": beam})}}})
@@ -125,9 +130,8 @@ def v1_translate(settings: Settings, limits: TranslationLimits) -> JsonSchema:
 def _generate_rules(params: JsonSchema) -> list[JsonSchema]:
     """On one object of generate parameters: max_length or max_tokens, not both; sampling draws one
     hypothesis (beam 1), and a seed needs sampling."""
-    sampling = {"anyOf": [_given("sampling_topk", "integer"), _given("sampling_temperature", "number")]}
     return [{"if": {"required": ["max_length"]}, "then": {"properties": {"max_tokens": False}}},
-            {"if": sampling, "then": {"properties": {"beam_size": {"enum": [None, 1]}}},
+            {"if": _SAMPLING, "then": {"properties": {"beam_size": {"enum": [None, 1]}}},
              "else": {"properties": {"seed": _NULL}}}]
 
 
@@ -136,8 +140,7 @@ def generate(settings: Settings, limits: TranslationLimits) -> JsonSchema:
     other), the same decoding limits as v1 (no n-best list), ``max_tokens`` as another name for
     ``max_length``, a timeout in seconds."""
     params = {k: v for k, v in limits.options().items() if k != "num_hypotheses"}
-    params |= {"max_tokens": params["max_length"], "stream": {"type": "boolean"},
-               "timeout": optional({"type": "number", "exclusiveMinimum": 0, "maximum": 3600})}
+    params |= {"max_tokens": params["max_length"], "stream": {"type": "boolean"}, "timeout": _TIMEOUT}
     nested = {"type": "object", "properties": params, "additionalProperties": False, "allOf": _generate_rules(params)}
     one_place = {"if": _given("parameters", "object"),
                  "then": {"propertyNames": {"enum": ["text_input", "parameters"]}}}
@@ -153,23 +156,22 @@ GENERATE_PATHS = tuple(f"/v2/models/{{name}}{version}/{route}" for version in ("
 
 
 INFER_PATHS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
-_TIMEOUT: JsonSchema = optional({"type": "number", "exclusiveMinimum": 0, "maximum": 3600,
-                                 "description": "seconds; shortens the server's deadline"})
 
 
 def infer(model: ServedModel, settings: Settings, limits: TranslationLimits) -> JsonSchema:
-    """One model's v2 inference request in its JSON form: one BYTES input "text" of shape [N] or
-    [N, 1] (N texts, flat or one per row), the model's own outputs, and the parameters it reads
-    (others are ignored, as the protocol allows). That ``data`` holds N texts is checked by the
-    server alone."""
+    """One model's v2 inference request in its JSON form: its one input (BYTES "text") of shape [N]
+    or [N, 1] (N texts, flat or in lists, which the server flattens), the model's own outputs, and
+    the parameters it reads (others are ignored, as the protocol allows). That ``data`` holds N
+    texts is checked by the server alone."""
     rows = {"type": "integer", "minimum": 1, "maximum": settings.max_texts_per_request}
     shape = {"oneOf": [{"type": "array", "prefixItems": [rows], "minItems": 1, "maxItems": 1},
                        {"type": "array", "prefixItems": [rows, {"const": 1}], "minItems": 2, "maxItems": 2}]}
     one_text = text(settings)
     data = {"type": "array", "minItems": 1, "maxItems": settings.max_texts_per_request,
-            "items": {"anyOf": [one_text, {"type": "array", "items": one_text, "minItems": 1, "maxItems": 1}]}}
+            "items": {"anyOf": [one_text, {"type": "array", "items": one_text}]}}
     tensor = {"type": "object", "required": ["name", "datatype", "shape", "data"],
-              "properties": {"name": {"const": "text"}, "datatype": {"const": "BYTES"}, "shape": shape, "data": data,
+              "properties": {"name": {"const": TEXT_INPUT.name}, "datatype": {"const": TEXT_INPUT.datatype},
+                             "shape": shape, "data": data,
                              # the JSON form carries no binary data to size
                              "parameters": optional({"type": "object", "properties": {"binary_data_size": False}})}}
     names = [o.name for o in outputs_of(model)]
@@ -202,8 +204,7 @@ def infer_paths(settings: Settings, registry: ModelRegistry | None) -> dict[str,
     if registry is None:
         return {}
     limits = TranslationLimits(registry)
-    latest = {m.name: registry.get(m.name) for m in registry.all()}
-    bodies = {name: infer(model, settings, limits) for name, model in sorted(latest.items())}
+    bodies = {model.name: infer(model, settings, limits) for model in registry.latest()}
     return {path: bodies for path in INFER_PATHS}
 
 

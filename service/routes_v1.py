@@ -115,5 +115,4 @@ def model_info(registry: ModelRegistry, model: ServedModel, settings: Settings) 
 @router.get("/models", response_model=ModelList, summary="Served models with their limits and measured quality")
 async def models(request: Request) -> dict[str, Any]:
     registry, settings = _state(request)
-    latest = {m.name: registry.get(m.name) for m in registry.all()}
-    return {"models": [model_info(registry, m, settings) for m in latest.values()]}
+    return {"models": [model_info(registry, m, settings) for m in registry.latest()]}

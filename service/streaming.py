@@ -31,6 +31,7 @@ from service import metrics
 from service.decoding import StepUpdate
 from service.errors import InferenceFailed, ServiceError
 from service.runners.translation import TranslationOutput
+from service.tokenization import SubwordTokenizer
 
 _REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 byte sequence decodes to, for now
 
@@ -111,17 +112,16 @@ def round_row(row: np.ndarray, width: int, decimals: int) -> list[float]:
 class TranslationStream:
     """One streamed translation: ``push`` (event loop, from the lane's hand-over) and ``events``."""
 
-    def __init__(self, model: str, version: str, beam_size: int, decode: Callable[[Sequence[int]], str],
-                 pieces: Callable[[Sequence[int]], list[str]], attention_width: int | None,
-                 attention_decimals: int, piece_texts: Sequence[str | None] = ()) -> None:
+    def __init__(self, model: str, version: str, beam_size: int, target: SubwordTokenizer,
+                 attention_width: int | None, attention_decimals: int) -> None:
         self.model = model
         self.version = version
         self.greedy = beam_size == 1
-        self.decode = decode
-        self.pieces = pieces
+        self.decode = target.decode
+        self.pieces = target.pieces
         self.attention_width = attention_width  # columns per row when attention is streamed
         self.attention_decimals = attention_decimals
-        self.deltas = TextDeltas(decode, piece_texts)
+        self.deltas = TextDeltas(target.decode, target.piece_texts)
         self._pending: list[StepUpdate] = []
         self._wake: asyncio.Future[None] | None = None
         self._sent_tokens = 0  # greedy: tokens already sent as deltas

@@ -19,7 +19,7 @@ from service.registry import ModelRegistry, ServedModel
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationOutput
 from service.settings import Settings
-from service.v2_model import outputs_of
+from service.v2_model import TEXT_INPUT, outputs_of
 
 FIELD = "inputs.text.data"
 
@@ -62,7 +62,7 @@ def _as_text(item: Any, index: int) -> str:
 
 def texts_from(inputs: list[InputTensor]) -> tuple[list[str], int]:
     """The texts of the "text" input and its rank (1 or 2)."""
-    if len(inputs) != 1 or inputs[0].name != "text":  # the one input every model here declares
+    if len(inputs) != 1 or inputs[0].name != TEXT_INPUT.name:  # the one input every model here declares
         raise InvalidInput("inputs must hold one BYTES tensor named 'text'", field="inputs")
     tensor = inputs[0]
     if tensor.datatype != "BYTES":
