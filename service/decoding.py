@@ -38,7 +38,7 @@ class StepUpdate:
     copies (the search replaces its token lists rather than appending to them)."""
 
     tokens: list[int]  # the best live hypothesis (greedy: every token so far)
-    attention: np.ndarray | None = None  # greedy with attention kept: this step's row
+    attention: list[np.ndarray] | None = None  # greedy with attention kept: a row per token so far
 
 
 @dataclass
@@ -187,8 +187,8 @@ class BeamSearch:
 
     def update(self) -> StepUpdate:
         """The state a stream reports after a step (call while the search is not done)."""
-        row = self.attention[0][-1] if self.beam_size == 1 and self.keep_attention and self.attention[0] else None
-        return StepUpdate(self.tokens[0], row)
+        rows = self.attention[0] if self.beam_size == 1 and self.keep_attention else None
+        return StepUpdate(self.tokens[0], rows)
 
     def best(self) -> Hypothesis:
         return self.nbest(1)[0]

@@ -12,7 +12,6 @@ their status codes.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from service.inputs import check_range, check_tokens, item_field
 from service.registry import ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.streaming import Event, TranslationStream
+from service.streaming import TranslationStream
 
 # 7 decimals: rounding moves a row's sum by at most 129 x 5e-8, inside the 1e-5 promised
 ATTENTION_DECIMALS = 7
@@ -167,10 +166,9 @@ def _search_extras(runner: TranslationRunner, job: TranslationJob, out: Translat
     return extras
 
 
-def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -> AsyncGenerator[Event, None]:
-    """Decode one job and yield its events as the decoder steps (service/streaming.py): the same
-    engine call as ``translate``, with the job's step callback set. Closing the generator before
-    its end cancels the decoding."""
+def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -> TranslationStream:
+    """Start decoding one job as a stream (service/streaming.py): the same engine call as
+    ``translate``, with the job's step callback set; its events come from ``batches()``."""
     runner = translator(model)
     width = len(job.src_ids) if job.keep_attention else None  # one attention column per source id
     stream = TranslationStream(model.name, model.version, job.beam_size, runner.target_tokenizer, width,
@@ -180,4 +178,5 @@ def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -
     async def run() -> TranslationOutput:
         return (await translate(model, [job], deadline))[0]
 
-    return stream.events(run())
+    stream.start(run())
+    return stream

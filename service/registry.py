@@ -78,7 +78,8 @@ def _policy(settings: Settings) -> BatchPolicy:
 
 def _translation_engine(name: str, runner: TranslationRunner, settings: Settings) -> TranslationEngine:
     if settings.translation_scheduler == "iteration":
-        return DecodeScheduler(name, runner, _policy(settings), join_every=settings.decode_join_every)
+        return DecodeScheduler(name, runner, _policy(settings), join_every=settings.decode_join_every,
+                               stream_interval_s=settings.stream_interval_ms / 1000)
     return RequestBatchedTranslator(name, runner, _policy(settings))
 
 

@@ -13,15 +13,16 @@ JSON error with its status; after that, an error is an event in the stream (stat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from service import inference
 from service.errors import InvalidInput, NotReady
+from service.event_stream import Chunks, EventStreamResponse
 from service.inputs import check_texts, deadline_for, unless_client_leaves
 from service.registry import ServedModel
 from service.runners import TranslationRunner
@@ -30,33 +31,37 @@ from service.streaming import Delta, Event, Failed, Final, Partial, sse
 from service.v2_infer import param_float, param_int
 
 Render = Callable[[Event], bytes]
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def start_stream(model: ServedModel, job: TranslationJob, deadline: float, render: Render) -> StreamingResponse:
+async def start_stream(model: ServedModel, job: TranslationJob, deadline: float, render: Render) -> EventStreamResponse:
     """Start decoding ``job`` and answer with its event stream, once its first event is there.
 
     Waiting for the first event lets a refusal (queue full, deadline) still be a JSON error with
-    its status; every later event is sent as soon as the decode lane hands it over."""
-    events = inference.translate_stream(model, job, deadline)
+    its status; later events are sent as the decode lane hands them over, all those ready at
+    once in one write."""
+    stream = inference.translate_stream(model, job, deadline)
+    batches = stream.batches()
     try:
-        first = await anext(events)
+        first = await anext(batches)
     except BaseException:
-        await events.aclose()
+        await batches.aclose()
         raise
-    if isinstance(first, Failed):
-        await events.aclose()
-        raise first.error
+    if isinstance(first[0], Failed):
+        await batches.aclose()
+        raise first[0].error
 
-    async def body() -> AsyncIterator[bytes]:
+    def chunk(events: list[Event]) -> tuple[bytes, bool]:
+        return b"".join(map(render, events)), not isinstance(events[-1], Final | Failed)
+
+    async def chunks() -> Chunks:
         try:
-            yield render(first)
-            async for event in events:
-                yield render(event)
-        finally:  # the client left (or the stream ended): cancel what still runs
-            await events.aclose()
+            yield chunk(first)
+            async for events in batches:
+                yield chunk(events)
+        finally:  # the stream ended, or the client left: cancel what still runs
+            await batches.aclose()
 
-    return StreamingResponse(body(), media_type="text/event-stream; charset=utf-8", headers=_SSE_HEADERS)
+    return EventStreamResponse(chunks(), stream.stop)
 
 
 # --- REST v1 -----------------------------------------------------------------------------------
@@ -179,7 +184,7 @@ async def _generate(request: Request, name: str, version: str | None, body: Gene
 
 
 async def _generate_stream(request: Request, name: str, version: str | None,
-                           body: GenerateRequest) -> StreamingResponse:
+                           body: GenerateRequest) -> EventStreamResponse:
     model, job, deadline = await _generate_job(request, name, version, body)
     return await start_stream(model, job, deadline, _generate_renderer(model, inference.translator(model)))
 
@@ -195,12 +200,12 @@ async def generate_version(request: Request, name: str, version: str, body: Gene
 
 
 @router.post("/models/{name}/generate_stream", summary="Generate extension: the translation as Server-Sent Events")
-async def generate_stream(request: Request, name: str, body: GenerateRequest) -> StreamingResponse:
+async def generate_stream(request: Request, name: str, body: GenerateRequest) -> EventStreamResponse:
     return await _generate_stream(request, name, None, body)
 
 
 @router.post("/models/{name}/versions/{version}/generate_stream",
              summary="Generate extension: Server-Sent Events (one version)")
 async def generate_stream_version(request: Request, name: str, version: str,
-                                  body: GenerateRequest) -> StreamingResponse:
+                                  body: GenerateRequest) -> EventStreamResponse:
     return await _generate_stream(request, name, version, body)

@@ -1,15 +1,17 @@
 """Streaming one translation step by step, for Server-Sent Events adapters (v1 and v2 generate).
 
-The decode lane hands a streamed request a ``StepUpdate`` after each decoder step (delivered on
-the event loop, batched with every other stream's updates of that step). ``TranslationStream``
-turns them into events that do not depend on a wire format:
+The decode lane hands a streamed request a ``StepUpdate`` after its first decoder step and then
+at most every ``STREAM_INTERVAL_MS`` (delivered on the event loop, batched with every other
+stream's updates of that step; an update holds every token so far, so steps in between are not
+lost). ``TranslationStream`` turns them into events that do not depend on a wire format:
 
 - greedy (beam 1): one ``Delta`` per new target token: the token, the text it adds (incremental
   detokenisation: the deltas concatenate to the final translation, byte-fallback pieces
   included: a delta waits while the text ends in an incomplete UTF-8 sequence) and, when asked,
   its attention row;
-- beam search: a ``Partial`` whenever the best live beam (highest summed log-probability) differs
-  from the last one sent; it is the whole current text, since a beam may revise earlier words;
+- beam search: a ``Partial`` whenever the best live beam (highest summed log-probability) at an
+  update differs from the last one sent; it is the whole current text, since a beam may revise
+  earlier words;
 - at the end, any deltas not yet sent (greedy: the step that hit the length limit), then ``Final``
   with the same result as the non-streamed call, or ``Failed`` with the error.
 
@@ -110,7 +112,8 @@ def round_row(row: np.ndarray, width: int, decimals: int) -> list[float]:
 
 
 class TranslationStream:
-    """One streamed translation: ``push`` (event loop, from the lane's hand-over) and ``events``."""
+    """One streamed translation: ``start``, then ``push`` (event loop, from the lane's hand-over)
+    feeds ``batches``; ``stop`` when the client leaves."""
 
     def __init__(self, model: str, version: str, beam_size: int, target: SubwordTokenizer,
                  attention_width: int | None, attention_decimals: int) -> None:
@@ -127,6 +130,9 @@ class TranslationStream:
         self._sent_tokens = 0  # greedy: tokens already sent as deltas
         self._last: list[int] | None = None  # beam: the last hypothesis sent
         self._steps = 0
+        self._task: asyncio.Future[TranslationOutput] | None = None
+        self._started = 0.0
+        self._stopped = False
 
     def push(self, update: StepUpdate) -> None:
         self._pending.append(update)
@@ -152,7 +158,7 @@ class TranslationStream:
     def _events_for(self, update: StepUpdate) -> list[Event]:
         self._steps += 1
         if self.greedy:
-            return self._deltas(update.tokens, [update.attention])
+            return self._deltas(update.tokens, update.attention[self._sent_tokens:] if update.attention else [])
         if update.tokens == self._last:
             return []
         self._last = update.tokens
@@ -168,35 +174,53 @@ class TranslationStream:
                 out.append(Delta(len(output.tokens), "", rest, None))
         return [*out, Final(output)]
 
-    async def events(self, run: Awaitable[TranslationOutput]) -> AsyncGenerator[Event, None]:
-        """Run the translation (``run``, the engine call with ``push`` as its step callback) and
-        yield its events. Closing the iterator early (the client left) cancels the run, which
-        takes the request out of the decode batch at the next step."""
-        started = time.monotonic()
-        first = True
-        task = asyncio.ensure_future(run)
-        task.add_done_callback(self._signal)
+    def start(self, run: Awaitable[TranslationOutput]) -> None:
+        """Run the translation (``run``: the engine call with ``push`` as its step callback)."""
+        self._task = asyncio.ensure_future(run)
+        self._task.add_done_callback(self._signal)
+        self._started = time.monotonic()
+
+    def stop(self) -> None:
+        """The client left: end ``batches`` and cancel the run, which takes the request out of the
+        decode batch at the next step."""
+        self._stopped = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._signal()
+
+    async def batches(self) -> AsyncGenerator[list[Event], None]:
+        """The events as they come, in batches: all those ready when the stream wakes (usually one
+        decoder step's), so that a busy server writes them at once. The last batch ends with
+        ``Final`` or ``Failed``; closing the iterator early cancels the run."""
+        task = self._task
+        assert task is not None, "start() first"
         loop = asyncio.get_running_loop()
+        first = True
         try:
-            while True:
+            while not self._stopped:
                 if not self._pending and not task.done():
                     self._wake = loop.create_future()
                     await self._wake
+                    if self._stopped:
+                        return
                 updates, self._pending = self._pending, []
                 events = [e for update in updates for e in self._events_for(update)]
                 if task.done() and not self._pending:
                     events += self._finish(task)
-                for event in events:
-                    if first:
-                        metrics.STREAM_FIRST_EVENT.labels(self.model, self.version).observe(time.monotonic() - started)
-                        first = False
-                    yield event
-                    if isinstance(event, Final):
-                        elapsed = time.monotonic() - started
-                        metrics.STREAM_TOKENS_PER_SECOND.labels(self.model, self.version).observe(
-                            len(event.output.tokens) / elapsed if elapsed > 0 else 0.0)
-                    if isinstance(event, Final | Failed):
-                        return
+                if not events:
+                    continue
+                if first:
+                    metrics.STREAM_FIRST_EVENT.labels(self.model, self.version).observe(
+                        time.monotonic() - self._started)
+                    first = False
+                last = events[-1]
+                if isinstance(last, Final):
+                    elapsed = time.monotonic() - self._started
+                    metrics.STREAM_TOKENS_PER_SECOND.labels(self.model, self.version).observe(
+                        len(last.output.tokens) / elapsed if elapsed > 0 else 0.0)
+                yield events
+                if isinstance(last, Final | Failed):
+                    return
         finally:
             if not task.done():
                 task.cancel()

@@ -13,10 +13,11 @@ import pytest
 from export.data import read_multi30k
 from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
+from service.decoding import StepUpdate
 from service.errors import DeadlineExceeded, InferenceFailed
 from service.model_card import load_model_card
 from service.runners import TranslationRunner, load_runner
-from service.runners.translation import TranslationJob
+from service.runners.translation import TranslationJob, TranslationOutput
 from tests.conftest import DATA_DIR
 
 
@@ -237,3 +238,26 @@ async def test_a_backlog_is_bounded_by_admission_and_refused_whole(runner: Trans
     assert scheduler.admission.waiting == 0
     assert await scheduler.drain(5)
     await scheduler.close()
+
+
+async def _stream_updates(runner: TranslationRunner, interval_s: float) -> tuple[list[StepUpdate], TranslationOutput]:
+    scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100), stream_interval_s=interval_s)
+    scheduler.start()
+    job = TranslationJob(runner.tokenize("A man in a red shirt rides a bike down a long street."), 1, 20,
+                         keep_attention=True)
+    seen: list[StepUpdate] = []
+    job.on_step = seen.append
+    try:
+        return seen, await scheduler.translate(job, time.monotonic() + 60)
+    finally:
+        await scheduler.close()
+
+
+async def test_a_stream_gets_every_step_or_at_most_one_update_per_interval(runner: TranslationRunner) -> None:
+    every, output = await _stream_updates(runner, 0.0)
+    assert len(every) >= 3 and [len(u.tokens) for u in every] == list(range(1, len(every) + 1))
+    assert all(u.attention is not None and len(u.attention) == len(u.tokens) for u in every)  # rows so far
+    assert every[-1].tokens == output.tokens[: len(every)]
+    # an interval longer than the whole decoding: the first step only (the result carries the rest)
+    first_only, same = await _stream_updates(runner, 60.0)
+    assert same.tokens == output.tokens and [u.tokens for u in first_only] == [output.tokens[:1]]

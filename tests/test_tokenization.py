@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from service.tokenization import EOS_ID, SubwordTokenizer, normalize_sentiment, normalize_translation
@@ -50,3 +52,24 @@ def test_sentiment_tokenizer_keeps_information_from_unseen_characters() -> None:
     happy, sad = tok.encode("good 😀"), tok.encode("good 😢")
     assert happy != sad  # not both collapsed to <unk>
     assert tok.decode(tok.encode("It's GREAT!!! 😀")) == normalize_sentiment("It's GREAT!!! 😀")
+
+
+@pytest.mark.parametrize("model", ["translate-en-de/1/source.spm.model", "translate-en-de/1/target.spm.model"])
+def test_decode_joins_ordinary_pieces_exactly_as_sentencepiece_does(model: str) -> None:
+    path = COMMITTED_MODELS / model
+    if not path.exists():
+        pytest.skip("no committed translation model")
+    tok = SubwordTokenizer(path, "translation")
+    sp = tok._sp  # the reference: sentencepiece's own decoder
+    ordinary = [i for i, text in enumerate(tok.piece_texts) if text is not None]
+    spaces = [i for i in ordinary if not tok.piece_texts[i].strip()]  # type: ignore[union-attr]
+    assert spaces  # "▁" alone: the case that drops more than one leading space
+    rng = random.Random(0)
+    for n in range(20_000):
+        pool = ordinary if n % 2 else ordinary[:40] + spaces * 20
+        ids = [rng.choice(pool) for _ in range(rng.randint(1, 30))]
+        assert tok.decode(ids) == sp.decode(ids), ids
+    for text in MESSY:  # byte and unknown pieces: sentencepiece's decoder itself
+        ids = tok.encode(text, add_eos=True)
+        assert tok.decode(ids) == sp.decode([i for i in ids if i != EOS_ID])
+    assert tok.decode([1, *tok.encode("Hund")]) == sp.decode([1, *tok.encode("Hund")])
