@@ -170,19 +170,20 @@ class DecodeScheduler(AnsweredFromThreads):
         lane.intake.put_nowait(request)
         lane.assigned += 1
 
-    def stream(self, updates: list[StreamUpdate]) -> None:
-        """From a lane's thread: hand one step's updates to their streams, with one wake-up."""
+    def hand_over(self, lane: _Lane, updates: list[StreamUpdate], done: list[Done]) -> None:
+        """From a lane's thread: one step's stream updates, then its finished requests' answers (a
+        stream's last update precedes its result), with one wake-up of the event loop."""
+        answers = [(request.future, result, error) for request, result, error in done]
+
+        def on_loop() -> None:
+            _deliver(updates)
+            if answers:
+                self._settle(answers)
+                lane.assigned -= len(answers)
+
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-                self._loop.call_soon_threadsafe(_deliver, updates)
-
-    def finish(self, lane: _Lane, done: list[Done]) -> None:
-        """From a lane's thread: answer its finished requests, with one wake-up of the event loop."""
-
-        def unassign() -> None:
-            lane.assigned -= len(done)
-
-        self._hand_over([(request.future, result, error) for request, result, error in done], unassign)
+                self._loop.call_soon_threadsafe(on_loop)
 
 
 class _Lane:
@@ -230,10 +231,8 @@ class _Lane:
     def _flush(self) -> None:
         answers, self._answers = self._answers, []
         updates, self._updates = self._updates, []
-        if updates:  # before the answers: a stream's last update precedes its result
-            self.scheduler.stream(updates)
-        if answers:
-            self.scheduler.finish(self, answers)
+        if updates or answers:
+            self.scheduler.hand_over(self, updates, answers)
 
     def _admit(self) -> list[_Request]:
         """Move waiting requests into the running set, in arrival order, while the step budget allows.
