@@ -386,8 +386,8 @@ class _Lane:
                 self._finish(request, output)
             else:
                 # a stream gets its first step at once, later ones at most every stream_interval_s: each
-                # hand-over wakes the stream on the event loop, and at 64 streams those wake-ups, not
-                # the writes, cost a quarter of streamed throughput (the loop holds the GIL the lanes need)
+                # hand-over wakes the stream on the event loop and costs a write, with the GIL held that
+                # the lanes need (at 64 streams, every step: 0.69x the non-streamed throughput)
                 if request.job.on_step is not None and started >= request.next_update_at:
                     request.next_update_at = started + self.scheduler.stream_interval_s
                     self._updates.append((request.job.on_step, search.update()))

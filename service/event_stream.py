@@ -1,12 +1,11 @@
 """A Server-Sent Events answer as a plain ASGI callable.
 
 Starlette's StreamingResponse runs every response in an anyio task group beside a disconnect
-listener, and sends each item of its iterator on its own (plus an empty closing chunk). A
-stream of decoder steps sends tens of small chunks per request, 64 streams at once: that
-per-response and per-chunk machinery cost the event loop (and, through the GIL, the decode
-threads) a fifth of streamed throughput. Here a chunk is whatever the stream has ready (one
-write, however many events), the last one closes the response in the same write, and the
-disconnect listener is one plain task that tells the stream to stop.
+listener, and sends each item of its iterator on its own (plus an empty closing chunk). With 64
+streams of tens of small chunks each, that machinery is paid by the event loop and, through the
+GIL, by the decode threads. Here a chunk is whatever the stream has ready (one write, however
+many events), the last one closes the response in the same write, and the disconnect listener is
+one plain task that tells the stream to stop.
 """
 
 from __future__ import annotations

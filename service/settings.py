@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit (413 above)")
 
     decode_join_every: int = Field(4, ge=1, le=64, description="steps new translations may wait to join together")
-    stream_interval_ms: float = Field(20.0, ge=0, le=1000, description=(
+    stream_interval_ms: float = Field(50.0, ge=0, le=1000, description=(
         "a streamed translation's events are handed over at most this often (each decoder step keeps its own "
         "event; steps in between arrive together); 0 = after every step"))
     translation_scheduler: Literal["iteration", "request"] = Field(
