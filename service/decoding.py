@@ -37,6 +37,7 @@ class StepUpdate:
     """A streamed request's search after one decoder step, built on the decode thread without
     copies (the search replaces its token lists rather than appending to them)."""
 
+    step: int  # decoder steps taken
     tokens: list[int]  # the best live hypothesis (greedy: every token so far)
     attention: list[np.ndarray] | None = None  # greedy with attention kept: a row per token so far
 
@@ -188,7 +189,7 @@ class BeamSearch:
     def update(self) -> StepUpdate:
         """The state a stream reports after a step (call while the search is not done)."""
         rows = self.attention[0] if self.beam_size == 1 and self.keep_attention else None
-        return StepUpdate(self.tokens[0], rows)
+        return StepUpdate(self.steps, self.tokens[0], rows)
 
     def best(self) -> Hypothesis:
         return self.nbest(1)[0]

@@ -129,7 +129,6 @@ class TranslationStream:
         self._wake: asyncio.Future[None] | None = None
         self._sent_tokens = 0  # greedy: tokens already sent as deltas
         self._last: list[int] | None = None  # beam: the last hypothesis sent
-        self._steps = 0
         self._task: asyncio.Future[TranslationOutput] | None = None
         self._started = 0.0
         self._stopped = False
@@ -156,13 +155,12 @@ class TranslationStream:
         return out
 
     def _events_for(self, update: StepUpdate) -> list[Event]:
-        self._steps += 1
         if self.greedy:
             return self._deltas(update.tokens, update.attention[self._sent_tokens:] if update.attention else [])
         if update.tokens == self._last:
             return []
         self._last = update.tokens
-        return [Partial(self._steps, update.tokens, self.decode(update.tokens))]
+        return [Partial(update.step, update.tokens, self.decode(update.tokens))]
 
     def _final_events(self, output: TranslationOutput) -> list[Event]:
         out: list[Event] = []

@@ -256,8 +256,9 @@ async def _stream_updates(runner: TranslationRunner, interval_s: float) -> tuple
 async def test_a_stream_gets_every_step_or_at_most_one_update_per_interval(runner: TranslationRunner) -> None:
     every, output = await _stream_updates(runner, 0.0)
     assert len(every) >= 3 and [len(u.tokens) for u in every] == list(range(1, len(every) + 1))
+    assert [u.step for u in every] == list(range(1, len(every) + 1))
     assert all(u.attention is not None and len(u.attention) == len(u.tokens) for u in every)  # rows so far
     assert every[-1].tokens == output.tokens[: len(every)]
     # an interval longer than the whole decoding: the first step only (the result carries the rest)
     first_only, same = await _stream_updates(runner, 60.0)
-    assert same.tokens == output.tokens and [u.tokens for u in first_only] == [output.tokens[:1]]
+    assert same.tokens == output.tokens and [(u.step, u.tokens) for u in first_only] == [(1, output.tokens[:1])]
