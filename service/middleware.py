@@ -2,7 +2,8 @@
 
 - request id: X-Request-ID honoured (if sane) or generated, and echoed on the response;
 - body limit: bodies over the limit get 413 before the app sees them;
-- one structured JSON log line per request, and request count/latency metrics by route;
+- one structured JSON log line per request, and request count/latency metrics by route, the
+  latency counted from the request's arrival (see service/http_protocol.py);
 - a fault nobody else answered (a bug) is logged with its traceback and answered with a JSON 500
   in the API's error vocabulary, never a text/plain page.
 """
@@ -24,6 +25,9 @@ from service import metrics
 access_log = logging.getLogger("seqserve.access")
 log = logging.getLogger("seqserve")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# the ASGI scope extension where the server's protocol stamps a request's arrival
+# (service/http_protocol.py): {"at": time.perf_counter()}
+ARRIVAL = "seqserve.arrival"
 
 
 def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[Message, Message]:
@@ -58,7 +62,10 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        # from the request's arrival (parsed by the server) where stamped: a busy event loop's
+        # wait before the app runs is part of its latency
+        arrival = scope.get("extensions", {}).get(ARRIVAL)
+        started = arrival["at"] if arrival else time.perf_counter()
         headers = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if incoming and _SANE_ID.match(incoming) else next(self._ids)

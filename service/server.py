@@ -120,6 +120,7 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
     # the app (FastAPI, prometheus-client, ONNX Runtime) is imported here, not at module level:
     # a supervisor must set PROMETHEUS_MULTIPROC_DIR before prometheus-client is first imported
     from service.app import create_app
+    from service.http_protocol import ArrivalStampingProtocol
 
     limit_malloc_arenas()
     settings = Settings()
@@ -127,6 +128,7 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False,
+                            http=ArrivalStampingProtocol,  # latency from arrival (service/http_protocol.py)
                             # seqserve never reads the client address: skip uvicorn's X-Forwarded-For layer
                             proxy_headers=False,
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1)

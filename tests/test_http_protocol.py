@@ -1,0 +1,84 @@
+"""service/http_protocol.py: the server stamps a request's arrival when it parses it, and the
+request layers count its latency from there."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from service.http_protocol import ArrivalStampingProtocol
+from service.middleware import ARRIVAL, RequestContextMiddleware
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_the_arrival_is_stamped_when_the_request_is_parsed_not_when_the_app_runs() -> None:
+    seen: dict[str, float] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen["app"], seen["arrived"] = time.perf_counter(), scope["extensions"][ARRIVAL]["at"]
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = Config(app=app, http=ArrivalStampingProtocol, log_level="warning")
+    config.load()
+    protocol = ArrivalStampingProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    before = time.perf_counter()
+    protocol.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    time.sleep(0.05)  # the event loop busy with other requests before this one's app runs
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(0.001)
+    assert before <= seen["arrived"] <= before + 0.05 and seen["app"] - seen["arrived"] >= 0.05
+    assert transport.written.startswith(b"HTTP/1.1 204")
+
+
+async def test_the_access_log_counts_from_the_arrival(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [],
+             "extensions": {ARRIVAL: {"at": time.perf_counter() - 0.25}}}  # waited 250 ms before the app
+    with caplog.at_level(logging.INFO, logger="seqserve.access"):
+        await RequestContextMiddleware(app, max_body_bytes=1024)(scope, receive, send)
+    (record,) = [r for r in caplog.records if r.name == "seqserve.access"]
+    assert record.access["latency_ms"] >= 250  # type: ignore[attr-defined]
