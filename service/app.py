@@ -29,6 +29,7 @@ from service import (
 from service.auth import ApiKeyMiddleware
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
+from service.loop_budget import LoopBudgetMiddleware
 from service.middleware import RequestContextMiddleware
 from service.onnx_session import ModelLoadError
 from service.registry import ModelRegistry
@@ -113,4 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
                                           "X-Request-Timeout", "Inference-Header-Content-Length"],
                            expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"])
+    # outermost: a burst starts its requests a share per event-loop pass (service/loop_budget.py)
+    if settings.requests_per_loop_pass:
+        app.add_middleware(LoopBudgetMiddleware, per_pass=settings.requests_per_loop_pass)
     return app
