@@ -42,11 +42,12 @@ class EventStreamResponse(Response):
         self.on_disconnect = on_disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        listener = asyncio.ensure_future(_until_disconnect(receive))
-        listener.add_done_callback(lambda task: task.cancelled() or self.on_disconnect())
+        listener: asyncio.Future[None] | None = None
         more = True
         try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            listener = asyncio.ensure_future(_until_disconnect(receive))
+            listener.add_done_callback(_client_left(self.on_disconnect))
             async for body, more in self.chunks:
                 await send({"type": "http.response.body", "body": body, "more_body": more})
                 if not more:
@@ -54,5 +55,19 @@ class EventStreamResponse(Response):
             if more:  # ended early (the client left): close the response
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            listener.cancel()
+            if listener is not None:
+                listener.cancel()
+            if more:  # not to its end (a failed send, a cancelled task): stop the work behind it
+                self.on_disconnect()
             await self.chunks.aclose()
+
+
+def _client_left(on_disconnect: Callable[[], None]) -> Callable[[asyncio.Future[None]], None]:
+    """The listener's end: the client left (or the server's ``receive`` failed, read as gone)."""
+
+    def done(listener: asyncio.Future[None]) -> None:
+        if not listener.cancelled():
+            listener.exception()  # retrieved, so that a failed receive is not logged as lost
+            on_disconnect()
+
+    return done

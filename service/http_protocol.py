@@ -21,4 +21,4 @@ from service.middleware import ARRIVAL
 class ArrivalStampingProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {ARRIVAL: {"at": time.perf_counter()}}
+        self.scope.setdefault("extensions", {})[ARRIVAL] = {"at": time.perf_counter()}

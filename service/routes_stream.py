@@ -13,6 +13,7 @@ JSON error with its status; after that, an error is an event in the stream (stat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from service import inference
-from service.errors import InvalidInput, NotReady
+from service.errors import InferenceFailed, InvalidInput, NotReady
 from service.event_stream import Chunks, EventStreamResponse
 from service.inputs import check_texts, deadline_for, unless_client_leaves
 from service.registry import ServedModel
@@ -31,18 +32,20 @@ from service.streaming import Delta, Event, Failed, Final, Partial, sse
 from service.v2_infer import param_float, param_int
 
 Render = Callable[[Event], bytes]
+log = logging.getLogger("seqserve.stream")
 
 
-async def start_stream(model: ServedModel, job: TranslationJob, deadline: float, render: Render) -> EventStreamResponse:
+async def start_stream(request: Request, model: ServedModel, job: TranslationJob, deadline: float,
+                       render: Render) -> EventStreamResponse:
     """Start decoding ``job`` and answer with its event stream, once its first event is there.
 
     Waiting for the first event lets a refusal (queue full, deadline) still be a JSON error with
-    its status; later events are sent as the decode lane hands them over, all those ready at
-    once in one write."""
+    its status (and a client that leaves meanwhile gives its place back at once); later events
+    are sent as the decode lane hands them over, all those ready at once in one write."""
     stream = inference.translate_stream(model, job, deadline)
     batches = stream.batches()
     try:
-        first = await anext(batches)
+        first = await unless_client_leaves(request, anext(batches))
     except BaseException:
         await batches.aclose()
         raise
@@ -51,7 +54,11 @@ async def start_stream(model: ServedModel, job: TranslationJob, deadline: float,
         raise first[0].error
 
     def chunk(events: list[Event]) -> tuple[bytes, bool]:
-        return b"".join(map(render, events)), not isinstance(events[-1], Final | Failed)
+        try:
+            return b"".join(map(render, events)), not isinstance(events[-1], Final | Failed)
+        except Exception:  # the status line is sent: the client is owed an error event
+            log.exception("rendering a streamed translation failed on model %s", model.name)
+            return render(Failed(InferenceFailed(f"inference failed on model {model.name}"))), False
 
     async def chunks() -> Chunks:
         try:
@@ -186,7 +193,7 @@ async def _generate(request: Request, name: str, version: str | None, body: Gene
 async def _generate_stream(request: Request, name: str, version: str | None,
                            body: GenerateRequest) -> EventStreamResponse:
     model, job, deadline = await _generate_job(request, name, version, body)
-    return await start_stream(model, job, deadline, _generate_renderer(model, inference.translator(model)))
+    return await start_stream(request, model, job, deadline, _generate_renderer(model, inference.translator(model)))
 
 
 @router.post("/models/{name}/generate", summary="Generate extension: one translation")

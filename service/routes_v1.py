@@ -88,7 +88,7 @@ async def translate(request: Request) -> Response:
                                       options)
     if body.stream:
         render = routes_stream.v1_renderer(model, jobs[0], inference.translation_result)
-        return await routes_stream.start_stream(model, jobs[0], deadline_for(request, settings), render)
+        return await routes_stream.start_stream(request, model, jobs[0], deadline_for(request, settings), render)
     # a client that leaves is dropped from decoding (it holds the decoder for many steps)
     outputs = await unless_client_leaves(request, inference.translate(model, jobs, deadline_for(request, settings)))
     results = [inference.translation_result(model, job, out) for job, out in zip(jobs, outputs, strict=True)]

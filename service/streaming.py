@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from service.errors import InferenceFailed, ServiceError
 from service.runners.translation import TranslationOutput
 from service.tokenization import SubwordTokenizer
 
+log = logging.getLogger("seqserve.stream")
 _REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 byte sequence decodes to, for now
 
 
@@ -202,9 +204,7 @@ class TranslationStream:
                     if self._stopped:
                         return
                 updates, self._pending = self._pending, []
-                events = [e for update in updates for e in self._events_for(update)]
-                if task.done() and not self._pending:
-                    events += self._finish(task)
+                events = self._ready_events(updates, task)
                 if not events:
                     continue
                 if first:
@@ -222,6 +222,27 @@ class TranslationStream:
         finally:
             if not task.done():
                 task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: an error nobody reads (the client left) is not logged as lost
+
+    def _ready_events(self, updates: list[StepUpdate], task: asyncio.Future[TranslationOutput]) -> list[Event]:
+        """The events for these updates, and the end if the run is over. A fault while building them
+        (detokenising, say) ends the stream with a ``Failed``: the status line is gone already,
+        and the client is owed an ``error`` event, not a cut-off stream."""
+        events: list[Event] = []
+        try:
+            for update in updates:
+                events += self._events_for(update)
+            if task.done() and not self._pending:
+                events += self._finish(task)
+        except ServiceError as error:
+            events.append(Failed(error))
+        except Exception:
+            log.exception("streamed translation failed on model %s", self.model)
+            events.append(Failed(InferenceFailed(f"inference failed on model {self.model}")))
+        if events and isinstance(events[-1], Failed) and not task.done():
+            task.cancel()
+        return events
 
     def _finish(self, task: asyncio.Future[TranslationOutput]) -> list[Event]:
         if task.cancelled():

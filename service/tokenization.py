@@ -146,8 +146,26 @@ class SubwordTokenizer:
         each release lets a busy decode thread take the GIL first: the loop then waits for it
         (py-spy put a tenth of the loop's time at 64 streams in these calls)."""
         keep = [int(i) for i in ids if int(i) not in (PAD_ID, BOS_ID, EOS_ID)]
+        if self._joins_like_sentencepiece:
+            try:
+                return self._join(keep)
+            except TypeError:  # a None: a byte, unknown or unused piece
+                pass
+        return str(self._sp.decode(keep))
+
+    def _join(self, ids: Sequence[int]) -> str:
         texts = self.piece_texts
-        try:
-            return "".join([texts[i] for i in keep]).lstrip(" ")  # type: ignore[misc]
-        except TypeError:  # a None: a byte, unknown or unused piece
-            return str(self._sp.decode(keep))
+        return "".join([texts[i] for i in ids]).lstrip(" ")  # type: ignore[misc]
+
+    @functools.cached_property
+    def _joins_like_sentencepiece(self) -> bool:
+        """Whether ``_join`` decodes as sentencepiece does: it does for models trained with its
+        default ``remove_extra_whitespaces`` (as export/ trains them), not for others, whose
+        decoder keeps spaces differently. Checked once, on the sequences where they could differ
+        (space pieces before, between and after words)."""
+        texts = self.piece_texts
+        words = [i for i, text in enumerate(texts) if text and text.strip()][:20]
+        spaces = [i for i, text in enumerate(texts) if text is not None and not text.strip()][:3]
+        probes = [[w] for w in words] + [[s, w] for s in spaces for w in words] + \
+            [[s, s, w, s, s, w, s] for s in spaces for w in words]
+        return all(self._join(probe) == self._sp.decode(probe) for probe in probes)

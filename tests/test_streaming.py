@@ -1,13 +1,20 @@
-"""Streaming building blocks (service/streaming.py): incremental detokenisation and SSE framing."""
+"""Streaming building blocks (service/streaming.py, service/event_stream.py): incremental
+detokenisation, SSE framing, faults mid-stream."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import pytest
 
-from service.streaming import TextDeltas, sse
+from service.decoding import StepUpdate
+from service.event_stream import EventStreamResponse
+from service.runners.translation import TranslationOutput
+from service.streaming import Delta, Failed, TextDeltas, TranslationStream, sse
 from service.tokenization import SubwordTokenizer
 from tests.conftest import COMMITTED_MODELS, DATA_DIR
 
@@ -76,3 +83,43 @@ def test_sse_frames_one_json_data_line() -> None:
     assert head == "event: delta"
     assert json.loads(data.removeprefix("data: ")) == {"text": "zwei\nZeilen", "ü": 1}
     assert sse({"a": 1}) == b'data: {"a": 1}\n\n'
+
+
+async def test_a_fault_after_the_first_event_ends_the_stream_with_a_failed_event(
+        target: SubwordTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = TranslationStream("m", "1", 1, target, None, 7)
+    run: asyncio.Future[TranslationOutput] = asyncio.get_running_loop().create_future()  # decoding, never done
+    stream.start(run)
+    batches = stream.batches()
+    ids = target.encode("Ein Hund läuft.")
+    stream.push(StepUpdate(1, ids[:1]))
+    assert isinstance((await anext(batches))[0], Delta)
+    monkeypatch.setattr(stream.deltas, "feed", lambda tokens: 1 / 0)  # a bug while detokenising
+    stream.push(StepUpdate(2, ids[:2]))
+    last = (await anext(batches))[-1]
+    assert isinstance(last, Failed) and last.error.body()["code"] == "inference_failed"
+    await asyncio.sleep(0)
+    assert run.cancelled()  # the decoding is stopped, not left running for nobody
+    with pytest.raises(StopAsyncIteration):
+        await anext(batches)
+
+
+async def test_an_event_stream_whose_first_send_fails_stops_the_work_behind_it() -> None:
+    stopped: list[bool] = []
+    closed: list[bool] = []
+
+    async def chunks() -> AsyncGenerator[tuple[bytes, bool], None]:
+        try:
+            yield b"data: {}\n\n", True
+        finally:
+            closed.append(True)
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("connection reset")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(OSError):
+        await EventStreamResponse(chunks(), lambda: stopped.append(True))({"type": "http"}, receive, send)
+    assert stopped == [True]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,20 @@ def test_decode_joins_ordinary_pieces_exactly_as_sentencepiece_does(model: str) 
         ids = tok.encode(text, add_eos=True)
         assert tok.decode(ids) == sp.decode([i for i in ids if i != EOS_ID])
     assert tok.decode([1, *tok.encode("Hund")]) == sp.decode([1, *tok.encode("Hund")])
+
+
+def test_decode_is_sentencepiece_s_own_for_a_model_that_keeps_extra_spaces(tmp_path: Path) -> None:
+    import sentencepiece as spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["a  dog   runs", " two  cats sit ", "the dog  and the cat", "sf fw  ab"] * 200))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "m"), vocab_size=24,
+                                   remove_extra_whitespaces=False, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+                                   minloglevel=2)
+    tok = SubwordTokenizer(tmp_path / "m.model", "translation")
+    assert not tok._joins_like_sentencepiece  # the join rule would drop or keep the wrong spaces
+    ordinary = [i for i, text in enumerate(tok.piece_texts) if text is not None]
+    rng = random.Random(1)
+    for _ in range(2_000):
+        ids = [rng.choice(ordinary) for _ in range(rng.randint(1, 12))]
+        assert tok.decode(ids) == tok._sp.decode(ids), ids
