@@ -10,6 +10,7 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from service.errors import ClientGone, InvalidInput
+from service.middleware import ARRIVAL
 from service.settings import Settings
 
 TIMEOUT_HEADER = "x-request-timeout"
@@ -59,9 +60,13 @@ def check_range(value: int | None, low: int, high: int, field: str) -> None:
 
 
 def deadline_for(request: Request, settings: Settings, requested_s: float | None = None) -> float:
-    """Absolute monotonic deadline: the server's timeout, shortened by X-Request-Timeout or v2 timeout."""
-    return deadline_after(settings, (request.headers.get(TIMEOUT_HEADER), "X-Request-Timeout"),
-                          (requested_s, "parameters.timeout"))
+    """Absolute monotonic deadline: the server's timeout, shortened by X-Request-Timeout or v2
+    timeout, counted from the request's arrival where the server stamped it (time spent waiting
+    on a busy event loop before the route ran counts against it)."""
+    deadline = deadline_after(settings, (request.headers.get(TIMEOUT_HEADER), "X-Request-Timeout"),
+                              (requested_s, "parameters.timeout"))
+    arrival = request.scope.get("extensions", {}).get(ARRIVAL)
+    return deadline - max(0.0, time.perf_counter() - arrival["at"]) if arrival else deadline
 
 
 def deadline_after(settings: Settings, *timeouts: tuple[str | float | None, str]) -> float:

@@ -82,3 +82,18 @@ async def test_the_access_log_counts_from_the_arrival(caplog: pytest.LogCaptureF
         await RequestContextMiddleware(app, max_body_bytes=1024)(scope, receive, send)
     (record,) = [r for r in caplog.records if r.name == "seqserve.access"]
     assert record.access["latency_ms"] >= 250  # type: ignore[attr-defined]
+
+
+def test_a_deadline_counts_from_the_arrival() -> None:
+    from starlette.requests import Request
+
+    from service.inputs import deadline_for
+    from service.settings import Settings
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/translate",
+             "headers": [(b"x-request-timeout", b"5")],
+             "extensions": {ARRIVAL: {"at": time.perf_counter() - 2.0}}}  # waited 2 s before the route ran
+    left = deadline_for(Request(scope), Settings(warmup=False)) - time.monotonic()
+    assert 2.9 < left <= 3.0
+    del scope["extensions"]
+    assert 4.9 < deadline_for(Request(scope), Settings(warmup=False)) - time.monotonic() <= 5.0
