@@ -133,15 +133,20 @@ class AnsweredFromThreads:
             await asyncio.sleep(0.01)
         return self.in_flight == 0
 
-    def _hand_over(self, answers: list[Answer], then: Callable[[], None] | None = None) -> None:
-        """From a worker thread: settle ``answers`` on the event loop, then run ``then`` there."""
-        if answers and self._loop is not None:
+    def _hand_over(self, answers: list[Answer], then: Callable[[], None] | None = None,
+                   before: Callable[[], None] | None = None) -> None:
+        """From a worker thread, with one wake-up of the event loop: there, run ``before``, settle
+        ``answers``, then run ``then``."""
+        if (answers or before is not None) and self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-                self._loop.call_soon_threadsafe(self._settle, answers, then)
+                self._loop.call_soon_threadsafe(self._settle, answers, then, before)
 
-    def _settle(self, answers: list[Answer], then: Callable[[], None] | None = None) -> None:
+    def _settle(self, answers: list[Answer], then: Callable[[], None] | None = None,
+                before: Callable[[], None] | None = None) -> None:
         """On the event loop: resolve each future once; one already done (cancelled because its
         client left or its deadline passed) is left alone."""
+        if before is not None:
+            before()
         for future, result, error in answers:
             self.in_flight -= 1
             if future.done():

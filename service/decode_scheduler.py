@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
+import functools
 import logging
 import queue
 import time
@@ -173,17 +173,12 @@ class DecodeScheduler(AnsweredFromThreads):
     def hand_over(self, lane: _Lane, updates: list[StreamUpdate], done: list[Done]) -> None:
         """From a lane's thread: one step's stream updates, then its finished requests' answers (a
         stream's last update precedes its result), with one wake-up of the event loop."""
-        answers = [(request.future, result, error) for request, result, error in done]
 
-        def on_loop() -> None:
-            _deliver(updates)
-            if answers:
-                self._settle(answers)
-                lane.assigned -= len(answers)
+        def unassign() -> None:
+            lane.assigned -= len(done)
 
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-                self._loop.call_soon_threadsafe(on_loop)
+        self._hand_over([(request.future, result, error) for request, result, error in done], unassign,
+                        functools.partial(_deliver, updates) if updates else None)
 
 
 class _Lane:

@@ -12,10 +12,20 @@ queue for all those before it (measured in a 1,000-request burst: 842 requests s
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.middleware import ARRIVAL
+# the ASGI scope extension holding the stamp: {"at": time.perf_counter()}
+ARRIVAL = "seqserve.arrival"
+
+
+def arrived_at(scope: Mapping[str, Any]) -> float | None:
+    """When the server began parsing this request (``time.perf_counter()``); None if not stamped
+    (another server, a test client)."""
+    arrival = scope.get("extensions", {}).get(ARRIVAL)
+    return arrival["at"] if arrival else None
 
 
 class ArrivalStampingProtocol(HttpToolsProtocol):

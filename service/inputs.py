@@ -10,7 +10,7 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from service.errors import ClientGone, InvalidInput
-from service.middleware import ARRIVAL
+from service.http_protocol import arrived_at
 from service.settings import Settings
 
 TIMEOUT_HEADER = "x-request-timeout"
@@ -65,8 +65,8 @@ def deadline_for(request: Request, settings: Settings, requested_s: float | None
     on a busy event loop before the route ran counts against it)."""
     deadline = deadline_after(settings, (request.headers.get(TIMEOUT_HEADER), "X-Request-Timeout"),
                               (requested_s, "parameters.timeout"))
-    arrival = request.scope.get("extensions", {}).get(ARRIVAL)
-    return deadline - max(0.0, time.perf_counter() - arrival["at"]) if arrival else deadline
+    arrived = arrived_at(request.scope)
+    return deadline if arrived is None else deadline - max(0.0, time.perf_counter() - arrived)
 
 
 def deadline_after(settings: Settings, *timeouts: tuple[str | float | None, str]) -> float:

@@ -21,13 +21,11 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.http_protocol import arrived_at
 
 access_log = logging.getLogger("seqserve.access")
 log = logging.getLogger("seqserve")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# the ASGI scope extension where the server's protocol stamps a request's arrival
-# (service/http_protocol.py): {"at": time.perf_counter()}
-ARRIVAL = "seqserve.arrival"
 
 
 def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[Message, Message]:
@@ -64,8 +62,7 @@ class RequestContextMiddleware:
             return
         # from the request's arrival (parsed by the server) where stamped: a busy event loop's
         # wait before the app runs is part of its latency
-        arrival = scope.get("extensions", {}).get(ARRIVAL)
-        started = arrival["at"] if arrival else time.perf_counter()
+        started = arrived_at(scope) or time.perf_counter()
         headers = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if incoming and _SANE_ID.match(incoming) else next(self._ids)

@@ -12,8 +12,8 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from service.http_protocol import ArrivalStampingProtocol
-from service.middleware import ARRIVAL, RequestContextMiddleware
+from service.http_protocol import ARRIVAL, ArrivalStampingProtocol
+from service.middleware import RequestContextMiddleware
 
 
 class _Transport(asyncio.Transport):
