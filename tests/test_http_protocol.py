@@ -97,3 +97,48 @@ def test_a_deadline_counts_from_the_arrival() -> None:
     assert 2.9 < left <= 3.0
     del scope["extensions"]
     assert 4.9 < deadline_for(Request(scope), Settings(warmup=False)) - time.monotonic() <= 5.0
+
+
+async def test_a_full_models_request_is_answered_by_the_protocol_and_the_connection_goes_on() -> None:
+    from types import SimpleNamespace
+
+    from service.admission import Admission
+    from service.early_refusal import EarlyRefusal
+    from service.settings import Settings
+
+    admission = Admission("translator", limit=1)
+    model = SimpleNamespace(name="translator", version="1", card=SimpleNamespace(task="translation"),
+                            engine=SimpleNamespace(admission=admission))
+    registry = SimpleNamespace(generation=0, all=lambda: [model], latest=lambda: [model])
+    ran: list[str] = []
+
+    class App:
+        state = SimpleNamespace(ready=True, early_refusal=EarlyRefusal(registry, Settings(warmup=False)))  # type: ignore[arg-type]
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            ran.append(scope["path"])
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    config = Config(app=App(), http=ArrivalStampingProtocol, log_level="warning")
+    config.load()
+    protocol = ArrivalStampingProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    admission.waiting = 1  # full
+    body = b'{"text": not json'  # the app would answer 422; refused on arrival, it is never read
+    protocol.data_received(b"POST /v1/translate HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5]))
+    assert transport.written == b""  # answered once its whole body has been read
+    protocol.data_received(body[5:])
+    assert transport.written.startswith(b"HTTP/1.1 503 ") and b'"code": "overloaded"' in transport.written
+    assert not transport.closed and ran == []
+    # the same connection serves its next request through the app
+    transport.written = b""
+    admission.waiting = 0
+    protocol.data_received(b"GET /v2/health/ready HTTP/1.1\r\nHost: a\r\n\r\n")
+    for _ in range(100):
+        if transport.written:
+            break
+        await asyncio.sleep(0.001)
+    assert ran == ["/v2/health/ready"] and transport.written.startswith(b"HTTP/1.1 204")

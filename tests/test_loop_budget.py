@@ -41,3 +41,27 @@ async def test_a_request_that_leaves_while_waiting_gives_its_turn_to_the_next() 
     tasks[1].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert started == [0, 2, 3]
+
+
+async def test_a_request_stops_counting_as_arriving_when_it_starts_or_leaves() -> None:
+    from service.admission import Admission
+    from service.early_refusal import RESERVED
+
+    admission = Admission("m", limit=8)
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(admission.arriving)
+
+    def arriving(i: int) -> dict[str, Any]:
+        admission.arriving += 1
+        return {"type": "http", "i": i, "extensions": {RESERVED: (admission,)}}
+
+    await LoopBudgetMiddleware(app, per_pass=0)(arriving(0), None, None)  # no limit: it starts at once
+    assert seen == [0]
+    gate = LoopBudgetMiddleware(app, per_pass=1)
+    tasks = [asyncio.ensure_future(gate(arriving(i), None, None)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks[1].cancel()  # left while waiting for its turn
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert admission.arriving == 0

@@ -1,0 +1,150 @@
+"""Admission from arrival: an inference request holds a place from the moment the server parses
+it, and while a model has no place left its requests get their 503 from the server's HTTP
+protocol, without running the app.
+
+Why: in a burst of a thousand translations against a full queue, each refusal through the app
+costs ~0.4 ms of the event loop (a task, the middleware, the route, validation, tokenising,
+admission, the answer), and they run one after another: the last refusal of the burst left the
+server ~0.9 s after its request arrived, and timers and the decode threads' hand-overs waited as
+long (loadtests/reliability.py, docs/benchmarks.md). And the queue looked free while hundreds of
+parsed requests had not yet reached ``Admission.admit``. Here every parsed POST to an inference
+route counts as one text arriving for the models it could reach (``Admission.arriving``) until
+the app starts on it (``release``, in service/loop_budget.py, the app's outermost layer); a
+refusal is a few dictionary lookups and one write in the protocol's own callback.
+
+It refuses only what the app would refuse with the same answer: a POST to an inference route
+(v1 sentiment and translate, v2 infer, generate and generate_stream) when every model the route
+could reach has no place left (``Admission.full``): whatever the body says, it brings at least one
+text. Everything else takes the usual path: requests with an ``Origin`` (the CORS middleware
+answers browsers), a missing or wrong API key (401), a body over the limit or chunked (413 is
+decided on the body), a Content-Type that is not JSON (415), ``Expect: 100-continue``, a request
+pipelined behind one in flight, a server not ready. The body is not read: while a model is full,
+a malformed request for it gets this 503 rather than its 422. The answer is the app's: the same
+JSON body, Retry-After, request id, access-log line and metrics (``record_request``), its latency
+counted from arrival.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.parse
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.admission import Admission
+from service.auth import key_matches
+from service.errors import ModelNotFound
+from service.middleware import is_json, record_request, request_id_for
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+_V1_TASKS = {"/v1/sentiment": "sentiment", "/v1/translate": "translation"}
+_V2_ROUTE = re.compile(r"^/v2/models/([^/]+)(/versions/([^/]+))?/(infer|generate|generate_stream)$")
+# the ASGI scope extension holding the admissions a request is counted as arriving for
+RESERVED = "seqserve.arriving"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request refused at the door, answered once its body has been read (``answer``)."""
+
+    method: str
+    path: str
+    route: str  # the route's template, as the metrics label it
+    admission: Admission
+    request_id: str
+    log_requests: bool
+
+    def answer(self, arrived: float, default_headers: Sequence[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+        """The whole HTTP/1.1 response, recorded as the app records its answers."""
+        error = self.admission.refusal(self.admission.waiting, None)
+        body = json.dumps(error.body()).encode()
+        head = [b"HTTP/1.1 503 Service Unavailable\r\n"]
+        for name, value in (*default_headers, (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
+                            (b"x-request-id", self.request_id.encode())):
+            head += [name, b": ", value, b"\r\n"]
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        head += [b"\r\n", body]
+        record_request(self.method, self.path, self.route, 503, time.perf_counter() - arrived, self.request_id,
+                       self.log_requests)
+        return b"".join(head)
+
+
+def release(scope: Mapping[str, Any]) -> None:
+    """The app starts on this request: it no longer counts as arriving (a second call does nothing)."""
+    reserved: tuple[Admission, ...] | None = scope.get("extensions", {}).pop(RESERVED, None)
+    for admission in reserved or ():
+        admission.arriving -= 1
+
+
+class EarlyRefusal:
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self.registry = registry
+        self.keys = [k.encode() for k in settings.api_keys if k]
+        self.exempt = tuple(settings.auth_exempt_paths)
+        self.max_body_bytes = settings.max_body_bytes
+        self.log_requests = settings.access_log
+        self._routes: dict[str, tuple[str, tuple[Admission, ...]]] = {}  # by path, for one generation
+        self._generation = -1
+
+    def arrive(self, method: bytes, url: bytes, headers: Sequence[tuple[bytes, bytes]],
+               scope: MutableMapping[str, Any], may_refuse: bool) -> Refusal | None:
+        """A request's headers are parsed: count it as arriving for the models it could reach, or
+        (``may_refuse``: nothing else in flight on its connection) return its refusal."""
+        if method != b"POST":
+            return None
+        path = urllib.parse.unquote(url.split(b"?", 1)[0].decode("latin-1"))
+        found = self._reachable(path)
+        if found is None:
+            return None
+        route, admissions = found
+        if may_refuse and all(a.full() for a in admissions) and self._refusable(path, dict(headers)):
+            return Refusal(method.decode(), path, route, admissions[0],
+                           request_id_for(dict(headers).get(b"x-request-id")), self.log_requests)
+        for admission in admissions:
+            admission.arriving += 1
+        scope.setdefault("extensions", {})[RESERVED] = admissions
+        return None
+
+    def _reachable(self, path: str) -> tuple[str, tuple[Admission, ...]] | None:
+        """(route template, the admissions of every model ``path`` could reach), None if it is not
+        an inference route of a served model."""
+        if self.registry.generation != self._generation:
+            self._routes, self._generation = {}, self.registry.generation
+        found = self._routes.get(path)
+        if found is not None:
+            return found
+        task = _V1_TASKS.get(path)
+        if task is not None:
+            reachable = [m for m in self.registry.latest() if m.card.task == task]
+            route = path
+        else:
+            match = _V2_ROUTE.match(path)
+            if match is None:
+                return None
+            name, versioned, version, action = match.groups()
+            try:
+                reachable = [self.registry.get(name, version)]
+            except ModelNotFound:
+                return None
+            route = "/v2/models/{name}" + ("/versions/{version}" if versioned else "") + f"/{action}"
+        if not reachable:
+            return None
+        found = self._routes[path] = route, tuple(m.engine.admission for m in reachable)
+        return found
+
+    def _refusable(self, path: str, headers: dict[bytes, bytes]) -> bool:
+        """Whether the app would refuse this request with the same 503 (the module's rules)."""
+        if b"origin" in headers or b"expect" in headers or not is_json(headers.get(b"content-type"), path):
+            return False
+        declared = headers.get(b"content-length")
+        if declared is None or not declared.isdigit() or int(declared) > self.max_body_bytes:
+            return False  # chunked (its size is known once read), malformed, or over the limit
+        return not self.keys or path.startswith(self.exempt) or key_matches(
+            headers.get(b"x-api-key"), headers.get(b"authorization"), self.keys)

@@ -1,0 +1,166 @@
+"""service/early_refusal.py: an inference request holds a place from its arrival, and a full
+model's requests get the app's 503 without the app, but only those the app would refuse alike."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from service import metrics
+from service.admission import Admission
+from service.early_refusal import RESERVED, EarlyRefusal, release
+from service.errors import ModelNotFound
+from service.settings import Settings
+
+POST = b"POST"
+JSON = [(b"content-type", b"application/json"), (b"content-length", b"20")]
+
+
+@dataclass
+class _Model:
+    name: str
+    task: str
+    limit: int = 2
+    version: str = "1"
+    card: Any = None
+    engine: Any = None
+
+    def __post_init__(self) -> None:
+        self.card = SimpleNamespace(task=self.task)
+        self.engine = SimpleNamespace(admission=Admission(self.name, self.limit, self.version))
+
+
+@dataclass
+class _Registry:
+    models: list[_Model]
+    generation: int = 0
+
+    def all(self) -> list[_Model]:
+        return self.models
+
+    def latest(self) -> list[_Model]:
+        return self.models
+
+    def get(self, name: str, version: str | None = None) -> _Model:
+        for m in self.models:
+            if m.name == name and version in (None, m.version):
+                return m
+        raise ModelNotFound(f"unknown model {name}")
+
+
+def _door(*models: _Model, **settings: Any) -> EarlyRefusal:
+    registry = _Registry(list(models) or [_Model("translator", "translation"), _Model("sentiment", "sentiment")])
+    return EarlyRefusal(registry, Settings(warmup=False, **settings))  # type: ignore[arg-type]
+
+
+def _fill(door: EarlyRefusal, name: str) -> Admission:
+    admission: Admission = next(m for m in door.registry.all() if m.name == name).engine.admission
+    admission.waiting = admission.limit
+    return admission
+
+
+def test_a_request_holds_a_place_from_its_arrival_until_the_app_starts_on_it() -> None:
+    door = _door()
+    admission = door.registry.get("translator").engine.admission
+    scopes: list[dict[str, Any]] = [{}, {}]
+    for scope in scopes:
+        assert door.arrive(POST, b"/v1/translate", JSON, scope, may_refuse=True) is None
+    assert admission.arriving == 2 and admission.full() and admission.waiting == 0
+    # a third, parsed before the app has started on the first two, finds no place
+    assert door.arrive(POST, b"/v1/translate", JSON, {}, may_refuse=True) is not None
+    release(scopes[0])
+    release(scopes[0])  # a second release gives nothing back twice
+    assert admission.arriving == 1 and RESERVED not in scopes[0]["extensions"]
+    assert door.arrive(POST, b"/v1/translate?x=1", JSON, {}, may_refuse=True) is None
+
+
+def test_a_full_models_request_gets_the_apps_503_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    door = _door()
+    _fill(door, "translator")
+    assert door.arrive(POST, b"/v1/sentiment", JSON, {}, may_refuse=True) is None  # another model has room
+    rejected = metrics.REJECTED.labels("translator", "1", "queue_full")._value.get()
+    refusal = door.arrive(POST, b"/v1/translate", [*JSON, (b"x-request-id", b"abc-1")], {}, may_refuse=True)
+    assert refusal is not None
+    with caplog.at_level(logging.INFO, logger="seqserve.access"):
+        raw = refusal.answer(time.perf_counter(), [(b"server", b"uvicorn")], keep_alive=True)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert lines[0] == "HTTP/1.1 503 Service Unavailable" and "connection" not in headers
+    assert headers["retry-after"] == "1" and headers["x-request-id"] == "abc-1"
+    assert headers["content-type"] == "application/json" and int(headers["content-length"]) == len(body)
+    error = json.loads(body)
+    assert error["code"] == "overloaded" and "model translator has 2 texts waiting (limit 2)" in error["error"]
+    assert metrics.REJECTED.labels("translator", "1", "queue_full")._value.get() == rejected + 1
+    (record,) = [r for r in caplog.records if r.name == "seqserve.access"]
+    assert record.access["status"] == 503 and record.access["route"] == "/v1/translate"  # type: ignore[attr-defined]
+    closing = refusal.answer(time.perf_counter(), [], keep_alive=False)
+    assert b"\r\nconnection: close\r\n" in closing
+
+
+@pytest.mark.parametrize("path,route", [
+    (b"/v2/models/translator/infer", "/v2/models/{name}/infer"),
+    (b"/v2/models/translator/versions/1/infer", "/v2/models/{name}/versions/{version}/infer"),
+    (b"/v2/models/translator/generate", "/v2/models/{name}/generate"),
+    (b"/v2/models/translator/generate_stream", "/v2/models/{name}/generate_stream"),
+])
+def test_every_inference_route_of_a_full_model_is_refused_on_arrival(path: bytes, route: str) -> None:
+    door = _door()
+    _fill(door, "translator")
+    refusal = door.arrive(POST, path, JSON, {}, may_refuse=True)
+    assert refusal is not None and refusal.route == route
+
+
+@pytest.mark.parametrize("method,path", [
+    (b"GET", b"/v2/models/translator"),  # metadata: no model run
+    (b"POST", b"/v2/models/nobody/infer"),  # the app's 404
+    (b"POST", b"/v2/models/translator/versions/9/infer"),
+    (b"POST", b"/v2/repository/models/translator/load"),
+])
+def test_other_routes_are_left_to_the_app(method: bytes, path: bytes) -> None:
+    door = _door()
+    _fill(door, "translator")
+    scope: dict[str, Any] = {}
+    assert door.arrive(method, path, JSON, scope, may_refuse=True) is None and not scope
+
+
+@pytest.mark.parametrize("headers,settings", [
+    ([*JSON, (b"origin", b"http://page.example")], {}),  # browsers: the CORS middleware answers
+    ([*JSON, (b"expect", b"100-continue")], {}),
+    ([(b"content-type", b"text/plain"), (b"content-length", b"20")], {}),  # the app's 415
+    ([(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")], {}),  # size unknown yet
+    ([(b"content-type", b"application/json"), (b"content-length", b"2000000")], {}),  # the app's 413
+    (JSON, {"api_keys": ["k1"]}),  # no key: the app's 401
+    ([*JSON, (b"x-api-key", b"wrong")], {"api_keys": ["k1"]}),
+])
+def test_a_request_the_app_would_answer_otherwise_is_not_refused_here(
+        headers: list[tuple[bytes, bytes]], settings: dict[str, Any]) -> None:
+    door = _door(**settings)
+    _fill(door, "translator")
+    scope: dict[str, Any] = {}
+    assert door.arrive(POST, b"/v1/translate", headers, scope, may_refuse=True) is None
+    assert scope["extensions"][RESERVED]  # it still counts as arriving until the app starts on it
+
+
+def test_a_keyed_request_with_its_key_and_one_behind_a_request_in_flight() -> None:
+    door = _door(api_keys=["k1"])
+    _fill(door, "translator")
+    keyed = [*JSON, (b"authorization", b"Bearer k1")]
+    assert door.arrive(POST, b"/v1/translate", keyed, {}, may_refuse=True) is not None
+    # pipelined behind a request still in flight on its connection: its answer must come later
+    assert door.arrive(POST, b"/v1/translate", keyed, {}, may_refuse=False) is None
+
+
+def test_v1_refuses_only_when_every_model_of_its_task_is_full() -> None:
+    door = _door(_Model("en-de", "translation"), _Model("en-fr", "translation"))
+    _fill(door, "en-de")
+    assert door.arrive(POST, b"/v1/translate", JSON, {}, may_refuse=True) is None  # the body may name en-fr
+    door.registry.get("en-fr").engine.admission.arriving = 0
+    _fill(door, "en-fr")
+    assert door.arrive(POST, b"/v1/translate", JSON, {}, may_refuse=True) is not None
