@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
-        app.state.early_refusal = EarlyRefusal(registry, settings)  # read by service/http_protocol.py
+        app.state.early_refusal.open(registry)
         app.state.ready = True
         lag_watch = asyncio.create_task(metrics.watch_event_loop_lag())
         log.info("ready in %.2fs: %s", time.monotonic() - started,
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             lag_watch.cancel()
             app.state.ready = False
-            app.state.early_refusal = None
+            app.state.early_refusal.close()
             if grpc_server is not None:  # refuses new calls at once, lets the accepted ones finish
                 await grpc_server.stop(settings.drain_timeout_s)
             drained = await registry.drain(settings.drain_timeout_s)
@@ -88,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "with dynamic batching. REST v1 and the Open Inference Protocol (v2).", **extra)
     app.state.settings = settings
     app.state.ready = False
+    # refusals on arrival while a model is full, in the server's protocol (service/http_protocol.py)
+    app.state.early_refusal = EarlyRefusal(settings)
     install_error_handlers(app)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)

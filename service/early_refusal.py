@@ -84,60 +84,53 @@ def release(scope: Mapping[str, Any]) -> None:
 
 
 class EarlyRefusal:
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
-        self.registry = registry
+    """Made with the app, active while it serves (``open`` with the registry, ``close``); the
+    server's protocol takes it from ``app.state.early_refusal`` once per connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.registry: ModelRegistry | None = None
         self.keys = [k.encode() for k in settings.api_keys if k]
         self.exempt = tuple(settings.auth_exempt_paths)
         self.max_body_bytes = settings.max_body_bytes
         self.log_requests = settings.access_log
-        self._routes: dict[str, tuple[str, tuple[Admission, ...]]] = {}  # by path, for one generation
+        # by request target, for one generation of the registry: (path, route template,
+        # admissions), or None for a URL that is no inference route of a served model
+        self._routes: dict[bytes, tuple[str, str, tuple[Admission, ...]] | None] = {}
         self._generation = -1
+
+    def open(self, registry: ModelRegistry) -> None:
+        self.registry, self._routes = registry, {}
+
+    def close(self) -> None:
+        self.registry = None
 
     def arrive(self, method: bytes, url: bytes, headers: Sequence[tuple[bytes, bytes]],
                scope: MutableMapping[str, Any], may_refuse: bool) -> Refusal | None:
         """A request's headers are parsed: count it as arriving for the models it could reach, or
         (``may_refuse``: nothing else in flight on its connection) return its refusal."""
-        if method != b"POST":
+        registry = self.registry
+        if method != b"POST" or registry is None:
             return None
-        path = urllib.parse.unquote(url.split(b"?", 1)[0].decode("latin-1"))
-        found = self._reachable(path)
+        if registry.generation != self._generation:
+            self._routes, self._generation = {}, registry.generation
+        try:
+            found = self._routes[url]
+        except KeyError:
+            found = _reachable(registry, url)
+            if len(self._routes) < 256:  # URLs are the client's to choose: bound what they fill
+                self._routes[url] = found
         if found is None:
             return None
-        route, admissions = found
-        if may_refuse and all(a.full() for a in admissions) and self._refusable(path, dict(headers)):
-            return Refusal(method.decode(), path, route, admissions[0],
-                           request_id_for(dict(headers).get(b"x-request-id")), self.log_requests)
+        path, route, admissions = found
+        if may_refuse and all(a.full() for a in admissions):
+            named = dict(headers)
+            if self._refusable(path, named):
+                return Refusal(method.decode(), path, route, admissions[0], request_id_for(named.get(b"x-request-id")),
+                               self.log_requests)
         for admission in admissions:
             admission.arriving += 1
         scope.setdefault("extensions", {})[RESERVED] = admissions
         return None
-
-    def _reachable(self, path: str) -> tuple[str, tuple[Admission, ...]] | None:
-        """(route template, the admissions of every model ``path`` could reach), None if it is not
-        an inference route of a served model."""
-        if self.registry.generation != self._generation:
-            self._routes, self._generation = {}, self.registry.generation
-        found = self._routes.get(path)
-        if found is not None:
-            return found
-        task = _V1_TASKS.get(path)
-        if task is not None:
-            reachable = [m for m in self.registry.latest() if m.card.task == task]
-            route = path
-        else:
-            match = _V2_ROUTE.match(path)
-            if match is None:
-                return None
-            name, versioned, version, action = match.groups()
-            try:
-                reachable = [self.registry.get(name, version)]
-            except ModelNotFound:
-                return None
-            route = "/v2/models/{name}" + ("/versions/{version}" if versioned else "") + f"/{action}"
-        if not reachable:
-            return None
-        found = self._routes[path] = route, tuple(m.engine.admission for m in reachable)
-        return found
 
     def _refusable(self, path: str, headers: dict[bytes, bytes]) -> bool:
         """Whether the app would refuse this request with the same 503 (the module's rules)."""
@@ -148,3 +141,24 @@ class EarlyRefusal:
             return False  # chunked (its size is known once read), malformed, or over the limit
         return not self.keys or path.startswith(self.exempt) or key_matches(
             headers.get(b"x-api-key"), headers.get(b"authorization"), self.keys)
+
+
+def _reachable(registry: ModelRegistry, url: bytes) -> tuple[str, str, tuple[Admission, ...]] | None:
+    """(path, route template, the admissions of every model ``url`` could reach), None if it is
+    not an inference route of a served model."""
+    path = urllib.parse.unquote(url.split(b"?", 1)[0].decode("latin-1"))
+    task = _V1_TASKS.get(path)
+    if task is not None:
+        reachable = [m for m in registry.latest() if m.card.task == task]
+        route = path
+    else:
+        match = _V2_ROUTE.match(path)
+        if match is None:
+            return None
+        name, versioned, version, action = match.groups()
+        try:
+            reachable = [registry.get(name, version)]
+        except ModelNotFound:
+            return None
+        route = "/v2/models/{name}" + ("/versions/{version}" if versioned else "") + f"/{action}"
+    return (path, route, tuple(m.engine.admission for m in reachable)) if reachable else None

@@ -11,11 +11,12 @@ queue for all those before it (measured in a 1,000-request burst: 842 requests s
 It also counts each inference request as arriving for its model from here, and answers in its
 own callbacks the requests refused on arrival while a model is full (service/early_refusal.py):
 the app never runs for them. The refusing instance comes from the
-app's state (``app.state.early_refusal``, set while the app serves).
+app's state (``app.state.early_refusal``, active while the app serves).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -56,12 +57,13 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self.arrived = time.perf_counter()
         self.scope.setdefault("extensions", {})[ARRIVAL] = {"at": self.arrived}
 
-    def _early_refusal(self) -> EarlyRefusal | None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
         state = getattr(self.config.app, "state", None)  # None: another app (a test's)
-        return getattr(state, "early_refusal", None) if getattr(state, "ready", False) else None
+        self._door: EarlyRefusal | None = getattr(state, "early_refusal", None)
 
     def on_headers_complete(self) -> None:
-        door = self._early_refusal()
+        door = self._door
         if door is not None:
             # never behind a request still in flight on this connection: its answer comes first
             idle = self.cycle is None or self.cycle.response_complete

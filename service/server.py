@@ -53,6 +53,7 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # readiness turns 503 at once, so balancers stop sending while accepted work drains
         self.app.state.ready = False
+        self.app.state.early_refusal.close()
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

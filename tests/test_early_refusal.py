@@ -56,18 +56,21 @@ class _Registry:
 
 def _door(*models: _Model, **settings: Any) -> EarlyRefusal:
     registry = _Registry(list(models) or [_Model("translator", "translation"), _Model("sentiment", "sentiment")])
-    return EarlyRefusal(registry, Settings(warmup=False, **settings))  # type: ignore[arg-type]
+    door = EarlyRefusal(Settings(warmup=False, **settings))
+    door.open(registry)  # type: ignore[arg-type]
+    return door
 
 
 def _fill(door: EarlyRefusal, name: str) -> Admission:
-    admission: Admission = next(m for m in door.registry.all() if m.name == name).engine.admission
+    admission: Admission = door.registry.get(name).engine.admission  # type: ignore[union-attr]
     admission.waiting = admission.limit
     return admission
 
 
 def test_a_request_holds_a_place_from_its_arrival_until_the_app_starts_on_it() -> None:
     door = _door()
-    admission = door.registry.get("translator").engine.admission
+    admission = _fill(door, "translator")
+    admission.waiting = 0
     scopes: list[dict[str, Any]] = [{}, {}]
     for scope in scopes:
         assert door.arrive(POST, b"/v1/translate", JSON, scope, may_refuse=True) is None
@@ -161,6 +164,5 @@ def test_v1_refuses_only_when_every_model_of_its_task_is_full() -> None:
     door = _door(_Model("en-de", "translation"), _Model("en-fr", "translation"))
     _fill(door, "en-de")
     assert door.arrive(POST, b"/v1/translate", JSON, {}, may_refuse=True) is None  # the body may name en-fr
-    door.registry.get("en-fr").engine.admission.arriving = 0
-    _fill(door, "en-fr")
+    _fill(door, "en-fr").arriving = 0
     assert door.arrive(POST, b"/v1/translate", JSON, {}, may_refuse=True) is not None

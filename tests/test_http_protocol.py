@@ -110,10 +110,12 @@ async def test_a_full_models_request_is_answered_by_the_protocol_and_the_connect
     model = SimpleNamespace(name="translator", version="1", card=SimpleNamespace(task="translation"),
                             engine=SimpleNamespace(admission=admission))
     registry = SimpleNamespace(generation=0, all=lambda: [model], latest=lambda: [model])
+    door = EarlyRefusal(Settings(warmup=False))
+    door.open(registry)  # type: ignore[arg-type]
     ran: list[str] = []
 
     class App:
-        state = SimpleNamespace(ready=True, early_refusal=EarlyRefusal(registry, Settings(warmup=False)))  # type: ignore[arg-type]
+        state = SimpleNamespace(early_refusal=door)
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             ran.append(scope["path"])
