@@ -28,7 +28,7 @@ from service.inputs import check_texts, deadline_for, unless_client_leaves
 from service.registry import ServedModel
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationJob
-from service.streaming import Delta, Event, Failed, Final, Partial, sse
+from service.streaming import Delta, Event, Failed, Final, Partial, delta_sse, sse
 from service.v2_infer import param_float, param_int
 
 Render = Callable[[Event], bytes]
@@ -81,6 +81,8 @@ def v1_renderer(model: ServedModel, job: TranslationJob,
 
     def render(event: Event) -> bytes:
         data: dict[str, Any]
+        if isinstance(event, Delta) and event.attention is None and not first[0]:
+            return delta_sse(event.index, event.token, event.text)  # the common event, formatted fast
         if isinstance(event, Delta):
             name, data = "delta", {"index": event.index, "token": event.token, "text": event.text}
             if event.attention is not None:

@@ -259,3 +259,14 @@ def sse(data: dict[str, Any], event: str | None = None) -> bytes:
     """One Server-Sent Event; the JSON has no raw newline, so it is one data line."""
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+# how json.dumps(ensure_ascii=False) writes a str (its C implementation, quotes included)
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def delta_sse(index: int, token: str, text: str) -> bytes:
+    """``sse({"index": index, "token": token, "text": text}, event="delta")``, byte for byte, in
+    1 us instead of 9: a greedy stream sends one per target token, on the event loop."""
+    data = f'{{"index": {index:d}, "token": {_json_str(token)}, "text": {_json_str(text)}}}'
+    return f"event: delta\ndata: {data}\n\n".encode()

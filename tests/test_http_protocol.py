@@ -144,3 +144,58 @@ async def test_a_full_models_request_is_answered_by_the_protocol_and_the_connect
             break
         await asyncio.sleep(0.001)
     assert ran == ["/v2/health/ready"] and transport.written.startswith(b"HTTP/1.1 204")
+
+
+class _Writes(_Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        super().write(data)
+
+
+async def _answer(request: bytes, app: Any) -> _Writes:
+    config = Config(app=app, http=ArrivalStampingProtocol, log_level="warning")
+    config.load()
+    protocol = ArrivalStampingProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _Writes()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    for _ in range(200):
+        await asyncio.sleep(0.001)
+        if transport.writes and transport.writes[-1].endswith((b"}", b"0\r\n\r\n", b"\r\n\r\n")):
+            break
+    return transport
+
+
+async def test_a_responses_head_goes_out_with_its_first_body_write() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        if scope["method"] != "HEAD":
+            await send({"type": "http.response.body", "body": b"{}"})
+        else:
+            await send({"type": "http.response.body", "body": b""})
+
+    plain = await _answer(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", app)
+    assert len(plain.writes) == 1
+    assert plain.writes[0].startswith(b"HTTP/1.1 200 OK") and plain.writes[0].endswith(b"{}")
+    head = await _answer(b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n", app)  # no body write: the head goes alone
+    assert len(head.writes) == 1 and head.writes[0].startswith(b"HTTP/1.1 200 OK")
+    # "100 Continue" is not a response's head: it goes out at once, before the app answers
+    expecting = await _answer(b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+                              app)
+    assert expecting.writes[0] == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def test_a_streamed_responses_head_goes_with_its_first_event() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": False})
+
+    streamed = await _answer(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", app)
+    assert len(streamed.writes) == 2 and b"transfer-encoding: chunked" in streamed.writes[0]
+    assert streamed.writes[0].endswith(b"data: 1\n\n\r\n") and streamed.writes[1].endswith(b"0\r\n\r\n")

@@ -14,7 +14,7 @@ import pytest
 from service.decoding import StepUpdate
 from service.event_stream import EventStreamResponse
 from service.runners.translation import TranslationOutput
-from service.streaming import Delta, Failed, TextDeltas, TranslationStream, sse
+from service.streaming import Delta, Failed, TextDeltas, TranslationStream, delta_sse, sse
 from service.tokenization import SubwordTokenizer
 from tests.conftest import COMMITTED_MODELS, DATA_DIR
 
@@ -83,6 +83,11 @@ def test_sse_frames_one_json_data_line() -> None:
     assert head == "event: delta"
     assert json.loads(data.removeprefix("data: ")) == {"text": "zwei\nZeilen", "ü": 1}
     assert sse({"a": 1}) == b'data: {"a": 1}\n\n'
+
+
+@pytest.mark.parametrize("token,text", [("▁Ein", " Ein"), ('"', "\\"), ("\n\t\x00\x1f", "\u2028 ü 😀"), ("", "")])
+def test_a_delta_event_is_formatted_as_sse_formats_it(token: str, text: str) -> None:
+    assert delta_sse(7, token, text) == sse({"index": 7, "token": token, "text": text}, event="delta")
 
 
 async def test_a_fault_after_the_first_event_ends_the_stream_with_a_failed_event(
