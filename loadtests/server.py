@@ -60,7 +60,11 @@ class ServerProcess:
         own = dict(zip(OWN_SETTINGS, (str(models), str(self.port), "127.0.0.1", "false", str(self.grpc_port)),
                        strict=True))
         env = {**os.environ, **own, **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
-        self._log_file = Path(tempfile.mkstemp(prefix="seqserve-log-", suffix=".txt")[1]) if capture_output else None
+        self._log_file: Path | None = None
+        if capture_output:
+            descriptor, name = tempfile.mkstemp(prefix="seqserve-log-", suffix=".txt")
+            os.close(descriptor)
+            self._log_file = Path(name)
         self.started = time.perf_counter()
         self.ready_after_s = float("nan")
         self.workers = int(env.get("SEQSERVE_WORKERS") or 1)

@@ -7,21 +7,23 @@ costs ~0.4 ms of the event loop (a task, the middleware, the route, validation, 
 admission, the answer), and they run one after another: the last refusal of the burst left the
 server ~0.9 s after its request arrived, and timers and the decode threads' hand-overs waited as
 long (loadtests/reliability.py, docs/benchmarks.md). And the queue looked free while hundreds of
-parsed requests had not yet reached ``Admission.admit``. Here every parsed POST to an inference
-route counts as one text arriving for the models it could reach (``Admission.arriving``) until
-the app starts on it (``release``, in service/loop_budget.py, the app's outermost layer); a
-refusal is a few dictionary lookups and one write in the protocol's own callback.
+parsed requests had not yet reached ``Admission.admit``. Here a POST to an inference route that
+can reach exactly one model, parsed on an idle connection, counts as one text arriving for that
+model (``Admission.arriving``) from when its task starts until the app starts on it (``release``,
+in service/loop_budget.py, the app's outermost layer); a refusal is a few dictionary lookups and
+one write in the protocol's own callback.
 
-It refuses only what the app would refuse with the same answer: a POST to an inference route
-(v1 sentiment and translate, v2 infer, generate and generate_stream) when every model the route
-could reach has no place left (``Admission.full``): whatever the body says, it brings at least one
-text. Everything else takes the usual path: requests with an ``Origin`` (the CORS middleware
-answers browsers), a missing or wrong API key (401), a body over the limit or chunked (413 is
-decided on the body), a Content-Type that is not JSON (415), ``Expect: 100-continue``, a request
-pipelined behind one in flight, a server not ready. The body is not read: while a model is full,
-a malformed request for it gets this 503 rather than its 422. The answer is the app's: the same
-JSON body, Retry-After, request id, access-log line and metrics (``record_request``), its latency
-counted from arrival.
+It refuses only what the app would refuse with the same answer: such a request when its model
+has no place left (``Admission.full``): whatever the body says, it brings at least one text.
+Everything else takes the usual path: requests with an ``Origin`` (the CORS middleware answers
+browsers), a missing or wrong API key (401), a body over the limit or chunked (413 is decided on
+the body), a Content-Type that is not JSON (415), ``Expect``, an upgrade, a request pipelined
+behind one in flight or sent while the connection's writes are paused, a server not ready, v1
+translate with several language pairs served (the body chooses), generate on a model that does
+not translate. The body is not read: while a model is full, a malformed request for it (or one
+with a malformed ``X-Request-Timeout``) gets this 503 rather than its 4xx. The answer is the
+app's: the same JSON body, Retry-After, request id, access-log line and metrics
+(``record_request``), its latency counted from arrival.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from service.middleware import is_json, record_request, request_id_for
 from service.registry import ModelRegistry
 from service.settings import Settings
 
-_V1_TASKS = {"/v1/sentiment": "sentiment", "/v1/translate": "translation"}
+# the task of the model each v1 route serves (service/routes_v1.py)
+_V1_TASKS = {"/v1/sentiment": "text-classification", "/v1/translate": "translation"}
+_GENERATE = ("generate", "generate_stream")
 _V2_ROUTE = re.compile(r"^/v2/models/([^/]+)(/versions/([^/]+))?/(infer|generate|generate_stream)$")
-# the ASGI scope extension holding the admissions a request is counted as arriving for
+# the ASGI scope extension holding the admission a request is counted as arriving for
 RESERVED = "seqserve.arriving"
 
 
@@ -61,7 +65,8 @@ class Refusal:
     def answer(self, arrived: float, default_headers: Sequence[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
         """The whole HTTP/1.1 response, recorded as the app records its answers."""
         error = self.admission.refusal(self.admission.waiting, None)
-        body = json.dumps(error.body()).encode()
+        # as Starlette's JSONResponse renders the app's errors
+        body = json.dumps(error.body(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         head = [b"HTTP/1.1 503 Service Unavailable\r\n"]
         for name, value in (*default_headers, (b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
@@ -78,9 +83,9 @@ class Refusal:
 
 def release(scope: Mapping[str, Any]) -> None:
     """The app starts on this request: it no longer counts as arriving (a second call does nothing)."""
-    reserved: tuple[Admission, ...] | None = scope.get("extensions", {}).pop(RESERVED, None)
-    for admission in reserved or ():
-        admission.arriving -= 1
+    reserved: Admission | None = scope.get("extensions", {}).pop(RESERVED, None)
+    if reserved is not None:
+        reserved.arriving -= 1
 
 
 class EarlyRefusal:
@@ -93,9 +98,9 @@ class EarlyRefusal:
         self.exempt = tuple(settings.auth_exempt_paths)
         self.max_body_bytes = settings.max_body_bytes
         self.log_requests = settings.access_log
-        # by request target, for one generation of the registry: (path, route template,
-        # admissions), or None for a URL that is no inference route of a served model
-        self._routes: dict[bytes, tuple[str, str, tuple[Admission, ...]] | None] = {}
+        # by request target, for one generation of the registry: (path, route template, the
+        # admission), or None for a URL that is no inference route of exactly one served model
+        self._routes: dict[bytes, tuple[str, str, Admission] | None] = {}
         self._generation = -1
 
     def open(self, registry: ModelRegistry) -> None:
@@ -104,10 +109,11 @@ class EarlyRefusal:
     def close(self) -> None:
         self.registry = None
 
-    def arrive(self, method: bytes, url: bytes, headers: Sequence[tuple[bytes, bytes]],
-               scope: MutableMapping[str, Any], may_refuse: bool) -> Refusal | None:
-        """A request's headers are parsed: count it as arriving for the models it could reach, or
-        (``may_refuse``: nothing else in flight on its connection) return its refusal."""
+    def look(self, method: bytes, url: bytes, headers: Sequence[tuple[bytes, bytes]]) -> Refusal | Admission | None:
+        """A request's headers are parsed, nothing else is in flight on its connection: its
+        refusal if its model is full and the app would refuse it alike, else the admission it
+        will count against while it waits for the app (``reserve``), None if it is no inference
+        request of exactly one served model."""
         registry = self.registry
         if method != b"POST" or registry is None:
             return None
@@ -121,16 +127,20 @@ class EarlyRefusal:
                 self._routes[url] = found
         if found is None:
             return None
-        path, route, admissions = found
-        if may_refuse and all(a.full() for a in admissions):
+        path, route, admission = found
+        if admission.full():
             named = dict(headers)
             if self._refusable(path, named):
-                return Refusal(method.decode(), path, route, admissions[0], request_id_for(named.get(b"x-request-id")),
+                return Refusal(method.decode(), path, route, admission, request_id_for(named.get(b"x-request-id")),
                                self.log_requests)
-        for admission in admissions:
-            admission.arriving += 1
-        scope.setdefault("extensions", {})[RESERVED] = admissions
-        return None
+        return admission
+
+    @staticmethod
+    def reserve(admission: Admission, scope: MutableMapping[str, Any]) -> None:
+        """The request's task has started with the app: it arrives for ``admission`` until the
+        app starts on it (``release``)."""
+        admission.arriving += 1
+        scope.setdefault("extensions", {})[RESERVED] = admission
 
     def _refusable(self, path: str, headers: dict[bytes, bytes]) -> bool:
         """Whether the app would refuse this request with the same 503 (the module's rules)."""
@@ -143,9 +153,10 @@ class EarlyRefusal:
             headers.get(b"x-api-key"), headers.get(b"authorization"), self.keys)
 
 
-def _reachable(registry: ModelRegistry, url: bytes) -> tuple[str, str, tuple[Admission, ...]] | None:
-    """(path, route template, the admissions of every model ``url`` could reach), None if it is
-    not an inference route of a served model."""
+def _reachable(registry: ModelRegistry, url: bytes) -> tuple[str, str, Admission] | None:
+    """(path, route template, its model's admission) when ``url`` is an inference route that can
+    reach exactly one served model, whatever the body says; else None (v1 translate with several
+    language pairs: the body chooses; generate on a model that does not translate: the app's 4xx)."""
     path = urllib.parse.unquote(url.split(b"?", 1)[0].decode("latin-1"))
     task = _V1_TASKS.get(path)
     if task is not None:
@@ -160,5 +171,7 @@ def _reachable(registry: ModelRegistry, url: bytes) -> tuple[str, str, tuple[Adm
             reachable = [registry.get(name, version)]
         except ModelNotFound:
             return None
+        if action in _GENERATE and reachable[0].card.task != "translation":
+            return None
         route = "/v2/models/{name}" + ("/versions/{version}" if versioned else "") + f"/{action}"
-    return (path, route, tuple(m.engine.admission for m in reachable)) if reachable else None
+    return (path, route, reachable[0].engine.admission) if len(reachable) == 1 else None

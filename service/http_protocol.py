@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.admission import Admission
+
 if TYPE_CHECKING:  # at run time the refusing instance comes from the app's state
     from service.early_refusal import EarlyRefusal, Refusal
 
@@ -85,6 +87,9 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _refusal: Refusal | None = None
 
     def on_message_begin(self) -> None:
+        # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
+        # the same read must stop it, as uvicorn's data_received does for one in a later read
+        self._unset_keepalive_if_required()
         super().on_message_begin()
         self.arrived = time.perf_counter()
         self.scope.setdefault("extensions", {})[ARRIVAL] = {"at": self.arrived}
@@ -92,22 +97,30 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         state = getattr(self.config.app, "state", None)  # None: another app (a test's)
-        self._door: EarlyRefusal | None = getattr(state, "early_refusal", None)
+        # not with uvicorn's own concurrency limit, whose 503 app would never release a place
+        door = getattr(state, "early_refusal", None) if self.limit_concurrency is None else None
+        self._door: EarlyRefusal | None = door
 
     def on_headers_complete(self) -> None:
         door = self._door
-        if door is not None:
-            # never behind a request still in flight on this connection: its answer comes first
-            idle = self.cycle is None or self.cycle.response_complete
-            scope = cast("dict[str, Any]", self.scope)
-            self._refusal = door.arrive(self.parser.get_method(), self.url, self.headers, scope, idle)
-            if self._refusal is not None:
+        admission = None
+        # only on an idle connection (a request in flight answers first; the pipelined one waits
+        # with reading paused), never for an upgrade, never while writes are backed up
+        if door is not None and (self.cycle is None or self.cycle.response_complete) \
+                and not self.parser.should_upgrade() and not self.flow.write_paused:
+            found = door.look(self.parser.get_method(), self.url, self.headers)
+            if isinstance(found, Admission):
+                admission = found
+            elif found is not None:
+                self._refusal = found
                 self.cycle = _Answered  # type: ignore[assignment]
                 return
         before = self.cycle
         super().on_headers_complete()
-        if self.cycle is not before:  # a new request cycle (not an upgrade): its head waits for its body
+        if self.cycle is not before:  # a new request cycle, its task started with the app
             self.cycle.transport = _HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
+            if admission is not None:
+                door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         refusal, self._refusal = self._refusal, None

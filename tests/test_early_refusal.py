@@ -14,9 +14,10 @@ import pytest
 
 from service import metrics
 from service.admission import Admission
-from service.early_refusal import RESERVED, EarlyRefusal, release
-from service.errors import ModelNotFound
+from service.early_refusal import RESERVED, EarlyRefusal, Refusal, release
+from service.errors import ModelNotFound, Overloaded
 from service.settings import Settings
+from tests.conftest import COMMITTED_MODELS
 
 POST = b"POST"
 JSON = [(b"content-type", b"application/json"), (b"content-length", b"20")]
@@ -55,9 +56,9 @@ class _Registry:
 
 
 def _door(*models: _Model, **settings: Any) -> EarlyRefusal:
-    registry = _Registry(list(models) or [_Model("translator", "translation"), _Model("sentiment", "sentiment")])
+    models = models or (_Model("translator", "translation"), _Model("sentiment", "text-classification"))
     door = EarlyRefusal(Settings(warmup=False, **settings))
-    door.open(registry)  # type: ignore[arg-type]
+    door.open(_Registry(list(models)))  # type: ignore[arg-type]
     return door
 
 
@@ -73,23 +74,24 @@ def test_a_request_holds_a_place_from_its_arrival_until_the_app_starts_on_it() -
     admission.waiting = 0
     scopes: list[dict[str, Any]] = [{}, {}]
     for scope in scopes:
-        assert door.arrive(POST, b"/v1/translate", JSON, scope, may_refuse=True) is None
+        assert door.look(POST, b"/v1/translate", JSON) is admission
+        door.reserve(admission, scope)
     assert admission.arriving == 2 and admission.full() and admission.waiting == 0
     # a third, parsed before the app has started on the first two, finds no place
-    assert door.arrive(POST, b"/v1/translate", JSON, {}, may_refuse=True) is not None
+    assert isinstance(door.look(POST, b"/v1/translate", JSON), Refusal)
     release(scopes[0])
     release(scopes[0])  # a second release gives nothing back twice
     assert admission.arriving == 1 and RESERVED not in scopes[0]["extensions"]
-    assert door.arrive(POST, b"/v1/translate?x=1", JSON, {}, may_refuse=True) is None
+    assert door.look(POST, b"/v1/translate?x=1", JSON) is admission
 
 
 def test_a_full_models_request_gets_the_apps_503_at_once(caplog: pytest.LogCaptureFixture) -> None:
     door = _door()
     _fill(door, "translator")
-    assert door.arrive(POST, b"/v1/sentiment", JSON, {}, may_refuse=True) is None  # another model has room
+    assert isinstance(door.look(POST, b"/v1/sentiment", JSON), Admission)  # another model has room
     rejected = metrics.REJECTED.labels("translator", "1", "queue_full")._value.get()
-    refusal = door.arrive(POST, b"/v1/translate", [*JSON, (b"x-request-id", b"abc-1")], {}, may_refuse=True)
-    assert refusal is not None
+    refusal = door.look(POST, b"/v1/translate", [*JSON, (b"x-request-id", b"abc-1")])
+    assert isinstance(refusal, Refusal)
     with caplog.at_level(logging.INFO, logger="seqserve.access"):
         raw = refusal.answer(time.perf_counter(), [(b"server", b"uvicorn")], keep_alive=True)
     head, body = raw.split(b"\r\n\r\n", 1)
@@ -100,6 +102,10 @@ def test_a_full_models_request_gets_the_apps_503_at_once(caplog: pytest.LogCaptu
     assert headers["content-type"] == "application/json" and int(headers["content-length"]) == len(body)
     error = json.loads(body)
     assert error["code"] == "overloaded" and "model translator has 2 texts waiting (limit 2)" in error["error"]
+    # the bytes the app's JSONResponse would send for the same error
+    from fastapi.responses import JSONResponse
+
+    assert body == JSONResponse(Overloaded(error["error"]).body()).body
     assert metrics.REJECTED.labels("translator", "1", "queue_full")._value.get() == rejected + 1
     (record,) = [r for r in caplog.records if r.name == "seqserve.access"]
     assert record.access["status"] == 503 and record.access["route"] == "/v1/translate"  # type: ignore[attr-defined]
@@ -112,25 +118,28 @@ def test_a_full_models_request_gets_the_apps_503_at_once(caplog: pytest.LogCaptu
     (b"/v2/models/translator/versions/1/infer", "/v2/models/{name}/versions/{version}/infer"),
     (b"/v2/models/translator/generate", "/v2/models/{name}/generate"),
     (b"/v2/models/translator/generate_stream", "/v2/models/{name}/generate_stream"),
+    (b"/v2/models/sentiment/infer", "/v2/models/{name}/infer"),
 ])
 def test_every_inference_route_of_a_full_model_is_refused_on_arrival(path: bytes, route: str) -> None:
     door = _door()
     _fill(door, "translator")
-    refusal = door.arrive(POST, path, JSON, {}, may_refuse=True)
-    assert refusal is not None and refusal.route == route
+    _fill(door, "sentiment")
+    refusal = door.look(POST, path, JSON)
+    assert isinstance(refusal, Refusal) and refusal.route == route
 
 
 @pytest.mark.parametrize("method,path", [
     (b"GET", b"/v2/models/translator"),  # metadata: no model run
     (b"POST", b"/v2/models/nobody/infer"),  # the app's 404
     (b"POST", b"/v2/models/translator/versions/9/infer"),
+    (b"POST", b"/v2/models/sentiment/generate"),  # the app's 4xx: it does not translate
     (b"POST", b"/v2/repository/models/translator/load"),
 ])
 def test_other_routes_are_left_to_the_app(method: bytes, path: bytes) -> None:
     door = _door()
     _fill(door, "translator")
-    scope: dict[str, Any] = {}
-    assert door.arrive(method, path, JSON, scope, may_refuse=True) is None and not scope
+    _fill(door, "sentiment")
+    assert door.look(method, path, JSON) is None
 
 
 @pytest.mark.parametrize("headers,settings", [
@@ -145,24 +154,41 @@ def test_other_routes_are_left_to_the_app(method: bytes, path: bytes) -> None:
 def test_a_request_the_app_would_answer_otherwise_is_not_refused_here(
         headers: list[tuple[bytes, bytes]], settings: dict[str, Any]) -> None:
     door = _door(**settings)
-    _fill(door, "translator")
-    scope: dict[str, Any] = {}
-    assert door.arrive(POST, b"/v1/translate", headers, scope, may_refuse=True) is None
-    assert scope["extensions"][RESERVED]  # it still counts as arriving until the app starts on it
+    admission = _fill(door, "translator")
+    assert door.look(POST, b"/v1/translate", headers) is admission  # it still counts while it waits
 
 
-def test_a_keyed_request_with_its_key_and_one_behind_a_request_in_flight() -> None:
+def test_a_keyed_request_with_its_key_is_refused() -> None:
     door = _door(api_keys=["k1"])
     _fill(door, "translator")
-    keyed = [*JSON, (b"authorization", b"Bearer k1")]
-    assert door.arrive(POST, b"/v1/translate", keyed, {}, may_refuse=True) is not None
-    # pipelined behind a request still in flight on its connection: its answer must come later
-    assert door.arrive(POST, b"/v1/translate", keyed, {}, may_refuse=False) is None
+    assert isinstance(door.look(POST, b"/v1/translate", [*JSON, (b"authorization", b"Bearer k1")]), Refusal)
 
 
-def test_v1_refuses_only_when_every_model_of_its_task_is_full() -> None:
+def test_v1_translate_with_several_language_pairs_is_left_to_the_app() -> None:
     door = _door(_Model("en-de", "translation"), _Model("en-fr", "translation"))
     _fill(door, "en-de")
-    assert door.arrive(POST, b"/v1/translate", JSON, {}, may_refuse=True) is None  # the body may name en-fr
-    _fill(door, "en-fr").arriving = 0
-    assert door.arrive(POST, b"/v1/translate", JSON, {}, may_refuse=True) is not None
+    _fill(door, "en-fr")
+    assert door.look(POST, b"/v1/translate", JSON) is None  # the body chooses the pair
+    assert isinstance(door.look(POST, b"/v2/models/en-fr/infer", JSON), Refusal)
+
+
+def test_a_closed_door_neither_counts_nor_refuses() -> None:
+    door = _door()
+    _fill(door, "translator")
+    door.close()  # the server is stopping: the app answers
+    assert door.look(POST, b"/v1/translate", JSON) is None
+
+
+def test_the_v1_routes_reach_the_served_models_by_their_cards_tasks() -> None:
+    from service.registry import ModelRegistry
+
+    if not list(COMMITTED_MODELS.glob("*/*/model.json")):
+        pytest.skip("no committed models")
+    registry = ModelRegistry.load(Settings(model_repository=COMMITTED_MODELS, warmup=False, precision="fp32"))
+    door = EarlyRefusal(Settings(warmup=False))
+    door.open(registry)
+    sentiment = registry.for_task("text-classification").engine.admission
+    translator = registry.for_task("translation").engine.admission
+    assert door.look(POST, b"/v1/sentiment", JSON) is sentiment
+    assert door.look(POST, b"/v1/translate", JSON) is translator
+    assert door.look(POST, b"/v2/models/sentiment/generate", JSON) is None

@@ -21,6 +21,7 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.written = b""
         self.closed = False
+        self.upgraded_to: asyncio.BaseProtocol | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
@@ -36,6 +37,9 @@ class _Transport(asyncio.Transport):
 
     def pause_reading(self) -> None:
         pass
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:  # a websocket upgrade
+        self.upgraded_to = protocol
 
     def resume_reading(self) -> None:
         pass
@@ -99,51 +103,125 @@ def test_a_deadline_counts_from_the_arrival() -> None:
     assert 4.9 < deadline_for(Request(scope), Settings(warmup=False)) - time.monotonic() <= 5.0
 
 
-async def test_a_full_models_request_is_answered_by_the_protocol_and_the_connection_goes_on() -> None:
+def _door_and_admission(limit: int = 1) -> tuple[Any, Any]:
     from types import SimpleNamespace
 
     from service.admission import Admission
     from service.early_refusal import EarlyRefusal
     from service.settings import Settings
 
-    admission = Admission("translator", limit=1)
+    admission = Admission("translator", limit=limit)
     model = SimpleNamespace(name="translator", version="1", card=SimpleNamespace(task="translation"),
                             engine=SimpleNamespace(admission=admission))
     registry = SimpleNamespace(generation=0, all=lambda: [model], latest=lambda: [model])
     door = EarlyRefusal(Settings(warmup=False))
     door.open(registry)  # type: ignore[arg-type]
-    ran: list[str] = []
+    return door, admission
+
+
+def _protocol(app: Any, transport: _Transport, **config: Any) -> ArrivalStampingProtocol:
+    """The protocol over ``app`` (its outermost layer the app's own, LoopBudgetMiddleware, which
+    ends a request's arrival) with the door in the app's state."""
+    from service.loop_budget import LoopBudgetMiddleware
 
     class App:
-        state = SimpleNamespace(early_refusal=door)
+        state = app.state
+
+        def __init__(self) -> None:
+            self.inner = LoopBudgetMiddleware(app, per_pass=0)
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            ran.append(scope["path"])
-            await send({"type": "http.response.start", "status": 204, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            await self.inner(scope, receive, send)
 
-    config = Config(app=App(), http=ArrivalStampingProtocol, log_level="warning")
-    config.load()
-    protocol = ArrivalStampingProtocol(config=config, server_state=ServerState(), app_state={})
-    transport = _Transport()
+    loaded = Config(app=App(), http=ArrivalStampingProtocol, log_level="warning", **config)
+    loaded.load()
+    protocol = ArrivalStampingProtocol(config=loaded, server_state=ServerState(), app_state={})
     protocol.connection_made(transport)
+    return protocol
+
+
+def _app(door: Any, ran: list[str], seconds: float = 0.0) -> Any:
+    from types import SimpleNamespace
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+        await asyncio.sleep(seconds)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app.state = SimpleNamespace(early_refusal=door)  # type: ignore[attr-defined]
+    return app
+
+
+def _post(body: bytes = b'{"text": "a"}', extra: bytes = b"") -> bytes:
+    return (b"POST /v1/translate HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n%s"
+            b"Content-Length: %d\r\n\r\n%s" % (extra, len(body), body))
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+
+
+async def test_a_full_models_request_is_answered_by_the_protocol_and_the_connection_goes_on() -> None:
+    door, admission = _door_and_admission()
+    ran: list[str] = []
+    transport = _Transport()
+    protocol = _protocol(_app(door, ran), transport)
     admission.waiting = 1  # full
     body = b'{"text": not json'  # the app would answer 422; refused on arrival, it is never read
-    protocol.data_received(b"POST /v1/translate HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5]))
+    request = _post(body)
+    protocol.data_received(request[:-12])
     assert transport.written == b""  # answered once its whole body has been read
-    protocol.data_received(body[5:])
-    assert transport.written.startswith(b"HTTP/1.1 503 ") and b'"code": "overloaded"' in transport.written
+    protocol.data_received(request[-12:])
+    assert transport.written.startswith(b"HTTP/1.1 503 ") and b'"code":"overloaded"' in transport.written
     assert not transport.closed and ran == []
     # the same connection serves its next request through the app
     transport.written = b""
     admission.waiting = 0
     protocol.data_received(b"GET /v2/health/ready HTTP/1.1\r\nHost: a\r\n\r\n")
-    for _ in range(100):
-        if transport.written:
-            break
-        await asyncio.sleep(0.001)
+    await _until(lambda: transport.written)
     assert ran == ["/v2/health/ready"] and transport.written.startswith(b"HTTP/1.1 204")
+
+
+async def test_a_request_counts_as_arriving_until_its_app_starts_and_pipelined_ones_do_not() -> None:
+    door, admission = _door_and_admission(limit=8)
+    ran: list[str] = []
+    transport = _Transport()
+    protocol = _protocol(_app(door, ran, seconds=0.05), transport)
+    protocol.data_received(_post() * 3)  # the second and third wait behind the first
+    assert admission.arriving == 1
+    await _until(lambda: ran)
+    assert admission.arriving == 0
+    protocol.connection_lost(None)  # the client leaves: uvicorn drops the pipelined two
+    await asyncio.sleep(0.1)
+    assert admission.arriving == 0
+
+
+async def test_an_upgrade_is_neither_counted_nor_refused() -> None:
+    door, admission = _door_and_admission()
+    transport = _Transport()
+    protocol = _protocol(_app(door, []), transport)
+    admission.waiting = 1
+    protocol.data_received(_post(b"", b"Connection: Upgrade\r\nUpgrade: websocket\r\n"))
+    assert admission.arriving == 0 and not transport.written.startswith(b"HTTP/1.1 503")
+    assert transport.upgraded_to is not None  # handed to uvicorn's websocket protocol, as before
+
+
+async def test_a_refusal_and_a_slow_request_in_one_read_keep_the_connection_open() -> None:
+    door, admission = _door_and_admission()
+    ran: list[str] = []
+    transport = _Transport()
+    protocol = _protocol(_app(door, ran, seconds=0.3), transport, timeout_keep_alive=0.1)
+    admission.waiting = 1
+    protocol.data_received(_post() + b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 503 ")
+    await asyncio.sleep(0.2)  # past the keep-alive timeout, while /slow runs
+    assert not transport.closed
+    await _until(lambda: b"HTTP/1.1 204" in transport.written)
+    assert ran == ["/slow"] and b"HTTP/1.1 204" in transport.written
 
 
 class _Writes(_Transport):

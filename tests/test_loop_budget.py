@@ -55,7 +55,7 @@ async def test_a_request_stops_counting_as_arriving_when_it_starts_or_leaves() -
 
     def arriving(i: int) -> dict[str, Any]:
         admission.arriving += 1
-        return {"type": "http", "i": i, "extensions": {RESERVED: (admission,)}}
+        return {"type": "http", "i": i, "extensions": {RESERVED: admission}}
 
     await LoopBudgetMiddleware(app, per_pass=0)(arriving(0), None, None)  # no limit: it starts at once
     assert seen == [0]
