@@ -17,7 +17,7 @@ from pathlib import Path
 
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.load_generator import LoadGenerator
-from loadtests.server import ServerProcess
+from loadtests.server import AS_DEPLOYED, ServerProcess
 
 
 @dataclass
@@ -50,7 +50,7 @@ def compare(checkout: Path, ours: ServerProcess, generator: LoadGenerator, sente
             sources: list[str], seconds_per_round: float, rounds: int, say: Callable[[str], None]) -> None:
     """Each phase on both servers, alternating, ``rounds`` times; prints a table of medians and ratios."""
     check_baseline(checkout)
-    theirs = ServerProcess(checkout / "models", checkout=checkout).wait_ready()
+    theirs = ServerProcess(checkout / "models", checkout=checkout, settings=AS_DEPLOYED).wait_ready()
     rates: dict[tuple[str, str], list[float]] = {}
     p99: dict[tuple[str, str], list[float]] = {}
     failed: dict[tuple[str, str], int] = {}

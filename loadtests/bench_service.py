@@ -36,7 +36,7 @@ from loadtests import api_quality, baseline, ceiling, cpu_share
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import LoadGenerator, default_processes
-from loadtests.server import OWN_SETTINGS, ROOT, ServerProcess, metric_value
+from loadtests.server import AS_DEPLOYED, OWN_SETTINGS, ROOT, ServerProcess, metric_value
 from service.onnx_session import CPU, Precision, StaleGraphError, choose_providers, graph_path, provider_name
 from service.runners import SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
@@ -274,7 +274,8 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
     source_ids = [translator.tokenize(s) for s in sources]  # indexed like the requests' keys
     beams = (1, translator.decoding.default_beam_size)
     recorded: dict[int, dict[int, bytes]] = {b: {} for b in beams}
-    whole_server = ServerProcess(args.models, translation_scheduler="request", precision=precision).wait_ready()
+    whole_server = ServerProcess(args.models, translation_scheduler="request", precision=precision,
+                                 settings=AS_DEPLOYED).wait_ready()
     slice_s = args.duration / args.rounds
     runs: dict[tuple[int, str, int], list[LoadResult]] = {}
     try:
@@ -380,14 +381,14 @@ def main(argv: list[str] | None = None) -> None:
                         f"processes {args.client_processes}; server settings "
                         "from the environment: " + (", ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
                                                               if k.startswith("SEQSERVE_") and k not in OWN_SETTINGS)
-                                                       or "none (defaults)"), ""]
+                                                       or "none (defaults)") + "; access log on, as deployed", ""]
 
     def say(text: str = "") -> None:
         print(text, flush=True)
         lines.append(text)
 
     if args.baseline is not None:
-        server = ServerProcess(args.models).wait_ready()
+        server = ServerProcess(args.models, settings=AS_DEPLOYED).wait_ready()
         generator = LoadGenerator(args.client_processes)
         try:
             sources = translation_texts(args.data_dir, "test_2016_flickr")
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text("\n".join(lines) + "\n")
         print(f"\nwritten to {args.out}")
         return
-    server = ServerProcess(args.models).wait_ready()
+    server = ServerProcess(args.models, settings=AS_DEPLOYED).wait_ready()
     say(f"## Start-up\nspawn to ready (imports, model load, checks, warm-up): {server.ready_after_s:.2f} s\n")
     generator = LoadGenerator(args.client_processes)
     try:
