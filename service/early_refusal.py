@@ -39,7 +39,7 @@ from typing import Any
 from service.admission import Admission
 from service.auth import key_matches
 from service.errors import ModelNotFound
-from service.middleware import is_json, record_request, request_id_for
+from service.middleware import declared_over_limit, is_json, record_request, request_id_for
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -146,8 +146,7 @@ class EarlyRefusal:
         """Whether the app would refuse this request with the same 503 (the module's rules)."""
         if b"origin" in headers or b"expect" in headers or not is_json(headers.get(b"content-type"), path):
             return False
-        declared = headers.get(b"content-length")
-        if declared is None or not declared.isdigit() or int(declared) > self.max_body_bytes:
+        if declared_over_limit(headers, self.max_body_bytes) is not False:
             return False  # chunked (its size is known once read), malformed, or over the limit
         return not self.keys or path.startswith(self.exempt) or key_matches(
             headers.get(b"x-api-key"), headers.get(b"authorization"), self.keys)

@@ -36,21 +36,23 @@ class LoopBudgetMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             try:
-                if not self.per_pass:
-                    pass
-                elif self._started < self.per_pass and not self._waiting:
-                    self._started += 1
-                    self._arm()
-                else:
-                    turn = asyncio.get_running_loop().create_future()
-                    self._waiting.append(turn)
-                    self._arm()
-                    await turn
-                    self._arm()
+                if self.per_pass:
+                    await self._take_turn()
             finally:
                 # from here the app works on it: admission counts what it brings, not its arrival
                 early_refusal.release(scope)
         await self.app(scope, receive, send)
+
+    async def _take_turn(self) -> None:
+        """Start now if this pass has room and nobody waits, else wait in line for a later pass."""
+        if self._started < self.per_pass and not self._waiting:
+            self._started += 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            self._arm()
+            await turn
+        self._arm()
 
     def _arm(self) -> None:
         if not self._armed:

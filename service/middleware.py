@@ -66,6 +66,15 @@ def is_json(content_type: bytes | None, path: str = "") -> bool:
         (media == b"application/octet-stream" and path.startswith("/v2/"))
 
 
+def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
+    """Whether the body's declared Content-Length is over ``limit`` (a malformed one counts as
+    over); None when no length is declared (chunked, or no body)."""
+    declared = headers.get(b"content-length")
+    if declared is None:
+        return None
+    return not declared.isdigit() or int(declared) > limit
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int, log_requests: bool = True) -> None:
         self.app = app
@@ -141,12 +150,9 @@ class RequestContextMiddleware:
     ) -> tuple[bool, list[Message] | None]:
         """(too large?, buffered messages). A declared length is checked without reading; a
         chunked body is buffered up to the limit and replayed to the app."""
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                return int(declared) > self.max_body_bytes, None
-            except ValueError:
-                return True, None
+        over = declared_over_limit(headers, self.max_body_bytes)
+        if over is not None:
+            return over, None
         if b"chunked" not in headers.get(b"transfer-encoding", b""):
             return False, None
         messages: list[Message] = []

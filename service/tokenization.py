@@ -99,9 +99,6 @@ class SubwordTokenizer:
         self._normalize = NORMALIZERS[normalizer]
         self.truecaser = truecaser
         self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
-        # the decoding tables, built now (~40 ms): built by the first translation instead, they
-        # held the event loop that long while a burst waited (loadtests/reliability.py)
-        _ = self._joins_like_sentencepiece
 
     @classmethod
     def from_spec(cls, model_dir: Path, spec: TokenizerSpec) -> SubwordTokenizer:
@@ -139,6 +136,12 @@ class SubwordTokenizer:
         sp = self._sp
         return [None if sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)
                 else piece.replace("▁", " ") for i, piece in enumerate(self._piece_table)]
+
+    def prepare_decoding(self) -> None:
+        """Build the decoding tables now (~40 ms), for a tokenizer that will decode: built by the
+        first translation instead, they held the event loop that long while a burst waited
+        (loadtests/reliability.py). A tokenizer that only encodes never needs them."""
+        _ = self._joins_like_sentencepiece
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids`` (padding, BOS and EOS left out).

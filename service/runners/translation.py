@@ -72,6 +72,7 @@ class TranslationRunner:
         self.gather_rows: RowGather = self.device_rows or gather_on_host
         self.source_tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["source"])
         self.target_tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["target"])
+        self.target_tokenizer.prepare_decoding()
         self._enc_in = [t.name for t in card.graphs["encoder"].inputs]
         self._enc_out = [t.name for t in card.graphs["encoder"].outputs]
         self._dec_in = [t.name for t in card.graphs["decoder_step"].inputs]
