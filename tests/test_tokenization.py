@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import random
+import re
+import unicodedata
 from pathlib import Path
 
 import pytest
 
 from service.tokenization import EOS_ID, SubwordTokenizer, normalize_sentiment, normalize_translation
-from tests.conftest import COMMITTED_MODELS
+from tests.conftest import COMMITTED_MODELS, DATA_DIR
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -27,6 +29,45 @@ def test_normalisation_is_idempotent() -> None:
         once = normalize_sentiment(text)
         assert normalize_sentiment(once) == once
     assert normalize_translation("  A  man\n rides. ") == "A man rides."
+
+
+def _reference_normalize_sentiment(text: str) -> str:
+    """normalize_sentiment as plain regular expressions, each step on the whole text: the
+    definition the fast path in service/tokenization.py must match exactly."""
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]", " ", text)
+    text = re.sub(r"\s+", " ", text).strip().lower()
+    text = text.translate(str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'", "“": '"', "”": '"', "„": '"'}))
+    for markup, plain in (("-lrb-", "("), ("-rrb-", ")"), ("-lsb-", "["), ("-rsb-", "]"), ("-lcb-", "{"),
+                          ("-rcb-", "}"), ("``", '"'), ("''", '"')):
+        text = text.replace(markup, plain)
+    text = re.sub(r"(^|\s)'(?!(?:s|re|ve|ll|d|m|t)\b)(?=\w)", r"\1' ", text)
+    text = re.sub(r"(?<=[\w.!?,])'(?=\s|$)", " '", text)
+    text = re.sub(r"(\w)(n't)\b", r"\1 \2", text)
+    text = re.sub(r"(\w)('s|'re|'ve|'ll|'d|'m)\b", r"\1 \2", text)
+    text = re.sub(r"(\.\.\.|--|[.,!?;:()\[\]{}\"/\\*&$#=+<>…|~^])", r" \1 ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _random_texts(count: int, seed: int = 0) -> list[str]:
+    """Short texts over the characters each step of the normalisation treats specially."""
+    rng = random.Random(seed)
+    alphabet = [*"abcXYZ0 '`\"’‘´“”„.-,!?;:()[]{}/\\*&$#=+<>…|~^\t\n\r\x0b\x0c\x1c\x85\xa0\u2000\u200b",
+                *"\u2028\u202f\u3000\ufeffé😀ﬁ①ǅİ", "...", "--", "n't", "'s", "'re", "-lrb-", "-rcb-", "``", "''"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24))) for _ in range(count)]
+
+
+def test_sentiment_normalisation_matches_its_regex_definition_exactly() -> None:
+    texts = _random_texts(20_000)
+    sst2 = DATA_DIR / "sst2" / "stsa.binary.dev"
+    if sst2.exists():
+        texts += [line.split(" ", 1)[1] for line in sst2.read_text().splitlines()]
+    texts += ["It's GREAT!!! I didn't like the \"ending\" -- but (mostly) fine...", "'quoted' words'", "''"]
+    assert [t for t in texts if normalize_sentiment(t) != _reference_normalize_sentiment(t)] == []
+    for text in texts[:2000]:  # translation's cleaning is the first steps of the same definition
+        assert normalize_translation(text) == re.sub(r"\s+", " ", re.sub(
+            r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]", " ",
+            unicodedata.normalize("NFKC", text))).strip()
 
 
 MESSY = ["A man, in a RED shirt — rides a bike!!! 😀🚲", "Zwei Männer", "日本語のテキスト", "x" * 300,
