@@ -2,12 +2,17 @@
 
     python -m loadtests.cpu_share [--route sentiment|translate] [--clients 64] [--beam 1]
                                   [--duration 8] [SETTING=value ...]
+                                  [--versus [SETTING=value ...]] [--versus-checkout DIR] [--rounds 4]
 
 Starts a server, warms it up, then runs the lean closed-loop client and reads each server
 thread's CPU time (user + system, from /proc) and the client's own before and after. Prints
 microseconds of CPU per answered request for the event loop (the main thread), each worker or
 decode-lane thread, the server in total, and the client. On a machine where client and server share the cores,
 this tells which side to make cheaper. Linux only (reads /proc).
+
+With ``--versus`` (other settings) or ``--versus-checkout`` (other code), a second server B is
+measured against A in alternating rounds, and the medians and their ratios B / A are printed:
+how a change moves throughput and CPU per request, on a machine whose speed drifts.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import argparse
 import os
 import random
 import resource
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests import bench_service  # a module: bench_service uses this one too
@@ -58,6 +66,78 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@dataclass
+class Share:
+    """One measured run: throughput and CPU seconds per thread, server and client."""
+
+    result: LoadResult
+    duration: float
+    server: dict[int, tuple[str, float, float]]  # tid -> (name, CPU s, system s) used in the run
+    client_s: float
+    main_tid: int
+
+    @property
+    def answered(self) -> float:
+        return answered_in_run(self.result, self.duration)
+
+    def per_request_us(self, seconds: float) -> float:
+        return seconds / self.answered * 1e6
+
+    @property
+    def server_us(self) -> float:
+        return self.per_request_us(sum(cpu for _, cpu, _ in self.server.values()))
+
+    @property
+    def loop_us(self) -> float:
+        return self.per_request_us(self.server.get(self.main_tid, ("", 0.0, 0.0))[1])
+
+
+def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration: float) -> Share:
+    """One run of ``duration`` seconds (after the load generator's own warm-up second), with the CPU
+    each server thread and the client used meanwhile."""
+    pid = server.proc.pid
+    before, client_before = thread_cpu(pid), own_cpu()
+    result = run(duration)
+    after, client_after = thread_cpu(pid), own_cpu()
+    used = {}
+    for tid, (name, cpu, system) in after.items():
+        was = before.get(tid, (name, 0.0, 0.0))
+        used[tid] = (name, cpu - was[1], system - was[2])
+    return Share(result, duration, used, client_after - client_before, pid)
+
+
+def report(route: str, clients: int, share: Share) -> None:
+    result = share.result
+    print(f"{route}, {clients} clients: {result.rps:.1f} req/s, p50 {result.percentile(50) * 1000:.1f} ms")
+    for tid, (_, used, used_system) in sorted(share.server.items()):
+        if used > 0.05:  # Python 3.11 does not name OS threads: the main thread is the one with the pid
+            label = "event loop (main thread)" if tid == share.main_tid else f"worker/lane thread {tid}"
+            print(f"  {label:28s} {share.per_request_us(used):8.0f} us/request  "
+                  f"(system {share.per_request_us(used_system):.0f})")
+    print(f"  {'server, all threads':28s} {share.server_us:8.0f} us/request")
+    print(f"  {'load generator':28s} {share.per_request_us(share.client_s):8.0f} us/request")
+
+
+def compare(runs: dict[str, Callable[[float], LoadResult]], servers: dict[str, ServerProcess], rounds: int,
+            duration: float) -> None:
+    """The two servers in alternating rounds (A B, B A, ...): on a machine whose speed drifts, only
+    ratios taken within one run mean anything. Prints each round, then medians and B / A."""
+    shares: dict[str, list[Share]] = {name: [] for name in servers}
+    for r in range(rounds):
+        for name in list(servers) if r % 2 == 0 else list(servers)[::-1]:
+            share = measure(servers[name], runs[name], duration)
+            shares[name].append(share)
+            print(f"round {r + 1} {name}: {share.result.rps:8.1f} req/s, server {share.server_us:5.0f} us/request, "
+                  f"event loop {share.loop_us:4.0f}", flush=True)
+    medians = {name: (statistics.median(s.result.rps for s in got), statistics.median(s.server_us for s in got),
+                      statistics.median(s.loop_us for s in got)) for name, got in shares.items()}
+    for name, (rps, server_us, loop_us) in medians.items():
+        print(f"{name} (median of {rounds}): {rps:.1f} req/s, server {server_us:.0f} us/request, "
+              f"event loop {loop_us:.0f}")
+    (a, b) = medians.values()
+    print(f"B / A: req/s {b[0] / a[0]:.3f}, server CPU per request {b[1] / a[1]:.3f}, event loop {b[2] / a[2]:.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--route", choices=("sentiment", "translate"), default="sentiment")
@@ -67,40 +147,44 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("settings", nargs="*", help="server settings, e.g. translation_scheduler=request")
+    p.add_argument("--versus", nargs="*", metavar="SETTING=value", help=(
+        "compare with a second server (B) that has these settings on top of the first one's (A)"))
+    p.add_argument("--versus-checkout", type=Path, help="B runs this checkout's service with its own .venv")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds when comparing")
     args = p.parse_args(argv)
 
-    server = ServerProcess(args.models, settings=dict(kv.split("=", 1) for kv in args.settings)).wait_ready()
+    settings = dict(kv.split("=", 1) for kv in args.settings)
+    comparing = args.versus is not None or args.versus_checkout is not None
+    servers = {"A": ServerProcess(args.models, settings=settings)}
+    if comparing:
+        versus = dict(kv.split("=", 1) for kv in args.versus or [])
+        servers["B"] = ServerProcess(args.models, settings={**settings, **versus}, checkout=args.versus_checkout)
     try:
+        for server in servers.values():
+            server.wait_ready()
         if args.route == "sentiment":
             texts = sentiment_texts(args.data_dir, "test")
 
-            def run(seconds: float) -> LoadResult:
-                return bench_service.http_sentiment(server.port, texts, args.clients, seconds)
+            def runner(port: int) -> Callable[[float], LoadResult]:
+                return lambda seconds: bench_service.http_sentiment(port, texts, args.clients, seconds)
         else:
             texts = translation_texts(args.data_dir, "test_2016_flickr")
             random.Random(0).shuffle(texts)
 
-            def run(seconds: float) -> LoadResult:
-                return bench_service.http_translate(server.port, texts, args.clients, seconds, args.beam)
+            def runner(port: int) -> Callable[[float], LoadResult]:
+                return lambda seconds: bench_service.http_translate(port, texts, args.clients, seconds, args.beam)
 
-        run(2.0)  # warm-up
-        before, client_before = thread_cpu(server.proc.pid), own_cpu()
-        result = run(args.duration)
-        after, client_after = thread_cpu(server.proc.pid), own_cpu()
+        runs = {name: runner(server.port) for name, server in servers.items()}
+        for run in runs.values():
+            run(2.0)  # warm-up
+        if comparing:
+            compare(runs, servers, args.rounds, args.duration)
+            return
+        share = measure(servers["A"], runs["A"], args.duration)
     finally:
-        server.stop()
-    answered = answered_in_run(result, args.duration)
-    print(f"{args.route}, {args.clients} clients: {result.rps:.1f} req/s, p50 {result.percentile(50) * 1000:.1f} ms")
-    total = 0.0
-    for tid, (name, cpu, system) in sorted(after.items()):
-        used = cpu - before.get(tid, (name, 0.0, 0.0))[1]
-        used_system = system - before.get(tid, (name, 0.0, 0.0))[2]
-        total += used
-        if used > 0.05:  # Python 3.11 does not name OS threads: the main thread is the one with the pid
-            label = "event loop (main thread)" if tid == server.proc.pid else f"worker/lane thread {tid}"
-            print(f"  {label:28s} {used / answered * 1e6:8.0f} us/request  (system {used_system / answered * 1e6:.0f})")
-    print(f"  {'server, all threads':28s} {total / answered * 1e6:8.0f} us/request")
-    print(f"  {'load generator':28s} {(client_after - client_before) / answered * 1e6:8.0f} us/request")
+        for server in servers.values():
+            server.stop()
+    report(args.route, args.clients, share)
 
 
 if __name__ == "__main__":
