@@ -62,18 +62,22 @@ class Admission:
                 for text in texts:
                     text.waiting = True
                 fits = True
+            # under the lock: set outside it, a worker's later count could land first and leave
+            # the gauge showing a stale depth on an idle server
+            self._depth.set(self.waiting)
         if not fits:
             self._refuse(waiting, len(texts))
-        self._depth.set(self.waiting)
 
     def _refuse(self, waiting: int, count: int) -> None:
         raise self.refusal(waiting, count)
 
-    def refusal(self, waiting: int, count: int | None) -> Overloaded:
-        """The 503 for a request of ``count`` texts (None: not yet read), counted as rejected."""
+    def refusal(self, waiting: int, count: int | None, arriving: int = 0) -> Overloaded:
+        """The 503 for a request of ``count`` texts (None: not yet read), counted as rejected;
+        ``arriving``: the requests ahead of it that hold places but are not yet counted as texts."""
         self._rejected.inc()
+        ahead = f" and {arriving} requests arriving" if arriving else ""
         brings = "" if count is None else f"; this request brings {count}"
-        return Overloaded(f"model {self.model} has {waiting} texts waiting (limit {self.limit}){brings}; "
+        return Overloaded(f"model {self.model} has {waiting} texts waiting{ahead} (limit {self.limit}){brings}; "
                           "retry later", retry_after_s=1)
 
     def leave(self, text: Waiting) -> None:
@@ -83,4 +87,4 @@ class Admission:
                 return
             text.waiting = False
             self.waiting -= 1
-        self._depth.set(self.waiting)
+            self._depth.set(self.waiting)

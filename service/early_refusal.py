@@ -64,7 +64,7 @@ class Refusal:
 
     def answer(self, arrived: float, default_headers: Sequence[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
         """The whole HTTP/1.1 response, recorded as the app records its answers."""
-        error = self.admission.refusal(self.admission.waiting, None)
+        error = self.admission.refusal(self.admission.waiting, None, self.admission.arriving)
         # as Starlette's JSONResponse renders the app's errors
         body = json.dumps(error.body(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         head = [b"HTTP/1.1 503 Service Unavailable\r\n"]

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 
 class ServiceError(Exception):
@@ -115,8 +116,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
                         status_code=422)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):  # FastAPI's 400 for a body the client never finished
+        return await _service_error(request, ClientGone("client closed the connection before its body was read"))
     if exc.status_code == 400:
         # FastAPI's answer to a body it cannot decode (bytes that are not UTF-8): malformed JSON
         # is a 422 everywhere else, so here too

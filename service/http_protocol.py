@@ -85,6 +85,7 @@ class _HeadWithBody:
 
 class ArrivalStampingProtocol(HttpToolsProtocol):
     _refusal: Refusal | None = None
+    _closing = False  # a graceful shutdown began while a refused request's body was arriving
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
@@ -122,12 +123,22 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             if admission is not None:
                 door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
 
+    def shutdown(self) -> None:
+        # uvicorn closes a connection at once when its request cycle is complete, which the
+        # placeholder cycle of a refusal says it is: a refusal still reading its body is answered
+        # first, with "connection: close", as uvicorn lets an unfinished response finish
+        if self._refusal is not None:
+            self._closing = True
+            return
+        super().shutdown()
+
     def on_message_complete(self) -> None:
         refusal, self._refusal = self._refusal, None
         if refusal is None:
             super().on_message_complete()
             return
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() \
+            and not self._closing
         self.transport.write(refusal.answer(self.arrived, self.server_state.default_headers, keep_alive))
         if not keep_alive:
             self.transport.close()

@@ -153,7 +153,7 @@ class RequestContextMiddleware:
         over = declared_over_limit(headers, self.max_body_bytes)
         if over is not None:
             return over, None
-        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+        if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():  # codings are case-insensitive
             return False, None
         messages: list[Message] = []
         size = 0

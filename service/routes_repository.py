@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.errors import InvalidInput
+from service.inputs import read_body
 from service.repository import ModelControl, check_load_parameters
 from service.schemas import ErrorBody
 
@@ -25,7 +26,7 @@ def control(request: Request) -> ModelControl:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     try:

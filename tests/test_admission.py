@@ -31,3 +31,11 @@ def test_each_text_gives_its_place_back_once() -> None:
     assert admission.waiting == 1
     admission.admit([Waiting()])
     assert admission.waiting == 2
+
+
+def test_a_refusal_names_the_requests_that_hold_places_before_their_texts_are_counted() -> None:
+    admission = Admission("m", limit=2)
+    admission.arriving = 2
+    assert admission.full()
+    error = admission.refusal(admission.waiting, None, admission.arriving)
+    assert "model m has 0 texts waiting and 2 requests arriving (limit 2); retry later" in str(error)

@@ -85,6 +85,16 @@ def test_a_request_holds_a_place_from_its_arrival_until_the_app_starts_on_it() -
     assert door.look(POST, b"/v1/translate?x=1", JSON) is admission
 
 
+def test_a_refusal_says_what_holds_the_places_when_requests_still_arriving_do() -> None:
+    door = _door()
+    admission = _fill(door, "translator")
+    admission.waiting, admission.arriving = 0, admission.limit  # parsed, not yet started by the app
+    refusal = door.look(POST, b"/v1/translate", JSON)
+    assert isinstance(refusal, Refusal)
+    body = json.loads(refusal.answer(time.perf_counter(), [], keep_alive=True).split(b"\r\n\r\n", 1)[1])
+    assert "model translator has 0 texts waiting and 2 requests arriving (limit 2)" in body["error"]
+
+
 def test_a_full_models_request_gets_the_apps_503_at_once(caplog: pytest.LogCaptureFixture) -> None:
     door = _door()
     _fill(door, "translator")

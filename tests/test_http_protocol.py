@@ -186,6 +186,20 @@ async def test_a_full_models_request_is_answered_by_the_protocol_and_the_connect
     assert ran == ["/v2/health/ready"] and transport.written.startswith(b"HTTP/1.1 204")
 
 
+async def test_a_refusal_whose_body_is_still_arriving_at_shutdown_is_answered_then_closed() -> None:
+    door, admission = _door_and_admission()
+    transport = _Transport()
+    protocol = _protocol(_app(door, []), transport)
+    admission.waiting = 1
+    request = _post()
+    protocol.data_received(request[:-5])  # refused at its headers, its body not all in yet
+    protocol.shutdown()  # SIGTERM: uvicorn asks every connection to finish
+    assert not transport.closed and transport.written == b""
+    protocol.data_received(request[-5:])
+    assert transport.written.startswith(b"HTTP/1.1 503 ") and b"\r\nconnection: close\r\n" in transport.written
+    assert transport.closed
+
+
 async def test_a_request_counts_as_arriving_until_its_app_starts_and_pipelined_ones_do_not() -> None:
     door, admission = _door_and_admission(limit=8)
     ran: list[str] = []

@@ -4,6 +4,7 @@ the access log."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -38,6 +39,24 @@ def test_a_chunked_body_is_read_in_full_and_answered(committed_server: Server, p
     assert r.request.headers.get("transfer-encoding") == "chunked"
     assert r.status_code == 200, r.text
     assert expect in r.json()
+
+
+@pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b"CHUNKED"])
+def test_a_chunked_body_over_the_limit_is_refused_however_the_coding_is_spelled(committed_server: Server,
+                                                                                coding: bytes) -> None:
+    """Transfer codings are case-insensitive (RFC 9112): the parser reads "Chunked" as chunked, so
+    the size limit must as well, or a body of any size gets through."""
+    payload = b'{"text": "' + b"a" * (17 << 16) + b'"}'  # 1.1 MiB, over the 1 MiB default
+    chunks = [payload[i:i + (1 << 16)] for i in range(0, len(payload), 1 << 16)]
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    head = (b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: " + coding + b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", committed_server.port), timeout=30) as sock:
+        sock.sendall(head + wire)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +121,22 @@ def test_the_access_log_is_one_json_object_per_line() -> None:
     entry = json.loads(line)
     assert entry["status"] == 200 and entry["route"] == "/v1/sentiment" and entry["logger"] == "seqserve.access"
     assert entry["time"].endswith("Z") and entry["latency_ms"] > 0
+
+
+def test_a_client_that_leaves_before_its_body_is_read_is_logged_as_gone_not_as_a_server_error() -> None:
+    paths = ["/v1/sentiment", "/v2/models/sentiment/infer", "/v2/models/translate-en-de/generate",
+             "/v2/repository/models/sentiment/load"]
+    server = Server(COMMITTED_MODELS, access_log="true", warmup="false").wait_ready()
+    try:
+        for i, path in enumerate(paths):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             f"X-Request-ID: gone-{i}\r\nContent-Length: 1000\r\n\r\n{{\"te".encode())
+            assert server.wait_for_output(f'"request_id": "gone-{i}"'), path
+    finally:
+        server.stop()
+    log = server.output()
+    assert "unhandled error" not in log and "Traceback" not in log
+    statuses = {json.loads(line)["path"]: json.loads(line)["status"]
+                for line in log.splitlines() if '"request_id": "gone-' in line}
+    assert statuses == dict.fromkeys(paths, 499)
