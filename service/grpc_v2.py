@@ -25,6 +25,7 @@ from google.protobuf import json_format
 from starlette.datastructures import State
 
 from service import __version__, metrics, v2_model, v2_stats
+from service.access_log import access_log
 from service.auth import key_matches
 from service.errors import InvalidInput, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
@@ -35,7 +36,6 @@ from service.v2_binary import decode_tensor, encode_tensor
 from service.v2_infer import InputTensor, infer
 
 log = logging.getLogger("seqserve.grpc")
-access_log = logging.getLogger("seqserve.access")
 
 _CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
           409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -198,9 +198,8 @@ def _wrap(name: str, handler: Handler) -> Handler:
             metrics.GRPC_REQUESTS.labels(name, code.name).inc()
             metrics.GRPC_LATENCY.labels(name).observe(elapsed)
             if self.settings.access_log:
-                access_log.info("grpc %s %s", name, code.name, extra={"access": {
-                    "protocol": "grpc", "method": name, "status": code.name,
-                    "latency_ms": round(elapsed * 1000, 2)}})
+                access_log.write({"protocol": "grpc", "method": name, "status": code.name,
+                                  "latency_ms": round(elapsed * 1000, 2)})
         # the HTTP error body (code, field, limit) travels as trailing metadata
         await context.abort(code, message, trailing_metadata=(("seqserve-error", json.dumps(body)),))
 

@@ -21,9 +21,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.access_log import access_log
 from service.http_protocol import arrived_at
 
-access_log = logging.getLogger("seqserve.access")
 log = logging.getLogger("seqserve")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # unique per process and cheap: a random prefix and a counter (no syscall per request)
@@ -42,9 +42,8 @@ def record_request(method: str, path: str, route: str, status: int, seconds: flo
     """Count one answered request in the metrics and write its access-log line."""
     metrics.request_done(route, status, seconds)
     if log_requests:
-        access_log.info("%s %s %s", method, path, status, extra={"access": {
-            "request_id": request_id, "method": method, "path": path, "route": route,
-            "status": status, "latency_ms": round(seconds * 1000, 2)}})
+        access_log.write({"request_id": request_id, "method": method, "path": path, "route": route,
+                          "status": status, "latency_ms": round(seconds * 1000, 2)})
 
 
 def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[Message, Message]:

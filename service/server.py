@@ -6,16 +6,13 @@ accepted requests finish (up to SEQSERVE_DRAIN_TIMEOUT_S), then the process exit
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from types import FrameType
@@ -93,69 +90,11 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
-class AccessLogFormatter(logging.Formatter):
-    """The access log as one JSON object per line (for log shippers): the request's fields
-    (``extra={"access": {...}}``) with the time (UTC), level, logger and process id."""
-
-    converter = time.gmtime  # type: ignore[assignment]  # typeshed types gmtime without its argument
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "access", None) or {"message": record.getMessage()}
-        return json.dumps({"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-                           "level": record.levelname, "logger": record.name, "pid": record.process, **fields})
-
-
-class LoopPassStreamHandler(logging.StreamHandler):
-    """A stream handler that writes the lines logged during one pass of the event loop together,
-    in one write when the pass is over, instead of a write (a syscall) per request: under load the
-    access log's line cost the loop ~55-140 us per request, several times its formatting alone
-    (loadtests/cpu_share.py). Lines logged off the event loop are written at once; pending lines
-    are written when logging shuts down (at exit)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not on the event loop: no pass to wait for
-            super().emit(record)
-            return
-        try:
-            self._lines.append(self.format(record))
-        except Exception:
-            self.handleError(record)
-            return
-        if len(self._lines) == 1:
-            loop.call_soon(self.write_pending)
-
-    def write_pending(self) -> None:
-        lines, self._lines = self._lines, []
-        if lines:
-            with self.lock:  # type: ignore[union-attr]
-                self.stream.write("\n".join(lines) + "\n")
-                self.flush()
-
-    def close(self) -> None:
-        self.write_pending()
-        super().close()
-
-
 def configure_logging(settings: Settings) -> None:
-    """Plain lines for the service's own log, the access log as JSON lines. Neither format shows
-    the caller's file and line or the thread's and process's names, so log records skip looking
-    them up (the logging HOWTO's "Optimization" switches): 28 -> 18 us per access-log line."""
-    logging._srcfile = None  # a documented switch (the HOWTO): no caller lookup
-    logging.logThreads = False
-    logging.logMultiprocessing = False
+    """Plain lines for the service's own log; the access log is JSON lines of its own
+    (service/access_log.py)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s")
-    handler = LoopPassStreamHandler()
-    handler.setFormatter(AccessLogFormatter())
-    access = logging.getLogger("seqserve.access")
-    access.handlers = [handler]
-    access.propagate = False
 
 
 def serve(sock: socket.socket | None = None, started: Event | None = None) -> None:

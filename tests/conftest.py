@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +64,22 @@ def committed_server() -> Iterator[Server]:
     server = Server(COMMITTED_MODELS).wait_ready()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def access_lines(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, Any]]]:
+    """The access-log lines this process writes during the test, parsed (service/access_log.py)."""
+    from service.access_log import access_log
+
+    access_log.flush()
+    stream = io.StringIO()
+    monkeypatch.setattr(access_log, "_stream", stream)
+
+    def lines() -> list[dict[str, Any]]:
+        access_log.flush()
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    return lines
 
 
 def model_repository(dest: Path, source: Path = COMMITTED_MODELS) -> Path:

