@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(settings.drain_timeout_s)
             drained = await registry.drain(settings.drain_timeout_s)
             log.info("shutdown: %s", "all accepted work finished" if drained else "drain timeout reached")
+            await app.state.model_control.finish()  # versions unloaded meanwhile are closed too
             await registry.close()
 
     extra: dict[str, Any] = {}

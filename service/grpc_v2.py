@@ -165,6 +165,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented by seqserve")
 
 
+def _clip(text: str, limit: int = 1024) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _wrap(name: str, handler: Handler) -> Handler:
     @wraps(handler)
     async def call(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -200,8 +204,11 @@ def _wrap(name: str, handler: Handler) -> Handler:
             if self.settings.access_log:
                 access_log.write({"protocol": "grpc", "method": name, "status": code.name,
                                   "latency_ms": round(elapsed * 1000, 2)})
-        # the HTTP error body (code, field, limit) travels as trailing metadata
-        await context.abort(code, message, trailing_metadata=(("seqserve-error", json.dumps(body)),))
+        # the HTTP error body (code, field, limit) travels as trailing metadata. Messages may echo
+        # the client's input (a model name, a shape): cut to a size that always fits the client's
+        # metadata limit, or the client would see RESOURCE_EXHAUSTED instead of this status
+        body = {key: _clip(value) if isinstance(value, str) else value for key, value in body.items()}
+        await context.abort(code, _clip(message), trailing_metadata=(("seqserve-error", json.dumps(body)),))
 
     return call
 

@@ -37,6 +37,12 @@ def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
         if len(text) > settings.max_text_chars:
             raise InvalidInput(f"{name} has {len(text)} characters; at most {settings.max_text_chars} allowed",
                                field=name, limit=settings.max_text_chars)
+        if not text.isascii():
+            try:  # a lone surrogate ("\ud800" escaped in JSON) is no text a tokenizer can take
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidInput(f"{name} is not valid Unicode text: {exc.reason} at position {exc.start}",
+                                   field=name) from None
     return texts
 
 
@@ -47,6 +53,11 @@ def integral(value: object) -> object:
 
 
 def check_tokens(ids: list[int], limit: int, field: str, model: str) -> list[int]:
+    """The subword ids of one text (without the </s> a translator appends), within the model's limit
+    and not empty: a text of only invisible or control characters has nothing left to classify or
+    translate once normalised."""
+    if not ids:
+        raise InvalidInput(f"{field} has no visible characters", field=field, limit=limit)
     if len(ids) > limit:
         raise InvalidInput(f"{field} is {len(ids)} subword tokens; model {model} takes at most {limit}",
                            field=field, limit=limit)

@@ -30,13 +30,23 @@ from service.version_policy import served_cards, version_cards
 log = logging.getLogger("seqserve.repository")
 
 
-def check_load_parameters(parameters: dict[str, Any]) -> None:
+def check_load_parameters(parameters: Any) -> None:
     """Triton's load may override a model's configuration or files ("config", "file:..."); here a
     version is its folder and model.json, so such a load is refused rather than half-applied."""
+    if not isinstance(parameters, dict):
+        raise InvalidInput("parameters must be a JSON object", field="parameters")
     overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
     if overrides:
         raise InvalidInput(f"load parameters {overrides} are not supported: a version is defined by its "
                            "folder and model.json", field="parameters")
+
+
+def check_model_name(name: str) -> None:
+    """A model is a folder of the repository: its name is one plain folder name. Anything else
+    (a glob pattern, a path, "." or "..") could reach other models' folders or outside it."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\*?[]") or name != name.strip():
+        raise InvalidInput(f"{name!r} is not a model name: one folder name, without / \\ * ? [ ]",
+                           field="model")
 
 
 def _keyed(cards: list[Path]) -> dict[tuple[str, str], Path]:
@@ -48,6 +58,7 @@ class ModelControl:
         self.registry = registry
         self.settings = settings
         self._lock = asyncio.Lock()  # one change at a time
+        self._retiring: set[asyncio.Task[None]] = set()  # unloads finishing after their caller left
 
     def _on_disk(self, name: str | None = None) -> dict[tuple[str, str], Path]:
         """The version folders under the repository that the version policy serves."""
@@ -78,6 +89,7 @@ class ModelControl:
 
     async def load(self, name: str) -> None:
         self._check_allowed()
+        check_model_name(name)
         async with self._lock:
             on_disk = self._on_disk(name)
             served = {m.version: m for m in self.registry.versions(name)}
@@ -100,6 +112,7 @@ class ModelControl:
 
     async def unload(self, name: str) -> None:
         self._check_allowed()
+        check_model_name(name)
         async with self._lock:
             models = self.registry.versions(name)
             if not models:
@@ -108,7 +121,16 @@ class ModelControl:
                 await self._retire(model)
 
     async def _retire(self, model: ServedModel) -> None:
+        """Out of the registry at once, then drained and closed, even if the caller stops waiting
+        (a gRPC deadline, a shutdown): a version removed but never closed would keep its threads
+        and sessions for the life of the process, out of the shutdown's reach."""
         self.registry.remove(model)
+        task = asyncio.create_task(self._drain_and_close(model))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        await asyncio.shield(task)
+
+    async def _drain_and_close(self, model: ServedModel) -> None:
         # requests that looked the version up before this point may not have queued yet
         # (several texts are submitted as tasks): let them run up to their queue first
         await asyncio.sleep(0)
@@ -116,3 +138,8 @@ class ModelControl:
         await model.engine.close()
         log.info("unloaded %s/%s (%s)", model.name, model.version,
                  "drained" if drained else "drain timeout reached")
+
+    async def finish(self) -> None:
+        """At shutdown: the unloads whose callers left are finished too."""
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -42,8 +42,9 @@ class VersionPolicy(BaseModel):
 def version_cards(repository: Path, name: str | None = None) -> list[Path]:
     """The <name>/<version>/model.json files under the repository (a version is a number), of one
     model or of all."""
-    pattern = f"{name}/*/model.json" if name else "*/*/model.json"
-    return sorted(card for card in repository.glob(pattern) if card.parent.name.isdigit())
+    # the name is a path, never part of the pattern: "*" must not match every model
+    cards = (repository / name).glob("*/model.json") if name else repository.glob("*/*/model.json")
+    return sorted(card for card in cards if card.parent.name.isdigit())
 
 
 def served_cards(cards: Iterable[Path], policies: dict[str, VersionPolicy]) -> list[Path]:

@@ -55,6 +55,7 @@ class _Worker:
     started_at: float = field(default_factory=lambda: time.monotonic())
     crashes_in_a_row: int = 0  # deaths after serving, each within _STABLE_S of its start
     respawn_at: float | None = None  # dead, and waiting out its backoff
+    replacement: bool = False  # started in place of one that served
 
 
 # A worker that keeps crashing is restarted after 0.5, 1, 2, ... up to 30 s, so a crash loop
@@ -143,26 +144,32 @@ class Supervisor:
                 break
             if worker.respawn_at is not None:
                 if now >= worker.respawn_at:
-                    crashes = worker.crashes_in_a_row
-                    self.workers[i] = self._spawn(sock, i)
-                    self.workers[i].crashes_in_a_row = crashes
+                    self.workers[i] = self._replace(sock, i, worker.crashes_in_a_row)
                 continue
             if process.is_alive():
                 continue
             self._forget_metrics(process)
-            if not worker.serving.is_set():
+            if not worker.serving.is_set() and not worker.replacement:
                 log.error("worker %d ended with %s before it served: stopping (its log says why)",
                           i, process.exitcode)
                 return STARTUP_FAILED
-            worker.crashes_in_a_row = 0 if now - worker.started_at >= _STABLE_S else worker.crashes_in_a_row + 1
+            # a replacement that could not start (memory still short, files being redeployed) is
+            # one more quick crash: the other workers keep serving while it is retried
+            stable = worker.serving.is_set() and now - worker.started_at >= _STABLE_S
+            worker.crashes_in_a_row = 0 if stable else worker.crashes_in_a_row + 1
             delay = min(_BACKOFF_FIRST_S * 2 ** max(worker.crashes_in_a_row - 1, 0), _BACKOFF_MAX_S) \
                 if worker.crashes_in_a_row else 0.0
             log.error("worker %d (pid %s) ended with %s: starting a new one%s", i, process.pid, process.exitcode,
                       f" in {delay:.1f}s ({worker.crashes_in_a_row} quick crashes in a row)" if delay else "")
             worker.respawn_at = now + delay
             if not delay:
-                self.workers[i] = self._spawn(sock, i)
+                self.workers[i] = self._replace(sock, i, worker.crashes_in_a_row)
         return 0
+
+    def _replace(self, sock: socket.socket, index: int, crashes_in_a_row: int) -> _Worker:
+        worker = self._spawn(sock, index)
+        worker.crashes_in_a_row, worker.replacement = crashes_in_a_row, True
+        return worker
 
     def _stop_all(self) -> int:
         for worker in self.workers:

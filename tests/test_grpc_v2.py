@@ -113,6 +113,13 @@ def test_errors_are_status_codes(client: tg.InferenceServerClient, model: str, t
     assert err.value.status() == code and words in err.value.message()
 
 
+def test_an_error_echoing_a_long_input_keeps_its_status(client: tg.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("m" * 20_000, [_text(tg, TEXTS)])  # the message names the model it did not find
+    assert err.value.status() == "StatusCode.NOT_FOUND"  # not RESOURCE_EXHAUSTED from oversized trailers
+    assert err.value.message().startswith("unknown model mmm") and len(err.value.message()) <= 1024
+
+
 def test_a_message_over_the_body_limit_is_resource_exhausted(client: tg.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as err:
         client.infer("sentiment", [_text(tg, ["word " * 1000] * 300)])  # ~1.5 MB, over SEQSERVE_MAX_BODY_BYTES

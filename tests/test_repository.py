@@ -154,6 +154,51 @@ def test_a_broken_version_is_refused_naming_its_file(server: Server, repo: Path)
     assert r.status_code == 404
 
 
+def test_a_name_that_is_not_one_folder_name_is_refused_and_loads_nothing(server: Server) -> None:
+    loaded_before = server.output().count("serving sentiment/")
+    for name in ("*", "%2A", "sent%3Fment", "%2E%2E"):  # a glob would have matched every model
+        r = httpx.post(f"{server.url}/v2/repository/models/{name}/load", timeout=60)
+        assert r.status_code == 422 and r.json()["field"] == "model", (name, r.text)
+    with pytest.raises(InferenceServerException) as err:
+        tg.InferenceServerClient(server.grpc_url).load_model("../sentiment")
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert server.output().count("serving sentiment/") == loaded_before
+    for parameters in (5, [1], "config"):
+        r = httpx.post(f"{server.url}/v2/repository/models/sentiment/load", json={"parameters": parameters})
+        assert r.status_code == 422 and r.json()["field"] == "parameters", r.text
+
+
+def test_an_unload_whose_caller_leaves_mid_drain_still_closes_the_version() -> None:
+    from types import SimpleNamespace
+
+    class Engine:
+        closed = False
+
+        async def drain(self, timeout_s: float) -> bool:
+            await asyncio.sleep(0.2)  # requests still finishing
+            return True
+
+        async def close(self) -> None:
+            self.closed = True
+
+    model = SimpleNamespace(name="m", version="1", engine=Engine())
+    served = [model]
+    registry = SimpleNamespace(versions=lambda name: list(served), remove=served.remove)
+    control = ModelControl(registry, Settings(model_control=True, warmup=False))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        caller = asyncio.create_task(control.unload("m"))
+        await asyncio.sleep(0.05)
+        caller.cancel()  # a gRPC deadline passes, or the server shuts down
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert served == [] and not model.engine.closed
+        await control.finish()  # what the shutdown awaits
+        assert model.engine.closed
+
+    asyncio.run(scenario())
+
+
 def test_unload_then_load_again(server: Server) -> None:
     def documented() -> bool:  # the OpenAPI document spells v2 inference out per served model
         return "/v2/models/sentiment/infer" in httpx.get(f"{server.url}/openapi.json").json()["paths"]

@@ -148,6 +148,15 @@ class _DeadProcess:
         return False
 
 
+class _LiveProcess(_DeadProcess):
+    """Stands in for a healthy worker process."""
+
+    exitcode = None
+
+    def is_alive(self) -> bool:
+        return True
+
+
 def test_a_worker_that_keeps_crashing_is_restarted_with_growing_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     from service import workers
     from service.settings import Settings
@@ -171,3 +180,30 @@ def test_a_worker_that_keeps_crashing_is_restarted_with_growing_backoff(monkeypa
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(spawned)]
     assert gaps[:5] == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0], abs=0.15)  # not every poll: 0.5, 1, 2, ... s
     assert len(spawned) <= 7
+
+
+def test_a_replacement_that_cannot_start_is_retried_while_the_others_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import workers
+    from service.settings import Settings
+
+    supervisor = workers.Supervisor(Settings(workers=2))
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(workers.time, "monotonic", lambda: clock["now"])
+    spawned: list[float] = []
+
+    def spawn(sock: object, index: int) -> workers._Worker:  # every new worker dies before serving
+        spawned.append(clock["now"])
+        return workers._Worker(_DeadProcess(), threading.Event())  # type: ignore[arg-type]
+
+    healthy, served_then_died = threading.Event(), threading.Event()
+    healthy.set()
+    served_then_died.set()
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
+    supervisor.workers = [workers._Worker(_LiveProcess(), healthy),  # type: ignore[arg-type]
+                          workers._Worker(_DeadProcess(), served_then_died)]  # type: ignore[arg-type]
+    for _ in range(100):  # 10 s of polls
+        assert supervisor._replace_dead(None) == 0  # type: ignore[arg-type]  # never STARTUP_FAILED
+        clock["now"] += 0.1
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(spawned)]
+    assert spawned[0] == pytest.approx(1000.5) and gaps[:3] == pytest.approx([1.0, 2.0, 4.0], abs=0.15)  # backing off
+    assert isinstance(supervisor.workers[0].process, _LiveProcess)  # the healthy one was left alone
