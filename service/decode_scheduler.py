@@ -166,7 +166,7 @@ class DecodeScheduler(AnsweredFromThreads):
 
     def _to_a_lane(self, request: _Request) -> None:
         # ``assigned`` and ``in_flight`` change on the event loop only (here, and when answers are settled)
-        lane = min(self.lanes, key=lambda lane: lane.assigned)
+        lane = min(self.lanes, key=lambda lane: (lane.recovering, lane.assigned))
         lane.intake.put_nowait(request)
         lane.assigned += 1
 
@@ -196,6 +196,9 @@ class _Lane:
         self.join_every = join_every
         self.intake: queue.Queue[_Request] = queue.Queue()  # its length is bounded by admission
         self.assigned = 0  # requests given to this lane and not answered yet
+        # from a fault until its replacement thread runs (after a back-off of up to 5 s): new
+        # requests go to the other lanes meanwhile
+        self.recovering = False
         self._waiting: collections.deque[_Request] = collections.deque()  # taken from intake, not yet joined
         self._joining: list[_Request] = []  # admitted, not yet in the rows (a fault must fail them too)
         self._steps_since_join = 0
@@ -295,12 +298,14 @@ class _Lane:
 
     def turn(self) -> bool:
         """One loop of the lane's thread (supervised, see AnsweredFromThreads): True if it stepped."""
+        self.recovering = False
         stepped = self._loop_once(self._rows)
         self._flush()
         return stepped
 
     def fail_held(self, exc: BaseException) -> None:
         """After a fault: the requests being decoded or joining fail; those still waiting stay."""
+        self.recovering = True
         error = self.scheduler.failure(exc)
         answered = {id(request) for request, _, _ in self._answers}
         for request in [*self._rows.members, *self._joining]:

@@ -12,8 +12,10 @@ from starlette.requests import ClientDisconnect, Request
 from service.errors import ClientGone, InvalidInput
 from service.http_protocol import arrived_at
 from service.settings import Settings
+from service.tokenization import has_content
 
 TIMEOUT_HEADER = "x-request-timeout"
+_NOTHING_TO_READ = "has no characters the model reads (only spaces, control or invisible ones)"
 T = TypeVar("T")
 
 
@@ -34,6 +36,8 @@ def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
         name = item_field(field, i)
         if not text.strip():
             raise InvalidInput(f"{name} is empty", field=name, limit=settings.max_text_chars)
+        if not has_content(text):
+            raise InvalidInput(f"{name} {_NOTHING_TO_READ}", field=name, limit=settings.max_text_chars)
         if len(text) > settings.max_text_chars:
             raise InvalidInput(f"{name} has {len(text)} characters; at most {settings.max_text_chars} allowed",
                                field=name, limit=settings.max_text_chars)
@@ -56,8 +60,8 @@ def check_tokens(ids: list[int], limit: int, field: str, model: str) -> list[int
     """The subword ids of one text (without the </s> a translator appends), within the model's limit
     and not empty: a text of only invisible or control characters has nothing left to classify or
     translate once normalised."""
-    if not ids:
-        raise InvalidInput(f"{field} has no visible characters", field=field, limit=limit)
+    if not ids:  # what check_texts refuses first; here for texts that come another way
+        raise InvalidInput(f"{field} {_NOTHING_TO_READ}", field=field, limit=limit)
     if len(ids) > limit:
         raise InvalidInput(f"{field} is {len(ids)} subword tokens; model {model} takes at most {limit}",
                            field=field, limit=limit)

@@ -19,13 +19,14 @@ from typing import Any
 from service.inference import MAX_SEED
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
+from service.tokenization import NOTHING_LEFT
 from service.v2_model import TEXT_INPUT, outputs_of
 
 JsonSchema = dict[str, Any]
 _NULL: JsonSchema = {"type": "null"}
-# a character that str.strip() keeps: spelled out, since regex engines disagree on \s (Python's
-# counts \x1c-\x1f and \x85, ECMA-262's counts \ufeff instead)
-_NOT_BLANK = "[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# a character that leaves a subword behind (service/tokenization.py): spelled out, since regex
+# engines disagree on \s (Python's counts \x1c-\x1f and \x85, ECMA-262's counts \ufeff instead)
+_HAS_CONTENT = f"[^{NOTHING_LEFT}]"
 
 
 def optional(schema: JsonSchema) -> JsonSchema:
@@ -33,8 +34,9 @@ def optional(schema: JsonSchema) -> JsonSchema:
 
 
 def text(settings: Settings) -> JsonSchema:
-    """One text: not blank (Python's whitespace, as str.strip), at most the character limit."""
-    return {"type": "string", "pattern": _NOT_BLANK, "maxLength": settings.max_text_chars}
+    """One text: something besides whitespace, control and invisible characters, at most the
+    character limit."""
+    return {"type": "string", "pattern": _HAS_CONTENT, "maxLength": settings.max_text_chars}
 
 
 def texts(settings: Settings) -> JsonSchema:

@@ -222,6 +222,34 @@ async def test_a_lane_thread_that_raises_is_replaced_and_waiting_requests_still_
     await scheduler.close()
 
 
+async def test_new_requests_go_to_the_other_lane_while_a_faulted_one_waits_to_restart(
+        runner: TranslationRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import batching, decode_scheduler
+
+    monkeypatch.setattr(batching, "_BACKOFF_S", (3.0,))  # as after repeated faults
+    scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100, instances=2))
+    scheduler.start()
+    real_gather = decode_scheduler._RowArrays.gather
+    faults = {"left": 1}
+
+    def gather_once_broken(self: object, *args: object) -> None:
+        if faults["left"]:
+            faults["left"] -= 1
+            raise RuntimeError("planted fault in the lane's bookkeeping")
+        real_gather(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode_scheduler._RowArrays, "gather", gather_once_broken)
+    job = TranslationJob(runner.tokenize("A dog runs."), 2, 10)
+    with pytest.raises(InferenceFailed, match="planted fault"):
+        await scheduler.translate(job, time.monotonic() + 20)
+    started = time.monotonic()
+    ok = await scheduler.translate(job, time.monotonic() + 20)
+    assert time.monotonic() - started < 1.5  # not held for the faulted lane's 3 s back-off
+    assert ok.tokens == runner.translate([job])[0].tokens
+    assert await scheduler.drain(5)
+    await scheduler.close()
+
+
 async def test_a_backlog_is_bounded_by_admission_and_refused_whole(runner: TranslationRunner) -> None:
     from service.errors import Overloaded
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from service.tokenization import EOS_ID, SubwordTokenizer, normalize_sentiment, normalize_translation
+from service.tokenization import (
+    EOS_ID,
+    SubwordTokenizer,
+    has_content,
+    normalize_sentiment,
+    normalize_translation,
+)
 from tests.conftest import COMMITTED_MODELS, DATA_DIR
 
 
@@ -68,6 +74,20 @@ def test_sentiment_normalisation_matches_its_regex_definition_exactly() -> None:
         assert normalize_translation(text) == re.sub(r"\s+", " ", re.sub(
             r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]", " ",
             unicodedata.normalize("NFKC", text))).strip()
+
+
+@pytest.mark.parametrize(("model", "normalizer"), [("sentiment/1/sentiment.spm.model", "sentiment"),
+                                                   ("translate-en-de/1/source.spm.model", "translation")])
+def test_has_content_says_exactly_which_characters_leave_a_subword(model: str, normalizer: str) -> None:
+    """The class the API refuses texts by (and the OpenAPI document's pattern) matches what the
+    subword models keep, for every character of the Basic Multilingual Plane."""
+    path = COMMITTED_MODELS / model
+    if not path.exists():
+        pytest.skip("no committed model")
+    tok = SubwordTokenizer(path, normalizer)
+    disagree = [hex(cp) for cp in range(0x10000) if not 0xD800 <= cp <= 0xDFFF
+                and has_content(chr(cp)) != bool(tok.encode(chr(cp)))]
+    assert disagree == []
 
 
 MESSY = ["A man, in a RED shirt — rides a bike!!! 😀🚲", "Zwei Männer", "日本語のテキスト", "x" * 300,
