@@ -162,8 +162,10 @@ class BeamSearch:
         """One token drawn from the row's ``topk`` candidates; its score is the model's own log p."""
         assert self.sampling is not None and self._rng is not None
         k = min(self.sampling.topk, top_log_probs.shape[1])
-        scaled = top_log_probs[0, :k].astype(np.float64) / self.sampling.temperature
-        weights = np.exp(scaled - scaled.max())
+        log_probs = top_log_probs[0, :k].astype(np.float64)
+        # the best candidate at 0 before dividing: at a tiny temperature every log p / T would
+        # overflow to -inf and the weights turn NaN (which picked the *least* likely candidate)
+        weights = np.exp((log_probs - log_probs.max()) / self.sampling.temperature)
         pick = min(int(np.searchsorted(np.cumsum(weights), self._rng.random() * weights.sum(), side="right")), k - 1)
         row = attention[0] if attention is not None else None
         token, log_prob = int(top_ids[0, pick]), float(top_log_probs[0, pick])

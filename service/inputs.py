@@ -93,8 +93,8 @@ def deadline_after(settings: Settings, *timeouts: tuple[str | float | None, str]
             continue
         try:
             seconds = float(value)
-        except (TypeError, ValueError):
-            raise InvalidInput(f"{field} must be a number of seconds", field=field) from None
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidInput(f"{field} must be a number of seconds", field=field, limit=[0, 3600]) from None
         if not 0 < seconds <= 3600 or seconds != seconds:
             raise InvalidInput(f"{field} must be between 0 and 3600 seconds", field=field, limit=[0, 3600])
         timeout = min(timeout, seconds)

@@ -5,6 +5,7 @@ InferResult back; validation, limits, deadlines, batching and errors are the sam
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -88,7 +89,12 @@ def param_float(params: dict[str, Any], key: str) -> float | None:
     value = params.get(key)
     if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
         raise InvalidInput(f"parameters.{key} must be a number", field=f"parameters.{key}")
-    return None if value is None else float(value)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits: out of every range checked after this
+        return math.inf if value > 0 else -math.inf
 
 
 def search_options(params: dict[str, Any]) -> inference.SearchOptions:

@@ -242,3 +242,18 @@ def test_text_that_is_no_text_is_refused_naming_the_field(committed_server: Serv
                               ("/v1/translate", {"text": "\ufeff\u2060"}, "text")):
         r = httpx.post(f"{url}{path}", json=body)  # nothing left once control characters are dropped
         assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
+
+
+def test_a_number_parameter_of_hundreds_of_digits_is_refused_naming_it(committed_server: Server) -> None:
+    huge = "1" + "0" * 400  # exact in JSON; no float holds it
+    text = '{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["A dog runs."]}'
+    for path, body, field in (
+            ("/v2/models/sentiment/infer", f'{{"inputs": [{text}], "parameters": {{"timeout": {huge}}}}}',
+             "parameters.timeout"),
+            ("/v2/models/translate-en-de/infer", f'{{"inputs": [{text}], "parameters": {{"length_penalty": {huge}}}}}',
+             "length_penalty"),
+            ("/v2/models/translate-en-de/generate", f'{{"text_input": "A dog.", "sampling_temperature": {huge}}}',
+             "sampling_temperature")):
+        r = httpx.post(f"{committed_server.url}{path}", content=body.encode(),
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 422 and field in r.json()["field"], (path, r.text)

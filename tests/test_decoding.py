@@ -116,6 +116,8 @@ def test_sampling_topk_one_or_a_cold_temperature_is_greedy() -> None:
     greedy = _run(BeamSearch(beam_size=1, max_length=10), TABLE)
     assert all(_sampled(seed, topk=1) == greedy for seed in range(50))
     assert all(_sampled(seed, temperature=1e-3) == greedy for seed in range(50))
+    # the smallest positive temperature (a subnormal float) is the coldest: greedy, not NaN weights
+    assert all(_sampled(seed, temperature=5e-324) == greedy for seed in range(50))
 
 
 def test_sampling_needs_beam_one() -> None:
