@@ -84,12 +84,17 @@ def _translation_engine(name: str, runner: TranslationRunner, settings: Settings
 
 
 def choose_precision(requested: str, model_dir: Path, card: ModelCard, provider: str) -> Precision:
-    """auto: int8 on the CPU provider where the derived graphs exist and the card lets auto choose
-    them, fp32 otherwise (a warning on the CPU where the derived graphs were expected); int8 asked
+    """auto: int8 on the CPU provider where the derived graphs exist and the card records their
+    parity and lets auto choose them, fp32 otherwise (a warning on the CPU where the derived graphs were expected); int8 asked
     for and missing: refuse."""
     if requested == "fp32" or (requested == "auto" and provider != "CPUExecutionProvider"):
         return "fp32"
     derived = (card.precisions or {}).get("int8")
+    if requested == "auto" and derived is None:  # nothing measured: no parity, no quality figures
+        log.info("%s/%s: fp32 under SEQSERVE_PRECISION=auto (its card records no INT8 parity; "
+                 "`python -m export.quantize --model-dir %s --write` measures and records it)",
+                 card.name, card.version, model_dir)
+        return "fp32"
     if requested == "auto" and derived is not None and not derived.auto:
         log.info("%s/%s: fp32 under SEQSERVE_PRECISION=auto (its card keeps INT8 opt-in)", card.name, card.version)
         return "fp32"

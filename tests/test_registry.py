@@ -111,3 +111,6 @@ def test_choose_precision(int8_repo: Path, fp32_repo: Path, caplog: pytest.LogCa
         assert "CPU kernels" in caplog.text
     with pytest.raises(ModelLoadError, match=r"encoder\.int8\.onnx: INT8 graph not found"):
         choose_precision("int8", bare, card, cpu)
+    card.precisions = None  # a fresh export: graphs derived (make int8), nothing measured on the card
+    assert choose_precision("auto", folder, card, cpu) == "fp32"
+    assert choose_precision("int8", folder, card, cpu) == "int8"  # asked for by name, it is served
