@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import sys
 
-from service.server import configure_logging, serve
+from pydantic import ValidationError
+
+from service.server import STARTUP_FAILED, configure_logging, serve
 from service.settings import Settings
 from service.workers import Supervisor
 
 
 def main() -> None:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # one line per bad setting, named as it is set, not a traceback
+        for error in exc.errors():
+            name = "SEQSERVE_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"invalid setting {name}: {error['msg']} (got {error.get('input')!r})", file=sys.stderr)
+        sys.exit(STARTUP_FAILED)
     if settings.workers == 1:
         serve()
         return

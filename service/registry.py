@@ -85,8 +85,8 @@ def _translation_engine(name: str, runner: TranslationRunner, settings: Settings
 
 def choose_precision(requested: str, model_dir: Path, card: ModelCard, provider: str) -> Precision:
     """auto: int8 on the CPU provider where the derived graphs exist and the card records their
-    parity and lets auto choose them, fp32 otherwise (a warning on the CPU where the derived graphs were expected); int8 asked
-    for and missing: refuse."""
+    parity and lets auto choose them, fp32 otherwise (a warning on the CPU where the derived
+    graphs were expected); int8 asked for and missing: refuse."""
     if requested == "fp32" or (requested == "auto" and provider != "CPUExecutionProvider"):
         return "fp32"
     derived = (card.precisions or {}).get("int8")

@@ -8,14 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.version_policy import VersionPolicy
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SEQSERVE_", env_file=None, extra="ignore")
+    # no inf or nan in any number: an infinite queue delay or timeout breaks the threads' waits
+    model_config = SettingsConfigDict(env_prefix="SEQSERVE_", env_file=None, extra="ignore", allow_inf_nan=False)
 
     host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 inside a container")
     port: int = Field(8000, ge=0, le=65535)
@@ -47,11 +48,11 @@ class Settings(BaseSettings):
                          "one Python process tops out at a few thousand small requests/s")
 
     max_batch_size: int = Field(64, ge=1, description="requests per batch")
-    max_queue_delay_ms: float = Field(2.0, ge=0, description="how long a batch waits for company")
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="how long a batch waits for company")
     max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per batch (batch x longest)")
     max_queue_size: int = Field(1024, ge=1, description="queued requests per model before 503")
-    request_timeout_s: float = Field(30.0, gt=0, description="deadline from arrival to answer (504 after)")
-    drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, time allowed to finish accepted work")
+    request_timeout_s: float = Field(30.0, gt=0, le=3600, description="deadline from arrival to answer (504 after)")
+    drain_timeout_s: float = Field(30.0, ge=0, le=3600, description="on shutdown, time allowed to finish accepted work")
 
     max_text_chars: int = Field(2000, ge=1, description="characters per text")
     max_texts_per_request: int = Field(64, ge=1, description="texts in one request's 'texts' list")
@@ -73,5 +74,29 @@ class Settings(BaseSettings):
 
     fastapi_telemetry: bool = Field(False, description="FastAPI's built-in OpenTelemetry (newer FastAPI only)")
     warmup: bool = Field(True, description="run each model on typical shapes before reporting ready")
-    log_level: str = Field("info")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="the service's own log (any case)")
     access_log: bool = Field(True, description="one JSON log line per request")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_blank_key(cls, keys: list[str]) -> list[str]:
+        # a blank key would turn the key check on in name (the OpenAPI document declares 401)
+        # while matching nothing a client can send as a header value: refuse it, not ignore it
+        if any(not key.strip() for key in keys):
+            raise ValueError("an API key must not be empty or blank")
+        return keys
+
+    @field_validator("auth_exempt_paths")
+    @classmethod
+    def _paths_not_everything(cls, paths: list[str]) -> list[str]:
+        # exempt by prefix: "" or "/" would exempt every path
+        for path in paths:
+            if not path.startswith("/") or path == "/":
+                raise ValueError(f"{path!r}: each exempt path starts with / and names more than the root")
+        return paths

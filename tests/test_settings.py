@@ -1,0 +1,41 @@
+"""service/settings.py: settings are validated when the server starts, each bad one named."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("max_queue_delay_ms", float("inf")),  # a batch worker's wait would raise OverflowError
+    ("request_timeout_s", float("nan")),
+    ("drain_timeout_s", 1e300),
+    ("api_keys", [""]),  # would declare keys while letting every request through
+    ("api_keys", ["k-1", "  "]),
+    ("auth_exempt_paths", ["/"]),  # exempt by prefix: every path
+    ("auth_exempt_paths", [""]),
+    ("log_level", "verbose"),
+])
+def test_a_bad_setting_is_refused(setting: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=setting):
+        Settings(**{setting: value})
+
+
+def test_the_log_level_is_read_in_any_case() -> None:
+    assert Settings(log_level="DEBUG").log_level == "debug"
+
+
+def test_the_server_names_a_bad_setting_and_exits_3() -> None:
+    env = {**os.environ, "SEQSERVE_MAX_QUEUE_DELAY_MS": "inf", "SEQSERVE_LOG_LEVEL": "loud"}
+    run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 3
+    assert "invalid setting SEQSERVE_MAX_QUEUE_DELAY_MS: Input should be a finite number" in run.stderr
+    assert "invalid setting SEQSERVE_LOG_LEVEL" in run.stderr and "Traceback" not in run.stderr
