@@ -49,6 +49,14 @@ class DecodingSpec(BaseModel):
     max_length_extra: int = Field(ge=0)
     top_k: int = Field(ge=2, description="candidates per row returned by the decoder step (>= 2 x max beam)")
 
+    @model_validator(mode="after")
+    def _beams_fit(self) -> DecodingSpec:
+        if self.default_beam_size > self.max_beam_size:
+            raise ValueError(f"default_beam_size {self.default_beam_size} is over max_beam_size {self.max_beam_size}")
+        if self.top_k < 2 * self.max_beam_size:  # a beam keeps its best after dropping finished ones
+            raise ValueError(f"top_k {self.top_k} is under 2 x max_beam_size ({2 * self.max_beam_size})")
+        return self
+
 
 class ParitySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -113,7 +121,7 @@ class ModelCard(BaseModel):
     tokenizers: dict[str, TokenizerSpec]
     special_tokens: dict[str, int]
     max_input_tokens: int = Field(gt=0)
-    max_output_tokens: int | None = None
+    max_output_tokens: int | None = Field(None, gt=0)
     labels: list[str] | None = None
     languages: dict[str, str] | None = None
     decoding: DecodingSpec | None = None
@@ -139,7 +147,25 @@ class ModelCard(BaseModel):
         for key in _TASK_FIELDS[self.task]:
             if not getattr(self, key):
                 raise ValueError(f"a {self.task} card needs {key!r}")
+        self._agrees_with_its_graphs()
         return self
+
+    def _agrees_with_its_graphs(self) -> None:
+        """What the card says about sizes the graphs fix: one label per class the classifier
+        outputs, the decoder's candidates per row as many as ``decoding.top_k``, both languages."""
+        if self.task == "text-classification":
+            classes = self.graphs["model"].outputs[0].shape[-1]
+            if isinstance(classes, int) and len(self.labels or []) != classes:
+                raise ValueError(f"labels has {len(self.labels or [])} names for its graph's {classes} classes")
+            return
+        missing = [key for key in ("source", "target") if key not in (self.languages or {})]
+        if missing:
+            raise ValueError(f"languages needs {' and '.join(repr(k) for k in missing)}")
+        top_ids = next((t for t in self.graphs["decoder_step"].outputs if t.name == "top_ids"), None)
+        candidates = top_ids.shape[-1] if top_ids is not None else None
+        if isinstance(candidates, int) and self.decoding is not None and candidates != self.decoding.top_k:
+            raise ValueError(f"decoding.top_k is {self.decoding.top_k} but the decoder step returns {candidates} "
+                             "candidates per row")
 
 
 # what each task's runner reads from a card: graphs and tokenizers by key, then top-level fields

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -84,6 +85,28 @@ def test_a_card_missing_a_key_its_runner_reads_is_refused_naming_file_and_key(
     with pytest.raises(ModelCardError) as refused:
         load_model_card(path)
     assert str(path) in str(refused.value) and named in str(refused.value)
+
+
+@pytest.mark.parametrize(("model", "change", "named"), [
+    ("sentiment", {"labels": ["negative", "neutral", "positive"]}, "labels has 3 names for its graph's 2 classes"),
+    ("translate-en-de", {"decoding": {"top_k": 12}}, "top_k 12 is under 2 x max_beam_size (20)"),
+    ("translate-en-de", {"decoding": {"default_beam_size": 11}}, "default_beam_size 11 is over max_beam_size 10"),
+    ("translate-en-de", {"decoding": {"top_k": 40, "max_beam_size": 20}}, "decoding.top_k is 40 but the decoder"),
+    ("translate-en-de", {"languages": {"source": "en"}}, "languages needs 'target'"),
+    ("translate-en-de", {"max_output_tokens": -1}, "max_output_tokens"),
+])
+def test_a_card_that_disagrees_with_its_graphs_or_itself_is_refused(
+        tmp_path: Path, model: str, change: dict[str, object], named: str) -> None:
+    """Each of these loaded before, then failed every request (a 500) or ran past its limits."""
+    from service.model_card import ModelCardError
+
+    card = json.loads((COMMITTED_MODELS / model / "1" / "model.json").read_text())
+    for key, value in change.items():
+        card[key] = {**card[key], **value} if isinstance(value, dict) and key == "decoding" else value
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match=re.escape(named)):
+        load_model_card(path)
 
 
 def test_the_translator_card_carries_its_robustness_table() -> None:
