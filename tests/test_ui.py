@@ -232,3 +232,20 @@ def test_browser_page_from_another_origin_calls_the_api_with_the_key(browser: An
     assert "seed 7" in page.text_content("#translation-meta")
     assert problems == []
     page.close()
+
+
+def test_a_key_is_never_sent_to_a_server_it_was_not_typed_for(browser: Any, servers: Servers) -> None:
+    page, _ = _open(browser, f"{servers.api.url}/ui/")
+    _connect(page)  # the key, typed for this server, is remembered in the tab
+    sent: list[tuple[str, str | None]] = []
+    page.on("request", lambda r: sent.append((r.url, r.headers.get("x-api-key"))))
+    page.goto(f"{servers.api.url}/ui/?api={servers.static_url}")  # a link that names another server
+    page.wait_for_function(f"() => document.getElementById('api-base').value === '{servers.static_url}'")
+    page.wait_for_timeout(500)  # the page connects on load
+    assert page.input_value("#api-key") == ""
+    to_other = [key for url, key in sent if url.startswith(servers.static_url + "/v1/")]
+    assert to_other and not any(to_other)  # it called that server, without the key
+    page.goto(f"{servers.api.url}/ui/")  # back to the server the key is for
+    page.wait_for_selector(".model[data-model='sentiment']")
+    assert page.input_value("#api-key") == KEY
+    page.close()

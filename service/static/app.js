@@ -11,6 +11,10 @@ function initialBase() {
   return (fromQuery || location.origin).replace(/\/+$/, "");
 }
 
+// A key is remembered for the server it was typed for, never sent to another: a link to this page
+// with ?api=<some other server> must not carry the key the tab holds for this one.
+const keyStore = (base) => `seqserve.key ${base}`;
+
 function showError(message) {
   const box = $("error");
   box.textContent = message;
@@ -346,13 +350,14 @@ function connect(event) {
   const url = new URL(location.href);
   if (state.base === location.origin) url.searchParams.delete("api"); else url.searchParams.set("api", state.base);
   history.replaceState(null, "", url);
-  sessionStorage.setItem("seqserve.key", state.key);
+  sessionStorage.setItem(keyStore(state.base), state.key);
   return loadModels();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("api-base").value = initialBase();
-  $("api-key").value = sessionStorage.getItem("seqserve.key") || "";
+  const base = initialBase();
+  $("api-base").value = base;
+  $("api-key").value = sessionStorage.getItem(keyStore(base)) || "";
   $("connection").addEventListener("submit", connect);
   $("translate-form").addEventListener("submit", translate);
   $("beam-size").addEventListener("change", fillNbest);
