@@ -195,13 +195,10 @@ async def test_an_encoder_fault_fails_the_joining_requests_at_once(runner: Trans
     await scheduler.close()
 
 
-async def test_a_lane_thread_that_raises_is_replaced_and_waiting_requests_still_run(
-        runner: TranslationRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+def _break_the_next_gather(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lane's next row gather raises (a fault outside the model call); later ones work."""
     from service import decode_scheduler
 
-    scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100, instances=1))
-    scheduler.start()
-    first_thread = scheduler.threads[0]
     real_gather = decode_scheduler._RowArrays.gather
     faults = {"left": 1}
 
@@ -212,6 +209,14 @@ async def test_a_lane_thread_that_raises_is_replaced_and_waiting_requests_still_
         real_gather(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(decode_scheduler._RowArrays, "gather", gather_once_broken)
+
+
+async def test_a_lane_thread_that_raises_is_replaced_and_waiting_requests_still_run(
+        runner: TranslationRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100, instances=1))
+    scheduler.start()
+    first_thread = scheduler.threads[0]
+    _break_the_next_gather(monkeypatch)
     job = TranslationJob(runner.tokenize("A dog runs."), 2, 10)
     with pytest.raises(InferenceFailed, match="planted fault"):
         await scheduler.translate(job, time.monotonic() + 20)
@@ -224,21 +229,12 @@ async def test_a_lane_thread_that_raises_is_replaced_and_waiting_requests_still_
 
 async def test_new_requests_go_to_the_other_lane_while_a_faulted_one_waits_to_restart(
         runner: TranslationRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service import batching, decode_scheduler
+    from service import batching
 
     monkeypatch.setattr(batching, "_BACKOFF_S", (3.0,))  # as after repeated faults
     scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100, instances=2))
     scheduler.start()
-    real_gather = decode_scheduler._RowArrays.gather
-    faults = {"left": 1}
-
-    def gather_once_broken(self: object, *args: object) -> None:
-        if faults["left"]:
-            faults["left"] -= 1
-            raise RuntimeError("planted fault in the lane's bookkeeping")
-        real_gather(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(decode_scheduler._RowArrays, "gather", gather_once_broken)
+    _break_the_next_gather(monkeypatch)
     job = TranslationJob(runner.tokenize("A dog runs."), 2, 10)
     with pytest.raises(InferenceFailed, match="planted fault"):
         await scheduler.translate(job, time.monotonic() + 20)
