@@ -208,6 +208,7 @@ class _Lane:
         # labelled metric children looked up once (labels() hashes the label tuple on every call)
         self._first_step = metrics.TIME_TO_FIRST_STEP.labels(*self.labels)
         self._rows_per_step = metrics.DECODE_ROWS.labels(*self.labels)
+        self._step_run = metrics.BATCH_RUN.labels(*self.labels)  # a step is this engine's batch run
         self._steps_per_request = metrics.DECODE_STEPS.labels(*self.labels)
         self._output_tokens = metrics.TOKENS.labels(*self.labels, "output")
 
@@ -357,6 +358,7 @@ class _Lane:
         started = time.monotonic()
         top_lp, top_ids, new_state, attention = self.runner.step(prev, rows.state, rows.parents, rows.rows,
                                                                  want_attention)
+        self._step_run.observe(time.monotonic() - started)
         self._rows_per_step.observe(len(prev))
         # greedy rows read their best candidate as plain numbers (one conversion per step)
         best_lp, best_ids = top_lp[:, 0].tolist(), top_ids[:, 0].tolist()

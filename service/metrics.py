@@ -28,7 +28,8 @@ QUEUE_WAIT = Histogram("seqserve_queue_wait_seconds", "Time from enqueue to batc
                        buckets=_LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("seqserve_batch_size", "Requests per executed batch", ["model", "version"],
                        buckets=_BATCH_BUCKETS)
-BATCH_RUN = Histogram("seqserve_batch_run_seconds", "Wall time of one batch on the model", ["model", "version"],
+BATCH_RUN = Histogram("seqserve_batch_run_seconds", "Wall time of one batch (a decoder step, under the "
+                      "iteration-level scheduler) on the model", ["model", "version"],
                       buckets=_LATENCY_BUCKETS)
 PADDING_RATIO = Histogram("seqserve_padding_ratio", "Padded positions / all positions in a batch", ["model", "version"],
                           buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0))

@@ -113,6 +113,12 @@ def test_statistics_in_tritons_schema(client: tc.InferenceServerClient) -> None:
     assert after["last_inference"] > 0
     everything = client.get_inference_statistics()["model_stats"]
     assert {s["name"] for s in everything} == {"sentiment", "translate-en-de"}
+    translator = client.get_inference_statistics("translate-en-de")["model_stats"][0]
+    client.infer("translate-en-de", [_text(tc, GERMAN[:1], True)], parameters={"beam_size": 1})
+    decoded = client.get_inference_statistics("translate-en-de")["model_stats"][0]
+    compute = decoded["inference_stats"]["compute_infer"]
+    compute_before = translator["inference_stats"]["compute_infer"]
+    assert compute["count"] > compute_before["count"] and compute["ns"] > compute_before["ns"]  # its decoder steps
     with pytest.raises(InferenceServerException) as err:
         client.get_inference_statistics("nope")
     assert err.value.status() == "404"
