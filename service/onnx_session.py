@@ -143,8 +143,13 @@ def session_options(intra_op_threads: int = 0, profile_as: str | None = None) ->
     # stay resident); plain malloc/free lets memory go back after the burst
     options.enable_cpu_mem_arena = False
     if profile_as is not None:
+        try:
+            folder = tempfile.gettempdir()
+        except FileNotFoundError:  # a read-only root without a writable /tmp: serve without the profile
+            log.warning("no writable temporary folder: the check of which nodes ran on the CPU is off")
+            return options
         options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"seqserve-{os.getpid()}-{profile_as}")
+        options.profile_file_prefix = os.path.join(folder, f"seqserve-{os.getpid()}-{profile_as}")
     return options
 
 
@@ -187,7 +192,13 @@ def node_providers(session: ort.InferenceSession) -> Counter[tuple[str, str]]:
         return Counter()
     path = Path(name)
     try:
-        return providers_in_profile(json.loads(path.read_text()))
+        text = path.read_text()
+    except OSError as exc:  # ONNX Runtime could not write it, and says nothing when it cannot
+        log.warning("ONNX Runtime's profile %s cannot be read (%s): the check of which nodes ran on the CPU is off",
+                    path, exc)
+        return Counter()
+    try:
+        return providers_in_profile(json.loads(text))
     finally:
         path.unlink(missing_ok=True)
 

@@ -63,5 +63,13 @@ def test_compose_stack_wires_health_gpu_profile_and_locust() -> None:
     assert services["locust-master"]["depends_on"]["api"]["condition"] == "service_healthy"
     assert "--worker" in services["locust-worker"]["command"]
     assert "--headless" in services["locust-headless"]["command"]
+    # each Locust service can build its image, whichever of them runs first
+    assert all("build" in services[name] for name in ("locust-master", "locust-worker", "locust-headless"))
+    # a read-only root still needs a writable /tmp on CUDA (ONNX Runtime's profiler, service/onnx_session.py)
+    assert services["api-gpu"]["read_only"] and services["api-gpu"]["tmpfs"] == ["/tmp"]
+    gpu_deployment = next(yaml.safe_load_all((ROOT / "docker" / "k8s" / "seqserve-gpu.yaml").read_text()))
+    pod = gpu_deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"][0]["name"] == "tmp" and "emptyDir" in pod["volumes"][0]
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "runs", ".git"} <= set(ignored)

@@ -4,6 +4,7 @@ profiler's record of which provider ran each node (all on a CPU-only onnxruntime
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -43,6 +44,28 @@ def test_a_wrong_arena_strategy_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("SEQSERVE_CUDA_ARENA", "kBiggest")
     with pytest.raises(ValueError, match="cuda_arena"):
         Settings()
+
+
+def test_without_a_writable_temporary_folder_the_profiler_stays_off_and_nothing_fails(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A read-only root without a writable /tmp (the GPU deployments as first written): the
+    profiler that reports CPU fallbacks on CUDA must not stop the server from starting."""
+    import tempfile
+
+    from service.onnx_session import session_options
+
+    def no_folder() -> str:
+        raise FileNotFoundError("No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "gettempdir", no_folder)
+    assert not session_options(profile_as="test").enable_profiling
+    monkeypatch.undo()
+    spec = load_model_card(COMMITTED_MODELS / "sentiment" / "1" / "model.json").graphs["model"]
+    options = session_options(profile_as="test")
+    options.profile_file_prefix = str(tmp_path / "missing-folder" / "profile")  # ORT cannot write there
+    session = ort.InferenceSession(str(COMMITTED_MODELS / "sentiment" / "1" / spec.file), sess_options=options,
+                                   providers=[CPU])
+    assert node_providers(session) == {}
 
 
 @needs_cpu_only_ort
