@@ -15,7 +15,6 @@ from service.settings import Settings
 from service.tokenization import has_content
 
 TIMEOUT_HEADER = "x-request-timeout"
-_NOTHING_TO_READ = "has no characters the model reads (only spaces, control or invisible ones)"
 T = TypeVar("T")
 
 
@@ -37,7 +36,9 @@ def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
         if not text.strip():
             raise InvalidInput(f"{name} is empty", field=name, limit=settings.max_text_chars)
         if not has_content(text):
-            raise InvalidInput(f"{name} {_NOTHING_TO_READ}", field=name, limit=settings.max_text_chars)
+            # it would reach the model as no subwords at all (tokenization.has_content)
+            raise InvalidInput(f"{name} has no characters the model reads (only spaces, control or invisible ones)",
+                               field=name, limit=settings.max_text_chars)
         if len(text) > settings.max_text_chars:
             raise InvalidInput(f"{name} has {len(text)} characters; at most {settings.max_text_chars} allowed",
                                field=name, limit=settings.max_text_chars)
@@ -57,11 +58,6 @@ def integral(value: object) -> object:
 
 
 def check_tokens(ids: list[int], limit: int, field: str, model: str) -> list[int]:
-    """The subword ids of one text (without the </s> a translator appends), within the model's limit
-    and not empty: a text of only invisible or control characters has nothing left to classify or
-    translate once normalised."""
-    if not ids:  # what check_texts refuses first; here for texts that come another way
-        raise InvalidInput(f"{field} {_NOTHING_TO_READ}", field=field, limit=limit)
     if len(ids) > limit:
         raise InvalidInput(f"{field} is {len(ids)} subword tokens; model {model} takes at most {limit}",
                            field=field, limit=limit)
@@ -93,7 +89,7 @@ def deadline_after(settings: Settings, *timeouts: tuple[str | float | None, str]
             continue
         try:
             seconds = float(value)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError):  # numbers too large for a float arrive as inf (param_float)
             raise InvalidInput(f"{field} must be a number of seconds", field=field, limit=[0, 3600]) from None
         if not 0 < seconds <= 3600 or seconds != seconds:
             raise InvalidInput(f"{field} must be between 0 and 3600 seconds", field=field, limit=[0, 3600])

@@ -47,13 +47,14 @@ _CLITIC_STARTS = ("'s", "'r", "'v", "'l", "'d", "'m")
 _OPEN_QUOTE = re.compile(r"(^|\s)'(?!(?:s|re|ve|ll|d|m|t)\b)(?=\w)")
 _CLOSE_QUOTE = re.compile(r"(?<=[\w.!?,])'(?=\s|$)")
 # control and invisible format characters (zero-width spaces, bidi marks, BOM)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]")
-# Characters that leave no subword behind: whitespace (what str.strip removes), _CONTROL's, and
-# three the subword models' own normaliser drops (an Arabic letter mark, its "▁" space symbol and
-# the replacement character). A text made only of these has nothing to classify or translate.
-# Written as a regular-expression class that Python and ECMA-262 (the OpenAPI document's
-# patterns) read alike; tests/test_tokenization.py checks it against the models, character by character.
-NOTHING_LEFT = "\x00-\x20\x7f-\xa0\u061c\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u2581\u3000\ufeff\ufffd"
+_CONTROL_CHARS = "\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+# Characters that leave no subword behind: _CONTROL's, the whitespace str.strip removes beyond
+# them, and three the subword models' own normaliser drops (an Arabic letter mark, its "▁" space
+# symbol and the replacement character). A text made only of these has nothing to classify or
+# translate. A regular-expression class that Python and ECMA-262 (the OpenAPI document's patterns)
+# read alike; tests/test_tokenization.py checks it against the models, character by character.
+NOTHING_LEFT = _CONTROL_CHARS + " \xa0\u1680\u2000-\u200a\u205f\u3000" + "\u061c\u2581\ufffd"
 _SOMETHING_LEFT = re.compile(f"[^{NOTHING_LEFT}]")
 
 
