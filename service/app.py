@@ -27,10 +27,10 @@ from service import (
     ui,
 )
 from service.auth import ApiKeyMiddleware
-from service.early_refusal import EarlyRefusal
+from service.early_refusal import ArrivalReleaseMiddleware, EarlyRefusal
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
-from service.loop_budget import LoopBudgetMiddleware
+from service.loop_budget import PassBudget
 from service.middleware import RequestContextMiddleware
 from service.onnx_session import ModelLoadError
 from service.registry import ModelRegistry
@@ -91,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     # refusals on arrival while a model is full, in the server's protocol (service/http_protocol.py)
     app.state.early_refusal = EarlyRefusal(settings)
+    # a share of requests starts per event-loop pass, in the server's protocol (service/loop_budget.py)
+    app.state.pass_budget = PassBudget(settings.requests_per_loop_pass)
     install_error_handlers(app)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
@@ -120,7 +122,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
                                           "X-Request-Timeout", "Inference-Header-Content-Length"],
                            expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"])
-    # outermost: where a request starts its work, a share per event-loop pass in a burst, and
-    # stops counting as arriving for its model (service/loop_budget.py, service/early_refusal.py)
-    app.add_middleware(LoopBudgetMiddleware, per_pass=settings.requests_per_loop_pass)
+    # outermost: where a request stops counting as arriving for its model (service/early_refusal.py)
+    app.add_middleware(ArrivalReleaseMiddleware)
     return app

@@ -9,8 +9,8 @@ server ~0.9 s after its request arrived, and timers and the decode threads' hand
 long (loadtests/reliability.py, docs/benchmarks.md). And the queue looked free while hundreds of
 parsed requests had not yet reached ``Admission.admit``. Here a POST to an inference route that
 can reach exactly one model, parsed on an idle connection, counts as one text arriving for that
-model (``Admission.arriving``) from when its task starts until the app starts on it (``release``,
-in service/loop_budget.py, the app's outermost layer); a refusal is a few dictionary lookups and
+model (``Admission.arriving``) from when its task starts until the app starts on it
+(``ArrivalReleaseMiddleware``, the app's outermost layer); a refusal is a few dictionary lookups and
 one write in the protocol's own callback.
 
 It refuses only what the app would refuse with the same answer: such a request when its model
@@ -35,6 +35,8 @@ import urllib.parse
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.admission import Admission
 from service.auth import key_matches
@@ -86,6 +88,19 @@ def release(scope: Mapping[str, Any]) -> None:
     reserved: Admission | None = scope.get("extensions", {}).pop(RESERVED, None)
     if reserved is not None:
         reserved.arriving -= 1
+
+
+class ArrivalReleaseMiddleware:
+    """The app's outermost layer: from here a request no longer counts as arriving for its model;
+    admission counts the texts it brings."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            release(scope)
+        await self.app(scope, receive, send)
 
 
 class EarlyRefusal:

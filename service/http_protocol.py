@@ -1,17 +1,18 @@
 """uvicorn's httptools protocol, stamping each request's arrival into its ASGI scope.
 
-A request's latency counts from when the server began parsing it (``time.perf_counter()`` in
+A request's latency counts from when the server read its first bytes (``time.perf_counter()`` in
 ``scope["extensions"]["seqserve.arrival"]["at"]``), not from when the app starts on it. The two differ
-under a burst: every request parsed in one pass of the event loop waits in the loop's ready
-queue for all those before it (measured in a 1,000-request burst: 842 requests started in one
-788 ms iteration), and that wait is part of what the client sees. The access log's
-``latency_ms`` and ``seqserve_request_latency_seconds`` count from the stamp
+under a burst: a request waits for its turn to be parsed (below), then in the loop's ready queue
+for the requests parsed before it, and those waits are part of what the client sees. The access
+log's ``latency_ms`` and ``seqserve_request_latency_seconds`` count from the stamp
 (service/middleware.py).
 
 It also counts each inference request as arriving for its model from here, and answers in its
 own callbacks the requests refused on arrival while a model is full (service/early_refusal.py):
-the app never runs for them. The refusing instance comes from the
-app's state (``app.state.early_refusal``, active while the app serves).
+the app never runs for them. And it asks for a turn before it parses a request's first bytes, a
+share of requests per event-loop pass (service/loop_budget.py). The refusing instance and the
+budget come from the app's state (``app.state.early_refusal``, active while the app serves;
+``app.state.pass_budget``).
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.admission import Admission
 
-if TYPE_CHECKING:  # at run time the refusing instance comes from the app's state
+if TYPE_CHECKING:  # at run time the refusing instance and the budget come from the app's state
     from service.early_refusal import EarlyRefusal, Refusal
+    from service.loop_budget import PassBudget
 
 # the ASGI scope extension holding the stamp: {"at": time.perf_counter()}
 ARRIVAL = "seqserve.arrival"
 
 
 def arrived_at(scope: Mapping[str, Any]) -> float | None:
-    """When the server began parsing this request (``time.perf_counter()``); None if not stamped
+    """When the server read this request's first bytes (``time.perf_counter()``); None if not stamped
     (another server, a test client)."""
     arrival = scope.get("extensions", {}).get(ARRIVAL)
     return arrival["at"] if arrival else None
@@ -86,13 +88,19 @@ class _HeadWithBody:
 class ArrivalStampingProtocol(HttpToolsProtocol):
     _refusal: Refusal | None = None
     _closing = False  # a graceful shutdown began while a refused request's body was arriving
+    _budget: PassBudget | None = None
+    _in_message = False  # the parser is inside a request (its first bytes parsed, not yet all)
+    _waits = False  # in the pass budget's line, reading paused
+    _held = b""  # bytes read while waiting for a turn
+    _read_at = 0.0  # when the bytes being parsed were read
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
         # the same read must stop it, as uvicorn's data_received does for one in a later read
         self._unset_keepalive_if_required()
         super().on_message_begin()
-        self.arrived = time.perf_counter()
+        self._in_message = True
+        self.arrived = self._read_at
         self.scope.setdefault("extensions", {})[ARRIVAL] = {"at": self.arrived}
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -101,6 +109,46 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         # not with uvicorn's own concurrency limit, whose 503 app would never release a place
         door = getattr(state, "early_refusal", None) if self.limit_concurrency is None else None
         self._door: EarlyRefusal | None = door
+        self._budget = getattr(state, "pass_budget", None)
+
+    def data_received(self, data: bytes) -> None:
+        read_at = time.perf_counter()
+        starts = self._budget is not None and not self._in_message and not self._waits \
+            and (self.cycle is None or self.cycle.response_complete)
+        if starts and not self._budget.admit(self):  # type: ignore[union-attr]
+            # a request past this pass's share: held, the wait for its turn counted
+            self._unset_keepalive_if_required()
+            self._waits, self._held, self._read_at = True, data, read_at
+            self.flow.pause_reading()
+            return
+        if self._waits:  # more bytes after the held ones, read before reading paused
+            self._held += data
+            return
+        self._read_at = read_at
+        super().data_received(data)
+
+    def take_turn(self) -> bool:
+        """The pass budget lets this connection's next request in (service/loop_budget.py)."""
+        if not self._waits or self.transport.is_closing():
+            return False
+        self._waits = False
+        self.flow.resume_reading()
+        held, self._held = self._held, b""
+        super().data_received(held)  # stamped with when it was read (_read_at)
+        return True
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        refusal, self._refusal = self._refusal, None
+        if refusal is None:
+            super().on_message_complete()
+            return
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() \
+            and not self._closing
+        self.transport.write(refusal.answer(self.arrived, self.server_state.default_headers, keep_alive))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     def on_headers_complete(self) -> None:
         door = self._door
@@ -124,6 +172,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                 door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
 
     def shutdown(self) -> None:
+        if self._held:  # read while waiting for its turn: answered as a request in flight is
+            self.take_turn()
         # uvicorn closes a connection at once when its request cycle is complete, which the
         # placeholder cycle of a refusal says it is: a refusal still reading its body is answered
         # first, with "connection: close", as uvicorn lets an unfinished response finish
@@ -131,15 +181,3 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self._closing = True
             return
         super().shutdown()
-
-    def on_message_complete(self) -> None:
-        refusal, self._refusal = self._refusal, None
-        if refusal is None:
-            super().on_message_complete()
-            return
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() \
-            and not self._closing
-        self.transport.write(refusal.answer(self.arrived, self.server_state.default_headers, keep_alive))
-        if not keep_alive:
-            self.transport.close()
-        self.on_response_complete()

@@ -1,58 +1,64 @@
-"""At most ``per_pass`` requests start their work in one pass of the event loop.
+"""At most ``per_pass`` requests start being read in one pass of the event loop.
 
-In a burst uvicorn parses every request that has arrived in one pass of the event loop, and the
-next pass runs each of them, one after another, up to its first real wait: validation,
-tokenising, admission and, for a refusal, the whole answer. In the 1,000-request translation
-burst that was one pass of 788 ms with 842 requests in it, while every timer, every decode
-thread's hand-over (answers, stream steps) and every other connection waited behind them. Here a
-request beyond the pass's share waits its turn (first come, first served) and each later pass
-lets the next ``per_pass`` in, so everything else runs in between. The requests' own latency
-hardly moves: they waited in the loop's ready queue before, they wait here now, and it counts
-from their arrival either way (service/http_protocol.py).
+In a burst, one pass of the event loop used to read every connection that had a request waiting,
+and each of them ran up to its first real wait: parsing, and then either the app's task
+(validation, tokenising, admission, for a refusal the whole answer) or, while its model is full,
+the refusal answered in the protocol's own callback (service/early_refusal.py). In the
+1,000-request translation burst that was one pass of ~210 ms with 917 refusals in it (~230 us
+each, a third of it the loopback send), while every timer, health check and decode thread's
+hand-over waited behind them.
 
-Being the app's outermost layer, it is also where a request stops counting as arriving for its
-model (``early_refusal.release``): from here admission counts the texts it brings. It is always
-installed; ``per_pass`` 0 lets every request start at once.
+Here the server's protocol (service/http_protocol.py) asks for a turn when a request's first
+bytes arrive, before it parses them. Past the pass's share the connection keeps the bytes, stops
+reading and waits in line; first come, first served, each later pass lets the next ``per_pass``
+in, so everything else runs in between. The app's tasks are bounded with it: a pass starts at
+most the tasks of the requests parsed in the pass before.
+
+A request's latency counts its wait for a turn: its arrival stamp is when its bytes were read.
+``per_pass`` 0 lets every request start at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
+from typing import Protocol
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+# a pass lets the waiting in for at most this long (each turn parses a request and, for a refusal,
+# answers it: ~60 us alone, several times that while decode threads share the GIL)
+TURNS_SECONDS_PER_PASS = 0.005
 
-from service import early_refusal
+
+class Waiter(Protocol):
+    def take_turn(self) -> bool:
+        """Its turn has come: start now. False if it no longer waits (its connection closed):
+        the turn goes to the next in line."""
+        ...  # pragma: no cover
 
 
-class LoopBudgetMiddleware:
-    def __init__(self, app: ASGIApp, per_pass: int) -> None:
-        self.app = app
+class PassBudget:
+    def __init__(self, per_pass: int) -> None:
         self.per_pass = per_pass
-        self._started = 0  # requests let in since the last pass began
-        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._started = 0  # requests started since the last pass began
+        self._waiting: collections.deque[Waiter] = collections.deque()
         self._armed = False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            try:
-                if self.per_pass:
-                    await self._take_turn()
-            finally:
-                # from here the app works on it: admission counts what it brings, not its arrival
-                early_refusal.release(scope)
-        await self.app(scope, receive, send)
-
-    async def _take_turn(self) -> None:
-        """Start now if this pass has room and nobody waits, else wait in line for a later pass."""
+    def admit(self, waiter: Waiter) -> bool:
+        """Whether ``waiter`` may start now (counted in this pass); if not, it waits in line and
+        its ``take_turn`` is called in a later pass."""
+        if not self.per_pass:
+            return True
+        self._arm()
         if self._started < self.per_pass and not self._waiting:
             self._started += 1
-        else:
-            turn = asyncio.get_running_loop().create_future()
-            self._waiting.append(turn)
-            self._arm()
-            await turn
-        self._arm()
+            return True
+        self._waiting.append(waiter)
+        return False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     def _arm(self) -> None:
         if not self._armed:
@@ -60,14 +66,13 @@ class LoopBudgetMiddleware:
             asyncio.get_running_loop().call_soon(self._next_pass)
 
     def _next_pass(self) -> None:
-        """Once per loop pass while requests are starting or waiting: the next ``per_pass``
-        waiting requests are let in (they run in the next pass, before later arrivals)."""
+        """Once per loop pass while requests start or wait: a new share, its first turns to the
+        waiting (they run here, before the pass's new arrivals)."""
         self._armed = False
         self._started = 0
-        while self._waiting and self._started < self.per_pass:
-            turn = self._waiting.popleft()
-            if not turn.done():  # done: cancelled, its connection's task ended
-                turn.set_result(None)
+        until = time.perf_counter() + TURNS_SECONDS_PER_PASS
+        while self._waiting and self._started < self.per_pass and time.perf_counter() < until:
+            if self._waiting.popleft().take_turn():
                 self._started += 1
-        if self._waiting:
+        if self._waiting or self._started:
             self._arm()

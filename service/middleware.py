@@ -84,7 +84,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # from the request's arrival (parsed by the server) where stamped: a busy event loop's
+        # from the request's arrival (its bytes read by the server) where stamped: a busy event loop's
         # wait before the app runs is part of its latency
         started = arrived_at(scope) or time.perf_counter()
         headers = dict(scope["headers"])

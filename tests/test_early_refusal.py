@@ -14,7 +14,7 @@ import pytest
 
 from service import metrics
 from service.admission import Admission
-from service.early_refusal import RESERVED, EarlyRefusal, Refusal, release
+from service.early_refusal import RESERVED, ArrivalReleaseMiddleware, EarlyRefusal, Refusal, release
 from service.errors import ModelNotFound, Overloaded
 from service.settings import Settings
 from tests.conftest import COMMITTED_MODELS
@@ -83,6 +83,18 @@ def test_a_request_holds_a_place_from_its_arrival_until_the_app_starts_on_it() -
     release(scopes[0])  # a second release gives nothing back twice
     assert admission.arriving == 1 and RESERVED not in scopes[0]["extensions"]
     assert door.look(POST, b"/v1/translate?x=1", JSON) is admission
+
+
+async def test_a_request_stops_counting_as_arriving_when_the_app_starts_on_it() -> None:
+    admission = Admission("m", limit=8)
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(admission.arriving)
+
+    admission.arriving += 1
+    await ArrivalReleaseMiddleware(app)({"type": "http", "extensions": {RESERVED: admission}}, None, None)
+    assert seen == [0] and admission.arriving == 0
 
 
 def test_a_refusal_says_what_holds_the_places_when_requests_still_arriving_do() -> None:

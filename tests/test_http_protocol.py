@@ -20,6 +20,7 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.written = b""
         self.closed = False
+        self.reading = True
         self.upgraded_to: asyncio.BaseProtocol | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -35,13 +36,13 @@ class _Transport(asyncio.Transport):
         return self.closed
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:  # a websocket upgrade
         self.upgraded_to = protocol
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
 
 async def test_the_arrival_is_stamped_when_the_request_is_parsed_not_when_the_app_runs() -> None:
@@ -118,15 +119,15 @@ def _door_and_admission(limit: int = 1) -> tuple[Any, Any]:
 
 
 def _protocol(app: Any, transport: _Transport, **config: Any) -> ArrivalStampingProtocol:
-    """The protocol over ``app`` (its outermost layer the app's own, LoopBudgetMiddleware, which
-    ends a request's arrival) with the door in the app's state."""
-    from service.loop_budget import LoopBudgetMiddleware
+    """The protocol over ``app`` (its outermost layer the app's own, ArrivalReleaseMiddleware,
+    which ends a request's arrival) with the door and the pass budget in the app's state."""
+    from service.early_refusal import ArrivalReleaseMiddleware
 
     class App:
         state = app.state
 
         def __init__(self) -> None:
-            self.inner = LoopBudgetMiddleware(app, per_pass=0)
+            self.inner = ArrivalReleaseMiddleware(app)
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             await self.inner(scope, receive, send)
@@ -138,7 +139,7 @@ def _protocol(app: Any, transport: _Transport, **config: Any) -> ArrivalStamping
     return protocol
 
 
-def _app(door: Any, ran: list[str], seconds: float = 0.0) -> Any:
+def _app(door: Any, ran: list[str], seconds: float = 0.0, budget: Any = None) -> Any:
     from types import SimpleNamespace
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -147,7 +148,7 @@ def _app(door: Any, ran: list[str], seconds: float = 0.0) -> Any:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    app.state = SimpleNamespace(early_refusal=door)  # type: ignore[attr-defined]
+    app.state = SimpleNamespace(early_refusal=door, pass_budget=budget)  # type: ignore[attr-defined]
     return app
 
 
@@ -234,6 +235,80 @@ async def test_a_refusal_and_a_slow_request_in_one_read_keep_the_connection_open
     assert not transport.closed
     await _until(lambda: b"HTTP/1.1 204" in transport.written)
     assert ran == ["/slow"] and b"HTTP/1.1 204" in transport.written
+
+
+async def test_a_burst_of_requests_is_parsed_a_share_per_loop_pass_in_order() -> None:
+    from service.loop_budget import PassBudget
+
+    door, admission = _door_and_admission()
+    admission.waiting = 1  # full: each request is answered by the protocol itself
+    app = _app(door, [], budget=PassBudget(per_pass=2))
+    transports = [_Transport() for _ in range(5)]
+    protocols = [_protocol(app, t) for t in transports]
+    read_by = []
+    for protocol in protocols:
+        protocol.data_received(_post())
+        read_by.append(time.perf_counter())
+    answered = [bool(t.written) for t in transports]
+    assert answered == [True, True, False, False, False]
+    assert [t.reading for t in transports] == answered  # the rest hold their bytes, unread
+    for n in (4, 5):
+        await asyncio.sleep(0)  # the next pass of the loop: the next two in line
+        assert [bool(t.written) for t in transports] == [True] * n + [False] * (5 - n)
+    assert all(t.written.startswith(b"HTTP/1.1 503 ") and t.reading for t in transports)
+    # each counted from when it was read, its wait for a turn included
+    assert all(p.arrived < at for p, at in zip(protocols, read_by, strict=True))
+
+
+async def test_a_keep_alive_connections_next_request_waits_its_turn_too() -> None:
+    from service.loop_budget import PassBudget
+
+    door, _ = _door_and_admission(limit=8)
+    ran: list[str] = []
+    app = _app(door, ran, budget=PassBudget(per_pass=1))
+    first = _Transport()
+    kept_alive = _protocol(app, first)
+    kept_alive.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    await _until(lambda: first.written)
+    _protocol(app, _Transport()).data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")  # this pass's one
+    kept_alive.data_received(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert not first.reading and "/b" not in ran  # held, not parsed
+    await _until(lambda: "/b" in ran)
+    assert first.reading
+
+
+async def test_a_held_request_is_answered_at_shutdown() -> None:
+    from service.loop_budget import PassBudget
+
+    door, admission = _door_and_admission()
+    app = _app(door, [], budget=PassBudget(per_pass=1))
+    transport = _Transport()
+    protocol = _protocol(app, transport)
+    protocol.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    await _until(lambda: transport.written)
+    transport.written = b""
+    _protocol(app, _Transport()).data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")  # this pass's one
+    admission.waiting = 1
+    protocol.data_received(_post())
+    assert transport.written == b""  # held
+    protocol.shutdown()
+    assert transport.written.startswith(b"HTTP/1.1 503 ") and transport.closed
+
+
+async def test_a_connection_that_closes_while_it_waits_gives_its_turn_to_the_next() -> None:
+    from service.loop_budget import PassBudget
+
+    door, _ = _door_and_admission()
+    app = _app(door, [], budget=PassBudget(per_pass=1))
+    transports = [_Transport() for _ in range(3)]
+    protocols = [_protocol(app, t) for t in transports]
+    for protocol in protocols:
+        protocol.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [t.reading for t in transports] == [True, False, False]
+    transports[1].closed = True
+    protocols[1].connection_lost(None)
+    await asyncio.sleep(0)
+    assert transports[2].reading
 
 
 class _Writes(_Transport):

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
 
-from service.loop_budget import LoopBudgetMiddleware
+from service.loop_budget import PassBudget
+
+
+class _Request:
+    def __init__(self, i: int, started: list[tuple[int, int]], passes: list[int], gone: bool = False) -> None:
+        self.i, self.started, self.passes, self.gone = i, started, passes, gone
+
+    def take_turn(self) -> bool:
+        if self.gone:
+            return False
+        self.started.append((self.i, self.passes[0]))
+        return True
 
 
 async def test_a_burst_starts_a_share_per_loop_pass_first_come_first_served() -> None:
@@ -18,50 +28,32 @@ async def test_a_burst_starts_a_share_per_loop_pass_first_come_first_served() ->
         passes[0] += 1
         loop.call_soon(count_passes)
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        started.append((scope["i"], passes[0]))
-
-    gate = LoopBudgetMiddleware(app, per_pass=4)
     loop.call_soon(count_passes)
-    await asyncio.gather(*(gate({"type": "http", "i": i}, None, None) for i in range(30)))
+    await asyncio.sleep(0)
+    budget = PassBudget(per_pass=4)
+    for i in range(30):
+        request = _Request(i, started, passes)
+        if budget.admit(request):
+            request.take_turn()
+    while budget.waiting:
+        await asyncio.sleep(0)
     assert [i for i, _ in started] == list(range(30))  # first come, first served
     per_pass = Counter(p for _, p in started)
     assert max(per_pass.values()) <= 4 and len(per_pass) >= 30 // 4
 
 
-async def test_a_request_that_leaves_while_waiting_gives_its_turn_to_the_next() -> None:
-    started: list[int] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        started.append(scope["i"])
-
-    gate = LoopBudgetMiddleware(app, per_pass=1)
-    tasks = [asyncio.ensure_future(gate({"type": "http", "i": i}, None, None)) for i in range(4)]
-    await asyncio.sleep(0)  # all four reach the gate: the first starts, three wait
-    tasks[1].cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    assert started == [0, 2, 3]
+async def test_a_request_that_left_while_waiting_gives_its_turn_to_the_next() -> None:
+    passes = [0]
+    started: list[tuple[int, int]] = []
+    budget = PassBudget(per_pass=1)
+    assert budget.admit(_Request(0, started, passes))
+    assert not budget.admit(_Request(1, started, passes, gone=True))
+    assert not budget.admit(_Request(2, started, passes))
+    await asyncio.sleep(0)  # one pass: the one that left does not use up its turn
+    assert [i for i, _ in started] == [2]
 
 
-async def test_a_request_stops_counting_as_arriving_when_it_starts_or_leaves() -> None:
-    from service.admission import Admission
-    from service.early_refusal import RESERVED
-
-    admission = Admission("m", limit=8)
-    seen: list[int] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(admission.arriving)
-
-    def arriving(i: int) -> dict[str, Any]:
-        admission.arriving += 1
-        return {"type": "http", "i": i, "extensions": {RESERVED: admission}}
-
-    await LoopBudgetMiddleware(app, per_pass=0)(arriving(0), None, None)  # no limit: it starts at once
-    assert seen == [0]
-    gate = LoopBudgetMiddleware(app, per_pass=1)
-    tasks = [asyncio.ensure_future(gate(arriving(i), None, None)) for i in range(3)]
-    await asyncio.sleep(0)
-    tasks[1].cancel()  # left while waiting for its turn
-    await asyncio.gather(*tasks, return_exceptions=True)
-    assert admission.arriving == 0
+async def test_no_limit_starts_everything_at_once() -> None:
+    budget = PassBudget(per_pass=0)
+    assert all(budget.admit(_Request(i, [], [0])) for i in range(1000))
+    assert budget.waiting == 0
