@@ -164,7 +164,7 @@ class BurstReport:
                 f"refusals (503) server-side: p50 {percentile(self.server_refusal_ms, 50):.2f} ms, "
                 f"p99 {percentile(self.server_refusal_ms, 99):.2f} ms, "
                 f"max {max(self.server_refusal_ms, default=0):.2f} ms "
-                f"(arrival at the server to the answer, access log)",
+                f"(from when the server read the request to its answer, access log)",
                 f"refusals (503) at the client: p50 {percentile(refused, 50) * 1000:.0f} ms, "
                 f"p99 {percentile(refused, 99) * 1000:.0f} ms",
                 f"results (200) at the client: p50 {percentile(self.client_s.get(200, []), 50):.2f} s, "
