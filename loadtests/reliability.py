@@ -234,8 +234,9 @@ def translation_burst(models: Path, burst: int = 1000, queue_size: int = 8, beam
     finally:
         server.stop()
     for line in server.output().splitlines():
-        if line.startswith("{") and '"status": 503' in line and '"/v1/translate"' in line:
-            report.server_refusal_ms.append(json.loads(line)["latency_ms"])
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("status") == 503 and entry.get("path") == "/v1/translate":
+            report.server_refusal_ms.append(entry["latency_ms"])
     return report
 
 

@@ -9,9 +9,10 @@ compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.json_response import dumps
 
 
 def key_matches(x_api_key: bytes | None, authorization: bytes | None, keys: list[bytes]) -> bool:
@@ -43,8 +44,8 @@ class ApiKeyMiddleware:
                 or (scope["method"] == "GET" and scope["path"] in self.public) or self._authorised(scope):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": "missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",
-                           "code": "unauthorized", "field": "Authorization"}).encode()
+        body = dumps({"error": "missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",
+                      "code": "unauthorized", "field": "Authorization"})
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"www-authenticate", b"Bearer")]})

@@ -28,7 +28,6 @@ app's: the same JSON body, Retry-After, request id, access-log line and metrics
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import urllib.parse
@@ -41,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.admission import Admission
 from service.auth import key_matches
 from service.errors import ModelNotFound
+from service.json_response import dumps
 from service.middleware import declared_over_limit, is_json, record_request, request_id_for
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -67,8 +67,7 @@ class Refusal:
     def answer(self, arrived: float, default_headers: Sequence[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
         """The whole HTTP/1.1 response, recorded as the app records its answers."""
         error = self.admission.refusal(self.admission.waiting, None, self.admission.arriving)
-        # as Starlette's JSONResponse renders the app's errors
-        body = json.dumps(error.body(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        body = dumps(error.body())  # as the app renders its errors
         head = [b"HTTP/1.1 503 Service Unavailable\r\n"]
         for name, value in (*default_headers, (b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import re
 import time
@@ -23,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 from service.access_log import access_log
 from service.http_protocol import arrived_at
+from service.json_response import dumps
 
 log = logging.getLogger("seqserve")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -47,7 +47,7 @@ def record_request(method: str, path: str, route: str, status: int, seconds: flo
 
 
 def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[Message, Message]:
-    payload = json.dumps(body).encode()
+    payload = dumps(body)
     start: Message = {"type": "http.response.start", "status": status,
                       "headers": [(b"content-type", b"application/json"),
                                   (b"content-length", str(len(payload)).encode()),

@@ -9,10 +9,10 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from service.errors import InvalidInput
 from service.inputs import read_body
+from service.json_response import JSONResponse
 from service.repository import ModelControl, check_load_parameters
 from service.schemas import ErrorBody
 

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from service import inference
 from service.errors import InferenceFailed, InvalidInput, NotReady
 from service.event_stream import Chunks, EventStreamResponse
 from service.inputs import check_texts, deadline_for, unless_client_leaves
+from service.json_response import JSONResponse
 from service.registry import ServedModel
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationJob

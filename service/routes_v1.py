@@ -6,12 +6,13 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from service import inference, routes_stream
 from service.errors import InvalidInput
 from service.inputs import check_texts, deadline_for, read_body, unless_client_leaves
+from service.json_response import JSONResponse
 from service.registry import ModelRegistry, ServedModel
 from service.schemas import (
     ErrorBody,

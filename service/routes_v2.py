@@ -11,17 +11,17 @@ never wait behind inference.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__, v2_model, v2_stats
 from service.errors import InvalidInput
 from service.inputs import deadline_for, read_body, unless_client_leaves
+from service.json_response import JSONResponse, dumps
 from service.registry import ModelRegistry
 from service.schemas import JsonInt
 from service.v2_binary import HEADER_LENGTH, Datatype, decode_tensor, encode_tensor, split_body, take_binary
@@ -142,7 +142,7 @@ def _render(result: InferResult, body: InferRequest) -> Response:
         answer["id"] = body.id
     if not blobs:
         return JSONResponse(answer)
-    header = json.dumps(answer, separators=(",", ":")).encode()
+    header = dumps(answer)
     return Response(b"".join([header, *blobs]), media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(len(header))})
 

@@ -114,7 +114,7 @@ def test_the_access_log_is_one_json_object_per_line() -> None:
     server = Server(COMMITTED_MODELS, access_log="true", warmup="false").wait_ready()
     try:
         httpx.post(f"{server.url}/v1/sentiment", json={"text": "fine"}, headers={"X-Request-ID": "log-1"})
-        assert server.wait_for_output('"request_id": "log-1"')
+        assert server.wait_for_output('"request_id":"log-1"')
     finally:
         server.stop()
     line = next(x for x in server.output().splitlines() if '"log-1"' in x)
@@ -132,11 +132,11 @@ def test_a_client_that_leaves_before_its_body_is_read_is_logged_as_gone_not_as_a
             with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
                 sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                              f"X-Request-ID: gone-{i}\r\nContent-Length: 1000\r\n\r\n{{\"te".encode())
-            assert server.wait_for_output(f'"request_id": "gone-{i}"'), path
+            assert server.wait_for_output(f'"request_id":"gone-{i}"'), path
     finally:
         server.stop()
     log = server.output()
     assert "unhandled error" not in log and "Traceback" not in log
     statuses = {json.loads(line)["path"]: json.loads(line)["status"]
-                for line in log.splitlines() if '"request_id": "gone-' in line}
+                for line in log.splitlines() if '"request_id":"gone-' in line}
     assert statuses == dict.fromkeys(paths, 499)
