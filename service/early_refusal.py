@@ -18,12 +18,12 @@ has no place left (``Admission.full``): whatever the body says, it brings at lea
 Everything else takes the usual path: requests with an ``Origin`` (the CORS middleware answers
 browsers), a missing or wrong API key (401), a body over the limit or chunked (413 is decided on
 the body), a Content-Type that is not JSON (415), ``Expect``, an upgrade, a request pipelined
-behind one in flight or sent while the connection's writes are paused, a server not ready, v1
-translate with several language pairs served (the body chooses), generate on a model that does
-not translate. The body is not read: while a model is full, a malformed request for it (or one
-with a malformed ``X-Request-Timeout``) gets this 503 rather than its 4xx. The answer is the
-app's: the same JSON body, Retry-After, request id, access-log line and metrics
-(``record_request``), its latency counted from arrival.
+behind another in the same read or behind one in flight, one sent while the connection's writes
+are paused, a server not ready, v1 translate with several language pairs served (the body
+chooses), generate on a model that does not translate. The body is not read: while a model is
+full, a malformed request for it (or one with a malformed ``X-Request-Timeout``) gets this 503
+rather than its 4xx. The answer is the app's: the same JSON body, Retry-After, request id,
+access-log line and metrics (``record_request``), its latency counted from arrival.
 """
 
 from __future__ import annotations

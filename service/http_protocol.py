@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # at run time the refusing instance and the budget come from 
 
 # the ASGI scope extension holding the stamp: {"at": time.perf_counter()}
 ARRIVAL = "seqserve.arrival"
+_HEALTH = b"GET /v2/health/"
 
 
 def arrived_at(scope: Mapping[str, Any]) -> float | None:
@@ -87,12 +88,13 @@ class _HeadWithBody:
 
 class ArrivalStampingProtocol(HttpToolsProtocol):
     _refusal: Refusal | None = None
-    _closing = False  # a graceful shutdown began while a refused request's body was arriving
+    _closing = False  # a graceful shutdown began while a refused request or held bytes were pending
     _budget: PassBudget | None = None
     _in_message = False  # the parser is inside a request (its first bytes parsed, not yet all)
     _waits = False  # in the pass budget's line, reading paused
     _held = b""  # bytes read while waiting for a turn
     _read_at = 0.0  # when the bytes being parsed were read
+    _first = False  # no request's headers completed yet in the bytes being parsed (one read, or a turn)
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
@@ -115,7 +117,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         read_at = time.perf_counter()
         starts = self._budget is not None and not self._in_message and not self._waits \
             and (self.cycle is None or self.cycle.response_complete)
-        if starts and not self._budget.admit(self):  # type: ignore[union-attr]
+        # a health check skips the line: probes must not wait behind a burst (they read a flag)
+        if starts and not data.startswith(_HEALTH) and not self._budget.admit(self):  # type: ignore[union-attr]
             # a request past this pass's share: held, the wait for its turn counted
             self._unset_keepalive_if_required()
             self._waits, self._held, self._read_at = True, data, read_at
@@ -124,7 +127,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if self._waits:  # more bytes after the held ones, read before reading paused
             self._held += data
             return
-        self._read_at = read_at
+        self._read_at, self._first = read_at, True
         super().data_received(data)
 
     def take_turn(self) -> bool:
@@ -134,6 +137,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self._waits = False
         self.flow.resume_reading()
         held, self._held = self._held, b""
+        self._first = True
         super().data_received(held)  # stamped with when it was read (_read_at)
         return True
 
@@ -151,7 +155,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
     def on_headers_complete(self) -> None:
-        door = self._door
+        door = self._door if self._first else None
+        # the first request of the bytes parsed at once: requests pipelined behind it go to the app,
+        # one at a time, or a single read of a thousand refusals would take its pass back
+        self._first = False
         admission = None
         # only on an idle connection (a request in flight answers first; the pipelined one waits
         # with reading paused), never for an upgrade, never while writes are backed up
@@ -172,7 +179,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                 door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
 
     def shutdown(self) -> None:
-        if self._held:  # read while waiting for its turn: answered as a request in flight is
+        if self._held:  # read while waiting for its turn: answered, then the connection closes
+            self._closing = True
             self.take_turn()
         # uvicorn closes a connection at once when its request cycle is complete, which the
         # placeholder cycle of a refusal says it is: a refusal still reading its body is answered

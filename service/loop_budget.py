@@ -71,8 +71,10 @@ class PassBudget:
         self._armed = False
         self._started = 0
         until = time.perf_counter() + TURNS_SECONDS_PER_PASS
-        while self._waiting and self._started < self.per_pass and time.perf_counter() < until:
-            if self._waiting.popleft().take_turn():
-                self._started += 1
-        if self._waiting or self._started:
-            self._arm()
+        try:
+            while self._waiting and self._started < self.per_pass and time.perf_counter() < until:
+                if self._waiting.popleft().take_turn():
+                    self._started += 1
+        finally:  # whatever a turn raised, the rest of the line keeps its turns
+            if self._waiting or self._started:
+                self._arm()

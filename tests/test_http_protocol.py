@@ -292,7 +292,36 @@ async def test_a_held_request_is_answered_at_shutdown() -> None:
     protocol.data_received(_post())
     assert transport.written == b""  # held
     protocol.shutdown()
-    assert transport.written.startswith(b"HTTP/1.1 503 ") and transport.closed
+    assert transport.written.startswith(b"HTTP/1.1 503 ") and b"\r\nconnection: close\r\n" in transport.written
+    assert transport.closed
+
+
+async def test_a_health_check_skips_the_line() -> None:
+    from service.loop_budget import PassBudget
+
+    door, _ = _door_and_admission()
+    ran: list[str] = []
+    app = _app(door, ran, budget=PassBudget(per_pass=1))
+    _protocol(app, _Transport()).data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")  # this pass's one
+    waiting = _Transport()
+    _protocol(app, waiting).data_received(b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+    probe = _Transport()
+    _protocol(app, probe).data_received(b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert not waiting.reading and probe.reading  # parsed at once, ahead of the one in line
+    await _until(lambda: probe.written)
+    assert ran.index("/v2/health/live") < ran.index("/y")
+
+
+async def test_requests_pipelined_behind_a_refusal_go_to_the_app_one_at_a_time() -> None:
+    door, admission = _door_and_admission()
+    ran: list[str] = []
+    transport = _Transport()
+    protocol = _protocol(_app(door, ran), transport)
+    admission.waiting = 1
+    protocol.data_received(_post() * 50)  # one read: only its first request is refused here
+    assert transport.written.count(b"HTTP/1.1 503 ") == 1
+    await _until(lambda: len(ran) == 49)
+    assert ran == ["/v1/translate"] * 49  # the app answered the rest, each in its turn
 
 
 async def test_a_connection_that_closes_while_it_waits_gives_its_turn_to_the_next() -> None:
