@@ -41,7 +41,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or scope["path"].startswith(self.exempt) \
-                or (scope["method"] == "GET" and scope["path"] in self.public) or self._authorised(scope):
+                or (scope["method"] in ("GET", "HEAD") and scope["path"] in self.public) or self._authorised(scope):
             await self.app(scope, receive, send)
             return
         body = dumps({"error": "missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",

@@ -27,14 +27,16 @@ _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
                                        "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"}
 
 router = APIRouter(include_in_schema=False)
+# HEAD too (uptime monitors, link checkers): the same headers, no body (the server drops it)
+_READ = ["GET", "HEAD"]
 
 
-@router.get("/")
+@router.api_route("/", methods=_READ)
 async def root() -> RedirectResponse:
     return RedirectResponse("/ui/", status_code=307)
 
 
-@router.get("/ui")
+@router.api_route("/ui", methods=_READ)
 async def ui_no_slash() -> RedirectResponse:
     return RedirectResponse("/ui/", status_code=307)
 
@@ -46,11 +48,11 @@ def _file(name: str) -> Response:
     return Response(body, media_type=media_type, headers=_HEADERS)
 
 
-@router.get("/ui/")
+@router.api_route("/ui/", methods=_READ)
 async def index() -> Response:
     return _file("index.html")
 
 
-@router.get("/ui/{name}")
+@router.api_route("/ui/{name}", methods=_READ)
 async def page_file(name: str) -> Response:
     return _file(name)

@@ -70,13 +70,16 @@ def test_root_redirects_and_page_files_need_no_key(servers: Servers) -> None:
         assert httpx.get(f"{url}/ui/{name}").status_code == 200, name
     assert httpx.get(f"{url}/ui/app.js").headers["content-type"].startswith("text/javascript")
     assert "/ui/app.js" in PUBLIC_PATHS
+    head = httpx.head(f"{url}/ui/")  # uptime monitors and link checkers ask with HEAD
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"].startswith("text/html")
+    assert head.headers["content-length"] == r.headers["content-length"]
 
 
 def test_only_the_exact_page_paths_are_public(servers: Servers) -> None:
     url = servers.api.url
     for path in ("/ui/app.jsx", "/ui/app.js/x", "/ui/missing.js", "/uix", "/v1/models", "/docs", "/v2"):
         assert httpx.get(f"{url}{path}").status_code == 401, path
-    assert httpx.post(f"{url}/ui/app.js").status_code == 401  # exempt for GET only
+    assert httpx.post(f"{url}/ui/app.js").status_code == 401  # exempt for GET and HEAD only
     # with the key an unknown page file is an ordinary 404
     r = httpx.get(f"{url}/ui/missing.js", headers={"X-API-Key": KEY})
     assert r.status_code == 404 and r.json()["code"] == "not_found"
