@@ -1,17 +1,18 @@
-"""At most ``per_pass`` requests start being read in one pass of the event loop.
+"""At most ``per_pass`` requests are parsed in one pass of the event loop.
 
 In a burst, one pass of the event loop used to read every connection that had a request waiting,
 and each of them ran up to its first real wait: parsing, and then either the app's task
 (validation, tokenising, admission, for a refusal the whole answer) or, while its model is full,
 the refusal answered in the protocol's own callback (service/early_refusal.py). In the
-1,000-request translation burst that was one pass of ~210 ms with 917 refusals in it (~230 us
-each, a third of it the loopback send), while every timer, health check and decode thread's
-hand-over waited behind them.
+1,000-request translation burst that was one pass of 219 ms with 917 refusals in it (timed on
+asyncio's own loop; ~170 us each under uvloop), while every timer and decode thread's hand-over
+waited behind them (docs/benchmarks.md, stop 23).
 
 Here the server's protocol (service/http_protocol.py) asks for a turn when a request's first
 bytes arrive, before it parses them. Past the pass's share the connection keeps the bytes, stops
 reading and waits in line; first come, first served, each later pass lets the next ``per_pass``
-in, so everything else runs in between. The app's tasks are bounded with it: a pass starts at
+in (for at most ``TURNS_SECONDS_PER_PASS``), so everything else runs in between. Health checks
+skip the line. The app's tasks are bounded with it: a pass starts at
 most the tasks of the requests parsed in the pass before.
 
 A request's latency counts its wait for a turn: its arrival stamp is when its bytes were read.
