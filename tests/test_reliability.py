@@ -35,6 +35,8 @@ def test_a_translation_burst_against_a_small_queue_gets_200_or_a_fast_503_never_
     assert len(report.server_refusal_ms) == report.statuses[503]
     # refusals are decided on arrival; the < 50 ms target is the reliability report's (CI is noisy)
     assert max(report.server_refusal_ms) < 2000
+    assert 0 <= report.lag_probes_over_20ms <= report.lag_probes
+    assert "probes over 20 ms" in "\n".join(report.lines())
 
 
 def test_sigterm_drains_accepted_work_and_exits_zero() -> None:
