@@ -246,7 +246,10 @@ def translation_burst(models: Path, burst: int = 1000, queue_size: int = 8, beam
     finally:
         server.stop()
     for line in server.output().splitlines():
-        entry = json.loads(line) if line.startswith("{") else {}
+        try:
+            entry = json.loads(line) if line.startswith("{") else {}
+        except json.JSONDecodeError:  # not an access-log line (a traceback's, say)
+            continue
         if entry.get("status") == 503 and entry.get("path") == "/v1/translate":
             report.server_refusal_ms.append(entry["latency_ms"])
     return report

@@ -10,8 +10,9 @@ own fields:
 It is written here, with the standard library, rather than through ``logging``: a record, its
 handler's lock and its formatter cost the event loop 37 us per line in a tight loop and 62-70 us
 inside the app (a LogRecord per request, ``strftime`` per line). This costs 12-18 us with
-``json.dumps``, ~6 us less with the API's own JSON encoder (service/json_response.py). The time
-string is formatted once per second.
+``json.dumps``, ~6 us less with the API's own JSON encoder (service/json_response.py); a line
+with non-ASCII characters (only a path can bring them) is written ASCII-escaped by ``json.dumps``.
+The time string is formatted once per second.
 
 The lines logged during one pass of the event loop go out in one write when the pass is over,
 not one write (a syscall) per request. Lines logged off the event loop are written at once, and
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import os
 import sys
 import threading
@@ -46,8 +48,14 @@ class AccessLog:
         second = int(now)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        line = dumps({"time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "INFO",
-                      "logger": self._logger, "pid": os.getpid(), **fields}).decode()
+        entry = {"time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "INFO",
+                 "logger": self._logger, "pid": os.getpid(), **fields}
+        line = dumps(entry).decode()
+        if not line.isascii():
+            # a path with non-ASCII characters (percent-decoded): escaped, so that the line stays one
+            # line for readers that also split at U+2028/U+2029/U+0085 (str.splitlines, log
+            # shippers) and valid JSON on a stderr that is not UTF-8
+            line = json.dumps(entry, separators=(",", ":"))
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on the event loop: no pass to wait for

@@ -1,5 +1,7 @@
-"""The API's JSON: rendered by pydantic-core's serializer (Rust), which the API already uses to
-parse request bodies, instead of the standard library's ``json.dumps``.
+"""The API's JSON answers (inference, health, repository, errors, the protocol's refusals, the
+401) and access-log lines: rendered by pydantic-core's serializer (Rust), which the API already
+uses to parse request bodies, instead of the standard library's ``json.dumps``. Routes that
+return plain dicts (metadata) keep FastAPI's own rendering.
 
 Measured on the 2-core VM (docs/benchmarks.md, stop 23): a sentiment answer 0.7 µs against 5.0 µs,
 and JSON encoding was ~4% of the event loop's time at 64 sentiment clients (py-spy --gil); with

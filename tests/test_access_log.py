@@ -54,3 +54,12 @@ def test_a_line_is_the_time_level_logger_and_pid_then_the_requests_fields() -> N
     assert list(entry) == ["time", "level", "logger", "pid", "request_id", "status", "latency_ms"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
     assert entry["level"] == "INFO" and entry["logger"] == "seqserve.access" and entry["pid"] == os.getpid()
+
+
+def test_a_path_with_line_separators_stays_one_ascii_line() -> None:
+    stream = io.StringIO()
+    path = "/v1/sentiment\u2028x\u0085y\u2029z/caf\u00e9"  # percent-decoded by the server: the client's choice
+    AccessLog(stream).write({"path": path, "status": 404})
+    text = stream.getvalue()
+    assert text.isascii() and len(text.splitlines()) == 1
+    assert json.loads(text)["path"] == path
