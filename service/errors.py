@@ -117,10 +117,16 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
                         status_code=422)
 
 
+async def _client_gone(request: Request, _: Exception) -> JSONResponse:
+    """The client left before its body was read (Starlette's ``request.body()`` raises): 499, logged
+    as a client that went away, not as the 500 of an unhandled error."""
+    return await _service_error(request, ClientGone("client closed the connection before its body was read"))
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.__cause__, ClientDisconnect):  # FastAPI's 400 for a body the client never finished
-        return await _service_error(request, ClientGone("client closed the connection before its body was read"))
+        return await _client_gone(request, exc.__cause__)
     if exc.status_code == 400:
         # FastAPI's answer to a body it cannot decode (bytes that are not UTF-8): malformed JSON
         # is a 422 everywhere else, so here too
@@ -133,5 +139,6 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from service.errors import ClientGone, InvalidInput
 from service.http_protocol import arrived_at
@@ -95,14 +95,6 @@ def deadline_after(settings: Settings, *timeouts: tuple[str | float | None, str]
             raise InvalidInput(f"{field} must be between 0 and 3600 seconds", field=field, limit=[0, 3600])
         timeout = min(timeout, seconds)
     return time.monotonic() + timeout
-
-
-async def read_body(request: Request) -> bytes:
-    """The whole body; 499 (not the 500 of an unhandled error) when the client leaves first."""
-    try:
-        return await request.body()
-    except ClientDisconnect:
-        raise ClientGone("client closed the connection before its body was read") from None
 
 
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:

@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.errors import InvalidInput
-from service.inputs import read_body
 from service.json_response import JSONResponse
 from service.repository import ModelControl, check_load_parameters
 from service.schemas import ErrorBody
@@ -26,7 +25,7 @@ def control(request: Request) -> ModelControl:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await read_body(request)
+    raw = await request.body()
     if not raw.strip():
         return {}
     try:

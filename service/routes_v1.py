@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from service import inference, routes_stream
 from service.errors import InvalidInput
-from service.inputs import check_texts, deadline_for, read_body, unless_client_leaves
+from service.inputs import check_texts, deadline_for, unless_client_leaves
 from service.json_response import JSONResponse
 from service.registry import ModelRegistry, ServedModel
 from service.schemas import (
@@ -48,7 +48,7 @@ async def parse_body(request: Request, schema: type[M]) -> M:
     """Validate the raw body in one pass (pydantic's JSON parser), skipping FastAPI's body
     machinery on the hottest routes; errors go through the same 422 handler."""
     try:
-        return schema.model_validate_json(await read_body(request))
+        return schema.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
             from None

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__, v2_model, v2_stats
 from service.errors import InvalidInput
-from service.inputs import deadline_for, read_body, unless_client_leaves
+from service.inputs import deadline_for, unless_client_leaves
 from service.json_response import JSONResponse, dumps
 from service.registry import ModelRegistry
 from service.schemas import JsonInt
@@ -91,7 +91,7 @@ def _flat(data: list[Any]) -> list[Any]:
 async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
     """The body as JSON (with or without a Content-Type), or as a JSON header followed by binary
     tensor data when Inference-Header-Content-Length is present."""
-    body = await read_body(request)
+    body = await request.body()
     header_length = request.headers.get(HEADER_LENGTH)
     header, tail = split_body(body, header_length) if header_length is not None else (body, b"")
     try:
