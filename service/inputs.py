@@ -33,12 +33,10 @@ def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
                            field=field, limit=settings.max_texts_per_request)
     for i, text in enumerate(texts):
         name = item_field(field, i)
-        if not text.strip():
-            raise InvalidInput(f"{name} is empty", field=name, limit=settings.max_text_chars)
-        if not has_content(text):
-            # it would reach the model as no subwords at all (tokenization.has_content)
-            raise InvalidInput(f"{name} has no characters the model reads (only spaces, control or invisible ones)",
-                               field=name, limit=settings.max_text_chars)
+        if not has_content(text):  # it would reach the model as no subwords at all; blank is the plainest case
+            problem = "is empty" if not text.strip() else \
+                "has no characters the model reads (only spaces, control or invisible ones)"
+            raise InvalidInput(f"{name} {problem}", field=name, limit=settings.max_text_chars)
         if len(text) > settings.max_text_chars:
             raise InvalidInput(f"{name} has {len(text)} characters; at most {settings.max_text_chars} allowed",
                                field=name, limit=settings.max_text_chars)
