@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.registry = registry
         app.state.model_control = ModelControl(registry, settings)
-        registry.start()
+        registry.start(app.state.pass_budget.give_way)
         grpc_server = await grpc_v2.start(app.state, settings)
         # what is loaded now lives as long as the process: keep it out of every collection, and
         # collect less often (each request allocates many short-lived objects)

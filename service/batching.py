@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 from service import metrics
 from service.admission import Admission, Waiting
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
+from service.loop_budget import GiveWay
 
 log = logging.getLogger("seqserve.batching")
 
@@ -92,9 +93,11 @@ class AnsweredFromThreads:
         self._stop = threading.Event()
         self.threads: list[threading.Thread] = []  # supervised: a failed one is replaced in place
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._give_way: GiveWay | None = None
 
-    def _open(self) -> None:
+    def _open(self, give_way: GiveWay | None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._give_way = give_way
         self.accepting = True
 
     def _new_future(self) -> asyncio.Future[Any]:
@@ -166,9 +169,17 @@ class AnsweredFromThreads:
         same ``turn`` replaces this one."""
 
         def main() -> None:
+            last = 0.0  # how long this thread's last turn of work took
+            gave_way = metrics.GAVE_WAY.labels(*self.labels)
             try:
                 while not self._stop.is_set():
+                    if self._give_way is not None:  # to requests waiting for the event loop
+                        waited = self._give_way(last)
+                        if waited:
+                            gave_way.inc(waited)
+                    started = time.perf_counter()
                     if turn():
+                        last = time.perf_counter() - started
                         self._faults_in_a_row = 0
                         self.healthy = True
             except BaseException as exc:  # anything that ends the thread is answered and logged
@@ -241,8 +252,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         self._held = threading.local()  # per worker: the window it took and has not answered yet
 
     # --- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        self._open()
+    def start(self, give_way: GiveWay | None = None) -> None:
+        self._open(give_way)
         # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
         # that many batches at once (best with 1 intra-op thread each on a small CPU)
         for i in range(max(1, self.policy.instances)):

@@ -35,6 +35,7 @@ from service.admission import Waiting
 from service.batching import AnsweredFromThreads, BatchPolicy
 from service.decoding import BeamSearch, StepUpdate
 from service.errors import DeadlineExceeded, NotReady
+from service.loop_budget import GiveWay
 from service.runners.translation import (
     DecoderRows,
     Encoded,
@@ -137,8 +138,8 @@ class DecodeScheduler(AnsweredFromThreads):
                       for i in range(lanes)]
 
     # --- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        self._open()
+    def start(self, give_way: GiveWay | None = None) -> None:
+        self._open(give_way)
         for lane in self.lanes:
             self._start_thread(f"decode-{lane.index}", lane.turn, lane.fail_held)
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from service.admission import Admission
 from service.batching import BatchPolicy, DynamicBatcher
+from service.loop_budget import GiveWay
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
 
@@ -26,7 +27,7 @@ class TranslationEngine(Protocol):
     def admission(self) -> Admission: ...
 
     async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]: ...
-    def start(self) -> None: ...
+    def start(self, give_way: GiveWay | None = None) -> None: ...
     async def drain(self, timeout_s: float) -> bool: ...
     async def close(self) -> None: ...
 
@@ -44,8 +45,8 @@ class _BatchedEngine(Generic[P, R]):
     def admission(self) -> Admission:
         return self.batcher.admission
 
-    def start(self) -> None:
-        self.batcher.start()
+    def start(self, give_way: GiveWay | None = None) -> None:
+        self.batcher.start(give_way)
 
     async def drain(self, timeout_s: float) -> bool:
         return await self.batcher.drain(timeout_s)

@@ -17,18 +17,34 @@ most the tasks of the requests parsed in the pass before.
 
 A request's latency counts its wait for a turn: its arrival stamp is when its bytes were read.
 ``per_pass`` 0 lets every request start at once.
+
+While requests wait in line, the model threads give way (``give_way``): before a turn of work,
+which would take the GIL from the event loop for its Python parts, a batch worker or decode lane
+waits for the line to empty, at most as long as its own last turn took. Admission decisions and
+answers come first; work goes on at half speed at worst while a line lasts. In the translation
+burst the decode threads had held the GIL for about half of the event loop's wall time (py-spy
+--native: its waits in ``take_gil``), and giving way halved the refusals' p99 (docs/benchmarks.md,
+stop 24).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 # a pass lets the waiting in for at most this long (each turn parses a request and, for a refusal,
 # answers it: ~60 us alone, several times that while decode threads share the GIL)
 TURNS_SECONDS_PER_PASS = 0.005
+# a model thread gives way for at most as long as its last turn of work took, within these bounds
+GIVE_WAY_SECONDS = (0.001, 0.05)
+
+# called by a model thread before each turn of work with how long its last one took (seconds);
+# returns the seconds it waited
+GiveWay = Callable[[float], float]
 
 
 class Waiter(Protocol):
@@ -44,6 +60,9 @@ class PassBudget:
         self._started = 0  # requests started since the last pass began
         self._waiting: collections.deque[Waiter] = collections.deque()
         self._armed = False
+        # set while nobody waits for a turn: the model threads give way to the line (``give_way``)
+        self._clear = threading.Event()
+        self._clear.set()
 
     def admit(self, waiter: Waiter) -> bool:
         """Whether ``waiter`` may start now (counted in this pass); if not, it waits in line and
@@ -54,6 +73,8 @@ class PassBudget:
         if self._started < self.per_pass and not self._waiting:
             self._started += 1
             return True
+        if not self._waiting:
+            self._clear.clear()
         self._waiting.append(waiter)
         return False
 
@@ -79,3 +100,15 @@ class PassBudget:
         finally:  # whatever a turn raised, the rest of the line keeps its turns
             if self._waiting or self._started:
                 self._arm()
+            if not self._waiting:
+                self._clear.set()
+
+    def give_way(self, last_turn_s: float) -> float:
+        """From a model thread, before its next turn of work: while requests wait in line, wait
+        for the line to empty, for at most ``last_turn_s`` (within ``GIVE_WAY_SECONDS``). The
+        seconds waited (0.0 without a line)."""
+        if self._clear.is_set():
+            return 0.0
+        started = time.perf_counter()
+        self._clear.wait(min(max(last_turn_s, GIVE_WAY_SECONDS[0]), GIVE_WAY_SECONDS[1]))
+        return time.perf_counter() - started

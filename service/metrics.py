@@ -41,6 +41,9 @@ REJECTED = Counter("seqserve_rejected_total", "Requests refused at the queue", [
 # the model's own CPU, beside the process's: what is left is the cost of serving (make bench splits them)
 MODEL_CPU = Counter("seqserve_model_cpu_seconds_total", "CPU time of the threads calling ONNX Runtime, inside "
                     "its runs (all of ONNX Runtime's with ORT_INTRA_OP_THREADS=1)", ["model", "version"])
+# what a burst of arrivals costs the work in progress (service/loop_budget.py, give_way)
+GAVE_WAY = Counter("seqserve_gave_way_seconds_total", "Time the model's threads waited, before a turn of work, "
+                   "for requests waiting to be parsed by the event loop", ["model", "version"])
 
 # Iteration-level decoding (translation)
 DECODE_ROWS = Histogram("seqserve_decode_running_rows", "Decoder rows (beams) per step", ["model", "version"],

@@ -17,6 +17,7 @@ from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import RequestBatchedTranslator, SentimentEngine, TranslationEngine
 from service.errors import InvalidInput, ModelNotFound
+from service.loop_budget import GiveWay
 from service.model_card import ModelCard, ModelCardError, load_model_card
 from service.onnx_session import (
     CUDA,
@@ -170,6 +171,8 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
 class ModelRegistry:
     def __init__(self, models: list[ServedModel], providers: list[Provider]) -> None:
         self.providers = providers
+        # what the models' threads call to give way to the event loop (service/loop_budget.py)
+        self.give_way: GiveWay | None = None
         self._by_key = {(m.name, m.version): m for m in models}
         self._latest: dict[str, ServedModel] = {}
         self.generation = 0  # counts the changes below: what is built from the served set rebuilds
@@ -247,9 +250,11 @@ class ModelRegistry:
         return all(model.engine.healthy for model in self.all())
 
     # --- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, give_way: GiveWay | None = None) -> None:
+        """Start every model's threads; ``give_way`` also goes to models loaded later."""
+        self.give_way = give_way
         for model in self.all():
-            model.engine.start()
+            model.engine.start(give_way)
 
     async def drain(self, timeout_s: float) -> bool:
         ok = True

@@ -103,7 +103,7 @@ class ModelControl:
                     model = await asyncio.to_thread(load_model, card, self.registry.providers, self.settings)
                 except ModelLoadError as exc:
                     raise ModelLoadFailed(str(exc), field="model") from exc
-                model.engine.start()
+                model.engine.start(self.registry.give_way)
                 self.registry.add(model)
                 log.info("serving %s/%s", name, version)
             for version, model in served.items():

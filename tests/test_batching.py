@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service.batching import BatchPolicy, DynamicBatcher, WorkItem, split_by_budget
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded
@@ -224,3 +225,23 @@ async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypat
     assert await batcher.submit("back", 1, time.monotonic() + 10) == "BACK"
     assert await _becomes(lambda: batcher.healthy) and batcher.in_flight == 0
     await batcher.close()
+
+
+async def test_a_worker_gives_way_before_each_batch_as_long_as_its_last_one_took() -> None:
+    asked: list[float] = []  # the give-way's argument before each turn (a fake: the test is about the worker)
+
+    def give_way(last_turn_s: float) -> float:
+        asked.append(last_turn_s)
+        return 0.01 if last_turn_s else 0.0
+
+    before = REGISTRY.get_sample_value("seqserve_gave_way_seconds_total", {"model": "gw", "version": ""}) or 0.0
+    batcher = DynamicBatcher("gw", Recorder(delay=0.05), _policy(max_batch_size=1, max_queue_delay_s=0.0))
+    batcher.start(give_way)
+    for word in ("a", "b"):
+        assert await batcher.submit(word, 1, time.monotonic() + 5) == word.upper()
+    await batcher.close()
+    assert asked[0] == 0.0  # nothing done yet
+    worked = [t for t in asked if t]
+    assert len(worked) >= 2 and all(0.05 <= t < 1.0 for t in worked)  # each after a 50 ms batch
+    after = REGISTRY.get_sample_value("seqserve_gave_way_seconds_total", {"model": "gw", "version": ""})
+    assert after == pytest.approx(before + 0.01 * len(worked))

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import Counter
 
-from service.loop_budget import PassBudget
+import pytest
+
+from service import loop_budget
+from service.loop_budget import GIVE_WAY_SECONDS, PassBudget
 
 
 class _Request:
@@ -57,3 +62,31 @@ async def test_no_limit_starts_everything_at_once() -> None:
     budget = PassBudget(per_pass=0)
     assert all(budget.admit(_Request(i, [], [0])) for i in range(1000))
     assert budget.waiting == 0
+
+
+async def test_model_threads_give_way_while_requests_wait_in_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop_budget, "GIVE_WAY_SECONDS", (0.001, 30.0))  # only the line can end the wait
+    budget = PassBudget(per_pass=1)
+    assert budget.give_way(10.0) == 0.0  # no line: no wait
+    assert budget.admit(_Request(0, [], [0]))
+    assert not budget.admit(_Request(1, [], [0]))  # in line until the next pass
+    waited: list[float] = []
+    thread = threading.Thread(target=lambda: waited.append(budget.give_way(10.0)))
+    thread.start()
+    time.sleep(0.1)  # the event loop is busy: the thread waits ...
+    assert not waited
+    await asyncio.sleep(0)  # ... until a pass of the loop takes the turn and the line is empty
+    await asyncio.to_thread(thread.join, 10)
+    assert len(waited) == 1 and 0.1 <= waited[0] < 10
+
+
+async def test_a_model_thread_gives_way_at_most_as_long_as_its_last_turn_took() -> None:
+    budget = PassBudget(per_pass=1)
+    assert budget.admit(_Request(0, [], [0]))
+    assert not budget.admit(_Request(1, [], [0]))
+    # the event loop is blocked here, so the line stays: each wait ends at its bound
+    started = time.perf_counter()
+    assert 0.02 <= budget.give_way(0.02) < 0.2
+    assert budget.give_way(0.0) >= GIVE_WAY_SECONDS[0]
+    assert budget.give_way(60.0) < GIVE_WAY_SECONDS[1] + 0.2
+    assert time.perf_counter() - started < 1.0

@@ -199,6 +199,25 @@ def test_an_unload_whose_caller_leaves_mid_drain_still_closes_the_version() -> N
     asyncio.run(scenario())
 
 
+def test_a_version_loaded_later_gives_way_to_the_event_loop_as_the_first_ones(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    started_with: list[object] = []
+    engine = SimpleNamespace(start=started_with.append)
+    monkeypatch.setattr("service.repository.load_model",
+                        lambda card, providers, settings: SimpleNamespace(name="sentiment", version="1", engine=engine))
+    added: list[object] = []
+
+    def give_way(last_turn_s: float) -> float:
+        return 0.0
+
+    registry = SimpleNamespace(versions=lambda name: [], add=added.append, providers=[], give_way=give_way)
+    control = ModelControl(registry, Settings(model_repository=repo, model_control=True))  # type: ignore[arg-type]
+    asyncio.run(control.load("sentiment"))
+    assert started_with == [give_way] and len(added) == 1
+
+
 def test_unload_then_load_again(server: Server) -> None:
     def documented() -> bool:  # the OpenAPI document spells v2 inference out per served model
         return "/v2/models/sentiment/infer" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
