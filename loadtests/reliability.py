@@ -1,5 +1,6 @@
 """Reliability scenarios and their report: overload bursts (mixed, and translation-only with the
-refusal latency measured server-side) and graceful shutdown under load.
+refusal latency measured server-side, beside its floor: the same requests against an app that
+refuses at once behind the same HTTP protocol) and graceful shutdown under load.
 
     python -m loadtests.reliability [--models models]
 
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -199,8 +201,9 @@ def _p99_bucket(before: dict[float, float], after: dict[float, float]) -> float:
     return next((le * 1000 for le, n in counts.items() if total and n >= 0.99 * total), float("nan"))
 
 
-async def _one_shot(port: int, request: bytes, out: BurstReport) -> None:
-    """One connection, one request: the time from sending it to its answer, by status."""
+async def _one_shot(port: int, request: bytes, out: BurstReport, bodies: list[bytes] | None = None) -> None:
+    """One connection, one request: the time from sending it to its answer, by status (and the
+    answer's body, into ``bodies`` if given)."""
     from loadtests.http_client import Connection
 
     try:
@@ -210,7 +213,7 @@ async def _one_shot(port: int, request: bytes, out: BurstReport) -> None:
         return
     sent = time.perf_counter()
     try:
-        status, _ = await conn.send(request)
+        status, body = await conn.send(request)
     except (OSError, asyncio.IncompleteReadError):
         out.lost += 1
         return
@@ -218,6 +221,8 @@ async def _one_shot(port: int, request: bytes, out: BurstReport) -> None:
         conn.close()
     out.statuses[status] += 1
     out.client_s.setdefault(status, []).append(time.perf_counter() - sent)
+    if bodies is not None:
+        bodies.append(body)
 
 
 def translation_burst(models: Path, burst: int = 1000, queue_size: int = 8, beam_size: int = 5) -> BurstReport:
@@ -255,6 +260,68 @@ def translation_burst(models: Path, burst: int = 1000, queue_size: int = 8, beam
     return report
 
 
+@dataclass
+class FloorReport:
+    """The translation burst's requests against loadtests/floor_app.py: what the HTTP stack alone
+    costs them on this machine."""
+
+    burst: int
+    statuses: Counter[int] = field(default_factory=Counter)
+    server_ms: list[float] = field(default_factory=list)  # from each answer's body
+    client_s: list[float] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [f"## floor: the same {self.burst} requests against an app that refuses at once "
+                f"(loadtests/floor_app.py, the same HTTP protocol, no model, no pass budget)",
+                f"statuses: {dict(sorted(self.statuses.items()))}",
+                f"server-side (from the read to the answer): p50 {percentile(self.server_ms, 50):.2f} ms, "
+                f"p99 {percentile(self.server_ms, 99):.2f} ms; at the client: p50 "
+                f"{percentile(self.client_s, 50) * 1000:.0f} ms, p99 {percentile(self.client_s, 99) * 1000:.0f} ms"]
+
+
+def burst_floor(burst: int = 1000) -> FloorReport:
+    """The translation burst's requests, each on its own connection, against an app that refuses
+    them at once behind seqserve's HTTP protocol (loadtests/floor_app.py)."""
+    from loadtests.http_client import encode_post
+    from loadtests.server import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "loadtests.floor_app:app", "--host", "127.0.0.1",
+                               "--port", str(port), "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
+                               "--http", "service.http_protocol:ArrivalStampingProtocol"], cwd=ROOT)
+    report = FloorReport(burst)
+    try:
+        _wait_for_port(port, server)
+        requests = [encode_post("/v1/translate", {"text": f"{LONG} {i}", "beam_size": 5}) for i in range(burst)]
+        shots = BurstReport("floor")
+        bodies: list[bytes] = []
+
+        async def scenario() -> None:
+            await asyncio.gather(*(_one_shot(port, r, shots, bodies) for r in requests))
+
+        asyncio.run(scenario())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    report.statuses = shots.statuses
+    report.client_s = [s for times in shots.client_s.values() for s in times]
+    report.server_ms = [float(b) for b in bodies]
+    return report
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise RuntimeError(f"the floor server exited with code {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the floor server did not listen on port {port} within {timeout_s:g} s")
+
+
 def shutdown(models: Path, requests: int = 160, after_s: float = 0.3, **settings: str) -> ScenarioReport:
     """SIGTERM while requests are queued and decoding: every accepted request gets its result.
     ``settings`` go to the server (``workers="2"``: the supervisor passes SIGTERM on to each)."""
@@ -286,8 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "reliability.md")
     args = p.parse_args(argv)
     lines = ["# seqserve reliability report", ""]
-    reports: tuple[ScenarioReport | BurstReport, ...] = (
-        overload(args.models), translation_burst(args.models), shutdown(args.models))
+    reports: tuple[ScenarioReport | BurstReport | FloorReport, ...] = (
+        overload(args.models), translation_burst(args.models), burst_floor(), shutdown(args.models))
     for report in reports:
         for line in report.lines():
             print(line, flush=True)

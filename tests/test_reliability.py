@@ -39,6 +39,14 @@ def test_a_translation_burst_against_a_small_queue_gets_200_or_a_fast_503_never_
     assert "probes over 20 ms" in "\n".join(report.lines())
 
 
+def test_the_bursts_floor_answers_every_request_with_its_server_side_time() -> None:
+    report = reliability.burst_floor(burst=100)
+    assert report.statuses == {503: 100}
+    assert len(report.server_ms) == len(report.client_s) == 100
+    assert all(0 <= ms < 1000 * s for ms, s in zip(sorted(report.server_ms), sorted(report.client_s), strict=True))
+    assert "floor" in report.lines()[0]
+
+
 def test_sigterm_drains_accepted_work_and_exits_zero() -> None:
     report = reliability.shutdown(COMMITTED_MODELS, requests=24, after_s=0.3)
     assert report.statuses[200] == 24 and report.lost == 0 and report.connection_errors == 0
