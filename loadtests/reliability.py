@@ -2,7 +2,7 @@
 refusal latency measured server-side, beside its floor: the same requests against an app that
 refuses at once behind the same HTTP protocol) and graceful shutdown under load.
 
-    python -m loadtests.reliability [--models models]
+    python -m loadtests.reliability [--models models] [--scenario overload|burst|floor|shutdown ...]
 
 Each scenario starts a real server on 127.0.0.1, sends a bounded burst, and prints: requests
 sent, results, rejects by status, lost (accepted but never answered: must be 0), connection
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import httpx
 from loadtests.http_client import percentile
 from loadtests.server import ROOT, ServerProcess
 
+SCENARIOS = ("overload", "burst", "floor", "shutdown")
 LONG = "A man in a blue shirt and a woman in a red dress are walking their two dogs in the park. "
 
 _PROBE = """
@@ -351,16 +353,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "reliability.md")
+    p.add_argument("--scenario", action="append", choices=SCENARIOS,
+                   help="run only this scenario (repeatable; default: all, in this order: "
+                        f"{', '.join(SCENARIOS)})")
     args = p.parse_args(argv)
+    runs: dict[str, Callable[[], ScenarioReport | BurstReport | FloorReport]] = {
+        "overload": lambda: overload(args.models), "burst": lambda: translation_burst(args.models),
+        "floor": burst_floor, "shutdown": lambda: shutdown(args.models)}
     lines = ["# seqserve reliability report", ""]
-    reports: tuple[ScenarioReport | BurstReport | FloorReport, ...] = (
-        overload(args.models), translation_burst(args.models), burst_floor(), shutdown(args.models))
-    for report in reports:
-        for line in report.lines():
+    for name in SCENARIOS:
+        if args.scenario and name not in args.scenario:
+            continue
+        for line in [*runs[name]().lines(), ""]:  # each scenario's lines as soon as it has run
             print(line, flush=True)
             lines.append(line)
-        print()
-        lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
 

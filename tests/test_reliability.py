@@ -47,6 +47,14 @@ def test_the_bursts_floor_answers_every_request_with_its_server_side_time() -> N
     assert "floor" in report.lines()[0]
 
 
+def test_the_report_runs_the_scenarios_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "reliability.md"
+    reliability.main(["--scenario", "floor", "--out", str(out)])
+    report = out.read_text()
+    assert "## floor" in report and "## overload" not in report and "## translation burst" not in report
+    assert "## floor" in capsys.readouterr().out
+
+
 def test_sigterm_drains_accepted_work_and_exits_zero() -> None:
     report = reliability.shutdown(COMMITTED_MODELS, requests=24, after_s=0.3)
     assert report.statuses[200] == 24 and report.lost == 0 and report.connection_errors == 0
