@@ -271,11 +271,12 @@ class FloorReport:
     statuses: Counter[int] = field(default_factory=Counter)
     server_ms: list[float] = field(default_factory=list)  # from each answer's body
     client_s: list[float] = field(default_factory=list)
+    lost: int = 0  # sent, no answer
 
     def lines(self) -> list[str]:
         return [f"## floor: the same {self.burst} requests against an app that refuses at once "
                 f"(loadtests/floor_app.py, the same HTTP protocol, no model, no pass budget)",
-                f"statuses: {dict(sorted(self.statuses.items()))}",
+                f"statuses: {dict(sorted(self.statuses.items()))} (0: could not connect); lost: {self.lost}",
                 f"server-side (from the read to the answer): p50 {percentile(self.server_ms, 50):.2f} ms, "
                 f"p99 {percentile(self.server_ms, 99):.2f} ms; at the client: p50 "
                 f"{percentile(self.client_s, 50) * 1000:.0f} ms, p99 {percentile(self.client_s, 99) * 1000:.0f} ms"]
@@ -304,8 +305,12 @@ def burst_floor(burst: int = 1000) -> FloorReport:
         asyncio.run(scenario())
     finally:
         server.terminate()
-        server.wait(timeout=10)
-    report.statuses = shots.statuses
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    report.statuses, report.lost = shots.statuses, shots.lost
     report.client_s = [s for times in shots.client_s.values() for s in times]
     report.server_ms = [float(b) for b in bodies]
     return report
@@ -352,7 +357,8 @@ def shutdown(models: Path, requests: int = 160, after_s: float = 0.3, **settings
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "models")
-    p.add_argument("--out", type=Path, default=ROOT / "reports" / "reliability.md")
+    p.add_argument("--out", type=Path, help="default: reports/reliability.md, or with --scenario "
+                                            "reports/reliability-<scenarios>.md (the full report stays)")
     p.add_argument("--scenario", action="append", choices=SCENARIOS,
                    help="run only this scenario (repeatable; default: all, in this order: "
                         f"{', '.join(SCENARIOS)})")
@@ -367,8 +373,10 @@ def main(argv: list[str] | None = None) -> None:
         for line in [*runs[name]().lines(), ""]:  # each scenario's lines as soon as it has run
             print(line, flush=True)
             lines.append(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    out = args.out or ROOT / "reports" / ("reliability.md" if not args.scenario else
+                                          f"reliability-{'-'.join(sorted(set(args.scenario)))}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -169,17 +169,20 @@ class AnsweredFromThreads:
         same ``turn`` replaces this one."""
 
         def main() -> None:
-            last = 0.0  # how long this thread's last turn of work took
+            # the CPU time of this thread's last turn: its work, not its waits for work (a turn
+            # starts by waiting for some); 0.0 after a turn that found none
+            last = 0.0
             gave_way = metrics.GAVE_WAY.labels(*self.labels)
             try:
                 while not self._stop.is_set():
-                    if self._give_way is not None:  # to requests waiting for the event loop
+                    if self._give_way is not None and last:  # to requests waiting for the event loop
                         waited = self._give_way(last)
                         if waited:
                             gave_way.inc(waited)
-                    started = time.perf_counter()
-                    if turn():
-                        last = time.perf_counter() - started
+                    started = time.thread_time()
+                    worked = turn()
+                    last = time.thread_time() - started if worked else 0.0
+                    if worked:
                         self._faults_in_a_row = 0
                         self.healthy = True
             except BaseException as exc:  # anything that ends the thread is answered and logged

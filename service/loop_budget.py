@@ -20,8 +20,9 @@ A request's latency counts its wait for a turn: its arrival stamp is when its by
 
 While requests wait in line, the model threads give way (``give_way``): before a turn of work,
 which would take the GIL from the event loop for its Python parts, a batch worker or decode lane
-waits for the line to empty, at most as long as its own last turn took. Admission decisions and
-answers come first; work goes on at half speed at worst while a line lasts. In the translation
+that has just done one waits for the line to empty, at most as long as that turn's CPU time
+(at least 1 ms, at most 50 ms). Admission decisions and answers come first; work of 1 ms turns
+or longer goes on at half speed at worst while a line lasts. In the translation
 burst the decode threads had held the GIL for about half of the event loop's wall time (py-spy
 --native: its waits in ``take_gil``), and giving way halved the refusals' p99 (docs/benchmarks.md,
 stop 24).
@@ -39,11 +40,11 @@ from typing import Protocol
 # a pass lets the waiting in for at most this long (each turn parses a request and, for a refusal,
 # answers it: ~60 us alone, several times that while decode threads share the GIL)
 TURNS_SECONDS_PER_PASS = 0.005
-# a model thread gives way for at most as long as its last turn of work took, within these bounds
+# a model thread gives way for at most its last turn's CPU time, within these bounds
 GIVE_WAY_SECONDS = (0.001, 0.05)
 
-# called by a model thread before each turn of work with how long its last one took (seconds);
-# returns the seconds it waited
+# called by a model thread before a turn of work with the CPU time of the one it just did
+# (seconds); returns the seconds it waited
 GiveWay = Callable[[float], float]
 
 
@@ -105,8 +106,8 @@ class PassBudget:
 
     def give_way(self, last_turn_s: float) -> float:
         """From a model thread, before its next turn of work: while requests wait in line, wait
-        for the line to empty, for at most ``last_turn_s`` (within ``GIVE_WAY_SECONDS``). The
-        seconds waited (0.0 without a line)."""
+        for the line to empty, for at most ``last_turn_s`` (the CPU time of its last turn, within
+        ``GIVE_WAY_SECONDS``). The seconds waited (0.0 without a line)."""
         if self._clear.is_set():
             return 0.0
         started = time.perf_counter()

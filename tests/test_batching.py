@@ -227,21 +227,29 @@ async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypat
     await batcher.close()
 
 
-async def test_a_worker_gives_way_before_each_batch_as_long_as_its_last_one_took() -> None:
+async def test_a_worker_gives_way_after_a_batch_for_its_cpu_time_not_after_waiting_for_work() -> None:
     asked: list[float] = []  # the give-way's argument before each turn (a fake: the test is about the worker)
 
     def give_way(last_turn_s: float) -> float:
         asked.append(last_turn_s)
-        return 0.01 if last_turn_s else 0.0
+        return 0.01
+
+    def busy(payloads: list[str]) -> list[str]:  # 20 ms of this thread's CPU
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:
+            pass
+        return [p.upper() for p in payloads]
 
     before = REGISTRY.get_sample_value("seqserve_gave_way_seconds_total", {"model": "gw", "version": ""}) or 0.0
-    batcher = DynamicBatcher("gw", Recorder(delay=0.05), _policy(max_batch_size=1, max_queue_delay_s=0.0))
+    batcher = DynamicBatcher("gw", busy, _policy(max_batch_size=1, max_queue_delay_s=0.0))
     batcher.start(give_way)
-    for word in ("a", "b"):
-        assert await batcher.submit(word, 1, time.monotonic() + 5) == word.upper()
+    assert await batcher.submit("a", 1, time.monotonic() + 5) == "A"
+    await asyncio.sleep(0.3)  # the worker waits for work meanwhile: turns that find none
+    assert await batcher.submit("b", 1, time.monotonic() + 5) == "B"
+    await asyncio.sleep(0.1)
     await batcher.close()
-    assert asked[0] == 0.0  # nothing done yet
-    worked = [t for t in asked if t]
-    assert len(worked) >= 2 and all(0.05 <= t < 1.0 for t in worked)  # each after a 50 ms batch
+    # once after each batch, for its 20 ms of CPU: not for the time its turn waited for work, and
+    # not after the turns that found none
+    assert len(asked) == 2 and all(0.015 <= t < 0.2 for t in asked), asked
     after = REGISTRY.get_sample_value("seqserve_gave_way_seconds_total", {"model": "gw", "version": ""})
-    assert after == pytest.approx(before + 0.01 * len(worked))
+    assert after == pytest.approx(before + 0.01 * len(asked))

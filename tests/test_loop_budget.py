@@ -77,7 +77,7 @@ async def test_model_threads_give_way_while_requests_wait_in_line(monkeypatch: p
     assert not waited
     await asyncio.sleep(0)  # ... until a pass of the loop takes the turn and the line is empty
     await asyncio.to_thread(thread.join, 10)
-    assert len(waited) == 1 and 0.1 <= waited[0] < 10
+    assert len(waited) == 1 and 0.09 <= waited[0] < 10  # (the thread may start its wait a little late)
 
 
 async def test_a_model_thread_gives_way_at_most_as_long_as_its_last_turn_took() -> None:

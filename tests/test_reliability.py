@@ -47,7 +47,10 @@ def test_the_bursts_floor_answers_every_request_with_its_server_side_time() -> N
     assert "floor" in report.lines()[0]
 
 
-def test_the_report_runs_the_scenarios_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_report_runs_the_scenarios_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    floor = reliability.burst_floor
+    monkeypatch.setattr(reliability, "burst_floor", lambda: floor(burst=50))
     out = tmp_path / "reliability.md"
     reliability.main(["--scenario", "floor", "--out", str(out)])
     report = out.read_text()
