@@ -22,10 +22,10 @@ While requests wait in line, the model threads give way (``give_way``): before a
 which would take the GIL from the event loop for its Python parts, a batch worker or decode lane
 that has just done one waits for the line to empty, at most as long as that turn's CPU time
 (at least 1 ms, at most 50 ms). Admission decisions and answers come first; work of 1 ms turns
-or longer goes on at half speed at worst while a line lasts. In the translation
-burst the decode threads had held the GIL for about half of the event loop's wall time (py-spy
---native: its waits in ``take_gil``), and giving way halved the refusals' p99 (docs/benchmarks.md,
-stop 24).
+or longer goes on at half speed at worst while a line lasts. In the translation burst the event
+loop had spent about half of its busy time waiting for the GIL, which the decode threads held
+(py-spy --native); giving way cut the refusals' p99 by about a third and kept the loop's timers
+within 20 ms in most runs (docs/benchmarks.md, stop 24).
 """
 
 from __future__ import annotations
