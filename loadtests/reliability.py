@@ -150,17 +150,24 @@ def overload(models: Path, burst: int = 400, queue_size: int = 16, rounds: int =
 
 
 @dataclass
-class BurstReport:
+class OneShots:
+    """What the one-connection-one-request client (``_one_shot``) saw: statuses (0: could not
+    connect), the time from sending to the answer by status, and requests sent but never answered."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    client_s: dict[int, list[float]] = field(default_factory=dict)  # by status, send to answer
+    lost: int = 0
+
+
+@dataclass(kw_only=True)
+class BurstReport(OneShots):
     """A translation-only burst against a small queue: statuses, and how fast refusals came."""
 
     name: str
-    statuses: Counter[int] = field(default_factory=Counter)
-    client_s: dict[int, list[float]] = field(default_factory=dict)  # by status, send to answer
     server_refusal_ms: list[float] = field(default_factory=list)  # 503s, from the access log
     loop_lag_p99_ms: float = float("nan")
     lag_probes: int = 0  # the loop's 50 ms timer probes during the burst
     lag_probes_over_20ms: int = 0
-    lost: int = 0
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -189,21 +196,26 @@ def _lag_buckets(url: str) -> dict[float, float]:
             if s.name.endswith("_bucket")}
 
 
+def _probes(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
+    """The timer probes between two scrapes, by bucket bound (cumulative, lowest bound first)."""
+    return {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+
+
 def _probes_over(before: dict[float, float], after: dict[float, float], seconds: float) -> tuple[int, int]:
     """(probes, probes later than ``seconds``) between two scrapes."""
-    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
-    within = after.get(seconds, 0.0) - before.get(seconds, 0.0)
-    return int(total), int(total - within)
+    counts = _probes(before, after)
+    total = counts.get(float("inf"), 0.0)
+    return int(total), int(total - counts.get(seconds, 0.0))
 
 
 def _p99_bucket(before: dict[float, float], after: dict[float, float]) -> float:
     """The smallest bucket bound (ms) holding 99% of the timer probes between two scrapes."""
-    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    counts = _probes(before, after)
     total = counts.get(float("inf"), 0.0)
     return next((le * 1000 for le, n in counts.items() if total and n >= 0.99 * total), float("nan"))
 
 
-async def _one_shot(port: int, request: bytes, out: BurstReport, bodies: list[bytes] | None = None) -> None:
+async def _one_shot(port: int, request: bytes, out: OneShots, bodies: list[bytes] | None = None) -> None:
     """One connection, one request: the time from sending it to its answer, by status (and the
     answer's body, into ``bodies`` if given)."""
     from loadtests.http_client import Connection
@@ -227,18 +239,22 @@ async def _one_shot(port: int, request: bytes, out: BurstReport, bodies: list[by
         bodies.append(body)
 
 
+def _burst_requests(burst: int, beam_size: int) -> list[bytes]:
+    """The burst's requests: distinct long sources, so that nothing is answered from a repeat."""
+    from loadtests.http_client import encode_post
+
+    return [encode_post("/v1/translate", {"text": f"{LONG} {i}", "beam_size": beam_size}) for i in range(burst)]
+
+
 def translation_burst(models: Path, burst: int = 1000, queue_size: int = 8, beam_size: int = 5) -> BurstReport:
     """``burst`` concurrent beam-search translations against a queue of ``queue_size`` texts, with the
     default request timeout: every request gets 200 or 503 (none 504), refusals come at once."""
-    from loadtests.http_client import encode_post
-
-    report = BurstReport(f"translation burst: {burst} concurrent beam-{beam_size} translations, "
+    report = BurstReport(name=f"translation burst: {burst} concurrent beam-{beam_size} translations, "
                          f"queue size {queue_size}")
     server = ServerProcess(models, capture_output=True, max_queue_size=str(queue_size), access_log="true")
     try:
         server.wait_ready()
-        requests = [encode_post("/v1/translate", {"text": f"{LONG} {i}", "beam_size": beam_size})
-                    for i in range(burst)]
+        requests = _burst_requests(burst, beam_size)
         before = _lag_buckets(server.url)
 
         async def scenario() -> None:
@@ -285,19 +301,17 @@ class FloorReport:
 def burst_floor(burst: int = 1000) -> FloorReport:
     """The translation burst's requests, each on its own connection, against an app that refuses
     them at once behind seqserve's HTTP protocol (loadtests/floor_app.py)."""
-    from loadtests.http_client import encode_post
     from loadtests.server import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "loadtests.floor_app:app", "--host", "127.0.0.1",
                                "--port", str(port), "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
                                "--http", "service.http_protocol:ArrivalStampingProtocol"], cwd=ROOT)
-    report = FloorReport(burst)
+    shots = OneShots()
+    bodies: list[bytes] = []
     try:
         _wait_for_port(port, server)
-        requests = [encode_post("/v1/translate", {"text": f"{LONG} {i}", "beam_size": 5}) for i in range(burst)]
-        shots = BurstReport("floor")
-        bodies: list[bytes] = []
+        requests = _burst_requests(burst, beam_size=5)
 
         async def scenario() -> None:
             await asyncio.gather(*(_one_shot(port, r, shots, bodies) for r in requests))
@@ -310,10 +324,8 @@ def burst_floor(burst: int = 1000) -> FloorReport:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    report.statuses, report.lost = shots.statuses, shots.lost
-    report.client_s = [s for times in shots.client_s.values() for s in times]
-    report.server_ms = [float(b) for b in bodies]
-    return report
+    return FloorReport(burst, shots.statuses, [float(b) for b in bodies],
+                       [s for times in shots.client_s.values() for s in times], shots.lost)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
