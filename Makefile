@@ -11,7 +11,7 @@ MODEL_DIRS := $(patsubst %/model.json,%,$(wildcard models/*/*/model.json))
 .PHONY: help serve test lint int8 train-sentiment train-translation evaluate evaluate-api loadtest reliability bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,7 +65,7 @@ evaluate: $(VENV)/.eval int8  ## print the committed models' quality (accuracy, 
 	$(PY) -m export.evaluate sentiment --data-dir $(DATA_DIR) --model-dir models/sentiment/1 --precision int8
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --precision int8
 
-evaluate-api: $(VENV)/.dev  ## the translator's robustness table (UPPER/lower/Title/...) over HTTP on a real server
+evaluate-api: $(VENV)/.dev int8  ## the translator's robustness table (UPPER/lower/Title/...) over HTTP on a real server
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --through-api
 
 loadtest: $(VENV)/.dev  ## Locust sweep + open loop, batching on vs off, vs the raw limit (reports/loadtest/)

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, description="requests per batch")
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="how long a batch waits for company")
     max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per batch (batch x longest)")
-    max_queue_size: int = Field(1024, ge=1, description="queued requests per model before 503")
+    max_queue_size: int = Field(1024, ge=1, description="texts waiting per model before 503")
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="deadline from arrival to answer (504 after)")
     drain_timeout_s: float = Field(30.0, ge=0, le=3600, description="on shutdown, time allowed to finish accepted work")
 

@@ -118,6 +118,16 @@ def normalize_translation(text: str) -> str:
 
 NORMALIZERS = {"sentiment": normalize_sentiment, "translation": normalize_translation}
 
+# Typographic punctuation that phones and word processors put in, and its plain twin. A subword
+# model trained on plainly punctuated text (Multi30k's English, SST-2) can spell the typographic
+# character only as UTF-8 byte pieces, which its network has rarely seen: one "’" in "The dog’s
+# ball is red." turned the translation into nonsense. ``SubwordTokenizer`` replaces each only
+# where its model spells it as bytes: the German target model knows „ “ and –, its corpus's own.
+# (NFKC, earlier, already turns "…", "″" and full-width forms into plain ones.)
+TYPOGRAPHIC = {"‘": "'", "’": "'", "‚": "'", "‛": "'", "´": "'", "′": "'",
+               "“": '"', "”": '"', "„": '"', "‟": '"', "«": '"', "»": '"',
+               "‐": "-", "‒": "-", "–": "-", "—": "-", "―": "-", "−": "-"}
+
 
 class SubwordTokenizer:
     """A sentencepiece model plus the normaliser it was trained with, and optionally a truecaser
@@ -136,6 +146,8 @@ class SubwordTokenizer:
         self._normalize = NORMALIZERS[normalizer]
         self.truecaser = truecaser
         self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        self._plain = str.maketrans({char: plain for char, plain in TYPOGRAPHIC.items()
+                                     if self._spells_as_bytes(char)})
 
     @classmethod
     def from_spec(cls, model_dir: Path, spec: TokenizerSpec) -> SubwordTokenizer:
@@ -147,8 +159,15 @@ class SubwordTokenizer:
     def vocab_size(self) -> int:
         return int(self._sp.get_piece_size())
 
+    def _spells_as_bytes(self, char: str) -> bool:
+        """Whether the model has no piece for ``char`` (it becomes byte pieces, or unknown)."""
+        sp = self._sp
+        return any(sp.is_byte(i) or sp.is_unknown(i) for i in sp.encode(char))
+
     def normalize(self, text: str) -> str:
         text = self._normalize(text)
+        if self._plain and not text.isascii():  # typographic punctuation the model cannot spell
+            text = text.translate(self._plain)
         return self.truecaser(text) if self.truecaser is not None else text
 
     def encode(self, text: str, add_eos: bool = False) -> list[int]:

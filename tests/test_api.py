@@ -55,6 +55,17 @@ def test_attention_rows_sum_to_one_for_beams_and_batches(committed_server: Serve
                 assert sum(row) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_typographic_punctuation_translates_as_plain_punctuation(committed_server: Server) -> None:
+    """Phones type "’" and "“”": the translator's English never had them (a translation with one
+    fell apart into byte pieces); they read as their plain twins."""
+    url = f"{committed_server.url}/v1/translate"
+    typed = httpx.post(url, json={"texts": ["The dog’s ball is red.", "“A dog,” he said – twice."]}, timeout=30)
+    plain = httpx.post(url, json={"texts": ["The dog's ball is red.", '"A dog," he said - twice.']}, timeout=30)
+    assert typed.status_code == plain.status_code == 200, typed.text
+    assert [r["translation"] for r in typed.json()["results"]] == [r["translation"] for r in plain.json()["results"]]
+    assert not any("<0x" in t for r in typed.json()["results"] for t in r["source_tokens"])
+
+
 def test_translation_is_the_same_alone_and_in_a_batch(committed_server: Server) -> None:
     url = f"{committed_server.url}/v1/translate"
     texts = ["Two dogs play in the snow.", "A woman sings.", "A group of people stand in front of an igloo."]
