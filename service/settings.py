@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.version_policy import VersionPolicy
@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0, le=3600, description="on shutdown, time allowed to finish accepted work")
 
     max_text_chars: int = Field(2000, ge=1, description="characters per text")
-    max_texts_per_request: int = Field(64, ge=1, description="texts in one request's 'texts' list")
+    max_texts_per_request: int = Field(64, ge=1, description="texts in one request's 'texts' list (at most "
+                                       "max_queue_size: a request must fit the queue whole)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit (413 above)")
 
     decode_join_every: int = Field(4, ge=1, le=64, description="steps new translations may wait to join together")
@@ -100,3 +101,11 @@ class Settings(BaseSettings):
             if not path.startswith("/") or path == "/":
                 raise ValueError(f"{path!r}: each exempt path starts with / and names more than the root")
         return paths
+
+    @model_validator(mode="after")
+    def _texts_fit_the_queue(self) -> Settings:
+        # a request is admitted whole or not at all (service/admission.py): one with more texts than
+        # the queue holds could never be, and would be told to retry (503) for ever. The smaller
+        # limit is the one served: a 422 naming it, and the same figure in /v1/models and OpenAPI.
+        self.max_texts_per_request = min(self.max_texts_per_request, self.max_queue_size)
+        return self

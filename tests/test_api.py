@@ -223,6 +223,14 @@ async def test_queue_full_gives_503_and_deadline_gives_504(tmp_path: Path) -> No
         r = httpx.post(f"{server.url}/v1/translate", json={"text": long_text, "beam_size": 10},
                        headers={"X-Request-Timeout": "0.001"}, timeout=30)
         assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded"
+        # more texts than the queue holds could never be admitted: a 422 naming the limit, not "retry"
+        for path, body in (("/v1/sentiment", {"texts": ["a", "b", "c"]}),
+                           ("/v2/models/sentiment/infer",
+                            {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": ["a", "b", "c"]}]})):
+            r = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+            assert r.status_code == 422 and r.json()["limit"] == 2 and "retry-after" not in r.headers, r.text
+        models = httpx.get(f"{server.url}/v1/models").json()["models"]
+        assert {m["limits"]["max_texts_per_request"] for m in models} == {2}
     finally:
         assert server.stop() == 0
 

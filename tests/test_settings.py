@@ -28,6 +28,12 @@ def test_a_bad_setting_is_refused(setting: str, value: object) -> None:
         Settings(**{setting: value})
 
 
+def test_a_request_may_hold_no_more_texts_than_the_queue() -> None:
+    # admitted whole or refused whole: more texts than the queue holds could never be admitted
+    assert Settings(max_queue_size=2).max_texts_per_request == 2
+    assert Settings(max_queue_size=100, max_texts_per_request=8).max_texts_per_request == 8
+
+
 def test_the_log_level_is_read_in_any_case() -> None:
     assert Settings(log_level="DEBUG").log_level == "debug"
 
