@@ -224,9 +224,9 @@ async def test_queue_full_gives_503_and_deadline_gives_504(tmp_path: Path) -> No
                        headers={"X-Request-Timeout": "0.001"}, timeout=30)
         assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded"
         # more texts than the queue holds could never be admitted: a 422 naming the limit, not "retry"
+        tensor = {"name": "text", "datatype": "BYTES", "shape": [3], "data": ["a", "b", "c"]}
         for path, body in (("/v1/sentiment", {"texts": ["a", "b", "c"]}),
-                           ("/v2/models/sentiment/infer",
-                            {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": ["a", "b", "c"]}]})):
+                           ("/v2/models/sentiment/infer", {"inputs": [tensor]})):
             r = httpx.post(f"{server.url}{path}", json=body, timeout=30)
             assert r.status_code == 422 and r.json()["limit"] == 2 and "retry-after" not in r.headers, r.text
         models = httpx.get(f"{server.url}/v1/models").json()["models"]
