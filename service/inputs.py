@@ -1,12 +1,14 @@
-"""Checks shared by the v1 and v2 routes: text limits, token limits, deadlines."""
+"""Checks shared by the v1 and v2 routes: JSON bodies, text limits, token limits, deadlines."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from service.errors import ClientGone, InvalidInput
@@ -16,6 +18,23 @@ from service.tokenization import has_content
 
 TIMEOUT_HEADER = "x-request-timeout"
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_body(schema: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the handler parses itself (see parse_body)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema.model_json_schema()}}}}
+
+
+async def parse_body(request: Request, schema: type[M]) -> M:
+    """Validate the raw body in one pass (pydantic's JSON parser), whatever its Content-Type says
+    (none, or v2's application/octet-stream: RequestContextMiddleware has refused the rest with
+    415), skipping FastAPI's body machinery; errors go through the same 422 handler."""
+    try:
+        return schema.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
+            from None
 
 
 def item_field(field: str, index: int) -> str:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from service import inference
 from service.errors import InferenceFailed, InvalidInput, NotReady
 from service.event_stream import Chunks, EventStreamResponse
-from service.inputs import check_texts, deadline_for, unless_client_leaves
+from service.inputs import check_texts, deadline_for, json_body, parse_body, unless_client_leaves
 from service.json_response import JSONResponse
 from service.registry import ServedModel
 from service.runners import TranslationRunner
@@ -120,6 +120,9 @@ class GenerateRequest(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+_BODY = json_body(GenerateRequest)  # the document's schema (service/request_schemas.py) replaces it
+
+
 def _parameters(body: GenerateRequest) -> dict[str, Any]:
     top, nested = body.model_extra or {}, body.parameters
     if top and nested is not None:
@@ -198,23 +201,24 @@ async def _generate_stream(request: Request, name: str, version: str | None,
     return await start_stream(request, model, job, deadline, _generate_renderer(model, inference.translator(model)))
 
 
-@router.post("/models/{name}/generate", summary="Generate extension: one translation")
-async def generate(request: Request, name: str, body: GenerateRequest) -> JSONResponse:
-    return await _generate(request, name, None, body)
+@router.post("/models/{name}/generate", summary="Generate extension: one translation", openapi_extra=_BODY)
+async def generate(request: Request, name: str) -> JSONResponse:
+    return await _generate(request, name, None, await parse_body(request, GenerateRequest))
 
 
-@router.post("/models/{name}/versions/{version}/generate", summary="Generate extension (one version)")
-async def generate_version(request: Request, name: str, version: str, body: GenerateRequest) -> JSONResponse:
-    return await _generate(request, name, version, body)
+@router.post("/models/{name}/versions/{version}/generate", summary="Generate extension (one version)",
+             openapi_extra=_BODY)
+async def generate_version(request: Request, name: str, version: str) -> JSONResponse:
+    return await _generate(request, name, version, await parse_body(request, GenerateRequest))
 
 
-@router.post("/models/{name}/generate_stream", summary="Generate extension: the translation as Server-Sent Events")
-async def generate_stream(request: Request, name: str, body: GenerateRequest) -> EventStreamResponse:
-    return await _generate_stream(request, name, None, body)
+@router.post("/models/{name}/generate_stream", summary="Generate extension: the translation as Server-Sent Events",
+             openapi_extra=_BODY)
+async def generate_stream(request: Request, name: str) -> EventStreamResponse:
+    return await _generate_stream(request, name, None, await parse_body(request, GenerateRequest))
 
 
 @router.post("/models/{name}/versions/{version}/generate_stream",
-             summary="Generate extension: Server-Sent Events (one version)")
-async def generate_stream_version(request: Request, name: str, version: str,
-                                  body: GenerateRequest) -> EventStreamResponse:
-    return await _generate_stream(request, name, version, body)
+             summary="Generate extension: Server-Sent Events (one version)", openapi_extra=_BODY)
+async def generate_stream_version(request: Request, name: str, version: str) -> EventStreamResponse:
+    return await _generate_stream(request, name, version, await parse_body(request, GenerateRequest))

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
 
 from service import inference, routes_stream
 from service.errors import InvalidInput
-from service.inputs import check_texts, deadline_for, unless_client_leaves
+from service.inputs import check_texts, deadline_for, json_body, parse_body, unless_client_leaves
 from service.json_response import JSONResponse
 from service.registry import ModelRegistry, ServedModel
 from service.schemas import (
@@ -26,8 +24,6 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-M = TypeVar("M", bound=BaseModel)
-
 router = APIRouter(prefix="/v1", tags=["v1"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -39,24 +35,9 @@ def _state(request: Request) -> tuple[ModelRegistry, Settings]:
     return request.app.state.registry, request.app.state.settings
 
 
-def _json_body(schema: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a body the handler parses itself (see parse_body)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema.model_json_schema()}}}}
-
-
-async def parse_body(request: Request, schema: type[M]) -> M:
-    """Validate the raw body in one pass (pydantic's JSON parser), skipping FastAPI's body
-    machinery on the hottest routes; errors go through the same 422 handler."""
-    try:
-        return schema.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
-            from None
-
-
 @router.post("/sentiment", response_model=SentimentResult | SentimentBatchResponse, responses=_ERRORS,
              summary="Classify the sentiment of one text or a list of texts",
-             openapi_extra=_json_body(SentimentRequest))
+             openapi_extra=json_body(SentimentRequest))
 async def sentiment(request: Request) -> JSONResponse:
     body = await parse_body(request, SentimentRequest)
     registry, settings = _state(request)
@@ -74,7 +55,7 @@ async def sentiment(request: Request) -> JSONResponse:
 
 @router.post("/translate", response_model=TranslationResult | TranslateBatchResponse, responses=_ERRORS,
              summary="Translate one text or a list of texts (English → German)",
-             openapi_extra=_json_body(TranslateRequest))
+             openapi_extra=json_body(TranslateRequest))
 async def translate(request: Request) -> Response:
     body = await parse_body(request, TranslateRequest)
     registry, settings = _state(request)

@@ -136,6 +136,16 @@ def test_generate_answers_like_v1(committed_server: Server, client: httpx.Client
                             "text_output": _plain(client, url, SENTENCES[1], 5)["translation"]}
 
 
+def test_generate_reads_a_body_without_content_type_as_json(committed_server: Server, client: httpx.Client) -> None:
+    # as v1 and v2 infer do (an Open Inference Protocol client may send application/octet-stream)
+    url, body = committed_server.url, json.dumps({"text_input": SENTENCES[1]}).encode()
+    for headers in ({}, {"content-type": "application/octet-stream"}):
+        for action in ("generate", "generate_stream"):
+            r = httpx.post(f"{url}/v2/models/{TRANSLATOR}/{action}", content=body, headers=headers, timeout=30)
+            assert r.status_code == 200, (headers, action, r.text)
+    assert r.text.startswith("data: ")
+
+
 @pytest.mark.parametrize("beam_size", [1, 5])
 def test_generate_stream_text_outputs_concatenate_to_the_translation(committed_server: Server,
                                                                       client: httpx.Client, beam_size: int) -> None:
