@@ -65,6 +65,20 @@ def is_json(content_type: bytes | None, path: str = "") -> bool:
         (media == b"application/octet-stream" and path.startswith("/v2/"))
 
 
+def media_problem(headers: dict[bytes, bytes], path: str) -> dict[str, Any] | None:
+    """The 415 body for a request body the API cannot read, else None: a Content-Type that is not
+    JSON (``is_json``), or a Content-Encoding other than identity (a gzipped body would otherwise
+    fail as "not valid JSON"; RFC 7694 asks for 415 naming what is accepted)."""
+    if not is_json(headers.get(b"content-type"), path):
+        return {"error": "Content-Type must be application/json", "code": "unsupported_media_type",
+                "field": "Content-Type", "limit": "application/json"}
+    encoding = headers.get(b"content-encoding")
+    if encoding is not None and any(c.strip().lower() not in (b"identity", b"") for c in encoding.split(b",")):
+        return {"error": f"Content-Encoding {encoding.decode('latin-1')!r} is not supported: send the body as it is",
+                "code": "unsupported_media_type", "field": "Content-Encoding", "limit": "identity"}
+    return None
+
+
 def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
     """Whether the body's declared Content-Length is over ``limit`` (a malformed one counts as
     over); None when no length is declared (chunked, or no body)."""
@@ -102,11 +116,11 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            content_type = headers.get(b"content-type")
-            if scope["method"] in ("POST", "PUT", "PATCH") and not is_json(content_type, scope["path"]):
-                start, body = _json_response(415, {"error": "Content-Type must be application/json",
-                                                   "code": "unsupported_media_type", "field": "Content-Type",
-                                                   "limit": "application/json"}, request_id)
+            problem = media_problem(headers, scope["path"]) if scope["method"] in ("POST", "PUT", "PATCH") else None
+            if problem is not None:
+                start, body = _json_response(415, problem, request_id)
+                if problem["field"] == "Content-Encoding":
+                    start["headers"].append((b"accept-encoding", b"identity"))
                 status_holder["status"] = 415
                 await send(start)
                 await send(body)

@@ -3,6 +3,7 @@ the access log."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from collections.abc import Iterator
@@ -57,6 +58,19 @@ def test_a_chunked_body_over_the_limit_is_refused_however_the_coding_is_spelled(
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+
+
+def test_a_compressed_body_is_refused_naming_the_encoding(committed_server: Server) -> None:
+    """Content-Encoding is not undone here: a gzipped body was read as JSON and refused as "not
+    valid JSON"; it is a 415 naming the header and what is accepted (RFC 7694)."""
+    body = json.dumps({"text": "A fine film."}).encode()
+    url = f"{committed_server.url}/v1/sentiment"
+    for path in ("/v1/sentiment", "/v2/models/translate-en-de/generate"):
+        r = httpx.post(f"{committed_server.url}{path}", content=gzip.compress(body),
+                       headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        assert r.status_code == 415 and r.json()["field"] == "Content-Encoding", r.text
+        assert r.headers["accept-encoding"] == "identity"
+    assert httpx.post(url, content=body, headers={"Content-Encoding": "Identity"}).status_code == 200
 
 
 @pytest.fixture(scope="module")
