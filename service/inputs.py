@@ -109,7 +109,7 @@ def deadline_after(settings: Settings, *timeouts: tuple[str | float | None, str]
         except (TypeError, ValueError):  # numbers too large for a float arrive as inf (param_float)
             raise InvalidInput(f"{field} must be a number of seconds", field=field, limit=[0, 3600]) from None
         if not 0 < seconds <= 3600 or seconds != seconds:
-            raise InvalidInput(f"{field} must be between 0 and 3600 seconds", field=field, limit=[0, 3600])
+            raise InvalidInput(f"{field} must be above 0 and at most 3600 seconds", field=field, limit=[0, 3600])
         timeout = min(timeout, seconds)
     return time.monotonic() + timeout
 
