@@ -101,6 +101,11 @@ class RequestContextMiddleware:
         # from the request's arrival (its bytes read by the server) where stamped: a busy event loop's
         # wait before the app runs is part of its latency
         started = arrived_at(scope) or time.perf_counter()
+        method = scope["method"]
+        if method == "HEAD":
+            # HEAD wherever GET is answered (RFC 9110; load balancers probe health with it): the app
+            # answers a GET, and the server, whose own scope still says HEAD, sends no body
+            scope = {**scope, "method": "GET"}
         headers = dict(scope["headers"])
         request_id = request_id_for(headers.get(b"x-request-id"))
         status_holder = {"status": 500}
@@ -116,7 +121,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            problem = media_problem(headers, scope["path"]) if scope["method"] in ("POST", "PUT", "PATCH") else None
+            problem = media_problem(headers, scope["path"]) if method in ("POST", "PUT", "PATCH") else None
             if problem is not None:
                 start, body = _json_response(415, problem, request_id)
                 if problem["field"] == "Content-Encoding":
@@ -146,7 +151,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:
             status_holder["status"] = 500
-            log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
+            log.exception("unhandled error on %s %s (request %s)", method, scope["path"], request_id)
             if not started_response:
                 start, body = _json_response(500, {"error": f"internal server error (request {request_id})",
                                                    "code": "internal_error"}, request_id)
@@ -155,7 +160,7 @@ class RequestContextMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            record_request(scope["method"], scope["path"], template, status_holder["status"],
+            record_request(method, scope["path"], template, status_holder["status"],
                            time.perf_counter() - started, request_id, self.log_requests)
 
     async def _read_if_chunked(

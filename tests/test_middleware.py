@@ -73,6 +73,16 @@ def test_a_compressed_body_is_refused_naming_the_encoding(committed_server: Serv
     assert httpx.post(url, content=body, headers={"Content-Encoding": "Identity"}).status_code == 200
 
 
+def test_head_is_answered_wherever_get_is(committed_server: Server) -> None:
+    url = committed_server.url
+    for path in ("/v2/health/ready", "/v2/health/live", "/v1/models", "/v2/models/sentiment", "/metrics", "/ui/"):
+        get, head = httpx.get(f"{url}{path}"), httpx.head(f"{url}{path}")
+        assert head.status_code == get.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+    head = httpx.head(f"{url}/v1/sentiment")
+    assert head.status_code == 405 and head.headers["allow"] == "POST"
+
+
 @pytest.fixture(scope="module")
 def keyed_cors_server() -> Iterator[Server]:
     server = Server(COMMITTED_MODELS, api_keys='["k-123"]', cors_origins=f'["{ORIGIN}"]', warmup="false",
