@@ -12,6 +12,7 @@ their status codes.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,39 +79,47 @@ def _limit(value: float | None, low: float, high: float, field: str, low_open: b
         raise InvalidInput(f"{field} must be {bound} and at most {high}; got {value}", field=field, limit=[low, high])
 
 
-def search_settings(runner: TranslationRunner, beam_size: int | None,
-                    options: SearchOptions) -> tuple[int, int, float | None, Sampling | None]:
+def as_given(option: str) -> str:
+    """How v1 names a decoding option in its errors: as its body field."""
+    return option
+
+
+def search_settings(runner: TranslationRunner, beam_size: int | None, options: SearchOptions,
+                    name: Callable[[str], str] = as_given) -> tuple[int, int, float | None, Sampling | None]:
     """(beam size, n-best size (0 = no list), length penalty, sampling), checked: sampling draws
-    one hypothesis (beam 1), the n-best list holds at most the beam size."""
-    check_range(beam_size, 1, runner.decoding.max_beam_size, "beam_size")
-    _limit(options.length_penalty, 0.0, 5.0, "length_penalty")
+    one hypothesis (beam 1), the n-best list holds at most the beam size. ``name``: how the
+    request names an option (v2: ``parameters.beam_size``), for the errors."""
+    check_range(beam_size, 1, runner.decoding.max_beam_size, name("beam_size"))
+    _limit(options.length_penalty, 0.0, 5.0, name("length_penalty"))
     sampling = None
     if options.sampling_topk is not None or options.sampling_temperature is not None:
         top = runner.decoding.top_k
-        check_range(options.sampling_topk, 1, top, "sampling_topk")
-        _limit(options.sampling_temperature, 0.0, 100.0, "sampling_temperature", low_open=True)
+        check_range(options.sampling_topk, 1, top, name("sampling_topk"))
+        _limit(options.sampling_temperature, 0.0, 100.0, name("sampling_temperature"), low_open=True)
         if beam_size not in (None, 1):
-            raise InvalidInput("sampling draws one hypothesis: beam_size must be 1 or left out", field="beam_size",
-                               limit=1)
-        check_range(options.seed, 0, MAX_SEED, "seed")
+            raise InvalidInput(f"sampling draws one hypothesis: {name('beam_size')} must be 1 or left out",
+                               field=name("beam_size"), limit=1)
+        check_range(options.seed, 0, MAX_SEED, name("seed"))
         seed = secrets.randbits(63) if options.seed is None else options.seed
         sampling = Sampling(options.sampling_topk or top, options.sampling_temperature or 1.0, seed)
         beam_size = 1
     elif options.seed is not None:
-        raise InvalidInput("seed needs sampling: give sampling_topk or sampling_temperature", field="seed")
+        raise InvalidInput(f"{name('seed')} needs sampling: give {name('sampling_topk')} or "
+                           f"{name('sampling_temperature')}", field=name("seed"))
     beam = beam_size or runner.decoding.default_beam_size
-    check_range(options.num_hypotheses, 1, beam, "num_hypotheses")
+    check_range(options.num_hypotheses, 1, beam, name("num_hypotheses"))
     return beam, options.num_hypotheses or 0, options.length_penalty, sampling
 
 
 def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size: int | None,
-                     max_length: int | None, keep_attention: bool,
-                     options: SearchOptions = NO_OPTIONS) -> list[TranslationJob]:
-    """One decoding job per text; options and subword limits checked before anything is queued."""
+                     max_length: int | None, keep_attention: bool, options: SearchOptions = NO_OPTIONS,
+                     name: Callable[[str], str] = as_given) -> list[TranslationJob]:
+    """One decoding job per text; options and subword limits checked before anything is queued
+    (``name``: how the request names each option, as in ``search_settings``)."""
     runner = model.runner
     assert isinstance(runner, TranslationRunner)
-    beam, nbest, length_penalty, sampling = search_settings(runner, beam_size, options)
-    check_range(max_length, 1, runner.max_output_tokens, "max_length")
+    beam, nbest, length_penalty, sampling = search_settings(runner, beam_size, options, name)
+    check_range(max_length, 1, runner.max_output_tokens, name("max_length"))
     model.engine.admission.refuse_if_full(len(texts))
     jobs = []
     for i, text in enumerate(texts):

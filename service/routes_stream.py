@@ -123,25 +123,27 @@ class GenerateRequest(BaseModel):
 _BODY = json_body(GenerateRequest)  # the document's schema (service/request_schemas.py) replaces it
 
 
-def _parameters(body: GenerateRequest) -> dict[str, Any]:
+def _parameters(body: GenerateRequest) -> tuple[dict[str, Any], str]:
+    """The request's parameters, checked, and where it gave them ("" for the top level, else
+    "parameters."), which its errors name."""
     top, nested = body.model_extra or {}, body.parameters
     if top and nested is not None:
         raise InvalidInput("give the parameters at the top level or in 'parameters', not both",
-                           field=f"parameters.{next(iter(top))}")
-    params = top if nested is None else nested
+                           field=next(iter(top)))
+    params, where = (top, "") if nested is None else (nested, "parameters.")
     for key, value in params.items():
         if key not in _PARAMS:
             raise InvalidInput(f"unknown parameter {key!r}; this model takes {', '.join(_PARAMS)}",
-                               field=f"parameters.{key}")
+                               field=f"{where}{key}")
         if key in _INT_PARAMS:  # checked and normalised (an integral 5.0 becomes 5)
-            params[key] = param_int(params, key)
+            params[key] = param_int(params, key, where)
         if key in _NUMBER_PARAMS:
-            params[key] = param_float(params, key)
+            params[key] = param_float(params, key, where)
         if key == "stream" and not isinstance(value, bool):
-            raise InvalidInput("parameters.stream must be true or false", field="parameters.stream")
+            raise InvalidInput(f"{where}stream must be true or false", field=f"{where}stream")
     if "max_tokens" in params and "max_length" in params:
-        raise InvalidInput("give max_length or max_tokens, not both", field="parameters.max_tokens")
-    return params
+        raise InvalidInput("give max_length or max_tokens, not both", field=f"{where}max_tokens")
+    return params, where
 
 
 async def _generate_job(request: Request, name: str, version: str | None,
@@ -151,13 +153,18 @@ async def _generate_job(request: Request, name: str, version: str | None,
     settings = request.app.state.settings
     model = request.app.state.registry.get(name, version)
     inference.translator(model)
-    params = _parameters(body)
+    params, where = _parameters(body)
     check_texts([body.text_input], settings, "text_input")
     max_length = params.get("max_length", params.get("max_tokens"))
     options = inference.SearchOptions(None, params.get("length_penalty"), params.get("sampling_topk"),
                                       params.get("sampling_temperature"), params.get("seed"))
+    length = "max_tokens" if "max_tokens" in params else "max_length"
+
+    def named(option: str) -> str:  # as the request named it, for the errors
+        return where + (length if option == "max_length" else option)
+
     job = inference.translation_jobs(model, [body.text_input], "text_input", params.get("beam_size"), max_length,
-                                     False, options)[0]
+                                     False, options, named)[0]
     return model, job, deadline_for(request, settings, params.get("timeout"))
 
 

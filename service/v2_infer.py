@@ -78,23 +78,30 @@ def texts_from(inputs: list[InputTensor]) -> tuple[list[str], int]:
     return [_as_text(item, i) for i, item in enumerate(tensor.data)], len(shape)
 
 
-def param_int(params: dict[str, Any], key: str) -> int | None:
+def param_int(params: dict[str, Any], key: str, where: str = "parameters.") -> int | None:
+    """``params[key]`` as an integer (an integral 5.0 becomes 5), None if absent; ``where`` the
+    parameters sit in the request, for the error."""
     value = integral(params.get(key))
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise InvalidInput(f"parameters.{key} must be an integer", field=f"parameters.{key}")
+        raise InvalidInput(f"{where}{key} must be an integer", field=f"{where}{key}")
     return value
 
 
-def param_float(params: dict[str, Any], key: str) -> float | None:
+def param_float(params: dict[str, Any], key: str, where: str = "parameters.") -> float | None:
     value = params.get(key)
     if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-        raise InvalidInput(f"parameters.{key} must be a number", field=f"parameters.{key}")
+        raise InvalidInput(f"{where}{key} must be a number", field=f"{where}{key}")
     if value is None:
         return None
     try:
         return float(value)
     except OverflowError:  # a JSON integer of hundreds of digits: out of every range checked after this
         return math.inf if value > 0 else -math.inf
+
+
+def in_parameters(option: str) -> str:
+    """How a v2 request names a decoding option in its errors: under ``parameters``."""
+    return f"parameters.{option}"
 
 
 def search_options(params: dict[str, Any]) -> inference.SearchOptions:
@@ -162,7 +169,7 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
                 raise InvalidInput("output 'hypotheses' needs parameters.num_hypotheses", field="outputs")
             wanted = [w for w in wanted if w != "hypotheses"]
         jobs = inference.translation_jobs(model, texts, FIELD, param_int(params, "beam_size"),
-                                          param_int(params, "max_length"), False, options)
+                                          param_int(params, "max_length"), False, options, in_parameters)
         results = await guard(inference.translate(model, jobs, until))
         outputs = [OutputTensor("translation", "BYTES", text_shape, [runner.detokenize(r.tokens) for r in results])]
         if options.num_hypotheses is not None:

@@ -251,11 +251,12 @@ def test_a_corrupt_model_file_stops_start_up_naming_the_file(tmp_path: Path) -> 
 
 def test_text_that_is_no_text_is_refused_naming_the_field(committed_server: Server) -> None:
     url = committed_server.url
-    for path in ("/v2/models/translate-en-de/generate", "/v2/models/translate-en-de/generate_stream"):
-        # JSON may escape a lone surrogate; FastAPI's body parsing lets it through to the tokenizer
-        r = httpx.post(f"{url}{path}", content=b'{"text_input": "a \\ud800 b"}',
+    for path, field in (("/v1/translate", "text"), ("/v2/models/translate-en-de/generate", "text_input"),
+                        ("/v2/models/translate-en-de/generate_stream", "text_input")):
+        # JSON may escape a lone surrogate, which is no text: the body's parser refuses it
+        r = httpx.post(f"{url}{path}", content=b'{"%s": "a \\ud800 b"}' % field.encode(),
                        headers={"content-type": "application/json"})
-        assert r.status_code == 422 and r.json()["field"] == "text_input", (path, r.text)
+        assert r.status_code == 422 and r.json()["field"] == "body" and "JSON" in r.json()["error"], (path, r.text)
     for path, body, field in (("/v1/sentiment", {"text": "\u200b"}, "text"),
                               ("/v1/sentiment", {"texts": ["fine", "\u0000\u200b"]}, "texts[1]"),
                               ("/v1/translate", {"text": "\ufeff\u2060"}, "text")):

@@ -45,7 +45,7 @@ def test_v2_nbest_output_is_n_by_k(committed_server: Server) -> None:
     plain = httpx.post(f"{url}/v2/models/translate-en-de/infer", json={**body, "parameters": {"beam_size": 4}}).json()
     assert [o["name"] for o in plain["outputs"]] == ["translation"]  # no list unless asked for
     r = httpx.post(f"{url}/v2/models/translate-en-de/infer", json={**body, "parameters": {"num_hypotheses": 11}})
-    assert r.status_code == 422 and r.json()["field"] == "num_hypotheses"
+    assert r.status_code == 422 and r.json()["field"] == "parameters.num_hypotheses"
 
 
 def test_a_fixed_seed_gives_the_same_sample_alone_and_in_any_batch(committed_server: Server) -> None:

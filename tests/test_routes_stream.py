@@ -168,12 +168,17 @@ def test_generate_stream_text_outputs_concatenate_to_the_translation(committed_s
 def test_generate_refuses_bad_parameters_and_models_that_do_not_generate(committed_server: Server,
                                                                           client: httpx.Client) -> None:
     url = committed_server.url
-    cases = [({"text_input": "a dog", "temperature": 0.5}, "parameters.temperature"),
+    # each error names the parameter as the request gave it: at the top level or under "parameters"
+    cases = [({"text_input": "a dog", "temperature": 0.5}, "temperature"),
              ({"text_input": "a dog", "parameters": {"beam_size": "5"}}, "parameters.beam_size"),
-             ({"text_input": "a dog", "parameters": {"beam_size": 50}}, "beam_size"),
+             ({"text_input": "a dog", "beam_size": "5"}, "beam_size"),
+             ({"text_input": "a dog", "parameters": {"beam_size": 50}}, "parameters.beam_size"),
+             ({"text_input": "a dog", "max_tokens": 0}, "max_tokens"),
+             ({"text_input": "a dog", "parameters": {"max_tokens": 999}}, "parameters.max_tokens"),
+             ({"text_input": "a dog", "parameters": {"max_length": 0}}, "parameters.max_length"),
              # in one place: which would win is not for the client to guess
-             ({"text_input": "a dog", "max_tokens": 9, "parameters": {"beam_size": 1}}, "parameters.max_tokens"),
-             ({"text_input": "a dog", "max_tokens": 9, "max_length": 9}, "parameters.max_tokens"),
+             ({"text_input": "a dog", "max_tokens": 9, "parameters": {"beam_size": 1}}, "max_tokens"),
+             ({"text_input": "a dog", "max_tokens": 9, "max_length": 9}, "max_tokens"),
              ({"text_input": "a dog", "sampling_topk": 5, "beam_size": 3}, "beam_size"),
              ({"text_input": ""}, "text_input"),
              ({"text": "a dog"}, "text_input")]
