@@ -46,7 +46,8 @@ def item_field(field: str, index: int) -> str:
 def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
     """Refuse empty lists, too many texts, blank texts and texts over the character limit."""
     if not texts:
-        raise InvalidInput(f"{field} must hold at least one text", field=field, limit=settings.max_texts_per_request)
+        raise InvalidInput(f"{field} must hold at least one text", field=field,
+                           limit=[1, settings.max_texts_per_request])
     if len(texts) > settings.max_texts_per_request:
         raise InvalidInput(f"{field} holds {len(texts)} texts; at most {settings.max_texts_per_request} allowed",
                            field=field, limit=settings.max_texts_per_request)
@@ -55,7 +56,7 @@ def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
         if not has_content(text):  # it would reach the model as no subwords at all; blank is the plainest case
             problem = "is empty" if not text.strip() else \
                 "has no characters the model reads (only spaces, control or invisible ones)"
-            raise InvalidInput(f"{name} {problem}", field=name, limit=settings.max_text_chars)
+            raise InvalidInput(f"{name} {problem}", field=name, limit=[1, settings.max_text_chars])
         if len(text) > settings.max_text_chars:
             raise InvalidInput(f"{name} has {len(text)} characters; at most {settings.max_text_chars} allowed",
                                field=name, limit=settings.max_text_chars)

@@ -262,6 +262,9 @@ def test_text_that_is_no_text_is_refused_naming_the_field(committed_server: Serv
                               ("/v1/translate", {"text": "\ufeff\u2060"}, "text")):
         r = httpx.post(f"{url}{path}", json=body)  # nothing left once control characters are dropped
         assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
+        assert r.json()["limit"] == [1, 2000]  # the bounds a text's length must keep, the broken one first
+    r = httpx.post(f"{url}/v1/sentiment", json={"texts": []})
+    assert r.status_code == 422 and r.json()["field"] == "texts" and r.json()["limit"] == [1, 64], r.text
 
 
 def test_a_number_parameter_of_hundreds_of_digits_is_refused_naming_it(committed_server: Server) -> None:
