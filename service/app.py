@@ -94,11 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # a share of requests starts per event-loop pass, in the server's protocol (service/loop_budget.py)
     app.state.pass_budget = PassBudget(settings.requests_per_loop_pass)
     install_error_handlers(app)
-    app.include_router(routes_v1.router)
-    app.include_router(routes_v2.router)
-    app.include_router(routes_repository.router)
-    app.include_router(routes_stream.router)
-    app.include_router(ui.router)
+    routers = (routes_v1.router, routes_v2.router, routes_repository.router, routes_stream.router, ui.router)
+    for router in routers:
+        app.include_router(router)
     openapi_doc.install(app, settings, ui.PUBLIC_PATHS)
 
     @app.get("/metrics", include_in_schema=False)
@@ -116,7 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, exempt_paths=settings.auth_exempt_paths,
                            public_paths=ui.PUBLIC_PATHS)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
-                       log_requests=settings.access_log)
+                       log_requests=settings.access_log,
+                       # every route with its template: the app's own (/docs, /metrics) and the routers'
+                       routes=[*(r for r in app.router.routes if hasattr(r, "path")),
+                               *(r for router in routers for r in router.routes)])
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",

@@ -15,8 +15,10 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
@@ -89,10 +91,29 @@ def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, log_requests: bool = True) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, log_requests: bool = True,
+                 routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.log_requests = log_requests
+        self.routes = routes  # the app's, to label what was answered before routing (413, 415)
+
+    def _template(self, scope: Scope) -> str:
+        """The route template that labels a request in the metrics and the access log: the one
+        routing chose, else the one its path and method match (a 413 or 415 is answered here,
+        before routing; Starlette's own routes, /docs, do not say), else "unmatched" (a 404)."""
+        route = scope.get("route")
+        if route is None:
+            partial = None
+            for candidate in self.routes:
+                match, _ = candidate.matches(scope)
+                if match is Match.FULL:
+                    route = candidate
+                    break
+                if match is Match.PARTIAL and partial is None:  # the path, another method (405)
+                    partial = candidate
+            route = route or partial
+        return getattr(route, "path", None) or "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,9 +179,7 @@ class RequestContextMiddleware:
                 await send(start)
                 await send(body)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            record_request(method, scope["path"], template, status_holder["status"],
+            record_request(method, scope["path"], self._template(scope), status_holder["status"],
                            time.perf_counter() - started, request_id, self.log_requests)
 
     async def _read_if_chunked(

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from loadtests.server import metric_value
 from tests.conftest import COMMITTED_MODELS, Server
 
 ORIGIN = "http://ui.example"
@@ -81,6 +82,24 @@ def test_head_is_answered_wherever_get_is(committed_server: Server) -> None:
         assert head.headers["content-type"] == get.headers["content-type"], path
     head = httpx.head(f"{url}/v1/sentiment")
     assert head.status_code == 405 and head.headers["allow"] == "POST"
+
+
+def test_answers_given_before_routing_are_labelled_with_their_route(committed_server: Server) -> None:
+    url = committed_server.url
+
+    def count(route: str, status: str) -> float:
+        return metric_value(url, "seqserve_requests_total", route=route, status=status)
+
+    plain = {"Content-Type": "text/plain"}
+    cases = [("/v2/models/{name}/infer", "415",
+              lambda: httpx.post(f"{url}/v2/models/sentiment/infer", content=b"x", headers=plain)),
+             ("/docs", "200", lambda: httpx.get(f"{url}/docs")),
+             ("/v1/sentiment", "405", lambda: httpx.get(f"{url}/v1/sentiment")),
+             ("unmatched", "404", lambda: httpx.get(f"{url}/no/such/route"))]
+    for route, status, call in cases:
+        before = count(route, status)
+        assert str(call().status_code) == status
+        assert count(route, status) == before + 1, route
 
 
 @pytest.fixture(scope="module")
