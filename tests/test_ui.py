@@ -233,6 +233,8 @@ def test_browser_page_from_another_origin_calls_the_api_with_the_key(browser: An
     sampled = _api_translation(url, 1, sampling_topk=20, sampling_temperature=1.5, seed=7)
     assert page.text_content("#translation") == sampled["translation"]
     assert "seed 7" in page.text_content("#translation-meta")
+    page.uncheck("#sampling")  # the beam size chosen before sampling comes back
+    assert page.input_value("#beam-size") == "5" and not page.is_disabled("#beam-size")
     assert problems == []
     page.close()
 

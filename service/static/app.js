@@ -200,8 +200,14 @@ function fillNbest() {
 function toggleSampling() {
   const on = $("sampling").checked;
   document.querySelector(".card.translate").classList.toggle("sampling", on);
-  if (on) $("beam-size").value = "1";  // sampling draws one hypothesis
-  $("beam-size").disabled = on;
+  const beam = $("beam-size");
+  if (on) {
+    beam.dataset.before = beam.value;  // given back when sampling is turned off
+    beam.value = "1";  // sampling draws one hypothesis
+  } else if (beam.dataset.before) {
+    beam.value = beam.dataset.before;
+  }
+  beam.disabled = on;
   fillNbest();
   $("nbest").disabled = on;
 }
