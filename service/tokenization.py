@@ -49,12 +49,19 @@ _CLOSE_QUOTE = re.compile(r"(?<=[\w.!?,])'(?=\s|$)")
 # control and invisible format characters (zero-width spaces, bidi marks, BOM)
 _CONTROL_CHARS = "\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff"
 _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+# Unicode's other default-ignorable characters in the BMP, which render as nothing: the soft
+# hyphen, joiners and variation selectors (the one after a "❤"), Hangul and Mongolian fillers. A
+# text of only these reached the models as byte pieces and came back translated as a sentence
+# nobody wrote. Deleted, not spaced: they sit inside words and after emoji. (Tags, U+E0000-E007F,
+# lie outside the BMP that the OpenAPI pattern's class can name alike in Python and ECMA-262.)
+_IGNORABLE_CHARS = "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0"
+_IGNORABLE = re.compile(f"[{_IGNORABLE_CHARS}]")
 # Characters that leave no subword behind: _CONTROL's, the whitespace str.strip removes beyond
 # them, and three the subword models' own normaliser drops (an Arabic letter mark, its "▁" space
 # symbol and the replacement character). A text made only of these has nothing to classify or
 # translate. A regular-expression class that Python and ECMA-262 (the OpenAPI document's patterns)
 # read alike; tests/test_tokenization.py checks it against the models, character by character.
-NOTHING_LEFT = _CONTROL_CHARS + " \xa0\u1680\u2000-\u200a\u205f\u3000" + "\u061c\u2581\ufffd"
+NOTHING_LEFT = _CONTROL_CHARS + _IGNORABLE_CHARS + " \xa0\u1680\u2000-\u200a\u205f\u3000" + "\u061c\u2581\ufffd"
 _SOMETHING_LEFT = re.compile(f"[^{NOTHING_LEFT}]")
 
 
@@ -78,9 +85,9 @@ def _spaces(text: str) -> str:
 
 
 def _clean(text: str) -> str:
-    """NFKC, control characters dropped, whitespace collapsed."""
-    if not text.isascii():  # NFKC leaves ASCII as it is
-        text = unicodedata.normalize("NFKC", text)
+    """NFKC, control characters spaced and invisible ones dropped, whitespace collapsed."""
+    if not text.isascii():  # NFKC leaves ASCII as it is, and it has no invisible characters
+        text = _IGNORABLE.sub("", unicodedata.normalize("NFKC", text))
     if not text.isprintable():  # every character _CONTROL matches is unprintable
         text = _CONTROL.sub(" ", text)
     return _spaces(text)

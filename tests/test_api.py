@@ -259,7 +259,8 @@ def test_text_that_is_no_text_is_refused_naming_the_field(committed_server: Serv
         assert r.status_code == 422 and r.json()["field"] == "body" and "JSON" in r.json()["error"], (path, r.text)
     for path, body, field in (("/v1/sentiment", {"text": "\u200b"}, "text"),
                               ("/v1/sentiment", {"texts": ["fine", "\u0000\u200b"]}, "texts[1]"),
-                              ("/v1/translate", {"text": "\ufeff\u2060"}, "text")):
+                              ("/v1/translate", {"text": "\ufeff\u2060"}, "text"),
+                              ("/v1/translate", {"text": "\u3164\u115f\ufe0f"}, "text")):  # fillers, a selector
         r = httpx.post(f"{url}{path}", json=body)  # nothing left once control characters are dropped
         assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
         assert r.json()["limit"] == [1, 2000]  # the bounds a text's length must keep, the broken one first

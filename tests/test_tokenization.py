@@ -107,6 +107,12 @@ def test_translation_tokenizer_round_trips_messy_text(model: str) -> None:
         assert tok.decode(ids) == normalize_translation(text).translate(str.maketrans({"—": "-"}))
 
 
+def test_invisible_characters_are_dropped_and_leave_nothing() -> None:
+    assert normalize_translation("co\u00adoperate \u2764\ufe0f") == "cooperate \u2764"  # soft hyphen, VS16
+    assert not has_content("\u3164\u115f\u180e\ufe0f\u034f\u17b4\uffa0")  # fillers, joiners, selectors
+    assert has_content("\u2764\ufe0f")
+
+
 def test_typographic_punctuation_becomes_plain_where_the_model_cannot_spell_it() -> None:
     source = COMMITTED_MODELS / "translate-en-de/1/source.spm.model"
     target = COMMITTED_MODELS / "translate-en-de/1/target.spm.model"
