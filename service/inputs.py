@@ -27,11 +27,18 @@ def json_body(schema: type[BaseModel]) -> dict[str, Any]:
 
 
 async def parse_body(request: Request, schema: type[M]) -> M:
-    """Validate the raw body in one pass (pydantic's JSON parser), whatever its Content-Type says
-    (none, or v2's application/octet-stream: RequestContextMiddleware has refused the rest with
-    415), skipping FastAPI's body machinery; errors go through the same 422 handler."""
+    """Validate the raw body in one pass, whatever its Content-Type says (none, or v2's
+    application/octet-stream: RequestContextMiddleware has refused the rest with 415), skipping
+    FastAPI's body machinery."""
+    return validate_json(schema, await request.body())
+
+
+def validate_json(schema: type[M], raw: bytes) -> M:
+    """``raw`` JSON as ``schema`` (pydantic's JSON parser); errors go through the same 422 handler
+    as FastAPI's. A UTF-8 byte order mark first is skipped (RFC 8259 lets a parser ignore it, and
+    Windows tools write one)."""
     try:
-        return schema.model_validate_json(await request.body())
+        return schema.model_validate_json(raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
             from None

@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__, v2_model, v2_stats
 from service.errors import InvalidInput
-from service.inputs import deadline_for, unless_client_leaves
+from service.inputs import deadline_for, unless_client_leaves, validate_json
 from service.json_response import JSONResponse, dumps
 from service.registry import ModelRegistry
 from service.schemas import JsonInt
@@ -94,11 +93,7 @@ async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
     body = await request.body()
     header_length = request.headers.get(HEADER_LENGTH)
     header, tail = split_body(body, header_length) if header_length is not None else (body, b"")
-    try:
-        parsed = InferRequest.model_validate_json(header)
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
-            from None
+    parsed = validate_json(InferRequest, header)
     sizes: list[tuple[str, int]] = []
     for t in parsed.inputs:
         size = (t.parameters or {}).get("binary_data_size")

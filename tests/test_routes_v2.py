@@ -169,6 +169,10 @@ def test_a_body_without_content_type_is_json(committed_server: Server) -> None:
     assert "content-type" not in r.request.headers
     assert r.status_code == 200, r.text
     assert r.json()["outputs"][0] == {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["positive"]}
+    # a UTF-8 byte order mark first (Windows tools write one; RFC 8259 lets a parser ignore it)
+    for path, raw in (("/v2/models/sentiment/infer", json.dumps(body)), ("/v1/sentiment", '{"text": "Great."}')):
+        r = httpx.post(f"{committed_server.url}{path}", content=b"\xef\xbb\xbf" + raw.encode())
+        assert r.status_code == 200, (path, r.text)
 
 
 def test_binary_body_mistakes_are_named(committed_server: Server) -> None:
