@@ -99,7 +99,10 @@ def take_binary(sizes: list[tuple[str, int]], tail: bytes) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     offset = 0
     for field, size in sizes:
-        if size < 0 or offset + size > len(tail):
+        if size < 0:
+            raise InvalidInput(f"{field}.parameters.binary_data_size must not be negative; got {size}",
+                               field=f"{field}.parameters.binary_data_size", limit=[0, len(tail) - offset])
+        if offset + size > len(tail):
             raise InvalidInput(f"{field}.parameters.binary_data_size {size} runs past the body's binary data "
                                f"({len(tail) - offset} bytes left)", field=f"{field}.parameters.binary_data_size")
         out[field] = tail[offset:offset + size]

@@ -53,3 +53,5 @@ def test_body_split_and_binary_slices() -> None:
         take_binary([("inputs.a", 3)], tail)
     with pytest.raises(InvalidInput, match="runs past"):
         take_binary([("inputs.a", 5)], tail)
+    with pytest.raises(InvalidInput, match="must not be negative"):
+        take_binary([("inputs.a", -1)], tail)
