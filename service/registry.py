@@ -30,6 +30,7 @@ from service.onnx_session import (
     cuda_options,
     graph_path,
     log_placement,
+    node_providers,
     provider_name,
 )
 from service.runners import Runner, SentimentRunner, TranslationRunner, load_runner
@@ -143,6 +144,8 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
                              f"its folder {card_file.parent.parent.name}/{card_file.parent.name}")
     if provider_name(providers[0]) == CUDA and runner.providers[0] != CUDA:
         if settings.providers == "cuda":
+            for session in runner.sessions().values():
+                node_providers(session)  # ends the profiler that the CUDA request turned on, its file deleted
             raise ProviderUnavailable(
                 f"{card_file.parent}: SEQSERVE_PROVIDERS=cuda, but ONNX Runtime could not start its CUDA provider "
                 "for this model (no GPU, driver, or CUDA/cuDNN libraries it can load: see ONNX Runtime's message "

@@ -4,6 +4,7 @@ profiler's record of which provider ran each node (all on a CPU-only onnxruntime
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,14 +85,16 @@ def test_options_go_with_the_cuda_provider_when_it_is_there(monkeypatch: pytest.
 
 
 @needs_cpu_only_ort
-def test_a_cuda_provider_that_does_not_start_is_refused_under_cuda(monkeypatch: pytest.MonkeyPatch,
+def test_a_cuda_provider_that_does_not_start_is_refused_under_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """The provider is listed but does not start (here: the CPU build drops it, as a GPU build
     does without a GPU or its libraries): 'cuda' refuses, 'auto' serves on the CPU and says so."""
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the profiler writes
     with pytest.raises(ProviderUnavailable, match="could not start its CUDA provider"):
         ModelRegistry.load(Settings(providers="cuda", model_repository=COMMITTED_MODELS, warmup=False,
                                     precision="fp32"))
+    assert list(tmp_path.iterdir()) == []  # the refusal leaves no profile behind
     with caplog.at_level(logging.INFO):
         registry = ModelRegistry.load(Settings(providers="auto", model_repository=COMMITTED_MODELS, warmup=True,
                                               precision="fp32"))
