@@ -20,11 +20,19 @@ tokenisation and its own bookkeeping on the same cores.
 
 prints the decoder step and encoder costs by rows in each precision, measured in interleaved
 rounds (INT8 needs `make int8`); `make bench` prints them for the precision it serves.
+
+    python -m loadtests.ceiling --ops 28 [--precision fp32]
+
+prints where one decoder step of that many rows spends its time, node by node (ONNX Runtime's
+profiler, one thread), with the rate of its matrix nodes in multiply-accumulates per second, to
+read against what one core can do: how far the step itself could get faster.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import random
 import statistics
 import time
@@ -32,9 +40,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
+from service.model_card import load_model_card
+from service.onnx_session import Precision
 from service.runners import load_runner
 from service.runners.translation import TranslationRunner
 
@@ -121,13 +133,114 @@ def compute(steps: dict[int, float], encodes: dict[int, float], lengths: Sequenc
     return Ceiling(steps, encodes, one, iteration, whole, lanes)
 
 
+@dataclass
+class NodeTime:
+    op: str
+    node: str
+    us: float  # per step, median over the profiled steps
+    macs: int  # multiply-accumulates per step (matrix products, GRU); 0 for the rest
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / self.us / 1e3 if self.us else 0.0
+
+
+def _macs(op: str, args: dict[str, Any]) -> int:
+    """The multiply-accumulates of one run of a matrix node, from the shapes ONNX Runtime's profiler
+    recorded (of the inputs that are not weights, and the outputs): a matrix product's output
+    elements x its inner dimension; a GRU's time steps x directions x rows x 3H x (inputs + H), from
+    X [steps, rows, inputs] and Y [steps, directions, rows, H]. 0 for the other nodes."""
+    shapes = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+    out = [next(iter(t.values())) for t in args.get("output_type_shape", [])]
+    if not shapes or not out:
+        return 0
+    if op in ("MatMul", "MatMulNBits", "Gemm"):
+        return int(np.prod(out[0])) * int(shapes[0][-1])
+    if op == "GRU" and len(shapes[0]) == 3 and len(out[0]) == 4:
+        (steps, rows, inputs), (_, directions, _, hidden) = shapes[0], out[0]
+        return int(steps * directions * rows * 3 * hidden * (inputs + hidden))
+    return 0
+
+
+def op_profile(model_dir: Path, precision: Precision, rows: int, source_len: int, steps: int = 300) -> list[NodeTime]:
+    """Where one decoder step of ``rows`` rows spends its time (ONNX Runtime's profiler, one thread),
+    the slowest node first."""
+    card = load_model_card(model_dir / "model.json")
+    runner = TranslationRunner(model_dir, card, ["CPUExecutionProvider"], 1, precision=precision, profile=True)
+    batch = [[5] * source_len] * rows
+    decoder_rows, state = runner.gather_rows(None, None, None, runner.encode(batch), source_len)
+    prev, parents = np.full(rows, 5, dtype=np.int64), np.arange(rows, dtype=np.int64)
+    for _ in range(steps):
+        runner.step(prev, state, parents, decoder_rows, False)
+    profile = Path(runner.decoder.end_profiling())
+    Path(runner.encoder.end_profiling()).unlink(missing_ok=True)  # profiled too, by the same option
+    try:
+        events = json.loads(profile.read_text())
+    finally:
+        profile.unlink(missing_ok=True)
+    times: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    macs: dict[str, int] = {}
+    for event in events:
+        name = str(event.get("name", ""))
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            op, node = event["args"]["op_name"], name.removesuffix("_kernel_time")
+            times[(op, node)].append(float(event["dur"]))
+            macs[node] = _macs(op, event["args"])
+    nodes = [NodeTime(op, node, statistics.median(us), macs[node]) for (op, node), us in times.items()]
+    return sorted(nodes, key=lambda n: -n.us)
+
+
+def matmul_peak(rows: int = 256, inner: int = 1024, cols: int = 1024, repeats: int = 20) -> float:
+    """GMAC/s of one large fp32 matrix product on one ONNX Runtime thread: about what a core can do,
+    to read the decoder's matrix nodes against."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((inner, cols), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "peak",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, inner])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, cols])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = np.ones((rows, inner), dtype=np.float32)
+    seconds = _timed(lambda: session.run(None, {"x": x}), repeats) / 1000
+    return rows * inner * cols / seconds / 1e9
+
+
+def print_op_profile(nodes: list[NodeTime], title: str) -> None:
+    total = sum(n.us for n in nodes)
+    print(f"{title}: {total:,.0f} us a step in its nodes")
+    print("| node | op | us | share | GMAC/s |\n|---|---|---:|---:|---:|")
+    for n in nodes[:12]:
+        rate = f"{n.gmacs:.1f}" if n.macs else ""
+        print(f"| {n.node} | {n.op} | {n.us:,.0f} | {n.us / total:.1%} | {rate} |")
+    by_op: dict[str, float] = collections.defaultdict(float)
+    for n in nodes:
+        by_op[n.op] += n.us
+    ops = sorted(by_op.items(), key=lambda item: -item[1])[:6]
+    print("by operator: " + ", ".join(f"{op} {us / total:.0%}" for op, us in ops))
+    matrix = [n for n in nodes if n.macs]
+    if matrix:
+        print(f"matrix nodes: {sum(n.us for n in matrix) / total:.0%} of the step at "
+              f"{sum(n.macs for n in matrix) / sum(n.us for n in matrix) / 1e3:.1f} GMAC/s")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path("models/translate-en-de/1"))
     p.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
     p.add_argument("--source-len", type=int, default=16, help="source subwords (test_2016_flickr's median is 16)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each row count keeps its fastest")
+    p.add_argument("--ops", type=int, metavar="ROWS", help="profile one decoder step of ROWS rows, node by node")
     args = p.parse_args(argv)
+    if args.ops:
+        for precision in args.precision:
+            print_op_profile(op_profile(args.model_dir, precision, args.ops, args.source_len),
+                             f"{args.model_dir} {precision}, decoder step of {args.ops} rows, source "
+                             f"{args.source_len} subwords, one thread")
+        print(f"for reference, a 256 x 1024 x 1024 fp32 matrix product on one thread: {matmul_peak():.1f} GMAC/s")
+        return
     runners = {}
     for precision in args.precision:
         runner = load_runner(args.model_dir, ["CPUExecutionProvider"], intra_op_threads=1, precision=precision)

@@ -38,3 +38,24 @@ def test_the_command_prints_both_precisions_step_costs(int8_repo: Path, capsys: 
     assert "| rows | step fp32 | encoder fp32 | step int8 | encoder int8 |" in out
     assert len(re.findall(r"(?m)^\| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", out)) == len(ceiling.ROWS)
     assert re.search(r"step int8 / fp32: 1 rows [\d.]+x, 8 rows [\d.]+x, 32 rows [\d.]+x, 64 rows [\d.]+x", out)
+
+
+def test_matrix_node_work_is_read_from_the_profiled_shapes() -> None:
+    matmul = {"input_type_shape": [{"float": [28, 1, 256]}], "output_type_shape": [{"float": [28, 1, 6000]}]}
+    assert ceiling._macs("MatMul", matmul) == 28 * 256 * 6000
+    gru = {"input_type_shape": [{"float": [1, 28, 768]}, {"float": [1, 2304]}, {"float": [1, 28, 384]}],
+           "output_type_shape": [{"float": [1, 1, 28, 384]}, {"float": [1, 28, 384]}]}
+    assert ceiling._macs("GRU", gru) == 28 * 3 * 384 * (768 + 384)
+    assert ceiling._macs("TopK", matmul) == 0
+
+
+def test_the_command_profiles_a_decoder_step_node_by_node(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import COMMITTED_MODELS
+
+    ceiling.main(["--model-dir", str(COMMITTED_MODELS / "translate-en-de" / "1"), "--ops", "4",
+                  "--precision", "fp32", "--source-len", "8"])
+    out = capsys.readouterr().out
+    assert re.search(r"(?m)^\| /MatMul_1 \| MatMul \| [\d,]+ \| [\d.]+% \| [\d.]+ \|$", out)  # the vocabulary
+    assert re.search(r"(?m)^\| /dec1/GRU \| GRU \| [\d,]+ \| [\d.]+% \| [\d.]+ \|$", out)
+    assert re.search(r"matrix nodes: \d+% of the step at [\d.]+ GMAC/s", out)
+    assert re.search(r"one thread: [\d.]+ GMAC/s", out)
