@@ -95,6 +95,22 @@ def check_range(value: int | None, low: int, high: int, field: str) -> None:
                            limit=[low, high])
 
 
+MAX_TIMEOUT_S = 3600
+MAX_TIMEOUT_US = MAX_TIMEOUT_S * 1_000_000
+
+
+def timeout_us(value: float | None, field: str) -> float | None:
+    """The Open Inference Protocol's ``timeout`` parameter in seconds (None when not given). It
+    counts microseconds, as Triton defines it and as tritonclient's ``infer(..., timeout=)`` sends
+    it; the X-Request-Timeout header counts seconds."""
+    if value is None:
+        return None
+    if not 0 < value <= MAX_TIMEOUT_US:  # NaN fails too; a number of hundreds of digits arrives as inf
+        raise InvalidInput(f"{field} must be a number of microseconds above 0 and at most {MAX_TIMEOUT_US:,}; "
+                           f"got {value}", field=field, limit=[0, MAX_TIMEOUT_US])
+    return value / 1e6
+
+
 def deadline_for(request: Request, settings: Settings, requested_s: float | None = None) -> float:
     """Absolute monotonic deadline: the server's timeout, shortened by X-Request-Timeout or v2
     timeout, counted from the request's arrival where the server stamped it (time spent waiting
@@ -115,9 +131,11 @@ def deadline_after(settings: Settings, *timeouts: tuple[str | float | None, str]
         try:
             seconds = float(value)
         except (TypeError, ValueError):  # numbers too large for a float arrive as inf (param_float)
-            raise InvalidInput(f"{field} must be a number of seconds", field=field, limit=[0, 3600]) from None
-        if not 0 < seconds <= 3600 or seconds != seconds:
-            raise InvalidInput(f"{field} must be above 0 and at most 3600 seconds", field=field, limit=[0, 3600])
+            raise InvalidInput(f"{field} must be a number of seconds", field=field,
+                               limit=[0, MAX_TIMEOUT_S]) from None
+        if not 0 < seconds <= MAX_TIMEOUT_S or seconds != seconds:
+            raise InvalidInput(f"{field} must be above 0 and at most {MAX_TIMEOUT_S} seconds", field=field,
+                               limit=[0, MAX_TIMEOUT_S])
         timeout = min(timeout, seconds)
     return time.monotonic() + timeout
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.inference import MAX_SEED
+from service.inputs import MAX_TIMEOUT_US
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 from service.tokenization import NOTHING_LEFT
@@ -57,8 +58,8 @@ def one_or_many(settings: Settings) -> tuple[dict[str, JsonSchema], JsonSchema]:
 
 # sampling asked for: a top-k or a temperature given (not null)
 _SAMPLING: JsonSchema = {"anyOf": [_given("sampling_topk", "integer"), _given("sampling_temperature", "number")]}
-_TIMEOUT: JsonSchema = optional({"type": "number", "exclusiveMinimum": 0, "maximum": 3600,
-                                 "description": "seconds; shortens the server's deadline"})
+_TIMEOUT: JsonSchema = optional({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_US,
+                                 "description": "microseconds, as Triton's; shortens the server's deadline"})
 
 
 def _int(low: int, high: int, description: str) -> JsonSchema:
@@ -140,7 +141,7 @@ def _generate_rules(params: JsonSchema) -> list[JsonSchema]:
 def generate(settings: Settings, limits: TranslationLimits) -> JsonSchema:
     """Triton's generate extension: the parameters at the top level or in ``parameters`` (one or the
     other), the same decoding limits as v1 (no n-best list), ``max_tokens`` as another name for
-    ``max_length``, a timeout in seconds."""
+    ``max_length``, a timeout in microseconds."""
     params = {k: v for k, v in limits.options().items() if k != "num_hypotheses"}
     params |= {"max_tokens": params["max_length"], "stream": {"type": "boolean"}, "timeout": _TIMEOUT}
     nested = {"type": "object", "properties": params, "additionalProperties": False, "allOf": _generate_rules(params)}

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from service import inference
 from service.errors import InferenceFailed, InvalidInput, NotReady
 from service.event_stream import Chunks, EventStreamResponse
-from service.inputs import check_texts, deadline_for, json_body, parse_body, unless_client_leaves
+from service.inputs import check_texts, deadline_for, json_body, parse_body, timeout_us, unless_client_leaves
 from service.json_response import JSONResponse
 from service.registry import ServedModel
 from service.runners import TranslationRunner
@@ -165,7 +165,7 @@ async def _generate_job(request: Request, name: str, version: str | None,
 
     job = inference.translation_jobs(model, [body.text_input], "text_input", params.get("beam_size"), max_length,
                                      False, options, named)[0]
-    return model, job, deadline_for(request, settings, params.get("timeout"))
+    return model, job, deadline_for(request, settings, timeout_us(params.get("timeout"), f"{where}timeout"))
 
 
 def _generate_response(model: ServedModel, text: str, **extra: Any) -> dict[str, Any]:

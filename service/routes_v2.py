@@ -4,7 +4,7 @@ The HTTP adapter of service/v2_infer.py: reads a JSON body (with or without a Co
 Triton's binary tensor data (service/v2_binary.py), answers JSON or binary as the request asks.
 Inputs: one BYTES tensor named "text", shape [N] or [N, 1]. Outputs: sentiment → "label"
 (BYTES, the input's shape) and "probabilities" (FP32 [N, C]); translation → "translation" (BYTES).
-Request "parameters" may carry beam_size, max_length (translation) and timeout (seconds).
+Request "parameters" may carry beam_size, max_length (translation) and timeout (microseconds, as Triton).
 Model metadata and configuration come from service/v2_model.py. Health answers read a flag and
 never wait behind inference.
 """
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__, v2_model, v2_stats
 from service.errors import InvalidInput
-from service.inputs import deadline_for, unless_client_leaves, validate_json
+from service.inputs import deadline_for, timeout_us, unless_client_leaves, validate_json
 from service.json_response import JSONResponse, dumps
 from service.registry import ModelRegistry
 from service.schemas import JsonInt
@@ -50,7 +50,7 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str | None = None
     parameters: dict[str, Any] | None = Field(
-        None, description="beam_size, max_length (translation), timeout (seconds), binary_data_output")
+        None, description="beam_size, max_length (translation), timeout (microseconds), binary_data_output")
     inputs: list[InferInput] = Field(min_length=1)
     outputs: list[InferOutputRequest] | None = None
 
@@ -148,7 +148,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     settings = state.settings
 
     def deadline(params: dict[str, Any]) -> float:
-        return deadline_for(request, settings, param_float(params, "timeout"))
+        return deadline_for(request, settings, timeout_us(param_float(params, "timeout"), "parameters.timeout"))
 
     guard: Guard = lambda work: unless_client_leaves(request, work)  # noqa: E731
     result = await infer(state.registry, settings, bool(getattr(state, "ready", False)), name, version, inputs,

@@ -181,3 +181,19 @@ def test_api_keys_in_metadata(keyed_server: Server) -> None:
 
 def test_grpc_port_zero_turns_it_off() -> None:
     assert asyncio.run(grpc_v2.start(State(), Settings(grpc_port=0))) is None
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_stock_clients_timeout_counts_microseconds(committed_server: Server, protocol: str) -> None:
+    """tritonclient's infer(..., timeout=) sends Triton's timeout parameter, in microseconds."""
+    import tritonclient.http as th
+
+    module: object = tg if protocol == "grpc" else th
+    client = (tg.InferenceServerClient(committed_server.grpc_url) if protocol == "grpc"
+              else th.InferenceServerClient(committed_server.url.removeprefix("http://"), network_timeout=60))
+    long_text = " ".join(["A man in a red shirt is riding a bike down the street."] * 4)
+    with pytest.raises(InferenceServerException) as err:  # 1 ms: gone before a beam-10 translation ends
+        client.infer("translate-en-de", [_text(module, [long_text])], parameters={"beam_size": 10}, timeout=1_000)
+    assert "deadline" in err.value.message()
+    result = client.infer("sentiment", [_text(module, ["A fine film."])], timeout=10_000_000)  # 10 s
+    assert result.as_numpy("label").ravel().tolist() == [b"positive"]

@@ -75,7 +75,7 @@ def test_deadline_header_gives_504_while_a_long_batch_runs(committed_server: Ser
                    headers={"X-Request-Timeout": "0"}, timeout=30)
     assert r.status_code == 422 and "above 0" in r.json()["error"]  # 0 is no deadline anyone can meet
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [LONG * 2]}],
-            "parameters": {"timeout": 0.02, "beam_size": 10}}
+            "parameters": {"timeout": 20_000, "beam_size": 10}}  # microseconds, as Triton
     r = httpx.post(f"{committed_server.url}/v2/models/translate-en-de/infer", json=body, timeout=30)
     assert r.status_code == 504
 
