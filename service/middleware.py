@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.access_log import access_log
+from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
 from service.http_protocol import arrived_at
 from service.json_response import dumps
 
@@ -69,15 +70,15 @@ def is_json(content_type: bytes | None, path: str = "") -> bool:
 
 def media_problem(headers: dict[bytes, bytes], path: str) -> dict[str, Any] | None:
     """The 415 body for a request body the API cannot read, else None: a Content-Type that is not
-    JSON (``is_json``), or a Content-Encoding other than identity (a gzipped body would otherwise
-    fail as "not valid JSON"; RFC 7694 asks for 415 naming what is accepted)."""
+    JSON (``is_json``), or a Content-Encoding other than gzip or deflate (service/content_coding.py;
+    RFC 7694 asks for 415 naming what is accepted)."""
     if not is_json(headers.get(b"content-type"), path):
         return {"error": "Content-Type must be application/json", "code": "unsupported_media_type",
                 "field": "Content-Type", "limit": "application/json"}
-    encoding = headers.get(b"content-encoding")
-    if encoding is not None and any(c.strip().lower() not in (b"identity", b"") for c in encoding.split(b",")):
-        return {"error": f"Content-Encoding {encoding.decode('latin-1')!r} is not supported: send the body as it is",
-                "code": "unsupported_media_type", "field": "Content-Encoding", "limit": "identity"}
+    try:
+        content_coding(headers)
+    except UnsupportedCoding as exc:
+        return {"error": str(exc), "code": "unsupported_media_type", "field": "Content-Encoding", "limit": ACCEPTED}
     return None
 
 
@@ -142,33 +143,25 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            problem = media_problem(headers, scope["path"]) if method in ("POST", "PUT", "PATCH") else None
+            with_body = method in ("POST", "PUT", "PATCH")
+            problem = media_problem(headers, scope["path"]) if with_body else None
             if problem is not None:
                 start, body = _json_response(415, problem, request_id)
                 if problem["field"] == "Content-Encoding":
-                    start["headers"].append((b"accept-encoding", b"identity"))
+                    start["headers"].append((b"accept-encoding", ACCEPTED.encode()))
                 status_holder["status"] = 415
                 await send(start)
                 await send(body)
                 return
-            too_large, buffered = await self._read_if_chunked(headers, receive)
-            if too_large:
-                start, body = _json_response(413, {"error": f"request body over {self.max_body_bytes} bytes",
-                                                   "code": "payload_too_large", "field": "body",
-                                                   "limit": self.max_body_bytes}, request_id)
-                status_holder["status"] = 413
+            # a supported coding, or none: media_problem refused the rest
+            coding = content_coding(headers) if with_body else None
+            refused, scope, receive = await self._body(scope, headers, receive, coding)
+            if refused is not None:
+                start, body = _json_response(*refused, request_id)
+                status_holder["status"] = refused[0]
                 await send(start)
                 await send(body)
                 return
-            if buffered is not None:
-                # the chunked body, read in full, then the connection itself again: the app must
-                # see a disconnect only when the client really leaves
-                read_on = receive
-
-                async def replay() -> Message:
-                    return buffered.pop(0) if buffered else await read_on()
-
-                receive = replay
             await self.app(scope, receive, send_with_id)
         except Exception:
             status_holder["status"] = 500
@@ -182,15 +175,50 @@ class RequestContextMiddleware:
             record_request(method, scope["path"], self._template(scope), status_holder["status"],
                            time.perf_counter() - started, request_id, self.log_requests)
 
-    async def _read_if_chunked(
-        self, headers: dict[bytes, bytes], receive: Receive
+    async def _body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive,
+                    coding: str | None) -> tuple[tuple[int, dict[str, Any]] | None, Scope, Receive]:
+        """The request as the app will read it, or the answer refusing its body: 413 over the limit,
+        422 for compressed data that does not decode. A chunked body is read in full (its size is
+        known only then), a compressed one read and decoded (the app gets it plain, with its
+        length), and either is replayed to the app; any other is left to the app to read."""
+        too_large, buffered = await self._read_whole(headers, receive, coding is not None)
+        if too_large:
+            return self._too_large(), scope, receive
+        if buffered is None:
+            return None, scope, receive
+        if coding is not None and all(m["type"] == "http.request" for m in buffered):  # not if the client left
+            try:
+                body = decode(b"".join(m.get("body", b"") for m in buffered), coding, self.max_body_bytes)
+            except DecodedTooLarge:
+                return self._too_large(), scope, receive
+            except ValueError as exc:
+                return (422, {"error": str(exc), "code": "invalid_input", "field": "Content-Encoding"}), scope, receive
+            buffered = [{"type": "http.request", "body": body, "more_body": False}]
+            plain = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
+            scope = {**scope, "headers": [*plain, (b"content-length", str(len(body)).encode())]}
+        # the body read, then the connection itself again: the app must see a disconnect only when
+        # the client really leaves
+        read_on = receive
+
+        async def replay() -> Message:
+            return buffered.pop(0) if buffered else await read_on()
+
+        return None, scope, replay
+
+    def _too_large(self) -> tuple[int, dict[str, Any]]:
+        return 413, {"error": f"request body over {self.max_body_bytes} bytes", "code": "payload_too_large",
+                     "field": "body", "limit": self.max_body_bytes}
+
+    async def _read_whole(
+        self, headers: dict[bytes, bytes], receive: Receive, encoded: bool
     ) -> tuple[bool, list[Message] | None]:
         """(too large?, buffered messages). A declared length is checked without reading; a
-        chunked body is buffered up to the limit and replayed to the app."""
+        chunked body, or an ``encoded`` one, is read up to the limit."""
         over = declared_over_limit(headers, self.max_body_bytes)
-        if over is not None:
-            return over, None
-        if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():  # codings are case-insensitive
+        if over:
+            return True, None
+        chunked = over is None and b"chunked" in headers.get(b"transfer-encoding", b"").lower()  # any case
+        if not chunked and not encoded:
             return False, None
         messages: list[Message] = []
         size = 0

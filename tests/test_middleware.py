@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -61,17 +62,32 @@ def test_a_chunked_body_over_the_limit_is_refused_however_the_coding_is_spelled(
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
 
 
-def test_a_compressed_body_is_refused_naming_the_encoding(committed_server: Server) -> None:
-    """Content-Encoding is not undone here: a gzipped body was read as JSON and refused as "not
-    valid JSON"; it is a 415 naming the header and what is accepted (RFC 7694)."""
+def test_a_compressed_body_is_decoded_and_other_codings_are_refused(committed_server: Server) -> None:
+    """gzip and deflate bodies (tritonclient's request_compression_algorithm) are read as their plain
+    JSON, chunked or not; another coding is a 415 naming the ones taken (RFC 7694)."""
     body = json.dumps({"text": "A fine film."}).encode()
     url = f"{committed_server.url}/v1/sentiment"
+    plain = httpx.post(url, content=body).json()
+    for coding, data in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body)),
+                         ("x-gzip", gzip.compress(body))):
+        r = httpx.post(url, content=data, headers={"Content-Encoding": coding})
+        assert r.status_code == 200 and r.json() == plain, (coding, r.text)
+    r = httpx.post(url, content=_chunked_bytes(gzip.compress(body)), headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 200 and r.json() == plain
     for path in ("/v1/sentiment", "/v2/models/translate-en-de/generate"):
-        r = httpx.post(f"{committed_server.url}{path}", content=gzip.compress(body),
-                       headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        r = httpx.post(f"{committed_server.url}{path}", content=body, headers={"Content-Encoding": "br"})
         assert r.status_code == 415 and r.json()["field"] == "Content-Encoding", r.text
-        assert r.headers["accept-encoding"] == "identity"
-    assert httpx.post(url, content=body, headers={"Content-Encoding": "Identity"}).status_code == 200
+        assert r.headers["accept-encoding"] == "gzip, deflate"
+    r = httpx.post(url, content=gzip.compress(body)[:-9], headers={"Content-Encoding": "gzip"})  # cut short
+    assert r.status_code == 422 and r.json()["field"] == "Content-Encoding", r.text
+    bomb = gzip.compress(b'{"text": "' + b" " * (3 << 20) + b'"}')  # 3 KiB that decode to 3 MiB
+    r = httpx.post(url, content=bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and r.json()["limit"] == 1 << 20, r.text
+
+
+def _chunked_bytes(data: bytes) -> Iterator[bytes]:
+    yield data[:5]
+    yield data[5:]
 
 
 def test_head_is_answered_wherever_get_is(committed_server: Server) -> None:

@@ -187,3 +187,12 @@ def test_binary_body_mistakes_are_named(committed_server: Server) -> None:
     r = httpx.post(url, content=json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
                                                         "data": ["x"]}], "outputs": [{"name": "nope"}]}))
     assert r.status_code == 422 and r.json()["field"] == "outputs" and r.json()["limit"] == ["label", "probabilities"]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_the_stock_clients_compressed_requests_are_answered(client: tc.InferenceServerClient, algorithm: str) -> None:
+    plain = client.infer("sentiment", [_text(tc, TEXTS, True)])
+    packed = client.infer("sentiment", [_text(tc, TEXTS, True)], request_compression_algorithm=algorithm,
+                          response_compression_algorithm=algorithm)
+    assert _strings(packed.as_numpy("label")) == _strings(plain.as_numpy("label"))
+    assert np.array_equal(packed.as_numpy("probabilities"), plain.as_numpy("probabilities"))
