@@ -157,6 +157,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                              _parameters(request.parameters), deadline)
         response = service_pb2.ModelInferResponse(model_name=result.model_name, model_version=result.model_version,
                                                   id=request.id)
+        for key, value in result.parameters.items():
+            response.parameters[key].int64_param = value
         for out in result.outputs:
             response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
             response.raw_output_contents.append(encode_tensor(out.datatype, out.data))

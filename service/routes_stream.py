@@ -172,7 +172,12 @@ def _generate_response(model: ServedModel, text: str, **extra: Any) -> dict[str,
     return {"model_name": model.name, "model_version": model.version, "text_output": text, **extra}
 
 
-def _generate_renderer(model: ServedModel, runner: TranslationRunner) -> Render:
+def _seed(job: TranslationJob) -> dict[str, int]:
+    """``{"seed": ...}`` for a sampled translation (drawn when the request gave none), as v1 answers it."""
+    return {"seed": job.sampling.seed} if job.sampling is not None else {}
+
+
+def _generate_renderer(model: ServedModel, runner: TranslationRunner, job: TranslationJob) -> Render:
     """Each event a $generate_response: greedy ``text_output`` deltas; beam search sends its best
     hypothesis so far in ``hypothesis`` with an empty ``text_output``, and the whole translation
     in the last event, so that the ``text_output`` pieces always concatenate to the translation.
@@ -189,7 +194,7 @@ def _generate_renderer(model: ServedModel, runner: TranslationRunner) -> Render:
             text = runner.detokenize(event.output.tokens)
             done = "".join(sent)
             rest = text[len(done):] if text.startswith(done) else text
-            return sse(_generate_response(model, rest, finished=True))
+            return sse(_generate_response(model, rest, finished=True, **_seed(job)))
         assert isinstance(event, Failed)
         return sse(event.error.body())
 
@@ -199,13 +204,15 @@ def _generate_renderer(model: ServedModel, runner: TranslationRunner) -> Render:
 async def _generate(request: Request, name: str, version: str | None, body: GenerateRequest) -> JSONResponse:
     model, job, deadline = await _generate_job(request, name, version, body)
     output = (await unless_client_leaves(request, inference.translate(model, [job], deadline)))[0]
-    return JSONResponse(_generate_response(model, inference.translator(model).detokenize(output.tokens)))
+    return JSONResponse(_generate_response(model, inference.translator(model).detokenize(output.tokens),
+                                           **_seed(job)))
 
 
 async def _generate_stream(request: Request, name: str, version: str | None,
                            body: GenerateRequest) -> EventStreamResponse:
     model, job, deadline = await _generate_job(request, name, version, body)
-    return await start_stream(request, model, job, deadline, _generate_renderer(model, inference.translator(model)))
+    render = _generate_renderer(model, inference.translator(model), job)
+    return await start_stream(request, model, job, deadline, render)
 
 
 @router.post("/models/{name}/generate", summary="Generate extension: one translation", openapi_extra=_BODY)

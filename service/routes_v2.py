@@ -135,6 +135,8 @@ def _render(result: InferResult, body: InferRequest) -> Response:
                               "outputs": outputs}
     if body.id is not None:
         answer["id"] = body.id
+    if result.parameters:
+        answer["parameters"] = result.parameters
     if not blobs:
         return JSONResponse(answer)
     header = dumps(answer)

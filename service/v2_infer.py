@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,8 @@ class InferResult:
     model_name: str
     model_version: str
     outputs: list[OutputTensor]
+    # the response's parameters: "seed", the sampling seed used (drawn when the request gave none)
+    parameters: dict[str, int] = field(default_factory=dict)
 
 
 def _as_text(item: Any, index: int) -> str:
@@ -178,4 +180,7 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
             rows = [[runner.detokenize(tokens) for tokens, _ in r.hypotheses or []] for r in results]
             flat = [text for row in rows for text in row + [""] * (k - len(row))]
             outputs.append(OutputTensor("hypotheses", "BYTES", [n, k], flat))
+        if jobs[0].sampling is not None:  # one seed for the request, drawn when it gave none: returned
+            return InferResult(model.name, model.version, [o for o in outputs if o.name in wanted],
+                               {"seed": jobs[0].sampling.seed})
     return InferResult(model.name, model.version, [o for o in outputs if o.name in wanted])

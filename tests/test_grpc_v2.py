@@ -197,3 +197,12 @@ def test_the_stock_clients_timeout_counts_microseconds(committed_server: Server,
     assert "deadline" in err.value.message()
     result = client.infer("sentiment", [_text(module, ["A fine film."])], timeout=10_000_000)  # 10 s
     assert result.as_numpy("label").ravel().tolist() == [b"positive"]
+
+
+def test_a_sample_returns_the_seed_it_drew_in_the_response_parameters(client: tg.InferenceServerClient) -> None:
+    params = {"sampling_topk": 20, "sampling_temperature": 1.5}
+    first = client.infer("translate-en-de", [_text(tg, ["Two dogs play in the snow."])], parameters=params)
+    seed = first.get_response().parameters["seed"].int64_param
+    again = client.infer("translate-en-de", [_text(tg, ["Two dogs play in the snow."])],
+                         parameters={**params, "seed": seed})
+    assert again.as_numpy("translation").tolist() == first.as_numpy("translation").tolist()

@@ -196,3 +196,22 @@ def test_the_stock_clients_compressed_requests_are_answered(client: tc.Inference
                           response_compression_algorithm=algorithm)
     assert _strings(packed.as_numpy("label")) == _strings(plain.as_numpy("label"))
     assert np.array_equal(packed.as_numpy("probabilities"), plain.as_numpy("probabilities"))
+
+
+def test_a_sample_returns_the_seed_it_drew(committed_server: Server) -> None:
+    """As v1 does: the seed a sample drew when the request gave none comes back (v2 infer in the
+    response's parameters, generate beside its text), and it repeats the sample."""
+    url = f"{committed_server.url}/v2/models/translate-en-de"
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [GERMAN[0]]}],
+            "parameters": {"sampling_topk": 20, "sampling_temperature": 1.5}}
+    first = httpx.post(f"{url}/infer", json=body, timeout=30).json()
+    seed = first["parameters"]["seed"]
+    again = httpx.post(f"{url}/infer", json={**body, "parameters": {**body["parameters"], "seed": seed}}, timeout=30)
+    assert again.json()["outputs"] == first["outputs"] and again.json()["parameters"] == {"seed": seed}
+    plain = httpx.post(f"{url}/infer", json={"inputs": body["inputs"]}, timeout=30).json()
+    assert "parameters" not in plain  # nothing drawn, nothing to return
+    generated = httpx.post(f"{url}/generate", json={"text_input": GERMAN[0], "sampling_topk": 20,
+                                                    "sampling_temperature": 1.5, "seed": seed}, timeout=30).json()
+    assert generated["seed"] == seed and generated["text_output"] == first["outputs"][0]["data"][0]
+    stream = httpx.post(f"{url}/generate_stream", json={"text_input": GERMAN[0], "sampling_topk": 20}, timeout=30)
+    assert isinstance(json.loads(stream.text.strip().split("\n\n")[-1].removeprefix("data: "))["seed"], int)
