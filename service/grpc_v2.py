@@ -71,6 +71,9 @@ def _inputs(request: Any) -> list[InputTensor]:
         shape = list(t.shape)
         field = f"inputs.{t.name}"
         if raw:
+            if t.HasField("contents"):  # which one would count is not for the client to guess (Triton refuses it too)
+                raise InvalidInput(f"input {t.name!r} has both contents and raw_input_contents: send one",
+                                   field=f"{field}.contents")
             data = decode_tensor(t.datatype, shape, raw[i], field)
         else:
             data = list(getattr(t.contents, _CONTENTS.get(t.datatype, "bytes_contents")))

@@ -206,3 +206,16 @@ def test_a_sample_returns_the_seed_it_drew_in_the_response_parameters(client: tg
     again = client.infer("translate-en-de", [_text(tg, ["Two dogs play in the snow."])],
                          parameters={**params, "seed": seed})
     assert again.as_numpy("translation").tolist() == first.as_numpy("translation").tolist()
+
+
+def test_an_input_sent_both_typed_and_raw_is_refused(committed_server: Server) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="sentiment")
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[1])
+    tensor.contents.bytes_contents.append(b"A fine film.")
+    request.raw_input_contents.append(len(b"Awful.").to_bytes(4, "little") + b"Awful.")
+    with grpc.insecure_channel(committed_server.grpc_url) as channel, pytest.raises(grpc.RpcError) as err:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "send one" in (err.value.details() or "")
