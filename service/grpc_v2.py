@@ -33,7 +33,7 @@ from service.inputs import deadline_after, timeout_us
 from service.repository import check_load_parameters
 from service.settings import Settings
 from service.v2_binary import decode_tensor, encode_tensor
-from service.v2_infer import InputTensor, infer, param_float
+from service.v2_infer import InputTensor, infer, param_float, requested_outputs
 
 log = logging.getLogger("seqserve.grpc")
 
@@ -154,7 +154,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             until = deadline_after(self.settings, (timeout_us(timeout, "parameters.timeout"), "parameters.timeout"))
             return until if remaining is None else min(until, time.monotonic() + max(remaining, 0.0))
 
-        requested = [o.name for o in request.outputs] or None
+        requested = requested_outputs([(o.name, o.parameters) for o in request.outputs])
         result = await infer(self.state.registry, self.settings, self._ready, request.model_name,
                              request.model_version or None, _inputs(request), requested,
                              _parameters(request.parameters), deadline)

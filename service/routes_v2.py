@@ -24,7 +24,7 @@ from service.json_response import JSONResponse, dumps
 from service.registry import ModelRegistry
 from service.schemas import JsonInt
 from service.v2_binary import HEADER_LENGTH, Datatype, decode_tensor, encode_tensor, split_body, take_binary
-from service.v2_infer import Guard, InferResult, InputTensor, infer, param_float
+from service.v2_infer import Guard, InferResult, InputTensor, infer, param_float, requested_outputs
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -154,7 +154,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
     guard: Guard = lambda work: unless_client_leaves(request, work)  # noqa: E731
     result = await infer(state.registry, settings, bool(getattr(state, "ready", False)), name, version, inputs,
-                         [o.name for o in body.outputs] if body.outputs else None, body.parameters or {},
+                         requested_outputs([(o.name, o.parameters or {}) for o in body.outputs or []]),
+                         body.parameters or {},
                          deadline, guard)
     return _render(result, body)
 

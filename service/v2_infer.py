@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +111,18 @@ def search_options(params: dict[str, Any]) -> inference.SearchOptions:
     return inference.SearchOptions(param_int(params, "num_hypotheses"), param_float(params, "length_penalty"),
                                    param_int(params, "sampling_topk"), param_float(params, "sampling_temperature"),
                                    param_int(params, "seed"))
+
+
+def requested_outputs(outputs: list[tuple[str, Mapping[str, Any]]]) -> list[str] | None:
+    """The names of the outputs a request asks for (None: all), from (name, parameters) pairs.
+    Triton's classification extension (``class_count``, parameter ``classification``) is not
+    served: refused, where ignoring it would answer raw scores to a client expecting labels."""
+    for name, parameters in outputs:
+        if "classification" in parameters:
+            raise InvalidInput(f"output {name!r}: classification (class_count) is not supported; the sentiment "
+                               "model answers 'label' and 'probabilities'",
+                               field=f"outputs.{name}.parameters.classification")
+    return [name for name, _ in outputs] or None
 
 
 def check_outputs(model: ServedModel, requested: list[str] | None) -> list[str]:

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -183,14 +184,19 @@ def test_grpc_port_zero_turns_it_off() -> None:
     assert asyncio.run(grpc_v2.start(State(), Settings(grpc_port=0))) is None
 
 
+def _stock_client(server: Server, protocol: str) -> tuple[object, Any]:
+    """tritonclient's module and client for ``protocol``, "grpc" or "http"."""
+    import tritonclient.http as th
+
+    if protocol == "grpc":
+        return tg, tg.InferenceServerClient(server.grpc_url)
+    return th, th.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_the_stock_clients_timeout_counts_microseconds(committed_server: Server, protocol: str) -> None:
     """tritonclient's infer(..., timeout=) sends Triton's timeout parameter, in microseconds."""
-    import tritonclient.http as th
-
-    module: object = tg if protocol == "grpc" else th
-    client = (tg.InferenceServerClient(committed_server.grpc_url) if protocol == "grpc"
-              else th.InferenceServerClient(committed_server.url.removeprefix("http://"), network_timeout=60))
+    module, client = _stock_client(committed_server, protocol)
     long_text = " ".join(["A man in a red shirt is riding a bike down the street."] * 4)
     with pytest.raises(InferenceServerException) as err:  # 1 ms: gone before a beam-10 translation ends
         client.infer("translate-en-de", [_text(module, [long_text])], parameters={"beam_size": 10}, timeout=1_000)
@@ -219,3 +225,14 @@ def test_an_input_sent_both_typed_and_raw_is_refused(committed_server: Server) -
     with grpc.insecure_channel(committed_server.grpc_url) as channel, pytest.raises(grpc.RpcError) as err:
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "send one" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classification_is_refused_not_ignored(committed_server: Server, protocol: str) -> None:
+    """Triton's classification extension (class_count) is not served: a client asking for labels
+    must not get raw scores in their place."""
+    module, client = _stock_client(committed_server, protocol)
+    output = module.InferRequestedOutput("probabilities", class_count=2)  # type: ignore[attr-defined]
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("sentiment", [_text(module, ["A fine film."])], outputs=[output])
+    assert "classification" in err.value.message()
