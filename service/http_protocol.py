@@ -95,6 +95,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _held = b""  # bytes read while waiting for a turn
     _read_at = 0.0  # when the bytes being parsed were read
     _first = False  # no request's headers completed yet in the bytes being parsed (one read, or a turn)
+    _superseded: list[Any] | None = None  # request cycles still open when a pipelined one was parsed after them
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
@@ -173,10 +174,24 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                 return
         before = self.cycle
         super().on_headers_complete()
+        if before is not None and not before.response_complete and self.cycle is not before:
+            # pipelined behind a request still being answered: uvicorn tells only the newest cycle
+            # when the client leaves, so the older ones are kept here for connection_lost
+            self._superseded = [c for c in self._superseded or () if not c.response_complete] + [before]
         if self.cycle is not before:  # a new request cycle, its task started with the app
             self.cycle.transport = _HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
             if admission is not None:
                 door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # the request being answered may be an older one than uvicorn's current cycle: marked
+        # gone too, it stops writing to the closed transport (which raised, and logged a 500 for
+        # a client that had left) and its work is dropped as for any client that leaves (499)
+        for cycle in self._superseded or ():
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        super().connection_lost(exc)
 
     def shutdown(self) -> None:
         if self._held:  # read while waiting for its turn: answered, then the connection closes

@@ -213,6 +213,26 @@ async def test_a_request_counts_as_arriving_until_its_app_starts_and_pipelined_o
     assert admission.arriving == 0
 
 
+async def test_the_request_being_answered_hears_that_its_client_left_behind_pipelined_ones() -> None:
+    """uvicorn tells only the newest request of a connection that the client left; the one being
+    answered must hear it too, or it writes to a closed transport (a 500 logged) and its work runs on."""
+    from types import SimpleNamespace
+
+    heard: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the body
+        heard.append((await asyncio.wait_for(receive(), 2))["type"])  # then only a disconnect can come
+
+    app.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
+    protocol = _protocol(app, _Transport())
+    protocol.data_received(_post() * 3)  # the second and third wait behind the first
+    await asyncio.sleep(0.05)
+    protocol.connection_lost(None)
+    await _until(lambda: heard)
+    assert heard == ["http.disconnect"]
+
+
 async def test_an_upgrade_is_neither_counted_nor_refused() -> None:
     door, admission = _door_and_admission()
     transport = _Transport()
