@@ -137,7 +137,9 @@ class EarlyRefusal:
             found = self._routes[url]
         except KeyError:
             found = _reachable(registry, url)
-            if len(self._routes) < 256:  # URLs are the client's to choose: bound what they fill
+            # URLs are the client's to choose: bound what they fill, in count and in size (a query
+            # string of megabytes would otherwise stay held)
+            if len(self._routes) < 256 and len(url) <= 256:
                 self._routes[url] = found
         if found is None:
             return None

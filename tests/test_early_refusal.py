@@ -193,6 +193,16 @@ def test_v1_translate_with_several_language_pairs_is_left_to_the_app() -> None:
     assert isinstance(door.look(POST, b"/v2/models/en-fr/infer", JSON), Refusal)
 
 
+def test_the_routes_it_remembers_are_bounded_in_count_and_size() -> None:
+    door = _door()
+    long_query = b"/v1/translate?q=" + b"x" * 100_000
+    assert isinstance(door.look(POST, long_query, JSON), Admission)  # still reached...
+    assert long_query not in door._routes  # ...but not kept: a client could fill memory with such URLs
+    for i in range(300):
+        door.look(POST, b"/v1/translate?%d" % i, JSON)
+    assert len(door._routes) == 256
+
+
 def test_a_closed_door_neither_counts_nor_refuses() -> None:
     door = _door()
     _fill(door, "translator")
