@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.admission import Admission
+from service.json_response import dumps
 
 if TYPE_CHECKING:  # at run time the refusing instance and the budget come from the app's state
     from service.early_refusal import EarlyRefusal, Refusal
@@ -96,6 +97,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _read_at = 0.0  # when the bytes being parsed were read
     _first = False  # no request's headers completed yet in the bytes being parsed (one read, or a turn)
     _superseded: list[Any] | None = None  # request cycles still open when a pipelined one was parsed after them
+    _declined = ""  # "answered" or "refused": a request asked for an upgrade this server does not do (h2c)
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
@@ -115,6 +117,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self._budget = getattr(state, "pass_budget", None)
 
     def data_received(self, data: bytes) -> None:
+        if self._declined:  # bytes meant for a protocol this server does not speak: never parsed
+            return
         read_at = time.perf_counter()
         starts = self._budget is not None and not self._in_message and not self._waits \
             and (self.cycle is None or self.cycle.response_complete)
@@ -156,6 +160,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
     def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            self._decline_upgrade()
+            if self._declined == "refused":  # no request cycle for the app
+                return
         door = self._door if self._first else None
         # the first request of the bytes parsed at once: requests pipelined behind it go to the app,
         # one at a time, or a single read of a thousand refusals would take its pass back
@@ -178,10 +186,33 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             # pipelined behind a request still being answered: uvicorn tells only the newest cycle
             # when the client leaves, so the older ones are kept here for connection_lost
             self._superseded = [c for c in self._superseded or () if not c.response_complete] + [before]
+        if self.cycle is not before and self._declined:
+            self.cycle.keep_alive = False  # answered, then the connection closes with its later bytes unread
         if self.cycle is not before:  # a new request cycle, its task started with the app
             self.cycle.transport = _HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
             if admission is not None:
                 door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
+
+    def _decline_upgrade(self) -> None:
+        """A request asks to switch to a protocol this server does not speak (HTTP/2 over cleartext,
+        "Upgrade: h2c", as curl --http2 and Java's HttpClient send). The parser takes every byte
+        after its headers for that protocol: a body would be lost, and the bytes of a later read
+        parsed as requests of their own (a request smuggled inside a body). So the connection reads
+        nothing more: a request without a body is answered in HTTP/1.1 and the connection closes
+        after it; one with a body is refused with 400 and closed, its body unread."""
+        self._declined = "answered"
+        headers = dict(self.headers)
+        if headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers:
+            self._declined = "refused"
+            body = dumps({"error": "Upgrade is not supported: send the request without the Upgrade header",
+                          "code": "upgrade_not_supported", "field": "Upgrade"})
+            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            for name, value in (*self.server_state.default_headers, (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")):
+                head += [name, b": ", value, b"\r\n"]
+            self.transport.write(b"".join([*head, b"\r\n", body]))
+            self.transport.close()
+            self.cycle = _Answered  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         # the request being answered may be an older one than uvicorn's current cycle: marked

@@ -233,6 +233,36 @@ async def test_the_request_being_answered_hears_that_its_client_left_behind_pipe
     assert heard == ["http.disconnect"]
 
 
+async def test_an_upgrade_to_h2c_smuggles_nothing() -> None:
+    """Upgrade: h2c makes the parser take every later byte for HTTP/2: a body sent in a later read
+    was parsed as a request of its own. A request with a body is refused; one without is answered,
+    and nothing after it is read."""
+    from types import SimpleNamespace
+
+    ran: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
+    upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    transport = _Transport()
+    protocol = _protocol(app, transport)
+    protocol.data_received(_post(inner, upgrade)[: -len(inner)])
+    protocol.data_received(inner)  # the body, in a later read
+    await asyncio.sleep(0.05)
+    assert ran == [] and transport.written.startswith(b"HTTP/1.1 400 ") and transport.closed
+    assert transport.written.endswith(b'"field":"Upgrade"}')  # in the API's error vocabulary
+    transport = _Transport()
+    protocol = _protocol(app, transport)
+    protocol.data_received(b"GET /v2/health/ready HTTP/1.1\r\nHost: a\r\n" + upgrade + b"\r\n" + inner)
+    await asyncio.sleep(0.05)
+    assert ran == ["/v2/health/ready"] and transport.written.count(b"HTTP/1.1 200 ") == 1 and transport.closed
+
+
 async def test_an_upgrade_is_neither_counted_nor_refused() -> None:
     door, admission = _door_and_admission()
     transport = _Transport()
