@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # at run time the refusing instance and the budget come from 
 
 # the ASGI scope extension holding the stamp: {"at": time.perf_counter()}
 ARRIVAL = "seqserve.arrival"
+# a request's line and headers, at most (h11 takes 16 KiB, nginx 32 KiB by default): past it, 431
+MAX_HEAD_BYTES = 64 * 1024
 _HEALTH = b"GET /v2/health/"
 
 
@@ -98,13 +100,18 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _first = False  # no request's headers completed yet in the bytes being parsed (one read, or a turn)
     _superseded: list[Any] | None = None  # request cycles still open when a pipelined one was parsed after them
     _declined = ""  # "answered" or "refused": a request asked for an upgrade this server does not do (h2c)
+    _in_head = False  # the parser is inside a request's line and headers
+    _head_bytes = 0  # read while the headers were still incomplete after a read
+    _head_timer: asyncio.TimerHandle | None = None  # armed when a read leaves the headers incomplete
+    _head_timeout_s = 30.0
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
         # the same read must stop it, as uvicorn's data_received does for one in a later read
         self._unset_keepalive_if_required()
         super().on_message_begin()
-        self._in_message = True
+        self._in_message = self._in_head = True
+        self._head_bytes = 0
         self.arrived = self._read_at
         self.scope.setdefault("extensions", {})[ARRIVAL] = {"at": self.arrived}
 
@@ -115,6 +122,12 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         door = getattr(state, "early_refusal", None) if self.limit_concurrency is None else None
         self._door: EarlyRefusal | None = door
         self._budget = getattr(state, "pass_budget", None)
+        settings = getattr(state, "settings", None)
+        # a request's headers must arrive within its deadline, which counts from its first bytes
+        self._head_timeout_s = settings.request_timeout_s if settings is not None else 30.0
+        # uvicorn arms the keep-alive timer only after a response: a connection that never sends
+        # a request would be held open for ever
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def data_received(self, data: bytes) -> None:
         if self._declined:  # bytes meant for a protocol this server does not speak: never parsed
@@ -133,7 +146,42 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self._held += data
             return
         self._read_at, self._first = read_at, True
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
         super().data_received(data)
+        if not self._in_head or self.transport.is_closing():
+            return
+        # the headers are still incomplete after this read: a slow or endless head is bounded in
+        # size and in time (uvicorn bounds neither), checked only then, so a whole head costs nothing
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head(431, "Request Header Fields Too Large",
+                              f"the request line and headers are over {MAX_HEAD_BYTES} bytes", MAX_HEAD_BYTES)
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(
+                self._head_timeout_s, self._refuse_head, 408, "Request Timeout",
+                f"the request's headers did not arrive within {self._head_timeout_s:g} s", self._head_timeout_s)
+
+    def _refuse_head(self, status: int, reason: str, error: str, limit: float) -> None:
+        """Answer ``status`` in the API's error vocabulary (unless a response is being written on
+        the connection) and close it."""
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            body = dumps({"error": error, "code": "request_head_refused", "field": "headers", "limit": limit})
+            self._write_and_close(f"{status} {reason}".encode(), body)
+        else:
+            self.transport.close()
+
+    def _write_and_close(self, status: bytes, body: bytes) -> None:
+        head = [b"HTTP/1.1 ", status, b"\r\n"]
+        for name, value in (*self.server_state.default_headers, (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")):
+            head += [name, b": ", value, b"\r\n"]
+        self.transport.write(b"".join([*head, b"\r\n", body]))
+        self.transport.close()
 
     def take_turn(self) -> bool:
         """The pass budget lets this connection's next request in (service/loop_budget.py)."""
@@ -143,7 +191,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
         held, self._held = self._held, b""
         self._first = True
-        super().data_received(held)  # stamped with when it was read (_read_at)
+        self._parse(held)  # stamped with when it was read (_read_at)
         return True
 
     def on_message_complete(self) -> None:
@@ -160,6 +208,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if self.parser.should_upgrade() and not self._should_upgrade():
             self._decline_upgrade()
             if self._declined == "refused":  # no request cycle for the app
@@ -204,17 +256,15 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         headers = dict(self.headers)
         if headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers:
             self._declined = "refused"
-            body = dumps({"error": "Upgrade is not supported: send the request without the Upgrade header",
-                          "code": "upgrade_not_supported", "field": "Upgrade"})
-            head = [b"HTTP/1.1 400 Bad Request\r\n"]
-            for name, value in (*self.server_state.default_headers, (b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")):
-                head += [name, b": ", value, b"\r\n"]
-            self.transport.write(b"".join([*head, b"\r\n", body]))
-            self.transport.close()
+            self._write_and_close(b"400 Bad Request", dumps({
+                "error": "Upgrade is not supported: send the request without the Upgrade header",
+                "code": "upgrade_not_supported", "field": "Upgrade"}))
             self.cycle = _Answered  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         # the request being answered may be an older one than uvicorn's current cycle: marked
         # gone too, it stops writing to the closed transport (which raised, and logged a 500 for
         # a client that had left) and its work is dropped as for any client that leaves (499)

@@ -263,6 +263,40 @@ async def test_an_upgrade_to_h2c_smuggles_nothing() -> None:
     assert ran == ["/v2/health/ready"] and transport.written.count(b"HTTP/1.1 200 ") == 1 and transport.closed
 
 
+async def test_a_request_head_is_bounded_in_time_and_size_and_an_idle_connection_closes() -> None:
+    """uvicorn bounds neither: a client could hold a connection (and its memory) for ever with a
+    head that never ends, or one of megabytes, or by sending nothing at all."""
+    from types import SimpleNamespace
+
+    from service.http_protocol import MAX_HEAD_BYTES
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app.state = SimpleNamespace(early_refusal=None, pass_budget=None,  # type: ignore[attr-defined]
+                                settings=SimpleNamespace(request_timeout_s=0.05))
+    slow = _Transport()
+    protocol = _protocol(app, slow)
+    protocol.data_received(b"GET /v2/health/ready HTTP/1.1\r\nHost: a\r\nX-Slow: ")  # and then nothing
+    await _until(lambda: slow.closed)
+    assert slow.written.startswith(b"HTTP/1.1 408 ") and b'"field":"headers"' in slow.written
+    big = _Transport()
+    protocol = _protocol(app, big)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    for _ in range(MAX_HEAD_BYTES // 4096 + 1):
+        protocol.data_received(b"X-Big: " + b"x" * 4089 + b"\r\n")
+    assert big.closed and big.written.startswith(b"HTTP/1.1 431 ")
+    whole = _Transport()
+    protocol = _protocol(app, whole)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Ok: 1\r\n" * 10 + b"\r\n")  # one read: no timer
+    assert protocol._head_timer is None
+    idle = _Transport()
+    _protocol(app, idle, timeout_keep_alive=0.05)  # connects, sends nothing
+    await _until(lambda: idle.closed)
+    assert idle.closed and idle.written == b""
+
+
 async def test_an_upgrade_is_neither_counted_nor_refused() -> None:
     door, admission = _door_and_admission()
     transport = _Transport()
