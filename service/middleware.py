@@ -142,25 +142,30 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
+        async def refuse(status: int, error: dict[str, Any], *extra: tuple[bytes, bytes]) -> None:
+            """Answer before the app runs, the body unread or in part. A client that announced its
+            body with Expect: 100-continue may never send it: its connection closes, or its next
+            request would be read as this one's body."""
+            start, body = _json_response(status, error, request_id)
+            start["headers"].extend(extra)
+            if headers.get(b"expect", b"").lower() == b"100-continue":
+                start["headers"].append((b"connection", b"close"))
+            status_holder["status"] = status
+            await send(start)
+            await send(body)
+
         try:
             with_body = method in ("POST", "PUT", "PATCH")
             problem = media_problem(headers, scope["path"]) if with_body else None
             if problem is not None:
-                start, body = _json_response(415, problem, request_id)
-                if problem["field"] == "Content-Encoding":
-                    start["headers"].append((b"accept-encoding", ACCEPTED.encode()))
-                status_holder["status"] = 415
-                await send(start)
-                await send(body)
+                accepts = [(b"accept-encoding", ACCEPTED.encode())] if problem["field"] == "Content-Encoding" else []
+                await refuse(415, problem, *accepts)
                 return
             # a supported coding, or none: media_problem refused the rest
             coding = content_coding(headers) if with_body else None
             refused, scope, receive = await self._body(scope, headers, receive, coding)
             if refused is not None:
-                start, body = _json_response(*refused, request_id)
-                status_holder["status"] = refused[0]
-                await send(start)
-                await send(body)
+                await refuse(*refused)
                 return
             await self.app(scope, receive, send_with_id)
         except Exception:

@@ -90,6 +90,21 @@ def _chunked_bytes(data: bytes) -> Iterator[bytes]:
     yield data[5:]
 
 
+def test_a_refusal_of_an_announced_body_closes_the_connection(committed_server: Server) -> None:
+    """Expect: 100-continue, then a 415 or 413 before any body: the client may never send it, so the
+    connection closes rather than read its next request as this one's body."""
+    head = (b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: 2048\r\n"
+            b"Expect: 100-continue\r\n\r\n")
+    for content_type in (b"text/plain", b"application/json"):  # 415; a 2 KiB declared body is fine
+        with socket.create_connection(("127.0.0.1", committed_server.port), timeout=30) as sock:
+            sock.sendall(head % content_type)
+            answer = sock.recv(65536)
+            if content_type == b"application/json":
+                assert answer.startswith(b"HTTP/1.1 100 ")  # asked for the body: no refusal here
+                continue
+            assert answer.startswith(b"HTTP/1.1 415 ") and b"connection: close" in answer.lower(), answer
+
+
 def test_head_is_answered_wherever_get_is(committed_server: Server) -> None:
     url = committed_server.url
     for path in ("/v2/health/ready", "/v2/health/live", "/v1/models", "/v2/models/sentiment", "/metrics", "/ui/"):
