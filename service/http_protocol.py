@@ -104,7 +104,6 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _head_bytes = 0  # read while the headers were still incomplete after a read
     _head_timer: asyncio.TimerHandle | None = None  # armed when a read leaves the headers incomplete
     _head_timeout_s = 30.0
-    _half_closed = False  # the client shut its sending side with a request in flight
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
@@ -261,20 +260,6 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                 "error": "Upgrade is not supported: send the request without the Upgrade header",
                 "code": "upgrade_not_supported", "field": "Upgrade"}))
             self.cycle = _Answered  # type: ignore[assignment]
-
-    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows the bool
-        """The client has sent all it will (``shutdown(SHUT_WR)``, as ``nc -N`` and some proxies do)
-        but still reads: a whole request in flight is answered, then the connection closes (uvicorn
-        closed at once, and the answer was lost). A request cut short cannot complete: closed."""
-        if self.cycle is not None and not self.cycle.response_complete and not self._in_message:
-            self._half_closed = True
-            return True  # keep the transport open for the answer
-        return None
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._half_closed and not self.pipeline and not self.transport.is_closing():
-            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:

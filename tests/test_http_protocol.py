@@ -297,27 +297,6 @@ async def test_a_request_head_is_bounded_in_time_and_size_and_an_idle_connection
     assert idle.closed and idle.written == b""
 
 
-async def test_a_client_that_shuts_its_sending_side_still_gets_its_answer() -> None:
-    from types import SimpleNamespace
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await asyncio.sleep(0.02)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    app.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
-    transport = _Transport()
-    protocol = _protocol(app, transport)
-    protocol.data_received(_post())
-    assert protocol.eof_received() is True  # stays open to answer
-    await _until(lambda: transport.closed)
-    assert transport.written.startswith(b"HTTP/1.1 200 ") and transport.closed  # answered, then closed
-    cut = _Transport()
-    protocol = _protocol(app, cut)
-    protocol.data_received(_post()[:-3])  # the body cut short: it cannot complete
-    assert not protocol.eof_received()
-
-
 async def test_an_upgrade_is_neither_counted_nor_refused() -> None:
     door, admission = _door_and_admission()
     transport = _Transport()
