@@ -108,7 +108,7 @@ def timeout_us(value: float | None, field: str) -> float | None:
     if not 0 < value <= MAX_TIMEOUT_US:  # NaN fails too; a number of hundreds of digits arrives as inf
         raise InvalidInput(f"{field} must be a number of microseconds above 0 and at most {MAX_TIMEOUT_US:,}; "
                            f"got {value}", field=field, limit=[0, MAX_TIMEOUT_US])
-    return value / 1e6
+    return max(value / 1e6, 1e-9)  # a subnormal number of microseconds would round to no time at all
 
 
 def deadline_for(request: Request, settings: Settings, requested_s: float | None = None) -> float:
