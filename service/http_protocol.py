@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # at run time the refusing instance and the budget come from 
 ARRIVAL = "seqserve.arrival"
 # a request's line and headers, at most (h11 takes 16 KiB, nginx 32 KiB by default): past it, 431
 MAX_HEAD_BYTES = 64 * 1024
+# the ASGI scope extension set when a request's body has not all arrived by its deadline: the
+# request layers answer 408 (service/middleware.py), woken from their wait for the rest
+LATE = "seqserve.late"
 _HEALTH = b"GET /v2/health/"
 
 
@@ -104,6 +107,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _head_bytes = 0  # read while the headers were still incomplete after a read
     _head_timer: asyncio.TimerHandle | None = None  # armed when a read leaves the headers incomplete
     _head_timeout_s = 30.0
+    _body_timer: asyncio.TimerHandle | None = None  # armed when a read leaves a body incomplete
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
@@ -150,7 +154,12 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
 
     def _parse(self, data: bytes) -> None:
         super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
+        if not self._in_message or self.transport.is_closing():
+            return
+        if not self._in_head:  # the body is incomplete after this read: it too must arrive in time
+            if self._body_timer is None and self.cycle is not None and not self.cycle.response_complete:
+                left = self._head_timeout_s - (time.perf_counter() - self.arrived)
+                self._body_timer = self.loop.call_later(max(left, 0.0), self._body_late, self.cycle)
             return
         # the headers are still incomplete after this read: a slow or endless head is bounded in
         # size and in time (uvicorn bounds neither), checked only then, so a whole head costs nothing
@@ -162,6 +171,14 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(
                 self._head_timeout_s, self._refuse_head, 408, "Request Timeout",
                 f"the request's headers did not arrive within {self._head_timeout_s:g} s", self._head_timeout_s)
+
+    def _body_late(self, cycle: Any) -> None:
+        """The deadline passed with the body incomplete: the request layers, waiting for the rest,
+        are woken to answer 408 (uvicorn would let them wait until the client leaves)."""
+        self._body_timer = None
+        if not cycle.response_complete:
+            cycle.scope.setdefault("extensions", {})[LATE] = True
+            cycle.message_event.set()
 
     def _refuse_head(self, status: int, reason: str, error: str, limit: float) -> None:
         """Answer ``status`` in the API's error vocabulary (unless a response is being written on
@@ -196,6 +213,9 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         refusal, self._refusal = self._refusal, None
         if refusal is None:
             super().on_message_complete()
@@ -262,9 +282,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self.cycle = _Answered  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
         # the request being answered may be an older one than uvicorn's current cycle: marked
         # gone too, it stops writing to the closed transport (which raised, and logged a 500 for
         # a client that had left) and its work is dropped as for any client that leaves (499)

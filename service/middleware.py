@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Match
@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 from service.access_log import access_log
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
-from service.http_protocol import arrived_at
+from service.http_protocol import LATE, arrived_at
 from service.json_response import dumps
 
 log = logging.getLogger("seqserve")
@@ -93,9 +93,10 @@ def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int, log_requests: bool = True,
-                 routes: Sequence[BaseRoute] = ()) -> None:
+                 routes: Sequence[BaseRoute] = (), request_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.request_timeout_s = request_timeout_s  # for the 408's message (the protocol keeps the time)
         self.log_requests = log_requests
         self.routes = routes  # the app's, to label what was answered before routing (413, 415)
 
@@ -148,7 +149,7 @@ class RequestContextMiddleware:
             request would be read as this one's body."""
             start, body = _json_response(status, error, request_id)
             start["headers"].extend(extra)
-            if headers.get(b"expect", b"").lower() == b"100-continue":
+            if status == 408 or headers.get(b"expect", b"").lower() == b"100-continue":
                 start["headers"].append((b"connection", b"close"))
             status_holder["status"] = status
             await send(start)
@@ -163,7 +164,7 @@ class RequestContextMiddleware:
                 return
             # a supported coding, or none: media_problem refused the rest
             coding = content_coding(headers) if with_body else None
-            refused, scope, receive = await self._body(scope, headers, receive, coding)
+            refused, scope, receive = await self._body(scope, headers, receive, with_body, coding)
             if refused is not None:
                 await refuse(*refused)
                 return
@@ -180,15 +181,17 @@ class RequestContextMiddleware:
             record_request(method, scope["path"], self._template(scope), status_holder["status"],
                            time.perf_counter() - started, request_id, self.log_requests)
 
-    async def _body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive,
+    async def _body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, with_body: bool,
                     coding: str | None) -> tuple[tuple[int, dict[str, Any]] | None, Scope, Receive]:
-        """The request as the app will read it, or the answer refusing its body: 413 over the limit,
-        422 for compressed data that does not decode. A chunked body is read in full (its size is
-        known only then), a compressed one read and decoded (the app gets it plain, with its
-        length), and either is replayed to the app; any other is left to the app to read."""
-        too_large, buffered = await self._read_whole(headers, receive, coding is not None)
-        if too_large:
-            return self._too_large(), scope, receive
+        """The request as the app will read it, or the answer refusing its body: 413 over the limit
+        (declared, or counted as a chunked body arrives), 408 when it does not arrive in time, 422
+        for compressed data that does not decode. A body is read in full here (a chunked one's size
+        is known only then), a compressed one decoded (the app gets it plain, with its length), and
+        replayed to the app."""
+        extensions = scope.get("extensions") or {}
+        refused, buffered = await self._read_whole(headers, receive, with_body, lambda: LATE in extensions)
+        if refused is not None:
+            return refused, scope, receive
         if buffered is None:
             return None, scope, receive
         if coding is not None and all(m["type"] == "http.request" for m in buffered):  # not if the client left
@@ -214,17 +217,18 @@ class RequestContextMiddleware:
         return 413, {"error": f"request body over {self.max_body_bytes} bytes", "code": "payload_too_large",
                      "field": "body", "limit": self.max_body_bytes}
 
-    async def _read_whole(
-        self, headers: dict[bytes, bytes], receive: Receive, encoded: bool
-    ) -> tuple[bool, list[Message] | None]:
-        """(too large?, buffered messages). A declared length is checked without reading; a
-        chunked body, or an ``encoded`` one, is read up to the limit."""
+    async def _read_whole(self, headers: dict[bytes, bytes], receive: Receive, with_body: bool,
+                          late: Callable[[], bool]) -> tuple[tuple[int, dict[str, Any]] | None, list[Message] | None]:
+        """(the refusal, or None; the messages read). A declared length is checked without
+        reading. A request that may carry a body (POST, PUT, PATCH, or one sent chunked) is read in
+        full, up to the limit and by its deadline (``late``): a client that stops mid-body would
+        otherwise hold its request until it leaves (408, and the connection closes)."""
         over = declared_over_limit(headers, self.max_body_bytes)
         if over:
-            return True, None
+            return self._too_large(), None
         chunked = over is None and b"chunked" in headers.get(b"transfer-encoding", b"").lower()  # any case
-        if not chunked and not encoded:
-            return False, None
+        if not chunked and not with_body:
+            return None, None
         messages: list[Message] = []
         size = 0
         while True:
@@ -232,6 +236,10 @@ class RequestContextMiddleware:
             messages.append(message)
             size += len(message.get("body", b""))
             if size > self.max_body_bytes:
-                return True, None
+                return self._too_large(), None
             if message["type"] != "http.request" or not message.get("more_body", False):
-                return False, messages
+                return None, messages
+            if late():  # the server's protocol woke this read at the deadline (service/http_protocol.py)
+                return (408, {"error": f"the request's body did not arrive within {self.request_timeout_s:g} s "
+                                       "of its first bytes", "code": "request_timeout", "field": "body",
+                              "limit": self.request_timeout_s}), None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import time
 import zlib
 from collections.abc import Iterator
 
@@ -103,6 +104,25 @@ def test_a_refusal_of_an_announced_body_closes_the_connection(committed_server: 
                 assert answer.startswith(b"HTTP/1.1 100 ")  # asked for the body: no refusal here
                 continue
             assert answer.startswith(b"HTTP/1.1 415 ") and b"connection: close" in answer.lower(), answer
+
+
+def test_a_body_that_stops_arriving_is_refused_at_the_deadline() -> None:
+    """A client that sends its headers and part of its body held its request until it left: the
+    body must arrive within REQUEST_TIMEOUT_S of the request's first bytes (408, then close)."""
+    server = Server(COMMITTED_MODELS, request_timeout_s="1", warmup="false").wait_ready()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"text\": \"A dog")
+            started = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ") and b'"field":"body"' in answer, answer
+        assert b"connection: close" in answer.lower() and time.monotonic() - started < 5
+        assert httpx.post(f"{server.url}/v1/sentiment", json={"text": "fine"}).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_head_is_answered_wherever_get_is(committed_server: Server) -> None:
