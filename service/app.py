@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, exempt_paths=settings.auth_exempt_paths,
                            public_paths=ui.PUBLIC_PATHS)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
-                       log_requests=settings.access_log, request_timeout_s=settings.request_timeout_s,
+                       log_requests=settings.access_log,
                        # every route with its template: the app's own (/docs, /metrics) and the routers'
                        routes=[*(r for r in app.router.routes if hasattr(r, "path")),
                                *(r for router in routers for r in router.routes)])

@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.admission import Admission
 from service.auth import key_matches
 from service.errors import ModelNotFound
+from service.http_protocol import json_answer
 from service.json_response import dumps
 from service.middleware import declared_over_limit, media_problem, record_request, request_id_for
 from service.registry import ModelRegistry
@@ -67,19 +68,14 @@ class Refusal:
     def answer(self, arrived: float, default_headers: Sequence[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
         """The whole HTTP/1.1 response, recorded as the app records its answers."""
         error = self.admission.refusal(self.admission.waiting, None, self.admission.arriving)
-        body = dumps(error.body())  # as the app renders its errors
-        head = [b"HTTP/1.1 503 Service Unavailable\r\n"]
-        for name, value in (*default_headers, (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
-                            (b"x-request-id", self.request_id.encode())):
-            head += [name, b": ", value, b"\r\n"]
+        headers = [*((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
+                   (b"x-request-id", self.request_id.encode())]
         if not keep_alive:
-            head.append(b"connection: close\r\n")
-        head += [b"\r\n", body]
+            headers.append((b"connection", b"close"))
+        answer = json_answer(b"503 Service Unavailable", dumps(error.body()), default_headers, *headers)
         record_request(self.method, self.path, self.route, 503, time.perf_counter() - arrived, self.request_id,
                        self.log_requests)
-        return b"".join(head)
+        return answer
 
 
 def release(scope: Mapping[str, Any]) -> None:

@@ -29,11 +29,11 @@ from service.access_log import access_log
 from service.auth import key_matches
 from service.errors import InvalidInput, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
-from service.inputs import deadline_after, timeout_us
+from service.inputs import deadline_after
 from service.repository import check_load_parameters
 from service.settings import Settings
 from service.v2_binary import decode_tensor, encode_tensor
-from service.v2_infer import InputTensor, infer, param_float, requested_outputs
+from service.v2_infer import InputTensor, infer, param_timeout_s, requested_outputs
 
 log = logging.getLogger("seqserve.grpc")
 
@@ -150,8 +150,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
 
         def deadline(params: dict[str, Any]) -> float:
-            timeout = param_float(params, "timeout")  # microseconds, as tritonclient's timeout= sends it
-            until = deadline_after(self.settings, (timeout_us(timeout, "parameters.timeout"), "parameters.timeout"))
+            until = deadline_after(self.settings, (param_timeout_s(params), "parameters.timeout"))
             return until if remaining is None else min(until, time.monotonic() + max(remaining, 0.0))
 
         requested = requested_outputs([(o.name, o.parameters) for o in request.outputs])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -35,10 +35,22 @@ if TYPE_CHECKING:  # at run time the refusing instance and the budget come from 
 ARRIVAL = "seqserve.arrival"
 # a request's line and headers, at most (h11 takes 16 KiB, nginx 32 KiB by default): past it, 431
 MAX_HEAD_BYTES = 64 * 1024
-# the ASGI scope extension set when a request's body has not all arrived by its deadline: the
-# request layers answer 408 (service/middleware.py), woken from their wait for the rest
+# the ASGI scope extension set when a request's body has not all arrived by its deadline, to the
+# seconds it had: the request layers answer 408 (service/middleware.py), woken from their wait
 LATE = "seqserve.late"
 _HEALTH = b"GET /v2/health/"
+
+
+def json_answer(status: bytes, body: bytes, default_headers: Sequence[tuple[bytes, bytes]],
+                *headers: tuple[bytes, bytes]) -> bytes:
+    """A whole HTTP/1.1 response with a JSON body, for the answers the protocol gives itself
+    (refusals on arrival, a declined upgrade, a refused head): ``status`` as "503 Service
+    Unavailable", the server's default headers, then ``headers``."""
+    head = [b"HTTP/1.1 ", status, b"\r\n"]
+    for name, value in (*default_headers, (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()), *headers):
+        head += [name, b": ", value, b"\r\n"]
+    return b"".join([*head, b"\r\n", body])
 
 
 def arrived_at(scope: Mapping[str, Any]) -> float | None:
@@ -177,7 +189,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         are woken to answer 408 (uvicorn would let them wait until the client leaves)."""
         self._body_timer = None
         if not cycle.response_complete:
-            cycle.scope.setdefault("extensions", {})[LATE] = True
+            cycle.scope.setdefault("extensions", {})[LATE] = self._head_timeout_s
             cycle.message_event.set()
 
     def _refuse_head(self, status: int, reason: str, error: str, limit: float) -> None:
@@ -193,11 +205,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _write_and_close(self, status: bytes, body: bytes) -> None:
-        head = [b"HTTP/1.1 ", status, b"\r\n"]
-        for name, value in (*self.server_state.default_headers, (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")):
-            head += [name, b": ", value, b"\r\n"]
-        self.transport.write(b"".join([*head, b"\r\n", body]))
+        self.transport.write(json_answer(status, body, self.server_state.default_headers, (b"connection", b"close")))
         self.transport.close()
 
     def take_turn(self) -> bool:

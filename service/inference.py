@@ -170,9 +170,13 @@ def _search_extras(runner: TranslationRunner, job: TranslationJob, out: Translat
         extras["hypotheses"] = [{"translation": runner.detokenize(tokens), "score": float(score),
                                  "target_tokens": runner.target_tokenizer.pieces(tokens)}
                                 for tokens, score in out.hypotheses]
-    if job.sampling is not None:
-        extras["seed"] = job.sampling.seed
-    return extras
+    return extras | seed_of(job)
+
+
+def seed_of(job: TranslationJob) -> dict[str, int]:
+    """``{"seed": ...}`` for a sampled job (the seed drawn when the request gave none, so that the
+    sample can be repeated), else nothing: what v1, v2 infer and generate return beside a sample."""
+    return {"seed": job.sampling.seed} if job.sampling is not None else {}
 
 
 def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -> TranslationStream:

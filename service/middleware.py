@@ -58,6 +58,20 @@ def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[
     return start, {"type": "http.response.body", "body": payload}
 
 
+async def _refuse(send: Send, request_id: str, headers: dict[bytes, bytes], status: int, error: dict[str, Any],
+                  *extra: tuple[bytes, bytes]) -> int:
+    """Answer before the app runs, the body unread or in part; the status. A 408's connection
+    closes, and so does one whose client announced its body with Expect: 100-continue: it may
+    never send it, and its next request would be read as this one's body."""
+    start, body = _json_response(status, error, request_id)
+    start["headers"].extend(extra)
+    if status == 408 or headers.get(b"expect", b"").lower() == b"100-continue":
+        start["headers"].append((b"connection", b"close"))
+    await send(start)
+    await send(body)
+    return status
+
+
 def is_json(content_type: bytes | None, path: str = "") -> bool:
     """No Content-Type is read as JSON; a declared one must be JSON, except that the v2 routes also
     take application/octet-stream (what Open Inference Protocol clients send with binary tensors)."""
@@ -93,10 +107,9 @@ def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int, log_requests: bool = True,
-                 routes: Sequence[BaseRoute] = (), request_timeout_s: float = 30.0) -> None:
+                 routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.request_timeout_s = request_timeout_s  # for the 408's message (the protocol keeps the time)
         self.log_requests = log_requests
         self.routes = routes  # the app's, to label what was answered before routing (413, 415)
 
@@ -143,30 +156,18 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        async def refuse(status: int, error: dict[str, Any], *extra: tuple[bytes, bytes]) -> None:
-            """Answer before the app runs, the body unread or in part. A client that announced its
-            body with Expect: 100-continue may never send it: its connection closes, or its next
-            request would be read as this one's body."""
-            start, body = _json_response(status, error, request_id)
-            start["headers"].extend(extra)
-            if status == 408 or headers.get(b"expect", b"").lower() == b"100-continue":
-                start["headers"].append((b"connection", b"close"))
-            status_holder["status"] = status
-            await send(start)
-            await send(body)
-
         try:
             with_body = method in ("POST", "PUT", "PATCH")
             problem = media_problem(headers, scope["path"]) if with_body else None
             if problem is not None:
                 accepts = [(b"accept-encoding", ACCEPTED.encode())] if problem["field"] == "Content-Encoding" else []
-                await refuse(415, problem, *accepts)
+                status_holder["status"] = await _refuse(send, request_id, headers, 415, problem, *accepts)
                 return
             # a supported coding, or none: media_problem refused the rest
             coding = content_coding(headers) if with_body else None
             refused, scope, receive = await self._body(scope, headers, receive, with_body, coding)
             if refused is not None:
-                await refuse(*refused)
+                status_holder["status"] = await _refuse(send, request_id, headers, *refused)
                 return
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -189,7 +190,7 @@ class RequestContextMiddleware:
         is known only then), a compressed one decoded (the app gets it plain, with its length), and
         replayed to the app."""
         extensions = scope.get("extensions") or {}
-        refused, buffered = await self._read_whole(headers, receive, with_body, lambda: LATE in extensions)
+        refused, buffered = await self._read_whole(headers, receive, with_body, lambda: extensions.get(LATE))
         if refused is not None:
             return refused, scope, receive
         if buffered is None:
@@ -217,8 +218,9 @@ class RequestContextMiddleware:
         return 413, {"error": f"request body over {self.max_body_bytes} bytes", "code": "payload_too_large",
                      "field": "body", "limit": self.max_body_bytes}
 
-    async def _read_whole(self, headers: dict[bytes, bytes], receive: Receive, with_body: bool,
-                          late: Callable[[], bool]) -> tuple[tuple[int, dict[str, Any]] | None, list[Message] | None]:
+    async def _read_whole(
+        self, headers: dict[bytes, bytes], receive: Receive, with_body: bool, late: Callable[[], float | None]
+    ) -> tuple[tuple[int, dict[str, Any]] | None, list[Message] | None]:
         """(the refusal, or None; the messages read). A declared length is checked without
         reading. A request that may carry a body (POST, PUT, PATCH, or one sent chunked) is read in
         full, up to the limit and by its deadline (``late``): a client that stops mid-body would
@@ -239,7 +241,7 @@ class RequestContextMiddleware:
                 return self._too_large(), None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 return None, messages
-            if late():  # the server's protocol woke this read at the deadline (service/http_protocol.py)
-                return (408, {"error": f"the request's body did not arrive within {self.request_timeout_s:g} s "
-                                       "of its first bytes", "code": "request_timeout", "field": "body",
-                              "limit": self.request_timeout_s}), None
+            waited_s = late()
+            if waited_s is not None:  # the protocol woke this read at the deadline (service/http_protocol.py)
+                return (408, {"error": f"the request's body did not arrive within {waited_s:g} s of its first "
+                                       "bytes", "code": "request_timeout", "field": "body", "limit": waited_s}), None

@@ -23,13 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from service import inference
 from service.errors import InferenceFailed, InvalidInput, NotReady
 from service.event_stream import Chunks, EventStreamResponse
-from service.inputs import check_texts, deadline_for, json_body, parse_body, timeout_us, unless_client_leaves
+from service.inputs import check_texts, deadline_for, json_body, parse_body, unless_client_leaves
 from service.json_response import JSONResponse
 from service.registry import ServedModel
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationJob
 from service.streaming import Delta, Event, Failed, Final, Partial, delta_sse, sse
-from service.v2_infer import param_float, param_int
+from service.v2_infer import param_float, param_int, param_timeout_s
 
 Render = Callable[[Event], bytes]
 log = logging.getLogger("seqserve.stream")
@@ -165,16 +165,11 @@ async def _generate_job(request: Request, name: str, version: str | None,
 
     job = inference.translation_jobs(model, [body.text_input], "text_input", params.get("beam_size"), max_length,
                                      False, options, named)[0]
-    return model, job, deadline_for(request, settings, timeout_us(params.get("timeout"), f"{where}timeout"))
+    return model, job, deadline_for(request, settings, param_timeout_s(params, where))
 
 
 def _generate_response(model: ServedModel, text: str, **extra: Any) -> dict[str, Any]:
     return {"model_name": model.name, "model_version": model.version, "text_output": text, **extra}
-
-
-def _seed(job: TranslationJob) -> dict[str, int]:
-    """``{"seed": ...}`` for a sampled translation (drawn when the request gave none), as v1 answers it."""
-    return {"seed": job.sampling.seed} if job.sampling is not None else {}
 
 
 def _generate_renderer(model: ServedModel, runner: TranslationRunner, job: TranslationJob) -> Render:
@@ -194,7 +189,7 @@ def _generate_renderer(model: ServedModel, runner: TranslationRunner, job: Trans
             text = runner.detokenize(event.output.tokens)
             done = "".join(sent)
             rest = text[len(done):] if text.startswith(done) else text
-            return sse(_generate_response(model, rest, finished=True, **_seed(job)))
+            return sse(_generate_response(model, rest, finished=True, **inference.seed_of(job)))
         assert isinstance(event, Failed)
         return sse(event.error.body())
 
@@ -205,7 +200,7 @@ async def _generate(request: Request, name: str, version: str | None, body: Gene
     model, job, deadline = await _generate_job(request, name, version, body)
     output = (await unless_client_leaves(request, inference.translate(model, [job], deadline)))[0]
     return JSONResponse(_generate_response(model, inference.translator(model).detokenize(output.tokens),
-                                           **_seed(job)))
+                                           **inference.seed_of(job)))
 
 
 async def _generate_stream(request: Request, name: str, version: str | None,

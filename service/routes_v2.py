@@ -19,12 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__, v2_model, v2_stats
 from service.errors import InvalidInput
-from service.inputs import deadline_for, timeout_us, unless_client_leaves, validate_json
+from service.inputs import deadline_for, unless_client_leaves, validate_json
 from service.json_response import JSONResponse, dumps
 from service.registry import ModelRegistry
 from service.schemas import JsonInt
 from service.v2_binary import HEADER_LENGTH, Datatype, decode_tensor, encode_tensor, split_body, take_binary
-from service.v2_infer import Guard, InferResult, InputTensor, infer, param_float, requested_outputs
+from service.v2_infer import Guard, InferResult, InputTensor, infer, param_timeout_s, requested_outputs
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -150,7 +150,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     settings = state.settings
 
     def deadline(params: dict[str, Any]) -> float:
-        return deadline_for(request, settings, timeout_us(param_float(params, "timeout"), "parameters.timeout"))
+        return deadline_for(request, settings, param_timeout_s(params))
 
     guard: Guard = lambda work: unless_client_leaves(request, work)  # noqa: E731
     result = await infer(state.registry, settings, bool(getattr(state, "ready", False)), name, version, inputs,

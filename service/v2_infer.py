@@ -15,7 +15,7 @@ import numpy as np
 
 from service import inference, v2_stats
 from service.errors import InvalidInput, NotReady
-from service.inputs import check_texts, integral
+from service.inputs import check_texts, integral, timeout_us
 from service.registry import ModelRegistry, ServedModel
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationOutput
@@ -101,6 +101,12 @@ def param_float(params: dict[str, Any], key: str, where: str = "parameters.") ->
         return math.inf if value > 0 else -math.inf
 
 
+def param_timeout_s(params: dict[str, Any], where: str = "parameters.") -> float | None:
+    """The request's ``timeout`` parameter, in seconds (None: not given). It counts microseconds,
+    as Triton's does (service/inputs.py, ``timeout_us``)."""
+    return timeout_us(param_float(params, "timeout", where), f"{where}timeout")
+
+
 def in_parameters(option: str) -> str:
     """How a v2 request names a decoding option in its errors: under ``parameters``."""
     return f"parameters.{option}"
@@ -162,6 +168,7 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
                requested: list[str] | None, params: dict[str, Any], deadline: Callable[[dict[str, Any]], float],
                guard: Guard) -> InferResult:
     wanted = check_outputs(model, requested)
+    parameters: dict[str, int] = {}  # the response's: the seed a sample drew
     texts, rank = texts_from(inputs)
     check_texts(texts, settings, FIELD)
     until = deadline(params)
@@ -192,7 +199,5 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
             rows = [[runner.detokenize(tokens) for tokens, _ in r.hypotheses or []] for r in results]
             flat = [text for row in rows for text in row + [""] * (k - len(row))]
             outputs.append(OutputTensor("hypotheses", "BYTES", [n, k], flat))
-        if jobs[0].sampling is not None:  # one seed for the request, drawn when it gave none: returned
-            return InferResult(model.name, model.version, [o for o in outputs if o.name in wanted],
-                               {"seed": jobs[0].sampling.seed})
-    return InferResult(model.name, model.version, [o for o in outputs if o.name in wanted])
+        parameters = inference.seed_of(jobs[0])  # one seed for the whole request
+    return InferResult(model.name, model.version, [o for o in outputs if o.name in wanted], parameters)
