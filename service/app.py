@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
 from service import (
@@ -27,6 +26,7 @@ from service import (
     ui,
 )
 from service.auth import ApiKeyMiddleware
+from service.cors import JsonCORSMiddleware
 from service.early_refusal import ArrivalReleaseMiddleware, EarlyRefusal
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        routes=[*(r for r in app.router.routes if hasattr(r, "path")),
                                *(r for router in routers for r in router.routes)])
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(JsonCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
                                           "X-Request-Timeout", "Inference-Header-Content-Length"],
                            expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"])

@@ -39,6 +39,7 @@ MAX_HEAD_BYTES = 64 * 1024
 # seconds it had: the request layers answer 408 (service/middleware.py), woken from their wait
 LATE = "seqserve.late"
 _HEALTH = b"GET /v2/health/"
+_CHUNKED = b"transfer-encoding: chunked\r\n"  # as uvicorn writes it for a body of unknown length
 
 
 def json_answer(status: bytes, body: bytes, default_headers: Sequence[tuple[bytes, bytes]],
@@ -72,25 +73,50 @@ class _Answered:
             pass
 
 
+def _unchunked(data: bytes) -> bytes:
+    """The payload in one of uvicorn's chunked writes: whole chunks (size in hex, CRLF, data, CRLF),
+    the last one of size 0."""
+    parts, at = [], 0
+    while at < len(data):
+        eol = data.index(b"\r\n", at)
+        size = int(data[at:eol], 16)
+        if size == 0:
+            break
+        parts.append(data[eol + 2:eol + 2 + size])
+        at = eol + 4 + size
+    return b"".join(parts)
+
+
 class _HeadWithBody:
     """The connection's transport as one request's cycle sees it: the response's head (status
     line and headers, which uvicorn writes as soon as the app starts its response) goes out with
     the response's first body write, in one send. On loopback each send cost ~50 us of the event
     loop (py-spy), and a plain answer needs one instead of two (a streamed one its first event
-    with its head). Not for HEAD, whose answer has no body write to wait for."""
+    with its head). Not for HEAD, whose answer has no body write to wait for.
+
+    For an HTTP/1.0 request it also takes uvicorn's chunked framing off a body of unknown length
+    (a stream of events): RFC 9112 forbids Transfer-Encoding in an answer to HTTP/1.0, whose
+    clients cannot read it. The body then ends where the connection closes, as uvicorn closes
+    every HTTP/1.0 connection after its response."""
 
     def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
         self._transport = transport
         self._cycle = cycle
         self._hold = cycle.scope["method"] != "HEAD"
         self._head = b""
+        self._http10 = cycle.scope["http_version"] == "1.0"
+        self._unchunk = False
 
     def write(self, data: bytes) -> None:
+        if self._unchunk:
+            data = _unchunked(data)
         if self._head:
             data, self._head = self._head + data, b""
         elif self._hold and self._cycle.response_started:  # the first write of the response: its head
             self._hold = False
             self._head = bytes(data)
+            if self._http10 and _CHUNKED in self._head:
+                self._head, self._unchunk = self._head.replace(_CHUNKED, b""), True
             return
         self._transport.write(data)
 
@@ -114,7 +140,9 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _read_at = 0.0  # when the bytes being parsed were read
     _first = False  # no request's headers completed yet in the bytes being parsed (one read, or a turn)
     _superseded: list[Any] | None = None  # request cycles still open when a pipelined one was parsed after them
-    _declined = ""  # "answered" or "refused": a request asked for an upgrade this server does not do (h2c)
+    # "answered": a request asked for an upgrade this server does not do (h2c); "refused": also, or a
+    # request was refused before the app (no Host): either way the connection reads nothing more
+    _declined = ""
     _in_head = False  # the parser is inside a request's line and headers
     _head_bytes = 0  # read while the headers were still incomplete after a read
     _head_timer: asyncio.TimerHandle | None = None  # armed when a read leaves the headers incomplete
@@ -240,6 +268,18 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._declined == "refused":  # pipelined behind a refused request, in the same read
+            self.cycle = _Answered  # type: ignore[assignment]
+            return
+        hosts = sum(1 for name, _ in self.headers if name == b"host")
+        if hosts > 1 or (hosts == 0 and self.parser.get_http_version() == "1.1"):
+            # RFC 9112 3.2: a server MUST answer 400 to these; a proxy and the app could each
+            # read a different host from them
+            self._refuse_request(b"400 Bad Request", dumps({
+                "error": "an HTTP/1.1 request needs exactly one Host header" if hosts == 0 else
+                f"a request may have one Host header, this one has {hosts}",
+                "code": "bad_host", "field": "Host", "limit": 1}))
+            return
         if self.parser.should_upgrade() and not self._should_upgrade():
             self._decline_upgrade()
             if self._declined == "refused":  # no request cycle for the app
@@ -283,11 +323,16 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self._declined = "answered"
         headers = dict(self.headers)
         if headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers:
-            self._declined = "refused"
-            self._write_and_close(b"400 Bad Request", dumps({
+            self._refuse_request(b"400 Bad Request", dumps({
                 "error": "Upgrade is not supported: send the request without the Upgrade header",
                 "code": "upgrade_not_supported", "field": "Upgrade"}))
-            self.cycle = _Answered  # type: ignore[assignment]
+
+    def _refuse_request(self, status: bytes, body: bytes) -> None:
+        """Answer a request whose head the app must not see, and close: the connection reads
+        nothing more, and what else came in the same read is dropped unanswered."""
+        self._declined = "refused"
+        self._write_and_close(status, body)
+        self.cycle = _Answered  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._head_timer, self._body_timer):

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -477,3 +478,52 @@ async def test_a_streamed_responses_head_goes_with_its_first_event() -> None:
     streamed = await _answer(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", app)
     assert len(streamed.writes) == 2 and b"transfer-encoding: chunked" in streamed.writes[0]
     assert streamed.writes[0].endswith(b"data: 1\n\n\r\n") and streamed.writes[1].endswith(b"0\r\n\r\n")
+
+
+async def test_an_http10_client_gets_a_stream_delimited_by_the_close_not_in_chunks() -> None:
+    """RFC 9112 6.1: no Transfer-Encoding in an answer to HTTP/1.0, whose clients (ApacheBench,
+    nginx's proxy_pass by default) cannot read chunks: the events come as they are, then the close."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": False})
+
+    streamed = await _answer(b"GET /x HTTP/1.0\r\n\r\n", app)
+    answer = b"".join(streamed.writes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and b"connection: close" in head
+    assert body == b"data: 1\n\ndata: 2\n\n" and streamed.closed
+    chunked = await _answer(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", app)  # HTTP/1.1 keeps its chunks
+    assert b"transfer-encoding: chunked" in chunked.writes[0] and not chunked.closed
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /x HTTP/1.1\r\n\r\n",  # no Host
+    b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET /x HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n",
+])
+async def test_a_request_without_exactly_one_host_is_refused_before_the_app(head: bytes) -> None:
+    """RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, and to any with
+    more than one (a proxy and the app could each route by a different one). What was pipelined
+    behind it is not run either."""
+    from types import SimpleNamespace
+
+    ran: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
+    transport = _Transport()
+    protocol = _protocol(app, transport)
+    protocol.data_received(head + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0.02)
+    assert ran == [] and transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
+    assert transport.written.endswith(b'"code":"bad_host","field":"Host","limit":1}')
+    fine = _Transport()
+    _protocol(app, fine).data_received(b"GET /x HTTP/1.0\r\n\r\n")  # HTTP/1.0 may leave Host out
+    await asyncio.sleep(0.02)
+    assert ran == ["/x"] and fine.written.startswith(b"HTTP/1.1 204 ")
