@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.access_log import access_log
+from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
 from service.http_protocol import LATE, arrived_at
 from service.json_response import dumps
@@ -84,11 +85,18 @@ def is_json(content_type: bytes | None, path: str = "") -> bool:
 
 def media_problem(headers: dict[bytes, bytes], path: str) -> dict[str, Any] | None:
     """The 415 body for a request body the API cannot read, else None: a Content-Type that is not
-    JSON (``is_json``), or a Content-Encoding other than gzip or deflate (service/content_coding.py;
-    RFC 7694 asks for 415 naming what is accepted)."""
-    if not is_json(headers.get(b"content-type"), path):
+    JSON (``is_json``) or declares a charset that is not a known text encoding
+    (service/charsets.py), or a Content-Encoding other than gzip or deflate
+    (service/content_coding.py; RFC 7694 asks for 415 naming what is accepted)."""
+    content_type = headers.get(b"content-type")
+    if not is_json(content_type, path):
         return {"error": "Content-Type must be application/json", "code": "unsupported_media_type",
                 "field": "Content-Type", "limit": "application/json"}
+    try:
+        declared_charset(content_type)
+    except UnsupportedCharset as exc:
+        return {"error": str(exc), "code": "unsupported_media_type", "field": "Content-Type",
+                "limit": "application/json; charset=utf-8"}
     try:
         content_coding(headers)
     except UnsupportedCoding as exc:
@@ -163,9 +171,10 @@ class RequestContextMiddleware:
                 accepts = [(b"accept-encoding", ACCEPTED.encode())] if problem["field"] == "Content-Encoding" else []
                 status_holder["status"] = await _refuse(send, request_id, headers, 415, problem, *accepts)
                 return
-            # a supported coding, or none: media_problem refused the rest
+            # a supported coding and charset, or none: media_problem refused the rest
             coding = content_coding(headers) if with_body else None
-            refused, scope, receive = await self._body(scope, headers, receive, with_body, coding)
+            charset = declared_charset(headers.get(b"content-type")) if with_body else None
+            refused, scope, receive = await self._body(scope, headers, receive, with_body, coding, charset)
             if refused is not None:
                 status_holder["status"] = await _refuse(send, request_id, headers, *refused)
                 return
@@ -183,28 +192,38 @@ class RequestContextMiddleware:
                            time.perf_counter() - started, request_id, self.log_requests)
 
     async def _body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, with_body: bool,
-                    coding: str | None) -> tuple[tuple[int, dict[str, Any]] | None, Scope, Receive]:
+                    coding: str | None, charset: str | None
+                    ) -> tuple[tuple[int, dict[str, Any]] | None, Scope, Receive]:
         """The request as the app will read it, or the answer refusing its body: 413 over the limit
         (declared, or counted as a chunked body arrives), 408 when it does not arrive in time, 422
-        for compressed data that does not decode. A body is read in full here (a chunked one's size
-        is known only then), a compressed one decoded (the app gets it plain, with its length), and
-        replayed to the app."""
+        for compressed data that does not decode, or text that is not in its declared charset. A
+        body is read in full here (a chunked one's size is known only then), a compressed one
+        decoded and one in another charset re-encoded as UTF-8 (the app gets plain UTF-8, with its
+        length), and replayed to the app."""
         extensions = scope.get("extensions") or {}
         refused, buffered = await self._read_whole(headers, receive, with_body, lambda: extensions.get(LATE))
         if refused is not None:
             return refused, scope, receive
         if buffered is None:
             return None, scope, receive
-        if coding is not None and all(m["type"] == "http.request" for m in buffered):  # not if the client left
+        if (coding or charset) and all(m["type"] == "http.request" for m in buffered):  # not if the client left
+            body = b"".join(m.get("body", b"") for m in buffered)
             try:
-                body = decode(b"".join(m.get("body", b"") for m in buffered), coding, self.max_body_bytes)
+                body = decode(body, coding, self.max_body_bytes) if coding else body
             except DecodedTooLarge:
                 return self._too_large(), scope, receive
             except ValueError as exc:
                 return (422, {"error": str(exc), "code": "invalid_input", "field": "Content-Encoding"}), scope, receive
+            try:
+                body = to_utf8(body, charset) if charset else body
+            except ValueError as exc:
+                return (422, {"error": str(exc), "code": "invalid_input", "field": "body", "limit": charset}), \
+                    scope, receive
             buffered = [{"type": "http.request", "body": body, "more_body": False}]
-            plain = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
-            scope = {**scope, "headers": [*plain, (b"content-length", str(len(body)).encode())]}
+            rewritten = (b"content-encoding", b"content-length", *((b"content-type",) if charset else ()))
+            plain = [(k, v) for k, v in scope["headers"] if k not in rewritten]
+            scope = {**scope, "headers": [*plain, (b"content-length", str(len(body)).encode()),
+                                          *(((b"content-type", b"application/json"),) if charset else ())]}
         # the body read, then the connection itself again: the app must see a disconnect only when
         # the client really leaves
         read_on = receive

@@ -234,3 +234,19 @@ def test_a_client_that_leaves_before_its_body_is_read_is_logged_as_gone_not_as_a
     statuses = {json.loads(line)["path"]: json.loads(line)["status"]
                 for line in log.splitlines() if '"request_id":"gone-' in line}
     assert statuses == dict.fromkeys(paths, 499)
+
+
+def test_a_body_in_a_declared_charset_is_read_in_it(committed_server: Server) -> None:
+    """A client that declares ISO-8859-1 (Java's StringEntity) and sends Latin-1 gets the answer for
+    the same text sent as UTF-8; an unknown charset is a 415 naming Content-Type."""
+    url = f"{committed_server.url}/v1/translate"
+    text = {"text": "The café is open."}
+    plain = httpx.post(url, json=text, timeout=60).json()
+    for charset in ("ISO-8859-1", "windows-1252", "utf-16"):
+        r = httpx.post(url, content=json.dumps(text, ensure_ascii=False).encode(charset),
+                       headers={"Content-Type": f"application/json; charset={charset}"}, timeout=60)
+        assert r.status_code == 200 and r.json() == plain, (charset, r.text)
+    r = httpx.post(url, content=b'{"text": "x"}', headers={"Content-Type": "application/json; charset=klingon"})
+    assert r.status_code == 415 and r.json()["field"] == "Content-Type", r.text
+    r = httpx.post(url, content=b'{"text": "x"}', headers={"Content-Type": "application/json; charset=utf-16"})
+    assert r.status_code == 422 and r.json()["limit"] == "utf-16", r.text
