@@ -1,7 +1,8 @@
 """The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), in the server process.
 
 A grpc.aio server on SEQSERVE_GRPC_PORT shares the event loop, models, batchers, deadlines, limits
-and error vocabulary with HTTP: ModelInfer calls service/v2_infer.py, as the v2 REST route does,
+and error vocabulary with HTTP: ModelInfer and each request of a ModelStreamInfer stream call
+service/v2_infer.py, as the v2 REST route does,
 and metadata and configuration come from service/v2_model.py. Only the wire format differs: tensors
 arrive as ``raw_input_contents`` (or typed ``contents``) and leave as ``raw_output_contents``.
 Errors become gRPC status codes; API keys travel as ``authorization: Bearer <key>`` or
@@ -16,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any
 
@@ -147,7 +148,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- inference ------------------------------------------------------------------------------
     async def _model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        remaining = context.time_remaining()
+        return await self._infer(request, context.time_remaining())
+
+    async def _infer(self, request: Any, remaining: float | None) -> Any:
+        """One ModelInferRequest answered, within ``remaining`` seconds of the call's deadline
+        (None: no deadline) and its own ``timeout`` parameter. Raises ServiceError."""
 
         def deadline(params: dict[str, Any]) -> float:
             until = deadline_after(self.settings, (param_timeout_s(params), "parameters.timeout"))
@@ -166,6 +171,60 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response.raw_output_contents.append(encode_tensor(out.datatype, out.data))
         return response
 
+    async def model_stream_infer(self, requests: AsyncIterator[Any],
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """ModelStreamInfer, as tritonclient's ``start_stream``/``async_stream_infer`` and
+        perf_analyzer ``--streaming`` use it: requests on one bidirectional stream, each answered
+        as soon as it is done, concurrently (the batcher and the decoder batch them as any
+        others). A failed request is answered in the stream (``error_message``, with its id), as
+        Triton does, and the stream goes on. Each request is counted and logged as a call of its own."""
+        if self.keys and not self._authorised(context):
+            _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        working: set[asyncio.Task[None]] = set()
+
+        async def answer(request: Any) -> None:
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                out = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(
+                    request, context.time_remaining()))
+            except asyncio.CancelledError:  # the client left the stream
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                if isinstance(exc, ServiceError):
+                    code, message = _CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message
+                else:  # a bug must not leave the request without an answer
+                    log.exception("ModelStreamInfer failed")
+                    code, message = grpc.StatusCode.INTERNAL, "internal error"
+                out = service_pb2.ModelStreamInferResponse(error_message=_clip(message))
+                out.infer_response.id = request.id  # which request failed
+            finally:
+                _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings)
+            answers.put_nowait(out)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.ensure_future(answer(request))
+                    working.add(task)
+                    task.add_done_callback(working.discard)
+                while working:  # the client has sent its last request: answer what is in flight
+                    await asyncio.wait(set(working))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (out := await answers.get()) is not None:
+                yield out
+            await reader  # a read that failed fails the call
+        finally:  # the client left or cancelled: its requests' work is dropped as for any that leaves
+            reader.cancel()
+            for task in list(working):
+                task.cancel()
+
     async def _unimplemented(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented by seqserve")
 
@@ -177,6 +236,18 @@ def _clip(text: str, limit: int = 1024) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_UNAUTHENTICATED = "missing or invalid API key (metadata authorization: Bearer <key>, or x-api-key)"
+
+
+def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings) -> None:
+    """One call (or one request of a stream) in the metrics and the access log."""
+    metrics.GRPC_REQUESTS.labels(name, code.name).inc()
+    metrics.GRPC_LATENCY.labels(name).observe(elapsed)
+    if settings.access_log:
+        access_log.write({"protocol": "grpc", "method": name, "status": code.name,
+                          "latency_ms": round(elapsed * 1000, 2)})
+
+
 def _wrap(name: str, handler: Handler) -> Handler:
     @wraps(handler)
     async def call(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -186,8 +257,7 @@ def _wrap(name: str, handler: Handler) -> Handler:
         body: dict[str, Any] = {}
         try:
             if self.keys and name not in _EXEMPT and not self._authorised(context):
-                code, message = grpc.StatusCode.UNAUTHENTICATED, \
-                    "missing or invalid API key (metadata authorization: Bearer <key>, or x-api-key)"
+                code, message = grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED
                 body = {"error": message, "code": "unauthorized", "field": "authorization"}
             else:
                 return await handler(self, request, context)
@@ -210,12 +280,7 @@ def _wrap(name: str, handler: Handler) -> Handler:
             message = "internal error"
             code, body = grpc.StatusCode.INTERNAL, {"error": message, "code": "internal_error"}
         finally:
-            elapsed = time.perf_counter() - started
-            metrics.GRPC_REQUESTS.labels(name, code.name).inc()
-            metrics.GRPC_LATENCY.labels(name).observe(elapsed)
-            if self.settings.access_log:
-                access_log.write({"protocol": "grpc", "method": name, "status": code.name,
-                                  "latency_ms": round(elapsed * 1000, 2)})
+            _record(name, code, time.perf_counter() - started, self.settings)
         # the HTTP error body (code, field, limit) travels as trailing metadata. Messages may echo
         # the client's input (a model name, a shape): cut to a size that always fits the client's
         # metadata limit, or the client would see RESOURCE_EXHAUSTED instead of this status
@@ -234,6 +299,7 @@ _METHODS = {"ServerLive": InferenceServicer._server_live, "ServerReady": Inferen
             "RepositoryModelUnload": InferenceServicer._repository_unload}
 for _name in [n for n in dir(service_pb2_grpc.GRPCInferenceServiceServicer) if n[0].isupper()]:
     setattr(InferenceServicer, _name, _wrap(_name, _METHODS.get(_name, InferenceServicer._unimplemented)))
+InferenceServicer.ModelStreamInfer = InferenceServicer.model_stream_infer
 
 
 async def start(state: State, settings: Settings) -> grpc.aio.Server | None:

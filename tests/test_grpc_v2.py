@@ -236,3 +236,51 @@ def test_classification_is_refused_not_ignored(committed_server: Server, protoco
     with pytest.raises(InferenceServerException) as err:
         client.infer("sentiment", [_text(module, ["A fine film."])], outputs=[output])
     assert "classification" in err.value.message()
+
+
+def test_a_stream_answers_every_request_with_its_id_and_errors_in_the_stream(committed_server: Server) -> None:
+    """tritonclient's start_stream / async_stream_infer (what perf_analyzer --streaming uses): each
+    request answered on the stream, a failed one as an error in it, and the stream goes on."""
+    import queue
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url=committed_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    sent = {f"s{i}": text for i, text in enumerate(TEXTS * 3)}
+    for request_id, text in sent.items():
+        client.async_stream_infer("sentiment", [_text(tg, [text])], request_id=request_id)
+    client.async_stream_infer("translate-en-de", [_text(tg, GERMAN[:1])], request_id="t0",
+                              parameters={"beam_size": 2})
+    client.async_stream_infer("sentiment", [_text(tg, [" "])], request_id="bad")
+    client.async_stream_infer("nope", [_text(tg, TEXTS[:1])], request_id="missing")
+    got = [answers.get(timeout=60) for _ in range(len(sent) + 3)]
+    client.stop_stream()
+    client.close()
+    results = {r.get_response().id: r for r, e in got if e is None}
+    errors = sorted(str(e) for r, e in got if e is not None)
+    assert set(results) == {*sent, "t0"}
+    for request_id, text in sent.items():
+        assert results[request_id].as_numpy("label")[0, 0].decode() == _v1(committed_server.url, "sentiment",
+                                                                            [text])[0]["label"]
+    v1 = httpx.post(f"{committed_server.url}/v1/translate", json={"text": GERMAN[0], "beam_size": 2}, timeout=60)
+    assert results["t0"].as_numpy("translation")[0, 0].decode() == v1.json()["translation"]
+    assert len(errors) == 2 and "inputs.text.data[0] is empty" in errors[0] and "unknown model nope" in errors[1]
+    assert metric_value(committed_server.url, "seqserve_grpc_requests_total", method="ModelStreamInfer",
+                        code="INVALID_ARGUMENT") >= 1
+
+
+def test_a_stream_needs_the_key(keyed_server: Server) -> None:
+    import queue
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    for headers, expect in (({}, "UNAUTHENTICATED"), ({"x-api-key": "k1"}, None)):
+        client = tg.InferenceServerClient(url=keyed_server.grpc_url)
+        client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=headers)
+        client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])])
+        result, error = answers.get(timeout=30)
+        client.stop_stream()
+        client.close()
+        if expect is None:
+            assert error is None and result.as_numpy("label")[0, 0] == b"positive"
+        else:
+            assert result is None and expect in str(error.status())
