@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 
 from service import (
     __version__,
@@ -84,9 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # newer FastAPI wraps every request in OpenTelemetry; /metrics and the access log already
         # cover it, and on a small CPU the wrapper is a measurable share of each request
         extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-    app = FastAPI(title="seqserve", version=__version__, lifespan=lifespan,
-                  description="Recurrent sequence models (sentiment LSTM, attention translator) over ONNX Runtime "
-                              "with dynamic batching. REST v1 and the Open Inference Protocol (v2).", **extra)
+    # /docs and /redoc with their scripts served from the package (fastapi-offline), not from a CDN:
+    # the page works offline and behind a firewall, with Swagger UI 5 (which reads OpenAPI 3.1)
+    app = FastAPIOffline(title="seqserve", version=__version__, lifespan=lifespan,
+                         description="Recurrent sequence models (sentiment LSTM, attention translator) over ONNX "
+                                     "Runtime with dynamic batching. REST v1 and the Open Inference Protocol (v2).",
+                         **extra)
     app.state.settings = settings
     app.state.ready = False
     # refusals on arrival while a model is full, in the server's protocol (service/http_protocol.py)

@@ -121,15 +121,18 @@ class RequestContextMiddleware:
         self.log_requests = log_requests
         self.routes = routes  # the app's, to label what was answered before routing (413, 415)
 
-    def _template(self, scope: Scope) -> str:
+    def _template(self, scope: Scope, root_path: str) -> str:
         """The route template that labels a request in the metrics and the access log: the one
         routing chose, else the one its path and method match (a 413 or 415 is answered here,
-        before routing; Starlette's own routes, /docs, do not say), else "unmatched" (a 404)."""
+        before routing; Starlette's own routes, /docs, do not say; a mount, the docs' static
+        files, by its path), else "unmatched" (a 404). ``root_path`` is the scope's before routing,
+        which a mount changes."""
         route = scope.get("route")
         if route is None:
             partial = None
+            probe = {**scope, "root_path": root_path}
             for candidate in self.routes:
-                match, _ = candidate.matches(scope)
+                match, _ = candidate.matches(probe)
                 if match is Match.FULL:
                     route = candidate
                     break
@@ -145,7 +148,7 @@ class RequestContextMiddleware:
         # from the request's arrival (its bytes read by the server) where stamped: a busy event loop's
         # wait before the app runs is part of its latency
         started = arrived_at(scope) or time.perf_counter()
-        method = scope["method"]
+        method, root_path = scope["method"], scope.get("root_path", "")
         if method == "HEAD":
             # HEAD wherever GET is answered (RFC 9110; load balancers probe health with it): the app
             # answers a GET, and the server, whose own scope still says HEAD, sends no body
@@ -188,7 +191,7 @@ class RequestContextMiddleware:
                 await send(start)
                 await send(body)
         finally:
-            record_request(method, scope["path"], self._template(scope), status_holder["status"],
+            record_request(method, scope["path"], self._template(scope, root_path), status_holder["status"],
                            time.perf_counter() - started, request_id, self.log_requests)
 
     async def _body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, with_body: bool,

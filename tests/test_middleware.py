@@ -145,6 +145,8 @@ def test_answers_given_before_routing_are_labelled_with_their_route(committed_se
     cases = [("/v2/models/{name}/infer", "415",
               lambda: httpx.post(f"{url}/v2/models/sentiment/infer", content=b"x", headers=plain)),
              ("/docs", "200", lambda: httpx.get(f"{url}/docs")),
+             # a mount (the docs' own scripts), whose routing changes the scope's root_path
+             ("/static-offline-docs", "200", lambda: httpx.get(f"{url}/static-offline-docs/swagger-ui.css")),
              ("/v1/sentiment", "405", lambda: httpx.get(f"{url}/v1/sentiment")),
              ("unmatched", "404", lambda: httpx.get(f"{url}/no/such/route"))]
     for route, status, call in cases:

@@ -254,3 +254,32 @@ def test_a_key_is_never_sent_to_a_server_it_was_not_typed_for(browser: Any, serv
     page.wait_for_selector(".model[data-model='sentiment']")
     assert page.input_value("#api-key") == KEY
     page.close()
+
+
+def test_the_api_docs_render_offline(browser: Any, committed_server: Server) -> None:
+    """/docs (Swagger UI) and /redoc load their scripts from the server, not a CDN: with every other
+    host unreachable, Swagger UI renders the OpenAPI 3.1 document with its operations, needing
+    nothing from outside, and ReDoc renders too."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    outside: list[str] = []
+
+    def only_local(route: Any) -> None:
+        if route.request.url.startswith(committed_server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(f"{committed_server.url}/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+    assert "seqserve" in page.inner_text(".swagger-ui .info .title")
+    page.wait_for_selector("#operations-v1-sentiment_v1_sentiment_post, .opblock-summary-path", timeout=30_000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert "/v1/sentiment" in paths and any(p.startswith("/v2/models/") for p in paths)
+    assert not page.locator(".swagger-ui .errors-wrapper").count()  # Swagger UI 4 could not read 3.1
+    assert outside == []
+    page.goto(f"{committed_server.url}/redoc")  # renders; only its fonts and a logo come from outside
+    page.wait_for_selector("h1", timeout=30_000)
+    assert "seqserve" in page.inner_text("h1")
+    page.close()
