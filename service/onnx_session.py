@@ -129,6 +129,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+_warned_no_tmp: list[bool] = []
+
+
 def session_options(intra_op_threads: int = 0, profile_as: str | None = None) -> ort.SessionOptions:
     """The options every session of the service gets. ``profile_as`` turns ORT's profiler on (its
     file goes to the temporary folder under that name) until ``node_providers`` reads it."""
@@ -146,7 +149,9 @@ def session_options(intra_op_threads: int = 0, profile_as: str | None = None) ->
         try:
             folder = tempfile.gettempdir()
         except FileNotFoundError:  # a read-only root without a writable /tmp: serve without the profile
-            log.warning("no writable temporary folder: the check of which nodes ran on the CPU is off")
+            if not _warned_no_tmp:  # once, not once per graph
+                _warned_no_tmp.append(True)
+                log.warning("no writable temporary folder: the check of which nodes ran on the CPU is off")
             return options
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, f"seqserve-{os.getpid()}-{profile_as}")

@@ -143,9 +143,11 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
         raise ModelLoadError(f"{card_file}: name/version {card.name}/{card.version} do not match "
                              f"its folder {card_file.parent.parent.name}/{card_file.parent.name}")
     if provider_name(providers[0]) == CUDA and runner.providers[0] != CUDA:
+        for session in runner.sessions().values():
+            # ends the profiler that the CUDA request turned on, its file deleted: on the CPU it
+            # would only report that every node ran on the CPU
+            node_providers(session)
         if settings.providers == "cuda":
-            for session in runner.sessions().values():
-                node_providers(session)  # ends the profiler that the CUDA request turned on, its file deleted
             raise ProviderUnavailable(
                 f"{card_file.parent}: SEQSERVE_PROVIDERS=cuda, but ONNX Runtime could not start its CUDA provider "
                 "for this model (no GPU, driver, or CUDA/cuDNN libraries it can load: see ONNX Runtime's message "

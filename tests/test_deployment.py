@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from service.settings import Settings
 from tests.conftest import ROOT
 
 K8S_VERSION = "1.30.0"
@@ -29,6 +30,13 @@ def test_kubernetes_manifests_validate_against_the_schemas(manifest: Path) -> No
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert container["lifecycle"]["preStop"]
     assert pod["terminationGracePeriodSeconds"] > 30  # longer than the default drain timeout
+    # ONNX Runtime's threads (one per instance, per session) no more than the CPUs the pod may use:
+    # more only adds contention (the README's ORT_INTRA_OP_THREADS)
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    defaults = Settings.model_fields
+    threads = int(env.get("SEQSERVE_ORT_INTRA_OP_THREADS", defaults["ort_intra_op_threads"].default))
+    instances = int(env.get("SEQSERVE_INSTANCES", defaults["instances"].default))
+    assert threads >= 1 and threads * instances <= float(container["resources"]["limits"]["cpu"])
 
 
 def _final_stage(dockerfile: Path) -> str:

@@ -99,9 +99,10 @@ def test_a_cuda_provider_that_does_not_start_is_refused_under_cuda(monkeypatch: 
         registry = ModelRegistry.load(Settings(providers="auto", model_repository=COMMITTED_MODELS, warmup=True,
                                               precision="fp32"))
     assert {m.provider for m in registry.all()} == {CPU}
-    assert "the CUDA provider could not start" in caplog.text
-    # the profiler ran through the warm-up and its record was read: every node ran on the CPU
-    assert "0 nodes ran on CUDA" in caplog.text and "LSTM x" in caplog.text and "GRU x" in caplog.text
+    assert caplog.text.count("the CUDA provider could not start") == 2  # once per model
+    # the profiler that the CUDA request turned on is ended at the fallback: no placement warnings
+    # that only repeat that every node ran on the CPU, and no profile left behind
+    assert "nodes ran on CUDA" not in caplog.text and list(tmp_path.iterdir()) == []
 
 
 def test_the_profiler_names_each_nodes_provider() -> None:
