@@ -202,6 +202,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 out.infer_response.id = request.id  # which request failed
             finally:
                 _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings)
+            if _FINAL_ASKED in request.parameters and request.parameters[_FINAL_ASKED].bool_param:
+                # a client written for decoupled models waits for the flag (Triton sets it on a
+                # non-decoupled model's one response too)
+                out.infer_response.parameters[_FINAL].bool_param = True
             answers.put_nowait(out)
 
         async def read() -> None:
@@ -236,6 +240,9 @@ def _clip(text: str, limit: int = 1024) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# what tritonclient's async_stream_infer(enable_empty_final_response=True) sends, and the flag it
+# then waits for on a request's last response
+_FINAL_ASKED, _FINAL = "triton_enable_empty_final_response", "triton_final_response"
 _UNAUTHENTICATED = "missing or invalid API key (metadata authorization: Bearer <key>, or x-api-key)"
 
 

@@ -253,12 +253,17 @@ def test_a_stream_answers_every_request_with_its_id_and_errors_in_the_stream(com
                               parameters={"beam_size": 2})
     client.async_stream_infer("sentiment", [_text(tg, [" "])], request_id="bad")
     client.async_stream_infer("nope", [_text(tg, TEXTS[:1])], request_id="missing")
-    got = [answers.get(timeout=60) for _ in range(len(sent) + 3)]
+    # a client written for decoupled models waits for the final flag on each request's last response
+    client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])], request_id="final",
+                              enable_empty_final_response=True)
+    got = [answers.get(timeout=60) for _ in range(len(sent) + 4)]
     client.stop_stream()
     client.close()
     results = {r.get_response().id: r for r, e in got if e is None}
     errors = sorted(str(e) for r, e in got if e is not None)
-    assert set(results) == {*sent, "t0"}
+    assert set(results) == {*sent, "t0", "final"}
+    assert results["final"].get_response().parameters["triton_final_response"].bool_param
+    assert "triton_final_response" not in results["s0"].get_response().parameters
     for request_id, text in sent.items():
         assert results[request_id].as_numpy("label")[0, 0].decode() == _v1(committed_server.url, "sentiment",
                                                                             [text])[0]["label"]
