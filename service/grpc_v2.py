@@ -34,7 +34,8 @@ from service.inputs import deadline_after
 from service.repository import check_load_parameters
 from service.settings import Settings
 from service.v2_binary import decode_tensor, encode_tensor
-from service.v2_infer import InputTensor, infer, param_timeout_s, requested_outputs
+from service.v2_infer import InferResult, InputTensor, infer, param_timeout_s, requested_outputs
+from service.v2_stream import infer_stream, wants_stream
 
 log = logging.getLogger("seqserve.grpc")
 
@@ -148,28 +149,30 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- inference ------------------------------------------------------------------------------
     async def _model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._infer(request, context.time_remaining())
+        return _response(await infer(*self._infer_args(request, context.time_remaining())), request.id)
 
-    async def _infer(self, request: Any, remaining: float | None) -> Any:
-        """One ModelInferRequest answered, within ``remaining`` seconds of the call's deadline
-        (None: no deadline) and its own ``timeout`` parameter. Raises ServiceError."""
+    def _infer_args(self, request: Any, remaining: float | None) -> tuple[Any, ...]:
+        """What v2 inference (service/v2_infer.py, service/v2_stream.py) takes for one
+        ModelInferRequest: its deadline within ``remaining`` seconds of the call's (None: no
+        deadline) and its own ``timeout`` parameter. Raises ServiceError."""
 
         def deadline(params: dict[str, Any]) -> float:
             until = deadline_after(self.settings, (param_timeout_s(params), "parameters.timeout"))
             return until if remaining is None else min(until, time.monotonic() + max(remaining, 0.0))
 
         requested = requested_outputs([(o.name, o.parameters) for o in request.outputs])
-        result = await infer(self.state.registry, self.settings, self._ready, request.model_name,
-                             request.model_version or None, _inputs(request), requested,
-                             _parameters(request.parameters), deadline)
-        response = service_pb2.ModelInferResponse(model_name=result.model_name, model_version=result.model_version,
-                                                  id=request.id)
-        for key, value in result.parameters.items():
-            response.parameters[key].int64_param = value
-        for out in result.outputs:
-            response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-            response.raw_output_contents.append(encode_tensor(out.datatype, out.data))
-        return response
+        return (self.state.registry, self.settings, self._ready, request.model_name, request.model_version or None,
+                _inputs(request), requested, _parameters(request.parameters), deadline)
+
+    async def _results(self, request: Any, remaining: float | None) -> AsyncIterator[InferResult]:
+        """A stream's answers to one request: one result, or a translation's pieces as they are
+        decoded when the request asks for ``stream``."""
+        args = self._infer_args(request, remaining)
+        if wants_stream(_parameters(request.parameters)):
+            async for result in infer_stream(*args):
+                yield result
+        else:
+            yield await infer(*args)
 
     async def model_stream_infer(self, requests: AsyncIterator[Any],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -177,7 +180,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         perf_analyzer ``--streaming`` use it: requests on one bidirectional stream, each answered
         as soon as it is done, concurrently (the batcher and the decoder batch them as any
         others). A failed request is answered in the stream (``error_message``, with its id), as
-        Triton does, and the stream goes on. Each request is counted and logged as a call of its own."""
+        Triton does, and the stream goes on. A translation asked with ``stream`` is answered in
+        pieces as it is decoded (service/v2_stream.py), as Triton's decoupled models answer. Each
+        request is counted and logged as a call of its own."""
         if self.keys and not self._authorised(context):
             _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
@@ -186,9 +191,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request: Any) -> None:
             started, code = time.perf_counter(), grpc.StatusCode.OK
+            # a client written for decoupled models waits for this flag on a request's last
+            # response (Triton sets it on a non-decoupled model's one response too)
+            flag = _FINAL_ASKED in request.parameters and request.parameters[_FINAL_ASKED].bool_param
             try:
-                out = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(
-                    request, context.time_remaining()))
+                async for result in self._results(request, context.time_remaining()):
+                    out = service_pb2.ModelStreamInferResponse(infer_response=_response(result, request.id))
+                    if flag:
+                        out.infer_response.parameters[_FINAL].bool_param = result.last
+                    answers.put_nowait(out)
+                return
             except asyncio.CancelledError:  # the client left the stream
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -200,13 +212,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     code, message = grpc.StatusCode.INTERNAL, "internal error"
                 out = service_pb2.ModelStreamInferResponse(error_message=_clip(message))
                 out.infer_response.id = request.id  # which request failed
+                if flag:
+                    out.infer_response.parameters[_FINAL].bool_param = True
+                answers.put_nowait(out)
             finally:
                 _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings)
-            if _FINAL_ASKED in request.parameters and request.parameters[_FINAL_ASKED].bool_param:
-                # a client written for decoupled models waits for the flag (Triton sets it on a
-                # non-decoupled model's one response too)
-                out.infer_response.parameters[_FINAL].bool_param = True
-            answers.put_nowait(out)
 
         async def read() -> None:
             try:
@@ -234,6 +244,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 _DEADLINE_SLACK_S = 0.25
+
+
+def _response(result: InferResult, request_id: str) -> Any:
+    """A v2 result as a ModelInferResponse: tensors as raw_output_contents."""
+    response = service_pb2.ModelInferResponse(model_name=result.model_name, model_version=result.model_version,
+                                              id=request_id)
+    for key, value in result.parameters.items():
+        if isinstance(value, str):
+            response.parameters[key].string_param = value
+        else:
+            response.parameters[key].int64_param = value
+    for out in result.outputs:
+        response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        response.raw_output_contents.append(encode_tensor(out.datatype, out.data))
+    return response
 
 
 def _clip(text: str, limit: int = 1024) -> str:

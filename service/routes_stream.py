@@ -28,7 +28,7 @@ from service.json_response import JSONResponse
 from service.registry import ServedModel
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationJob
-from service.streaming import Delta, Event, Failed, Final, Partial, delta_sse, sse
+from service.streaming import Delta, Event, Failed, Final, Partial, delta_sse, remainder, sse
 from service.v2_infer import param_float, param_int, param_timeout_s
 
 Render = Callable[[Event], bytes]
@@ -186,9 +186,7 @@ def _generate_renderer(model: ServedModel, runner: TranslationRunner, job: Trans
         if isinstance(event, Partial):
             return sse(_generate_response(model, "", hypothesis=event.text))
         if isinstance(event, Final):
-            text = runner.detokenize(event.output.tokens)
-            done = "".join(sent)
-            rest = text[len(done):] if text.startswith(done) else text
+            rest = remainder(runner.detokenize(event.output.tokens), "".join(sent))
             return sse(_generate_response(model, rest, finished=True, **inference.seed_of(job)))
         assert isinstance(event, Failed)
         return sse(event.error.body())

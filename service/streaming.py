@@ -255,6 +255,12 @@ class TranslationStream:
         return [Failed(InferenceFailed(f"inference failed on model {self.model}: {type(error).__name__}"))]
 
 
+def remainder(text: str, sent: str) -> str:
+    """What completes the translation ``text`` after the pieces already ``sent`` (all of it if
+    they do not begin it: the pieces of a sample, say, are of the chosen text all the same)."""
+    return text[len(sent):] if text.startswith(sent) else text
+
+
 def sse(data: dict[str, Any], event: str | None = None) -> bytes:
     """One Server-Sent Event; the JSON has no raw newline, so it is one data line."""
     head = f"event: {event}\n" if event else ""

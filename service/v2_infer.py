@@ -48,8 +48,10 @@ class InferResult:
     model_name: str
     model_version: str
     outputs: list[OutputTensor]
-    # the response's parameters: "seed", the sampling seed used (drawn when the request gave none)
-    parameters: dict[str, int] = field(default_factory=dict)
+    # the response's parameters: "seed", the sampling seed used (drawn when the request gave none);
+    # a streamed response's "hypothesis" (service/v2_stream.py)
+    parameters: dict[str, int | str] = field(default_factory=dict)
+    last: bool = True  # a request's last response (a streamed translation's pieces are not, but its end)
 
 
 def _as_text(item: Any, index: int) -> str:
@@ -168,7 +170,7 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
                requested: list[str] | None, params: dict[str, Any], deadline: Callable[[dict[str, Any]], float],
                guard: Guard) -> InferResult:
     wanted = check_outputs(model, requested)
-    parameters: dict[str, int] = {}  # the response's: the seed a sample drew
+    parameters: dict[str, int | str] = {}  # the response's: the seed a sample drew
     texts, rank = texts_from(inputs)
     check_texts(texts, settings, FIELD)
     until = deadline(params)
@@ -199,5 +201,5 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
             rows = [[runner.detokenize(tokens) for tokens, _ in r.hypotheses or []] for r in results]
             flat = [text for row in rows for text in row + [""] * (k - len(row))]
             outputs.append(OutputTensor("hypotheses", "BYTES", [n, k], flat))
-        parameters = inference.seed_of(jobs[0])  # one seed for the whole request
+        parameters = {**inference.seed_of(jobs[0])}  # one seed for the whole request
     return InferResult(model.name, model.version, [o for o in outputs if o.name in wanted], parameters)

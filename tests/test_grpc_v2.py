@@ -289,3 +289,39 @@ def test_a_stream_needs_the_key(keyed_server: Server) -> None:
             assert error is None and result.as_numpy("label")[0, 0] == b"positive"
         else:
             assert result is None and expect in str(error.status())
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_translation_asked_with_stream_comes_in_pieces_flagged_final_at_the_end(committed_server: Server,
+                                                                                   beam_size: int) -> None:
+    """Triton's decoupled streaming, as tritonclient users of its LLM backends ask for it: the pieces
+    concatenate to the unary answer, and only the last carries triton_final_response=true."""
+    import queue
+
+    sentence = "A little girl in a pink dress is running through the park with her dog."
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url=committed_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("translate-en-de", [_text(tg, [sentence])], request_id="t",
+                              parameters={"stream": True, "beam_size": beam_size}, enable_empty_final_response=True)
+    client.async_stream_infer("sentiment", [_text(tg, [sentence])], request_id="s", parameters={"stream": True},
+                              enable_empty_final_response=True)
+    pieces, hypotheses, errors, finals = [], [], [], 0
+    while finals < 2:
+        result, error = answers.get(timeout=60)
+        if error is not None:
+            errors.append(str(error))
+            finals += 1
+            continue
+        response = result.get_response()
+        assert response.id == "t"
+        pieces.append(result.as_numpy("translation")[0, 0].decode())
+        if "hypothesis" in response.parameters:
+            hypotheses.append(response.parameters["hypothesis"].string_param)
+        finals += response.parameters["triton_final_response"].bool_param
+    client.stop_stream()
+    unary = client.infer("translate-en-de", [_text(tg, [sentence])], parameters={"beam_size": beam_size})
+    client.close()
+    assert "".join(pieces) == unary.as_numpy("translation")[0, 0].decode()
+    assert len(pieces) >= 2 and bool(hypotheses) == (beam_size > 1)  # partials at most every 50 ms
+    assert errors == ["model sentiment does not generate text (task text-classification)"]
