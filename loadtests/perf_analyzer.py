@@ -8,6 +8,7 @@ writes the input and output files under DIR/tmp (see the README's Benchmarks sec
     python -m loadtests.perf_analyzer                          # starts a server itself
     python -m loadtests.perf_analyzer --url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001
     python -m loadtests.perf_analyzer --root /var/tmp/trixie --binary /opt/pa/bin/perf_analyzer
+    python -m loadtests.perf_analyzer --protocols grpc,grpc-stream  # ModelStreamInfer (--streaming)
 
 Prints one row per (model, protocol, concurrency): throughput, latency percentiles and the
 requests that failed (perf_analyzer stops with an error on the first failed request).
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--binary", default="perf_analyzer", help="perf_analyzer (inside --root when given)")
     parser.add_argument("--root", type=Path, help="run the binary with chroot in this root (glibc >= 2.38)")
     parser.add_argument("--models", default="sentiment,translate-en-de")
-    parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--protocols", default="http,grpc",
+                        help="of http, grpc and grpc-stream (gRPC's ModelStreamInfer: perf_analyzer --streaming)")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--texts", type=int, default=200, help="distinct sentences per model")
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's measurement window")
@@ -78,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             (host_dir / data_name).write_text(json.dumps(input_data(texts[model][:args.texts])))
             for protocol in args.protocols.split(","):
                 url = args.url if protocol == "http" else args.grpc_url
+                streaming = ["--streaming"] if protocol == "grpc-stream" else []
                 for level in args.concurrency.split(","):
-                    command = [*prefix, args.binary, "-m", model, "-u", url, "-i", protocol,
+                    command = [*prefix, args.binary, "-m", model, "-u", url, "-i", protocol.removesuffix("-stream"),
+                               *streaming,
                                "--input-data", str(inside / data_name), "--concurrency-range", level,
                                "-p", str(args.interval_ms), "--max-trials", str(args.max_trials),
                                "-s", str(args.stability),

@@ -102,11 +102,12 @@ MAX_TIMEOUT_US = MAX_TIMEOUT_S * 1_000_000
 def timeout_us(value: float | None, field: str) -> float | None:
     """The Open Inference Protocol's ``timeout`` parameter in seconds (None when not given). It
     counts microseconds, as Triton defines it and as tritonclient's ``infer(..., timeout=)`` sends
-    it; the X-Request-Timeout header counts seconds."""
-    if value is None:
+    it; the X-Request-Timeout header counts seconds. 0 is no timeout of the request's own (Triton's
+    default, which some client wrappers always send): the server's deadline holds."""
+    if value is None or value == 0:
         return None
     if not 0 < value <= MAX_TIMEOUT_US:  # NaN fails too; a number of hundreds of digits arrives as inf
-        raise InvalidInput(f"{field} must be a number of microseconds above 0 and at most {MAX_TIMEOUT_US:,}; "
+        raise InvalidInput(f"{field} must be a number of microseconds from 0 (none) to {MAX_TIMEOUT_US:,}; "
                            f"got {value}", field=field, limit=[0, MAX_TIMEOUT_US])
     return max(value / 1e6, 1e-9)  # a subnormal number of microseconds would round to no time at all
 

@@ -58,8 +58,9 @@ def one_or_many(settings: Settings) -> tuple[dict[str, JsonSchema], JsonSchema]:
 
 # sampling asked for: a top-k or a temperature given (not null)
 _SAMPLING: JsonSchema = {"anyOf": [_given("sampling_topk", "integer"), _given("sampling_temperature", "number")]}
-_TIMEOUT: JsonSchema = optional({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_US,
-                                 "description": "microseconds, as Triton's; shortens the server's deadline"})
+_TIMEOUT: JsonSchema = optional({"type": "number", "minimum": 0, "maximum": MAX_TIMEOUT_US,
+                                 "description": "microseconds, as Triton's; shortens the server's deadline "
+                                                "(0: no timeout of the request's own)"})
 
 
 def _int(low: int, high: int, description: str) -> JsonSchema:

@@ -5,6 +5,7 @@ InferResult back; validation, limits, deadlines, batching and errors are the sam
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -189,8 +190,11 @@ async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, 
         options = search_options(params)
         if options.num_hypotheses is None:  # the n-best output exists only when a list is asked for
             if requested and "hypotheses" in requested:
-                raise InvalidInput("output 'hypotheses' needs parameters.num_hypotheses", field="outputs")
-            wanted = [w for w in wanted if w != "hypotheses"]
+                # asked for by name without a length (perf_analyzer asks for every output the
+                # metadata lists): the list of one, the answer itself
+                options = dataclasses.replace(options, num_hypotheses=1)
+            else:
+                wanted = [w for w in wanted if w != "hypotheses"]
         jobs = inference.translation_jobs(model, texts, FIELD, param_int(params, "beam_size"),
                                           param_int(params, "max_length"), False, options, in_parameters)
         results = await guard(inference.translate(model, jobs, until))

@@ -44,6 +44,13 @@ def test_v2_nbest_output_is_n_by_k(committed_server: Server) -> None:
     assert [data[0], data[3]] == outputs["translation"]["data"]
     plain = httpx.post(f"{url}/v2/models/translate-en-de/infer", json={**body, "parameters": {"beam_size": 4}}).json()
     assert [o["name"] for o in plain["outputs"]] == ["translation"]  # no list unless asked for
+    # every output asked for by name (perf_analyzer asks for all the metadata lists): the list of one;
+    # timeout 0 is Triton's default, no timeout of the request's own
+    named = {**body, "parameters": {"beam_size": 4, "timeout": 0},
+             "outputs": [{"name": "translation"}, {"name": "hypotheses"}]}
+    out = httpx.post(f"{url}/v2/models/translate-en-de/infer", json=named, timeout=60).json()
+    outputs = {o["name"]: o for o in out["outputs"]}
+    assert outputs["hypotheses"]["shape"] == [2, 1] and outputs["hypotheses"]["data"] == outputs["translation"]["data"]
     r = httpx.post(f"{url}/v2/models/translate-en-de/infer", json={**body, "parameters": {"num_hypotheses": 11}})
     assert r.status_code == 422 and r.json()["field"] == "parameters.num_hypotheses"
 

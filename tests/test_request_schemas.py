@@ -58,7 +58,8 @@ def test_translate_bodies(body: dict[str, Any], valid: bool) -> None:
     ({"text_input": "a", "parameters": {"max_tokens": 9, "max_length": 9}}, False),
     ({"text_input": "a", "parameters": {"sampling_topk": 2, "beam_size": 3}}, False),
     ({"text_input": "a", "seed": 1}, False), ({"text_input": "a", "seed": 1, "sampling_topk": 2}, True),
-    ({"text_input": "a", "timeout": 0}, False), ({"text_input": "a", "stream": None}, False),
+    ({"text_input": "a", "timeout": 0}, True), ({"text_input": "a", "timeout": -1}, False),
+    ({"text_input": "a", "stream": None}, False),
     ({"text_input": "a", "temperature": 0.5}, False), ({"text_input": "a", "num_hypotheses": 2}, False),
 ])
 def test_generate_bodies(body: dict[str, Any], valid: bool) -> None:
