@@ -73,9 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lag_watch.cancel()
             app.state.ready = False
             app.state.early_refusal.close()
-            if grpc_server is not None:  # refuses new calls at once, lets the accepted ones finish
-                await grpc_server.stop(settings.drain_timeout_s)
-            drained = await registry.drain(settings.drain_timeout_s)
+            # gRPC refuses new calls at once and lets the accepted ones finish, while the models
+            # drain: both within the one drain timeout
+            stopping = [grpc_server.stop(settings.drain_timeout_s)] if grpc_server is not None else []
+            *_, drained = await asyncio.gather(*stopping, registry.drain(settings.drain_timeout_s))
             log.info("shutdown: %s", "all accepted work finished" if drained else "drain timeout reached")
             await app.state.model_control.finish()  # versions unloaded meanwhile are closed too
             await registry.close()

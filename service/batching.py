@@ -125,6 +125,11 @@ class AnsweredFromThreads:
             for item in items:
                 if not item.future.done():
                     item.future.cancel()
+                elif not item.future.cancelled():
+                    # answered, or failed together with the one raised (a deadline passing in the
+                    # decoder fails every text of the request): retrieved, so that asyncio does
+                    # not log "Future exception was never retrieved" for each of them
+                    item.future.exception()
                 if item.waiting:  # still queued: its place is free now (``leave`` decides under its lock)
                     self.admission.leave(item)
 

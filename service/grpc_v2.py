@@ -28,7 +28,7 @@ from starlette.datastructures import State
 from service import __version__, metrics, v2_model, v2_stats
 from service.access_log import access_log
 from service.auth import key_matches
-from service.errors import InvalidInput, ServiceError
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
 from service.inputs import deadline_after
 from service.repository import check_load_parameters
@@ -94,6 +94,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.state = state
         self.settings = settings
         self.keys = [k.encode() for k in settings.api_keys if k]
+        self.closing = asyncio.Event()  # the server is shutting down: streams end once answered
 
     # --- plumbing shared by every method -------------------------------------------------------
     def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
@@ -160,6 +161,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             until = deadline_after(self.settings, (param_timeout_s(params), "parameters.timeout"))
             return until if remaining is None else min(until, time.monotonic() + max(remaining, 0.0))
 
+        if request.ByteSize() > self.settings.max_body_bytes:  # as HTTP's 413 (the transport takes more)
+            raise PayloadTooLarge(f"request message over {self.settings.max_body_bytes} bytes", field="body",
+                                  limit=self.settings.max_body_bytes)
         requested = requested_outputs([(o.name, o.parameters) for o in request.outputs])
         return (self.state.registry, self.settings, self._ready, request.model_name, request.model_version or None,
                 _inputs(request), requested, _parameters(request.parameters), deadline)
@@ -177,30 +181,33 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def model_stream_infer(self, requests: AsyncIterator[Any],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         """ModelStreamInfer, as tritonclient's ``start_stream``/``async_stream_infer`` and
-        perf_analyzer ``--streaming`` use it: requests on one bidirectional stream, each answered
-        as soon as it is done, concurrently (the batcher and the decoder batch them as any
-        others). A failed request is answered in the stream (``error_message``, with its id), as
-        Triton does, and the stream goes on. A translation asked with ``stream`` is answered in
-        pieces as it is decoded (service/v2_stream.py), as Triton's decoupled models answer. Each
-        request is counted and logged as a call of its own."""
+        perf_analyzer ``--streaming`` use it: requests on one bidirectional stream, worked on
+        concurrently (the batcher and the decoder batch them as any others) and answered in the
+        order they came, as Triton answers them: a stock client turns a failed request's answer
+        into an error without its id, so the order is how it knows which one failed. A failed
+        request is answered in the stream (``error_message``), and the stream goes on. A
+        translation asked with ``stream`` is answered in pieces as it is decoded
+        (service/v2_stream.py), as Triton's decoupled models answer; its pieces go out as they
+        come. Each response says whether it is its request's last (``triton_final_response``).
+        Each request is counted and logged as a call of its own. At shutdown the stream ends once
+        what it holds is answered: a client keeps its stream open for as long as it runs."""
         if self.keys and not self._authorised(context):
             _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+        loop = asyncio.get_running_loop()
         answers: asyncio.Queue[Any] = asyncio.Queue()
         working: set[asyncio.Task[None]] = set()
+        previous: asyncio.Future[None] | None = None  # the last one-answer request's turn to send
 
-        async def answer(request: Any) -> None:
+        async def answer(request: Any, after: asyncio.Future[None] | None, turn: asyncio.Future[None] | None) -> None:
             started, code = time.perf_counter(), grpc.StatusCode.OK
-            # a client written for decoupled models waits for this flag on a request's last
-            # response (Triton sets it on a non-decoupled model's one response too)
-            flag = _FINAL_ASKED in request.parameters and request.parameters[_FINAL_ASKED].bool_param
             try:
                 async for result in self._results(request, context.time_remaining()):
-                    out = service_pb2.ModelStreamInferResponse(infer_response=_response(result, request.id))
-                    if flag:
-                        out.infer_response.parameters[_FINAL].bool_param = result.last
-                    answers.put_nowait(out)
-                return
+                    response = _response(result, request.id)
+                    response.parameters[_FINAL].bool_param = result.last
+                    if after is not None:  # a one-answer request goes out after those sent before it
+                        await after
+                    answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
             except asyncio.CancelledError:  # the client left the stream
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -211,32 +218,46 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     log.exception("ModelStreamInfer failed")
                     code, message = grpc.StatusCode.INTERNAL, "internal error"
                 out = service_pb2.ModelStreamInferResponse(error_message=_clip(message))
-                out.infer_response.id = request.id  # which request failed
-                if flag:
-                    out.infer_response.parameters[_FINAL].bool_param = True
+                # which request failed, for a client that reads the raw response
+                out.infer_response.id, out.infer_response.model_name = request.id, request.model_name
+                out.infer_response.model_version = request.model_version
+                out.infer_response.parameters[_FINAL].bool_param = True
+                if after is not None:
+                    await after
                 answers.put_nowait(out)
             finally:
                 _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings)
+                if turn is not None:
+                    turn.set_result(None)  # the next one may go, whatever became of this one
 
         async def read() -> None:
+            nonlocal previous
+            async for request in requests:
+                turn = None if _streamed(request) else loop.create_future()
+                task = asyncio.ensure_future(answer(request, previous if turn is not None else None, turn))
+                previous = turn or previous
+                working.add(task)
+                task.add_done_callback(working.discard)
+
+        async def until_done(first: Awaitable[Any]) -> None:
+            """After ``first`` (the client's last request, or the server's shutdown), what is in
+            flight is answered, then the stream ends."""
             try:
-                async for request in requests:
-                    task = asyncio.ensure_future(answer(request))
-                    working.add(task)
-                    task.add_done_callback(working.discard)
-                while working:  # the client has sent its last request: answer what is in flight
+                await first
+                while working:
                     await asyncio.wait(set(working))
             finally:
                 answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
+        ends = [asyncio.ensure_future(until_done(reader)), asyncio.ensure_future(until_done(self.closing.wait()))]
         try:
             while (out := await answers.get()) is not None:
                 yield out
-            await reader  # a read that failed fails the call
+            if reader.done():
+                reader.result()  # a read that failed fails the call
         finally:  # the client left or cancelled: its requests' work is dropped as for any that leaves
-            reader.cancel()
-            for task in list(working):
+            for task in [reader, *ends, *working]:
                 task.cancel()
 
     async def _unimplemented(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -244,6 +265,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 _DEADLINE_SLACK_S = 0.25
+
+
+def _streamed(request: Any) -> bool:
+    """Whether a request asks for its answer in pieces (an invalid ``stream`` is refused later)."""
+    try:
+        return wants_stream(_parameters(request.parameters))
+    except ServiceError:
+        return False
 
 
 def _response(result: InferResult, request_id: str) -> Any:
@@ -265,9 +294,9 @@ def _clip(text: str, limit: int = 1024) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# what tritonclient's async_stream_infer(enable_empty_final_response=True) sends, and the flag it
-# then waits for on a request's last response
-_FINAL_ASKED, _FINAL = "triton_enable_empty_final_response", "triton_final_response"
+# on each stream response: whether it is its request's last (what a client written for Triton's
+# decoupled models, with enable_empty_final_response, waits for)
+_FINAL = "triton_final_response"
 _UNAUTHENTICATED = "missing or invalid API key (metadata authorization: Bearer <key>, or x-api-key)"
 
 
@@ -334,15 +363,31 @@ for _name in [n for n in dir(service_pb2_grpc.GRPCInferenceServiceServicer) if n
 InferenceServicer.ModelStreamInfer = InferenceServicer.model_stream_infer
 
 
-async def start(state: State, settings: Settings) -> grpc.aio.Server | None:
+class GrpcServer:
+    """The gRPC front end as the app's lifespan runs it."""
+
+    def __init__(self, server: grpc.aio.Server, servicer: InferenceServicer) -> None:
+        self.server, self.servicer = server, servicer
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls at once; streams end once their requests are answered, and every call
+        still open after ``grace_s`` is cancelled."""
+        self.servicer.closing.set()
+        await self.server.stop(grace_s)
+
+
+async def start(state: State, settings: Settings) -> GrpcServer | None:
     """Serve gRPC on settings.grpc_port (None when it is 0). Raises RuntimeError if the port is taken."""
     if not settings.grpc_port:
         return None
-    options = [("grpc.max_receive_message_length", settings.max_body_bytes),
+    # a request over MAX_BODY_BYTES is refused with an answer of its own (RESOURCE_EXHAUSTED, or an
+    # error in its stream, which goes on); only one over 4 times that ends its call at the transport
+    options = [("grpc.max_receive_message_length", 4 * settings.max_body_bytes),
                # several workers share the port; one process should hear that it is taken
                ("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
     server = grpc.aio.server(options=options)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state, settings), server)
+    servicer = InferenceServicer(state, settings)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         server.add_insecure_port(f"{host}:{settings.grpc_port}")
@@ -350,4 +395,4 @@ async def start(state: State, settings: Settings) -> grpc.aio.Server | None:
         raise RuntimeError(f"cannot serve gRPC on {host}:{settings.grpc_port} (in use?): {exc}") from exc
     await server.start()
     log.info("gRPC (Open Inference Protocol) on %s:%d", host, settings.grpc_port)
-    return server
+    return GrpcServer(server, servicer)

@@ -19,8 +19,10 @@ REQUESTS = Counter("seqserve_requests_total", "HTTP requests by route and status
 REQUEST_LATENCY = Histogram("seqserve_request_latency_seconds", "HTTP request latency", ["route"],
                             buckets=_LATENCY_BUCKETS)
 # gRPC calls get their own series: the HTTP ones keep their names and labels
-GRPC_REQUESTS = Counter("seqserve_grpc_requests_total", "gRPC calls by method and status code", ["method", "code"])
-GRPC_LATENCY = Histogram("seqserve_grpc_request_latency_seconds", "gRPC call latency", ["method"],
+GRPC_REQUESTS = Counter("seqserve_grpc_requests_total", "gRPC calls by method and status code (each request on "
+                        "a ModelStreamInfer stream counts as one call)", ["method", "code"])
+GRPC_LATENCY = Histogram("seqserve_grpc_request_latency_seconds", "gRPC call latency (a stream's: each request's)",
+                         ["method"],
                          buckets=_LATENCY_BUCKETS)
 QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Texts waiting for a model (not yet in a batch or decoding)",
                     ["model", "version"], multiprocess_mode="livesum")

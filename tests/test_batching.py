@@ -253,3 +253,29 @@ async def test_a_worker_gives_way_after_a_batch_for_its_cpu_time_not_after_waiti
     assert len(asked) == 2 and all(0.015 <= t < 0.2 for t in asked), asked
     after = REGISTRY.get_sample_value("seqserve_gave_way_seconds_total", {"model": "gw", "version": ""})
     assert after == pytest.approx(before + 0.01 * len(asked))
+
+
+def test_texts_failing_together_leave_no_unretrieved_exception() -> None:
+    """A deadline passing in the decoder fails every text of a request at once; the request raises
+    the first, and the others must be retrieved, or asyncio logs "Future exception was never
+    retrieved" at ERROR for each (as a streamed gRPC request did)."""
+    import gc
+    from types import SimpleNamespace
+
+    from service.batching import AnsweredFromThreads
+
+    unretrieved: list[str] = []
+
+    async def run() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: unretrieved.append(context["message"]))
+        answered = AnsweredFromThreads("m", 8)
+        items = [SimpleNamespace(future=asyncio.get_running_loop().create_future(), waiting=False) for _ in range(3)]
+        for item in items:
+            item.future.set_exception(DeadlineExceeded("deadline passed during decoding"))
+        with pytest.raises(DeadlineExceeded):
+            await answered._answer_all(items, time.monotonic() + 5)
+        del items
+        gc.collect()
+
+    asyncio.run(run())
+    assert unretrieved == []

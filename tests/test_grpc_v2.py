@@ -263,7 +263,7 @@ def test_a_stream_answers_every_request_with_its_id_and_errors_in_the_stream(com
     errors = sorted(str(e) for r, e in got if e is not None)
     assert set(results) == {*sent, "t0", "final"}
     assert results["final"].get_response().parameters["triton_final_response"].bool_param
-    assert "triton_final_response" not in results["s0"].get_response().parameters
+    assert results["s0"].get_response().parameters["triton_final_response"].bool_param  # each one's only answer
     for request_id, text in sent.items():
         assert results[request_id].as_numpy("label")[0, 0].decode() == _v1(committed_server.url, "sentiment",
                                                                             [text])[0]["label"]
@@ -325,3 +325,65 @@ def test_a_translation_asked_with_stream_comes_in_pieces_flagged_final_at_the_en
     assert "".join(pieces) == unary.as_numpy("translation")[0, 0].decode()
     assert len(pieces) >= 2 and bool(hypotheses) == (beam_size > 1)  # partials at most every 50 ms
     assert errors == ["model sentiment does not generate text (task text-classification)"]
+
+
+def test_a_stream_answers_in_the_order_of_its_requests(committed_server: Server) -> None:
+    """As Triton does: a stock client turns a failed request's answer into an error without its
+    id, so the order is how it tells which request failed. Work still runs concurrently: a quick
+    request behind a long one is answered after it, not computed after it."""
+    import queue
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url=committed_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    long = "A little girl in a pink dress is running through the park with her dog and a red ball."
+    client.async_stream_infer("translate-en-de", [_text(tg, [long] * 8)], request_id="long",
+                              parameters={"beam_size": 5})
+    client.async_stream_infer("sentiment", [_text(tg, [" "])], request_id="empty")
+    client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])], request_id="quick")
+    got = [answers.get(timeout=60) for _ in range(3)]
+    client.stop_stream()
+    client.close()
+    order = [result.get_response().id if error is None else f"error: {error}" for result, error in got]
+    assert order == ["long", "error: inputs.text.data[0] is empty", "quick"]
+
+
+def test_a_request_over_the_body_limit_is_answered_in_the_stream_which_goes_on(committed_server: Server) -> None:
+    """The transport reads up to 4 x MAX_BODY_BYTES: a request over the limit gets an error of its
+    own, as HTTP's 413, where the transport's limit would end the stream and what it held."""
+    import queue
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url=committed_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("sentiment", [_text(tg, ["A fine film. " * 90_000])], request_id="big")
+    client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])], request_id="after")
+    got = [answers.get(timeout=60) for _ in range(2)]
+    client.stop_stream()
+    with pytest.raises(InferenceServerException) as err:  # unary: RESOURCE_EXHAUSTED, as before
+        client.infer("sentiment", [_text(tg, ["A fine film. " * 90_000])])
+    client.close()
+    assert "over 1048576 bytes" in str(got[0][1]) and got[1][0].get_response().id == "after"
+    assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+
+
+def test_shutdown_ends_an_open_stream_once_its_requests_are_answered() -> None:
+    """A client keeps its stream open while it runs: the server must not wait out its drain
+    timeout for it, and what the stream held is answered first."""
+    import queue
+
+    server = Server(COMMITTED_MODELS, warmup="false", drain_timeout_s="30").wait_ready()
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url=server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("translate-en-de", [_text(tg, GERMAN * 4)], request_id="held",
+                              parameters={"beam_size": 5})
+    time.sleep(0.05)
+    started = time.monotonic()
+    assert server.stop() == 0
+    took = time.monotonic() - started
+    result, error = answers.get(timeout=10)
+    client.stop_stream()
+    client.close()
+    assert error is None and result.get_response().id == "held"
+    assert took < 15, took  # not the 30 s drain timeout
