@@ -1,9 +1,11 @@
 """Triton's perf_analyzer against seqserve: both models, over HTTP and gRPC, at several concurrencies,
 with real dev/val sentences as --input-data (its default random strings would decode garbage).
 
-perf_analyzer comes as a wheel (``pip install perf-analyzer``) whose binary needs glibc >= 2.38.
-On an older host run it inside a newer Debian root: ``--root DIR`` runs ``chroot DIR BINARY`` and
-writes the input and output files under DIR/tmp (see the README's Benchmarks section).
+The binary: tritonclient 2.41.0's manylinux wheel carries one that runs on Debian bookworm with
+Debian's libb64-0d and the nvidia-cuda-runtime-cu12 wheel's library on LD_LIBRARY_PATH (PyPI's
+``perf-analyzer`` is an empty placeholder). A newer build needs glibc >= 2.38: ``--root DIR``
+runs ``chroot DIR BINARY`` in a newer Debian root and writes the input and output files under
+DIR/tmp (see the README's Benchmarks section).
 
     python -m loadtests.perf_analyzer                          # starts a server itself
     python -m loadtests.perf_analyzer --url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001
