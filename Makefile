@@ -40,7 +40,11 @@ int8: $(VENV)/.quantize  ## derive the INT8 graphs beside the fp32 ones (git-ign
 serve: $(VENV)/.runtime int8  ## start the API on $SEQSERVE_HOST:$SEQSERVE_PORT (default 127.0.0.1:8000) with models/
 	$(PY) -m service
 
-test: $(VENV)/.dev lint int8  ## lint, type-check and run the test suite
+# Triton's perf_analyzer, which a test drives (tritonclient 2.41's wheel; needs Debian's libb64-0d)
+$(VENV)/perf_analyzer/bin/perf_analyzer: $(VENV)/.dev
+	$(PY) -m loadtests.perf_analyzer --install $(VENV)/perf_analyzer
+
+test: $(VENV)/.dev lint int8 $(VENV)/perf_analyzer/bin/perf_analyzer  ## lint, type-check and run the test suite
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev  ## ruff + mypy

@@ -2,11 +2,13 @@
 with real dev/val sentences as --input-data (its default random strings would decode garbage).
 
 The binary: tritonclient 2.41.0's manylinux wheel carries one that runs on Debian bookworm with
-Debian's libb64-0d and the nvidia-cuda-runtime-cu12 wheel's library on LD_LIBRARY_PATH (PyPI's
-``perf-analyzer`` is an empty placeholder). A newer build needs glibc >= 2.38: ``--root DIR``
-runs ``chroot DIR BINARY`` in a newer Debian root and writes the input and output files under
-DIR/tmp (see the README's Benchmarks section).
+Debian's libb64-0d and the nvidia-cuda-runtime-cu12 wheel's library (no GPU needed; PyPI's
+``perf-analyzer`` is an empty placeholder). ``--install DIR`` puts both under DIR (bin/, lib/),
+as ``make test`` does in .venv/perf_analyzer, which is then the default binary. A newer build
+needs glibc >= 2.38: ``--root DIR`` runs ``chroot DIR BINARY`` in a newer Debian root and writes
+the input and output files under DIR/tmp (see the README's Benchmarks section).
 
+    python -m loadtests.perf_analyzer --install .venv/perf_analyzer   # the binary, from PyPI
     python -m loadtests.perf_analyzer                          # starts a server itself
     python -m loadtests.perf_analyzer --url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001
     python -m loadtests.perf_analyzer --root /var/tmp/trixie --binary /opt/pa/bin/perf_analyzer
@@ -21,13 +23,44 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 from loadtests.inputs import sentiment_texts, translation_texts
 from loadtests.server import ROOT, ServerProcess
+
+# the wheels that carry a perf_analyzer binary and the one library of CUDA's it loads
+WHEELS = ("tritonclient==2.41.0", "nvidia-cuda-runtime-cu12==12.9.79")
+_MEMBERS = {"tritonclient-2.41.0.data/data/bin/perf_analyzer": "bin/perf_analyzer",
+            "nvidia/cuda_runtime/lib/libcudart.so.12": "lib/libcudart.so.12"}
+BUNDLED = ROOT / ".venv" / "perf_analyzer"
+
+
+def install(dest: Path) -> Path:
+    """Download the wheels (x86-64 Linux) and put perf_analyzer and its CUDA runtime library under
+    ``dest``; returns the binary. Debian's libb64-0d must be installed too."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux1_x86_64", "--platform", "manylinux2014_x86_64", "-d", tmp,
+                        *WHEELS], check=True)
+        for wheel in Path(tmp).glob("*.whl"):
+            with zipfile.ZipFile(wheel) as archive:
+                for member in set(archive.namelist()) & set(_MEMBERS):
+                    target = dest / _MEMBERS[member]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(member) as source, target.open("wb") as out:
+                        shutil.copyfileobj(source, out)
+                    target.chmod(0o755)
+    binary = dest / "bin" / "perf_analyzer"
+    if not binary.exists() or not (dest / "lib" / "libcudart.so.12").exists():
+        raise RuntimeError(f"the wheels {WHEELS} did not hold perf_analyzer and libcudart")
+    return binary
 
 
 def input_data(texts: list[str]) -> dict[str, object]:
@@ -35,8 +68,17 @@ def input_data(texts: list[str]) -> dict[str, object]:
     return {"data": [{"text": {"content": [t], "shape": [1]}} for t in texts]}
 
 
-def run_one(command: list[str], out_csv: Path, host_csv: Path) -> dict[str, str]:
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+def environment(binary: str) -> dict[str, str]:
+    """The binary's environment: an installed one (``install``) finds its CUDA runtime library."""
+    env = dict(os.environ)
+    library = Path(binary).parent.parent / "lib"
+    if library.is_dir():
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(library), env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+def run_one(command: list[str], out_csv: Path, host_csv: Path, env: dict[str, str]) -> dict[str, str]:
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     if proc.returncode != 0 or not host_csv.exists():
         return {"error": (proc.stdout + proc.stderr).strip().splitlines()[-1] if proc.stdout + proc.stderr else
                 f"exit {proc.returncode}"}
@@ -50,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="HTTP host:port of a running server (default: start one)")
     parser.add_argument("--grpc-url", help="gRPC host:port of that server")
-    parser.add_argument("--binary", default="perf_analyzer", help="perf_analyzer (inside --root when given)")
+    parser.add_argument("--binary", default=str(BUNDLED / "bin" / "perf_analyzer") if BUNDLED.exists()
+                        else "perf_analyzer", help="perf_analyzer (inside --root when given; default the one "
+                        "--install put in .venv/perf_analyzer, else the one on PATH)")
+    parser.add_argument("--install", type=Path, metavar="DIR", help="put perf_analyzer under DIR and exit")
     parser.add_argument("--root", type=Path, help="run the binary with chroot in this root (glibc >= 2.38)")
     parser.add_argument("--models", default="sentiment,translate-en-de")
     parser.add_argument("--protocols", default="http,grpc",
@@ -63,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="percent by which 3 windows may differ (perf_analyzer's -s; raise it on a busy "
                              "shared machine)")
     args = parser.parse_args(argv)
+    if args.install:
+        print(install(args.install))
+        return 0
 
     server = None
     if args.url is None:
@@ -72,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     host_dir = args.root / "tmp" if args.root else inside
     host_dir.mkdir(parents=True, exist_ok=True)
     prefix = ["chroot", str(args.root)] if args.root else []
+    env = environment(args.binary) if not args.root else dict(os.environ)
     texts = {"sentiment": sentiment_texts(), "translate-en-de": translation_texts()}
     print("| model | protocol | concurrency | infer/s | p50 ms | p90 ms | p99 ms | server queue ms | errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
@@ -90,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                                "-p", str(args.interval_ms), "--max-trials", str(args.max_trials),
                                "-s", str(args.stability),
                                "-f", str(inside / "perf_analyzer.csv")]
-                    row = run_one(command, inside / "perf_analyzer.csv", host_dir / "perf_analyzer.csv")
+                    row = run_one(command, inside / "perf_analyzer.csv", host_dir / "perf_analyzer.csv", env)
                     if "error" in row:
                         failed += 1
                         print(f"| {model} | {protocol} | {level} | | | | | | {row['error']} |")

@@ -1,0 +1,32 @@
+"""loadtests/perf_analyzer.py: Triton's own load generator (the stock binary) against a real
+server, both models, over HTTP, gRPC and gRPC streams, every request answered."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from loadtests import perf_analyzer
+from tests.conftest import Server
+
+
+def test_perf_analyzer_measures_both_models_on_every_protocol(committed_server: Server,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    binary = perf_analyzer.BUNDLED / "bin" / "perf_analyzer"
+    runs = binary.exists() and subprocess.run([str(binary), "--version"], capture_output=True, check=False,
+                                              env=perf_analyzer.environment(str(binary))).returncode == 0
+    if not runs:
+        message = "needs `make test`'s .venv/perf_analyzer and Debian's libb64-0d (.ci/run installs both)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must run the stock tool, never skip it
+        pytest.skip(message)
+    status = perf_analyzer.main(["--url", committed_server.url.removeprefix("http://"),
+                                 "--grpc-url", committed_server.grpc_url, "--binary", str(binary),
+                                 "--protocols", "http,grpc,grpc-stream", "--concurrency", "4", "--texts", "40",
+                                 "--interval-ms", "500", "--max-trials", "4", "--stability", "100"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| sentiment")
+            or line.startswith("| translate-en-de")]
+    assert status == 0, rows
+    assert len(rows) == 6 and all(row.endswith("| 0 |") for row in rows), rows
