@@ -39,12 +39,15 @@ from loadtests.server import ROOT, ServerProcess
 WHEELS = ("tritonclient==2.41.0", "nvidia-cuda-runtime-cu12==12.9.79")
 _MEMBERS = {"tritonclient-2.41.0.data/data/bin/perf_analyzer": "bin/perf_analyzer",
             "nvidia/cuda_runtime/lib/libcudart.so.12": "lib/libcudart.so.12"}
-BUNDLED = ROOT / ".venv" / "perf_analyzer"
+BUNDLED = Path(sys.prefix) / "perf_analyzer"  # where `make test` installs it: in the virtualenv it runs in
 
 
 def install(dest: Path) -> Path:
     """Download the wheels (x86-64 Linux) and put perf_analyzer and its CUDA runtime library under
-    ``dest``; returns the binary. Debian's libb64-0d must be installed too."""
+    ``dest`` (whole or not at all: make tests for the binary); returns the binary. Debian's
+    libb64-0d must be installed too."""
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                         "--platform", "manylinux1_x86_64", "--platform", "manylinux2014_x86_64", "-d", tmp,
@@ -52,15 +55,16 @@ def install(dest: Path) -> Path:
         for wheel in Path(tmp).glob("*.whl"):
             with zipfile.ZipFile(wheel) as archive:
                 for member in set(archive.namelist()) & set(_MEMBERS):
-                    target = dest / _MEMBERS[member]
+                    target = partial / _MEMBERS[member]
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(member) as source, target.open("wb") as out:
                         shutil.copyfileobj(source, out)
                     target.chmod(0o755)
-    binary = dest / "bin" / "perf_analyzer"
-    if not binary.exists() or not (dest / "lib" / "libcudart.so.12").exists():
+    if not (partial / "bin" / "perf_analyzer").exists() or not (partial / "lib" / "libcudart.so.12").exists():
         raise RuntimeError(f"the wheels {WHEELS} did not hold perf_analyzer and libcudart")
-    return binary
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return dest / "bin" / "perf_analyzer"
 
 
 def input_data(texts: list[str]) -> dict[str, object]:

@@ -206,7 +206,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     response = _response(result, request.id)
                     response.parameters[_FINAL].bool_param = result.last
                     if after is not None:  # a one-answer request goes out after those sent before it
-                        await after
+                        await asyncio.shield(after)  # (cancelling this one must not cancel that one's turn)
                     answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
             except asyncio.CancelledError:  # the client left the stream
                 code = grpc.StatusCode.CANCELLED
@@ -223,41 +223,53 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 out.infer_response.model_version = request.model_version
                 out.infer_response.parameters[_FINAL].bool_param = True
                 if after is not None:
-                    await after
+                    await asyncio.shield(after)
                 answers.put_nowait(out)
             finally:
                 _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings)
-                if turn is not None:
+                if turn is not None and not turn.done():
                     turn.set_result(None)  # the next one may go, whatever became of this one
+                room.release()
+
+        # requests held at once: past it the stream is not read, and gRPC's flow control holds the
+        # client back (each held request keeps its message, up to 4 x MAX_BODY_BYTES)
+        room = asyncio.Semaphore(_STREAM_IN_FLIGHT)
 
         async def read() -> None:
             nonlocal previous
-            async for request in requests:
+            while True:
+                await room.acquire()
+                request = await anext(requests, None)
+                if request is None:
+                    return
                 turn = None if _streamed(request) else loop.create_future()
                 task = asyncio.ensure_future(answer(request, previous if turn is not None else None, turn))
                 previous = turn or previous
                 working.add(task)
                 task.add_done_callback(working.discard)
 
-        async def until_done(first: Awaitable[Any]) -> None:
+        async def until_done(first: asyncio.Future[Any], end: object) -> None:
             """After ``first`` (the client's last request, or the server's shutdown), what is in
-            flight is answered, then the stream ends."""
+            flight is answered, then the stream ends (``end`` says why)."""
             try:
-                await first
+                await asyncio.wait([first])  # its failure, if any, is the handler's to raise
                 while working:
                     await asyncio.wait(set(working))
             finally:
-                answers.put_nowait(None)
+                answers.put_nowait(end)
 
         reader = asyncio.ensure_future(read())
-        ends = [asyncio.ensure_future(until_done(reader)), asyncio.ensure_future(until_done(self.closing.wait()))]
+        closing = asyncio.ensure_future(self.closing.wait())
+        ends = [asyncio.ensure_future(until_done(reader, None)), asyncio.ensure_future(until_done(closing, _CLOSED))]
         try:
-            while (out := await answers.get()) is not None:
+            while (out := await answers.get()) not in (None, _CLOSED):
                 yield out
-            if reader.done():
-                reader.result()  # a read that failed fails the call
+            if out is _CLOSED:  # an error, not a quiet end: a request sent meanwhile was not read
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: every request "
+                                    "read from this stream was answered; send the others again elsewhere")
+            reader.result()  # a read that failed fails the call
         finally:  # the client left or cancelled: its requests' work is dropped as for any that leaves
-            for task in [reader, *ends, *working]:
+            for task in [reader, closing, *ends, *working]:
                 task.cancel()
 
     async def _unimplemented(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -265,6 +277,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 _DEADLINE_SLACK_S = 0.25
+_STREAM_IN_FLIGHT = 64  # requests of one stream held at once (read, not yet answered)
+_CLOSED = object()  # a stream's end at the server's shutdown
 
 
 def _streamed(request: Any) -> bool:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.admission import Admission
@@ -39,7 +40,7 @@ MAX_HEAD_BYTES = 64 * 1024
 # seconds it had: the request layers answer 408 (service/middleware.py), woken from their wait
 LATE = "seqserve.late"
 _HEALTH = b"GET /v2/health/"
-_CHUNKED = b"transfer-encoding: chunked\r\n"  # as uvicorn writes it for a body of unknown length
+_CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"  # as uvicorn writes it for a body of unknown length
 
 
 def json_answer(status: bytes, body: bytes, default_headers: Sequence[tuple[bytes, bytes]],
@@ -52,6 +53,19 @@ def json_answer(status: bytes, body: bytes, default_headers: Sequence[tuple[byte
                         (b"content-length", str(len(body)).encode()), *headers):
         head += [name, b": ", value, b"\r\n"]
     return b"".join([*head, b"\r\n", body])
+
+
+def _refusing(status: int, error: dict[str, Any]) -> ASGIApp:
+    """An app that answers every request with ``status`` and ``error`` (the API's vocabulary),
+    for the requests the protocol refuses before the app: uvicorn adds "connection: close"."""
+    body = dumps(error)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
 
 
 def arrived_at(scope: Mapping[str, Any]) -> float | None:
@@ -116,7 +130,7 @@ class _HeadWithBody:
             self._hold = False
             self._head = bytes(data)
             if self._http10 and _CHUNKED in self._head:
-                self._head, self._unchunk = self._head.replace(_CHUNKED, b""), True
+                self._head, self._unchunk = self._head.replace(_CHUNKED, b"\r\n"), True
             return
         self._transport.write(data)
 
@@ -268,22 +282,28 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        if self._declined == "refused":  # pipelined behind a refused request, in the same read
-            self.cycle = _Answered  # type: ignore[assignment]
+        if self._declined == "refused":  # pipelined behind a refused request, in the same read: never run
             return
+        refusal: ASGIApp | None = None
         hosts = sum(1 for name, _ in self.headers if name == b"host")
         if hosts > 1 or (hosts == 0 and self.parser.get_http_version() == "1.1"):
             # RFC 9112 3.2: a server MUST answer 400 to these; a proxy and the app could each
             # read a different host from them
-            self._refuse_request(b"400 Bad Request", dumps({
-                "error": "an HTTP/1.1 request needs exactly one Host header" if hosts == 0 else
-                f"a request may have one Host header, this one has {hosts}",
-                "code": "bad_host", "field": "Host", "limit": 1}))
+            refusal = _refusing(400, {"error": "an HTTP/1.1 request needs exactly one Host header" if hosts == 0
+                                      else f"a request may have one Host header, this one has {hosts}",
+                                      "code": "bad_host", "field": "Host", "limit": 1})
+        elif self.parser.should_upgrade() and not self._should_upgrade():
+            refusal = self._decline_upgrade()
+        if refusal is not None:
+            # the app never sees it: answered in its turn, after the requests before it on the
+            # connection, which then closes and reads nothing more
+            self._declined = "refused"
+            app, self.app = self.app, refusal
+            try:
+                self._new_cycle(None)
+            finally:
+                self.app = app
             return
-        if self.parser.should_upgrade() and not self._should_upgrade():
-            self._decline_upgrade()
-            if self._declined == "refused":  # no request cycle for the app
-                return
         door = self._door if self._first else None
         # the first request of the bytes parsed at once: requests pipelined behind it go to the app,
         # one at a time, or a single read of a thousand refusals would take its pass back
@@ -300,6 +320,11 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                 self._refusal = found
                 self.cycle = _Answered  # type: ignore[assignment]
                 return
+        self._new_cycle(admission)
+
+    def _new_cycle(self, admission: Admission | None) -> None:
+        """uvicorn's request cycle for the request whose headers are parsed, started with the app
+        or queued behind the one being answered."""
         before = self.cycle
         super().on_headers_complete()
         if before is not None and not before.response_complete and self.cycle is not before:
@@ -311,28 +336,22 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if self.cycle is not before:  # a new request cycle, its task started with the app
             self.cycle.transport = _HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
             if admission is not None:
-                door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
+                self._door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
 
-    def _decline_upgrade(self) -> None:
+    def _decline_upgrade(self) -> ASGIApp | None:
         """A request asks to switch to a protocol this server does not speak (HTTP/2 over cleartext,
         "Upgrade: h2c", as curl --http2 and Java's HttpClient send). The parser takes every byte
         after its headers for that protocol: a body would be lost, and the bytes of a later read
         parsed as requests of their own (a request smuggled inside a body). So the connection reads
         nothing more: a request without a body is answered in HTTP/1.1 and the connection closes
-        after it; one with a body is refused with 400 and closed, its body unread."""
+        after it; one with a body is refused with 400 (what answers it is returned) and closed,
+        its body unread."""
         self._declined = "answered"
         headers = dict(self.headers)
         if headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers:
-            self._refuse_request(b"400 Bad Request", dumps({
-                "error": "Upgrade is not supported: send the request without the Upgrade header",
-                "code": "upgrade_not_supported", "field": "Upgrade"}))
-
-    def _refuse_request(self, status: bytes, body: bytes) -> None:
-        """Answer a request whose head the app must not see, and close: the connection reads
-        nothing more, and what else came in the same read is dropped unanswered."""
-        self._declined = "refused"
-        self._write_and_close(status, body)
-        self.cycle = _Answered  # type: ignore[assignment]
+            return _refusing(400, {"error": "Upgrade is not supported: send the request without the Upgrade header",
+                                   "code": "upgrade_not_supported", "field": "Upgrade"})
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._head_timer, self._body_timer):

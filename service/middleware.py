@@ -104,6 +104,15 @@ def media_problem(headers: dict[bytes, bytes], path: str) -> dict[str, Any] | No
     return None
 
 
+def _transcodable(headers: dict[bytes, bytes]) -> bool:
+    """Whether a declared charset may be applied to the body: a JSON body only, not binary tensors
+    (application/octet-stream, or JSON followed by raw bytes, Inference-Header-Content-Length),
+    whose bytes re-encoding would change."""
+    content_type = headers.get(b"content-type", b"")
+    return b"inference-header-content-length" not in headers and not content_type.lower().startswith(
+        b"application/octet-stream")
+
+
 def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
     """Whether the body's declared Content-Length is over ``limit`` (a malformed one counts as
     over); None when no length is declared (chunked, or no body)."""
@@ -177,6 +186,7 @@ class RequestContextMiddleware:
             # a supported coding and charset, or none: media_problem refused the rest
             coding = content_coding(headers) if with_body else None
             charset = declared_charset(headers.get(b"content-type")) if with_body else None
+            charset = charset if charset is None or _transcodable(headers) else None
             refused, scope, receive = await self._body(scope, headers, receive, with_body, coding, charset)
             if refused is not None:
                 status_holder["status"] = await _refuse(send, request_id, headers, *refused)
@@ -222,6 +232,8 @@ class RequestContextMiddleware:
             except ValueError as exc:
                 return (422, {"error": str(exc), "code": "invalid_input", "field": "body", "limit": charset}), \
                     scope, receive
+            if len(body) > self.max_body_bytes:  # UTF-8 can take 3 bytes where a charset took 1
+                return self._too_large(), scope, receive
             buffered = [{"type": "http.request", "body": body, "more_body": False}]
             rewritten = (b"content-encoding", b"content-length", *((b"content-type",) if charset else ()))
             plain = [(k, v) for k, v in scope["headers"] if k not in rewritten]

@@ -348,6 +348,23 @@ def test_a_stream_answers_in_the_order_of_its_requests(committed_server: Server)
     assert order == ["long", "error: inputs.text.data[0] is empty", "quick"]
 
 
+
+def test_a_stream_holds_a_bounded_number_of_requests_and_answers_them_all(committed_server: Server) -> None:
+    """Past 64 requests in flight the server stops reading the stream (gRPC's flow control holds the
+    client back) instead of keeping every message: all are answered, in order."""
+    import queue
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url=committed_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    for i in range(200):
+        client.async_stream_infer("sentiment", [_text(tg, TEXTS[i % 2:i % 2 + 1])], request_id=str(i))
+    got = [answers.get(timeout=60) for _ in range(200)]
+    client.stop_stream()
+    client.close()
+    assert [result.get_response().id for result, error in got] == [str(i) for i in range(200)]
+
+
 def test_a_request_over_the_body_limit_is_answered_in_the_stream_which_goes_on(committed_server: Server) -> None:
     """The transport reads up to 4 x MAX_BODY_BYTES: a request over the limit gets an error of its
     own, as HTTP's 413, where the transport's limit would end the stream and what it held."""
@@ -387,3 +404,23 @@ def test_shutdown_ends_an_open_stream_once_its_requests_are_answered() -> None:
     client.close()
     assert error is None and result.get_response().id == "held"
     assert took < 15, took  # not the 30 s drain timeout
+
+
+def test_a_client_leaving_a_stream_mid_way_leaves_no_errors_in_the_log(committed_server: Server) -> None:
+    """Requests waiting for their turn behind a long one are cancelled with it: each lets the next
+    go without an error of its own (asyncio logged "Task exception was never retrieved")."""
+    def problems() -> int:
+        log = committed_server.output()
+        return log.count("never retrieved") + log.count("InvalidStateError") + log.count("Traceback")
+
+    before = problems()
+    client = tg.InferenceServerClient(url=committed_server.grpc_url)
+    client.start_stream(callback=lambda result, error: None)
+    client.async_stream_infer("translate-en-de", [_text(tg, GERMAN * 8)], parameters={"beam_size": 5})
+    for _ in range(5):
+        client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])])
+    time.sleep(0.05)
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    time.sleep(1.0)  # the server notices, cancels and logs
+    assert problems() == before, committed_server.output()[-3000:]

@@ -527,3 +527,31 @@ async def test_a_request_without_exactly_one_host_is_refused_before_the_app(head
     _protocol(app, fine).data_received(b"GET /x HTTP/1.0\r\n\r\n")  # HTTP/1.0 may leave Host out
     await asyncio.sleep(0.02)
     assert ran == ["/x"] and fine.written.startswith(b"HTTP/1.1 204 ")
+
+
+async def test_a_refusal_pipelined_behind_a_request_in_flight_waits_its_turn() -> None:
+    """The request being answered keeps its answer: the refusal of one pipelined behind it (no
+    Host) goes out after it, then the connection closes."""
+    from types import SimpleNamespace
+
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"first"})
+
+    app.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
+    transport = _Transport()
+    protocol = _protocol(app, transport)
+    protocol.data_received(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\n\r\n")
+    await asyncio.sleep(0.02)
+    assert transport.written == b"" and not transport.closed  # nothing answers in the first one's place
+    release.set()
+    for _ in range(100):
+        await asyncio.sleep(0.005)
+        if transport.closed:
+            break
+    first, _, second = transport.written.partition(b"first")
+    assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 400 ") and transport.closed
+    assert b'"code":"bad_host"' in second

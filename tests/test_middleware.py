@@ -252,3 +252,15 @@ def test_a_body_in_a_declared_charset_is_read_in_it(committed_server: Server) ->
     assert r.status_code == 415 and r.json()["field"] == "Content-Type", r.text
     r = httpx.post(url, content=b'{"text": "x"}', headers={"Content-Type": "application/json; charset=utf-16"})
     assert r.status_code == 422 and r.json()["limit"] == "utf-16", r.text
+    # re-encoded, a body may not grow past the limit (1 byte of cp1252 can be 3 of UTF-8)
+    r = httpx.post(url, content=b'{"text": "' + b"\x80" * 700_000 + b'"}',
+                   headers={"Content-Type": "application/json; charset=windows-1252"})
+    assert r.status_code == 413 and r.json()["limit"] == 1 << 20, r.text
+    # binary tensors are not text: a charset declared beside them leaves their bytes as they are
+    v2 = f"{committed_server.url}/v2/models/sentiment/infer"
+    header = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": 4 + 6}}]}).encode()
+    tensor = (6).to_bytes(4, "little") + "Café!".encode()
+    r = httpx.post(v2, content=header + tensor, headers={"Content-Type": "application/octet-stream; charset=latin-1",
+                                                          "Inference-Header-Content-Length": str(len(header))})
+    assert r.status_code == 200, r.text
