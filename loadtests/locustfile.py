@@ -1,6 +1,6 @@
 """Locust users for seqserve (FastHttpUser: Locust's fast HTTP client).
 
-    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --class-picker
 
 A realistic mix by default: most traffic is single-text sentiment, then greedy and beam
 translation, some batched sentiment, attention requests and Open Inference Protocol calls.

@@ -44,3 +44,20 @@ def test_runner_produces_csv_summary_and_plot(tiny_repo: Path, tmp_path: Path) -
     assert results["raw"]["best"] > 0
     summary = (out / "summary.md").read_text()
     assert "A/B" in summary and "raw limit" in summary and "Cross-check" in summary
+
+
+def test_a_summary_of_other_traffic_says_what_the_lean_client_sent_and_compares_nothing() -> None:
+    """With Locust users other than SentimentSingleUser the lean client's figures measure other
+    traffic: no cross-check verdict, and the translator's missing batch metrics show as "-", not nan."""
+    import argparse
+
+    from loadtests.runner import summary
+
+    step = {"users": 4, "rps": 10.0, "p50_ms": 1.0, "p90_ms": 1.0, "p95_ms": 1.0, "p99_ms": 1.0,
+            "statuses": {"200": 40}, "steady": True, "mean_batch_size": float("nan"),
+            "mean_queue_wait_ms": float("nan"), "mean_padding_ratio": float("nan")}
+    args = argparse.Namespace(classes="TranslationUser", users=[4], rates=[], window=2.0, max_windows=4,
+                              cross_check=[4])
+    text = summary([{"name": "A", "closed": [step], "open": [], "config": "defaults"}], None, args)
+    assert "greedy translations of one text" in text and "Not run" in text and "nan" not in text
+    assert "| yes | - | - | - |" in text
