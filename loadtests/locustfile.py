@@ -3,7 +3,8 @@
     locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --class-picker
 
 A realistic mix by default: most traffic is single-text sentiment, then greedy and beam
-translation, some batched sentiment, attention requests and Open Inference Protocol calls.
+translation, some batched sentiment, attention requests, Open Inference Protocol calls and
+streamed translations (Server-Sent Events).
 Select users with Locust's class picker or `locust ... SentimentUser TranslationUser`.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Mapping
 
 from locust import FastHttpUser, between, task
@@ -86,3 +88,28 @@ class OpenInferenceUser(_SeqserveUser):
         body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
                 "parameters": {"beam_size": 1}}
         self._post("/v2/models/translate-en-de/infer", body, "/v2 translate infer")
+
+
+class StreamingUser(_SeqserveUser):
+    """Streamed greedy translations (``"stream": true``, Server-Sent Events), two entries each:
+    "first event", the time to the first event (the server sends the response's head with it, and
+    Locust times a streamed request to its head), and "whole", the stream to its end, a failure
+    unless it ends with a ``result`` event."""
+
+    weight = 1
+
+    @task
+    def greedy(self) -> None:
+        started = time.perf_counter()
+        body = {"text": random.choice(TRANSLATION), "beam_size": 1, "stream": True}
+        response = self.client.post("/v1/translate", data=json.dumps(body), headers=_JSON, stream=True,
+                                    name="/v1/translate stream: first event")
+        if response.status_code != 200:  # counted as a failure already, with its status
+            return
+        events = "".join(c if isinstance(c, str) else c.decode("utf-8", "replace") for c in response.iter_content(4096))
+        ended = "event: result" in events
+        self.environment.events.request.fire(
+            request_type="POST", name="/v1/translate stream: whole",
+            response_time=(time.perf_counter() - started) * 1000, response_length=len(events), context={},
+            exception=None if ended else RuntimeError("the stream ended without a result event"
+                                                      + (" (an error event)" if "event: error" in events else "")))

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from loadtests.steady import Window, is_steady, percentile, summarise
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Server
 
 
 def test_three_windows_within_ten_percent_are_steady() -> None:
@@ -61,3 +61,21 @@ def test_a_summary_of_other_traffic_says_what_the_lean_client_sent_and_compares_
     text = summary([{"name": "A", "closed": [step], "open": [], "config": "defaults"}], None, args)
     assert "greedy translations of one text" in text and "Not run" in text and "nan" not in text
     assert "| yes | - | - | - |" in text
+
+
+def test_the_streaming_user_times_the_first_event_and_the_whole_stream(committed_server: Server,
+                                                                       tmp_path: Path) -> None:
+    """loadtests/locustfile.py's StreamingUser against a real server: both entries, no failures."""
+    import csv
+
+    prefix = tmp_path / "stream"
+    subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+                    "--host", committed_server.url, "-u", "2", "-r", "2", "--run-time", "4s", "--only-summary",
+                    "--csv", str(prefix), "StreamingUser"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    with open(f"{prefix}_stats.csv") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    for name in ("/v1/translate stream: first event", "/v1/translate stream: whole"):
+        assert int(rows[name]["Request Count"]) > 0 and rows[name]["Failure Count"] == "0", rows.get(name)
+    first, whole = (float(rows[n]["Median Response Time"]) for n in ("/v1/translate stream: first event",
+                                                                     "/v1/translate stream: whole"))
+    assert first <= whole
