@@ -81,7 +81,9 @@ def environment(binary: str) -> dict[str, str]:
     return env
 
 
-def run_one(command: list[str], out_csv: Path, host_csv: Path, env: dict[str, str]) -> dict[str, str]:
+def run_one(command: list[str], host_csv: Path, env: dict[str, str]) -> dict[str, str]:
+    """One perf_analyzer run: the last row of the CSV it wrote (``host_csv``, read and removed), or
+    {"error": its last line of output}."""
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     if proc.returncode != 0 or not host_csv.exists():
         return {"error": (proc.stdout + proc.stderr).strip().splitlines()[-1] if proc.stdout + proc.stderr else
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                                "-p", str(args.interval_ms), "--max-trials", str(args.max_trials),
                                "-s", str(args.stability),
                                "-f", str(inside / "perf_analyzer.csv")]
-                    row = run_one(command, inside / "perf_analyzer.csv", host_dir / "perf_analyzer.csv", env)
+                    row = run_one(command, host_dir / "perf_analyzer.csv", env)
                     if "error" in row:
                         failed += 1
                         print(f"| {model} | {protocol} | {level} | | | | | | {row['error']} |")

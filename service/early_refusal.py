@@ -17,7 +17,7 @@ It refuses only what the app would refuse with the same answer: such a request w
 has no place left (``Admission.full``): whatever the body says, it brings at least one text.
 Everything else takes the usual path: requests with an ``Origin`` (the CORS middleware answers
 browsers), a missing or wrong API key (401), a body over the limit or chunked (413 is decided on
-the body), a Content-Type that is not JSON or a Content-Encoding (415), ``Expect``, an upgrade, a request pipelined
+the body), a Content-Type or Content-Encoding the API cannot read (415), ``Expect``, an upgrade, a request pipelined
 behind another in the same read or behind one in flight, one sent while the connection's writes
 are paused, a server not ready, v1 translate with several language pairs served (the body
 chooses), generate on a model that does not translate. The body is not read: while a model is
@@ -42,7 +42,7 @@ from service.auth import key_matches
 from service.errors import ModelNotFound
 from service.http_protocol import json_answer
 from service.json_response import dumps
-from service.middleware import declared_over_limit, media_problem, record_request, request_id_for
+from service.middleware import Unreadable, body_format, declared_over_limit, record_request, request_id_for
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -156,7 +156,11 @@ class EarlyRefusal:
 
     def _refusable(self, path: str, headers: dict[bytes, bytes]) -> bool:
         """Whether the app would refuse this request with the same 503 (the module's rules)."""
-        if b"origin" in headers or b"expect" in headers or media_problem(headers, path) is not None:
+        if b"origin" in headers or b"expect" in headers:
+            return False
+        try:
+            body_format(headers, path)
+        except Unreadable:  # the app answers 415
             return False
         if declared_over_limit(headers, self.max_body_bytes) is not False:
             return False  # chunked (its size is known once read), malformed, or over the limit

@@ -150,12 +150,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- inference ------------------------------------------------------------------------------
     async def _model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return _response(await infer(*self._infer_args(request, context.time_remaining())), request.id)
+        args = self._infer_args(request, _parameters(request.parameters), context.time_remaining())
+        return _response(await infer(*args), request.id)
 
-    def _infer_args(self, request: Any, remaining: float | None) -> tuple[Any, ...]:
+    def _infer_args(self, request: Any, params: dict[str, Any], remaining: float | None) -> tuple[Any, ...]:
         """What v2 inference (service/v2_infer.py, service/v2_stream.py) takes for one
-        ModelInferRequest: its deadline within ``remaining`` seconds of the call's (None: no
-        deadline) and its own ``timeout`` parameter. Raises ServiceError."""
+        ModelInferRequest and its ``params``: its deadline within ``remaining`` seconds of the
+        call's (None: no deadline) and its own ``timeout`` parameter. Raises ServiceError."""
 
         def deadline(params: dict[str, Any]) -> float:
             until = deadline_after(self.settings, (param_timeout_s(params), "parameters.timeout"))
@@ -166,13 +167,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                   limit=self.settings.max_body_bytes)
         requested = requested_outputs([(o.name, o.parameters) for o in request.outputs])
         return (self.state.registry, self.settings, self._ready, request.model_name, request.model_version or None,
-                _inputs(request), requested, _parameters(request.parameters), deadline)
+                _inputs(request), requested, params, deadline)
 
-    async def _results(self, request: Any, remaining: float | None) -> AsyncIterator[InferResult]:
+    async def _results(self, request: Any, params: dict[str, Any], remaining: float | None
+                       ) -> AsyncIterator[InferResult]:
         """A stream's answers to one request: one result, or a translation's pieces as they are
         decoded when the request asks for ``stream``."""
-        args = self._infer_args(request, remaining)
-        if wants_stream(_parameters(request.parameters)):
+        args = self._infer_args(request, params, remaining)
+        if wants_stream(params):
             async for result in infer_stream(*args):
                 yield result
         else:
@@ -199,10 +201,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         working: set[asyncio.Task[None]] = set()
         previous: asyncio.Future[None] | None = None  # the last one-answer request's turn to send
 
-        async def answer(request: Any, after: asyncio.Future[None] | None, turn: asyncio.Future[None] | None) -> None:
+        async def answer(request: Any, params: dict[str, Any], after: asyncio.Future[None] | None,
+                         turn: asyncio.Future[None] | None) -> None:
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
-                async for result in self._results(request, context.time_remaining()):
+                async for result in self._results(request, params, context.time_remaining()):
                     response = _response(result, request.id)
                     response.parameters[_FINAL].bool_param = result.last
                     if after is not None:  # a one-answer request goes out after those sent before it
@@ -212,11 +215,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
-                if isinstance(exc, ServiceError):
-                    code, message = _CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message
-                else:  # a bug must not leave the request without an answer
-                    log.exception("ModelStreamInfer failed")
-                    code, message = grpc.StatusCode.INTERNAL, "internal error"
+                code, message, _ = _failure("ModelStreamInfer", exc)
                 out = service_pb2.ModelStreamInferResponse(error_message=_clip(message))
                 # which request failed, for a client that reads the raw response
                 out.infer_response.id, out.infer_response.model_name = request.id, request.model_name
@@ -242,8 +241,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 request = await anext(requests, None)
                 if request is None:
                     return
-                turn = None if _streamed(request) else loop.create_future()
-                task = asyncio.ensure_future(answer(request, previous if turn is not None else None, turn))
+                params = _parameters(request.parameters)
+                turn = None if _streamed(params) else loop.create_future()
+                task = asyncio.ensure_future(answer(request, params, previous if turn is not None else None, turn))
                 previous = turn or previous
                 working.add(task)
                 task.add_done_callback(working.discard)
@@ -281,10 +281,11 @@ _STREAM_IN_FLIGHT = 64  # requests of one stream held at once (read, not yet ans
 _CLOSED = object()  # a stream's end at the server's shutdown
 
 
-def _streamed(request: Any) -> bool:
-    """Whether a request asks for its answer in pieces (an invalid ``stream`` is refused later)."""
+def _streamed(params: dict[str, Any]) -> bool:
+    """Whether a request asks for its answer in pieces (an invalid ``stream`` is refused later, in
+    its turn)."""
     try:
-        return wants_stream(_parameters(request.parameters))
+        return wants_stream(params)
     except ServiceError:
         return False
 
@@ -314,6 +315,15 @@ _FINAL = "triton_final_response"
 _UNAUTHENTICATED = "missing or invalid API key (metadata authorization: Bearer <key>, or x-api-key)"
 
 
+def _failure(name: str, exc: Exception) -> tuple[grpc.StatusCode, str, dict[str, Any]]:
+    """A failed call's (or stream request's) status code, message and HTTP error body. A fault that
+    is not the client's (a bug) is logged: it must not leave the client without an answer."""
+    if isinstance(exc, ServiceError):
+        return _CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message, exc.body()
+    log.exception("%s failed", name)
+    return grpc.StatusCode.INTERNAL, "internal error", {"error": "internal error", "code": "internal_error"}
+
+
 def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings) -> None:
     """One call (or one request of a stream) in the metrics and the access log."""
     metrics.GRPC_REQUESTS.labels(name, code.name).inc()
@@ -336,8 +346,6 @@ def _wrap(name: str, handler: Handler) -> Handler:
                 body = {"error": message, "code": "unauthorized", "field": "authorization"}
             else:
                 return await handler(self, request, context)
-        except ServiceError as exc:
-            code, message, body = _CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message, exc.body()
         except grpc.aio.AbortError:
             code = grpc.StatusCode.UNIMPLEMENTED
             raise
@@ -350,10 +358,8 @@ def _wrap(name: str, handler: Handler) -> Handler:
             code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= _DEADLINE_SLACK_S \
                 else grpc.StatusCode.CANCELLED
             raise
-        except Exception:  # a bug must not leave the client without an answer
-            log.exception("%s failed", name)
-            message = "internal error"
-            code, body = grpc.StatusCode.INTERNAL, {"error": message, "code": "internal_error"}
+        except Exception as exc:
+            code, message, body = _failure(name, exc)
         finally:
             _record(name, code, time.perf_counter() - started, self.settings)
         # the HTTP error body (code, field, limit) travels as trailing metadata. Messages may echo

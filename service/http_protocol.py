@@ -45,9 +45,10 @@ _CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"  # as uvicorn writes it for a b
 
 def json_answer(status: bytes, body: bytes, default_headers: Sequence[tuple[bytes, bytes]],
                 *headers: tuple[bytes, bytes]) -> bytes:
-    """A whole HTTP/1.1 response with a JSON body, for the answers the protocol gives itself
-    (refusals on arrival, a declined upgrade, a refused head): ``status`` as "503 Service
-    Unavailable", the server's default headers, then ``headers``."""
+    """A whole HTTP/1.1 response with a JSON body, for the answers the protocol writes itself
+    before any request cycle exists (refusals on arrival, a refused head): ``status`` as "503
+    Service Unavailable", the server's default headers, then ``headers``. A request refused once
+    its head is whole gets a cycle of its own instead (``_refusing``), answered in its turn."""
     head = [b"HTTP/1.1 ", status, b"\r\n"]
     for name, value in (*default_headers, (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()), *headers):

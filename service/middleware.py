@@ -83,34 +83,39 @@ def is_json(content_type: bytes | None, path: str = "") -> bool:
         (media == b"application/octet-stream" and path.startswith("/v2/"))
 
 
-def media_problem(headers: dict[bytes, bytes], path: str) -> dict[str, Any] | None:
-    """The 415 body for a request body the API cannot read, else None: a Content-Type that is not
-    JSON (``is_json``) or declares a charset that is not a known text encoding
-    (service/charsets.py), or a Content-Encoding other than gzip or deflate
-    (service/content_coding.py; RFC 7694 asks for 415 naming what is accepted)."""
-    content_type = headers.get(b"content-type")
-    if not is_json(content_type, path):
-        return {"error": "Content-Type must be application/json", "code": "unsupported_media_type",
-                "field": "Content-Type", "limit": "application/json"}
-    try:
-        declared_charset(content_type)
-    except UnsupportedCharset as exc:
-        return {"error": str(exc), "code": "unsupported_media_type", "field": "Content-Type",
-                "limit": "application/json; charset=utf-8"}
-    try:
-        content_coding(headers)
-    except UnsupportedCoding as exc:
-        return {"error": str(exc), "code": "unsupported_media_type", "field": "Content-Encoding", "limit": ACCEPTED}
-    return None
+class Unreadable(Exception):
+    """A request body the API cannot read: ``problem`` is its 415 body."""
+
+    def __init__(self, problem: dict[str, Any]) -> None:
+        super().__init__(problem["error"])
+        self.problem = problem
 
 
-def _transcodable(headers: dict[bytes, bytes]) -> bool:
-    """Whether a declared charset may be applied to the body: a JSON body only, not binary tensors
+def body_format(headers: dict[bytes, bytes], path: str) -> tuple[str | None, str | None]:
+    """How the body is to be read: (its Content-Encoding, "gzip" or "deflate" or None; its
+    charset when not UTF-8, else None). Raises Unreadable for a Content-Type that is not JSON
+    (``is_json``) or declares a charset that is not a known text encoding (service/charsets.py),
+    or a Content-Encoding other than gzip or deflate (service/content_coding.py; RFC 7694 asks for
+    415 naming what is accepted). A charset applies to JSON text only, never to binary tensors
     (application/octet-stream, or JSON followed by raw bytes, Inference-Header-Content-Length),
     whose bytes re-encoding would change."""
-    content_type = headers.get(b"content-type", b"")
-    return b"inference-header-content-length" not in headers and not content_type.lower().startswith(
-        b"application/octet-stream")
+    content_type = headers.get(b"content-type")
+    if not is_json(content_type, path):
+        raise Unreadable({"error": "Content-Type must be application/json", "code": "unsupported_media_type",
+                          "field": "Content-Type", "limit": "application/json"})
+    try:
+        charset = declared_charset(content_type)
+    except UnsupportedCharset as exc:
+        raise Unreadable({"error": str(exc), "code": "unsupported_media_type", "field": "Content-Type",
+                          "limit": "application/json; charset=utf-8"}) from None
+    if charset is not None and (b"inference-header-content-length" in headers
+                                or (content_type or b"").lower().startswith(b"application/octet-stream")):
+        charset = None
+    try:
+        return content_coding(headers), charset
+    except UnsupportedCoding as exc:
+        raise Unreadable({"error": str(exc), "code": "unsupported_media_type", "field": "Content-Encoding",
+                          "limit": ACCEPTED}) from None
 
 
 def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
@@ -178,15 +183,13 @@ class RequestContextMiddleware:
 
         try:
             with_body = method in ("POST", "PUT", "PATCH")
-            problem = media_problem(headers, scope["path"]) if with_body else None
-            if problem is not None:
-                accepts = [(b"accept-encoding", ACCEPTED.encode())] if problem["field"] == "Content-Encoding" else []
-                status_holder["status"] = await _refuse(send, request_id, headers, 415, problem, *accepts)
+            try:
+                coding, charset = body_format(headers, scope["path"]) if with_body else (None, None)
+            except Unreadable as exc:
+                accepts = [(b"accept-encoding", ACCEPTED.encode())] if exc.problem["field"] == "Content-Encoding" \
+                    else []
+                status_holder["status"] = await _refuse(send, request_id, headers, 415, exc.problem, *accepts)
                 return
-            # a supported coding and charset, or none: media_problem refused the rest
-            coding = content_coding(headers) if with_body else None
-            charset = declared_charset(headers.get(b"content-type")) if with_body else None
-            charset = charset if charset is None or _transcodable(headers) else None
             refused, scope, receive = await self._body(scope, headers, receive, with_body, coding, charset)
             if refused is not None:
                 status_holder["status"] = await _refuse(send, request_id, headers, *refused)

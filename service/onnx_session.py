@@ -11,6 +11,7 @@ refused here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -129,7 +130,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-_warned_no_tmp: list[bool] = []
+@functools.cache  # once a process, not once per graph
+def _warn_no_tmp() -> None:
+    log.warning("no writable temporary folder: the check of which nodes ran on the CPU is off")
 
 
 def session_options(intra_op_threads: int = 0, profile_as: str | None = None) -> ort.SessionOptions:
@@ -149,9 +152,7 @@ def session_options(intra_op_threads: int = 0, profile_as: str | None = None) ->
         try:
             folder = tempfile.gettempdir()
         except FileNotFoundError:  # a read-only root without a writable /tmp: serve without the profile
-            if not _warned_no_tmp:  # once, not once per graph
-                _warned_no_tmp.append(True)
-                log.warning("no writable temporary folder: the check of which nodes ran on the CPU is off")
+            _warn_no_tmp()
             return options
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, f"seqserve-{os.getpid()}-{profile_as}")

@@ -28,7 +28,7 @@ from service.json_response import JSONResponse
 from service.registry import ServedModel
 from service.runners import TranslationRunner
 from service.runners.translation import TranslationJob
-from service.streaming import Delta, Event, Failed, Final, Partial, delta_sse, remainder, sse
+from service.streaming import Delta, Event, Failed, Final, Partial, TextPieces, delta_sse, sse
 from service.v2_infer import param_float, param_int, param_timeout_s
 
 Render = Callable[[Event], bytes]
@@ -177,19 +177,15 @@ def _generate_renderer(model: ServedModel, runner: TranslationRunner, job: Trans
     hypothesis so far in ``hypothesis`` with an empty ``text_output``, and the whole translation
     in the last event, so that the ``text_output`` pieces always concatenate to the translation.
     Errors are Triton's error object, ``{"error": ...}``."""
-    sent: list[str] = []
+    pieces = TextPieces(runner.detokenize)
 
     def render(event: Event) -> bytes:
-        if isinstance(event, Delta):
-            sent.append(event.text)
-            return sse(_generate_response(model, event.text))
-        if isinstance(event, Partial):
-            return sse(_generate_response(model, "", hypothesis=event.text))
+        if isinstance(event, Failed):
+            return sse(event.error.body())
+        text, hypothesis = pieces.piece(event)
         if isinstance(event, Final):
-            rest = remainder(runner.detokenize(event.output.tokens), "".join(sent))
-            return sse(_generate_response(model, rest, finished=True, **inference.seed_of(job)))
-        assert isinstance(event, Failed)
-        return sse(event.error.body())
+            return sse(_generate_response(model, text, finished=True, **inference.seed_of(job)))
+        return sse(_generate_response(model, text, **({} if hypothesis is None else {"hypothesis": hypothesis})))
 
     return render
 

@@ -255,10 +255,26 @@ class TranslationStream:
         return [Failed(InferenceFailed(f"inference failed on model {self.model}: {type(error).__name__}"))]
 
 
-def remainder(text: str, sent: str) -> str:
-    """What completes the translation ``text`` after the pieces already ``sent`` (all of it if
-    they do not begin it: the pieces of a sample, say, are of the chosen text all the same)."""
-    return text[len(sent):] if text.startswith(sent) else text
+class TextPieces:
+    """A streamed translation's events as pieces of text that concatenate to the translation
+    (generate_stream's ``text_output``, the translation of a gRPC stream's responses): a greedy
+    delta, its text; a beam search's partial result, an empty piece and its best hypothesis so
+    far; the end, what completes the translation after the pieces sent (all of it if they do not
+    begin it)."""
+
+    def __init__(self, detokenize: Callable[[Sequence[int]], str]) -> None:
+        self._detokenize = detokenize
+        self._sent: list[str] = []
+
+    def piece(self, event: Delta | Partial | Final) -> tuple[str, str | None]:
+        """(the piece, the best hypothesis so far where the event carries one)."""
+        if isinstance(event, Delta):
+            self._sent.append(event.text)
+            return event.text, None
+        if isinstance(event, Partial):
+            return "", event.text
+        text, sent = self._detokenize(event.output.tokens), "".join(self._sent)
+        return (text[len(sent):] if text.startswith(sent) else text), None
 
 
 def sse(data: dict[str, Any], event: str | None = None) -> bytes:

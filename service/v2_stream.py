@@ -21,7 +21,7 @@ from service.errors import InvalidInput, NotReady
 from service.inputs import check_texts
 from service.registry import ModelRegistry
 from service.settings import Settings
-from service.streaming import Delta, Failed, Final, Partial, remainder
+from service.streaming import Failed, Final, TextPieces
 from service.v2_infer import (
     FIELD,
     InferResult,
@@ -56,7 +56,7 @@ async def infer_stream(registry: ModelRegistry, settings: Settings, ready: bool,
     runner = inference.translator(model)  # 422 for a model that does not generate text
     started, ok = time.perf_counter(), False
     try:
-        if check_outputs(model, requested) != ["translation"] and requested:
+        if requested and check_outputs(model, requested) != ["translation"]:
             raise InvalidInput("a streamed translation answers the output 'translation' only", field="outputs")
         texts, rank = texts_from(inputs)
         if len(texts) != 1:
@@ -75,23 +75,19 @@ async def infer_stream(registry: ModelRegistry, settings: Settings, ready: bool,
             return InferResult(model.name, model.version, [OutputTensor("translation", "BYTES", shape, [text])],
                                dict(parameters), last)
 
-        sent: list[str] = []
+        pieces = TextPieces(runner.detokenize)
         batches = inference.translate_stream(model, job, until).batches()
         try:
             async for events in batches:
                 for event in events:
-                    if isinstance(event, Delta):
-                        sent.append(event.text)
-                        yield piece(event.text)
-                    elif isinstance(event, Partial):
-                        yield piece("", hypothesis=event.text)
-                    elif isinstance(event, Final):
-                        ok = True
-                        yield piece(remainder(runner.detokenize(event.output.tokens), "".join(sent)), True,
-                                    **inference.seed_of(job))
-                    else:
-                        assert isinstance(event, Failed)
+                    if isinstance(event, Failed):
                         raise event.error
+                    text, hypothesis = pieces.piece(event)
+                    ok = isinstance(event, Final)  # the last event, with the rest of the translation
+                    if ok:
+                        yield piece(text, True, **inference.seed_of(job))
+                    else:
+                        yield piece(text, False, **({} if hypothesis is None else {"hypothesis": hypothesis}))
         finally:  # the stream ended, or the client left: cancel what still runs
             await batches.aclose()
     finally:
