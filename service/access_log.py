@@ -1,4 +1,4 @@
-"""The access log: one JSON object per answered request, on stderr.
+"""The access log: one JSON object per answered request, on stderr; and the request ids.
 
 Each line holds the time (UTC, milliseconds), level, logger and process id, then the request's
 own fields:
@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import itertools
 import json
 import os
+import re
 import sys
 import threading
 import time
+import uuid
 from typing import Any, TextIO
 
+from service import metrics
 from service.json_response import dumps
 
 
@@ -80,3 +84,25 @@ class AccessLog:
 
 access_log = AccessLog()
 atexit.register(access_log.flush)
+
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# unique per process and cheap: a random prefix and a counter (no syscall per request)
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
+def request_id_for(incoming: bytes | None) -> str:
+    """The client's X-Request-ID if sane, else a new id unique in this process."""
+    text = incoming.decode("latin-1") if incoming else ""
+    return text if text and _SANE_ID.match(text) else f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+def record_request(method: str | None, path: str | None, route: str, status: int, seconds: float, request_id: str,
+                   log_requests: bool) -> None:
+    """Count one answered request in the metrics and write its access-log line (``method`` and
+    ``path`` None for bytes that never parsed as far as a request line)."""
+    metrics.request_done(route, status, seconds)
+    if log_requests:
+        access_log.write({"request_id": request_id, "method": method, "path": path, "route": route,
+                          "status": status, "latency_ms": round(seconds * 1000, 2)})

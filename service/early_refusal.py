@@ -37,12 +37,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.access_log import record_request, request_id_for
 from service.admission import Admission
 from service.auth import key_matches
 from service.errors import ModelNotFound
 from service.http_protocol import json_answer
 from service.json_response import dumps
-from service.middleware import Unreadable, body_format, declared_over_limit, record_request, request_id_for
+from service.middleware import Unreadable, body_format, declared_over_limit
 from service.registry import ModelRegistry
 from service.settings import Settings
 

@@ -18,13 +18,17 @@ budget come from the app's state (``app.state.early_refusal``, active while the 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+import httptools
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.access_log import record_request, request_id_for
 from service.admission import Admission
 from service.json_response import dumps
 
@@ -39,6 +43,13 @@ MAX_HEAD_BYTES = 64 * 1024
 # the ASGI scope extension set when a request's body has not all arrived by its deadline, to the
 # seconds it had: the request layers answer 408 (service/middleware.py), woken from their wait
 LATE = "seqserve.late"
+# the ASGI scope extension set when a request's body breaks HTTP/1.1's framing (a chunk size that
+# is not hex, ...), to the parser's reason: the request layers answer 400 and the connection closes
+MALFORMED = "seqserve.malformed"
+# how the metrics and the access log label the answers the protocol gives by itself, before any
+# route is known: bytes that are not an HTTP request, a head too big or too slow, no Host, h2c
+PROTOCOL_ROUTE = "protocol"
+log = logging.getLogger("seqserve")
 _HEALTH = b"GET /v2/health/"
 _CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"  # as uvicorn writes it for a body of unknown length
 
@@ -56,15 +67,21 @@ def json_answer(status: bytes, body: bytes, default_headers: Sequence[tuple[byte
     return b"".join([*head, b"\r\n", body])
 
 
-def _refusing(status: int, error: dict[str, Any]) -> ASGIApp:
+def _refusing(status: int, error: dict[str, Any], log_requests: bool) -> ASGIApp:
     """An app that answers every request with ``status`` and ``error`` (the API's vocabulary),
-    for the requests the protocol refuses before the app: uvicorn adds "connection: close"."""
+    for the requests the protocol refuses before the app, recorded as the app records its
+    answers: uvicorn adds "connection: close"."""
     body = dumps(error)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        request_id = request_id_for(dict(scope["headers"]).get(b"x-request-id"))
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"x-request-id", request_id.encode())]})
         await send({"type": "http.response.body", "body": body})
+        arrived = arrived_at(scope) or time.perf_counter()
+        record_request(scope["method"], scope["path"], PROTOCOL_ROUTE, status, time.perf_counter() - arrived,
+                       request_id, log_requests)
 
     return app
 
@@ -163,6 +180,9 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None  # armed when a read leaves the headers incomplete
     _head_timeout_s = 30.0
     _body_timer: asyncio.TimerHandle | None = None  # armed when a read leaves a body incomplete
+    _log_requests = True
+    # the answer to bytes that broke the framing behind requests still being answered: sent after them
+    _malformed_after: tuple[int, str, dict[str, Any]] | None = None
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
@@ -184,6 +204,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         settings = getattr(state, "settings", None)
         # a request's headers must arrive within its deadline, which counts from its first bytes
         self._head_timeout_s = settings.request_timeout_s if settings is not None else 30.0
+        self._log_requests = settings.access_log if settings is not None else True
         # uvicorn arms the keep-alive timer only after a response: a connection that never sends
         # a request would be held open for ever
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
@@ -242,14 +263,68 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.cycle is None or self.cycle.response_complete:
-            body = dumps({"error": error, "code": "request_head_refused", "field": "headers", "limit": limit})
-            self._write_and_close(f"{status} {reason}".encode(), body)
+            self._answer_and_close(status, reason,
+                                   {"error": error, "code": "request_head_refused", "field": "headers", "limit": limit})
         else:
             self.transport.close()
 
-    def _write_and_close(self, status: bytes, body: bytes) -> None:
-        self.transport.write(json_answer(status, body, self.server_state.default_headers, (b"connection", b"close")))
+    def _answer_and_close(self, status: int, reason: str, error: dict[str, Any]) -> None:
+        """Answer the request being parsed, which never reached the app, and close the connection;
+        recorded with what was parsed of its line (the metrics and the access log)."""
+        request_id = request_id_for(dict(self.headers).get(b"x-request-id") if self._in_message else None)
+        self.transport.write(json_answer(f"{status} {reason}".encode(), dumps(error), self.server_state.default_headers,
+                                         (b"x-request-id", request_id.encode()), (b"connection", b"close")))
         self.transport.close()
+        method = path = None
+        if self._in_message and self.url:  # the parser got as far as the request's target
+            method, path = self.parser.get_method().decode("latin-1"), self.url.decode("latin-1").partition("?")[0]
+        started = self.arrived if self._in_message else self._read_at
+        record_request(method, path, PROTOCOL_ROUTE, status, time.perf_counter() - started, request_id,
+                       self._log_requests)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that break HTTP/1.1 (it calls this while it handles the
+        parser's error, which says what broke): in the API's error vocabulary and recorded, where
+        uvicorn wrote a text/plain page and dropped whatever requests were in flight. The parser
+        cannot go on after an error, so the connection reads nothing more and closes once the
+        requests before the bad bytes are answered. A request whose body broke the framing is
+        answered by its own layers (MALFORMED)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, httptools.HttpParserCallbackError):  # raised in a callback: whose fault?
+            error = error.__context__
+        if not isinstance(error, httptools.HttpParserError):  # a bug in a callback, not the client's bytes
+            log.error("request parsing failed", exc_info=error)
+            status, reason = 500, "Internal Server Error"
+            answer: dict[str, Any] = {"error": "internal server error", "code": "internal_error"}
+        else:
+            status, reason = 400, "Bad Request"
+            answer = {"error": f"malformed HTTP/1.1 request: {error}", "code": "malformed_request",
+                      "field": "body" if self._in_message and not self._in_head else "headers"}
+        self._declined = "refused"
+        self._refusal = None  # a refused request's body broke off: answered here instead
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self._answer_and_close(status, reason, answer)
+            return
+        if status == 400 and self._in_message and not self._in_head:  # its own body: its layers answer
+            cycle.keep_alive = False
+            cast("dict[str, Any]", cycle.scope.setdefault("extensions", {}))[MALFORMED] = str(error)
+            cycle.message_event.set()
+        else:  # pipelined behind requests in flight: answered after them (on_response_complete)
+            self._malformed_after = (status, reason, answer)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._malformed_after is not None and self.cycle is not None and self.cycle.response_complete:
+            status, reason, answer = self._malformed_after
+            self._malformed_after = None
+            if self.transport.is_closing():  # the last answer closed it (HTTP/1.0): nobody to tell
+                return
+            self._answer_and_close(status, reason, answer)
 
     def take_turn(self) -> bool:
         """The pass budget lets this connection's next request in (service/loop_budget.py)."""
@@ -292,7 +367,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             # read a different host from them
             refusal = _refusing(400, {"error": "an HTTP/1.1 request needs exactly one Host header" if hosts == 0
                                       else f"a request may have one Host header, this one has {hosts}",
-                                      "code": "bad_host", "field": "Host", "limit": 1})
+                                      "code": "bad_host", "field": "Host", "limit": 1}, self._log_requests)
         elif self.parser.should_upgrade() and not self._should_upgrade():
             refusal = self._decline_upgrade()
         if refusal is not None:
@@ -351,7 +426,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         headers = dict(self.headers)
         if headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers:
             return _refusing(400, {"error": "Upgrade is not supported: send the request without the Upgrade header",
-                                   "code": "upgrade_not_supported", "field": "Upgrade"})
+                                   "code": "upgrade_not_supported", "field": "Upgrade"}, self._log_requests)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:

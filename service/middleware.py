@@ -10,44 +10,21 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
-from service.access_log import access_log
+from service.access_log import record_request, request_id_for
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
-from service.http_protocol import LATE, arrived_at
+from service.http_protocol import LATE, MALFORMED, arrived_at
 from service.json_response import dumps
 
 log = logging.getLogger("seqserve")
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# unique per process and cheap: a random prefix and a counter (no syscall per request)
-_ID_PREFIX = uuid.uuid4().hex[:16]
-_id_counter = itertools.count(1)
-
-
-def request_id_for(incoming: bytes | None) -> str:
-    """The client's X-Request-ID if sane, else a new id unique in this process."""
-    text = incoming.decode("latin-1") if incoming else ""
-    return text if text and _SANE_ID.match(text) else f"{_ID_PREFIX}{next(_id_counter):016x}"
-
-
-def record_request(method: str, path: str, route: str, status: int, seconds: float, request_id: str,
-                   log_requests: bool) -> None:
-    """Count one answered request in the metrics and write its access-log line."""
-    metrics.request_done(route, status, seconds)
-    if log_requests:
-        access_log.write({"request_id": request_id, "method": method, "path": path, "route": route,
-                          "status": status, "latency_ms": round(seconds * 1000, 2)})
 
 
 def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[Message, Message]:
@@ -59,14 +36,18 @@ def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[
     return start, {"type": "http.response.body", "body": payload}
 
 
+_CLOSING = ("request_timeout", "malformed_request")  # refusals after which the connection cannot go on
+
+
 async def _refuse(send: Send, request_id: str, headers: dict[bytes, bytes], status: int, error: dict[str, Any],
                   *extra: tuple[bytes, bytes]) -> int:
-    """Answer before the app runs, the body unread or in part; the status. A 408's connection
-    closes, and so does one whose client announced its body with Expect: 100-continue: it may
-    never send it, and its next request would be read as this one's body."""
+    """Answer before the app runs, the body unread or in part; the status. The connection closes
+    after a body that came too late or broke the framing (408, 400), and after one whose client
+    announced its body with Expect: 100-continue: it may never send it, and its next request would
+    be read as this one's body."""
     start, body = _json_response(status, error, request_id)
     start["headers"].extend(extra)
-    if status == 408 or headers.get(b"expect", b"").lower() == b"100-continue":
+    if error.get("code") in _CLOSING or headers.get(b"expect", b"").lower() == b"100-continue":
         start["headers"].append((b"connection", b"close"))
     await send(start)
     await send(body)
@@ -216,8 +197,7 @@ class RequestContextMiddleware:
         body is read in full here (a chunked one's size is known only then), a compressed one
         decoded and one in another charset re-encoded as UTF-8 (the app gets plain UTF-8, with its
         length), and replayed to the app."""
-        extensions = scope.get("extensions") or {}
-        refused, buffered = await self._read_whole(headers, receive, with_body, lambda: extensions.get(LATE))
+        refused, buffered = await self._read_whole(headers, receive, with_body, scope.get("extensions") or {})
         if refused is not None:
             return refused, scope, receive
         if buffered is None:
@@ -256,12 +236,14 @@ class RequestContextMiddleware:
                      "field": "body", "limit": self.max_body_bytes}
 
     async def _read_whole(
-        self, headers: dict[bytes, bytes], receive: Receive, with_body: bool, late: Callable[[], float | None]
+        self, headers: dict[bytes, bytes], receive: Receive, with_body: bool, extensions: dict[str, Any]
     ) -> tuple[tuple[int, dict[str, Any]] | None, list[Message] | None]:
         """(the refusal, or None; the messages read). A declared length is checked without
         reading. A request that may carry a body (POST, PUT, PATCH, or one sent chunked) is read in
-        full, up to the limit and by its deadline (``late``): a client that stops mid-body would
-        otherwise hold its request until it leaves (408, and the connection closes)."""
+        full, up to the limit and by its deadline: a client that stops mid-body would otherwise hold
+        its request until it leaves (408, and the connection closes). The protocol wakes this read
+        when the deadline passes (LATE) or the body breaks HTTP's framing (MALFORMED, 400), and says
+        which in the scope's ``extensions`` (service/http_protocol.py)."""
         over = declared_over_limit(headers, self.max_body_bytes)
         if over:
             return self._too_large(), None
@@ -278,7 +260,11 @@ class RequestContextMiddleware:
                 return self._too_large(), None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 return None, messages
-            waited_s = late()
-            if waited_s is not None:  # the protocol woke this read at the deadline (service/http_protocol.py)
+            broken = extensions.get(MALFORMED)
+            if broken is not None:
+                return (400, {"error": f"malformed HTTP/1.1 request: {broken}", "code": "malformed_request",
+                              "field": "body"}), None
+            waited_s = extensions.get(LATE)
+            if waited_s is not None:
                 return (408, {"error": f"the request's body did not arrive within {waited_s:g} s of its first "
                                        "bytes", "code": "request_timeout", "field": "body", "limit": waited_s}), None

@@ -4,6 +4,9 @@ request layers count its latency from there."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,8 +15,10 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from loadtests.server import metric_value
 from service.http_protocol import ARRIVAL, ArrivalStampingProtocol
 from service.middleware import RequestContextMiddleware
+from tests.conftest import Server
 
 
 class _Transport(asyncio.Transport):
@@ -281,7 +286,7 @@ async def test_a_request_head_is_bounded_in_time_and_size_and_an_idle_connection
         await send({"type": "http.response.body", "body": b""})
 
     app.state = SimpleNamespace(early_refusal=None, pass_budget=None,  # type: ignore[attr-defined]
-                                settings=SimpleNamespace(request_timeout_s=0.05))
+                                settings=SimpleNamespace(request_timeout_s=0.05, access_log=True))
     slow = _Transport()
     protocol = _protocol(app, slow)
     protocol.data_received(b"GET /v2/health/ready HTTP/1.1\r\nHost: a\r\nX-Slow: ")  # and then nothing
@@ -552,3 +557,114 @@ async def test_a_refusal_pipelined_behind_a_request_in_flight_waits_its_turn() -
     first, _, second = transport.written.partition(b"first")
     assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 400 ") and transport.closed
     assert b'"code":"bad_host"' in second
+
+
+@pytest.mark.parametrize(("wire", "reason", "field", "line"), [
+    (b"GARBAGE\r\n\r\n", b"Invalid method", b"headers", (None, None)),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", b"Content-Length", b"headers", ("GET", "/x")),
+    (b"GET /x?q=1 HTTP/1.1\r\nHost a\r\n\r\n", b"header token", b"headers", ("GET", "/x")),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     b"Transfer-Encoding", b"headers", ("GET", "/x")),
+])
+async def test_bytes_that_are_not_http_get_a_json_400_with_the_parsers_reason_and_are_recorded(
+        wire: bytes, reason: bytes, field: bytes, line: tuple[str | None, str | None],
+        access_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    """uvicorn answered text/plain "Invalid HTTP request received." and recorded nothing: no access
+    log line, no metric, so an operator saw 400s at the client and none at the server."""
+    ran: list[str] = []
+    transport = _Transport()
+    _protocol(_recording(ran), transport).data_received(wire + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0.01)
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head and transport.closed
+    assert b"x-request-id: " in head and b"connection: close" in head
+    assert body.startswith(b'{"error":"malformed HTTP/1.1 request: ') and reason in body, body
+    assert body.endswith(b'"code":"malformed_request","field":"' + field + b'"}') and ran == []
+    (entry,) = access_lines()
+    assert (entry["method"], entry["path"], entry["route"], entry["status"]) == (*line, "protocol", 400)
+    assert head.count(entry["request_id"].encode()) == 1
+
+
+async def test_a_body_that_breaks_the_chunked_framing_is_answered_by_its_request_layers(
+        access_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    """The request's layers are reading its body when the parser fails: they answer it (uvicorn
+    wrote its text/plain 400 under them, and their wait ended as a client that left: a 499 in the
+    log for a request the client was told was bad), and the connection closes after."""
+    from types import SimpleNamespace
+
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+
+    inner = RequestContextMiddleware(app, max_body_bytes=1024)
+    inner.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
+    transport = _Transport()
+    protocol = _protocol(inner, transport)
+    protocol.data_received(b"POST /v1/sentiment HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\r\n{\"tex\r\n")
+    await asyncio.sleep(0.01)
+    assert transport.written == b""  # the body so far is fine: it waits for the rest
+    protocol.data_received(b"ZZ\r\nt\": 1}\r\n0\r\n\r\n")
+    await _until(lambda: transport.closed)
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head and transport.closed
+    assert json.loads(body) == {"error": "malformed HTTP/1.1 request: Invalid character in chunk size",
+                                "code": "malformed_request", "field": "body"}
+    assert reached == [] and [(e["path"], e["status"]) for e in access_lines()] == [("/v1/sentiment", 400)]
+
+
+async def test_bytes_that_break_http_behind_requests_in_flight_are_answered_after_them(
+        access_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    """uvicorn wrote its 400 and closed the connection at once, so the requests before the bad
+    bytes, still being answered, lost their answers."""
+    from types import SimpleNamespace
+
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
+    transport = _Transport()
+    protocol = _protocol(app, transport)
+    protocol.data_received(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"
+                           b"GET /third HTTP/1.1\r\nHost a\r\n\r\n")
+    await asyncio.sleep(0.02)
+    assert transport.written == b"" and not transport.closed
+    protocol.data_received(b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n")  # nothing after the error is read
+    release.set()
+    await _until(lambda: transport.closed)
+    assert re.findall(rb"^HTTP/1\.1 (\d+) |\r\n\r\nokHTTP/1\.1 (\d+) ", transport.written) == [
+        (b"200", b""), (b"", b"200"), (b"", b"400")]
+    assert transport.written.endswith(b'"field":"headers"}') and transport.closed
+    assert [(e["path"], e["status"]) for e in access_lines()] == [("/third", 400)]
+
+
+async def test_a_refusal_before_the_app_is_recorded_and_carries_a_request_id(
+        access_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    transport = _Transport()
+    _protocol(_recording([]), transport).data_received(b"GET /x HTTP/1.1\r\nX-Request-ID: abc-1\r\n\r\n")
+    await _until(lambda: transport.closed)
+    assert transport.written.startswith(b"HTTP/1.1 400 ") and b"x-request-id: abc-1\r\n" in transport.written
+    (entry,) = access_lines()
+    assert (entry["request_id"], entry["path"], entry["route"], entry["status"]) == ("abc-1", "/x", "protocol", 400)
+
+
+def test_a_servers_answers_to_broken_http_are_json_and_counted(committed_server: Server) -> None:
+    """Against a real server: the answers and the series an operator reads."""
+    before = metric_value(committed_server.url, "seqserve_requests_total", route="protocol", status="400")
+    broken_body = b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"
+    for wire in (b"GARBAGE\r\n\r\n", broken_body):
+        with socket.create_connection(("127.0.0.1", committed_server.port), timeout=10) as sock:
+            sock.sendall(wire)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and json.loads(body)["code"] == "malformed_request", answer
+    # the first is the protocol's; the second, a body, its route's
+    assert metric_value(committed_server.url, "seqserve_requests_total", route="protocol", status="400") == before + 1
+    assert metric_value(committed_server.url, "seqserve_requests_total", route="/v1/sentiment", status="400") >= 1
