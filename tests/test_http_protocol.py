@@ -531,21 +531,26 @@ async def test_a_request_without_exactly_one_host_is_refused_before_the_app(head
     assert ran == ["/x"] and fine.written.startswith(b"HTTP/1.1 200 ")
 
 
-async def test_a_refusal_pipelined_behind_a_request_in_flight_waits_its_turn() -> None:
-    """The request being answered keeps its answer: the refusal of one pipelined behind it (no
-    Host) goes out after it, then the connection closes."""
+def _held(release: asyncio.Event, body: bytes) -> Any:
+    """An app that answers 200 ``body`` to each request once ``release`` is set."""
     from types import SimpleNamespace
-
-    release = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
-        await send({"type": "http.response.body", "body": b"first"})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     app.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
+    return app
+
+
+async def test_a_refusal_pipelined_behind_a_request_in_flight_waits_its_turn() -> None:
+    """The request being answered keeps its answer: the refusal of one pipelined behind it (no
+    Host) goes out after it, then the connection closes."""
+    release = asyncio.Event()
     transport = _Transport()
-    protocol = _protocol(app, transport)
+    protocol = _protocol(_held(release, b"first"), transport)
     protocol.data_received(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\n\r\n")
     await asyncio.sleep(0.02)
     assert transport.written == b"" and not transport.closed  # nothing answers in the first one's place
@@ -618,18 +623,9 @@ async def test_bytes_that_break_http_behind_requests_in_flight_are_answered_afte
         access_lines: Callable[[], list[dict[str, Any]]]) -> None:
     """uvicorn wrote its 400 and closed the connection at once, so the requests before the bad
     bytes, still being answered, lost their answers."""
-    from types import SimpleNamespace
-
     release = asyncio.Event()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    app.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
     transport = _Transport()
-    protocol = _protocol(app, transport)
+    protocol = _protocol(_held(release, b"ok"), transport)
     protocol.data_received(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"
                            b"GET /third HTTP/1.1\r\nHost a\r\n\r\n")
     await asyncio.sleep(0.02)
