@@ -86,6 +86,7 @@ access_log = AccessLog()
 atexit.register(access_log.flush)
 
 
+_LOGGED_PATH = 1024  # characters of a path kept in its access-log line
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # unique per process and cheap: a random prefix and a counter (no syscall per request)
 _ID_PREFIX = uuid.uuid4().hex[:16]
@@ -103,6 +104,8 @@ def record_request(method: str | None, path: str | None, route: str, status: int
     """Count one answered request in the metrics and write its access-log line (``method`` and
     ``path`` None for bytes that never parsed as far as a request line)."""
     metrics.request_done(route, status, seconds)
+    if path is not None and len(path) > _LOGGED_PATH:  # a line must stay whole for log shippers (Docker: 16 KiB)
+        path = f"{path[:_LOGGED_PATH]}... ({len(path)} characters)"
     if log_requests:
         access_log.write({"request_id": request_id, "method": method, "path": path, "route": route,
                           "status": status, "latency_ms": round(seconds * 1000, 2)})

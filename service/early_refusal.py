@@ -37,6 +37,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service import v2_stats
 from service.access_log import record_request, request_id_for
 from service.admission import Admission
 from service.auth import key_matches
@@ -65,6 +66,7 @@ class Refusal:
     admission: Admission
     request_id: str
     log_requests: bool
+    inferred: tuple[str, str] | None  # (model, version) of a v2 infer route, whose statistics count it
 
     def answer(self, arrived: float, default_headers: Sequence[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
         """The whole HTTP/1.1 response, recorded as the app records its answers."""
@@ -74,8 +76,10 @@ class Refusal:
         if not keep_alive:
             headers.append((b"connection", b"close"))
         answer = json_answer(b"503 Service Unavailable", dumps(error.body()), default_headers, *headers)
-        record_request(self.method, self.path, self.route, 503, time.perf_counter() - arrived, self.request_id,
-                       self.log_requests)
+        seconds = time.perf_counter() - arrived
+        record_request(self.method, self.path, self.route, 503, seconds, self.request_id, self.log_requests)
+        if self.inferred is not None:  # a failed request in Triton's statistics, as the app would count it
+            v2_stats.record(*self.inferred, False, seconds)
         return answer
 
 
@@ -110,8 +114,9 @@ class EarlyRefusal:
         self.max_body_bytes = settings.max_body_bytes
         self.log_requests = settings.access_log
         # by request target, for one generation of the registry: (path, route template, the
-        # admission), or None for a URL that is no inference route of exactly one served model
-        self._routes: dict[bytes, tuple[str, str, Admission] | None] = {}
+        # admission, the v2 infer model), or None for a URL that is no inference route of exactly
+        # one served model
+        self._routes: dict[bytes, _Reachable | None] = {}
         self._generation = -1
 
     def open(self, registry: ModelRegistry) -> None:
@@ -140,12 +145,12 @@ class EarlyRefusal:
                 self._routes[url] = found
         if found is None:
             return None
-        path, route, admission = found
+        path, route, admission, inferred = found
         if admission.full():
             named = dict(headers)
             if self._refusable(path, named):
                 return Refusal(method.decode(), path, route, admission, request_id_for(named.get(b"x-request-id")),
-                               self.log_requests)
+                               self.log_requests, inferred)
         return admission
 
     @staticmethod
@@ -169,10 +174,14 @@ class EarlyRefusal:
             headers.get(b"x-api-key"), headers.get(b"authorization"), self.keys)
 
 
-def _reachable(registry: ModelRegistry, url: bytes) -> tuple[str, str, Admission] | None:
-    """(path, route template, its model's admission) when ``url`` is an inference route that can
-    reach exactly one served model, whatever the body says; else None (v1 translate with several
-    language pairs: the body chooses; generate on a model that does not translate: the app's 4xx)."""
+_Reachable = tuple[str, str, Admission, tuple[str, str] | None]
+
+
+def _reachable(registry: ModelRegistry, url: bytes) -> _Reachable | None:
+    """(path, route template, its model's admission, its (name, version) on a v2 infer route)
+    when ``url`` is an inference route that can reach exactly one served model, whatever the
+    body says; else None (v1 translate with several language pairs: the body chooses; generate
+    on a model that does not translate: the app's 4xx)."""
     path = urllib.parse.unquote(url.split(b"?", 1)[0].decode("latin-1"))
     task = _V1_TASKS.get(path)
     if task is not None:
@@ -190,4 +199,8 @@ def _reachable(registry: ModelRegistry, url: bytes) -> tuple[str, str, Admission
         if action in _GENERATE and reachable[0].card.task != "translation":
             return None
         route = "/v2/models/{name}" + ("/versions/{version}" if versioned else "") + f"/{action}"
-    return (path, route, reachable[0].engine.admission) if len(reachable) == 1 else None
+    if len(reachable) != 1:
+        return None
+    model = reachable[0]
+    inferred = (model.name, model.version) if task is None and action == "infer" else None
+    return path, route, model.engine.admission, inferred

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -84,6 +85,24 @@ def _refusing(status: int, error: dict[str, Any], log_requests: bool) -> ASGIApp
                        request_id, log_requests)
 
     return app
+
+
+# a Host header's value (RFC 9112 3.2, RFC 3986 3.2.2): an IP literal, or a registered name or IPv4
+# address; then an optional port. Empty is allowed (a target without an authority)
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
+
+
+def _origin_form(url: bytes) -> bytes:
+    """A request target in absolute-form ("http://host/path?query") or "*", as uvicorn's parse
+    needs it: a path where the URL has none is "/" (RFC 9112 3.3). A target uvicorn cannot parse
+    is left for its parse to refuse (400)."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return url
+    if parsed.path is not None:
+        return url
+    return b"/" + (b"?" + parsed.query if parsed.query else b"")
 
 
 def arrived_at(scope: Mapping[str, Any]) -> float | None:
@@ -296,6 +315,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             log.error("request parsing failed", exc_info=error)
             status, reason = 500, "Internal Server Error"
             answer: dict[str, Any] = {"error": "internal server error", "code": "internal_error"}
+        elif isinstance(error, httptools.HttpParserInvalidURLError):  # the request target
+            # RFC 9112 3: a target longer than the server parses is 414 (httptools stops at 64 KiB)
+            status, reason = (414, "URI Too Long") if "too long" in str(error) else (400, "Bad Request")
+            answer = {"error": f"malformed HTTP/1.1 request: {error}", "code": "malformed_request", "field": "url"}
         else:
             status, reason = 400, "Bad Request"
             answer = {"error": f"malformed HTTP/1.1 request: {error}", "code": "malformed_request",
@@ -360,15 +383,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self._head_timer = None
         if self._declined == "refused":  # pipelined behind a refused request, in the same read: never run
             return
-        refusal: ASGIApp | None = None
-        hosts = sum(1 for name, _ in self.headers if name == b"host")
-        if hosts > 1 or (hosts == 0 and self.parser.get_http_version() == "1.1"):
-            # RFC 9112 3.2: a server MUST answer 400 to these; a proxy and the app could each
-            # read a different host from them
-            refusal = _refusing(400, {"error": "an HTTP/1.1 request needs exactly one Host header" if hosts == 0
-                                      else f"a request may have one Host header, this one has {hosts}",
-                                      "code": "bad_host", "field": "Host", "limit": 1}, self._log_requests)
-        elif self.parser.should_upgrade() and not self._should_upgrade():
+        if self.url[:1] != b"/":  # absolute-form, as proxies send it (or "*"): uvicorn needs a path
+            self.url = _origin_form(self.url)
+        refusal = self._refusal_of_head()
+        if refusal is None and self.parser.should_upgrade() and not self._should_upgrade():
             refusal = self._decline_upgrade()
         if refusal is not None:
             # the app never sees it: answered in its turn, after the requests before it on the
@@ -397,6 +415,39 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                 self.cycle = _Answered  # type: ignore[assignment]
                 return
         self._new_cycle(admission)
+
+    def _refusal_of_head(self) -> ASGIApp | None:
+        """What answers a request whose head breaks a rule of RFC 9112 that the parser leaves to
+        the server (None: nothing). The Host header: exactly one (3.2: a proxy and the app could
+        each read a different one from two), well formed. The transfer coding: only chunked is
+        implemented (6.1: 501 for another; a request must not be read by a framing it did not
+        ask for), and HTTP/1.0 has none (its framing would be faulty)."""
+        hosts: list[bytes] = []
+        codings = b""
+        for name, value in self.headers:
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"transfer-encoding":
+                codings += b"," + value
+        http10 = self.parser.get_http_version() == "1.0"
+        if http10:
+            self.expect_100_continue = False  # RFC 9110 10.1.1: ignored from 1.0, which no 1xx may reach
+        problem: tuple[int, dict[str, Any]] | None = None
+        if len(hosts) > 1 or (not hosts and not http10):
+            problem = 400, {"error": "an HTTP/1.1 request needs exactly one Host header" if not hosts
+                            else f"a request may have one Host header, this one has {len(hosts)}",
+                            "code": "bad_host", "field": "Host", "limit": 1}
+        elif hosts and not _HOST.match(hosts[0]):
+            problem = 400, {"error": "the Host header is not a host name or address with an optional port",
+                            "code": "bad_host", "field": "Host"}
+        elif codings and http10:
+            problem = 400, {"error": "HTTP/1.0 has no Transfer-Encoding: send the body with a Content-Length",
+                            "code": "malformed_request", "field": "Transfer-Encoding"}
+        elif codings and [c.strip().lower() for c in codings.split(b",") if c.strip()] != [b"chunked"]:
+            problem = 501, {"error": "only the chunked transfer coding is implemented (compress the body with "
+                            "Content-Encoding instead)", "code": "transfer_coding_not_implemented",
+                            "field": "Transfer-Encoding", "limit": "chunked"}
+        return _refusing(*problem, self._log_requests) if problem is not None else None
 
     def _new_cycle(self, admission: Admission | None) -> None:
         """uvicorn's request cycle for the request whose headers are parsed, started with the app

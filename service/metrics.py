@@ -28,7 +28,8 @@ QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Texts waiting for a model (not yet 
                     ["model", "version"], multiprocess_mode="livesum")
 QUEUE_WAIT = Histogram("seqserve_queue_wait_seconds", "Time from enqueue to batch start", ["model", "version"],
                        buckets=_LATENCY_BUCKETS)
-BATCH_SIZE = Histogram("seqserve_batch_size", "Requests per executed batch", ["model", "version"],
+BATCH_SIZE = Histogram("seqserve_batch_size", "Texts per executed batch (a request brings one or more)",
+                       ["model", "version"],
                        buckets=_BATCH_BUCKETS)
 BATCH_RUN = Histogram("seqserve_batch_run_seconds", "Wall time of one batch (a decoder step, under the "
                       "iteration-level scheduler) on the model", ["model", "version"],
@@ -36,7 +37,8 @@ BATCH_RUN = Histogram("seqserve_batch_run_seconds", "Wall time of one batch (a d
 PADDING_RATIO = Histogram("seqserve_padding_ratio", "Padded positions / all positions in a batch", ["model", "version"],
                           buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0))
 TOKENS = Counter("seqserve_tokens_total", "Subword tokens processed", ["model", "version", "kind"])
-DROPPED = Counter("seqserve_dropped_total", "Accepted requests dropped before compute", ["model", "version", "reason"])
+DROPPED = Counter("seqserve_dropped_total", "Accepted texts dropped before or during compute (their client left, "
+                  "or their deadline passed)", ["model", "version", "reason"])
 WORKERS_SERVING = Gauge("seqserve_workers_serving", "Server processes accepting requests (summed over "
                         "SEQSERVE_WORKERS; 0 while draining)", multiprocess_mode="livesum")
 REJECTED = Counter("seqserve_rejected_total", "Requests refused at the queue", ["model", "version", "reason"])

@@ -105,6 +105,7 @@ def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
     declared = headers.get(b"content-length")
     if declared is None:
         return None
+    declared = declared.strip(b" \t")  # RFC 9110 5.5: whitespace around a value is not part of it
     return not declared.isdigit() or int(declared) > limit
 
 

@@ -90,11 +90,18 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
+# uvicorn's warnings about what a client sent, once per request: the protocol answers those requests
+# in the API's vocabulary and records each in the access log (service/http_protocol.py)
+def _not_recorded_elsewhere(record: logging.LogRecord) -> bool:
+    return record.msg != "Invalid HTTP request received." and record.funcName != "_unsupported_upgrade_warning"
+
+
 def configure_logging(settings: Settings) -> None:
     """Plain lines for the service's own log; the access log is JSON lines of its own
-    (service/access_log.py)."""
+    (service/access_log.py). A client must not be able to fill the log at WARNING level."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s")
+    logging.getLogger("uvicorn.error").addFilter(_not_recorded_elsewhere)
 
 
 def serve(sock: socket.socket | None = None, started: Event | None = None) -> None:
@@ -115,6 +122,9 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
                             http=ArrivalStampingProtocol,  # latency from arrival (service/http_protocol.py)
                             # seqserve never reads the client address: skip uvicorn's X-Forwarded-For layer
                             proxy_headers=False,
+                            # no route speaks WebSocket: an upgrade to it is declined as any other
+                            # (service/http_protocol.py), not handed to a handshake that answers a bare 403
+                            ws="none",
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1)
     server = _Server(config, app, started)
     server.run(sockets=[sock] if sock else None)

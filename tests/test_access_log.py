@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+from collections.abc import Callable
+from typing import Any
 
 from service.access_log import AccessLog
 
@@ -63,3 +65,14 @@ def test_a_path_with_line_separators_stays_one_ascii_line() -> None:
     text = stream.getvalue()
     assert text.isascii() and len(text.splitlines()) == 1
     assert json.loads(text)["path"] == path
+
+
+def test_a_long_path_is_cut_so_that_a_line_stays_whole(access_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    """A refused 64 KiB target was logged whole: lines of 130 KB, which log shippers split (Docker at
+    16 KiB) into pieces that are not JSON."""
+    from service.access_log import record_request
+
+    record_request("GET", "/" + "a" * 100_000, "protocol", 414, 0.001, "id-1", True)
+    record_request("GET", "/short", "unmatched", 404, 0.001, "id-2", True)
+    long, short = access_lines()
+    assert len(long["path"]) < 1100 and long["path"].endswith("... (100001 characters)") and short["path"] == "/short"

@@ -149,6 +149,22 @@ def test_every_inference_route_of_a_full_model_is_refused_on_arrival(path: bytes
     assert isinstance(refusal, Refusal) and refusal.route == route
 
 
+def test_a_v2_infer_refused_on_arrival_is_a_failure_in_the_models_statistics() -> None:
+    """Triton's statistics (which perf_analyzer reads) count a refused request as failed; refused
+    here, it never reached the code that counts, and an overload showed as no failures at all."""
+    from service import v2_stats
+
+    door = _door()
+    _fill(door, "translator")
+    before = v2_stats._outcomes.get(("translator", "1"), v2_stats._Outcomes()).fail_count
+    for path in (b"/v2/models/translator/infer", b"/v2/models/translator/versions/1/infer",
+                 b"/v2/models/translator/generate", b"/v1/translate"):  # only infer is in Triton's statistics
+        refusal = door.look(POST, path, JSON)
+        assert isinstance(refusal, Refusal)
+        refusal.answer(time.perf_counter(), [], keep_alive=True)
+    assert v2_stats._outcomes[("translator", "1")].fail_count == before + 2
+
+
 @pytest.mark.parametrize("method,path", [
     (b"GET", b"/v2/models/translator"),  # metadata: no model run
     (b"POST", b"/v2/models/nobody/infer"),  # the app's 404

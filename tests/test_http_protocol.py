@@ -664,3 +664,53 @@ def test_a_servers_answers_to_broken_http_are_json_and_counted(committed_server:
     # the first is the protocol's; the second, a body, its route's
     assert metric_value(committed_server.url, "seqserve_requests_total", route="protocol", status="400") == before + 1
     assert metric_value(committed_server.url, "seqserve_requests_total", route="/v1/sentiment", status="400") >= 1
+
+
+@pytest.mark.parametrize(("head", "status", "code"), [
+    (b"GET /x HTTP/1.1\r\nHost: a b/c@d\r\n\r\n", b"400", b"bad_host"),  # RFC 9112 3.2: an invalid Host value
+    # RFC 9112 6.1: a coding the server does not implement is 501; HTTP/1.0 framing with one is faulty
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", b"501",
+     b"transfer_coding_not_implemented"),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     b"501", b"transfer_coding_not_implemented"),
+    (b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"400", b"malformed_request"),
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414", b"malformed_request"),  # RFC 9112 3
+])
+async def test_a_head_that_breaks_a_rule_left_to_the_server_is_refused_before_the_app(
+        head: bytes, status: bytes, code: bytes) -> None:
+    ran: list[str] = []
+    transport = _Transport()
+    _protocol(_recording(ran), transport).data_received(head)
+    await _until(lambda: transport.closed)
+    assert transport.written.startswith(b"HTTP/1.1 " + status + b" ") and transport.closed and ran == []
+    assert b'"code":"' + code + b'"' in transport.written
+
+
+@pytest.mark.parametrize(("target", "path", "query"), [
+    (b"http://a", "/", b""), (b"http://a:80?x=1", "/", b"x=1"), (b"http://a/p/q?y", "/p/q", b"y"),
+])
+async def test_an_absolute_form_target_is_served_by_its_path(target: bytes, path: str, query: bytes) -> None:
+    """RFC 9112 3.2.2 (as proxies send): "http://a" with no path is "/" (3.3); uvicorn raised on it,
+    and the client got a 500."""
+    seen: list[tuple[str, bytes]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["path"], scope["query_string"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app.state = _recording([]).state  # type: ignore[attr-defined]
+    transport = _Transport()
+    _protocol(app, transport).data_received(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    await _until(lambda: bool(seen))
+    assert seen == [(path, query)]
+
+
+async def test_an_http10_client_is_never_sent_100_continue() -> None:
+    """RFC 9110 10.1.1 and 15.2: the expectation is ignored from HTTP/1.0, which no 1xx may reach."""
+    transport = _Transport()
+    protocol = _protocol(_recording([]), transport)
+    protocol.data_received(b"POST /x HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    assert not protocol.expect_100_continue
+    await asyncio.sleep(0.01)
+    assert b"100 Continue" not in transport.written

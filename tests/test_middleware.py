@@ -264,3 +264,27 @@ def test_a_body_in_a_declared_charset_is_read_in_it(committed_server: Server) ->
     r = httpx.post(v2, content=header + tensor, headers={"Content-Type": "application/octet-stream; charset=latin-1",
                                                           "Inference-Header-Content-Length": str(len(header))})
     assert r.status_code == 200, r.text
+
+
+def test_a_content_length_is_read_without_the_whitespace_around_it() -> None:
+    """RFC 9110 5.5: "22 " is 22 (the parser reads it so); a false 413 refused the request."""
+    from service.middleware import declared_over_limit
+
+    assert declared_over_limit({b"content-length": b"22 "}, 1024) is False
+    assert declared_over_limit({b"content-length": b"\t22"}, 1024) is False
+    assert declared_over_limit({b"content-length": b"2048"}, 1024) is True
+    assert declared_over_limit({b"content-length": b"2 2"}, 1024) is True  # malformed counts as over
+
+
+def test_an_upgrade_to_websocket_is_declined_like_any_other(committed_server: Server) -> None:
+    """No route speaks WebSocket: uvicorn's handshake answered a bare 403 with an empty body, and
+    logged it outside the access log. Now it is the protocol's upgrade_not_supported."""
+    head = (b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 2\r\n\r\n{}")
+    with socket.create_connection(("127.0.0.1", committed_server.port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b'"code":"upgrade_not_supported","field":"Upgrade"}')
+    assert "Unsupported upgrade request" not in committed_server.output()
