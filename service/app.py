@@ -28,6 +28,7 @@ from service import (
 )
 from service.auth import ApiKeyMiddleware
 from service.cors import JsonCORSMiddleware
+from service.drain import Drain
 from service.early_refusal import ArrivalReleaseMiddleware, EarlyRefusal
 from service.errors import install_error_handlers
 from service.hot_routes import HotRouteMiddleware
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.model_control = ModelControl(registry, settings)
         registry.start(app.state.pass_budget.give_way)
         grpc_server = await grpc_v2.start(app.state, settings)
+        app.state.drain.registry, app.state.drain.grpc = registry, grpc_server
         # what is loaded now lives as long as the process: keep it out of every collection, and
         # collect less often (each request allocates many short-lived objects)
         gc.collect()
@@ -73,11 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lag_watch.cancel()
             app.state.ready = False
             app.state.early_refusal.close()
-            # gRPC refuses new calls at once and lets the accepted ones finish, while the models
-            # drain: both within the one drain timeout
-            stopping = [grpc_server.stop(settings.drain_timeout_s)] if grpc_server is not None else []
-            *_, drained = await asyncio.gather(*stopping, registry.drain(settings.drain_timeout_s))
-            log.info("shutdown: %s", "all accepted work finished" if drained else "drain timeout reached")
+            # begun at SIGTERM beside the HTTP drain (service/drain.py); here when the lifespan ends
+            # without one (an embedding app, a test client)
+            drained = await app.state.drain.start()
+            await asyncio.sleep(0)  # the HTTP requests cut off at the deadline answer first (counted)
+            log.info("shutdown: %s", app.state.drain.summary(drained))
             await app.state.model_control.finish()  # versions unloaded meanwhile are closed too
             await registry.close()
 
@@ -98,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.early_refusal = EarlyRefusal(settings)
     # a share of requests starts per event-loop pass, in the server's protocol (service/loop_budget.py)
     app.state.pass_budget = PassBudget(settings.requests_per_loop_pass)
+    app.state.drain = Drain(settings.drain_timeout_s)  # the graceful shutdown (service/drain.py)
     install_error_handlers(app)
     routers = (routes_v1.router, routes_v2.router, routes_repository.router, routes_stream.router, ui.router)
     for router in routers:
@@ -119,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, exempt_paths=settings.auth_exempt_paths,
                            public_paths=ui.PUBLIC_PATHS)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
-                       log_requests=settings.access_log,
+                       log_requests=settings.access_log, drain=app.state.drain,
                        # every route with its template: the app's own (/docs, /metrics) and the routers'
                        routes=[*(r for r in app.router.routes if hasattr(r, "path")),
                                *(r for router in routers for r in router.routes)])

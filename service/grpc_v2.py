@@ -97,6 +97,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.closing = asyncio.Event()  # the server is shutting down: streams end once answered
 
     # --- plumbing shared by every method -------------------------------------------------------
+    def _cancelled(self) -> grpc.StatusCode:
+        """Whose cancellation: the client's (CANCELLED), or the server's, which cancels the calls
+        still open when its drain's deadline passes (the client is told UNAVAILABLE, and so are the
+        metrics and the access log; counted for the shutdown's log line, service/drain.py)."""
+        if not self.closing.is_set():
+            return grpc.StatusCode.CANCELLED
+        drain = getattr(self.state, "drain", None)
+        if drain is not None:
+            drain.grpc_cut_off += 1
+        return grpc.StatusCode.UNAVAILABLE
+
     def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
         presented, auth = metadata.get("x-api-key"), metadata.get("authorization")
@@ -211,8 +222,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     if after is not None:  # a one-answer request goes out after those sent before it
                         await asyncio.shield(after)  # (cancelling this one must not cancel that one's turn)
                     answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
-            except asyncio.CancelledError:  # the client left the stream
-                code = grpc.StatusCode.CANCELLED
+            except asyncio.CancelledError:  # the client left the stream, or the drain's deadline passed
+                code = self._cancelled()
                 raise
             except Exception as exc:
                 code, message, _ = _failure("ModelStreamInfer", exc)
@@ -356,7 +367,7 @@ def _wrap(name: str, handler: Handler) -> Handler:
             # sees the cancellation before its own deadline (the full test suite saw CANCELLED).
             # One that close to the deadline is counted as the deadline
             code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= _DEADLINE_SLACK_S \
-                else grpc.StatusCode.CANCELLED
+                else self._cancelled()
             raise
         except Exception as exc:
             code, message, body = _failure(name, exc)

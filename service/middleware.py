@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,8 +22,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.access_log import record_request, request_id_for
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
+from service.errors import NotReady
 from service.http_protocol import LATE, MALFORMED, arrived_at
 from service.json_response import dumps
+
+if TYPE_CHECKING:
+    from service.drain import Drain
 
 log = logging.getLogger("seqserve")
 
@@ -111,8 +116,9 @@ def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int, log_requests: bool = True,
-                 routes: Sequence[BaseRoute] = ()) -> None:
+                 routes: Sequence[BaseRoute] = (), drain: Drain | None = None) -> None:
         self.app = app
+        self.drain = drain  # the server's graceful shutdown: what it cuts off is answered here
         self.max_body_bytes = max_body_bytes
         self.log_requests = log_requests
         self.routes = routes  # the app's, to label what was answered before routing (413, 415)
@@ -177,6 +183,22 @@ class RequestContextMiddleware:
                 status_holder["status"] = await _refuse(send, request_id, headers, *refused)
                 return
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if self.drain is None or not self.drain.started:
+                raise
+            # uvicorn cancels what is still in flight when the drain's deadline passes: answered
+            # (its text/plain 500 and a traceback told the client and the operator of a bug)
+            self.drain.http_cut_off += 1
+            status_holder["status"] = 503
+            if started_response:  # a stream: it ends here, without its result
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                error = NotReady(f"the server shut down before this request finished (its drain timeout, "
+                                 f"{self.drain.timeout_s:g} s, passed): retry it")
+                start, body = _json_response(503, error.body(), request_id)
+                start["headers"].extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
+                await send(start)
+                await send(body)
         except Exception:
             status_holder["status"] = 500
             log.exception("unhandled error on %s %s (request %s)", method, scope["path"], request_id)

@@ -1,7 +1,8 @@
 """One server process: the app under uvicorn, configured by SEQSERVE_* settings.
 
 SIGTERM/SIGINT start a graceful shutdown: readiness turns 503, the listening socket closes,
-accepted requests finish (up to SEQSERVE_DRAIN_TIMEOUT_S), then the process exits 0.
+accepted requests finish (HTTP, gRPC and the models together, up to SEQSERVE_DRAIN_TIMEOUT_S:
+service/drain.py), then the process exits 0.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # gRPC and the models drain from now, while uvicorn waits for HTTP: one deadline for all
+        # (service/drain.py). Not once start-up failed: the lifespan has nothing to drain then
+        if self.started:
+            self.app.state.drain.start()
         # here, not in handle_exit: a signal handler must not take prometheus-client's value lock
         _count_as_serving(False)
         await super().shutdown(sockets)
