@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from starlette.datastructures import State
 
 from service import __version__, metrics, v2_model, v2_stats
-from service.access_log import access_log
+from service.access_log import access_log, request_id_for
 from service.auth import key_matches
 from service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
@@ -205,7 +205,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         Each request is counted and logged as a call of its own. At shutdown the stream ends once
         what it holds is answered: a client keeps its stream open for as long as it runs."""
         if self.keys and not self._authorised(context):
-            _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings)
+            _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings, _request_id(context))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
         loop = asyncio.get_running_loop()
         answers: asyncio.Queue[Any] = asyncio.Queue()
@@ -236,7 +236,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     await asyncio.shield(after)
                 answers.put_nowait(out)
             finally:
-                _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings)
+                _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings,
+                        _request_id(context, request))
                 if turn is not None and not turn.done():
                     turn.set_result(None)  # the next one may go, whatever became of this one
                 room.release()
@@ -335,12 +336,26 @@ def _failure(name: str, exc: Exception) -> tuple[grpc.StatusCode, str, dict[str,
     return grpc.StatusCode.INTERNAL, "internal error", {"error": "internal error", "code": "internal_error"}
 
 
-def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings) -> None:
+# the HTTP status a gRPC code stands for, as _CODES maps them (the access log's "status" is an
+# integer for every protocol: a log index types a field by its first value)
+_HTTP_STATUS = {**{code: status for status, code in _CODES.items()}, grpc.StatusCode.OK: 200,
+                grpc.StatusCode.UNIMPLEMENTED: 501}
+
+
+def _request_id(context: grpc.aio.ServicerContext, request: Any = None) -> str:
+    """The access log's request_id: the request's own id (an inference request's ``id``, as a Triton
+    client sets it), else the call's x-request-id metadata, if sane (as HTTP's); else a new one."""
+    given = getattr(request, "id", "") or dict(context.invocation_metadata() or ()).get("x-request-id") or ""
+    return request_id_for(given.encode("utf-8", "replace") if isinstance(given, str) else given)
+
+
+def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings, request_id: str) -> None:
     """One call (or one request of a stream) in the metrics and the access log."""
     metrics.GRPC_REQUESTS.labels(name, code.name).inc()
     metrics.GRPC_LATENCY.labels(name).observe(elapsed)
     if settings.access_log:
-        access_log.write({"protocol": "grpc", "method": name, "status": code.name,
+        access_log.write({"request_id": request_id, "protocol": "grpc", "method": name,
+                          "status": _HTTP_STATUS.get(code, 500), "grpc_status": code.name,
                           "latency_ms": round(elapsed * 1000, 2)})
 
 
@@ -372,7 +387,7 @@ def _wrap(name: str, handler: Handler) -> Handler:
         except Exception as exc:
             code, message, body = _failure(name, exc)
         finally:
-            _record(name, code, time.perf_counter() - started, self.settings)
+            _record(name, code, time.perf_counter() - started, self.settings, _request_id(context, request))
         # the HTTP error body (code, field, limit) travels as trailing metadata. Messages may echo
         # the client's input (a model name, a shape): cut to a size that always fits the client's
         # metadata limit, or the client would see RESOURCE_EXHAUSTED instead of this status

@@ -89,7 +89,7 @@ def test_what_is_in_flight_when_the_drain_deadline_passes_is_answered_and_the_sh
     assert "1 HTTP request(s) still in flight answered 503, 1 gRPC call(s) UNAVAILABLE" in log, log[-2000:]
     assert "Traceback" not in log and "Exception in ASGI application" not in log
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    assert {"status": "UNAVAILABLE", "method": "ModelInfer"}.items() <= next(
+    assert {"status": 503, "grpc_status": "UNAVAILABLE", "method": "ModelInfer"}.items() <= next(
         e for e in lines if e.get("protocol") == "grpc" and e["method"] == "ModelInfer").items()
     assert any(e.get("request_id") == "cut-1" and e["status"] == 503 for e in lines)
     assert took < 1 + 1 + 4, took  # the deadline, uvicorn's second, the exit: not twice the timeout

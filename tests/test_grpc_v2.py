@@ -424,3 +424,25 @@ def test_a_client_leaving_a_stream_mid_way_leaves_no_errors_in_the_log(committed
     client.close()
     time.sleep(1.0)  # the server notices, cancels and logs
     assert problems() == before, committed_server.output()[-3000:]
+
+
+def test_a_calls_access_log_line_has_the_http_lines_fields_and_types() -> None:
+    """A log index types a field by its first value: "status" was "OK" for gRPC where HTTP logs 200,
+    and a gRPC line had no request id to follow a request by."""
+    import json
+
+    server = Server(COMMITTED_MODELS, warmup="false", access_log="true").wait_ready()
+    try:
+        client = tg.InferenceServerClient(url=server.grpc_url)
+        client.infer("sentiment", [_text(tg, TEXTS[:1])], request_id="mine-1")
+        with pytest.raises(InferenceServerException):
+            client.infer("nobody", [_text(tg, TEXTS[:1])], headers={"x-request-id": "meta-2"})
+        client.is_server_live()
+        client.close()
+        time.sleep(0.2)
+        lines = [json.loads(line) for line in server.output().splitlines() if '"protocol":"grpc"' in line]
+    finally:
+        server.stop()
+    found = {(e["method"], e["request_id"], e["status"], e["grpc_status"]) for e in lines}
+    assert ("ModelInfer", "mine-1", 200, "OK") in found and ("ModelInfer", "meta-2", 404, "NOT_FOUND") in found
+    assert all(isinstance(e["status"], int) and e["request_id"] for e in lines)
