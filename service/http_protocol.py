@@ -22,7 +22,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -50,6 +50,8 @@ MALFORMED = "seqserve.malformed"
 # how the metrics and the access log label the answers the protocol gives by itself, before any
 # route is known: bytes that are not an HTTP request, a head too big or too slow, no Host, h2c
 PROTOCOL_ROUTE = "protocol"
+# how long a connection closing with a client still sending reads and drops its bytes (_close)
+LINGER_S = 2.0
 log = logging.getLogger("seqserve")
 _HEALTH = b"GET /v2/health/"
 _CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"  # as uvicorn writes it for a body of unknown length
@@ -150,9 +152,10 @@ class _HeadWithBody:
     clients cannot read it. The body then ends where the connection closes, as uvicorn closes
     every HTTP/1.0 connection after its response."""
 
-    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+    def __init__(self, transport: asyncio.Transport, cycle: Any, close: Callable[[], None]) -> None:
         self._transport = transport
         self._cycle = cycle
+        self._close = close  # the protocol's: it lingers while the client may still be sending
         self._hold = cycle.scope["method"] != "HEAD"
         self._head = b""
         self._http10 = cycle.scope["http_version"] == "1.0"
@@ -175,7 +178,7 @@ class _HeadWithBody:
         if self._head:
             self._transport.write(self._head)
             self._head = b""
-        self._transport.close()
+        self._close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -200,6 +203,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _head_timeout_s = 30.0
     _body_timer: asyncio.TimerHandle | None = None  # armed when a read leaves a body incomplete
     _log_requests = True
+    _lingering = False  # answered and half-closed: what the client still sends is dropped (_close)
+    _linger_timer: asyncio.TimerHandle | None = None
     # the answer to bytes that broke the framing behind requests still being answered: sent after them
     _malformed_after: tuple[int, str, dict[str, Any]] | None = None
 
@@ -229,8 +234,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def data_received(self, data: bytes) -> None:
-        if self._declined:  # bytes meant for a protocol this server does not speak: never parsed
-            return
+        if self._declined or self._lingering:  # never parsed: bytes after an error, another protocol's, or
+            return  # what a refused request still sends
         read_at = time.perf_counter()
         starts = self._budget is not None and not self._in_message and not self._waits \
             and (self.cycle is None or self.cycle.response_complete)
@@ -252,7 +257,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if not self._in_message or self.transport.is_closing():
             return
         if not self._in_head:  # the body is incomplete after this read: it too must arrive in time
-            if self._body_timer is None and self.cycle is not None and not self.cycle.response_complete:
+            if self._body_timer is None and self.cycle is not None:
                 left = self._head_timeout_s - (time.perf_counter() - self.arrived)
                 self._body_timer = self.loop.call_later(max(left, 0.0), self._body_late, self.cycle)
             return
@@ -269,9 +274,13 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
 
     def _body_late(self, cycle: Any) -> None:
         """The deadline passed with the body incomplete: the request layers, waiting for the rest,
-        are woken to answer 408 (uvicorn would let them wait until the client leaves)."""
+        are woken to answer 408 (uvicorn would let them wait until the client leaves). A request
+        answered before its body was read (a 413, a 415, a refusal) needs the rest of it no more:
+        the connection closes (a client trickling bytes held it open for ever)."""
         self._body_timer = None
-        if not cycle.response_complete:
+        if cycle.response_complete:
+            self.transport.close()
+        else:
             cycle.scope.setdefault("extensions", {})[LATE] = self._head_timeout_s
             cycle.message_event.set()
 
@@ -293,7 +302,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         request_id = request_id_for(dict(self.headers).get(b"x-request-id") if self._in_message else None)
         self.transport.write(json_answer(f"{status} {reason}".encode(), dumps(error), self.server_state.default_headers,
                                          (b"x-request-id", request_id.encode()), (b"connection", b"close")))
-        self.transport.close()
+        self._close()
         method = path = None
         if self._in_message and self.url:  # the parser got as far as the request's target
             method, path = self.parser.get_method().decode("latin-1"), self.url.decode("latin-1").partition("?")[0]
@@ -461,7 +470,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if self.cycle is not before and self._declined:
             self.cycle.keep_alive = False  # answered, then the connection closes with its later bytes unread
         if self.cycle is not before:  # a new request cycle, its task started with the app
-            self.cycle.transport = _HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
+            self.cycle.transport = _HeadWithBody(self.transport, self.cycle, self._close)  # type: ignore[assignment]
             if admission is not None:
                 self._door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
 
@@ -480,11 +489,29 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                                    "code": "upgrade_not_supported", "field": "Upgrade"}, self._log_requests)
         return None
 
+    def _close(self) -> None:
+        """Close the connection after an answer. While the client may still be sending (a request
+        answered before its body was read, bytes after an error), closing with unread bytes makes
+        the kernel reset the connection, and a client still sending loses the answer it has not
+        read yet (Python's http.client, raw sockets; curl and httpx read while they send). So
+        then the connection lingers (RFC 9112 9.6): its sending side closes, and what arrives is
+        read and dropped until the client closes its side or LINGER_S pass, as nginx does."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not (self._in_message or self._declined) or not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        transport.write_eof()
+        transport.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_S, transport.close)
+
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._body_timer):
+        for timer in (self._head_timer, self._body_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._head_timer = self._body_timer = self._linger_timer = None
         # the request being answered may be an older one than uvicorn's current cycle: marked
         # gone too, it stops writing to the closed transport (which raised, and logged a 500 for
         # a client that had left) and its work is dropped as for any client that leaves (499)

@@ -50,6 +50,15 @@ class _Transport(asyncio.Transport):
     def resume_reading(self) -> None:
         self.reading = True
 
+    half_closes = False  # a transport that cannot close its sending side alone closes at once
+    eof_written = False
+
+    def can_write_eof(self) -> bool:
+        return self.half_closes
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
 
 async def test_the_arrival_is_stamped_when_the_request_is_parsed_not_when_the_app_runs() -> None:
     seen: dict[str, float] = {}
@@ -714,3 +723,49 @@ async def test_an_http10_client_is_never_sent_100_continue() -> None:
     assert not protocol.expect_100_continue
     await asyncio.sleep(0.01)
     assert b"100 Continue" not in transport.written
+
+
+async def test_an_answer_before_the_request_is_all_read_lingers_instead_of_resetting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closed with unread bytes, a connection is reset by the kernel, and a client still sending
+    (Python's http.client uploading a body) got ConnectionResetError instead of the 431 or 400
+    the access log recorded. The sending side closes; what still comes is dropped, then the
+    connection closes (RFC 9112 9.6)."""
+    from service import http_protocol
+
+    monkeypatch.setattr(http_protocol, "LINGER_S", 0.05)
+    ran: list[str] = []
+    transport = _Transport()
+    transport.half_closes = True
+    protocol = _protocol(_recording(ran), transport)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: a\r\nBad Header: x\r\nContent-Length: 3000000\r\n\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 400 ") and transport.eof_written and not transport.closed
+    protocol.data_received(b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n" + b"x" * 65536)  # dropped, unparsed
+    await _until(lambda: transport.closed)
+    assert transport.closed and ran == [] and transport.written.count(b"HTTP/1.1 4") == 1
+    done = _Transport()
+    done.half_closes = True
+    protocol = _protocol(_recording(ran), done)
+    protocol.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")  # all read
+    await _until(lambda: done.closed)
+    assert done.closed and not done.eof_written and ran == ["/x"]  # nothing to wait for: closed at once
+
+
+async def test_a_body_still_trickling_after_an_early_answer_is_not_waited_for_past_its_deadline() -> None:
+    """A request answered before its body was read (413 for a declared 1 GB) kept its connection
+    open as long as the client sent a byte now and then: its deadline stopped at the answer."""
+    from types import SimpleNamespace
+
+    inner = RequestContextMiddleware(_recording([]), max_body_bytes=1024)
+    inner.state = SimpleNamespace(early_refusal=None, pass_budget=None,  # type: ignore[attr-defined]
+                                  settings=SimpleNamespace(request_timeout_s=0.1, access_log=False))
+    transport = _Transport()
+    protocol = _protocol(inner, transport)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\nab")
+    await _until(lambda: b"413" in transport.written)
+    assert transport.written.startswith(b"HTTP/1.1 413 ") and not transport.closed
+    for _ in range(3):
+        await asyncio.sleep(0.05)
+        protocol.data_received(b"c")
+    await _until(lambda: transport.closed)
+    assert transport.closed
