@@ -199,6 +199,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _declined = ""
     _in_head = False  # the parser is inside a request's line and headers
     _head_bytes = 0  # read while the headers were still incomplete after a read
+    _big_read = False  # the bytes being parsed are more than a head may be
     _head_timer: asyncio.TimerHandle | None = None  # armed when a read leaves the headers incomplete
     _head_timeout_s = 30.0
     _body_timer: asyncio.TimerHandle | None = None  # armed when a read leaves a body incomplete
@@ -253,6 +254,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
+        self._big_read = len(data) > MAX_HEAD_BYTES  # a head over the limit may have come whole in it
         super().data_received(data)
         if not self._in_message or self.transport.is_closing():
             return
@@ -430,7 +432,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         the server (None: nothing). The Host header: exactly one (3.2: a proxy and the app could
         each read a different one from two), well formed. The transfer coding: only chunked is
         implemented (6.1: 501 for another; a request must not be read by a framing it did not
-        ask for), and HTTP/1.0 has none (its framing would be faulty)."""
+        ask for), and HTTP/1.0 has none (its framing would be faulty). And a head over
+        MAX_HEAD_BYTES that arrived in one read (431, as for one measured while it arrives)."""
         hosts: list[bytes] = []
         codings = b""
         for name, value in self.headers:
@@ -442,7 +445,11 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if http10:
             self.expect_100_continue = False  # RFC 9110 10.1.1: ignored from 1.0, which no 1xx may reach
         problem: tuple[int, dict[str, Any]] | None = None
-        if len(hosts) > 1 or (not hosts and not http10):
+        if self._big_read and len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > MAX_HEAD_BYTES:
+            # one read held it all (an incomplete head is measured as it arrives, in _parse)
+            problem = 431, {"error": f"the request line and headers are over {MAX_HEAD_BYTES} bytes",
+                            "code": "request_head_refused", "field": "headers", "limit": MAX_HEAD_BYTES}
+        elif len(hosts) > 1 or (not hosts and not http10):
             problem = 400, {"error": "an HTTP/1.1 request needs exactly one Host header" if not hosts
                             else f"a request may have one Host header, this one has {len(hosts)}",
                             "code": "bad_host", "field": "Host", "limit": 1}

@@ -684,6 +684,7 @@ def test_a_servers_answers_to_broken_http_are_json_and_counted(committed_server:
      b"501", b"transfer_coding_not_implemented"),
     (b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"400", b"malformed_request"),
     (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414", b"malformed_request"),  # RFC 9112 3
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 70_000 + b"\r\n\r\n", b"431", b"request_head_refused"),
 ])
 async def test_a_head_that_breaks_a_rule_left_to_the_server_is_refused_before_the_app(
         head: bytes, status: bytes, code: bytes) -> None:
