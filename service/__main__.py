@@ -10,7 +10,8 @@ import sys
 
 from pydantic import ValidationError
 
-from service.server import STARTUP_FAILED, configure_logging, serve
+from service.logs import configure_logging
+from service.server import STARTUP_FAILED, serve
 from service.settings import Settings
 from service.workers import Supervisor
 

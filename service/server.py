@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import signal
 import socket
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from service.logs import configure_logging
 from service.settings import Settings
 
 STARTUP_FAILED = 3  # exit code when the app refused to start (a model did not load, the port is taken)
@@ -95,20 +95,6 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
-# uvicorn's warnings about what a client sent, once per request: the protocol answers those requests
-# in the API's vocabulary and records each in the access log (service/http_protocol.py)
-def _not_recorded_elsewhere(record: logging.LogRecord) -> bool:
-    return record.msg != "Invalid HTTP request received." and record.funcName != "_unsupported_upgrade_warning"
-
-
-def configure_logging(settings: Settings) -> None:
-    """Plain lines for the service's own log; the access log is JSON lines of its own
-    (service/access_log.py). A client must not be able to fill the log at WARNING level."""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s")
-    logging.getLogger("uvicorn.error").addFilter(_not_recorded_elsewhere)
-
-
 def serve(sock: socket.socket | None = None, started: Event | None = None) -> None:
     """The whole app on its own event loop until SIGTERM/SIGINT. A supervisor passes the socket
     it bound for several of these and an event to set once serving. Exits STARTUP_FAILED if the
@@ -124,6 +110,7 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False,
+                            log_config=None,  # uvicorn's lines go through the service's handler (service/logs.py)
                             http=ArrivalStampingProtocol,  # latency from arrival (service/http_protocol.py)
                             # seqserve never reads the client address: skip uvicorn's X-Forwarded-For layer
                             proxy_headers=False,

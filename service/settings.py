@@ -77,9 +77,11 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="run each model on typical shapes before reporting ready")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="the service's own log (any case)")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="the service's own log (uvicorn's included): text lines, or JSON lines as the access log's")
     access_log: bool = Field(True, description="one JSON log line per request")
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _any_case(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

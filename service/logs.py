@@ -1,0 +1,47 @@
+"""The service's own log on stderr (uvicorn's included): text lines, or one JSON object per line.
+
+The access log is JSON lines of its own (service/access_log.py). With ``SEQSERVE_LOG_FORMAT=json``
+the rest of stderr is JSON lines too, with the access log's first fields (``time`` in UTC,
+``level``, ``logger``, ``pid``), then ``message`` and, for an error with a traceback, ``exception``
+(the whole traceback in one string): a log pipeline parses every line, and an ERROR line or the
+shutdown's summary is not lost among lines it cannot read. Text lines carry the same fields:
+uvicorn's lines go through the same handler, not uvicorn's own format, so each says which process
+wrote it (several workers share stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from service.json_response import dumps
+from service.settings import Settings
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname, "logger": record.name,
+                 "pid": record.process, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return dumps(entry).decode()
+
+
+def _not_recorded_elsewhere(record: logging.LogRecord) -> bool:
+    """uvicorn's warnings about what a client sent, once per request: the protocol answers those
+    requests in the API's vocabulary and records each in the access log (service/http_protocol.py).
+    A client must not be able to fill the log at WARNING level."""
+    return record.msg != "Invalid HTTP request received." and record.funcName != "_unsupported_upgrade_warning"
+
+
+def configure_logging(settings: Settings) -> None:
+    """The root logger's one handler on stderr, which uvicorn's loggers reach too (the server runs
+    uvicorn with ``log_config=None``, so they keep no handler of their own)."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"))
+    handler.addFilter(_not_recorded_elsewhere)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
