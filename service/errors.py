@@ -133,8 +133,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": "request body is not valid JSON", "code": "invalid_input", "field": "body"},
                             status_code=422)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": str(exc.detail), "code": code}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    body: dict[str, Any] = {"error": str(exc.detail), "code": code}
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405 and headers and "Allow" in headers:
+        # HEAD is answered wherever GET is (service/middleware.py), so Allow says so (RFC 9110 10.2.1)
+        allowed = [m.strip() for m in headers["Allow"].split(",") if m.strip()]
+        allowed += ["HEAD"] if "GET" in allowed and "HEAD" not in allowed else []
+        headers = {**headers, "Allow": ", ".join(allowed)}
+        body.update(field="method", limit=headers["Allow"])
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

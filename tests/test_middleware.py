@@ -133,6 +133,10 @@ def test_head_is_answered_wherever_get_is(committed_server: Server) -> None:
         assert head.headers["content-type"] == get.headers["content-type"], path
     head = httpx.head(f"{url}/v1/sentiment")
     assert head.status_code == 405 and head.headers["allow"] == "POST"
+    post = httpx.post(f"{url}/v2/health/ready")  # Allow names HEAD too (RFC 9110 10.2.1)
+    assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
+    assert post.json() == {"error": "Method Not Allowed", "code": "method_not_allowed", "field": "method",
+                           "limit": "GET, HEAD"}
 
 
 def test_answers_given_before_routing_are_labelled_with_their_route(committed_server: Server) -> None:
