@@ -75,9 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lag_watch.cancel()
             app.state.ready = False
             app.state.early_refusal.close()
-            # begun at SIGTERM beside the HTTP drain (service/drain.py); here when the lifespan ends
-            # without one (an embedding app, a test client)
-            drained = await app.state.drain.start()
+            # HTTP is done: the models finish within what is left of the deadline fixed at SIGTERM
+            # (service/drain.py)
+            drained = await app.state.drain.finish()
             await asyncio.sleep(0)  # the HTTP requests cut off at the deadline answer first (counted)
             log.info("shutdown: %s", app.state.drain.summary(drained))
             await app.state.model_control.finish()  # versions unloaded meanwhile are closed too

@@ -1,17 +1,21 @@
 """The graceful shutdown's one deadline, for HTTP, gRPC and the models together.
 
-SIGTERM starts it (service/server.py): gRPC refuses new calls and lets the accepted ones finish,
-and the models finish their accepted work, while uvicorn waits for the HTTP requests in flight;
-all within SEQSERVE_DRAIN_TIMEOUT_S of the signal. (Before, gRPC and the models began draining
-only after the HTTP wait was over, so a shutdown took up to twice the timeout, past a pod's grace
-period.) What is still in flight at the deadline is answered, not dropped: an HTTP request 503
-``not_ready`` (service/middleware.py), a gRPC call UNAVAILABLE (service/grpc_v2.py); they are
-counted here, and the shutdown's log line says how many.
+SIGTERM starts it (service/server.py) and fixes the deadline, SEQSERVE_DRAIN_TIMEOUT_S away: gRPC
+refuses new calls at once and lets the accepted ones finish, while uvicorn waits for the HTTP
+requests in flight; the models keep taking work meanwhile (an HTTP request accepted before the
+signal may still be reading its body, or waiting for its turn to be parsed), and once HTTP is
+done (the lifespan's end) they finish what they hold, within what is left of the deadline.
+(Before, gRPC and the models began their own full timeout only after the HTTP wait, so a
+shutdown took up to twice it, past a pod's grace period.) What is still in flight at the
+deadline is answered, not dropped: an HTTP request 503 ``not_ready`` (service/middleware.py), a
+gRPC call UNAVAILABLE (service/grpc_v2.py); they are counted here, and the shutdown's log line
+says how many.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,24 +30,37 @@ class Drain:
         self.grpc: GrpcServer | None = None
         self.http_cut_off = 0  # HTTP requests answered 503 at the deadline
         self.grpc_cut_off = 0  # gRPC calls (or stream requests) answered UNAVAILABLE at it
-        self._task: asyncio.Task[bool] | None = None
+        self.deadline: float | None = None  # time.monotonic() when it passes; None before the signal
+        self._grpc_stopped: asyncio.Future[None] | None = None
 
     @property
     def started(self) -> bool:
-        return self._task is not None
+        return self.deadline is not None
 
-    def start(self) -> asyncio.Task[bool]:
-        """Begin draining now, if not begun (a second call returns the same task): True when every
-        model's accepted work finished in time."""
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-        return self._task
+    def passed(self, slack_s: float = 0.1) -> bool:
+        """The deadline has passed (within ``slack_s``: gRPC's own timer may fire a little early)."""
+        return self.deadline is not None and time.monotonic() >= self.deadline - slack_s
 
-    async def _run(self) -> bool:
-        stopping = [self.grpc.stop(self.timeout_s)] if self.grpc is not None else []
-        drained = [self.registry.drain(self.timeout_s)] if self.registry is not None else []
-        *_, finished = await asyncio.gather(*stopping, *drained) if stopping or drained else (True,)
-        return bool(finished)
+    def start(self) -> None:
+        """The signal: the deadline is fixed and gRPC begins to stop (a second call does nothing)."""
+        if self.deadline is not None:
+            return
+        self.deadline = time.monotonic() + self.timeout_s
+        if self.grpc is not None:
+            self._grpc_stopped = asyncio.ensure_future(self.grpc.stop(self.timeout_s))
+
+    async def finish(self) -> bool:
+        """Once HTTP is done: the models finish their work within what is left of the deadline
+        (all of the timeout when nothing called ``start``: an embedding app, a test client), and
+        gRPC's stop ends. True when every model's accepted work finished in time."""
+        self.start()
+        assert self.deadline is not None
+        finished = True
+        if self.registry is not None:
+            finished = await self.registry.drain(max(self.deadline - time.monotonic(), 0.0))
+        if self._grpc_stopped is not None:
+            await self._grpc_stopped
+        return finished
 
     def summary(self, finished: bool) -> str:
         """The shutdown's log line."""

@@ -16,7 +16,13 @@ from collections.abc import AsyncGenerator, Callable
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from service.errors import ServiceError
+
 Chunks = AsyncGenerator[tuple[bytes, bool], None]  # (body, more to come)
+# the ASGI scope extension a stream sets to how it ends on an error of the server's (its stream's
+# error event, as the route renders one): the request layers end a stream the drain's deadline
+# cuts off with it (service/middleware.py), so the client reads an error, not a finished stream
+LAST_EVENT = "seqserve.last_event"
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no")]  # nginx: do not buffer the stream
 
@@ -33,17 +39,21 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, chunks: Chunks, on_disconnect: Callable[[], None]) -> None:
+    def __init__(self, chunks: Chunks, on_disconnect: Callable[[], None],
+                 failed: Callable[[ServiceError], bytes] | None = None) -> None:
         # not Response.__init__: there is no body to render; these are what Starlette reads
         self.status_code = 200
         self.background = None
         self.raw_headers = list(_HEADERS)
         self.chunks = chunks
         self.on_disconnect = on_disconnect
+        self.failed = failed  # the stream's error event for an error (LAST_EVENT)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         listener: asyncio.Future[None] | None = None
         more = True
+        if self.failed is not None:
+            scope.setdefault("extensions", {})[LAST_EVENT] = self.failed
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             listener = asyncio.ensure_future(_until_disconnect(receive))

@@ -101,11 +101,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Whose cancellation: the client's (CANCELLED), or the server's, which cancels the calls
         still open when its drain's deadline passes (the client is told UNAVAILABLE, and so are the
         metrics and the access log; counted for the shutdown's log line, service/drain.py)."""
-        if not self.closing.is_set():
-            return grpc.StatusCode.CANCELLED
         drain = getattr(self.state, "drain", None)
-        if drain is not None:
-            drain.grpc_cut_off += 1
+        if drain is None or not drain.passed():  # a client may leave during the drain, too
+            return grpc.StatusCode.CANCELLED
+        drain.grpc_cut_off += 1
         return grpc.StatusCode.UNAVAILABLE
 
     def _authorised(self, context: grpc.aio.ServicerContext) -> bool:

@@ -152,10 +152,12 @@ class _HeadWithBody:
     clients cannot read it. The body then ends where the connection closes, as uvicorn closes
     every HTTP/1.0 connection after its response."""
 
-    def __init__(self, transport: asyncio.Transport, cycle: Any, close: Callable[[], None]) -> None:
+    def __init__(self, transport: asyncio.Transport, cycle: Any, close: Callable[[], None],
+                 closed: Callable[[], bool]) -> None:
         self._transport = transport
         self._cycle = cycle
         self._close = close  # the protocol's: it lingers while the client may still be sending
+        self.is_closing = closed  # lingering too: uvicorn writes nothing more then (a 100 Continue)
         self._hold = cycle.scope["method"] != "HEAD"
         self._head = b""
         self._http10 = cycle.scope["http_version"] == "1.0"
@@ -256,7 +258,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     def _parse(self, data: bytes) -> None:
         self._big_read = len(data) > MAX_HEAD_BYTES  # a head over the limit may have come whole in it
         super().data_received(data)
-        if not self._in_message or self.transport.is_closing():
+        if not self._in_message or self._closed():
             return
         if not self._in_head:  # the body is incomplete after this read: it too must arrive in time
             if self._body_timer is None and self.cycle is not None:
@@ -290,7 +292,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         """Answer ``status`` in the API's error vocabulary (unless a response is being written on
         the connection) and close it."""
         self._head_timer = None
-        if self.transport.is_closing():
+        if self._closed():
             return
         if self.cycle is None or self.cycle.response_complete:
             self._answer_and_close(status, reason,
@@ -301,6 +303,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     def _answer_and_close(self, status: int, reason: str, error: dict[str, Any]) -> None:
         """Answer the request being parsed, which never reached the app, and close the connection;
         recorded with what was parsed of its line (the metrics and the access log)."""
+        if self._closed():
+            return
         request_id = request_id_for(dict(self.headers).get(b"x-request-id") if self._in_message else None)
         self.transport.write(json_answer(f"{status} {reason}".encode(), dumps(error), self.server_state.default_headers,
                                          (b"x-request-id", request_id.encode()), (b"connection", b"close")))
@@ -352,17 +356,20 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self._malformed_after = (status, reason, answer)
 
     def on_response_complete(self) -> None:
+        if self._lingering:  # the answer closed the connection: the requests behind it are not run
+            self.server_state.total_requests += 1  # as uvicorn counts a response on a closed transport
+            return
         super().on_response_complete()
         if self._malformed_after is not None and self.cycle is not None and self.cycle.response_complete:
             status, reason, answer = self._malformed_after
             self._malformed_after = None
-            if self.transport.is_closing():  # the last answer closed it (HTTP/1.0): nobody to tell
+            if self._closed():  # the last answer closed it (HTTP/1.0): nobody to tell
                 return
             self._answer_and_close(status, reason, answer)
 
     def take_turn(self) -> bool:
         """The pass budget lets this connection's next request in (service/loop_budget.py)."""
-        if not self._waits or self.transport.is_closing():
+        if not self._waits or self._closed():
             return False
         self._waits = False
         self.flow.resume_reading()
@@ -379,6 +386,13 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         refusal, self._refusal = self._refusal, None
         if refusal is None:
             super().on_message_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.response_complete and cycle.keep_alive and not self.pipeline \
+                    and self.timeout_keep_alive_task is None and not self._closed():
+                # answered before its body was all read (a 413, a 415): uvicorn armed the keep-alive
+                # timer with the answer, and each read of the body since disarmed it
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                    self.timeout_keep_alive_handler)
             return
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() \
             and not self._closing
@@ -445,8 +459,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if http10:
             self.expect_100_continue = False  # RFC 9110 10.1.1: ignored from 1.0, which no 1xx may reach
         problem: tuple[int, dict[str, Any]] | None = None
-        if self._big_read and len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > MAX_HEAD_BYTES:
-            # one read held it all (an incomplete head is measured as it arrives, in _parse)
+        if (self._big_read or self._head_bytes) \
+                and len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > MAX_HEAD_BYTES:
+            # it came in one big read, or its last read completed it (_parse measures it only while
+            # it is incomplete)
             problem = 431, {"error": f"the request line and headers are over {MAX_HEAD_BYTES} bytes",
                             "code": "request_head_refused", "field": "headers", "limit": MAX_HEAD_BYTES}
         elif len(hosts) > 1 or (not hosts and not http10):
@@ -477,7 +493,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if self.cycle is not before and self._declined:
             self.cycle.keep_alive = False  # answered, then the connection closes with its later bytes unread
         if self.cycle is not before:  # a new request cycle, its task started with the app
-            self.cycle.transport = _HeadWithBody(self.transport, self.cycle, self._close)  # type: ignore[assignment]
+            self.cycle.transport = _HeadWithBody(  # type: ignore[assignment]
+                self.transport, self.cycle, self._close, self._closed)
             if admission is not None:
                 self._door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
 
@@ -496,6 +513,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                                    "code": "upgrade_not_supported", "field": "Upgrade"}, self._log_requests)
         return None
 
+    def _closed(self) -> bool:
+        """Closed or closing, or answered and lingering: nothing more is written."""
+        return self._lingering or self.transport.is_closing()
+
     def _close(self) -> None:
         """Close the connection after an answer. While the client may still be sending (a request
         answered before its body was read, bytes after an error), closing with unread bytes makes
@@ -504,7 +525,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         then the connection lingers (RFC 9112 9.6): its sending side closes, and what arrives is
         read and dropped until the client closes its side or LINGER_S pass, as nginx does."""
         transport = self.transport
-        if transport.is_closing():
+        if self._closed():
             return
         if not (self._in_message or self._declined) or not transport.can_write_eof():
             transport.close()

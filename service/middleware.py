@@ -23,6 +23,7 @@ from service.access_log import record_request, request_id_for
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
 from service.errors import NotReady
+from service.event_stream import LAST_EVENT
 from service.http_protocol import LATE, MALFORMED, arrived_at
 from service.json_response import dumps
 
@@ -184,17 +185,19 @@ class RequestContextMiddleware:
                 return
             await self.app(scope, receive, send_with_id)
         except asyncio.CancelledError:
-            if self.drain is None or not self.drain.started:
+            if self.drain is None or not self.drain.passed():
                 raise
             # uvicorn cancels what is still in flight when the drain's deadline passes: answered
             # (its text/plain 500 and a traceback told the client and the operator of a bug)
             self.drain.http_cut_off += 1
-            status_holder["status"] = 503
-            if started_response:  # a stream: it ends here, without its result
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            error = NotReady(f"the server shut down before this request finished (its drain timeout, "
+                             f"{self.drain.timeout_s:g} s, passed): retry it")
+            if started_response:  # a stream: it ends with its error event, not as if it were finished
+                last_event = (scope.get("extensions") or {}).get(LAST_EVENT)
+                await send({"type": "http.response.body", "body": last_event(error) if last_event else b"",
+                            "more_body": False})
             else:
-                error = NotReady(f"the server shut down before this request finished (its drain timeout, "
-                                 f"{self.drain.timeout_s:g} s, passed): retry it")
+                status_holder["status"] = 503
                 start, body = _json_response(503, error.body(), request_id)
                 start["headers"].extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
                 await send(start)

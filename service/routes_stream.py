@@ -68,7 +68,7 @@ async def start_stream(request: Request, model: ServedModel, job: TranslationJob
         finally:  # the stream ended, or the client left: cancel what still runs
             await batches.aclose()
 
-    return EventStreamResponse(chunks(), stream.stop)
+    return EventStreamResponse(chunks(), stream.stop, lambda error: render(Failed(error)))
 
 
 # --- REST v1 -----------------------------------------------------------------------------------

@@ -56,8 +56,8 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # gRPC and the models drain from now, while uvicorn waits for HTTP: one deadline for all
-        # (service/drain.py). Not once start-up failed: the lifespan has nothing to drain then
+        # the drain's one deadline is fixed now and gRPC stops from now, while uvicorn waits for
+        # HTTP (service/drain.py). Not once start-up failed: the lifespan has nothing to drain then
         if self.started:
             self.app.state.drain.start()
         # here, not in handle_exit: a signal handler must not take prometheus-client's value lock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -31,20 +32,24 @@ class _Slow:
         return True
 
 
-async def test_grpc_and_the_models_drain_together_and_once() -> None:
+async def test_grpc_stops_from_the_signal_and_the_models_drain_in_what_is_left() -> None:
     drain = Drain(5.0)
     drain.grpc, drain.registry = _Slow(0.2), _Slow(0.2)  # type: ignore[assignment]
     started = time.perf_counter()
-    first = drain.start()
-    assert drain.start() is first and await first is True
-    assert time.perf_counter() - started < 0.35  # together, not one after the other
+    drain.start()  # the signal: gRPC stops from now, while HTTP drains (here: 0.2 s)
+    deadline = drain.deadline
+    await asyncio.sleep(0.2)
+    drain.start()
+    assert drain.deadline == deadline and drain.started and not drain.passed()
+    assert await drain.finish() is True
+    assert time.perf_counter() - started < 0.55  # gRPC's stop ran beside the HTTP wait
     assert drain.summary(True) == "all accepted work finished"
     drain.http_cut_off, drain.grpc_cut_off = 2, 1
     assert "2 HTTP request(s) still in flight answered 503, 1 gRPC call(s) UNAVAILABLE" in drain.summary(True)
 
 
-async def test_a_lifespan_without_a_registry_drains_nothing() -> None:
-    assert await Drain(1.0).start() is True
+async def test_a_lifespan_without_a_signal_or_a_registry_drains_nothing() -> None:
+    assert await Drain(1.0).finish() is True
 
 
 def test_what_is_in_flight_when_the_drain_deadline_passes_is_answered_and_the_shutdown_says_so() -> None:
@@ -93,3 +98,61 @@ def test_what_is_in_flight_when_the_drain_deadline_passes_is_answered_and_the_sh
         e for e in lines if e.get("protocol") == "grpc" and e["method"] == "ModelInfer").items()
     assert any(e.get("request_id") == "cut-1" and e["status"] == 503 for e in lines)
     assert took < 1 + 1 + 4, took  # the deadline, uvicorn's second, the exit: not twice the timeout
+
+
+def test_a_request_accepted_before_the_signal_is_served_though_its_body_comes_after() -> None:
+    """The models stay open while HTTP drains: closing them at the signal refused (503) a request
+    whose head had arrived but whose body had not, and the log still said all work finished."""
+    server = Server(COMMITTED_MODELS, warmup="false", drain_timeout_s="5").wait_ready()
+    body = json.dumps({"text": "A fine, moving film."}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:10]))
+        time.sleep(0.2)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        sock.sendall(body[10:])
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert server.proc.wait(30) == 0 and "shutdown: all accepted work finished" in server.output()
+
+
+async def test_a_stream_cut_off_at_the_deadline_ends_with_its_error_event() -> None:
+    """A stream's status line is sent: cut off, it ended like a finished stream, with neither its
+    result nor an error event, while the log said 503. (A real translation stream here outruns
+    any drain timeout a test can wait for; the stream's source is a stand-in.)"""
+    from service.event_stream import EventStreamResponse
+    from service.middleware import RequestContextMiddleware
+
+    drain = Drain(0.0)
+    drain.start()  # the deadline is now
+
+    async def chunks() -> Any:
+        yield b"event: delta\ndata: {}\n\n", True
+        await asyncio.sleep(30)  # the decoder is still working when the deadline passes
+        yield b"", False
+
+    stopped: list[bool] = []
+    response = EventStreamResponse(chunks(), lambda: stopped.append(True),
+                                   lambda error: b"event: error\ndata: " + json.dumps(error.body()).encode() + b"\n\n")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await response(scope, receive, send)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(30)
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    layers = RequestContextMiddleware(app, max_body_bytes=1024, log_requests=False, drain=drain)
+    task = asyncio.ensure_future(layers({"type": "http", "method": "GET", "path": "/s", "headers": []}, receive, send))
+    await asyncio.sleep(0.05)
+    task.cancel()  # as uvicorn cancels what is in flight at the deadline
+    await task  # answered, not raised
+    assert sent[0]["status"] == 200 and sent[-1]["more_body"] is False
+    assert sent[-1]["body"].startswith(b"event: error\n") and b'"code": "not_ready"' in sent[-1]["body"]
+    assert stopped and drain.http_cut_off == 1

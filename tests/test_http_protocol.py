@@ -33,6 +33,8 @@ class _Transport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.eof_written:  # as uvloop's
+            raise RuntimeError("Cannot call write() after write_eof()")
         self.written += bytes(data)
 
     def close(self) -> None:
@@ -770,3 +772,48 @@ async def test_a_body_still_trickling_after_an_early_answer_is_not_waited_for_pa
         protocol.data_received(b"c")
     await _until(lambda: transport.closed)
     assert transport.closed
+
+
+@pytest.mark.parametrize("after", [b"GARBAGE\r\n\r\n", b"GET /next HTTP/1.1\r\n\r\n"])  # bad bytes, no Host
+async def test_nothing_is_written_after_a_lingering_close(after: bytes, access_lines: Callable[[], list[Any]]) -> None:
+    """An HTTP/1.0 answer closes the connection; with a refused request behind it the close
+    lingers, and uvicorn, seeing a transport that was not closing, ran the request behind it and
+    wrote after the half-close: RuntimeError, a 500 in the access log for the answered request."""
+    ran: list[str] = []
+    transport = _Transport()
+    transport.half_closes = True
+    _protocol(_recording(ran), transport).data_received(
+        b"GET /first HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" + after)
+    await _until(lambda: transport.eof_written)
+    await asyncio.sleep(0.02)
+    assert ran == ["/first"] and transport.written.startswith(b"HTTP/1.1 200 ") and transport.written.endswith(b"ok")
+    assert transport.eof_written and [e["status"] for e in access_lines()] == []  # the fake app logs nothing
+
+
+async def test_a_head_over_the_limit_is_refused_when_its_last_read_completes_it() -> None:
+    """Measured only while incomplete, a head that came in reads of 50 KB each was accepted at
+    100 KB: its last read, which completed it, was never counted."""
+    ran: list[str] = []
+    transport = _Transport()
+    protocol = _protocol(_recording(ran), transport)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: " + b"a" * 50_000 + b"\r\n")
+    assert transport.written == b""
+    protocol.data_received(b"X-B: " + b"b" * 50_000 + b"\r\n\r\n")
+    await _until(lambda: transport.closed)
+    assert transport.written.startswith(b"HTTP/1.1 431 ") and ran == []
+
+
+async def test_a_connection_answered_before_its_body_was_read_closes_when_idle() -> None:
+    """After a 413, each read of the body disarmed the keep-alive timer, and nothing armed it
+    again once the body was over: the connection stayed open for good."""
+    from types import SimpleNamespace
+
+    inner = RequestContextMiddleware(_recording([]), max_body_bytes=1024)
+    inner.state = SimpleNamespace(early_refusal=None, pass_budget=None)  # type: ignore[attr-defined]
+    transport = _Transport()
+    protocol = _protocol(inner, transport, timeout_keep_alive=0.05)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n" + b"a" * 1000)
+    await _until(lambda: b"413" in transport.written)
+    protocol.data_received(b"a" * 1000)  # the rest: the message is complete, the connection idle
+    await _until(lambda: transport.closed)
+    assert transport.closed and transport.written.count(b"HTTP/1.1 ") == 1
