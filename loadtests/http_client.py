@@ -71,8 +71,9 @@ class Connection:
         self.writer.close()
 
 
-# uvicorn closes a keep-alive connection idle for 5 s (its timeout_keep_alive); a pooled one kept
-# longer would be reused just as the server drops it, and the request would fail with no answer
+# uvicorn closes a keep-alive connection idle for 5 s by default (seqserve: SEQSERVE_KEEP_ALIVE_S,
+# 75 s; a baseline checkout may keep uvicorn's); a pooled one kept longer would be reused just as
+# the server drops it, and the request would fail with no answer
 _MAX_IDLE_S = 4.0
 
 

@@ -233,8 +233,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self._head_timeout_s = settings.request_timeout_s if settings is not None else 30.0
         self._log_requests = settings.access_log if settings is not None else True
         # uvicorn arms the keep-alive timer only after a response: a connection that never sends
-        # a request would be held open for ever
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        # a request would be held open for ever. Its first request is due as a head is: within
+        # the request deadline, when that is shorter than the keep-alive timeout
+        self.timeout_keep_alive_task = self.loop.call_later(min(self.timeout_keep_alive, self._head_timeout_s),
+                                                            self.timeout_keep_alive_handler)
 
     def data_received(self, data: bytes) -> None:
         if self._declined or self._lingering:  # never parsed: bytes after an error, another protocol's, or

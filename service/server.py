@@ -117,7 +117,10 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
                             # no route speaks WebSocket: an upgrade to it is declined as any other
                             # (service/http_protocol.py), not handed to a handshake that answers a bare 403
                             ws="none",
-                            timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1)
+                            timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
+                            # uvicorn's 5 s: a proxy keeping idle upstream connections longer (nginx 60 s)
+                            # reuses one as it closes, and its client gets a 502 the server never saw
+                            timeout_keep_alive=settings.keep_alive_s)
     server = _Server(config, app, started)
     server.run(sockets=[sock] if sock else None)
     if not server.started:  # start-up failed (e.g. a model refused to load): say so in the exit code

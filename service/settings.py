@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(1024, ge=1, description="texts waiting per model before 503")
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="deadline from arrival to answer (504 after)")
     drain_timeout_s: float = Field(30.0, ge=0, le=3600, description="on shutdown, time allowed to finish accepted work")
+    keep_alive_s: int = Field(75, ge=1, le=3600,
+                              description="an idle keep-alive connection closes after this; longer than a proxy's or "
+                                          "load balancer's own (nginx upstreams, AWS ALB: 60 s), so they close first")
 
     max_text_chars: int = Field(2000, ge=1, description="characters per text")
     max_texts_per_request: int = Field(64, ge=1, description="texts in one request's 'texts' list (at most "

@@ -817,3 +817,16 @@ async def test_a_connection_answered_before_its_body_was_read_closes_when_idle()
     protocol.data_received(b"a" * 1000)  # the rest: the message is complete, the connection idle
     await _until(lambda: transport.closed)
     assert transport.closed and transport.written.count(b"HTTP/1.1 ") == 1
+
+
+async def test_a_connection_that_never_sends_a_request_closes_by_the_request_deadline() -> None:
+    """The keep-alive timeout is long (SEQSERVE_KEEP_ALIVE_S, 75 s, longer than proxies keep idle
+    upstream connections); a connection that sends nothing is held no longer than a head may take."""
+    from types import SimpleNamespace
+
+    app = _recording([])
+    app.state.settings = SimpleNamespace(request_timeout_s=0.05, access_log=False)
+    idle = _Transport()
+    _protocol(app, idle, timeout_keep_alive=75)
+    await _until(lambda: idle.closed)
+    assert idle.closed and idle.written == b""
