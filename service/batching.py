@@ -79,7 +79,8 @@ class AnsweredFromThreads:
     A thread that raises outside the model call (the model call's own errors fail only its batch)
     is logged, the texts it had taken are answered with 500 ``inference_failed``, and a new thread
     takes its place. ``healthy`` (readiness) turns false only when the replacement fails too,
-    before it has done any work, and true again once a thread gets work done.
+    before it has done any work, and true again once a thread gets work done; ``unhealthy_s``
+    says for how long it has been false (liveness: service/registry.py).
     """
 
     def __init__(self, name: str, max_queue_size: int, version: str = "") -> None:
@@ -87,13 +88,24 @@ class AnsweredFromThreads:
         self.labels = (name, version)  # of every per-model metric
         self.admission = Admission(name, max_queue_size, version)
         self.accepting = False
-        self.healthy = True
+        self._unhealthy_since: float | None = None  # time.monotonic() when healthy turned false
         self.in_flight = 0  # accepted, not yet answered
         self._faults_in_a_row = 0
         self._stop = threading.Event()
         self.threads: list[threading.Thread] = []  # supervised: a failed one is replaced in place
         self._loop: asyncio.AbstractEventLoop | None = None
         self._give_way: GiveWay | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """Readiness: false while the threads' replacements fail before doing any work."""
+        return self._unhealthy_since is None
+
+    @property
+    def unhealthy_s(self) -> float:
+        """Seconds since ``healthy`` turned false (0 while healthy)."""
+        since = self._unhealthy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def _open(self, give_way: GiveWay | None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -189,10 +201,11 @@ class AnsweredFromThreads:
                     last = time.thread_time() - started if worked else 0.0
                     if worked:
                         self._faults_in_a_row = 0
-                        self.healthy = True
+                        self._unhealthy_since = None
             except BaseException as exc:  # anything that ends the thread is answered and logged
                 self._faults_in_a_row += 1
-                self.healthy = self._faults_in_a_row < 2  # the replacement failed too: not ready
+                if self._faults_in_a_row >= 2 and self._unhealthy_since is None:  # the replacement failed too
+                    self._unhealthy_since = time.monotonic()
                 log.exception("thread %s of model %s failed (%d in a row); answering what it held and "
                               "starting a new one", name, self.name, self._faults_in_a_row)
                 try:

@@ -24,6 +24,8 @@ class TranslationEngine(Protocol):
     @property
     def healthy(self) -> bool: ...
     @property
+    def unhealthy_s(self) -> float: ...
+    @property
     def admission(self) -> Admission: ...
 
     async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]: ...
@@ -40,6 +42,10 @@ class _BatchedEngine(Generic[P, R]):
     @property
     def healthy(self) -> bool:
         return self.batcher.healthy
+
+    @property
+    def unhealthy_s(self) -> float:
+        return self.batcher.unhealthy_s
 
     @property
     def admission(self) -> Admission:

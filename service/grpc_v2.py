@@ -118,7 +118,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- health and metadata -------------------------------------------------------------------
     async def _server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return service_pb2.ServerLiveResponse(live=True)
+        registry = getattr(self.state, "registry", None)
+        return service_pb2.ServerLiveResponse(live=registry is None or registry.alive())
 
     async def _server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return service_pb2.ServerReadyResponse(ready=self._ready and self.state.registry.healthy())

@@ -64,7 +64,7 @@ def _statuses(path: str, method: str, settings: Settings, public: frozenset[str]
         codes |= {413, 415, 422}
     if "{name}" in path:
         codes |= {404, 422}
-    if path.endswith("/ready"):
+    if path.endswith(("/ready", "/live")):
         codes.add(503)
     if path in _INFER_PATHS or path.endswith(("/infer", "/generate", "/generate_stream")):
         codes |= {404, 499, 503, 504}

@@ -41,6 +41,10 @@ from service.version_policy import served_cards, version_cards
 log = logging.getLogger("seqserve.registry")
 
 
+# how long a model may stay unhealthy (not ready) before liveness fails and an orchestrator restarts it
+LIVENESS_GRACE_S = 60.0
+
+
 @dataclass
 class ServedModel:
     card: ModelCard
@@ -250,6 +254,12 @@ class ModelRegistry:
                 pairs.append(f"{langs.get('source')}->{langs.get('target')}")
         raise InvalidInput(f"unknown language pair {source}->{target}; available: {', '.join(sorted(pairs))}",
                            field="source/target", limit=sorted(pairs))
+
+    def alive(self, grace_s: float = LIVENESS_GRACE_S) -> bool:
+        """Liveness: no model has been unhealthy (not ready: its threads' replacements failing) for
+        ``grace_s`` or more. A model that stays broken is not-ready for good, so it gets no work
+        that could show it mended: the process needs restarting, which liveness asks for."""
+        return all(model.engine.unhealthy_s < grace_s for model in self.all())
 
     def healthy(self) -> bool:
         """False while a model's threads keep failing (see AnsweredFromThreads)."""

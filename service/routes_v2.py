@@ -65,9 +65,11 @@ async def server_metadata(request: Request) -> dict[str, Any]:
             "extensions": v2_model.extensions(request.app.state.settings)}
 
 
-@router.get("/health/live", summary="Liveness: the process answers")
-async def live() -> dict[str, bool]:
-    return {"live": True}
+@router.get("/health/live", summary="Liveness: the process answers, and no model has been broken for a minute")
+async def live(request: Request) -> JSONResponse:
+    registry = getattr(request.app.state, "registry", None)
+    ok = registry is None or registry.alive()
+    return JSONResponse({"live": ok}, status_code=200 if ok else 503)
 
 
 @router.get("/health/ready", summary="Readiness: models loaded, their threads working, not shutting down")

@@ -220,10 +220,10 @@ async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypat
     for _ in range(2):
         with pytest.raises(InferenceFailed):
             await batcher.submit("x", 1, time.monotonic() + 10)
-    assert not batcher.healthy
+    assert not batcher.healthy and batcher.unhealthy_s > 0  # for how long: liveness reads it
     # ... until a thread gets work done again
     assert await batcher.submit("back", 1, time.monotonic() + 10) == "BACK"
-    assert await _becomes(lambda: batcher.healthy) and batcher.in_flight == 0
+    assert await _becomes(lambda: batcher.healthy) and batcher.in_flight == 0 and batcher.unhealthy_s == 0
     await batcher.close()
 
 

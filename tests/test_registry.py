@@ -114,3 +114,26 @@ def test_choose_precision(int8_repo: Path, fp32_repo: Path, caplog: pytest.LogCa
     card.precisions = None  # a fresh export: graphs derived (make int8), nothing measured on the card
     assert choose_precision("auto", folder, card, cpu) == "fp32"
     assert choose_precision("int8", folder, card, cpu) == "int8"  # asked for by name, it is served
+
+
+async def test_liveness_fails_once_a_model_has_been_unhealthy_for_a_minute() -> None:
+    """Liveness said true whatever happened: a model whose threads kept failing stayed not-ready
+    for good (no traffic reaches it to show it mended) and was never restarted."""
+    from types import SimpleNamespace
+
+    from service import grpc_v2, routes_v2
+    from service.registry import LIVENESS_GRACE_S, ModelRegistry
+
+    engines = [SimpleNamespace(unhealthy_s=0.0), SimpleNamespace(unhealthy_s=0.0)]
+    registry = SimpleNamespace(all=lambda: [SimpleNamespace(engine=e) for e in engines])
+    registry.alive = lambda grace_s=LIVENESS_GRACE_S: ModelRegistry.alive(registry, grace_s)  # type: ignore[arg-type]
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(registry=registry)))
+    servicer = grpc_v2.InferenceServicer.__new__(grpc_v2.InferenceServicer)
+    servicer.state = request.app.state
+    engines[1].unhealthy_s = 5.0  # not ready for a while: alive (readiness already keeps traffic away)
+    assert (await routes_v2.live(request)).status_code == 200  # type: ignore[arg-type]
+    assert (await servicer._server_live(None, None)).live  # type: ignore[arg-type]
+    engines[1].unhealthy_s = LIVENESS_GRACE_S
+    answer = await routes_v2.live(request)  # type: ignore[arg-type]
+    assert answer.status_code == 503 and answer.body == b'{"live":false}'
+    assert not (await servicer._server_live(None, None)).live  # type: ignore[arg-type]
