@@ -35,6 +35,7 @@ from typing import Any, TextIO
 
 from service import metrics
 from service.json_response import dumps
+from service.logs import utc_time
 
 
 class AccessLog:
@@ -43,16 +44,10 @@ class AccessLog:
         self._logger = logger
         self._lines: list[str] = []
         self._lock = threading.Lock()  # between the loop's pass-end write and writes off the loop
-        self._second = -1
-        self._stamp = ""
 
     def write(self, fields: dict[str, Any]) -> None:
         """Log one request's ``fields`` (JSON-serialisable), after the time, level, logger and pid."""
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        entry = {"time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "INFO",
+        entry = {"time": utc_time(time.time()), "level": "INFO",
                  "logger": self._logger, "pid": os.getpid(), **fields}
         line = dumps(entry).decode()
         if not line.isascii():

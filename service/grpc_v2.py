@@ -205,7 +205,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         Each request is counted and logged as a call of its own. At shutdown the stream ends once
         what it holds is answered: a client keeps its stream open for as long as it runs."""
         if self.keys and not self._authorised(context):
-            _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings, _request_id(context))
+            _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings, context)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
         loop = asyncio.get_running_loop()
         answers: asyncio.Queue[Any] = asyncio.Queue()
@@ -236,8 +236,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     await asyncio.shield(after)
                 answers.put_nowait(out)
             finally:
-                _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings,
-                        _request_id(context, request))
+                _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings, context, request)
                 if turn is not None and not turn.done():
                     turn.set_result(None)  # the next one may go, whatever became of this one
                 room.release()
@@ -349,12 +348,14 @@ def _request_id(context: grpc.aio.ServicerContext, request: Any = None) -> str:
     return request_id_for(given.encode("utf-8", "replace") if isinstance(given, str) else given)
 
 
-def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings, request_id: str) -> None:
-    """One call (or one request of a stream) in the metrics and the access log."""
+def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings,
+            context: grpc.aio.ServicerContext, request: Any = None) -> None:
+    """One call (or one request of a stream) in the metrics and the access log (its request id
+    read only for the log)."""
     metrics.GRPC_REQUESTS.labels(name, code.name).inc()
     metrics.GRPC_LATENCY.labels(name).observe(elapsed)
     if settings.access_log:
-        access_log.write({"request_id": request_id, "protocol": "grpc", "method": name,
+        access_log.write({"request_id": _request_id(context, request), "protocol": "grpc", "method": name,
                           "status": _HTTP_STATUS.get(code, 500), "grpc_status": code.name,
                           "latency_ms": round(elapsed * 1000, 2)})
 
@@ -387,7 +388,7 @@ def _wrap(name: str, handler: Handler) -> Handler:
         except Exception as exc:
             code, message, body = _failure(name, exc)
         finally:
-            _record(name, code, time.perf_counter() - started, self.settings, _request_id(context, request))
+            _record(name, code, time.perf_counter() - started, self.settings, context, request)
         # the HTTP error body (code, field, limit) travels as trailing metadata. Messages may echo
         # the client's input (a model name, a shape): cut to a size that always fits the client's
         # metadata limit, or the client would see RESOURCE_EXHAUSTED instead of this status

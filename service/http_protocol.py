@@ -342,10 +342,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                       "field": "body" if self._in_message and not self._in_head else "headers"}
         self._declined = "refused"
         self._refusal = None  # a refused request's body broke off: answered here instead
-        for timer in (self._head_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._cancel_timers()
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
             self._answer_and_close(status, reason, answer)
@@ -537,11 +534,15 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         transport.resume_reading()
         self._linger_timer = self.loop.call_later(LINGER_S, transport.close)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _cancel_timers(self) -> None:
+        """The head's and the body's deadlines, and a lingering close's end."""
         for timer in (self._head_timer, self._body_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._body_timer = self._linger_timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
         # the request being answered may be an older one than uvicorn's current cycle: marked
         # gone too, it stops writing to the closed transport (which raised, and logged a 500 for
         # a client that had left) and its work is dropped as for any client that leaves (499)

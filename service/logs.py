@@ -14,14 +14,27 @@ from __future__ import annotations
 import logging
 import time
 
+# nothing here may import prometheus-client (service.metrics, service.access_log): a supervisor
+# configures logging before it sets PROMETHEUS_MULTIPROC_DIR, which must come first
 from service.json_response import dumps
 from service.settings import Settings
+
+_stamp: tuple[int, str] = (-1, "")  # the last second formatted (one tuple: threads read it whole)
+
+
+def utc_time(now: float) -> str:
+    """``now`` (time.time()) as UTC with milliseconds, "2026-12-01T19:42:05.012Z", the second's text
+    formatted once per second (``strftime`` per line was a measurable share of the loop's time)."""
+    global _stamp
+    second = int(now)
+    if _stamp[0] != second:
+        _stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_stamp[1]}.{int((now - second) * 1000):03d}Z"
 
 
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        entry = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname, "logger": record.name,
+        entry = {"time": utc_time(record.created), "level": record.levelname, "logger": record.name,
                  "pid": record.process, "message": record.getMessage()}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -25,7 +25,7 @@ from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding,
 from service.errors import NotReady
 from service.event_stream import LAST_EVENT
 from service.http_protocol import LATE, MALFORMED, arrived_at
-from service.json_response import dumps
+from service.json_response import JSONResponse, dumps
 
 if TYPE_CHECKING:
     from service.drain import Drain
@@ -196,12 +196,9 @@ class RequestContextMiddleware:
                 last_event = (scope.get("extensions") or {}).get(LAST_EVENT)
                 await send({"type": "http.response.body", "body": last_event(error) if last_event else b"",
                             "more_body": False})
-            else:
-                status_holder["status"] = 503
-                start, body = _json_response(503, error.body(), request_id)
-                start["headers"].extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
-                await send(start)
-                await send(body)
+            else:  # as the app answers a ServiceError (Retry-After), with the request id
+                await JSONResponse(error.body(), status_code=error.status, headers=error.headers)(
+                    scope, receive, send_with_id)
         except Exception:
             status_holder["status"] = 500
             log.exception("unhandled error on %s %s (request %s)", method, scope["path"], request_id)
