@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     env = Environment(user_classes=classes, host=args.host)
     current: dict[str, Any] = {"latencies": Counter(), "statuses": Counter(), "ok": 0}
 
-    def on_request(response_time: float, response: Any = None, exception: Any = None, **_: Any) -> None:
-        status = getattr(response, "status_code", 0) or 0
+    def on_request(response_time: float, response: Any = None, exception: Any = None,
+                   context: dict[str, Any] | None = None, **_: Any) -> None:
+        # an HTTP user's response, or the status a gRPC user's code stands for (GrpcInferenceUser)
+        status = getattr(response, "status_code", 0) or (context or {}).get("status", 0)
         current["statuses"][status] += 1
         if exception is None and 200 <= status < 300:
             current["ok"] += 1

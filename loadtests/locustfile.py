@@ -4,20 +4,29 @@
 
 A realistic mix by default: most traffic is single-text sentiment, then greedy and beam
 translation, some batched sentiment, attention requests, Open Inference Protocol calls and
-streamed translations (Server-Sent Events).
+streamed translations (Server-Sent Events); `GrpcInferenceUser` calls the same models over the
+Open Inference Protocol's gRPC service.
 Select users with Locust's class picker or `locust ... SentimentUser TranslationUser`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
+import urllib.parse
 from collections.abc import Mapping
+from functools import cache
 
-from locust import FastHttpUser, between, task
+import grpc
+import grpc.experimental.gevent
+from locust import FastHttpUser, User, between, task
 
 from loadtests.inputs import sentiment_texts, translation_texts
+from service.grpc_protocol import service_pb2, service_pb2_grpc
+from service.grpc_v2 import HTTP_STATUS
+from service.v2_binary import encode_tensor
 
 _JSON = {"Content-Type": "application/json"}
 SENTIMENT = sentiment_texts()
@@ -113,3 +122,61 @@ class StreamingUser(_SeqserveUser):
             response_time=(time.perf_counter() - started) * 1000, response_length=len(events), context={},
             exception=None if ended else RuntimeError("the stream ended without a result event"
                                                       + (" (an error event)" if "event: error" in events else "")))
+
+
+def grpc_target(host: str) -> str:
+    """The gRPC address for Locust's ``--host``: ``host:port`` as given, or for an ``http://`` URL (the
+    HTTP users' host, when both kinds run together) its host name and ``SEQSERVE_GRPC_PORT`` (default
+    8001, the server's)."""
+    if "://" not in host:
+        return host
+    return f"{urllib.parse.urlsplit(host).hostname}:{os.environ.get('SEQSERVE_GRPC_PORT', '8001')}"
+
+
+@cache
+def _grpc_under_gevent() -> None:
+    """gRPC's calls yield to Locust's other users instead of blocking its gevent loop; once, before the
+    process's first channel (here rather than at import, which would change gRPC for any process that
+    imports this file)."""
+    grpc.experimental.gevent.init_gevent()
+
+
+class GrpcInferenceUser(User):
+    """Open Inference Protocol over gRPC: ModelInfer for both models (one text, raw BYTES contents,
+    as tritonclient sends them), one channel per user. Each call is a Locust request of type "grpc";
+    its status in `python -m loadtests` summaries is the HTTP status its gRPC code stands for."""
+
+    weight = 1
+    wait_time = between(0.0, 0.05)
+
+    def on_start(self) -> None:
+        _grpc_under_gevent()
+        self.channel = grpc.insecure_channel(grpc_target(self.host or "http://127.0.0.1:8000"))
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    def _infer(self, model: str, text: str, name: str, **parameters: int) -> None:
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[1])
+        request = service_pb2.ModelInferRequest(model_name=model, inputs=[tensor],
+                                                raw_input_contents=[encode_tensor("BYTES", [text])])
+        for key, value in parameters.items():
+            request.parameters[key].int64_param = value
+        started, code, size = time.perf_counter(), grpc.StatusCode.OK, 0
+        error: grpc.RpcError | None = None
+        try:
+            size = self.stub.ModelInfer(request, timeout=60).ByteSize()
+        except grpc.RpcError as exc:
+            error, code = exc, exc.code()
+        self.environment.events.request.fire(
+            request_type="grpc", name=name, response_time=(time.perf_counter() - started) * 1000,
+            response_length=size, exception=error, context={"status": HTTP_STATUS.get(code, 500)})
+
+    @task(2)
+    def sentiment(self) -> None:
+        self._infer("sentiment", random.choice(SENTIMENT), "grpc sentiment infer")
+
+    @task(1)
+    def translate(self) -> None:
+        self._infer("translate-en-de", random.choice(TRANSLATION), "grpc translate infer", beam_size=1)

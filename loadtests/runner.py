@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -77,8 +78,12 @@ def _number(value: float, spec: str) -> str:
     return "-" if math.isnan(value) else format(value, spec)
 
 
-def run_config(name: str, url: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def run_config(name: str, url: str, args: argparse.Namespace, out: Path,
+               grpc_port: int | None = None) -> dict[str, Any]:
+    """One configuration's steps against the server at ``url`` (its gRPC port, where the runner started
+    it, for GrpcInferenceUser; otherwise SEQSERVE_GRPC_PORT as set, or 8001)."""
     port = int(url.rsplit(":", 1)[1])
+    step_env = {**os.environ, "SEQSERVE_GRPC_PORT": str(grpc_port)} if grpc_port else None
     result: dict[str, Any] = {"name": name, "closed": [], "open": []}
     for users in args.users:
         before = scrape(url)
@@ -86,7 +91,7 @@ def run_config(name: str, url: str, args: argparse.Namespace, out: Path) -> dict
         subprocess.run([sys.executable, "-m", "loadtests.locust_step", "--host", url, "--users", str(users),
                         "--classes", args.classes, "--window", str(args.window), "--max-windows",
                         str(args.max_windows), "--csv", str(prefix), "--json", f"{prefix}.json"],
-                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env=step_env)
         step = json.loads(Path(f"{prefix}.json").read_text())
         step.update(server_view(before, scrape(url)))
         result["closed"].append(step)
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             server = ServerProcess(args.models, settings=env).wait_ready()
             try:
-                res = run_config(name, server.url, args, args.out)
+                res = run_config(name, server.url, args, args.out, server.grpc_port)
             finally:
                 server.stop()
         res["config"] = label

@@ -79,3 +79,23 @@ def test_the_streaming_user_times_the_first_event_and_the_whole_stream(committed
     first, whole = (float(rows[n]["Median Response Time"]) for n in ("/v1/translate stream: first event",
                                                                      "/v1/translate stream: whole"))
     assert first <= whole
+
+
+def test_the_grpc_user_calls_both_models_over_the_open_inference_protocol(committed_server: Server,
+                                                                           tmp_path: Path) -> None:
+    """loadtests/locustfile.py's GrpcInferenceUser against a real server's gRPC port, found from the
+    HTTP host and SEQSERVE_GRPC_PORT: both models answered, no failures."""
+    import csv
+    import os
+
+    prefix = tmp_path / "grpc"
+    subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+                    "--host", committed_server.url, "-u", "2", "-r", "2", "--run-time", "4s", "--only-summary",
+                    "--csv", str(prefix), "GrpcInferenceUser"], cwd=tmp_path, check=True, capture_output=True,
+                   timeout=120, env={**os.environ, "SEQSERVE_GRPC_PORT": str(committed_server.grpc_port)})
+    with open(f"{prefix}_stats.csv") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    for name in ("grpc sentiment infer", "grpc translate infer"):
+        assert int(rows[name]["Request Count"]) > 0 and rows[name]["Failure Count"] == "0", rows.get(name)
+        assert rows[name]["Type"] == "grpc"
+
