@@ -28,7 +28,7 @@ from starlette.datastructures import State
 from service import __version__, metrics, v2_model, v2_stats
 from service.access_log import access_log, request_id_for
 from service.auth import key_matches
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
 from service.inputs import deadline_after
 from service.repository import check_load_parameters
@@ -129,7 +129,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                                   extensions=v2_model.extensions(self.settings))
 
     async def _model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        model = self.state.registry.get(request.name, request.version or None)
+        # an unknown model or version is not ready, as Triton answers (and tritonclient's
+        # is_model_ready gets False over HTTP too, where seqserve's 404 says why)
+        try:
+            model = self.state.registry.get(request.name, request.version or None)
+        except ModelNotFound:
+            return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=self._ready and model.engine.healthy)
 
     async def _model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -214,14 +219,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request: Any, params: dict[str, Any], after: asyncio.Future[None] | None,
                          turn: asyncio.Future[None] | None) -> None:
-            started, code = time.perf_counter(), grpc.StatusCode.OK
+            """``after``: the turn of the last one-answer request sent before this one. A one-answer
+            request (``turn`` set) goes out after it; a streamed one's pieces go out as they come,
+            but a refusal before its first piece is its only answer, so it waits as one-answer
+            answers do: the order still tells a stock client which request failed."""
+            started, code, pieces = time.perf_counter(), grpc.StatusCode.OK, 0
             try:
                 async for result in self._results(request, params, context.time_remaining()):
                     response = _response(result, request.id)
                     response.parameters[_FINAL].bool_param = result.last
-                    if after is not None:  # a one-answer request goes out after those sent before it
+                    if after is not None and turn is not None:
                         await asyncio.shield(after)  # (cancelling this one must not cancel that one's turn)
                     answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
+                    pieces += 1
             except asyncio.CancelledError:  # the client left the stream, or the drain's deadline passed
                 code = self._cancelled()
                 raise
@@ -232,7 +242,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 out.infer_response.id, out.infer_response.model_name = request.id, request.model_name
                 out.infer_response.model_version = request.model_version
                 out.infer_response.parameters[_FINAL].bool_param = True
-                if after is not None:
+                if after is not None and (turn is not None or not pieces):
                     await asyncio.shield(after)
                 answers.put_nowait(out)
             finally:
@@ -254,7 +264,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     return
                 params = _parameters(request.parameters)
                 turn = None if _streamed(params) else loop.create_future()
-                task = asyncio.ensure_future(answer(request, params, previous if turn is not None else None, turn))
+                task = asyncio.ensure_future(answer(request, params, previous, turn))
                 previous = turn or previous
                 working.add(task)
                 task.add_done_callback(working.discard)

@@ -36,7 +36,7 @@ TEXT_INPUT = TensorSpec("text", "BYTES", [1])
 def extensions(settings: Settings) -> list[str]:
     """What GET /v2 and gRPC ServerMetadata list: only extensions implemented as Triton's schema
     has them (the repository's load and unload only when model control is on)."""
-    return ["binary_tensor_data", "model_configuration", "statistics",
+    return ["binary_tensor_data", "model_configuration", "parameters", "statistics",
             *(["model_repository"] if settings.model_control else [])]
 
 

@@ -47,12 +47,14 @@ def client(committed_server: Server) -> Iterator[tg.InferenceServerClient]:
 def test_health_metadata_and_config(client: tg.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
     extensions = client.get_server_metadata(as_json=True)["extensions"]
-    assert extensions == ["binary_tensor_data", "model_configuration", "statistics"]
+    assert extensions == ["binary_tensor_data", "model_configuration", "parameters", "statistics"]
     for name in ("sentiment", "translate-en-de"):
         assert client.is_model_ready(name) and client.is_model_ready(name, "1")
         meta = client.get_model_metadata(name, as_json=True)
         assert meta["versions"] == ["1"]
         assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1", "1"]}]
+    # an unknown model or version is not ready (as Triton answers), not an error
+    assert not client.is_model_ready("nope") and not client.is_model_ready("sentiment", "9")
     config = client.get_model_config("sentiment", as_json=True)["config"]
     assert config["max_batch_size"] == 64 and config["input"][0]["data_type"] == "TYPE_STRING"
     assert [o["data_type"] for o in config["output"]] == ["TYPE_STRING", "TYPE_FP32"]
@@ -341,11 +343,15 @@ def test_a_stream_answers_in_the_order_of_its_requests(committed_server: Server)
                               parameters={"beam_size": 5})
     client.async_stream_infer("sentiment", [_text(tg, [" "])], request_id="empty")
     client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])], request_id="quick")
-    got = [answers.get(timeout=60) for _ in range(3)]
+    # a streamed translation refused before its first piece: that refusal is its one answer
+    client.async_stream_infer("translate-en-de", [_text(tg, TEXTS)], request_id="refused-stream",
+                              parameters={"stream": True})
+    got = [answers.get(timeout=60) for _ in range(4)]
     client.stop_stream()
     client.close()
     order = [result.get_response().id if error is None else f"error: {error}" for result, error in got]
-    assert order == ["long", "error: inputs.text.data[0] is empty", "quick"]
+    assert order == ["long", "error: inputs.text.data[0] is empty", "quick",
+                     "error: a streamed translation takes one text, not 2"]
 
 
 

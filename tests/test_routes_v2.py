@@ -43,7 +43,8 @@ def client(committed_server: Server) -> tc.InferenceServerClient:
 
 def test_server_and_model_metadata(client: tc.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration", "parameters",
+                                                                 "statistics"]
     for name in ("sentiment", "translate-en-de"):
         assert client.is_model_ready(name) and client.is_model_ready(name, "1")
         meta = client.get_model_metadata(name)
