@@ -110,11 +110,28 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
     field = _field_path(tuple(first.get("loc", ())))
     message = f"{field}: {first.get('msg', 'invalid value')}"
+    body: dict[str, Any] = {}
     if first.get("type") == "json_invalid":
-        message, field = "request body is not valid JSON", "body"
+        context = first.get("ctx")
+        message, field = _json_problem(str(context.get("error", "")) if isinstance(context, dict) else ""), "body"
+        if message.startswith("the body is not valid utf-8"):
+            body["limit"] = "utf-8"  # as for a body not valid in the charset it declares
     details = [{"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg")} for e in errors[:20]]
-    return JSONResponse({"error": message, "code": "invalid_input", "field": field, "details": details},
+    return JSONResponse({"error": message, "code": "invalid_input", "field": field, **body, "details": details},
                         status_code=422)
+
+
+def _json_problem(parser_error: str) -> str:
+    """The answer's message for a body the JSON parser refused, from the parser's own words: bytes
+    that are not UTF-8 and a ``\\u`` escape of a lone surrogate are named as what they are (the
+    second is JSON's grammar, RFC 8259 8.2, but no Unicode character a text can hold)."""
+    where = parser_error[parser_error.find(" at line "):] if " at line " in parser_error else ""
+    if parser_error.startswith("invalid unicode code point"):
+        return f"the body is not valid utf-8: a byte{where} cannot be read"
+    if "surrogate" in parser_error or "hex escape" in parser_error:
+        return (f"request body is not valid JSON text: a \\u escape{where} names a lone surrogate (such as "
+                "\\ud800), which is no Unicode character")
+    return "request body is not valid JSON"
 
 
 async def _client_gone(request: Request, _: Exception) -> JSONResponse:

@@ -46,23 +46,32 @@ _CLITIC_STARTS = ("'s", "'r", "'v", "'l", "'d", "'m")
 # an opening quote, but not the clitic of corpus-style "it 's" / "we 're"
 _OPEN_QUOTE = re.compile(r"(^|\s)'(?!(?:s|re|ve|ll|d|m|t)\b)(?=\w)")
 _CLOSE_QUOTE = re.compile(r"(?<=[\w.!?,])'(?=\s|$)")
-# control and invisible format characters (zero-width spaces, bidi marks, BOM)
-_CONTROL_CHARS = "\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff"
+# control characters and the line and paragraph separators: spaced, they may part words
+_CONTROL_CHARS = "\x00-\x1f\x7f-\x9f\u2028\u2029"
 _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
-# Unicode's other default-ignorable characters in the BMP, which render as nothing: the soft
-# hyphen, joiners and variation selectors (the one after a "❤"), Hangul and Mongolian fillers. A
-# text of only these reached the models as byte pieces and came back translated as a sentence
-# nobody wrote. Deleted, not spaced: they sit inside words and after emoji. (Tags, U+E0000-E007F,
-# lie outside the BMP that the OpenAPI pattern's class can name alike in Python and ECMA-262.)
-_IGNORABLE_CHARS = "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0"
-_IGNORABLE = re.compile(f"[{_IGNORABLE_CHARS}]")
-# Characters that leave no subword behind: _CONTROL's, the whitespace str.strip removes beyond
-# them, and three the subword models' own normaliser drops (an Arabic letter mark, its "▁" space
-# symbol and the replacement character). A text made only of these has nothing to classify or
-# translate. A regular-expression class that Python and ECMA-262 (the OpenAPI document's patterns)
-# read alike; tests/test_tokenization.py checks it against the models, character by character.
-NOTHING_LEFT = _CONTROL_CHARS + _IGNORABLE_CHARS + " \xa0\u1680\u2000-\u200a\u205f\u3000" + "\u061c\u2581\ufffd"
-_SOMETHING_LEFT = re.compile(f"[^{NOTHING_LEFT}]")
+# Unicode's default-ignorable characters in the BMP, which render as nothing: zero-width spaces and
+# joiners, bidi marks, the word joiner and invisible operators, the BOM, the soft hyphen, variation
+# selectors (the one after a "❤"), Hangul and Mongolian fillers, interlinear annotation marks.
+# A text of only these reached the models as byte pieces and came back translated as a sentence
+# nobody wrote. Deleted, not spaced: they sit inside words ("wo\u200dman", as text copied from web
+# pages and chat apps carries them) and after emoji; spaced, "wo man" came back as "Mann".
+_IGNORABLE_CHARS = "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e" \
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
+# and beyond the BMP: musical formatting and shorthand format controls, variation selectors
+# supplement, and tags (a subdivision flag such as England's is a black flag followed by tags).
+# Not in the OpenAPI pattern's class below, which Python and ECMA-262 read alike only for BMP
+# characters: a text of only these passes that pattern and is refused here.
+_IGNORABLE_BEYOND_BMP = "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+_IGNORABLE = re.compile(f"[{_IGNORABLE_CHARS}{_IGNORABLE_BEYOND_BMP}]")
+# Characters that leave no subword behind: _CONTROL's and _IGNORABLE's, the whitespace str.strip
+# removes beyond them, and three the subword models' own normaliser drops (an Arabic letter mark,
+# its "▁" space symbol and the replacement character). A text made only of these has nothing to
+# classify or translate. A regular-expression class that Python and ECMA-262 (the OpenAPI
+# document's patterns) read alike; tests/test_tokenization.py checks it against the models,
+# character by character.
+NOTHING_LEFT = _CONTROL_CHARS + _IGNORABLE_CHARS + " \xa0\u1680\u2000-\u200a\u202f\u205f\u3000" + \
+    "\u061c\u2581\ufffd"
+_SOMETHING_LEFT = re.compile(f"[^{NOTHING_LEFT}{_IGNORABLE_BEYOND_BMP}]")
 
 
 def has_content(text: str) -> bool:

@@ -257,6 +257,12 @@ def test_text_that_is_no_text_is_refused_naming_the_field(committed_server: Serv
         r = httpx.post(f"{url}{path}", content=b'{"%s": "a \\ud800 b"}' % field.encode(),
                        headers={"content-type": "application/json"})
         assert r.status_code == 422 and r.json()["field"] == "body" and "JSON" in r.json()["error"], (path, r.text)
+        assert "lone surrogate" in r.json()["error"], r.text  # not "unexpected end of hex escape"
+        # bytes that are not UTF-8, with no charset declared: named as such, the charset its limit
+        r = httpx.post(f"{url}{path}", content=b'{"%s": "caf\xe9"}' % field.encode(),
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["limit"] == "utf-8", r.text
+        assert r.json()["error"].startswith("the body is not valid utf-8"), r.text
     for path, body, field in (("/v1/sentiment", {"text": "\u200b"}, "text"),
                               ("/v1/sentiment", {"texts": ["fine", "\u0000\u200b"]}, "texts[1]"),
                               ("/v1/translate", {"text": "\ufeff\u2060"}, "text"),

@@ -37,12 +37,22 @@ def test_normalisation_is_idempotent() -> None:
     assert normalize_translation("  A  man\n rides. ") == "A man rides."
 
 
+# what renders as nothing is deleted (inside a word it must not part it), controls are spaced
+_INVISIBLE = (r"[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+              r"\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+              r"\U000e0000-\U000e0fff]")
+
+
+def _reference_clean(text: str) -> str:
+    text = re.sub(_INVISIBLE, "", unicodedata.normalize("NFKC", text))
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def _reference_normalize_sentiment(text: str) -> str:
     """normalize_sentiment as plain regular expressions, each step on the whole text: the
     definition the fast path in service/tokenization.py must match exactly."""
-    text = unicodedata.normalize("NFKC", text)
-    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]", " ", text)
-    text = re.sub(r"\s+", " ", text).strip().lower()
+    text = _reference_clean(text).lower()
     text = text.translate(str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'", "“": '"', "”": '"', "„": '"'}))
     for markup, plain in (("-lrb-", "("), ("-rrb-", ")"), ("-lsb-", "["), ("-rsb-", "]"), ("-lcb-", "{"),
                           ("-rcb-", "}"), ("``", '"'), ("''", '"')):
@@ -59,7 +69,8 @@ def _random_texts(count: int, seed: int = 0) -> list[str]:
     """Short texts over the characters each step of the normalisation treats specially."""
     rng = random.Random(seed)
     alphabet = [*"abcXYZ0 '`\"’‘´“”„.-,!?;:()[]{}/\\*&$#=+<>…|~^\t\n\r\x0b\x0c\x1c\x85\xa0\u2000\u200b",
-                *"\u2028\u202f\u3000\ufeffé😀ﬁ①ǅİ", "...", "--", "n't", "'s", "'re", "-lrb-", "-rcb-", "``", "''"]
+                *"\u2028\u202f\u3000\ufeffé😀ﬁ①ǅİ\u200d\u202e\u2060\u00ad\U000e0041",
+                "...", "--", "n't", "'s", "'re", "-lrb-", "-rcb-", "``", "''"]
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24))) for _ in range(count)]
 
 
@@ -71,9 +82,7 @@ def test_sentiment_normalisation_matches_its_regex_definition_exactly() -> None:
     texts += ["It's GREAT!!! I didn't like the \"ending\" -- but (mostly) fine...", "'quoted' words'", "''"]
     assert [t for t in texts if normalize_sentiment(t) != _reference_normalize_sentiment(t)] == []
     for text in texts[:2000]:  # translation's cleaning is the first steps of the same definition
-        assert normalize_translation(text) == re.sub(r"\s+", " ", re.sub(
-            r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]", " ",
-            unicodedata.normalize("NFKC", text))).strip()
+        assert normalize_translation(text) == _reference_clean(text)
 
 
 @pytest.mark.parametrize(("model", "normalizer"), [("sentiment/1/sentiment.spm.model", "sentiment"),
@@ -111,6 +120,15 @@ def test_invisible_characters_are_dropped_and_leave_nothing() -> None:
     assert normalize_translation("co\u00adoperate \u2764\ufe0f") == "cooperate \u2764"  # soft hyphen, VS16
     assert not has_content("\u3164\u115f\u180e\ufe0f\u034f\u17b4\uffa0")  # fillers, joiners, selectors
     assert has_content("\u2764\ufe0f")
+    # zero-width spaces and joiners, bidi marks, the word joiner and the BOM inside words, as text
+    # copied from web pages carries them: the words stay whole
+    for mark in "\u200b\u200c\u200d\u200e\u2060\u202a\ufeff":
+        assert normalize_translation(f"A wo{mark}man is rid{mark}ing a bicy{mark}cle.") == \
+            "A woman is riding a bicycle."
+    # beyond the BMP: tags (a subdivision flag is a black flag and tags) and musical formatting
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    assert normalize_translation(f"A flag {england}") == "A flag \U0001f3f4"
+    assert not has_content("\U000e0041\U000e007f") and not has_content("\U0001d173\ufff9")
 
 
 def test_typographic_punctuation_becomes_plain_where_the_model_cannot_spell_it() -> None:
