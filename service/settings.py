@@ -5,6 +5,8 @@ Every field is documented, with its trade-off, in the README's settings table.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -114,3 +116,32 @@ class Settings(BaseSettings):
         # limit is the one served: a 422 naming it, and the same figure in /v1/models and OpenAPI.
         self.max_texts_per_request = min(self.max_texts_per_request, self.max_queue_size)
         return self
+
+
+# SEQSERVE_* variables that seqserve's other tools read (loadtests/), not the server
+TOOL_VARIABLES = frozenset({"SEQSERVE_DATA_DIR"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each SEQSERVE_* variable in ``environ`` that is no setting, with the nearest
+    setting's name where one is close: pydantic-settings ignores them, so a typo such as
+    SEQSERVE_MAX_QUEUESIZE, or a guessed SEQSERVE_SSL_CERTFILE, would otherwise change nothing
+    without a word."""
+    known = {f"SEQSERVE_{name.upper()}" for name in Settings.model_fields}
+    lines = []
+    for name in sorted(environ):
+        if name.upper().startswith("SEQSERVE_") and name.upper() not in known | TOOL_VARIABLES:
+            near = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
+            lines.append(f"{name} is not a setting and is ignored" + (f" (did you mean {near[0]}?)" if near else "")
+                         + "; the settings are listed in the README")
+    return lines
+
+
+def kubernetes_hint(value: object) -> str:
+    """For an invalid setting's message: a value such as tcp://10.0.0.1:80 is what Kubernetes gives
+    every pod for a Service named seqserve (SEQSERVE_PORT, its docker-links-style service
+    environment), not a value anybody set."""
+    if isinstance(value, str) and value.startswith(("tcp://", "udp://")):
+        return (" (Kubernetes sets this for a Service named seqserve: set enableServiceLinks: false in the "
+                "pod spec, as docker/k8s/ does)")
+    return ""

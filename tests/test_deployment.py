@@ -30,6 +30,10 @@ def test_kubernetes_manifests_validate_against_the_schemas(manifest: Path) -> No
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert container["lifecycle"]["preStop"]
     assert pod["terminationGracePeriodSeconds"] > 30  # longer than the default drain timeout
+    # the Service is named seqserve: its injected SEQSERVE_PORT=tcp://... would be taken as a setting
+    assert pod["enableServiceLinks"] is False
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert {p["name"]: p.get("appProtocol") for p in service["spec"]["ports"]}["grpc"] == "kubernetes.io/h2c"
     # ONNX Runtime's threads (one per instance, per session) no more than the CPUs the pod may use:
     # more only adds contention (the README's ORT_INTRA_OP_THREADS)
     env = {e["name"]: e["value"] for e in container.get("env", [])}

@@ -45,3 +45,28 @@ def test_the_server_names_a_bad_setting_and_exits_3() -> None:
     assert run.returncode == 3
     assert "invalid setting SEQSERVE_MAX_QUEUE_DELAY_MS: Input should be a finite number" in run.stderr
     assert "invalid setting SEQSERVE_LOG_LEVEL" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_variable_that_is_no_setting_is_named_with_the_nearest_setting() -> None:
+    from service.settings import unknown_variables
+
+    lines = unknown_variables({"SEQSERVE_MAX_QUEUESIZE": "8", "SEQSERVE_SSL_CERTFILE": "c.pem", "SEQSERVE_PORT": "1",
+                               "SEQSERVE_DATA_DIR": "data", "HOME": "/root"})  # a setting, a tool's, not ours
+    assert lines == ["SEQSERVE_MAX_QUEUESIZE is not a setting and is ignored (did you mean SEQSERVE_MAX_QUEUE_SIZE?); "
+                     "the settings are listed in the README",
+                     "SEQSERVE_SSL_CERTFILE is not a setting and is ignored; the settings are listed in the README"]
+
+
+def test_the_server_warns_of_an_unknown_variable_and_explains_a_kubernetes_service_link() -> None:
+    env = {**os.environ, "SEQSERVE_MAX_QUEUESIZE": "8", "SEQSERVE_MODEL_REPOSITORY": "/nonexistent"}
+    run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 3  # no models: it stops, after saying what it ignored
+    assert "SEQSERVE_MAX_QUEUESIZE is not a setting and is ignored (did you mean SEQSERVE_MAX_QUEUE_SIZE?)" \
+        in run.stderr
+    # what Kubernetes injects for a Service named seqserve, read as this server's port
+    env = {**os.environ, "SEQSERVE_PORT": "tcp://10.96.0.12:80"}
+    run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 3 and "invalid setting SEQSERVE_PORT" in run.stderr
+    assert "enableServiceLinks: false" in run.stderr
