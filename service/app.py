@@ -89,11 +89,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # cover it, and on a small CPU the wrapper is a measurable share of each request
         extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
     # /docs and /redoc with their scripts served from the package (fastapi-offline), not from a CDN:
-    # the page works offline and behind a firewall, with Swagger UI 5 (which reads OpenAPI 3.1)
-    app = FastAPIOffline(title="seqserve", version=__version__, lifespan=lifespan,
+    # the page works offline and behind a firewall, with Swagger UI 5 (which reads OpenAPI 3.1). The
+    # two pages are service/openapi_doc.py's, which link relatively (under a proxy's prefix too).
+    app = FastAPIOffline(title="seqserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                          description="Recurrent sequence models (sentiment LSTM, attention translator) over ONNX "
                                      "Runtime with dynamic batching. REST v1 and the Open Inference Protocol (v2).",
-                         **extra)
+                         # a path one slash off is redirected relatively (service/errors.py), not to
+                         # Starlette's absolute URL, which says http:// behind a TLS proxy
+                         redirect_slashes=False, **extra)
     app.state.settings = settings
     app.state.ready = False
     # refusals on arrival while a model is full, in the server's protocol (service/http_protocol.py)

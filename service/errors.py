@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Match
 
 from service.json_response import JSONResponse
 
@@ -140,7 +142,7 @@ async def _client_gone(request: Request, _: Exception) -> JSONResponse:
     return await _service_error(request, ClientGone("client closed the connection before its body was read"))
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.__cause__, ClientDisconnect):  # FastAPI's 400 for a body the client never finished
         return await _client_gone(request, exc.__cause__)
@@ -149,6 +151,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         # is a 422 everywhere else, so here too
         return JSONResponse({"error": "request body is not valid JSON", "code": "invalid_input", "field": "body"},
                             status_code=422)
+    if exc.status_code == 404 and "route" not in request.scope:  # no route took it
+        redirect = slash_redirect(request)
+        if redirect is not None:
+            return redirect
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     body: dict[str, Any] = {"error": str(exc.detail), "code": code}
     headers = getattr(exc, "headers", None)
@@ -159,6 +165,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         headers = {**headers, "Allow": ", ".join(allowed)}
         body.update(field="method", limit=headers["Allow"])
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def slash_redirect(request: Request) -> Response | None:
+    """307 to the path one trailing slash off (/v1/sentiment/ -> /v1/sentiment) where a route
+    serves that one, as Starlette's redirect_slashes does, but with a relative Location
+    ("../sentiment"): Starlette's is absolute, built from the request's own scheme and Host, so
+    behind a TLS proxy it sent clients to http:// (a POST body and its key re-sent in clear
+    text), and under a path prefix out of it."""
+    path = request.scope["path"]  # as routed: seqserve's root_path is never part of it (service/middleware.py)
+    if path == "/":
+        return None
+    other = path[:-1] if path.endswith("/") else path + "/"
+    probe = {**request.scope, "path": other}
+    if not any(route.matches(probe)[0] is not Match.NONE for route in request.app.router.routes):
+        return None
+    last = other.rstrip("/").rsplit("/", 1)[-1]
+    location = f"../{last}" if path.endswith("/") else f"{last}/"
+    query = request.url.query
+    return RedirectResponse(f"{location}?{query}" if query else location, status_code=307)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -25,7 +25,9 @@ import copy
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 
 from service import request_schemas
 from service.schemas import ErrorBody
@@ -111,7 +113,11 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
         registry = getattr(app.state, "registry", None)
         generation = registry.generation if registry is not None else -1
         if app.openapi_schema is None or built_for != generation:
-            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            # behind a proxy that strips SEQSERVE_ROOT_PATH, "Try it out" and generated clients call
+            # through the prefix
+            servers = [{"url": settings.root_path}] if settings.root_path else None
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                              servers=servers)
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
             ref = {"$ref": "#/components/schemas/ErrorBody"}
@@ -141,3 +147,21 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    # The API reference pages. Their links are relative ("openapi.json" from /docs), so they load
+    # at the root and under any prefix a proxy serves seqserve at; fastapi-offline's own pages
+    # write root-relative links, which leave the prefix. The scripts are fastapi-offline's files.
+    assets = "static-offline-docs"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{assets}/swagger-ui.css",
+                                   swagger_favicon_url=f"{assets}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="openapi.json", title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url=f"{assets}/favicon.png",
+                              with_google_fonts=False)

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["/v2/health/live", "/v2/health/ready", "/metrics"],
         description="paths answered without an API key (prefix match)")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
+    root_path: str = Field("", pattern=r"^(/[^/?#\s]+)*$",
+                           description="the path prefix a reverse proxy serves seqserve under and strips "
+                                       "(/seqserve): the OpenAPI document's servers name it")
 
     fastapi_telemetry: bool = Field(False, description="FastAPI's built-in OpenTelemetry (newer FastAPI only)")
     warmup: bool = Field(True, description="run each model on typical shapes before reporting ready")

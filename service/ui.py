@@ -31,14 +31,16 @@ router = APIRouter(include_in_schema=False)
 _READ = ["GET", "HEAD"]
 
 
+# Relative Locations: "ui/" from / or /ui is /ui/, and the same under whatever prefix a proxy
+# serves seqserve at (/seqserve/ -> /seqserve/ui/), with the scheme the client used
 @router.api_route("/", methods=_READ)
 async def root() -> RedirectResponse:
-    return RedirectResponse("/ui/", status_code=307)
+    return RedirectResponse("ui/", status_code=307)
 
 
 @router.api_route("/ui", methods=_READ)
 async def ui_no_slash() -> RedirectResponse:
-    return RedirectResponse("/ui/", status_code=307)
+    return RedirectResponse("ui/", status_code=307)
 
 
 def _file(name: str) -> Response:

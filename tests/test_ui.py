@@ -56,13 +56,13 @@ def test_page_files_ship_and_reference_only_each_other() -> None:
     local = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert {"style.css", "app.js"} <= set(local)
     for ref in local:  # nothing from another host: the page must work offline
-        assert ref in PAGE_FILES or ref.startswith(("/", "data:")), ref
+        assert ref in PAGE_FILES or ref.startswith(("../", "data:")), ref  # "../": the server's, beside /ui/
 
 
 def test_root_redirects_and_page_files_need_no_key(servers: Servers) -> None:
     url = servers.api.url
     r = httpx.get(f"{url}/")
-    assert r.status_code == 307 and r.headers["location"] == "/ui/"
+    assert r.status_code == 307 and r.headers["location"] == "ui/"  # relative: it keeps a proxy's prefix
     r = httpx.get(f"{url}/ui/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in r.headers["content-security-policy"]
@@ -206,6 +206,14 @@ def test_browser_translates_draws_the_attention_and_classifies(browser: Any, ser
                    json={"text": page.input_value("#sentiment-text")})
     assert bars == r.json()["probabilities"]
     assert r.json()["label"] in page.text_content("#sentiment-label")
+
+    # a refused text: its panel's error, and no earlier answer left beside it as if it were its own
+    page.fill("#sentiment-text", "   ")
+    page.click("#classify")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.text_content("#error").startswith("Sentiment: ") and page.is_hidden("#sentiment-out")
+    assert page.is_visible("#translation-out")  # the other panel's answer stays
+    problems[:] = [p for p in problems if "status of 422" not in p]  # the browser logs the refusal
 
     page.hover("#heatmap td[data-row='1'][data-col='1']")  # the picture shows a hovered cell
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

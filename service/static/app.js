@@ -1,14 +1,18 @@
 // seqserve demo page: plain JS, no build step, nothing loaded from elsewhere.
-// Every call goes to the server in the "Server" field (this page's origin by default, or ?api=...)
+// Every call goes to the server in the "Server" field (the one that served this page by default, or ?api=...)
 // and carries the key typed into the key field; the page itself holds no secret.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = { base: "", key: "", translator: null, classifier: null };
 
+// The server this page came from: the folder above the page's own (<prefix>/ui/ -> <prefix>), so the
+// page works under whatever path prefix a reverse proxy serves seqserve at, not only at the root.
+const pageServer = () => new URL("..", location.href).href.replace(/\/+$/, "");
+
 function initialBase() {
   const fromQuery = new URLSearchParams(location.search).get("api");
-  return (fromQuery || location.origin).replace(/\/+$/, "");
+  return (fromQuery || pageServer()).replace(/\/+$/, "");
 }
 
 // A key is remembered for the server it was typed for, never sent to another: a link to this page
@@ -306,7 +310,9 @@ async function translate(event) {
       }
     }
   } catch (err) {
-    showError(explain(err));
+    // no earlier text's translation left beside this one's error, as if it were its answer
+    $("translation-out").hidden = true;
+    showError(`Translation: ${explain(err)}`);
   } finally {
     shown.classList.remove("live");
     button.disabled = false;
@@ -341,7 +347,8 @@ async function classify(event) {
     }
     $("sentiment-meta").textContent = `${Math.round(performance.now() - started)} ms · ${result.model} v${result.version}`;
   } catch (err) {
-    showError(explain(err));
+    $("sentiment-out").hidden = true;
+    showError(`Sentiment: ${explain(err)}`);
   } finally {
     button.disabled = false;
   }
@@ -350,11 +357,11 @@ async function classify(event) {
 // ---- wiring -----------------------------------------------------------------------------
 function connect(event) {
   if (event) event.preventDefault();
-  state.base = ($("api-base").value.trim() || location.origin).replace(/\/+$/, "");
+  state.base = ($("api-base").value.trim() || pageServer()).replace(/\/+$/, "");
   state.key = $("api-key").value.trim();
   // another server is kept in the address (?api=), so a reload or a shared link keeps it
   const url = new URL(location.href);
-  if (state.base === location.origin) url.searchParams.delete("api"); else url.searchParams.set("api", state.base);
+  if (state.base === pageServer()) url.searchParams.delete("api"); else url.searchParams.set("api", state.base);
   history.replaceState(null, "", url);
   sessionStorage.setItem(keyStore(state.base), state.key);
   return loadModels();
