@@ -71,9 +71,13 @@ class _Server(uvicorn.Server):
         # Under a supervisor Ctrl+C reaches the whole process group, and the supervisor's SIGTERM
         # would then be a second signal, which uvicorn takes as "stop draining": the worker leaves
         # SIGINT to the supervisor.
+        # SIGHUP (a closed terminal, `kill -HUP`, systemd's ExecReload) is a graceful stop too: its
+        # default killed the server with no drain, and a supervisor with no word to its workers.
         supervised = self.started_event is not None
+        own = signal.SIG_IGN if supervised else self.handle_exit
         originals = {signal.SIGTERM: signal.signal(signal.SIGTERM, self.handle_exit),
-                     signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else self.handle_exit)}
+                     signal.SIGINT: signal.signal(signal.SIGINT, own),
+                     signal.SIGHUP: signal.signal(signal.SIGHUP, own)}
         try:
             yield
         finally:

@@ -9,13 +9,15 @@ supervisor bound, so the kernel spreads connections across them.
 The supervisor binds the socket, spawns the workers, restarts one that dies after it started
 serving, stops everything if one ends before it served (a broken model would fail the same way
 again, in a loop),
-and on SIGTERM/SIGINT passes the signal on so that each worker drains its accepted work, then
+and on SIGTERM/SIGINT/SIGHUP passes SIGTERM on so that each worker drains its accepted work, then
 exits 0. Prometheus metrics are summed across workers through prometheus-client's multiprocess
 mode: PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless the operator set one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -65,6 +67,20 @@ _BACKOFF_MAX_S = 30.0
 _STABLE_S = 60.0
 
 
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def _worker(sock: socket.socket, serving: Event) -> None:
+    """A worker process: it drains and exits if its supervisor dies (SIGKILL, a crash) instead of
+    serving on unmanaged, holding the port against the next start."""
+    with contextlib.suppress(OSError, AttributeError):  # Linux only
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the request above
+        return
+    serve(sock, serving)
+
+
 class Supervisor:
     """Runs ``settings.workers`` copies of service.server.serve in spawned processes until
     SIGTERM/SIGINT."""
@@ -78,7 +94,7 @@ class Supervisor:
 
     def _spawn(self, sock: socket.socket, index: int) -> _Worker:
         serving = self.context.Event()
-        process = self.context.Process(target=serve, args=(sock, serving), name=f"seqserve-worker-{index}")
+        process = self.context.Process(target=_worker, args=(sock, serving), name=f"seqserve-worker-{index}")
         process.start()
         log.info("worker %d started (pid %s)", index, process.pid)
         return _Worker(process, serving)
@@ -109,7 +125,7 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, exc)
             return STARTUP_FAILED
-        originals = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        originals = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         code = 0
         try:
             self.workers = [self._spawn(sock, i) for i in range(self.settings.workers)]

@@ -70,3 +70,22 @@ def test_the_server_warns_of_an_unknown_variable_and_explains_a_kubernetes_servi
                          timeout=60)
     assert run.returncode == 3 and "invalid setting SEQSERVE_PORT" in run.stderr
     assert "enableServiceLinks: false" in run.stderr
+
+
+@pytest.mark.parametrize(("name", "value"), [("SEQSERVE_API_KEYS", ""), ("SEQSERVE_CORS_ORIGINS", "https://a.example"),
+                                             ("SEQSERVE_VERSION_POLICY", '{"sentiment": {"latest": 1}')])
+def test_a_json_setting_that_is_not_json_is_named_in_one_line(name: str, value: str) -> None:
+    """An empty or unquoted value (compose's ${KEYS:-}, a bare origin) was a 40-line traceback, exit 1."""
+    run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env={**os.environ, name: value},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3 and "Traceback" not in run.stderr
+    assert f"invalid setting {name}: not valid JSON (got {value!r})" in run.stderr
+
+
+def test_the_command_takes_no_arguments_but_help() -> None:
+    run = subprocess.run([sys.executable, "-m", "service", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and "SEQSERVE_" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "service", "--port", "9999"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)  # refused, not ignored while serving on SEQSERVE_PORT
+    assert run.returncode == 2 and "unrecognized arguments: --port 9999" in run.stderr

@@ -207,3 +207,30 @@ def test_a_replacement_that_cannot_start_is_retried_while_the_others_serve(monke
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(spawned)]
     assert spawned[0] == pytest.approx(1000.5) and gaps[:3] == pytest.approx([1.0, 2.0, 4.0], abs=0.15)  # backing off
     assert isinstance(supervisor.workers[0].process, _LiveProcess)  # the healthy one was left alone
+
+
+def test_workers_drain_and_exit_when_their_supervisor_dies() -> None:
+    """A supervisor killed outright (SIGKILL, a crash) used to leave its workers serving on, re-parented
+    and unmanaged, holding the port against the next start: now they stop too (PR_SET_PDEATHSIG)."""
+    server = Server(COMMITTED_MODELS, workers="2").wait_ready()
+    workers = _workers(server.proc.pid)
+    assert len(workers) == 2
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    with socket.socket() as probe:  # the port is free for the next start
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", server.port))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_is_a_graceful_stop(workers: str) -> None:
+    """SIGHUP (a closed terminal, systemd's ExecReload) killed a single server with no drain and left a
+    supervisor's workers behind; now it stops as SIGTERM does, exit 0."""
+    server = Server(COMMITTED_MODELS, workers=workers).wait_ready()
+    os.kill(server.proc.pid, signal.SIGHUP)
+    assert server.proc.wait(timeout=60) == 0
+    assert "all accepted work finished" in server.output()
