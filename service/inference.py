@@ -11,6 +11,7 @@ their status codes.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from service.decoding import Sampling
+from service.decoding import Sampling, StepUpdate
 from service.engines import SentimentEngine
 from service.errors import InvalidInput
 from service.inputs import check_range, check_tokens, item_field
 from service.registry import ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
+from service.sentences import SentencesJob, joined, sentences
 from service.streaming import TranslationStream
 
 # 7 decimals: rounding moves a row's sum by at most 129 x 5e-8, inside the 1e-5 promised
@@ -114,29 +116,62 @@ def search_settings(runner: TranslationRunner, beam_size: int | None, options: S
 def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size: int | None,
                      max_length: int | None, keep_attention: bool, options: SearchOptions = NO_OPTIONS,
                      name: Callable[[str], str] = as_given) -> list[TranslationJob]:
-    """One decoding job per text; options and subword limits checked before anything is queued
-    (``name``: how the request names each option, as in ``search_settings``)."""
+    """One job per text, a ``SentencesJob`` for a text of several sentences (service/sentences.py:
+    each sentence is decoded as its own job, and counts as a text for admission and the subword
+    limit; ``max_length`` bounds each sentence's translation); options and limits checked before
+    anything is queued (``name``: how the request names each option, as in ``search_settings``)."""
     runner = model.runner
     assert isinstance(runner, TranslationRunner)
     beam, nbest, length_penalty, sampling = search_settings(runner, beam_size, options, name)
     check_range(max_length, 1, runner.max_output_tokens, name("max_length"))
-    model.engine.admission.refuse_if_full(len(texts))
-    jobs = []
-    for i, text in enumerate(texts):
-        # the limit counts subwords before the </s> the model appends
-        ids = runner.tokenize(text)
-        check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name)
-        job = runner.job(ids, beam, max_length, keep_attention)
-        job.num_hypotheses, job.length_penalty, job.sampling = nbest, length_penalty, sampling
-        jobs.append(job)
+    split = [sentences(text) for text in texts]
+    count, admission = sum(len(parts) for parts in split), model.engine.admission
+    if count > admission.limit:  # admitted whole or not at all: this request never could be
+        raise InvalidInput(f"{field} holds {count} sentences; model {model.name} takes at most {admission.limit} "
+                           "at once (SEQSERVE_MAX_QUEUE_SIZE)", field=field, limit=admission.limit)
+    admission.refuse_if_full(count)
+    jobs: list[TranslationJob] = []
+    for i, parts in enumerate(split):
+        sentence_jobs = []
+        for k, part in enumerate(parts):
+            # the limit counts subwords before the </s> the model appends
+            ids = runner.tokenize(part)
+            check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name,
+                         f" (sentence {k + 1})" if len(parts) > 1 else "")
+            job = runner.job(ids, beam, max_length, keep_attention)
+            job.num_hypotheses, job.length_penalty, job.sampling = nbest, length_penalty, sampling
+            sentence_jobs.append(job)
+        if len(sentence_jobs) == 1:
+            jobs.append(sentence_jobs[0])
+            continue
+        first = sentence_jobs[0]
+        jobs.append(SentencesJob([i for job in sentence_jobs for i in job.src_ids], first.beam_size, first.max_length,
+                                 keep_attention, nbest, length_penalty, sampling, sentences=sentence_jobs))
     return jobs
 
 
+def _decoded(job: TranslationJob) -> list[TranslationJob]:
+    """The jobs the engine decodes for ``job``: its sentences, or itself."""
+    return job.sentences if isinstance(job, SentencesJob) else [job]
+
+
 async def translate(model: ServedModel, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]:
-    """Decode one request's jobs, batched with other requests."""
+    """Decode one request's jobs, batched with other requests (a text's sentences among them),
+    one answer per job."""
     engine = model.engine
     assert not isinstance(engine, SentimentEngine)
-    return await engine.translate_all(jobs, deadline)
+    decoded = [sentence for job in jobs for sentence in _decoded(job)]
+    outputs = await engine.translate_all(decoded, deadline)
+    if len(decoded) == len(jobs):
+        return outputs
+    runner = translator(model)
+    answers, at = [], 0
+    for job in jobs:
+        count = len(_decoded(job))
+        part = outputs[at:at + count]
+        answers.append(joined(job, part, runner.length_penalty_of(job)) if isinstance(job, SentencesJob) else part[0])
+        at += count
+    return answers
 
 
 def translator(model: ServedModel) -> TranslationRunner:
@@ -181,15 +216,43 @@ def seed_of(job: TranslationJob) -> dict[str, int]:
 
 def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -> TranslationStream:
     """Start decoding one job as a stream (service/streaming.py): the same engine call as
-    ``translate``, with the job's step callback set; its events come from ``batches()``."""
+    ``translate``, with the job's step callback set; its events come from ``batches()``. A text
+    of several sentences streams them one after another, each continuing the text (and the
+    attention rows, over the whole text's columns) where the one before ended."""
     runner = translator(model)
     width = len(job.src_ids) if job.keep_attention else None  # one attention column per source id
     stream = TranslationStream(model.name, model.version, job.beam_size, runner.target_tokenizer, width,
                                ATTENTION_DECIMALS)
-    job.on_step = stream.push
 
     async def run() -> TranslationOutput:
-        return (await translate(model, [job], deadline))[0]
+        if not isinstance(job, SentencesJob):
+            job.on_step = stream.push
+            return (await translate(model, [job], deadline))[0]
+        outputs: list[TranslationOutput] = []
+        before = StepUpdate(0, [], [] if width else None)  # what the sentences before this one gave
+        column = 0
+        for sentence in job.sentences:
+            continuing = functools.partial(_continuing, before, column, len(sentence.src_ids), width)
+            sentence.on_step = lambda update, continuing=continuing: stream.push(continuing(update))
+            out = (await translate(model, [sentence], deadline))[0]
+            outputs.append(out)
+            rows = list(out.attention) if out.attention is not None and width else None
+            before = continuing(StepUpdate(len(out.tokens) + 1, out.tokens, rows))
+            column += len(sentence.src_ids)
+        return joined(job, outputs, runner.length_penalty_of(job))
 
     stream.start(run())
     return stream
+
+
+def _continuing(before: StepUpdate, column: int, columns: int, width: int | None, update: StepUpdate) -> StepUpdate:
+    """A sentence's step update as the whole text's: its tokens after those of the sentences
+    before, its attention rows moved to its own columns of the text's ``width``."""
+    rows = None
+    if before.attention is not None and update.attention is not None and width:
+        rows = list(before.attention)
+        for row in update.attention:
+            placed = np.zeros(width, np.float32)
+            placed[column:column + columns] = row[:columns]
+            rows.append(placed)
+    return StepUpdate(before.step + update.step, before.tokens + update.tokens, rows)

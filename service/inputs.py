@@ -82,9 +82,10 @@ def integral(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def check_tokens(ids: list[int], limit: int, field: str, model: str) -> list[int]:
+def check_tokens(ids: list[int], limit: int, field: str, model: str, part: str = "") -> list[int]:
+    """``part``: which piece of the field the ids are (" (sentence 2)"), for the message."""
     if len(ids) > limit:
-        raise InvalidInput(f"{field} is {len(ids)} subword tokens; model {model} takes at most {limit}",
+        raise InvalidInput(f"{field}{part} is {len(ids)} subword tokens; model {model} takes at most {limit}",
                            field=field, limit=limit)
     return ids
 

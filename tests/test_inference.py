@@ -109,3 +109,50 @@ def test_length_penalty_is_the_exponent_of_the_length(committed_server: Server) 
 def test_decoding_options_outside_their_limits_are_422(committed_server: Server, body: dict, field: str) -> None:
     r = httpx.post(f"{committed_server.url}/v1/translate", json={"text": TEXT, **body})
     assert r.status_code == 422 and r.json()["field"] == field, r.text
+
+
+def _streamed(url: str, **body: object) -> dict:
+    import json
+
+    with httpx.stream("POST", f"{url}/v1/translate", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    deltas = "".join(e["text"] for e in events[:-1] if "index" in e)
+    return {**events[-1], "deltas": deltas}
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_a_text_of_several_sentences_is_translated_sentence_by_sentence(committed_server: Server,
+                                                                      beam_size: int) -> None:
+    """Given as one text, the second sentence used to be dropped ("Eine Frau kocht im Schnee."):
+    each sentence is decoded as its own job and the answers are joined, streamed or not."""
+    url = committed_server.url
+    parts = ["A woman is cooking.", "Two dogs play in the snow."]
+    alone = [_translate(url, text=part, beam_size=beam_size, return_attention=True) for part in parts]
+    whole = _translate(url, text="  ".join(parts), beam_size=beam_size, return_attention=True)
+    assert whole["translation"] == " ".join(a["translation"] for a in alone)
+    assert whole["source_tokens"] == alone[0]["source_tokens"] + alone[1]["source_tokens"]  # each with its </s>
+    assert whole["target_tokens"] == alone[0]["target_tokens"] + alone[1]["target_tokens"]
+    rows, width = whole["attention"], len(whole["source_tokens"])
+    assert len(rows) == len(whole["target_tokens"]) and all(len(row) == width for row in rows)
+    assert all(abs(sum(row) - 1) < 1e-5 for row in rows)  # block-diagonal: each sentence over its own columns
+    first = len(alone[0]["target_tokens"])
+    assert rows[first][:len(alone[0]["source_tokens"])] == [0.0] * len(alone[0]["source_tokens"])
+    streamed = _streamed(url, text="  ".join(parts), beam_size=beam_size, return_attention=True)
+    assert {k: streamed[k] for k in whole} == whole
+    if beam_size == 1:  # the deltas run on from one sentence into the next
+        assert streamed["deltas"] == whole["translation"]
+    v2 = httpx.post(f"{url}/v2/models/translate-en-de/generate", json={"text_input": "  ".join(parts),
+                                                                       "parameters": {"beam_size": beam_size}},
+                    timeout=60).json()
+    assert v2["text_output"] == whole["translation"]
+
+
+def test_each_sentence_keeps_the_subword_limit_and_is_named_when_over_it(committed_server: Server) -> None:
+    r = httpx.post(f"{committed_server.url}/v1/translate", timeout=60,
+                   json={"texts": ["A dog.", "A dog runs. It is " + "very " * 200 + "big."]})
+    assert r.status_code == 422 and r.json()["field"] == "texts[1]" and r.json()["limit"] == 128
+    assert r.json()["error"].startswith("texts[1] (sentence 2) is ")
+    # a text of many short sentences is longer than one sentence may be, and is translated whole
+    many = " ".join(["A man rides a horse."] * 30)
+    assert _translate(committed_server.url, text=many)["translation"].count(".") == 30

@@ -98,10 +98,14 @@ class TranslationRunner:
         return TranslationJob(src_ids, beam_size or self.decoding.default_beam_size,
                               max_length or self.default_max_length(len(src_ids)), keep_attention)
 
+    def length_penalty_of(self, job: TranslationJob) -> float:
+        """The exponent ``job``'s hypotheses are scored with: its own, else the model card's."""
+        return self.decoding.length_penalty if job.length_penalty is None else job.length_penalty
+
     def search_for(self, job: TranslationJob) -> BeamSearch:
         """The search that decodes ``job`` (one place, for both schedulers)."""
-        penalty = self.decoding.length_penalty if job.length_penalty is None else job.length_penalty
-        return BeamSearch(job.beam_size, job.max_length, penalty, job.keep_attention, job.sampling)
+        return BeamSearch(job.beam_size, job.max_length, self.length_penalty_of(job), job.keep_attention,
+                          job.sampling)
 
     @classmethod
     def result_of(cls, search: BeamSearch, job: TranslationJob) -> TranslationOutput:

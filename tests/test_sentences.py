@@ -1,0 +1,48 @@
+"""service/sentences.py: splitting a text into sentences, and joining their translations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.runners.translation import TranslationJob, TranslationOutput
+from service.sentences import SentencesJob, joined, sentences
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("A dog runs on the beach.", ["A dog runs on the beach."]),
+    ("A woman is cooking. Two dogs play in the snow.", ["A woman is cooking.", "Two dogs play in the snow."]),
+    ("Mr. Smith walks in St. Louis. It is 3.5 km away!", ["Mr. Smith walks in St. Louis.", "It is 3.5 km away!"]),
+    ('"Look!" said the boy. The girl laughed.', ['"Look!" said the boy.', "The girl laughed."]),
+    ("A man waves...  Then he leaves?! Yes", ["A man waves...", "Then he leaves?!", "Yes"]),
+    ("A DOG RUNS. A CAT SLEEPS.", ["A DOG RUNS.", "A CAT SLEEPS."]),
+    ("a dog runs. a cat sleeps", ["a dog runs.", "a cat sleeps"]),
+    ("Two men near a U.S. flag", ["Two men near a U.S. flag"]),  # no sentence end followed by text
+])
+def test_a_text_splits_into_its_sentences(text: str, expected: list[str]) -> None:
+    assert sentences(text) == expected
+
+
+def _job(src: list[int]) -> TranslationJob:
+    return TranslationJob(src, beam_size=2, max_length=10)
+
+
+def test_joined_answers_read_as_one_sequence() -> None:
+    parts = [_job([4, 5, 2]), _job([6, 2])]  # source subwords, each sentence with its </s> (2)
+    job = SentencesJob([4, 5, 2, 6, 2], 2, 10, sentences=parts)
+    first = TranslationOutput([7, 8], score=-2.0 / 3, attention=np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]]),
+                              hypotheses=[([7, 8], -2.0 / 3), ([9], -1.0)])
+    second = TranslationOutput([10], score=-0.5, attention=np.array([[0.25, 0.75]]),
+                               hypotheses=[([10], -0.5)])
+    out = joined(job, [first, second], length_penalty=1.0)
+    assert out.tokens == [7, 8, 10]
+    assert out.score == pytest.approx((-2.0 - 1.0) / (3 + 2))  # sum(log p) / (subwords + one </s> each)
+    assert out.attention is not None and out.attention.shape == (3, 5)
+    np.testing.assert_allclose(out.attention.sum(axis=1), 1.0)  # block-diagonal: each row still sums to 1
+    np.testing.assert_allclose(out.attention[2], [0, 0, 0, 0.25, 0.75])
+    # the i-th alternative joins each sentence's i-th best, the last where a search closed fewer
+    assert out.hypotheses is not None and [tokens for tokens, _ in out.hypotheses] == [[7, 8, 10], [9, 10]]
+    assert out.hypotheses[1][1] == pytest.approx((-2.0 - 1.0) / (1 + 1 + 2))
+    # exponent 0: each score is its total log-probability, and so is the whole's
+    totals = [TranslationOutput([7, 8], -2.0, None), TranslationOutput([10], -1.0, None)]
+    assert joined(job, totals, length_penalty=0.0).score == pytest.approx(-3.0)
