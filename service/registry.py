@@ -36,7 +36,7 @@ from service.onnx_session import (
 )
 from service.runners import Runner, SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
-from service.version_policy import served_cards, version_cards
+from service.version_policy import served_cards, unserved, version_cards
 
 log = logging.getLogger("seqserve.registry")
 
@@ -210,6 +210,11 @@ class ModelRegistry:
     def load(cls, settings: Settings) -> ModelRegistry:
         """Load every model; raise ModelLoadError naming the file on any problem."""
         repo = settings.model_repository
+        if not repo.is_dir():
+            raise ModelLoadError(f"{repo}: no such folder (SEQSERVE_MODEL_REPOSITORY, a folder of "
+                                 "<name>/<version>/model.json)")
+        for line in unserved(repo, settings.version_policy):
+            log.warning("%s", line)
         cards = served_cards(version_cards(repo), settings.version_policy)
         if not cards:
             raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json)")
@@ -252,6 +257,8 @@ class ModelRegistry:
                 if (langs.get("source"), langs.get("target")) == (source, target):
                     return model
                 pairs.append(f"{langs.get('source')}->{langs.get('target')}")
+        if not pairs:  # no translator at all (none in the repository, or unloaded): nothing the client can change
+            raise ModelNotFound("no translation model is served", field="model")
         raise InvalidInput(f"unknown language pair {source}->{target}; available: {', '.join(sorted(pairs))}",
                            field="source/target", limit=sorted(pairs))
 

@@ -55,3 +55,29 @@ def served_cards(cards: Iterable[Path], policies: dict[str, VersionPolicy]) -> l
     chosen = [card for name, versions in by_model.items() for version, card in versions.items()
               if name not in policies or version in policies[name].select(versions)]
     return sorted(chosen)
+
+
+def unserved(repository: Path, policies: dict[str, VersionPolicy]) -> list[str]:
+    """What the repository holds but will not serve, or the policies name but it does not hold,
+    each as a line for the start-up log: a version folder that is no number, a policy for a model
+    that is not there, a specific version that is not there, a model the policy leaves with none.
+    Each was silent: a typo in SEQSERVE_VERSION_POLICY dropped a model from a server that then
+    reported ready."""
+    lines = [f"{card.parent}: not served: a version folder's name is a number (e.g. 1)"
+             for card in sorted(repository.glob("*/*/model.json")) if not card.parent.name.isdigit()]
+    on_disk: dict[str, list[str]] = {}
+    for card in version_cards(repository):
+        on_disk.setdefault(card.parent.parent.name, []).append(card.parent.name)
+    for name, policy in sorted(policies.items()):
+        versions = on_disk.get(name)
+        if versions is None:
+            lines.append(f"SEQSERVE_VERSION_POLICY names model {name!r}, which {repository} does not hold "
+                         f"(it holds: {', '.join(sorted(on_disk)) or 'nothing'})")
+            continue
+        missing = sorted(set(policy.specific or []) - set(versions))
+        if missing:
+            lines.append(f"SEQSERVE_VERSION_POLICY names version(s) {', '.join(missing)} of {name!r}, which "
+                         f"{repository} does not hold (it holds: {', '.join(sorted(versions, key=int))})")
+        if not policy.select(versions):
+            lines.append(f"model {name!r} is not served: SEQSERVE_VERSION_POLICY selects none of its versions")
+    return lines

@@ -248,3 +248,11 @@ def test_model_control_is_off_by_default_and_refused_with_workers(committed_serv
     control = ModelControl(None, Settings(model_control=True, workers=2))  # type: ignore[arg-type]
     with pytest.raises(ModelControlRefused, match="SEQSERVE_WORKERS is 2"):
         asyncio.run(control.load("sentiment"))
+
+
+def test_translate_with_no_translator_served_is_404_not_the_clients_fault(server: Server) -> None:
+    """This repository serves no translator (as after unloading one): v1 translate answered 422
+    "unknown language pair en->de; available: " (nothing), as if the request were wrong."""
+    r = httpx.post(f"{server.url}/v1/translate", json={"text": "A dog runs."})
+    assert r.status_code == 404 and r.json()["code"] == "model_not_found", r.text
+    assert r.json()["error"] == "no translation model is served"

@@ -12,7 +12,7 @@ from service import v2_model
 from service.registry import ModelRegistry
 from service.repository import ModelControl
 from service.settings import Settings
-from service.version_policy import VersionPolicy, served_cards
+from service.version_policy import VersionPolicy, served_cards, unserved
 from tests.conftest import COMMITTED_MODELS
 
 
@@ -54,3 +54,25 @@ def test_only_the_selected_versions_load(tmp_path: Path) -> None:
     assert ModelControl(registry, settings).index() == [
         {"name": "sentiment", "version": "1", "state": "UNAVAILABLE", "reason": "not selected by the version policy"},
         {"name": "sentiment", "version": "2", "state": "READY"}]
+
+
+def test_what_will_not_be_served_is_said(tmp_path: Path) -> None:
+    """A typo in the policy, a version it names that is not there, a version folder that is no
+    number: each dropped a model without a word, from a server that then said it was ready."""
+    for version in ("1", "v2"):
+        (tmp_path / "sentiment" / version).mkdir(parents=True)
+        (tmp_path / "sentiment" / version / "model.json").write_text("{}")
+    policies = {"sentimnt": VersionPolicy(latest=1), "sentiment": VersionPolicy(specific=["7"])}
+    assert unserved(tmp_path, policies) == [
+        f"{tmp_path / 'sentiment' / 'v2'}: not served: a version folder's name is a number (e.g. 1)",
+        f"SEQSERVE_VERSION_POLICY names version(s) 7 of 'sentiment', which {tmp_path} does not hold (it holds: 1)",
+        "model 'sentiment' is not served: SEQSERVE_VERSION_POLICY selects none of its versions",
+        f"SEQSERVE_VERSION_POLICY names model 'sentimnt', which {tmp_path} does not hold (it holds: sentiment)"]
+    assert unserved(tmp_path, {"sentiment": VersionPolicy(latest=1)}) == unserved(tmp_path, {})[:1]
+
+
+def test_a_repository_folder_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    from service.registry import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        ModelRegistry.load(Settings(model_repository=tmp_path / "nope", warmup=False))
