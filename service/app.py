@@ -71,6 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  ", ".join(f"{m.name}/{m.version} on {m.provider} ({m.precision})" for m in registry.all()))
         try:
             yield
+        except asyncio.CancelledError:
+            if not app.state.drain.cut_short:
+                raise
+            # uvicorn's force quit (a second Ctrl+C) cancels the lifespan instead of ending it: the
+            # shutdown below is still this one's, and no error (uvicorn logged it with a traceback)
         finally:
             lag_watch.cancel()
             app.state.ready = False

@@ -31,6 +31,7 @@ class Drain:
         self.http_cut_off = 0  # HTTP requests answered 503 at the deadline
         self.grpc_cut_off = 0  # gRPC calls (or stream requests) answered UNAVAILABLE at it
         self.deadline: float | None = None  # time.monotonic() when it passes; None before the signal
+        self.cut_short = False  # a second Ctrl+C: the deadline is now (``passed`` from then on)
         self._grpc_stopped: asyncio.Future[None] | None = None
 
     @property
@@ -38,8 +39,9 @@ class Drain:
         return self.deadline is not None
 
     def passed(self, slack_s: float = 0.1) -> bool:
-        """The deadline has passed (within ``slack_s``: gRPC's own timer may fire a little early)."""
-        return self.deadline is not None and time.monotonic() >= self.deadline - slack_s
+        """The deadline has passed (within ``slack_s``: gRPC's own timer may fire a little early),
+        or a second Ctrl+C cut the drain short."""
+        return self.cut_short or (self.deadline is not None and time.monotonic() >= self.deadline - slack_s)
 
     def start(self) -> None:
         """The signal: the deadline is fixed and gRPC begins to stop (a second call does nothing)."""
@@ -64,7 +66,9 @@ class Drain:
 
     def summary(self, finished: bool) -> str:
         """The shutdown's log line."""
-        if finished and not self.http_cut_off and not self.grpc_cut_off:
+        if finished and not self.cut_short and not self.http_cut_off and not self.grpc_cut_off:
             return "all accepted work finished"
-        return (f"the drain timeout ({self.timeout_s:g} s) passed: {self.http_cut_off} HTTP request(s) still in "
-                f"flight answered 503, {self.grpc_cut_off} gRPC call(s) UNAVAILABLE")
+        why = "a second Ctrl+C cut the drain short" if self.cut_short else \
+            f"the drain timeout ({self.timeout_s:g} s) passed"
+        return (f"{why}: {self.http_cut_off} HTTP request(s) still in flight answered 503, {self.grpc_cut_off} "
+                "gRPC call(s) UNAVAILABLE")

@@ -190,8 +190,9 @@ class RequestContextMiddleware:
             # uvicorn cancels what is still in flight when the drain's deadline passes: answered
             # (its text/plain 500 and a traceback told the client and the operator of a bug)
             self.drain.http_cut_off += 1
-            error = NotReady(f"the server shut down before this request finished (its drain timeout, "
-                             f"{self.drain.timeout_s:g} s, passed): retry it")
+            why = "a second Ctrl+C cut its drain short" if self.drain.cut_short else \
+                f"its drain timeout, {self.drain.timeout_s:g} s, passed"
+            error = NotReady(f"the server shut down before this request finished ({why}): retry it")
             if started_response:  # a stream: it ends with its error event, not as if it were finished
                 last_event = (scope.get("extensions") or {}).get(LAST_EVENT)
                 await send({"type": "http.response.body", "body": last_event(error) if last_event else b"",

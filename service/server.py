@@ -53,6 +53,10 @@ class _Server(uvicorn.Server):
         # readiness turns 503 at once, so balancers stop sending while accepted work drains
         self.app.state.ready = False
         self.app.state.early_refusal.close()
+        if self.should_exit and sig == signal.SIGINT:
+            # uvicorn's force quit: what is in flight is cut off now, and answered as at the drain's
+            # deadline (503 JSON, counted in the shutdown's line), not a text/plain 500 and a traceback
+            self.app.state.drain.cut_short = True
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -104,7 +104,16 @@ class Supervisor:
 
     def _prepare_metrics_dir(self) -> None:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+            folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            os.makedirs(folder, exist_ok=True)
+            # an earlier run's files would be summed into this one's counters (prometheus-client:
+            # the folder is wiped between runs); its own files only, nothing else in the folder
+            stale = [name for name in os.listdir(folder) if name.endswith(".db")]
+            for name in stale:
+                os.remove(os.path.join(folder, name))
+            if stale:
+                log.warning("removed %d metric file(s) an earlier run left in PROMETHEUS_MULTIPROC_DIR=%s",
+                            len(stale), folder)
             return
         # set before any worker starts: prometheus-client picks its storage when first imported
         self.metrics_dir = tempfile.mkdtemp(prefix="seqserve-metrics-")

@@ -117,6 +117,26 @@ def test_a_request_accepted_before_the_signal_is_served_though_its_body_comes_af
     assert server.proc.wait(30) == 0 and "shutdown: all accepted work finished" in server.output()
 
 
+def test_a_second_ctrl_c_answers_what_is_in_flight_and_says_so() -> None:
+    """uvicorn's force quit (Ctrl+C twice): a request in flight got a text/plain 500 and two
+    tracebacks were logged, and then "all accepted work finished"."""
+    server = Server(COMMITTED_MODELS, warmup="false", drain_timeout_s="20").wait_ready()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 40\r\n\r\n{\"text\":")  # its body never completes
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        server.proc.send_signal(signal.SIGINT)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    assert b'"code":"not_ready"' in answer and b"a second Ctrl+C cut its drain short" in answer
+    assert server.proc.wait(30) == 0
+    log = server.output()
+    assert "shutdown: a second Ctrl+C cut the drain short: 1 HTTP request(s) still in flight answered 503" in log
+    assert "Traceback" not in log and "all accepted work finished" not in log
+
+
 async def test_a_stream_cut_off_at_the_deadline_ends_with_its_error_event() -> None:
     """A stream's status line is sent: cut off, it ended like a finished stream, with neither its
     result nor an error event, while the log said 503. (A real translation stream here outruns

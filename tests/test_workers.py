@@ -234,3 +234,15 @@ def test_sighup_is_a_graceful_stop(workers: str) -> None:
     os.kill(server.proc.pid, signal.SIGHUP)
     assert server.proc.wait(timeout=60) == 0
     assert "all accepted work finished" in server.output()
+
+
+def test_an_earlier_runs_metric_files_are_removed_not_summed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's PROMETHEUS_MULTIPROC_DIR reused across runs carried the last run's counts over."""
+    from service import workers
+    from service.settings import Settings
+
+    (tmp_path / "counter_4242.db").write_bytes(b"old")
+    (tmp_path / "notes.txt").write_text("not ours")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    workers.Supervisor(Settings(workers=2))._prepare_metrics_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
