@@ -449,7 +449,8 @@ async def start(state: State, settings: Settings) -> GrpcServer | None:
     try:
         server.add_insecure_port(f"{host}:{settings.grpc_port}")
     except RuntimeError as exc:
-        raise RuntimeError(f"cannot serve gRPC on {host}:{settings.grpc_port} (in use?): {exc}") from exc
+        raise RuntimeError(f"cannot serve gRPC on {host}:{settings.grpc_port}: the port is taken, or {host} is "
+                           f"not an address of this machine (SEQSERVE_GRPC_PORT, SEQSERVE_HOST): {exc}") from exc
     await server.start()
     log.info("gRPC (Open Inference Protocol) on %s:%d", host, settings.grpc_port)
     return GrpcServer(server, servicer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -103,6 +104,15 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(sock: socket.socket | None = None, started: Event | None = None) -> None:
     """The whole app on its own event loop until SIGTERM/SIGINT. A supervisor passes the socket
     it bound for several of these and an event to set once serving. Exits STARTUP_FAILED if the
@@ -115,6 +125,12 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
     limit_malloc_arenas()
     settings = Settings()
     configure_logging(settings)
+    if sock is None:  # bound before the models load: a port in use is said at once, not after "ready"
+        try:
+            sock = bind_socket(settings.host, settings.port)
+        except OSError as exc:
+            logging.getLogger("seqserve").error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            sys.exit(STARTUP_FAILED)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False,
@@ -130,6 +146,6 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
                             # reuses one as it closes, and its client gets a 502 the server never saw
                             timeout_keep_alive=settings.keep_alive_s)
     server = _Server(config, app, started)
-    server.run(sockets=[sock] if sock else None)
+    server.run(sockets=[sock])
     if not server.started:  # start-up failed (e.g. a model refused to load): say so in the exit code
         sys.exit(STARTUP_FAILED)

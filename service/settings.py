@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.version_policy import VersionPolicy
@@ -111,6 +111,14 @@ class Settings(BaseSettings):
             if not path.startswith("/") or path == "/":
                 raise ValueError(f"{path!r}: each exempt path starts with / and names more than the root")
         return paths
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _own_port(cls, grpc_port: int, info: ValidationInfo) -> int:
+        if grpc_port and grpc_port == info.data.get("port"):
+            raise ValueError(f"it is SEQSERVE_PORT too ({grpc_port}): HTTP and gRPC need a port each "
+                             "(SEQSERVE_GRPC_PORT=0 turns gRPC off)")
+        return grpc_port
 
     @model_validator(mode="after")
     def _texts_fit_the_queue(self) -> Settings:

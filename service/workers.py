@@ -32,21 +32,12 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from types import FrameType
 
-from service.server import STARTUP_FAILED, serve
+from service.server import STARTUP_FAILED, bind_socket, serve
 from service.settings import Settings
 
 log = logging.getLogger("seqserve.workers")
 
 _POLL_S = 0.2
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
 
 
 @dataclass

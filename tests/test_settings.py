@@ -22,6 +22,7 @@ from tests.conftest import ROOT
     ("auth_exempt_paths", ["/"]),  # exempt by prefix: every path
     ("auth_exempt_paths", [""]),
     ("log_level", "verbose"),
+    ("grpc_port", 8000),  # the HTTP port's too (the default)
 ])
 def test_a_bad_setting_is_refused(setting: str, value: object) -> None:
     with pytest.raises(ValidationError, match=setting):

@@ -97,14 +97,16 @@ def test_no_writable_folder_for_the_summed_metrics_is_a_clear_refusal(tmp_path: 
     assert "set PROMETHEUS_MULTIPROC_DIR to a writable folder" in server.output()
 
 
-def test_a_port_in_use_is_a_clear_refusal() -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_a_clear_refusal(workers: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        server = Server(COMMITTED_MODELS, workers="2", port=str(taken.getsockname()[1]))
+        server = Server(COMMITTED_MODELS, workers=workers, port=str(taken.getsockname()[1]))
         assert server.proc.wait(timeout=60) == 3
     log = server.output()
     assert "cannot listen on 127.0.0.1:" in log and "in use" in log
+    assert not re.search(r"ready in \d", log)  # said before the models load (one server said "ready", then failed)
 
 
 def test_during_the_drain_new_connections_are_refused_at_once_and_accepted_work_finishes() -> None:
