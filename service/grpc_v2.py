@@ -78,7 +78,12 @@ def _inputs(request: Any) -> list[InputTensor]:
                                    field=f"{field}.contents")
             data = decode_tensor(t.datatype, shape, raw[i], field)
         else:
-            data = list(getattr(t.contents, _CONTENTS.get(t.datatype, "bytes_contents")))
+            expected = _CONTENTS.get(t.datatype, "bytes_contents")
+            data = list(getattr(t.contents, expected))
+            given = [f.name for f, values in t.contents.ListFields() if f.name != expected and values]
+            if not data and given:  # "must be 1 strings, got 0" would not say where the values went
+                raise InvalidInput(f"input {t.name!r} is {t.datatype}: its values go in contents.{expected}, "
+                                   f"not contents.{given[0]}", field=f"{field}.contents")
         tensors.append(InputTensor(t.name, t.datatype, shape, data))
     return tensors
 

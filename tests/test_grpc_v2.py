@@ -229,6 +229,18 @@ def test_an_input_sent_both_typed_and_raw_is_refused(committed_server: Server) -
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "send one" in (err.value.details() or "")
 
 
+def test_values_in_another_datatypes_contents_are_named(committed_server: Server) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="sentiment")
+    request.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.fp32_contents.append(1.5)
+    with grpc.insecure_channel(committed_server.grpc_url) as channel, pytest.raises(grpc.RpcError) as err:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "its values go in contents.bytes_contents, not contents.fp32_contents" in (err.value.details() or "")
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_classification_is_refused_not_ignored(committed_server: Server, protocol: str) -> None:
     """Triton's classification extension (class_count) is not served: a client asking for labels
