@@ -5,14 +5,17 @@ capitals, a sentence splits into several times as many subwords (unseen upper-ca
 the translation falls apart; Title Case and lower case cost less but still cost. When a text's
 casing is degenerate in one of those three ways, each word is recased to its most frequent form
 in the training source side (a table learned from train.en only and shipped beside the model),
-and a word that starts a sentence is capitalised. Text with ordinary mixed casing passes through
-unchanged, so translations of normally typed text cannot change.
+and a word that starts a sentence is capitalised. In text with ordinary mixed casing only a word
+of three or more letters typed in capitals for emphasis ("A DOG runs on the BEACH.", which came
+back as "Ein „CACO-Stame rennt ...") is recased, where the table's form of it is not capitals
+(an acronym's is); everything else passes through unchanged (no val or test_2016_flickr source
+has such a word, so their translations do not change).
 
 A table lookup per word, not a library: Moses' truecaser (sacremoses) works on Moses-tokenised
 text, so raw input would need a tokenise/detokenise round trip that alters the raw text the
 subword model was trained on, and it would never recase a normally typed sentence differently
 from this table anyway. The check that decides whether to recase costs two C-level string
-comparisons for normally typed text.
+comparisons and one regular-expression search for normally typed text.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ Casing = Literal["upper", "lower", "title"]
 
 _WORD = re.compile(r"[^\W\d_]+")  # a run of letters: "T-shirt" is "T" and "shirt", "don't" is "don" and "t"
 _SENTENCE_END = frozenset(".!?")
+_SHOUTED = re.compile(r"[A-Z]{3}")  # a cheap first look for a word in capitals within mixed-case text
 
 
 def casing_of(text: str) -> Casing | None:
@@ -99,16 +103,24 @@ class Truecaser:
         return len(self.forms)
 
     def __call__(self, text: str) -> str:
-        """The text recased when its casing is degenerate (see ``casing_of``), else unchanged."""
+        """The text recased when its casing is degenerate (see ``casing_of``); in text cased
+        normally, only words of three or more letters typed in capitals for emphasis ("A DOG runs
+        on the BEACH.") whose usual form is not all capitals (an acronym's is: "USA" stays);
+        anything else unchanged."""
         casing = casing_of(text)
-        if casing is None:
+        if casing is None and _SHOUTED.search(text) is None:
             return text
         parts: list[str] = []
         pos = 0
         for match, initial in _words(text):
             word = match.group()
-            # an unknown word keeps its form, except that all-caps text carries no casing at all
-            form = self.forms.get(word.lower()) or (word.lower() if casing == "upper" else word)
+            known = self.forms.get(word.lower())
+            if casing is None:  # only a shouted word that is usually not in capitals
+                if len(word) < 3 or not word.isupper() or known is None or known.isupper():
+                    continue
+                form = known
+            else:  # an unknown word keeps its form, except that all-caps text carries no casing at all
+                form = known or (word.lower() if casing == "upper" else word)
             if initial:
                 form = form[:1].upper() + form[1:]
             parts += (text[pos : match.start()], form)

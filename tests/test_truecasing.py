@@ -63,10 +63,23 @@ def test_recasing_details(truecaser: Truecaser) -> None:
     assert truecaser("A Man In Paris And Zorbo") == "A man in Paris and Zorbo"
 
 
-@pytest.mark.parametrize("text", ["A man in a RED shirt.", "A dog. a cat", "NASA launches a rocket.", "", "!!!",
-                                  "Two dogs play in New York."])
+@pytest.mark.parametrize("text", ["A man in a Red shirt.", "A dog. a cat", "NASA launches a rocket.", "", "!!!",
+                                  "Two dogs play in New York.", "A man in a T-shirt."])
 def test_ordinary_mixed_casing_passes_through_unchanged(truecaser: Truecaser, text: str) -> None:
     assert truecaser(text) is text
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("A man in a RED shirt.", "A man in a red shirt."),  # a word in capitals for emphasis
+    ("A MAN in a red shirt.", "A man in a red shirt."),  # starting the sentence: capitalised
+    ("Two DOGS play in the snow near NEW YORK.", "Two dogs play in the snow near New York."),
+    ("A man in a red SHIRT from the USA and NASA.", "A man in a red shirt from the USA and NASA."),  # unknown
+    ("A MAN is in a red shirt, a man!", "A man is in a red shirt, a man!"),
+])
+def test_a_word_in_capitals_within_mixed_casing_is_recased(truecaser: Truecaser, text: str, expected: str) -> None:
+    """"A DOG runs on the BEACH." came back as "Ein Hund rennt auf den QASAREST"." Only words of
+    three or more letters whose usual form is not capitals: "NASA" (unknown) and "GI" stay."""
+    assert truecaser(text) == expected
 
 
 def test_saves_and_loads_the_same_table(truecaser: Truecaser, tmp_path: Path) -> None:
