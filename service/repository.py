@@ -59,6 +59,9 @@ class ModelControl:
         self.settings = settings
         self._lock = asyncio.Lock()  # one change at a time
         self._retiring: set[asyncio.Task[None]] = set()  # unloads finishing after their caller left
+        # the last load of a version that failed, and why: the index's reason (as Triton's), until
+        # it loads or is unloaded
+        self._failed: dict[tuple[str, str], str] = {}
 
     def _on_disk(self, name: str | None = None) -> dict[tuple[str, str], Path]:
         """The version folders under the repository that the version policy serves."""
@@ -74,7 +77,8 @@ class ModelControl:
             if (name, version) in served:
                 rows.append({"name": name, "version": version, "state": "READY"})
             elif not ready_only:
-                reason = "unloaded" if (name, version) in allowed else "not selected by the version policy"
+                reason = self._failed.get((name, version)) or \
+                    ("unloaded" if (name, version) in allowed else "not selected by the version policy")
                 rows.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason})
         return rows
 
@@ -102,7 +106,9 @@ class ModelControl:
                 try:
                     model = await asyncio.to_thread(load_model, card, self.registry.providers, self.settings)
                 except ModelLoadError as exc:
+                    self._failed[(name, version)] = f"load failed: {exc}"
                     raise ModelLoadFailed(str(exc), field="model") from exc
+                self._failed.pop((name, version), None)
                 model.engine.start(self.registry.give_way)
                 self.registry.add(model)
                 log.info("serving %s/%s", name, version)
@@ -115,6 +121,8 @@ class ModelControl:
         check_model_name(name)
         async with self._lock:
             models = self.registry.versions(name)
+            for key in [key for key in self._failed if key[0] == name]:
+                del self._failed[key]
             if not models:
                 raise ModelNotFound(f"model {name} is not loaded", field="model")
             for model in models:

@@ -35,9 +35,10 @@ TEXT_INPUT = TensorSpec("text", "BYTES", [1])
 
 def extensions(settings: Settings) -> list[str]:
     """What GET /v2 and gRPC ServerMetadata list: only extensions implemented as Triton's schema
-    has them (the repository's load and unload only when model control is on)."""
+    has them (the repository's load and unload only when model control is on and can work)."""
     return ["binary_tensor_data", "model_configuration", "parameters", "statistics",
-            *(["model_repository"] if settings.model_control else [])]
+            # only where a load can succeed: model control needs one server process
+            *(["model_repository"] if settings.model_control and settings.workers == 1 else [])]
 
 
 def outputs_of(model: ServedModel) -> list[TensorSpec]:

@@ -146,6 +146,10 @@ def test_a_broken_version_is_refused_naming_its_file(server: Server, repo: Path)
         assert r.status_code == 409 and r.json()["code"] == "model_load_failed"
         assert str(bad / "model.json") in r.json()["error"]
         assert httpx.post(f"{server.url}/v2/models/sentiment/infer", json=BODY).status_code == 200
+        # the index says why the version is not served (as Triton's does), not "unloaded"
+        row = next(row for row in httpx.post(f"{server.url}/v2/repository/index").json() if row["version"] == "3")
+        assert row["state"] == "UNAVAILABLE" and row["reason"].startswith("load failed: ")
+        assert str(bad / "model.json") in row["reason"]
     finally:
         shutil.rmtree(bad)
     r = httpx.post(f"{server.url}/v2/repository/models/sentiment/load", json={"parameters": {"config": "{}"}})
@@ -256,3 +260,11 @@ def test_translate_with_no_translator_served_is_404_not_the_clients_fault(server
     r = httpx.post(f"{server.url}/v1/translate", json={"text": "A dog runs."})
     assert r.status_code == 404 and r.json()["code"] == "model_not_found", r.text
     assert r.json()["error"] == "no translation model is served"
+
+
+def test_the_repository_extension_is_listed_only_where_a_load_can_work() -> None:
+    from service import v2_model
+
+    assert "model_repository" in v2_model.extensions(Settings(model_control=True))
+    # several workers: every load is refused (409), so it is not advertised
+    assert "model_repository" not in v2_model.extensions(Settings(model_control=True, workers=2))
