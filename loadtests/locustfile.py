@@ -18,15 +18,11 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from functools import cache
+from typing import Any
 
-import grpc
-import grpc.experimental.gevent
 from locust import FastHttpUser, User, between, task
 
 from loadtests.inputs import sentiment_texts, translation_texts
-from service.grpc_protocol import service_pb2, service_pb2_grpc
-from service.grpc_v2 import HTTP_STATUS
-from service.v2_binary import encode_tensor
 
 _JSON = {"Content-Type": "application/json"}
 SENTIMENT = sentiment_texts()
@@ -130,15 +126,30 @@ def grpc_target(host: str) -> str:
     8001, the server's)."""
     if "://" not in host:
         return host
-    return f"{urllib.parse.urlsplit(host).hostname}:{os.environ.get('SEQSERVE_GRPC_PORT', '8001')}"
+    name = urllib.parse.urlsplit(host).hostname or "127.0.0.1"
+    return f"{f'[{name}]' if ':' in name else name}:{os.environ.get('SEQSERVE_GRPC_PORT', '8001')}"
+
+
+# the HTTP status each gRPC code seqserve answers stands for (service/grpc_v2.py maps them the
+# other way), so that the runner's summaries count both kinds of user alike; written out here,
+# because the load generator (its image too) does not carry the server's package
+_HTTP_OF = {"OK": 200, "INVALID_ARGUMENT": 422, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 413, "UNAUTHENTICATED": 401,
+            "FAILED_PRECONDITION": 409, "CANCELLED": 499, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+            "UNIMPLEMENTED": 501}
 
 
 @cache
-def _grpc_under_gevent() -> None:
-    """gRPC's calls yield to Locust's other users instead of blocking its gevent loop; once, before the
-    process's first channel (here rather than at import, which would change gRPC for any process that
-    imports this file)."""
+def _grpc() -> Any:
+    """grpc and the Open Inference Protocol's stubs, imported when a gRPC user first starts (an
+    HTTP-only run needs neither), with gRPC put under gevent once, before the process's first
+    channel, so that its calls yield to Locust's other users instead of blocking its loop."""
+    import grpc
+    import grpc.experimental.gevent
+
+    from service.grpc_protocol import service_pb2, service_pb2_grpc
+
     grpc.experimental.gevent.init_gevent()
+    return grpc, service_pb2, service_pb2_grpc
 
 
 class GrpcInferenceUser(User):
@@ -150,28 +161,31 @@ class GrpcInferenceUser(User):
     wait_time = between(0.0, 0.05)
 
     def on_start(self) -> None:
-        _grpc_under_gevent()
+        grpc, _, stubs = _grpc()
         self.channel = grpc.insecure_channel(grpc_target(self.host or "http://127.0.0.1:8000"))
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.stub = stubs.GRPCInferenceServiceStub(self.channel)
 
     def on_stop(self) -> None:
         self.channel.close()
 
     def _infer(self, model: str, text: str, name: str, **parameters: int) -> None:
-        tensor = service_pb2.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[1])
-        request = service_pb2.ModelInferRequest(model_name=model, inputs=[tensor],
-                                                raw_input_contents=[encode_tensor("BYTES", [text])])
+        grpc, messages, _ = _grpc()
+        raw = text.encode()  # a BYTES tensor of one element: its length (4 bytes, little-endian), then it
+        request = messages.ModelInferRequest(
+            model_name=model, inputs=[messages.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES",
+                                                                                 shape=[1])],
+            raw_input_contents=[len(raw).to_bytes(4, "little") + raw])
         for key, value in parameters.items():
             request.parameters[key].int64_param = value
-        started, code, size = time.perf_counter(), grpc.StatusCode.OK, 0
-        error: grpc.RpcError | None = None
+        started, code, size = time.perf_counter(), "OK", 0
+        error: Exception | None = None
         try:
             size = self.stub.ModelInfer(request, timeout=60).ByteSize()
         except grpc.RpcError as exc:
-            error, code = exc, exc.code()
+            error, code = exc, exc.code().name
         self.environment.events.request.fire(
             request_type="grpc", name=name, response_time=(time.perf_counter() - started) * 1000,
-            response_length=size, exception=error, context={"status": HTTP_STATUS.get(code, 500)})
+            response_length=size, exception=error, context={"status": _HTTP_OF.get(code, 500)})
 
     @task(2)
     def sentiment(self) -> None:

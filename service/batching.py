@@ -36,6 +36,8 @@ log = logging.getLogger("seqserve.batching")
 P = TypeVar("P")
 R = TypeVar("R")
 T = TypeVar("T")
+# called with each answer of a request (its index, the answer) once it and those before it are in
+Each = Callable[[int, Any], None]
 
 
 class WorkItem(Waiting, Generic[P, R]):
@@ -124,13 +126,19 @@ class AnsweredFromThreads:
             put(item)
         self.in_flight += len(items)
 
-    async def _answer_all(self, items: Sequence[Any], deadline: float) -> list[Any]:
-        """Every item's answer in order, or 504 at the deadline. When one fails, or on timeout, or
-        when the caller is cancelled (its client left), the rest are cancelled so that the
-        threads drop them; texts still queued give their places back at once."""
+    async def _answer_all(self, items: Sequence[Any], deadline: float, each: Each | None = None) -> list[Any]:
+        """Every item's answer in order, or 504 at the deadline (``each``: called with each answer's
+        index and the answer as soon as it and all before it are in). When one fails, or on
+        timeout, or when the caller is cancelled (its client left), the rest are cancelled so that
+        the threads drop them; texts still queued give their places back at once."""
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                return [await item.future for item in items]
+                answers = []
+                for index, item in enumerate(items):
+                    answers.append(await item.future)
+                    if each is not None:
+                        each(index, answers[-1])
+                return answers
         except TimeoutError:
             raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
         finally:
@@ -289,8 +297,9 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             self._settle([(item.future, None, NotReady("server shut down before this request ran"))])
 
     # --- requests (event loop) --------------------------------------------------------------
-    async def submit_all(self, payloads: list[tuple[P, int]], deadline: float) -> list[R]:
-        """Run one request's payloads (each with its length in tokens); answers in order."""
+    async def submit_all(self, payloads: list[tuple[P, int]], deadline: float, each: Each | None = None) -> list[R]:
+        """Run one request's payloads (each with its length in tokens); answers in order (and to
+        ``each`` as they come in, in order)."""
         items: list[WorkItem[P, R]] = [WorkItem(payload, length, deadline, self._new_future())
                                        for payload, length in payloads]
         self._accept_all(self.queue.put_nowait, items)
@@ -298,7 +307,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         now = items[0].enqueued_at
         self._mean_gap_s += 0.1 * (min(now - self._last_arrival, 1.0) - self._mean_gap_s)
         self._last_arrival = now
-        return await self._answer_all(items, deadline)
+        return await self._answer_all(items, deadline, each)
 
     async def submit(self, payload: P, length: int, deadline: float) -> R:
         """One payload alone (a request of one text)."""

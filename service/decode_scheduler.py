@@ -32,7 +32,7 @@ import numpy as np
 
 from service import metrics
 from service.admission import Waiting
-from service.batching import AnsweredFromThreads, BatchPolicy
+from service.batching import AnsweredFromThreads, BatchPolicy, Each
 from service.decoding import BeamSearch, StepUpdate
 from service.errors import DeadlineExceeded, NotReady
 from service.loop_budget import GiveWay
@@ -155,11 +155,13 @@ class DecodeScheduler(AnsweredFromThreads):
         return [r for lane in self.lanes for r in lane.running]
 
     # --- requests ---------------------------------------------------------------------------
-    async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]:
-        """Decode one request's jobs (admitted whole or refused whole); answers in order."""
+    async def translate_all(self, jobs: list[TranslationJob], deadline: float,
+                            each: Each | None = None) -> list[TranslationOutput]:
+        """Decode one request's jobs (admitted whole or refused whole); answers in order (and to
+        ``each`` as they come in, in order)."""
         requests = [_Request(job, deadline, self._new_future()) for job in jobs]
         self._accept_all(self._to_a_lane, requests)
-        return await self._answer_all(requests, deadline)
+        return await self._answer_all(requests, deadline, each)
 
     async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
         """One job alone (a request of one text)."""

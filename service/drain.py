@@ -33,6 +33,8 @@ class Drain:
         self.deadline: float | None = None  # time.monotonic() when it passes; None before the signal
         self.cut_short = False  # a second Ctrl+C: the deadline is now (``passed`` from then on)
         self._grpc_stopped: asyncio.Future[None] | None = None
+        self._cut = asyncio.Event()
+        self._grpc_cut: asyncio.Future[None] | None = None
 
     @property
     def started(self) -> bool:
@@ -51,17 +53,37 @@ class Drain:
         if self.grpc is not None:
             self._grpc_stopped = asyncio.ensure_future(self.grpc.stop(self.timeout_s))
 
+    def cut_now(self) -> None:
+        """A second Ctrl+C (on the event loop): the deadline is now for HTTP (uvicorn stops waiting),
+        gRPC (its open calls are cancelled, and answered UNAVAILABLE) and the models alike."""
+        self.cut_short = True
+        self.start()
+        self.deadline = time.monotonic()
+        self._cut.set()
+        if self.grpc is not None:
+            self._grpc_cut = asyncio.ensure_future(self.grpc.server.stop(None))  # no grace: what is open ends now
+
     async def finish(self) -> bool:
         """Once HTTP is done: the models finish their work within what is left of the deadline
-        (all of the timeout when nothing called ``start``: an embedding app, a test client), and
-        gRPC's stop ends. True when every model's accepted work finished in time."""
+        (all of the timeout when nothing called ``start``: an embedding app, a test client), or
+        until a second Ctrl+C, and gRPC's stop ends. True when every model's accepted work
+        finished in time."""
         self.start()
         assert self.deadline is not None
         finished = True
         if self.registry is not None:
-            finished = await self.registry.drain(max(self.deadline - time.monotonic(), 0.0))
-        if self._grpc_stopped is not None:
-            await self._grpc_stopped
+            draining = asyncio.ensure_future(self.registry.drain(max(self.deadline - time.monotonic(), 0.0)))
+            cut = asyncio.ensure_future(self._cut.wait())
+            await asyncio.wait([draining, cut], return_when=asyncio.FIRST_COMPLETED)
+            cut.cancel()
+            if draining.done():
+                finished = draining.result()
+            else:
+                draining.cancel()
+                finished = False
+        for stopping in (self._grpc_stopped, self._grpc_cut):
+            if stopping is not None:
+                await stopping
         return finished
 
     def summary(self, finished: bool) -> str:

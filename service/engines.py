@@ -7,7 +7,7 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 
 from service.admission import Admission
-from service.batching import BatchPolicy, DynamicBatcher
+from service.batching import BatchPolicy, DynamicBatcher, Each
 from service.loop_budget import GiveWay
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
@@ -28,7 +28,8 @@ class TranslationEngine(Protocol):
     @property
     def admission(self) -> Admission: ...
 
-    async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]: ...
+    async def translate_all(self, jobs: list[TranslationJob], deadline: float,
+                            each: Each | None = None) -> list[TranslationOutput]: ...
     def start(self, give_way: GiveWay | None = None) -> None: ...
     async def drain(self, timeout_s: float) -> bool: ...
     async def close(self) -> None: ...
@@ -81,5 +82,6 @@ class RequestBatchedTranslator(_BatchedEngine[TranslationJob, TranslationOutput]
         self.runner = runner
         self.batcher = DynamicBatcher(name, runner.translate, policy, runner.card.version)
 
-    async def translate_all(self, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]:
-        return await self.batcher.submit_all([(job, len(job.src_ids)) for job in jobs], deadline)
+    async def translate_all(self, jobs: list[TranslationJob], deadline: float,
+                            each: Each | None = None) -> list[TranslationOutput]:
+        return await self.batcher.submit_all([(job, len(job.src_ids)) for job in jobs], deadline, each)

@@ -352,7 +352,7 @@ def _failure(name: str, exc: Exception) -> tuple[grpc.StatusCode, str, dict[str,
 
 # the HTTP status a gRPC code stands for, as _CODES maps them (the access log's "status" is an
 # integer for every protocol: a log index types a field by its first value)
-HTTP_STATUS = {**{code: status for status, code in _CODES.items()}, grpc.StatusCode.OK: 200,
+_HTTP_STATUS = {**{code: status for status, code in _CODES.items()}, grpc.StatusCode.OK: 200,
                 grpc.StatusCode.UNIMPLEMENTED: 501}
 
 
@@ -371,7 +371,7 @@ def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings
     metrics.GRPC_LATENCY.labels(name).observe(elapsed)
     if settings.access_log:
         access_log.write({"request_id": _request_id(context, request), "protocol": "grpc", "method": name,
-                          "status": HTTP_STATUS.get(code, 500), "grpc_status": code.name,
+                          "status": _HTTP_STATUS.get(code, 500), "grpc_status": code.name,
                           "latency_ms": round(elapsed * 1000, 2)})
 
 

@@ -11,14 +11,14 @@ their status codes.
 
 from __future__ import annotations
 
-import functools
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from service.batching import Each
 from service.decoding import Sampling, StepUpdate
 from service.engines import SentimentEngine
 from service.errors import InvalidInput
@@ -124,12 +124,15 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     assert isinstance(runner, TranslationRunner)
     beam, nbest, length_penalty, sampling = search_settings(runner, beam_size, options, name)
     check_range(max_length, 1, runner.max_output_tokens, name("max_length"))
+    admission = model.engine.admission
+    admission.refuse_if_full(len(texts))  # before any splitting: under overload a refusal costs little
     split = [sentences(text) for text in texts]
-    count, admission = sum(len(parts) for parts in split), model.engine.admission
+    count = sum(len(parts) for parts in split)
     if count > admission.limit:  # admitted whole or not at all: this request never could be
         raise InvalidInput(f"{field} holds {count} sentences; model {model.name} takes at most {admission.limit} "
                            "at once (SEQSERVE_MAX_QUEUE_SIZE)", field=field, limit=admission.limit)
-    admission.refuse_if_full(count)
+    if count > len(texts):
+        admission.refuse_if_full(count)
     jobs: list[TranslationJob] = []
     for i, parts in enumerate(split):
         sentence_jobs = []
@@ -139,7 +142,9 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
             check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name,
                          f" (sentence {k + 1})" if len(parts) > 1 else "")
             job = runner.job(ids, beam, max_length, keep_attention)
-            job.num_hypotheses, job.length_penalty, job.sampling = nbest, length_penalty, sampling
+            # each sentence its own draw, repeatable from the request's seed
+            drawn = sampling if sampling is None or not k else replace(sampling, seed=(sampling.seed + k) % MAX_SEED)
+            job.num_hypotheses, job.length_penalty, job.sampling = nbest, length_penalty, drawn
             sentence_jobs.append(job)
         if len(sentence_jobs) == 1:
             jobs.append(sentence_jobs[0])
@@ -155,13 +160,15 @@ def _decoded(job: TranslationJob) -> list[TranslationJob]:
     return job.sentences if isinstance(job, SentencesJob) else [job]
 
 
-async def translate(model: ServedModel, jobs: list[TranslationJob], deadline: float) -> list[TranslationOutput]:
+async def translate(model: ServedModel, jobs: list[TranslationJob], deadline: float,
+                    each: Each | None = None) -> list[TranslationOutput]:
     """Decode one request's jobs, batched with other requests (a text's sentences among them),
-    one answer per job."""
+    one answer per job (``each``: the engine's answers as they come in, in order, a sentence's
+    among them)."""
     engine = model.engine
     assert not isinstance(engine, SentimentEngine)
     decoded = [sentence for job in jobs for sentence in _decoded(job)]
-    outputs = await engine.translate_all(decoded, deadline)
+    outputs = await engine.translate_all(decoded, deadline, each)
     if len(decoded) == len(jobs):
         return outputs
     runner = translator(model)
@@ -217,42 +224,68 @@ def seed_of(job: TranslationJob) -> dict[str, int]:
 def translate_stream(model: ServedModel, job: TranslationJob, deadline: float) -> TranslationStream:
     """Start decoding one job as a stream (service/streaming.py): the same engine call as
     ``translate``, with the job's step callback set; its events come from ``batches()``. A text
-    of several sentences streams them one after another, each continuing the text (and the
-    attention rows, over the whole text's columns) where the one before ended."""
+    of several sentences is admitted and decoded whole, and streamed sentence after sentence
+    (``_SentenceAfterSentence``), each continuing the text where the one before ended."""
     runner = translator(model)
     width = len(job.src_ids) if job.keep_attention else None  # one attention column per source id
     stream = TranslationStream(model.name, model.version, job.beam_size, runner.target_tokenizer, width,
                                ATTENTION_DECIMALS)
+    if not isinstance(job, SentencesJob):
+        job.on_step = stream.push
 
-    async def run() -> TranslationOutput:
-        if not isinstance(job, SentencesJob):
-            job.on_step = stream.push
+        async def run() -> TranslationOutput:
             return (await translate(model, [job], deadline))[0]
-        outputs: list[TranslationOutput] = []
-        before = StepUpdate(0, [], [] if width else None)  # what the sentences before this one gave
-        column = 0
-        for sentence in job.sentences:
-            continuing = functools.partial(_continuing, before, column, len(sentence.src_ids), width)
-            sentence.on_step = lambda update, continuing=continuing: stream.push(continuing(update))
-            out = (await translate(model, [sentence], deadline))[0]
-            outputs.append(out)
-            rows = list(out.attention) if out.attention is not None and width else None
-            before = continuing(StepUpdate(len(out.tokens) + 1, out.tokens, rows))
-            column += len(sentence.src_ids)
-        return joined(job, outputs, runner.length_penalty_of(job))
 
-    stream.start(run())
+        stream.start(run())
+        return stream
+    order = _SentenceAfterSentence(job, stream.push, width)
+
+    async def run_sentences() -> TranslationOutput:
+        return (await translate(model, [job], deadline, order.done))[0]
+
+    stream.start(run_sentences())
     return stream
 
 
-def _continuing(before: StepUpdate, column: int, columns: int, width: int | None, update: StepUpdate) -> StepUpdate:
-    """A sentence's step update as the whole text's: its tokens after those of the sentences
-    before, its attention rows moved to its own columns of the text's ``width``."""
-    rows = None
-    if before.attention is not None and update.attention is not None and width:
-        rows = list(before.attention)
-        for row in update.attention:
-            placed = np.zeros(width, np.float32)
-            placed[column:column + columns] = row[:columns]
-            rows.append(placed)
-    return StepUpdate(before.step + update.step, before.tokens + update.tokens, rows)
+class _SentenceAfterSentence:
+    """A text's sentences decode together, but the stream tells them one after another: the
+    updates of the sentence being told go out as the whole text's (its tokens after those of
+    the sentences before, its attention rows moved to its own columns of the text's ``width``);
+    a later sentence's latest update is kept (an update holds every token so far) until the
+    ones before it are done."""
+
+    def __init__(self, job: SentencesJob, push: Callable[[StepUpdate], None], width: int | None) -> None:
+        self.push, self.width = push, width
+        self.columns = [len(sentence.src_ids) for sentence in job.sentences]
+        self.told = 0  # the sentence being told
+        self.before = StepUpdate(0, [], [] if width else None)  # what the sentences told before it gave
+        self.column = 0  # its first column
+        self.latest: dict[int, StepUpdate] = {}
+        for index, sentence in enumerate(job.sentences):
+            sentence.on_step = lambda update, index=index: self.step(index, update)
+
+    def step(self, index: int, update: StepUpdate) -> None:
+        if index == self.told:
+            self.push(self._as_text(update))
+        else:
+            self.latest[index] = update
+
+    def done(self, index: int, out: TranslationOutput) -> None:
+        """The engine's answer for sentence ``index`` (all before it are in): the next is told."""
+        rows = list(out.attention) if out.attention is not None and self.width else None
+        self.before = self._as_text(StepUpdate(len(out.tokens) + 1, out.tokens, rows))
+        self.column += self.columns[index]
+        self.told = index + 1
+        waiting = self.latest.pop(self.told, None)
+        if waiting is not None:
+            self.push(self._as_text(waiting))
+
+    def _as_text(self, update: StepUpdate) -> StepUpdate:
+        before, rows = self.before, None
+        if before.attention is not None and update.attention is not None and self.width:
+            rows = list(before.attention)
+            for row in update.attention:
+                placed = np.zeros(self.width, np.float32)
+                placed[self.column:self.column + self.columns[self.told]] = row[:self.columns[self.told]]
+                rows.append(placed)
+        return StepUpdate(before.step + update.step, before.tokens + update.tokens, rows)

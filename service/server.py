@@ -7,6 +7,7 @@ service/drain.py), then the process exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -44,6 +45,7 @@ class _Server(uvicorn.Server):
         self.started_event = started
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()  # a second signal's cut reaches the drain through it
         await super().startup(sockets)
         if self.started:
             _count_as_serving(True)
@@ -54,10 +56,15 @@ class _Server(uvicorn.Server):
         # readiness turns 503 at once, so balancers stop sending while accepted work drains
         self.app.state.ready = False
         self.app.state.early_refusal.close()
-        if self.should_exit and sig == signal.SIGINT:
-            # uvicorn's force quit: what is in flight is cut off now, and answered as at the drain's
-            # deadline (503 JSON, counted in the shutdown's line), not a text/plain 500 and a traceback
+        supervised = self.started_event is not None
+        if self.should_exit and (sig == signal.SIGINT or (supervised and sig == signal.SIGTERM)):
+            # a second Ctrl+C (under a supervisor, which passes it on, a second SIGTERM): uvicorn's
+            # force quit. What is in flight is cut off now, HTTP, gRPC and the models alike, and
+            # answered as at the drain's deadline (503 JSON, UNAVAILABLE, counted in the shutdown's
+            # line), not with a text/plain 500 and a traceback
             self.app.state.drain.cut_short = True
+            self.force_exit = True
+            self.loop.call_soon_threadsafe(self.app.state.drain.cut_now)
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -91,6 +91,11 @@ class Supervisor:
         return _Worker(process, serving)
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        if self.stopping.is_set():  # a second Ctrl+C or SIGTERM: the workers cut their drain short
+            for worker in self.workers:
+                if worker.process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.process.pid, signal.SIGTERM)
         self.stopping.set()
 
     def _prepare_metrics_dir(self) -> None:

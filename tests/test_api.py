@@ -211,7 +211,8 @@ async def test_queue_full_gives_503_and_deadline_gives_504(tmp_path: Path) -> No
     server = Server(COMMITTED_MODELS, max_queue_size="2", translation_scheduler="request", max_batch_size="1",
                     warmup="false").wait_ready()
     try:
-        long_text = "A man in a blue shirt and a woman in a red dress are walking their dogs in the park. " * 3
+        # one long sentence: a text's sentences are jobs of their own, each taking a place in the queue
+        long_text = ", and ".join(["a man in a blue shirt and a woman in a red dress are walking their dogs"] * 3) + "."
         async with httpx.AsyncClient(timeout=60) as client:
             tasks = [client.post(f"{server.url}/v1/translate", json={"text": long_text, "beam_size": 10})
                      for _ in range(30)]

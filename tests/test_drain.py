@@ -137,6 +137,38 @@ def test_a_second_ctrl_c_answers_what_is_in_flight_and_says_so() -> None:
     assert "Traceback" not in log and "all accepted work finished" not in log
 
 
+def test_a_second_ctrl_c_cuts_grpc_and_the_models_short_too() -> None:
+    """The second signal only marked HTTP's deadline: an open gRPC call kept the process up to the
+    whole drain timeout, while the log said the drain was cut short."""
+    server = Server(COMMITTED_MODELS, warmup="false", drain_timeout_s="60").wait_ready()
+    long = ", and ".join(["a man in a blue shirt and a woman in a red dress walk their two dogs in the park"] * 3)
+    errors: list[Any] = []
+
+    def call() -> None:
+        with tg.InferenceServerClient(server.grpc_url) as client:
+            texts = np.array([[f"{long} {i}.".encode()] for i in range(64)], dtype=np.object_)
+            tensor = tg.InferInput("text", list(texts.shape), "BYTES")
+            tensor.set_data_from_numpy(texts)
+            try:
+                client.infer("translate-en-de", [tensor], parameters={"beam_size": 10, "max_length": 200})
+            except Exception as exc:
+                errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(1.5)  # decoding by now: 64 long beam-10 translations take far longer on 2 cores
+    server.proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(30) == 0
+    caller.join(30)
+    assert time.monotonic() - started < 15  # not the 60 s drain timeout
+    assert errors and "UNAVAILABLE" in str(errors[0]), errors
+    assert "a second Ctrl+C cut the drain short: 0 HTTP request(s) still in flight answered 503, 1 gRPC call(s) " \
+        "UNAVAILABLE" in server.output()
+
+
 async def test_a_stream_cut_off_at_the_deadline_ends_with_its_error_event() -> None:
     """A stream's status line is sent: cut off, it ended like a finished stream, with neither its
     result nor an error event, while the log said 503. (A real translation stream here outruns

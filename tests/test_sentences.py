@@ -18,6 +18,11 @@ from service.sentences import SentencesJob, joined, sentences
     ("A DOG RUNS. A CAT SLEEPS.", ["A DOG RUNS.", "A CAT SLEEPS."]),
     ("a dog runs. a cat sleeps", ["a dog runs.", "a cat sleeps"]),
     ("Two men near a U.S. flag", ["Two men near a U.S. flag"]),  # no sentence end followed by text
+    ("J. Smith wins. No. 5 loses.", ["J. Smith wins.", "No. 5 loses."]),  # an initial; "No." before a number
+    ("A man in the U.S. The end.", ["A man in the U.S. The end."]),  # a full stop inside: an abbreviation
+    ("A dog runs. A cat sits ??!", ["A dog runs.", "A cat sits ??!"]),  # pysbd dropped the "!"
+    ("A dog runs. \u200b", ["A dog runs. \u200b"]),  # nothing the model reads: no sentence of its own
+    ("A dog.\n\nTwo cats!\tA bird?", ["A dog.", "Two cats!", "A bird?"]),
 ])
 def test_a_text_splits_into_its_sentences(text: str, expected: list[str]) -> None:
     assert sentences(text) == expected
@@ -46,3 +51,16 @@ def test_joined_answers_read_as_one_sequence() -> None:
     # exponent 0: each score is its total log-probability, and so is the whole's
     totals = [TranslationOutput([7, 8], -2.0, None), TranslationOutput([10], -1.0, None)]
     assert joined(job, totals, length_penalty=0.0).score == pytest.approx(-3.0)
+
+
+def test_a_split_only_cuts_the_text() -> None:
+    """Every character but the whitespace between parts is kept, in order, whatever the text."""
+    import random
+
+    rng = random.Random(0)
+    alphabet = [*"aB. !?\"')(\u200b\u00a0\n\u2026xY1", "Mr.", "U.S.", "No. 5"]
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        parts = sentences(text)
+        assert "".join("".join(part.split()) for part in parts) == "".join(text.split()), (text, parts)
+        assert len(parts) == 1 or all(part.strip() == part and part for part in parts)
