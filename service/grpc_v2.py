@@ -220,23 +220,35 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         loop = asyncio.get_running_loop()
         answers: asyncio.Queue[Any] = asyncio.Queue()
         working: set[asyncio.Task[None]] = set()
-        previous: asyncio.Future[None] | None = None  # the last one-answer request's turn to send
+        previous: asyncio.Future[None] | None = None  # the last request's turn: its first answer is out
+
+        def release(turn: asyncio.Future[None], after: asyncio.Future[None] | None) -> None:
+            """The next request may go once this one's first answer is out and the one before it may
+            go: the chain keeps the order whatever each one's own answers do."""
+            if turn.done():
+                return
+            if after is None or after.done():
+                turn.set_result(None)
+            else:
+                after.add_done_callback(lambda _: None if turn.done() else turn.set_result(None))
 
         async def answer(request: Any, params: dict[str, Any], after: asyncio.Future[None] | None,
-                         turn: asyncio.Future[None] | None) -> None:
-            """``after``: the turn of the last one-answer request sent before this one. A one-answer
-            request (``turn`` set) goes out after it; a streamed one's pieces go out as they come,
-            but a refusal before its first piece is its only answer, so it waits as one-answer
-            answers do: the order still tells a stock client which request failed."""
+                         turn: asyncio.Future[None], streamed: bool) -> None:
+            """``after``: the turn of the request sent before this one. A one-answer request goes out
+            after it; a streamed one's pieces go out as they come, but a refusal before its first
+            piece is its only answer, so it waits as one-answer answers do, and the requests after
+            a streamed one wait for its first answer: the order still tells a stock client which
+            request failed."""
             started, code, pieces = time.perf_counter(), grpc.StatusCode.OK, 0
             try:
                 async for result in self._results(request, params, context.time_remaining()):
                     response = _response(result, request.id)
                     response.parameters[_FINAL].bool_param = result.last
-                    if after is not None and turn is not None:
+                    if after is not None and not streamed:
                         await asyncio.shield(after)  # (cancelling this one must not cancel that one's turn)
                     answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
                     pieces += 1
+                    release(turn, after)
             except asyncio.CancelledError:  # the client left the stream, or the drain's deadline passed
                 code = self._cancelled()
                 raise
@@ -247,13 +259,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 out.infer_response.id, out.infer_response.model_name = request.id, request.model_name
                 out.infer_response.model_version = request.model_version
                 out.infer_response.parameters[_FINAL].bool_param = True
-                if after is not None and (turn is not None or not pieces):
+                if after is not None and (not streamed or not pieces):
                     await asyncio.shield(after)
                 answers.put_nowait(out)
             finally:
                 _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings, context, request)
-                if turn is not None and not turn.done():
-                    turn.set_result(None)  # the next one may go, whatever became of this one
+                release(turn, after)  # the next one may go, whatever became of this one
                 room.release()
 
         # requests held at once: past it the stream is not read, and gRPC's flow control holds the
@@ -268,9 +279,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if request is None:
                     return
                 params = _parameters(request.parameters)
-                turn = None if _streamed(params) else loop.create_future()
-                task = asyncio.ensure_future(answer(request, params, previous, turn))
-                previous = turn or previous
+                turn = loop.create_future()
+                task = asyncio.ensure_future(answer(request, params, previous, turn, _streamed(params)))
+                previous = turn
                 working.add(task)
                 task.add_done_callback(working.discard)
 

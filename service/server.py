@@ -132,9 +132,11 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
     limit_malloc_arenas()
     settings = Settings()
     configure_logging(settings)
-    if sock is None:  # bound before the models load: a port in use is said at once, not after "ready"
+    if sock is None:
+        # a port in use is said before the models load, not after "ready": a trial bind, closed
+        # at once (uvicorn binds as it always has: "localhost" on IPv4 and IPv6, "::" IPv6 only)
         try:
-            sock = bind_socket(settings.host, settings.port)
+            bind_socket(settings.host, settings.port).close()
         except OSError as exc:
             logging.getLogger("seqserve").error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
             sys.exit(STARTUP_FAILED)
@@ -153,6 +155,6 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
                             # reuses one as it closes, and its client gets a 502 the server never saw
                             timeout_keep_alive=settings.keep_alive_s)
     server = _Server(config, app, started)
-    server.run(sockets=[sock])
+    server.run(sockets=[sock] if sock else None)
     if not server.started:  # start-up failed (e.g. a model refused to load): say so in the exit code
         sys.exit(STARTUP_FAILED)

@@ -129,8 +129,8 @@ class Settings(BaseSettings):
         return self
 
 
-# SEQSERVE_* variables that seqserve's other tools read (loadtests/), not the server
-TOOL_VARIABLES = frozenset({"SEQSERVE_DATA_DIR"})
+# SEQSERVE_* variables that seqserve's other tools read (loadtests/, the test suite), not the server
+TOOL_VARIABLES = frozenset({"SEQSERVE_DATA_DIR", "SEQSERVE_TEST_MODELS", "SEQSERVE_CHROMIUM", "SEQSERVE_UI_SCREENSHOT"})
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

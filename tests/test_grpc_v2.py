@@ -367,6 +367,25 @@ def test_a_stream_answers_in_the_order_of_its_requests(committed_server: Server)
 
 
 
+def test_a_request_after_a_streamed_one_waits_for_its_first_answer(committed_server: Server) -> None:
+    """A streamed translation's first piece (or its refusal) keeps its place: a quick request sent
+    after it was answered first, so a refusal of the streamed one, coming later, would have been
+    blamed on the quick one by a client that counts answers."""
+    import queue
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url=committed_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    long = "A little girl in a pink dress is running through the park with her dog and a red ball."
+    client.async_stream_infer("translate-en-de", [_text(tg, [long])], request_id="streamed",
+                              parameters={"stream": True, "beam_size": 5})
+    client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])], request_id="quick")
+    first = [answers.get(timeout=60) for _ in range(2)]
+    client.stop_stream()
+    client.close()
+    assert [result.get_response().id for result, _ in first] == ["streamed", "quick"]
+
+
 def test_a_stream_holds_a_bounded_number_of_requests_and_answers_them_all(committed_server: Server) -> None:
     """Past 64 requests in flight the server stops reading the stream (gRPC's flow control holds the
     client back) instead of keeping every message: all are answered, in order."""
