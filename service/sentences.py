@@ -11,9 +11,12 @@ the score as for one sequence, ``sum(log p) / (its normalised lengths) ** alpha`
 
 The split follows the rules of Moses' split-sentences.perl, as MT pipelines have long used:
 after ``. ! ?`` or an ellipsis (and closing quotes or brackets), before whitespace and a word
-that starts with a capital or a digit (any letter in text typed all in lower case), except
-after a non-breaking prefix ("Mr.", "Dr.", "St.", "e.g.", an initial "J.", "No." before a
-number) or a word with a full stop inside ("U.S."). It runs on the event loop, so it is one
+that starts with a capital or a digit (any letter in text typed all in lower case; list markers,
+dashes and emoji before it do not count), except after a non-breaking prefix ("Mr.", "Dr.",
+"St.", "e.g.", an initial "J.", "No." or "Jan." before a number, in any case) or a list marker
+("1."), and after a word with a full stop inside ("U.S.", "p.m.") or "etc." only before a word
+that usually opens a sentence ("The", "A", "He"); and at a line break before a line that starts
+like a sentence, and at a blank line (one caption a line, bulleted lists). It runs on the event loop, so it is one
 linear pass that only cuts the text, never rewrites it: pysbd (its pieces rewritten, and
 characters of some inputs lost: "A dog runs. A cat sits ??!" came back without its "!") took
 ~350 us for two short sentences and 350-550 ms for a 2,000-character text of short ones, and
@@ -31,42 +34,50 @@ import numpy as np
 from service.runners.translation import TranslationJob, TranslationOutput
 from service.tokenization import has_content
 
-# a sentence end (. ! ? ...) with its closing quotes or brackets, then more text
-_MAYBE_SEVERAL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*\s+\S")
-# a candidate end: its punctuation and closing quotes or brackets, before whitespace and the next
-# word (its opening quotes or brackets, and its first character, to be judged)
-_CANDIDATE = re.compile(r"([.!?\u2026]+)[\"'\u201d\u2019)\]\u00bb]*"
-                        r"(?=\s+[\"'\u201c\u2018(\[\u00ab\u00bf\u00a1]*(\S))")
-# Moses' English non-breaking prefixes (nonbreaking_prefix.en): titles and abbreviations a full
-# stop follows inside a sentence; the second set only before a number ("No. 5")
-_PREFIXES = frozenset("""Adj Adm Adv Asst Bart Bldg Brig Bros Capt Cmdr Col Comdr Con Corp Cpl DR Dr Drs Ens Gen
-    Gov Hon Hr Hosp Insp Lt MM MR MRS MS Maj Messrs Mlle Mme Mr Mrs Ms Msgr Op Ord Pfc Ph Prof Pvt Rep Reps Res
-    Rev Rt Sen Sens Sfc Sgt Sr St Supt Surg v vs i.e rev e.g Jr Mt Ave Blvd etc approx""".split())
-_BEFORE_NUMBERS = frozenset("No Nos Art Nr pp p".split())
+# a sentence end (. ! ? ...) with its closing quotes or brackets then more text, or a line break
+_MAYBE_SEVERAL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*\s+\S|\n\s*\S")
+# a candidate end: its punctuation and closing quotes or brackets before whitespace, or a line break
+_CANDIDATE = re.compile(r"([.!?\u2026]+)[\"'\u201d\u2019)\]\u00bb]*(?=\s)|\n")
+# Moses' English non-breaking prefixes (nonbreaking_prefix.en), compared in lower case: titles and
+# abbreviations a full stop follows inside a sentence; the second set only before a number ("No. 5",
+# "Jan. 5", "Fig. 3")
+_PREFIXES = frozenset("""adj adm adv asst bart bldg brig bros capt cmdr col comdr con corp cpl dr drs ens gen gov hon hr
+    hosp insp lt mm mr mrs ms maj messrs mlle mme msgr op ord pfc ph prof pvt rep reps res rev rt sen sens sfc sgt
+    sr st supt surg v vs i.e e.g jr mt ave blvd""".split())
+_BEFORE_NUMBERS = frozenset("""no nos art nr pp p fig figs vol vols ch sec eq jan feb mar apr jun jul aug sep sept
+    oct nov dec""".split())
+# after a word with a full stop inside ("p.m.", "U.S.") or "etc.", a sentence ends only before a
+# word that usually opens one (Moses never ends it there: "It is 3:30 p.m. A man eats." came back
+# as one garbled sentence)
+_OPEN_ONLY = frozenset({"etc", "approx"})
+_OPENERS = frozenset("""A An The One Two Three Four Five Six Several Some Many Most All Both Each Every He She It
+    They We I You There This That These Those Then Now Here His Her Their Its Our My In On At""".split())
+_LOOK = 12  # how far past a candidate end to look for the next word's first letter or digit
 
 
 def sentences(text: str) -> list[str]:
     """The sentences of ``text``, stripped; ``[text]`` for one sentence. Cut only, never rewritten:
     the parts hold every character of the text but the whitespace between them. A part that
-    holds nothing the model reads (invisible characters) stays with its neighbour."""
+    holds nothing the model reads (invisible characters) stays with its neighbour. Also a break:
+    a line break before a line that starts like a sentence (one caption a line, a bulleted list)
+    and a blank line; a list marker ("1.", "-", "•") stays with its sentence."""
     if _MAYBE_SEVERAL.search(text) is None:
         return [text]
     any_case = not any(c.isupper() for c in text)  # typed in lower case: any letter may start one
     parts: list[str] = []
     start = 0
     for match in _CANDIDATE.finditer(text):
-        end, first = match.end(), match.group(2)
-        if not (first.isupper() or first.isdigit() or (any_case and first.isalpha())):
+        end = match.end()
+        word = _next_word(text, end)
+        if word is None:
             continue
-        if match.group(1) == ".":
-            begin = match.start()  # the word before the full stop: a backward scan, not a search from 0
-            while begin > start and not text[begin - 1].isspace():
-                begin -= 1
-            prefix = text[begin:match.start()].lstrip("\"'([\u201c\u2018")
-            if (prefix in _PREFIXES or (len(prefix) == 1 and prefix.isupper())
-                    or ("." in prefix and any(c.isalpha() for c in prefix))
-                    or (prefix in _BEFORE_NUMBERS and first.isdigit())):
+        first = word[0]
+        starts = first.isupper() or first.isdigit() or (any_case and first.isalpha())
+        if match.group(1) is None:  # a line break: before a sentence's start, or a blank line
+            if not starts and "\n" not in text[end:end + _LOOK].split(word, 1)[0]:
                 continue
+        elif not starts or (match.group(1) == "." and not _ends_after(text, start, match.start(), word)):
+            continue
         part = text[start:end].strip()
         if has_content(part) and has_content(text[end:]):
             parts.append(part)
@@ -75,6 +86,38 @@ def sentences(text: str) -> list[str]:
         return [text]
     parts.append(text[start:].strip())
     return parts
+
+
+def _next_word(text: str, at: int) -> str | None:
+    """The word after ``at``, past whitespace and list markers, quotes, dashes or emoji; None if
+    no letter or digit comes within reach."""
+    i, stop = at, min(len(text), at + _LOOK)
+    while i < stop and not text[i].isalnum():
+        i += 1
+    if i == stop:
+        return None
+    j = i
+    while j < len(text) and j < i + 40 and (text[j].isalnum() or text[j] in "'-"):
+        j += 1
+    return text[i:j]
+
+
+def _ends_after(text: str, start: int, dot: int, following: str) -> bool:
+    """Whether the full stop at ``dot`` ends a sentence (begun at ``start``) before ``following``."""
+    begin = dot  # the word before the full stop: a backward scan, not a search from 0
+    while begin > start and not text[begin - 1].isspace():
+        begin -= 1
+    prefix = text[begin:dot].lstrip("\"'([\u201c\u2018")
+    lower = prefix.lower()
+    if not text[start:begin].strip() and (prefix.isdigit() or len(prefix) == 1):
+        return False  # the part's first word: a list marker ("1.", "a.")
+    if lower in _PREFIXES or (len(prefix) == 1 and prefix.isupper()):
+        return False
+    if lower in _BEFORE_NUMBERS and following[0].isdigit():
+        return False
+    if lower in _OPEN_ONLY or ("." in prefix and any(c.isalpha() for c in prefix)):
+        return following in _OPENERS
+    return True
 
 
 @dataclass

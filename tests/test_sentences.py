@@ -19,7 +19,21 @@ from service.sentences import SentencesJob, joined, sentences
     ("a dog runs. a cat sleeps", ["a dog runs.", "a cat sleeps"]),
     ("Two men near a U.S. flag", ["Two men near a U.S. flag"]),  # no sentence end followed by text
     ("J. Smith wins. No. 5 loses.", ["J. Smith wins.", "No. 5 loses."]),  # an initial; "No." before a number
-    ("A man in the U.S. The end.", ["A man in the U.S. The end."]),  # a full stop inside: an abbreviation
+    # after a word with a full stop inside, only before a word that opens sentences
+    ("A man in the U.S. The end.", ["A man in the U.S.", "The end."]),
+    ("The U.S. Army marches.", ["The U.S. Army marches."]),
+    ("It is 3:30 p.m. A man eats.", ["It is 3:30 p.m.", "A man eats."]),
+    # one caption a line, lists, dashes and emoji between sentences (the second one was dropped)
+    ("Two dogs play in the snow\nA woman is cooking", ["Two dogs play in the snow", "A woman is cooking"]),
+    ("Two dogs play\n\na woman cooks", ["Two dogs play", "a woman cooks"]),  # a blank line, whatever follows
+    ("A man and a woman\nin a red dress walk.", ["A man and a woman\nin a red dress walk."]),  # a wrapped line
+    ("- A dog runs.\n- A cat sleeps.", ["- A dog runs.", "- A cat sleeps."]),
+    ("1. A dog runs. 2. A cat sleeps.", ["1. A dog runs.", "2. A cat sleeps."]),  # a list marker stays
+    ("A dog runs. \U0001f415 A cat sleeps.", ["A dog runs.", "\U0001f415 A cat sleeps."]),
+    # non-breaking prefixes in any case, and before a number
+    ("a man cooks. mr. smith rides a bike.", ["a man cooks.", "mr. smith rides a bike."]),
+    ("PROF. KIM TALKS. THE END.", ["PROF. KIM TALKS.", "THE END."]),
+    ("Children play (see Fig. 3). A man walks.", ["Children play (see Fig. 3).", "A man walks."]),
     ("A dog runs. A cat sits ??!", ["A dog runs.", "A cat sits ??!"]),  # pysbd dropped the "!"
     ("A dog runs. \u200b", ["A dog runs. \u200b"]),  # nothing the model reads: no sentence of its own
     ("A dog.\n\nTwo cats!\tA bird?", ["A dog.", "Two cats!", "A bird?"]),

@@ -223,6 +223,27 @@ def test_browser_translates_draws_the_attention_and_classifies(browser: Any, ser
     page.close()
 
 
+def test_browser_translates_a_pasted_paragraph_without_drawing_a_huge_attention_map(browser: Any,
+                                                                                    servers: Servers) -> None:
+    """A page of text: every sentence translated (one caption a line), as the API does it; the
+    attention map (a cell per subword pair: 16 s of a frozen tab for 2,000 characters) is not drawn."""
+    url = servers.api.url
+    page, problems = _open(browser, f"{url}/")
+    _connect(page)
+    paragraph = "\n".join([SENTENCE, "Two dogs play in the snow.", "A woman is cooking in a kitchen."] * 8)
+    page.fill("#source", paragraph)
+    page.select_option("#beam-size", "1")
+    page.click("#translate")
+    page.wait_for_selector("#heatmap[data-complete='true']", state="attached", timeout=60_000)  # empty: hidden
+    r = httpx.post(f"{url}/v1/translate", headers={"X-API-Key": KEY}, timeout=60,
+                   json={"text": paragraph, "beam_size": 1})
+    assert page.text_content("#translation") == r.json()["translation"]
+    assert r.json()["translation"].count("Schnee") == 8  # no sentence dropped
+    assert page.locator("#heatmap td").count() == 0 and "No attention map" in page.text_content("#readout")
+    assert problems == []
+    page.close()
+
+
 def test_browser_page_from_another_origin_calls_the_api_with_the_key(browser: Any, servers: Servers) -> None:
     url = servers.api.url
     page, problems = _open(browser, f"{servers.static_url}/index.html?api={url}")

@@ -139,14 +139,26 @@ function pieceCell(tag, piece) {
   return cell;
 }
 
+const HEATMAP_MAX_CHARS = 600;  // texts this long or shorter ask for the attention
+const HEATMAP_MAX_COLUMNS = 150;  // English subwords drawn at most
+
 const heatmap = {
   table: null,
   sources: [],
   targets: [],
-  start(sourceTokens) {
+  drawn: true,
+  start(sourceTokens, withAttention = true) {
     this.table = $("heatmap");
     this.sources = sourceTokens;
     this.targets = [];
+    this.drawn = withAttention && sourceTokens.length <= HEATMAP_MAX_COLUMNS;
+    if (!this.drawn) {
+      this.table.replaceChildren();
+      this.table.dataset.complete = "false";
+      $("readout").textContent = `No attention map for this text: it is drawn for up to ${HEATMAP_MAX_CHARS} `
+        + `characters and ${HEATMAP_MAX_COLUMNS} English subwords (this one has ${sourceTokens.length}).`;
+      return;
+    }
     const head = el("thead");
     const row = el("tr");
     row.append(el("th"));
@@ -159,6 +171,7 @@ const heatmap = {
   addRow(targetToken, weights) {
     const index = this.targets.length;
     this.targets.push(targetToken);
+    if (!this.drawn || !weights) return;
     const row = el("tr", "new");
     row.append(pieceCell("th", targetToken));
     weights.forEach((weight, col) => {
@@ -251,8 +264,11 @@ async function* sseEvents(response) {
 }
 
 function translationRequest() {
-  const body = { text: $("source").value, beam_size: Number($("beam-size").value) || undefined,
-    return_attention: true, stream: true };
+  const text = $("source").value;
+  // the attention map is a table cell per subword pair: drawn for short texts only (a pasted page of
+  // 2,000 characters froze the tab for 16 s, and its matrix alone can be tens of megabytes)
+  const body = { text, beam_size: Number($("beam-size").value) || undefined,
+    return_attention: text.length <= HEATMAP_MAX_CHARS, stream: true };
   const maxLength = Number($("max-length").value);
   if (maxLength > 0) body.max_length = maxLength;
   if ($("sampling").checked) {
@@ -286,7 +302,7 @@ async function translate(event) {
     $("translation-meta").textContent = "translating…";
     for await (const { event: name, data } of sseEvents(response)) {
       firstAt ??= performance.now();
-      if (data.source_tokens) heatmap.start(data.source_tokens);
+      if (data.source_tokens) heatmap.start(data.source_tokens, request.return_attention);
       if (name === "delta") {  // greedy: the text grows and the heatmap gains a row per subword
         shown.textContent += data.text;
         heatmap.addRow(data.token, data.attention);
@@ -295,8 +311,8 @@ async function translate(event) {
       } else if (name === "result") {
         shown.textContent = data.translation;
         if (heatmap.targets.length !== data.target_tokens.length) {  // beam search: the rows come with the result
-          heatmap.start(data.source_tokens);
-          data.target_tokens.forEach((piece, i) => heatmap.addRow(piece, data.attention[i]));
+          heatmap.start(data.source_tokens, request.return_attention);
+          data.target_tokens.forEach((piece, i) => heatmap.addRow(piece, data.attention ? data.attention[i] : null));
         }
         showNbest(data.hypotheses);
         const ms = (t) => Math.round(t - started);
