@@ -7,9 +7,11 @@ One server process (service/server.py), or with SEQSERVE_WORKERS > 1 a superviso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
+import resource
 import sys
 
 from pydantic import ValidationError
@@ -21,11 +23,35 @@ from service.settings import Settings, kubernetes_hint, unknown_variables
 from service.workers import Supervisor
 
 
+def standard_streams_open() -> None:
+    """A closed stdin, stdout or stderr is /dev/null from here on. Started with one closed (``<&-``,
+    some process managers), the event loop's own descriptor took its number, and libuv, which never
+    closes 0-2, aborted every shutdown (exit 134); Node.js, on libuv too, does the same at start."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_RDWR), fd)
+
+
+def open_files_up_to_the_hard_limit() -> None:
+    """The soft limit on open files raised to the hard one: each connection is a descriptor, and at a
+    soft limit of 1,024 (systemd's default) a thousand idle clients locked out the health probes,
+    with nothing in the log but gRPC's "File descriptor limit reached" (Go's runtime raises it too)."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16),
+                                                        hard))
+
+
 def main(argv: list[str] | None = None) -> None:
     # settings are environment variables only: an argument (--port 9999) is refused, not ignored
     argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n\n")[0],
                             epilog="Settings: SEQSERVE_* environment variables (README, Settings), e.g. "
                                    "SEQSERVE_PORT=8000 SEQSERVE_WORKERS=2 python -m service").parse_args(argv)
+    standard_streams_open()
+    open_files_up_to_the_hard_limit()
     try:
         settings = Settings()
     except ValidationError as exc:  # one line per bad setting, named as it is set, not a traceback
@@ -37,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:  # a JSON-valued setting that is not JSON (an empty one included)
         field = re.search(r'field "(\w+)"', str(exc))
         name = f"SEQSERVE_{field.group(1).upper()}" if field else "a SEQSERVE_ setting"
-        print(f"invalid setting {name}: not valid JSON (got {os.environ.get(name)!r}); it takes a JSON value "
-              "(the README's settings table shows each: a list such as [\"a\"], or [] for none)", file=sys.stderr)
+        print(f"invalid setting {name}: not valid JSON (got {os.environ.get(name)!r}); it takes a JSON value, "
+              "as the README's settings table shows for each", file=sys.stderr)
         sys.exit(STARTUP_FAILED)
     configure_logging(settings)
     for line in unknown_variables(os.environ):  # once, here, not in each worker

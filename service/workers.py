@@ -61,6 +61,20 @@ _STABLE_S = 60.0
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
+def _alive(metric_file: str) -> bool:
+    """Whether the process a prometheus-client file belongs to (``counter_1234.db``) still runs."""
+    pid = metric_file.rsplit("_", 1)[-1].removesuffix(".db")
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def _worker(sock: socket.socket, serving: Event) -> None:
     """A worker process: it drains and exits if its supervisor dies (SIGKILL, a crash) instead of
     serving on unmanaged, holding the port against the next start."""
@@ -103,8 +117,15 @@ class Supervisor:
             folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
             os.makedirs(folder, exist_ok=True)
             # an earlier run's files would be summed into this one's counters (prometheus-client:
-            # the folder is wiped between runs); its own files only, nothing else in the folder
-            stale = [name for name in os.listdir(folder) if name.endswith(".db")]
+            # the folder is wiped between runs); its own files only, and only those of processes
+            # that are gone: a second server given the same folder by mistake deleted the first's
+            # live files (and is warned below that it shares them)
+            files = [name for name in os.listdir(folder) if name.endswith(".db")]
+            stale = [name for name in files if not _alive(name)]
+            if len(stale) < len(files):
+                log.warning("PROMETHEUS_MULTIPROC_DIR=%s holds metric files of running processes: another server "
+                            "uses this folder, and /metrics sums both servers' counts; give each server its own",
+                            folder)
             for name in stale:
                 os.remove(os.path.join(folder, name))
             if stale:

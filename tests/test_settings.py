@@ -90,3 +90,31 @@ def test_the_command_takes_no_arguments_but_help() -> None:
     run = subprocess.run([sys.executable, "-m", "service", "--port", "9999"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)  # refused, not ignored while serving on SEQSERVE_PORT
     assert run.returncode == 2 and "unrecognized arguments: --port 9999" in run.stderr
+
+
+def test_a_server_started_with_its_standard_streams_closed_stops_cleanly() -> None:
+    """Started with stdin closed (``<&-``), the event loop's descriptor took number 0, and libuv,
+    which never closes 0-2, aborted every shutdown with exit 134."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "SEQSERVE_PORT": str(port), "SEQSERVE_GRPC_PORT": "0", "SEQSERVE_WARMUP": "false",
+           "SEQSERVE_MODEL_REPOSITORY": str(ROOT / "models")}
+    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdin=None, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: os.close(0))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, server.stdout.read() if server.stdout else ""
+    finally:
+        server.kill()

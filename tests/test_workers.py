@@ -243,8 +243,9 @@ def test_an_earlier_runs_metric_files_are_removed_not_summed(tmp_path: Path, mon
     from service import workers
     from service.settings import Settings
 
-    (tmp_path / "counter_4242.db").write_bytes(b"old")
+    (tmp_path / "counter_99999999.db").write_bytes(b"old")  # above any pid_max: a process long gone
+    (tmp_path / f"counter_{os.getpid()}.db").write_bytes(b"live")  # another server's, running: kept
     (tmp_path / "notes.txt").write_text("not ours")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     workers.Supervisor(Settings(workers=2))._prepare_metrics_dir()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"counter_{os.getpid()}.db", "notes.txt"])
