@@ -365,8 +365,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         started = time.monotonic()
         queue_wait = metrics.QUEUE_WAIT.labels(*self.labels)
         for item in batch:  # drop, before any compute, requests nobody waits for or that are too late
-            if item.future.done():
-                metrics.DROPPED.labels(*self.labels, "client_gone").inc()
+            if item.future.done():  # cancelled: its client left, or the event loop's 504 at its deadline
+                metrics.DROPPED.labels(*self.labels, "deadline" if item.deadline <= started else "client_gone").inc()
                 answers.append((item.future, None, None))
             elif item.deadline <= started:
                 metrics.DROPPED.labels(*self.labels, "deadline").inc()

@@ -65,9 +65,18 @@ def test_sigterm_drains_accepted_work_and_exits_zero() -> None:
 
 
 def test_deadline_header_gives_504_while_a_long_batch_runs(committed_server: Server) -> None:
+    def dropped_as(reason: str) -> float:
+        return metric_value(committed_server.url, "seqserve_dropped_total", model="translate-en-de", reason=reason)
+
+    dropped = {reason: dropped_as(reason) for reason in ("deadline", "client_gone")}
     r = httpx.post(f"{committed_server.url}/v1/translate", json={"text": LONG * 2, "beam_size": 10},
                    headers={"X-Request-Timeout": "0.02"}, timeout=30)
     assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded"
+    # the work it left is dropped as past its deadline, not as if its client had gone (it was counted so)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and dropped_as("deadline") == dropped["deadline"]:
+        time.sleep(0.05)
+    assert dropped_as("deadline") > dropped["deadline"] and dropped_as("client_gone") == dropped["client_gone"]
     r = httpx.post(f"{committed_server.url}/v1/translate", json={"text": "hi"},
                    headers={"X-Request-Timeout": "soon"}, timeout=30)
     assert r.status_code == 422 and r.json()["field"] == "X-Request-Timeout"
