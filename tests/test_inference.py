@@ -156,3 +156,14 @@ def test_each_sentence_keeps_the_subword_limit_and_is_named_when_over_it(committ
     # a text of many short sentences is longer than one sentence may be, and is translated whole
     many = " ".join(["A man rides a horse."] * 30)
     assert _translate(committed_server.url, text=many)["translation"].count(".") == 30
+
+
+def test_a_sampled_text_of_several_sentences_draws_each_from_its_own_seed(committed_server: Server) -> None:
+    """Sentence k is sampled with the request's seed + k: repeatable, and not the same random
+    draws for every sentence."""
+    url = committed_server.url
+    parts = ["A woman is cooking.", "Two dogs play in the snow."]
+    options = {"sampling_topk": 20, "sampling_temperature": 1.5}
+    whole = _translate(url, text=" ".join(parts), seed=41, **options)
+    alone = [_translate(url, text=part, seed=41 + k, **options) for k, part in enumerate(parts)]
+    assert whole["translation"] == " ".join(a["translation"] for a in alone) and whole["seed"] == 41
