@@ -40,6 +40,13 @@ T = TypeVar("T")
 Each = Callable[[int, Any], None]
 
 
+def count_cancelled(labels: tuple[str, str], deadline: float, now: float) -> None:
+    """Count a text whose future was cancelled before its work ran or finished: the event loop's
+    504 once its deadline passed, else its client left (the 504 cancels before the threads see the
+    deadline, so the deadline alone does not tell them)."""
+    metrics.DROPPED.labels(*labels, "deadline" if deadline <= now else "client_gone").inc()
+
+
 class WorkItem(Waiting, Generic[P, R]):
     __slots__ = ("deadline", "enqueued_at", "future", "length", "payload")
 
@@ -365,8 +372,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         started = time.monotonic()
         queue_wait = metrics.QUEUE_WAIT.labels(*self.labels)
         for item in batch:  # drop, before any compute, requests nobody waits for or that are too late
-            if item.future.done():  # cancelled: its client left, or the event loop's 504 at its deadline
-                metrics.DROPPED.labels(*self.labels, "deadline" if item.deadline <= started else "client_gone").inc()
+            if item.future.done():
+                count_cancelled(self.labels, item.deadline, started)
                 answers.append((item.future, None, None))
             elif item.deadline <= started:
                 metrics.DROPPED.labels(*self.labels, "deadline").inc()

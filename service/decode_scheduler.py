@@ -32,7 +32,7 @@ import numpy as np
 
 from service import metrics
 from service.admission import Waiting
-from service.batching import AnsweredFromThreads, BatchPolicy, Each
+from service.batching import AnsweredFromThreads, BatchPolicy, Each, count_cancelled
 from service.decoding import BeamSearch, StepUpdate
 from service.errors import DeadlineExceeded, NotReady
 from service.loop_budget import GiveWay
@@ -259,8 +259,8 @@ class _Lane:
         admission = self.scheduler.admission
         while self._waiting:
             request = self._waiting[0]
-            if request.future.done():  # cancelled: its client left, or the event loop's 504 at its deadline
-                metrics.DROPPED.labels(*self.labels, "deadline" if request.deadline <= now else "client_gone").inc()
+            if request.future.done():
+                count_cancelled(self.labels, request.deadline, now)
                 self._finish(request)
             elif request.deadline <= now:
                 metrics.DROPPED.labels(*self.labels, "deadline").inc()
@@ -328,8 +328,8 @@ class _Lane:
         survivors = []
         offset = 0
         for request, live in zip(rows.members, rows.layout, strict=True):
-            if request.future.done():  # cancelled: its client left, or the event loop's 504 at its deadline
-                metrics.DROPPED.labels(*self.labels, "deadline" if request.deadline <= now else "client_gone").inc()
+            if request.future.done():
+                count_cancelled(self.labels, request.deadline, now)
                 self._finish(request)
                 changed = True
             elif request.deadline <= now:

@@ -150,8 +150,10 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
             jobs.append(sentence_jobs[0])
             continue
         first = sentence_jobs[0]
-        jobs.append(SentencesJob([i for job in sentence_jobs for i in job.src_ids], first.beam_size, first.max_length,
-                                 keep_attention, nbest, length_penalty, sampling, sentences=sentence_jobs))
+        jobs.append(SentencesJob(src_ids=[token for job in sentence_jobs for token in job.src_ids],
+                                 beam_size=first.beam_size, max_length=first.max_length, keep_attention=keep_attention,
+                                 num_hypotheses=nbest, length_penalty=length_penalty, sampling=sampling,
+                                 sentences=sentence_jobs))
     return jobs
 
 

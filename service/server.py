@@ -44,6 +44,11 @@ class _Server(uvicorn.Server):
         self.app = app
         self.started_event = started
 
+    @property
+    def supervised(self) -> bool:
+        """One of a supervisor's workers (it passed the event to set once serving)."""
+        return self.started_event is not None
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.loop = asyncio.get_running_loop()  # a second signal's cut reaches the drain through it
         await super().startup(sockets)
@@ -56,8 +61,7 @@ class _Server(uvicorn.Server):
         # readiness turns 503 at once, so balancers stop sending while accepted work drains
         self.app.state.ready = False
         self.app.state.early_refusal.close()
-        supervised = self.started_event is not None
-        if self.should_exit and (sig == signal.SIGINT or (supervised and sig == signal.SIGTERM)):
+        if self.should_exit and (sig == signal.SIGINT or (self.supervised and sig == signal.SIGTERM)):
             # a second Ctrl+C (under a supervisor, which passes it on, a second SIGTERM): uvicorn's
             # force quit. What is in flight is cut off now, HTTP, gRPC and the models alike, and
             # answered as at the drain's deadline (503 JSON, UNAVAILABLE, counted in the shutdown's
@@ -85,8 +89,7 @@ class _Server(uvicorn.Server):
         # SIGINT to the supervisor.
         # SIGHUP (a closed terminal, `kill -HUP`, systemd's ExecReload) is a graceful stop too: its
         # default killed the server with no drain, and a supervisor with no word to its workers.
-        supervised = self.started_event is not None
-        own = signal.SIG_IGN if supervised else self.handle_exit
+        own = signal.SIG_IGN if self.supervised else self.handle_exit
         originals = {signal.SIGTERM: signal.signal(signal.SIGTERM, self.handle_exit),
                      signal.SIGINT: signal.signal(signal.SIGINT, own),
                      signal.SIGHUP: signal.signal(signal.SIGHUP, own)}

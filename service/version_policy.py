@@ -63,11 +63,13 @@ def unserved(repository: Path, policies: dict[str, VersionPolicy]) -> list[str]:
     that is not there, a specific version that is not there, a model the policy leaves with none.
     Each was silent: a typo in SEQSERVE_VERSION_POLICY dropped a model from a server that then
     reported ready."""
-    lines = [f"{card.parent}: not served: a version folder's name is a number (e.g. 1)"
-             for card in sorted(repository.glob("*/*/model.json")) if not card.parent.name.isdigit()]
+    lines: list[str] = []
     on_disk: dict[str, list[str]] = {}
-    for card in version_cards(repository):
-        on_disk.setdefault(card.parent.parent.name, []).append(card.parent.name)
+    for card in sorted(repository.glob("*/*/model.json")):  # one look at the folder, as version_cards takes
+        if card.parent.name.isdigit():
+            on_disk.setdefault(card.parent.parent.name, []).append(card.parent.name)
+        else:
+            lines.append(f"{card.parent}: not served: a version folder's name is a number (e.g. 1)")
     for name, policy in sorted(policies.items()):
         versions = on_disk.get(name)
         if versions is None:
