@@ -128,9 +128,11 @@ def test_during_the_drain_new_connections_are_refused_at_once_and_accepted_work_
     for _ in range(100):
         try:
             httpx.get(f"{server.url}/v2/health/live", timeout=5)
-        except (httpx.ConnectError, httpx.RemoteProtocolError):
-            # refused, or (a connection a worker accepted as its listener closed) closed unanswered:
-            # either way at once, not left waiting; seen once in 7 full runs on a loaded machine
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            # refused, or (a connection a worker accepted as its listener closed) closed unanswered,
+            # or reset (one left in the closed listener's backlog: the kernel answers it RST): each
+            # at once, not left waiting; the second seen once in 7 full runs on a loaded machine,
+            # the third once in CI at stop 28
             refused = True
             break
         time.sleep(0.05)
