@@ -26,6 +26,7 @@ from service.logs import configure_logging
 from service.settings import Settings
 
 STARTUP_FAILED = 3  # exit code when the app refused to start (a model did not load, the port is taken)
+HEARTBEAT_INTERVAL_S = 1.0  # how often a supervised worker's event loop tells its supervisor that it runs
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -38,11 +39,22 @@ def _count_as_serving(serving: bool) -> None:
     WORKERS_SERVING.set(1 if serving else 0)
 
 
+async def _beat(heartbeat: ctypes.c_uint64) -> None:
+    """Counts up while this process's event loop runs: a supervisor kills and replaces a worker
+    whose count stops (service/workers.py), as one stopped or deadlocked would never answer."""
+    while True:
+        heartbeat.value += 1
+        await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: FastAPI, started: Event | None = None) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI, started: Event | None = None,
+                 heartbeat: ctypes.c_uint64 | None = None) -> None:
         super().__init__(config)
         self.app = app
         self.started_event = started
+        self.heartbeat = heartbeat
+        self.beating: asyncio.Task[None] | None = None
 
     @property
     def supervised(self) -> bool:
@@ -54,6 +66,9 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             _count_as_serving(True)
+            if self.heartbeat is not None:  # it beats through the drain too: a drain is no hang
+                self.heartbeat.value += 1  # before "serving": the supervisor never sees a worker serve unbeaten
+                self.beating = asyncio.create_task(_beat(self.heartbeat))
             if self.started_event is not None:
                 self.started_event.set()  # tells a supervisor that this worker serves
 
@@ -123,10 +138,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(sock: socket.socket | None = None, started: Event | None = None) -> None:
+def serve(sock: socket.socket | None = None, started: Event | None = None,
+          heartbeat: ctypes.c_uint64 | None = None) -> None:
     """The whole app on its own event loop until SIGTERM/SIGINT. A supervisor passes the socket
-    it bound for several of these and an event to set once serving. Exits STARTUP_FAILED if the
-    app refused to start."""
+    it bound for several of these, an event to set once serving and a shared counter for the event
+    loop to count up while it runs. Exits STARTUP_FAILED if the app refused to start."""
     # the app (FastAPI, prometheus-client, ONNX Runtime) is imported here, not at module level:
     # a supervisor must set PROMETHEUS_MULTIPROC_DIR before prometheus-client is first imported
     from service.app import create_app
@@ -157,7 +173,7 @@ def serve(sock: socket.socket | None = None, started: Event | None = None) -> No
                             # uvicorn's 5 s: a proxy keeping idle upstream connections longer (nginx 60 s)
                             # reuses one as it closes, and its client gets a 502 the server never saw
                             timeout_keep_alive=settings.keep_alive_s)
-    server = _Server(config, app, started)
+    server = _Server(config, app, started, heartbeat)
     server.run(sockets=[sock] if sock else None)
     if not server.started:  # start-up failed (e.g. a model refused to load): say so in the exit code
         sys.exit(STARTUP_FAILED)

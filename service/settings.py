@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     instances: int = Field(2, ge=1, le=16, description="batches a model runs at once (worker threads)")
     workers: int = Field(1, ge=1, le=64, description="server processes on the port, each with its own models; "
                          "one Python process tops out at a few thousand small requests/s")
+    worker_heartbeat_timeout_s: float = Field(
+        15.0, ge=0, le=3600, description="with workers > 1, a worker whose event loop has not run for this long "
+        "(stopped, deadlocked) is killed and replaced; 0 = never")
 
     max_batch_size: int = Field(64, ge=1, description="requests per batch")
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="how long a batch waits for company")

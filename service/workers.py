@@ -7,9 +7,9 @@ whole server (its own models, batchers and decode scheduler) accepting on one so
 supervisor bound, so the kernel spreads connections across them.
 
 The supervisor binds the socket, spawns the workers, restarts one that dies after it started
-serving, stops everything if one ends before it served (a broken model would fail the same way
-again, in a loop),
-and on SIGTERM/SIGINT/SIGHUP passes SIGTERM on so that each worker drains its accepted work, then
+serving or whose event loop stops counting its heartbeat (stopped, deadlocked), stops everything
+if one ends before it served (a broken model would fail the same way again, in a loop), and on
+SIGTERM/SIGINT/SIGHUP passes SIGTERM on so that each worker drains its accepted work, then
 exits 0. Prometheus metrics are summed across workers through prometheus-client's multiprocess
 mode: PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless the operator set one).
 """
@@ -44,6 +44,10 @@ _POLL_S = 0.2
 class _Worker:
     process: BaseProcess
     serving: Event  # set by the worker once it accepts requests
+    # counted up by the worker's event loop while it runs (service/server.py); None: not watched
+    heartbeat: ctypes.c_uint64 | None = None
+    beats_seen: int = 0
+    beat_seen_at: float = field(default_factory=lambda: time.monotonic())  # when the count last moved
     # looked up at each call (not bound at import), so a test's clock is the supervisor's clock
     started_at: float = field(default_factory=lambda: time.monotonic())
     crashes_in_a_row: int = 0  # deaths after serving, each within _STABLE_S of its start
@@ -57,6 +61,10 @@ _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _STABLE_S = 60.0
 
+
+# A supervisor that has not polled for this long was itself stopped or starved (a paused container,
+# a suspended host): its workers' silence over that gap says nothing about them.
+_FROZEN_S = 2.0
 
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
@@ -75,7 +83,7 @@ def _alive(metric_file: str) -> bool:
     return True
 
 
-def _worker(sock: socket.socket, serving: Event) -> None:
+def _worker(sock: socket.socket, serving: Event, heartbeat: ctypes.c_uint64) -> None:
     """A worker process: it drains and exits if its supervisor dies (SIGKILL, a crash) instead of
     serving on unmanaged, holding the port against the next start."""
     with contextlib.suppress(OSError, AttributeError):  # Linux only
@@ -83,7 +91,7 @@ def _worker(sock: socket.socket, serving: Event) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:  # it died before the request above
         return
-    serve(sock, serving)
+    serve(sock, serving, heartbeat)
 
 
 class Supervisor:
@@ -96,13 +104,28 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")  # fork would copy a half-started runtime
         self.workers: list[_Worker] = []
         self.metrics_dir: str | None = None
+        self.polled_at: float | None = None
 
     def _spawn(self, sock: socket.socket, index: int) -> _Worker:
         serving = self.context.Event()
-        process = self.context.Process(target=_worker, args=(sock, serving), name=f"seqserve-worker-{index}")
+        heartbeat = self.context.RawValue(ctypes.c_uint64, 0)  # shared memory, no lock: one writer
+        process = self.context.Process(target=_worker, args=(sock, serving, heartbeat),
+                                       name=f"seqserve-worker-{index}")
         process.start()
         log.info("worker %d started (pid %s)", index, process.pid)
-        return _Worker(process, serving)
+        return _Worker(process, serving, heartbeat)
+
+    def _hung(self, worker: _Worker, now: float) -> float | None:
+        """How long a serving worker's event loop has been silent, if longer than the timeout."""
+        if worker.heartbeat is None:
+            return None
+        beats = worker.heartbeat.value
+        if beats != worker.beats_seen:
+            worker.beats_seen, worker.beat_seen_at = beats, now
+            return None
+        silent = now - worker.beat_seen_at
+        timeout = self.settings.worker_heartbeat_timeout_s
+        return silent if timeout and worker.serving.is_set() and silent > timeout else None
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         if self.stopping.is_set():  # a second Ctrl+C or SIGTERM: the workers cut their drain short
@@ -180,6 +203,10 @@ class Supervisor:
 
     def _replace_dead(self, sock: socket.socket) -> int:
         now = time.monotonic()
+        if self.polled_at is not None and now - self.polled_at > _FROZEN_S:
+            for worker in self.workers:  # the silence was the supervisor's own: count afresh
+                worker.beat_seen_at = now
+        self.polled_at = now
         for i, worker in enumerate(self.workers):
             process = worker.process
             if self.stopping.is_set():
@@ -189,7 +216,16 @@ class Supervisor:
                     self.workers[i] = self._replace(sock, i, worker.crashes_in_a_row)
                 continue
             if process.is_alive():
-                continue
+                silent = self._hung(worker, now)
+                if silent is None:
+                    continue
+                # what it holds is lost either way; killed, its clients at least see their
+                # connections close, and new ones go to a worker that answers
+                log.error("worker %d (pid %s): its event loop has not run for %.1f s (stopped or deadlocked; "
+                          "SEQSERVE_WORKER_HEARTBEAT_TIMEOUT_S=%g): killing it",
+                          i, process.pid, silent, self.settings.worker_heartbeat_timeout_s)
+                process.kill()
+                process.join(5)
             self._forget_metrics(process)
             if not worker.serving.is_set() and not worker.replacement:
                 log.error("worker %d ended with %s before it served: stopping (its log says why)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import re
@@ -10,6 +11,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,8 +33,8 @@ def _requests_counted(url: str) -> float:
     return metric_value(url, "seqserve_requests_total", route="/v1/sentiment", status="200")
 
 
-def test_workers_share_the_port_sum_metrics_and_replace_a_dead_one() -> None:
-    server = Server(COMMITTED_MODELS, workers="2").wait_ready()
+def test_workers_share_the_port_sum_metrics_and_replace_a_dead_or_hung_one() -> None:
+    server = Server(COMMITTED_MODELS, workers="2", worker_heartbeat_timeout_s="3").wait_ready()
     try:
         first = _workers(server.proc.pid)
         assert len(first) == 2
@@ -66,11 +68,22 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_one() -> None:
             time.sleep(0.1)
         assert server.workers_serving() == 2
         server.wait_for_output("all 2 workers serving", count=2)  # the supervisor polls: it may log a moment later
+
+        # a worker that hangs without dying (here stopped) was never noticed: its connections hung
+        hung = min(now)
+        os.kill(hung, signal.SIGSTOP)
+        assert server.wait_for_output("all 2 workers serving", count=3, timeout=60)
+        assert hung not in _workers(server.proc.pid)
+        for _ in range(10):  # every new connection goes to a worker that answers
+            r = httpx.post(f"{server.url}/v1/sentiment", json={"text": "dull"}, headers={"Connection": "close"},
+                           timeout=10)
+            assert r.status_code == 200
     finally:
         assert server.stop() == 0
     log = server.output()
     assert re.search(r"worker \d \(pid \d+\) ended with -9: starting a new one", log)
-    assert log.count("all 2 workers serving") == 2  # at start, and again after the replacement
+    assert re.search(rf"worker \d \(pid {hung}\): its event loop has not run for 3\.\d s \(stopped or deadlocked", log)
+    assert log.count("all 2 workers serving") == 3  # at start, and again after each replacement
 
 
 def test_sigterm_drains_every_worker_and_exits_zero() -> None:
@@ -184,6 +197,60 @@ def test_a_worker_that_keeps_crashing_is_restarted_with_growing_backoff(monkeypa
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(spawned)]
     assert gaps[:5] == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0], abs=0.15)  # not every poll: 0.5, 1, 2, ... s
     assert len(spawned) <= 7
+
+
+class _HungProcess(_LiveProcess):
+    """Stands in for a worker process that is alive but whose event loop no longer runs."""
+
+    def kill(self) -> None:
+        self.exitcode = -9
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+
+def _watched_worker(process: _DeadProcess, beats: ctypes.c_uint64) -> Any:
+    from service import workers
+
+    serving = threading.Event()
+    serving.set()
+    return workers._Worker(process, serving, beats)  # type: ignore[arg-type]
+
+
+def test_a_worker_whose_event_loop_stops_is_killed_and_replaced_after_the_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import workers
+    from service.settings import Settings
+
+    supervisor = workers.Supervisor(Settings(workers=2, worker_heartbeat_timeout_s=5))
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(workers.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(supervisor, "_spawn", lambda sock, index: _watched_worker(_LiveProcess(), ctypes.c_uint64(1)))
+    beating, silent = ctypes.c_uint64(1), ctypes.c_uint64(1)
+    supervisor.workers = [_watched_worker(_HungProcess(), beating),
+                          _watched_worker(_HungProcess(), silent)]
+    hung = supervisor.workers[1].process
+    for _ in range(45):  # 4.5 s: not yet
+        beating.value += 1
+        supervisor._replace_dead(None)  # type: ignore[arg-type]
+        clock["now"] += 0.1
+    assert hung.is_alive() and supervisor.workers[1].process is hung
+    clock["now"] += 60  # the supervisor itself stood still a minute (a paused container): no verdict on it
+    for _ in range(45):
+        beating.value += 1
+        supervisor._replace_dead(None)  # type: ignore[arg-type]
+        clock["now"] += 0.1
+    assert hung.is_alive()
+    for _ in range(10):  # past 5 s of polls that saw it silent
+        beating.value += 1
+        supervisor._replace_dead(None)  # type: ignore[arg-type]
+        clock["now"] += 0.1
+    assert not hung.is_alive() and hung.exitcode == -9
+    assert isinstance(supervisor.workers[1].process, _LiveProcess)  # replaced at once: it had served
+    assert supervisor.workers[0].process.is_alive()  # the one that kept beating was left alone
 
 
 def test_a_replacement_that_cannot_start_is_retried_while_the_others_serve(monkeypatch: pytest.MonkeyPatch) -> None:
