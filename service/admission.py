@@ -28,9 +28,10 @@ class Waiting:
 
 
 class Admission:
-    def __init__(self, model: str, limit: int, version: str = "") -> None:
+    def __init__(self, model: str, limit: int, version: str = "", unit: str = "texts") -> None:
         self.model = model
         self.limit = limit
+        self.unit = unit  # what a place holds, as the 503 says it: a translator queues sentences
         self.waiting = 0
         # requests for this model parsed by the server but not yet started by the app (each one
         # brings at least one text): service/early_refusal.py counts them, on the event loop only
@@ -77,7 +78,7 @@ class Admission:
         self._rejected.inc()
         ahead = f" and {arriving} requests arriving" if arriving else ""
         brings = "" if count is None else f"; this request brings {count}"
-        return Overloaded(f"model {self.model} has {waiting} texts waiting{ahead} (limit {self.limit}){brings}; "
+        return Overloaded(f"model {self.model} has {waiting} {self.unit} waiting{ahead} (limit {self.limit}){brings}; "
                           "retry later", retry_after_s=1)
 
     def leave(self, text: Waiting) -> None:

@@ -92,10 +92,10 @@ class AnsweredFromThreads:
     says for how long it has been false (liveness: service/registry.py).
     """
 
-    def __init__(self, name: str, max_queue_size: int, version: str = "") -> None:
+    def __init__(self, name: str, max_queue_size: int, version: str = "", unit: str = "texts") -> None:
         self.name = name
         self.labels = (name, version)  # of every per-model metric
-        self.admission = Admission(name, max_queue_size, version)
+        self.admission = Admission(name, max_queue_size, version, unit)
         self.accepting = False
         self._unhealthy_since: float | None = None  # time.monotonic() when healthy turned false
         self.in_flight = 0  # accepted, not yet answered
@@ -277,8 +277,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
     """Per-model queue + worker threads. ``run_batch`` is called on a worker thread with payloads."""
 
     def __init__(self, name: str, run_batch: Callable[[list[P]], Sequence[R]], policy: BatchPolicy,
-                 version: str = "") -> None:
-        super().__init__(name, policy.max_queue_size, version)
+                 version: str = "", unit: str = "texts") -> None:
+        super().__init__(name, policy.max_queue_size, version, unit)
         self.run_batch = run_batch
         self.policy = policy
         # thread-safe: the event loop puts, the workers take; its length is bounded by admission

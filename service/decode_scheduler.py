@@ -129,7 +129,7 @@ class DecodeScheduler(AnsweredFromThreads):
 
     def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy, max_rows: int | None = None,
                  join_every: int = 4, stream_interval_s: float = 0.0) -> None:
-        super().__init__(name, policy.max_queue_size, runner.card.version)
+        super().__init__(name, policy.max_queue_size, runner.card.version, unit="sentences")
         self.runner = runner
         self.policy = policy
         self.stream_interval_s = stream_interval_s

@@ -80,7 +80,7 @@ class RequestBatchedTranslator(_BatchedEngine[TranslationJob, TranslationOutput]
 
     def __init__(self, name: str, runner: TranslationRunner, policy: BatchPolicy) -> None:
         self.runner = runner
-        self.batcher = DynamicBatcher(name, runner.translate, policy, runner.card.version)
+        self.batcher = DynamicBatcher(name, runner.translate, policy, runner.card.version, unit="sentences")
 
     async def translate_all(self, jobs: list[TranslationJob], deadline: float,
                             each: Each | None = None) -> list[TranslationOutput]:

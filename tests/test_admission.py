@@ -22,6 +22,13 @@ def test_a_request_is_admitted_whole_or_refused_whole() -> None:
     assert admission.waiting == 4
 
 
+def test_a_translators_refusal_counts_sentences() -> None:
+    admission = Admission("translator", limit=2, unit="sentences")
+    admission.admit([Waiting(), Waiting()])
+    with pytest.raises(Overloaded, match=r"translator has 2 sentences waiting \(limit 2\); this request brings 1"):
+        admission.admit([Waiting()])
+
+
 def test_each_text_gives_its_place_back_once() -> None:
     admission = Admission("m", limit=2)
     texts = [Waiting(), Waiting()]

@@ -221,6 +221,7 @@ async def test_queue_full_gives_503_and_deadline_gives_504(tmp_path: Path) -> No
         assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
         refused = next(r for r in responses if r.status_code == 503)
         assert refused.headers["retry-after"] and refused.json()["code"] == "overloaded"
+        assert " sentences waiting" in refused.json()["error"]  # a translator's places hold sentences, not texts
         r = httpx.post(f"{server.url}/v1/translate", json={"text": long_text, "beam_size": 10},
                        headers={"X-Request-Timeout": "0.001"}, timeout=30)
         assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded"
