@@ -42,18 +42,28 @@ from service.settings import Settings
 log = logging.getLogger("seqserve")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def load_models(settings: Settings) -> ModelRegistry:
+    """Every model of the repository, or ModelLoadError naming the file, said in one line."""
+    try:
+        return ModelRegistry.load(settings)
+    except ModelLoadError as exc:
+        log.error("refusing to start: %s", exc)
+        raise
+
+
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None,
+               loading_since: float | None = None) -> FastAPI:
+    """The app; it loads the models at start-up unless given them loaded (service/server.py loads
+    them first, so that a refusal is one line and an exit code, not a traceback of the lifespan;
+    ``loading_since``: its time.monotonic() when that load began, for the "ready in" line)."""
     settings = settings or Settings()
+    preloaded = registry
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        started = time.monotonic()
+        started = loading_since or time.monotonic()
         app.state.ready = False
-        try:
-            registry = ModelRegistry.load(settings)
-        except ModelLoadError as exc:
-            log.error("refusing to start: %s", exc)  # names the file; the traceback follows
-            raise
+        registry = preloaded or load_models(settings)
         app.state.registry = registry
         app.state.model_control = ModelControl(registry, settings)
         registry.start(app.state.pass_budget.give_way)

@@ -187,7 +187,12 @@ def load_model_card(path: Path) -> ModelCard:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelCardError(f"{path}: not valid JSON ({exc})") from exc
     except ValidationError as exc:
-        raise ModelCardError(f"{path}: does not follow the model.json schema: {exc}") from exc
+        # one line an operator can act on ("graphs.encoder: Field required"), not pydantic's
+        # three lines and a link per error
+        problems = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'the file'}: {error['msg']}"
+                             for error in exc.errors())
+        raise ModelCardError(f"{path}: does not follow the model.json schema ({exc.error_count()} "
+                             f"problem{'s' if exc.error_count() > 1 else ''}): {problems}") from exc
 
 
 def write_model_card(card: ModelCard, path: Path) -> None:

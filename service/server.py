@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from types import FrameType
@@ -145,8 +146,9 @@ def serve(sock: socket.socket | None = None, started: Event | None = None,
     loop to count up while it runs. Exits STARTUP_FAILED if the app refused to start."""
     # the app (FastAPI, prometheus-client, ONNX Runtime) is imported here, not at module level:
     # a supervisor must set PROMETHEUS_MULTIPROC_DIR before prometheus-client is first imported
-    from service.app import create_app
+    from service.app import create_app, load_models
     from service.http_protocol import ArrivalStampingProtocol
+    from service.onnx_session import ModelLoadError
 
     limit_malloc_arenas()
     settings = Settings()
@@ -159,7 +161,12 @@ def serve(sock: socket.socket | None = None, started: Event | None = None,
         except OSError as exc:
             logging.getLogger("seqserve").error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
             sys.exit(STARTUP_FAILED)
-    app = create_app(settings)
+    loading_since = time.monotonic()
+    try:
+        registry = load_models(settings)  # before uvicorn: a refusal is its line, not the lifespan's traceback
+    except ModelLoadError:
+        sys.exit(STARTUP_FAILED)
+    app = create_app(settings, registry, loading_since)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False,
                             log_config=None,  # uvicorn's lines go through the service's handler (service/logs.py)

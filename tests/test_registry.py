@@ -91,6 +91,21 @@ def test_int8_asked_for_and_missing_refuses_to_start_naming_the_file(fp32_repo: 
     log = server.output()
     assert f"{fp32_repo / 'sentiment' / '1' / 'sentiment.int8.onnx'}: INT8 graph not found" in log
     assert "refusing to start" in log
+    assert "Traceback" not in log  # the refusal is its line: the models load before uvicorn's lifespan
+
+
+def test_a_card_that_breaks_the_schema_is_named_in_one_line_per_problem(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.json").write_text('{"name": "m", "version": "1"}')
+    server = Server(tmp_path)
+    assert server.proc.wait(timeout=60) == STARTUP_FAILED
+    (refusal,) = [line for line in server.output().splitlines() if "refusing to start" in line]
+    assert refusal.endswith(f"{tmp_path / 'm' / '1' / 'model.json'}: does not follow the model.json schema "
+                            "(12 problems): task: Field required; description: Field required; architecture: Field "
+                            "required; graphs: Field required; tokenizers: Field required; special_tokens: Field "
+                            "required; max_input_tokens: Field required; training_data: Field required; training: "
+                            "Field required; metrics: Field required; opset: Field required; parity: Field required")
+    assert "Traceback" not in server.output() and "pydantic.dev" not in server.output()
 
 
 def test_choose_precision(int8_repo: Path, fp32_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
