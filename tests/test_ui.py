@@ -157,7 +157,7 @@ def _translate_in_page(page: Any, beam_size: int, nbest: int | None = None) -> d
         nbest: [...document.querySelectorAll('#nbest-list li')].map(li => li.firstChild.textContent),
         sources: [...document.querySelectorAll('#heatmap thead th span')].map(s => s.title),
         targets: [...document.querySelectorAll('#heatmap tbody th span')].map(s => s.title),
-        cells: [...document.querySelectorAll('#heatmap td')].map(
+        cells: [...document.querySelectorAll('#heatmap tbody td')].map(
             c => [Number(c.dataset.row), Number(c.dataset.col), Number(c.dataset.weight)]),
     })""")
 
@@ -239,7 +239,55 @@ def test_browser_translates_a_pasted_paragraph_without_drawing_a_huge_attention_
                    json={"text": paragraph, "beam_size": 1})
     assert page.text_content("#translation") == r.json()["translation"]
     assert r.json()["translation"].count("Schnee") == 8  # no sentence dropped
-    assert page.locator("#heatmap td").count() == 0 and "No attention map" in page.text_content("#readout")
+    assert page.locator("#heatmap tbody td").count() == 0 and "No attention map" in page.text_content("#readout")
+    assert problems == []
+    page.close()
+
+
+def test_the_page_works_by_keyboard_at_320_px_and_tells_a_screen_reader(browser: Any, servers: Servers) -> None:
+    """WCAG 2.2 AA as an outside tester checked it: the page scrolled sideways at 320 px once a map was
+    drawn (1.4.10), the text areas had no name (4.1.2), answers were never announced (4.1.3), a
+    disabled button dropped the keyboard focus, and the map could be read by mouse only (2.1.1)."""
+    url = servers.api.url
+    page, problems = _open(browser, f"{url}/")
+    page.set_viewport_size({"width": 320, "height": 640})  # 1280 px at 400% zoom
+    _connect(page)
+    source = page.get_by_role("textbox", name="English text (Ctrl+Enter translates)")
+    source.fill(SENTENCE)
+    source.press("Control+Enter")  # sends; Enter alone is a new line
+    page.wait_for_selector("#heatmap[data-complete='true']", timeout=30_000)
+    translation = page.text_content("#translation")
+    assert translation and page.text_content("#status") == f"German: {translation}"
+    width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], width  # only the map's own box scrolls
+    assert page.evaluate("() => document.activeElement.id") == "source"
+
+    page.focus("#translate")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('translate').getAttribute('aria-disabled') === 'true'")
+    page.wait_for_function("() => !document.getElementById('translate').hasAttribute('aria-disabled')",
+                           timeout=30_000)
+    assert page.evaluate("() => document.activeElement.id") == "translate"  # not dropped to the body
+
+    page.focus("#heatmap td[data-row='0'][data-col='0']")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowDown")
+    focused = page.evaluate("() => [document.activeElement.dataset.row, document.activeElement.dataset.col, "
+                            "document.activeElement.dataset.weight]")
+    assert focused[:2] == ["1", "1"]
+    assert f"weight {float(focused[2]):.4f}" in page.text_content("#readout")
+    assert page.locator("#heatmap td[tabindex='0']").count() == 1  # one Tab stop for the whole map
+
+    text = page.get_by_role("textbox", name="English text (Ctrl+Enter classifies)")
+    text.fill("   ")
+    text.press("Control+Enter")
+    page.wait_for_selector("#error:not([hidden])")
+    assert text.get_attribute("aria-invalid") == "true" and text.get_attribute("aria-describedby") == "error"
+    text.fill("A gorgeous, witty and deeply moving film.")
+    text.press("Control+Enter")
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Sentiment: ')")
+    assert text.get_attribute("aria-invalid") is None
+    problems[:] = [p for p in problems if "status of 422" not in p]
     assert problems == []
     page.close()
 

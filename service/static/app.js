@@ -25,6 +25,38 @@ function showError(message) {
   box.hidden = !message;
 }
 
+// A refused field is marked on its control, which points at the error (WCAG 3.3.1); the API names it.
+const FIELD_CONTROLS = {
+  translate: { text: "source", beam_size: "beam-size", num_hypotheses: "nbest", max_length: "max-length",
+    sampling_topk: "topk", sampling_temperature: "temperature", seed: "seed" },
+  sentiment: { text: "sentiment-text" },
+};
+
+function markInvalid(panel, err) {
+  for (const id of Object.values(FIELD_CONTROLS[panel])) {
+    $(id).removeAttribute("aria-invalid");
+    $(id).removeAttribute("aria-describedby");
+  }
+  const field = err instanceof ApiError && err.body && err.body.field ? err.body.field.split(/[.[]/)[0] : "";
+  const id = FIELD_CONTROLS[panel][field];
+  if (!id) return;
+  $(id).setAttribute("aria-invalid", "true");
+  $(id).setAttribute("aria-describedby", "error");
+}
+
+// Said once by screen readers (a polite status region) when an answer is complete.
+function announce(message) {
+  $("status").textContent = message;
+}
+
+// While a request runs its button is aria-disabled, not disabled: a disabled button loses the
+// keyboard focus (to the page body), so a keyboard user would start over from the top.
+function busy(button, on) {
+  if (on) button.setAttribute("aria-disabled", "true"); else button.removeAttribute("aria-disabled");
+}
+
+const isBusy = (button) => button.getAttribute("aria-disabled") === "true";
+
 class ApiError extends Error {
   constructor(status, body) {
     super(body && body.error ? body.error : `HTTP ${status}`);
@@ -129,8 +161,10 @@ function shownPiece(piece) {
   return piece.startsWith("\u2581") && piece.length > 1 ? piece.slice(1) : piece;
 }
 
-function pieceCell(tag, piece) {
+function pieceCell(tag, piece, scope, lang) {
   const cell = el(tag);
+  cell.scope = scope;
+  cell.lang = lang;
   // a subword that continues a word is marked; a word's first one and the end-of-sentence token are not
   const continues = !piece.startsWith("\u2581") && piece !== "</s>";
   const span = el("span", continues ? "cont" : "", shownPiece(piece));
@@ -159,23 +193,27 @@ const heatmap = {
         + `characters and ${HEATMAP_MAX_COLUMNS} English subwords (this one has ${sourceTokens.length}).`;
       return;
     }
+    const caption = el("caption", "visually-hidden", "Attention weights: a row per German subword, a column per "
+      + "English subword. The arrow keys move between cells.");
     const head = el("thead");
     const row = el("tr");
-    row.append(el("th"));
-    sourceTokens.forEach((piece) => row.append(pieceCell("th", piece)));
+    row.append(el("td"));
+    sourceTokens.forEach((piece) => row.append(pieceCell("th", piece, "col", "en")));
     head.append(row);
-    this.table.replaceChildren(head, el("tbody"));
+    this.table.replaceChildren(caption, head, el("tbody"));
     this.table.dataset.complete = "false";
-    $("readout").textContent = "Hover a cell: how much a German subword looked at each English one.";
+    $("readout").textContent = "Hover a cell, or focus it and use the arrow keys: how much a German subword "
+      + "looked at each English one.";
   },
   addRow(targetToken, weights) {
     const index = this.targets.length;
     this.targets.push(targetToken);
     if (!this.drawn || !weights) return;
     const row = el("tr", "new");
-    row.append(pieceCell("th", targetToken));
+    row.append(pieceCell("th", targetToken, "row", "de"));
     weights.forEach((weight, col) => {
       const cell = el("td");
+      cell.tabIndex = index === 0 && col === 0 ? 0 : -1;  // one Tab stop; the arrow keys move within
       cell.dataset.row = String(index);
       cell.dataset.col = String(col);
       cell.dataset.weight = String(weight);
@@ -189,7 +227,7 @@ const heatmap = {
   },
   hover(cell) {
     for (const hot of this.table.querySelectorAll("th.hot")) hot.classList.remove("hot");
-    if (!cell) return;
+    if (!cell || !cell.dataset.row) return;  // not a weight (the corner)
     const row = Number(cell.dataset.row);
     const col = Number(cell.dataset.col);
     this.table.tHead.rows[0].cells[col + 1].classList.add("hot");
@@ -197,6 +235,26 @@ const heatmap = {
     const readout = $("readout");
     readout.replaceChildren("German ", el("b", "", shownPiece(this.targets[row])), " ← English ",
       el("b", "", shownPiece(this.sources[col] ?? "?")), `: weight ${Number(cell.dataset.weight).toFixed(4)}`);
+  },
+  // the grid pattern of the WAI-ARIA Authoring Practices: arrows, Home/End, Ctrl+Home/End
+  move(event) {
+    const cell = event.target.closest("td");
+    if (!cell || !cell.dataset.row) return;
+    const rows = this.table.tBodies[0].rows;
+    const width = rows[0].cells.length - 1;
+    let row = Number(cell.dataset.row);
+    let col = Number(cell.dataset.col);
+    const moves = { ArrowUp: [row - 1, col], ArrowDown: [row + 1, col], ArrowLeft: [row, col - 1],
+      ArrowRight: [row, col + 1], Home: event.ctrlKey ? [0, 0] : [row, 0],
+      End: event.ctrlKey ? [rows.length - 1, width - 1] : [row, width - 1] };
+    if (!(event.key in moves)) return;
+    event.preventDefault();
+    [row, col] = moves[event.key];
+    const next = rows[Math.max(0, Math.min(rows.length - 1, row))]?.cells[Math.max(0, Math.min(width - 1, col)) + 1];
+    if (!next) return;
+    cell.tabIndex = -1;
+    next.tabIndex = 0;
+    next.focus();
   },
 };
 
@@ -235,7 +293,7 @@ function showNbest(hypotheses) {
   list.hidden = !hypotheses;
   for (const h of hypotheses || []) {
     const item = el("li", "", h.translation);
-    item.append(el("span", "score", h.score.toFixed(3)));
+    item.append(" ", el("span", "score", `score ${h.score.toFixed(3)}`));
     list.append(item);
   }
 }
@@ -284,9 +342,11 @@ function translationRequest() {
 
 async function translate(event) {
   event.preventDefault();
-  showError("");
   const button = $("translate");
-  button.disabled = true;
+  if (isBusy(button)) return;
+  showError("");
+  busy(button, true);
+  $("translation-out").setAttribute("aria-busy", "true");
   const started = performance.now();
   let firstAt = null;
   const request = translationRequest();
@@ -321,26 +381,31 @@ async function translate(event) {
           + `${how} · first event ${ms(firstAt)} ms · whole ${ms(performance.now())} ms · `
           + `${data.model} v${data.version}`;
         $("heatmap").dataset.complete = "true";
+        announce(`German: ${data.translation}`);
       } else if (name === "error") {
         throw new ApiError(200, data);
       }
     }
+    markInvalid("translate", null);
   } catch (err) {
     // no earlier text's translation left beside this one's error, as if it were its answer
     $("translation-out").hidden = true;
     showError(`Translation: ${explain(err)}`);
+    markInvalid("translate", err);
   } finally {
     shown.classList.remove("live");
-    button.disabled = false;
+    $("translation-out").removeAttribute("aria-busy");
+    busy(button, false);
   }
 }
 
 // ---- sentiment --------------------------------------------------------------------------
 async function classify(event) {
   event.preventDefault();
-  showError("");
   const button = $("classify");
-  button.disabled = true;
+  if (isBusy(button)) return;
+  showError("");
+  busy(button, true);
   const started = performance.now();
   try {
     const result = await api("/v1/sentiment", { text: $("sentiment-text").value });
@@ -362,11 +427,14 @@ async function classify(event) {
       bars.append(bar);
     }
     $("sentiment-meta").textContent = `${Math.round(performance.now() - started)} ms · ${result.model} v${result.version}`;
+    announce(`Sentiment: ${result.label}, ${(100 * result.score).toFixed(1)}%`);
+    markInvalid("sentiment", null);
   } catch (err) {
     $("sentiment-out").hidden = true;
     showError(`Sentiment: ${explain(err)}`);
+    markInvalid("sentiment", err);
   } finally {
-    button.disabled = false;
+    busy(button, false);
   }
 }
 
@@ -394,5 +462,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("sentiment-form").addEventListener("submit", classify);
   $("heatmap").addEventListener("mouseover", (e) => heatmap.hover(e.target.closest("td")));
   $("heatmap").addEventListener("mouseleave", () => heatmap.hover(null));
+  $("heatmap").addEventListener("focusin", (e) => heatmap.hover(e.target.closest("td")));
+  $("heatmap").addEventListener("keydown", (e) => heatmap.move(e));
+  for (const id of ["source", "sentiment-text"]) {  // Enter is a new line; Ctrl+Enter (Cmd+Enter) sends
+    $(id).addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); e.target.form.requestSubmit(); }
+    });
+  }
   connect();
 });
