@@ -69,9 +69,8 @@ _FROZEN_S = 2.0
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
-def _alive(metric_file: str) -> bool:
-    """Whether the process a prometheus-client file belongs to (``counter_1234.db``) still runs."""
-    pid = metric_file.rsplit("_", 1)[-1].removesuffix(".db")
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` (digits from a file name) still runs."""
     if not pid.isdigit():
         return False
     try:
@@ -81,6 +80,25 @@ def _alive(metric_file: str) -> bool:
     except PermissionError:  # another user's process: alive
         return True
     return True
+
+
+def _metric_file_owner(name: str) -> str:
+    """The pid a prometheus-client file belongs to (``counter_1234.db``)."""
+    return name.rsplit("_", 1)[-1].removesuffix(".db")
+
+
+_METRICS_PREFIX = "seqserve-metrics-"  # + the supervisor's pid + "-": its own folder, found again by it
+
+
+def _remove_orphaned_metrics_dirs() -> None:
+    """Folders that supervisors killed outright (SIGKILL, OOM) left in the temporary folder: their
+    owner is gone, nobody else will remove them."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(tempfile.gettempdir()):
+            owner = entry.name.removeprefix(_METRICS_PREFIX).split("-", 1)[0]
+            if entry.name.startswith(_METRICS_PREFIX) and owner.isdigit() and entry.is_dir() and not _alive(owner):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                log.info("removed %s, left by a server that was killed (pid %s)", entry.path, owner)
 
 
 def _worker(sock: socket.socket, serving: Event, heartbeat: ctypes.c_uint64) -> None:
@@ -144,7 +162,7 @@ class Supervisor:
             # that are gone: a second server given the same folder by mistake deleted the first's
             # live files (and is warned below that it shares them)
             files = [name for name in os.listdir(folder) if name.endswith(".db")]
-            stale = [name for name in files if not _alive(name)]
+            stale = [name for name in files if not _alive(_metric_file_owner(name))]
             if len(stale) < len(files):
                 log.warning("PROMETHEUS_MULTIPROC_DIR=%s holds metric files of running processes: another server "
                             "uses this folder, and /metrics sums both servers' counts; give each server its own",
@@ -156,7 +174,8 @@ class Supervisor:
                             len(stale), folder)
             return
         # set before any worker starts: prometheus-client picks its storage when first imported
-        self.metrics_dir = tempfile.mkdtemp(prefix="seqserve-metrics-")
+        _remove_orphaned_metrics_dirs()
+        self.metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
 
     def run(self) -> int:

@@ -318,3 +318,30 @@ def test_an_earlier_runs_metric_files_are_removed_not_summed(tmp_path: Path, mon
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     workers.Supervisor(Settings(workers=2))._prepare_metrics_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"counter_{os.getpid()}.db", "notes.txt"])
+
+
+def test_metric_folders_of_killed_supervisors_are_removed_at_the_next_start(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILLed supervisor cannot remove its temporary metrics folder: they piled up in /tmp."""
+    import subprocess
+
+    from service import workers
+    from service.settings import Settings
+
+    monkeypatch.setattr(workers.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = tmp_path / f"seqserve-metrics-{gone.pid}-x1"
+    running = tmp_path / f"seqserve-metrics-{os.getppid()}-x2"  # another server's, still running
+    unrelated = tmp_path / "seqserve-metrics-notes"
+    for folder in (orphan, running, unrelated):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"")
+    supervisor = workers.Supervisor(Settings(workers=2))
+    try:
+        supervisor._prepare_metrics_dir()
+        assert not orphan.exists() and running.exists() and unrelated.exists()
+        assert Path(supervisor.metrics_dir or "").name.startswith(f"seqserve-metrics-{os.getpid()}-")
+    finally:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
