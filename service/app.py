@@ -26,7 +26,7 @@ from service import (
     routes_v2,
     ui,
 )
-from service.auth import ApiKeyMiddleware
+from service.auth import ApiKeys
 from service.cors import JsonCORSMiddleware
 from service.drain import Drain
 from service.early_refusal import ArrivalReleaseMiddleware, EarlyRefusal
@@ -132,14 +132,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     # Added last = runs first: CORS (a browser's preflight carries no key and is answered before
     # anything else, and every answer a browser may read carries the CORS headers, the 401/413/415
-    # below included), then request id, size and content-type checks, then keys, then the direct
-    # path to the inference endpoints (service/hot_routes.py).
+    # below included), then request id, keys (on the head, before any body is read), size and
+    # content-type checks, then the direct path to the inference endpoints (service/hot_routes.py).
     app.add_middleware(HotRouteMiddleware, fastapi_app=app, router=routes_v1.router,
                        paths=("/v1/sentiment", "/v1/translate"))
-    if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, exempt_paths=settings.auth_exempt_paths,
-                           public_paths=ui.PUBLIC_PATHS)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+    api_keys = ApiKeys(settings.api_keys, settings.auth_exempt_paths, ui.PUBLIC_PATHS) if settings.api_keys else None
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, api_keys=api_keys,
                        log_requests=settings.access_log, drain=app.state.drain,
                        # every route with its template: the app's own (/docs, /metrics) and the routers'
                        routes=[*(r for r in app.router.routes if hasattr(r, "path")),

@@ -1,6 +1,7 @@
 """Pure-ASGI middleware (cheaper per request than Starlette's BaseHTTPMiddleware).
 
 - request id: X-Request-ID honoured (if sane) or generated, and echoed on the response;
+- API keys (service/auth.py), checked on the request's head before its body is read;
 - body limit: bodies over the limit get 413 before the app sees them;
 - one structured JSON log line per request, and request count/latency metrics by route, the
   latency counted from the request's arrival (see service/http_protocol.py);
@@ -20,6 +21,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.access_log import record_request, request_id_for
+from service.auth import UNAUTHORIZED, ApiKeys
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
 from service.errors import NotReady
@@ -117,8 +119,9 @@ def declared_over_limit(headers: dict[bytes, bytes], limit: int) -> bool | None:
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int, log_requests: bool = True,
-                 routes: Sequence[BaseRoute] = (), drain: Drain | None = None) -> None:
+                 routes: Sequence[BaseRoute] = (), drain: Drain | None = None, api_keys: ApiKeys | None = None) -> None:
         self.app = app
+        self.api_keys = api_keys
         self.drain = drain  # the server's graceful shutdown: what it cuts off is answered here
         self.max_body_bytes = max_body_bytes
         self.log_requests = log_requests
@@ -171,6 +174,10 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            if self.api_keys is not None and self.api_keys.refuses(scope):  # on the head alone: no body read
+                status_holder["status"] = await _refuse(send, request_id, headers, 401, UNAUTHORIZED,
+                                                        (b"www-authenticate", b"Bearer"))
+                return
             with_body = method in ("POST", "PUT", "PATCH")
             try:
                 coding, charset = body_format(headers, scope["path"]) if with_body else (None, None)

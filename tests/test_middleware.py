@@ -190,6 +190,24 @@ def test_every_answer_a_browser_reads_carries_cors_headers(keyed_cors_server: Se
     assert r.json()["code"] if status != 200 else r.json()["label"]
 
 
+def test_a_request_without_a_key_is_refused_on_its_head_before_any_body_is_read(keyed_cors_server: Server) -> None:
+    """The body was read (and gunzipped) before the key check: a keyless client could hold a
+    buffer per connection until the request timeout, or make the server decompress for it."""
+    with socket.create_connection(("127.0.0.1", keyed_cors_server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 2000\r\n\r\n")  # and no body, ever
+        sent = time.monotonic()
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 401 ") and time.monotonic() - sent < 5, answer  # not a 408 at 30 s
+        assert b"x-request-id: " in answer and b'"code":"unauthorized"' in answer
+    bomb = gzip.compress(b" " * 1_000_000)  # a 413 from the decoder for a client with a key
+    r = httpx.post(f"{keyed_cors_server.url}/v1/sentiment", content=bomb,
+                   headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = httpx.post(f"{keyed_cors_server.url}/v1/sentiment", content=b"fine", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 401  # not a 415 that tells a stranger what the route takes
+
+
 def test_a_bug_is_a_json_500_in_the_error_vocabulary(monkeypatch: pytest.MonkeyPatch) -> None:
     from starlette.testclient import TestClient
 
