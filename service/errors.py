@@ -115,7 +115,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     body: dict[str, Any] = {}
     if first.get("type") == "json_invalid":
         context = first.get("ctx")
-        message, field = _json_problem(str(context.get("error", "")) if isinstance(context, dict) else ""), "body"
+        message, field = json_problem(str(context.get("error", "")) if isinstance(context, dict) else ""), "body"
         if message.startswith("the body is not valid utf-8"):
             body["limit"] = "utf-8"  # as for a body not valid in the charset it declares
     details = [{"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg")} for e in errors[:20]]
@@ -123,7 +123,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
                         status_code=422)
 
 
-def _json_problem(parser_error: str) -> str:
+def json_problem(parser_error: str) -> str:
     """The answer's message for a body the JSON parser refused, from the parser's own words: bytes
     that are not UTF-8 and a ``\\u`` escape of a lone surrogate are named as what they are (the
     second is JSON's grammar, RFC 8259 8.2, but no Unicode character a text can hold)."""

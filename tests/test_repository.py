@@ -172,6 +172,16 @@ def test_a_name_that_is_not_one_folder_name_is_refused_and_loads_nothing(server:
         assert r.status_code == 422 and r.json()["field"] == "parameters", r.text
 
 
+def test_a_body_that_is_not_json_is_a_422_however_deep(server: Server) -> None:
+    """1,500 nested brackets were a 500 and a RecursionError traceback (json.loads), on the index
+    route too, which answers in any mode."""
+    for path in ("index", "models/sentiment/load", "models/sentiment/unload"):
+        for body in (b"[" * 1500, b'{"ready": ', b'"\\ud800"'):
+            r = httpx.post(f"{server.url}/v2/repository/{path}", content=body, timeout=60)
+            assert r.status_code == 422 and r.json()["field"] == "body", (path, body[:20], r.text)
+    assert "Traceback" not in server.output()
+
+
 def test_an_unload_whose_caller_leaves_mid_drain_still_closes_the_version() -> None:
     from types import SimpleNamespace
 
