@@ -323,10 +323,20 @@ def test_a_key_is_never_sent_to_a_server_it_was_not_typed_for(browser: Any, serv
     page.on("request", lambda r: sent.append((r.url, r.headers.get("x-api-key"))))
     page.goto(f"{servers.api.url}/ui/?api={servers.static_url}")  # a link that names another server
     page.wait_for_function(f"() => document.getElementById('api-base').value === '{servers.static_url}'")
-    page.wait_for_timeout(500)  # the page connects on load
+    page.wait_for_timeout(500)
+    # not called until the user has seen its address and pressed Connect: a crafted link had the page
+    # ask, in its own words, for the key on behalf of a stranger's server (a security review)
+    assert not [url for url, _ in sent if url.startswith(servers.static_url)]
+    assert f"another server, {servers.static_url}. Press Connect" in page.text_content("#models")
     assert page.input_value("#api-key") == ""
+    page.click("#connect")
+    page.wait_for_timeout(500)
     to_other = [key for url, key in sent if url.startswith(servers.static_url + "/v1/")]
     assert to_other and not any(to_other)  # it called that server, without the key
+    page.goto(f"{servers.api.url}/ui/?api=javascript:document.title='x'//")  # only http(s) is a server
+    page.click("#connect")
+    assert page.text_content("#error") == "The server address must be an http:// or https:// URL."
+    assert page.get_attribute("#docs-link", "href") == "../docs"
     page.goto(f"{servers.api.url}/ui/")  # back to the server the key is for
     page.wait_for_selector(".model[data-model='sentiment']")
     assert page.input_value("#api-key") == KEY

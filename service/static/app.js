@@ -83,7 +83,7 @@ async function api(path, body) {
 
 function explain(err) {
   if (err instanceof ApiError) {
-    if (err.status === 401) return "The server needs an API key: type it into the key field and press Connect.";
+    if (err.status === 401) return `The server at ${state.base} needs an API key: type it into the key field and press Connect.`;
     const field = err.body && err.body.field ? ` (field: ${err.body.field})` : "";
     return `${err.message}${field}`;
   }
@@ -439,9 +439,25 @@ async function classify(event) {
 }
 
 // ---- wiring -----------------------------------------------------------------------------
+// An address the page will send requests (and a typed key) to: http or https only (a javascript:
+// URL would end up in the footer's links).
+function serverAddress(text) {
+  try {
+    const url = new URL(text);
+    return ["http:", "https:"].includes(url.protocol) ? url.href.replace(/\/+$/, "") : null;
+  } catch {
+    return null;
+  }
+}
+
 function connect(event) {
   if (event) event.preventDefault();
-  state.base = ($("api-base").value.trim() || pageServer()).replace(/\/+$/, "");
+  const base = serverAddress($("api-base").value.trim() || pageServer());
+  if (!base) {
+    showError("The server address must be an http:// or https:// URL.");
+    return Promise.resolve();
+  }
+  state.base = base;
   state.key = $("api-key").value.trim();
   // another server is kept in the address (?api=), so a reload or a shared link keeps it
   const url = new URL(location.href);
@@ -460,6 +476,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("beam-size").addEventListener("change", fillNbest);
   $("sampling").addEventListener("change", toggleSampling);
   $("sentiment-form").addEventListener("submit", classify);
+  // A link may point the page at another server (?api=): it is not called, nor a key typed for it,
+  // until the user has seen its address and pressed Connect (a crafted link would otherwise have the
+  // page ask for the key on behalf of a stranger's server, as the page's own message)
   $("heatmap").addEventListener("mouseover", (e) => heatmap.hover(e.target.closest("td")));
   $("heatmap").addEventListener("mouseleave", () => heatmap.hover(null));
   $("heatmap").addEventListener("focusin", (e) => heatmap.hover(e.target.closest("td")));
@@ -469,5 +488,11 @@ document.addEventListener("DOMContentLoaded", () => {
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); e.target.form.requestSubmit(); }
     });
   }
-  connect();
+  if (base === pageServer()) {
+    connect();
+  } else {
+    const notice = el("p", "notice", "This link points the page at another server, ");
+    notice.append(el("b", "", base), ". Press Connect to use it: requests, and any key you type, go there.");
+    $("models").replaceChildren(notice);
+  }
 });
