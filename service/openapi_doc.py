@@ -58,9 +58,18 @@ def _stream_events(path: str) -> dict[str, Any] | None:
     return _sse(None) if path.endswith("/generate_stream") else None
 
 
+def _keyed(path: str, settings: Settings, public: frozenset[str]) -> bool:
+    return bool(settings.api_keys) and not path.startswith(tuple(settings.auth_exempt_paths)) and path not in public
+
+
+# How a key is sent (service/auth.py), so that the reference's "Authorize" takes one for "Try it out".
+_SECURITY_SCHEMES = {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                     "bearer": {"type": "http", "scheme": "bearer"}}
+
+
 def _statuses(path: str, method: str, settings: Settings, public: frozenset[str]) -> set[int]:
     codes = {500}
-    if settings.api_keys and not path.startswith(tuple(settings.auth_exempt_paths)) and path not in public:
+    if _keyed(path, settings, public):
         codes.add(401)
     if method == "post":
         codes |= {413, 415, 422}
@@ -103,6 +112,10 @@ def _spell_out(paths: dict[str, Any], template: str, bodies: dict[str, Any]) -> 
         paths[template.replace("{name}", name)] = {"post": spelled}
 
 
+_DOC_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "frame-ancestors 'none'",
+                "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+
+
 def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> None:
     """Replace the app's OpenAPI builder with one that adds the error statuses and the request
     rules: built once, and again after the served models change (load/unload, HTTP or gRPC)."""
@@ -119,11 +132,15 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
                               servers=servers)
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            if settings.api_keys:
+                doc["components"]["securitySchemes"] = _SECURITY_SCHEMES
             schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
             ref = {"$ref": "#/components/schemas/ErrorBody"}
             for path, operations in doc.get("paths", {}).items():
                 for method, operation in operations.items():
                     _hoist_defs(operation.get("requestBody", {}), schemas)
+                    if _keyed(path, settings, public_paths):  # either one
+                        operation["security"] = [{"apiKey": []}, {"bearer": []}]
                     responses = operation.setdefault("responses", {})
                     stream = _stream_events(path)
                     if stream is not None:
@@ -153,15 +170,21 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
     # write root-relative links, which leave the prefix. The scripts are fastapi-offline's files.
     assets = "static-offline-docs"
 
+    def hardened(page: HTMLResponse) -> HTMLResponse:
+        # "Try it out" sends keys from these pages: no other site may frame them (clickjacking),
+        # and their address goes to no other site
+        page.headers.update(_DOC_HEADERS)
+        return page
+
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - Swagger UI",
-                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{assets}/swagger-ui.css",
-                                   swagger_favicon_url=f"{assets}/favicon.png")
+        return hardened(get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - Swagger UI",
+                                            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+                                            swagger_css_url=f"{assets}/swagger-ui.css",
+                                            swagger_favicon_url=f"{assets}/favicon.png"))
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="openapi.json", title=f"{app.title} - ReDoc",
-                              redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url=f"{assets}/favicon.png",
-                              with_google_fonts=False)
+        return hardened(get_redoc_html(openapi_url="openapi.json", title=f"{app.title} - ReDoc",
+                                       redoc_js_url=f"{assets}/redoc.standalone.js",
+                                       redoc_favicon_url=f"{assets}/favicon.png", with_google_fonts=False))

@@ -22,7 +22,8 @@ PAGE_FILES: dict[str, tuple[bytes, str]] = {
 PUBLIC_PATHS = frozenset({"/", "/ui", "/ui/", *(f"/ui/{name}" for name in PAGE_FILES)})
 
 # The page loads nothing from elsewhere; its API calls may go to another origin (the server field).
-_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+# No Referer to other sites: the page's address may name a server (?api=).
+_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": "default-src 'self'; connect-src 'self' http: https:; "
                                        "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"}
 

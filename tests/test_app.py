@@ -35,3 +35,8 @@ def test_redirects_are_relative_and_the_docs_carry_the_root_path() -> None:
         assert "url: 'openapi.json'" in docs and '"static-offline-docs/swagger-ui-bundle.js"' in docs
         assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
         assert 'spec-url="openapi.json"' in client.get("/redoc").text
+        for page in ("/docs", "/redoc"):  # "Try it out" sends keys: no other site frames the pages
+            headers = client.get(page).headers
+            assert headers["content-security-policy"] == "frame-ancestors 'none'"
+            assert headers["x-frame-options"] == "DENY"
+            assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"

@@ -45,6 +45,11 @@ def test_keys_add_401_outside_the_exempt_paths() -> None:
     doc = create_app(Settings(api_keys=["k"])).openapi()
     assert "401" in doc["paths"]["/v1/translate"]["post"]["responses"]
     assert "401" not in doc["paths"]["/v2/health/ready"]["get"]["responses"]
+    # Swagger UI's Authorize takes the key for "Try it out" (it had no way to send one)
+    assert doc["components"]["securitySchemes"]["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert doc["paths"]["/v1/translate"]["post"]["security"] == [{"apiKey": []}, {"bearer": []}]
+    assert "security" not in doc["paths"]["/v2/health/ready"]["get"]
+    assert "securitySchemes" not in create_app(Settings()).openapi()["components"]
 
 
 def test_an_undecodable_body_is_a_documented_422(committed_server: Server) -> None:

@@ -66,6 +66,7 @@ def test_root_redirects_and_page_files_need_no_key(servers: Servers) -> None:
     r = httpx.get(f"{url}/ui/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert r.headers["referrer-policy"] == "no-referrer"  # its address may name a server (?api=)
     for name in PAGE_FILES:
         assert httpx.get(f"{url}/ui/{name}").status_code == 200, name
     assert httpx.get(f"{url}/ui/app.js").headers["content-type"].startswith("text/javascript")
