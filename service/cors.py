@@ -33,7 +33,7 @@ class JsonCORSMiddleware(CORSMiddleware):
             "method": ("Access-Control-Request-Method", sorted(self.allow_methods)),
             "headers": ("Access-Control-Request-Headers", sorted(self.allow_headers)),
             "private-network": ("Access-Control-Request-Private-Network", False),
-        }.get(failed, ("Origin", self.allow_origins))
+        }.get(failed, ("Origin", None))  # not the allowed origins: a stranger learns no internal host name
         error = PreflightRefused(f"the preflight's {field} is not allowed by CORS ({text})", field, limit)
         headers = {k: v for k, v in answer.headers.items() if k not in ("content-length", "content-type")}
         return JSONResponse(error.body(), status_code=error.status, headers=headers)

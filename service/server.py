@@ -176,6 +176,8 @@ def serve(sock: socket.socket | None = None, started: Event | None = None,
                             # no route speaks WebSocket: an upgrade to it is declined as any other
                             # (service/http_protocol.py), not handed to a handshake that answers a bare 403
                             ws="none",
+                            # no "server: uvicorn" on every answer: it tells a scanner what to try
+                            server_header=False,
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
                             # uvicorn's 5 s: a proxy keeping idle upstream connections longer (nginx 60 s)
                             # reuses one as it closes, and its client gets a 502 the server never saw
