@@ -149,12 +149,31 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
         if len(sentence_jobs) == 1:
             jobs.append(sentence_jobs[0])
             continue
+        if keep_attention:
+            _check_attention_size(sentence_jobs, item_field(field, i), name("return_attention"))
         first = sentence_jobs[0]
         jobs.append(SentencesJob(src_ids=[token for job in sentence_jobs for token in job.src_ids],
                                  beam_size=first.beam_size, max_length=first.max_length, keep_attention=keep_attention,
                                  num_hypotheses=nbest, length_penalty=length_penalty, sampling=sampling,
                                  sentences=sentence_jobs))
     return jobs
+
+
+# A text's attention map is one matrix, every German subword by every English one, so it grows with
+# the square of the text: 500 two-word sentences made a 24 MB answer and 280 MB of server memory from
+# a 2 KB request. Bounded by the most it could reach (its source subwords x the sum of its
+# sentences' max_length), at about 1 MB of JSON; the longest one-sentence map, 128 x 200 subwords,
+# and a 600-character paragraph, the web page's limit for drawing one, fit.
+MAX_ATTENTION_CELLS = 131_072
+
+
+def _check_attention_size(sentences: list[TranslationJob], field: str, option: str) -> None:
+    cells = sum(len(job.src_ids) for job in sentences) * sum(job.max_length for job in sentences)
+    if cells > MAX_ATTENTION_CELLS:
+        raise InvalidInput(
+            f"{option}: the attention map of {field} ({len(sentences)} sentences) could reach {cells:,} cells "
+            f"(its source subwords x its sentences' max_length), over the limit of {MAX_ATTENTION_CELLS:,}; ask "
+            "for it with shorter texts or a smaller max_length", field=option, limit=MAX_ATTENTION_CELLS)
 
 
 def _decoded(job: TranslationJob) -> list[TranslationJob]:

@@ -158,6 +158,23 @@ def test_each_sentence_keeps_the_subword_limit_and_is_named_when_over_it(committ
     assert _translate(committed_server.url, text=many)["translation"].count(".") == 30
 
 
+def test_the_attention_of_a_text_of_many_sentences_is_bounded(committed_server: Server) -> None:
+    """One matrix for the whole text grows with its square: "Go. " x 500 (2 KB) was a 24 MB answer
+    and 280 MB of server memory. Refused before decoding, naming the option; a paragraph the size
+    the web page draws still gets its map, and the text without the map is translated."""
+    from service.inference import MAX_ATTENTION_CELLS
+
+    for stream in (False, True):
+        r = httpx.post(f"{committed_server.url}/v1/translate", timeout=60,
+                       json={"text": "Go. " * 500, "return_attention": True, "stream": stream})
+        assert r.status_code == 422 and r.json()["field"] == "return_attention", r.text
+        assert r.json()["limit"] == MAX_ATTENTION_CELLS and "(500 sentences)" in r.json()["error"]
+    paragraph = "Two dogs play in the snow. " * 22  # 594 characters: the page asks for its map
+    answer = _translate(committed_server.url, text=paragraph, return_attention=True)
+    assert len(answer["attention"]) * len(answer["source_tokens"]) <= MAX_ATTENTION_CELLS
+    assert _translate(committed_server.url, text="Go. " * 500)["translation"]
+
+
 def test_a_sampled_text_of_several_sentences_draws_each_from_its_own_seed(committed_server: Server) -> None:
     """Sentence k is sampled with the request's seed + k: repeatable, and not the same random
     draws for every sentence."""
