@@ -190,7 +190,8 @@ const heatmap = {
       this.table.replaceChildren();
       this.table.dataset.complete = "false";
       $("readout").textContent = `No attention map for this text: it is drawn for up to ${HEATMAP_MAX_CHARS} `
-        + `characters and ${HEATMAP_MAX_COLUMNS} English subwords (this one has ${sourceTokens.length}).`;
+        + `characters and ${HEATMAP_MAX_COLUMNS} English subwords (this one has ${sourceTokens.length}), `
+        + "and not for very many short sentences.";
       return;
     }
     const caption = el("caption", "visually-hidden", "Attention weights: a row per German subword, a column per "
@@ -352,8 +353,17 @@ async function translate(event) {
   const request = translationRequest();
   const shown = $("translation");
   try {
-    const response = await fetch(`${state.base}/v1/translate`,
+    const post = () => fetch(`${state.base}/v1/translate`,
       { method: "POST", headers: headers(true), body: JSON.stringify(request) });
+    let response = await post();
+    if (response.status === 422 && request.return_attention) {
+      // a short text of very many sentences: its map would be too large for the server to send
+      const problem = await response.clone().json().catch(() => null);
+      if (problem && problem.field === "return_attention") {
+        request.return_attention = false;
+        response = await post();
+      }
+    }
     if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
     $("translation-out").hidden = false;
     shown.textContent = "";
