@@ -69,7 +69,14 @@ def test_cpu_image_derives_the_int8_graphs_at_build_outside_the_runtime_stage() 
 def test_compose_stack_wires_health_gpu_profile_and_locust() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert services["api"]["healthcheck"]["test"]
+    # the image's HEALTHCHECK, which follows SEQSERVE_PORT (a fixed 8000 never turned healthy after a
+    # port change, and the Locust services waiting for it never started)
+    dockerfile_check = re.search(r'CMD (\[.*\])', (ROOT / "docker" / "Dockerfile").read_text())
+    assert dockerfile_check
+    assert services["api"]["healthcheck"]["test"] == ["CMD", *yaml.safe_load(dockerfile_check.group(1))]
+    # host ports movable by variable: an override file's ports are added to these, not put in their place
+    assert all(re.fullmatch(r"127\.0\.0\.1:\$\{[A-Z_]+:-\d+\}:\d+", port)
+               for name in ("api", "api-gpu", "locust-master") for port in services[name]["ports"])
     assert services["api-gpu"]["profiles"] == ["gpu"]
     assert services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert services["locust-master"]["depends_on"]["api"]["condition"] == "service_healthy"
