@@ -90,6 +90,17 @@ def cuda_options(settings: Settings) -> CudaOptions:
     return CudaOptions(settings.cuda_device_id, settings.cuda_mem_limit_mb, settings.cuda_arena, settings.cuda_tf32)
 
 
+_ORT_FATAL, _ORT_WARNING = 4, 2  # ONNX Runtime's logging severities
+
+
+def quiet_runtime_log(log_level: str) -> None:
+    """ONNX Runtime's own C++ log writes to stderr by itself, in colour, outside the service's log
+    (a failed batch printed an ANSI line before the JSON one under LOG_FORMAT=json). Its errors
+    reach the service as exceptions, which are logged: only its fatal lines stay, its warnings too
+    at LOG_LEVEL=debug."""
+    ort.set_default_logger_severity(_ORT_WARNING if log_level.lower() == "debug" else _ORT_FATAL)
+
+
 def choose_providers(preferred: str = "auto", cuda: CudaOptions | None = None) -> list[Provider]:
     """CUDA (with its options) when asked for or available ('auto'), else CPU; CPU always stays as
     the fallback for nodes the CUDA provider has no kernel for. 'cuda' without a CUDA provider in

@@ -33,6 +33,7 @@ from service.onnx_session import (
     log_placement,
     node_providers,
     provider_name,
+    quiet_runtime_log,
 )
 from service.runners import Runner, SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
@@ -218,6 +219,7 @@ class ModelRegistry:
         cards = served_cards(version_cards(repo), settings.version_policy)
         if not cards:
             raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json)")
+        quiet_runtime_log(settings.log_level)
         providers = choose_providers(settings.providers, cuda_options(settings))
         log.info("ONNX Runtime %s providers: %s", ort.__version__,
                  ", ".join(p if isinstance(p, str) else f"{p[0]} {p[1]}" for p in providers))

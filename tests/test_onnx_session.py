@@ -128,3 +128,37 @@ def test_a_server_asked_for_cuda_without_it_refuses_to_start() -> None:
     assert server.proc.wait(timeout=60) == 3
     log = server.output()
     assert "refusing to start" in log and "SEQSERVE_PROVIDERS=cuda" in log and "onnxruntime-gpu" in log
+
+
+def _failing_graph(path: Path) -> Path:
+    """A Reshape to two rows: any odd length fails inside ONNX Runtime, at run time."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2, -1])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("log_level", ["info", "debug"])
+def test_onnx_runtimes_own_error_lines_stay_out_of_the_log(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                           log_level: str) -> None:
+    """A failed run printed ONNX Runtime's own coloured line on stderr before the service's JSON
+    one (LOG_FORMAT=json promises every line parses); the exception carries the same words."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from service.onnx_session import quiet_runtime_log
+
+    quiet_runtime_log(log_level)
+    try:
+        session = ort.InferenceSession(str(_failing_graph(tmp_path / "g.onnx")), providers=["CPUExecutionProvider"])
+        with pytest.raises(Exception, match="Reshape"):
+            session.run(None, {"x": np.zeros(3, np.float32)})
+        said = capfd.readouterr().err
+        assert ("onnxruntime" in said) == (log_level == "debug"), said  # debug keeps its lines
+    finally:
+        quiet_runtime_log("info")
