@@ -13,6 +13,7 @@ import os
 import re
 import resource
 import sys
+from typing import NoReturn
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -45,6 +46,16 @@ def open_files_up_to_the_hard_limit() -> None:
                                                         hard))
 
 
+def _refuse(lines: list[str]) -> NoReturn:
+    """Settings that cannot be read, said in the log's format where that one can be read (under
+    LOG_FORMAT=json this line, the one that explains a crash loop, was the only one not JSON)."""
+    log_format = os.environ.get("SEQSERVE_LOG_FORMAT", "").strip().lower()
+    configure_logging(Settings.model_construct(log_format="json" if log_format == "json" else "text"))
+    for line in lines:
+        logging.getLogger("seqserve").error(line)
+    sys.exit(STARTUP_FAILED)
+
+
 def main(argv: list[str] | None = None) -> None:
     # settings are environment variables only: an argument (--port 9999) is refused, not ignored
     argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n\n")[0],
@@ -55,17 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:  # one line per bad setting, named as it is set, not a traceback
-        for error in exc.errors():
-            name = "SEQSERVE_" + "_".join(str(part) for part in error["loc"]).upper()
-            print(f"invalid setting {name}: {error['msg']} (got {error.get('input')!r})"
-                  f"{kubernetes_hint(error.get('input'))}", file=sys.stderr)
-        sys.exit(STARTUP_FAILED)
+        _refuse([f"invalid setting {name}: {error['msg']} (got {error.get('input')!r})"
+                 f"{kubernetes_hint(error.get('input'))}"
+                 for error in exc.errors()
+                 for name in ["SEQSERVE_" + "_".join(str(part) for part in error["loc"]).upper()]])
     except SettingsError as exc:  # a JSON-valued setting that is not JSON (an empty one included)
         field = re.search(r'field "(\w+)"', str(exc))
         name = f"SEQSERVE_{field.group(1).upper()}" if field else "a SEQSERVE_ setting"
-        print(f"invalid setting {name}: not valid JSON (got {os.environ.get(name)!r}); it takes a JSON value, "
-              "as the README's settings table shows for each", file=sys.stderr)
-        sys.exit(STARTUP_FAILED)
+        _refuse([f"invalid setting {name}: not valid JSON (got {os.environ.get(name)!r}); it takes a JSON value, "
+                 "as the README's settings table shows for each"])
     configure_logging(settings)
     for line in unknown_variables(os.environ):  # once, here, not in each worker
         logging.getLogger("seqserve").warning(line)

@@ -107,6 +107,9 @@ class ModelControl:
                     model = await asyncio.to_thread(load_model, card, self.registry.providers, self.settings)
                 except ModelLoadError as exc:
                     self._failed[(name, version)] = f"load failed: {exc}"
+                    # an operator's action that did not take: in the log beside the loads that did
+                    log.warning("loading %s/%s failed, the versions already served keep serving: %s",
+                                name, version, exc)
                     raise ModelLoadFailed(str(exc), field="model") from exc
                 self._failed.pop((name, version), None)
                 model.engine.start(self.registry.give_way)

@@ -150,6 +150,8 @@ def test_a_broken_version_is_refused_naming_its_file(server: Server, repo: Path)
         row = next(row for row in httpx.post(f"{server.url}/v2/repository/index").json() if row["version"] == "3")
         assert row["state"] == "UNAVAILABLE" and row["reason"].startswith("load failed: ")
         assert str(bad / "model.json") in row["reason"]
+        assert server.wait_for_output("seqserve.repository loading sentiment/3 failed, the versions already "
+                                      "served keep serving: ")  # the access line was its only trace
     finally:
         shutil.rmtree(bad)
     r = httpx.post(f"{server.url}/v2/repository/models/sentiment/load", json={"parameters": {"config": "{}"}})

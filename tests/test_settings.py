@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,16 @@ def test_the_server_names_a_bad_setting_and_exits_3() -> None:
     assert run.returncode == 3
     assert "invalid setting SEQSERVE_MAX_QUEUE_DELAY_MS: Input should be a finite number" in run.stderr
     assert "invalid setting SEQSERVE_LOG_LEVEL" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_bad_setting_is_said_in_json_when_the_log_format_asked_is_json() -> None:
+    """The line that explains a crash loop was the one line a JSON log pipeline could not parse."""
+    env = {**os.environ, "SEQSERVE_MAX_QUEUE_DELAY_MS": "inf", "SEQSERVE_LOG_FORMAT": "json"}
+    run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 3
+    (line,) = [json.loads(text) for text in run.stderr.splitlines()]
+    assert line["level"] == "ERROR" and line["message"].startswith("invalid setting SEQSERVE_MAX_QUEUE_DELAY_MS: ")
 
 
 def test_a_variable_that_is_no_setting_is_named_with_the_nearest_setting() -> None:
