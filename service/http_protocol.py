@@ -196,9 +196,12 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _read_at = 0.0  # when the bytes being parsed were read
     _first = False  # no request's headers completed yet in the bytes being parsed (one read, or a turn)
     _superseded: list[Any] | None = None  # request cycles still open when a pipelined one was parsed after them
-    # "answered": a request asked for an upgrade this server does not do (h2c); "refused": also, or a
-    # request was refused before the app (no Host): either way the connection reads nothing more
+    # "refused": a request was refused before the app (no Host, bytes that broke the framing): the
+    # connection reads nothing more
     _declined = ""
+    # the head of a request that asked for an upgrade this server does not do (h2c), without the
+    # upgrade: parsed again in its place, with its body (see _decline_upgrade)
+    _without_upgrade: bytes | None = None
     _in_head = False  # the parser is inside a request's line and headers
     _head_bytes = 0  # read while the headers were still incomplete after a read
     _big_read = False  # the bytes being parsed are more than a head may be
@@ -259,7 +262,25 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
 
     def _parse(self, data: bytes) -> None:
         self._big_read = len(data) > MAX_HEAD_BYTES  # a head over the limit may have come whole in it
-        super().data_received(data)
+        # uvicorn's data_received, but for an upgrade this server declines, and without its warning
+        # line per bad request (each is answered in the API's vocabulary and in the access log: a
+        # client must not be able to fill the log at WARNING level)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._without_upgrade is None:  # to a WebSocket, where a protocol for it is configured
+                self.handle_websocket_upgrade()
+                return
+            # the parser stopped after the head, its body taken for the other protocol: a fresh
+            # parser reads the request again, without the upgrade, then its body and what follows
+            head, self._without_upgrade = self._without_upgrade, None
+            self.parser = httptools.HttpRequestParser(self)
+            self._parse(head + data[upgrade.args[0]:])
+            return
         if not self._in_message or self._closed():
             return
         if not self._in_head:  # the body is incomplete after this read: it too must arrive in time
@@ -378,6 +399,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         return True
 
     def on_message_complete(self) -> None:
+        if self._without_upgrade is not None:  # the parser ends a declined upgrade's head: read again
+            return
         self._in_message = False
         if self._body_timer is not None:
             self._body_timer.cancel()
@@ -407,11 +430,12 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self._head_timer = None
         if self._declined == "refused":  # pipelined behind a refused request, in the same read: never run
             return
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            self._without_upgrade = self._decline_upgrade()
+            return
         if self.url[:1] != b"/":  # absolute-form, as proxies send it (or "*"): uvicorn needs a path
             self.url = _origin_form(self.url)
         refusal = self._refusal_of_head()
-        if refusal is None and self.parser.should_upgrade() and not self._should_upgrade():
-            refusal = self._decline_upgrade()
         if refusal is not None:
             # the app never sees it: answered in its turn, after the requests before it on the
             # connection, which then closes and reads nothing more
@@ -497,20 +521,25 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             if admission is not None:
                 self._door.reserve(admission, cast("dict[str, Any]", self.scope))  # type: ignore[union-attr]
 
-    def _decline_upgrade(self) -> ASGIApp | None:
+    def _decline_upgrade(self) -> bytes:
         """A request asks to switch to a protocol this server does not speak (HTTP/2 over cleartext,
-        "Upgrade: h2c", as curl --http2 and Java's HttpClient send). The parser takes every byte
-        after its headers for that protocol: a body would be lost, and the bytes of a later read
-        parsed as requests of their own (a request smuggled inside a body). So the connection reads
-        nothing more: a request without a body is answered in HTTP/1.1 and the connection closes
-        after it; one with a body is refused with 400 (what answers it is returned) and closed,
-        its body unread."""
-        self._declined = "answered"
-        headers = dict(self.headers)
-        if headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers:
-            return _refusing(400, {"error": "Upgrade is not supported: send the request without the Upgrade header",
-                                   "code": "upgrade_not_supported", "field": "Upgrade"}, self._log_requests)
-        return None
+        "Upgrade: h2c", as curl --http2 and Java's HttpClient send on every request by default).
+        RFC 9110 7.8: a server may ignore Upgrade and answer in HTTP/1.1, and a client waits for a
+        101 before it speaks the new protocol. The parser, though, takes every byte after the head
+        for that protocol, the body included (a POST was refused with 400, so Java's default client
+        could not call the API at all). The head without the upgrade (its Upgrade and
+        HTTP2-Settings headers, its Connection tokens for them), for the parser to read again."""
+        dropped = {b"upgrade", b"http2-settings"}
+        lines = [b"%s %s HTTP/%s\r\n" % (self.parser.get_method(), self.url, self.parser.get_http_version().encode())]
+        for name, value in self.headers:
+            if name == b"connection":
+                value = b", ".join(t.strip() for t in value.split(b",") if t.strip().lower() not in dropped)
+                if not value:
+                    continue
+            elif name in dropped:
+                continue
+            lines.append(b"%s: %s\r\n" % (name, value))
+        return b"".join(lines) + b"\r\n"
 
     def _closed(self) -> bool:
         """Closed or closing, or answered and lingering: nothing more is written."""

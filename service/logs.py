@@ -41,13 +41,6 @@ class JsonLines(logging.Formatter):
         return dumps(entry).decode()
 
 
-def _not_recorded_elsewhere(record: logging.LogRecord) -> bool:
-    """uvicorn's warnings about what a client sent, once per request: the protocol answers those
-    requests in the API's vocabulary and records each in the access log (service/http_protocol.py).
-    A client must not be able to fill the log at WARNING level."""
-    return record.msg != "Invalid HTTP request received." and record.funcName != "_unsupported_upgrade_warning"
-
-
 def configure_logging(settings: Settings) -> None:
     """The root logger's one handler on stderr, which uvicorn's loggers reach too (the server runs
     uvicorn with ``log_config=None``, so they keep no handler of their own)."""
@@ -56,5 +49,4 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(JsonLines())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"))
-    handler.addFilter(_not_recorded_elsewhere)
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)

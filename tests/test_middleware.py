@@ -299,15 +299,19 @@ def test_a_content_length_is_read_without_the_whitespace_around_it() -> None:
     assert declared_over_limit({b"content-length": b"2 2"}, 1024) is True  # malformed counts as over
 
 
-def test_an_upgrade_to_websocket_is_declined_like_any_other(committed_server: Server) -> None:
-    """No route speaks WebSocket: uvicorn's handshake answered a bare 403 with an empty body, and
-    logged it outside the access log. Now it is the protocol's upgrade_not_supported."""
-    head = (b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 2\r\n\r\n{}")
-    with socket.create_connection(("127.0.0.1", committed_server.port), timeout=10) as sock:
-        sock.sendall(head)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b'"code":"upgrade_not_supported","field":"Upgrade"}')
+def test_an_upgrade_is_ignored_and_the_request_answered_in_http_1_1(committed_server: Server) -> None:
+    """No route speaks WebSocket or HTTP/2: uvicorn's handshake answered a bare 403 with an empty
+    body, and a POST with "Upgrade: h2c" (Java's HttpClient, by default) was refused with 400. The
+    upgrade is ignored (RFC 9110 7.8) and the request answered, its body read."""
+    for upgrade in (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                    b"HTTP2-Settings: AAEAAEAAAAIAAAABAAMAAABk\r\n"):
+        body = b'{"text": "A fine film."}'
+        head = (b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + upgrade
+                + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        with socket.create_connection(("127.0.0.1", committed_server.port), timeout=10) as sock:
+            sock.sendall(head)
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"label":"positive"' in answer, answer
     assert "Unsupported upgrade request" not in committed_server.output()
