@@ -216,7 +216,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         what it holds is answered: a client keeps its stream open for as long as it runs."""
         if self.keys and not self._authorised(context):
             _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings, context)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+            # with the error body as trailing metadata, as every other refusal carries it
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED,
+                                trailing_metadata=(("seqserve-error", json.dumps(_UNAUTHORIZED_BODY)),))
         loop = asyncio.get_running_loop()
         answers: asyncio.Queue[Any] = asyncio.Queue()
         working: set[asyncio.Task[None]] = set()
@@ -350,6 +352,7 @@ def _clip(text: str, limit: int = 1024) -> str:
 # decoupled models, with enable_empty_final_response, waits for)
 _FINAL = "triton_final_response"
 _UNAUTHENTICATED = "missing or invalid API key (metadata authorization: Bearer <key>, or x-api-key)"
+_UNAUTHORIZED_BODY = {"error": _UNAUTHENTICATED, "code": "unauthorized", "field": "authorization"}
 
 
 def _failure(name: str, exc: Exception) -> tuple[grpc.StatusCode, str, dict[str, Any]]:
@@ -395,8 +398,7 @@ def _wrap(name: str, handler: Handler) -> Handler:
         body: dict[str, Any] = {}
         try:
             if self.keys and name not in _EXEMPT and not self._authorised(context):
-                code, message = grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED
-                body = {"error": message, "code": "unauthorized", "field": "authorization"}
+                code, message, body = grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED, _UNAUTHORIZED_BODY
             else:
                 return await handler(self, request, context)
         except grpc.aio.AbortError:

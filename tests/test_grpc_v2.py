@@ -303,6 +303,18 @@ def test_a_stream_needs_the_key(keyed_server: Server) -> None:
             assert error is None and result.as_numpy("label")[0, 0] == b"positive"
         else:
             assert result is None and expect in str(error.status())
+    # the refusal carries its error body as trailing metadata, as every other refusal does
+    import grpc
+
+    from service.grpc_protocol import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(keyed_server.grpc_url) as channel:
+        stream = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+            iter([service_pb2.ModelInferRequest(model_name="sentiment")]))
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stream)
+    trailers = dict(refused.value.trailing_metadata())  # type: ignore[attr-defined]
+    assert '"code": "unauthorized"' in trailers["seqserve-error"]
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
