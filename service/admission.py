@@ -38,6 +38,7 @@ class Admission:
         self.arriving = 0
         self._lock = threading.Lock()
         self._depth = metrics.QUEUE_DEPTH.labels(model, version)
+        metrics.QUEUE_LIMIT.labels(model, version).set(limit)
         self._rejected = metrics.REJECTED.labels(model, version, "queue_full")
 
     def full(self) -> bool:

@@ -96,6 +96,7 @@ class AnsweredFromThreads:
         self.name = name
         self.labels = (name, version)  # of every per-model metric
         self.admission = Admission(name, max_queue_size, version, unit)
+        metrics.MODEL_HEALTHY.labels(*self.labels).set(1)
         self.accepting = False
         self._unhealthy_since: float | None = None  # time.monotonic() when healthy turned false
         self.in_flight = 0  # accepted, not yet answered
@@ -216,11 +217,14 @@ class AnsweredFromThreads:
                     last = time.thread_time() - started if worked else 0.0
                     if worked:
                         self._faults_in_a_row = 0
-                        self._unhealthy_since = None
+                        if self._unhealthy_since is not None:
+                            self._unhealthy_since = None
+                            metrics.MODEL_HEALTHY.labels(*self.labels).set(1)
             except BaseException as exc:  # anything that ends the thread is answered and logged
                 self._faults_in_a_row += 1
                 if self._faults_in_a_row >= 2 and self._unhealthy_since is None:  # the replacement failed too
                     self._unhealthy_since = time.monotonic()
+                    metrics.MODEL_HEALTHY.labels(*self.labels).set(0)
                 log.exception("thread %s of model %s failed (%d in a row); answering what it held and "
                               "starting a new one", name, self.name, self._faults_in_a_row)
                 try:

@@ -42,6 +42,28 @@ DROPPED = Counter("seqserve_dropped_total", "Accepted texts dropped before or du
 WORKERS_SERVING = Gauge("seqserve_workers_serving", "Server processes accepting requests (summed over "
                         "SEQSERVE_WORKERS; 0 while draining)", multiprocess_mode="livesum")
 REJECTED = Counter("seqserve_rejected_total", "Requests refused at the queue", ["model", "version", "reason"])
+# What alerts compare against and look for (an SRE could not write "queue near full", "a model not
+# taking work" or "workers restarting" from the series above)
+QUEUE_LIMIT = Gauge("seqserve_queue_limit", "Texts (a translator's sentences) that may wait for a model before 503: "
+                    "SEQSERVE_MAX_QUEUE_SIZE, summed over workers as seqserve_queue_depth is",
+                    ["model", "version"], multiprocess_mode="livesum")
+MODEL_INFO = Gauge("seqserve_model_info", "1 for each model version served (0 once unloaded), with its task, "
+                   "provider and precision", ["model", "version", "task", "provider", "precision"],
+                   multiprocess_mode="livemax")
+MODEL_HEALTHY = Gauge("seqserve_model_healthy", "1 while a model version's threads take work; 0 once a failed "
+                      "thread's replacement failed too (readiness turns 503), until a thread gets work done "
+                      "(the lowest over workers)", ["model", "version"], multiprocess_mode="livemin")
+WORKER_RESTARTS = Counter("seqserve_worker_restarts_total", "Worker processes (SEQSERVE_WORKERS > 1) the supervisor "
+                          "replaced: one that ended (exited) or whose event loop stopped (hung)", ["reason"])
+# Open Inference Protocol requests per model version (REST and gRPC), as Triton's
+# nv_inference_request_success/failure and nv_inference_request_duration_us: the routes' series
+# above cannot tell one model's /v2/models/{name}/infer from another's
+INFERENCE_REQUESTS = Counter("seqserve_inference_requests_total", "Open Inference Protocol inference requests "
+                             "(REST and gRPC) by model version and outcome (success, failure)",
+                             ["model", "version", "outcome"])
+INFERENCE_LATENCY = Histogram("seqserve_inference_request_duration_seconds", "Open Inference Protocol inference "
+                              "request time by model version (REST and gRPC)", ["model", "version"],
+                              buckets=_LATENCY_BUCKETS)
 # the model's own CPU, beside the process's: what is left is the cost of serving (make bench splits them)
 MODEL_CPU = Counter("seqserve_model_cpu_seconds_total", "CPU time of the threads calling ONNX Runtime, inside "
                     "its runs (all of ONNX Runtime's with ORT_INTRA_OP_THREADS=1)", ["model", "version"])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from service import metrics
 from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import RequestBatchedTranslator, SentimentEngine, TranslationEngine
@@ -179,12 +180,19 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
     return ServedModel(card, runner, engine, card_file.parent)
 
 
+def _count_as_served(model: ServedModel, served: bool) -> None:
+    metrics.MODEL_INFO.labels(model.name, model.version, model.card.task, provider_name(model.provider),
+                              model.precision).set(1 if served else 0)
+
+
 class ModelRegistry:
     def __init__(self, models: list[ServedModel], providers: list[Provider]) -> None:
         self.providers = providers
         # what the models' threads call to give way to the event loop (service/loop_budget.py)
         self.give_way: GiveWay | None = None
         self._by_key = {(m.name, m.version): m for m in models}
+        for model in models:
+            _count_as_served(model, True)
         self._latest: dict[str, ServedModel] = {}
         self.generation = 0  # counts the changes below: what is built from the served set rebuilds
         self._index_latest()
@@ -198,12 +206,14 @@ class ModelRegistry:
     def add(self, model: ServedModel) -> None:
         """Serve a loaded, started version; unversioned requests go to it if it is the highest."""
         self._by_key[(model.name, model.version)] = model
+        _count_as_served(model, True)
         self.generation += 1
         self._index_latest()
 
     def remove(self, model: ServedModel) -> None:
         """Stop routing requests to a version (404 for it; unversioned ones go to the next highest)."""
         self._by_key.pop((model.name, model.version), None)
+        _count_as_served(model, False)
         self.generation += 1
         self._index_latest()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
+from service import metrics
 from service.registry import ModelRegistry
 
 
@@ -31,6 +32,8 @@ _outcomes: dict[tuple[str, str], _Outcomes] = {}
 
 
 def record(name: str, version: str, ok: bool, seconds: float) -> None:
+    metrics.INFERENCE_REQUESTS.labels(name, version, "success" if ok else "failure").inc()
+    metrics.INFERENCE_LATENCY.labels(name, version).observe(seconds)
     counts = _outcomes.setdefault((name, version), _Outcomes())
     if ok:
         counts.success_count += 1

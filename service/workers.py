@@ -112,6 +112,14 @@ def _worker(sock: socket.socket, serving: Event, heartbeat: ctypes.c_uint64) -> 
     serve(sock, serving, heartbeat)
 
 
+def _count_restart(reason: str) -> None:
+    # imported here: prometheus-client picks its storage when first imported, after the supervisor
+    # has set PROMETHEUS_MULTIPROC_DIR
+    from service.metrics import WORKER_RESTARTS
+
+    WORKER_RESTARTS.labels(reason).inc()
+
+
 class Supervisor:
     """Runs ``settings.workers`` copies of service.server.serve in spawned processes until
     SIGTERM/SIGINT."""
@@ -234,7 +242,8 @@ class Supervisor:
                 if now >= worker.respawn_at:
                     self.workers[i] = self._replace(sock, i, worker.crashes_in_a_row)
                 continue
-            if process.is_alive():
+            hung = process.is_alive()
+            if hung:
                 silent = self._hung(worker, now)
                 if silent is None:
                     continue
@@ -250,6 +259,7 @@ class Supervisor:
                 log.error("worker %d ended with %s before it served: stopping (its log says why)",
                           i, process.exitcode)
                 return STARTUP_FAILED
+            _count_restart("hung" if hung else "exited")
             # a replacement that could not start (memory still short, files being redeployed) is
             # one more quick crash: the other workers keep serving while it is retried
             stable = worker.serving.is_set() and now - worker.started_at >= _STABLE_S

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.server import metric_value
 from tests.conftest import Server
 
 
@@ -176,6 +177,21 @@ def test_metrics_show_requests_and_batches(committed_server: Server) -> None:
         assert name in text
     assert 'route="/v1/sentiment",status="200"' in text
     assert "\nseqserve_workers_serving 1.0\n" in text  # one process, serving
+    # what alerts compare against (an SRE could not write "queue near full" or "model not taking work")
+    url = committed_server.url
+    assert metric_value(url, "seqserve_queue_limit", model="sentiment") == 1024
+    assert metric_value(url, "seqserve_model_healthy", model="translate-en-de") == 1
+    assert metric_value(url, "seqserve_model_info", model="sentiment", version="1", task="text-classification",
+                        provider="CPUExecutionProvider", precision="fp32") == 1
+    # Open Inference Protocol requests by model version, as Triton counts them
+    before = metric_value(url, "seqserve_inference_requests_total", model="sentiment", outcome="success")
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["fine"]}
+    assert httpx.post(f"{url}/v2/models/sentiment/infer", json={"inputs": [tensor]}).status_code == 200
+    empty = {"inputs": [{**tensor, "data": [""]}]}
+    assert httpx.post(f"{url}/v2/models/sentiment/infer", json=empty).status_code == 422
+    assert metric_value(url, "seqserve_inference_requests_total", model="sentiment", outcome="success") == before + 1
+    assert metric_value(url, "seqserve_inference_requests_total", model="sentiment", outcome="failure") >= 1
+    assert metric_value(url, "seqserve_inference_request_duration_seconds_count", model="sentiment") >= before + 2
 
 
 async def test_200_concurrent_mixed_requests_are_all_answered_correctly(committed_server: Server) -> None:

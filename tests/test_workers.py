@@ -78,12 +78,16 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_or_hung_one() -> 
             r = httpx.post(f"{server.url}/v1/sentiment", json={"text": "dull"}, headers={"Connection": "close"},
                            timeout=10)
             assert r.status_code == 200
+        # counted by the supervisor, summed in with the workers' metrics: an alert can see restarts
+        restarts = {reason: metric_value(server.url, "seqserve_worker_restarts_total", reason=reason)
+                    for reason in ("exited", "hung")}
     finally:
         assert server.stop() == 0
     log = server.output()
     assert re.search(r"worker \d \(pid \d+\) ended with -9: starting a new one", log)
     assert re.search(rf"worker \d \(pid {hung}\): its event loop has not run for 3\.\d s \(stopped or deadlocked", log)
     assert log.count("all 2 workers serving") == 3  # at start, and again after each replacement
+    assert restarts == {"exited": 1, "hung": 1}
 
 
 def test_sigterm_drains_every_worker_and_exits_zero() -> None:
