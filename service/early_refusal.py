@@ -38,7 +38,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import v2_stats
-from service.access_log import record_request, request_id_for
+from service.access_log import record_request, request_id_of
 from service.admission import Admission
 from service.auth import key_matches
 from service.errors import ModelNotFound
@@ -149,7 +149,7 @@ class EarlyRefusal:
         if admission.full():
             named = dict(headers)
             if self._refusable(path, named):
-                return Refusal(method.decode(), path, route, admission, request_id_for(named.get(b"x-request-id")),
+                return Refusal(method.decode(), path, route, admission, request_id_of(named),
                                self.log_requests, inferred)
         return admission
 

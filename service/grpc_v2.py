@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from starlette.datastructures import State
 
 from service import __version__, metrics, v2_model, v2_stats
-from service.access_log import access_log, request_id_for
+from service.access_log import access_log, request_id_for, valid_request_id
 from service.auth import key_matches
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
@@ -351,6 +351,7 @@ def _clip(text: str, limit: int = 1024) -> str:
 # on each stream response: whether it is its request's last (what a client written for Triton's
 # decoupled models, with enable_empty_final_response, waits for)
 _FINAL = "triton_final_response"
+_REQUEST_ID = "x-request-id"
 _UNAUTHENTICATED = "missing or invalid API key (metadata authorization: Bearer <key>, or x-api-key)"
 _UNAUTHORIZED_BODY = {"error": _UNAUTHENTICATED, "code": "unauthorized", "field": "authorization"}
 
@@ -371,20 +372,26 @@ _HTTP_STATUS = {**{code: status for status, code in _CODES.items()}, grpc.Status
 
 
 def _request_id(context: grpc.aio.ServicerContext, request: Any = None) -> str:
-    """The access log's request_id: the request's own id (an inference request's ``id``, as a Triton
-    client sets it), else the call's x-request-id metadata, if sane (as HTTP's); else a new one."""
-    given = getattr(request, "id", "") or dict(context.invocation_metadata() or ()).get("x-request-id") or ""
+    """The call's request id: its x-request-id metadata if sane (a proxy's, as HTTP's header wins
+    there), else the request's own id (an inference request's ``id``, as a Triton client sets it),
+    else a new one."""
+    metadata = dict(context.invocation_metadata() or ())
+    given = metadata.get(_REQUEST_ID)
+    if not (isinstance(given, str) and valid_request_id(given)):
+        given = metadata.get("traceparent")  # an OpenTelemetry client's, as over HTTP
+    if not (isinstance(given, str) and valid_request_id(given)):
+        given = getattr(request, "id", "") or ""
     return request_id_for(given.encode("utf-8", "replace") if isinstance(given, str) else given)
 
 
 def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings,
-            context: grpc.aio.ServicerContext, request: Any = None) -> None:
-    """One call (or one request of a stream) in the metrics and the access log (its request id
-    read only for the log)."""
+            context: grpc.aio.ServicerContext, request: Any = None, request_id: str | None = None) -> None:
+    """One call (or one request of a stream) in the metrics and the access log."""
     metrics.GRPC_REQUESTS.labels(name, code.name).inc()
     metrics.GRPC_LATENCY.labels(name).observe(elapsed)
     if settings.access_log:
-        access_log.write({"request_id": _request_id(context, request), "protocol": "grpc", "method": name,
+        access_log.write({"request_id": request_id or _request_id(context, request), "protocol": "grpc",
+                          "method": name,
                           "status": _HTTP_STATUS.get(code, 500), "grpc_status": code.name,
                           "latency_ms": round(elapsed * 1000, 2)})
 
@@ -393,6 +400,9 @@ def _wrap(name: str, handler: Handler) -> Handler:
     @wraps(handler)
     async def call(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
+        # told to the client, as HTTP's X-Request-ID is: the id to quote, the server's own where it sent none
+        request_id = _request_id(context, request)
+        context.set_trailing_metadata(((_REQUEST_ID, request_id),))
         code = grpc.StatusCode.OK
         message = ""
         body: dict[str, Any] = {}
@@ -416,12 +426,13 @@ def _wrap(name: str, handler: Handler) -> Handler:
         except Exception as exc:
             code, message, body = _failure(name, exc)
         finally:
-            _record(name, code, time.perf_counter() - started, self.settings, context, request)
+            _record(name, code, time.perf_counter() - started, self.settings, context, request, request_id)
         # the HTTP error body (code, field, limit) travels as trailing metadata. Messages may echo
         # the client's input (a model name, a shape): cut to a size that always fits the client's
         # metadata limit, or the client would see RESOURCE_EXHAUSTED instead of this status
         body = {key: _clip(value) if isinstance(value, str) else value for key, value in body.items()}
-        await context.abort(code, _clip(message), trailing_metadata=(("seqserve-error", json.dumps(body)),))
+        await context.abort(code, _clip(message),
+                            trailing_metadata=(("seqserve-error", json.dumps(body)), (_REQUEST_ID, request_id)))
 
     return call
 

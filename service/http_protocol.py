@@ -29,7 +29,7 @@ import httptools
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.access_log import record_request, request_id_for
+from service.access_log import record_request, request_id_of
 from service.admission import Admission
 from service.json_response import dumps
 
@@ -78,7 +78,7 @@ def _refusing(status: int, error: dict[str, Any], log_requests: bool) -> ASGIApp
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        request_id = request_id_for(dict(scope["headers"]).get(b"x-request-id"))
+        request_id = request_id_of(dict(scope["headers"]))
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"x-request-id", request_id.encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -328,7 +328,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         recorded with what was parsed of its line (the metrics and the access log)."""
         if self._closed():
             return
-        request_id = request_id_for(dict(self.headers).get(b"x-request-id") if self._in_message else None)
+        request_id = request_id_of(dict(self.headers) if self._in_message else {})
         self.transport.write(json_answer(f"{status} {reason}".encode(), dumps(error), self.server_state.default_headers,
                                          (b"x-request-id", request_id.encode()), (b"connection", b"close")))
         self._close()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.access_log import record_request, request_id_for
+from service.access_log import record_request, request_id_of
 from service.auth import UNAUTHORIZED, ApiKeys
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
@@ -160,7 +160,7 @@ class RequestContextMiddleware:
             # answers a GET, and the server, whose own scope still says HEAD, sends no body
             scope = {**scope, "method": "GET"}
         headers = dict(scope["headers"])
-        request_id = request_id_for(headers.get(b"x-request-id"))
+        request_id = request_id_of(headers)
         status_holder = {"status": 500}
         started_response = False
 

@@ -486,12 +486,27 @@ def test_a_calls_access_log_line_has_the_http_lines_fields_and_types() -> None:
         client.infer("sentiment", [_text(tg, TEXTS[:1])], request_id="mine-1")
         with pytest.raises(InferenceServerException):
             client.infer("nobody", [_text(tg, TEXTS[:1])], headers={"x-request-id": "meta-2"})
+        # a proxy's id in the metadata wins over the body's, as HTTP's header does
+        client.infer("sentiment", [_text(tg, TEXTS[:1])], request_id="body-3", headers={"x-request-id": "meta-3"})
         client.is_server_live()
         client.close()
+        # the id comes back in the trailing metadata, the server's own where the client sent none
+        import grpc
+
+        from service.grpc_protocol import service_pb2, service_pb2_grpc
+
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            _, call = stub.ServerMetadata.with_call(service_pb2.ServerMetadataRequest())
+            generated = dict(call.trailing_metadata())["x-request-id"]
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="nobody"), metadata=(("x-request-id", "m4"),))
+            assert dict(refused.value.trailing_metadata())["x-request-id"] == "m4"  # type: ignore[attr-defined]
         time.sleep(0.2)
         lines = [json.loads(line) for line in server.output().splitlines() if '"protocol":"grpc"' in line]
     finally:
         server.stop()
     found = {(e["method"], e["request_id"], e["status"], e["grpc_status"]) for e in lines}
     assert ("ModelInfer", "mine-1", 200, "OK") in found and ("ModelInfer", "meta-2", 404, "NOT_FOUND") in found
+    assert ("ModelInfer", "meta-3", 200, "OK") in found and ("ServerMetadata", generated, 200, "OK") in found
     assert all(isinstance(e["status"], int) and e["request_id"] for e in lines)

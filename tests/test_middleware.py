@@ -234,6 +234,12 @@ def test_the_access_log_is_one_json_object_per_line() -> None:
     try:
         httpx.post(f"{server.url}/v1/sentiment", json={"text": "fine"}, headers={"X-Request-ID": "log-1"})
         assert server.wait_for_output('"request_id":"log-1"')
+        # an OpenTelemetry client sends traceparent, not X-Request-ID: its line names the trace
+        trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        r = httpx.post(f"{server.url}/v1/sentiment", json={"text": "fine"}, headers={"traceparent": trace})
+        assert r.headers["x-request-id"] == trace and server.wait_for_output(f'"request_id":"{trace}"')
+        r = httpx.get(f"{server.url}/v2/health/ready", headers={"traceparent": trace, "X-Request-ID": "mine"})
+        assert r.headers["x-request-id"] == "mine"  # an explicit id wins
     finally:
         server.stop()
     line = next(x for x in server.output().splitlines() if '"log-1"' in x)
