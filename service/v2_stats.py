@@ -29,11 +29,18 @@ class _Outcomes:
 
 
 _outcomes: dict[tuple[str, str], _Outcomes] = {}
+_series: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
 
 
 def record(name: str, version: str, ok: bool, seconds: float) -> None:
-    metrics.INFERENCE_REQUESTS.labels(name, version, "success" if ok else "failure").inc()
-    metrics.INFERENCE_LATENCY.labels(name, version).observe(seconds)
+    # the labelled series looked up once per (model, version, outcome), not per request
+    series = _series.get((name, version, ok))
+    if series is None:
+        series = _series[(name, version, ok)] = (
+            metrics.INFERENCE_REQUESTS.labels(name, version, "success" if ok else "failure"),
+            metrics.INFERENCE_LATENCY.labels(name, version))
+    series[0].inc()
+    series[1].observe(seconds)
     counts = _outcomes.setdefault((name, version), _Outcomes())
     if ok:
         counts.success_count += 1
