@@ -242,7 +242,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                                                             self.timeout_keep_alive_handler)
 
     def data_received(self, data: bytes) -> None:
-        if self._declined or self._lingering:  # never parsed: bytes after an error, another protocol's, or
+        if self._declined or self._lingering:  # never parsed: bytes after an error or a refusal, or
             return  # what a refused request still sends
         read_at = time.perf_counter()
         starts = self._budget is not None and not self._in_message and not self._waits \
@@ -266,21 +266,25 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         # line per bad request (each is answered in the API's vocabulary and in the access log: a
         # client must not be able to fill the log at WARNING level)
         self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.send_400_response("Invalid HTTP request received.")
-            return
-        except httptools.HttpParserUpgrade as upgrade:
-            if self._without_upgrade is None:  # to a WebSocket, where a protocol for it is configured
-                self.handle_websocket_upgrade()
+        pending: list[bytes | memoryview] = [data]
+        while pending:  # a loop, not recursion: a read may hold a thousand pipelined upgrades
+            chunk = pending.pop(0)
+            try:
+                self.parser.feed_data(chunk)
+            except httptools.HttpParserError:
+                self.send_400_response("Invalid HTTP request received.")
                 return
-            # the parser stopped after the head, its body taken for the other protocol: a fresh
-            # parser reads the request again, without the upgrade, then its body and what follows
-            head, self._without_upgrade = self._without_upgrade, None
-            self.parser = httptools.HttpRequestParser(self)
-            self._parse(head + data[upgrade.args[0]:])
-            return
+            except httptools.HttpParserUpgrade as upgrade:
+                head, self._without_upgrade = self._without_upgrade, None
+                if head is None:  # to a WebSocket, where a protocol for it is configured; else refused
+                    if self._should_upgrade():
+                        self.handle_websocket_upgrade()
+                    return
+                # the parser stopped after the head, its body taken for the other protocol: a fresh
+                # parser reads the request again, without the upgrade, then its body and what follows
+                self.parser = httptools.HttpRequestParser(self)
+                self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own
+                pending[:0] = [head, memoryview(chunk)[upgrade.args[0]:]]
         if not self._in_message or self._closed():
             return
         if not self._in_head:  # the body is incomplete after this read: it too must arrive in time
@@ -430,12 +434,16 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self._head_timer = None
         if self._declined == "refused":  # pipelined behind a refused request, in the same read: never run
             return
-        if self.parser.should_upgrade() and not self._should_upgrade():
+        if self.parser.should_upgrade() and not self._should_upgrade() and self.parser.get_method() != b"CONNECT":
             self._without_upgrade = self._decline_upgrade()
             return
         if self.url[:1] != b"/":  # absolute-form, as proxies send it (or "*"): uvicorn needs a path
             self.url = _origin_form(self.url)
         refusal = self._refusal_of_head()
+        if refusal is None and self.parser.get_method() == b"CONNECT":  # always a switch for the parser
+            # RFC 9110 15.6.2: a method the server does not implement (it is no proxy)
+            refusal = _refusing(501, {"error": "CONNECT is not implemented: seqserve is no proxy",
+                                      "code": "method_not_implemented", "field": "method"}, self._log_requests)
         if refusal is not None:
             # the app never sees it: answered in its turn, after the requests before it on the
             # connection, which then closes and reads nothing more

@@ -306,6 +306,28 @@ async def test_an_upgrade_to_h2c_is_ignored_and_the_request_read_with_its_body(c
     assert transport.written.count(b"HTTP/1.1 200 ") == 3 and not transport.closed  # kept alive
 
 
+async def test_what_the_parser_takes_for_a_switch_is_answered_without_recursion() -> None:
+    """A reviewer's three: CONNECT is a switch for the parser whatever its headers, and its head
+    read again was one again (recursion to Python's limit, 340 KB of ERROR log, no answer); each
+    pipelined h2c request nested the re-parse one level deeper (1,000 in one read: none answered);
+    an upgrade behind a refused request crashed the connection and lost the refusal."""
+    ran: list[str] = []
+    transport = _Transport()
+    _protocol(_recording(ran), transport).data_received(b"CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    await _until(lambda: transport.closed)
+    assert transport.written.startswith(b"HTTP/1.1 501 ") and b'"code":"method_not_implemented"' in transport.written
+    upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
+    transport = _Transport()
+    _protocol(_recording(ran), transport).data_received(
+        b"".join(b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n" + upgrade + b"\r\n" for _ in range(1500)))
+    await _until(lambda: transport.written.count(b"HTTP/1.1 200 ") == 1500)
+    transport = _Transport()
+    _protocol(_recording(ran), transport).data_received(
+        b"GET /v2/health/live HTTP/1.1\r\n\r\nGET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n")
+    await _until(lambda: transport.closed)
+    assert transport.written.startswith(b"HTTP/1.1 400 ") and b'"code":"bad_host"' in transport.written
+
+
 async def test_a_request_head_is_bounded_in_time_and_size_and_an_idle_connection_closes() -> None:
     """uvicorn bounds neither: a client could hold a connection (and its memory) for ever with a
     head that never ends, or one of megabytes, or by sending nothing at all."""
