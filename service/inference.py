@@ -134,6 +134,7 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     if count > len(texts):
         admission.refuse_if_full(count)
     jobs: list[TranslationJob] = []
+    cells = 0  # the most the request's attention maps could hold
     for i, parts in enumerate(split):
         sentence_jobs = []
         for k, part in enumerate(parts):
@@ -146,11 +147,18 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
             drawn = sampling if sampling is None or not k else replace(sampling, seed=(sampling.seed + k) % MAX_SEED)
             job.num_hypotheses, job.length_penalty, job.sampling = nbest, length_penalty, drawn
             sentence_jobs.append(job)
+        if keep_attention:
+            cells += sum(len(job.src_ids) for job in sentence_jobs) * sum(job.max_length for job in sentence_jobs)
+            if cells > MAX_ATTENTION_CELLS:
+                raise InvalidInput(
+                    f"{name('return_attention')}: the attention maps of this request could reach {cells:,} cells by "
+                    f"{item_field(field, i)} ({len(parts)} sentence{'s' if len(parts) > 1 else ''}; each text's map is "
+                    f"its source subwords x the sum of its sentences' max_length), over the limit of "
+                    f"{MAX_ATTENTION_CELLS:,}; ask for them with fewer or shorter texts or a smaller max_length",
+                    field=name("return_attention"), limit=MAX_ATTENTION_CELLS)
         if len(sentence_jobs) == 1:
             jobs.append(sentence_jobs[0])
             continue
-        if keep_attention:
-            _check_attention_size(sentence_jobs, item_field(field, i), name("return_attention"))
         first = sentence_jobs[0]
         jobs.append(SentencesJob(src_ids=[token for job in sentence_jobs for token in job.src_ids],
                                  beam_size=first.beam_size, max_length=first.max_length, keep_attention=keep_attention,
@@ -161,19 +169,11 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
 
 # A text's attention map is one matrix, every German subword by every English one, so it grows with
 # the square of the text: 500 two-word sentences made a 24 MB answer and 280 MB of server memory from
-# a 2 KB request. Bounded by the most it could reach (its source subwords x the sum of its
-# sentences' max_length), at about 1 MB of JSON; the longest one-sentence map, 128 x 200 subwords,
-# and a 600-character paragraph, the web page's limit for drawing one, fit.
-MAX_ATTENTION_CELLS = 131_072
-
-
-def _check_attention_size(sentences: list[TranslationJob], field: str, option: str) -> None:
-    cells = sum(len(job.src_ids) for job in sentences) * sum(job.max_length for job in sentences)
-    if cells > MAX_ATTENTION_CELLS:
-        raise InvalidInput(
-            f"{option}: the attention map of {field} ({len(sentences)} sentences) could reach {cells:,} cells "
-            f"(its source subwords x its sentences' max_length), over the limit of {MAX_ATTENTION_CELLS:,}; ask "
-            "for it with shorter texts or a smaller max_length", field=option, limit=MAX_ATTENTION_CELLS)
+# a 2 KB request. A request's maps are bounded by the most they could reach (each text's source
+# subwords x the sum of its sentences' max_length), at about 4 MB of JSON: 64 captions, the longest
+# one-sentence map (128 x 200 subwords) and a 600-character paragraph (the web page's limit for
+# drawing one) fit; 64 texts of 40 short sentences each (12 MB) do not.
+MAX_ATTENTION_CELLS = 524_288
 
 
 def _decoded(job: TranslationJob) -> list[TranslationJob]:

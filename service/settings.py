@@ -115,6 +115,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{path!r}: each exempt path starts with / and names more than the root")
         return paths
 
+    @field_validator("worker_heartbeat_timeout_s")
+    @classmethod
+    def _longer_than_a_beat(cls, timeout_s: float) -> float:
+        # a worker's loop beats once a second and the supervisor looks five times a second: a shorter
+        # timeout took every healthy worker for hung and restarted them all, for ever
+        if 0 < timeout_s < 3:
+            raise ValueError(f"{timeout_s:g} s is shorter than 3 heartbeats (one a second): 0 (off) or at least 3")
+        return timeout_s
+
     @field_validator("grpc_port")
     @classmethod
     def _own_port(cls, grpc_port: int, info: ValidationInfo) -> int:

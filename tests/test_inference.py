@@ -160,15 +160,21 @@ def test_each_sentence_keeps_the_subword_limit_and_is_named_when_over_it(committ
 
 def test_the_attention_of_a_text_of_many_sentences_is_bounded(committed_server: Server) -> None:
     """One matrix for the whole text grows with its square: "Go. " x 500 (2 KB) was a 24 MB answer
-    and 280 MB of server memory. Refused before decoding, naming the option; a paragraph the size
-    the web page draws still gets its map, and the text without the map is translated."""
+    and 280 MB of server memory. Refused before decoding, naming the option, for the request's maps
+    together; a paragraph the size the web page draws still gets its map, and the text without the
+    map is translated."""
     from service.inference import MAX_ATTENTION_CELLS
 
     for stream in (False, True):
         r = httpx.post(f"{committed_server.url}/v1/translate", timeout=60,
                        json={"text": "Go. " * 500, "return_attention": True, "stream": stream})
         assert r.status_code == 422 and r.json()["field"] == "return_attention", r.text
-        assert r.json()["limit"] == MAX_ATTENTION_CELLS and "(500 sentences)" in r.json()["error"]
+        assert r.json()["limit"] == MAX_ATTENTION_CELLS and "by text (500 sentences;" in r.json()["error"]
+    # a budget for the request, not each text: 16 texts of 40 sentences were 3 MB, 64 would be 12
+    r = httpx.post(f"{committed_server.url}/v1/translate", timeout=60,
+                   json={"texts": ["Go. " * 40] * 16, "return_attention": True})
+    assert r.status_code == 422 and r.json()["field"] == "return_attention", r.text
+    assert "by texts[" in r.json()["error"] and "(40 sentences;" in r.json()["error"]
     paragraph = "Two dogs play in the snow. " * 22  # 594 characters: the page asks for its map
     answer = _translate(committed_server.url, text=paragraph, return_attention=True)
     assert len(answer["attention"]) * len(answer["source_tokens"]) <= MAX_ATTENTION_CELLS

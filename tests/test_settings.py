@@ -36,6 +36,14 @@ def test_a_request_may_hold_no_more_texts_than_the_queue() -> None:
     assert Settings(max_queue_size=100, max_texts_per_request=8).max_texts_per_request == 8
 
 
+def test_a_heartbeat_timeout_shorter_than_three_beats_is_refused() -> None:
+    """0.5 s took every healthy worker for hung (they beat once a second): restarted for ever."""
+    assert Settings(worker_heartbeat_timeout_s=0).worker_heartbeat_timeout_s == 0
+    assert Settings(worker_heartbeat_timeout_s=3).worker_heartbeat_timeout_s == 3
+    with pytest.raises(ValidationError, match="shorter than 3 heartbeats"):
+        Settings(worker_heartbeat_timeout_s=0.5)
+
+
 def test_the_log_level_is_read_in_any_case() -> None:
     assert Settings(log_level="DEBUG").log_level == "debug"
 
