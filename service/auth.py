@@ -9,6 +9,7 @@ compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import Scope
@@ -40,9 +41,9 @@ class ApiKeys:
         self.exempt = tuple(exempt_paths)
         self.public = public_paths
 
-    def refuses(self, scope: Scope) -> bool:
+    def refuses(self, scope: Scope, headers: Mapping[bytes, bytes]) -> bool:
+        """``headers``: the scope's, as a mapping (the middleware has built it already)."""
         if not self.keys or scope["path"].startswith(self.exempt) \
                 or (scope["method"] in ("GET", "HEAD") and scope["path"] in self.public):
             return False
-        headers = dict(scope["headers"])
         return not key_matches(headers.get(b"x-api-key"), headers.get(b"authorization"), self.keys)

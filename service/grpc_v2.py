@@ -214,11 +214,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         come. Each response says whether it is its request's last (``triton_final_response``).
         Each request is counted and logged as a call of its own. At shutdown the stream ends once
         what it holds is answered: a client keeps its stream open for as long as it runs."""
+        stream_id = _request_id(context)  # the stream's (each request logs its own id)
+        context.set_trailing_metadata(((_REQUEST_ID, stream_id),))
         if self.keys and not self._authorised(context):
-            _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings, context)
+            _record("ModelStreamInfer", grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings, context,
+                    request_id=stream_id)
             # with the error body as trailing metadata, as every other refusal carries it
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED,
-                                trailing_metadata=(("seqserve-error", json.dumps(_UNAUTHORIZED_BODY)),))
+                                trailing_metadata=(("seqserve-error", json.dumps(_UNAUTHORIZED_BODY)),
+                                                   (_REQUEST_ID, stream_id)))
         loop = asyncio.get_running_loop()
         answers: asyncio.Queue[Any] = asyncio.Queue()
         working: set[asyncio.Task[None]] = set()

@@ -174,7 +174,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            if self.api_keys is not None and self.api_keys.refuses(scope):  # on the head alone: no body read
+            if self.api_keys is not None and self.api_keys.refuses(scope, headers):  # on the head alone: no body read
                 status_holder["status"] = await _refuse(send, request_id, headers, 401, UNAUTHORIZED,
                                                         (b"www-authenticate", b"Bearer"))
                 return

@@ -87,16 +87,23 @@ def _metric_file_owner(name: str) -> str:
     return name.rsplit("_", 1)[-1].removesuffix(".db")
 
 
-_METRICS_PREFIX = "seqserve-metrics-"  # + the supervisor's pid + "-": its own folder, found again by it
+def _metrics_prefix() -> str:
+    """``seqserve-metrics-<pid namespace>-``: a supervisor's folder is ``<prefix><its pid>-...``.
+    The namespace is in the name because a pid says whether a process lives only in its own
+    namespace (containers sharing a /tmp volume each have theirs)."""
+    with contextlib.suppress(OSError):
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+        return f"seqserve-metrics-{''.join(c for c in namespace if c.isdigit())}-"
+    return "seqserve-metrics-0-"
 
 
-def _remove_orphaned_metrics_dirs() -> None:
+def _remove_orphaned_metrics_dirs(prefix: str) -> None:
     """Folders that supervisors killed outright (SIGKILL, OOM) left in the temporary folder: their
-    owner is gone, nobody else will remove them."""
+    owner is gone, nobody else will remove them. Only this pid namespace's."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(tempfile.gettempdir()):
-            owner = entry.name.removeprefix(_METRICS_PREFIX).split("-", 1)[0]
-            if entry.name.startswith(_METRICS_PREFIX) and owner.isdigit() and entry.is_dir() and not _alive(owner):
+            owner = entry.name.removeprefix(prefix).split("-", 1)[0]
+            if entry.name.startswith(prefix) and owner.isdigit() and entry.is_dir() and not _alive(owner):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 log.info("removed %s, left by a server that was killed (pid %s)", entry.path, owner)
 
@@ -182,8 +189,9 @@ class Supervisor:
                             len(stale), folder)
             return
         # set before any worker starts: prometheus-client picks its storage when first imported
-        _remove_orphaned_metrics_dirs()
-        self.metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
+        prefix = _metrics_prefix()
+        _remove_orphaned_metrics_dirs(prefix)
+        self.metrics_dir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
 
     def run(self) -> int:

@@ -314,7 +314,12 @@ def test_a_stream_needs_the_key(keyed_server: Server) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             next(stream)
     trailers = dict(refused.value.trailing_metadata())  # type: ignore[attr-defined]
-    assert '"code": "unauthorized"' in trailers["seqserve-error"]
+    assert '"code": "unauthorized"' in trailers["seqserve-error"] and trailers["x-request-id"]
+    with grpc.insecure_channel(keyed_server.grpc_url) as channel:  # a stream tells its id too
+        stream = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+            iter([]), metadata=(("x-api-key", "k1"), ("x-request-id", "stream-7")))
+        assert list(stream) == []
+        assert dict(stream.trailing_metadata())["x-request-id"] == "stream-7"
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])

@@ -336,16 +336,18 @@ def test_metric_folders_of_killed_supervisors_are_removed_at_the_next_start(tmp_
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     gone = subprocess.Popen(["true"])
     gone.wait()
-    orphan = tmp_path / f"seqserve-metrics-{gone.pid}-x1"
-    running = tmp_path / f"seqserve-metrics-{os.getppid()}-x2"  # another server's, still running
+    prefix = workers._metrics_prefix()
+    orphan = tmp_path / f"{prefix}{gone.pid}-x1"
+    running = tmp_path / f"{prefix}{os.getppid()}-x2"  # another server's, still running
     unrelated = tmp_path / "seqserve-metrics-notes"
-    for folder in (orphan, running, unrelated):
+    elsewhere = tmp_path / f"seqserve-metrics-1-{gone.pid}-x3"  # another pid namespace: its pids are not ours
+    for folder in (orphan, running, unrelated, elsewhere):
         folder.mkdir()
         (folder / "counter_1.db").write_bytes(b"")
     supervisor = workers.Supervisor(Settings(workers=2))
     try:
         supervisor._prepare_metrics_dir()
-        assert not orphan.exists() and running.exists() and unrelated.exists()
-        assert Path(supervisor.metrics_dir or "").name.startswith(f"seqserve-metrics-{os.getpid()}-")
+        assert not orphan.exists() and running.exists() and unrelated.exists() and elsewhere.exists()
+        assert Path(supervisor.metrics_dir or "").name.startswith(f"{prefix}{os.getpid()}-")
     finally:
         monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
