@@ -183,6 +183,8 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
 def _count_as_served(model: ServedModel, served: bool) -> None:
     metrics.MODEL_INFO.labels(model.name, model.version, model.card.task, provider_name(model.provider),
                               model.precision).set(1 if served else 0)
+    for outcome in ("success", "failure"):  # at 0 from the start: an alert's increase() sees the first
+        metrics.INFERENCE_REQUESTS.labels(model.name, model.version, outcome)
 
 
 class ModelRegistry:

@@ -119,12 +119,21 @@ def _worker(sock: socket.socket, serving: Event, heartbeat: ctypes.c_uint64) -> 
     serve(sock, serving, heartbeat)
 
 
-def _count_restart(reason: str) -> None:
+_RESTART_REASONS = ("exited", "hung")
+
+
+def _count_restart(reason: str | None) -> None:
+    """One replacement for ``reason``; None: every reason's series made, at 0, so that an alert's
+    increase() sees the first restart (a series that appears at 1 has no increase)."""
     # imported here: prometheus-client picks its storage when first imported, after the supervisor
     # has set PROMETHEUS_MULTIPROC_DIR
     from service.metrics import WORKER_RESTARTS
 
-    WORKER_RESTARTS.labels(reason).inc()
+    if reason is None:
+        for known in _RESTART_REASONS:
+            WORKER_RESTARTS.labels(known)
+    else:
+        WORKER_RESTARTS.labels(reason).inc()
 
 
 class Supervisor:
@@ -209,6 +218,7 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, exc)
             return STARTUP_FAILED
+        _count_restart(None)
         originals = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         code = 0
         try:

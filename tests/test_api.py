@@ -185,6 +185,11 @@ def test_metrics_show_requests_and_batches(committed_server: Server) -> None:
                         provider="CPUExecutionProvider", precision="fp32") == 1
     # Open Inference Protocol requests by model version, as Triton counts them
     before = metric_value(url, "seqserve_inference_requests_total", model="sentiment", outcome="success")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    at_zero = [s.labels for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "seqserve_inference_requests_total" and s.labels["model"] == "translate-en-de"]
+    assert {"model": "translate-en-de", "version": "1", "outcome": "failure"} in at_zero  # there from the start
     tensor = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["fine"]}
     assert httpx.post(f"{url}/v2/models/sentiment/infer", json={"inputs": [tensor]}).status_code == 200
     empty = {"inputs": [{**tensor, "data": [""]}]}

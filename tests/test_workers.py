@@ -38,6 +38,7 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_or_hung_one() -> 
     try:
         first = _workers(server.proc.pid)
         assert len(first) == 2
+        before_any = httpx.get(f"{server.url}/metrics").text
         with httpx.Client(base_url=server.url) as client:  # a new connection each: spread across workers
             for i in range(30):
                 r = client.post("/v1/sentiment", json={"text": f"a fine film {i}"}, headers={"Connection": "close"})
@@ -81,6 +82,7 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_or_hung_one() -> 
         # counted by the supervisor, summed in with the workers' metrics: an alert can see restarts
         restarts = {reason: metric_value(server.url, "seqserve_worker_restarts_total", reason=reason)
                     for reason in ("exited", "hung")}
+        assert "seqserve_worker_restarts_total{" in before_any  # each reason at 0 from the start
     finally:
         assert server.stop() == 0
     log = server.output()
