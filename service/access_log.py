@@ -84,6 +84,7 @@ atexit.register(access_log.flush)
 
 _LOGGED_PATH = 1024  # characters of a path kept in its access-log line
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 # unique per process and cheap: a random prefix and a counter (no syscall per request)
 _ID_PREFIX = uuid.uuid4().hex[:16]
 _id_counter = itertools.count(1)
@@ -106,8 +107,15 @@ def request_id_of(headers: Mapping[bytes, bytes]) -> str:
     new one."""
     given = headers.get(b"x-request-id")
     if given is None or _SANE_ID.match(given.decode("latin-1")) is None:
-        given = headers.get(b"traceparent", given)
+        parent = headers.get(b"traceparent")
+        if parent is not None and is_traceparent(parent.decode("latin-1")):
+            given = parent
     return request_id_for(given)
+
+
+def is_traceparent(text: str) -> bool:
+    """A W3C Trace Context ``traceparent`` (version-trace id-parent id-flags, lower-case hex)."""
+    return _TRACEPARENT.match(text) is not None
 
 
 def record_request(method: str | None, path: str | None, route: str, status: int, seconds: float, request_id: str,

@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from starlette.datastructures import State
 
 from service import __version__, metrics, v2_model, v2_stats
-from service.access_log import access_log, request_id_for, valid_request_id
+from service.access_log import access_log, is_traceparent, request_id_for, valid_request_id
 from service.auth import key_matches
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
@@ -383,6 +383,7 @@ def _request_id(context: grpc.aio.ServicerContext, request: Any = None) -> str:
     given = metadata.get(_REQUEST_ID)
     if not (isinstance(given, str) and valid_request_id(given)):
         given = metadata.get("traceparent")  # an OpenTelemetry client's, as over HTTP
+        given = given if isinstance(given, str) and is_traceparent(given) else None
     if not (isinstance(given, str) and valid_request_id(given)):
         given = getattr(request, "id", "") or ""
     return request_id_for(given.encode("utf-8", "replace") if isinstance(given, str) else given)

@@ -240,6 +240,8 @@ def test_the_access_log_is_one_json_object_per_line() -> None:
         assert r.headers["x-request-id"] == trace and server.wait_for_output(f'"request_id":"{trace}"')
         r = httpx.get(f"{server.url}/v2/health/ready", headers={"traceparent": trace, "X-Request-ID": "mine"})
         assert r.headers["x-request-id"] == "mine"  # an explicit id wins
+        r = httpx.get(f"{server.url}/v2/health/ready", headers={"traceparent": "garbage"})
+        assert r.headers["x-request-id"] != "garbage"  # not a W3C traceparent: a new id
     finally:
         server.stop()
     line = next(x for x in server.output().splitlines() if '"log-1"' in x)
