@@ -90,32 +90,22 @@ _ID_PREFIX = uuid.uuid4().hex[:16]
 _id_counter = itertools.count(1)
 
 
-def valid_request_id(text: str) -> bool:
-    """1 to 128 of A-Z a-z 0-9 . _ : - (a UUID, nginx's $request_id, a W3C traceparent)."""
-    return _SANE_ID.match(text) is not None
-
-
 def request_id_for(incoming: bytes | None) -> str:
     """The client's X-Request-ID if sane, else a new id unique in this process."""
     text = incoming.decode("latin-1") if incoming else ""
     return text if text and _SANE_ID.match(text) else f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-def request_id_of(headers: Mapping[bytes, bytes]) -> str:
-    """A request's id from its headers: X-Request-ID if sane, else its W3C ``traceparent`` (what an
-    OpenTelemetry client sends: the log line then names the trace and the caller's span), else a
-    new one."""
+def request_id_of(headers: Mapping[bytes, bytes], own_id: bytes = b"") -> str:
+    """A request's id, for HTTP headers and gRPC metadata alike: X-Request-ID if sane (a proxy's
+    wins), else a W3C ``traceparent`` (what an OpenTelemetry client sends: the log line then names
+    the trace and the caller's span), else ``own_id`` (an inference request's ``id``) if sane, else
+    a new one."""
     given = headers.get(b"x-request-id")
     if given is None or _SANE_ID.match(given.decode("latin-1")) is None:
         parent = headers.get(b"traceparent")
-        if parent is not None and is_traceparent(parent.decode("latin-1")):
-            given = parent
+        given = parent if parent is not None and _TRACEPARENT.match(parent.decode("latin-1")) else own_id
     return request_id_for(given)
-
-
-def is_traceparent(text: str) -> bool:
-    """A W3C Trace Context ``traceparent`` (version-trace id-parent id-flags, lower-case hex)."""
-    return _TRACEPARENT.match(text) is not None
 
 
 def record_request(method: str | None, path: str | None, route: str, status: int, seconds: float, request_id: str,

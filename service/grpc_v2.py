@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from starlette.datastructures import State
 
 from service import __version__, metrics, v2_model, v2_stats
-from service.access_log import access_log, is_traceparent, request_id_for, valid_request_id
+from service.access_log import access_log, request_id_of
 from service.auth import key_matches
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
@@ -376,17 +376,11 @@ _HTTP_STATUS = {**{code: status for status, code in _CODES.items()}, grpc.Status
 
 
 def _request_id(context: grpc.aio.ServicerContext, request: Any = None) -> str:
-    """The call's request id: its x-request-id metadata if sane (a proxy's, as HTTP's header wins
-    there), else the request's own id (an inference request's ``id``, as a Triton client sets it),
-    else a new one."""
-    metadata = dict(context.invocation_metadata() or ())
-    given = metadata.get(_REQUEST_ID)
-    if not (isinstance(given, str) and valid_request_id(given)):
-        given = metadata.get("traceparent")  # an OpenTelemetry client's, as over HTTP
-        given = given if isinstance(given, str) and is_traceparent(given) else None
-    if not (isinstance(given, str) and valid_request_id(given)):
-        given = getattr(request, "id", "") or ""
-    return request_id_for(given.encode("utf-8", "replace") if isinstance(given, str) else given)
+    """The call's request id, chosen as HTTP's (service/access_log.py): x-request-id metadata,
+    traceparent, the request's own ``id`` (as a Triton client sets it), else a new one."""
+    metadata = {key.encode(): value.encode("utf-8", "replace") for key, value in context.invocation_metadata() or ()
+                if key in (_REQUEST_ID, "traceparent") and isinstance(value, str)}
+    return request_id_of(metadata, (getattr(request, "id", "") or "").encode("utf-8", "replace"))
 
 
 def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings,
