@@ -31,7 +31,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 from service import metrics
@@ -88,6 +89,20 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 # unique per process and cheap: a random prefix and a counter (no syscall per request)
 _ID_PREFIX = uuid.uuid4().hex[:16]
 _id_counter = itertools.count(1)
+
+
+# The id of the request being served in this task (set where HTTP and gRPC requests start, read by
+# what a request queues: service/admission.py), so that a log line about a batch or a thread that
+# failed names the requests it failed, as their access-log lines and X-Request-ID do.
+CURRENT_REQUEST_ID: ContextVar[str] = ContextVar("seqserve_request_id", default="")
+_NAMED_IDS = 16  # request ids a log line names before it only counts the rest
+
+
+def named_ids(ids: Iterable[str]) -> str:
+    """Request ids for a log line: each once, in order, at most ``_NAMED_IDS`` of them."""
+    unique = [i for i in dict.fromkeys(ids) if i]
+    more = f" and {len(unique) - _NAMED_IDS} more" if len(unique) > _NAMED_IDS else ""
+    return (", ".join(unique[:_NAMED_IDS]) or "none known") + more
 
 
 def request_id_for(incoming: bytes | None) -> str:

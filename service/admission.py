@@ -15,16 +15,19 @@ import threading
 from collections.abc import Sequence
 
 from service import metrics
+from service.access_log import CURRENT_REQUEST_ID
 from service.errors import Overloaded
 
 
 class Waiting:
-    """What a queued text carries so that its place is given back once (see ``Admission.leave``)."""
+    """What a queued text carries so that its place is given back once (see ``Admission.leave``),
+    and the id of the request it belongs to, for the log line of a failure."""
 
-    __slots__ = ("waiting",)
+    __slots__ = ("request_id", "waiting")
 
     def __init__(self) -> None:
         self.waiting = False
+        self.request_id = CURRENT_REQUEST_ID.get()
 
 
 class Admission:

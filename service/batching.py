@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from service import metrics
+from service.access_log import named_ids
 from service.admission import Admission, Waiting
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
 from service.loop_budget import GiveWay
@@ -195,11 +196,11 @@ class AnsweredFromThreads:
             then()
 
     # --- supervised threads -----------------------------------------------------------------
-    def _start_thread(self, name: str, turn: Callable[[], bool], on_fault: Callable[[BaseException], None],
-                      index: int | None = None) -> None:
+    def _start_thread(self, name: str, turn: Callable[[], bool],
+                      on_fault: Callable[[BaseException], Sequence[Waiting]], index: int | None = None) -> None:
         """Start a thread that calls ``turn`` (True when it got work done) until the engine stops;
-        if ``turn`` raises, ``on_fault`` answers what the thread had taken and a new thread with the
-        same ``turn`` replaces this one."""
+        if ``turn`` raises, ``on_fault`` answers what the thread had taken (and returns it, for the
+        log line) and a new thread with the same ``turn`` replaces this one."""
 
         def main() -> None:
             # the CPU time of this thread's last turn: its work, not its waits for work (a turn
@@ -225,11 +226,14 @@ class AnsweredFromThreads:
                 if self._faults_in_a_row >= 2 and self._unhealthy_since is None:  # the replacement failed too
                     self._unhealthy_since = time.monotonic()
                     metrics.MODEL_HEALTHY.labels(*self.labels).set(0)
-                log.exception("thread %s of model %s failed (%d in a row); answering what it held and "
-                              "starting a new one", name, self.name, self._faults_in_a_row)
+                held: Sequence[Waiting] = ()
                 try:
-                    on_fault(exc)
+                    held = on_fault(exc)
                 finally:
+                    log.exception("thread %s of model %s failed (%d in a row); answered the %d %s it held "
+                                  "with 500 (requests %s) and starting a new one", name, self.name,
+                                  self._faults_in_a_row, len(held), self.admission.unit,
+                                  named_ids(t.request_id for t in held))
                     if not self._stop.wait(_BACKOFF_S[min(self._faults_in_a_row, len(_BACKOFF_S)) - 1]):
                         self._start_thread(name, turn, on_fault, self.threads.index(threading.current_thread()))
 
@@ -363,11 +367,12 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             self._hand_over(answers)
         return bool(window)
 
-    def _fail_held(self, exc: BaseException) -> None:
+    def _fail_held(self, exc: BaseException) -> list[WorkItem[P, R]]:
         held: list[WorkItem[P, R]] = getattr(self._held, "items", [])
         self._held.items = []
         error = self.failure(exc)
         self._hand_over([(item.future, None, error) for item in held])
+        return held
 
     def _run_batch(self, batch: list[WorkItem[P, R]]) -> list[Answer]:
         """Run one batch; the answers for every item in it (dropped ones included)."""
@@ -400,7 +405,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         except ServiceError as exc:
             answers.extend((item.future, None, exc) for item in live)
         except Exception as exc:  # a fault in the model run fails only this batch
-            log.exception("batch of %d failed on model %s", len(live), self.name)
+            log.exception("batch of %d %s failed on model %s (requests %s)", len(live), self.admission.unit, self.name,
+                          named_ids(item.request_id for item in live))
             error = self.failure(exc)
             answers.extend((item.future, None, error) for item in live)
         else:

@@ -307,17 +307,18 @@ class _Lane:
         self._flush()
         return stepped
 
-    def fail_held(self, exc: BaseException) -> None:
-        """After a fault: the requests being decoded or joining fail; those still waiting stay."""
+    def fail_held(self, exc: BaseException) -> list[_Request]:
+        """After a fault: the requests being decoded or joining fail (returned); those still waiting stay."""
         self.recovering = True
         error = self.scheduler.failure(exc)
         answered = {id(request) for request, _, _ in self._answers}
-        for request in [*self._rows.members, *self._joining]:
-            if id(request) not in answered:
-                self._finish(request, error=error)
+        failed = [request for request in [*self._rows.members, *self._joining] if id(request) not in answered]
+        for request in failed:
+            self._finish(request, error=error)
         self._joining = []
         self._rows.clear()
         self._flush()
+        return failed
 
     def _loop_once(self, rows: _RowArrays) -> bool:
         joiners = self._joining = self._admit()

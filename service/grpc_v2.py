@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from starlette.datastructures import State
 
 from service import __version__, metrics, v2_model, v2_stats
-from service.access_log import access_log, request_id_of
+from service.access_log import CURRENT_REQUEST_ID, access_log, request_id_of
 from service.auth import key_matches
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
@@ -246,6 +246,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             a streamed one wait for its first answer: the order still tells a stock client which
             request failed."""
             started, code, pieces = time.perf_counter(), grpc.StatusCode.OK, 0
+            request_id = _request_id(context, request)
+            CURRENT_REQUEST_ID.set(request_id)  # this request's task's own
             try:
                 async for result in self._results(request, params, context.time_remaining()):
                     response = _response(result, request.id)
@@ -269,7 +271,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     await asyncio.shield(after)
                 answers.put_nowait(out)
             finally:
-                _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings, context, request)
+                _record("ModelStreamInfer", code, time.perf_counter() - started, self.settings, context, request,
+                        request_id)
                 release(turn, after)  # the next one may go, whatever became of this one
                 room.release()
 
@@ -401,6 +404,7 @@ def _wrap(name: str, handler: Handler) -> Handler:
         started = time.perf_counter()
         # told to the client, as HTTP's X-Request-ID is: the id to quote, the server's own where it sent none
         request_id = _request_id(context, request)
+        CURRENT_REQUEST_ID.set(request_id)  # the call's task's own
         context.set_trailing_metadata(((_REQUEST_ID, request_id),))
         code = grpc.StatusCode.OK
         message = ""

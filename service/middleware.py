@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.access_log import record_request, request_id_of
+from service.access_log import CURRENT_REQUEST_ID, record_request, request_id_of
 from service.auth import UNAUTHORIZED, ApiKeys
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
@@ -161,6 +161,7 @@ class RequestContextMiddleware:
             scope = {**scope, "method": "GET"}
         headers = dict(scope["headers"])
         request_id = request_id_of(headers)
+        CURRENT_REQUEST_ID.set(request_id)  # this request's task's own: no reset needed
         status_holder = {"status": 500}
         started_response = False
 

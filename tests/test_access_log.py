@@ -76,3 +76,54 @@ def test_a_long_path_is_cut_so_that_a_line_stays_whole(access_lines: Callable[[]
     record_request("GET", "/short", "unmatched", 404, 0.001, "id-2", True)
     long, short = access_lines()
     assert len(long["path"]) < 1100 and long["path"].endswith("... (100001 characters)") and short["path"] == "/short"
+
+
+def test_named_ids_are_each_once_in_order_and_bounded() -> None:
+    from service.access_log import named_ids
+
+    assert named_ids(["a", "a", "b", "", "a"]) == "a, b"  # a 64-text request's texts share one id
+    assert named_ids([]) == "none known"
+    many = named_ids(str(i) for i in range(20))
+    assert many.startswith("0, 1, 2") and many.endswith("15 and 4 more")
+
+
+def test_a_failed_batch_is_logged_with_the_ids_of_its_requests_over_http_and_grpc(
+        monkeypatch: Any, caplog: Any) -> None:
+    """A batch that fails answers 500 to each of its requests; its log line names them, as their
+    access-log lines and X-Request-ID do, so that an operator can join the two (it named none)."""
+    import logging
+    import socket
+
+    import numpy as np
+    import tritonclient.grpc as tg
+    from starlette.testclient import TestClient
+    from tritonclient.utils import InferenceServerException
+
+    from service.app import create_app
+    from service.runners import SentimentRunner
+    from service.settings import Settings
+    from tests.conftest import COMMITTED_MODELS
+
+    def broken(self: object, batch: object) -> object:
+        raise RuntimeError("planted model fault")
+
+    monkeypatch.setattr(SentimentRunner, "run", broken)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        grpc_port = s.getsockname()[1]
+    app = create_app(Settings(model_repository=COMMITTED_MODELS, warmup=False, grpc_port=grpc_port))
+    with caplog.at_level(logging.ERROR, "seqserve.batching"), TestClient(app) as client:
+        r = client.post("/v1/sentiment", json={"text": "fine"}, headers={"X-Request-ID": "http-7"})
+        assert r.status_code == 500 and r.json()["code"] == "inference_failed"
+        grpc_client = tg.InferenceServerClient(url=f"127.0.0.1:{grpc_port}")
+        text = tg.InferInput("text", [1, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[b"fine"]], dtype=np.object_))
+        try:
+            grpc_client.infer("sentiment", [text], request_id="grpc-8")
+        except InferenceServerException as exc:
+            assert "planted model fault" in str(exc)
+        else:
+            raise AssertionError("the planted fault did not fail the call")
+        grpc_client.close()
+    failed = [r.getMessage() for r in caplog.records if "failed on model sentiment" in r.getMessage()]
+    assert any("(requests http-7)" in m for m in failed) and any("(requests grpc-8)" in m for m in failed), failed

@@ -192,8 +192,10 @@ async def _becomes(condition: Callable[[], bool], within_s: float = 2.0) -> bool
     return condition()
 
 
-async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
     import service.batching as batching
+    from service.access_log import CURRENT_REQUEST_ID
 
     faults = {"left": 1}
     real_split = batching.split_by_budget
@@ -209,9 +211,13 @@ async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypat
     batcher.start()
     first_thread = batcher.threads[0]
     started = time.monotonic()
+    CURRENT_REQUEST_ID.set("req-1")  # as the middleware sets it for each request's task
     with pytest.raises(InferenceFailed, match="planted fault"):  # answered 500 at once, not at the deadline
         await batcher.submit("x", 1, time.monotonic() + 10)
     assert time.monotonic() - started < 5
+    # the log line names what the thread held, so that an operator finds the requests it failed
+    # (written once the answers are handed over)
+    assert await _becomes(lambda: "answered the 1 texts it held with 500 (requests req-1)" in caplog.text)
     assert await batcher.submit("again", 1, time.monotonic() + 10) == "AGAIN"  # a new thread serves
     assert batcher.threads[0] is not first_thread and batcher.threads[0].is_alive()
     assert await _becomes(lambda: batcher.healthy)

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from export.data import read_multi30k
+from service.access_log import CURRENT_REQUEST_ID
 from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
 from service.decoding import StepUpdate
@@ -212,14 +213,20 @@ def _break_the_next_gather(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_a_lane_thread_that_raises_is_replaced_and_waiting_requests_still_run(
-        runner: TranslationRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+        runner: TranslationRunner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     scheduler = DecodeScheduler("t", runner, BatchPolicy(16, 4096, 0.001, 100, instances=1))
     scheduler.start()
     first_thread = scheduler.threads[0]
     _break_the_next_gather(monkeypatch)
     job = TranslationJob(runner.tokenize("A dog runs."), 2, 10)
+    CURRENT_REQUEST_ID.set("req-2")  # as the middleware sets it for each request's task
     with pytest.raises(InferenceFailed, match="planted fault"):
         await scheduler.translate(job, time.monotonic() + 20)
+    for _ in range(200):  # the log line is written once the answers are handed over
+        if "answered the 1 sentences it held with 500 (requests req-2)" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert "answered the 1 sentences it held with 500 (requests req-2)" in caplog.text
     ok = await scheduler.translate(job, time.monotonic() + 20)
     assert ok.tokens == runner.translate([job])[0].tokens
     assert scheduler.threads[0] is not first_thread and scheduler.healthy
