@@ -182,6 +182,26 @@ def test_api_keys_in_metadata(keyed_server: Server) -> None:
     client.close()
 
 
+def test_the_key_is_checked_before_the_message_is_parsed(keyed_server: Server) -> None:
+    """As HTTP checks the head before the body: a caller without a key costs no protobuf parse. Bytes
+    that are no ModelInferRequest get UNAUTHENTICATED without a key, and the parse error with one."""
+    import grpc
+
+    garbage = b"\xff" * 64  # field 31, wire type 7: no protobuf parser takes it
+    with grpc.insecure_channel(keyed_server.grpc_url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+        with pytest.raises(grpc.RpcError) as refused:
+            call(garbage, metadata=(("x-request-id", "raw-1"),), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        trailers = dict(refused.value.trailing_metadata())  # type: ignore[attr-defined]
+        assert '"code": "unauthorized"' in trailers["seqserve-error"] and trailers["x-request-id"] == "raw-1"
+        with pytest.raises(grpc.RpcError) as unparsed:
+            call(garbage, metadata=(("x-api-key", "k1"),), timeout=30)
+        assert "Error parsing message" in unparsed.value.details()  # type: ignore[attr-defined]
+    assert metric_value(keyed_server.url, "seqserve_grpc_requests_total", method="ModelInfer",
+                        code="UNAUTHENTICATED") >= 1
+
+
 def test_grpc_port_zero_turns_it_off() -> None:
     assert asyncio.run(grpc_v2.start(State(), Settings(grpc_port=0))) is None
 
