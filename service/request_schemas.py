@@ -117,10 +117,11 @@ def v1_sentiment(settings: Settings) -> JsonSchema:
 def v1_translate(settings: Settings, limits: TranslationLimits) -> JsonSchema:
     properties, exactly_one = one_or_many(settings)
     properties |= {
-        "source": {"type": "string", "enum": limits.sources or ["en"], "default": "en"},
-        "target": {"type": "string", "enum": limits.targets or ["de"], "default": "de"},
-        "return_attention": {"type": "boolean", "default": False},
-        "stream": {"type": "boolean", "default": False,
+        # null is the default, as for the options
+        "source": {**optional({"type": "string", "enum": limits.sources or ["en"]}), "default": "en"},
+        "target": {**optional({"type": "string", "enum": limits.targets or ["de"]}), "default": "de"},
+        "return_attention": {**optional({"type": "boolean"}), "default": False},
+        "stream": {**optional({"type": "boolean"}), "default": False,
                    "description": "answer as Server-Sent Events (one 'text'; see the README)"},
         **limits.options(),
     }
@@ -181,9 +182,11 @@ def infer(model: ServedModel, settings: Settings, limits: TranslationLimits) -> 
     names = [o.name for o in outputs_of(model)]
     output = {"type": "object", "required": ["name"],
               "properties": {"name": {"enum": names}, "parameters": optional({
-                  "type": "object", "description": "binary_data: answer this output as binary"})}}
-    params: JsonSchema = {"type": "object", "description": "binary_data_output: answer every output as binary",
-                          "properties": {"timeout": _TIMEOUT}}
+                  "type": "object", "properties": {"binary_data": optional({
+                      "type": "boolean", "description": "answer this output as binary"})}})}}
+    params: JsonSchema = {"type": "object", "properties": {
+        "timeout": _TIMEOUT,
+        "binary_data_output": optional({"type": "boolean", "description": "answer every output as binary"})}}
     rules: list[JsonSchema] = []
     if model.card.task == "translation":
         params["properties"] |= limits.options()

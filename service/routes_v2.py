@@ -96,6 +96,7 @@ async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
     header_length = request.headers.get(HEADER_LENGTH)
     header, tail = split_body(body, header_length) if header_length is not None else (body, b"")
     parsed = validate_json(InferRequest, header)
+    _check_binary_flags(parsed)
     sizes: list[tuple[str, int]] = []
     for t in parsed.inputs:
         size = (t.parameters or {}).get("binary_data_size")
@@ -103,6 +104,9 @@ async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
             if not isinstance(size, int) or isinstance(size, bool):
                 raise InvalidInput(f"inputs.{t.name}.parameters.binary_data_size must be an integer",
                                    field=f"inputs.{t.name}.parameters.binary_data_size")
+            if t.data is not None:  # which one would count is not for the client to guess (as on gRPC)
+                raise InvalidInput(f"input {t.name!r} has both data and parameters.binary_data_size: send one",
+                                   field=f"inputs.{t.name}.data")
             sizes.append((f"inputs.{t.name}", size))
         elif t.data is None:
             raise InvalidInput(f"input {t.name!r} has neither data nor parameters.binary_data_size",
@@ -114,6 +118,17 @@ async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
         data = decode_tensor(t.datatype, t.shape, raw[field], field) if field in raw else _flat(t.data or [])
         tensors.append(InputTensor(t.name, t.datatype, t.shape, data))
     return parsed, tensors
+
+
+def _check_binary_flags(body: InferRequest) -> None:
+    """``binary_data_output`` and each output's ``binary_data`` are booleans, checked before the
+    work is queued (as Triton refuses a non-boolean): a string "no" was taken as true."""
+    flags = [("parameters.binary_data_output", (body.parameters or {}).get("binary_data_output"))]
+    flags += [(f"outputs.{o.name}.parameters.binary_data", (o.parameters or {}).get("binary_data"))
+              for o in body.outputs or []]
+    for field, value in flags:
+        if value is not None and not isinstance(value, bool):
+            raise InvalidInput(f"{field} must be true or false; got {value!r}"[:200], field=field)
 
 
 def _render(result: InferResult, body: InferRequest) -> Response:
@@ -164,10 +179,17 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 # Only the JSON form is in the schema: a binary body (the header's JSON, then raw tensor bytes) has
 # no JSON Schema, so a generated client would send bytes the server must refuse.
-_INFER_DOC: dict[str, Any] = {"requestBody": {
-    "required": True, "content": {"application/json": {"schema": InferRequest.model_json_schema()}},
-    "description": "Also Triton's binary tensor data: with an Inference-Header-Content-Length header, that many "
-                   "bytes of this JSON, then each input's bytes (parameters.binary_data_size)."}}
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True, "content": {"application/json": {"schema": InferRequest.model_json_schema()}},
+        "description": "Also Triton's binary tensor data: with an Inference-Header-Content-Length header, that "
+                       "many bytes of this JSON, then each input's bytes (parameters.binary_data_size)."},
+    # an answer with binary outputs (binary_data_output, or an output's binary_data) is Triton's form too
+    "responses": {"200": {"description": "The outputs: JSON, or with binary outputs asked for, application/"
+                                         "octet-stream: Inference-Header-Content-Length bytes of the JSON, then "
+                                         "each binary output's bytes (its parameters.binary_data_size)",
+                          "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                              "format": "binary"}}}}}}
 
 
 @router.get("/models/stats", summary="Statistics of every model (Triton's schema)")

@@ -75,6 +75,18 @@ class TranslateRequest(_OneOrMany):
     sampling_temperature: StrictFloat | None = Field(None, description="sampling temperature (> 0, <= 100; default 1)")
     seed: JsonInt | None = Field(None, description="sampling seed, for a repeatable sample")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_the_default(cls, data: Any) -> Any:
+        """null for a field with a default is the field left out, as it is for the nullable ones: a
+        Go struct of pointer fields without ``omitempty`` sends null for each one it leaves unset."""
+        if isinstance(data, dict) and any(data.get(key, False) is None for key in _DEFAULTED):
+            return {key: value for key, value in data.items() if value is not None or key not in _DEFAULTED}
+        return data
+
+
+_DEFAULTED = ("source", "target", "return_attention", "stream")
+
 
 class NBestItem(BaseModel):
     translation: str
@@ -117,8 +129,16 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
+class ErrorDetail(BaseModel):
+    field: str = Field(description="where in the body, as a dotted path (texts.3, inputs.0.shape)")
+    message: str
+
+
 class ErrorBody(BaseModel):
     error: str
     code: str
     field: str | None = None
-    limit: object | None = None
+    limit: object | None = Field(None, description="the limit the field broke: a number, a string (a media "
+                                 "type), a [low, high] range or a list of accepted values")
+    details: list[ErrorDetail] | None = Field(None, description="a body that does not parse as the schema: "
+                                              "each problem (up to 20)")

@@ -188,6 +188,29 @@ def test_binary_body_mistakes_are_named(committed_server: Server) -> None:
     r = httpx.post(url, content=json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
                                                         "data": ["x"]}], "outputs": [{"name": "nope"}]}))
     assert r.status_code == 422 and r.json()["field"] == "outputs" and r.json()["limit"] == ["label", "probabilities"]
+    # both forms of one input: which would count is not for the client to guess (gRPC refuses it too)
+    both = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"],
+                                   "parameters": {"binary_data_size": 9}}]}).encode()
+    r = httpx.post(url, content=both + b"\x05\x00\x00\x00hello",
+                   headers={"Inference-Header-Content-Length": str(len(both))})
+    assert r.status_code == 422 and r.json()["field"] == "inputs.text.data" and "send one" in r.json()["error"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"parameters": {"binary_data_output": "yes"}}, "parameters.binary_data_output"),
+    ({"parameters": {"binary_data_output": 1}}, "parameters.binary_data_output"),
+    ({"outputs": [{"name": "label", "parameters": {"binary_data": "no"}}]}, "outputs.label.parameters.binary_data"),
+])
+def test_binary_flags_must_be_booleans(committed_server: Server, body: dict, field: str) -> None:  # type: ignore[type-arg]
+    """Any value was read as Python reads it: the string "no" answered in binary. Triton refuses a
+    non-boolean; so does seqserve, before the work is queued."""
+    text = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Fine."]}]}
+    r = httpx.post(f"{committed_server.url}/v2/models/sentiment/infer", json={**text, **body})
+    assert r.status_code == 422 and r.json()["field"] == field, r.text
+    for flag in (True, False, None):
+        r = httpx.post(f"{committed_server.url}/v2/models/sentiment/infer",
+                       json={**text, "parameters": {"binary_data_output": flag}})
+        assert r.status_code == 200 and ("inference-header-content-length" in r.headers) == bool(flag)
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
