@@ -23,6 +23,10 @@ Chunks = AsyncGenerator[tuple[bytes, bool], None]  # (body, more to come)
 # error event, as the route renders one): the request layers end a stream the drain's deadline
 # cuts off with it (service/middleware.py), so the client reads an error, not a finished stream
 LAST_EVENT = "seqserve.last_event"
+# the ASGI scope extension a stream sets when its client left before its end: the request layers
+# count and log it 499, as a request whose client left before its answer (its status line said
+# 200, but nobody read the whole answer), so that an operator finds abandoned streams one by one
+CUT_SHORT = "seqserve.cut_short"
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no")]  # nginx: do not buffer the stream
 
@@ -63,6 +67,7 @@ class EventStreamResponse(Response):
                 if not more:
                     break
             if more:  # ended early (the client left): close the response
+                scope.setdefault("extensions", {})[CUT_SHORT] = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if listener is not None:

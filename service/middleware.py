@@ -25,7 +25,7 @@ from service.auth import UNAUTHORIZED, ApiKeys
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
 from service.errors import NotReady
-from service.event_stream import LAST_EVENT
+from service.event_stream import CUT_SHORT, LAST_EVENT
 from service.http_protocol import LATE, MALFORMED, arrived_at
 from service.json_response import JSONResponse, dumps
 
@@ -217,7 +217,10 @@ class RequestContextMiddleware:
                 await send(start)
                 await send(body)
         finally:
-            record_request(method, scope["path"], self._template(scope, root_path), status_holder["status"],
+            status = status_holder["status"]
+            if started_response and (scope.get("extensions") or {}).get(CUT_SHORT):
+                status = 499  # a stream its client left before its end (service/event_stream.py)
+            record_request(method, scope["path"], self._template(scope, root_path), status,
                            time.perf_counter() - started, request_id, self.log_requests)
 
     async def _body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, with_body: bool,

@@ -14,7 +14,7 @@ import pytest
 
 from loadtests.server import metric_value
 from loadtests.sse_client import post_stream
-from tests.conftest import Server
+from tests.conftest import COMMITTED_MODELS, Server
 
 TRANSLATOR = "translate-en-de"
 SENTENCES = ["A man in a red shirt is riding a bike 😀.", "Two young children are playing in the sand near the water.",
@@ -117,6 +117,32 @@ def test_a_client_that_leaves_a_stream_is_dropped_at_the_next_step(committed_ser
     assert _dropped(committed_server.url) >= before + 1
     # dropped long before its ~200 steps would have ended on their own
     assert time.monotonic() - left < 1.0
+
+
+def test_a_stream_its_client_leaves_is_logged_499_and_a_finished_one_200() -> None:
+    """Its status line said 200, but nobody read the whole answer: logged and counted as a request
+    whose client left before its answer, so that an operator finds abandoned streams one by one."""
+    server = Server(COMMITTED_MODELS, warmup="false", access_log="true").wait_ready()
+    try:
+        body = json.dumps({"text": ENDLESS, "stream": True, "beam_size": 10, "max_length": 200}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"X-Request-ID: left-1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            seen = b""
+            while b"event: hypothesis" not in seen:  # the stream has started
+                seen += conn.recv(4096)
+        finished = httpx.post(f"{server.url}/v1/translate", json={"text": "A dog runs.", "stream": True},
+                              headers={"X-Request-ID": "read-2"}, timeout=30)
+        assert finished.status_code == 200 and "event: result" in finished.text
+        end = time.monotonic() + 10
+        while '"left-1"' not in server.output() and time.monotonic() < end:
+            time.sleep(0.05)
+        lines = {e["request_id"]: e for e in (json.loads(line) for line in server.output().splitlines()
+                                              if line.startswith('{"time"') and '"request_id"' in line)}
+        assert lines["left-1"]["status"] == 499 and lines["read-2"]["status"] == 200
+        assert metric_value(server.url, "seqserve_requests_total", route="/v1/translate", status="499") == 1
+    finally:
+        server.stop()
 
 
 def test_stream_metrics(committed_server: Server, client: httpx.Client) -> None:
