@@ -374,15 +374,17 @@ def _request_id(context: grpc.aio.ServicerContext, request: Any = None) -> str:
 
 
 def _record(name: str, code: grpc.StatusCode, elapsed: float, settings: Settings,
-            context: grpc.aio.ServicerContext, request: Any = None, request_id: str | None = None) -> None:
-    """One call (or one request of a stream) in the metrics and the access log."""
+            context: grpc.aio.ServicerContext, request: Any = None, request_id: str | None = None,
+            **more: str) -> None:
+    """One call (or one request of a stream) in the metrics and the access log (``more``: fields
+    of its log line beyond the usual ones)."""
     metrics.GRPC_REQUESTS.labels(name, code.name).inc()
     metrics.GRPC_LATENCY.labels(name).observe(elapsed)
     if settings.access_log:
         access_log.write({"request_id": request_id or _request_id(context, request), "protocol": "grpc",
                           "method": name,
                           "status": _HTTP_STATUS.get(code, 500), "grpc_status": code.name,
-                          "latency_ms": round(elapsed * 1000, 2)})
+                          "latency_ms": round(elapsed * 1000, 2), **more})
 
 
 def _wrap(name: str, handler: Handler) -> Handler:
@@ -434,6 +436,30 @@ _METHODS = {"ServerLive": InferenceServicer._server_live, "ServerReady": Inferen
 for _name in [n for n in dir(service_pb2_grpc.GRPCInferenceServiceServicer) if n[0].isupper()]:
     setattr(InferenceServicer, _name, _wrap(_name, _METHODS.get(_name, InferenceServicer._unimplemented)))
 InferenceServicer.ModelStreamInfer = InferenceServicer.model_stream_infer
+
+
+class UnknownMethods(grpc.GenericRpcHandler):
+    """A method this server does not have (another service's, such as Triton's older
+    ``nvidia.inferenceserver.GRPCInferenceService``, or a typo): UNIMPLEMENTED, as gRPC answers
+    it, but counted (method "unknown": a client cannot grow the label set) and logged with the path
+    it asked for; gRPC's own answer left no trace. Consulted after the service's own handler."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        path = details.method[:200]
+
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+            request_id = _request_id(context)
+            _record("unknown", grpc.StatusCode.UNIMPLEMENTED, 0.0, self.settings, context, request_id=request_id,
+                    path=path)
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                f"unknown method {path}: this server serves inference.GRPCInferenceService",
+                                trailing_metadata=((_REQUEST_ID, request_id),))
+
+        # a stream of either side's arity without its messages read: whatever the client's method was
+        return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 class ApiKeyCheck(grpc.aio.ServerInterceptor):
@@ -493,6 +519,7 @@ async def start(state: State, settings: Settings) -> GrpcServer | None:
     server = grpc.aio.server(options=options, interceptors=[ApiKeyCheck(keys, settings)] if keys else None)
     servicer = InferenceServicer(state, settings)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((UnknownMethods(settings),))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         server.add_insecure_port(f"{host}:{settings.grpc_port}")

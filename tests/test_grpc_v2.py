@@ -315,7 +315,10 @@ def test_a_stream_needs_the_key(keyed_server: Server) -> None:
     for headers, expect in (({}, "UNAUTHENTICATED"), ({"x-api-key": "k1"}, None)):
         client = tg.InferenceServerClient(url=keyed_server.grpc_url)
         client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=headers)
-        client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])])
+        try:
+            client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])])
+        except InferenceServerException:  # the refusal came first: the stream had ended, its error is in the callback
+            assert expect is not None
         result, error = answers.get(timeout=30)
         client.stop_stream()
         client.close()
@@ -498,6 +501,37 @@ def test_a_client_leaving_a_stream_mid_way_leaves_no_errors_in_the_log(committed
     client.close()
     time.sleep(1.0)  # the server notices, cancels and logs
     assert problems() == before, committed_server.output()[-3000:]
+
+
+def test_an_unknown_method_is_unimplemented_counted_and_logged_with_its_path() -> None:
+    """Triton's older package name (nvidia.inferenceserver) or a typo: gRPC's own UNIMPLEMENTED left
+    no trace in the metrics or the log. The label is "unknown" whatever the path, so that clients
+    cannot grow the label set."""
+    import json
+
+    import grpc
+
+    server = Server(COMMITTED_MODELS, warmup="false", access_log="true").wait_ready()
+    try:
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            for path in ("/nvidia.inferenceserver.GRPCInferenceService/ModelInfer",
+                         "/inference.GRPCInferenceService/X"):
+                with pytest.raises(grpc.RpcError) as refused:
+                    channel.unary_unary(path)(b"", metadata=(("x-request-id", "old-1"),), timeout=30)
+                assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+                assert path in refused.value.details()  # type: ignore[attr-defined]
+            with pytest.raises(grpc.RpcError) as streamed:  # a stream of the old package's, too
+                list(channel.stream_stream("/nvidia.inferenceserver.GRPCInferenceService/ModelStreamInfer")(
+                    iter([b""]), timeout=30))
+            assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+        assert metric_value(server.url, "seqserve_grpc_requests_total", method="unknown", code="UNIMPLEMENTED") == 3
+        time.sleep(0.2)
+        lines = [json.loads(line) for line in server.output().splitlines() if '"method":"unknown"' in line]
+    finally:
+        server.stop()
+    assert [e["path"] for e in lines][:2] == ["/nvidia.inferenceserver.GRPCInferenceService/ModelInfer",
+                                              "/inference.GRPCInferenceService/X"]
+    assert lines[0]["request_id"] == "old-1" and lines[0]["status"] == 501
 
 
 def test_a_calls_access_log_line_has_the_http_lines_fields_and_types() -> None:
