@@ -196,11 +196,11 @@ class AnsweredFromThreads:
             then()
 
     # --- supervised threads -----------------------------------------------------------------
-    def _start_thread(self, name: str, turn: Callable[[], bool],
-                      on_fault: Callable[[BaseException], Sequence[Waiting]], index: int | None = None) -> None:
+    def _start_thread(self, name: str, turn: Callable[[], bool], holding: Callable[[], Sequence[Waiting]],
+                      on_fault: Callable[[BaseException], None], index: int | None = None) -> None:
         """Start a thread that calls ``turn`` (True when it got work done) until the engine stops;
-        if ``turn`` raises, ``on_fault`` answers what the thread had taken (and returns it, for the
-        log line) and a new thread with the same ``turn`` replaces this one."""
+        if ``turn`` raises, the fault is logged with what the thread had taken (``holding``), then
+        ``on_fault`` answers that, and a new thread with the same ``turn`` replaces this one."""
 
         def main() -> None:
             # the CPU time of this thread's last turn: its work, not its waits for work (a turn
@@ -226,16 +226,16 @@ class AnsweredFromThreads:
                 if self._faults_in_a_row >= 2 and self._unhealthy_since is None:  # the replacement failed too
                     self._unhealthy_since = time.monotonic()
                     metrics.MODEL_HEALTHY.labels(*self.labels).set(0)
-                held: Sequence[Waiting] = ()
+                held = holding()
+                log.exception("thread %s of model %s failed (%d in a row); answering the %d %s it held with "
+                              "500 (requests %s) and starting a new one", name, self.name, self._faults_in_a_row,
+                              len(held), self.admission.unit, named_ids(t.request_id for t in held))
                 try:
-                    held = on_fault(exc)
+                    on_fault(exc)
                 finally:
-                    log.exception("thread %s of model %s failed (%d in a row); answered the %d %s it held "
-                                  "with 500 (requests %s) and starting a new one", name, self.name,
-                                  self._faults_in_a_row, len(held), self.admission.unit,
-                                  named_ids(t.request_id for t in held))
                     if not self._stop.wait(_BACKOFF_S[min(self._faults_in_a_row, len(_BACKOFF_S)) - 1]):
-                        self._start_thread(name, turn, on_fault, self.threads.index(threading.current_thread()))
+                        self._start_thread(name, turn, holding, on_fault,
+                                           self.threads.index(threading.current_thread()))
 
         thread = threading.Thread(target=main, name=f"seqserve-{self.name}-{name}", daemon=True)
         if index is None:
@@ -301,7 +301,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
         # that many batches at once (best with 1 intra-op thread each on a small CPU)
         for i in range(max(1, self.policy.instances)):
-            self._start_thread(str(i), self._turn, self._fail_held)
+            self._start_thread(str(i), self._turn, self._holding, self._fail_held)
 
     async def close(self) -> None:
         self.accepting = False
@@ -367,12 +367,15 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             self._hand_over(answers)
         return bool(window)
 
-    def _fail_held(self, exc: BaseException) -> list[WorkItem[P, R]]:
-        held: list[WorkItem[P, R]] = getattr(self._held, "items", [])
+    def _holding(self) -> list[WorkItem[P, R]]:
+        """What this worker took and has not answered yet (on the worker's own thread)."""
+        return list(getattr(self._held, "items", []))
+
+    def _fail_held(self, exc: BaseException) -> None:
+        held = self._holding()
         self._held.items = []
         error = self.failure(exc)
         self._hand_over([(item.future, None, error) for item in held])
-        return held
 
     def _run_batch(self, batch: list[WorkItem[P, R]]) -> list[Answer]:
         """Run one batch; the answers for every item in it (dropped ones included)."""

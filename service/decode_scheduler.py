@@ -141,7 +141,7 @@ class DecodeScheduler(AnsweredFromThreads):
     def start(self, give_way: GiveWay | None = None) -> None:
         self._open(give_way)
         for lane in self.lanes:
-            self._start_thread(f"decode-{lane.index}", lane.turn, lane.fail_held)
+            self._start_thread(f"decode-{lane.index}", lane.turn, lane.holding, lane.fail_held)
 
     async def close(self) -> None:
         self.accepting = False
@@ -307,18 +307,20 @@ class _Lane:
         self._flush()
         return stepped
 
-    def fail_held(self, exc: BaseException) -> list[_Request]:
-        """After a fault: the requests being decoded or joining fail (returned); those still waiting stay."""
+    def holding(self) -> list[_Request]:
+        """The requests being decoded or joining, not yet answered (on the lane's own thread)."""
+        answered = {id(request) for request, _, _ in self._answers}
+        return [request for request in [*self._rows.members, *self._joining] if id(request) not in answered]
+
+    def fail_held(self, exc: BaseException) -> None:
+        """After a fault: the requests being decoded or joining fail; those still waiting stay."""
         self.recovering = True
         error = self.scheduler.failure(exc)
-        answered = {id(request) for request, _, _ in self._answers}
-        failed = [request for request in [*self._rows.members, *self._joining] if id(request) not in answered]
-        for request in failed:
+        for request in self.holding():
             self._finish(request, error=error)
         self._joining = []
         self._rows.clear()
         self._flush()
-        return failed
 
     def _loop_once(self, rows: _RowArrays) -> bool:
         joiners = self._joining = self._admit()

@@ -426,6 +426,10 @@ def _wrap(name: str, handler: Handler) -> Handler:
     return call
 
 
+_SERVICE = "/inference.GRPCInferenceService/"
+_METHOD_NAMES = frozenset(n for n in dir(service_pb2_grpc.GRPCInferenceServiceServicer) if n[0].isupper())
+
+
 _METHODS = {"ServerLive": InferenceServicer._server_live, "ServerReady": InferenceServicer._server_ready,
             "ServerMetadata": InferenceServicer._server_metadata, "ModelReady": InferenceServicer._model_ready,
             "ModelMetadata": InferenceServicer._model_metadata, "ModelConfig": InferenceServicer._model_config,
@@ -433,64 +437,67 @@ _METHODS = {"ServerLive": InferenceServicer._server_live, "ServerReady": Inferen
             "RepositoryIndex": InferenceServicer._repository_index,
             "RepositoryModelLoad": InferenceServicer._repository_load,
             "RepositoryModelUnload": InferenceServicer._repository_unload}
-for _name in [n for n in dir(service_pb2_grpc.GRPCInferenceServiceServicer) if n[0].isupper()]:
+for _name in _METHOD_NAMES:
     setattr(InferenceServicer, _name, _wrap(_name, _METHODS.get(_name, InferenceServicer._unimplemented)))
 InferenceServicer.ModelStreamInfer = InferenceServicer.model_stream_infer
+
+
+def _method_of(path: str) -> tuple[str, dict[str, str]]:
+    """A call's metrics label and extra log fields: a method of this service by its name; any other
+    path "unknown" (a client cannot grow the label set), its path in the log line."""
+    name = path[len(_SERVICE):] if path.startswith(_SERVICE) else ""
+    return (name, {}) if name in _METHOD_NAMES else ("unknown", {"path": path[:200]})
+
+
+def _refusal(path: str, code: grpc.StatusCode, message: str, settings: Settings,
+             body: dict[str, Any] | None = None) -> grpc.RpcMethodHandler:
+    """A handler that answers ``code`` at once, counted and logged as any call, with its request id
+    (and ``body``, the HTTP error body) as trailing metadata, whatever the call's arity: a stream of
+    both sides whose messages are never read (a unary handler gets its message read in full first)."""
+    name, more = _method_of(path)
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        request_id = _request_id(context)
+        _record(name, code, 0.0, settings, context, request_id=request_id, **more)
+        body_trailer = () if body is None else (("seqserve-error", json.dumps(body)),)
+        await context.abort(code, message, trailing_metadata=(*body_trailer, (_REQUEST_ID, request_id)))
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 class UnknownMethods(grpc.GenericRpcHandler):
     """A method this server does not have (another service's, such as Triton's older
     ``nvidia.inferenceserver.GRPCInferenceService``, or a typo): UNIMPLEMENTED, as gRPC answers
-    it, but counted (method "unknown": a client cannot grow the label set) and logged with the path
-    it asked for; gRPC's own answer left no trace. Consulted after the service's own handler."""
+    it, but counted (method "unknown") and logged with the path it asked for; gRPC's own answer
+    left no trace. It takes every path, so it must be the last generic handler added."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         path = details.method[:200]
-
-        async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
-            request_id = _request_id(context)
-            _record("unknown", grpc.StatusCode.UNIMPLEMENTED, 0.0, self.settings, context, request_id=request_id,
-                    path=path)
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                f"unknown method {path}: this server serves inference.GRPCInferenceService",
-                                trailing_metadata=((_REQUEST_ID, request_id),))
-
-        # a stream of either side's arity without its messages read: whatever the client's method was
-        return grpc.stream_stream_rpc_method_handler(refuse)
+        return _refusal(path, grpc.StatusCode.UNIMPLEMENTED,
+                        f"unknown method {path}: this server serves inference.GRPCInferenceService", self.settings)
 
 
 class ApiKeyCheck(grpc.aio.ServerInterceptor):
     """SEQSERVE_API_KEYS on gRPC: a call's key is checked on its metadata, before its message is
-    read into a request, as HTTP checks the head before the body. A caller without a key costs no
-    protobuf parse (a ModelInfer message may be 4 x MAX_BODY_BYTES) and is answered
+    read, as HTTP checks the head before the body. A caller without a key costs no read or parse
+    of its message (a ModelInfer message may be 4 x MAX_BODY_BYTES) and is answered
     UNAUTHENTICATED with the error body and its request id as trailing metadata, counted and logged
-    as any call. Only the health methods are exempt, as HTTP's health routes are."""
+    as any call. Only the service's health methods are exempt, as HTTP's health routes are."""
 
     def __init__(self, keys: list[bytes], settings: Settings) -> None:
         self.keys, self.settings = keys, settings
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
-        name = details.method.rpartition("/")[2]
         metadata = {key.lower(): _as_bytes(value) for key, value in details.invocation_metadata or ()}
-        if name in _EXEMPT or key_matches(metadata.get("x-api-key"), metadata.get("authorization"), self.keys):
+        if _method_of(details.method)[0] in _EXEMPT or \
+                key_matches(metadata.get("x-api-key"), metadata.get("authorization"), self.keys):
             return await continuation(details)
-        request_id = request_id_of({key.encode(): value for key, value in metadata.items()
-                                    if key in (_REQUEST_ID, "traceparent") and value is not None})
-
-        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-            _record(name, grpc.StatusCode.UNAUTHENTICATED, 0.0, self.settings, context, request_id=request_id)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED,
-                                trailing_metadata=(("seqserve-error", json.dumps(_UNAUTHORIZED_BODY)),
-                                                   (_REQUEST_ID, request_id)))
-
-        # no deserializer: the message, if it is read at all, stays bytes
-        if name == "ModelStreamInfer":
-            return grpc.stream_stream_rpc_method_handler(refuse)
-        return grpc.unary_unary_rpc_method_handler(refuse)
+        return _refusal(details.method, grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED, self.settings,
+                        _UNAUTHORIZED_BODY)
 
 
 class GrpcServer:
@@ -519,7 +526,7 @@ async def start(state: State, settings: Settings) -> GrpcServer | None:
     server = grpc.aio.server(options=options, interceptors=[ApiKeyCheck(keys, settings)] if keys else None)
     servicer = InferenceServicer(state, settings)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    server.add_generic_rpc_handlers((UnknownMethods(settings),))
+    server.add_generic_rpc_handlers((UnknownMethods(settings),))  # last: it takes any path
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         server.add_insecure_port(f"{host}:{settings.grpc_port}")

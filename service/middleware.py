@@ -202,6 +202,7 @@ class RequestContextMiddleware:
                 f"its drain timeout, {self.drain.timeout_s:g} s, passed"
             error = NotReady(f"the server shut down before this request finished ({why}): retry it")
             if started_response:  # a stream: it ends with its error event, not as if it were finished
+                status_holder["status"] = 503  # counted and logged as what it ended with (its status line said 200)
                 last_event = (scope.get("extensions") or {}).get(LAST_EVENT)
                 await send({"type": "http.response.body", "body": last_event(error) if last_event else b"",
                             "more_body": False})

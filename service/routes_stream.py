@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from service import inference
+from service.access_log import CURRENT_REQUEST_ID
 from service.errors import InferenceFailed, InvalidInput, NotReady
 from service.event_stream import Chunks, EventStreamResponse
 from service.inputs import check_texts, deadline_for, json_body, parse_body, unless_client_leaves
@@ -57,7 +58,8 @@ async def start_stream(request: Request, model: ServedModel, job: TranslationJob
         try:
             return b"".join(map(render, events)), not isinstance(events[-1], Final | Failed)
         except Exception:  # the status line is sent: the client is owed an error event
-            log.exception("rendering a streamed translation failed on model %s", model.name)
+            log.exception("rendering a streamed translation failed on model %s (request %s)", model.name,
+                          CURRENT_REQUEST_ID.get() or "unknown")
             return render(Failed(InferenceFailed(f"inference failed on model {model.name}"))), False
 
     async def chunks() -> Chunks:

@@ -15,10 +15,23 @@ from pydantic import (
     StrictStr,
     model_validator,
 )
+from pydantic_core import PydanticUseDefault
 
 from service.inputs import integral
 
 JsonInt = Annotated[StrictInt, BeforeValidator(integral)]
+
+
+def _null_is_default(value: Any) -> Any:
+    if value is None:
+        raise PydanticUseDefault()
+    return value
+
+
+# null for a field with a default is the field left out, as it is for the nullable ones: a Go struct
+# of pointer fields without ``omitempty`` sends null for each one it leaves unset. Per field, so it
+# runs only where the field is given (a model validator made every parse build a Python dict).
+NullIsDefault = BeforeValidator(_null_is_default)
 
 
 class _OneOrMany(BaseModel):
@@ -60,12 +73,13 @@ class SentimentBatchResponse(BaseModel):
 class TranslateRequest(_OneOrMany):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"text": "A man is riding a bike.", "source": "en", "target": "de", "beam_size": 5}]})
-    source: StrictStr = "en"
-    target: StrictStr = "de"
+    source: Annotated[StrictStr, NullIsDefault] = "en"
+    target: Annotated[StrictStr, NullIsDefault] = "de"
     beam_size: JsonInt | None = Field(None, description="1 = greedy; default from the model card")
     max_length: JsonInt | None = Field(None, description="max target subwords; default 2 x source + 10")
-    return_attention: StrictBool = False
-    stream: StrictBool = Field(False, description="answer as Server-Sent Events (one 'text'; see the README)")
+    return_attention: Annotated[StrictBool, NullIsDefault] = False
+    stream: Annotated[StrictBool, NullIsDefault] = Field(
+        False, description="answer as Server-Sent Events (one 'text'; see the README)")
     num_hypotheses: JsonInt | None = Field(None, description="n-best: also return this many hypotheses "
                                              "(up to the beam size), best first")
     length_penalty: StrictFloat | None = Field(None, description="score = sum(log p) / length ** length_penalty "
@@ -75,17 +89,6 @@ class TranslateRequest(_OneOrMany):
     sampling_temperature: StrictFloat | None = Field(None, description="sampling temperature (> 0, <= 100; default 1)")
     seed: JsonInt | None = Field(None, description="sampling seed, for a repeatable sample")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_the_default(cls, data: Any) -> Any:
-        """null for a field with a default is the field left out, as it is for the nullable ones: a
-        Go struct of pointer fields without ``omitempty`` sends null for each one it leaves unset."""
-        if isinstance(data, dict) and any(data.get(key, False) is None for key in _DEFAULTED):
-            return {key: value for key, value in data.items() if value is not None or key not in _DEFAULTED}
-        return data
-
-
-_DEFAULTED = ("source", "target", "return_attention", "stream")
 
 
 class NBestItem(BaseModel):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from service import metrics
+from service.access_log import CURRENT_REQUEST_ID
 from service.decoding import StepUpdate
 from service.errors import InferenceFailed, ServiceError
 from service.runners.translation import TranslationOutput
@@ -238,7 +239,8 @@ class TranslationStream:
         except ServiceError as error:
             events.append(Failed(error))
         except Exception:
-            log.exception("streamed translation failed on model %s", self.model)
+            log.exception("streamed translation failed on model %s (request %s)", self.model,
+                          CURRENT_REQUEST_ID.get() or "unknown")
             events.append(Failed(InferenceFailed(f"inference failed on model {self.model}")))
         if events and isinstance(events[-1], Failed) and not task.done():
             task.cancel()

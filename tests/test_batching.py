@@ -216,8 +216,8 @@ async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypat
         await batcher.submit("x", 1, time.monotonic() + 10)
     assert time.monotonic() - started < 5
     # the log line names what the thread held, so that an operator finds the requests it failed
-    # (written once the answers are handed over)
-    assert await _becomes(lambda: "answered the 1 texts it held with 500 (requests req-1)" in caplog.text)
+    # (written before they are answered)
+    assert "answering the 1 texts it held with 500 (requests req-1)" in caplog.text
     assert await batcher.submit("again", 1, time.monotonic() + 10) == "AGAIN"  # a new thread serves
     assert batcher.threads[0] is not first_thread and batcher.threads[0].is_alive()
     assert await _becomes(lambda: batcher.healthy)

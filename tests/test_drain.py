@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import tritonclient.grpc as tg
 
 from service.drain import Drain
@@ -169,12 +170,17 @@ def test_a_second_ctrl_c_cuts_grpc_and_the_models_short_too() -> None:
         "UNAVAILABLE" in server.output()
 
 
-async def test_a_stream_cut_off_at_the_deadline_ends_with_its_error_event() -> None:
+async def test_a_stream_cut_off_at_the_deadline_ends_with_its_error_event(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream's status line is sent: cut off, it ended like a finished stream, with neither its
-    result nor an error event, while the log said 503. (A real translation stream here outruns
-    any drain timeout a test can wait for; the stream's source is a stand-in.)"""
+    result nor an error event. It is counted and logged 503, as what it ended with (it was 200,
+    like a finished stream). (A real translation stream here outruns any drain timeout a test can
+    wait for; the stream's source is a stand-in.)"""
+    from service import middleware
     from service.event_stream import EventStreamResponse
     from service.middleware import RequestContextMiddleware
+
+    recorded: list[int] = []
+    monkeypatch.setattr(middleware, "record_request", lambda *args: recorded.append(args[3]))
 
     drain = Drain(0.0)
     drain.start()  # the deadline is now
@@ -207,4 +213,4 @@ async def test_a_stream_cut_off_at_the_deadline_ends_with_its_error_event() -> N
     await task  # answered, not raised
     assert sent[0]["status"] == 200 and sent[-1]["more_body"] is False
     assert sent[-1]["body"].startswith(b"event: error\n") and b'"code": "not_ready"' in sent[-1]["body"]
-    assert stopped and drain.http_cut_off == 1
+    assert stopped and drain.http_cut_off == 1 and recorded == [503]

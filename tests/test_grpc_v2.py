@@ -198,8 +198,21 @@ def test_the_key_is_checked_before_the_message_is_parsed(keyed_server: Server) -
         with pytest.raises(grpc.RpcError) as unparsed:
             call(garbage, metadata=(("x-api-key", "k1"),), timeout=30)
         assert "Error parsing message" in unparsed.value.details()  # type: ignore[attr-defined]
+        # nor read: one over the message limit (4 MiB here) is refused for its key, not for its size
+        with pytest.raises(grpc.RpcError) as big:
+            call(b"\0" * (5 << 20), timeout=30)
+        assert big.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        # a path the server does not have is counted as "unknown", with or without a key: a caller
+        # cannot grow the label set (nor pass for a health method under another service's name)
+        for path in ("/x.Y/Random1", "/x.Y/ServerLive", "/nvidia.inferenceserver.GRPCInferenceService/ModelInfer"):
+            with pytest.raises(grpc.RpcError) as unknown:
+                channel.unary_unary(path)(b"", timeout=30)
+            assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
     assert metric_value(keyed_server.url, "seqserve_grpc_requests_total", method="ModelInfer",
-                        code="UNAUTHENTICATED") >= 1
+                        code="UNAUTHENTICATED") >= 2
+    assert metric_value(keyed_server.url, "seqserve_grpc_requests_total", method="unknown",
+                        code="UNAUTHENTICATED") == 3
+    assert metric_value(keyed_server.url, "seqserve_grpc_requests_total", method="Random1") == 0
 
 
 def test_grpc_port_zero_turns_it_off() -> None:

@@ -91,7 +91,10 @@ def test_a_delta_event_is_formatted_as_sse_formats_it(token: str, text: str) -> 
 
 
 async def test_a_fault_after_the_first_event_ends_the_stream_with_a_failed_event(
-        target: SubwordTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+        target: SubwordTokenizer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from service.access_log import CURRENT_REQUEST_ID
+
+    CURRENT_REQUEST_ID.set("stream-3")  # as the middleware sets it for each request's task
     stream = TranslationStream("m", "1", 1, target, None, 7)
     run: asyncio.Future[TranslationOutput] = asyncio.get_running_loop().create_future()  # decoding, never done
     stream.start(run)
@@ -103,6 +106,7 @@ async def test_a_fault_after_the_first_event_ends_the_stream_with_a_failed_event
     stream.push(StepUpdate(2, ids[:2]))
     last = (await anext(batches))[-1]
     assert isinstance(last, Failed) and last.error.body()["code"] == "inference_failed"
+    assert "streamed translation failed on model m (request stream-3)" in caplog.text  # the line names it
     await asyncio.sleep(0)
     assert run.cancelled()  # the decoding is stopped, not left running for nobody
     with pytest.raises(StopAsyncIteration):
