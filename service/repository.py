@@ -17,17 +17,22 @@ them, so load and unload are refused (409) rather than applied to one worker in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
 
 from service.errors import InvalidInput, ModelControlRefused, ModelLoadFailed, ModelNotFound
+from service.memory import return_freed_memory
 from service.onnx_session import ModelLoadError
 from service.registry import ModelRegistry, ServedModel, load_model
 from service.settings import Settings
 from service.version_policy import served_cards, version_cards
 
 log = logging.getLogger("seqserve.repository")
+# after a version's unload, when its memory is given back to the system (service/memory.py): by
+# then the last references to it (its caller's, its requests') are gone and its sessions freed
+RETURN_MEMORY_AFTER_S = 1.0
 
 
 def check_load_parameters(parameters: Any) -> None:
@@ -139,6 +144,7 @@ class ModelControl:
         task = asyncio.create_task(self._drain_and_close(model))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        task.add_done_callback(_return_freed_memory_soon)
         await asyncio.shield(task)
 
     async def _drain_and_close(self, model: ServedModel) -> None:
@@ -154,3 +160,13 @@ class ModelControl:
         """At shutdown: the unloads whose callers left are finished too."""
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def _return_freed_memory_soon(_: object) -> None:
+    loop = asyncio.get_running_loop()
+
+    def in_a_thread() -> None:
+        with contextlib.suppress(RuntimeError):  # the server is shutting down: its executor is gone
+            loop.run_in_executor(None, return_freed_memory)
+
+    loop.call_later(RETURN_MEMORY_AFTER_S, in_a_thread)

@@ -99,3 +99,12 @@ def test_the_grpc_user_calls_both_models_over_the_open_inference_protocol(commit
         assert int(rows[name]["Request Count"]) > 0 and rows[name]["Failure Count"] == "0", rows.get(name)
         assert rows[name]["Type"] == "grpc"
 
+
+
+def test_reload_memory_rolls_versions_and_prints_the_growth_per_cycle(capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtests import reload_memory
+
+    reload_memory.main(["--cycles", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("start: ") and lines[1].startswith("cycle 1: ") and lines[2].startswith("cycle 2: ")
+    assert lines[-1].startswith("2 cycles: ") and lines[-1].endswith("MiB per cycle")

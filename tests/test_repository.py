@@ -215,6 +215,38 @@ def test_an_unload_whose_caller_leaves_mid_drain_still_closes_the_version() -> N
     asyncio.run(scenario())
 
 
+def test_an_unloaded_versions_memory_is_given_back_once_it_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its engine, batcher and runner refer to one another: only a full collection frees them, and
+    glibc kept the freed memory (a soak: +5.6 MB resident per load/unload cycle, for good). Both
+    are done once the unload is over (tests/test_memory.py: what the call does)."""
+    from types import SimpleNamespace
+
+    from service import repository
+
+    returned: list[bool] = []
+    monkeypatch.setattr(repository, "RETURN_MEMORY_AFTER_S", 0.01)
+    monkeypatch.setattr(repository, "return_freed_memory", lambda: returned.append(True) or True)
+
+    class Engine:
+        async def drain(self, timeout_s: float) -> bool:
+            return True
+
+        async def close(self) -> None:
+            pass
+
+    served = [SimpleNamespace(name="m", version="1", engine=Engine())]
+    registry = SimpleNamespace(versions=lambda name: list(served), remove=served.remove)
+    control = ModelControl(registry, Settings(model_control=True, warmup=False))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await control.unload("m")
+        assert not returned  # not before its caller's references are gone
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert returned == [True]
+
+
 def test_a_version_loaded_later_gives_way_to_the_event_loop_as_the_first_ones(
         repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
