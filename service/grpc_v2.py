@@ -34,7 +34,7 @@ from service.inputs import deadline_after
 from service.repository import check_load_parameters
 from service.settings import Settings
 from service.v2_binary import decode_tensor, encode_tensor
-from service.v2_infer import InferResult, InputTensor, infer, param_timeout_s, requested_outputs
+from service.v2_infer import InferResult, InputTensor, infer, param_timeout_s, requested_outputs, served
 from service.v2_stream import infer_stream, wants_stream
 
 log = logging.getLogger("seqserve.grpc")
@@ -177,6 +177,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             until = deadline_after(self.settings, (param_timeout_s(params), "parameters.timeout"))
             return until if remaining is None else min(until, time.monotonic() + max(remaining, 0.0))
 
+        served(self.state.registry, self._ready, request.model_name, request.model_version or None)
         if request.ByteSize() > self.settings.max_body_bytes:  # as HTTP's 413 (the transport takes more)
             raise PayloadTooLarge(f"request message over {self.settings.max_body_bytes} bytes", field="body",
                                   limit=self.settings.max_body_bytes)

@@ -24,7 +24,7 @@ from service.json_response import JSONResponse, dumps
 from service.registry import ModelRegistry
 from service.schemas import JsonInt
 from service.v2_binary import HEADER_LENGTH, Datatype, decode_tensor, encode_tensor, split_body, take_binary
-from service.v2_infer import Guard, InferResult, InputTensor, infer, param_timeout_s, requested_outputs
+from service.v2_infer import Guard, InferResult, InputTensor, infer, param_timeout_s, requested_outputs, served
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -162,8 +162,9 @@ def _render(result: InferResult, body: InferRequest) -> Response:
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    body, inputs = await _read(request)
     state = request.app.state
+    served(state.registry, bool(getattr(state, "ready", False)), name, version)  # 404 before the body's mistakes
+    body, inputs = await _read(request)
     settings = state.settings
 
     def deadline(params: dict[str, Any]) -> float:

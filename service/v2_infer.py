@@ -149,14 +149,21 @@ async def _passthrough(work: Awaitable[list[TranslationOutput]]) -> list[Transla
     return await work
 
 
+def served(registry: ModelRegistry, ready: bool, name: str, version: str | None) -> ServedModel:
+    """The version a request names: 503 while the server is not ready, 404 for one not served.
+    Adapters ask before they read the inputs, as Triton answers an unknown model before its
+    inputs' mistakes (a client learns first that it called the wrong model)."""
+    if not ready:
+        raise NotReady("server is not ready")
+    return registry.get(name, version)
+
+
 async def infer(registry: ModelRegistry, settings: Settings, ready: bool, name: str, version: str | None,
                 inputs: list[InputTensor], requested: list[str] | None, params: dict[str, Any],
                 deadline: Callable[[dict[str, Any]], float], guard: Guard = _passthrough) -> InferResult:
     """Run one request. ``deadline`` turns the request parameters into the absolute deadline (each
     transport adds its own timeout); ``guard`` wraps decoding (HTTP drops a client that leaves)."""
-    if not ready:
-        raise NotReady("server is not ready")
-    model = registry.get(name, version)
+    model = served(registry, ready, name, version)
     started = time.perf_counter()
     ok = False
     try:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from service import inference, v2_stats
-from service.errors import InvalidInput, NotReady
+from service.errors import InvalidInput
 from service.inputs import check_texts
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -31,6 +31,7 @@ from service.v2_infer import (
     in_parameters,
     param_int,
     search_options,
+    served,
     texts_from,
 )
 
@@ -50,9 +51,7 @@ async def infer_stream(registry: ModelRegistry, settings: Settings, ready: bool,
                        deadline: Callable[[dict[str, Any]], float]) -> AsyncIterator[InferResult]:
     """The responses for one streamed request, as they come. Raises ServiceError, before the first
     response for a request refused (bad input, queue full), or later for a failure."""
-    if not ready:
-        raise NotReady("server is not ready")
-    model = registry.get(name, version)
+    model = served(registry, ready, name, version)
     runner = inference.translator(model)  # 422 for a model that does not generate text
     started, ok = time.perf_counter(), False
     try:

@@ -105,6 +105,9 @@ def test_null_for_a_field_with_a_default_is_the_default(committed_server: Server
     ("/v1/translate", {"text": " ".join(["word"] * 400)}, 422, "text"),
     ("/v2/models/nope/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]},
      404, "model"),
+    # the wrong model is said before the body's mistakes, as Triton says it
+    ("/v2/models/nope/infer", {"inputs": []}, 404, "model"),
+    ("/v2/models/sentiment/versions/9/infer", {"inputs": [{"name": "text"}]}, 404, "model"),
     ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["x"]}]},
      422, "inputs.text.data"),
     ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]},

@@ -98,6 +98,7 @@ def test_asyncio_client(committed_server: Server) -> None:
 
 @pytest.mark.parametrize(("model", "texts", "datatype", "shape", "code", "words"), [
     ("nope", TEXTS, "BYTES", None, "StatusCode.NOT_FOUND", "unknown model nope"),
+    ("nope", TEXTS, "FP32", None, "StatusCode.NOT_FOUND", "unknown model nope"),  # before the inputs' mistakes
     ("sentiment", TEXTS, "FP32", None, "StatusCode.INVALID_ARGUMENT", "datatype BYTES"),
     ("sentiment", TEXTS, "BYTES", [1, 2], "StatusCode.INVALID_ARGUMENT", "shape [N] or [N, 1]"),
     ("sentiment", ["ok", "  "], "BYTES", None, "StatusCode.INVALID_ARGUMENT", "inputs.text.data[1] is empty"),
