@@ -143,7 +143,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                        routes=[*(r for r in app.router.routes if hasattr(r, "path")),
                                *(r for router in routers for r in router.routes)])
     if settings.cors_origins:
-        app.add_middleware(JsonCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(JsonCORSMiddleware, log_requests=settings.access_log,
+                           allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
                                           "X-Request-Timeout", "Inference-Header-Content-Length"],
                            expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"])

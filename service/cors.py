@@ -4,15 +4,25 @@ Starlette's middleware answers a preflight it refuses (an origin, method or head
 with a plain-text 400, "Disallowed CORS origin, method". A browser reads only the status, but
 whoever debugs the deployment with curl reads the body: here it is the API's JSON error, naming
 the request header at fault and what is allowed.
+
+A preflight is answered here, outside the request layers (it needs no key: service/middleware.py
+runs inside this one), so it gets its request id and its access-log line and metrics here, with
+the same functions, as route "cors_preflight".
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.access_log import record_request, request_id_of
 from service.errors import ServiceError
+from service.http_protocol import arrived_at
 from service.json_response import JSONResponse
 
 _REFUSED = "Disallowed CORS "  # how Starlette's refusal begins, followed by what it refused
@@ -22,7 +32,42 @@ class PreflightRefused(ServiceError):
     status, code = 400, "cors_preflight_refused"
 
 
+PREFLIGHT_ROUTE = "cors_preflight"  # the route label of a preflight (a bounded set, as the other labels)
+
+
 class JsonCORSMiddleware(CORSMiddleware):
+    def __init__(self, app: ASGIApp, allow_origins: Sequence[str] = (), allow_methods: Sequence[str] = ("GET",),
+                 allow_headers: Sequence[str] = (), expose_headers: Sequence[str] = (),
+                 log_requests: bool = True) -> None:
+        super().__init__(app, allow_origins=allow_origins, allow_methods=allow_methods, allow_headers=allow_headers,
+                         expose_headers=expose_headers)
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            await super().__call__(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if b"origin" not in headers or b"access-control-request-method" not in headers:  # not a preflight
+            await super().__call__(scope, receive, send)
+            return
+        started = arrived_at(scope) or time.perf_counter()
+        request_id = request_id_of(headers)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_with_id)
+        finally:
+            record_request("OPTIONS", scope["path"], PREFLIGHT_ROUTE, status, time.perf_counter() - started,
+                           request_id, self.log_requests)
+
     def preflight_response(self, request_headers: Headers) -> Response:
         answer = super().preflight_response(request_headers)
         text = bytes(answer.body).decode()

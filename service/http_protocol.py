@@ -58,16 +58,17 @@ _CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"  # as uvicorn writes it for a b
 
 
 def json_answer(status: bytes, body: bytes, default_headers: Sequence[tuple[bytes, bytes]],
-                *headers: tuple[bytes, bytes]) -> bytes:
+                *headers: tuple[bytes, bytes], to_head: bool = False) -> bytes:
     """A whole HTTP/1.1 response with a JSON body, for the answers the protocol writes itself
     before any request cycle exists (refusals on arrival, a refused head): ``status`` as "503
-    Service Unavailable", the server's default headers, then ``headers``. A request refused once
+    Service Unavailable", the server's default headers, then ``headers``; without the body for a
+    HEAD request (``to_head``, RFC 9110 9.3.2), its length still said. A request refused once
     its head is whole gets a cycle of its own instead (``_refusing``), answered in its turn."""
     head = [b"HTTP/1.1 ", status, b"\r\n"]
     for name, value in (*default_headers, (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()), *headers):
         head += [name, b": ", value, b"\r\n"]
-    return b"".join([*head, b"\r\n", body])
+    return b"".join([*head, b"\r\n", b"" if to_head else body])
 
 
 def _refusing(status: int, error: dict[str, Any], log_requests: bool) -> ASGIApp:
@@ -95,16 +96,15 @@ _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0
 
 
 def _origin_form(url: bytes) -> bytes:
-    """A request target in absolute-form ("http://host/path?query") or "*", as uvicorn's parse
-    needs it: a path where the URL has none is "/" (RFC 9112 3.3). A target uvicorn cannot parse
-    is left for its parse to refuse (400)."""
+    """A request target in absolute-form ("http://host/path?query") or "*" in origin-form, as
+    the routes and the refusal on arrival read it (RFC 9112 3.3): its path ("/" where it has
+    none) and query. An absolute-form target passed the refusal on arrival. A target uvicorn
+    cannot parse is left for its parse to refuse (400)."""
     try:
         parsed = httptools.parse_url(url)
     except httptools.HttpParserInvalidURLError:
         return url
-    if parsed.path is not None:
-        return url
-    return b"/" + (b"?" + parsed.query if parsed.query else b"")
+    return (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
 
 
 def arrived_at(scope: Mapping[str, Any]) -> float | None:
@@ -112,6 +112,11 @@ def arrived_at(scope: Mapping[str, Any]) -> float | None:
     (another server, a test client)."""
     arrival = scope.get("extensions", {}).get(ARRIVAL)
     return arrival["at"] if arrival else None
+
+
+def _only_line_breaks(data: bytes) -> bool:
+    """Bytes the parser skips before a request (RFC 9112 2.2): no request begins with them."""
+    return data[:1] in (b"\r", b"\n") and not data.strip(b"\r\n")
 
 
 class _Answered:
@@ -250,7 +255,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         # a health check skips the line: probes must not wait behind a burst (they read a flag)
         if starts and not data.startswith(_HEALTH) and not self._budget.admit(self):  # type: ignore[union-attr]
             # a request past this pass's share: held, the wait for its turn counted
-            self._unset_keepalive_if_required()
+            if not _only_line_breaks(data):
+                self._unset_keepalive_if_required()
             self._waits, self._held, self._read_at = True, data, read_at
             self.flow.pause_reading()
             return
@@ -264,8 +270,9 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self._big_read = len(data) > MAX_HEAD_BYTES  # a head over the limit may have come whole in it
         # uvicorn's data_received, but for an upgrade this server declines, and without its warning
         # line per bad request (each is answered in the API's vocabulary and in the access log: a
-        # client must not be able to fill the log at WARNING level)
-        self._unset_keepalive_if_required()
+        # client must not be able to fill the log at WARNING level). The keep-alive timer stops when
+        # a request begins (on_message_begin), not on every read: the line breaks a parser skips
+        # before a request (RFC 9112 2.2) held an idle connection open for ever, one CRLF at a time
         pending: list[bytes | memoryview] = [data]
         while pending:  # a loop, not recursion: a read may hold a thousand pipelined upgrades
             chunk = pending.pop(0)
@@ -309,23 +316,29 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         answered before its body was read (a 413, a 415, a refusal) needs the rest of it no more:
         the connection closes (a client trickling bytes held it open for ever)."""
         self._body_timer = None
-        if cycle.response_complete:
+        if cycle is _Answered:  # refused on arrival, its 503 due once its body is in: the deadline says it
+            self._refusal = None
+            self._answer_and_close(408, "Request Timeout", {
+                "error": f"the request's body did not arrive within {self._head_timeout_s:g} s of its first bytes",
+                "code": "request_timeout", "field": "body", "limit": self._head_timeout_s})
+        elif cycle.response_complete:
             self.transport.close()
         else:
             cycle.scope.setdefault("extensions", {})[LATE] = self._head_timeout_s
             cycle.message_event.set()
 
     def _refuse_head(self, status: int, reason: str, error: str, limit: float) -> None:
-        """Answer ``status`` in the API's error vocabulary (unless a response is being written on
-        the connection) and close it."""
+        """Answer ``status`` in the API's error vocabulary and close the connection; after the
+        answers to the requests before it (they were closed without them)."""
         self._head_timer = None
         if self._closed():
             return
+        answer = {"error": error, "code": "request_head_refused", "field": "headers", "limit": limit}
         if self.cycle is None or self.cycle.response_complete:
-            self._answer_and_close(status, reason,
-                                   {"error": error, "code": "request_head_refused", "field": "headers", "limit": limit})
-        else:
-            self.transport.close()
+            self._answer_and_close(status, reason, answer)
+        else:  # behind a request being answered (pipelined): after it, nothing more read
+            self._declined = "refused"
+            self._malformed_after = (status, reason, answer)
 
     def _answer_and_close(self, status: int, reason: str, error: dict[str, Any]) -> None:
         """Answer the request being parsed, which never reached the app, and close the connection;
@@ -333,12 +346,13 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if self._closed():
             return
         request_id = request_id_of(dict(self.headers) if self._in_message else {})
-        self.transport.write(json_answer(f"{status} {reason}".encode(), dumps(error), self.server_state.default_headers,
-                                         (b"x-request-id", request_id.encode()), (b"connection", b"close")))
-        self._close()
         method = path = None
         if self._in_message and self.url:  # the parser got as far as the request's target
             method, path = self.parser.get_method().decode("latin-1"), self.url.decode("latin-1").partition("?")[0]
+        self.transport.write(json_answer(f"{status} {reason}".encode(), dumps(error), self.server_state.default_headers,
+                                         (b"x-request-id", request_id.encode()), (b"connection", b"close"),
+                                         to_head=method == "HEAD"))
+        self._close()
         started = self.arrived if self._in_message else self._read_at
         record_request(method, path, PROTOCOL_ROUTE, status, time.perf_counter() - started, request_id,
                        self._log_requests)
@@ -369,6 +383,12 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self._refusal = None  # a refused request's body broke off: answered here instead
         self._cancel_timers()
         cycle = self.cycle
+        if cycle is not None and cycle is not _Answered and cycle.response_complete and self._in_message \
+                and not self._in_head:
+            # the body of a request answered before it was read (a 401, 413, 415): its client has its
+            # one answer, and a second would be read as the answer to its next request
+            self._close()
+            return
         if cycle is None or cycle.response_complete:
             self._answer_and_close(status, reason, answer)
             return

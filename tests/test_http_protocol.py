@@ -873,3 +873,90 @@ async def test_a_connection_that_never_sends_a_request_closes_by_the_request_dea
     _protocol(app, idle, timeout_keep_alive=75)
     await _until(lambda: idle.closed)
     assert idle.closed and idle.written == b""
+
+
+async def test_line_breaks_alone_do_not_hold_an_idle_connection_open() -> None:
+    """The parser skips CRLFs before a request (RFC 9112 2.2), so no request began and the idle
+    timer was never armed again: one CRLF now and then held a connection open for ever (a fuzzer's
+    finding). The timer runs through them; a request that follows still stops it."""
+    idle = _Transport()
+    protocol = _protocol(_recording([]), idle, timeout_keep_alive=0.1)
+    for _ in range(3):
+        protocol.data_received(b"\r\n")
+        await asyncio.sleep(0.03)
+    await _until(lambda: idle.closed)
+    assert idle.closed and idle.written == b""
+    ran: list[str] = []
+    served = _Transport()
+    protocol = _protocol(_recording(ran), served, timeout_keep_alive=0.1)
+    protocol.data_received(b"\r\n")
+    protocol.data_received(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+    await _until(lambda: b"HTTP/1.1 200" in served.written)
+    assert ran == ["/after"]
+
+
+async def test_a_head_too_big_behind_a_request_in_flight_is_refused_after_its_answer() -> None:
+    """The connection closed at once, and the answer to the request before it was lost (the access
+    log said 200): it is answered first, then the 431."""
+    from service.http_protocol import MAX_HEAD_BYTES
+
+    ran: list[str] = []
+    transport = _Transport()
+    protocol = _protocol(_app(None, ran, seconds=0.1), transport)
+    protocol.data_received(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n")
+    for _ in range(MAX_HEAD_BYTES // 4096 + 1):
+        protocol.data_received(b"X-Big: " + b"x" * 4089 + b"\r\n")
+    await _until(lambda: transport.closed)
+    await _until(lambda: transport.closed and b"HTTP/1.1 431" in transport.written)
+    first, _, rest = transport.written.partition(b"HTTP/1.1 431 ")
+    assert first.startswith(b"HTTP/1.1 204 ") and rest and transport.closed and ran == ["/first"]
+
+
+async def test_a_body_that_breaks_after_its_request_was_answered_gets_no_second_answer() -> None:
+    """A request refused on its head (401, 415) is answered before its body is read; a chunked body
+    that then broke the framing got a 400 too, which the client read as its next request's answer."""
+    async def refuse(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 415, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    refuse.state = _recording([]).state  # type: ignore[attr-defined]
+    transport = _Transport()
+    protocol = _protocol(refuse, transport)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await _until(lambda: b"HTTP/1.1 415" in transport.written)
+    protocol.data_received(b"zz\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0.05)
+    assert transport.written.count(b"HTTP/1.1 ") == 1 and b"HTTP/1.1 400" not in transport.written
+
+
+async def test_a_refusal_the_protocol_writes_to_a_head_request_has_no_body() -> None:
+    """RFC 9110 9.3.2: no content in an answer to HEAD; the protocol's own answers (400, 408, 431)
+    carried their JSON, where the app's answers to HEAD did not."""
+    transport = _Transport()
+    protocol = _protocol(_recording([]), transport)
+    protocol.data_received(b"HEAD /v2/health/ready HTTP/1.1\r\nHost: x\r\nContent-Length: 1.0\r\n\r\n")
+    await _until(lambda: transport.closed)
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-length: " in head and body == b""
+
+
+async def test_an_absolute_form_target_is_refused_on_arrival_as_its_path_is() -> None:
+    door, admission = _door_and_admission()
+    transport = _Transport()
+    protocol = _protocol(_app(door, []), transport)
+    admission.waiting = 1  # full
+    protocol.data_received(_post().replace(b"POST /v1/translate", b"POST http://a/v1/translate"))
+    assert transport.written.startswith(b"HTTP/1.1 503 ")
+
+
+async def test_a_body_that_stops_arriving_after_a_refusal_on_arrival_gets_408() -> None:
+    """Its 503 is due once its body is in; when the body stops, the connection was closed without a
+    word or a log line at the deadline."""
+    door, admission = _door_and_admission()
+    transport = _Transport()
+    protocol = _protocol(_app(door, []), transport)
+    protocol._head_timeout_s = 0.05
+    admission.waiting = 1  # full
+    protocol.data_received(_post(b'{"text": "a"}')[:-4])  # the body's last bytes never come
+    await _until(lambda: transport.closed)
+    assert transport.written.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in transport.written

@@ -174,6 +174,14 @@ def test_a_browser_preflight_is_answered_before_the_key_check(keyed_cors_server:
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == ORIGIN
     assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
+    # answered outside the request layers, yet with its id and counted (a fuzzer found neither)
+    refused = httpx.options(f"{keyed_cors_server.url}/v1/translate",
+                            headers={"Origin": "http://other.example", "Access-Control-Request-Method": "POST",
+                                     "X-Request-ID": "pre-2"})
+    assert refused.status_code == 400 and refused.headers["x-request-id"] == "pre-2" and r.headers["x-request-id"]
+    for status in ("200", "400"):
+        assert metric_value(keyed_cors_server.url, "seqserve_requests_total", route="cors_preflight",
+                            status=status) >= 1
 
 
 @pytest.mark.parametrize(("headers", "content", "status"), [
