@@ -270,9 +270,11 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         self._big_read = len(data) > MAX_HEAD_BYTES  # a head over the limit may have come whole in it
         # uvicorn's data_received, but for an upgrade this server declines, and without its warning
         # line per bad request (each is answered in the API's vocabulary and in the access log: a
-        # client must not be able to fill the log at WARNING level). The keep-alive timer stops when
-        # a request begins (on_message_begin), not on every read: the line breaks a parser skips
-        # before a request (RFC 9112 2.2) held an idle connection open for ever, one CRLF at a time
+        # client must not be able to fill the log at WARNING level). The keep-alive timer stops for
+        # a read of a request, not for the line breaks a parser skips before one (RFC 9112 2.2):
+        # they held an idle connection open for ever, one CRLF at a time
+        if self._in_message or not _only_line_breaks(data):
+            self._unset_keepalive_if_required()
         pending: list[bytes | memoryview] = [data]
         while pending:  # a loop, not recursion: a read may hold a thousand pipelined upgrades
             chunk = pending.pop(0)
