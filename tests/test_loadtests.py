@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from loadtests.steady import Window, is_steady, percentile, summarise
 from tests.conftest import ROOT, Server
 
