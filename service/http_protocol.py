@@ -508,11 +508,15 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                 hosts.append(value)
             elif name == b"transfer-encoding":
                 codings += b"," + value
-        http10 = self.parser.get_http_version() == "1.0"
+        version = self.parser.get_http_version()
+        http10 = version == "1.0"
         if http10:
             self.expect_100_continue = False  # RFC 9110 10.1.1: ignored from 1.0, which no 1xx may reach
         problem: tuple[int, dict[str, Any]] | None = None
-        if (self._big_read or self._head_bytes) \
+        if version not in ("1.0", "1.1"):  # RFC 9110 15.6.6 (the parser takes 0.9 and 2.0 lines as 1.x)
+            problem = 505, {"error": f"HTTP/{version} is not supported: send HTTP/1.1 (or HTTP/1.0)",
+                            "code": "http_version_not_supported", "field": "version", "limit": ["1.0", "1.1"]}
+        elif (self._big_read or self._head_bytes) \
                 and len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > MAX_HEAD_BYTES:
             # it came in one big read, or its last read completed it (_parse measures it only while
             # it is incomplete)

@@ -730,6 +730,9 @@ def test_a_servers_answers_to_broken_http_are_json_and_counted(committed_server:
     (b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"400", b"malformed_request"),
     (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414", b"malformed_request"),  # RFC 9112 3
     (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 70_000 + b"\r\n\r\n", b"431", b"request_head_refused"),
+    # RFC 9110 15.6.6: the parser reads these lines, and they were answered as HTTP/1.1 (nginx: 505)
+    (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", b"505", b"http_version_not_supported"),
+    (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", b"505", b"http_version_not_supported"),
 ])
 async def test_a_head_that_breaks_a_rule_left_to_the_server_is_refused_before_the_app(
         head: bytes, status: bytes, code: bytes) -> None:
