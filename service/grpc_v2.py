@@ -177,13 +177,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             until = deadline_after(self.settings, (param_timeout_s(params), "parameters.timeout"))
             return until if remaining is None else min(until, time.monotonic() + max(remaining, 0.0))
 
-        served(self.state.registry, self._ready, request.model_name, request.model_version or None)
+        model = served(self.state.registry, self._ready, request.model_name, request.model_version or None)
         if request.ByteSize() > self.settings.max_body_bytes:  # as HTTP's 413 (the transport takes more)
             raise PayloadTooLarge(f"request message over {self.settings.max_body_bytes} bytes", field="body",
                                   limit=self.settings.max_body_bytes)
         requested = requested_outputs([(o.name, o.parameters) for o in request.outputs])
-        return (self.state.registry, self.settings, self._ready, request.model_name, request.model_version or None,
-                _inputs(request), requested, params, deadline)
+        return self.settings, model, _inputs(request), requested, params, deadline
 
     async def _results(self, request: Any, params: dict[str, Any], remaining: float | None
                        ) -> AsyncIterator[InferResult]:

@@ -163,7 +163,8 @@ def _render(result: InferResult, body: InferRequest) -> Response:
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     state = request.app.state
-    served(state.registry, bool(getattr(state, "ready", False)), name, version)  # 404 before the body's mistakes
+    # 404 before the body's mistakes
+    model = served(state.registry, bool(getattr(state, "ready", False)), name, version)
     body, inputs = await _read(request)
     settings = state.settings
 
@@ -171,10 +172,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         return deadline_for(request, settings, param_timeout_s(params))
 
     guard: Guard = lambda work: unless_client_leaves(request, work)  # noqa: E731
-    result = await infer(state.registry, settings, bool(getattr(state, "ready", False)), name, version, inputs,
+    result = await infer(settings, model, inputs,
                          requested_outputs([(o.name, o.parameters or {}) for o in body.outputs or []]),
-                         body.parameters or {},
-                         deadline, guard)
+                         body.parameters or {}, deadline, guard)
     return _render(result, body)
 
 

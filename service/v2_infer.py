@@ -151,30 +151,30 @@ async def _passthrough(work: Awaitable[list[TranslationOutput]]) -> list[Transla
 
 def served(registry: ModelRegistry, ready: bool, name: str, version: str | None) -> ServedModel:
     """The version a request names: 503 while the server is not ready, 404 for one not served.
-    Adapters ask before they read the inputs, as Triton answers an unknown model before its
-    inputs' mistakes (a client learns first that it called the wrong model)."""
+    Adapters ask first, before they read the inputs, as Triton answers an unknown model before its
+    inputs' mistakes (a client learns first that it called the wrong model), and pass it on."""
     if not ready:
         raise NotReady("server is not ready")
     return registry.get(name, version)
 
 
-async def infer(registry: ModelRegistry, settings: Settings, ready: bool, name: str, version: str | None,
-                inputs: list[InputTensor], requested: list[str] | None, params: dict[str, Any],
-                deadline: Callable[[dict[str, Any]], float], guard: Guard = _passthrough) -> InferResult:
-    """Run one request. ``deadline`` turns the request parameters into the absolute deadline (each
-    transport adds its own timeout); ``guard`` wraps decoding (HTTP drops a client that leaves)."""
-    model = served(registry, ready, name, version)
+async def infer(settings: Settings, model: ServedModel, inputs: list[InputTensor], requested: list[str] | None,
+                params: dict[str, Any], deadline: Callable[[dict[str, Any]], float],
+                guard: Guard = _passthrough) -> InferResult:
+    """Run one request on ``model`` (``served``). ``deadline`` turns the request parameters into the
+    absolute deadline (each transport adds its own timeout); ``guard`` wraps decoding (HTTP drops a
+    client that leaves)."""
     started = time.perf_counter()
     ok = False
     try:
-        result = await _run(registry, settings, model, inputs, requested, params, deadline, guard)
+        result = await _run(settings, model, inputs, requested, params, deadline, guard)
         ok = True
         return result
     finally:
         v2_stats.record(model.name, model.version, ok, time.perf_counter() - started)
 
 
-async def _run(registry: ModelRegistry, settings: Settings, model: ServedModel, inputs: list[InputTensor],
+async def _run(settings: Settings, model: ServedModel, inputs: list[InputTensor],
                requested: list[str] | None, params: dict[str, Any], deadline: Callable[[dict[str, Any]], float],
                guard: Guard) -> InferResult:
     wanted = check_outputs(model, requested)

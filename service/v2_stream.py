@@ -19,7 +19,7 @@ from typing import Any
 from service import inference, v2_stats
 from service.errors import InvalidInput
 from service.inputs import check_texts
-from service.registry import ModelRegistry
+from service.registry import ServedModel
 from service.settings import Settings
 from service.streaming import Failed, Final, TextPieces
 from service.v2_infer import (
@@ -31,7 +31,6 @@ from service.v2_infer import (
     in_parameters,
     param_int,
     search_options,
-    served,
     texts_from,
 )
 
@@ -46,12 +45,11 @@ def wants_stream(params: dict[str, Any]) -> bool:
     return value
 
 
-async def infer_stream(registry: ModelRegistry, settings: Settings, ready: bool, name: str, version: str | None,
-                       inputs: list[InputTensor], requested: list[str] | None, params: dict[str, Any],
+async def infer_stream(settings: Settings, model: ServedModel, inputs: list[InputTensor],
+                       requested: list[str] | None, params: dict[str, Any],
                        deadline: Callable[[dict[str, Any]], float]) -> AsyncIterator[InferResult]:
     """The responses for one streamed request, as they come. Raises ServiceError, before the first
     response for a request refused (bad input, queue full), or later for a failure."""
-    model = served(registry, ready, name, version)
     runner = inference.translator(model)  # 422 for a model that does not generate text
     started, ok = time.perf_counter(), False
     try:

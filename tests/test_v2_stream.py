@@ -13,7 +13,7 @@ import pytest
 from service.errors import InvalidInput
 from service.registry import ModelRegistry
 from service.settings import Settings
-from service.v2_infer import InputTensor
+from service.v2_infer import InputTensor, served
 from service.v2_stream import infer_stream, wants_stream
 from tests.conftest import COMMITTED_MODELS
 
@@ -44,7 +44,7 @@ def test_what_cannot_be_streamed_is_refused_before_any_work(registry: ModelRegis
     tensor = InputTensor("text", "BYTES", [len(texts), 1], texts)
 
     async def first() -> Any:
-        stream = infer_stream(registry, SETTINGS, True, "translate-en-de", None, [tensor], outputs, params,
+        stream = infer_stream(SETTINGS, served(registry, True, "translate-en-de", None), [tensor], outputs, params,
                               lambda _: time.monotonic() + 10)
         return await anext(stream)
 
