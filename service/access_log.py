@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any, TextIO
 
@@ -103,6 +103,23 @@ def named_ids(ids: Iterable[str]) -> str:
     unique = [i for i in dict.fromkeys(ids) if i]
     more = f" and {len(unique) - _NAMED_IDS} more" if len(unique) > _NAMED_IDS else ""
     return (", ".join(unique[:_NAMED_IDS]) or "none known") + more
+
+
+class AnswerWithId:
+    """A request's answer as its layers send it (``send``): its head gets the request's
+    X-Request-ID, and its status is noted for the log line (500 until an answer starts: a fault)."""
+
+    __slots__ = ("_send", "request_id", "started", "status")
+
+    def __init__(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]], request_id: str) -> None:
+        self._send, self.request_id = send, request_id
+        self.status, self.started = 500, False
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started, self.status = True, message["status"]
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", self.request_id.encode())]
+        await self._send(message)
 
 
 def request_id_for(incoming: bytes | None) -> str:

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.access_log import record_request, request_id_of
+from service.access_log import AnswerWithId, record_request, request_id_of
 from service.errors import ServiceError
 from service.http_protocol import arrived_at
 from service.json_response import JSONResponse
@@ -52,21 +52,12 @@ class JsonCORSMiddleware(CORSMiddleware):
             await super().__call__(scope, receive, send)
             return
         started = arrived_at(scope) or time.perf_counter()
-        request_id = request_id_of(headers)
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
+        answer = AnswerWithId(send, request_id_of(headers))
         try:
-            await super().__call__(scope, receive, send_with_id)
+            await super().__call__(scope, receive, answer.send)
         finally:
-            record_request("OPTIONS", scope["path"], PREFLIGHT_ROUTE, status, time.perf_counter() - started,
-                           request_id, self.log_requests)
+            record_request("OPTIONS", scope["path"], PREFLIGHT_ROUTE, answer.status, time.perf_counter() - started,
+                           answer.request_id, self.log_requests)
 
     def preflight_response(self, request_headers: Headers) -> Response:
         answer = super().preflight_response(request_headers)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.access_log import CURRENT_REQUEST_ID, record_request, request_id_of
+from service.access_log import CURRENT_REQUEST_ID, AnswerWithId, record_request, request_id_of
 from service.auth import UNAUTHORIZED, ApiKeys
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
@@ -162,21 +162,11 @@ class RequestContextMiddleware:
         headers = dict(scope["headers"])
         request_id = request_id_of(headers)
         CURRENT_REQUEST_ID.set(request_id)  # this request's task's own: no reset needed
-        status_holder = {"status": 500}
-        started_response = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started_response
-            if message["type"] == "http.response.start":
-                started_response = True
-                status_holder["status"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
+        answer = AnswerWithId(send, request_id)
 
         try:
             if self.api_keys is not None and self.api_keys.refuses(scope, headers):  # on the head alone: no body read
-                status_holder["status"] = await _refuse(send, request_id, headers, 401, UNAUTHORIZED,
+                answer.status = await _refuse(send, request_id, headers, 401, UNAUTHORIZED,
                                                         (b"www-authenticate", b"Bearer"))
                 return
             with_body = method in ("POST", "PUT", "PATCH")
@@ -185,13 +175,13 @@ class RequestContextMiddleware:
             except Unreadable as exc:
                 accepts = [(b"accept-encoding", ACCEPTED.encode())] if exc.problem["field"] == "Content-Encoding" \
                     else []
-                status_holder["status"] = await _refuse(send, request_id, headers, 415, exc.problem, *accepts)
+                answer.status = await _refuse(send, request_id, headers, 415, exc.problem, *accepts)
                 return
             refused, scope, receive = await self._body(scope, headers, receive, with_body, coding, charset)
             if refused is not None:
-                status_holder["status"] = await _refuse(send, request_id, headers, *refused)
+                answer.status = await _refuse(send, request_id, headers, *refused)
                 return
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, answer.send)
         except asyncio.CancelledError:
             if self.drain is None or not self.drain.passed():
                 raise
@@ -201,25 +191,25 @@ class RequestContextMiddleware:
             why = "a second Ctrl+C cut its drain short" if self.drain.cut_short else \
                 f"its drain timeout, {self.drain.timeout_s:g} s, passed"
             error = NotReady(f"the server shut down before this request finished ({why}): retry it")
-            if started_response:  # a stream: it ends with its error event, not as if it were finished
-                status_holder["status"] = 503  # counted and logged as what it ended with (its status line said 200)
+            if answer.started:  # a stream: it ends with its error event, not as if it were finished
+                answer.status = 503  # counted and logged as what it ended with (its status line said 200)
                 last_event = (scope.get("extensions") or {}).get(LAST_EVENT)
                 await send({"type": "http.response.body", "body": last_event(error) if last_event else b"",
                             "more_body": False})
             else:  # as the app answers a ServiceError (Retry-After), with the request id
                 await JSONResponse(error.body(), status_code=error.status, headers=error.headers)(
-                    scope, receive, send_with_id)
+                    scope, receive, answer.send)
         except Exception:
-            status_holder["status"] = 500
+            answer.status = 500
             log.exception("unhandled error on %s %s (request %s)", method, scope["path"], request_id)
-            if not started_response:
+            if not answer.started:
                 start, body = _json_response(500, {"error": f"internal server error (request {request_id})",
                                                    "code": "internal_error"}, request_id)
                 await send(start)
                 await send(body)
         finally:
-            status = status_holder["status"]
-            if started_response and (scope.get("extensions") or {}).get(CUT_SHORT):
+            status = answer.status
+            if answer.started and (scope.get("extensions") or {}).get(CUT_SHORT):
                 status = 499  # a stream its client left before its end (service/event_stream.py)
             record_request(method, scope["path"], self._template(scope, root_path), status,
                            time.perf_counter() - started, request_id, self.log_requests)
