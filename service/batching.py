@@ -101,6 +101,7 @@ class AnsweredFromThreads:
         self.accepting = False
         self._unhealthy_since: float | None = None  # time.monotonic() when healthy turned false
         self.in_flight = 0  # accepted, not yet answered
+        self._in_flight_gauge = metrics.IN_FLIGHT.labels(*self.labels)
         self._faults_in_a_row = 0
         self._stop = threading.Event()
         self.threads: list[threading.Thread] = []  # supervised: a failed one is replaced in place
@@ -134,6 +135,7 @@ class AnsweredFromThreads:
         for item in items:
             put(item)
         self.in_flight += len(items)
+        self._in_flight_gauge.set(self.in_flight)
 
     async def _answer_all(self, items: Sequence[Any], deadline: float, each: Each | None = None) -> list[Any]:
         """Every item's answer in order, or 504 at the deadline (``each``: called with each answer's
@@ -184,8 +186,9 @@ class AnsweredFromThreads:
         client left or its deadline passed) is left alone."""
         if before is not None:
             before()
+        self.in_flight -= len(answers)
+        self._in_flight_gauge.set(self.in_flight)
         for future, result, error in answers:
-            self.in_flight -= 1
             if future.done():
                 continue
             if error is not None:

@@ -27,6 +27,9 @@ GRPC_LATENCY = Histogram("seqserve_grpc_request_latency_seconds", "gRPC call lat
                          buckets=_LATENCY_BUCKETS)
 QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Texts waiting for a model (not yet in a batch or decoding)",
                     ["model", "version"], multiprocess_mode="livesum")
+# what a concurrency autoscaler (KEDA, Knative) scales on: the queue above and the work in progress
+IN_FLIGHT = Gauge("seqserve_in_flight", "Texts accepted by a model and not yet answered (waiting or being "
+                  "computed; a translator's sentences)", ["model", "version"], multiprocess_mode="livesum")
 QUEUE_WAIT = Histogram("seqserve_queue_wait_seconds", "Time from enqueue to batch start", ["model", "version"],
                        buckets=_LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("seqserve_batch_size", "Texts per executed batch (a request brings one or more)",

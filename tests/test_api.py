@@ -195,6 +195,7 @@ def test_metrics_show_requests_and_batches(committed_server: Server) -> None:
     url = committed_server.url
     assert metric_value(url, "seqserve_queue_limit", model="sentiment") == 1024
     assert metric_value(url, "seqserve_model_healthy", model="translate-en-de") == 1
+    assert metric_value(url, "seqserve_in_flight", model="sentiment") == 0  # answered: none left in flight
     assert metric_value(url, "seqserve_model_info", model="sentiment", version="1", task="text-classification",
                         provider="CPUExecutionProvider", precision="fp32") == 1
     # Open Inference Protocol requests by model version, as Triton counts them

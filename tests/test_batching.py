@@ -121,6 +121,27 @@ async def test_drain_finishes_accepted_work() -> None:
     await batcher.close()
 
 
+async def test_the_in_flight_gauge_counts_texts_from_acceptance_to_answer() -> None:
+    release = threading.Event()
+
+    def held(payloads: list[str]) -> list[str]:
+        release.wait(5)
+        return [p.upper() for p in payloads]
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("seqserve_in_flight", {"model": "fl", "version": ""})
+
+    batcher = DynamicBatcher("fl", held, _policy(max_batch_size=2))
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit(f"t{i}", 1, time.monotonic() + 5)) for i in range(5)]
+    await asyncio.sleep(0.1)  # two in a batch the runner holds, three queued: all five in flight
+    assert gauge() == 5
+    release.set()
+    assert await asyncio.gather(*tasks) == [f"T{i}" for i in range(5)]
+    assert gauge() == 0
+    await batcher.close()
+
+
 async def test_several_instances_run_batches_at_once() -> None:
     active, peak = 0, 0
     lock = threading.Lock()
