@@ -14,7 +14,7 @@ import argparse
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -178,6 +178,12 @@ def _training_summary(run_dir: Path, metric: str) -> dict[str, int | float | str
             "minutes": round(float(rows[-1]["minutes"]), 1), "hardware": "2-core CPU", "seed": 13}
 
 
+def _tokenizer_spec(tok: SubwordTokenizer, normalizer: Literal["sentiment", "translation"],
+                    truecaser: str | None = None) -> TokenizerSpec:
+    return TokenizerSpec(file=tok.model_file.name, normalizer=normalizer,
+                         vocab_size=tok.vocab_size, sha256=sha256_of(tok.model_file), truecaser=truecaser)
+
+
 def _copy_extras(run_dir: Path, out_dir: Path, files: list[str]) -> None:
     for name in files:
         if (run_dir / name).exists():
@@ -211,8 +217,7 @@ def export_sentiment(run_dir: Path, out_dir: Path, data_dir: Path) -> ModelCard:
         description="Binary sentiment of English text (SST-2): stacked bidirectional LSTM over subwords.",
         architecture={"type": "bilstm-classifier", **ckpt["config"]},
         graphs={"model": graph},
-        tokenizers={"text": TokenizerSpec(file="sentiment.spm.model", normalizer="sentiment",
-                                          vocab_size=tok.vocab_size)},
+        tokenizers={"text": _tokenizer_spec(tok, "sentiment")},
         special_tokens=SPECIAL_TOKENS, max_input_tokens=256, labels=["negative", "positive"],
         training_data={"name": "SST-2 (Stanford Sentiment Treebank, binary)",
                        "train": "GLUE SST-2 phrase-level train + stsa.binary.train sentences",
@@ -245,10 +250,8 @@ def export_translation(run_dir: Path, out_dir: Path, data_dir: Path, average: in
                     "additive (Bahdanau) attention over subwords.",
         architecture={"type": "gru-attention-seq2seq", **ckpt["config"]},
         graphs={"encoder": encoder, "decoder_step": decoder},
-        tokenizers={"source": TokenizerSpec(file="source.spm.model", normalizer="translation",
-                                            vocab_size=src_tok.vocab_size, truecaser=TRUECASER_FILE),
-                    "target": TokenizerSpec(file="target.spm.model", normalizer="translation",
-                                            vocab_size=tgt_tok.vocab_size)},
+        tokenizers={"source": _tokenizer_spec(src_tok, "translation", TRUECASER_FILE),
+                    "target": _tokenizer_spec(tgt_tok, "translation")},
         special_tokens=SPECIAL_TOKENS, max_input_tokens=128, max_output_tokens=200,
         languages={"source": "en", "target": "de"},
         decoding=DecodingSpec(default_beam_size=5, max_beam_size=MAX_BEAM_SIZE, length_penalty=1.0,

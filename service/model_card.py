@@ -36,6 +36,8 @@ class TokenizerSpec(BaseModel):
     file: str
     normalizer: Literal["sentiment", "translation"]
     vocab_size: int = Field(gt=0)
+    # optional: cards exported before it load unchanged (their tokenizer is then checked by its size)
+    sha256: str | None = Field(None, description="of the sentencepiece file: one of another model is refused at load")
     truecaser: str | None = Field(None, description="word-casing table recasing ALL CAPS / lower / Title Case "
                                                     "input before subwords (service/truecasing.py)")
 

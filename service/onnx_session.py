@@ -194,8 +194,8 @@ def open_session(model_dir: Path, spec: GraphSpec, providers: list[Provider], in
         if stamp != spec.sha256:
             raise StaleGraphError(f"{path}: derived from another fp32 graph than {spec.file} (stamp {stamp}); "
                                   f"derive it again with `python -m export.quantize --model-dir {model_dir}`")
-    _check_io(path, "input", [(i.name, i.type) for i in session.get_inputs()], spec.inputs)
-    _check_io(path, "output", [(o.name, o.type) for o in session.get_outputs()], spec.outputs)
+    _check_io(path, "input", session.get_inputs(), spec.inputs)
+    _check_io(path, "output", session.get_outputs(), spec.outputs)
     return session
 
 
@@ -247,8 +247,19 @@ def log_placement(name: str, graph: str, session: ort.InferenceSession) -> Count
     return counts
 
 
-def _check_io(path: Path, kind: str, actual: list[tuple[str, str]], expected: list[TensorSpec]) -> None:
-    got = [(name, _ORT_TYPES.get(t, t)) for name, t in actual]
+def _check_io(path: Path, kind: str, actual: list[ort.NodeArg], expected: list[TensorSpec]) -> None:
+    """Names and dtypes as the card lists them, and every size both fix alike: a card that says 3
+    classes for a graph of 2 (or a vocabulary of another size) would load and fail every request."""
+    got = [(arg.name, _ORT_TYPES.get(arg.type, arg.type)) for arg in actual]
     want = [(t.name, t.dtype) for t in expected]
     if got != want:
         raise ModelLoadError(f"{path}: graph {kind}s {got} do not match model.json {want}")
+    for arg, spec in zip(actual, expected, strict=True):
+        shape = arg.shape  # ints are fixed sizes; strings or None are dynamic axes
+        if shape is None:
+            continue
+        fixed_apart = any(isinstance(g, int) and isinstance(c, int) and g != c
+                          for g, c in zip(shape, spec.shape, strict=False))
+        if len(shape) != len(spec.shape) or fixed_apart:
+            raise ModelLoadError(f"{path}: graph {kind} {arg.name} has shape {list(shape)}, but model.json says "
+                                 f"{spec.shape}")

@@ -16,6 +16,7 @@ from service.onnx_session import (
     CPU,
     CUDA,
     CudaOptions,
+    ModelLoadError,
     ProviderUnavailable,
     choose_providers,
     cuda_options,
@@ -28,6 +29,19 @@ from tests.conftest import COMMITTED_MODELS, Server
 
 needs_cpu_only_ort = pytest.mark.skipif(CUDA in ort.get_available_providers(),
                                         reason="this onnxruntime has a CUDA provider")
+
+
+def test_a_card_whose_fixed_sizes_differ_from_its_graphs_is_refused() -> None:
+    """A card claiming 3 classes (and 3 labels) for a graph of 2 loaded, then failed every request."""
+    model_dir = COMMITTED_MODELS / "sentiment" / "1"
+    spec = load_model_card(model_dir / "model.json").graphs["model"]
+    spec.outputs[0].shape = ["batch", 3]
+    with pytest.raises(ModelLoadError, match=r"sentiment.onnx: graph output probabilities has shape \['batch', 2\], but "
+                                             r"model.json says \['batch', 3\]"):
+        open_session(model_dir, spec, [CPU])
+    spec.outputs[0].shape = ["batch"]
+    with pytest.raises(ModelLoadError, match="model.json says \\['batch'\\]"):
+        open_session(model_dir, spec, [CPU])
 
 
 def test_cuda_settings_become_provider_options(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,8 @@ import onnxruntime as ort
 from service.metrics import MODEL_CPU
 from service.model_card import ModelCard
 from service.onnx_session import Precision, Provider, open_session
-from service.tokenization import PAD_ID, SubwordTokenizer
+from service.runners.vocabulary import check_embedding, checked_tokenizer
+from service.tokenization import PAD_ID
 
 
 def pad_batch(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -32,11 +33,12 @@ class SentimentRunner:
         self.precision = precision
         self.session = open_session(model_dir, card.graphs["model"], providers, intra_op_threads, precision, profile)
         self.providers = self.session.get_providers()
-        self.tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["text"])
+        self.tokenizer = checked_tokenizer(model_dir, "text", card.tokenizers["text"])
         self.labels: list[str] = list(card.labels or [])
         self._inputs = [i.name for i in card.graphs["model"].inputs]
         self._output = card.graphs["model"].outputs[0].name
         self._model_cpu = MODEL_CPU.labels(card.name, card.version)
+        check_embedding(model_dir / card.graphs["model"].file, self.tokenizer, lambda last: self.run([[last]]))
 
     def sessions(self) -> dict[str, ort.InferenceSession]:
         return {"model": self.session}

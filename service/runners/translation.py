@@ -21,7 +21,7 @@ from service.model_card import ModelCard
 from service.onnx_session import Precision, Provider, device_of, open_session
 from service.runners.row_ops import DecoderRows, DeviceRows, Encoded, RowGather, Tensor, gather_on_host
 from service.runners.sentiment import pad_batch
-from service.tokenization import SubwordTokenizer
+from service.runners.vocabulary import check_embedding, check_output_vocabulary, checked_tokenizer
 
 
 @dataclass
@@ -70,14 +70,27 @@ class TranslationRunner:
                             if self.io_binding else None)
         # the running set's rows after a join or leave (see RowGather)
         self.gather_rows: RowGather = self.device_rows or gather_on_host
-        self.source_tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["source"])
-        self.target_tokenizer = SubwordTokenizer.from_spec(model_dir, card.tokenizers["target"])
+        self.source_tokenizer = checked_tokenizer(model_dir, "source", card.tokenizers["source"])
+        self.target_tokenizer = checked_tokenizer(model_dir, "target", card.tokenizers["target"])
         self.target_tokenizer.prepare_decoding()
         self._enc_in = [t.name for t in card.graphs["encoder"].inputs]
         self._enc_out = [t.name for t in card.graphs["encoder"].outputs]
         self._dec_in = [t.name for t in card.graphs["decoder_step"].inputs]
         self._dec_out = [t.name for t in card.graphs["decoder_step"].outputs]
         self._model_cpu = MODEL_CPU.labels(card.name, card.version)
+        self._check_vocabularies()
+
+    def _check_vocabularies(self) -> None:
+        """Each tokenizer fits the graph that reads or scores its subwords (service/runners/vocabulary.py)."""
+        encoder, decoder = (self.model_dir / self.card.graphs[key].file for key in ("encoder", "decoder_step"))
+        check_embedding(encoder, self.source_tokenizer, lambda last: self.encode([[last]]))
+        check_output_vocabulary(decoder, self.decoder.get_outputs()[0].shape[-1], self.target_tokenizer)
+
+        def one_step(last: int) -> None:  # the previous token's embedding, one row
+            rows, state = self.gather_rows(None, None, None, self.encode([[5]]), 1)
+            self.step(np.array([last], np.int64), state, np.arange(1), rows, False)
+
+        check_embedding(decoder, self.target_tokenizer, one_step)
 
     def sessions(self) -> dict[str, ort.InferenceSession]:
         row_ops = self.device_rows.named_sessions() if self.device_rows is not None else {}
