@@ -187,6 +187,14 @@ def _count_as_served(model: ServedModel, served: bool) -> None:
         metrics.INFERENCE_REQUESTS.labels(model.name, model.version, outcome)
 
 
+def _v1_route(model: ServedModel) -> str:
+    """The v1 route (and language pair) ``model`` could answer."""
+    if model.card.task != "translation":
+        return "/v1/sentiment"
+    langs = model.card.languages or {}
+    return f"/v1/translate {langs.get('source')}->{langs.get('target')}"
+
+
 class ModelRegistry:
     def __init__(self, models: list[ServedModel], providers: list[Provider]) -> None:
         self.providers = providers
@@ -201,8 +209,20 @@ class ModelRegistry:
 
     def _index_latest(self) -> None:
         self._latest = {}
-        for m in sorted(self._by_key.values(), key=lambda m: int(m.version)):
-            self._latest[m.name] = m
+        for m in sorted(self._by_key.values(), key=lambda m: (m.name, int(m.version))):
+            self._latest[m.name] = m  # by name, so that the v1 routes' choice below is the first by name
+        self._say_v1_choices()
+
+    def _say_v1_choices(self) -> None:
+        """Where several models could answer one v1 route (two classifiers; two translators of
+        one language pair), say which does: the first by name, whatever the order of loading."""
+        rivals: dict[str, list[str]] = {}
+        for model in self._latest.values():
+            rivals.setdefault(_v1_route(model), []).append(model.name)
+        for route, names in rivals.items():
+            if len(names) > 1:
+                log.warning("%s answers with model %s, the first by name of %s; the others through v2 "
+                            "(/v2/models/<name>/infer)", route, names[0], ", ".join(names))
 
     # --- changes (model control, service/repository.py) -----------------------------------
     def add(self, model: ServedModel) -> None:
@@ -258,6 +278,7 @@ class ModelRegistry:
         return model
 
     def for_task(self, task: str) -> ServedModel:
+        """The model a v1 route of ``task`` uses: the first by name (see ``_say_v1_choices``)."""
         for model in self._latest.values():
             if model.card.task == task:
                 return model

@@ -312,3 +312,29 @@ def test_the_repository_extension_is_listed_only_where_a_load_can_work() -> None
     assert "model_repository" in v2_model.extensions(Settings(model_control=True))
     # several workers: every load is refused (409), so it is not advertised
     assert "model_repository" not in v2_model.extensions(Settings(model_control=True, workers=2))
+
+
+def test_two_classifiers_the_v1_route_answers_with_the_first_by_name_whatever_was_loaded_last(
+        tmp_path: Path) -> None:
+    """It answered with whichever the load and unload history put first: a second classifier
+    added for v2 silently took over /v1/sentiment after a reload."""
+    repo = tmp_path / "repo"
+    (repo / "sentiment").mkdir(parents=True)
+    (repo / "sentiment" / "1").symlink_to((COMMITTED_MODELS / "sentiment" / "1").resolve())
+    _add_version(tmp_path, "1").parent.rename(repo / "another-sentiment")  # a copy, renamed
+    card_file = repo / "another-sentiment" / "1" / "model.json"
+    card_file.write_text(json.dumps({**json.loads(card_file.read_text()), "name": "another-sentiment"}))
+    server = Server(repo, model_control="true").wait_ready()
+    try:
+        def v1_model() -> str:
+            return str(httpx.post(f"{server.url}/v1/sentiment", json={"text": "fine"}).json()["model"])
+
+        assert v1_model() == "another-sentiment"
+        assert httpx.post(f"{server.url}/v2/repository/models/another-sentiment/unload").status_code == 200
+        assert v1_model() == "sentiment"
+        assert httpx.post(f"{server.url}/v2/repository/models/another-sentiment/load").status_code == 200
+        assert v1_model() == "another-sentiment"
+    finally:
+        server.stop()
+    assert ("/v1/sentiment answers with model another-sentiment, the first by name of another-sentiment, sentiment; "
+            "the others through v2") in server.output()
