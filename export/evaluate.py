@@ -11,7 +11,9 @@ and as lowercased 13a-tokenised BLEU (comparable with published Multi30k figures
 Title, without final punctuation; beam 5), with refused sentences counted and scored as empty.
 --through-api measures that table over HTTP on a real server (`python -m service` on a free
 port, serving the model's repository): the figures a client gets.
---write stores the figures in model.json and records golden outputs for tests/golden/.
+--write stores the figures in model.json, and for this repository's models (models/<name>/<version>)
+records golden outputs in its tests/golden/ (elsewhere only with --golden-dir: another model's
+outputs there would break the committed models' tests).
 --precision int8 measures the derived INT8 graphs (make int8); export/quantize.py --write records them.
 Needs no torch: only onnxruntime, sentencepiece and sacrebleu (and httpx for --through-api).
 """
@@ -51,6 +53,8 @@ GOLDEN_TRANSLATION = [
     "A little girl is climbing into a wooden playhouse.",
     "Hello!",
 ]
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def evaluate_sentiment(runner: SentimentRunner, data_dir: Path, splits: tuple[str, ...] = ("dev", "test")
@@ -232,7 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--through-api", action="store_true",
                    help="translation: only the robustness table, measured over HTTP on a real server")
     p.add_argument("--write", action="store_true", help="store the metrics in model.json and record golden outputs")
-    p.add_argument("--golden-dir", type=Path, default=Path("tests/golden"))
+    p.add_argument("--golden-dir", type=Path, default=None,
+                   help="with --write: where to record golden outputs (default: this repository's tests/golden "
+                        "for its own models/, none for a model elsewhere)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="int8: the graphs derived by export/quantize.py")
     args = p.parse_args(argv)
@@ -273,10 +279,23 @@ def main(argv: list[str] | None = None) -> None:
         card.metrics = {**card.metrics, **metrics}
         card.robustness = robustness or card.robustness
         write_model_card(card, args.model_dir / "model.json")
-        args.golden_dir.mkdir(parents=True, exist_ok=True)
-        golden = args.golden_dir / f"{card.name}.json"
+        golden_dir = args.golden_dir or golden_dir_of(args.model_dir)
+        if golden_dir is None:
+            print(f"metrics written to {args.model_dir / 'model.json'} (golden outputs are recorded for this "
+                  "repository's own models/; give --golden-dir to record them for this one)")
+            return
+        golden_dir.mkdir(parents=True, exist_ok=True)
+        golden = golden_dir / f"{card.name}.json"
         golden.write_text(json.dumps(golden_outputs(runner), indent=2, ensure_ascii=False) + "\n")
         print(f"metrics written to {args.model_dir / 'model.json'}; golden outputs to {golden}")
+
+
+def golden_dir_of(model_dir: Path) -> Path | None:
+    """tests/golden for a version of this repository's own models/ (whatever the working
+    folder), else None: the golden files are the committed models' test fixtures."""
+    if model_dir.resolve().parent.parent == (REPOSITORY / "models").resolve():
+        return REPOSITORY / "tests" / "golden"
+    return None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +12,7 @@ from export.evaluate import api_translator, robustness_scores, robustness_table,
 from export.text_variants import VARIANTS
 from service.model_card import ModelCard, RobustnessSpec, load_model_card
 from service.runners import TranslationRunner, load_runner
-from tests.conftest import COMMITTED_MODELS, Server
+from tests.conftest import COMMITTED_MODELS, DATA_DIR, Server
 
 TRANSLATOR = COMMITTED_MODELS / "translate-en-de" / "1"
 # two Multi30k val pairs, and a source over the 128-subword limit that the service refuses
@@ -65,3 +67,24 @@ def test_through_the_api_the_same_translations_and_refusals(runner: TranslationR
     over_http = api_translator(committed_server.url, batch_size=2)(sources, 3)
     assert over_http == runner_translator(runner)(sources, 3)
     assert over_http[2] is None and all(t for i, t in enumerate(over_http) if i != 2)
+
+
+def test_golden_outputs_are_recorded_only_for_this_repositorys_own_models(tiny_repo: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`--write` on one's own model, run from the repository's root as the README runs it, wrote
+    its outputs over the committed models' golden files (named after the card's name)."""
+    from export.evaluate import REPOSITORY, golden_dir_of, main
+
+    assert golden_dir_of(REPOSITORY / "models" / "sentiment" / "1") == REPOSITORY / "tests" / "golden"
+    own = tmp_path / "models" / "sentiment" / "1"
+    shutil.copytree(tiny_repo / "sentiment" / "1", own)
+    assert golden_dir_of(own) is None
+    golden = REPOSITORY / "tests" / "golden" / "sentiment.json"
+    before = golden.read_bytes()
+    main(["sentiment", "--model-dir", str(own), "--data-dir", str(DATA_DIR), "--write"])
+    assert golden.read_bytes() == before
+    assert "give --golden-dir to record them for this one" in capsys.readouterr().out
+    assert "sst2_test_accuracy" in load_model_card(own / "model.json").metrics
+    main(["sentiment", "--model-dir", str(own), "--data-dir", str(DATA_DIR), "--write", "--golden-dir",
+          str(tmp_path / "golden")])
+    assert (tmp_path / "golden" / "sentiment.json").is_file()
