@@ -203,49 +203,68 @@ class AnsweredFromThreads:
                       on_fault: Callable[[BaseException], None], index: int | None = None) -> None:
         """Start a thread that calls ``turn`` (True when it got work done) until the engine stops;
         if ``turn`` raises, the fault is logged with what the thread had taken (``holding``), then
-        ``on_fault`` answers that, and a new thread with the same ``turn`` replaces this one."""
+        ``on_fault`` answers that, and a new thread with the same ``turn`` replaces this one. Where
+        no thread can be started (memory or a pids limit: "can't start new thread"), the failed
+        one carries on in its place: a model left with no thread took every request and answered
+        each with 504 at its deadline, until the process was restarted."""
 
-        def main() -> None:
+        def serve() -> None:
             # the CPU time of this thread's last turn: its work, not its waits for work (a turn
             # starts by waiting for some); 0.0 after a turn that found none
             last = 0.0
             gave_way = metrics.GAVE_WAY.labels(*self.labels)
-            try:
-                while not self._stop.is_set():
-                    if self._give_way is not None and last:  # to requests waiting for the event loop
-                        waited = self._give_way(last)
-                        if waited:
-                            gave_way.inc(waited)
-                    started = time.thread_time()
-                    worked = turn()
-                    last = time.thread_time() - started if worked else 0.0
-                    if worked:
-                        self._faults_in_a_row = 0
-                        if self._unhealthy_since is not None:
-                            self._unhealthy_since = None
-                            metrics.MODEL_HEALTHY.labels(*self.labels).set(1)
-            except BaseException as exc:  # anything that ends the thread is answered and logged
-                self._faults_in_a_row += 1
-                if self._faults_in_a_row >= 2 and self._unhealthy_since is None:  # the replacement failed too
-                    self._unhealthy_since = time.monotonic()
-                    metrics.MODEL_HEALTHY.labels(*self.labels).set(0)
-                held = holding()
-                log.exception("thread %s of model %s failed (%d in a row); answering the %d %s it held with "
-                              "500 (requests %s) and starting a new one", name, self.name, self._faults_in_a_row,
-                              len(held), self.admission.unit, named_ids(t.request_id for t in held))
+            while not self._stop.is_set():
+                if self._give_way is not None and last:  # to requests waiting for the event loop
+                    waited = self._give_way(last)
+                    if waited:
+                        gave_way.inc(waited)
+                started = time.thread_time()
+                worked = turn()
+                last = time.thread_time() - started if worked else 0.0
+                if worked:
+                    self._faults_in_a_row = 0
+                    if self._unhealthy_since is not None:
+                        self._unhealthy_since = None
+                        metrics.MODEL_HEALTHY.labels(*self.labels).set(1)
+
+        def main() -> None:
+            while True:
                 try:
-                    on_fault(exc)
-                finally:
-                    if not self._stop.wait(_BACKOFF_S[min(self._faults_in_a_row, len(_BACKOFF_S)) - 1]):
-                        self._start_thread(name, turn, holding, on_fault,
-                                           self.threads.index(threading.current_thread()))
+                    serve()
+                    return
+                except BaseException as exc:  # anything that ends the thread is answered and logged
+                    self._fault(name, exc, holding, on_fault)
+                if self._stop.wait(_BACKOFF_S[min(self._faults_in_a_row, len(_BACKOFF_S)) - 1]):
+                    return
+                try:
+                    self._start_thread(name, turn, holding, on_fault, self.threads.index(threading.current_thread()))
+                    return
+                except RuntimeError as exc:
+                    log.error("thread %s of model %s: no new thread could be started (%s); the failed one "
+                              "carries on in its place", name, self.name, exc)
 
         thread = threading.Thread(target=main, name=f"seqserve-{self.name}-{name}", daemon=True)
+        thread.start()  # listed once started: a thread that never started cannot be joined at shutdown
         if index is None:
             self.threads.append(thread)
         else:
             self.threads[index] = thread
-        thread.start()
+
+    def _fault(self, name: str, exc: BaseException, holding: Callable[[], Sequence[Waiting]],
+               on_fault: Callable[[BaseException], None]) -> None:
+        """Count, log and answer a thread's fault: what it held is failed with 500 by ``on_fault``."""
+        self._faults_in_a_row += 1
+        if self._faults_in_a_row >= 2 and self._unhealthy_since is None:  # the replacement failed too
+            self._unhealthy_since = time.monotonic()
+            metrics.MODEL_HEALTHY.labels(*self.labels).set(0)
+        held = holding()
+        log.error("thread %s of model %s failed (%d in a row); answering the %d %s it held with 500 (requests %s) "
+                  "and starting a new one", name, self.name, self._faults_in_a_row, len(held), self.admission.unit,
+                  named_ids(t.request_id for t in held), exc_info=exc)
+        try:
+            on_fault(exc)
+        except BaseException:  # e.g. out of memory again: the next turn's answers still come
+            log.exception("thread %s of model %s: answering what it held failed", name, self.name)
 
     async def _join_threads(self) -> None:
         self._stop.set()

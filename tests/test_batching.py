@@ -254,6 +254,41 @@ async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypat
     await batcher.close()
 
 
+async def test_where_no_new_thread_can_start_the_failed_one_carries_on(monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Out of memory (or under a pids limit) the replacement's start raised, the model was left
+    with no thread, and every request was admitted and answered 504 at its deadline."""
+    import service.batching as batching
+
+    faults = {"left": 1}
+    real_split = batching.split_by_budget
+
+    def split_broken(items: list, policy: BatchPolicy) -> list:  # type: ignore[type-arg]
+        if faults["left"]:
+            faults["left"] -= 1
+            raise MemoryError("planted")
+        return real_split(items, policy)
+
+    def no_threads(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    batcher = DynamicBatcher("m", Recorder(), _policy(instances=1))
+    batcher.start()
+    only = batcher.threads[0]
+    monkeypatch.setattr(batching, "split_by_budget", split_broken)
+    monkeypatch.setattr(threading.Thread, "start", no_threads)
+    with pytest.raises(InferenceFailed, match="planted"):
+        await batcher.submit("x", 1, time.monotonic() + 10)
+    started = time.monotonic()
+    assert await batcher.submit("again", 1, time.monotonic() + 10) == "AGAIN"  # not a 504 at the deadline
+    assert time.monotonic() - started < 5
+    assert batcher.threads == [only] and only.is_alive()
+    assert "no new thread could be started (can't start new thread); the failed one carries on" in caplog.text
+    monkeypatch.undo()  # threads again (closing joins in one)
+    await batcher.close()
+    assert not only.is_alive()
+
+
 async def test_a_worker_gives_way_after_a_batch_for_its_cpu_time_not_after_waiting_for_work() -> None:
     asked: list[float] = []  # the give-way's argument before each turn (a fake: the test is about the worker)
 
