@@ -55,7 +55,7 @@ class ServerProcess:
     the server's event loop then blocks writing its access log (measured: a 400 ms stall)."""
 
     def __init__(self, models: Path, *, capture_output: bool = False, settings: Mapping[str, str] | None = None,
-                 checkout: Path | None = None, **more_settings: str) -> None:
+                 checkout: Path | None = None, log_fd: int | None = None, **more_settings: str) -> None:
         settings = {**(settings or {}), **more_settings}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -77,8 +77,9 @@ class ServerProcess:
         if self._log_file:
             weakref.finalize(self, self._log_file.unlink, missing_ok=True)
         with open(self._log_file or os.devnull, "ab") as out:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([python, "-m", "service"], cwd=checkout or ROOT, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            # ``log_fd``: its log to that descriptor instead (a pipe nobody reads, in a test)
+            self.proc = subprocess.Popen([python, "-m", "service"], cwd=checkout or ROOT, env=env,
+                                         stdout=out if log_fd is None else log_fd, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         """The log so far (empty without ``capture_output``)."""

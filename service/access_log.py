@@ -14,9 +14,9 @@ inside the app (a LogRecord per request, ``strftime`` per line). This costs 12-1
 with non-ASCII characters (only a path can bring them) is written ASCII-escaped by ``json.dumps``.
 The time string is formatted once per second.
 
-The lines logged during one pass of the event loop go out in one write when the pass is over,
-not one write (a syscall) per request. Lines logged off the event loop are written at once, and
-pending ones at exit.
+The lines logged during one pass of the event loop go out together when the pass is over, to
+stderr's writer thread (service/log_sink.py: a stalled log reader never stalls the server). Lines
+logged off the event loop go at once, and pending ones at exit.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -35,14 +34,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from contextvars import ContextVar
 from typing import Any, TextIO
 
-from service import metrics
+from service import log_sink, metrics
 from service.json_response import dumps
 from service.logs import utc_time
 
 
 class AccessLog:
     def __init__(self, stream: TextIO | None = None, logger: str = "seqserve.access") -> None:
-        self._stream = stream  # None: sys.stderr as it is when a line is written
+        self._stream = stream  # None: stderr (service/log_sink.py)
         self._logger = logger
         self._lines: list[str] = []
         self._lock = threading.Lock()  # between the loop's pass-end write and writes off the loop
@@ -73,10 +72,12 @@ class AccessLog:
             self._write("\n".join(lines))
 
     def _write(self, text: str) -> None:
-        stream = self._stream or sys.stderr
+        if self._stream is None:  # stderr, through its writer thread: never blocks on the reader
+            log_sink.stderr.write(text + "\n")
+            return
         with self._lock:
-            stream.write(text + "\n")
-            stream.flush()
+            self._stream.write(text + "\n")
+            self._stream.flush()
 
 
 access_log = AccessLog()

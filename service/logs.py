@@ -1,4 +1,5 @@
-"""The service's own log on stderr (uvicorn's included): text lines, or one JSON object per line.
+"""The service's own log on stderr (uvicorn's included): text lines, or one JSON object per line,
+written by stderr's own thread (service/log_sink.py).
 
 The access log is JSON lines of its own (service/access_log.py). With ``SEQSERVE_LOG_FORMAT=json``
 the rest of stderr is JSON lines too, with the access log's first fields (``time`` in UTC,
@@ -16,6 +17,7 @@ import time
 
 # nothing here may import prometheus-client (service.metrics, service.access_log): a supervisor
 # configures logging before it sets PROMETHEUS_MULTIPROC_DIR, which must come first
+from service import log_sink
 from service.json_response import dumps
 from service.settings import Settings
 
@@ -41,10 +43,21 @@ class JsonLines(logging.Formatter):
         return dumps(entry).decode()
 
 
+class ToStderr(logging.Handler):
+    """Formatted records to stderr's writer thread (service/log_sink.py): a log reader that
+    stalls never blocks the thread that logs, the event loop or the supervisor's watchdog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log_sink.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(settings: Settings) -> None:
     """The root logger's one handler on stderr, which uvicorn's loggers reach too (the server runs
     uvicorn with ``log_config=None``, so they keep no handler of their own)."""
-    handler = logging.StreamHandler()
+    handler = ToStderr()
     if settings.log_format == "json":
         handler.setFormatter(JsonLines())
     else:

@@ -12,6 +12,8 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service import log_sink
+
 # from 0.25 ms: a sentiment request's queue wait and batch run are often under 1 ms
 _LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -27,6 +29,9 @@ GRPC_LATENCY = Histogram("seqserve_grpc_request_latency_seconds", "gRPC call lat
                          buckets=_LATENCY_BUCKETS)
 QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Texts waiting for a model (not yet in a batch or decoding)",
                     ["model", "version"], multiprocess_mode="livesum")
+LOG_LINES_DROPPED = Counter("seqserve_log_lines_dropped_total", "Log lines dropped because the reader of stderr fell "
+                            "behind by more than the log buffer (service/log_sink.py)")
+log_sink.stderr.on_dropped = LOG_LINES_DROPPED.inc
 # what a concurrency autoscaler (KEDA, Knative) scales on: the queue above and the work in progress
 IN_FLIGHT = Gauge("seqserve_in_flight", "Texts accepted by a model and not yet answered (waiting or being "
                   "computed; a translator's sentences)", ["model", "version"], multiprocess_mode="livesum")

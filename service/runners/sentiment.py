@@ -38,7 +38,12 @@ class SentimentRunner:
         self._inputs = [i.name for i in card.graphs["model"].inputs]
         self._output = card.graphs["model"].outputs[0].name
         self._model_cpu = MODEL_CPU.labels(card.name, card.version)
-        check_embedding(model_dir / card.graphs["model"].file, self.tokenizer, lambda last: self.run([[last]]))
+        check_embedding(model_dir / card.graphs["model"].file, self.tokenizer, self._probe)
+
+    def _probe(self, token: int) -> None:
+        """One text of one subword through the graph (outside ``run``: no batch, no metrics)."""
+        ids, lengths = pad_batch([[token]])
+        self.session.run([self._output], {self._inputs[0]: ids, self._inputs[1]: lengths})
 
     def sessions(self) -> dict[str, ort.InferenceSession]:
         return {"model": self.session}
