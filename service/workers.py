@@ -108,6 +108,41 @@ def _remove_orphaned_metrics_dirs(prefix: str) -> None:
                 log.info("removed %s, left by a server that was killed (pid %s)", entry.path, owner)
 
 
+# what a worker's death by a signal most likely means, said beside the signal's name
+_SIGNAL_HINTS = {
+    signal.SIGKILL: "killed: out of memory (the kernel's or the container's OOM killer), or by an operator",
+    # prometheus-client's metric files are memory-mapped and grown as holes: on a full file system
+    # the first write into a hole is a SIGBUS, not an error the worker could log
+    signal.SIGBUS: "a memory-mapped file could not be written: is PROMETHEUS_MULTIPROC_DIR's file system full?",
+    signal.SIGSEGV: "a crash in native code (ONNX Runtime, gRPC, sentencepiece)",
+    signal.SIGABRT: "aborted in native code (often a thread or memory limit: gRPC's pthread_create failed)",
+}
+_MIN_FREE_METRICS_BYTES = 16 << 20  # below this, warn: each worker's metric files grow in 1 MiB steps
+
+
+def ended(exitcode: int | None) -> str:
+    """How a worker ended, for a log line: "exit code 1", or a signal's name and what it likely means."""
+    if exitcode is None or exitcode >= 0:
+        return f"exit code {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+    hint = _SIGNAL_HINTS.get(signal.Signals(-exitcode))
+    return f"signal {name}" + (f" ({hint})" if hint else "")
+
+
+def _check_metrics_dir(folder: str) -> None:
+    """Writable (else OSError, refused at start), and warned about when nearly full."""
+    probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".seqserve-probe-")  # noqa: SIM115 - closed below
+    probe.close()
+    stat = os.statvfs(folder)
+    free = stat.f_bavail * stat.f_frsize
+    if free < _MIN_FREE_METRICS_BYTES:
+        log.warning("PROMETHEUS_MULTIPROC_DIR=%s has %.1f MiB free: each worker's metric files grow in 1 MiB "
+                    "steps, and a worker that cannot grow one dies (SIGBUS)", folder, free / (1 << 20))
+
+
 def _worker(sock: socket.socket, serving: Event, heartbeat: ctypes.c_uint64) -> None:
     """A worker process: it drains and exits if its supervisor dies (SIGKILL, a crash) instead of
     serving on unmanaged, holding the port against the next start."""
@@ -196,12 +231,14 @@ class Supervisor:
             if stale:
                 log.warning("removed %d metric file(s) an earlier run left in PROMETHEUS_MULTIPROC_DIR=%s",
                             len(stale), folder)
+            _check_metrics_dir(folder)
             return
         # set before any worker starts: prometheus-client picks its storage when first imported
         prefix = _metrics_prefix()
         _remove_orphaned_metrics_dirs(prefix)
         self.metrics_dir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        _check_metrics_dir(self.metrics_dir)
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the exit code is 0 after a clean drain, STARTUP_FAILED if a
@@ -209,7 +246,7 @@ class Supervisor:
         try:
             self._prepare_metrics_dir()
         except OSError as exc:
-            log.error("SEQSERVE_WORKERS > 1 keeps metrics in a folder and could not make one (%s): set "
+            log.error("SEQSERVE_WORKERS > 1 keeps metrics in a folder and could not make or write one (%s): set "
                       "PROMETHEUS_MULTIPROC_DIR to a writable folder (a read-only root file system needs a "
                       "writable /tmp volume)", exc)
             return STARTUP_FAILED
@@ -275,7 +312,7 @@ class Supervisor:
             self._forget_metrics(process)
             if not worker.serving.is_set() and not worker.replacement:
                 log.error("worker %d ended with %s before it served: stopping (its log says why)",
-                          i, process.exitcode)
+                          i, ended(process.exitcode))
                 return STARTUP_FAILED
             _count_restart("hung" if hung else "exited")
             # a replacement that could not start (memory still short, files being redeployed) is
@@ -284,7 +321,7 @@ class Supervisor:
             worker.crashes_in_a_row = 0 if stable else worker.crashes_in_a_row + 1
             delay = min(_BACKOFF_FIRST_S * 2 ** max(worker.crashes_in_a_row - 1, 0), _BACKOFF_MAX_S) \
                 if worker.crashes_in_a_row else 0.0
-            log.error("worker %d (pid %s) ended with %s: starting a new one%s", i, process.pid, process.exitcode,
+            log.error("worker %d (pid %s) ended with %s: starting a new one%s", i, process.pid, ended(process.exitcode),
                       f" in {delay:.1f}s ({worker.crashes_in_a_row} quick crashes in a row)" if delay else "")
             worker.respawn_at = now + delay
             if not delay:
@@ -313,7 +350,7 @@ class Supervisor:
             # one still starting (say, a replacement) had no work to drain: SIGTERM ends it at once
             stopped_while_starting = process.exitcode == -signal.SIGTERM and not worker.serving.is_set()
             if process.exitcode != 0 and not stopped_while_starting:
-                log.error("worker pid %s ended with %s", process.pid, process.exitcode)
+                log.error("worker pid %s ended with %s", process.pid, ended(process.exitcode))
                 code = 1
             self._forget_metrics(process)
         log.info("all workers stopped")

@@ -86,7 +86,8 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_or_hung_one() -> 
     finally:
         assert server.stop() == 0
     log = server.output()
-    assert re.search(r"worker \d \(pid \d+\) ended with -9: starting a new one", log)
+    assert re.search(r"worker \d \(pid \d+\) ended with signal SIGKILL \(killed: out of memory .*\): starting a new "
+                     "one", log)
     assert re.search(rf"worker \d \(pid {hung}\): its event loop has not run for 3\.\d s \(stopped or deadlocked", log)
     assert log.count("all 2 workers serving") == 3  # at start, and again after each replacement
     assert restarts == {"exited": 1, "hung": 1}
@@ -114,6 +115,36 @@ def test_no_writable_folder_for_the_summed_metrics_is_a_clear_refusal(tmp_path: 
     server = Server(COMMITTED_MODELS, workers="2")
     assert server.proc.wait(timeout=60) == 3
     assert "set PROMETHEUS_MULTIPROC_DIR to a writable folder" in server.output()
+
+
+def test_an_unwritable_folder_for_the_summed_metrics_is_a_clear_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only one gave a traceback and exit code 1 (even root cannot create files in /proc)."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/proc/self")
+    server = Server(COMMITTED_MODELS, workers="2")
+    assert server.proc.wait(timeout=60) == 3
+    assert "could not make or write one" in server.output() and "Traceback" not in server.output()
+
+
+def test_how_a_worker_ended_is_said_with_the_signals_name_and_likely_cause(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """"ended with -7" said nothing of a full PROMETHEUS_MULTIPROC_DIR (prometheus-client's
+    memory-mapped files: a write into a hole on a full file system is a SIGBUS)."""
+    from service.workers import _check_metrics_dir, ended
+
+    assert ended(1) == "exit code 1"
+    assert ended(-signal.SIGBUS) == ("signal SIGBUS (a memory-mapped file could not be written: is "
+                                     "PROMETHEUS_MULTIPROC_DIR's file system full?)")
+    assert ended(-signal.SIGTERM) == "signal SIGTERM"
+    _check_metrics_dir(str(tmp_path))
+    assert "MiB free" not in caplog.text
+
+    class Nearly:
+        f_bavail, f_frsize = 100, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda folder: Nearly())
+    _check_metrics_dir(str(tmp_path))
+    assert f"PROMETHEUS_MULTIPROC_DIR={tmp_path} has 0.4 MiB free" in caplog.text
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
