@@ -145,6 +145,12 @@ class Settings(BaseSettings):
 TOOL_VARIABLES = frozenset({"SEQSERVE_DATA_DIR", "SEQSERVE_TEST_MODELS", "SEQSERVE_CHROMIUM", "SEQSERVE_UI_SCREENSHOT"})
 
 
+# names people guess for a setting, which difflib does not find close enough (SEQSERVE_MODEL_DIR was
+# "did you mean SEQSERVE_MODEL_CONTROL?", and the server then served the repository's own models)
+_GUESSED = {f"SEQSERVE_{guess}": "SEQSERVE_MODEL_REPOSITORY"
+            for guess in ("MODEL_DIR", "MODELS_DIR", "MODEL_PATH", "MODELS_PATH", "MODEL_REPO", "MODELS", "MODEL_STORE")}
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """A line for each SEQSERVE_* variable in ``environ`` that is no setting, with the nearest
     setting's name where one is close: pydantic-settings ignores them, so a typo such as
@@ -154,7 +160,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     lines = []
     for name in sorted(environ):
         if name.upper().startswith("SEQSERVE_") and name.upper() not in known | TOOL_VARIABLES:
-            near = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
+            near = ([_GUESSED[name.upper()]] if name.upper() in _GUESSED
+                    else difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8))
             lines.append(f"{name} is not a setting and is ignored" + (f" (did you mean {near[0]}?)" if near else "")
                          + "; the settings are listed in the README")
     return lines

@@ -75,6 +75,10 @@ def test_a_variable_that_is_no_setting_is_named_with_the_nearest_setting() -> No
     assert lines == ["SEQSERVE_MAX_QUEUESIZE is not a setting and is ignored (did you mean SEQSERVE_MAX_QUEUE_SIZE?); "
                      "the settings are listed in the README",
                      "SEQSERVE_SSL_CERTFILE is not a setting and is ignored; the settings are listed in the README"]
+    # a guess that difflib finds nearer to another setting (it said SEQSERVE_MODEL_CONTROL)
+    assert unknown_variables({"SEQSERVE_MODEL_DIR": "/m"}) == [
+        "SEQSERVE_MODEL_DIR is not a setting and is ignored (did you mean SEQSERVE_MODEL_REPOSITORY?); the settings "
+        "are listed in the README"]
 
 
 def test_the_server_warns_of_an_unknown_variable_and_explains_a_kubernetes_service_link() -> None:
