@@ -44,7 +44,13 @@ def version_cards(repository: Path, name: str | None = None) -> list[Path]:
     model or of all."""
     # the name is a path, never part of the pattern: "*" must not match every model
     cards = (repository / name).glob("*/model.json") if name else repository.glob("*/*/model.json")
-    return sorted(card for card in cards if card.parent.name.isdigit())
+    return sorted(card for card in cards if is_version(card.parent.name))
+
+
+def is_version(folder: str) -> bool:
+    """A version folder's name: a number, without leading zeros ("01" and "1" would be two
+    versions that compare equal)."""
+    return folder.isdigit() and (folder == "0" or not folder.startswith("0"))
 
 
 def served_cards(cards: Iterable[Path], policies: dict[str, VersionPolicy]) -> list[Path]:
@@ -66,10 +72,14 @@ def unserved(repository: Path, policies: dict[str, VersionPolicy]) -> list[str]:
     lines: list[str] = []
     on_disk: dict[str, list[str]] = {}
     for card in sorted(repository.glob("*/*/model.json")):  # one look at the folder, as version_cards takes
-        if card.parent.name.isdigit():
+        if is_version(card.parent.name):
             on_disk.setdefault(card.parent.parent.name, []).append(card.parent.name)
         else:
-            lines.append(f"{card.parent}: not served: a version folder's name is a number (e.g. 1)")
+            lines.append(f"{card.parent}: not served: a version folder's name must be a number without leading "
+                         "zeros (e.g. 1)")
+    for folder in sorted(repository.glob("*/*")):  # were ignored without a word
+        if folder.is_dir() and is_version(folder.name) and not (folder / "model.json").exists():
+            lines.append(f"{folder}: not served: no model.json in it")
     for name, policy in sorted(policies.items()):
         versions = on_disk.get(name)
         if versions is None:

@@ -59,16 +59,21 @@ def test_only_the_selected_versions_load(tmp_path: Path) -> None:
 def test_what_will_not_be_served_is_said(tmp_path: Path) -> None:
     """A typo in the policy, a version it names that is not there, a version folder that is no
     number: each dropped a model without a word, from a server that then said it was ready."""
-    for version in ("1", "v2"):
+    for version in ("1", "v2", "01"):  # "01" and "1" were served as two versions that compare equal
         (tmp_path / "sentiment" / version).mkdir(parents=True)
         (tmp_path / "sentiment" / version / "model.json").write_text("{}")
+    (tmp_path / "sentiment" / "2").mkdir()  # a version folder without its card was ignored without a word
     policies = {"sentimnt": VersionPolicy(latest=1), "sentiment": VersionPolicy(specific=["7"])}
     assert unserved(tmp_path, policies) == [
-        f"{tmp_path / 'sentiment' / 'v2'}: not served: a version folder's name is a number (e.g. 1)",
+        f"{tmp_path / 'sentiment' / '01'}: not served: a version folder's name must be a number without leading "
+        "zeros (e.g. 1)",
+        f"{tmp_path / 'sentiment' / 'v2'}: not served: a version folder's name must be a number without leading "
+        "zeros (e.g. 1)",
+        f"{tmp_path / 'sentiment' / '2'}: not served: no model.json in it",
         f"SEQSERVE_VERSION_POLICY names version(s) 7 of 'sentiment', which {tmp_path} does not hold (it holds: 1)",
         "model 'sentiment' is not served: SEQSERVE_VERSION_POLICY selects none of its versions",
         f"SEQSERVE_VERSION_POLICY names model 'sentimnt', which {tmp_path} does not hold (it holds: sentiment)"]
-    assert unserved(tmp_path, {"sentiment": VersionPolicy(latest=1)}) == unserved(tmp_path, {})[:1]
+    assert unserved(tmp_path, {"sentiment": VersionPolicy(latest=1)}) == unserved(tmp_path, {})[:3]
 
 
 def test_a_repository_folder_that_does_not_exist_is_named(tmp_path: Path) -> None:
