@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -84,6 +86,19 @@ def test_graphs_that_fail_parity_are_not_written(tmp_path: Path, monkeypatch: py
     with pytest.raises(q.ParityError, match="fail the parity check"):
         q.quantize(folder, None)
     assert not list(folder.glob("*int8*")) and not list(folder.glob(".*"))
+
+
+def test_one_model_failing_does_not_stop_the_others(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make int8` over models/*/*: one model of one's own that failed stopped the ones after it."""
+    broken = model_repository(tmp_path / "a") / "sentiment" / "1"
+    card = json.loads((broken / "model.json").read_text())
+    card["graphs"]["model"]["sha256"] = "0" * 64
+    (broken / "model.json").write_text(json.dumps(card))
+    good = model_repository(tmp_path / "b") / "sentiment" / "1"
+    with pytest.raises(SystemExit, match=re.escape(f"no INT8 graphs for {broken} (they serve fp32)")):
+        q.main(["--model-dir", str(broken), str(good), "--builtin-probe"])
+    assert "sha256 differs from model.json" in capsys.readouterr().err
+    assert list(good.glob("*.int8.onnx")) and not list(broken.glob("*.int8.onnx"))
 
 
 def test_the_translation_probe_without_data_is_real_sentences(tmp_path: Path) -> None:
