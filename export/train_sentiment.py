@@ -20,7 +20,17 @@ from tqdm import tqdm
 from export.data import DEFAULT_DATA_DIR, LabelledText, read_sst2, read_sst2_phrases
 from export.sentiment_model import SentimentConfig, SentimentLSTM
 from export.tokenizers import train_subword_model
-from export.training import EpochLog, Timer, bucketed_batches, pad, plot_curves, resume, save_last, set_seed
+from export.training import (
+    EpochLog,
+    Timer,
+    bucketed_batches,
+    pad,
+    plot_curves,
+    resume,
+    save_last,
+    say_reused,
+    set_seed,
+)
 from service.tokenization import SubwordTokenizer
 
 
@@ -81,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         # Sentences and phrases overlap heavily; the sentences alone cover the vocabulary.
         texts = [r.text for r in read_sst2(args.data_dir, "train")][: args.limit or None]
         train_subword_model(texts, spm_file, args.vocab, "sentiment")
+    else:
+        say_reused([spm_file])
     tok = SubwordTokenizer(spm_file, "sentiment")
     data = [(tok.encode(r.text), r.label) for r in train]
     data = [(ids, label) for ids, label in data if ids]

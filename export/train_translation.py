@@ -20,7 +20,17 @@ from tqdm import tqdm
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs
 from export.text_variants import VARIANTS, augment_choices
 from export.tokenizers import train_subword_model
-from export.training import EpochLog, Timer, bucketed_batches, pad, plot_curves, resume, save_last, set_seed
+from export.training import (
+    EpochLog,
+    Timer,
+    bucketed_batches,
+    pad,
+    plot_curves,
+    resume,
+    save_last,
+    say_reused,
+    set_seed,
+)
 from export.translation_model import AttentionTranslator, TranslationConfig
 from service.tokenization import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer
 
@@ -113,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"training subword models on {len(train_pairs)} training pairs", flush=True)
         train_subword_model([s for s, _ in train_pairs], src_model, args.src_vocab, "translation")
         train_subword_model([t for _, t in train_pairs], tgt_model, args.tgt_vocab, "translation")
+    else:
+        say_reused([src_model, tgt_model])
     src_tok = SubwordTokenizer(src_model, "translation")
     tgt_tok = SubwordTokenizer(tgt_model, "translation")
 

@@ -88,12 +88,24 @@ def resume(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     if not last.exists():
         return fresh
     ckpt = torch.load(last, weights_only=False)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # torch's "size mismatch for ..." lines, as a traceback
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise SystemExit(f"{last} holds a model of other sizes than these arguments ({first}): resume with the "
+                         "arguments it was started with, or give a new --run-dir") from None
     optimizer.load_state_dict(ckpt["optimizer"])
     state: dict[str, Any] = ckpt["state"]
     log.truncate(state["epoch"])
     print(f"resumed from {last} after epoch {state['epoch']}", flush=True)
     return state
+
+
+def say_reused(files: list[Path]) -> None:
+    """The run's subword models are kept across resumes: say so where one is reused, since its
+    vocabulary and training texts were fixed when it was made."""
+    print(f"reusing {', '.join(f.name for f in files)} from {files[0].parent} (the vocabulary size and --limit "
+          "apply to a new --run-dir only)", flush=True)
 
 
 def save_last(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

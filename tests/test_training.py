@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from export.train_sentiment import main as train_sentiment
 from export.train_translation import main as train_translation
 from tests.conftest import DATA_DIR, TINY_SENTIMENT, TINY_TRANSLATION, needs_data
@@ -15,7 +17,7 @@ def _epochs(run: Path) -> list[dict]:  # type: ignore[type-arg]
 
 
 @needs_data
-def test_sentiment_training_runs_logs_and_resumes(tmp_path: Path) -> None:
+def test_sentiment_training_runs_logs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [*TINY_SENTIMENT, "--limit", "120", "--data-dir", str(DATA_DIR), "--run-dir", str(tmp_path)]
     train_sentiment(args)
     assert [r["epoch"] for r in _epochs(tmp_path)] == [1]
@@ -25,6 +27,11 @@ def test_sentiment_training_runs_logs_and_resumes(tmp_path: Path) -> None:
     rows = _epochs(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert 0.0 <= rows[-1]["dev_acc"] <= 1.0
+    assert "reusing sentiment.spm.model from" in capsys.readouterr().out  # its vocabulary is the first run's
+    # other sizes than the run was started with: a torch traceback of "size mismatch" lines before
+    with pytest.raises(SystemExit, match=r"last.pt holds a model of other sizes than these arguments \(size "
+                                         r"mismatch for .*\): resume with the arguments it was started with"):
+        train_sentiment([*args, "--epochs", "3", "--hidden", "24"])
 
 
 @needs_data
