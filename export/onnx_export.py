@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from export.translation_model import (
     TranslationEncoderGraph,
 )
 from service.model_card import (
+    NAME_PATTERN,
     DecodingSpec,
     GraphSpec,
     ModelCard,
@@ -213,7 +215,7 @@ def export_sentiment(run_dir: Path, out_dir: Path, data_dir: Path) -> ModelCard:
     worst = sentiment_parity(model, out_dir / "sentiment.onnx", [dev[i : i + 32] for i in range(0, len(dev), 32)])
     _require_parity(worst, "SST-2 dev probabilities")
     card = ModelCard(
-        name="sentiment", version=out_dir.name, task="text-classification",
+        name=out_dir.parent.name, version=out_dir.name, task="text-classification",
         description="Binary sentiment of English text (SST-2): stacked bidirectional LSTM over subwords.",
         architecture={"type": "bilstm-classifier", **ckpt["config"]},
         graphs={"model": graph},
@@ -245,7 +247,7 @@ def export_translation(run_dir: Path, out_dir: Path, data_dir: Path, average: in
     worst = translation_parity(model, out_dir, pairs)
     _require_parity(worst, "Multi30k val log-probs")
     card = ModelCard(
-        name="translate-en-de", version=out_dir.name, task="translation",
+        name=out_dir.parent.name, version=out_dir.name, task="translation",
         description="English→German translation (Multi30k): bidirectional GRU encoder, GRU decoder with "
                     "additive (Bahdanau) attention over subwords.",
         architecture={"type": "gru-attention-seq2seq", **ckpt["config"]},
@@ -273,12 +275,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=["sentiment", "translation"])
     p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="the model repository's <name>/<version> folder to write (e.g. models/my-sentiment/1): "
+                        "the card's name and version")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--average", type=int, default=0,
                    help="translation: export the mean weights of the last N kept epochs (epoch-N.pt) instead of "
                         "best.pt")
     args = p.parse_args(argv)
+    # the card's name and version are its folders' (the server refuses a card that differs from them)
+    if not (re.fullmatch(NAME_PATTERN, args.out_dir.parent.name)
+            and args.out_dir.name.isdigit()):
+        p.error(f"--out-dir {args.out_dir}: a model repository's <name>/<version> folder, e.g. models/my-sentiment/1 "
+                "(the name in lower case letters, digits and '-'; the version a number): the card takes both from it")
     if args.model == "sentiment":
         if args.average:
             p.error("--average is for the translator")

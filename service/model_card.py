@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # a model's name: also its folder's, and part of every v2 path
 TensorType = Literal["int64", "int32", "float32", "float16", "bool"]
 
 
@@ -114,7 +115,7 @@ class PrecisionSpec(BaseModel):
 
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     version: str = Field(pattern=r"^[0-9]+$")
     task: Literal["text-classification", "translation"]
     description: str

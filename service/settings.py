@@ -148,7 +148,8 @@ TOOL_VARIABLES = frozenset({"SEQSERVE_DATA_DIR", "SEQSERVE_TEST_MODELS", "SEQSER
 # names people guess for a setting, which difflib does not find close enough (SEQSERVE_MODEL_DIR was
 # "did you mean SEQSERVE_MODEL_CONTROL?", and the server then served the repository's own models)
 _GUESSED = {f"SEQSERVE_{guess}": "SEQSERVE_MODEL_REPOSITORY"
-            for guess in ("MODEL_DIR", "MODELS_DIR", "MODEL_PATH", "MODELS_PATH", "MODEL_REPO", "MODELS", "MODEL_STORE")}
+            for guess in ("MODEL_DIR", "MODELS_DIR", "MODEL_PATH", "MODELS_PATH", "MODEL_REPO", "MODELS",
+                          "MODEL_STORE")}
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -124,3 +124,22 @@ def test_average_checkpoints_is_the_mean_of_the_last_kept_epochs(tmp_path: Path)
     assert averaged["model"]["steps"].dtype == torch.int64
     with pytest.raises(SystemExit, match="only 4 epoch checkpoints"):
         average_checkpoints(tmp_path, 5)
+
+
+def test_the_card_takes_its_name_and_version_from_the_out_dir(tmp_path: Path, tiny_repo: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The exporter wrote "sentiment" whatever the folder, and the server refused the card of
+    models/my-sentiment/1 (its name differs from its folder's)."""
+    from export.onnx_export import export_sentiment, main
+    from service.model_card import load_model_card
+    from tests.conftest import DATA_DIR
+
+    card = export_sentiment(tiny_repo.parent / "run-s", tmp_path / "my-sentiment" / "3", DATA_DIR)
+    assert (card.name, card.version) == ("my-sentiment", "3")
+    assert load_model_card(tmp_path / "my-sentiment" / "3" / "model.json").name == "my-sentiment"
+
+    for bad in ("My_Model/1", "my-model/latest"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["sentiment", "--run-dir", str(tmp_path / "no-run"), "--out-dir", str(tmp_path / bad)])
+        assert exit_.value.code == 2
+        assert "a model repository's <name>/<version> folder" in capsys.readouterr().err
