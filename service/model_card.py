@@ -6,11 +6,13 @@ test suite validates the committed cards against ``ModelCard.model_json_schema()
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # a model's name: also its folder's, and part of every v2 path
 TensorType = Literal["int64", "int32", "float32", "float16", "bool"]
@@ -192,10 +194,23 @@ def load_model_card(path: Path) -> ModelCard:
     except ValidationError as exc:
         # one line an operator can act on ("graphs.encoder: Field required"), not pydantic's
         # three lines and a link per error
-        problems = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'the file'}: {error['msg']}"
+        problems = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'the file'}: {error['msg']}{_nearest(error)}"
                              for error in exc.errors())
         raise ModelCardError(f"{path}: does not follow the model.json schema ({exc.error_count()} "
                              f"problem{'s' if exc.error_count() > 1 else ''}): {problems}") from exc
+
+
+def _nearest(error: ErrorDetails) -> str:
+    """For a key the schema does not know ("lables"), the nearest key it does."""
+    if error["type"] != "extra_forbidden" or not error["loc"]:
+        return ""
+    near = difflib.get_close_matches(str(error["loc"][-1]), _CARD_KEYS, n=1, cutoff=0.75)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+_CARD_KEYS = sorted({key for cls in (ModelCard, GraphSpec, TensorSpec, TokenizerSpec, DecodingSpec, ParitySpec,
+                                     RobustnessSpec, RobustnessScore, PrecisionSpec, DerivedParity)
+                     for key in cls.model_fields})
 
 
 def write_model_card(card: ModelCard, path: Path) -> None:

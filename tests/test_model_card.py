@@ -87,6 +87,21 @@ def test_a_card_missing_a_key_its_runner_reads_is_refused_naming_file_and_key(
     assert str(path) in str(refused.value) and named in str(refused.value)
 
 
+def test_a_misspelled_key_is_answered_with_the_nearest_one(tmp_path: Path) -> None:
+    from service.model_card import ModelCardError
+
+    card = json.loads((COMMITTED_MODELS / "sentiment" / "1" / "model.json").read_text())
+    card["lables"] = card.pop("labels")
+    card["tokenizers"]["text"]["vocabsize"] = card["tokenizers"]["text"].pop("vocab_size")
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelCardError) as refused:
+        load_model_card(path)
+    assert "lables: Extra inputs are not permitted (did you mean 'labels'?)" in str(refused.value)
+    refusal = str(refused.value)
+    assert "tokenizers.text.vocabsize: Extra inputs are not permitted (did you mean 'vocab_size'?)" in refusal
+
+
 @pytest.mark.parametrize(("model", "change", "named"), [
     ("sentiment", {"labels": ["negative", "neutral", "positive"]}, "labels has 3 names for its graph's 2 classes"),
     ("translate-en-de", {"decoding": {"top_k": 12}}, "top_k 12 is under 2 x max_beam_size (20)"),
