@@ -35,6 +35,7 @@ from service.hot_routes import HotRouteMiddleware
 from service.loop_budget import PassBudget
 from service.middleware import RequestContextMiddleware
 from service.onnx_session import ModelLoadError
+from service.open_files import OpenFilesWatch
 from service.registry import ModelRegistry
 from service.repository import ModelControl
 from service.settings import Settings
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.state.early_refusal.open(registry)
         app.state.ready = True
         lag_watch = asyncio.create_task(metrics.watch_event_loop_lag())
+        files_watch = asyncio.create_task(OpenFilesWatch().run())
         log.info("ready in %.2fs: %s", time.monotonic() - started,
                  ", ".join(f"{m.name}/{m.version} on {m.provider} ({m.precision})" for m in registry.all()))
         try:
@@ -88,6 +90,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             # shutdown below is still this one's, and no error (uvicorn logged it with a traceback)
         finally:
             lag_watch.cancel()
+            files_watch.cancel()
             app.state.ready = False
             app.state.early_refusal.close()
             # HTTP is done: the models finish within what is left of the deadline fixed at SIGTERM

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
 import os
 import re
 import signal
@@ -130,7 +131,10 @@ def test_how_a_worker_ended_is_said_with_the_signals_name_and_likely_cause(tmp_p
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """"ended with -7" said nothing of a full PROMETHEUS_MULTIPROC_DIR (prometheus-client's
     memory-mapped files: a write into a hole on a full file system is a SIGBUS)."""
-    from service.workers import _check_metrics_dir, ended
+    from service.workers import _check_metrics_dir, ended, log
+
+    monkeypatch.setattr(log, "disabled", False)  # an earlier test's logging configuration may have disabled it
+    caplog.set_level(logging.WARNING, log.name)
 
     assert ended(1) == "exit code 1"
     assert ended(-signal.SIGBUS) == ("signal SIGBUS (a memory-mapped file could not be written: is "
