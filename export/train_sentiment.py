@@ -27,6 +27,7 @@ from export.training import (
     pad,
     plot_curves,
     resume,
+    run_facts,
     save_last,
     say_reused,
     set_seed,
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         state["epoch"] = epoch
         save_last(run, model, optimizer, state)
         log.append({"epoch": epoch, "train_loss": total_loss / seen, "train_acc": correct / seen,
-                    "dev_acc": dev_acc, "minutes": timer.minutes(), "best": improved})
+                    "dev_acc": dev_acc, "minutes": timer.minutes(), "best": improved,
+                    **run_facts(args.seed, len(data))})
         if timer.minutes() > args.max_minutes:
             print(f"time budget of {args.max_minutes} min reached; stopping", flush=True)
             break

@@ -27,6 +27,7 @@ from export.training import (
     pad,
     plot_curves,
     resume,
+    run_facts,
     save_last,
     say_reused,
     set_seed,
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             stale = run / f"epoch-{epoch - args.keep_epochs}.pt"
             stale.unlink(missing_ok=True)
         log.append({"epoch": epoch, "train_loss": total_loss / total_tokens, "val_bleu": bleu,
-                    "val_bleu_lc": bleu_lc, "lr": lr, "minutes": timer.minutes(), "best": improved})
+                    "val_bleu_lc": bleu_lc, "lr": lr, "minutes": timer.minutes(), "best": improved,
+                    **run_facts(args.seed, len(data))})
         print(f"  sample: {val_pairs[0][0]!r} -> {hyps[0]!r}", flush=True)
         if timer.minutes() > args.max_minutes:
             print(f"time budget of {args.max_minutes} min reached; stopping", flush=True)

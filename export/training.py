@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -99,6 +100,12 @@ def resume(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     log.truncate(state["epoch"])
     print(f"resumed from {last} after epoch {state['epoch']}", flush=True)
     return state
+
+
+def run_facts(seed: int, examples: int) -> dict[str, int | str]:
+    """What the model card says of a run beside its figures (export/onnx_export.py): the seed,
+    the training examples used (after --limit), and the machine."""
+    return {"seed": seed, "train_examples": examples, "hardware": f"{os.cpu_count()}-core CPU"}
 
 
 def say_reused(files: list[Path]) -> None:

@@ -137,6 +137,7 @@ def test_the_card_takes_its_name_and_version_from_the_out_dir(tmp_path: Path, ti
     card = export_sentiment(tiny_repo.parent / "run-s", tmp_path / "my-sentiment" / "3", DATA_DIR)
     assert (card.name, card.version) == ("my-sentiment", "3")
     assert load_model_card(tmp_path / "my-sentiment" / "3" / "model.json").name == "my-sentiment"
+    assert card.training_data["train"].endswith("; 400 used in training")  # TINY_SENTIMENT's --limit
 
     for bad in ("My_Model/1", "my-model/latest"):
         with pytest.raises(SystemExit) as exit_:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,9 @@ def test_sentiment_training_runs_logs_and_resumes(tmp_path: Path, capsys: pytest
     rows = _epochs(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert 0.0 <= rows[-1]["dev_acc"] <= 1.0
+    # what the model card says of the run: it said the whole data set and "2-core CPU" whatever was used
+    assert rows[-1]["train_examples"] == 120 and rows[-1]["seed"] == 13
+    assert rows[-1]["hardware"] == f"{os.cpu_count()}-core CPU"
     assert "reusing sentiment.spm.model from" in capsys.readouterr().out  # its vocabulary is the first run's
     # other sizes than the run was started with: a torch traceback of "size mismatch" lines before
     with pytest.raises(SystemExit, match=r"last.pt holds a model of other sizes than these arguments \(size "
