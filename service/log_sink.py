@@ -9,7 +9,8 @@ several workers the supervisor's watchdog hung on its own line, then killed a wo
 have recovered. As Docker's ``mode=non-blocking`` and Python's ``QueueHandler`` do, the buffer is
 bounded (``LIMIT_BYTES``): lines that do not fit are dropped, counted
 (``seqserve_log_lines_dropped_total``), and said in one WARNING line once the reader takes
-lines again. Lines are never torn: each write holds whole lines.
+lines again. Lines are never torn: each write holds whole lines, at most a pipe's atomic write
+where it can (``ATOMIC_BYTES``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -24,6 +26,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
+# a pipe takes a write of up to PIPE_BUF bytes whole (POSIX; 4 KiB on Linux): several workers
+# share stderr, and a larger write could be interleaved with another's mid-line
+ATOMIC_BYTES = 4096
 LIMIT_BYTES = 4 << 20  # about 16,000 access-log lines: seconds of a stalled reader at full load
 EXIT_WAIT_S = 3.0  # at exit, how long the pending lines may take to go out
 
@@ -73,10 +78,9 @@ class LogSink:
                 self._bytes = 0
                 self._writing = True
                 dropped, self._dropped = self._dropped, 0
-            stream = self._stream or sys.stderr
             with contextlib.suppress(OSError, ValueError):  # a reader gone (EPIPE), a stream closed
-                stream.write(text)
-                stream.flush()
+                for chunk in whole_lines(text, ATOMIC_BYTES):
+                    self._put(chunk)
             with self._ready:
                 self._writing = False
                 self._ready.notify_all()
@@ -84,6 +88,18 @@ class LogSink:
                 logging.getLogger("seqserve.log").warning(
                     "%d log lines dropped: the reader of stderr fell behind by more than %d MiB", dropped,
                     self.limit_bytes >> 20)
+
+    def _put(self, chunk: str) -> None:
+        """One write of whole lines: on stderr, straight to its descriptor (Python's buffer would
+        cut a large write where it fills), so that workers sharing one pipe never tear a line."""
+        if self._stream is not None:
+            self._stream.write(chunk)
+            self._stream.flush()
+            return
+        data = chunk.encode(sys.stderr.encoding or "utf-8", "backslashreplace")
+        fd = sys.stderr.fileno()
+        while data:  # a line longer than a pipe takes at once goes in parts
+            data = data[os.write(fd, data):]
 
     def flush(self, timeout_s: float = EXIT_WAIT_S) -> bool:
         """Wait until every queued line is written, at most ``timeout_s``; True if they all were."""
@@ -95,6 +111,22 @@ class LogSink:
                     return False
                 self._ready.wait(left)
         return True
+
+
+def whole_lines(text: str, size: int) -> list[str]:
+    """``text`` (whole lines) cut into pieces of whole lines of at most ``size`` characters each
+    (a longer line is a piece of its own)."""
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = start + size
+        if end < len(text):
+            cut = text.rfind("\n", start, end)
+            end = text.find("\n", end) + 1 if cut < 0 else cut + 1
+            end = end or len(text)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
 
 
 stderr = LogSink()

@@ -77,3 +77,14 @@ def test_a_server_whose_log_reader_stops_reading_keeps_answering() -> None:
     finally:
         server.stop()
     assert log.count('"status":404') == 400  # every line written once the reader read again
+
+
+def test_writes_are_whole_lines_of_at_most_a_pipes_atomic_write() -> None:
+    """Several workers share stderr: a larger write could be interleaved with another's mid-line."""
+    from service.log_sink import ATOMIC_BYTES, whole_lines
+
+    text = "".join(f"{i:05d}{'x' * (i % 300)}\n" for i in range(2000))
+    pieces = whole_lines(text, ATOMIC_BYTES)
+    assert "".join(pieces) == text and len(pieces) > 1
+    assert all(piece.endswith("\n") and len(piece) <= ATOMIC_BYTES for piece in pieces)
+    assert whole_lines("a" * 5000 + "\nb\n", ATOMIC_BYTES) == ["a" * 5000 + "\n", "b\n"]  # a long line alone
