@@ -14,9 +14,9 @@ inside the app (a LogRecord per request, ``strftime`` per line). This costs 12-1
 with non-ASCII characters (only a path can bring them) is written ASCII-escaped by ``json.dumps``.
 The time string is formatted once per second.
 
-The lines logged during one pass of the event loop go out together when the pass is over, to
-stderr's writer thread (service/log_sink.py: a stalled log reader never stalls the server). Lines
-logged off the event loop go at once, and pending ones at exit.
+The lines logged during one pass of the event loop go out together when the pass is over, through
+service/log_sink.py (a stalled log reader never stalls the server). Lines logged off the event
+loop go at once, and pending ones at exit.
 """
 
 from __future__ import annotations

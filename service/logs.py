@@ -1,5 +1,5 @@
 """The service's own log on stderr (uvicorn's included): text lines, or one JSON object per line,
-written by stderr's own thread (service/log_sink.py).
+through service/log_sink.py (a stalled log reader never blocks the thread that logs).
 
 The access log is JSON lines of its own (service/access_log.py). With ``SEQSERVE_LOG_FORMAT=json``
 the rest of stderr is JSON lines too, with the access log's first fields (``time`` in UTC,
@@ -44,8 +44,8 @@ class JsonLines(logging.Formatter):
 
 
 class ToStderr(logging.Handler):
-    """Formatted records to stderr's writer thread (service/log_sink.py): a log reader that
-    stalls never blocks the thread that logs, the event loop or the supervisor's watchdog."""
+    """Formatted records to stderr through service/log_sink.py: a log reader that stalls never
+    blocks the thread that logs, the event loop or the supervisor's watchdog."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

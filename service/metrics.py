@@ -30,7 +30,7 @@ GRPC_LATENCY = Histogram("seqserve_grpc_request_latency_seconds", "gRPC call lat
 QUEUE_DEPTH = Gauge("seqserve_queue_depth", "Texts waiting for a model (not yet in a batch or decoding)",
                     ["model", "version"], multiprocess_mode="livesum")
 LOG_LINES_DROPPED = Counter("seqserve_log_lines_dropped_total", "Log lines dropped because the reader of stderr fell "
-                            "behind by more than the log buffer (service/log_sink.py)")
+                            "behind by more than the log buffer, or was gone (service/log_sink.py)")
 log_sink.stderr.on_dropped = LOG_LINES_DROPPED.inc
 # what a concurrency autoscaler (KEDA, Knative) scales on: the queue above and the work in progress
 IN_FLIGHT = Gauge("seqserve_in_flight", "Texts accepted by a model and not yet answered (waiting or being "

@@ -1,11 +1,13 @@
-"""stderr written by its own thread (service/log_sink.py): a log reader that stalls never stalls
-the server, and lines it cannot hold are dropped whole and counted."""
+"""stderr that never blocks on a stalled reader (service/log_sink.py): lines go at once while the
+pipe has room, wait for the sink's thread when it has none, and are dropped whole and counted
+beyond the buffer."""
 
 from __future__ import annotations
 
-import io
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,44 +15,89 @@ import httpx
 import pytest
 
 from loadtests.server import ServerProcess, metric_value
-from service.log_sink import LogSink
-from tests.conftest import COMMITTED_MODELS
+from service.log_sink import ATOMIC_BYTES, LogSink, whole_lines
+from tests.conftest import COMMITTED_MODELS, ROOT
+
+LINE = "x" * 99 + "\n"  # 100 bytes
 
 
-class Stalled(io.StringIO):
-    """A stream whose writes block until ``release`` is set (a reader that stopped reading)."""
+def _read_all(fd: int, into: bytearray) -> threading.Thread:
+    """Read ``fd`` to its end in a thread (a reader that comes back)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = threading.Event()
+    def read() -> None:
+        while chunk := os.read(fd, 65536):
+            into.extend(chunk)
 
-    def write(self, text: str) -> int:
-        self.release.wait(10)
-        return super().write(text)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader
 
 
-def test_a_stalled_stream_never_blocks_the_writer_and_what_does_not_fit_is_dropped_whole(
+def test_while_the_pipe_has_room_lines_go_at_once_in_order() -> None:
+    read_end, write_end = os.pipe()
+    sink = LogSink(write_end)
+    sink.write("one\n")
+    sink.write("two\nthree\n")
+    assert os.read(read_end, 100) == b"one\ntwo\nthree\n"  # no thread needed: written by the caller
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_a_stalled_reader_never_blocks_the_writer_and_what_does_not_fit_is_dropped_whole(
         caplog: pytest.LogCaptureFixture) -> None:
-    stream = Stalled()
-    sink = LogSink(stream, limit_bytes=1000)
+    read_end, write_end = os.pipe()  # nobody reads until the end: the pipe holds 64 KiB
+    sink = LogSink(write_end, limit_bytes=20_000)
     dropped: list[int] = []
     sink.on_dropped = dropped.append
-    line = "x" * 99 + "\n"
     started = time.monotonic()
-    for _ in range(40):  # 4,000 bytes: the first write is taken by the (stalled) thread, ten more fit
-        sink.write(line)
-    assert time.monotonic() - started < 0.5  # never waited for the stream
-    assert not sink.flush(0.1)  # still held by the stalled stream
+    for _ in range(1000):  # 100 KB: 64 KB into the pipe, 20 KB waiting for the thread, the rest dropped
+        sink.write(LINE)
+    assert time.monotonic() - started < 1  # never waited for the reader
+    assert not sink.flush(0.1)
+    assert 10_000 <= sum(dropped) * 100 <= 40_000  # 100 KB - the pipe (at most 64 KiB) - 20 KB waiting
+    received = bytearray()
     with caplog.at_level(logging.WARNING, "seqserve.log"):
-        stream.release.set()
+        reader = _read_all(read_end, received)
         assert sink.flush(5)
         deadline = time.monotonic() + 5
         while "log lines dropped" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.01)
-    written = stream.getvalue().splitlines()
-    assert all(text == line.strip() for text in written)  # whole lines, none torn
-    assert len(written) + sum(dropped) == 40 and sum(dropped) > 0
-    assert f"{sum(dropped)} log lines dropped: the reader of stderr fell behind by more than 0 MiB" in caplog.text
+    os.close(write_end)
+    reader.join(5)
+    lines = received.decode().splitlines()
+    assert all(line == LINE.strip() for line in lines) and len(lines) + sum(dropped) == 1000  # none torn
+    assert f"{sum(dropped)} log lines dropped: the reader of stderr fell behind by more than 19 KiB" in caplog.text
+
+
+def test_lines_the_stream_refuses_are_counted() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone: EPIPE (Python ignores SIGPIPE)
+    sink = LogSink(write_end)
+    dropped: list[int] = []
+    sink.on_dropped = dropped.append
+    sink.write("a\nb\n")
+    assert dropped == [2]
+    os.close(write_end)
+
+
+def test_a_line_logged_just_before_a_crash_is_out() -> None:
+    """Left to a thread, it was lost when the process died in native code (the deaths a worker's
+    signal now names)."""
+    code = ("import logging, os; from service.logs import configure_logging; from service.settings import Settings; "
+            "configure_logging(Settings.model_construct(log_format='text', log_level='info')); "
+            "logging.getLogger('seqserve').info('loading model x'); os.abort()")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == -6 and "loading model x" in run.stderr
+
+
+def test_writes_are_whole_lines_of_at_most_a_pipes_atomic_write() -> None:
+    """Several workers share stderr: a larger write could be interleaved with another's mid-line.
+    Cut on bytes: a line of non-ASCII text is longer in bytes than in characters."""
+    data = "".join(f"{i:05d}{'é' * (i % 300)}\n" for i in range(2000)).encode()
+    pieces = whole_lines(data, ATOMIC_BYTES)
+    assert b"".join(pieces) == data and len(pieces) > 1
+    assert all(piece.endswith(b"\n") and len(piece) <= ATOMIC_BYTES for piece in pieces)
+    assert whole_lines(b"a" * 5000 + b"\nb\n", ATOMIC_BYTES) == [b"a" * 5000 + b"\n", b"b\n"]  # a long line alone
 
 
 def test_a_server_whose_log_reader_stops_reading_keeps_answering() -> None:
@@ -59,6 +106,7 @@ def test_a_server_whose_log_reader_stops_reading_keeps_answering() -> None:
     read_end, write_end = os.pipe()  # nobody reads read_end until the end
     server = ServerProcess(COMMITTED_MODELS, access_log="true", log_fd=write_end)
     os.close(write_end)
+    received = bytearray()
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=5) as client:
@@ -70,21 +118,10 @@ def test_a_server_whose_log_reader_stops_reading_keeps_answering() -> None:
             assert client.post("/v1/sentiment", json={"text": "fine"}).status_code == 200
             assert time.monotonic() - started < 2
         assert metric_value(server.url, "seqserve_log_lines_dropped_total") == 0  # 400 KB fit in the buffer
-        with os.fdopen(read_end, "rb") as reader:
-            server.proc.terminate()
-            log = reader.read().decode()
-            assert server.proc.wait(timeout=60) == 0
+        reader = _read_all(read_end, received)  # the reader comes back
+        server.proc.terminate()
+        assert server.proc.wait(timeout=60) == 0
+        reader.join(10)
     finally:
         server.stop()
-    assert log.count('"status":404') == 400  # every line written once the reader read again
-
-
-def test_writes_are_whole_lines_of_at_most_a_pipes_atomic_write() -> None:
-    """Several workers share stderr: a larger write could be interleaved with another's mid-line."""
-    from service.log_sink import ATOMIC_BYTES, whole_lines
-
-    text = "".join(f"{i:05d}{'x' * (i % 300)}\n" for i in range(2000))
-    pieces = whole_lines(text, ATOMIC_BYTES)
-    assert "".join(pieces) == text and len(pieces) > 1
-    assert all(piece.endswith("\n") and len(piece) <= ATOMIC_BYTES for piece in pieces)
-    assert whole_lines("a" * 5000 + "\nb\n", ATOMIC_BYTES) == ["a" * 5000 + "\n", "b\n"]  # a long line alone
+    assert received.decode().count('"status":404') == 400  # every line written once the reader read again
