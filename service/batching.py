@@ -227,6 +227,8 @@ class AnsweredFromThreads:
                         self._unhealthy_since = None
                         metrics.MODEL_HEALTHY.labels(*self.labels).set(1)
 
+        slot = len(self.threads) if index is None else index  # its place in ``threads``, for its replacement
+
         def main() -> None:
             while True:
                 try:
@@ -237,18 +239,26 @@ class AnsweredFromThreads:
                 if self._stop.wait(_BACKOFF_S[min(self._faults_in_a_row, len(_BACKOFF_S)) - 1]):
                     return
                 try:
-                    self._start_thread(name, turn, holding, on_fault, self.threads.index(threading.current_thread()))
+                    self._start_thread(name, turn, holding, on_fault, slot)
                     return
                 except RuntimeError as exc:
                     log.error("thread %s of model %s: no new thread could be started (%s); the failed one "
                               "carries on in its place", name, self.name, exc)
 
         thread = threading.Thread(target=main, name=f"seqserve-{self.name}-{name}", daemon=True)
-        thread.start()  # listed once started: a thread that never started cannot be joined at shutdown
+        # listed before it starts, and the one it replaces listed again if it cannot start (a thread
+        # that never started cannot be joined at shutdown)
         if index is None:
             self.threads.append(thread)
-        else:
-            self.threads[index] = thread
+        previous, self.threads[slot] = self.threads[slot], thread
+        try:
+            thread.start()
+        except RuntimeError:
+            if index is None:
+                self.threads.pop()
+            else:
+                self.threads[slot] = previous
+            raise
 
     def _fault(self, name: str, exc: BaseException, holding: Callable[[], Sequence[Waiting]],
                on_fault: Callable[[BaseException], None]) -> None:
@@ -269,7 +279,10 @@ class AnsweredFromThreads:
     async def _join_threads(self) -> None:
         self._stop.set()
         for thread in list(self.threads):
-            await asyncio.to_thread(thread.join, 10.0)
+            try:
+                await asyncio.to_thread(thread.join, 10.0)
+            except RuntimeError:  # no thread to wait in (memory, a pids limit): wait here, briefly
+                thread.join(1.0)
 
     def failure(self, exc: BaseException) -> InferenceFailed:
         return InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")

@@ -289,6 +289,38 @@ async def test_where_no_new_thread_can_start_the_failed_one_carries_on(monkeypat
     assert not only.is_alive()
 
 
+async def test_a_replacement_that_fails_before_its_creator_listed_it_is_replaced_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replacement looked itself up in ``threads`` to be replaced in turn; listed only after its
+    start returned, one that failed at once (its creator descheduled meanwhile) died unlisted, and
+    the model was left with no thread (the reviewer's race)."""
+    import service.batching as batching
+
+    faults = {"left": 3}
+    real_split, real_start = batching.split_by_budget, threading.Thread.start
+
+    def split_broken(items: list, policy: BatchPolicy) -> list:  # type: ignore[type-arg]
+        if faults["left"]:
+            faults["left"] -= 1
+            raise RuntimeError("planted")
+        return real_split(items, policy)
+
+    def slow_start(self: threading.Thread) -> None:  # the creator descheduled right after start
+        real_start(self)
+        time.sleep(0.3)
+
+    batcher = DynamicBatcher("m", Recorder(), _policy(instances=1))
+    batcher.start()
+    monkeypatch.setattr(batching, "split_by_budget", split_broken)
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    for _ in range(3):
+        with pytest.raises(InferenceFailed):
+            await batcher.submit("x", 1, time.monotonic() + 10)
+    assert await batcher.submit("ok", 1, time.monotonic() + 5) == "OK"  # not a 504 at the deadline
+    monkeypatch.undo()
+    await batcher.close()
+
+
 async def test_a_worker_gives_way_after_a_batch_for_its_cpu_time_not_after_waiting_for_work() -> None:
     asked: list[float] = []  # the give-way's argument before each turn (a fake: the test is about the worker)
 
