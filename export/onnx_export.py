@@ -44,6 +44,7 @@ from service.model_card import (
 from service.onnx_session import sha256_of
 from service.runners.sentiment import pad_batch
 from service.tokenization import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SubwordTokenizer
+from service.version_policy import is_version
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -295,9 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     # the card's name and version are its folders' (the server refuses a card that differs from them)
     if not (re.fullmatch(NAME_PATTERN, args.out_dir.parent.name)
-            and args.out_dir.name.isdigit()):
+            and is_version(args.out_dir.name)):
         p.error(f"--out-dir {args.out_dir}: a model repository's <name>/<version> folder, e.g. models/my-sentiment/1 "
-                "(the name in lower case letters, digits and '-'; the version a number): the card takes both from it")
+                "(the name in lower case letters, digits and '-'; the version a number without leading zeros): the "
+                "card takes both from it")
     if args.model == "sentiment":
         if args.average:
             p.error("--average is for the translator")

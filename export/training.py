@@ -92,9 +92,8 @@ def resume(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:  # torch's "size mismatch for ..." lines, as a traceback
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
-        raise SystemExit(f"{last} holds a model of other sizes than these arguments ({first}): resume with the "
-                         "arguments it was started with, or give a new --run-dir") from None
+        raise SystemExit(f"{last} holds a model of other sizes than these arguments ({_differences(run, model, exc)}): "
+                         "resume with the arguments it was started with, or give a new --run-dir") from None
     optimizer.load_state_dict(ckpt["optimizer"])
     state: dict[str, Any] = ckpt["state"]
     log.truncate(state["epoch"])
@@ -113,6 +112,19 @@ def say_reused(files: list[Path]) -> None:
     vocabulary and training texts were fixed when it was made."""
     print(f"reusing {', '.join(f.name for f in files)} from {files[0].parent} (the vocabulary size and --limit "
           "apply to a new --run-dir only)", flush=True)
+
+
+def _differences(run: Path, model: torch.nn.Module, exc: RuntimeError) -> str:
+    """What differs between the run's model (its best.pt's config) and this one, by option name;
+    torch's first line where the run has no config to compare."""
+    saved: dict[str, Any] = {}
+    if (run / "best.pt").exists():
+        saved = torch.load(run / "best.pt", weights_only=False).get("config", {})
+    config = getattr(model, "config", None)
+    current: dict[str, Any] = config.to_dict() if config is not None else {}
+    differ = [f"--{key.replace('_', '-')} {saved[key]}, not {current[key]}" for key in sorted(saved)
+              if key in current and saved[key] != current[key]]
+    return "; ".join(differ) or str(exc).strip().splitlines()[0]
 
 
 def save_last(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

@@ -204,7 +204,8 @@ def _nearest(error: ErrorDetails) -> str:
     """For a key the schema does not know ("lables"), the nearest key it does."""
     if error["type"] != "extra_forbidden" or not error["loc"]:
         return ""
-    near = difflib.get_close_matches(str(error["loc"][-1]), _CARD_KEYS, n=1, cutoff=0.75)
+    key = str(error["loc"][-1])  # a known key at the wrong level is not told to be itself
+    near = difflib.get_close_matches(key, [k for k in _CARD_KEYS if k != key], n=1, cutoff=0.75)
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 

@@ -61,10 +61,15 @@ class OpenFilesWatch:
                 log.info("open files down to %d of %d (at most %d meanwhile)", count, most, self.peak)
 
     async def run(self) -> None:
-        """For the server's life: look once a second (a directory listing of /proc: tens of µs)."""
+        """For the server's life: look once a second, off the event loop (listing /proc/self/fd
+        costs ~1 ms per 1,000 descriptors: 7 ms at 10,000 connections)."""
         if not os.path.isdir("/proc/self/fd"):  # not Linux
             return
         while True:
             most = limit()
-            self.check(open_files(most), most)
+            try:
+                count = await asyncio.to_thread(open_files, most)
+            except RuntimeError:  # no thread for it (memory, a pids limit)
+                count = open_files(most)
+            self.check(count, most)
             await asyncio.sleep(CHECK_EVERY_S)

@@ -93,6 +93,7 @@ def test_a_misspelled_key_is_answered_with_the_nearest_one(tmp_path: Path) -> No
     card = json.loads((COMMITTED_MODELS / "sentiment" / "1" / "model.json").read_text())
     card["lables"] = card.pop("labels")
     card["tokenizers"]["text"]["vocabsize"] = card["tokenizers"]["text"].pop("vocab_size")
+    card["sha256"] = "0" * 64  # a known key at the wrong level
     path = tmp_path / "model.json"
     path.write_text(json.dumps(card))
     with pytest.raises(ModelCardError) as refused:
@@ -100,6 +101,7 @@ def test_a_misspelled_key_is_answered_with_the_nearest_one(tmp_path: Path) -> No
     assert "lables: Extra inputs are not permitted (did you mean 'labels'?)" in str(refused.value)
     refusal = str(refused.value)
     assert "tokenizers.text.vocabsize: Extra inputs are not permitted (did you mean 'vocab_size'?)" in refusal
+    assert refusal.endswith("sha256: Extra inputs are not permitted")  # not "did you mean 'sha256'?"
 
 
 @pytest.mark.parametrize(("model", "change", "named"), [

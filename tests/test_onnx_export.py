@@ -139,7 +139,7 @@ def test_the_card_takes_its_name_and_version_from_the_out_dir(tmp_path: Path, ti
     assert load_model_card(tmp_path / "my-sentiment" / "3" / "model.json").name == "my-sentiment"
     assert card.training_data["train"].endswith("; 400 used in training")  # TINY_SENTIMENT's --limit
 
-    for bad in ("My_Model/1", "my-model/latest"):
+    for bad in ("My_Model/1", "my-model/latest", "my-model/01"):
         with pytest.raises(SystemExit) as exit_:
             main(["sentiment", "--run-dir", str(tmp_path / "no-run"), "--out-dir", str(tmp_path / bad)])
         assert exit_.value.code == 2

@@ -45,6 +45,25 @@ def test_a_card_whose_fixed_sizes_differ_from_its_graphs_is_refused() -> None:
         open_session(model_dir, spec, [CPU])
 
 
+def test_an_output_whose_rank_onnx_cannot_infer_is_not_compared() -> None:
+    """ONNX Runtime says [] for it (not None): such a graph, which loaded before, was refused."""
+    from onnx import TensorProto, helper
+
+    from service.model_card import TensorSpec
+    from service.onnx_session import _check_io
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])
+    shape = helper.make_tensor_value_info("shape", TensorProto.INT64, [None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g", [x, shape], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=[CPU])
+    assert session.get_outputs()[0].shape == []
+    _check_io(Path("model.onnx"), "output", session.get_outputs(), [TensorSpec(name="y", dtype="float32",
+                                                                               shape=["batch", 2])])
+
+
 def test_cuda_settings_become_provider_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert CudaOptions().provider_options() == {"device_id": "0", "arena_extend_strategy": "kNextPowerOfTwo",
                                                 "use_tf32": "0"}  # TF32 off unless asked for; no memory cap

@@ -33,9 +33,11 @@ def test_sentiment_training_runs_logs_and_resumes(tmp_path: Path, capsys: pytest
     assert rows[-1]["hardware"] == f"{os.cpu_count()}-core CPU"
     assert "reusing sentiment.spm.model from" in capsys.readouterr().out  # its vocabulary is the first run's
     # other sizes than the run was started with: a torch traceback of "size mismatch" lines before
-    with pytest.raises(SystemExit, match=r"last.pt holds a model of other sizes than these arguments \(size "
-                                         r"mismatch for .*\): resume with the arguments it was started with"):
+    with pytest.raises(SystemExit, match=r"last.pt holds a model of other sizes than these arguments \(--hidden 16, "
+                                         r"not 24\): resume with the arguments it was started with"):
         train_sentiment([*args, "--epochs", "3", "--hidden", "24"])
+    with pytest.raises(SystemExit, match=r"\(--layers 2, not 1\)"):  # torch's text named no size for this one
+        train_sentiment([*args, "--epochs", "3", "--layers", "1"])
 
 
 @needs_data

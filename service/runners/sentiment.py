@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from service.metrics import MODEL_CPU
 from service.model_card import ModelCard
-from service.onnx_session import Precision, Provider, open_session
+from service.onnx_session import Precision, Provider, graph_path, open_session
 from service.runners.vocabulary import check_embedding, checked_tokenizer
 from service.tokenization import PAD_ID
 
@@ -38,7 +38,7 @@ class SentimentRunner:
         self._inputs = [i.name for i in card.graphs["model"].inputs]
         self._output = card.graphs["model"].outputs[0].name
         self._model_cpu = MODEL_CPU.labels(card.name, card.version)
-        check_embedding(model_dir / card.graphs["model"].file, self.tokenizer, self._probe)
+        check_embedding(graph_path(model_dir, card.graphs["model"], precision), self.tokenizer, self._probe)
 
     def _probe(self, token: int) -> None:
         """One text of one subword through the graph (outside ``run``: no batch, no metrics)."""

@@ -18,7 +18,7 @@ import onnxruntime as ort
 from service.decoding import BeamSearch, Hypothesis, Sampling, StepUpdate
 from service.metrics import MODEL_CPU
 from service.model_card import ModelCard
-from service.onnx_session import Precision, Provider, device_of, open_session
+from service.onnx_session import Precision, Provider, device_of, graph_path, open_session
 from service.runners.row_ops import DecoderRows, DeviceRows, Encoded, RowGather, Tensor, gather_on_host
 from service.runners.sentiment import pad_batch
 from service.runners.vocabulary import check_embedding, check_output_vocabulary, checked_tokenizer
@@ -82,7 +82,8 @@ class TranslationRunner:
 
     def _check_vocabularies(self) -> None:
         """Each tokenizer fits the graph that reads or scores its subwords (service/runners/vocabulary.py)."""
-        encoder, decoder = (self.model_dir / self.card.graphs[key].file for key in ("encoder", "decoder_step"))
+        encoder, decoder = (graph_path(self.model_dir, self.card.graphs[key], self.precision)
+                            for key in ("encoder", "decoder_step"))
         check_embedding(encoder, self.source_tokenizer, lambda last: self.encode([[last]]))
         check_output_vocabulary(decoder, self.decoder.get_outputs()[0].shape[-1], self.target_tokenizer)
 
