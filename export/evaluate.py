@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
                   "repository's own models/; give --golden-dir to record them for this one)")
             return
         golden_dir.mkdir(parents=True, exist_ok=True)
-        golden = golden_dir / f"{card.name}.json"
+        golden = golden_dir / f"{args.model_dir.resolve().parent.name}.json"  # the folder's: a card's name may be stale
         golden.write_text(json.dumps(golden_outputs(runner), indent=2, ensure_ascii=False) + "\n")
         print(f"metrics written to {args.model_dir / 'model.json'}; golden outputs to {golden}")
 

@@ -129,6 +129,8 @@ def ended(exitcode: int | None) -> str:
     except ValueError:
         return f"signal {-exitcode}"
     hint = _SIGNAL_HINTS.get(signal.Signals(-exitcode))
+    if hint and -exitcode == signal.SIGBUS:
+        hint += f" ({os.environ.get('PROMETHEUS_MULTIPROC_DIR')})"
     return f"signal {name}" + (f" ({hint})" if hint else "")
 
 
@@ -317,7 +319,8 @@ class Supervisor:
             _count_restart("hung" if hung else "exited")
             # a replacement that could not start (memory still short, files being redeployed) is
             # one more quick crash: the other workers keep serving while it is retried
-            stable = worker.serving.is_set() and now - worker.started_at >= _STABLE_S
+            # one that ended cleanly on its own (SIGTERM sent to it alone) is replaced, not counted as a crash
+            stable = process.exitcode == 0 or (worker.serving.is_set() and now - worker.started_at >= _STABLE_S)
             worker.crashes_in_a_row = 0 if stable else worker.crashes_in_a_row + 1
             delay = min(_BACKOFF_FIRST_S * 2 ** max(worker.crashes_in_a_row - 1, 0), _BACKOFF_MAX_S) \
                 if worker.crashes_in_a_row else 0.0

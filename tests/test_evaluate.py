@@ -76,7 +76,7 @@ def test_golden_outputs_are_recorded_only_for_this_repositorys_own_models(tiny_r
     from export.evaluate import REPOSITORY, golden_dir_of, main
 
     assert golden_dir_of(REPOSITORY / "models" / "sentiment" / "1") == REPOSITORY / "tests" / "golden"
-    own = tmp_path / "models" / "sentiment" / "1"
+    own = tmp_path / "models" / "my-sentiment" / "1"  # its card still says "sentiment", as older exports wrote
     shutil.copytree(tiny_repo / "sentiment" / "1", own)
     assert golden_dir_of(own) is None
     golden = REPOSITORY / "tests" / "golden" / "sentiment.json"
@@ -87,4 +87,4 @@ def test_golden_outputs_are_recorded_only_for_this_repositorys_own_models(tiny_r
     assert "sst2_test_accuracy" in load_model_card(own / "model.json").metrics
     main(["sentiment", "--model-dir", str(own), "--data-dir", str(DATA_DIR), "--write", "--golden-dir",
           str(tmp_path / "golden")])
-    assert (tmp_path / "golden" / "sentiment.json").is_file()
+    assert (tmp_path / "golden" / "my-sentiment.json").is_file()  # named after its folder, not the card

@@ -4,6 +4,7 @@ each case loaded before and then failed whole batches or answered nonsense."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -47,13 +48,21 @@ def test_a_tokenizer_file_other_than_the_one_the_card_hashes_is_refused(tiny_rep
         load_runner(folder, CPU)
 
 
-def test_without_a_hash_a_tokenizer_of_another_size_is_refused(tiny_repo: Path, tmp_path: Path) -> None:
+def test_without_a_hash_a_tokenizer_of_another_size_is_refused(tiny_repo: Path, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.runners.vocabulary import log
+
+    monkeypatch.setattr(log, "disabled", False)  # an earlier test's logging configuration may have disabled it
+    caplog.set_level(logging.WARNING, log.name)
     folder = _copy(tiny_repo, "sentiment", tmp_path)  # an older card: no sha256
     _edit_card(folder, "text", sha256=None)
     shutil.copy(COMMITTED_MODELS / "sentiment" / "1" / "sentiment.spm.model", folder / "sentiment.spm.model")
     with pytest.raises(ModelLoadError, match=re.escape(f"{folder / 'sentiment.spm.model'}: holds 8000 subwords, "
                                                        "but model.json says tokenizers.text.vocab_size 400")):
         load_runner(folder, CPU)
+    # one of the same size would pass: said, with what to do
+    assert "tokenizers.text has no sha256 (a card exported before it)" in caplog.text
 
 
 def test_a_graph_whose_embedding_is_smaller_than_the_tokenizer_is_refused(tiny_repo: Path, tmp_path: Path) -> None:

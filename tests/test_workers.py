@@ -137,8 +137,9 @@ def test_how_a_worker_ended_is_said_with_the_signals_name_and_likely_cause(tmp_p
     caplog.set_level(logging.WARNING, log.name)
 
     assert ended(1) == "exit code 1"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/run/metrics")
     assert ended(-signal.SIGBUS) == ("signal SIGBUS (a memory-mapped file could not be written: is "
-                                     "PROMETHEUS_MULTIPROC_DIR's file system full?)")
+                                     "PROMETHEUS_MULTIPROC_DIR's file system full? (/run/metrics))")
     assert ended(-signal.SIGTERM) == "signal SIGTERM"
     _check_metrics_dir(str(tmp_path))
     assert "MiB free" not in caplog.text
@@ -238,6 +239,14 @@ def test_a_worker_that_keeps_crashing_is_restarted_with_growing_backoff(monkeypa
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(spawned)]
     assert gaps[:5] == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0], abs=0.15)  # not every poll: 0.5, 1, 2, ... s
     assert len(spawned) <= 7
+    # one that ended cleanly on its own (SIGTERM to it alone) is no crash: replaced at once, backoff reset
+    monkeypatch.setattr(_DeadProcess, "exitcode", 0)
+    supervisor.workers[0].respawn_at = None
+    spawned.clear()
+    for _ in range(3):
+        supervisor._replace_dead(None)  # type: ignore[arg-type]
+        clock["now"] += 0.1
+    assert len(spawned) == 3 and supervisor.workers[0].crashes_in_a_row == 0
 
 
 class _HungProcess(_LiveProcess):

@@ -9,6 +9,7 @@ the file, as a graph whose inputs do not match its card is.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,12 +17,18 @@ from service.model_card import TokenizerSpec
 from service.onnx_session import ModelLoadError, sha256_of
 from service.tokenization import SubwordTokenizer
 
+log = logging.getLogger("seqserve.registry")
+
 
 def checked_tokenizer(model_dir: Path, key: str, spec: TokenizerSpec) -> SubwordTokenizer:
     """The card's tokenizer ``key``, refused unless it is the file the card names (its sha256, where
     the card has one) and holds the card's ``vocab_size`` subwords."""
     path = model_dir / spec.file
-    if spec.sha256 is not None and path.is_file() and sha256_of(path) != spec.sha256:
+    if spec.sha256 is None:
+        log.warning("%s: tokenizers.%s has no sha256 (a card exported before it): a tokenizer of another model with "
+                    "as many subwords would not be noticed; export the model again, or add the file's sha256",
+                    model_dir / "model.json", key)
+    elif path.is_file() and sha256_of(path) != spec.sha256:
         raise ModelLoadError(f"{path}: sha256 differs from model.json tokenizers.{key} (a tokenizer of another "
                              "model, or the file replaced)")
     tokenizer = SubwordTokenizer.from_spec(model_dir, spec)
