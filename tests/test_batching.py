@@ -213,21 +213,29 @@ async def _becomes(condition: Callable[[], bool], within_s: float = 2.0) -> bool
     return condition()
 
 
-async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypatch: pytest.MonkeyPatch,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+def _plant_faults(monkeypatch: pytest.MonkeyPatch, left: int, error: BaseException) -> dict[str, int]:
+    """The next ``left`` batch splits raise ``error``: a worker thread's fault outside the model
+    call. The dict returned holds how many are left (a test may set it again)."""
     import service.batching as batching
-    from service.access_log import CURRENT_REQUEST_ID
 
-    faults = {"left": 1}
+    faults = {"left": left}
     real_split = batching.split_by_budget
 
-    def split_broken(items: list, policy: BatchPolicy) -> list:  # type: ignore[type-arg]
+    def split_broken(items: list, policy: BatchPolicy) -> list:
         if faults["left"]:
             faults["left"] -= 1
-            raise RuntimeError("planted fault outside the model call")
+            raise error
         return real_split(items, policy)
 
     monkeypatch.setattr(batching, "split_by_budget", split_broken)
+    return faults
+
+
+async def test_a_worker_that_raises_outside_the_model_call_is_replaced(monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from service.access_log import CURRENT_REQUEST_ID
+
+    faults = _plant_faults(monkeypatch, 1, RuntimeError("planted fault outside the model call"))
     batcher = DynamicBatcher("m", Recorder(), _policy(instances=1))
     batcher.start()
     first_thread = batcher.threads[0]
@@ -258,24 +266,13 @@ async def test_where_no_new_thread_can_start_the_failed_one_carries_on(monkeypat
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     """Out of memory (or under a pids limit) the replacement's start raised, the model was left
     with no thread, and every request was admitted and answered 504 at its deadline."""
-    import service.batching as batching
-
-    faults = {"left": 1}
-    real_split = batching.split_by_budget
-
-    def split_broken(items: list, policy: BatchPolicy) -> list:  # type: ignore[type-arg]
-        if faults["left"]:
-            faults["left"] -= 1
-            raise MemoryError("planted")
-        return real_split(items, policy)
-
     def no_threads(self: threading.Thread) -> None:
         raise RuntimeError("can't start new thread")
 
     batcher = DynamicBatcher("m", Recorder(), _policy(instances=1))
     batcher.start()
     only = batcher.threads[0]
-    monkeypatch.setattr(batching, "split_by_budget", split_broken)
+    _plant_faults(monkeypatch, 1, MemoryError("planted"))
     monkeypatch.setattr(threading.Thread, "start", no_threads)
     with pytest.raises(InferenceFailed, match="planted"):
         await batcher.submit("x", 1, time.monotonic() + 10)
@@ -294,16 +291,7 @@ async def test_a_replacement_that_fails_before_its_creator_listed_it_is_replaced
     """A replacement looked itself up in ``threads`` to be replaced in turn; listed only after its
     start returned, one that failed at once (its creator descheduled meanwhile) died unlisted, and
     the model was left with no thread (the reviewer's race)."""
-    import service.batching as batching
-
-    faults = {"left": 3}
-    real_split, real_start = batching.split_by_budget, threading.Thread.start
-
-    def split_broken(items: list, policy: BatchPolicy) -> list:  # type: ignore[type-arg]
-        if faults["left"]:
-            faults["left"] -= 1
-            raise RuntimeError("planted")
-        return real_split(items, policy)
+    real_start = threading.Thread.start
 
     def slow_start(self: threading.Thread) -> None:  # the creator descheduled right after start
         real_start(self)
@@ -311,7 +299,7 @@ async def test_a_replacement_that_fails_before_its_creator_listed_it_is_replaced
 
     batcher = DynamicBatcher("m", Recorder(), _policy(instances=1))
     batcher.start()
-    monkeypatch.setattr(batching, "split_by_budget", split_broken)
+    _plant_faults(monkeypatch, 3, RuntimeError("planted"))
     monkeypatch.setattr(threading.Thread, "start", slow_start)
     for _ in range(3):
         with pytest.raises(InferenceFailed):
