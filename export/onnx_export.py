@@ -25,6 +25,7 @@ import torch
 from export.data import DEFAULT_DATA_DIR, read_multi30k, read_multi30k_pairs, read_sst2
 from export.sentiment_model import SentimentConfig, SentimentLSTM
 from export.tokenizers import TRUECASER_FILE, write_truecaser
+from export.training import EpochLog
 from export.translation_model import (
     AttentionTranslator,
     TranslationConfig,
@@ -174,8 +175,8 @@ def average_checkpoints(run_dir: Path, count: int) -> dict[str, Any]:
     return {"config": ckpts[-1]["config"], "model": weights, "epoch": epochs[-1], "averaged_epochs": epochs}
 
 
-def _training_summary(run_dir: Path, metric: str) -> dict[str, int | float | str]:
-    rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
+def _training_summary(rows: list[dict[str, Any]], metric: str) -> dict[str, int | float | str]:
+    """The card's ``training`` from the run's epoch log (``EpochLog.rows``)."""
     best = max(rows, key=lambda r: r[metric])
     # a log written before runs recorded their facts: the committed models' (2 cores, seed 13)
     last = {"hardware": "2-core CPU", "seed": 13, **rows[-1]}
@@ -183,10 +184,9 @@ def _training_summary(run_dir: Path, metric: str) -> dict[str, int | float | str
             "minutes": round(float(last["minutes"]), 1), "hardware": str(last["hardware"]), "seed": int(last["seed"])}
 
 
-def _trained_on(run_dir: Path, what: str) -> str:
+def _trained_on(rows: list[dict[str, Any]], what: str) -> str:
     """``what`` with the count of examples the run used, where its log says (after --limit and
     the length filter)."""
-    rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
     examples = rows[-1].get("train_examples") if rows else None
     return what if examples is None else f"{what}; {examples:,} used in training"
 
@@ -220,6 +220,7 @@ def export_sentiment(run_dir: Path, out_dir: Path, data_dir: Path) -> ModelCard:
     model.load_state_dict(ckpt["model"])
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_extras(run_dir, out_dir, ["sentiment.spm.model", "training_curves.png", "log.jsonl"])
+    epochs = EpochLog(run_dir / "log.jsonl").rows
     tok = SubwordTokenizer(out_dir / "sentiment.spm.model", "sentiment")
     graph = export_sentiment_graph(model, out_dir)
     dev = [tok.encode(r.text) for r in read_sst2(data_dir, "dev")]
@@ -233,9 +234,9 @@ def export_sentiment(run_dir: Path, out_dir: Path, data_dir: Path) -> ModelCard:
         tokenizers={"text": _tokenizer_spec(tok, "sentiment")},
         special_tokens=SPECIAL_TOKENS, max_input_tokens=256, labels=["negative", "positive"],
         training_data={"name": "SST-2 (Stanford Sentiment Treebank, binary)",
-                       "train": _trained_on(run_dir, "GLUE SST-2 phrase-level train + stsa.binary.train sentences"),
+                       "train": _trained_on(epochs, "GLUE SST-2 phrase-level train + stsa.binary.train sentences"),
                        "early_stopping": "stsa.binary.dev accuracy", "test": "stsa.binary.test"},
-        training=_training_summary(run_dir, "dev_acc"), metrics=_previous_metrics(out_dir), opset=OPSET,
+        training=_training_summary(epochs, "dev_acc"), metrics=_previous_metrics(out_dir), opset=OPSET,
         parity=ParitySpec(tolerance=PARITY_TOLERANCE, max_abs_diff=worst,
                           checked_on="SST-2 dev, batches of 32 mixed lengths, probabilities"),
     )
@@ -249,6 +250,7 @@ def export_translation(run_dir: Path, out_dir: Path, data_dir: Path, average: in
     model.load_state_dict(ckpt["model"])
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_extras(run_dir, out_dir, ["source.spm.model", "target.spm.model", "training_curves.png", "log.jsonl"])
+    epochs = EpochLog(run_dir / "log.jsonl").rows
     src_tok = SubwordTokenizer(out_dir / "source.spm.model", "translation")
     tgt_tok = SubwordTokenizer(out_dir / "target.spm.model", "translation")
     write_truecaser(read_multi30k(data_dir, "train", "en"), out_dir)  # names itself in an existing card
@@ -269,9 +271,9 @@ def export_translation(run_dir: Path, out_dir: Path, data_dir: Path, average: in
         languages={"source": "en", "target": "de"},
         decoding=DecodingSpec(default_beam_size=5, max_beam_size=MAX_BEAM_SIZE, length_penalty=1.0,
                               max_length_ratio=2.0, max_length_extra=10, top_k=TOP_K),
-        training_data={"name": "Multi30k task 1 (en-de)", "train": _trained_on(run_dir, "train (29,000 pairs)"),
+        training_data={"name": "Multi30k task 1 (en-de)", "train": _trained_on(epochs, "train (29,000 pairs)"),
                        "early_stopping": "val greedy BLEU", "test": "test_2016_flickr"},
-        training={**_training_summary(run_dir, "val_bleu_lc"),
+        training={**_training_summary(epochs, "val_bleu_lc"),
                   "weights": (f"mean of epochs {ckpt['averaged_epochs'][0]}-{ckpt['averaged_epochs'][-1]}"
                               if average else f"best epoch ({ckpt['epoch']})")},
         metrics=_previous_metrics(out_dir), opset=OPSET,
