@@ -9,6 +9,7 @@ share one search implementation, so they produce identical output.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,27 @@ _NO_PARENTS = np.zeros(0, dtype=np.int64)
 _FIRST_ROW = np.zeros(1, dtype=np.int64)
 _NO_PARENTS.flags.writeable = False  # shared: callers only read them
 _FIRST_ROW.flags.writeable = False
+
+
+# Where a text's sentences begin in its joined tokens, with the line breaks the source had before
+# each (service/sentences.py): (token index, "\n" or more), ascending. Sentences the source separated
+# by spaces alone have none: sentencepiece puts the space back between them.
+Breaks = tuple[tuple[int, str], ...]
+
+
+def laid_out(decode: Callable[[Sequence[int]], str], tokens: Sequence[int], breaks: Breaks = ()) -> str:
+    """The text of ``tokens``, each sentence decoded on its own and the line breaks put back
+    between them (``breaks`` past the end of ``tokens`` are not reached yet: a stream's prefix)."""
+    if not breaks:
+        return decode(tokens)
+    pieces, at = [], 0
+    for index, separator in breaks:
+        if index > len(tokens):
+            break
+        pieces += [decode(tokens[at:index]), separator]
+        at = index
+    pieces.append(decode(tokens[at:]))
+    return "".join(pieces)
 
 
 @dataclass(frozen=True)
@@ -40,6 +62,7 @@ class StepUpdate:
     step: int  # decoder steps taken
     tokens: list[int]  # the best live hypothesis (greedy: every token so far)
     attention: list[np.ndarray] | None = None  # greedy with attention kept: a row per token so far
+    breaks: Breaks = ()  # a text of several sentences: the line breaks between those told so far
 
 
 @dataclass

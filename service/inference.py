@@ -26,7 +26,7 @@ from service.inputs import check_range, check_tokens, item_field
 from service.registry import ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, joined, sentences
+from service.sentences import SentencesJob, joined, line_breaks, sentences
 from service.streaming import TranslationStream
 
 # 7 decimals: rounding moves a row's sum by at most 129 x 5e-8, inside the 1e-5 promised
@@ -163,7 +163,7 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
         jobs.append(SentencesJob(src_ids=[token for job in sentence_jobs for token in job.src_ids],
                                  beam_size=first.beam_size, max_length=first.max_length, keep_attention=keep_attention,
                                  num_hypotheses=nbest, length_penalty=length_penalty, sampling=sampling,
-                                 sentences=sentence_jobs))
+                                 sentences=sentence_jobs, separators=line_breaks(texts[i], parts)))
     return jobs
 
 
@@ -217,7 +217,7 @@ def source_tokens(runner: TranslationRunner, job: TranslationJob) -> list[str]:
 def translation_result(model: ServedModel, job: TranslationJob, out: TranslationOutput) -> dict[str, Any]:
     runner = model.runner
     assert isinstance(runner, TranslationRunner)
-    return {"translation": runner.detokenize(out.tokens),
+    return {"translation": out.text(runner.detokenize),
             "source_tokens": source_tokens(runner, job),
             "target_tokens": runner.target_tokenizer.pieces(out.tokens),
             "score": float(out.score),
@@ -230,9 +230,10 @@ def _search_extras(runner: TranslationRunner, job: TranslationJob, out: Translat
     """The n-best list and the sampling seed, when the request asked for them."""
     extras: dict[str, Any] = {}
     if out.hypotheses is not None:
-        extras["hypotheses"] = [{"translation": runner.detokenize(tokens), "score": float(score),
+        texts = out.hypothesis_texts(runner.detokenize)
+        extras["hypotheses"] = [{"translation": text, "score": float(score),
                                  "target_tokens": runner.target_tokenizer.pieces(tokens)}
-                                for tokens, score in out.hypotheses]
+                                for (tokens, score), text in zip(out.hypotheses, texts, strict=True)]
     return extras | seed_of(job)
 
 
@@ -278,6 +279,7 @@ class _SentenceAfterSentence:
     def __init__(self, job: SentencesJob, push: Callable[[StepUpdate], None], width: int | None) -> None:
         self.push, self.width = push, width
         self.columns = [len(sentence.src_ids) for sentence in job.sentences]
+        self.separators = job.separators
         self.told = 0  # the sentence being told
         self.before = StepUpdate(0, [], [] if width else None)  # what the sentences told before it gave
         self.column = 0  # its first column
@@ -294,7 +296,9 @@ class _SentenceAfterSentence:
     def done(self, index: int, out: TranslationOutput) -> None:
         """The engine's answer for sentence ``index`` (all before it are in): the next is told."""
         rows = list(out.attention) if out.attention is not None and self.width else None
-        self.before = self._as_text(StepUpdate(len(out.tokens) + 1, out.tokens, rows))
+        told = self._as_text(StepUpdate(len(out.tokens) + 1, out.tokens, rows))
+        separator = self.separators[index] if index < len(self.separators) else ""
+        self.before = replace(told, breaks=(*told.breaks, (len(told.tokens), separator))) if separator else told
         self.column += self.columns[index]
         self.told = index + 1
         waiting = self.latest.pop(self.told, None)
@@ -309,4 +313,4 @@ class _SentenceAfterSentence:
                 placed = np.zeros(self.width, np.float32)
                 placed[self.column:self.column + self.columns[self.told]] = row[:self.columns[self.told]]
                 rows.append(placed)
-        return StepUpdate(before.step + update.step, before.tokens + update.tokens, rows)
+        return StepUpdate(before.step + update.step, before.tokens + update.tokens, rows, before.breaks)

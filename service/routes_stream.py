@@ -195,7 +195,7 @@ def _generate_renderer(model: ServedModel, runner: TranslationRunner, job: Trans
 async def _generate(request: Request, name: str, version: str | None, body: GenerateRequest) -> JSONResponse:
     model, job, deadline = await _generate_job(request, name, version, body)
     output = (await unless_client_leaves(request, inference.translate(model, [job], deadline)))[0]
-    return JSONResponse(_generate_response(model, inference.translator(model).detokenize(output.tokens),
+    return JSONResponse(_generate_response(model, output.text(inference.translator(model).detokenize),
                                            **inference.seed_of(job)))
 
 

@@ -7,7 +7,10 @@ each sentence is its own decoder job, batched with all others, and one text's ou
 into one answer: the target subwords one after another (sentencepiece puts the word boundary
 back between them), the source subwords likewise (each sentence with its own ``</s>``), the
 attention block-diagonal (each sentence's rows over its own columns: rows still sum to 1), and
-the score as for one sequence, ``sum(log p) / (its normalised lengths) ** alpha``.
+the score as for one sequence, ``sum(log p) / (its normalised lengths) ** alpha``. Where the source
+put line breaks between two sentences (a list, one caption a line, paragraphs), the translation has
+the same breaks between theirs (``Breaks``: the tokens stay as the model gave them, the text is
+decoded sentence by sentence around the breaks).
 
 The split follows the rules of Moses' split-sentences.perl, as MT pipelines have long used:
 after ``. ! ?`` or an ellipsis (and closing quotes or brackets), before whitespace and a word
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.decoding import Breaks
 from service.runners.translation import TranslationJob, TranslationOutput
 from service.tokenization import has_content
 
@@ -88,6 +92,18 @@ def sentences(text: str) -> list[str]:
     return parts
 
 
+def line_breaks(text: str, parts: list[str]) -> list[str]:
+    """The line breaks of ``text`` between each two of its ``parts`` (``sentences(text)``), "" where
+    only spaces separate them: what the translation keeps between the sentences' translations."""
+    breaks, at = [], 0
+    for k, part in enumerate(parts):
+        start = text.index(part, at)
+        if k:
+            breaks.append("\n" * text.count("\n", at, start))
+        at = start + len(part)
+    return breaks
+
+
 def _next_word(text: str, at: int) -> str | None:
     """The word after ``at``, past whitespace and list markers, quotes, dashes or emoji; None if
     no letter or digit comes within reach."""
@@ -123,9 +139,11 @@ def _ends_after(text: str, start: int, dot: int, following: str) -> bool:
 @dataclass
 class SentencesJob(TranslationJob):
     """One text of several sentences: ``sentences`` are the jobs the engine decodes; ``src_ids``
-    is theirs joined, one attention column each, as the answer's ``source_tokens`` lists them."""
+    is theirs joined, one attention column each, as the answer's ``source_tokens`` lists them;
+    ``separators`` the line breaks between them in the source (``line_breaks``)."""
 
     sentences: list[TranslationJob] = field(default_factory=list)
+    separators: list[str] = field(default_factory=list)
 
 
 def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: float) -> TranslationOutput:
@@ -133,6 +151,7 @@ def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: 
     sentences were scored with)."""
     limits = [sentence.max_length for sentence in job.sentences]
     best = _join([(out.tokens, out.score) for out in outputs], limits, length_penalty)
+    breaks = _breaks([out.tokens for out in outputs], job.separators)
     attention = None
     if all(out.attention is not None for out in outputs):
         widths = [len(sentence.src_ids) for sentence in job.sentences]
@@ -142,14 +161,26 @@ def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: 
             assert out.attention is not None
             attention[row:row + len(out.tokens), col:col + width] = out.attention[:, :width]
             row, col = row + len(out.tokens), col + width
-    hypotheses = None
+    hypotheses = hypothesis_breaks = None
     if all(out.hypotheses for out in outputs):
         # alternative i joins each sentence's i-th best (its last where a search closed fewer), in
         # that order: the first is the answer itself
         count = max(len(out.hypotheses or []) for out in outputs)
-        hypotheses = [_join([(out.hypotheses or [])[min(i, len(out.hypotheses or []) - 1)] for out in outputs],
-                            limits, length_penalty) for i in range(count)]
-    return TranslationOutput(tokens=best[0], score=best[1], attention=attention, hypotheses=hypotheses)
+        chosen = [[(out.hypotheses or [])[min(i, len(out.hypotheses or []) - 1)] for out in outputs]
+                  for i in range(count)]
+        hypotheses = [_join(parts, limits, length_penalty) for parts in chosen]
+        hypothesis_breaks = [_breaks([tokens for tokens, _ in parts], job.separators) for parts in chosen]
+    return TranslationOutput(tokens=best[0], score=best[1], attention=attention, hypotheses=hypotheses,
+                             breaks=breaks, hypothesis_breaks=hypothesis_breaks)
+
+
+def _breaks(sentences: list[list[int]], separators: list[str]) -> Breaks:
+    """Where each sentence after the first begins in the joined tokens, with the line breaks
+    before it, for those the source separated by line breaks."""
+    if not any(separators):
+        return ()
+    starts = np.cumsum([len(tokens) for tokens in sentences[:-1]]).tolist()
+    return tuple((start, separator) for start, separator in zip(starts, separators, strict=True) if separator)
 
 
 def _join(parts: list[tuple[list[int], float]], limits: list[int], length_penalty: float) -> tuple[list[int], float]:

@@ -32,7 +32,7 @@ import numpy as np
 
 from service import metrics
 from service.access_log import CURRENT_REQUEST_ID
-from service.decoding import StepUpdate
+from service.decoding import Breaks, StepUpdate, laid_out
 from service.errors import InferenceFailed, ServiceError
 from service.runners.translation import TranslationOutput
 from service.tokenization import SubwordTokenizer
@@ -86,14 +86,17 @@ class TextDeltas:
         self._fed = 0  # tokens the text in ``sent`` (or held back) accounts for
         self._whole = True  # ``sent`` is the decoded text of the tokens fed (nothing held back)
 
-    def feed(self, tokens: Sequence[int]) -> str:
-        if self.piece_texts and self._whole and self.sent and self._fed == len(tokens) - 1:
+    def feed(self, tokens: Sequence[int], breaks: Breaks = ()) -> str:
+        """What the text gained with ``tokens`` (all so far; ``breaks``: the line breaks between
+        sentences told so far, service/decoding.py)."""
+        if self.piece_texts and self._whole and self.sent and self._fed == len(tokens) - 1 \
+                and (not breaks or breaks[-1][0] < len(tokens) - 1):
             text = self.piece_texts[tokens[-1]]
             if text is not None:
                 self.sent += text
                 self._fed = len(tokens)
                 return text
-        text = self.decode(tokens)
+        text = laid_out(self.decode, tokens, breaks)
         self._fed = len(tokens)
         self._whole = not text.endswith(_REPLACEMENT) and text.startswith(self.sent)
         if not self._whole:
@@ -144,7 +147,7 @@ class TranslationStream:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def _deltas(self, tokens: list[int], rows: Sequence[np.ndarray | None]) -> list[Event]:
+    def _deltas(self, tokens: list[int], rows: Sequence[np.ndarray | None], breaks: Breaks) -> list[Event]:
         """Deltas for tokens[sent:], with their attention rows (aligned with those tokens)."""
         out: list[Event] = []
         for index in range(self._sent_tokens, len(tokens)):
@@ -152,25 +155,26 @@ class TranslationStream:
             row = rows[at] if at < len(rows) else None
             attention = round_row(row, self.attention_width, self.attention_decimals) \
                 if row is not None and self.attention_width else None
-            out.append(Delta(index, self.pieces(tokens[index:index + 1])[0], self.deltas.feed(tokens[: index + 1]),
-                             attention))
+            text = self.deltas.feed(tokens[: index + 1], breaks)
+            out.append(Delta(index, self.pieces(tokens[index:index + 1])[0], text, attention))
         self._sent_tokens = len(tokens)
         return out
 
     def _events_for(self, update: StepUpdate) -> list[Event]:
         if self.greedy:
-            return self._deltas(update.tokens, update.attention[self._sent_tokens:] if update.attention else [])
+            return self._deltas(update.tokens, update.attention[self._sent_tokens:] if update.attention else [],
+                                update.breaks)
         if update.tokens == self._last:
             return []
         self._last = update.tokens
-        return [Partial(update.step, update.tokens, self.decode(update.tokens))]
+        return [Partial(update.step, update.tokens, laid_out(self.decode, update.tokens, update.breaks))]
 
     def _final_events(self, output: TranslationOutput) -> list[Event]:
         out: list[Event] = []
         if self.greedy:
             rows = list(output.attention[self._sent_tokens:]) if output.attention is not None else []
-            out = self._deltas(output.tokens, rows)
-            rest = self.deltas.finish(self.decode(output.tokens))
+            out = self._deltas(output.tokens, rows, output.breaks)
+            rest = self.deltas.finish(output.text(self.decode))
             if rest:  # only an incomplete byte sequence at the very end: no token of its own
                 out.append(Delta(len(output.tokens), "", rest, None))
         return [*out, Final(output)]
@@ -275,7 +279,7 @@ class TextPieces:
             return event.text, None
         if isinstance(event, Partial):
             return "", event.text
-        text, sent = self._detokenize(event.output.tokens), "".join(self._sent)
+        text, sent = event.output.text(self._detokenize), "".join(self._sent)
         return (text[len(sent):] if text.startswith(sent) else text), None
 
 

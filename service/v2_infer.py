@@ -205,11 +205,11 @@ async def _run(settings: Settings, model: ServedModel, inputs: list[InputTensor]
         jobs = inference.translation_jobs(model, texts, FIELD, param_int(params, "beam_size"),
                                           param_int(params, "max_length"), False, options, in_parameters)
         results = await guard(inference.translate(model, jobs, until))
-        outputs = [OutputTensor("translation", "BYTES", text_shape, [runner.detokenize(r.tokens) for r in results])]
+        outputs = [OutputTensor("translation", "BYTES", text_shape, [r.text(runner.detokenize) for r in results])]
         if options.num_hypotheses is not None:
             k = options.num_hypotheses
             # [N, k], best first; a search that closed fewer hypotheses than asked pads with ""
-            rows = [[runner.detokenize(tokens) for tokens, _ in r.hypotheses or []] for r in results]
+            rows = [r.hypothesis_texts(runner.detokenize) for r in results]
             flat = [text for row in rows for text in row + [""] * (k - len(row))]
             outputs.append(OutputTensor("hypotheses", "BYTES", [n, k], flat))
         parameters = {**inference.seed_of(jobs[0])}  # one seed for the whole request

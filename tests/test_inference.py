@@ -3,6 +3,7 @@ n-best lists, seeded sampling, the length-penalty exponent, and their limits."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -112,8 +113,6 @@ def test_decoding_options_outside_their_limits_are_422(committed_server: Server,
 
 
 def _streamed(url: str, **body: object) -> dict:
-    import json
-
     with httpx.stream("POST", f"{url}/v1/translate", json={**body, "stream": True}, timeout=60) as r:
         assert r.status_code == 200
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
@@ -146,6 +145,39 @@ def test_a_text_of_several_sentences_is_translated_sentence_by_sentence(committe
                                                                        "parameters": {"beam_size": beam_size}},
                     timeout=60).json()
     assert v2["text_output"] == whole["translation"]
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_line_breaks_between_sentences_are_kept_on_every_route(committed_server: Server, beam_size: int) -> None:
+    """A list or paragraphs typed on several lines came back as one line ("- Ein Hund rennt. -
+    Eine Katze ..."): each sentence's translation now has the source's line breaks before it,
+    on every route, streamed or not, in the n-best list too; the tokens are the model's as before."""
+    url = committed_server.url
+    lines = ["A woman is cooking.", "Two dogs play in the snow.", "A man rides a horse."]
+    text = f"{lines[0]}\n{lines[1]}\n\n{lines[2]}"
+    alone = [_translate(url, text=line, beam_size=beam_size)["translation"] for line in lines]
+    expected = f"{alone[0]}\n{alone[1]}\n\n{alone[2]}"
+    options = {"beam_size": beam_size, "num_hypotheses": 2} if beam_size > 1 else {"beam_size": 1}
+    whole = _translate(url, text=text, **options)
+    assert whole["translation"] == expected
+    assert whole["target_tokens"] == _translate(url, text=" ".join(lines), beam_size=beam_size)["target_tokens"]
+    if beam_size > 1:
+        assert whole["hypotheses"][0]["translation"] == expected
+        assert all(h["translation"].count("\n") == 3 for h in whole["hypotheses"])
+    streamed = _streamed(url, text=text, **options)
+    assert streamed["translation"] == expected
+    if beam_size == 1:
+        assert streamed["deltas"] == expected
+    v2 = httpx.post(f"{url}/v2/models/translate-en-de/infer", timeout=60, json={
+        "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}], "parameters": options}).json()
+    assert {o["name"]: o["data"] for o in v2["outputs"]}["translation"] == [expected]
+    generated = httpx.post(f"{url}/v2/models/translate-en-de/generate", timeout=60,
+                           json={"text_input": text, "parameters": {"beam_size": beam_size}}).json()
+    assert generated["text_output"] == expected
+    with httpx.stream("POST", f"{url}/v2/models/translate-en-de/generate_stream", timeout=60,
+                      json={"text_input": text, "parameters": {"beam_size": beam_size}}) as r:
+        pieces = [json.loads(line[6:])["text_output"] for line in r.iter_lines() if line.startswith("data: ")]
+    assert "".join(pieces) == expected
 
 
 def test_each_sentence_keeps_the_subword_limit_and_is_named_when_over_it(committed_server: Server) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, joined, sentences
+from service.sentences import SentencesJob, joined, line_breaks, sentences
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -78,3 +78,24 @@ def test_a_split_only_cuts_the_text() -> None:
         parts = sentences(text)
         assert "".join("".join(part.split()) for part in parts) == "".join(text.split()), (text, parts)
         assert len(parts) == 1 or all(part.strip() == part and part for part in parts)
+
+
+def test_line_breaks_between_sentences_are_kept_for_the_translation() -> None:
+    text = "- A dog runs.\r\n- A cat sleeps.\n\n  Two men talk. A woman cooks."
+    parts = sentences(text)
+    assert parts == ["- A dog runs.", "- A cat sleeps.", "Two men talk.", "A woman cooks."]
+    assert line_breaks(text, parts) == ["\n", "\n\n", ""]
+    job = SentencesJob([4, 2, 5, 2, 6, 2], 2, 10, sentences=[_job([4, 2]), _job([5, 2]), _job([6, 2])],
+                       separators=["\n", ""])
+    outs = [TranslationOutput([7, 8], -1.0, None, hypotheses=[([7, 8], -1.0), ([9], -2.0)]),
+            TranslationOutput([10], -1.0, None, hypotheses=[([10], -1.0)]),
+            TranslationOutput([11], -1.0, None, hypotheses=[([11], -1.0)])]
+    out = joined(job, outs, length_penalty=1.0)
+    assert out.tokens == [7, 8, 10, 11] and out.breaks == ((2, "\n"),)  # only where the source broke the line
+    assert out.hypothesis_breaks == [((2, "\n"),), ((1, "\n"),)]
+
+    def decode(ids: object) -> str:
+        return " ".join(map(str, ids))  # type: ignore[call-overload]
+
+    assert out.text(decode) == "7 8\n10 11"
+    assert out.hypothesis_texts(decode) == ["7 8\n10 11", "9\n10 11"]

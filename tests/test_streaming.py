@@ -49,6 +49,22 @@ def test_deltas_concatenate_to_the_decoded_text(target: SubwordTokenizer, text: 
     assert not any("\ufffd" in d for d in deltas)  # a partial character is never sent
 
 
+def test_deltas_keep_the_line_breaks_between_sentences(target: SubwordTokenizer) -> None:
+    """A text of several lines: the breaks between sentences go out with the stream (with and
+    without the piece table) and the deltas still concatenate to the laid-out translation."""
+    from service.decoding import laid_out
+
+    first, second = target.encode("Ein Hund läuft."), target.encode("Zwei Katzen 😀 schlafen.")
+    ids, breaks = first + second, ((len(first), "\n\n"),)
+    expected = "Ein Hund läuft.\n\nZwei Katzen 😀 schlafen."
+    assert laid_out(target.decode, ids, breaks) == expected
+    for table in (True, False):
+        deltas = TextDeltas(target.decode, target.piece_texts if table else ())
+        # the break is known once the first sentence is done, as the stream learns it
+        sent = [deltas.feed(ids[: k + 1], breaks if k + 1 >= len(first) else ()) for k in range(len(ids))]
+        assert "".join(sent) + deltas.finish(expected) == expected
+
+
 def test_a_character_split_over_byte_pieces_arrives_whole(target: SubwordTokenizer) -> None:
     ids = target.encode("Hund 😀")
     pieces = target.pieces(ids)

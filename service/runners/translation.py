@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.decoding import BeamSearch, Hypothesis, Sampling, StepUpdate
+from service.decoding import BeamSearch, Breaks, Hypothesis, Sampling, StepUpdate, laid_out
 from service.metrics import MODEL_CPU
 from service.model_card import ModelCard
 from service.onnx_session import Precision, Provider, device_of, graph_path, open_session
@@ -43,6 +43,18 @@ class TranslationOutput:
     score: float
     attention: np.ndarray | None  # [target tokens, source tokens incl. </s>], rows sum to 1
     hypotheses: list[tuple[list[int], float]] | None = None  # n-best (tokens, score) when asked for
+    breaks: Breaks = ()  # a text of several sentences: the line breaks between them (of ``tokens``)
+    hypothesis_breaks: list[Breaks] | None = None  # and of each hypothesis's tokens
+
+    def text(self, decode: Callable[[Sequence[int]], str]) -> str:
+        """The translation: ``tokens`` decoded, the source's line breaks between sentences kept."""
+        return laid_out(decode, self.tokens, self.breaks)
+
+    def hypothesis_texts(self, decode: Callable[[Sequence[int]], str]) -> list[str]:
+        """The n-best list's translations, best first, laid out as ``text``."""
+        breaks = self.hypothesis_breaks or [()] * len(self.hypotheses or [])
+        return [laid_out(decode, tokens, layout) for (tokens, _), layout in
+                zip(self.hypotheses or [], breaks, strict=True)]
 
 
 class TranslationRunner:
