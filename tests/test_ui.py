@@ -240,6 +240,7 @@ def test_browser_translates_a_pasted_paragraph_without_drawing_a_huge_attention_
                    json={"text": paragraph, "beam_size": 1})
     assert page.text_content("#translation") == r.json()["translation"]
     assert r.json()["translation"].count("Schnee") == 8  # no sentence dropped
+    assert page.inner_text("#translation").count("\n") == 23  # shown one line a line, as typed
     assert page.locator("#heatmap tbody td").count() == 0 and "No attention map" in page.text_content("#readout")
     # short, but so many sentences that the server refuses its map (422 return_attention): translated without
     page.fill("#source", "Go. " * 150)
