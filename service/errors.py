@@ -23,12 +23,13 @@ class ServiceError(Exception):
     code = "internal_error"
 
     def __init__(self, message: str, field: str | None = None, limit: Any = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.limit = limit
         self.headers = headers or {}
+        self.details = details  # every problem found, the first being this one (service/inputs.py Problems)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"error": self.message, "code": self.code}
@@ -36,6 +37,8 @@ class ServiceError(Exception):
             out["field"] = self.field
         if self.limit is not None:
             out["limit"] = self.limit
+        if self.details is not None:
+            out["details"] = self.details
         return out
 
 

@@ -22,7 +22,7 @@ from service.batching import Each
 from service.decoding import Sampling, StepUpdate
 from service.engines import SentimentEngine
 from service.errors import InvalidInput
-from service.inputs import check_range, check_tokens, item_field
+from service.inputs import Problems, check_range, check_tokens, item_field
 from service.registry import ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
@@ -38,8 +38,11 @@ def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> list[list
     model.engine.admission.refuse_if_full(len(texts))
     runner = model.runner
     assert isinstance(runner, SentimentRunner)
-    return [check_tokens(runner.tokenize(t), model.card.max_input_tokens, item_field(field, i), model.name)
-            for i, t in enumerate(texts)]
+    ids, problems, limit = [runner.tokenize(t) for t in texts], Problems(), model.card.max_input_tokens
+    for i, text_ids in enumerate(ids):
+        check_tokens(text_ids, limit, item_field(field, i), model.name, problems)
+    problems.check()
+    return ids
 
 
 async def classify(model: ServedModel, texts_ids: list[list[int]], deadline: float) -> list[np.ndarray]:
@@ -134,13 +137,14 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     if count > len(texts):
         admission.refuse_if_full(count)
     jobs: list[TranslationJob] = []
+    problems = Problems()  # every text over the limit, named at once
     cells = 0  # the most the request's attention maps could hold
     for i, parts in enumerate(split):
         sentence_jobs = []
         for k, part in enumerate(parts):
             # the limit counts subwords before the </s> the model appends
             ids = runner.tokenize(part)
-            check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name,
+            check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name, problems,
                          f" (sentence {k + 1})" if len(parts) > 1 else "")
             job = runner.job(ids, beam, max_length, keep_attention)
             # each sentence its own draw, repeatable from the request's seed
@@ -164,6 +168,7 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
                                  beam_size=first.beam_size, max_length=first.max_length, keep_attention=keep_attention,
                                  num_hypotheses=nbest, length_penalty=length_penalty, sampling=sampling,
                                  sentences=sentence_jobs, separators=line_breaks(texts[i], parts)))
+    problems.check()
     return jobs
 
 

@@ -50,6 +50,27 @@ def item_field(field: str, index: int) -> str:
     return field if field in ("text", "text_input") else f"{field}[{index}]"
 
 
+class Problems:
+    """The bad texts of one request, all of them: a client scoring a file repairs every text in
+    one round trip, not one per try. ``check`` raises the first as the answer's error, field and
+    limit, with every one (up to ``MAX_DETAILS``) in its ``details``, as for a body that does not
+    parse as the schema."""
+
+    MAX_DETAILS = 20
+
+    def __init__(self) -> None:
+        self.found: list[InvalidInput] = []
+
+    def add(self, message: str, field: str, limit: Any = None) -> None:
+        self.found.append(InvalidInput(message, field=field, limit=limit))
+
+    def check(self) -> None:
+        if self.found:
+            first = self.found[0]
+            details = [{"field": p.field, "message": p.message} for p in self.found[:self.MAX_DETAILS]]
+            raise InvalidInput(first.message, field=first.field, limit=first.limit, details=details)
+
+
 def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
     """Refuse empty lists, too many texts, blank texts and texts over the character limit."""
     if not texts:
@@ -58,21 +79,24 @@ def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
     if len(texts) > settings.max_texts_per_request:
         raise InvalidInput(f"{field} holds {len(texts)} texts; at most {settings.max_texts_per_request} allowed",
                            field=field, limit=settings.max_texts_per_request)
+    problems = Problems()
     for i, text in enumerate(texts):
-        name = item_field(field, i)
         if not has_content(text):  # it would reach the model as no subwords at all; blank is the plainest case
             problem = "is empty" if not text.strip() else \
                 "has no characters the model reads (only spaces, control or invisible ones)"
-            raise InvalidInput(f"{name} {problem}", field=name, limit=[1, settings.max_text_chars])
-        if len(text) > settings.max_text_chars:
-            raise InvalidInput(f"{name} has {len(text)} characters; at most {settings.max_text_chars} allowed",
-                               field=name, limit=settings.max_text_chars)
-        if not text.isascii():
+            name = item_field(field, i)
+            problems.add(f"{name} {problem}", name, [1, settings.max_text_chars])
+        elif len(text) > settings.max_text_chars:
+            name = item_field(field, i)
+            problems.add(f"{name} has {len(text)} characters; at most {settings.max_text_chars} allowed", name,
+                         settings.max_text_chars)
+        elif not text.isascii():
             try:  # a lone surrogate ("\ud800" escaped in JSON) is no text a tokenizer can take
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:
-                raise InvalidInput(f"{name} is not valid Unicode text: {exc.reason} at position {exc.start}",
-                                   field=name) from None
+                name = item_field(field, i)
+                problems.add(f"{name} is not valid Unicode text: {exc.reason} at position {exc.start}", name)
+    problems.check()
     return texts
 
 
@@ -82,12 +106,13 @@ def integral(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def check_tokens(ids: list[int], limit: int, field: str, model: str, part: str = "") -> list[int]:
-    """``part``: which piece of the field the ids are (" (sentence 2)"), for the message."""
+def check_tokens(ids: list[int], limit: int, field: str, model: str, problems: Problems, part: str = "") -> bool:
+    """Whether ``ids`` are within ``limit``; if not, the problem is added (``part``: which piece of
+    the field the ids are, " (sentence 2)", for the message)."""
     if len(ids) > limit:
-        raise InvalidInput(f"{field}{part} is {len(ids)} subword tokens; model {model} takes at most {limit}",
-                           field=field, limit=limit)
-    return ids
+        problems.add(f"{field}{part} is {len(ids)} subword tokens; model {model} takes at most {limit}", field, limit)
+        return False
+    return True
 
 
 def check_range(value: int | None, low: int, high: int, field: str) -> None:

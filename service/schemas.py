@@ -133,7 +133,7 @@ class ModelList(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    field: str = Field(description="where in the body, as a dotted path (texts.3, inputs.0.shape)")
+    field: str = Field(description="where in the body, as the answer's field names it (texts[3], inputs[0].shape)")
     message: str
 
 
@@ -143,5 +143,6 @@ class ErrorBody(BaseModel):
     field: str | None = None
     limit: object | None = Field(None, description="the limit the field broke: a number, a string (a media "
                                  "type), a [low, high] range or a list of accepted values")
-    details: list[ErrorDetail] | None = Field(None, description="a body that does not parse as the schema: "
-                                              "each problem (up to 20)")
+    details: list[ErrorDetail] | None = Field(None, description="a body that does not parse as the schema, or "
+                                              "texts that break a limit (empty, too long, over the subword "
+                                              "limit): each problem (up to 20), the first as above")

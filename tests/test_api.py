@@ -122,6 +122,30 @@ def test_bad_input_gets_a_clear_4xx(committed_server: Server, route: str, body: 
     assert payload["error"] and payload["field"] == field
 
 
+def test_every_bad_text_of_a_request_is_named_at_once(committed_server: Server) -> None:
+    """A client scoring a file repaired one bad text per round trip: only the first was named.
+    Now ``details`` lists each (the first is the answer's error and field), v1 and v2 alike."""
+    url = committed_server.url
+    texts = ["ok", "", "fine", "a" * 2001, "  ", " ".join(["word"] * 400)]
+    r = httpx.post(f"{url}/v1/sentiment", json={"texts": texts}, timeout=30)
+    assert r.status_code == 422 and r.json()["field"] == "texts[1]" and r.json()["limit"] == [1, 2000]
+    assert [d["field"] for d in r.json()["details"]] == ["texts[1]", "texts[3]", "texts[4]"]
+    assert r.json()["details"][1]["message"] == "texts[3] has 2001 characters; at most 2000 allowed"
+    # the subword limit is checked once the characters are fine, each text over it named
+    r = httpx.post(f"{url}/v1/sentiment", json={"texts": ["ok", texts[5], "fine", texts[5]]}, timeout=30)
+    assert [d["field"] for d in r.json()["details"]] == ["texts[1]", "texts[3]"], r.text
+    long = " ".join(["word"] * 200)  # over the translator's 128 subwords
+    r = httpx.post(f"{url}/v1/translate", json={"texts": ["A dog.", f"A dog runs. It is {long}.", long]}, timeout=30)
+    assert r.status_code == 422 and [d["field"] for d in r.json()["details"]] == ["texts[1]", "texts[2]"], r.text
+    assert r.json()["details"][0]["message"].startswith("texts[1] (sentence 2) is ")
+    v2 = {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["", "ok", ""]}]}
+    r = httpx.post(f"{url}/v2/models/sentiment/infer", json=v2, timeout=30)
+    assert r.status_code == 422 and [d["field"] for d in r.json()["details"]] == ["inputs.text.data[0]",
+                                                                                  "inputs.text.data[2]"], r.text
+    ok = httpx.post(f"{url}/v1/sentiment", json={"texts": ["ok"]}, timeout=30).json()
+    assert "details" not in ok
+
+
 def test_malformed_json_wrong_type_and_size_limits(committed_server: Server) -> None:
     url = f"{committed_server.url}/v1/sentiment"
     r = httpx.post(url, content=b'{"text": ', headers={"content-type": "application/json"})
