@@ -1,6 +1,7 @@
 """Quality through the API: the held-out test sets sent to a real server, scored like the cards.
 
     python -m loadtests.api_quality [--precision fp32 int8] [--beam 5]
+    python -m loadtests.api_quality --batch-mates [--precision fp32 int8] [--split dev]
 
 For each precision a server is started on the model repository with SEQSERVE_PRECISION set, and
 every SST-2 test sentence and every Multi30k test_2016_flickr source goes through POST
@@ -8,11 +9,19 @@ every SST-2 test sentence and every Multi30k test_2016_flickr source goes throug
 api_translator, so answers come out of batches formed as in service). Prints accuracy and
 lowercased 13a BLEU (the cards' ``sst2_test_accuracy`` and ``test_2016_flickr_bleu_lc_beam5``), so
 that served quality can be held against the figures measured on the runners.
+
+``--batch-mates``: how much a sentiment answer depends on what it is batched with. Every SST-2
+sentence of ``--split`` is scored alone (one request at a time: a batch of one), then in lists of
+64 in the file's order and in a shuffled order; prints, for each arrangement against alone, the
+largest difference in a probability, how many labels differ, and the accuracy. INT8's dynamic
+quantization takes its activation scales from the whole batch tensor, so its answers move with
+their batch-mates (other clients' requests among them); fp32's move by rounding only.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -60,13 +69,64 @@ def measure(models: Path, precision: str, data_dir: Path = DATA_DIR, beam: int =
     return {"served": served, "sst2_test_accuracy": accuracy, f"test_2016_flickr_bleu_lc_beam{beam}": bleu}
 
 
+def api_positive(url: str, texts: list[str], batch_size: int, concurrency: int) -> list[float]:
+    """P(positive) of each text through POST /v1/sentiment, in order."""
+    with httpx.Client(base_url=url, timeout=300) as client:
+        def one_batch(batch: list[str]) -> list[float]:
+            r = client.post("/v1/sentiment", json={"texts": batch})
+            r.raise_for_status()
+            return [res["probabilities"]["positive"] for res in r.json()["results"]]
+
+        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        with ThreadPoolExecutor(concurrency) as pool:
+            return [p for part in pool.map(one_batch, chunks) for p in part]
+
+
+def batch_mates(models: Path, precision: str, data_dir: Path = DATA_DIR, split: str = "dev",
+                limit: int | None = None) -> list[dict[str, Any]]:
+    """One row per arrangement (alone, lists of 64 in order, shuffled): the largest probability
+    difference against alone, the labels that differ, the accuracy (``batch_mates``'s doc)."""
+    rows = read_sst2(data_dir, split)[:limit]
+    texts = [r.text for r in rows]
+    order = list(range(len(texts)))
+    random.Random(0).shuffle(order)
+    server = ServerProcess(models, precision=precision).wait_ready()
+    try:
+        served = {m["name"]: m["precision"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+        alone = api_positive(server.url, texts, 1, 1)
+        in_order = api_positive(server.url, texts, 64, 1)
+        shuffled_scores = api_positive(server.url, [texts[i] for i in order], 64, 1)
+        shuffled = [0.0] * len(texts)
+        for at, i in enumerate(order):
+            shuffled[i] = shuffled_scores[at]
+    finally:
+        server.stop()
+    out = []
+    for name, scores in (("alone", alone), ("lists of 64, in order", in_order), ("lists of 64, shuffled", shuffled)):
+        out.append({"arrangement": name, "served": served.get("sentiment", "?"),
+                    "max_diff": max(abs(a - b) for a, b in zip(scores, alone, strict=True)),
+                    "labels_differ": sum((a > 0.5) != (b > 0.5) for a, b in zip(scores, alone, strict=True)),
+                    "accuracy": sum((p > 0.5) == bool(r.label) for p, r in zip(scores, rows, strict=True)) / len(rows)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8", "auto"])
     p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--batch-mates", action="store_true", help="how much a sentiment answer moves with its batch")
+    p.add_argument("--split", default="dev", choices=["dev", "test"], help="--batch-mates: the SST-2 split")
     args = p.parse_args(argv)
+    if args.batch_mates:
+        print(f"| precision asked | served | SST-2 {args.split}, arranged | largest probability difference from "
+              "alone | labels differing from alone | accuracy |\n|---|---|---|---:|---:|---:|")
+        for precision in args.precision:
+            for row in batch_mates(args.models, precision, args.data_dir, args.split):
+                print(f"| {precision} | {row['served']} | {row['arrangement']} | {row['max_diff']:.2g} | "
+                      f"{row['labels_differ']} | {row['accuracy']:.4f} |", flush=True)
+        return
     print("| precision asked | served | SST-2 test accuracy | test_2016_flickr BLEU (lc 13a, beam "
           f"{args.beam}) |\n|---|---|---:|---:|")
     for precision in args.precision:
