@@ -22,6 +22,7 @@ they are added here from what each operation is, rather than repeated on every r
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from fastapi import FastAPI
@@ -30,6 +31,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 
 from service import request_schemas
+from service.inputs import MAX_TIMEOUT_S
 from service.schemas import ErrorBody
 from service.settings import Settings
 
@@ -40,6 +42,13 @@ _DESCRIPTIONS = {
     503: "overloaded (with Retry-After), starting or shutting down", 504: "deadline passed",
 }
 _INFER_PATHS = ("/v1/sentiment", "/v1/translate")
+# the deadline a client may shorten on every inference route (service/inputs.py deadline_for)
+_TIMEOUT_HEADER = {"name": "X-Request-Timeout", "in": "header", "required": False,
+                   "description": "seconds this request may take, from its arrival (shortens "
+                                  "SEQSERVE_REQUEST_TIMEOUT_S; 504 after it)",
+                   "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S}}
+# FastAPI's own 422 schemas: every 422 here answers ErrorBody, so they would be dead models in a client
+_UNUSED = ("HTTPValidationError", "ValidationError")
 
 
 def _sse(event_names: list[str] | None) -> dict[str, Any]:
@@ -77,11 +86,15 @@ def _statuses(path: str, method: str, settings: Settings, public: frozenset[str]
         codes |= {404, 422}
     if path.endswith(("/ready", "/live")):
         codes.add(503)
-    if path in _INFER_PATHS or path.endswith(("/infer", "/generate", "/generate_stream")):
+    if _inference(path):
         codes |= {404, 499, 503, 504}
     if path.startswith("/v2/repository/models/"):
         codes |= {404, 409}
     return codes
+
+
+def _inference(path: str) -> bool:
+    return path in _INFER_PATHS or path.endswith(("/infer", "/generate", "/generate_stream"))
 
 
 def _hoist_defs(node: Any, schemas: dict[str, Any]) -> None:
@@ -146,6 +159,8 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
                     if stream is not None:
                         ok = responses.setdefault("200", {"description": "Successful Response"})
                         ok.setdefault("content", {}).update(stream)
+                    if _inference(path):
+                        operation.setdefault("parameters", []).append(_TIMEOUT_HEADER)
                     for code in sorted(_statuses(path, method, settings, public_paths)):
                         entry = responses.setdefault(str(code), {"description": _DESCRIPTIONS[code]})
                         # FastAPI's own 422 schema (HTTPValidationError) is not what the server sends
@@ -159,6 +174,9 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
                         parameter["schema"]["enum"] = names
             for template, bodies in request_schemas.infer_paths(settings, registry).items():
                 _spell_out(doc["paths"], template, bodies)
+            for name in _UNUSED:
+                if f'"#/components/schemas/{name}"' not in json.dumps(doc["paths"]):
+                    schemas.pop(name, None)
             app.openapi_schema = doc
             built_for = generation
         return app.openapi_schema

@@ -25,9 +25,21 @@ from service.v2_model import TEXT_INPUT, outputs_of
 
 JsonSchema = dict[str, Any]
 _NULL: JsonSchema = {"type": "null"}
+# a property that must not be given: {"not": {}} rather than JSON Schema's equivalent ``false``,
+# which openapi-python-client (the common Python generator) cannot parse
+_NEVER: JsonSchema = {"not": {}}
+
+
+def _escaped(characters: str) -> str:
+    """A regular-expression class's characters with every one outside printable ASCII as \\uXXXX,
+    which Python and ECMA-262 both read: raw control characters in the document (DEL, C1) made
+    YAML loaders and openapi-spec-validator's command refuse it."""
+    return "".join(c if " " <= c <= "~" else f"\\u{ord(c):04x}" for c in characters)
+
+
 # a character that leaves a subword behind (service/tokenization.py): spelled out, since regex
 # engines disagree on \s (Python's counts \x1c-\x1f and \x85, ECMA-262's counts \ufeff instead)
-_HAS_CONTENT = f"[^{NOTHING_LEFT}]"
+_HAS_CONTENT = f"[^{_escaped(NOTHING_LEFT)}]"
 
 
 def optional(schema: JsonSchema) -> JsonSchema:
@@ -110,7 +122,9 @@ class TranslationLimits:
 
 def v1_sentiment(settings: Settings) -> JsonSchema:
     properties, exactly_one = one_or_many(settings)
-    return {"type": "object", "properties": properties, "additionalProperties": False, **exactly_one,
+    # the rule under allOf, as v1_translate has it: a oneOf beside properties made openapi-python-client
+    # skip the operation
+    return {"type": "object", "properties": properties, "additionalProperties": False, "allOf": [exactly_one],
             "examples": [{"text": "A gorgeous, witty film."}]}
 
 
@@ -135,7 +149,7 @@ def v1_translate(settings: Settings, limits: TranslationLimits) -> JsonSchema:
 def _generate_rules(params: JsonSchema) -> list[JsonSchema]:
     """On one object of generate parameters: max_length or max_tokens, not both; sampling draws one
     hypothesis (beam 1), and a seed needs sampling."""
-    return [{"if": {"required": ["max_length"]}, "then": {"properties": {"max_tokens": False}}},
+    return [{"if": {"required": ["max_length"]}, "then": {"properties": {"max_tokens": _NEVER}}},
             {"if": _SAMPLING, "then": {"properties": {"beam_size": {"enum": [None, 1]}}},
              "else": {"properties": {"seed": _NULL}}}]
 
@@ -173,17 +187,21 @@ def infer(model: ServedModel, settings: Settings, limits: TranslationLimits) -> 
                        {"type": "array", "prefixItems": [rows, {"const": 1}], "minItems": 2, "maxItems": 2}]}
     one_text = text(settings)
     data = {"type": "array", "minItems": 1, "maxItems": settings.max_texts_per_request,
-            "items": {"anyOf": [one_text, {"type": "array", "items": one_text}]}}
+            # [N, 1]: each row one text
+            "items": {"anyOf": [one_text, {"type": "array", "items": one_text, "minItems": 1, "maxItems": 1}]}}
     tensor = {"type": "object", "required": ["name", "datatype", "shape", "data"],
               "properties": {"name": {"const": TEXT_INPUT.name}, "datatype": {"const": TEXT_INPUT.datatype},
                              "shape": shape, "data": data,
                              # the JSON form carries no binary data to size
-                             "parameters": optional({"type": "object", "properties": {"binary_data_size": False}})}}
+                             "parameters": optional({"type": "object", "properties": {"binary_data_size": _NEVER}})}}
     names = [o.name for o in outputs_of(model)]
     output = {"type": "object", "required": ["name"],
               "properties": {"name": {"enum": names}, "parameters": optional({
-                  "type": "object", "properties": {"binary_data": optional({
-                      "type": "boolean", "description": "answer this output as binary"})}})}}
+                  "type": "object", "properties": {
+                      "binary_data": optional({"type": "boolean", "description": "answer this output as binary"}),
+                      # Triton's classification extension (tritonclient's class_count): not served, 422
+                      "classification": {**_NEVER, "description": "not served (Triton's classification extension)"},
+                  }})}}
     params: JsonSchema = {"type": "object", "properties": {
         "timeout": _TIMEOUT,
         "binary_data_output": optional({"type": "boolean", "description": "answer every output as binary"})}}

@@ -4,8 +4,9 @@ schemathesis's own, less what no OpenAPI document can promise.
 - 422 for what JSON Schema cannot state: a text's subword count (it depends on the tokenizer) and,
   on v2, that a tensor's ``data`` holds as many texts as its ``shape`` says (one value bounding
   another array's length);
-- 504 ``deadline_exceeded`` when the request set its own deadline (``parameters.timeout``) and the
-  work took longer: the answer the request asked for, not a server fault.
+- 504 ``deadline_exceeded`` when the request set its own deadline (``parameters.timeout``, or the
+  ``X-Request-Timeout`` header) and the work took longer: the answer the request asked for, not a
+  server fault.
 
 Everything else about the response is checked as schemathesis checks it.
 """
@@ -32,7 +33,9 @@ def _error(response: Any) -> dict[str, Any]:
 def _sets_a_timeout(case: Any) -> bool:
     body = case.body if isinstance(case.body, dict) else {}
     parameters = body.get("parameters")
-    return body.get("timeout") is not None or (isinstance(parameters, dict) and parameters.get("timeout") is not None)
+    header = any(name.lower() == "x-request-timeout" for name in (case.headers or {}))
+    return header or body.get("timeout") is not None or \
+        (isinstance(parameters, dict) and parameters.get("timeout") is not None)
 
 
 @schemathesis.check
