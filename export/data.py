@@ -1,6 +1,6 @@
 """Readers for the training corpora under a data directory (default ../shared/data).
 
-Layout expected (public sources are listed in the README):
+Layout expected (public sources are listed in docs/models.md, *Data*):
   sst2/stsa.binary.{train,dev,test}   "<label> <tokenized sentence>" per line
   sst2/glue-train.tsv                 GLUE SST-2 phrase-level training set (tab-separated, header names the columns)
   multi30k/{train,val,test_2016_flickr}.{en,de}.gz   Multi30k task 1, raw text, one sentence a line
@@ -27,7 +27,8 @@ class LabelledText:
 def _require(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: pass --data-dir pointing at a folder with sst2/ and multi30k/ (see README, Data)"
+            f"{path} not found: pass --data-dir pointing at a folder with sst2/ and multi30k/ "
+            "(see docs/models.md, Data)"
         )
     return path
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs, read_sst2
 from export.text_variants import VARIANTS
-from service.inputs import Problems, check_tokens
+from service.inputs import check_tokens
 from service.model_card import RobustnessScore, RobustnessSpec, load_model_card, write_model_card
 from service.runners import SentimentRunner, TranslationRunner, load_runner
 
@@ -76,7 +76,7 @@ def translate_all(runner: TranslationRunner, sources: list[str], beam: int, batc
     out: list[str | None] = [None] * len(ids)
     accepted = []
     for i, x in enumerate(ids):
-        if check_tokens(x[:-1], runner.card.max_input_tokens, "text", runner.card.name, Problems()):
+        if check_tokens(x[:-1], runner.card.max_input_tokens, "text", runner.card.name):
             accepted.append(i)
     order = sorted(accepted, key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):

@@ -85,7 +85,7 @@ def api_positive(url: str, texts: list[str], batch_size: int, concurrency: int) 
 def batch_mates(models: Path, precision: str, data_dir: Path = DATA_DIR, split: str = "dev",
                 limit: int | None = None) -> list[dict[str, Any]]:
     """One row per arrangement (alone, lists of 64 in order, shuffled): the largest probability
-    difference against alone, the labels that differ, the accuracy (``batch_mates``'s doc)."""
+    difference against alone, the labels that differ, the accuracy (the module's ``--batch-mates``)."""
     rows = read_sst2(data_dir, split)[:limit]
     texts = [r.text for r in rows]
     order = list(range(len(texts)))

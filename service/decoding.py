@@ -30,13 +30,17 @@ Breaks = tuple[tuple[int, str], ...]
 
 def laid_out(decode: Callable[[Sequence[int]], str], tokens: Sequence[int], breaks: Breaks = ()) -> str:
     """The text of ``tokens``, each sentence decoded on its own and the line breaks put back
-    between them (``breaks`` past the end of ``tokens`` are not reached yet: a stream's prefix)."""
-    if not breaks:
+    between them. A break goes only between tokens: not before the first, not after the last (a
+    stream's prefix has not reached it yet; a sentence translated to nothing leaves no stray
+    line), and of several at one place (around such an empty sentence) the longest."""
+    chosen: dict[int, str] = {}  # breaks come in ascending order; so do these
+    for index, separator in breaks:
+        if 0 < index < len(tokens) and len(separator) > len(chosen.get(index, "")):
+            chosen[index] = separator
+    if not chosen:
         return decode(tokens)
     pieces, at = [], 0
-    for index, separator in breaks:
-        if index > len(tokens):
-            break
+    for index, separator in chosen.items():
         pieces += [decode(tokens[at:index]), separator]
         at = index
     pieces.append(decode(tokens[at:]))

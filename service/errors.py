@@ -17,6 +17,9 @@ from starlette.routing import Match
 
 from service.json_response import JSONResponse
 
+# at most this many problems listed in a 422's ``details`` (schema errors, or bad texts)
+MAX_DETAILS = 20
+
 
 class ServiceError(Exception):
     status = 500
@@ -121,7 +124,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         message, field = json_problem(str(context.get("error", "")) if isinstance(context, dict) else ""), "body"
         if message.startswith("the body is not valid utf-8"):
             body["limit"] = "utf-8"  # as for a body not valid in the charset it declares
-    details = [{"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg")} for e in errors[:20]]
+    details = [{"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg")} for e in errors[:MAX_DETAILS]]
     return JSONResponse({"error": message, "code": "invalid_input", "field": field, **body, "details": details},
                         status_code=422)
 

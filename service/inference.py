@@ -141,11 +141,12 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     cells = 0  # the most the request's attention maps could hold
     for i, parts in enumerate(split):
         sentence_jobs = []
+        over = False  # the text's first sentence over the limit is its one problem
         for k, part in enumerate(parts):
             # the limit counts subwords before the </s> the model appends
             ids = runner.tokenize(part)
-            check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name, problems,
-                         f" (sentence {k + 1})" if len(parts) > 1 else "")
+            over = over or not check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name,
+                                            problems, f" (sentence {k + 1})" if len(parts) > 1 else "")
             job = runner.job(ids, beam, max_length, keep_attention)
             # each sentence its own draw, repeatable from the request's seed
             drawn = sampling if sampling is None or not k else replace(sampling, seed=(sampling.seed + k) % MAX_SEED)
@@ -154,6 +155,7 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
         if keep_attention:
             cells += sum(len(job.src_ids) for job in sentence_jobs) * sum(job.max_length for job in sentence_jobs)
             if cells > MAX_ATTENTION_CELLS:
+                problems.check()  # the texts before it that break a limit, first
                 raise InvalidInput(
                     f"{name('return_attention')}: the attention maps of this request could reach {cells:,} cells by "
                     f"{item_field(field, i)} ({len(parts)} sentence{'s' if len(parts) > 1 else ''}; each text's map is "

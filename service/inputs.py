@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from service.errors import ClientGone, InvalidInput
+from service.errors import MAX_DETAILS, ClientGone, InvalidInput
 from service.http_protocol import arrived_at
 from service.settings import Settings
 from service.tokenization import has_content
@@ -50,25 +51,35 @@ def item_field(field: str, index: int) -> str:
     return field if field in ("text", "text_input") else f"{field}[{index}]"
 
 
+@dataclass(frozen=True)
+class Problem:
+    message: str
+    field: str
+    limit: Any = None
+
+
 class Problems:
     """The bad texts of one request, all of them: a client scoring a file repairs every text in
     one round trip, not one per try. ``check`` raises the first as the answer's error, field and
     limit, with every one (up to ``MAX_DETAILS``) in its ``details``, as for a body that does not
-    parse as the schema."""
-
-    MAX_DETAILS = 20
+    parse as the schema, and the message says how many more there are."""
 
     def __init__(self) -> None:
-        self.found: list[InvalidInput] = []
+        self.found: list[Problem] = []
 
     def add(self, message: str, field: str, limit: Any = None) -> None:
-        self.found.append(InvalidInput(message, field=field, limit=limit))
+        self.found.append(Problem(message, field, limit))
 
     def check(self) -> None:
-        if self.found:
-            first = self.found[0]
-            details = [{"field": p.field, "message": p.message} for p in self.found[:self.MAX_DETAILS]]
-            raise InvalidInput(first.message, field=first.field, limit=first.limit, details=details)
+        if not self.found:
+            return
+        first, more = self.found[0], len(self.found) - 1
+        message = first.message
+        if more:
+            listed = "; details lists the first " + str(MAX_DETAILS) if len(self.found) > MAX_DETAILS else " in details"
+            message += f" (and {more} more{listed})"
+        details = [{"field": p.field, "message": p.message} for p in self.found[:MAX_DETAILS]]
+        raise InvalidInput(message, field=first.field, limit=first.limit, details=details)
 
 
 def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
@@ -106,13 +117,15 @@ def integral(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def check_tokens(ids: list[int], limit: int, field: str, model: str, problems: Problems, part: str = "") -> bool:
-    """Whether ``ids`` are within ``limit``; if not, the problem is added (``part``: which piece of
-    the field the ids are, " (sentence 2)", for the message)."""
-    if len(ids) > limit:
+def check_tokens(ids: list[int], limit: int, field: str, model: str, problems: Problems | None = None,
+                 part: str = "") -> bool:
+    """Whether ``ids`` are within ``limit``; if not, the problem is added to ``problems`` (``part``:
+    which piece of the field the ids are, " (sentence 2)", for the message)."""
+    if len(ids) <= limit:
+        return True
+    if problems is not None:
         problems.add(f"{field}{part} is {len(ids)} subword tokens; model {model} takes at most {limit}", field, limit)
-        return False
-    return True
+    return False
 
 
 def check_range(value: int | None, low: int, high: int, field: str) -> None:

@@ -93,6 +93,18 @@ def _statuses(path: str, method: str, settings: Settings, public: frozenset[str]
     return codes
 
 
+def _drop_unreferenced(doc: dict[str, Any], schemas: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Remove the schemas ``names`` that nothing else in ``doc`` refers to, until none is left to
+    remove (one may be referred to only by another of them)."""
+    while True:
+        unused = [name for name in names if name in schemas and f'"#/components/schemas/{name}"' not in
+                  json.dumps({**doc, "components": {**doc["components"], "schemas": {
+                      k: v for k, v in schemas.items() if k != name}}})]
+        if not unused:
+            return
+        schemas.pop(unused[0])
+
+
 def _inference(path: str) -> bool:
     return path in _INFER_PATHS or path.endswith(("/infer", "/generate", "/generate_stream"))
 
@@ -174,9 +186,7 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
                         parameter["schema"]["enum"] = names
             for template, bodies in request_schemas.infer_paths(settings, registry).items():
                 _spell_out(doc["paths"], template, bodies)
-            for name in _UNUSED:
-                if f'"#/components/schemas/{name}"' not in json.dumps(doc["paths"]):
-                    schemas.pop(name, None)
+            _drop_unreferenced(doc, schemas, _UNUSED)
             app.openapi_schema = doc
             built_for = generation
         return app.openapi_schema

@@ -94,12 +94,14 @@ def sentences(text: str) -> list[str]:
 
 def line_breaks(text: str, parts: list[str]) -> list[str]:
     """The line breaks of ``text`` between each two of its ``parts`` (``sentences(text)``), "" where
-    only spaces separate them: what the translation keeps between the sentences' translations."""
+    only spaces separate them: what the translation keeps between the sentences' translations,
+    as "\n" (a "\r\n" or a lone "\r" of the source is one too)."""
     breaks, at = [], 0
     for k, part in enumerate(parts):
         start = text.index(part, at)
         if k:
-            breaks.append("\n" * text.count("\n", at, start))
+            gap = text[at:start]
+            breaks.append("\n" * (gap.count("\n") + gap.count("\r") - gap.count("\r\n")))
         at = start + len(part)
     return breaks
 

@@ -144,6 +144,17 @@ def test_every_bad_text_of_a_request_is_named_at_once(committed_server: Server) 
                                                                                   "inputs.text.data[2]"], r.text
     ok = httpx.post(f"{url}/v1/sentiment", json={"texts": ["ok"]}, timeout=30).json()
     assert "details" not in ok
+    # the message says how many more; details lists at most 20
+    r = httpx.post(f"{url}/v1/sentiment", json={"texts": [""] * 30}, timeout=30)
+    assert r.json()["error"] == "texts[0] is empty (and 29 more; details lists the first 20)" and \
+        len(r.json()["details"]) == 20
+    # a text of several sentences over the limit is one problem; texts before a request-wide refusal
+    # (the attention maps' size) are named first
+    two = f"A dog runs. It is {long}. A cat sleeps. It is {long}."
+    r = httpx.post(f"{url}/v1/translate", json={"texts": [two, "A dog."]}, timeout=30)
+    assert [d["field"] for d in r.json()["details"]] == ["texts[0]"], r.text
+    r = httpx.post(f"{url}/v1/translate", json={"texts": [long, "Go. " * 150], "return_attention": True}, timeout=30)
+    assert r.json()["field"] == "texts[0]", r.text
 
 
 def test_malformed_json_wrong_type_and_size_limits(committed_server: Server) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from service.decoding import BeamSearch, Sampling, top_candidates
+from service.decoding import BeamSearch, Sampling, laid_out, top_candidates
 from service.tokenization import EOS_ID
 
 VOCAB = 8
@@ -123,3 +125,20 @@ def test_sampling_topk_one_or_a_cold_temperature_is_greedy() -> None:
 def test_sampling_needs_beam_one() -> None:
     with pytest.raises(ValueError, match="beam_size must be 1"):
         BeamSearch(beam_size=2, max_length=5, sampling=Sampling(5, 1.0, 0))
+
+
+def test_line_breaks_go_only_between_tokens() -> None:
+    """A text's sentences with the source's line breaks between them (service/sentences.py): a
+    break before the first token or after the last (a sentence translated to nothing, or a
+    stream's prefix) is left out, and of two at one place the longer is kept."""
+    def decode(ids: object) -> str:
+        return " ".join(map(str, ids))  # type: ignore[call-overload]
+
+    assert laid_out(decode, [1, 2, 3], ((2, "\n"),)) == "1 2\n3"
+    assert laid_out(decode, [1, 2, 3], ()) == "1 2 3"
+    assert laid_out(decode, [1, 2], ((2, "\n"),)) == "1 2"  # the next sentence has not begun (or is empty)
+    assert laid_out(decode, [1, 2], ((0, "\n"),)) == "1 2"  # the first was empty
+    assert laid_out(decode, [1, 2, 3], ((1, "\n\n"), (1, "\n"))) == "1\n\n2 3"  # an empty one between
+    # a stream's text grows by prefixes: each is the start of the next
+    texts = [laid_out(decode, [1, 2, 3, 4][:k], ((2, "\n"), (3, "\n\n"))) for k in range(5)]
+    assert all(b.startswith(a) for a, b in itertools.pairwise(texts)) and texts[-1] == "1 2\n3\n\n4"

@@ -135,7 +135,8 @@ def test_a_stream_its_client_leaves_is_logged_499_and_a_finished_one_200() -> No
                               headers={"X-Request-ID": "read-2"}, timeout=30)
         assert finished.status_code == 200 and "event: result" in finished.text
         end = time.monotonic() + 10
-        while '"left-1"' not in server.output() and time.monotonic() < end:
+        # each line is written once its answer is done: the finished one's may follow its last byte
+        while not ('"left-1"' in server.output() and '"read-2"' in server.output()) and time.monotonic() < end:
             time.sleep(0.05)
         lines = {e["request_id"]: e for e in (json.loads(line) for line in server.output().splitlines()
                                               if line.startswith('{"time"') and '"request_id"' in line)}

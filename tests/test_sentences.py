@@ -85,6 +85,7 @@ def test_line_breaks_between_sentences_are_kept_for_the_translation() -> None:
     parts = sentences(text)
     assert parts == ["- A dog runs.", "- A cat sleeps.", "Two men talk.", "A woman cooks."]
     assert line_breaks(text, parts) == ["\n", "\n\n", ""]
+    assert line_breaks("A dog runs.\rA cat sleeps.", ["A dog runs.", "A cat sleeps."]) == ["\n"]  # old Mac files
     job = SentencesJob([4, 2, 5, 2, 6, 2], 2, 10, sentences=[_job([4, 2]), _job([5, 2]), _job([6, 2])],
                        separators=["\n", ""])
     outs = [TranslationOutput([7, 8], -1.0, None, hypotheses=[([7, 8], -1.0), ([9], -2.0)]),
