@@ -34,13 +34,14 @@ from loadtests.inputs import DATA_DIR
 from loadtests.server import ROOT, ServerProcess
 
 
-def api_labels(url: str, texts: list[str], batch_size: int = 16, concurrency: int = 4) -> list[str]:
-    """Labels through POST /v1/sentiment, in order (as api_translator sends translations)."""
+def api_sentiment(url: str, texts: list[str], batch_size: int = 16, concurrency: int = 4) -> list[dict[str, Any]]:
+    """Each text's result through POST /v1/sentiment, in order (as api_translator sends translations)."""
     with httpx.Client(base_url=url, timeout=300) as client:
-        def one_batch(batch: list[str]) -> list[str]:
+        def one_batch(batch: list[str]) -> list[dict[str, Any]]:
             r = client.post("/v1/sentiment", json={"texts": batch})
             r.raise_for_status()
-            return [res["label"] for res in r.json()["results"]]
+            results: list[dict[str, Any]] = r.json()["results"]
+            return results
 
         chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
         with ThreadPoolExecutor(concurrency) as pool:
@@ -58,7 +59,7 @@ def measure(models: Path, precision: str, data_dir: Path = DATA_DIR, beam: int =
     server = ServerProcess(models, precision=precision).wait_ready()
     try:
         served = {m["name"]: m["precision"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
-        labels = api_labels(server.url, [r.text for r in sst])
+        labels = [res["label"] for res in api_sentiment(server.url, [r.text for r in sst])]
         hyps = api_translator(server.url)([s for s, _ in pairs], beam)
     finally:
         server.stop()
@@ -67,19 +68,6 @@ def measure(models: Path, precision: str, data_dir: Path = DATA_DIR, beam: int =
     bleu = sacrebleu.corpus_bleu([h or "" for h in hyps], [[t for _, t in pairs]], tokenize="13a",
                                  lowercase=True).score
     return {"served": served, "sst2_test_accuracy": accuracy, f"test_2016_flickr_bleu_lc_beam{beam}": bleu}
-
-
-def api_positive(url: str, texts: list[str], batch_size: int, concurrency: int) -> list[float]:
-    """P(positive) of each text through POST /v1/sentiment, in order."""
-    with httpx.Client(base_url=url, timeout=300) as client:
-        def one_batch(batch: list[str]) -> list[float]:
-            r = client.post("/v1/sentiment", json={"texts": batch})
-            r.raise_for_status()
-            return [res["probabilities"]["positive"] for res in r.json()["results"]]
-
-        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
-        with ThreadPoolExecutor(concurrency) as pool:
-            return [p for part in pool.map(one_batch, chunks) for p in part]
 
 
 def batch_mates(models: Path, precision: str, data_dir: Path = DATA_DIR, split: str = "dev",
@@ -93,9 +81,12 @@ def batch_mates(models: Path, precision: str, data_dir: Path = DATA_DIR, split: 
     server = ServerProcess(models, precision=precision).wait_ready()
     try:
         served = {m["name"]: m["precision"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
-        alone = api_positive(server.url, texts, 1, 1)
-        in_order = api_positive(server.url, texts, 64, 1)
-        shuffled_scores = api_positive(server.url, [texts[i] for i in order], 64, 1)
+        def positive(batch: list[str], size: int) -> list[float]:
+            return [res["probabilities"]["positive"] for res in api_sentiment(server.url, batch, size, 1)]
+
+        alone = positive(texts, 1)
+        in_order = positive(texts, 64)
+        shuffled_scores = positive([texts[i] for i in order], 64)
         shuffled = [0.0] * len(texts)
         for at, i in enumerate(order):
             shuffled[i] = shuffled_scores[at]

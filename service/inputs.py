@@ -92,20 +92,18 @@ def check_texts(texts: list[str], settings: Settings, field: str) -> list[str]:
                            field=field, limit=settings.max_texts_per_request)
     problems = Problems()
     for i, text in enumerate(texts):
+        name = item_field(field, i)
         if not has_content(text):  # it would reach the model as no subwords at all; blank is the plainest case
             problem = "is empty" if not text.strip() else \
                 "has no characters the model reads (only spaces, control or invisible ones)"
-            name = item_field(field, i)
             problems.add(f"{name} {problem}", name, [1, settings.max_text_chars])
         elif len(text) > settings.max_text_chars:
-            name = item_field(field, i)
             problems.add(f"{name} has {len(text)} characters; at most {settings.max_text_chars} allowed", name,
                          settings.max_text_chars)
         elif not text.isascii():
             try:  # a lone surrogate ("\ud800" escaped in JSON) is no text a tokenizer can take
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:
-                name = item_field(field, i)
                 problems.add(f"{name} is not valid Unicode text: {exc.reason} at position {exc.start}", name)
     problems.check()
     return texts

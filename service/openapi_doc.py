@@ -94,15 +94,12 @@ def _statuses(path: str, method: str, settings: Settings, public: frozenset[str]
 
 
 def _drop_unreferenced(doc: dict[str, Any], schemas: dict[str, Any], names: tuple[str, ...]) -> None:
-    """Remove the schemas ``names`` that nothing else in ``doc`` refers to, until none is left to
-    remove (one may be referred to only by another of them)."""
-    while True:
-        unused = [name for name in names if name in schemas and f'"#/components/schemas/{name}"' not in
-                  json.dumps({**doc, "components": {**doc["components"], "schemas": {
-                      k: v for k, v in schemas.items() if k != name}}})]
-        if not unused:
-            return
-        schemas.pop(unused[0])
+    """Remove each of ``names`` that nothing else in ``doc`` refers to, in order (a later one may be
+    referred to only by an earlier one)."""
+    for name in names:
+        schema = schemas.pop(name, None)
+        if schema is not None and f'"#/components/schemas/{name}"' in json.dumps(doc):
+            schemas[name] = schema  # still in use
 
 
 def _inference(path: str) -> bool:
