@@ -2,7 +2,9 @@
 
 A batch forms from the queue until it holds ``max_batch_size`` requests, or its padded size
 (requests x longest) would pass ``max_batch_tokens``, or ``max_queue_delay`` has passed since
-its first request arrived. Requests are sorted by length inside the window to cut padding.
+its first request arrived. It waits for that delay only when company is likely: requests arrive
+closer together than the delay and other requests are in flight (a lone client waiting for each
+answer is not held). Requests are sorted by length inside the window to cut padding.
 
 The worker threads form and run the batches themselves, off the event loop: a worker takes the
 next window from a thread-safe queue as soon as it is free, runs it, and hands all its answers
@@ -370,10 +372,13 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         except queue.Empty:
             return []
         window = [first]
-        # Wait for company only when it is likely to come: if requests arrive further apart than
-        # the delay (e.g. a single client waiting for each answer), waiting only adds latency.
-        delay = self.policy.max_queue_delay_s if self._mean_gap_s < self.policy.max_queue_delay_s else 0.0
-        close_at = first.enqueued_at + delay
+        # Wait for company only when it is likely to come: requests arrive closer together than
+        # the delay, and requests other than this window's are in flight (queued, running on
+        # another worker, or being answered), whose clients may send again soon. A lone client
+        # waiting for each answer arrives as often as it is answered, which looks like company by
+        # the gaps alone: waiting for it only added the delay to each of its requests.
+        wait = self._mean_gap_s < self.policy.max_queue_delay_s
+        close_at = first.enqueued_at + self.policy.max_queue_delay_s
         while len(window) < self.policy.max_batch_size:
             try:
                 window.append(self.queue.get_nowait())
@@ -381,7 +386,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             except queue.Empty:
                 pass
             remaining = close_at - time.monotonic()
-            if remaining <= 0:
+            if not wait or remaining <= 0 or self.in_flight <= len(window):
                 break
             try:
                 window.append(self.queue.get(timeout=remaining))

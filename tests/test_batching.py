@@ -176,6 +176,33 @@ async def test_a_lone_client_does_not_wait_for_company_that_never_comes() -> Non
     await batcher.close()
 
 
+async def test_a_lone_client_sending_back_to_back_is_not_held_for_company() -> None:
+    # its requests come closer together than the delay (each as soon as the last is answered),
+    # but nothing else is in flight when one waits in the queue: nobody else can join it
+    batcher = DynamicBatcher("m", Recorder(), _policy(max_queue_delay_s=1.0))
+    batcher.start()
+    for i in range(12):
+        start = time.monotonic()
+        assert await batcher.submit(f"x{i}", 1, time.monotonic() + 5) == f"X{i}"
+        assert time.monotonic() - start < 0.5, f"request {i} waited for company"
+    await batcher.close()
+
+
+async def test_a_window_waits_for_company_while_other_requests_are_in_flight() -> None:
+    runner = Recorder(delay=0.2)
+    batcher = DynamicBatcher("m", runner, _policy(max_queue_delay_s=1.0, instances=2))
+    batcher.start()
+    deadline = time.monotonic() + 5
+    first = asyncio.ensure_future(batcher.submit("a", 1, deadline))  # runs alone on one worker
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(batcher.submit("b", 1, deadline))  # "a" in flight: waits
+    await asyncio.sleep(0.05)
+    third = asyncio.ensure_future(batcher.submit("c", 1, deadline))
+    assert await asyncio.gather(first, second, third) == ["A", "B", "C"]
+    assert sorted(map(sorted, runner.batches)) == [["a"], ["b", "c"]]
+    await batcher.close()
+
+
 async def test_a_request_is_admitted_whole_or_refused_whole() -> None:
     runner = Recorder(delay=0.3)
     batcher = DynamicBatcher("m", runner, _policy(max_batch_size=1, max_queue_size=3))
