@@ -2,6 +2,7 @@
 
     python -m loadtests.api_quality [--precision fp32 int8] [--beam 5]
     python -m loadtests.api_quality --batch-mates [--precision fp32 int8] [--split dev]
+    python -m loadtests.api_quality --scores [--beam 5]
 
 For each precision a server is started on the model repository with SEQSERVE_PRECISION set, and
 every SST-2 test sentence and every Multi30k test_2016_flickr source goes through POST
@@ -16,12 +17,17 @@ sentence of ``--split`` is scored alone (one request at a time: a batch of one),
 largest difference in a probability, how many labels differ, and the accuracy. INT8's dynamic
 quantization takes its activation scales from the whole batch tensor, so its answers move with
 their batch-mates (other clients' requests among them); fp32's move by rounding only.
+
+``--scores``: the spread of the translator's ``score`` (length-normalised log-probability) on
+the Multi30k val and test_2016_flickr sources, as a reader would judge a threshold on it: in-domain
+captions reach as low as out-of-domain text does (docs/models.md, *What the translator knows*).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -101,6 +107,26 @@ def batch_mates(models: Path, precision: str, data_dir: Path = DATA_DIR, split: 
     return out
 
 
+def translation_scores(models: Path, data_dir: Path = DATA_DIR, beam: int = 5,
+                       limit: int | None = None) -> dict[str, list[float]]:
+    """The ``score`` of every val and test_2016_flickr source's translation, by split (``--scores``;
+    ``limit``: only the first so many of each)."""
+    server = ServerProcess(models).wait_ready()
+    try:
+        with httpx.Client(base_url=server.url, timeout=300) as client:
+            scores: dict[str, list[float]] = {}
+            for split in ("val", "test_2016_flickr"):
+                sources = [s for s, _ in read_multi30k_pairs(data_dir, split)][:limit]
+                scores[split] = []
+                for i in range(0, len(sources), 64):
+                    r = client.post("/v1/translate", json={"texts": sources[i : i + 64], "beam_size": beam})
+                    r.raise_for_status()
+                    scores[split] += [res["score"] for res in r.json()["results"]]
+    finally:
+        server.stop()
+    return scores
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "models")
@@ -109,7 +135,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--batch-mates", action="store_true", help="how much a sentiment answer moves with its batch")
     p.add_argument("--split", default="dev", choices=["dev", "test"], help="--batch-mates: the SST-2 split")
+    p.add_argument("--scores", action="store_true", help="the spread of translation scores on val and test")
     args = p.parse_args(argv)
+    if args.scores:
+        print(f"| Multi30k split (beam {args.beam}) | captions | score p50 | p10 | p5 | p1 | lowest | below -1 |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|")
+        for split, scores in translation_scores(args.models, args.data_dir, args.beam).items():
+            at = statistics.quantiles(scores, n=100, method="inclusive")  # at[k - 1]: the k-th percentile
+            print(f"| {split} | {len(scores)} | {at[49]:.2f} | {at[9]:.2f} | {at[4]:.2f} | {at[0]:.2f} | "
+                  f"{min(scores):.2f} | {sum(x < -1 for x in scores)} |")
+        return
     if args.batch_mates:
         print(f"| precision asked | served | SST-2 {args.split}, arranged | largest probability difference from "
               "alone | labels differing from alone | accuracy |\n|---|---|---|---:|---:|---:|")

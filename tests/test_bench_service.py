@@ -45,3 +45,14 @@ def test_quality_through_the_api_in_each_precision(int8_repo: Path) -> None:
         assert result["served"] == {"sentiment": precision, "translate-en-de": precision}
         assert result["sst2_test_accuracy"] >= 0.75
         assert result["test_2016_flickr_bleu_lc_beam5"] >= 25
+
+
+def test_translation_scores_through_the_api(int8_repo: Path) -> None:
+    from tests.conftest import DATA_DIR
+
+    if not (DATA_DIR / "multi30k").is_dir():
+        pytest.skip("no data sets")
+    scores = api_quality.translation_scores(int8_repo, DATA_DIR, limit=20)
+    assert list(scores) == ["val", "test_2016_flickr"]
+    # length-normalised log-probabilities of captions the model translates well: below 0, mostly near it
+    assert all(len(s) == 20 and max(s) < 0 and sorted(s)[10] > -1.5 for s in scores.values())
