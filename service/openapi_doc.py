@@ -30,7 +30,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 
-from service import request_schemas
+from service import request_schemas, response_schemas
 from service.inputs import MAX_TIMEOUT_S
 from service.schemas import ErrorBody
 from service.settings import Settings
@@ -122,8 +122,9 @@ def _hoist_defs(node: Any, schemas: dict[str, Any]) -> None:
             _hoist_defs(value, schemas)
 
 
-def _spell_out(paths: dict[str, Any], template: str, bodies: dict[str, Any]) -> None:
-    """Replace ``template``'s POST with one operation per model, each with that model's body."""
+def _spell_out(paths: dict[str, Any], template: str, bodies: dict[str, Any], answers: dict[str, Any]) -> None:
+    """Replace ``template``'s POST with one operation per model, each with that model's body and
+    answer."""
     operation = paths.pop(template)["post"]
     for name, schema in bodies.items():
         spelled = copy.deepcopy(operation)
@@ -131,6 +132,7 @@ def _spell_out(paths: dict[str, Any], template: str, bodies: dict[str, Any]) -> 
         spelled["operationId"] = f"{operation['operationId']}_{''.join(c if c.isalnum() else '_' for c in name)}"
         spelled["summary"] = f"{operation.get('summary', '')} ({name})"
         spelled["requestBody"]["content"]["application/json"]["schema"] = schema
+        spelled["responses"]["200"].setdefault("content", {})["application/json"] = {"schema": answers[name]}
         paths[template.replace("{name}", name)] = {"post": spelled}
 
 
@@ -158,6 +160,7 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
                 doc["components"]["securitySchemes"] = _SECURITY_SCHEMES
             schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
             ref = {"$ref": "#/components/schemas/ErrorBody"}
+            answers = response_schemas.answers()
             for path, operations in doc.get("paths", {}).items():
                 for method, operation in operations.items():
                     _hoist_defs(operation.get("requestBody", {}), schemas)
@@ -174,6 +177,11 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
                         entry = responses.setdefault(str(code), {"description": _DESCRIPTIONS[code]})
                         # FastAPI's own 422 schema (HTTPValidationError) is not what the server sends
                         entry["content"] = {"application/json": {"schema": ref}}
+                    if path in answers:  # readiness answers 503 with its own body, not an error
+                        for status in ("200", "503") if path.endswith(("/ready", "/live")) else ("200",):
+                            responses[status]["content"] = {"application/json": {"schema": answers[path]}}
+                        if path.endswith(("/ready", "/live")):
+                            responses["503"]["description"] = "not ready (not live): the same body, false"
             for (path, method), schema in request_schemas.request_bodies(settings, registry).items():
                 operation = doc["paths"][path][method]
                 operation["requestBody"]["content"]["application/json"]["schema"] = schema
@@ -181,8 +189,9 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
                 for parameter in operation.get("parameters", []):
                     if parameter["name"] == "name" and names:
                         parameter["schema"]["enum"] = names
+            inferred = {m.name: response_schemas.infer(m) for m in registry.latest()} if registry else {}
             for template, bodies in request_schemas.infer_paths(settings, registry).items():
-                _spell_out(doc["paths"], template, bodies)
+                _spell_out(doc["paths"], template, bodies, inferred)
             _drop_unreferenced(doc, schemas, _UNUSED)
             app.openapi_schema = doc
             built_for = generation

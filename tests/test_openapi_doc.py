@@ -30,10 +30,10 @@ def test_error_statuses_and_references(committed_server: Server) -> None:
     assert set(paths["/v2/health/ready"]["get"]["responses"]) == {"200", "500", "503"}
     assert {"404", "409"} <= set(paths["/v2/repository/models/{name}/load"]["post"]["responses"])
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-    for operations in paths.values():
+    for path, operations in paths.items():
         for operation in operations.values():
             for code, response in operation["responses"].items():
-                if not code.startswith("2"):
+                if not code.startswith("2") and not (code == "503" and path.endswith(("/ready", "/live"))):
                     assert response["content"] == error, (code, response)
     components = doc["components"]["schemas"]
     assert {"InferInput", "InferOutputRequest"} <= set(components)
