@@ -51,11 +51,14 @@ def count_cancelled(labels: tuple[str, str], deadline: float, now: float) -> Non
 
 
 class WorkItem(Waiting, Generic[P, R]):
-    __slots__ = ("deadline", "enqueued_at", "future", "length", "payload")
+    __slots__ = ("deadline", "enqueued_at", "future", "length", "payload", "request")
 
-    def __init__(self, payload: P, length: int, deadline: float, future: asyncio.Future[R]) -> None:
+    def __init__(self, payload: P, length: int, deadline: float, future: asyncio.Future[R],
+                 request: object | None = None) -> None:
         super().__init__()
         self.payload = payload
+        # the same object for every text of one request (a window counts requests, not texts)
+        self.request = object() if request is None else request
         self.length = length  # tokens, for length sorting and the padded-token budget
         self.deadline = deadline  # time.monotonic() seconds
         self.future = future
@@ -328,6 +331,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         self.policy = policy
         # thread-safe: the event loop puts, the workers take; its length is bounded by admission
         self.queue: queue.Queue[WorkItem[P, R]] = queue.Queue()
+        self.requests_in_flight = 0  # submitted and not yet answered (event loop; workers read it)
         self._last_arrival = 0.0
         self._mean_gap_s = 1.0
         self._held = threading.local()  # per worker: the window it took and has not answered yet
@@ -352,14 +356,20 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
     async def submit_all(self, payloads: list[tuple[P, int]], deadline: float, each: Each | None = None) -> list[R]:
         """Run one request's payloads (each with its length in tokens); answers in order (and to
         ``each`` as they come in, in order)."""
-        items: list[WorkItem[P, R]] = [WorkItem(payload, length, deadline, self._new_future())
+        request = object()
+        items: list[WorkItem[P, R]] = [WorkItem(payload, length, deadline, self._new_future(), request)
                                        for payload, length in payloads]
-        self._accept_all(self.queue.put_nowait, items)
-        # moving average of the time between arrivals (decides whether a window waits)
-        now = items[0].enqueued_at
-        self._mean_gap_s += 0.1 * (min(now - self._last_arrival, 1.0) - self._mean_gap_s)
-        self._last_arrival = now
-        return await self._answer_all(items, deadline, each)
+        # counted before its texts are queued: a worker that takes them sees this request
+        self.requests_in_flight += 1
+        try:
+            self._accept_all(self.queue.put_nowait, items)
+            # moving average of the time between arrivals (decides whether a window waits)
+            now = items[0].enqueued_at
+            self._mean_gap_s += 0.1 * (min(now - self._last_arrival, 1.0) - self._mean_gap_s)
+            self._last_arrival = now
+            return await self._answer_all(items, deadline, each)
+        finally:
+            self.requests_in_flight -= 1
 
     async def submit(self, payload: P, length: int, deadline: float) -> R:
         """One payload alone (a request of one text)."""
@@ -372,26 +382,28 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         except queue.Empty:
             return []
         window = [first]
+        requests = {first.request}  # the requests the window holds texts of
         # Wait for company only when it is likely to come: requests arrive closer together than
         # the delay, and requests other than this window's are in flight (queued, running on
         # another worker, or being answered), whose clients may send again soon. A lone client
         # waiting for each answer arrives as often as it is answered, which looks like company by
-        # the gaps alone: waiting for it only added the delay to each of its requests.
+        # the gaps alone: its requests waited for nobody (the rest of a request too big for one
+        # window is no company either: it is queued already, or on another worker).
         wait = self._mean_gap_s < self.policy.max_queue_delay_s
         close_at = first.enqueued_at + self.policy.max_queue_delay_s
         while len(window) < self.policy.max_batch_size:
             try:
-                window.append(self.queue.get_nowait())
-                continue
+                item = self.queue.get_nowait()
             except queue.Empty:
-                pass
-            remaining = close_at - time.monotonic()
-            if not wait or remaining <= 0 or self.in_flight <= len(window):
-                break
-            try:
-                window.append(self.queue.get(timeout=remaining))
-            except queue.Empty:
-                break
+                remaining = close_at - time.monotonic()
+                if not wait or remaining <= 0 or self.requests_in_flight <= len(requests):
+                    break
+                try:
+                    item = self.queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            window.append(item)
+            requests.add(item.request)
         for item in window:
             self.admission.leave(item)
         return window

@@ -188,13 +188,31 @@ async def test_a_lone_client_sending_back_to_back_is_not_held_for_company() -> N
     await batcher.close()
 
 
+@pytest.mark.parametrize("instances", [1, 2])
+async def test_the_rest_of_a_lone_request_too_big_for_one_batch_is_no_company(instances: int) -> None:
+    # 12 texts in batches of 8: the second window holds the rest of the same request, which is
+    # all that is in flight
+    runner = Recorder()
+    batcher = DynamicBatcher("m", runner, _policy(max_queue_delay_s=1.0, instances=instances))
+    batcher.start()
+    words = [f"w{i}" for i in range(12)]
+    for i in range(6):
+        start = time.monotonic()
+        assert await batcher.submit_all([(w, 1) for w in words], time.monotonic() + 5) == [w.upper() for w in words]
+        assert time.monotonic() - start < 0.5, f"request {i} waited for company"
+    assert max(len(b) for b in runner.batches) == 8
+    await batcher.close()
+
+
 async def test_a_window_waits_for_company_while_other_requests_are_in_flight() -> None:
+    # the rule stays as it was under load: a worker free while another runs waits for the next
     runner = Recorder(delay=0.2)
     batcher = DynamicBatcher("m", runner, _policy(max_queue_delay_s=1.0, instances=2))
     batcher.start()
     deadline = time.monotonic() + 5
     first = asyncio.ensure_future(batcher.submit("a", 1, deadline))  # runs alone on one worker
-    await asyncio.sleep(0.05)
+    while not runner.batches:  # "a" is running
+        await asyncio.sleep(0.005)
     second = asyncio.ensure_future(batcher.submit("b", 1, deadline))  # "a" in flight: waits
     await asyncio.sleep(0.05)
     third = asyncio.ensure_future(batcher.submit("c", 1, deadline))
