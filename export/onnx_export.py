@@ -228,7 +228,8 @@ def export_sentiment(run_dir: Path, out_dir: Path, data_dir: Path) -> ModelCard:
     _require_parity(worst, "SST-2 dev probabilities")
     card = ModelCard(
         name=out_dir.parent.name, version=out_dir.name, task="text-classification",
-        description="Binary sentiment of English text (SST-2): stacked bidirectional LSTM over subwords.",
+        description="Binary sentiment of English text, trained on movie-review sentences (SST-2): stacked "
+                    "bidirectional LSTM over subwords.",
         architecture={"type": "bilstm-classifier", **ckpt["config"]},
         graphs={"model": graph},
         tokenizers={"text": _tokenizer_spec(tok, "sentiment")},
@@ -261,8 +262,9 @@ def export_translation(run_dir: Path, out_dir: Path, data_dir: Path, average: in
     _require_parity(worst, "Multi30k val log-probs")
     card = ModelCard(
         name=out_dir.parent.name, version=out_dir.name, task="translation",
-        description="English→German translation (Multi30k): bidirectional GRU encoder, GRU decoder with "
-                    "additive (Bahdanau) attention over subwords.",
+        description="English→German translation of image captions (Multi30k: people, animals, scenes; other "
+                    "text, such as names, numbers or conversation, translates poorly): bidirectional GRU "
+                    "encoder, GRU decoder with additive (Bahdanau) attention over subwords.",
         architecture={"type": "gru-attention-seq2seq", **ckpt["config"]},
         graphs={"encoder": encoder, "decoder_step": decoder},
         tokenizers={"source": _tokenizer_spec(src_tok, "translation", TRUECASER_FILE),

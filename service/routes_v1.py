@@ -90,8 +90,8 @@ def model_info(registry: ModelRegistry, model: ServedModel, settings: Settings) 
                       default_beam_size=card.decoding.default_beam_size)
     versions = [m.version for m in registry.versions(model.name)]
     return {"name": model.name, "version": model.version, "versions": versions, "task": card.task,
-            "provider": model.provider, "precision": model.precision, "labels": card.labels,
-            "languages": card.languages, "limits": limits, "metrics": model.metrics}
+            "description": card.description, "provider": model.provider, "precision": model.precision,
+            "labels": card.labels, "languages": card.languages, "limits": limits, "metrics": model.metrics}
 
 
 @router.get("/models", response_model=ModelList, summary="Served models with their limits and measured quality")

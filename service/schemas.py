@@ -120,6 +120,7 @@ class ModelInfo(BaseModel):
     version: str
     versions: list[str]
     task: str
+    description: str = Field(description="the model card's: what the model does and what it was trained on")
     provider: str
     precision: str = Field(description="fp32, or int8 (derived from fp32, on the CPU)")
     labels: list[str] | None = None

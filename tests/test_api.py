@@ -178,6 +178,9 @@ def test_models_listing(committed_server: Server) -> None:
     assert models["sentiment"]["provider"] == "CPUExecutionProvider"
     assert "sst2_test_accuracy" in models["sentiment"]["metrics"]
     assert models["translate-en-de"]["limits"]["max_beam_size"] >= 5
+    # the card's own words on what each model is for
+    assert "movie-review" in models["sentiment"]["description"]
+    assert "image captions" in models["translate-en-de"]["description"]
 
 
 def test_open_inference_protocol_round_trips(committed_server: Server) -> None:

@@ -189,6 +189,9 @@ def test_browser_translates_draws_the_attention_and_classifies(browser: Any, ser
     assert page.is_hidden("#error")
     models = page.text_content("#models")
     assert "translate-en-de" in models and "v1" in models and "CPU" in models
+    # each model says what it is for, in its card's words: the translator that it knows captions
+    about = page.text_content(".model[data-model='translate-en-de'] .about")
+    assert "image captions" in about and "translates poorly" in about
 
     shown = _translate_in_page(page, beam_size=1)  # greedy: streamed row by row
     _check_heatmap(shown, _api_translation(url, beam_size=1))

@@ -117,6 +117,9 @@ function renderModels(models) {
     const name = el("div", "name", m.name);
     name.append(el("span", "badge", `v${m.version}`));
     card.append(name);
+    // what the model is for and what it was trained on (its card's words): a translator trained on
+    // captions says here that other text translates poorly
+    if (m.description) card.append(el("div", "about", m.description));
     const provider = m.provider.replace("ExecutionProvider", "");
     card.append(el("div", "facts", `${m.task} · ${provider} · versions ${m.versions.join(", ")}`));
     const figure = keyFigure(m.metrics);
