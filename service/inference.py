@@ -33,32 +33,78 @@ from service.streaming import TranslationStream
 ATTENTION_DECIMALS = 7
 
 
-def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> list[list[int]]:
-    """Subword ids of each text, refused (422 naming the text) when over the model's limit."""
-    model.engine.admission.refuse_if_full(len(texts))
+@dataclass(frozen=True)
+class SentimentPieces:
+    """A request's texts as the model scores them: a text within the model's subword limit as
+    itself; a longer one sentence by sentence (service/sentences.py), its probabilities the mean
+    of its sentences'. The model was trained on sentences, and a review of a few hundred words was
+    refused with 422: scored this way, pseudo-reviews of SST-2 sentences over the limit came out
+    right more often than their first 256 subwords or their sentences packed into chunks
+    (loadtests/long_texts.py). Each piece takes a place in the model's queue."""
+
+    ids: list[list[int]]  # every piece's subword ids, in order
+    counts: list[int]  # how many pieces each text is
+
+
+def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> SentimentPieces:
+    """What each text is scored as, refused (422 naming the text, and the sentence of a long one)
+    when a piece is over the model's limit."""
+    admission = model.engine.admission
+    admission.refuse_if_full(len(texts))
     runner = model.runner
     assert isinstance(runner, SentimentRunner)
-    ids, problems, limit = [runner.tokenize(t) for t in texts], Problems(), model.card.max_input_tokens
-    for i, text_ids in enumerate(ids):
-        check_tokens(text_ids, limit, item_field(field, i), model.name, problems)
+    limit = model.card.max_input_tokens
+    pieces = SentimentPieces([], [])
+    problems = Problems()  # every text over the limit, named at once
+    for i, text in enumerate(texts):
+        text_ids = runner.tokenize(text)
+        parts = [text] if len(text_ids) <= limit else sentences(text)
+        if len(parts) == 1:
+            check_tokens(text_ids, limit, item_field(field, i), model.name, problems)
+            pieces.ids.append(text_ids)
+            pieces.counts.append(1)
+            continue
+        for k, part in enumerate(parts):
+            part_ids = runner.tokenize(part)
+            if not check_tokens(part_ids, limit, item_field(field, i), model.name, problems, f" (sentence {k + 1})"):
+                break  # the text's first sentence over the limit is its one problem
+            pieces.ids.append(part_ids)
+        pieces.counts.append(len(parts))
     problems.check()
-    return ids
+    count = len(pieces.ids)
+    if count > admission.limit:  # admitted whole or not at all: this request never could be
+        raise InvalidInput(f"{field} holds {count} sentences; model {model.name} takes at most {admission.limit} "
+                           "at once (SEQSERVE_MAX_QUEUE_SIZE)", field=field, limit=admission.limit)
+    if count > len(texts):
+        admission.refuse_if_full(count)
+    return pieces
 
 
-async def classify(model: ServedModel, texts_ids: list[list[int]], deadline: float) -> list[np.ndarray]:
+async def classify(model: ServedModel, pieces: SentimentPieces, deadline: float) -> list[np.ndarray]:
     """Class probabilities of each text, batched with other requests."""
     engine = model.engine
     assert isinstance(engine, SentimentEngine)
-    return await engine.classify_all(texts_ids, deadline)
+    probs = await engine.classify_all(pieces.ids, deadline)
+    if len(probs) == len(pieces.counts):
+        return probs
+    texts, at = [], 0
+    for count in pieces.counts:
+        texts.append(probs[at] if count == 1 else np.mean(probs[at : at + count], axis=0))
+        at += count
+    return texts
 
 
-def sentiment_result(model: ServedModel, probs: np.ndarray) -> dict[str, Any]:
+def sentiment_result(model: ServedModel, probs: np.ndarray, sentences: int = 1) -> dict[str, Any]:
+    """One text's answer; ``sentences``: how many sentences a text over the subword limit was scored as."""
     labels = model.card.labels or []
     values = probs.tolist()  # plain floats: cheaper to compare and to render than numpy scalars
     best = max(range(len(values)), key=values.__getitem__)
-    return {"label": labels[best], "score": values[best],
-            "probabilities": dict(zip(labels, values, strict=True)),
-            "model": model.name, "version": model.version}
+    result = {"label": labels[best], "score": values[best],
+              "probabilities": dict(zip(labels, values, strict=True)),
+              "model": model.name, "version": model.version}
+    if sentences > 1:
+        result["sentences"] = sentences
+    return result
 
 
 @dataclass(frozen=True)

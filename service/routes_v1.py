@@ -48,7 +48,7 @@ async def sentiment(request: Request) -> JSONResponse:
     # No disconnect watcher here (unlike translation): a sentiment batch takes milliseconds, and a
     # watcher task per request costs more CPU than the rare abandoned classification it would save.
     probs = await inference.classify(model, ids, deadline_for(request, settings))
-    results = [inference.sentiment_result(model, p) for p in probs]
+    results = [inference.sentiment_result(model, p, n) for p, n in zip(probs, ids.counts, strict=True)]
     # built as plain JSON: response_model documents the shape without re-validating every answer
     return JSONResponse(body.answer(results))
 

@@ -64,6 +64,8 @@ class SentimentResult(BaseModel):
     probabilities: dict[str, float]
     model: str
     version: str
+    sentences: int | None = Field(None, description="only for a text over the model's subword limit: the "
+                                  "sentences it was scored as, its probabilities their mean")
 
 
 class SentimentBatchResponse(BaseModel):

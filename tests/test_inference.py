@@ -222,3 +222,32 @@ def test_a_sampled_text_of_several_sentences_draws_each_from_its_own_seed(commit
     whole = _translate(url, text=" ".join(parts), seed=41, **options)
     alone = [_translate(url, text=part, seed=41 + k, **options) for k, part in enumerate(parts)]
     assert whole["translation"] == " ".join(a["translation"] for a in alone) and whole["seed"] == 41
+
+
+REVIEW = ["I went into this film with low expectations, having read mixed reviews.",
+          "The first act drags, and the dialogue is often clumsy.",
+          "But the second half is a triumph: the performances are extraordinary and the score is haunting."]
+
+
+def test_a_text_over_the_sentiment_limit_is_scored_by_its_sentences(committed_server: Server) -> None:
+    url = committed_server.url
+    long = " ".join(REVIEW * 5)  # about 300 subwords: was a 422
+    alone = [r["probabilities"] for r in httpx.post(f"{url}/v1/sentiment", json={"texts": REVIEW}).json()["results"]]
+    r = httpx.post(f"{url}/v1/sentiment", json={"texts": ["Fine.", long, " ".join(REVIEW)]})
+    assert r.status_code == 200, r.text
+    short, scored, within = r.json()["results"]
+    assert scored["sentences"] == 15 and "sentences" not in short and "sentences" not in within
+    for label in ("negative", "positive"):  # the mean of its sentences', each scored alone
+        assert scored["probabilities"][label] == pytest.approx(sum(p[label] for p in alone) / 3, abs=1e-5)
+    # the same through v2, and a text within the limit still scored whole
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": [long, " ".join(REVIEW)]}]}
+    v2 = httpx.post(f"{url}/v2/models/sentiment/infer", json=body).json()["outputs"][1]["data"]
+    assert v2[1] == pytest.approx(scored["probabilities"]["positive"], abs=1e-6)
+    assert v2[3] == pytest.approx(within["probabilities"]["positive"], abs=1e-6)
+
+
+def test_a_sentence_over_the_sentiment_limit_is_named(committed_server: Server) -> None:
+    one = "very " * 300 + "good."
+    r = httpx.post(f"{committed_server.url}/v1/sentiment", json={"texts": ["ok", one, f"Good. It is {one} Bad."]})
+    assert r.status_code == 422 and r.json()["limit"] == 256
+    assert [d["message"].split(" is ")[0] for d in r.json()["details"]] == ["texts[1]", "texts[2] (sentence 2)"]

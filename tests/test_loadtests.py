@@ -110,3 +110,18 @@ def test_reload_memory_rolls_versions_and_prints_the_growth_per_cycle(capsys: py
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("start: ") and lines[1].startswith("cycle 1: ") and lines[2].startswith("cycle 2: ")
     assert lines[-1].startswith("2 cycles: ") and lines[-1].endswith("MiB per cycle")
+
+
+def test_long_texts_compares_the_ways_to_score_a_text_over_the_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtests import long_texts
+    from tests.conftest import DATA_DIR
+
+    if not (DATA_DIR / "sst2").is_dir():
+        pytest.skip("no data sets")
+    long_texts.main(["--docs", "24", "--data-dir", str(DATA_DIR)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "of 24" in line]
+    assert len(rows) == 2  # one mix of labels per row, an accuracy per way of scoring
+    for row in rows:
+        accuracies = [float(cell) for cell in row.strip("| ").split(" | ")[1:]]
+        assert len(accuracies) == 5 and all(0 <= a <= 1 for a in accuracies)
+    assert rows[0].endswith("| 1.000 |")  # documents of one label, scored as served

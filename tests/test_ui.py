@@ -210,6 +210,11 @@ def test_browser_translates_draws_the_attention_and_classifies(browser: Any, ser
                    json={"text": page.input_value("#sentiment-text")})
     assert bars == r.json()["probabilities"]
     assert r.json()["label"] in page.text_content("#sentiment-label")
+    # a review over the model's subword limit: scored by its sentences, and the page says so
+    page.fill("#sentiment-text", " ".join(["The first act drags, and the dialogue is often clumsy.",
+                                           "But the second half is a triumph of acting and music."] * 12))
+    page.click("#classify")
+    page.wait_for_selector("#sentiment-meta:has-text('the mean of 24 sentences')")
 
     # a refused text: its panel's error, and no earlier answer left beside it as if it were its own
     page.fill("#sentiment-text", "   ")

@@ -439,7 +439,10 @@ async function classify(event) {
       bar.append(el("span", "", label), track, el("span", "value", `${(100 * p).toFixed(1)}%`));
       bars.append(bar);
     }
-    $("sentiment-meta").textContent = `${Math.round(performance.now() - started)} ms · ${result.model} v${result.version}`;
+    // a text over the model's subword limit is scored sentence by sentence: say so beside the figures
+    const pieces = result.sentences ? ` · the mean of ${result.sentences} sentences` : "";
+    $("sentiment-meta").textContent =
+      `${Math.round(performance.now() - started)} ms · ${result.model} v${result.version}${pieces}`;
     announce(`Sentiment: ${result.label}, ${(100 * result.score).toFixed(1)}%`);
     markInvalid("sentiment", null);
   } catch (err) {
