@@ -4,7 +4,9 @@ A batch forms from the queue until it holds ``max_batch_size`` requests, or its 
 (requests x longest) would pass ``max_batch_tokens``, or ``max_queue_delay`` has passed since
 its first request arrived. It waits for that delay only when company is likely: requests arrive
 closer together than the delay and other requests are in flight (a lone client waiting for each
-answer is not held). Requests are sorted by length inside the window to cut padding.
+answer is not held). Requests are sorted by length inside the window to cut padding. A request
+bigger than a window is queued a window's worth at a time (``Turns``), so that it takes turns
+with the requests that arrive after it.
 
 The worker threads form and run the batches themselves, off the event loop: a worker takes the
 next window from a thread-safe queue as soon as it is free, runs it, and hands all its answers
@@ -19,6 +21,7 @@ batch, or 504 if its deadline passed, or dropped unseen if its client went away.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -50,15 +53,29 @@ def count_cancelled(labels: tuple[str, str], deadline: float, now: float) -> Non
     metrics.DROPPED.labels(*labels, "deadline" if deadline <= now else "client_gone").inc()
 
 
+class Turns:
+    """One request's place in the queue. A request bigger than a window is queued a window's worth
+    at a time: the next part goes in behind whatever arrived meanwhile once a worker has taken the
+    last of the part before, so a request of a thousand sentences takes turns with the requests
+    after it instead of holding both workers for all of it (short requests waited 0.4-1 s behind
+    one of 64 long reviews). The same object for every text of the request: a window also counts
+    requests by it, not texts."""
+
+    __slots__ = ("queued", "rest")
+
+    def __init__(self) -> None:
+        self.queued = 0  # of the part in the queue, texts no worker has taken yet
+        self.rest: collections.deque[WorkItem[Any, Any]] = collections.deque()  # held back, in order
+
+
 class WorkItem(Waiting, Generic[P, R]):
     __slots__ = ("deadline", "enqueued_at", "future", "length", "payload", "request")
 
     def __init__(self, payload: P, length: int, deadline: float, future: asyncio.Future[R],
-                 request: object | None = None) -> None:
+                 request: Turns | None = None) -> None:
         super().__init__()
         self.payload = payload
-        # the same object for every text of one request (a window counts requests, not texts)
-        self.request = object() if request is None else request
+        self.request = Turns() if request is None else request
         self.length = length  # tokens, for length sorting and the padded-token budget
         self.deadline = deadline  # time.monotonic() seconds
         self.future = future
@@ -134,10 +151,11 @@ class AnsweredFromThreads:
             raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
         return self._loop.create_future()
 
-    def _accept_all(self, put: Callable[[Queued], None], items: list[Queued]) -> None:
-        """Admit ``items`` (one request's texts) whole, or refuse them whole with 503, then queue them."""
+    def _accept_all(self, put: Callable[[Queued], None], items: list[Queued], first: int | None = None) -> None:
+        """Admit ``items`` (one request's texts) whole, or refuse them whole with 503, then queue
+        them (only the ``first`` so many: the caller holds the rest back)."""
         self.admission.admit(items)
-        for item in items:
+        for item in items if first is None else items[:first]:
             put(item)
         self.in_flight += len(items)
         self._in_flight_gauge.set(self.in_flight)
@@ -332,6 +350,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         # thread-safe: the event loop puts, the workers take; its length is bounded by admission
         self.queue: queue.Queue[WorkItem[P, R]] = queue.Queue()
         self.requests_in_flight = 0  # submitted and not yet answered (event loop; workers read it)
+        self._turns_lock = threading.Lock()  # the parts of requests bigger than a window (Turns)
         self._last_arrival = 0.0
         self._mean_gap_s = 1.0
         self._held = threading.local()  # per worker: the window it took and has not answered yet
@@ -356,13 +375,16 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
     async def submit_all(self, payloads: list[tuple[P, int]], deadline: float, each: Each | None = None) -> list[R]:
         """Run one request's payloads (each with its length in tokens); answers in order (and to
         ``each`` as they come in, in order)."""
-        request = object()
+        request = Turns()
         items: list[WorkItem[P, R]] = [WorkItem(payload, length, deadline, self._new_future(), request)
                                        for payload, length in payloads]
+        part = self.policy.max_batch_size
+        request.queued = min(len(items), part)
+        request.rest.extend(items[part:])  # set before any is queued: a worker may take them at once
         # counted before its texts are queued: a worker that takes them sees this request
         self.requests_in_flight += 1
         try:
-            self._accept_all(self.queue.put_nowait, items)
+            self._accept_all(self.queue.put_nowait, items, part)
             # moving average of the time between arrivals (decides whether a window waits)
             now = items[0].enqueued_at
             self._mean_gap_s += 0.1 * (min(now - self._last_arrival, 1.0) - self._mean_gap_s)
@@ -370,6 +392,12 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             return await self._answer_all(items, deadline, each)
         finally:
             self.requests_in_flight -= 1
+            if request.rest:  # failed, timed out or its client left: the held-back part never runs
+                with self._turns_lock:
+                    held, request.rest = request.rest, collections.deque()
+                now = time.monotonic()
+                for _ in held:  # counted as the workers count the queued texts they drop
+                    count_cancelled(self.labels, deadline, now)
 
     async def submit(self, payload: P, length: int, deadline: float) -> R:
         """One payload alone (a request of one text)."""
@@ -406,7 +434,21 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             requests.add(item.request)
         for item in window:
             self.admission.leave(item)
+            if item.request.rest:
+                self._taken(item.request)
         return window
+
+    def _taken(self, request: Turns) -> None:
+        """A text of ``request``'s queued part was taken: once its last one is, the next part goes
+        in (behind what arrived meanwhile)."""
+        with self._turns_lock:
+            request.queued -= 1
+            if request.queued or not request.rest:
+                return
+            part = [request.rest.popleft() for _ in range(min(self.policy.max_batch_size, len(request.rest)))]
+            request.queued = len(part)
+        for item in part:
+            self.queue.put_nowait(item)
 
     def _turn(self) -> bool:
         """One window: formed, split into batches, run, answered. True if there was any."""

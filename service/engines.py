@@ -65,7 +65,8 @@ class _BatchedEngine(Generic[P, R]):
 class SentimentEngine(_BatchedEngine[list[int], np.ndarray]):
     def __init__(self, name: str, runner: SentimentRunner, policy: BatchPolicy) -> None:
         self.runner = runner
-        self.batcher = DynamicBatcher(name, self._run, policy, runner.card.version)
+        # a text over the subword limit takes a place per sentence (service/inference.py SentimentPieces)
+        self.batcher = DynamicBatcher(name, self._run, policy, runner.card.version, unit="texts or sentences")
 
     def _run(self, batch: list[list[int]]) -> list[np.ndarray]:
         return list(self.runner.run(batch))

@@ -4,7 +4,9 @@ It owns what must not differ between protocols: the token limits and decoding op
 before anything is queued, one request's texts admitted whole or refused whole by the model's
 engine, the deadline, and the shape of a result. A request that would not fit in the model's
 queue is refused before its texts are tokenised (the costliest check): under overload a refusal
-then costs little more than parsing, so it comes fast and leaves the event loop free.
+then costs little more than parsing, so it comes fast and leaves the event loop free. (A request
+whose texts are split into sentences, a translator's or a long sentiment text's, is checked again
+once they are counted.)
 Adapters only map their wire format onto these calls and the errors (service/errors.py) onto
 their status codes.
 """
@@ -44,6 +46,12 @@ class SentimentPieces:
 
     ids: list[list[int]]  # every piece's subword ids, in order
     counts: list[int]  # how many pieces each text is
+
+    @property
+    def split(self) -> bool:
+        """Some text is scored by its sentences: the request may take long enough (up to the whole
+        queue's worth) to be worth dropping if its client leaves."""
+        return len(self.ids) > len(self.counts)
 
 
 def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> SentimentPieces:

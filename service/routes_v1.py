@@ -45,9 +45,11 @@ async def sentiment(request: Request) -> JSONResponse:
     field, texts = body.field_and_texts()
     check_texts(texts, settings, field)
     ids = inference.sentiment_ids(model, texts, field)
-    # No disconnect watcher here (unlike translation): a sentiment batch takes milliseconds, and a
-    # watcher task per request costs more CPU than the rare abandoned classification it would save.
-    probs = await inference.classify(model, ids, deadline_for(request, settings))
+    # A disconnect watcher only for a request with texts scored by sentences (up to the whole
+    # queue's worth): an ordinary one takes milliseconds, and a watcher task per request costs
+    # more CPU than the rare abandoned classification it would save.
+    work = inference.classify(model, ids, deadline_for(request, settings))
+    probs = await (unless_client_leaves(request, work) if ids.split else work)
     results = [inference.sentiment_result(model, p, n) for p, n in zip(probs, ids.counts, strict=True)]
     # built as plain JSON: response_model documents the shape without re-validating every answer
     return JSONResponse(body.answer(results))

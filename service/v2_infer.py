@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -19,13 +19,18 @@ from service.errors import InvalidInput, NotReady
 from service.inputs import check_texts, integral, timeout_us
 from service.registry import ModelRegistry, ServedModel
 from service.runners import TranslationRunner
-from service.runners.translation import TranslationOutput
 from service.settings import Settings
 from service.v2_model import TEXT_INPUT, outputs_of
 
 FIELD = "inputs.text.data"
 
-Guard = Callable[[Awaitable[list[TranslationOutput]]], Awaitable[list[TranslationOutput]]]
+T = TypeVar("T")
+
+
+class Guard(Protocol):
+    """What a transport wraps long work in (HTTP: dropped when its client leaves)."""
+
+    def __call__(self, work: Awaitable[T], /) -> Awaitable[T]: ...
 
 
 @dataclass
@@ -145,8 +150,8 @@ def check_outputs(model: ServedModel, requested: list[str] | None) -> list[str]:
     return [n for n in names if n in requested]
 
 
-async def _passthrough(work: Awaitable[list[TranslationOutput]]) -> list[TranslationOutput]:
-    return await work
+def _passthrough(work: Awaitable[T], /) -> Awaitable[T]:
+    return work
 
 
 def served(registry: ModelRegistry, ready: bool, name: str, version: str | None) -> ServedModel:
@@ -187,7 +192,8 @@ async def _run(settings: Settings, model: ServedModel, inputs: list[InputTensor]
     outputs: list[OutputTensor]
     if model.card.task == "text-classification":
         ids = inference.sentiment_ids(model, texts, FIELD)
-        probs = np.stack(await inference.classify(model, ids, until)).astype(np.float32)
+        work = inference.classify(model, ids, until)  # guarded as v1 guards it (routes_v1.sentiment)
+        probs = np.stack(await (guard(work) if ids.split else work)).astype(np.float32)
         labels = model.card.labels or []
         outputs = [OutputTensor("label", "BYTES", text_shape, [labels[int(i)] for i in probs.argmax(-1)]),
                    OutputTensor("probabilities", "FP32", list(probs.shape), probs)]

@@ -221,6 +221,43 @@ async def test_a_window_waits_for_company_while_other_requests_are_in_flight() -
     await batcher.close()
 
 
+@pytest.mark.parametrize("instances", [1, 2])
+async def test_a_request_bigger_than_a_window_takes_turns_with_later_ones(instances: int) -> None:
+    runner = Recorder(delay=0.02)
+    batcher = DynamicBatcher("m", runner, _policy(max_batch_size=8, max_queue_delay_s=0.0, instances=instances))
+    batcher.start()
+    deadline = time.monotonic() + 10
+    big = asyncio.ensure_future(batcher.submit_all([(f"b{i}", 1) for i in range(80)], deadline))
+    while not runner.batches:  # its first window is running
+        await asyncio.sleep(0.001)
+    assert await batcher.submit("short", 1, deadline) == "SHORT"
+    # its window started behind the ones running and the one part queued when it came (and
+    # another worker's), not behind all ten of the big request's
+    started = next(i for i, batch in enumerate(runner.batches) if "short" in batch)
+    assert started <= 2 * instances and not big.done()
+    assert await big == [f"B{i}" for i in range(80)]
+    assert sorted(p for b in runner.batches for p in b if p != "short") == sorted(f"b{i}" for i in range(80))
+    assert batcher.admission.waiting == 0 and batcher.in_flight == 0
+    await batcher.close()
+
+
+async def test_the_held_back_part_of_a_request_that_ends_early_never_runs() -> None:
+    runner = Recorder(delay=0.05)
+    batcher = DynamicBatcher("m", runner, _policy(max_batch_size=4, max_queue_size=100))
+    batcher.start()
+    big = asyncio.ensure_future(batcher.submit_all([(f"b{i}", 1) for i in range(40)], time.monotonic() + 10))
+    while not runner.batches:
+        await asyncio.sleep(0.001)
+    big.cancel()  # its client left
+    with pytest.raises(asyncio.CancelledError):
+        await big
+    assert batcher.admission.waiting == 0  # every place given back at once, the held-back ones too
+    await asyncio.sleep(0.3)
+    assert sum(len(b) for b in runner.batches) <= 8  # the window running and at most the part queued
+    assert await batcher.submit("next", 1, time.monotonic() + 5) == "NEXT"
+    await batcher.close()
+
+
 async def test_a_request_is_admitted_whole_or_refused_whole() -> None:
     runner = Recorder(delay=0.3)
     batcher = DynamicBatcher("m", runner, _policy(max_batch_size=1, max_queue_size=3))
@@ -231,7 +268,8 @@ async def test_a_request_is_admitted_whole_or_refused_whole() -> None:
     await asyncio.sleep(0)
     with pytest.raises(Overloaded):  # 2 waiting + 2 more > 3: refused whole, on arrival
         await batcher.submit_all([("c", 1), ("d", 1)], time.monotonic() + 5)
-    assert batcher.admission.waiting == 2 and batcher.queue.qsize() == 2
+    # both wait, one queued: a request bigger than a window (here 1) is queued a window at a time
+    assert batcher.admission.waiting == 2 and batcher.queue.qsize() == 1
     assert await two == ["A", "B"] and await busy == "BUSY"
     assert all(batch != ["c"] and batch != ["d"] for batch in runner.batches)  # never computed
     await batcher.close()

@@ -209,3 +209,25 @@ def test_a_client_that_leaves_is_dropped_from_decoding(committed_server: Server)
         time.sleep(0.1)
     assert _dropped(committed_server.url, "translate-en-de") >= before + 1
     assert httpx.post(f"{committed_server.url}/v1/sentiment", json={"text": "still serving"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/sentiment", "/v2/models/sentiment/infer"])
+def test_a_client_that_leaves_a_request_of_long_texts_has_its_sentences_dropped(committed_server: Server,
+                                                                                  path: str) -> None:
+    # 40 reviews over the subword limit: 1,000 sentences, about half a second of both workers
+    review = " ".join(["The first act drags, and the dialogue is often clumsy.",
+                       "But the second half is a triumph of acting and music."] * 12)
+    texts = [f"{review} Take {i}." for i in range(40)]
+    payload = ({"texts": texts} if path.startswith("/v1") else
+               {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [40], "data": texts}]})
+    body = json.dumps(payload).encode()
+    before = _dropped(committed_server.url, "sentiment")
+    with socket.create_connection(("127.0.0.1", committed_server.port)) as gone:
+        gone.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while _dropped(committed_server.url, "sentiment") < before + 100 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _dropped(committed_server.url, "sentiment") >= before + 100  # most of its sentences never ran
+    assert httpx.post(f"{committed_server.url}/v1/sentiment", json={"text": "still serving"}).status_code == 200
