@@ -2,7 +2,7 @@
 refusal latency measured server-side, beside its floor: the same requests against an app that
 refuses at once behind the same HTTP protocol) and graceful shutdown under load.
 
-    python -m loadtests.reliability [--models models] [--scenario overload|burst|floor|shutdown ...]
+    python -m loadtests.reliability [--models models] [--scenario overload|burst|floor|shutdown|bulk ...]
 
 Each scenario starts a real server on 127.0.0.1, sends a bounded burst, and prints: requests
 sent, results, rejects by status, lost (accepted but never answered: must be 0), connection
@@ -30,7 +30,7 @@ import httpx
 from loadtests.http_client import percentile
 from loadtests.server import ROOT, ServerProcess
 
-SCENARIOS = ("overload", "burst", "floor", "shutdown")
+SCENARIOS = ("overload", "burst", "floor", "shutdown", "bulk")
 LONG = "A man in a blue shirt and a woman in a red dress are walking their two dogs in the park. "
 # one sentence each (the translator decodes each sentence of a text as its own job): the number
 # goes inside it, not after its full stop
@@ -370,6 +370,63 @@ def shutdown(models: Path, requests: int = 160, after_s: float = 0.3, **settings
     return report
 
 
+@dataclass
+class BulkReport:
+    """Short sentiment requests sent while one request of long reviews is being scored."""
+
+    name: str
+    bulk_status: int = 0
+    bulk_s: float = 0.0
+    bulk_sentences: int = 0
+    short_s: list[float] = field(default_factory=list)  # each short request's time, sent during the bulk one
+    short_failed: int = 0
+
+    def lines(self) -> list[str]:
+        return [f"## {self.name}",
+                f"the bulk request: {self.bulk_status} in {self.bulk_s:.2f} s ({self.bulk_sentences} sentences)",
+                f"short requests during it: {len(self.short_s)}, p50 {percentile(self.short_s, 50) * 1000:.0f} ms, "
+                f"p99 {percentile(self.short_s, 99) * 1000:.0f} ms, max {max(self.short_s, default=0) * 1000:.0f} ms; "
+                f"failed {self.short_failed}"]
+
+
+# a mixed review over the sentiment model's 256 subwords: scored sentence by sentence (25 of them
+# with the bulk request's "Take i.")
+REVIEW = " ".join(["The first act drags, and the dialogue is often clumsy.",
+                   "But the second half is a triumph of acting and music."] * 12)
+
+
+def bulk(models: Path, texts: int = 40, every_s: float = 0.01) -> BulkReport:
+    """One request of ``texts`` long reviews (about a thousand sentences) and, while it is scored,
+    a short request every ``every_s``: what a client scoring one sentence at a time waits behind a
+    bulk client (a request bigger than a batch takes turns: service/batching.py ``Turns``)."""
+    report = BulkReport(f"bulk: one request of {texts} long reviews, a short request every {every_s * 1000:g} ms")
+    server = ServerProcess(models).wait_ready()
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            async def big() -> None:
+                start = time.perf_counter()
+                r = await client.post("/v1/sentiment", json={"texts": [f"{REVIEW} Take {i}." for i in range(texts)]})
+                report.bulk_s, report.bulk_status = time.perf_counter() - start, r.status_code
+                report.bulk_sentences = sum(x.get("sentences", 1) for x in r.json().get("results", []))
+
+            task = asyncio.create_task(big())
+            await asyncio.sleep(every_s)
+            while not task.done():
+                start = time.perf_counter()
+                r = await client.post("/v1/sentiment", json={"text": "Great film."})
+                if not task.done():
+                    report.short_s.append(time.perf_counter() - start)
+                report.short_failed += r.status_code != 200
+                await asyncio.sleep(every_s)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "models")
@@ -379,9 +436,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="run only this scenario (repeatable; default: all, in this order: "
                         f"{', '.join(SCENARIOS)})")
     args = p.parse_args(argv)
-    runs: dict[str, Callable[[], ScenarioReport | BurstReport | FloorReport]] = {
+    runs: dict[str, Callable[[], ScenarioReport | BurstReport | FloorReport | BulkReport]] = {
         "overload": lambda: overload(args.models), "burst": lambda: translation_burst(args.models),
-        "floor": burst_floor, "shutdown": lambda: shutdown(args.models)}
+        "floor": burst_floor, "shutdown": lambda: shutdown(args.models), "bulk": lambda: bulk(args.models)}
     lines = ["# seqserve reliability report", ""]
     for name in SCENARIOS:
         if args.scenario and name not in args.scenario:

@@ -231,3 +231,10 @@ def test_a_client_that_leaves_a_request_of_long_texts_has_its_sentences_dropped(
         time.sleep(0.1)
     assert _dropped(committed_server.url, "sentiment") >= before + 100  # most of its sentences never ran
     assert httpx.post(f"{committed_server.url}/v1/sentiment", json={"text": "still serving"}).status_code == 200
+
+
+def test_the_bulk_scenario_scores_long_reviews_while_short_requests_are_answered() -> None:
+    report = reliability.bulk(COMMITTED_MODELS)
+    assert report.bulk_status == 200 and report.bulk_sentences == 40 * 25  # each review by its sentences
+    assert report.short_failed == 0 and report.short_s  # answered while the bulk request ran
+    assert report.lines()[0].startswith("## bulk: one request of 40 long reviews")
