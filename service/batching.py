@@ -21,7 +21,6 @@ batch, or 504 if its deadline passed, or dropped unseen if its client went away.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import queue
@@ -65,7 +64,9 @@ class Turns:
 
     def __init__(self) -> None:
         self.queued = 0  # of the part in the queue, texts no worker has taken yet
-        self.rest: collections.deque[WorkItem[Any, Any]] = collections.deque()  # held back, in order
+        # held back, in order; an empty tuple for the many requests that fit one window (no
+        # allocation on the hot path)
+        self.rest: Sequence[WorkItem[Any, Any]] = ()
 
 
 class WorkItem(Waiting, Generic[P, R]):
@@ -155,7 +156,7 @@ class AnsweredFromThreads:
         """Admit ``items`` (one request's texts) whole, or refuse them whole with 503, then queue
         them (only the ``first`` so many: the caller holds the rest back)."""
         self.admission.admit(items)
-        for item in items if first is None else items[:first]:
+        for item in items if first is None or len(items) <= first else items[:first]:
             put(item)
         self.in_flight += len(items)
         self._in_flight_gauge.set(self.in_flight)
@@ -380,7 +381,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
                                        for payload, length in payloads]
         part = self.policy.max_batch_size
         request.queued = min(len(items), part)
-        request.rest.extend(items[part:])  # set before any is queued: a worker may take them at once
+        if len(items) > part:  # set before any is queued: a worker may take them at once
+            request.rest = items[part:]
         # counted before its texts are queued: a worker that takes them sees this request
         self.requests_in_flight += 1
         try:
@@ -394,7 +396,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             self.requests_in_flight -= 1
             if request.rest:  # failed, timed out or its client left: the held-back part never runs
                 with self._turns_lock:
-                    held, request.rest = request.rest, collections.deque()
+                    held, request.rest = request.rest, ()
                 now = time.monotonic()
                 for _ in held:  # counted as the workers count the queued texts they drop
                     count_cancelled(self.labels, deadline, now)
@@ -445,7 +447,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             request.queued -= 1
             if request.queued or not request.rest:
                 return
-            part = [request.rest.popleft() for _ in range(min(self.policy.max_batch_size, len(request.rest)))]
+            size = self.policy.max_batch_size
+            part, request.rest = request.rest[:size], request.rest[size:]
             request.queued = len(part)
         for item in part:
             self.queue.put_nowait(item)

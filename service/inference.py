@@ -35,7 +35,7 @@ from service.streaming import TranslationStream
 ATTENTION_DECIMALS = 7
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SentimentPieces:
     """A request's texts as the model scores them: a text within the model's subword limit as
     itself; a longer one sentence by sentence (service/sentences.py), its probabilities the mean
