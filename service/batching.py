@@ -400,6 +400,9 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
                 now = time.monotonic()
                 for _ in held:  # counted as the workers count the queued texts they drop
                     count_cancelled(self.labels, deadline, now)
+                # settled here, as no worker will: in flight no more (drain waits for none of them)
+                self.in_flight -= len(held)
+                self._in_flight_gauge.set(self.in_flight)
 
     async def submit(self, payload: P, length: int, deadline: float) -> R:
         """One payload alone (a request of one text)."""

@@ -245,7 +245,9 @@ async def test_the_held_back_part_of_a_request_that_ends_early_never_runs() -> N
     assert batcher.admission.waiting == 0  # every place given back at once, the held-back ones too
     await asyncio.sleep(0.3)
     assert sum(len(b) for b in runner.batches) <= 8  # the window running and at most the part queued
+    assert batcher.in_flight == 0  # nothing left for a drain to wait for
     assert await batcher.submit("next", 1, time.monotonic() + 5) == "NEXT"
+    assert await batcher.drain(1.0)
     await batcher.close()
 
 

@@ -230,6 +230,8 @@ def test_a_client_that_leaves_a_request_of_long_texts_has_its_sentences_dropped(
     while _dropped(committed_server.url, "sentiment") < before + 100 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _dropped(committed_server.url, "sentiment") >= before + 100  # most of its sentences never ran
+    # and none is left counted in flight (what a drain waits for, and autoscalers read)
+    assert metric_value(committed_server.url, "seqserve_in_flight", model="sentiment") == 0
     assert httpx.post(f"{committed_server.url}/v1/sentiment", json={"text": "still serving"}).status_code == 200
 
 
