@@ -393,28 +393,40 @@ class BulkReport:
 # with the bulk request's "Take i.")
 REVIEW = " ".join(["The first act drags, and the dialogue is often clumsy.",
                    "But the second half is a triumph of acting and music."] * 12)
+# a paragraph of 16 captions for the translator, each sentence its own job
+PARAGRAPH = " ".join(["A man in a blue shirt is walking his dog in the park.", "Two children are playing in the sand.",
+                      "A woman is riding a bike down the street.", "A group of people are standing outside a building."]
+                     * 4)
 
 
-def bulk(models: Path, texts: int = 40, every_s: float = 0.01) -> BulkReport:
-    """One request of ``texts`` long reviews (about a thousand sentences) and, while it is scored,
-    a short request every ``every_s``: what a client scoring one sentence at a time waits behind a
-    bulk client (a request bigger than a batch takes turns: service/batching.py ``Turns``)."""
-    report = BulkReport(f"bulk: one request of {texts} long reviews, a short request every {every_s * 1000:g} ms")
+def bulk(models: Path, route: str = "sentiment", texts: int = 40, every_s: float = 0.01) -> BulkReport:
+    """One request of ``texts`` long texts (about a thousand sentences: reviews to score, or
+    paragraphs to translate greedily) and, while it runs, a short request every ``every_s`` on the
+    same route: what an interactive client waits behind a bulk one (a request bigger than a batch
+    takes turns: service/batching.py ``Turns``, service/decode_scheduler.py ``translate_all``)."""
+    translate = route == "translate"
+    report = BulkReport(f"bulk {route}: one request of {texts} long texts, a short request every "
+                        f"{every_s * 1000:g} ms")
     server = ServerProcess(models).wait_ready()
+    big_body: dict[str, object] = ({"texts": [PARAGRAPH] * texts, "beam_size": 1} if translate else
+                                   {"texts": [f"{REVIEW} Take {i}." for i in range(texts)]})
+    short_body = {"text": "A dog runs.", "beam_size": 1} if translate else {"text": "Great film."}
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             async def big() -> None:
                 start = time.perf_counter()
-                r = await client.post("/v1/sentiment", json={"texts": [f"{REVIEW} Take {i}." for i in range(texts)]})
+                r = await client.post(f"/v1/{route}", json=big_body)
                 report.bulk_s, report.bulk_status = time.perf_counter() - start, r.status_code
-                report.bulk_sentences = sum(x.get("sentences", 1) for x in r.json().get("results", []))
+                results = r.json().get("results", [])
+                report.bulk_sentences = (texts * 16 if translate and results else
+                                         sum(x.get("sentences", 1) for x in results))
 
             task = asyncio.create_task(big())
             await asyncio.sleep(every_s)
             while not task.done():
                 start = time.perf_counter()
-                r = await client.post("/v1/sentiment", json={"text": "Great film."})
+                r = await client.post(f"/v1/{route}", json=short_body)
                 if not task.done():
                     report.short_s.append(time.perf_counter() - start)
                 report.short_failed += r.status_code != 200
@@ -427,6 +439,18 @@ def bulk(models: Path, texts: int = 40, every_s: float = 0.01) -> BulkReport:
     return report
 
 
+class _Both:
+    def __init__(self, *reports: BulkReport) -> None:
+        self.reports = reports
+
+    def lines(self) -> list[str]:
+        return [line for report in self.reports for line in [*report.lines(), ""]][:-1]
+
+
+def _bulk_both(models: Path) -> _Both:
+    return _Both(bulk(models, "sentiment"), bulk(models, "translate", every_s=0.05))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "models")
@@ -436,9 +460,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="run only this scenario (repeatable; default: all, in this order: "
                         f"{', '.join(SCENARIOS)})")
     args = p.parse_args(argv)
-    runs: dict[str, Callable[[], ScenarioReport | BurstReport | FloorReport | BulkReport]] = {
+    runs: dict[str, Callable[[], ScenarioReport | BurstReport | FloorReport | _Both]] = {
         "overload": lambda: overload(args.models), "burst": lambda: translation_burst(args.models),
-        "floor": burst_floor, "shutdown": lambda: shutdown(args.models), "bulk": lambda: bulk(args.models)}
+        "floor": burst_floor, "shutdown": lambda: shutdown(args.models), "bulk": lambda: _bulk_both(args.models)}
     lines = ["# seqserve reliability report", ""]
     for name in SCENARIOS:
         if args.scenario and name not in args.scenario:

@@ -15,7 +15,9 @@ membership changes, not on every step; between changes the decoder picks its sta
 Joining is bounded by a step budget (rows and encoder tokens), so step time and memory stay
 predictable; the rest wait, in arrival order. How many may wait is decided on arrival by the
 model's admission (service/admission.py, 503 beyond it); a lane looks at no more waiting requests
-per step than could join, so a step's bookkeeping stays bounded whatever the backlog.
+per step than could join, so a step's bookkeeping stays bounded whatever the backlog. A request
+of many sentences gives the lanes at most twice ``max_batch_size`` of them at a time, the next as
+each is answered, so that requests arriving after it wait behind that many, not all of it.
 """
 
 from __future__ import annotations
@@ -160,8 +162,31 @@ class DecodeScheduler(AnsweredFromThreads):
         """Decode one request's jobs (admitted whole or refused whole); answers in order (and to
         ``each`` as they come in, in order)."""
         requests = [_Request(job, deadline, self._new_future()) for job in jobs]
-        self._accept_all(self._to_a_lane, requests)
-        return await self._answer_all(requests, deadline, each)
+        # At most a batch's worth of one request's sentences is given to the lanes at a time, the
+        # next as each is answered: a document of a thousand sentences took the lanes' waiting
+        # lines for itself, and a one-line translation sent after it waited ~1 s for all of them.
+        turn = 2 * self.policy.max_batch_size
+        held = collections.deque(requests[turn:])
+        self._accept_all(self._to_a_lane, requests, turn)
+        if held:
+            def next_one(_: asyncio.Future[TranslationOutput]) -> None:
+                if held:  # on the event loop (a future's callback), as _to_a_lane must run
+                    request = held.popleft()
+                    self._to_a_lane(request)
+                    request.future.add_done_callback(next_one)
+
+            for request in requests[:turn]:
+                request.future.add_done_callback(next_one)
+        try:
+            return await self._answer_all(requests, deadline, each)
+        finally:
+            if held:  # failed, timed out or its client left: the held sentences never run
+                now = time.monotonic()
+                for _ in held:
+                    count_cancelled(self.labels, deadline, now)
+                self.in_flight -= len(held)  # settled here, as no lane will
+                self._in_flight_gauge.set(self.in_flight)
+                held.clear()
 
     async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
         """One job alone (a request of one text)."""

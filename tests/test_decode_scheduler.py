@@ -289,3 +289,24 @@ async def test_a_stream_gets_every_step_or_at_most_one_update_per_interval(runne
     # an interval longer than the whole decoding: the first step only (the result carries the rest)
     first_only, same = await _stream_updates(runner, 60.0)
     assert same.tokens == output.tokens and [(u.step, u.tokens) for u in first_only] == [(1, output.tokens[:1])]
+
+
+async def test_a_request_of_many_sentences_takes_turns_with_later_ones(runner: TranslationRunner) -> None:
+    # batches of 2: at most 4 of the big request's sentences in the lanes at a time
+    scheduler = DecodeScheduler("t", runner, BatchPolicy(2, 4096, 0.001, 10_000))
+    scheduler.start()
+    deadline = time.monotonic() + 60
+    big_jobs = [TranslationJob(runner.tokenize("A man is riding a bike."), 1, 20) for _ in range(40)]
+    big = asyncio.ensure_future(scheduler.translate_all(big_jobs, deadline))
+    await asyncio.sleep(0.02)
+    short = await scheduler.translate(TranslationJob(runner.tokenize("A dog."), 1, 20), deadline)
+    assert short.tokens and not big.done()  # answered while the big one still decodes, not after it
+    assert len(await big) == 40
+    # one that ends early leaves nothing counted in flight, its held sentences included
+    gone = asyncio.ensure_future(scheduler.translate_all(big_jobs, deadline))
+    await asyncio.sleep(0.02)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert await scheduler.drain(5) and scheduler.in_flight == 0
+    await scheduler.close()

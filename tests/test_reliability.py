@@ -239,4 +239,4 @@ def test_the_bulk_scenario_scores_long_reviews_while_short_requests_are_answered
     report = reliability.bulk(COMMITTED_MODELS)
     assert report.bulk_status == 200 and report.bulk_sentences == 40 * 25  # each review by its sentences
     assert report.short_failed == 0 and report.short_s  # answered while the bulk request ran
-    assert report.lines()[0].startswith("## bulk: one request of 40 long reviews")
+    assert report.lines()[0].startswith("## bulk sentiment: one request of 40 long texts")
