@@ -403,7 +403,7 @@ def bulk(models: Path, route: str = "sentiment", texts: int = 40, every_s: float
     """One request of ``texts`` long texts (about a thousand sentences: reviews to score, or
     paragraphs to translate greedily) and, while it runs, a short request every ``every_s`` on the
     same route: what an interactive client waits behind a bulk one (a request bigger than a batch
-    takes turns: service/batching.py ``Turns``, service/decode_scheduler.py ``translate_all``)."""
+    takes turns: ``AnsweredFromThreads._accept_all`` in service/batching.py)."""
     translate = route == "translate"
     report = BulkReport(f"bulk {route}: one request of {texts} long texts, a short request every "
                         f"{every_s * 1000:g} ms")

@@ -5,8 +5,8 @@ A batch forms from the queue until it holds ``max_batch_size`` requests, or its 
 its first request arrived. It waits for that delay only when company is likely: requests arrive
 closer together than the delay and other requests are in flight (a lone client waiting for each
 answer is not held). Requests are sorted by length inside the window to cut padding. A request
-bigger than a window is queued a window's worth at a time (``Turns``), so that it takes turns
-with the requests that arrive after it.
+of more texts than a turn (a window per worker) has at most a turn of them queued or running at a
+time (``AnsweredFromThreads._accept_all``), so that it takes turns with the requests after it.
 
 The worker threads form and run the batches themselves, off the event loop: a worker takes the
 next window from a thread-safe queue as soon as it is free, runs it, and hands all its answers
@@ -21,6 +21,7 @@ batch, or 504 if its deadline passed, or dropped unseen if its client went away.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -52,31 +53,22 @@ def count_cancelled(labels: tuple[str, str], deadline: float, now: float) -> Non
     metrics.DROPPED.labels(*labels, "deadline" if deadline <= now else "client_gone").inc()
 
 
-class Turns:
-    """One request's place in the queue. A request bigger than a window is queued a window's worth
-    at a time: the next part goes in behind whatever arrived meanwhile once a worker has taken the
-    last of the part before, so a request of a thousand sentences takes turns with the requests
-    after it instead of holding both workers for all of it (short requests waited 0.4-1 s behind
-    one of 64 long reviews). The same object for every text of the request: a window also counts
-    requests by it, not texts."""
+class Pending(Waiting):
+    """A text accepted and not yet answered: its place in the queue, and the future it is answered by."""
 
-    __slots__ = ("queued", "rest")
-
-    def __init__(self) -> None:
-        self.queued = 0  # of the part in the queue, texts no worker has taken yet
-        # held back, in order; an empty tuple for the many requests that fit one window (no
-        # allocation on the hot path)
-        self.rest: Sequence[WorkItem[Any, Any]] = ()
+    __slots__ = ("future",)
+    future: asyncio.Future[Any]
 
 
-class WorkItem(Waiting, Generic[P, R]):
-    __slots__ = ("deadline", "enqueued_at", "future", "length", "payload", "request")
+class WorkItem(Pending, Generic[P, R]):
+    __slots__ = ("deadline", "enqueued_at", "length", "payload", "request")
 
     def __init__(self, payload: P, length: int, deadline: float, future: asyncio.Future[R],
-                 request: Turns | None = None) -> None:
+                 request: object | None = None) -> None:
         super().__init__()
         self.payload = payload
-        self.request = Turns() if request is None else request
+        # the same object for every text of one request (a window counts requests, not texts)
+        self.request = object() if request is None else request
         self.length = length  # tokens, for length sorting and the padded-token budget
         self.deadline = deadline  # time.monotonic() seconds
         self.future = future
@@ -94,9 +86,14 @@ class BatchPolicy:
     batch_overhead_tokens: float = 64.0
     instances: int = 1  # batches run at once (worker threads)
 
+    @property
+    def turn(self) -> int:
+        """The most texts (sentences) of one request queued or running at a time: a batch per worker."""
+        return self.max_batch_size * max(1, self.instances)
+
 
 Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]  # a future, its result or its error
-Queued = TypeVar("Queued", bound="Waiting")
+Queued = TypeVar("Queued", bound="Pending")
 
 _BACKOFF_S = (0.05, 0.2, 1.0, 5.0)  # before replacing a thread that failed 1, 2, 3, 4+ times in a row
 
@@ -152,14 +149,46 @@ class AnsweredFromThreads:
             raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
         return self._loop.create_future()
 
-    def _accept_all(self, put: Callable[[Queued], None], items: list[Queued], first: int | None = None) -> None:
+    def _accept_all(self, put: Callable[[Queued], None], items: list[Queued],
+                    turn: int | None = None) -> collections.deque[Queued]:
         """Admit ``items`` (one request's texts) whole, or refuse them whole with 503, then queue
-        them (only the ``first`` so many: the caller holds the rest back)."""
+        them, at most ``turn`` at a time: the next as each is answered, behind whatever arrived
+        meanwhile. A request of a thousand sentences held both workers (or the decoder's lanes)
+        for all of them, and a short request sent after it waited 0.3-1 s. Returns the texts held
+        back; ``_drop_held`` settles them if the request ends early."""
         self.admission.admit(items)
-        for item in items if first is None or len(items) <= first else items[:first]:
-            put(item)
+        held: collections.deque[Queued] = collections.deque()
+        if turn is None or len(items) <= turn:
+            for item in items:
+                put(item)
+        else:
+            held.extend(items[turn:])
+
+            def next_one(_: asyncio.Future[Any]) -> None:
+                if held:  # a future's callback runs on the event loop, where ``put`` must
+                    item = held.popleft()
+                    put(item)
+                    item.future.add_done_callback(next_one)
+
+            for item in items[:turn]:
+                put(item)
+                item.future.add_done_callback(next_one)
         self.in_flight += len(items)
         self._in_flight_gauge.set(self.in_flight)
+        return held
+
+    def _drop_held(self, held: collections.deque[Queued], deadline: float) -> None:
+        """The held-back texts of a request that ended early (it failed, timed out or its client
+        left) never run: counted as dropped, as the threads count those they drop, and settled
+        here, as no thread will (a drain would wait for them)."""
+        if not held:
+            return
+        now = time.monotonic()
+        for _ in held:
+            count_cancelled(self.labels, deadline, now)
+        self.in_flight -= len(held)
+        self._in_flight_gauge.set(self.in_flight)
+        held.clear()
 
     async def _answer_all(self, items: Sequence[Any], deadline: float, each: Each | None = None) -> list[Any]:
         """Every item's answer in order, or 504 at the deadline (``each``: called with each answer's
@@ -351,7 +380,6 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         # thread-safe: the event loop puts, the workers take; its length is bounded by admission
         self.queue: queue.Queue[WorkItem[P, R]] = queue.Queue()
         self.requests_in_flight = 0  # submitted and not yet answered (event loop; workers read it)
-        self._turns_lock = threading.Lock()  # the parts of requests bigger than a window (Turns)
         self._last_arrival = 0.0
         self._mean_gap_s = 1.0
         self._held = threading.local()  # per worker: the window it took and has not answered yet
@@ -376,17 +404,14 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
     async def submit_all(self, payloads: list[tuple[P, int]], deadline: float, each: Each | None = None) -> list[R]:
         """Run one request's payloads (each with its length in tokens); answers in order (and to
         ``each`` as they come in, in order)."""
-        request = Turns()
+        request = object()
         items: list[WorkItem[P, R]] = [WorkItem(payload, length, deadline, self._new_future(), request)
                                        for payload, length in payloads]
-        part = self.policy.max_batch_size
-        request.queued = min(len(items), part)
-        if len(items) > part:  # set before any is queued: a worker may take them at once
-            request.rest = items[part:]
         # counted before its texts are queued: a worker that takes them sees this request
         self.requests_in_flight += 1
+        held: collections.deque[WorkItem[P, R]] = collections.deque()
         try:
-            self._accept_all(self.queue.put_nowait, items, part)
+            held = self._accept_all(self.queue.put_nowait, items, self.policy.turn)
             # moving average of the time between arrivals (decides whether a window waits)
             now = items[0].enqueued_at
             self._mean_gap_s += 0.1 * (min(now - self._last_arrival, 1.0) - self._mean_gap_s)
@@ -394,15 +419,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             return await self._answer_all(items, deadline, each)
         finally:
             self.requests_in_flight -= 1
-            if request.rest:  # failed, timed out or its client left: the held-back part never runs
-                with self._turns_lock:
-                    held, request.rest = request.rest, ()
-                now = time.monotonic()
-                for _ in held:  # counted as the workers count the queued texts they drop
-                    count_cancelled(self.labels, deadline, now)
-                # settled here, as no worker will: in flight no more (drain waits for none of them)
-                self.in_flight -= len(held)
-                self._in_flight_gauge.set(self.in_flight)
+            self._drop_held(held, deadline)
 
     async def submit(self, payload: P, length: int, deadline: float) -> R:
         """One payload alone (a request of one text)."""
@@ -439,22 +456,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
             requests.add(item.request)
         for item in window:
             self.admission.leave(item)
-            if item.request.rest:
-                self._taken(item.request)
         return window
-
-    def _taken(self, request: Turns) -> None:
-        """A text of ``request``'s queued part was taken: once its last one is, the next part goes
-        in (behind what arrived meanwhile)."""
-        with self._turns_lock:
-            request.queued -= 1
-            if request.queued or not request.rest:
-                return
-            size = self.policy.max_batch_size
-            part, request.rest = request.rest[:size], request.rest[size:]
-            request.queued = len(part)
-        for item in part:
-            self.queue.put_nowait(item)
 
     def _turn(self) -> bool:
         """One window: formed, split into batches, run, answered. True if there was any."""

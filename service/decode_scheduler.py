@@ -16,8 +16,9 @@ Joining is bounded by a step budget (rows and encoder tokens), so step time and 
 predictable; the rest wait, in arrival order. How many may wait is decided on arrival by the
 model's admission (service/admission.py, 503 beyond it); a lane looks at no more waiting requests
 per step than could join, so a step's bookkeeping stays bounded whatever the backlog. A request
-of many sentences gives the lanes at most twice ``max_batch_size`` of them at a time, the next as
-each is answered, so that requests arriving after it wait behind that many, not all of it.
+of many sentences gives the lanes at most a batch per lane of them at a time, the next as each is
+answered (``AnsweredFromThreads._accept_all``), so that requests arriving after it wait behind
+that many, not all of it.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from collections.abc import Callable
 import numpy as np
 
 from service import metrics
-from service.admission import Waiting
-from service.batching import AnsweredFromThreads, BatchPolicy, Each, count_cancelled
+from service.batching import AnsweredFromThreads, BatchPolicy, Each, Pending, count_cancelled
 from service.decoding import BeamSearch, StepUpdate
 from service.errors import DeadlineExceeded, NotReady
 from service.loop_budget import GiveWay
@@ -50,8 +50,8 @@ from service.runners.translation import (
 log = logging.getLogger("seqserve.decode")
 
 
-class _Request(Waiting):
-    __slots__ = ("arrived", "deadline", "first_step_at", "future", "job", "next_update_at", "search")
+class _Request(Pending):
+    __slots__ = ("arrived", "deadline", "first_step_at", "job", "next_update_at", "search")
 
     def __init__(self, job: TranslationJob, deadline: float, future: asyncio.Future[TranslationOutput]) -> None:
         super().__init__()
@@ -162,31 +162,12 @@ class DecodeScheduler(AnsweredFromThreads):
         """Decode one request's jobs (admitted whole or refused whole); answers in order (and to
         ``each`` as they come in, in order)."""
         requests = [_Request(job, deadline, self._new_future()) for job in jobs]
-        # At most a batch's worth of one request's sentences is given to the lanes at a time, the
-        # next as each is answered: a document of a thousand sentences took the lanes' waiting
-        # lines for itself, and a one-line translation sent after it waited ~1 s for all of them.
-        turn = 2 * self.policy.max_batch_size
-        held = collections.deque(requests[turn:])
-        self._accept_all(self._to_a_lane, requests, turn)
-        if held:
-            def next_one(_: asyncio.Future[TranslationOutput]) -> None:
-                if held:  # on the event loop (a future's callback), as _to_a_lane must run
-                    request = held.popleft()
-                    self._to_a_lane(request)
-                    request.future.add_done_callback(next_one)
-
-            for request in requests[:turn]:
-                request.future.add_done_callback(next_one)
+        held: collections.deque[_Request] = collections.deque()
         try:
+            held = self._accept_all(self._to_a_lane, requests, self.policy.turn)
             return await self._answer_all(requests, deadline, each)
         finally:
-            if held:  # failed, timed out or its client left: the held sentences never run
-                now = time.monotonic()
-                for _ in held:
-                    count_cancelled(self.labels, deadline, now)
-                self.in_flight -= len(held)  # settled here, as no lane will
-                self._in_flight_gauge.set(self.in_flight)
-                held.clear()
+            self._drop_held(held, deadline)
 
     async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
         """One job alone (a request of one text)."""
