@@ -117,7 +117,10 @@ class AnsweredFromThreads:
         self.name = name
         self.labels = (name, version)  # of every per-model metric
         self.admission = Admission(name, max_queue_size, version, unit)
-        metrics.MODEL_HEALTHY.labels(*self.labels).set(1)
+        # held, not looked up on each change: a version no longer served drops its gauges
+        # (metrics.forget_version_state), and a thread still draining must not bring this one back
+        self._healthy_gauge = metrics.MODEL_HEALTHY.labels(*self.labels)
+        self._healthy_gauge.set(1)
         self.accepting = False
         self._unhealthy_since: float | None = None  # time.monotonic() when healthy turned false
         self.in_flight = 0  # accepted, not yet answered
@@ -278,7 +281,7 @@ class AnsweredFromThreads:
                     self._faults_in_a_row = 0
                     if self._unhealthy_since is not None:
                         self._unhealthy_since = None
-                        metrics.MODEL_HEALTHY.labels(*self.labels).set(1)
+                        self._healthy_gauge.set(1)
 
         slot = len(self.threads) if index is None else index  # its place in ``threads``, for its replacement
 
@@ -319,7 +322,7 @@ class AnsweredFromThreads:
         self._faults_in_a_row += 1
         if self._faults_in_a_row >= 2 and self._unhealthy_since is None:  # the replacement failed too
             self._unhealthy_since = time.monotonic()
-            metrics.MODEL_HEALTHY.labels(*self.labels).set(0)
+            self._healthy_gauge.set(0)
         held = holding()
         log.error("thread %s of model %s failed (%d in a row); answering the %d %s it held with 500 (requests %s) "
                   "and starting a new one", name, self.name, self._faults_in_a_row, len(held), self.admission.unit,

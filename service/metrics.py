@@ -7,6 +7,7 @@ process's values in PROMETHEUS_MULTIPROC_DIR, and /metrics sums them: any worker
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -64,6 +65,24 @@ MODEL_HEALTHY = Gauge("seqserve_model_healthy", "1 while a model version's threa
                       "(the lowest over workers)", ["model", "version"], multiprocess_mode="livemin")
 WORKER_RESTARTS = Counter("seqserve_worker_restarts_total", "Worker processes (SEQSERVE_WORKERS > 1) the supervisor "
                           "replaced: one that ended (exited) or whose event loop stopped (hung)", ["reason"])
+# A version's state, as opposed to its history: gone with the version (service/registry.py),
+# where counters and histograms stay (what it did is still true). Kept, they showed an unloaded
+# version healthy with 1,024 places in its queue.
+_VERSION_STATE = (QUEUE_DEPTH, IN_FLIGHT, QUEUE_LIMIT, MODEL_HEALTHY)
+
+
+def forget_version_state(model: str, version: str) -> None:
+    """Drop a version's gauges once it is no longer served. Its engine, still draining, keeps the
+    children it holds and sets them unseen; a reload of the version makes fresh ones. Not in
+    multiprocess mode, whose files a removal does not reach (prometheus-client only warns); model
+    control, the only way to retire a version, needs one process anyway."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    for gauge in _VERSION_STATE:
+        with contextlib.suppress(KeyError):  # prometheus-client before 0.21 raises for a label set never set
+            gauge.remove(model, version)
+
+
 # Open Inference Protocol requests per model version (REST and gRPC), as Triton's
 # nv_inference_request_success/failure and nv_inference_request_duration_us: the routes' series
 # above cannot tell one model's /v2/models/{name}/infer from another's

@@ -236,6 +236,7 @@ class ModelRegistry:
         """Stop routing requests to a version (404 for it; unversioned ones go to the next highest)."""
         self._by_key.pop((model.name, model.version), None)
         _count_as_served(model, False)
+        metrics.forget_version_state(model.name, model.version)
         self.generation += 1
         self._index_latest()
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as tc
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from loadtests.server import metric_value
@@ -23,6 +24,8 @@ from service.repository import ModelControl
 from service.settings import Settings
 from tests.conftest import COMMITTED_MODELS, Server
 
+GAUGES = ("seqserve_queue_depth", "seqserve_in_flight", "seqserve_queue_limit", "seqserve_model_healthy",
+          "seqserve_model_info")
 BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["A gorgeous, witty movie."]}]}
 
 
@@ -270,18 +273,32 @@ def test_unload_then_load_again(server: Server) -> None:
     def documented() -> bool:  # the OpenAPI document spells v2 inference out per served model
         return "/v2/models/sentiment/infer" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
 
+    def state() -> dict[str, list[float]]:  # the version's gauges in /metrics: a version's state, not its history
+        found: dict[str, list[float]] = {}
+        for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name in GAUGES and (labels.get("model"), labels.get("version")) == ("sentiment", "1"):
+                    found.setdefault(sample.name, []).append(sample.value)
+        return found
+
     client = tc.InferenceServerClient(server.url.removeprefix("http://"))
     grpc = tg.InferenceServerClient(server.grpc_url)
     assert documented()
+    assert state() == {**{name: [0.0] for name in GAUGES}, "seqserve_queue_limit": [1024.0],
+                       "seqserve_model_healthy": [1.0], "seqserve_model_info": [1.0]}
     grpc.unload_model("sentiment")  # over gRPC: the document follows whichever transport changed it
     with pytest.raises(InferenceServerException) as err:
         client.get_model_metadata("sentiment")
     assert err.value.status() == "404"
     assert client.get_model_repository_index()[0]["state"] == "UNAVAILABLE"
     assert not documented()
+    # unloaded: no queue, no health (it showed healthy with 1,024 places); the info series says 0
+    assert state() == {"seqserve_model_info": [0.0]}
     client.load_model("sentiment")
     assert httpx.post(f"{server.url}/v2/models/sentiment/infer", json=BODY).json()["model_version"] == "1"
     assert documented()
+    assert state()["seqserve_queue_limit"] == [1024.0] and state()["seqserve_model_healthy"] == [1.0]
     grpc.close()
 
 
