@@ -127,7 +127,11 @@ class SearchOptions:
 
 
 NO_OPTIONS = SearchOptions()
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # what a request may give (gRPC's int64)
+# What the server draws: a JSON number a browser reads exactly (JavaScript's Number.MAX_SAFE_INTEGER).
+# Drawn from 63 bits, nearly every seed was over 2^53: the web page showed it rounded, and the
+# rounded seed sent back drew another sample.
+DRAWN_SEED_BITS = 53
 
 
 def _limit(value: float | None, low: float, high: float, field: str, low_open: bool = False) -> None:
@@ -159,7 +163,7 @@ def search_settings(runner: TranslationRunner, beam_size: int | None, options: S
             raise InvalidInput(f"sampling draws one hypothesis: {name('beam_size')} must be 1 or left out",
                                field=name("beam_size"), limit=1)
         check_range(options.seed, 0, MAX_SEED, name("seed"))
-        seed = secrets.randbits(63) if options.seed is None else options.seed
+        seed = secrets.randbits(DRAWN_SEED_BITS) if options.seed is None else options.seed
         sampling = Sampling(options.sampling_topk or top, options.sampling_temperature or 1.0, seed)
         beam_size = 1
     elif options.seed is not None:

@@ -77,8 +77,11 @@ def test_sampling_varies_with_the_seed_and_reports_a_drawn_one(committed_server:
                for s in range(8)}
     assert len(samples) > 1
     drawn = _translate(url, text=TEXT, sampling_temperature=1.5)
-    again = _translate(url, text=TEXT, sampling_temperature=1.5, seed=drawn["seed"])
+    # sent back as a browser reads it (a JavaScript number, a double): the same sample
+    again = _translate(url, text=TEXT, sampling_temperature=1.5, seed=int(float(drawn["seed"])))
     assert again["translation"] == drawn["translation"]
+    draws = [_translate(url, text=TEXT, sampling_topk=5)["seed"] for _ in range(4)]  # 63 bits: each over 2^53
+    assert all(0 <= seed < 2**53 for seed in draws) and len(set(draws)) == 4
     greedy = _translate(url, text=TEXT, beam_size=1)
     assert _translate(url, text=TEXT, sampling_topk=1, seed=3)["translation"] == greedy["translation"]
 

@@ -222,6 +222,12 @@ def test_browser_translates_draws_the_attention_and_classifies(browser: Any, ser
     page.wait_for_selector("#error:not([hidden])")
     assert page.text_content("#error").startswith("Sentiment: ") and page.is_hidden("#sentiment-out")
     assert page.is_visible("#translation-out")  # the other panel's answer stays
+    # a pasted text over the server's limit is refused by the server, not cut by the page unseen
+    page.fill("#sentiment-text", "")
+    page.focus("#sentiment-text")
+    page.keyboard.insert_text("A fine film. " * 160)  # 2,080 characters, as a paste
+    page.click("#classify")
+    page.wait_for_selector("#error:has-text('2080 characters; at most 2000')")
     problems[:] = [p for p in problems if "status of 422" not in p]  # the browser logs the refusal
 
     page.hover("#heatmap td[data-row='1'][data-col='1']")  # the picture shows a hovered cell
