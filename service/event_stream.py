@@ -23,10 +23,12 @@ Chunks = AsyncGenerator[tuple[bytes, bool], None]  # (body, more to come)
 # error event, as the route renders one): the request layers end a stream the drain's deadline
 # cuts off with it (service/middleware.py), so the client reads an error, not a finished stream
 LAST_EVENT = "seqserve.last_event"
-# the ASGI scope extension a stream sets when its client left before its end: the request layers
-# count and log it 499, as a request whose client left before its answer (its status line said
-# 200, but nobody read the whole answer), so that an operator finds abandoned streams one by one
-CUT_SHORT = "seqserve.cut_short"
+# the ASGI scope extension a stream sets to the status its end counts as, where that is not its
+# status line's 200: the request layers count and log it so. 499 when its client left before the
+# end (nobody read the whole answer), so that an operator finds abandoned streams one by one; the
+# error's status when it ended with an error event (504 for a deadline, 500 for a failed
+# inference), so that a stream that failed is not counted and logged as a success
+ENDED_WITH = "seqserve.ended_with"
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no")]  # nginx: do not buffer the stream
 
@@ -52,6 +54,7 @@ class EventStreamResponse(Response):
         self.chunks = chunks
         self.on_disconnect = on_disconnect
         self.failed = failed  # the stream's error event for an error (LAST_EVENT)
+        self.ended_with = 200  # set by the producer of ``chunks`` to the status of an error event it ends with
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         listener: asyncio.Future[None] | None = None
@@ -67,8 +70,10 @@ class EventStreamResponse(Response):
                 if not more:
                     break
             if more:  # ended early (the client left): close the response
-                scope.setdefault("extensions", {})[CUT_SHORT] = True
+                self.ended_with = 499
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.ended_with != 200:
+                scope.setdefault("extensions", {})[ENDED_WITH] = self.ended_with
         finally:
             if listener is not None:
                 listener.cancel()

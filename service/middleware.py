@@ -25,7 +25,7 @@ from service.auth import UNAUTHORIZED, ApiKeys
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
 from service.errors import NotReady
-from service.event_stream import CUT_SHORT, LAST_EVENT
+from service.event_stream import ENDED_WITH, LAST_EVENT
 from service.http_protocol import LATE, MALFORMED, arrived_at
 from service.json_response import JSONResponse, dumps
 
@@ -209,8 +209,8 @@ class RequestContextMiddleware:
                 await send(body)
         finally:
             status = answer.status
-            if answer.started and (scope.get("extensions") or {}).get(CUT_SHORT):
-                status = 499  # a stream its client left before its end (service/event_stream.py)
+            if answer.started:  # a stream that ended with an error, or that its client left (service/event_stream.py)
+                status = (scope.get("extensions") or {}).get(ENDED_WITH, status)
             record_request(method, scope["path"], self._template(scope, root_path), status,
                            time.perf_counter() - started, request_id, self.log_requests)
 

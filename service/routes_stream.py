@@ -55,12 +55,17 @@ async def start_stream(request: Request, model: ServedModel, job: TranslationJob
         raise first[0].error
 
     def chunk(events: list[Event]) -> tuple[bytes, bool]:
+        last = events[-1]
         try:
-            return b"".join(map(render, events)), not isinstance(events[-1], Final | Failed)
+            body = b"".join(map(render, events))
         except Exception:  # the status line is sent: the client is owed an error event
             log.exception("rendering a streamed translation failed on model %s (request %s)", model.name,
                           CURRENT_REQUEST_ID.get() or "unknown")
-            return render(Failed(InferenceFailed(f"inference failed on model {model.name}"))), False
+            last = Failed(InferenceFailed(f"inference failed on model {model.name}"))
+            body = render(last)
+        if isinstance(last, Failed):  # counted and logged with its error's status, not its status line's 200
+            response.ended_with = last.error.status
+        return body, not isinstance(last, Final | Failed)
 
     async def chunks() -> Chunks:
         try:
@@ -70,7 +75,9 @@ async def start_stream(request: Request, model: ServedModel, job: TranslationJob
         finally:  # the stream ended, or the client left: cancel what still runs
             await batches.aclose()
 
-    return EventStreamResponse(chunks(), stream.stop, lambda error: render(Failed(error)))
+    # ``chunk`` above sets this response's ``ended_with``: the chunks run only once it is answering
+    response = EventStreamResponse(chunks(), stream.stop, lambda error: render(Failed(error)))
+    return response
 
 
 # --- REST v1 -----------------------------------------------------------------------------------

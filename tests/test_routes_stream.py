@@ -119,9 +119,11 @@ def test_a_client_that_leaves_a_stream_is_dropped_at_the_next_step(committed_ser
     assert time.monotonic() - left < 1.0
 
 
-def test_a_stream_its_client_leaves_is_logged_499_and_a_finished_one_200() -> None:
+def test_a_stream_its_client_leaves_is_logged_499_one_ending_in_an_error_its_status_a_finished_one_200() -> None:
     """Its status line said 200, but nobody read the whole answer: logged and counted as a request
-    whose client left before its answer, so that an operator finds abandoned streams one by one."""
+    whose client left before its answer, so that an operator finds abandoned streams one by one.
+    One that ended with an error event is logged and counted with the error's status (an alert on
+    5xx sees it)."""
     server = Server(COMMITTED_MODELS, warmup="false", access_log="true").wait_ready()
     try:
         body = json.dumps({"text": ENDLESS, "stream": True, "beam_size": 10, "max_length": 200}).encode()
@@ -134,14 +136,21 @@ def test_a_stream_its_client_leaves_is_logged_499_and_a_finished_one_200() -> No
         finished = httpx.post(f"{server.url}/v1/translate", json={"text": "A dog runs.", "stream": True},
                               headers={"X-Request-ID": "read-2"}, timeout=30)
         assert finished.status_code == 200 and "event: result" in finished.text
+        late = httpx.post(f"{server.url}/v1/translate", timeout=30,
+                          json={"text": ENDLESS, "stream": True, "beam_size": 10, "max_length": 200},
+                          headers={"X-Request-ID": "late-3", "X-Request-Timeout": "0.2"})
+        assert late.status_code == 200 and "event: error" in late.text and "deadline_exceeded" in late.text
         end = time.monotonic() + 10
         # each line is written once its answer is done: the finished one's may follow its last byte
-        while not ('"left-1"' in server.output() and '"read-2"' in server.output()) and time.monotonic() < end:
+        ids = ('"left-1"', '"read-2"', '"late-3"')
+        while not all(i in server.output() for i in ids) and time.monotonic() < end:
             time.sleep(0.05)
         lines = {e["request_id"]: e for e in (json.loads(line) for line in server.output().splitlines()
                                               if line.startswith('{"time"') and '"request_id"' in line)}
         assert lines["left-1"]["status"] == 499 and lines["read-2"]["status"] == 200
-        assert metric_value(server.url, "seqserve_requests_total", route="/v1/translate", status="499") == 1
+        assert lines["late-3"]["status"] == 504
+        for status in ("499", "504"):
+            assert metric_value(server.url, "seqserve_requests_total", route="/v1/translate", status=status) == 1
     finally:
         server.stop()
 
