@@ -40,19 +40,38 @@ def content_coding(headers: dict[bytes, bytes]) -> str | None:
 def decode(body: bytes, coding: str, limit: int) -> bytes:
     """``body`` decoded. Raises DecodedTooLarge past ``limit`` bytes, ValueError if it is not whole,
     valid data of its coding. Deflate is the zlib format (RFC 9110), or raw deflate as some clients
-    send it."""
+    send it. Gzip data may be several members one after another (RFC 1952; what concatenated
+    ``.gz`` files and parallel compressors give), decoded as one."""
+    problem = ""
     # 47: a gzip or zlib header, detected; -15: raw deflate
     for wbits in (47,) if coding == "gzip" else (47, -15):
-        decoder = zlib.decompressobj(wbits)
         try:
-            decoded = decoder.decompress(body, limit + 1)
+            return _members(body, wbits, limit, coding == "gzip")
         except zlib.error as exc:
             problem = str(exc)
-            continue
-        if len(decoded) > limit:
-            raise DecodedTooLarge(f"the body decodes to more than {limit} bytes")
-        if not decoder.eof or decoder.unused_data:
-            problem = "it ends early" if not decoder.eof else "bytes follow its end"
-            continue
-        return decoded
+        except _NotWhole as exc:
+            problem = str(exc)
     raise ValueError(f"the body is not valid {coding} data ({problem})")
+
+
+class _NotWhole(ValueError):
+    pass
+
+
+def _members(body: bytes, wbits: int, limit: int, several: bool) -> bytes:
+    decoded: list[bytes] = []
+    size = 0
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        part = decoder.decompress(body, limit + 1 - size)
+        size += len(part)
+        if size > limit:
+            raise DecodedTooLarge(f"the body decodes to more than {limit} bytes")
+        decoded.append(part)
+        if not decoder.eof:
+            raise _NotWhole("it ends early")
+        body = decoder.unused_data
+        if not body:
+            return b"".join(decoded)
+        if not (several and body.startswith(b"\x1f\x8b")):  # another gzip member's magic number
+            raise _NotWhole("bytes follow its end")

@@ -32,6 +32,11 @@ def test_bodies_decode_in_each_coding_and_stop_past_the_limit() -> None:
         assert decode(data, coding, len(body)) == body
     with pytest.raises(DecodedTooLarge):
         decode(gzip.compress(body), "gzip", len(body) - 1)
-    for bad in (gzip.compress(body)[:-9], gzip.compress(body) + b"x", b"not compressed"):
+    # several gzip members one after another (RFC 1952), as `cat a.gz b.gz` or pigz give: one body
+    assert decode(gzip.compress(body[:7]) + gzip.compress(body[7:]), "gzip", len(body)) == body
+    with pytest.raises(DecodedTooLarge):
+        decode(gzip.compress(body[:7]) + gzip.compress(body[7:]), "gzip", len(body) - 1)
+    for bad in (gzip.compress(body)[:-9], gzip.compress(body) + b"x", b"not compressed",
+                gzip.compress(body) + gzip.compress(body)[:-9]):
         with pytest.raises(ValueError, match="not valid gzip data"):
             decode(bad, "gzip", 1 << 20)
