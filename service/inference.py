@@ -68,7 +68,7 @@ def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> Sentiment
         text_ids = runner.tokenize(text)
         parts = [text] if len(text_ids) <= limit else sentences(text)
         if len(parts) == 1:
-            check_tokens(text_ids, limit, item_field(field, i), model.name, problems)
+            check_tokens(text_ids, limit, item_field(field, i), model.name, problems, ONE_SENTENCE)
             pieces.ids.append(text_ids)
             pieces.counts.append(1)
             continue
@@ -127,6 +127,9 @@ class SearchOptions:
 
 
 NO_OPTIONS = SearchOptions()
+# a text over a model's subword limit that does not split into sentences, as its 422 names it: a
+# 1,800-character review without full stops read as if 256 subwords were the limit of a text
+ONE_SENTENCE = " (one sentence)"
 MAX_SEED = 2**63 - 1  # what a request may give (gRPC's int64)
 # What the server draws: a JSON number a browser reads exactly (JavaScript's Number.MAX_SAFE_INTEGER).
 # Drawn from 63 bits, nearly every seed was over 2^53: the web page showed it rounded, and the
@@ -204,7 +207,7 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
             # the limit counts subwords before the </s> the model appends
             ids = runner.tokenize(part)
             over = over or not check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name,
-                                            problems, f" (sentence {k + 1})" if len(parts) > 1 else "")
+                                            problems, f" (sentence {k + 1})" if len(parts) > 1 else ONE_SENTENCE)
             job = runner.job(ids, beam, max_length, keep_attention)
             # each sentence its own draw, repeatable from the request's seed
             drawn = sampling if sampling is None or not k else replace(sampling, seed=(sampling.seed + k) % MAX_SEED)

@@ -117,12 +117,14 @@ def integral(value: object) -> object:
 
 def check_tokens(ids: list[int], limit: int, field: str, model: str, problems: Problems | None = None,
                  part: str = "") -> bool:
-    """Whether ``ids`` are within ``limit``; if not, the problem is added to ``problems`` (``part``:
-    which piece of the field the ids are, " (sentence 2)", for the message)."""
+    """Whether ``ids``, one sentence, are within ``limit``; if not, the problem is added to
+    ``problems`` (``part``: which sentence of the field the ids are, " (sentence 2)" or " (one
+    sentence)", for the message). The limit is a sentence's: a longer text is split into them."""
     if len(ids) <= limit:
         return True
     if problems is not None:
-        problems.add(f"{field}{part} is {len(ids)} subword tokens; model {model} takes at most {limit}", field, limit)
+        problems.add(f"{field}{part} is {len(ids)} subword tokens; model {model} takes at most {limit} a sentence",
+                     field, limit)
     return False
 
 

@@ -253,4 +253,6 @@ def test_a_sentence_over_the_sentiment_limit_is_named(committed_server: Server) 
     one = "very " * 300 + "good."
     r = httpx.post(f"{committed_server.url}/v1/sentiment", json={"texts": ["ok", one, f"Good. It is {one} Bad."]})
     assert r.status_code == 422 and r.json()["limit"] == 256
-    assert [d["message"].split(" is ")[0] for d in r.json()["details"]] == ["texts[1]", "texts[2] (sentence 2)"]
+    assert [d["message"].split(" is ")[0] for d in r.json()["details"]] == ["texts[1] (one sentence)",
+                                                                         "texts[2] (sentence 2)"]
+    assert r.json()["details"][0]["message"].endswith("takes at most 256 a sentence")
