@@ -22,20 +22,24 @@ _NO_PARENTS.flags.writeable = False  # shared: callers only read them
 _FIRST_ROW.flags.writeable = False
 
 
-# Where a text's sentences begin in its joined tokens, with the line breaks the source had before
-# each (service/sentences.py): (token index, "\n" or more), ascending. Sentences the source separated
-# by spaces alone have none: sentencepiece puts the space back between them.
+# Where a text's sentences begin in its joined tokens, with what the source had before each
+# (service/sentences.py): (token index, "\n" or more, and the sentence's list marker if it has one),
+# ascending. Sentences the source separated by spaces alone have none: sentencepiece puts the
+# space back between them. One at 0 is the first sentence's list marker.
 Breaks = tuple[tuple[int, str], ...]
 
 
 def laid_out(decode: Callable[[Sequence[int]], str], tokens: Sequence[int], breaks: Breaks = ()) -> str:
-    """The text of ``tokens``, each sentence decoded on its own and the line breaks put back
-    between them. A break goes only between tokens: not before the first, not after the last (a
-    stream's prefix has not reached it yet; a sentence translated to nothing leaves no stray
-    line), and of several at one place (around such an empty sentence) the longest."""
+    """The text of ``tokens``, each sentence decoded on its own and what the source had between
+    them put back. A break goes only before a token, and before the first without its line breaks
+    (its list marker alone); not after the last (a stream's prefix has not reached it yet; a
+    sentence translated to nothing leaves no stray line); of several at one place (around such an
+    empty sentence) the longest."""
     chosen: dict[int, str] = {}  # breaks come in ascending order; so do these
     for index, separator in breaks:
-        if 0 < index < len(tokens) and len(separator) > len(chosen.get(index, "")):
+        if index == 0:
+            separator = separator.lstrip("\n")
+        if 0 <= index < len(tokens) and len(separator) > len(chosen.get(index, "")):
             chosen[index] = separator
     if not chosen:
         return decode(tokens)

@@ -10,7 +10,10 @@ attention block-diagonal (each sentence's rows over its own columns: rows still 
 the score as for one sequence, ``sum(log p) / (its normalised lengths) ** alpha``. Where the source
 put line breaks between two sentences (a list, one caption a line, paragraphs), the translation has
 the same breaks between theirs (``Breaks``: the tokens stay as the model gave them, the text is
-decoded sentence by sentence around the breaks).
+decoded sentence by sentence around the breaks). A list marker a sentence begins with ("2. ", "- ",
+"• ") is not the model's to read: "2. A woman reads a book." came back as "Zwei Frauen lesen ein
+Buch." (two women) and bullets as words or nothing. It is taken off the sentence and put back,
+as typed, before the sentence's translation (a break too, ``list_marker``).
 
 The split follows the rules of Moses' split-sentences.perl, as MT pipelines have long used:
 after ``. ! ?`` or an ellipsis (and closing quotes or brackets), before whitespace and a word
@@ -58,6 +61,10 @@ _OPEN_ONLY = frozenset({"etc", "approx"})
 _OPENERS = frozenset("""A An The One Two Three Four Five Six Several Some Many Most All Both Each Every He She It
     They We I You There This That These Those Then Now Here His Her Their Its Our My In On At""".split())
 _LOOK = 12  # how far past a candidate end to look for the next word's first letter or digit
+# a list marker at a sentence's start, with the spaces after it: a bullet or dash, a number of up to
+# three digits with "." or ")", "(1)", "(a)", "a)", "[1]"; not a letter with a full stop ("A. Smith")
+_MARKER = re.compile(r"(?:[-*+\u2022\u2023\u25e6\u00b7\u2013\u2014]|\(?\d{1,3}[.)]|\(\d{1,3}\)|\(?[a-zA-Z]\)"
+                     r"|\[\d{1,3}\])[ \t\u00a0]+(?=\S)")
 
 
 def sentences(text: str) -> list[str]:
@@ -65,7 +72,7 @@ def sentences(text: str) -> list[str]:
     the parts hold every character of the text but the whitespace between them. A part that
     holds nothing the model reads (invisible characters) stays with its neighbour. Also a break:
     a line break before a line that starts like a sentence (one caption a line, a bulleted list)
-    and a blank line; a list marker ("1.", "-", "•") stays with its sentence."""
+    and a blank line; a list marker ("1.", "-", "•") stays with its sentence (``list_marker`` finds it)."""
     if _MAYBE_SEVERAL.search(text) is None:
         return [text]
     any_case = not any(c.isupper() for c in text)  # typed in lower case: any letter may start one
@@ -91,6 +98,21 @@ def sentences(text: str) -> list[str]:
         return [text]
     parts.append(text[start:].strip())
     return parts
+
+
+def list_marker(part: str) -> str:
+    """The list marker ``part`` (a sentence) begins with, and the spaces after it, as typed; "" for
+    none, or where nothing but the marker would be left for the model."""
+    match = _MARKER.match(part)
+    return match.group() if match is not None and has_content(part[match.end():]) else ""
+
+
+def separators(text: str, parts: list[str], markers: list[str]) -> list[str]:
+    """What the translation puts between each two sentences' translations: the source's line
+    breaks (``line_breaks``) and the next sentence's list marker (``markers``, one per part), with
+    a space before it where no line break is."""
+    return [(gap or " ") + marker if marker else gap
+            for gap, marker in zip(line_breaks(text, parts), markers[1:], strict=True)]
 
 
 def line_breaks(text: str, parts: list[str]) -> list[str]:
@@ -141,12 +163,14 @@ def _ends_after(text: str, start: int, dot: int, following: str) -> bool:
 
 @dataclass
 class SentencesJob(TranslationJob):
-    """One text of several sentences: ``sentences`` are the jobs the engine decodes; ``src_ids``
-    is theirs joined, one attention column each, as the answer's ``source_tokens`` lists them;
-    ``separators`` the line breaks between them in the source (``line_breaks``)."""
+    """One text of several sentences (or of one behind a list marker): ``sentences`` are the jobs
+    the engine decodes; ``src_ids`` is theirs joined, one attention column each, as the answer's
+    ``source_tokens`` lists them; ``separators`` what goes between their translations
+    (``separators``); ``lead`` the first sentence's list marker."""
 
     sentences: list[TranslationJob] = field(default_factory=list)
     separators: list[str] = field(default_factory=list)
+    lead: str = ""
 
 
 def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: float) -> TranslationOutput:
@@ -154,7 +178,7 @@ def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: 
     sentences were scored with)."""
     limits = [sentence.max_length for sentence in job.sentences]
     best = _join([(out.tokens, out.score) for out in outputs], limits, length_penalty)
-    breaks = _breaks([out.tokens for out in outputs], job.separators)
+    breaks = _breaks([out.tokens for out in outputs], job.separators, job.lead)
     attention = None
     if all(out.attention is not None for out in outputs):
         widths = [len(sentence.src_ids) for sentence in job.sentences]
@@ -172,18 +196,19 @@ def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: 
         chosen = [[(out.hypotheses or [])[min(i, len(out.hypotheses or []) - 1)] for out in outputs]
                   for i in range(count)]
         hypotheses = [_join(parts, limits, length_penalty) for parts in chosen]
-        hypothesis_breaks = [_breaks([tokens for tokens, _ in parts], job.separators) for parts in chosen]
+        hypothesis_breaks = [_breaks([tokens for tokens, _ in parts], job.separators, job.lead) for parts in chosen]
     return TranslationOutput(tokens=best[0], score=best[1], attention=attention, hypotheses=hypotheses,
                              breaks=breaks, hypothesis_breaks=hypothesis_breaks)
 
 
-def _breaks(sentences: list[list[int]], separators: list[str]) -> Breaks:
-    """Where each sentence after the first begins in the joined tokens, with the line breaks
-    before it, for those the source separated by line breaks."""
+def _breaks(sentences: list[list[int]], separators: list[str], lead: str = "") -> Breaks:
+    """Where each sentence after the first begins in the joined tokens, with what goes before it
+    (line breaks, a list marker), for those with something; and ``lead`` at 0."""
+    first = ((0, lead),) if lead else ()
     if not any(separators):
-        return ()
+        return first
     starts = itertools.accumulate(len(tokens) for tokens in sentences[:-1])
-    return tuple((start, separator) for start, separator in zip(starts, separators, strict=True) if separator)
+    return first + tuple((start, separator) for start, separator in zip(starts, separators, strict=True) if separator)
 
 
 def _join(parts: list[tuple[list[int], float]], limits: list[int], length_penalty: float) -> tuple[list[int], float]:

@@ -138,6 +138,10 @@ def test_line_breaks_go_only_between_tokens() -> None:
     assert laid_out(decode, [1, 2, 3], ()) == "1 2 3"
     assert laid_out(decode, [1, 2], ((2, "\n"),)) == "1 2"  # the next sentence has not begun (or is empty)
     assert laid_out(decode, [1, 2], ((0, "\n"),)) == "1 2"  # the first was empty
+    # a list marker: the first sentence's before its first token; the next's after a break
+    assert laid_out(decode, [1, 2, 3], ((0, "1. "), (2, "\n2. "))) == "1. 1 2\n2. 3"
+    assert laid_out(decode, [1, 2], ((0, "\n2. "),)) == "2. 1 2"  # the first was empty: its marker, no line
+    assert laid_out(decode, [], ((0, "1. "),)) == ""  # nothing translated yet
     assert laid_out(decode, [1, 2, 3], ((1, "\n\n"), (1, "\n"))) == "1\n\n2 3"  # an empty one between
     # a stream's text grows by prefixes: each is the start of the next
     texts = [laid_out(decode, [1, 2, 3, 4][:k], ((2, "\n"), (3, "\n\n"))) for k in range(5)]

@@ -154,12 +154,15 @@ def test_a_text_of_several_sentences_is_translated_sentence_by_sentence(committe
 def test_line_breaks_between_sentences_are_kept_on_every_route(committed_server: Server, beam_size: int) -> None:
     """A list or paragraphs typed on several lines came back as one line ("- Ein Hund rennt. -
     Eine Katze ..."): each sentence's translation now has the source's line breaks before it,
-    on every route, streamed or not, in the n-best list too; the tokens are the model's as before."""
+    on every route, streamed or not, in the n-best list too; the tokens are the model's as before.
+    A list marker is not translated ("2. Two dogs" read "2." as a word, "• " became words or
+    nothing) but put back before its sentence's translation, as typed."""
     url = committed_server.url
     lines = ["A woman is cooking.", "Two dogs play in the snow.", "A man rides a horse."]
-    text = f"{lines[0]}\n{lines[1]}\n\n{lines[2]}"
+    text = f"1. {lines[0]}\n2. {lines[1]}\n\n\u2022 {lines[2]}"
     alone = [_translate(url, text=line, beam_size=beam_size)["translation"] for line in lines]
-    expected = f"{alone[0]}\n{alone[1]}\n\n{alone[2]}"
+    expected = f"1. {alone[0]}\n2. {alone[1]}\n\n\u2022 {alone[2]}"
+    assert _translate(url, text=f"3) {lines[1]}", beam_size=beam_size)["translation"] == f"3) {alone[1]}"
     options = {"beam_size": beam_size, "num_hypotheses": 2} if beam_size > 1 else {"beam_size": 1}
     whole = _translate(url, text=text, **options)
     assert whole["translation"] == expected

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, joined, line_breaks, sentences
+from service.sentences import SentencesJob, joined, line_breaks, list_marker, sentences, separators
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -100,3 +100,29 @@ def test_line_breaks_between_sentences_are_kept_for_the_translation() -> None:
 
     assert out.text(decode) == "7 8\n10 11"
     assert out.hypothesis_texts(decode) == ["7 8\n10 11", "9\n10 11"]
+
+
+@pytest.mark.parametrize(("part", "marker"), [
+    ("1. A dog runs.", "1. "), ("12) A dog runs.", "12) "), ("(3) A dog.", "(3) "), ("(a) A dog.", "(a) "),
+    ("b) A dog.", "b) "), ("[4] A dog.", "[4] "), ("- A dog.", "- "), ("* A dog.", "* "),
+    ("\u2022\tA dog.", "\u2022\t"), ("\u2013 A dog.", "\u2013 "),
+    # not markers: a number that is a word, a year, an initial, a signed number, a marker with nothing after it
+    ("2 dogs run.", ""), ("2019. A dog.", ""), ("A. Smith walks.", ""), ("-5 degrees.", ""), ("1.5 l of milk.", ""),
+    ("5.", ""), ("- ", ""), ("A dog runs.", ""),
+])
+def test_a_list_marker_is_found_at_a_sentences_start(part: str, marker: str) -> None:
+    assert list_marker(part) == marker
+
+
+def test_list_markers_go_between_the_translations_and_the_first_leads() -> None:
+    """Taken off before the model ("2. A woman reads" came back as "Zwei Frauen lesen": two women)
+    and put back as typed, after the line breaks, or after a space where the source had none."""
+    text = "1. A dog runs.\n2. A cat sleeps. 3. A man sings.\n\nA woman cooks."
+    parts = sentences(text)
+    markers = [list_marker(part) for part in parts]
+    assert markers == ["1. ", "2. ", "3. ", ""]
+    assert separators(text, parts, markers) == ["\n2. ", " 3. ", "\n\n"]
+    job = SentencesJob([4, 2, 5, 2], 2, 10, sentences=[_job([4, 2]), _job([5, 2])], separators=["\n- "], lead="- ")
+    out = joined(job, [TranslationOutput([7, 8], -1.0, None), TranslationOutput([9], -1.0, None)], length_penalty=1.0)
+    assert out.breaks == ((0, "- "), (2, "\n- "))
+    assert out.text(lambda ids: " ".join(map(str, ids))) == "- 7 8\n- 9"
