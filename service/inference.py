@@ -293,7 +293,8 @@ def translation_result(model: ServedModel, job: TranslationJob, out: Translation
             "score": float(out.score),
             "attention": None if out.attention is None
             else np.round(out.attention.astype(np.float64), ATTENTION_DECIMALS).tolist(),
-            "model": model.name, "version": model.version, **_search_extras(runner, job, out)}
+            "model": model.name, "version": model.version, "finish_reason": out.finish_reason,
+            **_search_extras(runner, job, out)}
 
 
 def _search_extras(runner: TranslationRunner, job: TranslationJob, out: TranslationOutput) -> dict[str, Any]:

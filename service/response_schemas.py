@@ -48,7 +48,10 @@ def infer(model: ServedModel) -> JsonSchema:
 
 def generate() -> JsonSchema:
     """Triton's generate extension: one translation (``seed`` when sampled)."""
-    return _answer({"model_name": {"type": "string"}, "model_version": _VERSION, "text_output": {"type": "string"}},
+    return _answer({"model_name": {"type": "string"}, "model_version": _VERSION, "text_output": {"type": "string"},
+                    "finish_reason": {"type": "string", "enum": ["stop", "length"], "description": (
+                        "stop: the model ended the translation; length: it reached max_tokens (max_length) first, "
+                        "so it may be incomplete")}},
                    {"seed": {"type": "integer", "description": "sampling: the seed drawn or given"}})
 
 

@@ -193,7 +193,8 @@ def _generate_renderer(model: ServedModel, runner: TranslationRunner, job: Trans
             return sse(event.error.body())
         text, hypothesis = pieces.piece(event)
         if isinstance(event, Final):
-            return sse(_generate_response(model, text, finished=True, **inference.seed_of(job)))
+            return sse(_generate_response(model, text, finished=True, finish_reason=event.output.finish_reason,
+                                          **inference.seed_of(job)))
         return sse(_generate_response(model, text, **({} if hypothesis is None else {"hypothesis": hypothesis})))
 
     return render
@@ -203,7 +204,7 @@ async def _generate(request: Request, name: str, version: str | None, body: Gene
     model, job, deadline = await _generate_job(request, name, version, body)
     output = (await unless_client_leaves(request, inference.translate(model, [job], deadline)))[0]
     return JSONResponse(_generate_response(model, output.text(inference.translator(model).detokenize),
-                                           **inference.seed_of(job)))
+                                           finish_reason=output.finish_reason, **inference.seed_of(job)))
 
 
 async def _generate_stream(request: Request, name: str, version: str | None,

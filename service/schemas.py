@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -111,6 +111,9 @@ class TranslationResult(BaseModel):
     version: str
     hypotheses: list[NBestItem] | None = Field(None, description="the n-best list, when num_hypotheses is given")
     seed: int | None = Field(None, description="the sampling seed used, when sampling")
+    finish_reason: Literal["stop", "length"] = Field(
+        description="\"stop\": the model ended the translation; \"length\": it reached max_length first (of a "
+                    "sentence of the text), so it may be incomplete")
 
 
 class TranslateBatchResponse(BaseModel):

@@ -198,7 +198,7 @@ def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: 
         hypotheses = [_join(parts, limits, length_penalty) for parts in chosen]
         hypothesis_breaks = [_breaks([tokens for tokens, _ in parts], job.separators, job.lead) for parts in chosen]
     return TranslationOutput(tokens=best[0], score=best[1], attention=attention, hypotheses=hypotheses,
-                             breaks=breaks, hypothesis_breaks=hypothesis_breaks)
+                             breaks=breaks, hypothesis_breaks=hypothesis_breaks, cut=any(out.cut for out in outputs))
 
 
 def _breaks(sentences: list[list[int]], separators: list[str], lead: str = "") -> Breaks:

@@ -124,6 +124,29 @@ def _streamed(url: str, **body: object) -> dict:
 
 
 @pytest.mark.parametrize("beam_size", [1, 5])
+def test_a_translation_cut_at_max_length_says_so(committed_server: Server, beam_size: int) -> None:
+    """"Ein Hund rennt" (max_length 3) and a loop cut at the default length looked like finished
+    translations: ``finish_reason`` is "length" then, "stop" when the model ended it, on v1 (its
+    stream too) and generate (its stream's last event too); a text is cut if any sentence is."""
+    url = committed_server.url
+    text = "A dog runs on the beach."
+    cut = _translate(url, text=text, max_length=3, beam_size=beam_size)
+    assert len(cut["target_tokens"]) == 3 and cut["finish_reason"] == "length"
+    assert _translate(url, text=text, beam_size=beam_size)["finish_reason"] == "stop"
+    assert _streamed(url, text=text, max_length=3, beam_size=beam_size)["finish_reason"] == "length"
+    both = _translate(url, texts=["A dog runs.", "A cat sleeps. A dog runs on the beach."], max_length=5,
+                      beam_size=beam_size)["results"]
+    assert [r["finish_reason"] for r in both] == ["stop", "length"]  # the second text's second sentence is cut
+    generate = f"{url}/v2/models/translate-en-de/generate"
+    for max_tokens, reason in ((3, "length"), (40, "stop")):
+        body = {"text_input": text, "parameters": {"max_tokens": max_tokens, "beam_size": beam_size}}
+        assert httpx.post(generate, json=body, timeout=60).json()["finish_reason"] == reason
+        with httpx.stream("POST", f"{generate}_stream", json=body, timeout=60) as r:
+            last = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")][-1]
+        assert last["finished"] is True and last["finish_reason"] == reason
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
 def test_a_text_of_several_sentences_is_translated_sentence_by_sentence(committed_server: Server,
                                                                       beam_size: int) -> None:
     """Given as one text, the second sentence used to be dropped ("Eine Frau kocht im Schnee."):

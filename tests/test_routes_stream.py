@@ -168,8 +168,9 @@ def test_generate_answers_like_v1(committed_server: Server, client: httpx.Client
     for path in (f"/v2/models/{TRANSLATOR}/generate", f"/v2/models/{TRANSLATOR}/versions/1/generate"):
         r = client.post(f"{url}{path}", json={"text_input": SENTENCES[1], "parameters": {"beam_size": 5}})
         assert r.status_code == 200
-        assert r.json() == {"model_name": TRANSLATOR, "model_version": "1",
-                            "text_output": _plain(client, url, SENTENCES[1], 5)["translation"]}
+        v1 = _plain(client, url, SENTENCES[1], 5)
+        assert r.json() == {"model_name": TRANSLATOR, "model_version": "1", "text_output": v1["translation"],
+                            "finish_reason": v1["finish_reason"]}
 
 
 def test_generate_reads_a_body_without_content_type_as_json(committed_server: Server, client: httpx.Client) -> None:

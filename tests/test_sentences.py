@@ -126,3 +126,10 @@ def test_list_markers_go_between_the_translations_and_the_first_leads() -> None:
     out = joined(job, [TranslationOutput([7, 8], -1.0, None), TranslationOutput([9], -1.0, None)], length_penalty=1.0)
     assert out.breaks == ((0, "- "), (2, "\n- "))
     assert out.text(lambda ids: " ".join(map(str, ids))) == "- 7 8\n- 9"
+
+
+def test_a_text_is_cut_if_any_of_its_sentences_is() -> None:
+    job = SentencesJob([4, 2, 5, 2], 2, 10, sentences=[_job([4, 2]), _job([5, 2])], separators=[""])
+    whole, cut = TranslationOutput([7], -1.0, None), TranslationOutput([8, 9], -1.0, None, cut=True)
+    assert joined(job, [whole, whole], length_penalty=1.0).finish_reason == "stop"
+    assert joined(job, [whole, cut], length_penalty=1.0).finish_reason == "length"

@@ -324,6 +324,10 @@ def test_browser_page_from_another_origin_calls_the_api_with_the_key(browser: An
     api = _api_translation(url, beam_size=5, num_hypotheses=3)
     _check_heatmap(shown, api)
     assert shown["nbest"] == [h["translation"] for h in api["hypotheses"]] and len(shown["nbest"]) == 3
+    page.fill("#max-length", "2")  # a translation cut at its length limit says so
+    page.click("#translate")
+    page.wait_for_selector("#translation-meta:has-text('cut at the length limit')", timeout=30_000)
+    page.fill("#max-length", "")
 
     page.check("#sampling")  # a seeded sample is the API's sample for the same seed
     page.fill("#topk", "20")

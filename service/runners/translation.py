@@ -45,6 +45,14 @@ class TranslationOutput:
     hypotheses: list[tuple[list[int], float]] | None = None  # n-best (tokens, score) when asked for
     breaks: Breaks = ()  # a text of several sentences: the line breaks between them (of ``tokens``)
     hypothesis_breaks: list[Breaks] | None = None  # and of each hypothesis's tokens
+    # the best hypothesis (of a sentence of the text) reached max_length before its </s>: the
+    # translation may end mid-sentence (a loop on text the model does not know, or a small max_length)
+    cut: bool = False
+
+    @property
+    def finish_reason(self) -> str:
+        """As LLM APIs say it: "length" when ``cut``, "stop" when the model ended the translation."""
+        return "length" if self.cut else "stop"
 
     def text(self, decode: Callable[[Sequence[int]], str]) -> str:
         """The translation: ``tokens`` decoded, the source's line breaks between sentences kept."""
@@ -137,6 +145,7 @@ class TranslationRunner:
     def result_of(cls, search: BeamSearch, job: TranslationJob) -> TranslationOutput:
         """The finished search's answer: its best hypothesis, and the n-best list when asked for."""
         output = cls.to_output(search.best(), len(job.src_ids))
+        output.cut = len(output.tokens) >= search.max_length  # closed at the limit, without its </s>
         if job.num_hypotheses > 0:
             output.hypotheses = [(h.tokens, h.score) for h in search.nbest(job.num_hypotheses)]
         return output

@@ -390,7 +390,9 @@ async function translate(event) {
         showNbest(data.hypotheses);
         const ms = (t) => Math.round(t - started);
         const how = data.seed !== undefined ? `sampled, seed ${data.seed}` : `beam ${request.beam_size}`;
-        $("translation-meta").textContent = `score ${data.score.toFixed(3)} · ${data.target_tokens.length} subwords · `
+        // a translation that reached max_length may end mid-sentence: said, not left to look finished
+        const cut = data.finish_reason === "length" ? "cut at the length limit · " : "";
+        $("translation-meta").textContent = `${cut}score ${data.score.toFixed(3)} · ${data.target_tokens.length} subwords · `
           + `${how} · first event ${ms(firstAt)} ms · whole ${ms(performance.now())} ms · `
           + `${data.model} v${data.version}`;
         $("heatmap").dataset.complete = "true";
