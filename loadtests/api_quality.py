@@ -3,6 +3,7 @@
     python -m loadtests.api_quality [--precision fp32 int8] [--beam 5]
     python -m loadtests.api_quality --batch-mates [--precision fp32 int8] [--split dev]
     python -m loadtests.api_quality --scores [--beam 5]
+    python -m loadtests.api_quality --emoji [--precision fp32] [--split dev]
 
 For each precision a server is started on the model repository with SEQSERVE_PRECISION set, and
 every SST-2 test sentence and every Multi30k test_2016_flickr source goes through POST
@@ -21,6 +22,10 @@ their batch-mates (other clients' requests among them); fp32's move by rounding 
 ``--scores``: the spread of the translator's ``score`` (length-normalised log-probability) on
 the Multi30k val and test_2016_flickr sources, to judge a threshold on it against out-of-domain
 text (docs/models.md, *What the translator knows*).
+
+``--emoji``: SST-2 accuracy of ``--split`` with emoji after every sentence (" 🔥🔥🔥", " 👍👍", ...),
+against the sentences as they are: the sentiment model never saw an emoji (docs/models.md,
+*Tokenisation*).
 """
 
 from __future__ import annotations
@@ -107,6 +112,26 @@ def batch_mates(models: Path, precision: str, data_dir: Path = DATA_DIR, split: 
     return out
 
 
+EMOJI = ("", " \U0001f525\U0001f525\U0001f525", " \U0001f44d\U0001f44d", " \U0001f60d", " \U0001f602",
+         " \U0001f621", " \u2764\ufe0f", " \U0001f3ac\U0001f37f")  # "" first: the sentences as they are
+
+
+def emoji_accuracy(models: Path, precision: str, data_dir: Path = DATA_DIR, split: str = "dev",
+                   limit: int | None = None) -> dict[str, float]:
+    """SST-2 accuracy of ``split`` through the API with each of ``EMOJI`` after every sentence (``--emoji``)."""
+    rows = read_sst2(data_dir, split)[:limit]
+    server = ServerProcess(models, precision=precision).wait_ready()
+    try:
+        accuracy = {}
+        for suffix in EMOJI:
+            results = api_sentiment(server.url, [r.text + suffix for r in rows], 64)
+            accuracy[suffix] = sum((res["label"] == "positive") == bool(r.label)
+                                   for res, r in zip(results, rows, strict=True)) / len(rows)
+    finally:
+        server.stop()
+    return accuracy
+
+
 def translation_scores(models: Path, data_dir: Path = DATA_DIR, beam: int = 5,
                        limit: int | None = None) -> dict[str, list[float]]:
     """The ``score`` of every val and test_2016_flickr source's translation, by split (``--scores``;
@@ -136,7 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-mates", action="store_true", help="how much a sentiment answer moves with its batch")
     p.add_argument("--split", default="dev", choices=["dev", "test"], help="--batch-mates: the SST-2 split")
     p.add_argument("--scores", action="store_true", help="the spread of translation scores on val and test")
+    p.add_argument("--emoji", action="store_true", help="sentiment accuracy with emoji after every sentence")
     args = p.parse_args(argv)
+    if args.emoji:
+        print(f"| precision | after every SST-2 {args.split} sentence | accuracy |\n|---|---|---:|")
+        for precision in args.precision:
+            for suffix, accuracy in emoji_accuracy(args.models, precision, args.data_dir, args.split).items():
+                print(f"| {precision} | {suffix.strip() or '(nothing)'} | {accuracy:.4f} |", flush=True)
+        return
     if args.scores:
         print(f"| Multi30k split (beam {args.beam}) | captions | score p50 | p10 | p5 | p1 | lowest | below -1 "
               "| below -1.5 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")

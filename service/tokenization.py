@@ -74,6 +74,14 @@ NOTHING_LEFT = _CONTROL_CHARS + _IGNORABLE_CHARS + " \xa0\u1680\u2000-\u200a\u20
 _SOMETHING_LEFT = re.compile(f"[^{NOTHING_LEFT}{_IGNORABLE_BEYOND_BMP}]")
 
 
+# Emoji and other pictographs (arrows, shapes, dingbats, the emoji planes, the keycap mark). SST-2
+# has none (nothing above U+00FF in its training text but accented letters), so the sentiment
+# model read each as four byte pieces it never learned: " 🔥🔥🔥" after each SST-2 dev sentence
+# took accuracy from 0.860 to 0.681, " 👍👍" to 0.815 (fp32). Spaced out of what it reads, as they
+# may part words; a text of nothing else keeps them, having nothing else to be scored by.
+_PICTOGRAPHS = re.compile("[\u20e3\u2190-\u21ff\u2300-\u23ff\u25a0-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff]")
+
+
 def has_content(text: str) -> bool:
     """Whether ``text`` keeps at least one subword once normalised and tokenised."""
     return _SOMETHING_LEFT.search(text) is not None
@@ -103,14 +111,18 @@ def _clean(text: str) -> str:
 
 
 def normalize_sentiment(text: str) -> str:
-    """Lowercase and split punctuation and clitics the way the SST-2 corpus does.
+    """Lowercase and split punctuation and clitics the way the SST-2 corpus does; emoji out.
 
     This runs on the event loop for every request, so each step is the cheapest that gives the
     same output (tests/test_tokenization.py checks it against the plain regular expressions on
     the corpus and on random text): the corpus markup replaced in one pass, the apostrophe
     rules only on texts with an apostrophe, the punctuation split off by ``str.translate``.
     """
-    text = _clean(text).lower()
+    text = _clean(text)
+    if not text.isascii() and _PICTOGRAPHS.search(text) is not None:
+        words = _spaces(_PICTOGRAPHS.sub(" ", text))
+        text = words if has_content(words) else text
+    text = text.lower()
     text = text.replace("`", "'") if text.isascii() else text.translate(_QUOTES)
     if "-" in text or "'" in text:  # every corpus markup has one of them (its `` became '' above)
         text = _MARKUP.sub(lambda m: _PTB_MARKUP[m.group()], text)

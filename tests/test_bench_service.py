@@ -56,3 +56,14 @@ def test_translation_scores_through_the_api(int8_repo: Path) -> None:
     assert list(scores) == ["val", "test_2016_flickr"]
     # length-normalised log-probabilities of captions the model translates well: below 0, mostly near it
     assert all(len(s) == 20 and max(s) < 0 and sorted(s)[10] > -1.5 for s in scores.values())
+
+
+def test_emoji_do_not_move_sentiment_accuracy(int8_repo: Path) -> None:
+    """The model never saw an emoji: " 🔥🔥🔥" after each SST-2 dev sentence cost it 18 points of
+    accuracy before they were kept out of what it reads."""
+    from tests.conftest import DATA_DIR
+
+    if not (DATA_DIR / "sst2").is_dir():
+        pytest.skip("no data sets")
+    accuracy = api_quality.emoji_accuracy(int8_repo, "fp32", DATA_DIR, limit=64)
+    assert list(accuracy) == list(api_quality.EMOJI) and len(set(accuracy.values())) == 1

@@ -43,6 +43,10 @@ _INVISIBLE = (r"[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\
               r"\U000e0000-\U000e0fff]")
 
 
+# what the sentiment model never saw: emoji and other pictographs
+_PICTOGRAPH = r"[\u20e3\u2190-\u21ff\u2300-\u23ff\u25a0-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff]"
+
+
 def _reference_clean(text: str) -> str:
     text = re.sub(_INVISIBLE, "", unicodedata.normalize("NFKC", text))
     text = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", " ", text)
@@ -52,7 +56,9 @@ def _reference_clean(text: str) -> str:
 def _reference_normalize_sentiment(text: str) -> str:
     """normalize_sentiment as plain regular expressions, each step on the whole text: the
     definition the fast path in service/tokenization.py must match exactly."""
-    text = _reference_clean(text).lower()
+    text = _reference_clean(text)
+    words = re.sub(r"\s+", " ", re.sub(_PICTOGRAPH, " ", text)).strip()
+    text = (words if has_content(words) else text).lower()
     text = text.translate(str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'", "“": '"', "”": '"', "„": '"'}))
     for markup, plain in (("-lrb-", "("), ("-rrb-", ")"), ("-lsb-", "["), ("-rsb-", "]"), ("-lcb-", "{"),
                           ("-rcb-", "}"), ("``", '"'), ("''", '"')):
@@ -69,7 +75,7 @@ def _random_texts(count: int, seed: int = 0) -> list[str]:
     """Short texts over the characters each step of the normalisation treats specially."""
     rng = random.Random(seed)
     alphabet = [*"abcXYZ0 '`\"’‘´“”„.-,!?;:()[]{}/\\*&$#=+<>…|~^\t\n\r\x0b\x0c\x1c\x85\xa0\u2000\u200b",
-                *"\u2028\u202f\u3000\ufeffé😀ﬁ①ǅİ\u200d\u202e\u2060\u00ad\U000e0041",
+                *"\u2028\u202f\u3000\ufeffé😀🔥👍🏽❤\u20e3→ﬁ①ǅİ\u200d\u202e\u2060\u00ad\U000e0041",
                 "...", "--", "n't", "'s", "'re", "-lrb-", "-rcb-", "``", "''"]
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24))) for _ in range(count)]
 
@@ -146,14 +152,19 @@ def test_typographic_punctuation_becomes_plain_where_the_model_cannot_spell_it()
         "great – really") == "great - really"
 
 
-def test_sentiment_tokenizer_keeps_information_from_unseen_characters() -> None:
+def test_sentiment_reads_no_emoji_but_keeps_information_from_unseen_scripts() -> None:
+    """SST-2 has no emoji: as byte pieces the model never learned, " 🔥🔥🔥" after each dev sentence
+    cost 18 points of accuracy. Out of what it reads (a text of emoji alone keeps them); letters of
+    scripts it never saw stay bytes, not <unk>."""
     path = COMMITTED_MODELS / "sentiment/1/sentiment.spm.model"
     if not path.exists():
         pytest.skip("no committed sentiment model")
     tok = SubwordTokenizer(path, "sentiment")
-    happy, sad = tok.encode("good 😀"), tok.encode("good 😢")
-    assert happy != sad  # not both collapsed to <unk>
-    assert tok.decode(tok.encode("It's GREAT!!! 😀")) == normalize_sentiment("It's GREAT!!! 😀")
+    assert tok.encode("good 😀") == tok.encode("good 😢") == tok.encode("good 🔥🔥🔥") == tok.encode("good")
+    assert tok.encode("good🔥movie") == tok.encode("good movie")  # spaced: the words stay apart
+    assert tok.encode("😀") != tok.encode("😢") and tok.encode("😀")  # nothing else to score
+    assert tok.encode("good ж") != tok.encode("good д")  # not both collapsed to <unk>
+    assert tok.decode(tok.encode("It's GREAT!!! 😀")) == normalize_sentiment("It's GREAT!!! 😀") == "it 's great ! ! !"
 
 
 @pytest.mark.parametrize("model", ["translate-en-de/1/source.spm.model", "translate-en-de/1/target.spm.model"])
