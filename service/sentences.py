@@ -21,7 +21,8 @@ that starts with a capital or a digit (any letter in text typed all in lower cas
 dashes and emoji before it do not count), except after a non-breaking prefix ("Mr.", "Dr.",
 "St.", "e.g.", an initial "J.", "No." or "Jan." before a number, in any case) or a list marker
 ("1."), and after a word with a full stop inside ("U.S.", "p.m.") or "etc." only before a word
-that usually opens a sentence ("The", "A", "He"); and at a line break before a line that starts
+that usually opens a sentence ("The", "A", "He"); beyond Moses, where the space after the end was
+left out ("runs.A cat"); and at a line break before a line that starts
 like a sentence, and at a blank line (one caption a line, bulleted lists). It runs on the event loop, so it is one
 linear pass that only cuts the text, never rewrites it: pysbd (its pieces rewritten, and
 characters of some inputs lost: "A dog runs. A cat sits ??!" came back without its "!") took
@@ -42,10 +43,16 @@ from service.decoding import Breaks
 from service.runners.translation import TranslationJob, TranslationOutput
 from service.tokenization import has_content
 
-# a sentence end (. ! ? ...) with its closing quotes or brackets then more text, or a line break
-_MAYBE_SEVERAL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*\s+\S|\n\s*\S")
-# a candidate end: its punctuation and closing quotes or brackets before whitespace, or a line break
-_CANDIDATE = re.compile(r"([.!?\u2026]+)[\"'\u201d\u2019)\]\u00bb]*(?=\s)|\n")
+# a sentence end (. ! ? ...) with its closing quotes or brackets then more text, or a line break,
+# or a sentence end typed without its space (below)
+_MAYBE_SEVERAL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*\s+\S|\n\s*\S|[a-z]{2}[.!?][A-Z](?:[a-z]|\s)")
+# a candidate end: its punctuation and closing quotes or brackets before whitespace, or a line break;
+# or, without the space, one mark between a word of two lower-case letters or more and a capital
+# that begins a word ("A dog runs.A cat sleeps." was read as one sentence, and the cat came back
+# lost: "Ein Hund rennt über Holz."); not after an initial or an abbreviation ("U.S.A", "e.g.The"),
+# nor inside a host name ("www.Google.com")
+_CANDIDATE = re.compile(r"([.!?\u2026]+)[\"'\u201d\u2019)\]\u00bb]*(?=\s)|\n"
+                        r"|(?<=[a-z]{2})([.!?])(?=[A-Z](?:[a-z]|\s))(?![A-Za-z]+\.[A-Za-z])")
 # Moses' English non-breaking prefixes (nonbreaking_prefix.en), compared in lower case: titles and
 # abbreviations a full stop follows inside a sentence; the second set only before a number ("No. 5",
 # "Jan. 5", "Fig. 3")
@@ -85,10 +92,11 @@ def sentences(text: str) -> list[str]:
             continue
         first = word[0]
         starts = first.isupper() or first.isdigit() or (any_case and first.isalpha())
-        if match.group(1) is None:  # a line break: before a sentence's start, or a blank line
+        mark = match.group(1) or match.group(2)
+        if mark is None:  # a line break: before a sentence's start, or a blank line
             if not starts and "\n" not in text[end:end + _LOOK].split(word, 1)[0]:
                 continue
-        elif not starts or (match.group(1) == "." and not _ends_after(text, start, match.start(), word)):
+        elif not starts or (mark == "." and not _ends_after(text, start, match.start(), word)):
             continue
         part = text[start:end].strip()
         if has_content(part) and has_content(text[end:]):

@@ -37,6 +37,16 @@ from service.sentences import SentencesJob, joined, line_breaks, list_marker, se
     ("A dog runs. A cat sits ??!", ["A dog runs.", "A cat sits ??!"]),  # pysbd dropped the "!"
     ("A dog runs. \u200b", ["A dog runs. \u200b"]),  # nothing the model reads: no sentence of its own
     ("A dog.\n\nTwo cats!\tA bird?", ["A dog.", "Two cats!", "A bird?"]),
+    # the space after a sentence's end left out, as typed in a hurry (the second sentence was lost)
+    ("A dog runs.A cat sleeps.", ["A dog runs.", "A cat sleeps."]),
+    ("He runs!I walk.", ["He runs!", "I walk."]),
+    ("Dogs, cats, etc.The end.", ["Dogs, cats, etc.", "The end."]),
+    # but not after an initial or an abbreviation, inside a host name, or before a lower-case letter
+    ("It is in the U.S.A today.", ["It is in the U.S.A today."]),
+    ("e.g.The dog.", ["e.g.The dog."]),
+    ("Mr.Smith walks.", ["Mr.Smith walks."]),
+    ("See www.Google.com now.", ["See www.Google.com now."]),
+    ("A dog runs.a cat sleeps.", ["A dog runs.a cat sleeps."]),
 ])
 def test_a_text_splits_into_its_sentences(text: str, expected: list[str]) -> None:
     assert sentences(text) == expected
