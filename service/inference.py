@@ -28,7 +28,7 @@ from service.inputs import Problems, check_range, check_tokens, item_field
 from service.registry import ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, joined, list_marker, sentences, separators
+from service.sentences import SentencesJob, edges, joined, sentences, separators
 from service.streaming import TranslationStream
 
 # 7 decimals: rounding moves a row's sum by at most 129 x 5e-8, inside the 1e-5 promised
@@ -203,10 +203,11 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     for i, parts in enumerate(split):
         sentence_jobs = []
         over = False  # the text's first sentence over the limit is its one problem
-        markers = [list_marker(part) for part in parts]  # put back around the translations, not translated
+        edged = [edges(part) for part in parts]  # put back around the translations, not translated
         for k, part in enumerate(parts):
             # the limit counts subwords before the </s> the model appends
-            ids = runner.tokenize(part[len(markers[k]):])
+            head, tail = edged[k]
+            ids = runner.tokenize(part[len(head):len(part) - len(tail)])
             over = over or not check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name,
                                             problems, f" (sentence {k + 1})" if len(parts) > 1 else ONE_SENTENCE)
             job = runner.job(ids, beam, max_length, keep_attention)
@@ -224,15 +225,15 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
                     f"its source subwords x the sum of its sentences' max_length), over the limit of "
                     f"{MAX_ATTENTION_CELLS:,}; ask for them with fewer or shorter texts or a smaller max_length",
                     field=name("return_attention"), limit=MAX_ATTENTION_CELLS)
-        if len(sentence_jobs) == 1 and not markers[0]:
+        if len(sentence_jobs) == 1 and edged[0] == ("", ""):
             jobs.append(sentence_jobs[0])
             continue
         first = sentence_jobs[0]
         jobs.append(SentencesJob(src_ids=[token for job in sentence_jobs for token in job.src_ids],
                                  beam_size=first.beam_size, max_length=first.max_length, keep_attention=keep_attention,
                                  num_hypotheses=nbest, length_penalty=length_penalty, sampling=sampling,
-                                 sentences=sentence_jobs, separators=separators(texts[i], parts, markers),
-                                 lead=markers[0]))
+                                 sentences=sentence_jobs, separators=separators(texts[i], parts, edged),
+                                 lead=edged[0][0], tail=edged[-1][1]))
     problems.check()
     return jobs
 
@@ -260,7 +261,7 @@ async def translate(model: ServedModel, jobs: list[TranslationJob], deadline: fl
     assert not isinstance(engine, SentimentEngine)
     decoded = [sentence for job in jobs for sentence in _decoded(job)]
     outputs = await engine.translate_all(decoded, deadline, each)
-    if not any(isinstance(job, SentencesJob) for job in jobs):  # (one of one sentence has a list marker)
+    if not any(isinstance(job, SentencesJob) for job in jobs):  # (one of one sentence has edges)
         return outputs
     runner = translator(model)
     answers, at = [], 0
@@ -352,7 +353,7 @@ class _SentenceAfterSentence:
         self.columns = [len(sentence.src_ids) for sentence in job.sentences]
         self.separators = job.separators
         self.told = 0  # the sentence being told
-        # what the sentences told before it gave (to begin with, the first one's list marker)
+        # what the sentences told before it gave (to begin with, the first one's beginning)
         self.before = StepUpdate(0, [], [] if width else None, ((0, job.lead),) if job.lead else ())
         self.column = 0  # its first column
         self.latest: dict[int, StepUpdate] = {}

@@ -10,10 +10,12 @@ attention block-diagonal (each sentence's rows over its own columns: rows still 
 the score as for one sequence, ``sum(log p) / (its normalised lengths) ** alpha``. Where the source
 put line breaks between two sentences (a list, one caption a line, paragraphs), the translation has
 the same breaks between theirs (``Breaks``: the tokens stay as the model gave them, the text is
-decoded sentence by sentence around the breaks). A list marker a sentence begins with ("2. ", "- ",
-"• ") is not the model's to read: "2. A woman reads a book." came back as "Zwei Frauen lesen ein
-Buch." (two women) and bullets as words or nothing. It is taken off the sentence and put back,
-as typed, before the sentence's translation (a break too, ``list_marker``).
+decoded sentence by sentence around the breaks). What a sentence begins or ends with that is not
+the model's to read is taken off it and put back, as typed, around its translation (``edges``): a
+list marker ("2. ", "- ", "• "; "2. A woman reads a book." came back as "Zwei Frauen lesen ein
+Buch.", two women, and bullets as words or nothing) and emoji before or after the words ("A dog
+runs on the beach. 🐶🌊" came back as "Ein Hund rennt am Strand und ist dabei, das erfagt.", the
+emoji gone: Multi30k has none, and the model read their bytes as words).
 
 The split follows the rules of Moses' split-sentences.perl, as MT pipelines have long used:
 after ``. ! ?`` or an ellipsis (and closing quotes or brackets), before whitespace and a word
@@ -41,7 +43,7 @@ import numpy as np
 
 from service.decoding import Breaks
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.tokenization import has_content
+from service.tokenization import PICTOGRAPH_CHARS, has_content
 
 # a sentence end (. ! ? ...) with its closing quotes or brackets then more text, or a line break,
 # or a sentence end typed without its space (below)
@@ -72,18 +74,24 @@ _LOOK = 12  # how far past a candidate end to look for the next word's first let
 # three digits with "." or ")", "(1)", "(a)", "a)", "[1]"; not a letter with a full stop ("A. Smith")
 _MARKER = re.compile(r"(?:[-*+\u2022\u2023\u25e6\u00b7\u2013\u2014]|\(?\d{1,3}[.)]|\(\d{1,3}\)|\(?[a-zA-Z]\)"
                      r"|\[\d{1,3}\])[ \t\u00a0]+(?=\S)")
+# a character of an emoji (with the joiners and variation selectors of emoji sequences), and the
+# spaces between them: what ``edges`` scans over at a sentence's ends, one character at a time (a
+# regular expression of runs of runs backtracked exponentially on a long run of emoji)
+_EMOJI = re.compile(f"[{PICTOGRAPH_CHARS}\u200d\ufe0f]")
+_SPACES = " \t\u00a0\n\r"
 
 
 def sentences(text: str) -> list[str]:
     """The sentences of ``text``, stripped; ``[text]`` for one sentence. Cut only, never rewritten:
     the parts hold every character of the text but the whitespace between them. A part that
-    holds nothing the model reads (invisible characters) stays with its neighbour. Also a break:
+    holds nothing the model reads (invisible characters) stays with its neighbour, and one of
+    emoji alone with the sentence before it (its end, for ``edges``). Also a break:
     a line break before a line that starts like a sentence (one caption a line, a bulleted list)
-    and a blank line; a list marker ("1.", "-", "•") stays with its sentence (``list_marker`` finds it)."""
+    and a blank line; a list marker ("1.", "-", "•") stays with its sentence (``edges`` finds it)."""
     if _MAYBE_SEVERAL.search(text) is None:
         return [text]
     any_case = not any(c.isupper() for c in text)  # typed in lower case: any letter may start one
-    parts: list[str] = []
+    cuts: list[int] = []  # where each sentence after the first begins
     start = 0
     for match in _CANDIDATE.finditer(text):
         end = match.end()
@@ -98,14 +106,19 @@ def sentences(text: str) -> list[str]:
                 continue
         elif not starts or (mark == "." and not _ends_after(text, start, match.start(), word)):
             continue
-        part = text[start:end].strip()
+        part = text[start:end]
         if has_content(part) and has_content(text[end:]):
-            parts.append(part)
+            if not has_content(_EMOJI.sub("", part)):  # emoji alone: the end of the one before, or
+                if not cuts:  # the first: the beginning of the next
+                    continue
+                cuts.pop()
+            cuts.append(end)
             start = end
-    if not parts:
+    if cuts and not has_content(_EMOJI.sub("", text[start:])):
+        cuts.pop()
+    if not cuts:
         return [text]
-    parts.append(text[start:].strip())
-    return parts
+    return [text[a:b].strip() for a, b in itertools.pairwise([0, *cuts, len(text)])]
 
 
 def list_marker(part: str) -> str:
@@ -115,12 +128,36 @@ def list_marker(part: str) -> str:
     return match.group() if match is not None and has_content(part[match.end():]) else ""
 
 
-def separators(text: str, parts: list[str], markers: list[str]) -> list[str]:
-    """What the translation puts between each two sentences' translations: the source's line
-    breaks (``line_breaks``) and the next sentence's list marker (``markers``, one per part), with
-    a space before it where no line break is."""
-    return [(gap or " ") + marker if marker else gap
-            for gap, marker in zip(line_breaks(text, parts), markers[1:], strict=True)]
+def edges(part: str) -> tuple[str, str]:
+    """What ``part`` (a sentence) begins with and ends with that the translator does not read, as
+    typed: a list marker and emoji before its words, emoji after them, each with its spaces;
+    ("", "") where nothing the model reads would be left between them."""
+    start = len(list_marker(part))
+    while start < len(part) and _EMOJI.match(part, start) is not None:  # emoji, and the spaces after them
+        start += 1
+        while start < len(part) and part[start] in _SPACES:
+            start += 1
+    end = len(part)
+    while end > start and _EMOJI.match(part, end - 1) is not None:  # emoji, and the spaces before them
+        end -= 1
+        while end > start and part[end - 1] in _SPACES:
+            end -= 1
+    if not has_content(part[start:end]):
+        return "", ""
+    return _as_lines(part[:start]), _as_lines(part[end:])
+
+
+def _as_lines(edge: str) -> str:
+    """Line breaks as the translation has them between sentences: "\n" (a "\r\n" or "\r" too)."""
+    return edge.replace("\r\n", "\n").replace("\r", "\n") if "\r" in edge else edge
+
+
+def separators(text: str, parts: list[str], edged: list[tuple[str, str]]) -> list[str]:
+    """What the translation puts between each two sentences' translations: the first one's end
+    (``edges``), the source's line breaks (``line_breaks``; a space where there are none) and the
+    second one's beginning; only the line breaks (or nothing) where neither has an edge."""
+    return [tail + (gap or " ") + head if tail or head else gap
+            for gap, (_, tail), (head, _) in zip(line_breaks(text, parts), edged[:-1], edged[1:], strict=True)]
 
 
 def line_breaks(text: str, parts: list[str]) -> list[str]:
@@ -171,14 +208,16 @@ def _ends_after(text: str, start: int, dot: int, following: str) -> bool:
 
 @dataclass
 class SentencesJob(TranslationJob):
-    """One text of several sentences (or of one behind a list marker): ``sentences`` are the jobs
-    the engine decodes; ``src_ids`` is theirs joined, one attention column each, as the answer's
+    """One text of several sentences (or of one with edges): ``sentences`` are the jobs the
+    engine decodes; ``src_ids`` is theirs joined, one attention column each, as the answer's
     ``source_tokens`` lists them; ``separators`` what goes between their translations
-    (``separators``); ``lead`` the first sentence's list marker."""
+    (``separators``); ``lead`` the first sentence's beginning and ``tail`` the last one's end
+    (``edges``)."""
 
     sentences: list[TranslationJob] = field(default_factory=list)
     separators: list[str] = field(default_factory=list)
     lead: str = ""
+    tail: str = ""
 
 
 def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: float) -> TranslationOutput:
@@ -206,12 +245,13 @@ def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: 
         hypotheses = [_join(parts, limits, length_penalty) for parts in chosen]
         hypothesis_breaks = [_breaks([tokens for tokens, _ in parts], job.separators, job.lead) for parts in chosen]
     return TranslationOutput(tokens=best[0], score=best[1], attention=attention, hypotheses=hypotheses,
-                             breaks=breaks, hypothesis_breaks=hypothesis_breaks, cut=any(out.cut for out in outputs))
+                             breaks=breaks, hypothesis_breaks=hypothesis_breaks, cut=any(out.cut for out in outputs),
+                             tail=job.tail)
 
 
 def _breaks(sentences: list[list[int]], separators: list[str], lead: str = "") -> Breaks:
     """Where each sentence after the first begins in the joined tokens, with what goes before it
-    (line breaks, a list marker), for those with something; and ``lead`` at 0."""
+    (line breaks, edges), for those with something; and ``lead`` at 0."""
     first = ((0, lead),) if lead else ()
     if not any(separators):
         return first

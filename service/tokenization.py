@@ -79,7 +79,8 @@ _SOMETHING_LEFT = re.compile(f"[^{NOTHING_LEFT}{_IGNORABLE_BEYOND_BMP}]")
 # model read each as four byte pieces it never learned: " 🔥🔥🔥" after each SST-2 dev sentence
 # took accuracy from 0.860 to 0.681, " 👍👍" to 0.815 (fp32). Spaced out of what it reads, as they
 # may part words; a text of nothing else keeps them, having nothing else to be scored by.
-_PICTOGRAPHS = re.compile("[\u20e3\u2190-\u21ff\u2300-\u23ff\u25a0-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff]")
+PICTOGRAPH_CHARS = "\u20e3\u2190-\u21ff\u2300-\u23ff\u25a0-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff"
+_PICTOGRAPHS = re.compile(f"[{PICTOGRAPH_CHARS}]")
 
 
 def has_content(text: str) -> bool:

@@ -209,6 +209,24 @@ def test_line_breaks_between_sentences_are_kept_on_every_route(committed_server:
     assert "".join(pieces) == expected
 
 
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_emoji_around_a_sentence_are_kept_as_typed_not_translated(committed_server: Server, beam_size: int) -> None:
+    """Multi30k has no emoji: read as bytes, "A dog runs on the beach. 🐶🌊" came back as "Ein Hund rennt
+    am Strand und ist dabei, das erfagt.", the emoji gone. Before and after the words they are put
+    back around the translation, on every route; inside them they are still the model's to read."""
+    url = committed_server.url
+    dog, cat = "A dog runs on the beach.", "A cat sleeps."
+    alone = [_translate(url, text=t, beam_size=beam_size)["translation"] for t in (dog, cat)]
+    text = f"\U0001f436 {dog} \U0001f30a\n{cat} \U0001f60d"
+    expected = f"\U0001f436 {alone[0]} \U0001f30a\n{alone[1]} \U0001f60d"
+    assert _translate(url, text=text, beam_size=beam_size)["translation"] == expected
+    streamed = _streamed(url, text=text, beam_size=beam_size)
+    assert streamed["translation"] == expected and (beam_size > 1 or streamed["deltas"] == expected)
+    generated = httpx.post(f"{url}/v2/models/translate-en-de/generate", timeout=60,
+                           json={"text_input": f"{dog} \U0001f436", "parameters": {"beam_size": beam_size}}).json()
+    assert generated["text_output"] == f"{alone[0]} \U0001f436"
+
+
 def test_each_sentence_keeps_the_subword_limit_and_is_named_when_over_it(committed_server: Server) -> None:
     r = httpx.post(f"{committed_server.url}/v1/translate", timeout=60,
                    json={"texts": ["A dog.", "A dog runs. It is " + "very " * 200 + "big."]})

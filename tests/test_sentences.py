@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, joined, line_breaks, list_marker, sentences, separators
+from service.sentences import SentencesJob, edges, joined, line_breaks, list_marker, sentences, separators
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -124,18 +124,47 @@ def test_a_list_marker_is_found_at_a_sentences_start(part: str, marker: str) -> 
     assert list_marker(part) == marker
 
 
-def test_list_markers_go_between_the_translations_and_the_first_leads() -> None:
-    """Taken off before the model ("2. A woman reads" came back as "Zwei Frauen lesen": two women)
-    and put back as typed, after the line breaks, or after a space where the source had none."""
+def test_edges_go_between_the_translations_the_first_leads_and_the_last_ends() -> None:
+    """Taken off before the model ("2. A woman reads" came back as "Zwei Frauen lesen": two women;
+    emoji as words, or gone) and put back as typed, around the line breaks, or with a space where
+    the source had none."""
     text = "1. A dog runs.\n2. A cat sleeps. 3. A man sings.\n\nA woman cooks."
     parts = sentences(text)
-    markers = [list_marker(part) for part in parts]
-    assert markers == ["1. ", "2. ", "3. ", ""]
-    assert separators(text, parts, markers) == ["\n2. ", " 3. ", "\n\n"]
-    job = SentencesJob([4, 2, 5, 2], 2, 10, sentences=[_job([4, 2]), _job([5, 2])], separators=["\n- "], lead="- ")
+    edged = [edges(part) for part in parts]
+    assert [head for head, _ in edged] == ["1. ", "2. ", "3. ", ""]
+    assert separators(text, parts, edged) == ["\n2. ", " 3. ", "\n\n"]
+    text = "\U0001f436 A dog runs. \U0001f30a\n\u2022 A cat sleeps \U0001f60d\u26bd"  # 🐶 ... 🌊 / • ... 😍⚽
+    parts = sentences(text)
+    edged = [edges(part) for part in parts]
+    assert edged == [("\U0001f436 ", " \U0001f30a"), ("\u2022 ", " \U0001f60d\u26bd")]
+    assert separators(text, parts, edged) == [" \U0001f30a\n\u2022 "]
+    job = SentencesJob([4, 2, 5, 2], 2, 10, sentences=[_job([4, 2]), _job([5, 2])], separators=["\n- "], lead="- ",
+                       tail=" !")
     out = joined(job, [TranslationOutput([7, 8], -1.0, None), TranslationOutput([9], -1.0, None)], length_penalty=1.0)
     assert out.breaks == ((0, "- "), (2, "\n- "))
-    assert out.text(lambda ids: " ".join(map(str, ids))) == "- 7 8\n- 9"
+    assert out.text(lambda ids: " ".join(map(str, ids))) == "- 7 8\n- 9 !"
+
+
+@pytest.mark.parametrize(("part", "edged"), [
+    ("\U0001f436 A dog runs.", ("\U0001f436 ", "")),
+    ("A dog runs. \U0001f436\U0001f30a", ("", " \U0001f436\U0001f30a")),
+    ("\u2764\ufe0f Love it \u2764\ufe0f", ("\u2764\ufe0f ", " \u2764\ufe0f")),  # with its variation selector
+    ("\U0001f468\u200d\U0001f469\u200d\U0001f467 A family.", ("\U0001f468\u200d\U0001f469\u200d\U0001f467 ", "")),
+    ("A cat.\r\n\U0001f431", ("", "\n\U0001f431")),  # a line break inside an edge, as between sentences
+    # nothing the model reads between them: all of it to the model, as before
+    ("\U0001f436", ("", "")), ("\u2022 \U0001f436", ("", "")),
+    ("A \U0001f436 runs.", ("", "")),  # inside the words: the model's to read
+])
+def test_the_edges_of_a_sentence(part: str, edged: tuple[str, str]) -> None:
+    assert edges(part) == edged
+
+
+def test_emoji_alone_stay_with_a_sentence() -> None:
+    assert sentences("A dog runs. \U0001f436\nA cat sleeps.\n\U0001f431") == ["A dog runs. \U0001f436",
+                                                                          "A cat sleeps.\n\U0001f431"]
+    assert sentences("\U0001f436\nA dog runs. A cat sleeps.") == ["\U0001f436\nA dog runs.", "A cat sleeps."]
+    long = "A " + "\U0001f436" * 1000 + " dog runs."  # scanned one character at a time: no backtracking
+    assert edges(long) == ("", "")
 
 
 def test_a_text_is_cut_if_any_of_its_sentences_is() -> None:

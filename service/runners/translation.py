@@ -48,6 +48,7 @@ class TranslationOutput:
     # the best hypothesis (of a sentence of the text) reached max_length before its </s>: the
     # translation may end mid-sentence (a loop on text the model does not know, or a small max_length)
     cut: bool = False
+    tail: str = ""  # what the text ended with that the model did not read (emoji, service/sentences.py)
 
     @property
     def finish_reason(self) -> str:
@@ -56,12 +57,12 @@ class TranslationOutput:
 
     def text(self, decode: Callable[[Sequence[int]], str]) -> str:
         """The translation: ``tokens`` decoded, the source's line breaks between sentences kept."""
-        return laid_out(decode, self.tokens, self.breaks)
+        return laid_out(decode, self.tokens, self.breaks) + self.tail
 
     def hypothesis_texts(self, decode: Callable[[Sequence[int]], str]) -> list[str]:
         """The n-best list's translations, best first, laid out as ``text``."""
         breaks = self.hypothesis_breaks or [()] * len(self.hypotheses or [])
-        return [laid_out(decode, tokens, layout) for (tokens, _), layout in
+        return [laid_out(decode, tokens, layout) + self.tail for (tokens, _), layout in
                 zip(self.hypotheses or [], breaks, strict=True)]
 
 
