@@ -92,9 +92,32 @@ class _Server(uvicorn.Server):
         # HTTP (service/drain.py). Not once start-up failed: the lifespan has nothing to drain then
         if self.started:
             self.app.state.drain.start()
+            await self._take_waiting_connections()
         # here, not in handle_exit: a signal handler must not take prometheus-client's value lock
         _count_as_serving(False)
         await super().shutdown(sockets)
+
+    async def _take_waiting_connections(self) -> None:
+        """Connections the kernel accepted that the event loop had not yet taken from the listening
+        socket, their requests sent before the signal: closing the socket reset them, unanswered
+        and unlogged (a busy loop left ~50 of 100 there). Taken now, as the loop would have, so
+        that uvicorn's shutdown finds them and their requests are served (service/http_protocol.py
+        reads what they sent)."""
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.Protocol:  # as uvicorn's startup makes one
+            return self.config.http_protocol_class(config=self.config, server_state=self.server_state,  # type: ignore[call-arg]
+                                                   app_state=self.lifespan.state, _loop=loop)
+
+        for server in self.servers:
+            for listener in server.sockets:
+                with socket.socket(fileno=os.dup(listener.fileno())) as waiting:  # non-blocking, as the loop's
+                    for _ in range(self.config.backlog):
+                        try:
+                            connection, _ = waiting.accept()
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        await loop.connect_accepted_socket(protocol, connection, ssl=self.config.ssl)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
