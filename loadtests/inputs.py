@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import random
+import sys
 from pathlib import Path
 
 DATA_DIR = Path(os.environ.get("SEQSERVE_DATA_DIR", Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
@@ -29,11 +30,18 @@ def _generate(count: int, median_words: int, seed: int) -> list[str]:
     return out
 
 
+def _generated(path: Path) -> None:
+    """Said on stderr: a report of generated word lists read as if of real sentences otherwise."""
+    print(f"loadtests: no {path}: sending generated sentences, not the data set's (give --data-dir or "
+          "SEQSERVE_DATA_DIR)", file=sys.stderr, flush=True)
+
+
 def sentiment_texts(data_dir: Path = DATA_DIR, split: str = "dev") -> list[str]:
     path = data_dir / "sst2" / f"stsa.binary.{split}"
     if path.exists():
         return [line.partition(" ")[2].strip() for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip()]
+    _generated(path)
     return _generate(872, 19, seed=1)
 
 
@@ -42,4 +50,5 @@ def translation_texts(data_dir: Path = DATA_DIR, split: str = "val") -> list[str
     if path.exists():
         with gzip.open(path, "rt", encoding="utf-8") as handle:
             return [line.strip() for line in handle if line.strip()]
+    _generated(path)
     return _generate(1014, 12, seed=2)

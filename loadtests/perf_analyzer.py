@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="percent by which 3 windows may differ (perf_analyzer's -s; raise it on a busy "
                              "shared machine)")
     args = parser.parse_args(argv)
+    if args.url is not None and args.grpc_url is None and any(p.startswith("grpc") for p in args.protocols.split(",")):
+        parser.error("--grpc-url is needed for the grpc protocols (or --protocols http)")
     if args.install:
         print(install(args.install))
         return 0

@@ -210,6 +210,17 @@ def summary(results: list[dict[str, Any]], raw: dict[str, Any] | None, args: arg
     return "\n".join(lines)
 
 
+def ab_settings(pairs: list[str]) -> dict[str, str]:
+    """``--ab-env``'s SEQSERVE_NAME=value pairs as ServerProcess settings: the name in lower case,
+    the value as given (a path, a key or an origin has a case: lowered, config B served another
+    model repository)."""
+    settings = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        settings[key.removeprefix("SEQSERVE_").lower()] = value
+    return settings
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", help="target an already running server instead of starting one (no A/B then)")
@@ -233,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
 
     configs: list[tuple[str, dict[str, str]]] = [("A", {})]
     if args.ab_env and not args.host:
-        configs.append(("B", dict(kv.removeprefix("SEQSERVE_").lower().split("=", 1) for kv in args.ab_env)))
+        configs.append(("B", ab_settings(args.ab_env)))
     results = []
     for name, env in configs:
         label = "defaults" if not env else ", ".join(f"SEQSERVE_{k.upper()}={v}" for k, v in env.items())

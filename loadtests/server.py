@@ -64,6 +64,7 @@ class ServerProcess:
         own = dict(zip(OWN_SETTINGS, (str(models), str(self.port), "127.0.0.1", "false", str(self.grpc_port)),
                        strict=True))
         env = {**os.environ, **own, **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
+        self._settings = " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("SEQSERVE_"))
         self._log_file: Path | None = None
         if capture_output:
             descriptor, name = tempfile.mkstemp(prefix="seqserve-log-", suffix=".txt")
@@ -103,7 +104,10 @@ class ServerProcess:
         /v2/health/ready while the others may still be loading their models."""
         while time.perf_counter() - self.started < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+                # its log goes to /dev/null unless captured (what a benchmark measures): say how to see it
+                why = self.output() if self._log_file else (
+                    f"its log was not kept; `{self._settings} python -m service` shows why")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{why}")
             try:
                 if (httpx.get(f"{self.url}/v2/health/ready", timeout=0.5).status_code == 200
                         and (self.workers == 1 or self.workers_serving() >= self.workers)):

@@ -133,8 +133,9 @@ def requested_outputs(outputs: list[tuple[str, Mapping[str, Any]]]) -> list[str]
     served: refused, where ignoring it would answer raw scores to a client expecting labels."""
     for name, parameters in outputs:
         if "classification" in parameters:
-            raise InvalidInput(f"output {name!r}: classification (class_count) is not supported; the sentiment "
-                               "model answers 'label' and 'probabilities'",
+            raise InvalidInput(f"output {name!r}: classification (class_count) is not supported; ask for the "
+                               "model's outputs by name, as its metadata lists them (a classifier's 'label' and "
+                               "'probabilities')",
                                field=f"outputs.{name}.parameters.classification")
     return [name for name, _ in outputs] or None
 

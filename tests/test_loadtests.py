@@ -125,3 +125,26 @@ def test_long_texts_compares_the_ways_to_score_a_text_over_the_limit(capsys: pyt
         accuracies = [float(cell) for cell in row.strip("| ").split(" | ")[1:]]
         assert len(accuracies) == 5 and all(0 <= a <= 1 for a in accuracies)
     assert rows[0].endswith("| 1.000 |")  # documents of one label, scored as served
+
+
+def test_ab_settings_keep_the_case_of_their_values() -> None:
+    """``--ab-env`` lowered whole pairs: config B served /tmp/mr for /tmp/MR, and reported 1.99x."""
+    from loadtests.runner import ab_settings
+
+    assert ab_settings(["SEQSERVE_MODEL_REPOSITORY=/tmp/MR", "API_KEYS=Ab=c"]) == {
+        "model_repository": "/tmp/MR", "api_keys": "Ab=c"}
+
+
+def test_load_tools_say_when_they_send_generated_sentences(capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtests.inputs import sentiment_texts, translation_texts
+
+    assert len(sentiment_texts(Path("/nonexistent"))) == 872 and len(translation_texts(Path("/nonexistent"))) == 1014
+    err = capsys.readouterr().err
+    assert err.count("sending generated sentences") == 2 and "/nonexistent/sst2/stsa.binary.dev" in err
+
+
+def test_a_server_that_does_not_start_says_how_to_see_why() -> None:
+    from loadtests.server import ServerProcess
+
+    with pytest.raises(RuntimeError, match=r"(?s)exited with 3.*SEQSERVE_MAX_QUEUE_DELAY_MS=inf .*python -m service"):
+        ServerProcess(ROOT / "models", max_queue_delay_ms="inf", grpc_port="0").wait_ready()

@@ -33,3 +33,10 @@ def test_perf_analyzer_measures_both_models_on_every_protocol(committed_server: 
             or line.startswith("| translate-en-de")]
     assert status == 0, rows
     assert len(rows) == 6 and all(row.endswith("| 0 |") for row in rows), rows
+
+
+def test_a_server_given_without_its_grpc_address_is_refused_before_measuring(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:  # the default protocols include grpc: it crashed after the HTTP rows
+        perf_analyzer.main(["--url", "127.0.0.1:1"])
+    assert exit_.value.code == 2 and "--grpc-url is needed" in capsys.readouterr().err
