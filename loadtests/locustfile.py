@@ -115,9 +115,30 @@ class StreamingUser(_SeqserveUser):
         ended = "event: result" in events
         self.environment.events.request.fire(
             request_type="POST", name="/v1/translate stream: whole",
-            response_time=(time.perf_counter() - started) * 1000, response_length=len(events), context={},
+            response_time=(time.perf_counter() - started) * 1000, response_length=len(events),
+            context={"status": _stream_status(events)},
             exception=None if ended else RuntimeError("the stream ended without a result event"
                                                       + (" (an error event)" if "event: error" in events else "")))
+
+
+def _stream_status(events: str) -> int:
+    """What a whole stream counts as in the summaries (its status line said 200 either way): 200
+    when it ended with its result, the status of the error event it ended with, 0 when it was cut
+    off (no answer). It counted as 0, "a connection that failed", for every stream."""
+    if "event: result" in events:
+        return 200
+    _, found, after = events.rpartition("event: error\ndata: ")
+    if not found:
+        return 0
+    try:
+        code = json.loads(after.split("\n", 1)[0]).get("code")
+    except ValueError:
+        return 500
+    return _STATUS_OF_CODE.get(code, 500)
+
+
+# the status of each error code a stream may end with (service/errors.py)
+_STATUS_OF_CODE = {"deadline_exceeded": 504, "not_ready": 503, "overloaded": 503, "inference_failed": 500}
 
 
 def grpc_target(host: str) -> str:
@@ -183,9 +204,11 @@ class GrpcInferenceUser(User):
             size = self.stub.ModelInfer(request, timeout=60).ByteSize()
         except grpc.RpcError as exc:
             error, code = exc, exc.code().name
+        # UNAVAILABLE is also the client's own "could not connect": no answer (0), not a full queue (503)
+        unanswered = code == "UNAVAILABLE" and "connect" in (getattr(error, "details", lambda: "")() or "").lower()
         self.environment.events.request.fire(
             request_type="grpc", name=name, response_time=(time.perf_counter() - started) * 1000,
-            response_length=size, exception=error, context={"status": _HTTP_OF.get(code, 500)})
+            response_length=size, exception=error, context={"status": 0 if unanswered else _HTTP_OF.get(code, 500)})
 
     @task(2)
     def sentiment(self) -> None:

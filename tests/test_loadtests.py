@@ -148,3 +148,13 @@ def test_a_server_that_does_not_start_says_how_to_see_why() -> None:
 
     with pytest.raises(RuntimeError, match=r"(?s)exited with 3.*SEQSERVE_MAX_QUEUE_DELAY_MS=inf .*python -m service"):
         ServerProcess(ROOT / "models", max_queue_delay_ms="inf", grpc_port="0").wait_ready()
+
+
+def test_a_whole_stream_counts_with_the_status_it_ended_with() -> None:
+    """Every stream counted as status 0 ("a connection that failed") in the summaries. In a process
+    of its own: importing Locust patches the standard library for gevent."""
+    script = ("from loadtests.locustfile import _stream_status as s\n"
+              "print(s('event: delta\\ndata: {}\\n\\nevent: result\\ndata: {}\\n\\n'),"
+              " s('event: error\\ndata: {\"code\": \"deadline_exceeded\"}\\n\\n'), s('event: delta\\ndata: {}\\n\\n'))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["200", "504", "0"]
