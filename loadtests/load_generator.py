@@ -33,13 +33,13 @@ def _run(coro: Any) -> LoadResult:
 
 def run_clients(port: int, requests: list[bytes], clients: int, duration: float, *, keyed: bool = False,
                 offset: int = 0, stride: int = 1, start_at: float | None = None,
-                warmup_s: float = 1.0) -> tuple[LoadResult, dict[int, bytes]]:
+                warmup_s: float = 1.0, host: str = "127.0.0.1") -> tuple[LoadResult, dict[int, bytes]]:
     """``clients`` closed-loop clients sending ``requests[offset], requests[offset + stride], ...``
     (round robin). With ``keyed``, latencies are tagged with the request's index and 2xx bodies
     come back by index. A plain function, so that a process pool can run it."""
     n = len(requests)
     record: dict[int, bytes] | None = {} if keyed else None
-    result = _run(closed_loop("127.0.0.1", port, lambda i: (requests[(offset + i * stride) % n], 1), clients,
+    result = _run(closed_loop(host, port, lambda i: (requests[(offset + i * stride) % n], 1), clients,
                               duration, warmup_s=warmup_s, record=record,
                               record_key=(lambda i: (offset + i * stride) % n) if keyed else None, start_at=start_at))
     return result, record or {}

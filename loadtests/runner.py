@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,21 @@ def _number(value: float, spec: str) -> str:
     return "-" if math.isnan(value) else format(value, spec)
 
 
+def address_of(url: str) -> tuple[str, int]:
+    """The host and port the lean clients (the open loop, the cross-check) connect to for ``--host``:
+    they took 127.0.0.1 and the text after the last colon, whatever the URL said (another host was
+    measured as this machine; "http://localhost" failed with a ValueError). Plain HTTP only."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise SystemExit(f"--host {url}: give an http:// URL with a host name (the lean clients speak plain HTTP)")
+    return parts.hostname, parts.port or 80
+
+
 def run_config(name: str, url: str, args: argparse.Namespace, out: Path,
                grpc_port: int | None = None) -> dict[str, Any]:
     """One configuration's steps against the server at ``url`` (its gRPC port, where the runner started
     it, for GrpcInferenceUser; otherwise SEQSERVE_GRPC_PORT as set, or 8001)."""
-    port = int(url.rsplit(":", 1)[1])
+    host, port = address_of(url)
     step_env = {**os.environ, "SEQSERVE_GRPC_PORT": str(grpc_port)} if grpc_port else None
     result: dict[str, Any] = {"name": name, "closed": [], "open": []}
     for users in args.users:
@@ -101,7 +112,7 @@ def run_config(name: str, url: str, args: argparse.Namespace, out: Path,
     requests, _ = _requests(args.classes)
     for rate in args.rates:
         before = scrape(url)
-        windows, steady = asyncio.run(open_loop("127.0.0.1", port, lambda i: (requests[i % len(requests)], 1), rate,
+        windows, steady = asyncio.run(open_loop(host, port, lambda i: (requests[i % len(requests)], 1), rate,
                                                 args.window, args.max_windows))
         step = {"rate": rate, **summarise(windows, steady), **server_view(before, scrape(url))}
         result["open"].append(step)
@@ -110,7 +121,7 @@ def run_config(name: str, url: str, args: argparse.Namespace, out: Path,
     if name == "A" and args.classes == LEAN_SCENARIO:
         result["cross_check"] = []
         for users in args.cross_check:
-            lean, _ = run_clients(port, requests, users, args.window * 3)
+            lean, _ = run_clients(port, requests, users, args.window * 3, host=host)
             locust_step = next((s for s in result["closed"] if s["users"] == users), None)
             result["cross_check"].append({"users": users, "lean_client_rps": lean.rps,
                                           "locust_rps": locust_step["rps"] if locust_step else None,
@@ -252,6 +263,11 @@ def main(argv: list[str] | None = None) -> None:
             label += f" ({args.ab_name})"
         print(f"config {name}: {label}", flush=True)
         if args.host:
+            address_of(args.host)
+            try:  # a server that is not there: said, not a traceback
+                httpx.get(f"{args.host.rstrip('/')}/v2/health/ready", timeout=5)
+            except httpx.HTTPError as exc:
+                raise SystemExit(f"--host {args.host}: no server answers there ({exc})") from exc
             res = run_config(name, args.host.rstrip("/"), args, args.out)
         else:
             server = ServerProcess(args.models, settings=env).wait_ready()

@@ -158,3 +158,16 @@ def test_a_whole_stream_counts_with_the_status_it_ended_with() -> None:
               " s('event: error\\ndata: {\"code\": \"deadline_exceeded\"}\\n\\n'), s('event: delta\\ndata: {}\\n\\n'))")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["200", "504", "0"]
+
+
+def test_the_runner_measures_the_host_it_is_given() -> None:
+    """The lean clients took 127.0.0.1 and the text after the last colon of --host."""
+    from loadtests.runner import address_of
+
+    assert address_of("http://seqserve.internal:8000") == ("seqserve.internal", 8000)
+    assert address_of("http://localhost") == ("localhost", 80)
+    with pytest.raises(SystemExit, match="plain HTTP"):
+        address_of("https://example.com")
+    out = subprocess.run([sys.executable, "-m", "loadtests", "--host", "http://127.0.0.1:1", "--users", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no server answers there" in out.stderr and "Traceback" not in out.stderr
