@@ -179,11 +179,15 @@ def serve(sock: socket.socket | None = None, started: Event | None = None,
     if sock is None:
         # a port in use is said before the models load, not after "ready": a trial bind, closed
         # at once (uvicorn binds as it always has: "localhost" on IPv4 and IPv6, "::" IPv6 only)
-        try:
-            bind_socket(settings.host, settings.port).close()
-        except OSError as exc:
-            logging.getLogger("seqserve").error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
-            sys.exit(STARTUP_FAILED)
+        # (gRPC's too: taken, it was a 30-line traceback of the lifespan after the models loaded)
+        for port, what in ((settings.port, ""), (settings.grpc_port, " (gRPC, SEQSERVE_GRPC_PORT)")):
+            if not port:
+                continue
+            try:
+                bind_socket(settings.host, port).close()
+            except OSError as exc:
+                logging.getLogger("seqserve").error("cannot listen on %s:%d%s: %s", settings.host, port, what, exc)
+                sys.exit(STARTUP_FAILED)
     loading_since = time.monotonic()
     try:
         registry = load_models(settings)  # before uvicorn: a refusal is its line, not the lifespan's traceback
