@@ -72,8 +72,13 @@ evaluate: $(VENV)/.eval int8  ## print the committed models' quality (accuracy, 
 evaluate-api: $(VENV)/.dev int8  ## the translator's robustness table (UPPER/lower/Title/...) over HTTP on a real server
 	$(PY) -m export.evaluate translation --data-dir $(DATA_DIR) --model-dir models/translate-en-de/1 --through-api
 
-loadtest: $(VENV)/.dev  ## Locust sweep + open loop, batching on vs off, vs the raw limit (reports/loadtest/)
-	$(VENV)/bin/pip install --quiet -e ".[cpu,dev,train,loadtest]"
+# the load test's own extras, once (it reinstalled them on every run, and failed offline)
+$(VENV)/.loadtest: $(VENV)/.dev
+	$(PY) -m pip install --quiet -e ".[cpu,dev,train,loadtest]"
+	touch $@
+
+# int8: the server it starts serves the default precision, whatever ran before
+loadtest: $(VENV)/.loadtest int8  ## Locust sweep + open loop, batching on vs off, vs the raw limit (reports/loadtest/)
 	$(PY) -m loadtests
 
 reliability: $(VENV)/.dev  ## overload and graceful-shutdown scenarios (reports/reliability.md)
