@@ -164,15 +164,6 @@ def test_a_port_in_use_is_a_clear_refusal(workers: str) -> None:
     assert not re.search(r"ready in \d", log)  # said before the models load (one server said "ready", then failed)
 
 
-def test_a_grpc_port_in_use_is_a_clear_refusal_too() -> None:
-    with socket.socket() as taken:  # it was a 30-line traceback of the lifespan, after the models loaded
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        server = Server(COMMITTED_MODELS, grpc_port=str(taken.getsockname()[1]))
-        assert server.proc.wait(timeout=60) == 3
-    log = server.output()
-    assert "(gRPC, SEQSERVE_GRPC_PORT): [Errno 98]" in log and "Traceback" not in log
-
 
 def test_during_the_drain_new_connections_are_refused_at_once_and_accepted_work_finishes() -> None:
     server = Server(COMMITTED_MODELS, workers="2").wait_ready()
