@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -152,16 +152,19 @@ class AnsweredFromThreads:
             raise NotReady(f"model {self.name} is not accepting requests (starting or shutting down)")
         return self._loop.create_future()
 
-    def _accept_all(self, put: Callable[[Queued], None], items: list[Queued],
-                    turn: int | None = None) -> collections.deque[Queued]:
+    @contextlib.contextmanager
+    def _accept_all(self, put: Callable[[Queued], None], items: list[Queued], turn: int,
+                    deadline: float) -> Iterator[None]:
         """Admit ``items`` (one request's texts) whole, or refuse them whole with 503, then queue
         them, at most ``turn`` at a time: the next as each is answered, behind whatever arrived
         meanwhile. A request of a thousand sentences held both workers (or the decoder's lanes)
-        for all of them, and a short request sent after it waited 0.3-1 s. Returns the texts held
-        back; ``_drop_held`` settles them if the request ends early."""
+        for all of them, and a short request sent after it waited 0.3-1 s. On leaving, the texts
+        still held back of a request that ended early (it failed, timed out or its client left)
+        never run: counted as dropped, as the threads count those they drop, and settled here, as
+        no thread will (a drain would wait for them)."""
         self.admission.admit(items)
         held: collections.deque[Queued] = collections.deque()
-        if turn is None or len(items) <= turn:
+        if len(items) <= turn:
             for item in items:
                 put(item)
         else:
@@ -178,20 +181,16 @@ class AnsweredFromThreads:
                 item.future.add_done_callback(next_one)
         self.in_flight += len(items)
         self._in_flight_gauge.set(self.in_flight)
-        return held
-
-    def _drop_held(self, held: collections.deque[Queued], deadline: float) -> None:
-        """The held-back texts of a request that ended early (it failed, timed out or its client
-        left) never run: counted as dropped, as the threads count those they drop, and settled
-        here, as no thread will (a drain would wait for them)."""
-        if not held:
-            return
-        now = time.monotonic()
-        for _ in held:
-            count_cancelled(self.labels, deadline, now)
-        self.in_flight -= len(held)
-        self._in_flight_gauge.set(self.in_flight)
-        held.clear()
+        try:
+            yield
+        finally:
+            if held:
+                now = time.monotonic()
+                for _ in held:
+                    count_cancelled(self.labels, deadline, now)
+                self.in_flight -= len(held)
+                self._in_flight_gauge.set(self.in_flight)
+                held.clear()
 
     async def _answer_all(self, items: Sequence[Any], deadline: float, each: Each | None = None) -> list[Any]:
         """Every item's answer in order, or 504 at the deadline (``each``: called with each answer's
@@ -412,17 +411,15 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
                                        for payload, length in payloads]
         # counted before its texts are queued: a worker that takes them sees this request
         self.requests_in_flight += 1
-        held: collections.deque[WorkItem[P, R]] = collections.deque()
         try:
-            held = self._accept_all(self.queue.put_nowait, items, self.policy.turn)
-            # moving average of the time between arrivals (decides whether a window waits)
-            now = items[0].enqueued_at
-            self._mean_gap_s += 0.1 * (min(now - self._last_arrival, 1.0) - self._mean_gap_s)
-            self._last_arrival = now
-            return await self._answer_all(items, deadline, each)
+            with self._accept_all(self.queue.put_nowait, items, self.policy.turn, deadline):
+                # moving average of the time between arrivals (decides whether a window waits)
+                now = items[0].enqueued_at
+                self._mean_gap_s += 0.1 * (min(now - self._last_arrival, 1.0) - self._mean_gap_s)
+                self._last_arrival = now
+                return await self._answer_all(items, deadline, each)
         finally:
             self.requests_in_flight -= 1
-            self._drop_held(held, deadline)
 
     async def submit(self, payload: P, length: int, deadline: float) -> R:
         """One payload alone (a request of one text)."""

@@ -142,8 +142,8 @@ def edges(part: str) -> tuple[str, str]:
         end -= 1
         while end > start and part[end - 1] in _SPACES:
             end -= 1
-    if not has_content(part[start:end]):
-        return "", ""
+    if (start == 0 and end == len(part)) or not has_content(part[start:end]):  # no edges (nearly every
+        return "", ""  # caption, on the event loop), or nothing the model reads between them
     return _as_lines(part[:start]), _as_lines(part[end:])
 
 
