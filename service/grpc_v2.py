@@ -34,7 +34,15 @@ from service.inputs import deadline_after
 from service.repository import check_load_parameters
 from service.settings import Settings
 from service.v2_binary import decode_tensor, encode_tensor
-from service.v2_infer import InferResult, InputTensor, infer, param_timeout_s, requested_outputs, served
+from service.v2_infer import (
+    InferResult,
+    InputTensor,
+    infer,
+    param_timeout_s,
+    refuse_shared_memory,
+    requested_outputs,
+    served,
+)
 from service.v2_stream import infer_stream, wants_stream
 
 log = logging.getLogger("seqserve.grpc")
@@ -72,6 +80,7 @@ def _inputs(request: Any) -> list[InputTensor]:
     for i, t in enumerate(request.inputs):
         shape = list(t.shape)
         field = f"inputs.{t.name}"
+        refuse_shared_memory(field, t.parameters)
         if raw:
             if t.HasField("contents"):  # which one would count is not for the client to guess (Triton refuses it too)
                 raise InvalidInput(f"input {t.name!r} has both contents and raw_input_contents: send one",
@@ -305,8 +314,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for task in [reader, closing, *ends, *working]:
                 task.cancel()
 
-    async def _unimplemented(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented by seqserve")
 
 
 _DEADLINE_SLACK_S = 0.25
@@ -437,8 +444,22 @@ _METHODS = {"ServerLive": InferenceServicer._server_live, "ServerReady": Inferen
             "RepositoryIndex": InferenceServicer._repository_index,
             "RepositoryModelLoad": InferenceServicer._repository_load,
             "RepositoryModelUnload": InferenceServicer._repository_unload}
+
+
+def _not_served(name: str) -> Callable[[InferenceServicer, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """A method of the protocol seqserve does not serve: UNIMPLEMENTED, saying what to do instead
+    where there is something (perf_analyzer's and tritonclient's shared-memory modes)."""
+    why = "shared memory is not supported by this server; send tensors in the request (contents or " \
+        "raw_input_contents)" if "SharedMemory" in name else "not implemented by seqserve"
+
+    async def method(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name}: {why}")
+
+    return method
+
+
 for _name in _METHOD_NAMES:
-    setattr(InferenceServicer, _name, _wrap(_name, _METHODS.get(_name, InferenceServicer._unimplemented)))
+    setattr(InferenceServicer, _name, _wrap(_name, _METHODS.get(_name) or _not_served(_name)))
 InferenceServicer.ModelStreamInfer = InferenceServicer.model_stream_infer
 
 

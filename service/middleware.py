@@ -127,24 +127,28 @@ class RequestContextMiddleware:
         self.log_requests = log_requests
         self.routes = routes  # the app's, to label what was answered before routing (413, 415)
 
-    def _template(self, scope: Scope, root_path: str) -> str:
-        """The route template that labels a request in the metrics and the access log: the one
-        routing chose, else the one its path and method match (a 413 or 415 is answered here,
-        before routing; Starlette's own routes, /docs, do not say; a mount, the docs' static
-        files, by its path), else "unmatched" (a 404). ``root_path`` is the scope's before routing,
-        which a mount changes."""
+    def _route(self, scope: Scope, root_path: str) -> tuple[BaseRoute | None, bool]:
+        """The route a request is for, and whether its method matches too: the one routing chose,
+        else the first whose path and method match, else the first whose path alone matches (a
+        405), else None (a 404). ``root_path`` is the scope's before routing, which a mount changes."""
         route = scope.get("route")
-        if route is None:
-            partial = None
-            probe = {**scope, "root_path": root_path}
-            for candidate in self.routes:
-                match, _ = candidate.matches(probe)
-                if match is Match.FULL:
-                    route = candidate
-                    break
-                if match is Match.PARTIAL and partial is None:  # the path, another method (405)
-                    partial = candidate
-            route = route or partial
+        if route is not None:
+            return route, True
+        partial = None
+        probe = {**scope, "root_path": root_path}
+        for candidate in self.routes:
+            match, _ = candidate.matches(probe)
+            if match is Match.FULL:
+                return candidate, True
+            if match is Match.PARTIAL and partial is None:  # the path, another method (405)
+                partial = candidate
+        return partial, False
+
+    def _template(self, scope: Scope, root_path: str) -> str:
+        """The route template that labels a request in the metrics and the access log (a 413 or
+        415 is answered here, before routing; Starlette's own routes, /docs, do not say; a mount,
+        the docs' static files, by its path), else "unmatched" (a 404)."""
+        route, _ = self._route(scope, root_path)
         return getattr(route, "path", None) or "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -173,6 +177,12 @@ class RequestContextMiddleware:
             try:
                 coding, charset = body_format(headers, scope["path"]) if with_body else (None, None)
             except Unreadable as exc:
+                if not self._route(scope, root_path)[1]:
+                    # no route takes this method at this path: its 404 or 405 says more than what
+                    # the body is (perf_analyzer's shared-memory mode posts octet-stream to a route
+                    # not served)
+                    await self.app(scope, receive, answer.send)
+                    return
                 accepts = [(b"accept-encoding", ACCEPTED.encode())] if exc.problem["field"] == "Content-Encoding" \
                     else []
                 answer.status = await _refuse(send, request_id, headers, 415, exc.problem, *accepts)

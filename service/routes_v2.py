@@ -24,7 +24,16 @@ from service.json_response import JSONResponse, dumps
 from service.registry import ModelRegistry
 from service.schemas import JsonInt
 from service.v2_binary import HEADER_LENGTH, Datatype, decode_tensor, encode_tensor, split_body, take_binary
-from service.v2_infer import Guard, InferResult, InputTensor, infer, param_timeout_s, requested_outputs, served
+from service.v2_infer import (
+    Guard,
+    InferResult,
+    InputTensor,
+    infer,
+    param_timeout_s,
+    refuse_shared_memory,
+    requested_outputs,
+    served,
+)
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -99,6 +108,7 @@ async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
     _check_binary_flags(parsed)
     sizes: list[tuple[str, int]] = []
     for t in parsed.inputs:
+        refuse_shared_memory(f"inputs.{t.name}", t.parameters or {})
         size = (t.parameters or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool):

@@ -127,11 +127,23 @@ def search_options(params: dict[str, Any]) -> inference.SearchOptions:
                                    param_int(params, "seed"))
 
 
+def refuse_shared_memory(field: str, parameters: Mapping[str, Any]) -> None:
+    """Triton's shared-memory extension (a tensor's ``shared_memory_region`` parameter) is not
+    served: refused by name, where an input without data would be refused as empty and an output
+    would be answered inline to a client that reads it from its region."""
+    if "shared_memory_region" in parameters:
+        raise InvalidInput(f"{field}: shared memory is not supported by this server; send the tensor in the "
+                           "request (JSON data, or the binary data extension) and read outputs from the answer",
+                           field=f"{field}.parameters.shared_memory_region")
+
+
 def requested_outputs(outputs: list[tuple[str, Mapping[str, Any]]]) -> list[str] | None:
     """The names of the outputs a request asks for (None: all), from (name, parameters) pairs.
-    Triton's classification extension (``class_count``, parameter ``classification``) is not
-    served: refused, where ignoring it would answer raw scores to a client expecting labels."""
+    Shared memory is refused (``refuse_shared_memory``). Triton's classification extension
+    (``class_count``, parameter ``classification``) is not served:
+    refused, where ignoring it would answer raw scores to a client expecting labels."""
     for name, parameters in outputs:
+        refuse_shared_memory(f"outputs.{name}", parameters)
         if "classification" in parameters:
             raise InvalidInput(f"output {name!r}: classification (class_count) is not supported; ask for the "
                                "model's outputs by name, as its metadata lists them (a classifier's 'label' and "

@@ -289,6 +289,28 @@ def test_classification_is_refused_not_ignored(committed_server: Server, protoco
     assert "classification" in err.value.message()
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_shared_memory_is_refused_by_name(committed_server: Server, protocol: str) -> None:
+    """Triton's shared-memory extension is not served: an input in a region is refused as shared
+    memory (not as an input without data), and an output asked for in a region is refused rather
+    than answered inline to a client that reads its region."""
+    module, client = _stock_client(committed_server, protocol)
+    text = _text(module, ["A fine film."])
+    in_region = _text(module, ["A fine film."])
+    in_region.set_shared_memory("input_region", 64)  # type: ignore[attr-defined]
+    output = module.InferRequestedOutput("probabilities")  # type: ignore[attr-defined]
+    output.set_shared_memory("output_region", 8)
+    for inputs, outputs, field in (([in_region], None, "inputs.text"), ([text], [output], "outputs.probabilities")):
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("sentiment", inputs, outputs=outputs)
+        assert f"{field}: shared memory is not supported" in err.value.message(), err.value.message()
+        assert err.value.status() in ("422", "StatusCode.INVALID_ARGUMENT")
+    with pytest.raises(InferenceServerException) as err:  # the extension's own calls
+        client.register_system_shared_memory("input_region", "/input_region", 64)
+    assert "shared memory is not supported" in err.value.message(), err.value.message()
+    assert err.value.status() in ("404", "StatusCode.UNIMPLEMENTED")
+
+
 def test_a_stream_answers_every_request_with_its_id_and_errors_in_the_stream(committed_server: Server) -> None:
     """tritonclient's start_stream / async_stream_infer (what perf_analyzer --streaming uses): each
     request answered on the stream, a failed one as an error in it, and the stream goes on."""

@@ -86,6 +86,19 @@ def test_a_compressed_body_is_decoded_and_other_codings_are_refused(committed_se
     assert r.status_code == 413 and r.json()["limit"] == 1 << 20, r.text
 
 
+def test_a_route_not_served_is_a_404_whatever_its_body(committed_server: Server) -> None:
+    """A POST to a path no route serves (perf_analyzer's shared-memory mode posts octet-stream to
+    /v2/systemsharedmemory/...) is a 404, and a method a path does not take a 405: not a 415 about
+    a body no route would read."""
+    for path, status in (("/v2/systemsharedmemory/region/r/register", 404), ("/v1/nothing", 404),
+                         ("/v2/models/sentiment", 405)):
+        r = httpx.post(f"{committed_server.url}{path}", content=b"\x00\x01",
+                       headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == status and r.headers["content-type"].startswith("application/json"), (path, r.text)
+    r = httpx.post(f"{committed_server.url}/v1/sentiment", content=b"x", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415, r.text
+
+
 def _chunked_bytes(data: bytes) -> Iterator[bytes]:
     yield data[:5]
     yield data[5:]
