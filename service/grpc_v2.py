@@ -31,6 +31,7 @@ from service.auth import key_matches
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
 from service.inputs import deadline_after
+from service.registry import ServedModel
 from service.repository import check_load_parameters
 from service.settings import Settings
 from service.v2_binary import decode_tensor, encode_tensor
@@ -174,19 +175,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- inference ------------------------------------------------------------------------------
     async def _model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        args = self._infer_args(request, _parameters(request.parameters), context.time_remaining())
-        return _response(await infer(*args), request.id)
+        model = self._served(request)
+        with v2_stats.counted(model.name, model.version):  # its inputs' refusals count as failures too
+            args = self._infer_args(model, request, _parameters(request.parameters), context.time_remaining())
+            return _response(await infer(*args), request.id)
 
-    def _infer_args(self, request: Any, params: dict[str, Any], remaining: float | None) -> tuple[Any, ...]:
+    def _served(self, request: Any) -> ServedModel:
+        return served(self.state.registry, self._ready, request.model_name, request.model_version or None)
+
+    def _infer_args(self, model: ServedModel, request: Any, params: dict[str, Any], remaining: float | None
+                    ) -> tuple[Any, ...]:
         """What v2 inference (service/v2_infer.py, service/v2_stream.py) takes for one
-        ModelInferRequest and its ``params``: its deadline within ``remaining`` seconds of the
-        call's (None: no deadline) and its own ``timeout`` parameter. Raises ServiceError."""
+        ModelInferRequest to ``model`` and its ``params``: its deadline within ``remaining`` seconds
+        of the call's (None: no deadline) and its own ``timeout`` parameter. Raises ServiceError."""
 
         def deadline(params: dict[str, Any]) -> float:
             until = deadline_after(self.settings, (param_timeout_s(params), "parameters.timeout"))
             return until if remaining is None else min(until, time.monotonic() + max(remaining, 0.0))
 
-        model = served(self.state.registry, self._ready, request.model_name, request.model_version or None)
         if request.ByteSize() > self.settings.max_body_bytes:  # as HTTP's 413 (the transport takes more)
             raise PayloadTooLarge(f"request message over {self.settings.max_body_bytes} bytes", field="body",
                                   limit=self.settings.max_body_bytes)
@@ -197,12 +203,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                        ) -> AsyncIterator[InferResult]:
         """A stream's answers to one request: one result, or a translation's pieces as they are
         decoded when the request asks for ``stream``."""
-        args = self._infer_args(request, params, remaining)
-        if wants_stream(params):
-            async for result in infer_stream(*args):
-                yield result
-        else:
-            yield await infer(*args)
+        model = self._served(request)
+        with v2_stats.counted(model.name, model.version):
+            args = self._infer_args(model, request, params, remaining)
+            if wants_stream(params):
+                async for result in infer_stream(*args):
+                    yield result
+            else:
+                yield await infer(*args)
 
     async def model_stream_infer(self, requests: AsyncIterator[Any],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

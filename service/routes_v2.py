@@ -175,16 +175,17 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     state = request.app.state
     # 404 before the body's mistakes
     model = served(state.registry, bool(getattr(state, "ready", False)), name, version)
-    body, inputs = await _read(request)
     settings = state.settings
 
     def deadline(params: dict[str, Any]) -> float:
         return deadline_for(request, settings, param_timeout_s(params))
 
     guard: Guard = lambda work: unless_client_leaves(request, work)  # noqa: E731
-    result = await infer(settings, model, inputs,
-                         requested_outputs([(o.name, o.parameters or {}) for o in body.outputs or []]),
-                         body.parameters or {}, deadline, guard)
+    with v2_stats.counted(model.name, model.version):  # its inputs' refusals count as failures too
+        body, inputs = await _read(request)
+        result = await infer(settings, model, inputs,
+                             requested_outputs([(o.name, o.parameters or {}) for o in body.outputs or []]),
+                             body.parameters or {}, deadline, guard)
     return _render(result, body)
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from service import inference, v2_stats
+from service import inference
 from service.errors import InvalidInput, NotReady
 from service.inputs import check_texts, integral, timeout_us
 from service.registry import ModelRegistry, ServedModel
@@ -181,20 +180,8 @@ async def infer(settings: Settings, model: ServedModel, inputs: list[InputTensor
                 guard: Guard = _passthrough) -> InferResult:
     """Run one request on ``model`` (``served``). ``deadline`` turns the request parameters into the
     absolute deadline (each transport adds its own timeout); ``guard`` wraps decoding (HTTP drops a
-    client that leaves)."""
-    started = time.perf_counter()
-    ok = False
-    try:
-        result = await _run(settings, model, inputs, requested, params, deadline, guard)
-        ok = True
-        return result
-    finally:
-        v2_stats.record(model.name, model.version, ok, time.perf_counter() - started)
-
-
-async def _run(settings: Settings, model: ServedModel, inputs: list[InputTensor],
-               requested: list[str] | None, params: dict[str, Any], deadline: Callable[[dict[str, Any]], float],
-               guard: Guard) -> InferResult:
+    client that leaves). The adapter counts it (``v2_stats.counted``) from before it reads the
+    request, so that a refusal of its inputs counts as a failure too."""
     wanted = check_outputs(model, requested)
     parameters: dict[str, int | str] = {}  # the response's: the seed a sample drew
     texts, rank = texts_from(inputs)

@@ -10,6 +10,8 @@ each worker answers for itself.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,19 @@ def record(name: str, version: str, ok: bool, seconds: float) -> None:
         counts.fail_count += 1
         counts.fail_ns += int(seconds * 1e9)
     counts.last_inference_ms = int(time.time() * 1000)
+
+
+@contextmanager
+def counted(name: str, version: str) -> Iterator[None]:
+    """Counts one request to a model version as it leaves the block: a success, or a failure if it
+    raised (a refusal of its inputs included: adapters enter it once they know the version, before
+    they read the request), with its time from entering."""
+    started, ok = time.perf_counter(), False
+    try:
+        yield
+        ok = True
+    finally:
+        record(name, version, ok, time.perf_counter() - started)
 
 
 def _sample(metric: str, model: tuple[str, str]) -> float:

@@ -12,11 +12,10 @@ request is checked, admitted and decoded as a v2 infer request is, with one text
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from service import inference, v2_stats
+from service import inference
 from service.errors import InvalidInput
 from service.inputs import check_texts
 from service.registry import ServedModel
@@ -49,43 +48,40 @@ async def infer_stream(settings: Settings, model: ServedModel, inputs: list[Inpu
                        requested: list[str] | None, params: dict[str, Any],
                        deadline: Callable[[dict[str, Any]], float]) -> AsyncIterator[InferResult]:
     """The responses for one streamed request, as they come. Raises ServiceError, before the first
-    response for a request refused (bad input, queue full), or later for a failure."""
+    response for a request refused (bad input, queue full), or later for a failure. The adapter
+    counts it (``v2_stats.counted``)."""
     runner = inference.translator(model)  # 422 for a model that does not generate text
-    started, ok = time.perf_counter(), False
+    if requested and check_outputs(model, requested) != ["translation"]:
+        raise InvalidInput("a streamed translation answers the output 'translation' only", field="outputs")
+    texts, rank = texts_from(inputs)
+    if len(texts) != 1:
+        raise InvalidInput(f"a streamed translation takes one text, not {len(texts)}", field=FIELD, limit=1)
+    check_texts(texts, settings, FIELD)
+    options = search_options(params)
+    if options.num_hypotheses is not None:
+        raise InvalidInput("num_hypotheses is not streamed: ask without stream", field=in_parameters(
+            "num_hypotheses"))
+    until = deadline(params)
+    job = inference.translation_jobs(model, texts, FIELD, param_int(params, "beam_size"),
+                                      param_int(params, "max_length"), False, options, in_parameters)[0]
+    shape = [1] if rank == 1 else [1, 1]
+
+    def piece(text: str, last: bool = False, **parameters: int | str) -> InferResult:
+        return InferResult(model.name, model.version, [OutputTensor("translation", "BYTES", shape, [text])],
+                           dict(parameters), last)
+
+    pieces = TextPieces(runner.detokenize)
+    batches = inference.translate_stream(model, job, until).batches()
     try:
-        if requested and check_outputs(model, requested) != ["translation"]:
-            raise InvalidInput("a streamed translation answers the output 'translation' only", field="outputs")
-        texts, rank = texts_from(inputs)
-        if len(texts) != 1:
-            raise InvalidInput(f"a streamed translation takes one text, not {len(texts)}", field=FIELD, limit=1)
-        check_texts(texts, settings, FIELD)
-        options = search_options(params)
-        if options.num_hypotheses is not None:
-            raise InvalidInput("num_hypotheses is not streamed: ask without stream", field=in_parameters(
-                "num_hypotheses"))
-        until = deadline(params)
-        job = inference.translation_jobs(model, texts, FIELD, param_int(params, "beam_size"),
-                                          param_int(params, "max_length"), False, options, in_parameters)[0]
-        shape = [1] if rank == 1 else [1, 1]
-
-        def piece(text: str, last: bool = False, **parameters: int | str) -> InferResult:
-            return InferResult(model.name, model.version, [OutputTensor("translation", "BYTES", shape, [text])],
-                               dict(parameters), last)
-
-        pieces = TextPieces(runner.detokenize)
-        batches = inference.translate_stream(model, job, until).batches()
-        try:
-            async for events in batches:
-                for event in events:
-                    if isinstance(event, Failed):
-                        raise event.error
-                    text, hypothesis = pieces.piece(event)
-                    ok = isinstance(event, Final)  # the last event, with the rest of the translation
-                    if ok:
-                        yield piece(text, True, **inference.seed_of(job))
-                    else:
-                        yield piece(text, False, **({} if hypothesis is None else {"hypothesis": hypothesis}))
-        finally:  # the stream ended, or the client left: cancel what still runs
-            await batches.aclose()
-    finally:
-        v2_stats.record(model.name, model.version, ok, time.perf_counter() - started)
+        async for events in batches:
+            for event in events:
+                if isinstance(event, Failed):
+                    raise event.error
+                text, hypothesis = pieces.piece(event)
+                last = isinstance(event, Final)  # the last event, with the rest of the translation
+                if last:
+                    yield piece(text, True, **inference.seed_of(job))
+                else:
+                    yield piece(text, False, **({} if hypothesis is None else {"hypothesis": hypothesis}))
+    finally:  # the stream ended, or the client left: cancel what still runs
+        await batches.aclose()

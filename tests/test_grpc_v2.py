@@ -300,11 +300,19 @@ def test_shared_memory_is_refused_by_name(committed_server: Server, protocol: st
     in_region.set_shared_memory("input_region", 64)  # type: ignore[attr-defined]
     output = module.InferRequestedOutput("probabilities")  # type: ignore[attr-defined]
     output.set_shared_memory("output_region", 8)
+
+    def failures() -> int:  # refused while the request is read, before inference: counted all the same
+        as_json = {"as_json": True} if protocol == "grpc" else {}
+        stats = client.get_inference_statistics("sentiment", "1", **as_json)["model_stats"][0]
+        return int(stats["inference_stats"]["fail"].get("count", 0))
+
+    before = failures()
     for inputs, outputs, field in (([in_region], None, "inputs.text"), ([text], [output], "outputs.probabilities")):
         with pytest.raises(InferenceServerException) as err:
             client.infer("sentiment", inputs, outputs=outputs)
         assert f"{field}: shared memory is not supported" in err.value.message(), err.value.message()
         assert err.value.status() in ("422", "StatusCode.INVALID_ARGUMENT")
+    assert failures() == before + 2
     with pytest.raises(InferenceServerException) as err:  # the extension's own calls
         client.register_system_shared_memory("input_region", "/input_region", 64)
     assert "shared memory is not supported" in err.value.message(), err.value.message()
