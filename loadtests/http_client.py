@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +18,22 @@ from typing import Any
 
 from loadtests.steady import Window, is_steady
 
+# the key every load tool presents (Authorization: Bearer) to a server run with SEQSERVE_API_KEYS;
+# a tool variable (service/settings.py TOOL_VARIABLES): the server itself does not read it
+API_KEY_VARIABLE = "SEQSERVE_CLIENT_API_KEY"
+
+
+def auth_headers() -> dict[str, str]:
+    """The API key header to send, from SEQSERVE_CLIENT_API_KEY; none when it is unset."""
+    key = os.environ.get(API_KEY_VARIABLE, "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
 
 def encode_post(path: str, body: dict[str, Any], host: str = "127.0.0.1",
                 headers: dict[str, str] | None = None) -> bytes:
+    """A whole HTTP/1.1 POST of ``body`` as JSON, with the API key (``auth_headers``) if one is set."""
     payload = json.dumps(body).encode()
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    extra = "".join(f"{k}: {v}\r\n" for k, v in {**auth_headers(), **(headers or {})}.items())
     head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n{extra}\r\n")
     return head.encode() + payload

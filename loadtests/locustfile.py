@@ -22,9 +22,10 @@ from typing import Any
 
 from locust import FastHttpUser, User, between, task
 
+from loadtests.http_client import auth_headers
 from loadtests.inputs import sentiment_texts, translation_texts
 
-_JSON = {"Content-Type": "application/json"}
+_JSON = {"Content-Type": "application/json", **auth_headers()}  # the key: SEQSERVE_CLIENT_API_KEY
 SENTIMENT = sentiment_texts()
 TRANSLATION = translation_texts()
 
@@ -159,6 +160,10 @@ _HTTP_OF = {"OK": 200, "INVALID_ARGUMENT": 422, "NOT_FOUND": 404, "RESOURCE_EXHA
             "UNIMPLEMENTED": 501}
 
 
+# the API key as gRPC metadata (the server reads it as it reads the HTTP header)
+_GRPC_KEY = tuple((name.lower(), value) for name, value in auth_headers().items())
+
+
 @cache
 def _grpc() -> Any:
     """grpc and the Open Inference Protocol's stubs, imported when a gRPC user first starts (an
@@ -201,7 +206,7 @@ class GrpcInferenceUser(User):
         started, code, size = time.perf_counter(), "OK", 0
         error: Exception | None = None
         try:
-            size = self.stub.ModelInfer(request, timeout=60).ByteSize()
+            size = self.stub.ModelInfer(request, timeout=60, metadata=_GRPC_KEY).ByteSize()
         except grpc.RpcError as exc:
             error, code = exc, exc.code().name
         # UNAVAILABLE is also the client's own "could not connect": no answer (0), not a full queue (503)

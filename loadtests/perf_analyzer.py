@@ -32,6 +32,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from loadtests.http_client import auth_headers
 from loadtests.inputs import sentiment_texts, translation_texts
 from loadtests.server import ROOT, ServerProcess
 
@@ -140,9 +141,15 @@ def main(argv: list[str] | None = None) -> int:
             for protocol in args.protocols.split(","):
                 url = args.url if protocol == "http" else args.grpc_url
                 streaming = ["--streaming"] if protocol == "grpc-stream" else []
+                # the API key (SEQSERVE_CLIENT_API_KEY): perf_analyzer's -H reaches HTTP only
+                key = [arg for name, value in auth_headers().items() for arg in ("-H", f"{name}:{value}")] \
+                    if protocol == "http" else []
+                if auth_headers() and protocol != "http":
+                    print(f"  {protocol}: perf_analyzer sends no gRPC metadata, so not the API key: a keyed "
+                          "server answers UNAUTHENTICATED", file=sys.stderr)
                 for level in args.concurrency.split(","):
                     command = [*prefix, args.binary, "-m", model, "-u", url, "-i", protocol.removesuffix("-stream"),
-                               *streaming,
+                               *streaming, *key,
                                "--input-data", str(inside / data_name), "--concurrency-range", level,
                                "-p", str(args.interval_ms), "--max-trials", str(args.max_trials),
                                "-s", str(args.stability),

@@ -29,7 +29,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.bench_service import RawSentiment
-from loadtests.http_client import encode_post, open_loop
+from loadtests.http_client import API_KEY_VARIABLE, auth_headers, encode_post, open_loop
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import run_clients
 from loadtests.server import ROOT, ServerProcess
@@ -39,7 +39,7 @@ from loadtests.steady import summarise
 def scrape(url: str) -> dict[str, float]:
     """Sums and counts of the server's batching histograms, per model."""
     out: dict[str, float] = {}
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", headers=auth_headers(), timeout=10).text
     for family in text_string_to_metric_families(text):
         if family.name in ("seqserve_batch_size", "seqserve_queue_wait_seconds", "seqserve_padding_ratio"):
             for sample in family.samples:
@@ -266,8 +266,15 @@ def main(argv: list[str] | None = None) -> None:
             address_of(args.host)
             try:  # a server that is not there: said, not a traceback
                 httpx.get(f"{args.host.rstrip('/')}/v2/health/ready", timeout=5)
+                # a keyed server would answer every measured request 401: said before measuring
+                keyed = httpx.post(f"{args.host.rstrip('/')}/v1/sentiment", json={"text": "A fine film."},
+                                   headers=auth_headers(), timeout=30).status_code == 401
             except httpx.HTTPError as exc:
                 raise SystemExit(f"--host {args.host}: no server answers there ({exc})") from exc
+            if keyed:
+                raise SystemExit(f"--host {args.host}: the server wants an API key and "
+                                 f"{API_KEY_VARIABLE} {'holds another' if auth_headers() else 'is not set'}: "
+                                 f"set it to one of the server's SEQSERVE_API_KEYS")
             res = run_config(name, args.host.rstrip("/"), args, args.out)
         else:
             server = ServerProcess(args.models, settings=env).wait_ready()

@@ -142,7 +142,8 @@ class Settings(BaseSettings):
 
 
 # SEQSERVE_* variables that seqserve's other tools read (loadtests/, the test suite), not the server
-TOOL_VARIABLES = frozenset({"SEQSERVE_DATA_DIR", "SEQSERVE_TEST_MODELS", "SEQSERVE_CHROMIUM", "SEQSERVE_UI_SCREENSHOT"})
+TOOL_VARIABLES = frozenset({"SEQSERVE_DATA_DIR", "SEQSERVE_TEST_MODELS", "SEQSERVE_CHROMIUM", "SEQSERVE_UI_SCREENSHOT",
+                            "SEQSERVE_CLIENT_API_KEY"})
 
 
 # names people guess for a setting, which difflib does not find close enough (SEQSERVE_MODEL_DIR was

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.steady import Window, is_steady, percentile, summarise
-from tests.conftest import ROOT, Server
+from tests.conftest import COMMITTED_MODELS, ROOT, Server
 
 
 def test_three_windows_within_ten_percent_are_steady() -> None:
@@ -171,3 +171,31 @@ def test_the_runner_measures_the_host_it_is_given() -> None:
     out = subprocess.run([sys.executable, "-m", "loadtests", "--host", "http://127.0.0.1:1", "--users", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "no server answers there" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_load_tools_present_the_api_key_they_are_given(tmp_path: Path) -> None:
+    """Against a server run with SEQSERVE_API_KEYS: the Locust users (HTTP and gRPC) send
+    SEQSERVE_CLIENT_API_KEY and are answered; the runner, without it, says so before measuring
+    rather than measuring 401s."""
+    import csv
+    import os
+
+    server = Server(COMMITTED_MODELS, api_keys='["k1"]', warmup="false").wait_ready()
+    try:
+        prefix = tmp_path / "keyed"
+        env = {**os.environ, "SEQSERVE_GRPC_PORT": str(server.grpc_port), "SEQSERVE_CLIENT_API_KEY": "k1"}
+        subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+                        "--host", server.url, "-u", "2", "-r", "2", "--run-time", "3s", "--only-summary",
+                        "--csv", str(prefix), "SentimentSingleUser", "GrpcInferenceUser"], cwd=tmp_path, check=True,
+                       capture_output=True, timeout=120, env=env)
+        with open(f"{prefix}_stats.csv") as f:
+            rows = {row["Name"]: row for row in csv.DictReader(f)}
+        for name in ("/v1/sentiment [1]", "grpc sentiment infer"):
+            assert int(rows[name]["Request Count"]) > 0 and rows[name]["Failure Count"] == "0", rows.get(name)
+        env.pop("SEQSERVE_CLIENT_API_KEY")
+        out = subprocess.run([sys.executable, "-m", "loadtests", "--host", server.url, "--users", "1"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 1 and "SEQSERVE_CLIENT_API_KEY is not set" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    finally:
+        server.stop()
