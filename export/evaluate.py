@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.cli import run
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs, read_sst2
 from export.text_variants import VARIANTS
 from service.inputs import check_tokens
@@ -246,6 +247,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.precision != "fp32" and (args.write or args.through_api):
         p.error("--write records the fp32 figures (`python -m export.quantize --write` records INT8's); "
                 "--through-api measures the precision the server serves")
+    task = {"sentiment": "text-classification", "translation": "translation"}[args.model]
+    served = load_model_card(args.model_dir / "model.json")  # a missing card: one line (export/cli.py)
+    if served.task != task:  # the model to measure comes from the card: a mismatch was measured as the card said
+        p.error(f"--model-dir {args.model_dir} holds {served.name}, a {served.task} model, not a {args.model} model")
     splits = ("val",) if args.dev_only else ("val", "test_2016_flickr")
     if args.through_api:
         if args.model != "translation" or args.without_truecaser:
@@ -295,4 +300,4 @@ def golden_dir_of(model_dir: Path) -> Path | None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

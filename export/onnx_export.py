@@ -22,6 +22,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from export.cli import run
 from export.data import DEFAULT_DATA_DIR, read_multi30k, read_multi30k_pairs, read_sst2
 from export.sentiment_model import SentimentConfig, SentimentLSTM
 from export.tokenizers import TRUECASER_FILE, write_truecaser
@@ -315,4 +316,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -47,6 +47,7 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+from export.cli import run
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs, read_sst2
 from service.model_card import DerivedParity, ModelCard, PrecisionSpec, load_model_card, write_model_card
 from service.onnx_session import SOURCE_SHA256_KEY, graph_path, sha256_of
@@ -341,4 +342,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from export.cli import run
 from export.data import DEFAULT_DATA_DIR, read_multi30k
 from service.model_card import load_model_card, write_model_card
 from service.tokenization import BOS_ID, EOS_ID, NORMALIZERS, PAD_ID, UNK_ID, normalize_translation
@@ -74,4 +75,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from export.cli import run
 from export.data import DEFAULT_DATA_DIR, LabelledText, read_sst2, read_sst2_phrases
 from export.sentiment_model import SentimentConfig, SentimentLSTM
 from export.tokenizers import train_subword_model
@@ -149,4 +150,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

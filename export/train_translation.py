@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from export.cli import run
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs
 from export.text_variants import VARIANTS, augment_choices
 from export.tokenizers import train_subword_model
@@ -212,4 +213,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

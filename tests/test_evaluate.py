@@ -88,3 +88,24 @@ def test_golden_outputs_are_recorded_only_for_this_repositorys_own_models(tiny_r
     main(["sentiment", "--model-dir", str(own), "--data-dir", str(DATA_DIR), "--write", "--golden-dir",
           str(tmp_path / "golden")])
     assert (tmp_path / "golden" / "my-sentiment.json").is_file()  # named after its folder, not the card
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["sentiment", "--model-dir", "/nonexistent/sentiment/1"], "error: /nonexistent/sentiment/1/model.json: model "
+                                                              "card not found"),
+    (["translation", "--model-dir", str(COMMITTED_MODELS / "sentiment" / "1")], "holds sentiment, a "
+                                                                              "text-classification model, not a "
+                                                                              "translation model"),
+    (["sentiment", "--model-dir", str(COMMITTED_MODELS / "sentiment" / "1"), "--data-dir", "/nonexistent"],
+     "error: /nonexistent/sst2/stsa.binary.dev not found: pass --data-dir"),
+])
+def test_a_wrong_path_or_model_is_one_line(args: list[str], said: str) -> None:
+    """A --model-dir without a card, a card of the other task (it was measured as the card said,
+    whatever the command asked) or a --data-dir without the data: exit status 2 and one line
+    saying what to pass, not a traceback."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "export.evaluate", *args, "--dev-only"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
