@@ -25,7 +25,8 @@ text (docs/models.md, *What the translator knows*).
 
 ``--emoji``: SST-2 accuracy of ``--split`` with emoji after every sentence (" 🔥🔥🔥", " 👍👍", ...),
 against the sentences as they are: the sentiment model never saw an emoji (docs/models.md,
-*Tokenisation*).
+*Tokenisation*); then Multi30k val BLEU with the same emoji inside every source, after its middle
+word (the translator keeps emoji at a sentence's edges as typed; Multi30k has none either).
 """
 
 from __future__ import annotations
@@ -132,6 +133,34 @@ def emoji_accuracy(models: Path, precision: str, data_dir: Path = DATA_DIR, spli
     return accuracy
 
 
+def inside(sentence: str, emoji: str) -> str:
+    """``sentence`` with ``emoji`` after its middle word, where people put one ("A dog 🐶 runs on
+    the beach."): inside the words the translator reads, not at an edge, which it keeps as typed."""
+    words = sentence.split(" ")
+    at = len(words) // 2
+    return " ".join([*words[:at], emoji.strip(), *words[at:]]) if emoji else sentence
+
+
+def emoji_bleu(models: Path, precision: str, data_dir: Path = DATA_DIR, beam: int = 5,
+               limit: int | None = None) -> dict[str, float]:
+    """Lowercased 13a BLEU on Multi30k val through the API with each of ``EMOJI`` inside every
+    source (``inside``; ``--emoji``)."""
+    import sacrebleu
+
+    pairs = read_multi30k_pairs(data_dir, "val")[:limit]
+    server = ServerProcess(models, precision=precision).wait_ready()
+    try:
+        translate = api_translator(server.url)
+        bleu = {}
+        for emoji in EMOJI:
+            hyps = translate([inside(s, emoji) for s, _ in pairs], beam)
+            bleu[emoji] = sacrebleu.corpus_bleu([h or "" for h in hyps], [[t for _, t in pairs]], tokenize="13a",
+                                                lowercase=True).score
+    finally:
+        server.stop()
+    return bleu
+
+
 def translation_scores(models: Path, data_dir: Path = DATA_DIR, beam: int = 5,
                        limit: int | None = None) -> dict[str, list[float]]:
     """The ``score`` of every val and test_2016_flickr source's translation, by split (``--scores``;
@@ -161,13 +190,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-mates", action="store_true", help="how much a sentiment answer moves with its batch")
     p.add_argument("--split", default="dev", choices=["dev", "test"], help="--batch-mates: the SST-2 split")
     p.add_argument("--scores", action="store_true", help="the spread of translation scores on val and test")
-    p.add_argument("--emoji", action="store_true", help="sentiment accuracy with emoji after every sentence")
+    p.add_argument("--emoji", action="store_true",
+                   help="sentiment accuracy and translation BLEU with emoji in every text")
     args = p.parse_args(argv)
     if args.emoji:
         print(f"| precision | after every SST-2 {args.split} sentence | accuracy |\n|---|---|---:|")
         for precision in args.precision:
             for suffix, accuracy in emoji_accuracy(args.models, precision, args.data_dir, args.split).items():
                 print(f"| {precision} | {suffix.strip() or '(nothing)'} | {accuracy:.4f} |", flush=True)
+        print(f"\n| precision | inside every Multi30k val source | BLEU (lc 13a, beam {args.beam}) |\n|---|---|---:|")
+        for precision in args.precision:
+            for emoji, bleu in emoji_bleu(args.models, precision, args.data_dir, args.beam).items():
+                print(f"| {precision} | {emoji.strip() or '(nothing)'} | {bleu:.2f} |", flush=True)
         return
     if args.scores:
         print(f"| Multi30k split (beam {args.beam}) | captions | score p50 | p10 | p5 | p1 | lowest | below -1 "

@@ -38,8 +38,10 @@ def _stream(tokenizer: SubwordTokenizer, ids: list[int], table: bool = True) -> 
 
 @pytest.mark.parametrize("text", [
     "Ein Hund läuft über die Wiese.",
-    "Ein Hund 😀 läuft ő ṩ 日本",  # byte-fallback pieces: 2-, 3- and 4-byte characters
-    "😀😀 ab",
+    # byte-fallback pieces: 2-, 3- and 4-byte characters (a rare CJK one: emoji are not read,
+    # service/tokenization.py, but a character the target model cannot spell is spelled in bytes)
+    "Ein Hund 𠜎 läuft ő ṩ 日本",
+    "𠜎𠜎 ab",
     "Straße  mit   Leerzeichen ",
 ])
 def test_deltas_concatenate_to_the_decoded_text(target: SubwordTokenizer, text: str) -> None:
@@ -54,9 +56,9 @@ def test_deltas_keep_the_line_breaks_between_sentences(target: SubwordTokenizer)
     without the piece table) and the deltas still concatenate to the laid-out translation."""
     from service.decoding import laid_out
 
-    first, second = target.encode("Ein Hund läuft."), target.encode("Zwei Katzen 😀 schlafen.")
+    first, second = target.encode("Ein Hund läuft."), target.encode("Zwei Katzen 𠜎 schlafen.")
     ids, breaks = first + second, ((len(first), "\n\n"),)
-    expected = "Ein Hund läuft.\n\nZwei Katzen 😀 schlafen."
+    expected = "Ein Hund läuft.\n\nZwei Katzen 𠜎 schlafen."
     assert laid_out(target.decode, ids, breaks) == expected
     for table in (True, False):
         deltas = TextDeltas(target.decode, target.piece_texts if table else ())
@@ -66,11 +68,11 @@ def test_deltas_keep_the_line_breaks_between_sentences(target: SubwordTokenizer)
 
 
 def test_a_character_split_over_byte_pieces_arrives_whole(target: SubwordTokenizer) -> None:
-    ids = target.encode("Hund 😀")
+    ids = target.encode("Hund 𠜎")
     pieces = target.pieces(ids)
     assert sum(p.startswith("<0x") for p in pieces) == 4
     deltas = _stream(target, ids)
-    assert "😀" in deltas  # held back over the first three bytes, sent whole with the fourth
+    assert "𠜎" in deltas  # held back over the first three bytes, sent whole with the fourth
 
 
 def test_deltas_on_val_references(target: SubwordTokenizer) -> None:
