@@ -243,12 +243,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 after.add_done_callback(lambda _: None if turn.done() else turn.set_result(None))
 
         async def answer(request: Any, params: dict[str, Any], after: asyncio.Future[None] | None,
-                         turn: asyncio.Future[None], streamed: bool) -> None:
-            """``after``: the turn of the request sent before this one. A one-answer request goes out
-            after it; a streamed one's pieces go out as they come, but a refusal before its first
-            piece is its only answer, so it waits as one-answer answers do, and the requests after
-            a streamed one wait for its first answer: the order still tells a stock client which
-            request failed."""
+                         turn: asyncio.Future[None]) -> None:
+            """``after``: the turn of the request sent before this one. Every request's first answer
+            (a one-answer request's only one, a refusal, a streamed one's first piece) goes out
+            after it, and the requests after a streamed one wait for its first answer; a streamed
+            one's later pieces go out as they come. So first answers keep the order of the
+            requests, which tells a stock client which request failed."""
             started, code, pieces = time.perf_counter(), grpc.StatusCode.OK, 0
             request_id = _request_id(context, request)
             CURRENT_REQUEST_ID.set(request_id)  # this request's task's own
@@ -256,7 +256,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 async for result in self._results(request, params, context.time_remaining()):
                     response = _response(result, request.id)
                     response.parameters[_FINAL].bool_param = result.last
-                    if after is not None and not streamed:
+                    if after is not None and not pieces:
                         await asyncio.shield(after)  # (cancelling this one must not cancel that one's turn)
                     answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
                     pieces += 1
@@ -271,7 +271,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 out.infer_response.id, out.infer_response.model_name = request.id, request.model_name
                 out.infer_response.model_version = request.model_version
                 out.infer_response.parameters[_FINAL].bool_param = True
-                if after is not None and (not streamed or not pieces):
+                if after is not None and not pieces:
                     await asyncio.shield(after)
                 answers.put_nowait(out)
             finally:
@@ -293,7 +293,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     return
                 params = _parameters(request.parameters)
                 turn = loop.create_future()
-                task = asyncio.ensure_future(answer(request, params, previous, turn, _streamed(params)))
+                task = asyncio.ensure_future(answer(request, params, previous, turn))
                 previous = turn
                 working.add(task)
                 task.add_done_callback(working.discard)
@@ -328,14 +328,6 @@ _DEADLINE_SLACK_S = 0.25
 _STREAM_IN_FLIGHT = 64  # requests of one stream held at once (read, not yet answered)
 _CLOSED = object()  # a stream's end at the server's shutdown
 
-
-def _streamed(params: dict[str, Any]) -> bool:
-    """Whether a request asks for its answer in pieces (an invalid ``stream`` is refused later, in
-    its turn)."""
-    try:
-        return wants_stream(params)
-    except ServiceError:
-        return False
 
 
 def _response(result: InferResult, request_id: str) -> Any:

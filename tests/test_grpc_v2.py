@@ -454,6 +454,29 @@ def test_a_stream_answers_in_the_order_of_its_requests(committed_server: Server)
 
 
 
+def test_a_streamed_requests_first_piece_waits_for_the_requests_before_it(committed_server: Server) -> None:
+    """Its later pieces go out as they come, but its first one keeps its place: a streamed greedy
+    translation sent after a long beam search and a refusal came out before both, so a stock
+    client counting first answers blamed the refusal on the wrong request."""
+    import queue
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url=committed_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    long = "A little girl in a pink dress is running through the park with her dog and a red ball."
+    client.async_stream_infer("translate-en-de", [_text(tg, [long] * 8)], request_id="long",
+                              parameters={"beam_size": 5})
+    client.async_stream_infer("translate-en-de", [_text(tg, TEXTS[:1])], request_id="refused",
+                              parameters={"stream": True, "num_hypotheses": 2})
+    client.async_stream_infer("translate-en-de", [_text(tg, TEXTS[:1])], request_id="streamed",
+                              parameters={"stream": True, "beam_size": 1})
+    first = [answers.get(timeout=60) for _ in range(3)]
+    client.stop_stream()
+    client.close()
+    order = [result.get_response().id if error is None else "error" for result, error in first]
+    assert order == ["long", "error", "streamed"]
+
+
 def test_a_request_after_a_streamed_one_waits_for_its_first_answer(committed_server: Server) -> None:
     """A streamed translation's first piece (or its refusal) keeps its place: a quick request sent
     after it was answered first, so a refusal of the streamed one, coming later, would have been
