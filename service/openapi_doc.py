@@ -82,8 +82,8 @@ def _statuses(path: str, method: str, settings: Settings, public: frozenset[str]
         codes.add(401)
     if method == "post":
         codes |= {413, 415, 422}
-    if "{name}" in path:
-        codes |= {404, 422}
+    if "{name}" in path:  # (a GET's path parameters are any string: no 422)
+        codes.add(404)
     if path.endswith(("/ready", "/live")):
         codes.add(503)
     if _inference(path):
@@ -170,7 +170,12 @@ def install(app: FastAPI, settings: Settings, public_paths: frozenset[str]) -> N
                     stream = _stream_events(path)
                     if stream is not None:
                         ok = responses.setdefault("200", {"description": "Successful Response"})
-                        ok.setdefault("content", {}).update(stream)
+                        if path == "/v1/translate":  # JSON, or events when the body asks for a stream
+                            ok.setdefault("content", {}).update(stream)
+                        else:  # generate_stream answers events whatever the body says
+                            ok["content"] = stream
+                    if method != "post":  # FastAPI's for path parameters, which a GET never fails on
+                        responses.pop("422", None)
                     if _inference(path):
                         operation.setdefault("parameters", []).append(_TIMEOUT_HEADER)
                     for code in sorted(_statuses(path, method, settings, public_paths)):

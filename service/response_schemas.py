@@ -63,13 +63,50 @@ REPOSITORY_INDEX: JsonSchema = {"type": "array", "items": _answer(
      "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]}},
     {"reason": {"type": "string", "description": "why a version is not served"}})}
 NOTHING: JsonSchema = {"type": "object", "maxProperties": 0, "description": "done (an empty object)"}
+_STRINGS: JsonSchema = {"type": "array", "items": {"type": "string"}}
+SERVER_METADATA = _answer({"name": {"type": "string"}, "version": {"type": "string"},
+                           "extensions": {**_STRINGS, "description": "the protocol extensions served"}})
+_TENSOR_METADATA = _answer({"name": {"type": "string"}, "datatype": {"type": "string"},
+                            "shape": {"type": "array", "items": {"type": "integer"},
+                                      "description": "-1: any size along that axis"}})
+MODEL_METADATA = _answer(
+    {"name": {"type": "string"}, "versions": {**_STRINGS, "description": "the versions served"},
+     "platform": {"type": "string"}, "inputs": {"type": "array", "items": _TENSOR_METADATA},
+     "outputs": {"type": "array", "items": _TENSOR_METADATA}},
+    {"parameters": {"type": "object", "description": "seqserve's own: task, provider, precision (fp32 or int8)",
+                    "properties": {"task": {"type": "string"}, "provider": {"type": "string"},
+                                   "precision": {"type": "string", "enum": ["fp32", "int8"]}}}})
+_CONFIG_TENSOR = _answer({"name": {"type": "string"}, "data_type": {"type": "string"},
+                          "dims": {"type": "array", "items": {"type": "integer"}}})
+MODEL_CONFIG = _answer(
+    {"name": {"type": "string"}, "platform": {"type": "string"}, "backend": {"type": "string"},
+     "max_batch_size": {"type": "integer", "minimum": 0}, "input": {"type": "array", "items": _CONFIG_TENSOR},
+     "output": {"type": "array", "items": _CONFIG_TENSOR}},
+    {"version_policy": {"type": "object"}, "dynamic_batching": {"type": "object"},
+     "instance_group": {"type": "array", "items": {"type": "object"}},
+     "parameters": {"type": "object", "description": "seqserve's limits and precision, each {string_value}",
+                    "additionalProperties": _answer({"string_value": {"type": "string"}})}})
+_DURATION = _answer({"count": {"type": "integer", "minimum": 0}, "ns": {"type": "integer", "minimum": 0}})
+_PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
+STATISTICS = _answer({"model_stats": {"type": "array", "items": _answer(
+    {"name": {"type": "string"}, "version": {"type": "string"},
+     "last_inference": {"type": "integer", "minimum": 0, "description": "ms since the epoch; 0: none yet"},
+     "inference_count": {"type": "integer", "minimum": 0}, "execution_count": {"type": "integer", "minimum": 0},
+     "inference_stats": _answer({phase: _DURATION for phase in _PHASES}),
+     "batch_stats": {"type": "array", "items": {"type": "object"}},
+     "memory_usage": {"type": "array", "items": {"type": "object"}}})}})
 
 
 def answers() -> dict[str, JsonSchema]:
     """Path -> the JSON body of its 200 (readiness: of its 503 too) for the v2 routes outside
     inference, whose answers do not depend on the model."""
-    ready = {f"/v2/models/{{name}}{v}/ready": MODEL_READY for v in ("", "/versions/{version}")}
-    generated = {f"/v2/models/{{name}}{v}/generate": generate() for v in ("", "/versions/{version}")}
-    return {"/v2/health/live": LIVE, "/v2/health/ready": READY, **ready, **generated,
-            "/v2/repository/index": REPOSITORY_INDEX, "/v2/repository/models/{name}/load": NOTHING,
-            "/v2/repository/models/{name}/unload": NOTHING}
+    one = ("", "/versions/{version}")
+    ready = {f"/v2/models/{{name}}{v}/ready": MODEL_READY for v in one}
+    generated = {f"/v2/models/{{name}}{v}/generate": generate() for v in one}
+    metadata = {f"/v2/models/{{name}}{v}": MODEL_METADATA for v in one}
+    config = {f"/v2/models/{{name}}{v}/config": MODEL_CONFIG for v in one}
+    stats = {path: STATISTICS for path in ("/v2/models/stats", "/v2/models/{name}/stats",
+                                           "/v2/models/{name}/versions/{version}/stats")}
+    return {"/v2": SERVER_METADATA, "/v2/health/live": LIVE, "/v2/health/ready": READY, **ready, **generated,
+            **metadata, **config, **stats, "/v2/repository/index": REPOSITORY_INDEX,
+            "/v2/repository/models/{name}/load": NOTHING, "/v2/repository/models/{name}/unload": NOTHING}

@@ -20,6 +20,21 @@ router = APIRouter(prefix="/v2/repository", tags=["v2 model repository"])
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 409, 422)}
 
 
+def _optional_body(properties: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads an optional JSON object (``_body``)."""
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": {
+        "type": "object", "properties": properties}}}}}
+
+
+_INDEX_BODY = _optional_body({"ready": {"type": "boolean", "default": False,
+                                        "description": "true: only the versions being served"}})
+_LOAD_BODY = _optional_body({"parameters": {
+    "type": "object", "maxProperties": 0,
+    "description": "Triton's load parameters (config, file:<path>) are not supported: any is refused with 422"}})
+_UNLOAD_BODY = _optional_body({"parameters": {
+    "type": "object", "description": "Triton's unload parameters (unload_dependents): read and not used"}})
+
+
 def control(request: Request) -> ModelControl:
     return request.app.state.model_control
 
@@ -39,14 +54,17 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-@router.post("/index", summary="Every version in the repository and whether it is served", responses=_ERRORS)
+@router.post("/index", summary="Every version in the repository and whether it is served", responses=_ERRORS,
+             openapi_extra=_INDEX_BODY)
 async def index(request: Request) -> JSONResponse:
-    body = await _body(request)
-    return JSONResponse(control(request).index(ready_only=bool(body.get("ready", False))))
+    ready = (await _body(request)).get("ready", False)
+    if not isinstance(ready, bool):  # "false" would have counted as true
+        raise InvalidInput(f"ready must be true or false; got {ready!r}"[:200], field="ready")
+    return JSONResponse(control(request).index(ready_only=ready))
 
 
 @router.post("/models/{name}/load", summary="Serve the model's versions as they are in the repository",
-             responses=_ERRORS)
+             responses=_ERRORS, openapi_extra=_LOAD_BODY)
 async def load(request: Request, name: str) -> JSONResponse:
     body = await _body(request)
     check_load_parameters(body.get("parameters") or {})
@@ -55,7 +73,7 @@ async def load(request: Request, name: str) -> JSONResponse:
 
 
 @router.post("/models/{name}/unload", summary="Stop serving every version of the model (drained first)",
-             responses=_ERRORS)
+             responses=_ERRORS, openapi_extra=_UNLOAD_BODY)
 async def unload(request: Request, name: str) -> JSONResponse:
     await _body(request)
     await control(request).unload(name)

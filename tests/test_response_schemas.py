@@ -55,6 +55,38 @@ def test_v2_answers_match_the_document(committed_server: Server) -> None:
         rows = _check(doc, "/v2/repository/index", "post", client.post("/v2/repository/index"))
         assert {(r["name"], r["state"]) for r in rows} >= {("sentiment", "READY"), ("translate-en-de", "READY")}
 
+        # the metadata a v2 client reads first (they were untyped objects in the document)
+        assert "statistics" in _check(doc, "/v2", "get", client.get("/v2"))["extensions"]
+        for name in ("sentiment", "translate-en-de"):
+            _check(doc, "/v2/models/{name}", "get", client.get(f"/v2/models/{name}"))
+            _check(doc, "/v2/models/{name}/versions/{version}", "get", client.get(f"/v2/models/{name}/versions/1"))
+            _check(doc, "/v2/models/{name}/config", "get", client.get(f"/v2/models/{name}/config"))
+            _check(doc, "/v2/models/{name}/versions/{version}/config", "get",
+                   client.get(f"/v2/models/{name}/versions/1/config"))
+            _check(doc, "/v2/models/{name}/stats", "get", client.get(f"/v2/models/{name}/stats"))
+            _check(doc, "/v2/models/{name}/versions/{version}/stats", "get",
+                   client.get(f"/v2/models/{name}/versions/1/stats"))
+        assert len(_check(doc, "/v2/models/stats", "get", client.get("/v2/models/stats"))["model_stats"]) >= 2
+
+
+def test_the_document_declares_what_the_routes_read_and_answer(committed_server: Server) -> None:
+    """The repository's optional bodies are declared (a generated client could not ask for the
+    served versions only); generate_stream answers events only; a GET declares no 422."""
+    with httpx.Client(base_url=committed_server.url, timeout=30) as client:
+        doc = client.get("/openapi.json").json()
+        index = doc["paths"]["/v2/repository/index"]["post"]["requestBody"]
+        assert index["content"]["application/json"]["schema"]["properties"]["ready"]["type"] == "boolean"
+        load = doc["paths"]["/v2/repository/models/{name}/load"]["post"]["requestBody"]
+        assert load["content"]["application/json"]["schema"]["properties"]["parameters"]["maxProperties"] == 0
+        answer = client.post("/v2/repository/index", json={"ready": "false"})  # a string counted as true
+        assert answer.status_code == 422 and answer.json()["field"] == "ready", answer.text
+        for path in ("/v2/models/{name}/generate_stream", "/v2/models/{name}/versions/{version}/generate_stream"):
+            assert list(doc["paths"][path]["post"]["responses"]["200"]["content"]) == ["text/event-stream"]
+        assert set(doc["paths"]["/v1/translate"]["post"]["responses"]["200"]["content"]) == \
+            {"application/json", "text/event-stream"}
+        for path, operations in doc["paths"].items():
+            assert "422" not in operations.get("get", {}).get("responses", {}), path
+
 
 def test_a_binary_output_is_documented_by_its_size(committed_server: Server) -> None:
     with httpx.Client(base_url=committed_server.url, timeout=30) as client:
