@@ -203,7 +203,7 @@ def summary(results: list[dict[str, Any]], raw: dict[str, Any] | None, args: arg
                   f"same sentences): {raw['best']:,.0f} sentences/s at batch {raw['best_size']}; best served (A, one "
                   f"sentence a request): {best_served:,.0f} req/s = **{best_served / raw['best']:.2f}** of the raw "
                   "limit", ""]
-    elif not args.no_raw and not args.host and args.classes != LEAN_SCENARIO:
+    elif args.classes != LEAN_SCENARIO:
         lines += ["## Served vs the raw limit", "", f"Not run: the raw limit counts sentences of single-text "
                   f"sentiment, the traffic of `{LEAN_SCENARIO}` alone; `{args.classes}` sends other requests.", ""]
     checks = [c for c in results[0].get("cross_check", []) if c["locust_rps"]]

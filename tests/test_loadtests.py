@@ -62,7 +62,8 @@ def test_a_summary_of_other_traffic_says_what_the_lean_client_sent_and_compares_
     args = argparse.Namespace(classes="TranslationUser", users=[4], rates=[], window=2.0, max_windows=4,
                               cross_check=[4])
     text = summary([{"name": "A", "closed": [step], "open": [], "config": "defaults"}], None, args)
-    assert "greedy translations of one text" in text and "Not run" in text and "nan" not in text
+    assert "greedy translations of one text" in text and "nan" not in text
+    assert "Cross-check\n\nNot run" in text and "raw limit\n\nNot run" in text
     assert "| yes | - | - | - |" in text
 
 
