@@ -66,10 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:  # one line per bad setting, named as it is set, not a traceback
-        _refuse([f"invalid setting {name}: {error['msg']} (got {error.get('input')!r})"
-                 f"{kubernetes_hint(error.get('input'))}"
-                 for error in exc.errors()
-                 for name in ["SEQSERVE_" + "_".join(str(part) for part in error["loc"]).upper()]])
+        # named as it is set: a JSON value's inner place goes in the message ("at sentiment.latest"),
+        # not in a variable name nobody set (SEQSERVE_VERSION_POLICY_SENTIMENT_LATEST)
+        _refuse([f"invalid setting SEQSERVE_{str(error['loc'][0]).upper()}"
+                 f"{' (at ' + '.'.join(str(p) for p in error['loc'][1:]) + ')' if len(error['loc']) > 1 else ''}: "
+                 f"{error['msg']} (got {error.get('input')!r}){kubernetes_hint(error.get('input'))}"
+                 for error in exc.errors()])
     except SettingsError as exc:  # a JSON-valued setting that is not JSON (an empty one included)
         field = re.search(r'field "(\w+)"', str(exc))
         name = f"SEQSERVE_{field.group(1).upper()}" if field else "a SEQSERVE_ setting"

@@ -162,6 +162,25 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def ports_free(settings: Settings, http: bool) -> bool:
+    """Whether the gRPC port, and with ``http`` the HTTP one, can be bound; a taken one is logged in
+    one line. A port in use is said before the models load, not after "ready": a trial bind,
+    closed at once (uvicorn binds as it always has: "localhost" on IPv4 and IPv6, "::" IPv6 only;
+    gRPC's taken was a 30-line traceback of the lifespan after the models loaded). The trial
+    socket has no SO_REUSEPORT, so it fails on a port that another server's workers share with
+    it: a supervisor asks before its workers bind the gRPC port with it, or a second deployment
+    beside one with workers would share the port and take half of its gRPC calls."""
+    for port, what in ((settings.port if http else 0, ""), (settings.grpc_port, " (gRPC, SEQSERVE_GRPC_PORT)")):
+        if not port:
+            continue
+        try:
+            bind_socket(settings.host, port).close()
+        except OSError as exc:
+            logging.getLogger("seqserve").error("cannot listen on %s:%d%s: %s", settings.host, port, what, exc)
+            return False
+    return True
+
+
 def serve(sock: socket.socket | None = None, started: Event | None = None,
           heartbeat: ctypes.c_uint64 | None = None) -> None:
     """The whole app on its own event loop until SIGTERM/SIGINT. A supervisor passes the socket
@@ -176,18 +195,8 @@ def serve(sock: socket.socket | None = None, started: Event | None = None,
     limit_malloc_arenas()
     settings = Settings()
     configure_logging(settings)
-    if sock is None:
-        # a port in use is said before the models load, not after "ready": a trial bind, closed
-        # at once (uvicorn binds as it always has: "localhost" on IPv4 and IPv6, "::" IPv6 only)
-        # (gRPC's too: taken, it was a 30-line traceback of the lifespan after the models loaded)
-        for port, what in ((settings.port, ""), (settings.grpc_port, " (gRPC, SEQSERVE_GRPC_PORT)")):
-            if not port:
-                continue
-            try:
-                bind_socket(settings.host, port).close()
-            except OSError as exc:
-                logging.getLogger("seqserve").error("cannot listen on %s:%d%s: %s", settings.host, port, what, exc)
-                sys.exit(STARTUP_FAILED)
+    if sock is None and not ports_free(settings, http=True):
+        sys.exit(STARTUP_FAILED)
     loading_since = time.monotonic()
     try:
         registry = load_models(settings)  # before uvicorn: a refusal is its line, not the lifespan's traceback

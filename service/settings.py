@@ -6,6 +6,7 @@ Every field is documented, with its trade-off, in the README's settings table.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.version_policy import VersionPolicy
+
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
 
 
 class Settings(BaseSettings):
@@ -33,7 +36,8 @@ class Settings(BaseSettings):
         "auto", description="ONNX Runtime execution providers: auto (CUDA when it starts, else CPU), cpu, "
         "or cuda (refuses to start without it)")
     cuda_device_id: int = Field(0, ge=0, description="the GPU the CUDA provider runs on")
-    cuda_mem_limit_mb: int = Field(0, ge=0, description="cap on the CUDA provider's memory arena; 0 = none")
+    cuda_mem_limit_mb: int = Field(0, ge=0, le=1 << 24,  # 16 TiB: its bytes still fit ONNX Runtime's size_t
+                                   description="cap on the CUDA provider's memory arena; 0 = none")
     cuda_arena: Literal["kNextPowerOfTwo", "kSameAsRequested"] = Field(
         "kNextPowerOfTwo", description="how the CUDA arena grows: in powers of two (fewer allocations) or "
         "by what is asked (less memory held)")
@@ -43,7 +47,7 @@ class Settings(BaseSettings):
         "auto", description="graphs to run: auto = int8 on the CPU provider where the derived INT8 graphs exist "
         "(else fp32, with a warning), fp32 on CUDA; int8 = refuse to start without them")
     ort_intra_op_threads: int = Field(
-        1, ge=0, description="threads per ONNX Runtime session; 0 = one per core. 1 is fastest for the small "
+        1, ge=0, le=256, description="threads per ONNX Runtime session; 0 = one per core. 1 is fastest for the small "
         "per-step graphs of these models on a small CPU that also serves HTTP")
     instances: int = Field(2, ge=1, le=16, description="batches a model runs at once (worker threads)")
     workers: int = Field(1, ge=1, le=64, description="server processes on the port, each with its own models; "
@@ -91,6 +95,26 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="the service's own log (uvicorn's included): text lines, or JSON lines as the access log's")
     access_log: bool = Field(True, description="one JSON log line per request")
+
+    @field_validator("host", "model_repository", mode="before")
+    @classmethod
+    def _not_blank(cls, value: object) -> object:
+        # set but empty (a template's ${HOST} with HOST unset): "" bound every interface, IPv6 too,
+        # and a repository of "" was the working folder
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty: leave it unset for the default, or give a value")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        # a browser's Origin is scheme://host[:port], lower case, nothing after: an entry pasted with
+        # a path or a trailing slash matched no browser, and the preflight failed with no word at start
+        for origin in origins:
+            if origin != "*" and _ORIGIN.fullmatch(origin) is None:
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port] as a browser sends it, no path "
+                                 "or trailing slash (e.g. https://app.example.com), or *")
+        return [origin.lower() for origin in origins]
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

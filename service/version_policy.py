@@ -19,6 +19,12 @@ class VersionPolicy(BaseModel):
     def _one(self) -> VersionPolicy:
         if self.latest is not None and self.specific is not None:
             raise ValueError("give 'latest' or 'specific', not both")
+        # a version is a folder named by a number (``is_version``): "abc" matched none, and the
+        # model's configuration, which lists them as numbers, answered 500
+        wrong = [v for v in self.specific or [] if not is_version(v)]
+        if wrong:
+            raise ValueError(f"specific versions are numbers without leading zeros, as their folders are named; "
+                             f"got {wrong}")
         return self
 
     def select(self, versions: Iterable[str]) -> set[str]:

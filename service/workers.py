@@ -32,7 +32,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from types import FrameType
 
-from service.server import STARTUP_FAILED, bind_socket, serve
+from service.server import STARTUP_FAILED, bind_socket, ports_free, serve
 from service.settings import Settings
 
 log = logging.getLogger("seqserve.workers")
@@ -256,6 +256,9 @@ class Supervisor:
             sock = bind_socket(self.settings.host, self.settings.port)
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, exc)
+            return STARTUP_FAILED
+        if not ports_free(self.settings, http=False):  # the workers share the gRPC port (SO_REUSEPORT)
+            sock.close()
             return STARTUP_FAILED
         _count_restart(None)
         originals = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}

@@ -152,14 +152,19 @@ def test_the_grpc_deadline_bounds_a_translation(client: tg.InferenceServerClient
     assert client.is_server_ready()
 
 
-def test_a_grpc_port_in_use_is_a_clear_refusal() -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_grpc_port_in_use_is_a_clear_refusal(workers: str) -> None:
+    """One line, before the models load (it was the lifespan's 30-line traceback after them). With
+    workers, whose gRPC servers share the port by SO_REUSEPORT, a port that another server's
+    workers hold the same way is taken too: a second deployment beside them started, and the
+    kernel gave it half of their gRPC calls."""
     with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as another server's workers bind it
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = Server(COMMITTED_MODELS, grpc_port=str(port), warmup="false")
+        server = Server(COMMITTED_MODELS, grpc_port=str(port), warmup="false", workers=workers)
         assert server.proc.wait(timeout=60) == 3
-    # one line, before the models load (it was the lifespan's 30-line traceback after them)
     log = server.output()
     assert f"cannot listen on 127.0.0.1:{port} (gRPC, SEQSERVE_GRPC_PORT): [Errno 98]" in log
     assert "Traceback" not in log and "loaded" not in log

@@ -24,6 +24,15 @@ from tests.conftest import ROOT
     ("auth_exempt_paths", [""]),
     ("log_level", "verbose"),
     ("grpc_port", 8000),  # the HTTP port's too (the default)
+    ("host", ""),  # set but empty (${HOST} unset): it bound every interface
+    ("host", "  "),
+    ("model_repository", ""),  # it was the working folder
+    ("ort_intra_op_threads", 100_000),  # it never started, its memory growing
+    ("cuda_mem_limit_mb", 10**20),
+    ("cors_origins", ["https://app.example/"]),  # a trailing slash matched no browser
+    ("cors_origins", ["app.example.org"]),
+    ("version_policy", {"sentiment": {"specific": ["1", "abc"]}}),  # its /config answered 500
+    ("version_policy", {"sentiment": {"specific": ["01"]}}),
 ])
 def test_a_bad_setting_is_refused(setting: str, value: object) -> None:
     with pytest.raises(ValidationError, match=setting):
@@ -42,6 +51,21 @@ def test_a_heartbeat_timeout_shorter_than_three_beats_is_refused() -> None:
     assert Settings(worker_heartbeat_timeout_s=3).worker_heartbeat_timeout_s == 3
     with pytest.raises(ValidationError, match="shorter than 3 heartbeats"):
         Settings(worker_heartbeat_timeout_s=0.5)
+
+
+def test_cors_origins_are_read_as_browsers_send_them() -> None:
+    assert Settings(cors_origins=["https://App.Example.com:8443", "*"]).cors_origins == \
+        ["https://app.example.com:8443", "*"]
+
+
+def test_a_bad_value_inside_a_json_setting_names_the_setting_and_the_place() -> None:
+    env = {**os.environ, "SEQSERVE_VERSION_POLICY": '{"sentiment": {"latest": 0}}', "SEQSERVE_API_KEYS": "[1234]"}
+    run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 3, run.stderr
+    # not SEQSERVE_VERSION_POLICY_SENTIMENT_LATEST, a variable nobody set
+    assert "invalid setting SEQSERVE_VERSION_POLICY (at sentiment.latest): Input should be greater" in run.stderr
+    assert "invalid setting SEQSERVE_API_KEYS (at 0): Input should be a valid string" in run.stderr
 
 
 def test_the_log_level_is_read_in_any_case() -> None:
