@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -189,6 +190,9 @@ def load_model_card(path: Path) -> ModelCard:
         return ModelCard.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError as exc:
         raise ModelCardError(f"{path}: model card not found") from exc
+    except OSError as exc:  # a volume mounted with another owner: one line, not a traceback
+        raise ModelCardError(f"{path}: cannot be read ({exc.strerror}; the server runs as uid {os.getuid()})") \
+            from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelCardError(f"{path}: not valid JSON ({exc})") from exc
     except ValidationError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +252,9 @@ class ModelRegistry:
             log.warning("%s", line)
         cards = served_cards(version_cards(repo), settings.version_policy)
         if not cards:
-            raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json)")
+            unreadable = "" if os.access(repo, os.R_OK | os.X_OK) else \
+                f"; the folder cannot be read (permissions; the server runs as uid {os.getuid()})"
+            raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json){unreadable}")
         quiet_runtime_log(settings.log_level)
         providers = choose_providers(settings.providers, cuda_options(settings))
         log.info("ONNX Runtime %s providers: %s", ort.__version__,

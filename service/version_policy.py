@@ -3,6 +3,7 @@ the latest N, specific versions, or all (the default), per model name."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,15 @@ def unserved(repository: Path, policies: dict[str, VersionPolicy]) -> list[str]:
         else:
             lines.append(f"{card.parent}: not served: a version folder's name must be a number without leading "
                          "zeros (e.g. 1)")
+    for model in sorted(repository.glob("*")):  # glob passes over a folder it cannot list, without a word
+        if model.is_dir() and not os.access(model, os.R_OK | os.X_OK):
+            lines.append(f"{model}: not served: the folder cannot be read (permissions; the server runs as uid "
+                         f"{os.getuid()})")
     for folder in sorted(repository.glob("*/*")):  # were ignored without a word
-        if folder.is_dir() and is_version(folder.name) and not (folder / "model.json").exists():
+        if folder.is_dir() and is_version(folder.name) and not os.access(folder, os.R_OK | os.X_OK):
+            lines.append(f"{folder}: not served: the folder cannot be read (permissions; the server runs as uid "
+                         f"{os.getuid()})")
+        elif folder.is_dir() and is_version(folder.name) and not (folder / "model.json").exists():
             lines.append(f"{folder}: not served: no model.json in it")
     for name, policy in sorted(policies.items()):
         versions = on_disk.get(name)

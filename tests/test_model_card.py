@@ -159,3 +159,19 @@ def test_cards_carry_the_measured_int8_parity_and_quality(card_file: Path) -> No
     key = "sst2_test_accuracy" if card.task == "text-classification" else "test_2016_flickr_bleu_lc_beam5"
     allowed = 0.01 if card.task == "text-classification" else 1.0  # accuracy 1 point; BLEU 1 point
     assert abs(entry.metrics[key] - card.metrics[key]) <= allowed
+
+
+def test_a_card_the_server_cannot_read_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model.json of another owner raised PermissionError's traceback (exit 1): now the refusal
+    names the file and the server's uid, as for a missing card."""
+    from service.model_card import ModelCardError
+
+    card = tmp_path / "model.json"
+    card.write_text("{}")
+
+    def denied(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(ModelCardError, match=r"model.json: cannot be read \(Permission denied; the server runs as uid"):
+        load_model_card(card)

@@ -81,3 +81,22 @@ def test_a_repository_folder_that_does_not_exist_is_named(tmp_path: Path) -> Non
 
     with pytest.raises(ModelLoadError, match="no such folder"):
         ModelRegistry.load(Settings(model_repository=tmp_path / "nope", warmup=False))
+
+
+def test_a_folder_the_server_cannot_read_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A volume mounted with another owner: a model folder the server cannot list was passed over
+    without a word (the server said ready without it), and a version folder raised a traceback.
+    (os.access stands in for the permissions: the suite may run as root, which reads anything.)"""
+    import os
+
+    for model in ("sentiment", "translate-en-de"):
+        (tmp_path / model / "1").mkdir(parents=True)
+        (tmp_path / model / "1" / "model.json").write_text("{}")
+    locked = {tmp_path / "sentiment", tmp_path / "translate-en-de" / "1"}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) not in locked and real_access(path, mode))
+    uid = os.getuid()
+    assert unserved(tmp_path, {}) == [
+        f"{tmp_path / 'sentiment'}: not served: the folder cannot be read (permissions; the server runs as uid {uid})",
+        f"{tmp_path / 'translate-en-de' / '1'}: not served: the folder cannot be read (permissions; the server runs "
+        f"as uid {uid})"]
