@@ -21,7 +21,7 @@ from pydantic_settings import SettingsError
 from service.logs import configure_logging
 from service.server import STARTUP_FAILED, serve
 from service.settings import Settings, kubernetes_hint, unknown_variables
-from service.workers import Supervisor
+from service.workers import Supervisor, prepare_operators_metrics_dir
 
 
 def standard_streams_open() -> None:
@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     for line in unknown_variables(os.environ):  # once, here, not in each worker
         logging.getLogger("seqserve").warning(line)
     if settings.workers == 1:
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder:  # prometheus-client's multiprocess mode, set by the operator: as a supervisor prepares it
+            try:
+                prepare_operators_metrics_dir(folder)
+            except OSError as exc:
+                _refuse([f"PROMETHEUS_MULTIPROC_DIR={folder}: cannot make or write it ({exc}): give a writable "
+                         "folder, or leave it unset with one worker"])
         serve()
         return
     sys.exit(Supervisor(settings).run())

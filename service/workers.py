@@ -159,6 +159,27 @@ def _worker(sock: socket.socket, serving: Event, heartbeat: ctypes.c_uint64) -> 
 _RESTART_REASONS = ("exited", "hung")
 
 
+def prepare_operators_metrics_dir(folder: str) -> None:
+    """Make the operator's PROMETHEUS_MULTIPROC_DIR ready for this run, a supervisor's or a single
+    server's (prometheus-client keeps its values there whenever it is set): made if missing, an
+    earlier run's files removed, its room checked. Raises OSError when it cannot be."""
+    os.makedirs(folder, exist_ok=True)
+    # an earlier run's files would be summed into this one's counters (prometheus-client: the
+    # folder is wiped between runs; a single server's restart doubled its counts and its queue
+    # limit); its own files only, and only those of processes that are gone: a second server
+    # given the same folder by mistake deleted the first's live files (and is warned below)
+    files = [name for name in os.listdir(folder) if name.endswith(".db")]
+    stale = [name for name in files if not _alive(_metric_file_owner(name))]
+    if len(stale) < len(files):
+        log.warning("PROMETHEUS_MULTIPROC_DIR=%s holds metric files of running processes: another server "
+                    "uses this folder, and /metrics sums both servers' counts; give each server its own", folder)
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    if stale:
+        log.warning("removed %d metric file(s) an earlier run left in PROMETHEUS_MULTIPROC_DIR=%s", len(stale), folder)
+    _check_metrics_dir(folder)
+
+
 def _count_restart(reason: str | None) -> None:
     """One replacement for ``reason``; None: every reason's series made, at 0, so that an alert's
     increase() sees the first restart (a series that appears at 1 has no increase)."""
@@ -216,24 +237,7 @@ class Supervisor:
 
     def _prepare_metrics_dir(self) -> None:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-            os.makedirs(folder, exist_ok=True)
-            # an earlier run's files would be summed into this one's counters (prometheus-client:
-            # the folder is wiped between runs); its own files only, and only those of processes
-            # that are gone: a second server given the same folder by mistake deleted the first's
-            # live files (and is warned below that it shares them)
-            files = [name for name in os.listdir(folder) if name.endswith(".db")]
-            stale = [name for name in files if not _alive(_metric_file_owner(name))]
-            if len(stale) < len(files):
-                log.warning("PROMETHEUS_MULTIPROC_DIR=%s holds metric files of running processes: another server "
-                            "uses this folder, and /metrics sums both servers' counts; give each server its own",
-                            folder)
-            for name in stale:
-                os.remove(os.path.join(folder, name))
-            if stale:
-                log.warning("removed %d metric file(s) an earlier run left in PROMETHEUS_MULTIPROC_DIR=%s",
-                            len(stale), folder)
-            _check_metrics_dir(folder)
+            prepare_operators_metrics_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
             return
         # set before any worker starts: prometheus-client picks its storage when first imported
         prefix = _metrics_prefix()

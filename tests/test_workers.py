@@ -398,3 +398,28 @@ def test_metric_folders_of_killed_supervisors_are_removed_at_the_next_start(tmp_
         assert Path(supervisor.metrics_dir or "").name.startswith(f"{prefix}{os.getpid()}-")
     finally:
         monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+
+
+def test_a_single_server_prepares_the_operators_metrics_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set with one worker: prometheus-client keeps its values there too.
+    A folder that did not exist was a traceback, and an earlier run's files were summed into this
+    run's counters (a restart doubled them, and the queue limit read 2048)."""
+    import shutil
+
+    folder = tmp_path / "metrics" / "x"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    server = Server(COMMITTED_MODELS, warmup="false", grpc_port="0").wait_ready()
+    try:
+        assert httpx.post(f"{server.url}/v1/sentiment", json={"text": "Fine."}, timeout=30).status_code == 200
+    finally:
+        server.stop()
+    earlier = tmp_path / "earlier"
+    shutil.copytree(folder, earlier)  # the first run's files, as a restart finds them
+    server = Server(COMMITTED_MODELS, warmup="false", grpc_port="0").wait_ready()
+    try:
+        assert httpx.post(f"{server.url}/v1/sentiment", json={"text": "Fine."}, timeout=30).status_code == 200
+        assert metric_value(server.url, "seqserve_requests_total", route="/v1/sentiment", status="200") == 1
+        assert metric_value(server.url, "seqserve_queue_limit", model="sentiment", version="1") == 1024
+        assert "metric file(s) an earlier run left" in server.output()
+    finally:
+        server.stop()
