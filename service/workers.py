@@ -331,7 +331,10 @@ class Supervisor:
             worker.crashes_in_a_row = 0 if stable else worker.crashes_in_a_row + 1
             delay = min(_BACKOFF_FIRST_S * 2 ** max(worker.crashes_in_a_row - 1, 0), _BACKOFF_MAX_S) \
                 if worker.crashes_in_a_row else 0.0
-            log.error("worker %d (pid %s) ended with %s: starting a new one%s", i, process.pid, ended(process.exitcode),
+            # the supervisor's own kill of a hung worker is said as that, not as the signal's likely
+            # cause (SIGKILL: "out of memory"), which sent an operator after the wrong fault
+            how = "the supervisor's SIGKILL (hung)" if hung else ended(process.exitcode)
+            log.error("worker %d (pid %s) ended with %s: starting a new one%s", i, process.pid, how,
                       f" in {delay:.1f}s ({worker.crashes_in_a_row} quick crashes in a row)" if delay else "")
             worker.respawn_at = now + delay
             if not delay:

@@ -90,6 +90,8 @@ def test_workers_share_the_port_sum_metrics_and_replace_a_dead_or_hung_one() -> 
     assert re.search(r"worker \d \(pid \d+\) ended with signal SIGKILL \(killed: out of memory .*\): starting a new "
                      "one", log)
     assert re.search(rf"worker \d \(pid {hung}\): its event loop has not run for 3\.\d s \(stopped or deadlocked", log)
+    # the hung one's end is said as the supervisor's kill, not as an out-of-memory one
+    assert re.search(rf"worker \d \(pid {hung}\) ended with the supervisor's SIGKILL \(hung\): starting", log)
     assert log.count("all 2 workers serving") == 3  # at start, and again after each replacement
     assert restarts == {"exited": 1, "hung": 1}
 
