@@ -20,7 +20,7 @@ from pydantic_settings import SettingsError
 
 from service.logs import configure_logging
 from service.server import STARTUP_FAILED, serve
-from service.settings import Settings, kubernetes_hint, unknown_variables
+from service.settings import NOT_KEYS, Settings, kubernetes_hint, summary, unknown_variables
 from service.workers import Supervisor, prepare_operators_metrics_dir
 
 
@@ -77,9 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         name = f"SEQSERVE_{field.group(1).upper()}" if field else "a SEQSERVE_ setting"
         _refuse([f"invalid setting {name}: not valid JSON (got {os.environ.get(name)!r}); it takes a JSON value, "
                  "as the README's settings table shows for each"])
+    if os.environ.get(NOT_KEYS, "").strip() and not settings.api_keys:  # an API key meant, none required: fail closed
+        _refuse([f"{NOT_KEYS} is not a setting, and the server would run without API keys: set SEQSERVE_API_KEYS "
+                 "to a JSON list of keys (SEQSERVE_API_KEYS='[\"<key>\"]')"])
     configure_logging(settings)
     for line in unknown_variables(os.environ):  # once, here, not in each worker
         logging.getLogger("seqserve").warning(line)
+    logging.getLogger("seqserve").info(summary(settings))
     if settings.workers == 1:
         folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if folder:  # prometheus-client's multiprocess mode, set by the operator: as a supervisor prepares it

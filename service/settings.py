@@ -172,9 +172,15 @@ TOOL_VARIABLES = frozenset({"SEQSERVE_DATA_DIR", "SEQSERVE_TEST_MODELS", "SEQSER
 
 # names people guess for a setting, which difflib does not find close enough (SEQSERVE_MODEL_DIR was
 # "did you mean SEQSERVE_MODEL_CONTROL?", and the server then served the repository's own models)
-_GUESSED = {f"SEQSERVE_{guess}": "SEQSERVE_MODEL_REPOSITORY"
-            for guess in ("MODEL_DIR", "MODELS_DIR", "MODEL_PATH", "MODELS_PATH", "MODEL_REPO", "MODELS",
-                          "MODEL_STORE")}
+_GUESSED = {**{f"SEQSERVE_{guess}": "SEQSERVE_MODEL_REPOSITORY"
+               for guess in ("MODEL_DIR", "MODELS_DIR", "MODEL_PATH", "MODELS_PATH", "MODEL_REPO", "MODELS",
+                             "MODEL_STORE")},
+            **{f"SEQSERVE_{guess}": "SEQSERVE_REQUEST_TIMEOUT_S" for guess in ("TIMEOUT", "TIMEOUT_S")},
+            "SEQSERVE_API_KEY": "SEQSERVE_API_KEYS"}
+# what an operator who sets one of these expects (certificates: TLS) seqserve does not do
+_NO_TLS = ("SSL", "TLS", "CERT", "HTTPS")
+# set instead of SEQSERVE_API_KEYS, a key the operator meant to require: the server would run open
+NOT_KEYS = "SEQSERVE_API_KEY"
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -186,11 +192,33 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     lines = []
     for name in sorted(environ):
         if name.upper().startswith("SEQSERVE_") and name.upper() not in known | TOOL_VARIABLES:
+            if any(word in name.upper().split("_") for word in _NO_TLS):
+                lines.append(f"{name} is not a setting and is ignored: seqserve has no TLS and serves plain HTTP "
+                             "and gRPC; terminate TLS in front of it (README, Behind a reverse proxy)")
+                continue
             near = ([_GUESSED[name.upper()]] if name.upper() in _GUESSED
                     else difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8))
             lines.append(f"{name} is not a setting and is ignored" + (f" (did you mean {near[0]}?)" if near else "")
                          + "; the settings are listed in the README")
     return lines
+
+
+def summary(settings: Settings) -> str:
+    """The settings an operator checks took effect, in one start-up line (the limits, keys, CORS,
+    workers and gRPC were said nowhere; a key typed into the wrong variable showed only in a 401)."""
+    grpc = f"gRPC port {settings.grpc_port}" if settings.grpc_port else "gRPC off"
+    keys = f"API keys on ({len(settings.api_keys)})" if settings.api_keys else "API keys off"
+    cors = f"CORS {', '.join(settings.cors_origins)}" if settings.cors_origins else "CORS off"
+    return (f"settings: {settings.host}:{settings.port}, {grpc}; {settings.workers} worker(s), "
+            f"{settings.instances} instance(s) a model; providers {settings.providers}, "
+            f"precision {settings.precision}; "
+            f"batches of up to {settings.max_batch_size} texts and {settings.max_batch_tokens} tokens, "
+            f"{settings.max_queue_delay_ms:g} ms wait; queue {settings.max_queue_size} texts a model, "
+            f"{settings.max_texts_per_request} a request; {settings.max_text_chars} characters a text, "
+            f"{settings.max_body_bytes} bytes a body; request timeout {settings.request_timeout_s:g} s; "
+            f"{keys}; {cors}; "
+            f"model control {'on' if settings.model_control else 'off'}; translation scheduler "
+            f"{settings.translation_scheduler}; access log {'on' if settings.access_log else 'off'}")
 
 
 def kubernetes_hint(value: object) -> str:

@@ -98,7 +98,11 @@ def test_a_variable_that_is_no_setting_is_named_with_the_nearest_setting() -> No
                                "SEQSERVE_DATA_DIR": "data", "HOME": "/root"})  # a setting, a tool's, not ours
     assert lines == ["SEQSERVE_MAX_QUEUESIZE is not a setting and is ignored (did you mean SEQSERVE_MAX_QUEUE_SIZE?); "
                      "the settings are listed in the README",
-                     "SEQSERVE_SSL_CERTFILE is not a setting and is ignored; the settings are listed in the README"]
+                     "SEQSERVE_SSL_CERTFILE is not a setting and is ignored: seqserve has no TLS and serves plain "
+                     "HTTP and gRPC; terminate TLS in front of it (README, Behind a reverse proxy)"]
+    assert unknown_variables({"SEQSERVE_TIMEOUT": "5"}) == [  # difflib said SEQSERVE_DRAIN_TIMEOUT_S
+        "SEQSERVE_TIMEOUT is not a setting and is ignored (did you mean SEQSERVE_REQUEST_TIMEOUT_S?); the settings "
+        "are listed in the README"]
     # a guess that difflib finds nearer to another setting (it said SEQSERVE_MODEL_CONTROL)
     assert unknown_variables({"SEQSERVE_MODEL_DIR": "/m"}) == [
         "SEQSERVE_MODEL_DIR is not a setting and is ignored (did you mean SEQSERVE_MODEL_REPOSITORY?); the settings "
@@ -165,3 +169,20 @@ def test_a_server_started_with_its_standard_streams_closed_stops_cleanly() -> No
         assert server.wait(timeout=60) == 0, server.stdout.read() if server.stdout else ""
     finally:
         server.kill()
+
+
+def test_start_up_says_the_settings_and_refuses_a_key_in_the_wrong_variable() -> None:
+    """One line says what took effect (keys, limits, workers, gRPC were said nowhere). A key set in
+    SEQSERVE_API_KEY (no S) ran the server without keys, with only a warning: refused, failing
+    closed. A certificate setting says seqserve has no TLS."""
+    env = {**os.environ, "SEQSERVE_API_KEYS": '["a", "b"]', "SEQSERVE_GRPC_PORT": "0", "SEQSERVE_SSL_CERTFILE": "/x",
+           "SEQSERVE_MODEL_REPOSITORY": "/nonexistent"}
+    run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert "gRPC off" in run.stderr and "API keys on (2)" in run.stderr and "queue 1024 texts a model" in run.stderr
+    assert "SEQSERVE_SSL_CERTFILE is not a setting and is ignored: seqserve has no TLS" in run.stderr
+    env = {**os.environ, "SEQSERVE_API_KEY": "secret"}
+    run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 3 and "SEQSERVE_API_KEY is not a setting, and the server would run without API keys" \
+        in run.stderr, run.stderr
