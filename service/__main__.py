@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     for line in unknown_variables(os.environ):  # once, here, not in each worker
         logging.getLogger("seqserve").warning(line)
     logging.getLogger("seqserve").info(summary(settings))
+    if settings.model_control and settings.workers > 1:  # was said only by the first load's 409
+        logging.getLogger("seqserve").warning("SEQSERVE_MODEL_CONTROL has no effect with SEQSERVE_WORKERS > 1 "
+                                              "(each worker holds its own models): load and unload answer 409")
     if settings.workers == 1:
         folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if folder:  # prometheus-client's multiprocess mode, set by the operator: as a supervisor prepares it
