@@ -194,6 +194,11 @@ def test_binary_body_mistakes_are_named(committed_server: Server) -> None:
     r = httpx.post(url, content=both + b"\x05\x00\x00\x00hello",
                    headers={"Inference-Header-Content-Length": str(len(both))})
     assert r.status_code == 422 and r.json()["field"] == "inputs.text.data" and "send one" in r.json()["error"]
+    # null, which the OpenAPI document does not allow, was taken for no size at all
+    null = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"],
+                        "parameters": {"binary_data_size": None}}]}
+    r = httpx.post(url, json=null)
+    assert r.status_code == 422 and r.json()["field"] == "inputs.text.parameters.binary_data_size", r.text
 
 
 @pytest.mark.parametrize(("body", "field"), [
