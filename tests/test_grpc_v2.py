@@ -433,72 +433,57 @@ def test_a_translation_asked_with_stream_comes_in_pieces_flagged_final_at_the_en
     assert errors == ["model sentiment does not generate text (task text-classification)"]
 
 
+LONG = "A little girl in a pink dress is running through the park with her dog and a red ball."
+
+
+def _answered(server: Server, sent: list[tuple[str, list[str], str, dict[str, Any]]], count: int) -> list[str]:
+    """The first ``count`` answers on one stream of the stock client to the requests ``sent``
+    (model, texts, request id, parameters), in the order they came: each its id, or its error."""
+    import queue
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = tg.InferenceServerClient(url=server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    for model, texts, request_id, parameters in sent:
+        client.async_stream_infer(model, [_text(tg, texts)], request_id=request_id, parameters=parameters or None)
+    got = [answers.get(timeout=60) for _ in range(count)]
+    client.stop_stream()
+    client.close()
+    return [result.get_response().id if error is None else f"error: {error}" for result, error in got]
+
+
 def test_a_stream_answers_in_the_order_of_its_requests(committed_server: Server) -> None:
     """As Triton does: a stock client turns a failed request's answer into an error without its
     id, so the order is how it tells which request failed. Work still runs concurrently: a quick
     request behind a long one is answered after it, not computed after it."""
-    import queue
-
-    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    client = tg.InferenceServerClient(url=committed_server.grpc_url)
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    long = "A little girl in a pink dress is running through the park with her dog and a red ball."
-    client.async_stream_infer("translate-en-de", [_text(tg, [long] * 8)], request_id="long",
-                              parameters={"beam_size": 5})
-    client.async_stream_infer("sentiment", [_text(tg, [" "])], request_id="empty")
-    client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])], request_id="quick")
-    # a streamed translation refused before its first piece: that refusal is its one answer
-    client.async_stream_infer("translate-en-de", [_text(tg, TEXTS)], request_id="refused-stream",
-                              parameters={"stream": True})
-    got = [answers.get(timeout=60) for _ in range(4)]
-    client.stop_stream()
-    client.close()
-    order = [result.get_response().id if error is None else f"error: {error}" for result, error in got]
+    order = _answered(committed_server, [
+        ("translate-en-de", [LONG] * 8, "long", {"beam_size": 5}),
+        ("sentiment", [" "], "empty", {}),
+        ("sentiment", TEXTS[:1], "quick", {}),
+        # a streamed translation refused before its first piece: that refusal is its one answer
+        ("translate-en-de", TEXTS, "refused-stream", {"stream": True})], 4)
     assert order == ["long", "error: inputs.text.data[0] is empty", "quick",
                      "error: a streamed translation takes one text, not 2"]
-
 
 
 def test_a_streamed_requests_first_piece_waits_for_the_requests_before_it(committed_server: Server) -> None:
     """Its later pieces go out as they come, but its first one keeps its place: a streamed greedy
     translation sent after a long beam search and a refusal came out before both, so a stock
     client counting first answers blamed the refusal on the wrong request."""
-    import queue
-
-    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    client = tg.InferenceServerClient(url=committed_server.grpc_url)
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    long = "A little girl in a pink dress is running through the park with her dog and a red ball."
-    client.async_stream_infer("translate-en-de", [_text(tg, [long] * 8)], request_id="long",
-                              parameters={"beam_size": 5})
-    client.async_stream_infer("translate-en-de", [_text(tg, TEXTS[:1])], request_id="refused",
-                              parameters={"stream": True, "num_hypotheses": 2})
-    client.async_stream_infer("translate-en-de", [_text(tg, TEXTS[:1])], request_id="streamed",
-                              parameters={"stream": True, "beam_size": 1})
-    first = [answers.get(timeout=60) for _ in range(3)]
-    client.stop_stream()
-    client.close()
-    order = [result.get_response().id if error is None else "error" for result, error in first]
-    assert order == ["long", "error", "streamed"]
+    order = _answered(committed_server, [
+        ("translate-en-de", [LONG] * 8, "long", {"beam_size": 5}),
+        ("translate-en-de", TEXTS[:1], "refused", {"stream": True, "num_hypotheses": 2}),
+        ("translate-en-de", TEXTS[:1], "streamed", {"stream": True, "beam_size": 1})], 3)
+    assert [o if not o.startswith("error") else "error" for o in order] == ["long", "error", "streamed"]
 
 
 def test_a_request_after_a_streamed_one_waits_for_its_first_answer(committed_server: Server) -> None:
     """A streamed translation's first piece (or its refusal) keeps its place: a quick request sent
     after it was answered first, so a refusal of the streamed one, coming later, would have been
     blamed on the quick one by a client that counts answers."""
-    import queue
-
-    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    client = tg.InferenceServerClient(url=committed_server.grpc_url)
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    long = "A little girl in a pink dress is running through the park with her dog and a red ball."
-    client.async_stream_infer("translate-en-de", [_text(tg, [long])], request_id="streamed",
-                              parameters={"stream": True, "beam_size": 5})
-    client.async_stream_infer("sentiment", [_text(tg, TEXTS[:1])], request_id="quick")
-    first = [answers.get(timeout=60) for _ in range(2)]
-    client.stop_stream()
-    client.close()
-    assert [result.get_response().id for result, _ in first] == ["streamed", "quick"]
+    order = _answered(committed_server, [("translate-en-de", [LONG], "streamed", {"stream": True, "beam_size": 5}),
+                                         ("sentiment", TEXTS[:1], "quick", {})], 2)
+    assert order == ["streamed", "quick"]
 
 
 def test_a_stream_holds_a_bounded_number_of_requests_and_answers_them_all(committed_server: Server) -> None:
