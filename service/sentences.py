@@ -43,17 +43,18 @@ import numpy as np
 
 from service.decoding import Breaks
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.tokenization import PICTOGRAPH_CHARS, has_content
+from service.tokenization import KEYCAP, PICTOGRAPH_CHARS, has_content
 
-# a sentence end (. ! ? ...) with its closing quotes or brackets then more text, or a line break,
-# or a sentence end typed without its space (below)
-_MAYBE_SEVERAL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*\s+\S|\n\s*\S|[a-z]{2}[.!?][A-Z](?:[a-z]|\s)")
+# a sentence end (. ! ? ...) with its closing quotes or brackets then more text or an emoji, or a
+# line break, or a sentence end typed without its space (below)
+_MAYBE_SEVERAL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*(?:\s+\S|" f"[{PICTOGRAPH_CHARS}])"
+                            r"|\n\s*\S|[a-z]{2}[.!?][A-Z](?:[a-z]|\s)")
 # a candidate end: its punctuation and closing quotes or brackets before whitespace, or a line break;
 # or, without the space, one mark between a word of two lower-case letters or more and a capital
 # that begins a word ("A dog runs.A cat sleeps." was read as one sentence, and the cat came back
 # lost: "Ein Hund rennt über Holz."); not after an initial or an abbreviation ("U.S.A", "e.g.The"),
 # nor inside a host name ("www.Google.com")
-_CANDIDATE = re.compile(r"([.!?\u2026]+)[\"'\u201d\u2019)\]\u00bb]*(?=\s)|\n"
+_CANDIDATE = re.compile(r"([.!?\u2026]+)[\"'\u201d\u2019)\]\u00bb]*(?=\s" f"|[{PICTOGRAPH_CHARS}])|\n"
                         r"|(?<=[a-z]{2})([.!?])(?=[A-Z](?:[a-z]|\s))(?![A-Za-z]+\.[A-Za-z])")
 # Moses' English non-breaking prefixes (nonbreaking_prefix.en), compared in lower case: titles and
 # abbreviations a full stop follows inside a sentence; the second set only before a number ("No. 5",
@@ -77,19 +78,20 @@ _MARKER = re.compile(r"(?:[-*+\u2022\u2023\u25e6\u00b7\u2013\u2014]|\(?\d{1,3}[.
 # a character of an emoji (with the joiners and variation selectors of emoji sequences), and the
 # spaces between them: what ``edges`` scans over at a sentence's ends, one character at a time (a
 # regular expression of runs of runs backtracked exponentially on a long run of emoji)
-_EMOJI = re.compile(f"[{PICTOGRAPH_CHARS}\u200d\ufe0f]")
+_EMOJI = re.compile(f"{KEYCAP}|[{PICTOGRAPH_CHARS}\u200d\ufe0e\ufe0f\U000e0020-\U000e007f]")
+_KEYCAP_END = ("\u20e3", "\ufe0f\u20e3")  # what follows a keycap's digit, # or *
 _SPACES = " \t\u00a0\n\r"
 
 
 def sentences(text: str) -> list[str]:
-    """The sentences of ``text``, stripped; ``[text]`` for one sentence. Cut only, never rewritten:
+    """The sentences of ``text``, stripped (one sentence too). Cut only, never rewritten:
     the parts hold every character of the text but the whitespace between them. A part that
     holds nothing the model reads (invisible characters) stays with its neighbour, and one of
     emoji alone with the sentence before it (its end, for ``edges``). Also a break:
     a line break before a line that starts like a sentence (one caption a line, a bulleted list)
     and a blank line; a list marker ("1.", "-", "•") stays with its sentence (``edges`` finds it)."""
     if _MAYBE_SEVERAL.search(text) is None:
-        return [text]
+        return [text.strip()]  # its edges are found from its words ("A dog runs. 😀\n" kept no emoji)
     any_case = not any(c.isupper() for c in text)  # typed in lower case: any letter may start one
     cuts: list[int] = []  # where each sentence after the first begins
     start = 0
@@ -117,28 +119,28 @@ def sentences(text: str) -> list[str]:
     if cuts and not has_content(_EMOJI.sub("", text[start:])):
         cuts.pop()
     if not cuts:
-        return [text]
+        return [text.strip()]
     return [text[a:b].strip() for a, b in itertools.pairwise([0, *cuts, len(text)])]
-
-
-def list_marker(part: str) -> str:
-    """The list marker ``part`` (a sentence) begins with, and the spaces after it, as typed; "" for
-    none, or where nothing but the marker would be left for the model."""
-    match = _MARKER.match(part)
-    return match.group() if match is not None and has_content(part[match.end():]) else ""
 
 
 def edges(part: str) -> tuple[str, str]:
     """What ``part`` (a sentence) begins with and ends with that the translator does not read, as
-    typed: a list marker and emoji before its words, emoji after them, each with its spaces;
+    typed: list markers and emoji before its words (a marker with nothing after it is no marker),
+    emoji after them, each with its spaces;
     ("", "") where nothing the model reads would be left between them."""
-    start = len(list_marker(part))
-    while start < len(part) and _EMOJI.match(part, start) is not None:  # emoji, and the spaces after them
-        start += 1
+    start = 0
+    while start < len(part):  # list markers and emoji, in any order ("📌 - A dog runs."), then spaces
+        if (emoji := _EMOJI.match(part, start)) is not None:
+            start = emoji.end()
+        elif (marker := _MARKER.match(part, start)) is not None and has_content(part[marker.end():]):
+            start = marker.end()
+        else:
+            break
         while start < len(part) and part[start] in _SPACES:
             start += 1
     end = len(part)
-    while end > start and _EMOJI.match(part, end - 1) is not None:  # emoji, and the spaces before them
+    while end > start and (_EMOJI.match(part, end - 1) is not None  # emoji, and the spaces before them
+                           or (part[end - 1] in "0123456789#*" and part.startswith(_KEYCAP_END, end))):
         end -= 1
         while end > start and part[end - 1] in _SPACES:
             end -= 1
@@ -195,8 +197,8 @@ def _ends_after(text: str, start: int, dot: int, following: str) -> bool:
         begin -= 1
     prefix = text[begin:dot].lstrip("\"'([\u201c\u2018")
     lower = prefix.lower()
-    if not text[start:begin].strip() and (prefix.isdigit() or len(prefix) == 1):
-        return False  # the part's first word: a list marker ("1.", "a.")
+    if not _EMOJI.sub("", text[start:begin]).strip() and (prefix.isdigit() or len(prefix) == 1):
+        return False  # the part's first word, emoji before it aside: a list marker ("1.", "🐶 1.", "a.")
     if lower in _PREFIXES or (len(prefix) == 1 and prefix.isupper()):
         return False
     if lower in _BEFORE_NUMBERS and following[0].isdigit():

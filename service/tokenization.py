@@ -80,8 +80,14 @@ _SOMETHING_LEFT = re.compile(f"[^{NOTHING_LEFT}{_IGNORABLE_BEYOND_BMP}]")
 # took accuracy from 0.860 to 0.681, " 👍👍" to 0.815 (fp32). Spaced out of what it reads, as they
 # may part words; a text of nothing else keeps them, having nothing else to be scored by. The
 # translator's corpus, Multi30k, has none either (``normalize_translation``).
-PICTOGRAPH_CHARS = "\u20e3\u2190-\u21ff\u2300-\u23ff\u25a0-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff"
-_PICTOGRAPHS = re.compile(f"[{PICTOGRAPH_CHARS}]")
+# Beyond those blocks, the emoji that stand alone in theirs (© ® ‼ ⁉ ™ ℹ Ⓜ 〰 〽 ㊗ ㊙; neither corpus
+# has one), taken out before NFKC, which spells some as letters ("™" as "TM", "ℹ" as "i"); and a
+# keycap ("2️⃣": a digit, # or *, then U+20E3), whose digit was read as a number ("2️⃣ A cat
+# sleeps." came back as "Zwei Katzen schlafen.").
+PICTOGRAPH_CHARS = ("\u00a9\u00ae\u203c\u2049\u20e3\u2122\u2139\u2190-\u21ff\u2300-\u23ff\u24c2\u25a0-\u27bf"
+                    "\u2b00-\u2bff\u3030\u303d\u3297\u3299\U0001f000-\U0001faff")
+KEYCAP = "[0-9#*]\ufe0f?\u20e3"
+_PICTOGRAPHS = re.compile(f"{KEYCAP}|[{PICTOGRAPH_CHARS}]")
 
 
 def has_content(text: str) -> bool:
@@ -112,12 +118,12 @@ def _clean(text: str) -> str:
     return _spaces(text)
 
 
-def _without_pictographs(text: str) -> str:
-    """``text`` with its pictographs spaced out, unless nothing else would be left."""
+def _clean_without_pictographs(text: str) -> str:
+    """``_clean(text)`` with its pictographs spaced out, unless nothing else would be left."""
     if text.isascii() or _PICTOGRAPHS.search(text) is None:
-        return text
-    words = _spaces(_PICTOGRAPHS.sub(" ", text))
-    return words if has_content(words) else text
+        return _clean(text)
+    words = _clean(_PICTOGRAPHS.sub(" ", text))
+    return words if has_content(words) else _clean(text)
 
 
 def normalize_sentiment(text: str) -> str:
@@ -128,7 +134,7 @@ def normalize_sentiment(text: str) -> str:
     the corpus and on random text): the corpus markup replaced in one pass, the apostrophe
     rules only on texts with an apostrophe, the punctuation split off by ``str.translate``.
     """
-    text = _without_pictographs(_clean(text))
+    text = _clean_without_pictographs(text)
     text = text.lower()
     text = text.replace("`", "'") if text.isascii() else text.translate(_QUOTES)
     if "-" in text or "'" in text:  # every corpus markup has one of them (its `` became '' above)
@@ -152,7 +158,7 @@ def normalize_translation(text: str) -> str:
     ``edges``); those inside its words are not read (Multi30k has none: one after the middle word
     of every val source took BLEU from 38.9 to 14.5-27.7, `python -m loadtests.api_quality
     --emoji`)."""
-    return _without_pictographs(_clean(text))
+    return _clean_without_pictographs(text)
 
 
 NORMALIZERS = {"sentiment": normalize_sentiment, "translation": normalize_translation}

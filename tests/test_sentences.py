@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, edges, joined, line_breaks, list_marker, sentences, separators
+from service.sentences import SentencesJob, edges, joined, line_breaks, sentences, separators
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -47,6 +47,13 @@ from service.sentences import SentencesJob, edges, joined, line_breaks, list_mar
     ("Mr.Smith walks.", ["Mr.Smith walks."]),
     ("See www.Google.com now.", ["See www.Google.com now."]),
     ("A dog runs.a cat sleeps.", ["A dog runs.a cat sleeps."]),
+    # an emoji typed right after a sentence's end: the next sentence was read into it, and lost
+    ("Thanks for the photo!\U0001f60a A dog runs.", ["Thanks for the photo!", "\U0001f60a A dog runs."]),
+    ("A dog runs.\U0001f436A cat sleeps.", ["A dog runs.", "\U0001f436A cat sleeps."]),
+    ("I love it!\U0001f60d", ["I love it!\U0001f60d"]),
+    # one sentence, stripped as several are: its edges are found from its words
+    ("A dog runs. \U0001f600\n", ["A dog runs. \U0001f600"]), (" 1. A dog runs.", ["1. A dog runs."]),
+    ("\u2705 1. A dog runs.\n\u274c 2. A cat sleeps.", ["\u2705 1. A dog runs.", "\u274c 2. A cat sleeps."]),
 ])
 def test_a_text_splits_into_its_sentences(text: str, expected: list[str]) -> None:
     assert sentences(text) == expected
@@ -121,7 +128,7 @@ def test_line_breaks_between_sentences_are_kept_for_the_translation() -> None:
     ("5.", ""), ("- ", ""), ("A dog runs.", ""),
 ])
 def test_a_list_marker_is_found_at_a_sentences_start(part: str, marker: str) -> None:
-    assert list_marker(part) == marker
+    assert edges(part)[0] == marker
 
 
 def test_edges_go_between_the_translations_the_first_leads_and_the_last_ends() -> None:
@@ -153,7 +160,15 @@ def test_edges_go_between_the_translations_the_first_leads_and_the_last_ends() -
     ("A cat.\r\n\U0001f431", ("", "\n\U0001f431")),  # a line break inside an edge, as between sentences
     # nothing the model reads between them: all of it to the model, as before
     ("\U0001f436", ("", "")), ("\u2022 \U0001f436", ("", "")),
-    ("A \U0001f436 runs.", ("", "")),  # inside the words: the model's to read
+    ("A \U0001f436 runs.", ("", "")),  # inside the words: left to the normaliser, which drops them
+    # a keycap ("2" read as a number: two cats), the text-style selector, a subdivision flag's tags
+    ("2\ufe0f\u20e3 A cat sleeps.", ("2\ufe0f\u20e3 ", "")), ("A cat sleeps 0\ufe0f\u20e3", ("", " 0\ufe0f\u20e3")),
+    ("A dog runs \u2764\ufe0e", ("", " \u2764\ufe0e")),
+    ("A flag \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+     ("", " \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f")),
+    ("A dog runs \u203c\ufe0f", ("", " \u203c\ufe0f")), ("\u00a9 A man reads.", ("\u00a9 ", "")),
+    # a marker after emoji ("1." was translated as a sentence of its own: "🐶 Ein. Ein Hund rennt.")
+    ("\U0001f436 1. A dog runs.", ("\U0001f436 1. ", "")), ("\U0001f4cc - A dog runs.", ("\U0001f4cc - ", "")),
 ])
 def test_the_edges_of_a_sentence(part: str, edged: tuple[str, str]) -> None:
     assert edges(part) == edged

@@ -43,8 +43,9 @@ _INVISIBLE = (r"[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\
               r"\U000e0000-\U000e0fff]")
 
 
-# what the sentiment model never saw: emoji and other pictographs
-_PICTOGRAPH = r"[\u20e3\u2190-\u21ff\u2300-\u23ff\u25a0-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff]"
+# what neither model saw: emoji and other pictographs, keycaps first
+_PICTOGRAPH = (r"[0-9#*]\ufe0f?\u20e3|[\u00a9\u00ae\u203c\u2049\u20e3\u2122\u2139\u2190-\u21ff\u2300-\u23ff\u24c2"
+               r"\u25a0-\u27bf\u2b00-\u2bff\u3030\u303d\u3297\u3299\U0001f000-\U0001faff]")
 
 
 def _reference_clean(text: str) -> str:
@@ -54,9 +55,9 @@ def _reference_clean(text: str) -> str:
 
 
 def _reference_without_pictographs(text: str) -> str:
-    text = _reference_clean(text)
-    words = re.sub(r"\s+", " ", re.sub(_PICTOGRAPH, " ", text)).strip()
-    return words if has_content(words) else text
+    """Taken out before NFKC, which spells some as letters ("™" as "TM")."""
+    words = _reference_clean(re.sub(_PICTOGRAPH, " ", text))
+    return words if has_content(words) else _reference_clean(text)
 
 
 def _reference_normalize_sentiment(text: str) -> str:
@@ -79,7 +80,7 @@ def _random_texts(count: int, seed: int = 0) -> list[str]:
     """Short texts over the characters each step of the normalisation treats specially."""
     rng = random.Random(seed)
     alphabet = [*"abcXYZ0 '`\"’‘´“”„.-,!?;:()[]{}/\\*&$#=+<>…|~^\t\n\r\x0b\x0c\x1c\x85\xa0\u2000\u200b",
-                *"\u2028\u202f\u3000\ufeffé😀🔥👍🏽❤\u20e3→ﬁ①ǅİ\u200d\u202e\u2060\u00ad\U000e0041",
+                *"\u2028\u202f\u3000\ufeffé😀🔥👍🏽❤\u20e3\ufe0f™©→ﬁ①ǅİ\u200d\u202e\u2060\u00ad\U000e0041",
                 "...", "--", "n't", "'s", "'re", "-lrb-", "-rcb-", "``", "''"]
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24))) for _ in range(count)]
 
@@ -184,6 +185,9 @@ def test_the_translator_reads_no_emoji_inside_a_sentence() -> None:
     assert tok.encode("A dog🐶runs.") == tok.encode("A dog runs.")  # spaced: the words stay apart
     assert tok.encode("I ❤️ this city.") == tok.encode("I this city.")
     assert tok.encode("🐶") and tok.encode("🐶") != tok.encode("🐱")  # nothing else to translate
+    # a keycap's digit was read as a number, and "™" (NFKC: "TM") as letters
+    assert tok.encode("2\ufe0f\u20e3 A cat sleeps.") == tok.encode("A cat sleeps.")
+    assert tok.encode("A cola\u2122 stand.") == tok.encode("A cola stand.")
 
 
 @pytest.mark.parametrize("model", ["translate-en-de/1/source.spm.model", "translate-en-de/1/target.spm.model"])
