@@ -5,16 +5,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from export.data import DataNotFound
 from service.model_card import ModelCardError
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a command's ``main``. A path that is not there (a --data-dir without the data, a
-    --model-dir without its model.json: their messages say what to pass) or a model card the
-    service would refuse ends the command with its message and exit status 2; anything else is a
-    bug and keeps its traceback."""
+    """Run a command's ``main``. A --data-dir without the data, a --model-dir without a readable
+    model.json, or a card the service would refuse (their messages say what to pass) ends the
+    command with its message and exit status 2; anything else (a missing file deep in training
+    included) is a bug and keeps its traceback."""
     try:
         main()
-    except (FileNotFoundError, ModelCardError) as exc:
+    except (DataNotFound, ModelCardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

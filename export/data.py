@@ -24,9 +24,13 @@ class LabelledText:
     label: int
 
 
+class DataNotFound(FileNotFoundError):
+    """A data file that --data-dir does not hold: the message says what to pass."""
+
+
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataNotFound(
             f"{path} not found: pass --data-dir pointing at a folder with sst2/ and multi30k/ "
             "(see docs/models.md, Data)"
         )

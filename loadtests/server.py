@@ -63,7 +63,10 @@ class ServerProcess:
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         own = dict(zip(OWN_SETTINGS, (str(models), str(self.port), "127.0.0.1", "false", str(self.grpc_port)),
                        strict=True))
-        env = {**os.environ, **own, **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
+        # a server of its own takes no API keys but those given here: an operator's exported
+        # SEQSERVE_API_KEYS would have every tool's requests refused 401
+        inherited = {k: v for k, v in os.environ.items() if k.upper() != "SEQSERVE_API_KEYS"}
+        env = {**inherited, **own, **{f"SEQSERVE_{k.upper()}": v for k, v in settings.items()}}
         self._settings = " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("SEQSERVE_"))
         self._log_file: Path | None = None
         if capture_output:

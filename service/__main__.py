@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:  # one line per bad setting, named as it is set, not a traceback
         # named as it is set: a JSON value's inner place goes in the message ("at sentiment.latest"),
         # not in a variable name nobody set (SEQSERVE_VERSION_POLICY_SENTIMENT_LATEST)
-        _refuse([f"invalid setting SEQSERVE_{str(error['loc'][0]).upper()}"
+        _refuse([f"invalid setting SEQSERVE_{str(error['loc'][0]).upper() if error['loc'] else 'S'}"
                  f"{' (at ' + '.'.join(str(p) for p in error['loc'][1:]) + ')' if len(error['loc']) > 1 else ''}: "
                  f"{error['msg']} (got {error.get('input')!r}){kubernetes_hint(error.get('input'))}"
                  for error in exc.errors()])
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         name = f"SEQSERVE_{field.group(1).upper()}" if field else "a SEQSERVE_ setting"
         _refuse([f"invalid setting {name}: not valid JSON (got {os.environ.get(name)!r}); it takes a JSON value, "
                  "as the README's settings table shows for each"])
-    if os.environ.get(NOT_KEYS, "").strip() and not settings.api_keys:  # an API key meant, none required: fail closed
+    # an API key meant, none required: fail closed (in any case, as the settings are read)
+    if any(k.upper() == NOT_KEYS and v.strip() for k, v in os.environ.items()) and not settings.api_keys:
         _refuse([f"{NOT_KEYS} is not a setting, and the server would run without API keys: set SEQSERVE_API_KEYS "
                  "to a JSON list of keys (SEQSERVE_API_KEYS='[\"<key>\"]')"])
     configure_logging(settings)

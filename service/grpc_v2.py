@@ -204,13 +204,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """A stream's answers to one request: one result, or a translation's pieces as they are
         decoded when the request asks for ``stream``."""
         model = self._served(request)
-        with v2_stats.counted(model.name, model.version):
+        # counted up to its last answer's being ready, not while it waits for its turn in the stream
+        with v2_stats.counted(model.name, model.version) as counting:
             args = self._infer_args(model, request, params, remaining)
             if wants_stream(params):
                 async for result in infer_stream(*args):
+                    if result.last:
+                        counting.done()
                     yield result
             else:
-                yield await infer(*args)
+                result = await infer(*args)
+                counting.done()
+                yield result
 
     async def model_stream_infer(self, requests: AsyncIterator[Any],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -177,7 +177,7 @@ class RequestContextMiddleware:
             try:
                 coding, charset = body_format(headers, scope["path"]) if with_body else (None, None)
             except Unreadable as exc:
-                if not self._route(scope, root_path)[1]:
+                if self.routes and not self._route(scope, root_path)[1]:
                     # no route takes this method at this path: its 404 or 405 says more than what
                     # the body is (perf_analyzer's shared-memory mode posts octet-stream to a route
                     # not served)

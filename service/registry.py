@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from service.onnx_session import (
 )
 from service.runners import Runner, SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
-from service.version_policy import served_cards, unserved, version_cards
+from service.version_policy import readable, served_cards, unreadable_folder, unserved, version_cards
 
 log = logging.getLogger("seqserve.registry")
 
@@ -252,8 +251,7 @@ class ModelRegistry:
             log.warning("%s", line)
         cards = served_cards(version_cards(repo), settings.version_policy)
         if not cards:
-            unreadable = "" if os.access(repo, os.R_OK | os.X_OK) else \
-                f"; the folder cannot be read (permissions; the server runs as uid {os.getuid()})"
+            unreadable = "" if readable(repo) else f"; {unreadable_folder()}"
             raise ModelLoadError(f"{repo}: no models found (expected <name>/<version>/model.json){unreadable}")
         quiet_runtime_log(settings.log_level)
         providers = choose_providers(settings.providers, cuda_options(settings))

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.version_policy import VersionPolicy
 
-_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s*]+")  # no "*" inside: compared literally
 
 
 class Settings(BaseSettings):
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         for origin in origins:
             if origin != "*" and _ORIGIN.fullmatch(origin) is None:
                 raise ValueError(f"{origin!r} is not an origin: scheme://host[:port] as a browser sends it, no path "
-                                 "or trailing slash (e.g. https://app.example.com), or *")
+                                 "or trailing slash, no wildcard in the host (e.g. https://app.example.com), or *")
         return [origin.lower() for origin in origins]
 
     @field_validator("log_level", "log_format", mode="before")
@@ -178,7 +178,7 @@ _GUESSED = {**{f"SEQSERVE_{guess}": "SEQSERVE_MODEL_REPOSITORY"
             **{f"SEQSERVE_{guess}": "SEQSERVE_REQUEST_TIMEOUT_S" for guess in ("TIMEOUT", "TIMEOUT_S")},
             "SEQSERVE_API_KEY": "SEQSERVE_API_KEYS"}
 # what an operator who sets one of these expects (certificates: TLS) seqserve does not do
-_NO_TLS = ("SSL", "TLS", "CERT", "HTTPS")
+_NO_TLS = ("SSL", "TLS", "CERT", "HTTPS", "KEYFILE")
 # set instead of SEQSERVE_API_KEYS, a key the operator meant to require: the server would run open
 NOT_KEYS = "SEQSERVE_API_KEY"
 
@@ -192,7 +192,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     lines = []
     for name in sorted(environ):
         if name.upper().startswith("SEQSERVE_") and name.upper() not in known | TOOL_VARIABLES:
-            if any(word in name.upper().split("_") for word in _NO_TLS):
+            if any(word in name.upper() for word in _NO_TLS):
                 lines.append(f"{name} is not a setting and is ignored: seqserve has no TLS and serves plain HTTP "
                              "and gRPC; terminate TLS in front of it (README, Behind a reverse proxy)")
                 continue

@@ -179,8 +179,9 @@ class SubwordTokenizer:
     that recases text typed in one case throughout (service/truecasing.py) after normalisation.
 
     ``encode`` never fails on valid Unicode: characters the model has not seen fall back to
-    UTF-8 byte pieces (the models are trained with byte_fallback), so emoji and rare scripts
-    keep their information instead of collapsing to <unk>.
+    UTF-8 byte pieces (the models are trained with byte_fallback), so rare scripts keep their
+    information instead of collapsing to <unk> (emoji are taken out before, unless a text has
+    nothing else: ``_clean_without_pictographs``).
     """
 
     def __init__(self, model_file: str | Path, normalizer: str, truecaser: Truecaser | None = None) -> None:

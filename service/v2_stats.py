@@ -53,17 +53,32 @@ def record(name: str, version: str, ok: bool, seconds: float) -> None:
     counts.last_inference_ms = int(time.time() * 1000)
 
 
+class Counting:
+    """One request being counted (``counted``); ``done`` marks it answered at that moment."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.answered: float | None = None
+
+    def done(self) -> None:
+        self.answered = time.perf_counter()
+
+
 @contextmanager
-def counted(name: str, version: str) -> Iterator[None]:
+def counted(name: str, version: str) -> Iterator[Counting]:
     """Counts one request to a model version as it leaves the block: a success, or a failure if it
     raised (a refusal of its inputs included: adapters enter it once they know the version, before
-    they read the request), with its time from entering."""
-    started, ok = time.perf_counter(), False
+    they read the request), with its time from entering. A block that yields its answers (a gRPC
+    stream's) calls ``done`` when the last one is ready: its time then excludes the wait for its
+    turn in the stream, and the client leaving after that is no failure."""
+    counting = Counting()
+    ok = False
     try:
-        yield
+        yield counting
         ok = True
     finally:
-        record(name, version, ok, time.perf_counter() - started)
+        ok = ok or counting.answered is not None
+        record(name, version, ok, (counting.answered or time.perf_counter()) - counting.started)
 
 
 def _sample(metric: str, model: tuple[str, str]) -> float:

@@ -54,6 +54,16 @@ def version_cards(repository: Path, name: str | None = None) -> list[Path]:
     return sorted(card for card in cards if is_version(card.parent.name))
 
 
+def readable(folder: Path) -> bool:
+    """Whether the server may list ``folder`` and open what is in it."""
+    return os.access(folder, os.R_OK | os.X_OK)
+
+
+def unreadable_folder() -> str:
+    """Why a folder of the repository is not read: said with the uid (a volume mounted with another owner)."""
+    return f"the folder cannot be read (permissions; the server runs as uid {os.getuid()})"
+
+
 def is_version(folder: str) -> bool:
     """A version folder's name: a number, without leading zeros ("01" and "1" would be two
     versions that compare equal)."""
@@ -85,13 +95,11 @@ def unserved(repository: Path, policies: dict[str, VersionPolicy]) -> list[str]:
             lines.append(f"{card.parent}: not served: a version folder's name must be a number without leading "
                          "zeros (e.g. 1)")
     for model in sorted(repository.glob("*")):  # glob passes over a folder it cannot list, without a word
-        if model.is_dir() and not os.access(model, os.R_OK | os.X_OK):
-            lines.append(f"{model}: not served: the folder cannot be read (permissions; the server runs as uid "
-                         f"{os.getuid()})")
+        if model.is_dir() and not readable(model):
+            lines.append(f"{model}: not served: {unreadable_folder()}")
     for folder in sorted(repository.glob("*/*")):  # were ignored without a word
-        if folder.is_dir() and is_version(folder.name) and not os.access(folder, os.R_OK | os.X_OK):
-            lines.append(f"{folder}: not served: the folder cannot be read (permissions; the server runs as uid "
-                         f"{os.getuid()})")
+        if folder.is_dir() and is_version(folder.name) and not readable(folder):
+            lines.append(f"{folder}: not served: {unreadable_folder()}")
         elif folder.is_dir() and is_version(folder.name) and not (folder / "model.json").exists():
             lines.append(f"{folder}: not served: no model.json in it")
     for name, policy in sorted(policies.items()):

@@ -169,7 +169,9 @@ def prepare_operators_metrics_dir(folder: str) -> None:
     # limit); its own files only, and only those of processes that are gone: a second server
     # given the same folder by mistake deleted the first's live files (and is warned below)
     files = [name for name in os.listdir(folder) if name.endswith(".db")]
-    stale = [name for name in files if not _alive(_metric_file_owner(name))]
+    # this process's own pid on a file is an earlier run's (a container's server is pid 1 each time)
+    stale = [name for name in files if _metric_file_owner(name) == str(os.getpid())
+             or not _alive(_metric_file_owner(name))]
     if len(stale) < len(files):
         log.warning("PROMETHEUS_MULTIPROC_DIR=%s holds metric files of running processes: another server "
                     "uses this folder, and /metrics sums both servers' counts; give each server its own", folder)

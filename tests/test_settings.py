@@ -31,6 +31,7 @@ from tests.conftest import ROOT
     ("cuda_mem_limit_mb", 10**20),
     ("cors_origins", ["https://app.example/"]),  # a trailing slash matched no browser
     ("cors_origins", ["app.example.org"]),
+    ("cors_origins", ["https://*.example.com"]),  # compared literally: it matched no browser
     ("version_policy", {"sentiment": {"specific": ["1", "abc"]}}),  # its /config answered 500
     ("version_policy", {"sentiment": {"specific": ["01"]}}),
 ])
@@ -181,7 +182,7 @@ def test_start_up_says_the_settings_and_refuses_a_key_in_the_wrong_variable() ->
                          timeout=60)
     assert "gRPC off" in run.stderr and "API keys on (2)" in run.stderr and "queue 1024 texts a model" in run.stderr
     assert "SEQSERVE_SSL_CERTFILE is not a setting and is ignored: seqserve has no TLS" in run.stderr
-    env = {**os.environ, "SEQSERVE_API_KEY": "secret"}
+    env = {**os.environ, "seqserve_api_key": "secret"}  # read in any case, as the settings are
     run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 3 and "SEQSERVE_API_KEY is not a setting, and the server would run without API keys" \

@@ -366,11 +366,11 @@ def test_an_earlier_runs_metric_files_are_removed_not_summed(tmp_path: Path, mon
     from service.settings import Settings
 
     (tmp_path / "counter_99999999.db").write_bytes(b"old")  # above any pid_max: a process long gone
-    (tmp_path / f"counter_{os.getpid()}.db").write_bytes(b"live")  # another server's, running: kept
+    (tmp_path / f"counter_{os.getppid()}.db").write_bytes(b"live")  # another server's, running: kept
     (tmp_path / "notes.txt").write_text("not ours")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     workers.Supervisor(Settings(workers=2))._prepare_metrics_dir()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"counter_{os.getpid()}.db", "notes.txt"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"counter_{os.getppid()}.db", "notes.txt"])
 
 
 def test_metric_folders_of_killed_supervisors_are_removed_at_the_next_start(tmp_path: Path,
@@ -425,3 +425,14 @@ def test_a_single_server_prepares_the_operators_metrics_folder(tmp_path: Path, m
         assert "metric file(s) an earlier run left" in server.output()
     finally:
         server.stop()
+
+
+def test_metric_files_of_this_processs_own_pid_are_an_earlier_runs(tmp_path: Path) -> None:
+    """A container's server is pid 1 at every start: its earlier run's files, kept on a volume,
+    looked alive (its own pid), were kept, and their counts carried over."""
+    from service.workers import prepare_operators_metrics_dir
+
+    own = tmp_path / f"counter_{os.getpid()}.db"
+    own.write_bytes(b"")
+    prepare_operators_metrics_dir(str(tmp_path))
+    assert not own.exists()
