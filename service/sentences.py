@@ -13,9 +13,10 @@ the same breaks between theirs (``Breaks``: the tokens stay as the model gave th
 decoded sentence by sentence around the breaks). What a sentence begins or ends with that is not
 the model's to read is taken off it and put back, as typed, around its translation (``edges``): a
 list marker ("2. ", "- ", "• "; "2. A woman reads a book." came back as "Zwei Frauen lesen ein
-Buch.", two women, and bullets as words or nothing) and emoji before or after the words ("A dog
-runs on the beach. 🐶🌊" came back as "Ein Hund rennt am Strand und ist dabei, das erfagt.", the
-emoji gone: Multi30k has none, and the model read their bytes as words).
+Buch.", two women, and bullets as words or nothing), Markdown's quote and heading marks, emoji
+before or after the words ("A dog runs on the beach. 🐶🌊" came back as "Ein Hund rennt am Strand
+und ist dabei, das erfagt.", the emoji gone: Multi30k has none, and the model read their bytes as
+words), and emphasis or brackets around the whole sentence.
 
 The split follows the rules of Moses' split-sentences.perl, as MT pipelines have long used:
 after ``. ! ?`` or an ellipsis (and closing quotes or brackets), before whitespace and a word
@@ -47,14 +48,14 @@ from service.tokenization import KEYCAP, PICTOGRAPH_CHARS, has_content
 
 # a sentence end (. ! ? ...) with its closing quotes or brackets then more text or an emoji, or a
 # line break, or a sentence end typed without its space (below)
-_MAYBE_SEVERAL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*(?:\s+\S|" f"[{PICTOGRAPH_CHARS}])"
+_MAYBE_SEVERAL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]*_]*(?:\s+\S|" f"[{PICTOGRAPH_CHARS}])"
                             r"|\n\s*\S|[a-z]{2}[.!?][A-Z](?:[a-z]|\s)")
 # a candidate end: its punctuation and closing quotes or brackets before whitespace, or a line break;
 # or, without the space, one mark between a word of two lower-case letters or more and a capital
 # that begins a word ("A dog runs.A cat sleeps." was read as one sentence, and the cat came back
 # lost: "Ein Hund rennt über Holz."); not after an initial or an abbreviation ("U.S.A", "e.g.The"),
 # nor inside a host name ("www.Google.com")
-_CANDIDATE = re.compile(r"([.!?\u2026]+)[\"'\u201d\u2019)\]\u00bb]*(?=\s" f"|[{PICTOGRAPH_CHARS}])|\n"
+_CANDIDATE = re.compile(r"([.!?\u2026]+)[\"'\u201d\u2019)\]\u00bb*_]*(?=\s" f"|[{PICTOGRAPH_CHARS}])|\n"
                         r"|(?<=[a-z]{2})([.!?])(?=[A-Z](?:[a-z]|\s))(?![A-Za-z]+\.[A-Za-z])")
 # Moses' English non-breaking prefixes (nonbreaking_prefix.en), compared in lower case: titles and
 # abbreviations a full stop follows inside a sentence; the second set only before a number ("No. 5",
@@ -72,9 +73,14 @@ _OPENERS = frozenset("""A An The One Two Three Four Five Six Several Some Many M
     They We I You There This That These Those Then Now Here His Her Their Its Our My In On At""".split())
 _LOOK = 12  # how far past a candidate end to look for the next word's first letter or digit
 # a list marker at a sentence's start, with the spaces after it: a bullet or dash, a number of up to
-# three digits with "." or ")", "(1)", "(a)", "a)", "[1]"; not a letter with a full stop ("A. Smith")
-_MARKER = re.compile(r"(?:[-*+\u2022\u2023\u25e6\u00b7\u2013\u2014]|\(?\d{1,3}[.)]|\(\d{1,3}\)|\(?[a-zA-Z]\)"
-                     r"|\[\d{1,3}\])[ \t\u00a0]+(?=\S)")
+# three digits with "." or ")", "(1)", "(a)", "a)", "[1]"; not a letter with a full stop ("A. Smith");
+# and Markdown's quote and heading marks ("> ", "## "), which the model read as words ("number eight")
+_MARKER = re.compile(r"(?:[-*+>\u2022\u2023\u25e6\u00b7\u2013\u2014]|#{1,6}|\(?\d{1,3}[.)]|\(\d{1,3}\)"
+                     r"|\(?[a-zA-Z]\)|\[\d{1,3}\]|\[[ xX]\])[ \t\u00a0]+(?=\S)")  # "[ ]", "[x]": task lists
+# what wraps a whole sentence, kept as typed around its translation: Markdown emphasis and brackets
+# ("**A dog runs.** A cat sleeps." lost the cat; "(A dog runs.)" came back as "Ein (A (A (A-Strimer")
+_WRAPS = (("***", "***"), ("**", "**"), ("__", "__"), ("*", "*"), ("_", "_"), ("(", ")"), ("[", "]"))
+_WRAP_OPENINGS = frozenset(opening[0] for opening, _ in _WRAPS)
 # a character of an emoji (with the joiners and variation selectors of emoji sequences), and the
 # spaces between them: what ``edges`` scans over at a sentence's ends, one character at a time (a
 # regular expression of runs of runs backtracked exponentially on a long run of emoji)
@@ -103,8 +109,9 @@ def sentences(text: str) -> list[str]:
         first = word[0]
         starts = first.isupper() or first.isdigit() or (any_case and first.isalpha())
         mark = match.group(1) or match.group(2)
-        if mark is None:  # a line break: before a sentence's start, or a blank line
-            if not starts and "\n" not in text[end:end + _LOOK].split(word, 1)[0]:
+        if mark is None:  # a line break: before a sentence's start or a marked line, or a blank line
+            ahead = text[end:end + _LOOK]
+            if not starts and "\n" not in ahead.split(word, 1)[0] and _MARKER.match(ahead.lstrip()) is None:
                 continue
         elif not starts or (mark == "." and not _ends_after(text, start, match.start(), word)):
             continue
@@ -144,9 +151,35 @@ def edges(part: str) -> tuple[str, str]:
         end -= 1
         while end > start and part[end - 1] in _SPACES:
             end -= 1
+    while start < end and part[start] in _WRAP_OPENINGS and (wrap := _wrapped(part, start, end)) is not None:
+        start, end = start + len(wrap[0]), end - len(wrap[1])
     if (start == 0 and end == len(part)) or not has_content(part[start:end]):  # no edges (nearly every
         return "", ""  # caption, on the event loop), or nothing the model reads between them
     return _as_lines(part[:start]), _as_lines(part[end:])
+
+
+def _wrapped(part: str, start: int, end: int) -> tuple[str, str] | None:
+    """The emphasis or bracket pair (``_WRAPS``) that wraps ``part[start:end]`` whole, if one does:
+    "(A dog) runs (fast)" and "*A* dog *runs*" open and close twice, and are not wrapped."""
+    for opening, closing in _WRAPS:
+        if not (part.startswith(opening, start) and part.endswith(closing, start, end)):
+            continue
+        inner = part[start + len(opening):end - len(closing)]
+        if not has_content(inner) or inner[:1].isspace() or inner[-1:].isspace():
+            continue
+        if opening == closing:
+            if opening not in inner:
+                return opening, closing
+            continue
+        depth = 0  # a bracket: the first one closes at the last
+        for char in inner:
+            depth += (char == opening) - (char == closing)
+            if depth < 0:
+                break
+        else:
+            if depth == 0:
+                return opening, closing
+    return None
 
 
 def _as_lines(edge: str) -> str:

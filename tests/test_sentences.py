@@ -54,6 +54,11 @@ from service.sentences import SentencesJob, edges, joined, line_breaks, sentence
     # one sentence, stripped as several are: its edges are found from its words
     ("A dog runs. \U0001f600\n", ["A dog runs. \U0001f600"]), (" 1. A dog runs.", ["1. A dog runs."]),
     ("\u2705 1. A dog runs.\n\u274c 2. A cat sleeps.", ["\u2705 1. A dog runs.", "\u274c 2. A cat sleeps."]),
+    # Markdown and lettered lists: the second sentence was read into the first, and lost
+    ("**A dog runs.** A cat sleeps.", ["**A dog runs.**", "A cat sleeps."]),
+    ("a) A dog runs.\nb) A cat sleeps.", ["a) A dog runs.", "b) A cat sleeps."]),
+    ("- [ ] A dog runs.\n- [x] A cat sleeps.", ["- [ ] A dog runs.", "- [x] A cat sleeps."]),
+    ("> A dog runs.\n> a cat sleeps.", ["> A dog runs.", "> a cat sleeps."]),
 ])
 def test_a_text_splits_into_its_sentences(text: str, expected: list[str]) -> None:
     assert sentences(text) == expected
@@ -169,6 +174,11 @@ def test_edges_go_between_the_translations_the_first_leads_and_the_last_ends() -
     ("A dog runs \u203c\ufe0f", ("", " \u203c\ufe0f")), ("\u00a9 A man reads.", ("\u00a9 ", "")),
     # a marker after emoji ("1." was translated as a sentence of its own: "🐶 Ein. Ein Hund rennt.")
     ("\U0001f436 1. A dog runs.", ("\U0001f436 1. ", "")), ("\U0001f4cc - A dog runs.", ("\U0001f4cc - ", "")),
+    # Markdown's marks, read as words ("## A dog" came back as "Ein Hund mit der Nummer acht.")
+    ("## A dog", ("## ", "")), ("> A dog runs.", ("> ", "")), ("- [x] A dog runs.", ("- [x] ", "")),
+    # a pair that wraps the whole sentence ("(A dog runs.)" came back as "Ein (A (A (A-Strimer rennt.")
+    ("**A dog runs.**", ("**", "**")), ("(A dog runs.)", ("(", ")")), ("_A dog runs._", ("_", "_")),
+    ("(A dog) runs (fast).", ("", "")), ("*A* dog *runs*.", ("", "")), ("( A dog )", ("", "")),
 ])
 def test_the_edges_of_a_sentence(part: str, edged: tuple[str, str]) -> None:
     assert edges(part) == edged
