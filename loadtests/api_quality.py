@@ -43,7 +43,7 @@ import httpx
 from export.data import read_multi30k_pairs, read_sst2
 from export.evaluate import api_translator
 from loadtests.inputs import DATA_DIR
-from loadtests.server import ROOT, ServerProcess
+from loadtests.server import ROOT, ServerProcess, served_models
 
 
 def api_sentiment(url: str, texts: list[str], batch_size: int = 16, concurrency: int = 4) -> list[dict[str, Any]]:
@@ -70,7 +70,7 @@ def measure(models: Path, precision: str, data_dir: Path = DATA_DIR, beam: int =
     pairs = read_multi30k_pairs(data_dir, "test_2016_flickr")[:limit]
     server = ServerProcess(models, precision=precision).wait_ready()
     try:
-        served = {m["name"]: m["precision"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+        served = {name: model["precision"] for name, model in served_models(server.url).items()}
         labels = [res["label"] for res in api_sentiment(server.url, [r.text for r in sst])]
         hyps = api_translator(server.url)([s for s, _ in pairs], beam)
     finally:
@@ -92,7 +92,7 @@ def batch_mates(models: Path, precision: str, data_dir: Path = DATA_DIR, split: 
     random.Random(0).shuffle(order)
     server = ServerProcess(models, precision=precision).wait_ready()
     try:
-        served = {m["name"]: m["precision"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+        served = {name: model["precision"] for name, model in served_models(server.url).items()}
         def positive(batch: list[str], size: int) -> list[float]:
             return [res["probabilities"]["positive"] for res in api_sentiment(server.url, batch, size, 1)]
 

@@ -29,14 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from loadtests import api_quality, baseline, ceiling, cpu_share
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import LoadGenerator, default_processes
-from loadtests.server import AS_DEPLOYED, OWN_SETTINGS, ROOT, ServerProcess, metric_value
+from loadtests.server import AS_DEPLOYED, OWN_SETTINGS, ROOT, ServerProcess, metric_value, served_models
 from service.onnx_session import CPU, Precision, StaleGraphError, choose_providers, graph_path, provider_name
 from service.runners import SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
@@ -162,8 +161,7 @@ def sentiment_section(args: argparse.Namespace, server: ServerProcess, generator
     during the sweeps), so that the machine's drift falls on both sides of the ratios alike."""
     sentences = sentiment_texts(args.data_dir, "test")
     raws = raw_runners(args.models, sentences, [1, 8, 16, 32, 64, 128, 256])
-    served = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}["sentiment"]
-    precision: Precision = served["precision"]
+    precision: Precision = served_models(server.url)["sentiment"]["precision"]
     clients = (1, 16, 64)
     cpu = {c: ServedCpu(server) for c in clients}
     runs: dict[int, list[LoadResult]] = {c: [] for c in clients}
@@ -267,8 +265,7 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
     random.Random(0).shuffle(sources)
     # solo decoding and the ceiling run where and as the server runs (CUDA when this onnxruntime
     # has it; the precision the server chose)
-    precision: Precision = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}[
-        "translate-en-de"]["precision"]
+    precision: Precision = served_models(server.url)["translate-en-de"]["precision"]
     translator = load_runner(args.models / "translate-en-de" / "1", choose_providers(), precision=precision)
     assert isinstance(translator, TranslationRunner)
     source_ids = [translator.tokenize(s) for s in sources]  # indexed like the requests' keys

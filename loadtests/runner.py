@@ -32,7 +32,7 @@ from loadtests.bench_service import RawSentiment
 from loadtests.http_client import API_KEY_VARIABLE, auth_headers, encode_post, open_loop
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import run_clients
-from loadtests.server import ROOT, ServerProcess
+from loadtests.server import ROOT, ServerProcess, served_models
 from loadtests.steady import summarise
 
 
@@ -95,9 +95,8 @@ def run_config(name: str, url: str, args: argparse.Namespace, out: Path,
     it, for GrpcInferenceUser; otherwise SEQSERVE_GRPC_PORT as set, or 8001)."""
     host, port = address_of(url)
     step_env = {**os.environ, "SEQSERVE_GRPC_PORT": str(grpc_port)} if grpc_port else None
-    models = httpx.get(f"{url}/v1/models", headers=auth_headers(), timeout=10).json().get("models", [])
     # the precision the server chose for sentiment (INT8 on a CPU where derived): the raw limit's
-    precision = next((m.get("precision") for m in models if m.get("name") == "sentiment"), None)
+    precision = served_models(url).get("sentiment", {}).get("precision")
     result: dict[str, Any] = {"name": name, "closed": [], "open": [], "sentiment_precision": precision}
     for users in args.users:
         before = scrape(url)

@@ -11,9 +11,12 @@ import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from loadtests.http_client import auth_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +28,13 @@ OWN_SETTINGS = ("SEQSERVE_MODEL_REPOSITORY", "SEQSERVE_PORT", "SEQSERVE_HOST", "
 # access log on (ServerProcess turns it off unless told; its lines go to /dev/null unless captured).
 # Its lines are part of the serving cost that issue 15 defines ("default settings, access log on").
 AS_DEPLOYED = {"access_log": "true"}
+
+
+def served_models(url: str) -> dict[str, dict[str, Any]]:
+    """What the server at ``url`` serves (GET /v1/models), by model name: each one's precision,
+    provider and limits (with the load tools' API key, SEQSERVE_CLIENT_API_KEY, where one is set)."""
+    answer = httpx.get(f"{url}/v1/models", headers=auth_headers(), timeout=10).json()
+    return {m["name"]: m for m in answer["models"]}
 
 
 def metric_value(url: str, sample: str, **labels: str) -> float:

@@ -46,6 +46,16 @@ def open_files_up_to_the_hard_limit() -> None:
                                                         hard))
 
 
+def _named(loc: tuple[int | str, ...]) -> str:
+    """A bad setting as it is set: a JSON value's inner place goes after its name
+    ("SEQSERVE_VERSION_POLICY (at sentiment.latest)"), not into a variable name nobody set
+    (SEQSERVE_VERSION_POLICY_SENTIMENT_LATEST); the settings together where no field is named."""
+    if not loc:
+        return "(the settings together)"
+    inner = ".".join(str(part) for part in loc[1:])
+    return f"SEQSERVE_{str(loc[0]).upper()}" + (f" (at {inner})" if inner else "")
+
+
 def _refuse(lines: list[str]) -> NoReturn:
     """Settings that cannot be read, said in the log's format where that one can be read (under
     LOG_FORMAT=json this line, the one that explains a crash loop, was the only one not JSON)."""
@@ -66,12 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:  # one line per bad setting, named as it is set, not a traceback
-        # named as it is set: a JSON value's inner place goes in the message ("at sentiment.latest"),
-        # not in a variable name nobody set (SEQSERVE_VERSION_POLICY_SENTIMENT_LATEST)
-        _refuse([f"invalid setting SEQSERVE_{str(error['loc'][0]).upper() if error['loc'] else 'S'}"
-                 f"{' (at ' + '.'.join(str(p) for p in error['loc'][1:]) + ')' if len(error['loc']) > 1 else ''}: "
-                 f"{error['msg']} (got {error.get('input')!r}){kubernetes_hint(error.get('input'))}"
-                 for error in exc.errors()])
+        _refuse([f"invalid setting {_named(error['loc'])}: {error['msg']} (got {error.get('input')!r})"
+                 f"{kubernetes_hint(error.get('input'))}" for error in exc.errors()])
     except SettingsError as exc:  # a JSON-valued setting that is not JSON (an empty one included)
         field = re.search(r'field "(\w+)"', str(exc))
         name = f"SEQSERVE_{field.group(1).upper()}" if field else "a SEQSERVE_ setting"

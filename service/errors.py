@@ -148,8 +148,10 @@ async def _client_gone(request: Request, _: Exception) -> JSONResponse:
     return await _service_error(request, ClientGone("client closed the connection before its body was read"))
 
 
-# Triton's shared-memory extension's routes (perf_analyzer --shared-memory, tritonclient's
-# register_system_shared_memory): not served, and the 404 says so
+# Triton's shared-memory extension (perf_analyzer --shared-memory, tritonclient's
+# register_system_shared_memory) is not served: its REST routes' 404, its gRPC calls and a tensor
+# that names a region say so in these words
+SHARED_MEMORY_NOT_SERVED = "shared memory is not supported by this server; send tensors in the request"
 _SHARED_MEMORY_ROUTES = ("/v2/systemsharedmemory", "/v2/cudasharedmemory")
 
 
@@ -169,8 +171,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     body: dict[str, Any] = {"error": str(exc.detail), "code": code}
     if exc.status_code == 404 and request.url.path.startswith(_SHARED_MEMORY_ROUTES):
-        body["error"] = "shared memory is not supported by this server; send tensors in the request (JSON data, " \
-            "or the binary data extension)"
+        body["error"] = f"{SHARED_MEMORY_NOT_SERVED} (JSON data, or the binary data extension)"
     headers = getattr(exc, "headers", None)
     if exc.status_code == 405 and headers and "Allow" in headers:
         # HEAD is answered wherever GET is (service/middleware.py), so Allow says so (RFC 9110 10.2.1)

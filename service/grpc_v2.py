@@ -28,7 +28,7 @@ from starlette.datastructures import State
 from service import __version__, metrics, v2_model, v2_stats
 from service.access_log import CURRENT_REQUEST_ID, access_log, request_id_of
 from service.auth import key_matches
-from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServiceError
+from service.errors import SHARED_MEMORY_NOT_SERVED, InvalidInput, ModelNotFound, PayloadTooLarge, ServiceError
 from service.grpc_protocol import model_config_pb2, service_pb2, service_pb2_grpc
 from service.inputs import deadline_after
 from service.registry import ServedModel
@@ -328,11 +328,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
 
-
 _DEADLINE_SLACK_S = 0.25
 _STREAM_IN_FLIGHT = 64  # requests of one stream held at once (read, not yet answered)
 _CLOSED = object()  # a stream's end at the server's shutdown
-
 
 
 def _response(result: InferResult, request_id: str) -> Any:
@@ -454,8 +452,8 @@ _METHODS = {"ServerLive": InferenceServicer._server_live, "ServerReady": Inferen
 def _not_served(name: str) -> Callable[[InferenceServicer, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     """A method of the protocol seqserve does not serve: UNIMPLEMENTED, saying what to do instead
     where there is something (perf_analyzer's and tritonclient's shared-memory modes)."""
-    why = "shared memory is not supported by this server; send tensors in the request (contents or " \
-        "raw_input_contents)" if "SharedMemory" in name else "not implemented by seqserve"
+    why = f"{SHARED_MEMORY_NOT_SERVED} (contents or raw_input_contents)" if "SharedMemory" in name \
+        else "not implemented by seqserve"
 
     async def method(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name}: {why}")

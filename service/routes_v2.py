@@ -108,9 +108,10 @@ async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
     _check_binary_flags(parsed)
     sizes: list[tuple[str, int]] = []
     for t in parsed.inputs:
-        refuse_shared_memory(f"inputs.{t.name}", t.parameters or {})
-        size = (t.parameters or {}).get("binary_data_size")
-        if "binary_data_size" in (t.parameters or {}):  # null too: refused as the document says, not ignored
+        parameters = t.parameters or {}
+        refuse_shared_memory(f"inputs.{t.name}", parameters)
+        size = parameters.get("binary_data_size")
+        if "binary_data_size" in parameters:  # null too: refused as the document says, not ignored
             if not isinstance(size, int) or isinstance(size, bool):
                 raise InvalidInput(f"inputs.{t.name}.parameters.binary_data_size must be an integer",
                                    field=f"inputs.{t.name}.parameters.binary_data_size")

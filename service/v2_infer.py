@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from service import inference
-from service.errors import InvalidInput, NotReady
+from service.errors import SHARED_MEMORY_NOT_SERVED, InvalidInput, NotReady
 from service.inputs import check_texts, integral, timeout_us
 from service.registry import ModelRegistry, ServedModel
 from service.runners import TranslationRunner
@@ -131,8 +131,8 @@ def refuse_shared_memory(field: str, parameters: Mapping[str, Any]) -> None:
     served: refused by name, where an input without data would be refused as empty and an output
     would be answered inline to a client that reads it from its region."""
     if "shared_memory_region" in parameters:
-        raise InvalidInput(f"{field}: shared memory is not supported by this server; send the tensor in the "
-                           "request (JSON data, or the binary data extension) and read outputs from the answer",
+        raise InvalidInput(f"{field}: {SHARED_MEMORY_NOT_SERVED} (JSON data, or the binary data extension) and read "
+                           "outputs from the answer",
                            field=f"{field}.parameters.shared_memory_region")
 
 

@@ -98,9 +98,11 @@ def unserved(repository: Path, policies: dict[str, VersionPolicy]) -> list[str]:
         if model.is_dir() and not readable(model):
             lines.append(f"{model}: not served: {unreadable_folder()}")
     for folder in sorted(repository.glob("*/*")):  # were ignored without a word
-        if folder.is_dir() and is_version(folder.name) and not readable(folder):
+        if not (folder.is_dir() and is_version(folder.name)):
+            continue
+        if not readable(folder):
             lines.append(f"{folder}: not served: {unreadable_folder()}")
-        elif folder.is_dir() and is_version(folder.name) and not (folder / "model.json").exists():
+        elif not (folder / "model.json").exists():
             lines.append(f"{folder}: not served: no model.json in it")
     for name, policy in sorted(policies.items()):
         versions = on_disk.get(name)
