@@ -37,6 +37,7 @@ from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import LoadGenerator, default_processes
 from loadtests.server import AS_DEPLOYED, OWN_SETTINGS, ROOT, ServerProcess, metric_value, served_models
 from service.onnx_session import CPU, Precision, StaleGraphError, choose_providers, graph_path, provider_name
+from service.registry import instances_for
 from service.runners import SentimentRunner, TranslationRunner, load_runner
 from service.settings import Settings
 
@@ -333,10 +334,11 @@ def ceiling_section(args: argparse.Namespace, source_ids: list[list[int]], greed
     lengths = [len(json.loads(body)["target_tokens"]) + 1 for body in greedy_bodies.values()]
     steps, encodes = ceiling.measure(single, source_len)
     settings = Settings()  # the server's, from the same environment
-    lanes = min(os.cpu_count() or 1, settings.workers * settings.instances)
+    per_worker = instances_for(settings, "translation", CPU, precision)
+    lanes = min(os.cpu_count() or 1, settings.workers * per_worker)
     say(f"\n## Ceiling on this machine (greedy; loadtests/ceiling.py; median source {source_len} subwords, "
         f"mean output {statistics.fmean(lengths):.1f} steps; {settings.workers} worker(s) x "
-        f"{settings.instances} lanes on {os.cpu_count()} cores; {precision})")
+        f"{per_worker} lanes on {os.cpu_count()} cores; {precision})")
     for line in ceiling.compute(steps, encodes, lengths, lanes=lanes).lines():
         say(f"- {line}")
 

@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("settings", nargs="*", help="server settings, e.g. translation_scheduler=request")
     p.add_argument("--versus", nargs="*", metavar="SETTING=value", help=(
         "compare with a second server (B) that has these settings on top of the first one's (A)"))
-    p.add_argument("--versus-checkout", type=Path, help="B runs this checkout's service with its own .venv")
+    p.add_argument("--versus-checkout", type=Path,
+                   help="B runs this checkout's service with its own .venv and models/")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds when comparing")
     args = p.parse_args(argv)
 
@@ -158,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     servers = {"A": ServerProcess(args.models, settings=settings)}
     if comparing:
         versus = dict(kv.split("=", 1) for kv in args.versus or [])
-        servers["B"] = ServerProcess(args.models, settings={**settings, **versus}, checkout=args.versus_checkout)
+        # another checkout serves its own models/: the same trained weights, in the card format its code reads
+        models = args.versus_checkout.resolve() / "models" if args.versus_checkout else args.models
+        servers["B"] = ServerProcess(models, settings={**settings, **versus}, checkout=args.versus_checkout)
     try:
         for server in servers.values():
             server.wait_ready()

@@ -357,7 +357,7 @@ def environment(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
         gpu = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip()
     return {"onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(), "gpu": gpu,
-            "cpus": os.cpu_count(), "workers": settings.workers, "instances": settings.instances,
+            "cpus": os.cpu_count(), "workers": settings.workers, "instances": settings.instances or "auto",
             "cuda_options": cuda_options(settings).provider_options(), "dry_run": args.dry_run,
             "duration_s": plan.duration, "client_processes": args.client_processes,
             "server_settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SEQSERVE_")}}

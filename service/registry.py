@@ -22,6 +22,7 @@ from service.errors import InvalidInput, ModelNotFound
 from service.loop_budget import GiveWay
 from service.model_card import ModelCard, ModelCardError, load_model_card
 from service.onnx_session import (
+    CPU,
     CUDA,
     ModelLoadError,
     Precision,
@@ -53,6 +54,7 @@ class ServedModel:
     runner: SentimentRunner | TranslationRunner
     engine: SentimentEngine | TranslationEngine
     path: Path
+    instances: int  # batches it runs at once (instances_for)
 
     @property
     def name(self) -> str:
@@ -79,17 +81,33 @@ class ServedModel:
         return derived.metrics if derived else {}
 
 
-def _policy(settings: Settings) -> BatchPolicy:
+def instances_for(settings: Settings, task: str, provider: str, precision: str) -> int:
+    """Batches one model runs at once: SEQSERVE_INSTANCES where set, else by where its time goes.
+
+    An INT8 classifier on the CPU is cheap next to the serving around it: one worker thread
+    running batches back to back, while the event loop parses and tokenises the next on the other
+    core, served 1.12-1.20x the requests of two at 16 and 64 clients on a 2-core AVX-512 VNNI
+    machine (two split the same requests into smaller batches and compete with the loop for the
+    GIL and the cores). In fp32 the model is the larger cost and one served 0.79x; a translator
+    spends most of its CPU in its decode lanes, and one lane served 0.60x. So two there, as on the
+    GPU, where two overlap one batch's host work with the other's device run (docs/gpu.md).
+    Measured with `python -m loadtests.cpu_share --versus instances=1` (docs/benchmarks.md, stop 36)."""
+    if settings.instances is not None:
+        return settings.instances
+    return 1 if (task, provider, precision) == ("text-classification", CPU, "int8") else 2
+
+
+def _policy(settings: Settings, instances: int) -> BatchPolicy:
     return BatchPolicy(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
                        max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
-                       max_queue_size=settings.max_queue_size, instances=settings.instances)
+                       max_queue_size=settings.max_queue_size, instances=instances)
 
 
-def _translation_engine(name: str, runner: TranslationRunner, settings: Settings) -> TranslationEngine:
+def _translation_engine(name: str, runner: TranslationRunner, settings: Settings, instances: int) -> TranslationEngine:
     if settings.translation_scheduler == "iteration":
-        return DecodeScheduler(name, runner, _policy(settings), join_every=settings.decode_join_every,
+        return DecodeScheduler(name, runner, _policy(settings, instances), join_every=settings.decode_join_every,
                                stream_interval_s=settings.stream_interval_ms / 1000)
-    return RequestBatchedTranslator(name, runner, _policy(settings))
+    return RequestBatchedTranslator(name, runner, _policy(settings, instances))
 
 
 def choose_precision(requested: str, model_dir: Path, card: ModelCard, provider: str) -> Precision:
@@ -166,18 +184,19 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
     for graph, session in runner.sessions().items():  # on CUDA: what the warm-up ran on the CPU
         log_placement(card.name, graph, session)
     engine: SentimentEngine | TranslationEngine
+    instances = instances_for(settings, card.task, runner.providers[0], runner.precision)
     if isinstance(runner, SentimentRunner):
-        policy = _policy(settings)
+        policy = _policy(settings, instances)
         if settings.warmup:
             policy.batch_overhead_tokens = runner.measure_batch_overhead()
             log.info("%s: one run costs as much as %.0f padded tokens", card.name,
                      policy.batch_overhead_tokens)
         engine = SentimentEngine(card.name, runner, policy)
     else:
-        engine = _translation_engine(card.name, runner, settings)
-    log.info("loaded %s/%s (%s) on %s, %s, in %.2fs", card.name, card.version, card.task,
-             runner.providers[0], runner.precision, time.monotonic() - started)
-    return ServedModel(card, runner, engine, card_file.parent)
+        engine = _translation_engine(card.name, runner, settings, instances)
+    log.info("loaded %s/%s (%s) on %s, %s, %d instance(s), in %.2fs", card.name, card.version, card.task,
+             runner.providers[0], runner.precision, instances, time.monotonic() - started)
+    return ServedModel(card, runner, engine, card_file.parent, instances)
 
 
 def _count_as_served(model: ServedModel, served: bool) -> None:

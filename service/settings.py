@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     ort_intra_op_threads: int = Field(
         1, ge=0, le=256, description="threads per ONNX Runtime session; 0 = one per core. 1 is fastest for the small "
         "per-step graphs of these models on a small CPU that also serves HTTP")
-    instances: int = Field(2, ge=1, le=16, description="batches a model runs at once (worker threads)")
+    instances: int | None = Field(
+        None, ge=1, le=16, description="batches a model runs at once (worker threads; a translator's decode "
+        "lanes); unset or auto: 1 for an INT8 classifier on the CPU, 2 otherwise (registry.instances_for)")
     workers: int = Field(1, ge=1, le=64, description="server processes on the port, each with its own models; "
                          "one Python process tops out at a few thousand small requests/s")
     worker_heartbeat_timeout_s: float = Field(
@@ -115,6 +117,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin: scheme://host[:port] as a browser sends it, no path "
                                  "or trailing slash, no wildcard in the host (e.g. https://app.example.com), or *")
         return [origin.lower() for origin in origins]
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _auto_instances(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -210,7 +217,7 @@ def summary(settings: Settings) -> str:
     keys = f"API keys on ({len(settings.api_keys)})" if settings.api_keys else "API keys off"
     cors = f"CORS {', '.join(settings.cors_origins)}" if settings.cors_origins else "CORS off"
     return (f"settings: {settings.host}:{settings.port}, {grpc}; {settings.workers} worker(s), "
-            f"{settings.instances} instance(s) a model; providers {settings.providers}, "
+            f"{settings.instances or 'auto'} instance(s) a model; providers {settings.providers}, "
             f"precision {settings.precision}; "
             f"batches of up to {settings.max_batch_size} texts and {settings.max_batch_tokens} tokens, "
             f"{settings.max_queue_delay_ms:g} ms wait; queue {settings.max_queue_size} texts a model, "

@@ -79,6 +79,6 @@ def config(registry: ModelRegistry, settings: Settings, name: str, version: str 
         "output": [o.config() for o in outputs_of(model)],
         "dynamic_batching": {"max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
                              "default_queue_policy": {"max_queue_size": settings.max_queue_size}},
-        "instance_group": [{"name": f"{model.name}_0", "kind": kind, "count": settings.instances}],
+        "instance_group": [{"name": f"{model.name}_0", "kind": kind, "count": model.instances}],
         "parameters": {key: {"string_value": str(value)} for key, value in limits.items()},
     }

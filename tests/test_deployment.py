@@ -9,6 +9,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from service.onnx_session import CPU
+from service.registry import instances_for
 from service.settings import Settings
 from tests.conftest import ROOT
 
@@ -37,9 +39,9 @@ def test_kubernetes_manifests_validate_against_the_schemas(manifest: Path) -> No
     # ONNX Runtime's threads (one per instance, per session) no more than the CPUs the pod may use:
     # more only adds contention (the README's ORT_INTRA_OP_THREADS)
     env = {e["name"]: e["value"] for e in container.get("env", [])}
-    defaults = Settings.model_fields
-    threads = int(env.get("SEQSERVE_ORT_INTRA_OP_THREADS", defaults["ort_intra_op_threads"].default))
-    instances = int(env.get("SEQSERVE_INSTANCES", defaults["instances"].default))
+    settings = Settings(**{k.removeprefix("SEQSERVE_").lower(): v for k, v in env.items() if k.startswith("SEQSERVE_")})
+    threads = settings.ort_intra_op_threads
+    instances = max(instances_for(settings, task, CPU, "fp32") for task in ("text-classification", "translation"))
     assert threads >= 1 and threads * instances <= float(container["resources"]["limits"]["cpu"])
 
 

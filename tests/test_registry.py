@@ -10,8 +10,8 @@ import pytest
 
 from loadtests.server import metric_value
 from service.model_card import load_model_card
-from service.onnx_session import ModelLoadError
-from service.registry import choose_precision
+from service.onnx_session import CPU, CUDA, ModelLoadError
+from service.registry import choose_precision, instances_for
 from service.server import STARTUP_FAILED
 from service.settings import Settings
 from tests.conftest import Server, model_repository
@@ -49,8 +49,35 @@ def test_auto_serves_int8_on_the_cpu_where_the_card_allows_and_says_so(int8_repo
         # the model's own CPU is counted apart from the server's (make bench splits the two)
         for name in ("sentiment", "translate-en-de"):
             assert metric_value(server.url, "seqserve_model_cpu_seconds_total", model=name) > 0
+        # INSTANCES unset: one batch at a time for the classifier, two decode lanes for the translator
+        assert _instances(server) == {"sentiment": 1, "translate-en-de": 2}
+        assert server.wait_for_output("int8, 1 instance(s)")
     finally:
         assert server.stop() == 0
+
+
+def _instances(server: Server) -> dict[str, int]:
+    """Per model: the instance_group count its v2 configuration reports."""
+    return {name: httpx.get(f"{server.url}/v2/models/{name}/config").json()["instance_group"][0]["count"]
+            for name in ("sentiment", "translate-en-de")}
+
+
+def test_instances_set_apply_to_every_model(fp32_repo: Path) -> None:
+    server = Server(fp32_repo, instances="3").wait_ready()
+    try:
+        assert _instances(server) == {"sentiment": 3, "translate-en-de": 3}
+        assert server.wait_for_output("3 instance(s) a model")  # the settings line
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize(("instances", "task", "provider", "precision", "expected"), [
+    (None, "text-classification", CPU, "int8", 1), (None, "text-classification", CPU, "fp32", 2),
+    (None, "translation", CPU, "int8", 2), (None, "translation", CPU, "fp32", 2),
+    (None, "text-classification", CUDA, "fp32", 2), (None, "translation", CUDA, "fp32", 2),
+    (4, "text-classification", CPU, "int8", 4), (1, "translation", CUDA, "fp32", 1)])
+def test_instances_for(instances: int | None, task: str, provider: str, precision: str, expected: int) -> None:
+    assert instances_for(Settings(instances=instances), task, provider, precision) == expected
 
 
 def test_int8_asked_for_is_served_for_every_model(int8_repo: Path) -> None:
@@ -69,6 +96,7 @@ def test_fp32_asked_for_is_served_even_where_int8_graphs_exist(int8_repo: Path) 
         assert _precisions(server) == {"sentiment": ("fp32", "fp32"), "translate-en-de": ("fp32", "fp32")}
         models = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
         assert models["sentiment"]["metrics"]["sst2_test_accuracy"] >= 0.83
+        assert _instances(server) == {"sentiment": 2, "translate-en-de": 2}  # fp32: the model is the larger cost
     finally:
         server.stop()
     assert "no INT8 graph" not in server.output()

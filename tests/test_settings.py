@@ -34,6 +34,8 @@ from tests.conftest import ROOT
     ("cors_origins", ["https://*.example.com"]),  # compared literally: it matched no browser
     ("version_policy", {"sentiment": {"specific": ["1", "abc"]}}),  # its /config answered 500
     ("version_policy", {"sentiment": {"specific": ["01"]}}),
+    ("instances", 0),
+    ("instances", "many"),
 ])
 def test_a_bad_setting_is_refused(setting: str, value: object) -> None:
     with pytest.raises(ValidationError, match=setting):
@@ -67,6 +69,13 @@ def test_a_bad_value_inside_a_json_setting_names_the_setting_and_the_place() -> 
     # not SEQSERVE_VERSION_POLICY_SENTIMENT_LATEST, a variable nobody set
     assert "invalid setting SEQSERVE_VERSION_POLICY (at sentiment.latest): Input should be greater" in run.stderr
     assert "invalid setting SEQSERVE_API_KEYS (at 0): Input should be a valid string" in run.stderr
+
+
+def test_instances_unset_or_auto_leave_the_count_to_each_model() -> None:
+    # service/registry.py's instances_for: one for a classifier on the CPU, two otherwise
+    assert Settings().instances is None
+    assert Settings(instances="Auto").instances is None
+    assert Settings(instances="3").instances == 3
 
 
 def test_the_log_level_is_read_in_any_case() -> None:
