@@ -28,8 +28,9 @@ from service.inputs import Problems, check_range, check_tokens, item_field
 from service.registry import ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, edges, joined, sentences, separators
+from service.sentences import SentencesJob, joined, sentences, translated_parts
 from service.streaming import TranslationStream
+from service.tokenization import has_words
 
 # 7 decimals: rounding moves a row's sum by at most 129 x 5e-8, inside the 1e-5 promised
 ATTENTION_DECIMALS = 7
@@ -65,8 +66,12 @@ def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> Sentiment
     pieces = SentimentPieces([], [])
     problems = Problems()  # every text over the limit, named at once
     for i, text in enumerate(texts):
+        if not has_words(text):  # scored, it came out confident: "😍😍😍" 0.90 negative
+            problems.add(f"{item_field(field, i)} has no words: the model reads letters and digits, and emoji, "
+                         "symbols or punctuation alone are not scored", item_field(field, i))
+            continue
         text_ids = runner.tokenize(text)
-        parts = [text] if len(text_ids) <= limit else sentences(text)
+        parts = [text] if len(text_ids) <= limit else [part for part in sentences(text) if has_words(part)]
         if len(parts) == 1:
             check_tokens(text_ids, limit, item_field(field, i), model.name, problems, ONE_SENTENCE)
             pieces.ids.append(text_ids)
@@ -200,14 +205,19 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     jobs: list[TranslationJob] = []
     problems = Problems()  # every text over the limit, named at once
     cells = 0  # the most the request's attention maps could hold
-    for i, parts in enumerate(split):
+    for i, text_parts in enumerate(split):
+        # emoji, list markers and sentences of no words: put back around the translations, not translated
+        read = translated_parts(texts[i], text_parts)
+        parts, edged = read.parts, read.edged
+        if not parts:  # nothing to translate: the text comes back as typed, and no model runs
+            jobs.append(SentencesJob(src_ids=[], beam_size=beam, max_length=1, keep_attention=keep_attention,
+                                     num_hypotheses=nbest, tail=read.kept))
+            continue
         sentence_jobs = []
         over = False  # the text's first sentence over the limit is its one problem
-        edged = [edges(part) for part in parts]  # put back around the translations, not translated
-        for k, part in enumerate(parts):
+        for k, core in enumerate(read.cores):
             # the limit counts subwords before the </s> the model appends
-            head, tail = edged[k]
-            ids = runner.tokenize(part[len(head):len(part) - len(tail)])
+            ids = runner.tokenize(core)
             over = over or not check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name,
                                             problems, f" (sentence {k + 1})" if len(parts) > 1 else ONE_SENTENCE)
             job = runner.job(ids, beam, max_length, keep_attention)
@@ -232,7 +242,7 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
         jobs.append(SentencesJob(src_ids=[token for job in sentence_jobs for token in job.src_ids],
                                  beam_size=first.beam_size, max_length=first.max_length, keep_attention=keep_attention,
                                  num_hypotheses=nbest, length_penalty=length_penalty, sampling=sampling,
-                                 sentences=sentence_jobs, separators=separators(texts[i], parts, edged),
+                                 sentences=sentence_jobs, separators=read.between,
                                  lead=edged[0][0], tail=edged[-1][1]))
     problems.check()
     return jobs
@@ -260,7 +270,7 @@ async def translate(model: ServedModel, jobs: list[TranslationJob], deadline: fl
     engine = model.engine
     assert not isinstance(engine, SentimentEngine)
     decoded = [sentence for job in jobs for sentence in _decoded(job)]
-    outputs = await engine.translate_all(decoded, deadline, each)
+    outputs = await engine.translate_all(decoded, deadline, each) if decoded else []
     if not any(isinstance(job, SentencesJob) for job in jobs):  # (one of one sentence has edges)
         return outputs
     runner = translator(model)

@@ -44,7 +44,7 @@ import numpy as np
 
 from service.decoding import Breaks
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.tokenization import KEYCAP, PICTOGRAPH_CHARS, has_content
+from service.tokenization import KEYCAP, PICTOGRAPH_CHARS, has_content, has_words
 
 # a sentence end (. ! ? ...) with its closing quotes or brackets then more text or an emoji, or a
 # line break, or a sentence end typed without its space (below)
@@ -195,6 +195,51 @@ def separators(text: str, parts: list[str], edged: list[tuple[str, str]]) -> lis
             for gap, (_, tail), (head, _) in zip(line_breaks(text, parts), edged[:-1], edged[1:], strict=True)]
 
 
+@dataclass
+class Readable:
+    """A text's sentences that hold words (``has_words``), each with its ``edges``, and what goes
+    between their translations (``between``, as ``separators``). A sentence of no words ("- 👍"
+    as a list item, "!!!") is not translated but kept as typed: it joins the end of the sentence
+    before it, or the beginning of the first. ``kept``: the whole text as typed when no sentence
+    holds a word (nothing is translated)."""
+
+    parts: list[str]
+    edged: list[tuple[str, str]]
+    between: list[str]
+    cores: list[str]  # what the model reads of each part: the part within its own edges
+    kept: str = ""
+
+
+def translated_parts(text: str, parts: list[str]) -> Readable:
+    """``parts`` (``sentences(text)``) as the translator reads them."""
+    edged = [edges(part) for part in parts]
+    cores = [part[len(head):len(part) - len(tail)] for part, (head, tail) in zip(parts, edged, strict=True)]
+    if all(map(_has_words, parts)):  # nearly every text
+        return Readable(parts, edged, separators(text, parts, edged), cores)
+    words = [k for k, part in enumerate(parts) if _has_words(part)]
+    if not words:
+        return Readable([], [], [], [], _as_lines(text.strip()))
+    gaps = [gap or " " for gap in line_breaks(text, parts)]
+    # each sentence of no words, with the gap before it, goes into the tail of the one before;
+    # those before the first with words, each with the gap after it, into that one's head
+    tails = {k: edged[k][1] for k in words}
+    for k, part in enumerate(parts):
+        if k > words[0] and k not in tails:
+            last = max(w for w in words if w < k)
+            tails[last] += gaps[k - 1] + _as_lines(part)
+    lead = "".join(_as_lines(parts[k]) + gaps[k] for k in range(words[0]))
+    kept_edges = [(lead + edged[k][0] if k == words[0] else edged[k][0], tails[k]) for k in words]
+    between = [tail + gaps[b - 1] + head if tail or head or gaps[b - 1] != " " else ""
+               for (_, tail), (head, _), b in zip(kept_edges[:-1], kept_edges[1:], words[1:], strict=True)]
+    return Readable([parts[k] for k in words], kept_edges, between, [cores[k] for k in words])
+
+
+def _has_words(part: str) -> bool:
+    """Whether ``part`` holds a word after its list marker: "1. 👍" holds none."""
+    marker = _MARKER.match(part)
+    return has_words(part[marker.end():] if marker else part)
+
+
 def line_breaks(text: str, parts: list[str]) -> list[str]:
     """The line breaks of ``text`` between each two of its ``parts`` (``sentences(text)``), "" where
     only spaces separate them: what the translation keeps between the sentences' translations,
@@ -261,8 +306,8 @@ def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: 
     limits = [sentence.max_length for sentence in job.sentences]
     best = _join([(out.tokens, out.score) for out in outputs], limits, length_penalty)
     breaks = _breaks([out.tokens for out in outputs], job.separators, job.lead)
-    attention = None
-    if all(out.attention is not None for out in outputs):
+    attention = np.zeros((0, 0), np.float32) if job.keep_attention and not outputs else None  # nothing translated
+    if outputs and all(out.attention is not None for out in outputs):
         widths = [len(sentence.src_ids) for sentence in job.sentences]
         attention = np.zeros((len(best[0]), sum(widths)), np.float32)
         row = col = 0
@@ -271,7 +316,9 @@ def joined(job: SentencesJob, outputs: list[TranslationOutput], length_penalty: 
             attention[row:row + len(out.tokens), col:col + width] = out.attention[:, :width]
             row, col = row + len(out.tokens), col + width
     hypotheses = hypothesis_breaks = None
-    if all(out.hypotheses for out in outputs):
+    if not outputs and job.num_hypotheses:  # nothing translated: one alternative, the text as typed
+        hypotheses, hypothesis_breaks = [best], [breaks]
+    elif outputs and all(out.hypotheses for out in outputs):
         # alternative i joins each sentence's i-th best (its last where a search closed fewer), in
         # that order: the first is the answer itself
         count = max(len(out.hypotheses or []) for out in outputs)

@@ -95,6 +95,16 @@ def has_content(text: str) -> bool:
     return _SOMETHING_LEFT.search(text) is not None
 
 
+_WORD_CHAR = re.compile(r"[^\W_]")  # a letter or digit, in any script
+
+
+def has_words(text: str) -> bool:
+    """Whether ``text`` holds a letter or digit: what the models read. Emoji, symbols and
+    punctuation alone ("😍😍", "- 👍", "!!!") were read as subwords the training text never held,
+    and the models answered them with confidence: a sentiment label, an invented German sentence."""
+    return _WORD_CHAR.search(text) is not None
+
+
 # Punctuation split off as its own token. The corpus's two multi-character ones are held as a
 # control character (none is left after ``_clean``) while the single characters are split off in
 # one ``str.translate``; the test's regex definition splits "...", "--" and these characters.

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from loadtests.server import metric_value
 from tests.conftest import Server
 
 TEXT = "Two young children are playing in the sand near the water."
@@ -225,6 +226,38 @@ def test_emoji_around_a_sentence_are_kept_as_typed_not_translated(committed_serv
     generated = httpx.post(f"{url}/v2/models/translate-en-de/generate", timeout=60,
                            json={"text_input": f"{dog} \U0001f436", "parameters": {"beam_size": beam_size}}).json()
     assert generated["text_output"] == f"{alone[0]} \U0001f436"
+
+
+def test_text_of_no_words_is_kept_as_typed_and_no_model_runs(committed_server: Server) -> None:
+    """"😊" came back as "Ein Krankenschwestern in der Hand.", "- 😊" as "Es.": the model read
+    emoji and marks as subwords it never saw. A text, or a sentence of one, with no letter or
+    digit is kept as typed on every route, and a text of none runs no model."""
+    url = committed_server.url
+    text = "\U0001f60a \U0001f44d"
+    before = metric_value(url, "seqserve_model_cpu_seconds_total", model="translate-en-de")
+    whole = _translate(url, text=text, return_attention=True, beam_size=3, num_hypotheses=2)
+    assert whole["translation"] == text and whole["source_tokens"] == whole["target_tokens"] == []
+    assert whole["attention"] == [] and whole["finish_reason"] == "stop"
+    assert [h["translation"] for h in whole["hypotheses"]] == [text]
+    assert _streamed(url, text=text)["translation"] == text
+    v2 = httpx.post(f"{url}/v2/models/translate-en-de/infer", timeout=60, json={
+        "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": [text, "!!!"]}]}).json()
+    assert {o["name"]: o["data"] for o in v2["outputs"]}["translation"] == [text, "!!!"]
+    assert httpx.post(f"{url}/v2/models/translate-en-de/generate", timeout=60,
+                      json={"text_input": text}).json()["text_output"] == text
+    with httpx.stream("POST", f"{url}/v2/models/translate-en-de/generate_stream", timeout=60,
+                      json={"text_input": text}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert [e["text_output"] for e in events] == [text] and events[0]["finished"]
+    assert metric_value(url, "seqserve_model_cpu_seconds_total", model="translate-en-de") == before
+    # sentences of no words keep their places among the translated ones
+    dog = _translate(url, text="A dog runs.")["translation"]
+    listed = "1. \U0001f60a\n2. A dog runs.\n3. \U0001f44d"
+    assert _translate(url, text=listed)["translation"] == f"1. \U0001f60a\n2. {dog}\n3. \U0001f44d"
+    assert _streamed(url, text=listed)["translation"] == f"1. \U0001f60a\n2. {dog}\n3. \U0001f44d"
+    assert _translate(url, text="!!! A dog runs.")["translation"] == f"!!! {dog}"
+    texts = httpx.post(f"{url}/v1/translate", json={"texts": ["\U0001f60a", "A dog runs."]}, timeout=60).json()
+    assert [t["translation"] for t in texts["results"]] == ["\U0001f60a", dog]
 
 
 def test_each_sentence_keeps_the_subword_limit_and_is_named_when_over_it(committed_server: Server) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, edges, joined, line_breaks, sentences, separators
+from service.sentences import SentencesJob, edges, joined, line_breaks, sentences, separators, translated_parts
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -197,3 +197,21 @@ def test_a_text_is_cut_if_any_of_its_sentences_is() -> None:
     whole, cut = TranslationOutput([7], -1.0, None), TranslationOutput([8, 9], -1.0, None, cut=True)
     assert joined(job, [whole, whole], length_penalty=1.0).finish_reason == "stop"
     assert joined(job, [whole, cut], length_penalty=1.0).finish_reason == "length"
+
+
+@pytest.mark.parametrize(("text", "parts", "edged", "between", "kept"), [
+    ("A dog runs.", ["A dog runs."], [("", "")], [], ""),
+    ("\U0001f60a \U0001f44d", [], [], [], "\U0001f60a \U0001f44d"),
+    ("- \U0001f60a\n- A dog runs.", ["- A dog runs."], [("- \U0001f60a\n- ", "")], [], ""),
+    ("1. \U0001f60a\n2. A dog runs.\n3. \U0001f44d", ["2. A dog runs."], [("1. \U0001f60a\n2. ", "\n3. \U0001f44d")],
+     [], ""),
+    ("A dog runs.\n- \U0001f60a\nA cat sleeps.", ["A dog runs.", "A cat sleeps."], [("", "\n- \U0001f60a"), ("", "")],
+     ["\n- \U0001f60a\n"], ""),
+    ("!!! A dog. ??? A cat.", ["A dog.", "A cat."], [("!!! ", " ???"), ("", "")], [" ??? "], ""),
+])
+def test_sentences_of_no_words_join_their_neighbours_edges(text: str, parts: list[str], edged: list[tuple[str, str]],
+                                                           between: list[str], kept: str) -> None:
+    read = translated_parts(text, sentences(text))
+    assert (read.parts, read.edged, read.between, read.kept) == (parts, edged, between, kept)
+    # the model reads each part within its own edges
+    assert read.cores == [part.removeprefix("- ").removeprefix("2. ") for part in parts]

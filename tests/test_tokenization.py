@@ -11,6 +11,7 @@ from service.tokenization import (
     EOS_ID,
     SubwordTokenizer,
     has_content,
+    has_words,
     normalize_sentiment,
     normalize_translation,
 )
@@ -226,3 +227,10 @@ def test_decode_is_sentencepiece_s_own_for_a_model_that_keeps_extra_spaces(tmp_p
     for _ in range(2_000):
         ids = [rng.choice(ordinary) for _ in range(rng.randint(1, 12))]
         assert tok.decode(ids) == tok._sp.decode(ids), ids
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("A dog", True), ("42", True), ("\u00e9t\u00e9", True), ("\u72ac", True),
+    ("\U0001f60a\U0001f44d", False), ("!!! ...", False), ("\u2122 \u00a9", False), ("_", False)])
+def test_has_words(text: str, expected: bool) -> None:
+    assert has_words(text) is expected

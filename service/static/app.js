@@ -188,7 +188,12 @@ const heatmap = {
     this.table = $("heatmap");
     this.sources = sourceTokens;
     this.targets = [];
-    this.drawn = withAttention && sourceTokens.length <= HEATMAP_MAX_COLUMNS;
+    this.drawn = withAttention && sourceTokens.length > 0 && sourceTokens.length <= HEATMAP_MAX_COLUMNS;
+    if (sourceTokens.length === 0) {  // no letter or digit: kept as typed, nothing read by the model
+      this.table.replaceChildren();
+      $("readout").textContent = "Nothing was translated: the text has no words, and comes back as typed.";
+      return;
+    }
     if (!this.drawn) {
       this.table.replaceChildren();
       this.table.dataset.complete = "false";
