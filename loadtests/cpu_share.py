@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--versus", nargs="*", metavar="SETTING=value", help=(
         "compare with a second server (B) that has these settings on top of the first one's (A)"))
     p.add_argument("--versus-checkout", type=Path,
-                   help="B runs this checkout's service with its own .venv and models/")
+                   help="B runs this checkout's service with its own .venv and models/ (not --models; "
+                        "run `make int8` there first, or B serves fp32 where A serves INT8)")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds when comparing")
     args = p.parse_args(argv)
 

@@ -28,9 +28,8 @@ from service.inputs import Problems, check_range, check_tokens, item_field
 from service.registry import ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, joined, sentences, translated_parts
+from service.sentences import SentencesJob, joined, reads_words, sentences, translated_parts
 from service.streaming import TranslationStream
-from service.tokenization import has_words
 
 # 7 decimals: rounding moves a row's sum by at most 129 x 5e-8, inside the 1e-5 promised
 ATTENTION_DECIMALS = 7
@@ -66,23 +65,29 @@ def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> Sentiment
     pieces = SentimentPieces([], [])
     problems = Problems()  # every text over the limit, named at once
     for i, text in enumerate(texts):
-        if not has_words(text):  # scored, it came out confident: "😍😍😍" 0.90 negative
-            problems.add(f"{item_field(field, i)} has no words: the model reads letters and digits, and emoji, "
-                         "symbols or punctuation alone are not scored", item_field(field, i))
+        if not reads_words(text):  # scored, it came out confident: "😍😍😍" 0.90 negative
+            _no_words(problems, item_field(field, i))
             continue
         text_ids = runner.tokenize(text)
-        parts = [text] if len(text_ids) <= limit else [part for part in sentences(text) if has_words(part)]
+        parts = [text] if len(text_ids) <= limit else sentences(text)
         if len(parts) == 1:
             check_tokens(text_ids, limit, item_field(field, i), model.name, problems, ONE_SENTENCE)
             pieces.ids.append(text_ids)
             pieces.counts.append(1)
             continue
+        count = 0
         for k, part in enumerate(parts):
+            if not reads_words(part):  # "!!!" between sentences: not scored, not in the mean
+                continue
             part_ids = runner.tokenize(part)
             if not check_tokens(part_ids, limit, item_field(field, i), model.name, problems, f" (sentence {k + 1})"):
                 break  # the text's first sentence over the limit is its one problem
             pieces.ids.append(part_ids)
-        pieces.counts.append(len(parts))
+            count += 1
+        else:
+            if not count:  # a list of "1. 👍" lines: words in none of its sentences
+                _no_words(problems, item_field(field, i))
+        pieces.counts.append(count)
     problems.check()
     count = len(pieces.ids)
     if count > admission.limit:  # admitted whole or not at all: this request never could be
@@ -91,6 +96,11 @@ def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> Sentiment
     if count > len(texts):
         admission.refuse_if_full(count)
     return pieces
+
+
+def _no_words(problems: Problems, field: str) -> None:
+    problems.add(f"{field} has no words: the model reads letters and digits, and emoji, symbols or punctuation "
+                 "alone are not scored", field)
 
 
 async def classify(model: ServedModel, pieces: SentimentPieces, deadline: float) -> list[np.ndarray]:
@@ -195,8 +205,9 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     check_range(max_length, 1, runner.max_output_tokens, name("max_length"))
     admission = model.engine.admission
     admission.refuse_if_full(len(texts))  # before any splitting: under overload a refusal costs little
-    split = [sentences(text) for text in texts]
-    count = sum(len(parts) for parts in split)
+    # emoji, list markers and sentences of no words: put back around the translations, not translated
+    split = [translated_parts(text, sentences(text)) for text in texts]
+    count = sum(len(read.parts) for read in split)
     if count > admission.limit:  # admitted whole or not at all: this request never could be
         raise InvalidInput(f"{field} holds {count} sentences; model {model.name} takes at most {admission.limit} "
                            "at once (SEQSERVE_MAX_QUEUE_SIZE)", field=field, limit=admission.limit)
@@ -205,24 +216,26 @@ def translation_jobs(model: ServedModel, texts: list[str], field: str, beam_size
     jobs: list[TranslationJob] = []
     problems = Problems()  # every text over the limit, named at once
     cells = 0  # the most the request's attention maps could hold
-    for i, text_parts in enumerate(split):
-        # emoji, list markers and sentences of no words: put back around the translations, not translated
-        read = translated_parts(texts[i], text_parts)
+    for i, read in enumerate(split):
         parts, edged = read.parts, read.edged
         if not parts:  # nothing to translate: the text comes back as typed, and no model runs
             jobs.append(SentencesJob(src_ids=[], beam_size=beam, max_length=1, keep_attention=keep_attention,
-                                     num_hypotheses=nbest, tail=read.kept))
+                                     num_hypotheses=nbest, length_penalty=length_penalty, sampling=sampling,
+                                     tail=read.kept))
             continue
         sentence_jobs = []
         over = False  # the text's first sentence over the limit is its one problem
         for k, core in enumerate(read.cores):
             # the limit counts subwords before the </s> the model appends
             ids = runner.tokenize(core)
+            which = f" (sentence {read.numbers[k] + 1})" if read.split else ONE_SENTENCE
             over = over or not check_tokens(ids[:-1], model.card.max_input_tokens, item_field(field, i), model.name,
-                                            problems, f" (sentence {k + 1})" if len(parts) > 1 else ONE_SENTENCE)
+                                            problems, which)
             job = runner.job(ids, beam, max_length, keep_attention)
             # each sentence its own draw, repeatable from the request's seed
-            drawn = sampling if sampling is None or not k else replace(sampling, seed=(sampling.seed + k) % MAX_SEED)
+            number = read.numbers[k]
+            drawn = sampling if sampling is None or not number else \
+                replace(sampling, seed=(sampling.seed + number) % MAX_SEED)
             job.num_hypotheses, job.length_penalty, job.sampling = nbest, length_penalty, drawn
             sentence_jobs.append(job)
         if keep_attention:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from service import metrics
+from service import cpu_info, metrics
 from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import RequestBatchedTranslator, SentimentEngine, TranslationEngine
@@ -84,17 +84,19 @@ class ServedModel:
 def instances_for(settings: Settings, task: str, provider: str, precision: str) -> int:
     """Batches one model runs at once: SEQSERVE_INSTANCES where set, else by where its time goes.
 
-    An INT8 classifier on the CPU is cheap next to the serving around it: one worker thread
-    running batches back to back, while the event loop parses and tokenises the next on the other
-    core, served 1.12-1.20x the requests of two at 16 and 64 clients on a 2-core AVX-512 VNNI
-    machine (two split the same requests into smaller batches and compete with the loop for the
-    GIL and the cores). In fp32 the model is the larger cost and one served 0.79x; a translator
-    spends most of its CPU in its decode lanes, and one lane served 0.60x. So two there, as on the
-    GPU, where two overlap one batch's host work with the other's device run (docs/gpu.md).
-    Measured with `python -m loadtests.cpu_share --versus instances=1` (docs/benchmarks.md, stop 36)."""
+    An INT8 classifier on a CPU with VNNI is cheap next to the serving around it: one worker
+    thread running batches back to back, while the event loop parses and tokenises the next on
+    the other core, served 1.12-1.20x the requests of two at 16 and 64 clients on a 2-core AVX-512
+    VNNI machine (two split the same requests into smaller batches and compete with the loop for
+    the GIL and the cores). Where the model is the larger cost, two: in fp32 one served 0.79x,
+    INT8 without VNNI 0.83-1.06x (a 2-core AVX2 machine), and a translator spends most of its CPU
+    in its decode lanes (one lane served 0.60x). On the GPU two overlap one batch's host work with
+    the other's device run (docs/gpu.md). Measured with `python -m loadtests.cpu_share --versus
+    instances=1` (docs/benchmarks.md, stops 22, 23 and 36)."""
     if settings.instances is not None:
         return settings.instances
-    return 1 if (task, provider, precision) == ("text-classification", CPU, "int8") else 2
+    cheap = (task, provider, precision) == ("text-classification", CPU, "int8") and cpu_info.has_vnni()
+    return 1 if cheap else 2
 
 
 def _policy(settings: Settings, instances: int) -> BatchPolicy:

@@ -104,17 +104,19 @@ def sentences(text: str) -> list[str]:
     for match in _CANDIDATE.finditer(text):
         end = match.end()
         word = _next_word(text, end)
-        if word is None:
-            continue
-        first = word[0]
-        starts = first.isupper() or first.isdigit() or (any_case and first.isalpha())
         mark = match.group(1) or match.group(2)
-        if mark is None:  # a line break: before a sentence's start or a marked line, or a blank line
-            ahead = text[end:end + _LOOK]
-            if not starts and "\n" not in ahead.split(word, 1)[0] and _MARKER.match(ahead.lstrip()) is None:
+        if word is None:  # no word ahead: only a line break before a marked line ("- 👍"), kept as typed
+            if mark is not None or _MARKER.match(text[end:end + _LOOK].lstrip()) is None:
                 continue
-        elif not starts or (mark == "." and not _ends_after(text, start, match.start(), word)):
-            continue
+        else:
+            first = word[0]
+            starts = first.isupper() or first.isdigit() or (any_case and first.isalpha())
+            if mark is None:  # a line break: before a sentence's start or a marked line, or a blank line
+                ahead = text[end:end + _LOOK]
+                if not starts and "\n" not in ahead.split(word, 1)[0] and _MARKER.match(ahead.lstrip()) is None:
+                    continue
+            elif not starts or (mark == "." and not _ends_after(text, start, match.start(), word)):
+                continue
         part = text[start:end]
         if has_content(part) and has_content(text[end:]):
             if not has_content(_EMOJI.sub("", part)):  # emoji alone: the end of the one before, or
@@ -135,6 +137,16 @@ def edges(part: str) -> tuple[str, str]:
     typed: list markers and emoji before its words (a marker with nothing after it is no marker),
     emoji after them, each with its spaces;
     ("", "") where nothing the model reads would be left between them."""
+    start, end = read_span(part)
+    if (start, end) == (0, len(part)):
+        return "", ""
+    return _as_lines(part[:start]), _as_lines(part[end:])
+
+
+def read_span(part: str) -> tuple[int, int]:
+    """Where what the translator reads of ``part`` begins and ends, within its ``edges`` as typed
+    (the edges say a "\r\n" as "\n", so their lengths do not place it); (0, len(part)) where
+    there are no edges."""
     start = 0
     while start < len(part):  # list markers and emoji, in any order ("📌 - A dog runs."), then spaces
         if (emoji := _EMOJI.match(part, start)) is not None:
@@ -153,9 +165,9 @@ def edges(part: str) -> tuple[str, str]:
             end -= 1
     while start < end and part[start] in _WRAP_OPENINGS and (wrap := _wrapped(part, start, end)) is not None:
         start, end = start + len(wrap[0]), end - len(wrap[1])
-    if (start == 0 and end == len(part)) or not has_content(part[start:end]):  # no edges (nearly every
-        return "", ""  # caption, on the event loop), or nothing the model reads between them
-    return _as_lines(part[:start]), _as_lines(part[end:])
+    if not has_content(part[start:end]):  # nothing the model reads between them: no edges
+        return 0, len(part)
+    return start, end
 
 
 def _wrapped(part: str, start: int, end: int) -> tuple[str, str] | None:
@@ -207,18 +219,22 @@ class Readable:
     edged: list[tuple[str, str]]
     between: list[str]
     cores: list[str]  # what the model reads of each part: the part within its own edges
+    numbers: list[int]  # each part's place among the text's sentences (from 0), as messages count them
+    split: bool  # the text is more than one sentence (words or not)
     kept: str = ""
 
 
 def translated_parts(text: str, parts: list[str]) -> Readable:
     """``parts`` (``sentences(text)``) as the translator reads them."""
-    edged = [edges(part) for part in parts]
-    cores = [part[len(head):len(part) - len(tail)] for part, (head, tail) in zip(parts, edged, strict=True)]
-    if all(map(_has_words, parts)):  # nearly every text
-        return Readable(parts, edged, separators(text, parts, edged), cores)
-    words = [k for k, part in enumerate(parts) if _has_words(part)]
+    spans = [read_span(part) for part in parts]
+    edged = [("", "") if (a, b) == (0, len(part)) else (_as_lines(part[:a]), _as_lines(part[b:]))
+             for part, (a, b) in zip(parts, spans, strict=True)]
+    cores = [part[a:b] for part, (a, b) in zip(parts, spans, strict=True)]
+    if all(map(reads_words, parts)):  # nearly every text
+        return Readable(parts, edged, separators(text, parts, edged), cores, list(range(len(parts))), len(parts) > 1)
+    words = [k for k, part in enumerate(parts) if reads_words(part)]
     if not words:
-        return Readable([], [], [], [], _as_lines(text.strip()))
+        return Readable([], [], [], [], [], len(parts) > 1, _as_lines(text.strip()))
     gaps = [gap or " " for gap in line_breaks(text, parts)]
     # each sentence of no words, with the gap before it, goes into the tail of the one before;
     # those before the first with words, each with the gap after it, into that one's head
@@ -231,13 +247,22 @@ def translated_parts(text: str, parts: list[str]) -> Readable:
     kept_edges = [(lead + edged[k][0] if k == words[0] else edged[k][0], tails[k]) for k in words]
     between = [tail + gaps[b - 1] + head if tail or head or gaps[b - 1] != " " else ""
                for (_, tail), (head, _), b in zip(kept_edges[:-1], kept_edges[1:], words[1:], strict=True)]
-    return Readable([parts[k] for k in words], kept_edges, between, [cores[k] for k in words])
+    return Readable([parts[k] for k in words], kept_edges, between, [cores[k] for k in words], words, True)
 
 
-def _has_words(part: str) -> bool:
-    """Whether ``part`` holds a word after its list marker: "1. 👍" holds none."""
-    marker = _MARKER.match(part)
-    return has_words(part[marker.end():] if marker else part)
+def reads_words(text: str) -> bool:
+    """Whether a model has a word to read in ``text``: a letter or digit (no keycap or other
+    pictograph, ``has_words``) after its list markers and emoji. "1. 👍", "- 1. 😍", "1️⃣", "ℹ️"
+    hold none."""
+    start = 0
+    while start < len(text):
+        found = _EMOJI.match(text, start) or _MARKER.match(text, start)
+        if found is None:
+            break
+        start = found.end()
+        while start < len(text) and text[start] in _SPACES:
+            start += 1
+    return has_words(text[start:])
 
 
 def line_breaks(text: str, parts: list[str]) -> list[str]:

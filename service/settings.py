@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         "per-step graphs of these models on a small CPU that also serves HTTP")
     instances: int | None = Field(
         None, ge=1, le=16, description="batches a model runs at once (worker threads; a translator's decode "
-        "lanes); unset or auto: 1 for an INT8 classifier on the CPU, 2 otherwise (registry.instances_for)")
+        "lanes); unset or auto: 1 for an INT8 classifier on a CPU with VNNI, 2 otherwise (registry.instances_for)")
     workers: int = Field(1, ge=1, le=64, description="server processes on the port, each with its own models; "
                          "one Python process tops out at a few thousand small requests/s")
     worker_heartbeat_timeout_s: float = Field(

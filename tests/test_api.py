@@ -172,6 +172,11 @@ def test_sentiment_of_a_text_of_no_words_is_refused_naming_it(committed_server: 
     review = " ".join(["A gorgeous, witty, seductive movie. !!!"] * 40)  # over 256 subwords: by sentence
     r = httpx.post(f"{url}/v1/sentiment", json={"text": review}, timeout=30)
     assert r.status_code == 200 and r.json()["label"] == "positive", r.text
+    one = "A gorgeous, witty, seductive movie with a great cast and a lovely story " * 10 + "that I loved."
+    r = httpx.post(f"{url}/v1/sentiment", json={"text": "!!! " * 60 + one}, timeout=30)  # one sentence of words
+    assert r.status_code == 200 and r.json()["label"] == "positive", r.text
+    r = httpx.post(f"{url}/v1/sentiment", json={"text": "1. \U0001f44d\n2. \U0001f44e\n" * 90}, timeout=30)
+    assert r.status_code == 422 and "has no words" in r.json()["error"], r.text  # over the limit, no words
 
 
 def test_malformed_json_wrong_type_and_size_limits(committed_server: Server) -> None:

@@ -250,6 +250,8 @@ def test_text_of_no_words_is_kept_as_typed_and_no_model_runs(committed_server: S
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert [e["text_output"] for e in events] == [text] and events[0]["finished"]
     assert metric_value(url, "seqserve_model_cpu_seconds_total", model="translate-en-de") == before
+    sampled = _translate(url, text=text, sampling_topk=5)  # the request's seed is still said, to repeat it
+    assert sampled["translation"] == text and isinstance(sampled["seed"], int)
     # sentences of no words keep their places among the translated ones
     dog = _translate(url, text="A dog runs.")["translation"]
     listed = "1. \U0001f60a\n2. A dog runs.\n3. \U0001f44d"

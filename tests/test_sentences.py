@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from service.runners.translation import TranslationJob, TranslationOutput
-from service.sentences import SentencesJob, edges, joined, line_breaks, sentences, separators, translated_parts
+from service.sentences import (
+    SentencesJob,
+    edges,
+    joined,
+    line_breaks,
+    reads_words,
+    sentences,
+    separators,
+    translated_parts,
+)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -208,6 +217,10 @@ def test_a_text_is_cut_if_any_of_its_sentences_is() -> None:
     ("A dog runs.\n- \U0001f60a\nA cat sleeps.", ["A dog runs.", "A cat sleeps."], [("", "\n- \U0001f60a"), ("", "")],
      ["\n- \U0001f60a\n"], ""),
     ("!!! A dog. ??? A cat.", ["A dog.", "A cat."], [("!!! ", " ???"), ("", "")], [" ??? "], ""),
+    # a last list item of no words is a sentence of its own, kept as typed
+    ("A dog runs.\n- \U0001f44d", ["A dog runs."], [("", "\n- \U0001f44d")], [], ""),
+    ("- A dog runs.\n- \U0001f60a\n- \U0001f44d", ["- A dog runs."], [("- ", "\n- \U0001f60a\n- \U0001f44d")], [], ""),
+    ("- 1. \U0001f60d", [], [], [], "- 1. \U0001f60d"),
 ])
 def test_sentences_of_no_words_join_their_neighbours_edges(text: str, parts: list[str], edged: list[tuple[str, str]],
                                                            between: list[str], kept: str) -> None:
@@ -215,3 +228,20 @@ def test_sentences_of_no_words_join_their_neighbours_edges(text: str, parts: lis
     assert (read.parts, read.edged, read.between, read.kept) == (parts, edged, between, kept)
     # the model reads each part within its own edges
     assert read.cores == [part.removeprefix("- ").removeprefix("2. ") for part in parts]
+
+
+@pytest.mark.parametrize(("text", "core"), [
+    ("A dog runs.\r\n\U0001f436\r\n\U0001f431", "A dog runs."),  # the edges say "\r\n" as "\n"
+    ("\U0001f436\r\n\U0001f431\r\nA dog runs.", "A dog runs."),
+    ("**A girl sings.**\r\n\U0001f1e9\U0001f1ea", "A girl sings."),
+])
+def test_the_model_reads_the_part_within_its_edges_as_typed(text: str, core: str) -> None:
+    assert translated_parts(text, sentences(text)).cores == [core]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("A dog", True), ("1. A dog", True), ("5 stars", True), ("1.", True),
+    ("1. \U0001f44d", False), ("- 1. \U0001f60d", False), ("\U0001f436 1. \U0001f44d", False),
+    ("1\ufe0f\u20e3", False), ("\u2139\ufe0f", False), ("\u2776 \U0001f44d", False), ("!!!", False)])
+def test_reads_words_past_markers_and_pictographs(text: str, expected: bool) -> None:
+    assert reads_words(text) is expected

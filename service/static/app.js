@@ -191,6 +191,7 @@ const heatmap = {
     this.drawn = withAttention && sourceTokens.length > 0 && sourceTokens.length <= HEATMAP_MAX_COLUMNS;
     if (sourceTokens.length === 0) {  // no letter or digit: kept as typed, nothing read by the model
       this.table.replaceChildren();
+      this.table.dataset.complete = "false";
       $("readout").textContent = "Nothing was translated: the text has no words, and comes back as typed.";
       return;
     }
