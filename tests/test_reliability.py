@@ -68,6 +68,11 @@ def test_deadline_header_gives_504_while_a_long_batch_runs(committed_server: Ser
     def dropped_as(reason: str) -> float:
         return metric_value(committed_server.url, "seqserve_dropped_total", model="translate-en-de", reason=reason)
 
+    # work an earlier test's client left may still be in the decoder, to be counted as client_gone
+    idle = time.monotonic() + 30
+    while time.monotonic() < idle and metric_value(committed_server.url, "seqserve_in_flight",
+                                                   model="translate-en-de") > 0:
+        time.sleep(0.05)
     dropped = {reason: dropped_as(reason) for reason in ("deadline", "client_gone")}
     r = httpx.post(f"{committed_server.url}/v1/translate", json={"text": LONG * 2, "beam_size": 10},
                    headers={"X-Request-Timeout": "0.02"}, timeout=30)
