@@ -13,8 +13,13 @@ def has_vnni() -> bool:
     elsewhere). Without it the INT8 sentiment model's step is about as costly as fp32's
     (docs/benchmarks.md), and the serving choices that pay for a cheap model do not."""
     try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        return vnni_in(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
         return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+
+
+def vnni_in(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text's first CPU lists a VNNI flag (an x86 "flags" line; ARM's
+    "Features" lines have none of these)."""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     return "avx512_vnni" in flags or "avx_vnni" in flags

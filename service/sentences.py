@@ -87,6 +87,7 @@ _WRAP_OPENINGS = frozenset(opening[0] for opening, _ in _WRAPS)
 _EMOJI = re.compile(f"{KEYCAP}|[{PICTOGRAPH_CHARS}\u200d\ufe0e\ufe0f\U000e0020-\U000e007f]")
 _KEYCAP_END = ("\u20e3", "\ufe0f\u20e3")  # what follows a keycap's digit, # or *
 _SPACES = " \t\u00a0\n\r"
+_MAX_WRAPS = 4  # "**(A dog runs.)**" is two; deeper nesting is read by the model
 
 
 def sentences(text: str) -> list[str]:
@@ -163,7 +164,9 @@ def read_span(part: str) -> tuple[int, int]:
         end -= 1
         while end > start and part[end - 1] in _SPACES:
             end -= 1
-    while start < end and part[start] in _WRAP_OPENINGS and (wrap := _wrapped(part, start, end)) is not None:
+    for _ in range(_MAX_WRAPS):  # each level rescans what it wraps: 900 nested brackets took 34 ms of the loop
+        if not (start < end and part[start] in _WRAP_OPENINGS and (wrap := _wrapped(part, start, end)) is not None):
+            break
         start, end = start + len(wrap[0]), end - len(wrap[1])
     if not has_content(part[start:end]):  # nothing the model reads between them: no edges
         return 0, len(part)

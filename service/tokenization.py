@@ -95,7 +95,9 @@ def has_content(text: str) -> bool:
     return _SOMETHING_LEFT.search(text) is not None
 
 
-_WORD_CHAR = re.compile(r"[^\W_]")  # a letter or digit, in any script
+# a letter or digit, in any script, that the normaliser keeps (the Hangul fillers U+3164 and
+# U+FFA0, which chat apps use as blanks, are letters to \w but deleted as invisible)
+_WORD_CHAR = re.compile(f"[^\\W_{NOTHING_LEFT}{_IGNORABLE_BEYOND_BMP}]")
 
 
 def has_words(text: str) -> bool:

@@ -85,9 +85,14 @@ def test_instances_for(monkeypatch: pytest.MonkeyPatch, instances: int | None, t
     assert instances_for(Settings(instances=instances), task, provider, precision) == expected
 
 
-def test_has_vnni_reads_the_cpu_flags() -> None:
-    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    assert cpu_info.has_vnni() is ("avx512_vnni" in flags.split() or "avx_vnni" in flags.split())
+@pytest.mark.parametrize(("cpuinfo", "expected"), [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512bw\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx_vnni\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512vnni_x\n", False),  # AMD EPYC (Zen 2)-like: none
+    ("processor\t: 0\nFeatures\t: fp asimd asimddp\n", False),  # aarch64: no flags line
+    ("", False)])
+def test_vnni_is_read_from_the_cpu_flags(cpuinfo: str, expected: bool) -> None:
+    assert cpu_info.vnni_in(cpuinfo) is expected
 
 
 def test_int8_asked_for_is_served_for_every_model(int8_repo: Path) -> None:

@@ -232,6 +232,7 @@ def test_decode_is_sentencepiece_s_own_for_a_model_that_keeps_extra_spaces(tmp_p
 @pytest.mark.parametrize(("text", "expected"), [
     ("A dog", True), ("42", True), ("\u00e9t\u00e9", True), ("\u72ac", True),
     ("\U0001f60a\U0001f44d", False), ("!!! ...", False), ("\u2122 \u00a9", False), ("_", False),
-    ("1\ufe0f\u20e3", False), ("\u2139", False), ("\u2776", False)])  # a keycap's digit, "ℹ", "❶": pictographs
+    ("1\ufe0f\u20e3", False), ("\u2139", False), ("\u2776", False),  # a keycap's digit, "ℹ", "❶": pictographs
+    ("\u3164\U0001f60d", False), ("\uffa0\U0001f44e", False)])  # Hangul fillers: letters to \w, deleted as blanks
 def test_has_words(text: str, expected: bool) -> None:
     assert has_words(text) is expected
