@@ -260,6 +260,9 @@ def test_text_of_no_words_is_kept_as_typed_and_no_model_runs(committed_server: S
     assert _translate(url, text="!!! A dog runs.")["translation"] == f"!!! {dog}"
     texts = httpx.post(f"{url}/v1/translate", json={"texts": ["\U0001f60a", "A dog runs."]}, timeout=60).json()
     assert [t["translation"] for t in texts["results"]] == ["\U0001f60a", dog]
+    # a sentence over the limit is named by its place in the text, sentences of no words counted
+    r = httpx.post(f"{url}/v1/translate", json={"text": "!!! A dog runs. It is " + "very " * 200 + "big."}, timeout=60)
+    assert r.status_code == 422 and r.json()["error"].startswith("text (sentence 3) is "), r.text
 
 
 def test_each_sentence_keeps_the_subword_limit_and_is_named_when_over_it(committed_server: Server) -> None:
