@@ -22,6 +22,8 @@ class TranslationEngine(Protocol):
     runner: TranslationRunner
 
     @property
+    def policy(self) -> BatchPolicy: ...
+    @property
     def healthy(self) -> bool: ...
     @property
     def unhealthy_s(self) -> float: ...
@@ -39,6 +41,10 @@ class _BatchedEngine(Generic[P, R]):
     """Lifecycle shared by the engines built on the dynamic batcher."""
 
     batcher: DynamicBatcher[P, R]
+
+    @property
+    def policy(self) -> BatchPolicy:
+        return self.batcher.policy
 
     @property
     def healthy(self) -> bool:

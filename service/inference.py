@@ -75,19 +75,19 @@ def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> Sentiment
             pieces.ids.append(text_ids)
             pieces.counts.append(1)
             continue
-        count = 0
+        scored = 0  # its sentences of words: "!!!" between them is not scored, nor in the mean
         for k, part in enumerate(parts):
-            if not reads_words(part):  # "!!!" between sentences: not scored, not in the mean
+            if not reads_words(part):
                 continue
             part_ids = runner.tokenize(part)
             if not check_tokens(part_ids, limit, item_field(field, i), model.name, problems, f" (sentence {k + 1})"):
                 break  # the text's first sentence over the limit is its one problem
             pieces.ids.append(part_ids)
-            count += 1
+            scored += 1
         else:
-            if not count:  # a list of "1. 👍" lines: words in none of its sentences
+            if not scored:  # a list of "1. 👍" lines: words in none of its sentences
                 _no_words(problems, item_field(field, i))
-        pieces.counts.append(count)
+        pieces.counts.append(scored)
     problems.check()
     count = len(pieces.ids)
     if count > admission.limit:  # admitted whole or not at all: this request never could be

@@ -54,7 +54,6 @@ class ServedModel:
     runner: SentimentRunner | TranslationRunner
     engine: SentimentEngine | TranslationEngine
     path: Path
-    instances: int  # batches it runs at once (instances_for)
 
     @property
     def name(self) -> str:
@@ -63,6 +62,11 @@ class ServedModel:
     @property
     def version(self) -> str:
         return self.card.version
+
+    @property
+    def instances(self) -> int:
+        """Batches it runs at once (``instances_for``): its engine's worker threads or decode lanes."""
+        return self.engine.policy.instances
 
     @property
     def provider(self) -> str:
@@ -198,7 +202,7 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
         engine = _translation_engine(card.name, runner, settings, instances)
     log.info("loaded %s/%s (%s) on %s, %s, %d instance(s), in %.2fs", card.name, card.version, card.task,
              runner.providers[0], runner.precision, instances, time.monotonic() - started)
-    return ServedModel(card, runner, engine, card_file.parent, instances)
+    return ServedModel(card, runner, engine, card_file.parent)
 
 
 def _count_as_served(model: ServedModel, served: bool) -> None:

@@ -138,7 +138,11 @@ def edges(part: str) -> tuple[str, str]:
     typed: list markers and emoji before its words (a marker with nothing after it is no marker),
     emoji after them, each with its spaces;
     ("", "") where nothing the model reads would be left between them."""
-    start, end = read_span(part)
+    return _edges_of(part, read_span(part))
+
+
+def _edges_of(part: str, span: tuple[int, int]) -> tuple[str, str]:
+    start, end = span
     if (start, end) == (0, len(part)):
         return "", ""
     return _as_lines(part[:start]), _as_lines(part[end:])
@@ -230,12 +234,11 @@ class Readable:
 def translated_parts(text: str, parts: list[str]) -> Readable:
     """``parts`` (``sentences(text)``) as the translator reads them."""
     spans = [read_span(part) for part in parts]
-    edged = [("", "") if (a, b) == (0, len(part)) else (_as_lines(part[:a]), _as_lines(part[b:]))
-             for part, (a, b) in zip(parts, spans, strict=True)]
+    edged = [_edges_of(part, span) for part, span in zip(parts, spans, strict=True)]
     cores = [part[a:b] for part, (a, b) in zip(parts, spans, strict=True)]
-    if all(map(reads_words, parts)):  # nearly every text
-        return Readable(parts, edged, separators(text, parts, edged), cores, list(range(len(parts))), len(parts) > 1)
     words = [k for k, part in enumerate(parts) if reads_words(part)]
+    if len(words) == len(parts):  # nearly every text
+        return Readable(parts, edged, separators(text, parts, edged), cores, words, len(parts) > 1)
     if not words:
         return Readable([], [], [], [], [], len(parts) > 1, _as_lines(text.strip()))
     gaps = [gap or " " for gap in line_breaks(text, parts)]

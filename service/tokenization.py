@@ -102,10 +102,10 @@ _WORD_CHAR = re.compile(f"[^\\W_{NOTHING_LEFT}{_IGNORABLE_BEYOND_BMP}]")
 
 def has_words(text: str) -> bool:
     """Whether ``text`` holds a letter or digit that is no pictograph (a keycap's digit, "ℹ", "❶"
-    are): what the models read. Emoji, symbols and
-    punctuation alone ("😍😍", "- 👍", "!!!") were read as subwords the training text never held,
-    and the models answered them with confidence: a sentiment label, an invented German sentence."""
-    return _WORD_CHAR.search(text if text.isascii() else _PICTOGRAPHS.sub("", text)) is not None  # "1️⃣", "ℹ"
+    are): what the models read. Emoji, symbols and punctuation alone ("😍😍", "- 👍", "!!!") were
+    read as subwords the training text never held, and the models answered them with confidence:
+    a sentiment label, an invented German sentence."""
+    return _WORD_CHAR.search(text if text.isascii() else _PICTOGRAPHS.sub("", text)) is not None
 
 
 # Punctuation split off as its own token. The corpus's two multi-character ones are held as a
