@@ -264,18 +264,14 @@ class AnsweredFromThreads:
         each with 504 at its deadline, until the process was restarted."""
 
         def serve() -> None:
-            # the CPU time of this thread's last turn: its work, not its waits for work (a turn
-            # starts by waiting for some); 0.0 after a turn that found none
-            last = 0.0
+            worked = False  # whether the last turn did work (a turn starts by waiting for some)
             gave_way = metrics.GAVE_WAY.labels(*self.labels)
             while not self._stop.is_set():
-                if self._give_way is not None and last:  # to requests waiting for the event loop
-                    waited = self._give_way(last)
+                if self._give_way is not None and worked:  # to requests waiting for the event loop
+                    waited = self._give_way()
                     if waited:
                         gave_way.inc(waited)
-                started = time.thread_time()
                 worked = turn()
-                last = time.thread_time() - started if worked else 0.0
                 if worked:
                     self._faults_in_a_row = 0
                     if self._unhealthy_since is not None:

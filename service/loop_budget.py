@@ -19,13 +19,15 @@ A request's latency counts its wait for a turn: its arrival stamp is when its by
 ``per_pass`` 0 lets every request start at once.
 
 While requests wait in line, the model threads give way (``give_way``): before a turn of work,
-which would take the GIL from the event loop for its Python parts, a batch worker or decode lane
-that has just done one waits for the line to empty, at most as long as that turn's CPU time
-(at least 1 ms, at most 50 ms). Admission decisions and answers come first; work of 1 ms turns
-or longer goes on at half speed at worst while a line lasts. In the translation burst the event
-loop had spent about half of its busy time waiting for the GIL, which the decode threads held
-(py-spy --native); giving way cut the refusals' p99 by about a third and kept the loop's timers
-within 20 ms in most runs (docs/benchmarks.md, stop 24).
+which would take the GIL and a core from the event loop, a batch worker or decode lane that has
+just done one waits for the line to empty, at most ``GIVE_WAY_SECONDS`` (50 ms). Admission
+decisions and answers come first; while a line lasts, each model thread still does a turn per
+50 ms at least. In the translation burst the event loop had spent about half of its busy time
+waiting for the GIL, which the decode threads held (py-spy --native); giving way for as long as
+the last turn took (so work went on at half speed at worst) cut the refusals' p99 by about a
+third (docs/benchmarks.md, stop 24). Waiting for the line itself (stop 37) cut it by about a
+third again (p99 103-152 to 75-85 ms, three runs each), while sentiment and greedy translation
+at 64 clients served as many requests as before: a line forms in bursts, not under steady load.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ from typing import Protocol
 # a pass lets the waiting in for at most this long (each turn parses a request and, for a refusal,
 # answers it: ~60 us alone, several times that while decode threads share the GIL)
 TURNS_SECONDS_PER_PASS = 0.005
-# a model thread gives way for at most its last turn's CPU time, within these bounds
-GIVE_WAY_SECONDS = (0.001, 0.05)
+# a model thread gives way to the line for at most this long before each turn of work
+GIVE_WAY_SECONDS = 0.05
 
-# called by a model thread before a turn of work with the CPU time of the one it just did
-# (seconds); returns the seconds it waited
-GiveWay = Callable[[float], float]
+# called by a model thread before a turn of work, after one that did some; returns the seconds
+# it waited
+GiveWay = Callable[[], float]
 
 
 class Waiter(Protocol):
@@ -104,12 +106,12 @@ class PassBudget:
             if not self._waiting:
                 self._clear.set()
 
-    def give_way(self, last_turn_s: float) -> float:
+    def give_way(self) -> float:
         """From a model thread, before its next turn of work: while requests wait in line, wait
-        for the line to empty, for at most ``last_turn_s`` (the CPU time of its last turn, within
-        ``GIVE_WAY_SECONDS``). The seconds waited (0.0 without a line)."""
+        for the line to empty, for at most ``GIVE_WAY_SECONDS``. The seconds waited (0.0
+        without a line)."""
         if self._clear.is_set():
             return 0.0
         started = time.perf_counter()
-        self._clear.wait(min(max(last_turn_s, GIVE_WAY_SECONDS[0]), GIVE_WAY_SECONDS[1]))
+        self._clear.wait(GIVE_WAY_SECONDS)
         return time.perf_counter() - started

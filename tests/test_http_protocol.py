@@ -963,3 +963,30 @@ async def test_a_body_that_stops_arriving_after_a_refusal_on_arrival_gets_408() 
     protocol.data_received(_post(b'{"text": "a"}')[:-4])  # the body's last bytes never come
     await _until(lambda: transport.closed)
     assert transport.written.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in transport.written
+
+
+async def test_the_scope_names_both_ends_of_a_real_connection() -> None:
+    """The client's and the server's address come from what the loop noted when it accepted the
+    connection (no socket object is made for them): as uvicorn gives them."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = json.dumps({"client": scope["client"], "server": scope["server"]}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    config = Config(app=app, http=ArrivalStampingProtocol, log_level="warning")
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: ArrivalStampingProtocol(config=config, server_state=state, app_state={}, _loop=loop), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        ends = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert ends == {"client": list(writer.get_extra_info("sockname")), "server": ["127.0.0.1", port]}
+        writer.close()
+    finally:
+        server.close()

@@ -260,7 +260,7 @@ def test_a_version_loaded_later_gives_way_to_the_event_loop_as_the_first_ones(
                         lambda card, providers, settings: SimpleNamespace(name="sentiment", version="1", engine=engine))
     added: list[object] = []
 
-    def give_way(last_turn_s: float) -> float:
+    def give_way() -> float:
         return 0.0
 
     registry = SimpleNamespace(versions=lambda name: [], add=added.append, providers=[], give_way=give_way)
