@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from loadtests.cpu_share import server_cpu
 from loadtests.http_client import percentile
 from loadtests.server import ROOT, ServerProcess
 
@@ -173,6 +174,7 @@ class BurstReport(OneShots):
     lag_probes: int = 0  # the loop's 50 ms timer probes during the burst
     lag_probes_over_20ms: int = 0
     seconds: float = 0.0
+    loop_cpu_s: float = 0.0  # the server's event loop (main thread), from /proc, over the burst
 
     def lines(self) -> list[str]:
         refused = sorted(self.client_s.get(503, []))
@@ -188,6 +190,9 @@ class BurstReport(OneShots):
                 f"max {max(self.client_s.get(200, []), default=0):.2f} s",
                 f"event-loop lag p99 during the burst: <= {self.loop_lag_p99_ms:g} ms (histogram bucket; "
                 f"{self.lag_probes_over_20ms} of {self.lag_probes} probes over 20 ms)",
+                f"event loop CPU over the burst: {self.loop_cpu_s * 1000:.0f} ms, "
+                f"{self.loop_cpu_s / max(sum(self.statuses.values()), 1) * 1e6:.0f} us a request (each on a "
+                "fresh connection: accept, parse, answer, close)",
                 f"wall time {self.seconds:.1f} s"]
 
 
@@ -264,9 +269,11 @@ def translation_burst(models: Path, burst: int = 1000, queue_size: int = 8, beam
         async def scenario() -> None:
             await asyncio.gather(*(_one_shot(server.port, r, report) for r in requests))
 
+        loop_before = server_cpu(server.proc.pid)[1]
         start = time.perf_counter()
         asyncio.run(scenario())
         report.seconds = time.perf_counter() - start
+        report.loop_cpu_s = server_cpu(server.proc.pid)[1] - loop_before
         after = _lag_buckets(server.url)
         report.loop_lag_p99_ms = _p99_bucket(before, after)
         report.lag_probes, report.lag_probes_over_20ms = _probes_over(before, after, 0.02)

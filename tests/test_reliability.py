@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import time
@@ -36,7 +37,9 @@ def test_a_translation_burst_against_a_small_queue_gets_200_or_a_fast_503_never_
     # refusals are decided on arrival; the < 50 ms target is the reliability report's (CI is noisy)
     assert max(report.server_refusal_ms) < 2000
     assert 0 <= report.lag_probes_over_20ms <= report.lag_probes
+    assert report.loop_cpu_s > 0  # read from /proc: the server's event loop parsed and answered them
     assert "probes over 20 ms" in "\n".join(report.lines())
+    assert re.search(r"event loop CPU over the burst: \d+ ms, \d+ us a request", "\n".join(report.lines()))
 
 
 def test_the_bursts_floor_answers_every_request_with_its_server_side_time() -> None:
