@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit (413 above)")
 
     decode_join_every: int = Field(4, ge=1, le=64, description="steps new translations may wait to join together")
-    requests_per_loop_pass: int = Field(32, ge=0, description=(
+    requests_per_loop_pass: int = Field(64, ge=0, description=(
         "requests the server parses in one pass of the event loop; more wait their turn (0 = no limit)"))
     stream_interval_ms: float = Field(50.0, ge=0, le=1000, description=(
         "a streamed translation's events are handed over at most this often (each decoder step keeps its own "
