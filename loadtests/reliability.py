@@ -295,29 +295,32 @@ class FloorReport:
     costs them on this machine."""
 
     burst: int
+    in_line: bool = False  # with the server's pass budget: waits after the read are counted
     statuses: Counter[int] = field(default_factory=Counter)
     server_ms: list[float] = field(default_factory=list)  # from each answer's body
     client_s: list[float] = field(default_factory=list)
     lost: int = 0  # sent, no answer
 
     def lines(self) -> list[str]:
+        budget = ("with the server's pass budget: a wait in line after the read is counted" if self.in_line
+                  else "no pass budget: a wait before the read, in the kernel, is not seen")
         return [f"## floor: the same {self.burst} requests against an app that refuses at once "
-                f"(loadtests/floor_app.py, the same HTTP protocol, no model, no pass budget)",
+                f"(loadtests/floor_app.py, the same HTTP protocol, no model; {budget})",
                 f"statuses: {dict(sorted(self.statuses.items()))} (0: could not connect); lost: {self.lost}",
                 f"server-side (from the read to the answer): p50 {percentile(self.server_ms, 50):.2f} ms, "
                 f"p99 {percentile(self.server_ms, 99):.2f} ms; at the client: p50 "
                 f"{percentile(self.client_s, 50) * 1000:.0f} ms, p99 {percentile(self.client_s, 99) * 1000:.0f} ms"]
 
 
-def burst_floor(burst: int = 1000) -> FloorReport:
+def burst_floor(burst: int = 1000, in_line: bool = False) -> FloorReport:
     """The translation burst's requests, each on its own connection, against an app that refuses
-    them at once behind seqserve's HTTP protocol (loadtests/floor_app.py)."""
+    them at once behind seqserve's HTTP protocol (loadtests/floor_app.py), with the server's pass
+    budget or without."""
     from loadtests.server import free_port
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "loadtests.floor_app:app", "--host", "127.0.0.1",
-                               "--port", str(port), "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
-                               "--http", "service.http_protocol:ArrivalStampingProtocol"], cwd=ROOT)
+    server = subprocess.Popen([sys.executable, "-m", "loadtests.floor_app", "--port", str(port),
+                               *(["--in-line"] if in_line else [])], cwd=ROOT)
     shots = OneShots()
     bodies: list[bytes] = []
     try:
@@ -335,7 +338,7 @@ def burst_floor(burst: int = 1000) -> FloorReport:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    return FloorReport(burst, shots.statuses, [float(b) for b in bodies],
+    return FloorReport(burst, in_line, shots.statuses, [float(b) for b in bodies],
                        [s for times in shots.client_s.values() for s in times], shots.lost)
 
 
@@ -447,7 +450,7 @@ def bulk(models: Path, route: str = "sentiment", texts: int = 40, every_s: float
 
 
 class _Both:
-    def __init__(self, *reports: BulkReport) -> None:
+    def __init__(self, *reports: BulkReport | FloorReport) -> None:
         self.reports = reports
 
     def lines(self) -> list[str]:
@@ -469,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     runs: dict[str, Callable[[], ScenarioReport | BurstReport | FloorReport | _Both]] = {
         "overload": lambda: overload(args.models), "burst": lambda: translation_burst(args.models),
-        "floor": burst_floor, "shutdown": lambda: shutdown(args.models), "bulk": lambda: _bulk_both(args.models)}
+        "floor": lambda: _Both(burst_floor(), burst_floor(in_line=True)),
+        "shutdown": lambda: shutdown(args.models), "bulk": lambda: _bulk_both(args.models)}
     lines = ["# seqserve reliability report", ""]
     for name in SCENARIOS:
         if args.scenario and name not in args.scenario:

@@ -42,18 +42,32 @@ def test_a_translation_burst_against_a_small_queue_gets_200_or_a_fast_503_never_
     assert re.search(r"event loop CPU over the burst: \d+ ms, \d+ us a request", "\n".join(report.lines()))
 
 
-def test_the_bursts_floor_answers_every_request_with_its_server_side_time() -> None:
-    report = reliability.burst_floor(burst=100)
+@pytest.mark.parametrize("in_line", [False, True])
+def test_the_bursts_floor_answers_every_request_with_its_server_side_time(in_line: bool) -> None:
+    report = reliability.burst_floor(burst=100, in_line=in_line)
     assert report.statuses == {503: 100}
     assert len(report.server_ms) == len(report.client_s) == 100
     assert all(0 <= ms < 1000 * s for ms, s in zip(sorted(report.server_ms), sorted(report.client_s), strict=True))
     assert "floor" in report.lines()[0]
+    assert ("with the server's pass budget" in report.lines()[0]) == in_line
+
+
+def test_the_floor_in_line_takes_the_servers_pass_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadtests import floor_app
+
+    monkeypatch.setenv("SEQSERVE_REQUESTS_PER_LOOP_PASS", "7")
+    started: list[object] = []
+    monkeypatch.setattr(floor_app.uvicorn, "run", lambda app, **kwargs: started.append(app))
+    floor_app.main(["--port", "1", "--in-line"])
+    floor_app.main(["--port", "1"])
+    assert isinstance(started[0], floor_app.InLine) and started[0].state.pass_budget.per_pass == 7
+    assert started[1] is floor_app.app
 
 
 def test_the_report_runs_the_scenarios_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     floor = reliability.burst_floor
-    monkeypatch.setattr(reliability, "burst_floor", lambda: floor(burst=50))
+    monkeypatch.setattr(reliability, "burst_floor", lambda in_line=False: floor(burst=50, in_line=in_line))
     out = tmp_path / "reliability.md"
     reliability.main(["--scenario", "floor", "--out", str(out)])
     report = out.read_text()
