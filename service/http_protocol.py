@@ -204,13 +204,19 @@ class _NoSocketObject:
     what the loop noted when it accepted the connection (``sockname``, ``peername``; uvicorn
     falls back to them), not from a socket object made for the purpose. uvloop makes that object
     per connection with four system calls, ~5 us of the event loop: in a burst of fresh
-    connections, one more cost per refusal."""
+    connections, one more cost per refusal. uvicorn's fallback takes only (host, port): an IPv6
+    address's flow info and scope id are left out, as its socket path leaves them out."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return None if name == "socket" else self._transport.get_extra_info(name, default)
+        if name == "socket":
+            return None
+        info = self._transport.get_extra_info(name, default)
+        if name in ("sockname", "peername") and isinstance(info, tuple) and len(info) > 2:
+            return info[:2]  # (host, port, flowinfo, scope_id) of an IPv6 socket
+        return info
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

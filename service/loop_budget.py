@@ -27,7 +27,10 @@ waiting for the GIL, which the decode threads held (py-spy --native); giving way
 the last turn took (so work went on at half speed at worst) cut the refusals' p99 by about a
 third (docs/benchmarks.md, stop 24). Waiting for the line itself (stop 37) cut it by about a
 third again (p99 103-152 to 75-85 ms, three runs each), while sentiment and greedy translation
-at 64 clients served as many requests as before: a line forms in bursts, not under steady load.
+at 64 clients served as many requests as before (a line forms in bursts, not under steady load).
+The price is paid while a line lasts: the models do a turn per 50 ms at least, so fewer queue
+places come free and fewer of a burst's requests are admitted (18-24 of the burst's 1,000
+against 33-40; the mixed overload scenario's results were within its noise).
 """
 
 from __future__ import annotations

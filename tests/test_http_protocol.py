@@ -965,9 +965,13 @@ async def test_a_body_that_stops_arriving_after_a_refusal_on_arrival_gets_408() 
     assert transport.written.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in transport.written
 
 
-async def test_the_scope_names_both_ends_of_a_real_connection() -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_the_scope_names_both_ends_of_a_real_connection(host: str) -> None:
     """The client's and the server's address come from what the loop noted when it accepted the
-    connection (no socket object is made for them): as uvicorn gives them."""
+    connection (no socket object is made for them): as uvicorn gives them, (host, port), over
+    IPv6 too."""
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         body = json.dumps({"client": scope["client"], "server": scope["server"]}).encode()
@@ -978,15 +982,45 @@ async def test_the_scope_names_both_ends_of_a_real_connection() -> None:
     config.load()
     state = ServerState()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: ArrivalStampingProtocol(config=config, server_state=state, app_state={}, _loop=loop), "127.0.0.1", 0)
+    try:
+        server = await loop.create_server(
+            lambda: ArrivalStampingProtocol(config=config, server_state=state, app_state={}, _loop=loop), host, 0)
+    except OSError:
+        pytest.skip(f"cannot listen on {host} here")
     port = server.sockets[0].getsockname()[1]
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         answer = await asyncio.wait_for(reader.read(), 10)
         ends = json.loads(answer.split(b"\r\n\r\n", 1)[1])
-        assert ends == {"client": list(writer.get_extra_info("sockname")), "server": ["127.0.0.1", port]}
+        assert ends == {"client": list(writer.get_extra_info("sockname")[:2]), "server": [host, port]}
         writer.close()
     finally:
         server.close()
+
+
+async def test_no_socket_object_is_made_for_a_connections_addresses() -> None:
+    """uvloop makes a socket object, with four system calls, whenever the transport's "socket"
+    is asked for: the protocol reads the addresses the loop noted instead, and keeps the real
+    transport."""
+
+    class Counting(_Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: list[str] = []
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            self.asked.append(name)
+            if name == "socket":
+                return object()  # where uvloop would make a socket object
+            return {"peername": ("::1", 5000, 0, 0), "sockname": ("::1", 8000, 0, 0)}.get(name, default)
+
+    config = Config(app=lambda scope, receive, send: None, http=ArrivalStampingProtocol, log_level="warning")
+    config.load()
+    protocol = ArrivalStampingProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = Counting()
+    protocol.connection_made(transport)
+    assert "socket" not in transport.asked
+    assert (protocol.client, protocol.server) == (("::1", 5000), ("::1", 8000))
+    assert protocol.transport is transport and protocol.flow._transport is transport
+    protocol.connection_lost(None)

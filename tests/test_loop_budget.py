@@ -86,6 +86,7 @@ async def test_a_model_thread_gives_way_for_a_bounded_time_while_the_line_stays(
     assert not budget.admit(_Request(1, [], [0]))
     # the event loop is blocked here, so the line stays: each wait ends at its bound
     started = time.perf_counter()
-    assert GIVE_WAY_SECONDS <= budget.give_way() < GIVE_WAY_SECONDS + 0.2
-    assert GIVE_WAY_SECONDS <= budget.give_way() < GIVE_WAY_SECONDS + 0.2
+    # (Event.wait's clock and perf_counter may differ by a hair)
+    assert GIVE_WAY_SECONDS - 0.005 <= budget.give_way() < GIVE_WAY_SECONDS + 0.2
+    assert GIVE_WAY_SECONDS - 0.005 <= budget.give_way() < GIVE_WAY_SECONDS + 0.2
     assert time.perf_counter() - started < 1.0
