@@ -31,12 +31,11 @@ from service.runners import SentimentRunner, load_runner
 SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
-def cpu_per_sentence(runner: SentimentRunner, ids: Sequence[Sequence[int]], size: int, similar: bool,
+def cpu_per_sentence(runner: SentimentRunner, ordered: Sequence[Sequence[int]], size: int, similar: bool,
                      seconds: float, seed: int = 0) -> float:
     """Median thread-CPU microseconds per sentence of batches of ``size``: runs of the
-    length-sorted ``ids`` (``similar``) or random samples of them, for about ``seconds``."""
+    length-sorted ``ordered`` (``similar``) or random samples of them, for about ``seconds``."""
     rng = random.Random(seed)
-    ordered = sorted(ids, key=len)
     size = min(size, len(ordered))
     per_sentence: list[float] = []
     end = time.perf_counter() + seconds
@@ -52,7 +51,7 @@ def cpu_per_sentence(runner: SentimentRunner, ids: Sequence[Sequence[int]], size
     return statistics.median(per_sentence)
 
 
-def sweep(runners: dict[str, SentimentRunner], ids: dict[str, list[list[int]]], sizes: Sequence[int],
+def sweep(runners: dict[str, SentimentRunner], ordered: Sequence[Sequence[int]], sizes: Sequence[int],
           seconds: float, rounds: int) -> dict[str, dict[tuple[int, bool], float]]:
     """{precision: {(size, similar lengths): us per sentence}}, the lowest over ``rounds``
     interleaved rounds (the machine's drift falls on each alike)."""
@@ -61,7 +60,7 @@ def sweep(runners: dict[str, SentimentRunner], ids: dict[str, list[list[int]]], 
         for precision, runner in runners.items():
             for size in sizes:
                 for similar in (True, False):
-                    us = cpu_per_sentence(runner, ids[precision], size, similar, seconds / 2, seed=round_)
+                    us = cpu_per_sentence(runner, ordered, size, similar, seconds / 2, seed=round_)
                     key = (size, similar)
                     best[precision][key] = min(us, best[precision].get(key, us))
     return best
@@ -91,16 +90,16 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     texts = sentiment_texts(args.data_dir, "test")
     runners: dict[str, SentimentRunner] = {}
-    ids: dict[str, list[list[int]]] = {}
     for precision in args.precision:
         runner = load_runner(args.model_dir, ["CPUExecutionProvider"], intra_op_threads=1, precision=precision)
         assert isinstance(runner, SentimentRunner)
         runners[precision] = runner
-        ids[precision] = [runner.tokenize(t) for t in texts]
-    mean = statistics.mean(len(i) for i in next(iter(ids.values())))
-    print(f"{args.model_dir}: {len(texts)} SST-2 test sentences ({mean:.1f} subwords on average), one ONNX "
+    # the precisions share the card's tokenizer: the sentences are tokenised and sorted once
+    ordered = sorted((next(iter(runners.values())).tokenize(t) for t in texts), key=len)
+    print(f"{args.model_dir}: {len(texts)} SST-2 test sentences "
+          f"({statistics.mean(len(i) for i in ordered):.1f} subwords on average), one ONNX "
           f"Runtime thread, us of thread CPU a sentence (lowest median of {args.rounds} rounds)")
-    for line in lines(sweep(runners, ids, args.sizes, args.seconds, args.rounds), args.sizes):
+    for line in lines(sweep(runners, ordered, args.sizes, args.seconds, args.rounds), args.sizes):
         print(line)
 
 
