@@ -340,7 +340,7 @@ def serving(args: argparse.Namespace, plan: Plan, budget: Budget, report: Report
             if budget.left() < 5 + 0.1 * len(keys):
                 skipped.append(f"{side} beam {beam} served == solo (budget)")
                 continue
-            checked, differ = check_identical(solo[side], source_ids, {k: bodies[k] for k in keys}, beam)
+            checked, differ = check_identical(solo[side], sources, {k: bodies[k] for k in keys}, beam)
             checks[f"{side} beam {beam}"] = {"checked": checked, "differ": differ, "ok": differ == 0}
             say(f"{side} beam {beam}: served == solo decoding for {checked - differ}/{checked}")
             report.save()

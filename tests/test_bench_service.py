@@ -3,12 +3,14 @@ judged here; the machines are shared and noisy)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from loadtests import api_quality, bench_service
+from service.runners import TranslationRunner, load_runner
 
 
 def test_benchmark_runs_every_section(int8_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,6 +35,21 @@ def test_benchmark_runs_every_section(int8_repo: Path, tmp_path: Path, monkeypat
                for _, total, model, serving in rows)
     # served translations equal solo decoding, for both decoding modes
     assert report.count("**0 differ**") == 2
+
+
+def test_solo_decoding_reads_the_sentences_the_server_reads(int8_repo: Path) -> None:
+    """A caption opening with "# 8" is served as "#" kept and "8 ..." translated: the check
+    decodes that sentence alone, not the whole text (which the model translates otherwise)."""
+    runner = load_runner(int8_repo / "translate-en-de" / "1", ["CPUExecutionProvider"], precision="fp32")
+    assert isinstance(runner, TranslationRunner)
+    text = "# 8 for Iowa State stiff arms a Texas AM player attempting to tackle him."
+
+    def served(source: str) -> bytes:
+        tokens = runner.translate([runner.job(runner.tokenize(source), 1)])[0].tokens
+        return json.dumps({"target_tokens": runner.target_tokenizer.pieces(tokens)}).encode()
+
+    assert bench_service.check_identical(runner, [text], {0: served(text[2:])}, 1) == (1, 0)
+    assert bench_service.check_identical(runner, [text], {0: served(text)}, 1) == (1, 1)
 
 
 def test_quality_through_the_api_in_each_precision(int8_repo: Path) -> None:
