@@ -7,10 +7,10 @@ one sentence each); requests whose beams have all finished, or whose deadline pa
 client went away, leave and are answered at once. A request holds ``beam_size`` rows; greedy
 is beam 1. Because each request keeps its own fixed-size recurrent state and encoder states,
 joining and leaving costs one gather of the row arrays (the survivors' rows picked, cut or padded
-to the new source width, the joiners' freshly encoded rows appended: in numpy, or on the device by
-a small ONNX graph when the rows live there, service/runners/row_ops.py), done only when
-membership changes, not on every step; between changes the decoder picks its state rows in-graph
-(``parent_rows``).
+to the new source width, the joiners' freshly encoded rows appended: on the host in the lane's own
+memory, where only the rows whose request changes are copied, or on the device by a small ONNX
+graph when the rows live there, service/runners/row_ops.py), done only when membership changes,
+not on every step; between changes the decoder picks its state rows in-graph (``parent_rows``).
 
 Joining is bounded by a step budget (rows and encoder tokens), so step time and memory stay
 predictable; the rest wait, in arrival order. How many may wait is decided on arrival by the
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import itertools
 import logging
 import queue
 import time
@@ -38,6 +39,7 @@ from service.batching import AnsweredFromThreads, BatchPolicy, Each, Pending, co
 from service.decoding import BeamSearch, StepUpdate
 from service.errors import DeadlineExceeded, NotReady
 from service.loop_budget import GiveWay
+from service.runners.row_ops import HostRowPool
 from service.runners.translation import (
     DecoderRows,
     Encoded,
@@ -51,7 +53,8 @@ log = logging.getLogger("seqserve.decode")
 
 
 class _Request(Pending):
-    __slots__ = ("arrived", "deadline", "first_step_at", "job", "next_update_at", "search")
+    __slots__ = ("arrived", "deadline", "first_step_at", "job", "next_update_at", "search", "serial")
+    _serials = itertools.count()
 
     def __init__(self, job: TranslationJob, deadline: float, future: asyncio.Future[TranslationOutput]) -> None:
         super().__init__()
@@ -62,6 +65,7 @@ class _Request(Pending):
         self.search: BeamSearch | None = None
         self.first_step_at: float | None = None
         self.next_update_at = 0.0  # a streamed request: when its next step update may be handed over
+        self.serial = next(self._serials)  # names the rows holding its encoder outputs (HostRowPool)
 
     @property
     def src_len(self) -> int:
@@ -87,12 +91,14 @@ class _RowArrays:
     step takes from the state.
 
     The rows change only when membership or a request's row count changes; they are then
-    gathered once (``gather``, through the runner's ``gather_rows``: on the device when the rows
-    live there). Between changes each step only passes ``parents`` and the state along.
+    gathered once (``gather``: on the device through the runner's ``gather_rows`` when the rows
+    live there, else in this lane's own host buffers, rebuilt in place). Between changes each step
+    only passes ``parents`` and the state along.
     """
 
     def __init__(self, runner: TranslationRunner) -> None:
         self.runner = runner
+        self.pool = HostRowPool() if runner.device_rows is None else None
         self.members: list[_Request] = []
         self.layout: list[int] = []  # live rows per member, in row order
         self.rows: DecoderRows | None = None
@@ -110,9 +116,17 @@ class _RowArrays:
         width = max(m.src_len for m in members)
         if survivors:
             assert self.rows is not None and self.state is not None
-        self.rows, self.state = self.runner.gather_rows(
-            self.rows if survivors else None, self.state if survivors else None, keep if survivors else None,
-            encoded if joiners else None, width)
+        if self.pool is not None:
+            survivors, keep = _in_place(survivors, keep)
+            members = survivors + joiners
+            owners = np.fromiter((m.serial for m in members for _ in range(m.search.live)),  # type: ignore[union-attr]
+                                 dtype=np.int64)
+            self.rows, self.state = self.pool.gather(self.state if survivors else None, keep, owners,
+                                                     encoded if joiners else None, width)
+        else:
+            self.rows, self.state = self.runner.gather_rows(
+                self.rows if survivors else None, self.state if survivors else None, keep if survivors else None,
+                encoded if joiners else None, width)
         self.members = members
         self.layout = [m.search.live for m in members]  # type: ignore[union-attr]
         self.parents = np.arange(sum(self.layout), dtype=np.int64)
@@ -120,6 +134,28 @@ class _RowArrays:
 
     def clear(self) -> None:
         self.members, self.layout, self.rows, self.state, self.dirty = [], [], None, None, False
+        if self.pool is not None:
+            self.pool.clear()
+
+
+def _in_place(survivors: list[_Request], keep: np.ndarray) -> tuple[list[_Request], np.ndarray]:
+    """The survivors in the row order that moves the fewest rows, and their parent rows in it.
+
+    Where every survivor holds one row (greedy and sampled decoding; beams once one is left), a
+    survivor whose row is within the survivors' new rows stays where it is, and the others take
+    the rows left by those that went: a leave moves one row, not every row behind it. Otherwise
+    (beams, whose row counts change) the order stays, rows behind a leaver moving up."""
+    count = len(survivors)
+    if len(keep) != count or not count:
+        return survivors, keep
+    places = keep.tolist()  # a few dozen rows: plain lists cost less than numpy's set operations
+    if max(places) < count:
+        return survivors, keep
+    taken = {p for p in places if p < count}
+    free = iter([r for r in range(count) if r not in taken])
+    places = [p if p < count else next(free) for p in places]
+    order = sorted(range(count), key=places.__getitem__)
+    return [survivors[i] for i in order], keep[order]
 
 
 class DecodeScheduler(AnsweredFromThreads):

@@ -7,13 +7,14 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
 from export.data import read_multi30k
 from service.access_log import CURRENT_REQUEST_ID
 from service.batching import BatchPolicy
-from service.decode_scheduler import DecodeScheduler
+from service.decode_scheduler import DecodeScheduler, _in_place
 from service.decoding import StepUpdate
 from service.errors import DeadlineExceeded, InferenceFailed
 from service.model_card import load_model_card
@@ -130,6 +131,19 @@ async def test_longer_joiners_pad_the_running_rows_on_the_device(bound: Translat
     assert any(new > old for old, new in widths), widths  # a joiner was longer than the running rows
     for job, out in zip(short + long, outputs, strict=True):
         assert out.tokens == runner.translate([job])[0].tokens  # type: ignore[attr-defined]
+
+
+def test_a_greedy_leave_moves_one_row_and_beams_keep_their_order() -> None:
+    """Single-row survivors stay in their rows; the rows behind the survivors' count fill the
+    rows of those that left. Survivors with several rows keep their order."""
+    names = ["a", "b", "d", "e", "f", "g", "h"]  # c (row 2) left
+    survivors, keep = _in_place(names, np.array([0, 1, 3, 4, 5, 6, 7]))  # type: ignore[arg-type]
+    assert survivors == ["a", "b", "h", "d", "e", "f", "g"] and keep.tolist() == [0, 1, 7, 3, 4, 5, 6]
+    survivors, keep = _in_place(["a", "b"], np.array([0, 1]))  # type: ignore[arg-type]
+    assert survivors == ["a", "b"] and keep.tolist() == [0, 1]
+    beams = np.array([0, 0, 4, 5, 5])  # a keeps 2 rows from its row 0, b 3 rows from its rows 4-5
+    survivors, keep = _in_place(["a", "b"], beams)  # type: ignore[arg-type]
+    assert survivors == ["a", "b"] and keep is beams
 
 
 async def test_many_mixed_requests_leak_no_state(runner: TranslationRunner) -> None:

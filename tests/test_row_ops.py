@@ -9,7 +9,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.runners.row_ops import DecoderRows, DeviceRows, Encoded, build_graph, gather_on_host, length_mask
+from service.runners.row_ops import (
+    DecoderRows,
+    DeviceRows,
+    Encoded,
+    HostRowPool,
+    build_graph,
+    gather_on_host,
+    length_mask,
+)
 
 CASES = [(True, True), (True, False), (False, True)]
 
@@ -66,3 +74,50 @@ def test_host_rows_pad_with_zeros_and_mask_by_length() -> None:
     assert out.mask.tolist() == [[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0]]
     assert out.states[:, :, 0].tolist() == [[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1]]
     assert state.ravel().tolist() == [1, 1, 0, 1]  # type: ignore[union-attr]
+
+
+
+def test_the_host_pool_gives_what_fresh_arrays_give() -> None:
+    """A running set through many joins and leaves (beams: rows repeated, reordered, counts
+    changing; sources longer and shorter than the running rows): the pool's rows, rebuilt in place,
+    equal the fresh arrays of ``gather_on_host`` bit for bit, whatever its memory held before."""
+    rng = np.random.default_rng(1)
+    pool = HostRowPool()
+    serials = iter(range(10_000))
+    source_lengths: dict[int, int] = {}
+    members: list[tuple[int, int]] = []  # (serial, rows) in row order
+    fresh: DecoderRows | None = None
+    got: DecoderRows | None = None
+    fresh_state: np.ndarray | None = None
+    got_state: np.ndarray | None = None
+    cases = set()
+    for _ in range(300):
+        keep_parts, survivors, offset = [], [], 0
+        for serial, count in members:
+            if rng.random() >= 0.3:  # stays, with 1-3 rows taken from any of its own
+                new_count = int(rng.integers(1, 4)) if rng.random() < 0.3 else count
+                keep_parts.append(offset + rng.integers(0, count, size=new_count))
+                survivors.append((serial, new_count))
+            offset += count
+        joiners, joined = None, []
+        joining = int(rng.integers(0 if survivors else 1, 4))
+        if joining:
+            lengths = rng.integers(1, 9, size=joining)
+            joiners = Encoded(rng.normal(size=(joining, int(lengths.max()), 3)).astype(np.float32),
+                              rng.normal(size=(joining, int(lengths.max()), 2)).astype(np.float32),
+                              rng.normal(size=(joining, 2, 4)).astype(np.float32), lengths.astype(np.int64))
+            for length in lengths.tolist():
+                joined.append((next(serials), 1))
+                source_lengths[joined[-1][0]] = length
+        keep = np.concatenate(keep_parts) if keep_parts else np.zeros(0, np.int64)
+        members = survivors + joined
+        width = max(source_lengths[serial] for serial, _ in members)
+        owners = np.array([serial for serial, count in members for _ in range(count)], np.int64)
+        fresh, fresh_state = gather_on_host(fresh if survivors else None, fresh_state if survivors else None,
+                                            keep if survivors else None, joiners, width)
+        got, got_state = pool.gather(got_state if survivors else None, keep, owners, joiners, width)
+        for want, have in ((fresh.states, got.states), (fresh.keys, got.keys), (fresh.mask, got.mask),
+                           (fresh_state, got_state)):
+            assert np.array_equal(want, have)  # type: ignore[arg-type]
+        cases.add((bool(survivors), joiners is not None))
+    assert cases == {(True, True), (True, False), (False, True)}
