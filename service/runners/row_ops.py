@@ -129,14 +129,15 @@ class HostRowPool:
         joiners). Returns views of the pool's memory: valid until the next ``gather``."""
         kept, total = len(keep), len(owners)
         states, keys, mask = self._views
-        if total > len(mask) or width != mask.shape[1]:
+        moving = np.flatnonzero(self._owners[:kept] != owners[:kept]) if kept <= len(mask) else keep
+        if total > len(mask) or width != mask.shape[1] or 2 * len(moving) > kept:
+            # a new width, more rows, or most rows moving (beams behind a leaver): one copy of
+            # every survivor's row into the other area
             self._lay_out(keep, total, width, joiners)
-        else:
-            moving = np.flatnonzero(self._owners[:kept] != owners[:kept])
-            if moving.size:
-                sources = keep[moving]
-                for rows in self._views:
-                    rows[moving] = rows[sources]  # the right side is read whole before the writes
+        elif len(moving):
+            sources = keep[moving]
+            for rows in self._views:
+                rows[moving] = rows[sources]  # the right side is read whole before the writes
         self._owners[:total] = owners
         states, keys, mask = self._views
         parts = [] if state is None else [state[keep]]
@@ -174,8 +175,11 @@ class HostRowPool:
         if len(keep):
             common = min(width, old[2].shape[1])
             for rows, before in zip(self._views, old, strict=True):
-                rows[: len(keep), :common] = before[keep, :common]
-                rows[: len(keep), common:] = 0.0
+                if common == width:  # the same width or narrower: one copy, straight into place
+                    np.take(before[:, :width], keep, axis=0, out=rows[: len(keep)], mode="clip")
+                else:
+                    rows[: len(keep), :common] = before[keep, :common]
+                    rows[: len(keep), common:] = 0.0
         self._owners = owners
 
 
