@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 from starlette.types import ASGIApp
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.access_log import record_request, request_id_of
@@ -263,7 +262,9 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_NoSocketObject(transport))  # type: ignore[arg-type]
-        self.transport, self.flow = transport, FlowControl(transport)
+        # the real transport for the writes; uvicorn's flow control keeps the view, which passes
+        # its pause and resume on (a second FlowControl cost an Event per connection)
+        self.transport = transport
         state = getattr(self.config.app, "state", None)  # None: another app (a test's)
         # not with uvicorn's own concurrency limit, whose 503 app would never release a place
         door = getattr(state, "early_refusal", None) if self.limit_concurrency is None else None

@@ -1022,5 +1022,9 @@ async def test_no_socket_object_is_made_for_a_connections_addresses() -> None:
     protocol.connection_made(transport)
     assert "socket" not in transport.asked
     assert (protocol.client, protocol.server) == (("::1", 5000), ("::1", 8000))
-    assert protocol.transport is transport and protocol.flow._transport is transport
+    assert protocol.transport is transport
+    protocol.flow.pause_reading()  # the flow control's pause and resume reach the real transport
+    assert not transport.reading
+    protocol.flow.resume_reading()
+    assert transport.reading
     protocol.connection_lost(None)
