@@ -110,6 +110,8 @@ def test_the_host_pool_gives_what_fresh_arrays_give() -> None:
                 joined.append((next(serials), 1))
                 source_lengths[joined[-1][0]] = length
         keep = np.concatenate(keep_parts) if keep_parts else np.zeros(0, np.int64)
+        if not survivors and rng.random() < 0.5:
+            pool.clear()  # as a lane does when its running set empties: its memory goes back
         members = survivors + joined
         width = max(source_lengths[serial] for serial, _ in members)
         owners = np.array([serial for serial, count in members for _ in range(count)], np.int64)

@@ -110,16 +110,17 @@ class HostRowPool:
     """
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """No rows: the memory goes back (a lane with nothing to decode holds none, as ONNX
+        Runtime's arena is off so that a burst of long sources does not stay resident)."""
         # two areas of flat memory, the rows laid out in one at a time: states, keys, mask
         self._areas: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
             (np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))] * 2
         self._area = 0
         self._views = (np.zeros((0, 0, 0), np.float32), np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.float32))
         self._owners = np.zeros(0, np.int64)  # per row: whose encoder outputs it holds (-1: nobody's)
-
-    def clear(self) -> None:
-        """No row holds anybody's outputs any more (the memory is kept)."""
-        self._owners[:] = -1
 
     def gather(self, state: np.ndarray | None, keep: np.ndarray, owners: np.ndarray, joiners: Encoded | None,
                width: int) -> tuple[DecoderRows, np.ndarray]:
@@ -154,16 +155,16 @@ class HostRowPool:
         return DecoderRows(states[:total], keys[:total], mask[:total]), _join(parts)
 
     def _lay_out(self, keep: np.ndarray, total: int, width: int, joiners: Encoded | None) -> None:
-        """The rows laid out anew for ``width`` source positions (in the other area, grown if it is
-        too small for ``total`` rows), the survivors' rows (``keep``) copied into their new places:
+        """The rows laid out anew for ``width`` source positions (in the other area, made anew if it
+        is too small for ``total`` rows or far too big), the survivors' rows (``keep``) copied into their new places:
         cut, or zero-padded, to the new width."""
         old = self._views
         dims = [a.shape[2] for a in (old[:2] if len(keep) else (joiners.states, joiners.keys))]  # type: ignore[union-attr]
         self._area = 1 - self._area
         areas = self._areas[self._area]
-        capacity = max(total, len(old[2]))
-        if len(areas[2]) < capacity * width:
-            capacity = max(2 * total, 16)
+        capacity = max(2 * total, 16)
+        # made anew when too small, or when over 4x what these rows want (a long source has left)
+        if not total * width <= len(areas[2]) <= 4 * capacity * width:
             areas = (np.empty(capacity * width * dims[0], np.float32), np.empty(capacity * width * dims[1], np.float32),
                      np.empty(capacity * width, np.float32))
             self._areas[self._area] = areas
