@@ -320,7 +320,7 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
             say(f"| {name} | " + " | ".join(f"{v:.0f}" for v in table.values()) + " |")
     for b in beams:
         checked, mismatches = check_identical(translator, sources, recorded[b], b)
-        say(f"\nbeam {b}: served vs solo decoding ({precision}): {checked} distinct sentences checked, "
+        say(f"\nbeam {b}: served vs solo decoding ({precision}): {checked} distinct texts checked, "
             f"**{mismatches} differ**")
     ceiling_section(args, source_ids, recorded[1], precision, say)
 

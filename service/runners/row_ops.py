@@ -159,13 +159,14 @@ class HostRowPool:
         is too small for ``total`` rows or far too big), the survivors' rows (``keep``) copied into their new places:
         cut, or zero-padded, to the new width."""
         old = self._views
-        dims = [a.shape[2] for a in (old[:2] if len(keep) else (joiners.states, joiners.keys))]  # type: ignore[union-attr]
+        shaped = old[:2] if len(keep) else (joiners.states, joiners.keys)  # type: ignore[union-attr]
+        dims, dtype = [a.shape[2] for a in shaped], shaped[0].dtype
         self._area = 1 - self._area
         areas = self._areas[self._area]
         capacity = max(2 * total, 16)
         # made anew when too small, or when over 4x what these rows want (a long source has left)
         if not total * width <= len(areas[2]) <= 4 * capacity * width:
-            areas = (np.empty(capacity * width * dims[0], np.float32), np.empty(capacity * width * dims[1], np.float32),
+            areas = (np.empty(capacity * width * dims[0], dtype), np.empty(capacity * width * dims[1], dtype),
                      np.empty(capacity * width, np.float32))
             self._areas[self._area] = areas
         capacity = len(areas[2]) // width
@@ -177,6 +178,7 @@ class HostRowPool:
             common = min(width, old[2].shape[1])
             for rows, before in zip(self._views, old, strict=True):
                 if common == width:  # the same width or narrower: one copy, straight into place
+                    # (mode "clip" writes without a buffer; ``keep`` holds rows of the last step)
                     np.take(before[:, :width], keep, axis=0, out=rows[: len(keep)], mode="clip")
                 else:
                     rows[: len(keep), :common] = before[keep, :common]
