@@ -112,24 +112,23 @@ class _RowArrays:
         index both the last step's state and the current encoder rows, as every row of a request
         holds the same encoder states), then the joiners' first rows, at the longest member's
         source width."""
-        members = survivors + joiners
-        width = max(m.src_len for m in members)
+        width = max(m.src_len for m in (*survivors, *joiners))
         if survivors:
             assert self.rows is not None and self.state is not None
         if self.pool is not None:
             survivors, keep = _in_place(survivors, keep)
-            members = survivors + joiners
-            owners = np.fromiter((m.serial for m in members for _ in range(m.search.live)),  # type: ignore[union-attr]
-                                 dtype=np.int64)
+        members = survivors + joiners
+        layout = [m.search.live for m in members]  # type: ignore[union-attr]
+        if self.pool is not None:
+            owners = np.repeat([m.serial for m in members], layout)
             self.rows, self.state = self.pool.gather(self.state if survivors else None, keep, owners,
                                                      encoded if joiners else None, width)
         else:
             self.rows, self.state = self.runner.gather_rows(
                 self.rows if survivors else None, self.state if survivors else None, keep if survivors else None,
                 encoded if joiners else None, width)
-        self.members = members
-        self.layout = [m.search.live for m in members]  # type: ignore[union-attr]
-        self.parents = np.arange(sum(self.layout), dtype=np.int64)
+        self.members, self.layout = members, layout
+        self.parents = np.arange(sum(layout), dtype=np.int64)
         self.dirty = False
 
     def clear(self) -> None:

@@ -129,9 +129,10 @@ class HostRowPool:
         outputs), then the joiners'. ``owners`` names each new row's request (survivors then
         joiners). Returns views of the pool's memory: valid until the next ``gather``."""
         kept, total = len(keep), len(owners)
-        states, keys, mask = self._views
-        moving = np.flatnonzero(self._owners[:kept] != owners[:kept]) if kept <= len(mask) else keep
-        if total > len(mask) or width != mask.shape[1] or 2 * len(moving) > kept:
+        capacity, laid_width = self._views[2].shape
+        fits = total <= capacity and width == laid_width
+        moving = np.flatnonzero(self._owners[:kept] != owners[:kept]) if fits else keep
+        if not fits or 2 * len(moving) > kept:
             # a new width, more rows, or most rows moving (beams behind a leaver): one copy of
             # every survivor's row into the other area
             self._lay_out(keep, total, width, joiners)
