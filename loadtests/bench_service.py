@@ -339,7 +339,7 @@ def ceiling_section(args: argparse.Namespace, source_ids: list[list[int]], greed
     lengths = [len(json.loads(body)["target_tokens"]) + 1 for body in greedy_bodies.values()]
     steps, encodes = ceiling.measure(single, source_len)
     settings = Settings()  # the server's, from the same environment
-    per_worker = instances_for(settings, "translation", CPU, precision)
+    per_worker = instances_for(settings)
     lanes = min(os.cpu_count() or 1, settings.workers * per_worker)
     say(f"\n## Ceiling on this machine (greedy; loadtests/ceiling.py; median source {source_len} subwords, "
         f"mean output {statistics.fmean(lengths):.1f} steps; {settings.workers} worker(s) x "

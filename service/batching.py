@@ -14,6 +14,13 @@ back to the event loop in one call. The event loop only accepts requests and del
 a worker never waits for the event loop between batches (on a small CPU, where the event loop is
 busy with HTTP, that wait left the model idle for a third of each batch's time).
 
+With ``helpers_share_windows`` (the CPU) only the first worker forms windows; the others run the
+batches it leaves them: of a window cut in several batches, it runs the first and puts the rest
+where they take them.
+A lone client's requests then stay on one thread, and a window cut in several batches runs on
+several cores at once. The helpers run at a lower OS priority (``helper_nice``) than the event
+loop, whose HTTP work the models' throughput waits on too.
+
 Every accepted request's future is resolved exactly once: a result, or the error of its own
 batch, or 504 if its deadline passed, or dropped unseen if its client went away.
 """
@@ -24,6 +31,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -85,6 +93,12 @@ class BatchPolicy:
     # when splitting a window into shorter, less padded batches pays for the extra runs.
     batch_overhead_tokens: float = 64.0
     instances: int = 1  # batches run at once (worker threads)
+    # OS priority (nice) of the worker threads after the first (``lower_priority``)
+    helper_nice: int = 0
+    # The worker threads after the first run only the batches that the first leaves them from
+    # the windows it forms (the CPU: see DynamicBatcher), instead of forming windows of their own
+    # (the GPU: a second worker's host work overlaps the first's device run, docs/gpu.md).
+    helpers_share_windows: bool = False
 
     @property
     def turn(self) -> int:
@@ -95,7 +109,12 @@ class BatchPolicy:
 Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]  # a future, its result or its error
 Queued = TypeVar("Queued", bound="Pending")
 
-_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)  # before replacing a thread that failed 1, 2, 3, 4+ times in a row
+_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)
+# A window is shared with the helpers from this many batches: a second batch run beside the first
+# saved less than its own hand-over and the helper's turn on a core cost the event loop (INT8
+# sentiment on 2 cores, against one worker: from 2 batches 1.06x at 64 clients and 0.99-1.10x at
+# 16; from 3, 1.08x and 1.03x; from 4, 1.05x and 1.01x; docs/benchmarks.md, stop 39)
+SHARED_FROM_BATCHES = 3  # before replacing a thread that failed 1, 2, 3, 4+ times in a row
 
 
 class AnsweredFromThreads:
@@ -255,13 +274,14 @@ class AnsweredFromThreads:
 
     # --- supervised threads -----------------------------------------------------------------
     def _start_thread(self, name: str, turn: Callable[[], bool], holding: Callable[[], Sequence[Waiting]],
-                      on_fault: Callable[[BaseException], None], index: int | None = None) -> None:
+                      on_fault: Callable[[BaseException], None], index: int | None = None, nice: int = 0) -> None:
         """Start a thread that calls ``turn`` (True when it got work done) until the engine stops;
         if ``turn`` raises, the fault is logged with what the thread had taken (``holding``), then
         ``on_fault`` answers that, and a new thread with the same ``turn`` replaces this one. Where
         no thread can be started (memory or a pids limit: "can't start new thread"), the failed
         one carries on in its place: a model left with no thread took every request and answered
-        each with 504 at its deadline, until the process was restarted."""
+        each with 504 at its deadline, until the process was restarted. ``nice``: its OS priority
+        below the event loop's (``lower_priority``)."""
 
         def serve() -> None:
             worked = False  # whether the last turn did work (a turn starts by waiting for some)
@@ -281,6 +301,7 @@ class AnsweredFromThreads:
         slot = len(self.threads) if index is None else index  # its place in ``threads``, for its replacement
 
         def main() -> None:
+            lower_priority(nice)
             while True:
                 try:
                     serve()
@@ -290,7 +311,7 @@ class AnsweredFromThreads:
                 if self._stop.wait(_BACKOFF_S[min(self._faults_in_a_row, len(_BACKOFF_S)) - 1]):
                     return
                 try:
-                    self._start_thread(name, turn, holding, on_fault, slot)
+                    self._start_thread(name, turn, holding, on_fault, slot, nice)
                     return
                 except RuntimeError as exc:
                     log.error("thread %s of model %s: no new thread could be started (%s); the failed one "
@@ -339,6 +360,24 @@ class AnsweredFromThreads:
         return InferenceFailed(f"inference failed on model {self.name}: {type(exc).__name__}: {exc}")
 
 
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's OS priority by ``nice`` (Linux: a thread's nice is its own).
+
+    A model's first worker thread runs at the event loop's priority; the others soak up the CPU
+    that the loop and the first leave. At the same priority, a second sentiment worker served no
+    more than one alone: three busy threads on two cores left the event loop waiting in the run
+    queue for a third of its time, and the requests with it (docs/benchmarks.md, stop 39)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        # from the main thread's (the event loop's): a replacement started by a lowered thread
+        # inherits its priority
+        loop_nice = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(loop_nice + nice, 19))
+    except OSError as exc:  # a sandbox that forbids it: the thread runs at the loop's priority
+        log.warning("could not lower a worker thread's priority: %s", exc)
+
+
 def split_by_budget(items: list[WorkItem[P, R]], policy: BatchPolicy) -> list[list[WorkItem[P, R]]]:
     """Cut a window into batches of length-sorted items at the least modelled cost.
 
@@ -381,6 +420,10 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         self._last_arrival = 0.0
         self._mean_gap_s = 1.0
         self._held = threading.local()  # per worker: the window it took and has not answered yet
+        # with ``helpers_share_windows``: the batches of a window that the first worker left to
+        # the others (thread-safe)
+        self._spare: queue.SimpleQueue[list[WorkItem[P, R]]] = queue.SimpleQueue()
+        self._helpers = policy.helpers_share_windows and policy.instances > 1
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self, give_way: GiveWay | None = None) -> None:
@@ -388,7 +431,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
         # that many batches at once (best with 1 intra-op thread each on a small CPU)
         for i in range(max(1, self.policy.instances)):
-            self._start_thread(str(i), self._turn, self._holding, self._fail_held)
+            self._start_thread(str(i), self._help if i and self._helpers else self._turn, self._holding,
+                               self._fail_held, nice=self.policy.helper_nice if i else 0)
 
     async def close(self) -> None:
         self.accepting = False
@@ -397,6 +441,9 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         while not self.queue.empty():  # nothing accepted is left without an answer
             item = self.queue.get_nowait()
             self._settle([(item.future, None, NotReady("server shut down before this request ran"))])
+        while not self._spare.empty():
+            self._settle([(item.future, None, NotReady("server shut down before this request ran"))
+                          for item in self._spare.get_nowait()])
 
     # --- requests (event loop) --------------------------------------------------------------
     async def submit_all(self, payloads: list[tuple[P, int]], deadline: float, each: Each | None = None) -> list[R]:
@@ -455,15 +502,44 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         return window
 
     def _turn(self) -> bool:
-        """One window: formed, split into batches, run, answered. True if there was any."""
+        """One window: formed, split into batches, run, answered. True if there was any. Where
+        helpers share the windows, the first batch is run here and the others are left to them,
+        then run here too if none has taken them yet."""
         window = self._next_window()
         self._held.items = window  # what a fault outside the model call must still answer
-        for batch in split_by_budget(window, self.policy) if window else []:
+        batches = split_by_budget(window, self.policy) if window else []
+        if self._helpers and len(batches) >= SHARED_FROM_BATCHES:
+            for spare in batches[:0:-1]:  # the longest first: they take the longest to run
+                self._spare.put(spare)
+            batches = batches[:1]
+            self._held.items = batches[0]
+        for batch in batches:
             answers = self._run_batch(batch)
             answered = {id(item) for item in batch}
             self._held.items = [item for item in self._held.items if id(item) not in answered]
             self._hand_over(answers)
+        while self._helpers:  # then what the helpers have not taken
+            try:
+                self._help(wait=False)
+            except queue.Empty:
+                break
         return bool(window)
+
+    def _help(self, wait: bool = True) -> bool:
+        """A helper's turn: one batch that the first worker left, run and answered (queue.Empty
+        when none is left and ``wait`` is False)."""
+        if wait:
+            try:
+                batch = self._spare.get(timeout=0.05)
+            except queue.Empty:
+                return False
+        else:
+            batch = self._spare.get_nowait()
+        self._held.items = batch
+        answers = self._run_batch(batch)
+        self._held.items = []
+        self._hand_over(answers)
+        return True
 
     def _holding(self) -> list[WorkItem[P, R]]:
         """What this worker took and has not answered yet (on the worker's own thread)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from service import cpu_info, metrics
+from service import metrics
 from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import RequestBatchedTranslator, SentimentEngine, TranslationEngine
@@ -85,22 +85,18 @@ class ServedModel:
         return derived.metrics if derived else {}
 
 
-def instances_for(settings: Settings, task: str, provider: str, precision: str) -> int:
-    """Batches one model runs at once: SEQSERVE_INSTANCES where set, else by where its time goes.
+def instances_for(settings: Settings) -> int:
+    """Batches one model runs at once: SEQSERVE_INSTANCES where set, else two.
 
-    An INT8 classifier on a CPU with VNNI is cheap next to the serving around it: one worker
-    thread running batches back to back, while the event loop parses and tokenises the next on
-    the other core, served 1.12-1.20x the requests of two at 16 and 64 clients on a 2-core AVX-512
-    VNNI machine (two split the same requests into smaller batches and compete with the loop for
-    the GIL and the cores). Where the model is the larger cost, two: in fp32 one served 0.79x,
-    INT8 without VNNI 0.83-1.06x (a 2-core AVX2 machine), and a translator spends most of its CPU
-    in its decode lanes (one lane served 0.60x). On the GPU two overlap one batch's host work with
-    the other's device run (docs/gpu.md). Measured with `python -m loadtests.cpu_share --versus
-    instances=1` (docs/benchmarks.md, stops 22, 23 and 36)."""
-    if settings.instances is not None:
-        return settings.instances
-    cheap = (task, provider, precision) == ("text-classification", CPU, "int8") and cpu_info.has_vnni()
-    return 1 if cheap else 2
+    A translator spends most of its CPU in its decode lanes (one lane served 0.60x of two). On
+    the GPU two overlap one batch's host work with the other's device run (docs/gpu.md). On the
+    CPU a classifier's second worker thread runs, at a lower OS priority, the batches that the
+    first leaves it from its windows (``BatchPolicy.helpers_share_windows``): with the INT8 model
+    on a 2-core AVX-512 VNNI machine, where one worker alone had served 1.00-1.20x of two forming
+    windows each, it serves 1.08x of one at 64 clients, 1.03x at 16, the same at 1. Measured with
+    `python -m loadtests.cpu_share --versus instances=1` (docs/benchmarks.md, stops 22, 23, 36
+    and 39)."""
+    return settings.instances if settings.instances is not None else 2
 
 
 def _policy(settings: Settings, instances: int) -> BatchPolicy:
@@ -190,9 +186,11 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
     for graph, session in runner.sessions().items():  # on CUDA: what the warm-up ran on the CPU
         log_placement(card.name, graph, session)
     engine: SentimentEngine | TranslationEngine
-    instances = instances_for(settings, card.task, runner.providers[0], runner.precision)
+    instances = instances_for(settings)
     if isinstance(runner, SentimentRunner):
         policy = _policy(settings, instances)
+        if runner.providers[0] == CPU:  # measured there (instances_for); the GPU's workers stay as they were
+            policy.helpers_share_windows, policy.helper_nice = True, settings.instance_nice
         if settings.warmup:
             policy.batch_overhead_tokens = runner.measure_batch_overhead()
             log.info("%s: one run costs as much as %.0f padded tokens", card.name,

@@ -51,7 +51,12 @@ class Settings(BaseSettings):
         "per-step graphs of these models on a small CPU that also serves HTTP")
     instances: int | None = Field(
         None, ge=1, le=16, description="batches a model runs at once (worker threads; a translator's decode "
-        "lanes); unset or auto: 1 for an INT8 classifier on a CPU with VNNI, 2 otherwise (registry.instances_for)")
+        "lanes); unset or auto: 2. On the CPU a classifier's workers after the first run the batches the first "
+        "leaves them from its windows")
+    instance_nice: int = Field(
+        10, ge=0, le=19, description="on the CPU, how much lower the OS priority (nice, Linux) of a classifier's "
+        "worker threads after its first is than the event loop's: they take the CPU the loop leaves instead of "
+        "competing with it; 0 = the same")
     workers: int = Field(1, ge=1, le=64, description="server processes on the port, each with its own models; "
                          "one Python process tops out at a few thousand small requests/s")
     worker_heartbeat_timeout_s: float = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -161,6 +162,59 @@ async def test_several_instances_run_batches_at_once() -> None:
     words = [f"w{i}" for i in range(12)]
     assert await asyncio.gather(*(batcher.submit(w, 1, time.monotonic() + 5) for w in words)) == words
     assert peak == 2
+    await batcher.close()
+
+
+async def test_helpers_run_only_the_batches_the_first_worker_leaves_them() -> None:
+    ran: list[tuple[str, list[str]]] = []
+    lock = threading.Lock()
+
+    def run(payloads: list[str]) -> list[str]:
+        with lock:
+            ran.append((threading.current_thread().name, list(payloads)))
+        time.sleep(0.05)
+        return [p.upper() for p in payloads]
+
+    policy = _policy(max_batch_size=64, instances=2, helpers_share_windows=True, batch_overhead_tokens=1)
+    batcher = DynamicBatcher("m", run, policy)
+    batcher.start()
+    deadline = time.monotonic() + 10
+    for i in range(3):  # one request at a time: the helper forms no window of its own
+        assert await batcher.submit(f"x{i}", 1, deadline) == f"X{i}"
+    assert {name for name, _ in ran} == {"seqserve-m-0"}
+
+    async def window(*lengths: int) -> list[tuple[str, list[str]]]:
+        """Batches run for one window of five texts of each length (the first worker busy while
+        they are queued), by thread."""
+        before = len(ran)
+        blocker = asyncio.ensure_future(batcher.submit("block", 1, deadline))
+        while len(ran) == before:  # the first worker is busy: what comes now waits for its next window
+            await asyncio.sleep(0.001)
+        texts = [[(f"{n}-{i}", n) for i in range(5)] for n in lengths]
+        answers = await asyncio.gather(blocker, *(batcher.submit_all(t, deadline) for t in texts))
+        assert answers == ["BLOCK", *([p.upper() for p, _ in t] for t in texts)]
+        return sorted((name, sorted(batch)) for name, batch in ran[before + 1 :])
+
+    # a window cut by length in two batches: both on the first worker
+    assert [name for name, _ in await window(2, 40)] == ["seqserve-m-0"] * 2
+    # in three: the first worker runs the shortest, a helper the longest, the other either
+    three = {batch[0].split("-")[0]: name for name, batch in await window(2, 20, 40)}
+    assert three["2"] == "seqserve-m-0" and three["40"] == "seqserve-m-1" and len(three) == 3
+    await batcher.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread OS priority here")
+async def test_the_workers_after_the_first_run_at_a_lower_os_priority() -> None:
+    batcher = DynamicBatcher("m", Recorder(), _policy(instances=3, helper_nice=5, helpers_share_windows=True))
+    batcher.start()
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    expected = [base, min(base + 5, 19), min(base + 5, 19)]
+
+    def priorities() -> list[int]:
+        return [os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in batcher.threads]
+
+    assert await _becomes(lambda: priorities() == expected), priorities()
+    assert await batcher.submit("x", 1, time.monotonic() + 5) == "X"
     await batcher.close()
 
 

@@ -9,7 +9,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.onnx_session import CPU
 from service.registry import instances_for
 from service.settings import Settings
 from tests.conftest import ROOT
@@ -41,7 +40,7 @@ def test_kubernetes_manifests_validate_against_the_schemas(manifest: Path) -> No
     env = {e["name"]: e["value"] for e in container.get("env", [])}
     settings = Settings(**{k.removeprefix("SEQSERVE_").lower(): v for k, v in env.items() if k.startswith("SEQSERVE_")})
     threads = settings.ort_intra_op_threads
-    instances = max(instances_for(settings, task, CPU, "fp32") for task in ("text-classification", "translation"))
+    instances = instances_for(settings)
     assert threads >= 1 and threads * instances <= float(container["resources"]["limits"]["cpu"])
 
 

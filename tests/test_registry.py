@@ -9,9 +9,8 @@ import httpx
 import pytest
 
 from loadtests.server import metric_value
-from service import cpu_info
 from service.model_card import load_model_card
-from service.onnx_session import CPU, CUDA, ModelLoadError
+from service.onnx_session import ModelLoadError
 from service.registry import choose_precision, instances_for
 from service.server import STARTUP_FAILED
 from service.settings import Settings
@@ -50,10 +49,9 @@ def test_auto_serves_int8_on_the_cpu_where_the_card_allows_and_says_so(int8_repo
         # the model's own CPU is counted apart from the server's (make bench splits the two)
         for name in ("sentiment", "translate-en-de"):
             assert metric_value(server.url, "seqserve_model_cpu_seconds_total", model=name) > 0
-        # INSTANCES unset: one batch at a time for the classifier, two decode lanes for the translator
-        one = cpu_info.has_vnni()  # a cheap INT8 model: one thread, where the CPU has VNNI
-        assert _instances(server) == {"sentiment": 1 if one else 2, "translate-en-de": 2}
-        assert server.wait_for_output(f"int8, {1 if one else 2} instance(s)")
+        # INSTANCES unset: two worker threads for the classifier, two decode lanes for the translator
+        assert _instances(server) == {"sentiment": 2, "translate-en-de": 2}
+        assert server.wait_for_output("int8, 2 instance(s)")
     finally:
         assert server.stop() == 0
 
@@ -73,26 +71,9 @@ def test_instances_set_apply_to_every_model(fp32_repo: Path) -> None:
         assert server.stop() == 0
 
 
-@pytest.mark.parametrize(("instances", "task", "provider", "precision", "vnni", "expected"), [
-    (None, "text-classification", CPU, "int8", True, 1), (None, "text-classification", CPU, "int8", False, 2),
-    (None, "text-classification", CPU, "fp32", True, 2),
-    (None, "translation", CPU, "int8", True, 2), (None, "translation", CPU, "fp32", True, 2),
-    (None, "text-classification", CUDA, "fp32", True, 2), (None, "translation", CUDA, "fp32", True, 2),
-    (4, "text-classification", CPU, "int8", True, 4), (1, "translation", CUDA, "fp32", True, 1)])
-def test_instances_for(monkeypatch: pytest.MonkeyPatch, instances: int | None, task: str, provider: str,
-                       precision: str, vnni: bool, expected: int) -> None:
-    monkeypatch.setattr(cpu_info, "has_vnni", lambda: vnni)
-    assert instances_for(Settings(instances=instances), task, provider, precision) == expected
-
-
-@pytest.mark.parametrize(("cpuinfo", "expected"), [
-    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512bw\n", True),
-    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx_vnni\n", True),
-    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512vnni_x\n", False),  # AMD EPYC (Zen 2)-like: none
-    ("processor\t: 0\nFeatures\t: fp asimd asimddp\n", False),  # aarch64: no flags line
-    ("", False)])
-def test_vnni_is_read_from_the_cpu_flags(cpuinfo: str, expected: bool) -> None:
-    assert cpu_info.vnni_in(cpuinfo) is expected
+@pytest.mark.parametrize(("instances", "expected"), [(None, 2), (4, 4), (1, 1)])
+def test_instances_for(instances: int | None, expected: int) -> None:
+    assert instances_for(Settings(instances=instances)) == expected
 
 
 def test_int8_asked_for_is_served_for_every_model(int8_repo: Path) -> None:

@@ -72,7 +72,7 @@ def test_a_bad_value_inside_a_json_setting_names_the_setting_and_the_place() -> 
 
 
 def test_instances_unset_or_auto_leave_the_count_to_each_model() -> None:
-    # service/registry.py's instances_for: one for a classifier on the CPU, two otherwise
+    # service/registry.py's instances_for: two unless set
     assert Settings().instances is None
     assert Settings(instances="Auto").instances is None
     assert Settings(instances="3").instances == 3
