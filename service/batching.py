@@ -15,8 +15,8 @@ a worker never waits for the event loop between batches (on a small CPU, where t
 busy with HTTP, that wait left the model idle for a third of each batch's time).
 
 With ``helpers_share_windows`` (the CPU) only the first worker forms windows; the others run the
-batches it leaves them: of a window cut in several batches, it runs the first and puts the rest
-where they take them.
+batches it leaves them: of a large window cut in several batches, it runs the first and puts the
+rest where they take them.
 A lone client's requests then stay on one thread, and a window cut in several batches runs on
 several cores at once. The helpers run at a lower OS priority (``helper_nice``) than the event
 loop, whose HTTP work the models' throughput waits on too.
@@ -109,12 +109,7 @@ class BatchPolicy:
 Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]  # a future, its result or its error
 Queued = TypeVar("Queued", bound="Pending")
 
-_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)
-# A window is shared with the helpers from this many batches: a second batch run beside the first
-# saved less than its own hand-over and the helper's turn on a core cost the event loop (INT8
-# sentiment on 2 cores, against one worker: from 2 batches 1.06x at 64 clients and 0.99-1.10x at
-# 16; from 3, 1.08x and 1.03x; from 4, 1.05x and 1.01x; docs/benchmarks.md, stop 39)
-SHARED_FROM_BATCHES = 3  # before replacing a thread that failed 1, 2, 3, 4+ times in a row
+_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)  # before replacing a thread that failed 1, 2, 3, 4+ times in a row
 
 
 class AnsweredFromThreads:
@@ -503,12 +498,16 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
 
     def _turn(self) -> bool:
         """One window: formed, split into batches, run, answered. True if there was any. Where
-        helpers share the windows, the first batch is run here and the others are left to them,
-        then run here too if none has taken them yet."""
+        helpers share the windows, of a window of at least half ``max_batch_size`` texts (this
+        worker has fallen behind) the first batch is run here and the others are left to them,
+        then run here too if none has taken them yet. Smaller windows stay here: sharing them
+        cost the event loop more CPU a request (the helper's turns on its core) than it saved
+        (INT8 sentiment, 2 cores, 16 clients: 0.97-0.99x of one worker; docs/benchmarks.md,
+        stop 39)."""
         window = self._next_window()
         self._held.items = window  # what a fault outside the model call must still answer
         batches = split_by_budget(window, self.policy) if window else []
-        if self._helpers and len(batches) >= SHARED_FROM_BATCHES:
+        if self._helpers and len(batches) > 1 and len(window) >= self.policy.max_batch_size // 2:
             for spare in batches[:0:-1]:  # the longest first: they take the longest to run
                 self._spare.put(spare)
             batches = batches[:1]

@@ -93,7 +93,7 @@ def instances_for(settings: Settings) -> int:
     CPU a classifier's second worker thread runs, at a lower OS priority, the batches that the
     first leaves it from its windows (``BatchPolicy.helpers_share_windows``): with the INT8 model
     on a 2-core AVX-512 VNNI machine, where one worker alone had served 1.00-1.20x of two forming
-    windows each, it serves 1.08x of one at 64 clients, 1.03x at 16, the same at 1. Measured with
+    windows each, it serves 1.04-1.09x of one at 64 clients, the same at 16 and 1. Measured with
     `python -m loadtests.cpu_share --versus instances=1` (docs/benchmarks.md, stops 22, 23, 36
     and 39)."""
     return settings.instances if settings.instances is not None else 2

@@ -175,7 +175,7 @@ async def test_helpers_run_only_the_batches_the_first_worker_leaves_them() -> No
         time.sleep(0.05)
         return [p.upper() for p in payloads]
 
-    policy = _policy(max_batch_size=64, instances=2, helpers_share_windows=True, batch_overhead_tokens=1)
+    policy = _policy(max_batch_size=24, instances=2, helpers_share_windows=True, batch_overhead_tokens=1)
     batcher = DynamicBatcher("m", run, policy)
     batcher.start()
     deadline = time.monotonic() + 10
@@ -195,9 +195,11 @@ async def test_helpers_run_only_the_batches_the_first_worker_leaves_them() -> No
         assert answers == ["BLOCK", *([p.upper() for p, _ in t] for t in texts)]
         return sorted((name, sorted(batch)) for name, batch in ran[before + 1 :])
 
-    # a window cut by length in two batches: both on the first worker
+    # a window of fewer than half MAX_BATCH_SIZE texts, cut by length in two batches: both on the
+    # first worker
     assert [name for name, _ in await window(2, 40)] == ["seqserve-m-0"] * 2
-    # in three: the first worker runs the shortest, a helper the longest, the other either
+    # of half or more, in three: the first worker runs the shortest, a helper the longest, the
+    # other either
     three = {batch[0].split("-")[0]: name for name, batch in await window(2, 20, 40)}
     assert three["2"] == "seqserve-m-0" and three["40"] == "seqserve-m-1" and len(three) == 3
     await batcher.close()
