@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -362,7 +363,7 @@ def lower_priority(nice: int) -> None:
     that the loop and the first leave. At the same priority, a second sentiment worker served no
     more than one alone: three busy threads on two cores left the event loop waiting in the run
     queue for a third of its time, and the requests with it (docs/benchmarks.md, stop 39)."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
+    if nice <= 0 or sys.platform != "linux":  # elsewhere a thread's id is no process id to renice
         return
     try:
         # from the main thread's (the event loop's): a replacement started by a lowered thread

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -205,7 +206,7 @@ async def test_helpers_run_only_the_batches_the_first_worker_leaves_them() -> No
     await batcher.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread OS priority here")
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own OS priority is Linux's")
 async def test_the_workers_after_the_first_run_at_a_lower_os_priority() -> None:
     batcher = DynamicBatcher("m", Recorder(), _policy(instances=3, helper_nice=5, helpers_share_windows=True))
     batcher.start()
