@@ -18,6 +18,7 @@ from fastapi_offline import FastAPIOffline
 from service import (
     __version__,
     grpc_v2,
+    log_sink,
     metrics,
     openapi_doc,
     routes_repository,
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         registry = preloaded or load_models(settings)
         app.state.registry = registry
         app.state.model_control = ModelControl(registry, settings)
+        log_sink.stderr.start()  # at the event loop's priority, before threads with a lower one
         registry.start(app.state.pass_budget.give_way)
         grpc_server = await grpc_v2.start(app.state, settings)
         app.state.drain.registry, app.state.drain.grpc = registry, grpc_server

@@ -94,7 +94,8 @@ class BatchPolicy:
     # when splitting a window into shorter, less padded batches pays for the extra runs.
     batch_overhead_tokens: float = 64.0
     instances: int = 1  # batches run at once (worker threads)
-    # OS priority (nice) of the worker threads after the first (``lower_priority``)
+    # how much the OS priority (nice) of the worker threads after the first is below the main
+    # thread's (``lower_priority``)
     helper_nice: int = 0
     # The worker threads after the first run only the batches that the first leaves them from
     # the windows it forms (the CPU: see DynamicBatcher), instead of forming windows of their own
@@ -357,7 +358,8 @@ class AnsweredFromThreads:
 
 
 def lower_priority(nice: int) -> None:
-    """Lower the calling thread's OS priority by ``nice`` (Linux: a thread's nice is its own).
+    """Set the calling thread's OS priority ``nice`` below the main thread's, the event loop's
+    (at most 19; Linux, where a thread's nice is its own).
 
     A model's first worker thread runs at the event loop's priority; the others soak up the CPU
     that the loop and the first leave. At the same priority, a second sentiment worker served no
@@ -420,6 +422,9 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         # the others (thread-safe)
         self._spare: queue.SimpleQueue[list[WorkItem[P, R]]] = queue.SimpleQueue()
         self._helpers = policy.helpers_share_windows and policy.instances > 1
+        # False from a fault of the first worker until its replacement takes a window: meanwhile
+        # the helpers form windows themselves
+        self._forming = True
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self, give_way: GiveWay | None = None) -> None:
@@ -427,19 +432,22 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
         # that many batches at once (best with 1 intra-op thread each on a small CPU)
         for i in range(max(1, self.policy.instances)):
-            self._start_thread(str(i), self._help if i and self._helpers else self._turn, self._holding,
-                               self._fail_held, nice=self.policy.helper_nice if i else 0)
+            turn = self._turn if not self._helpers else self._help if i else self._form
+            self._start_thread(str(i), turn, self._holding, self._fail_held, nice=self.policy.helper_nice if i else 0)
 
     async def close(self) -> None:
         self.accepting = False
         await self._join_threads()
         await asyncio.sleep(0)  # answers the workers handed over before stopping are delivered
-        while not self.queue.empty():  # nothing accepted is left without an answer
-            item = self.queue.get_nowait()
-            self._settle([(item.future, None, NotReady("server shut down before this request ran"))])
-        while not self._spare.empty():
-            self._settle([(item.future, None, NotReady("server shut down before this request ran"))
-                          for item in self._spare.get_nowait()])
+        # nothing accepted is left without an answer (a thread that outlived its join may still
+        # take the last one meanwhile)
+        unrun = NotReady("server shut down before this request ran")
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._settle([(self.queue.get_nowait().future, None, unrun)])
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._settle([(item.future, None, unrun) for item in self._spare.get_nowait()])
 
     # --- requests (event loop) --------------------------------------------------------------
     async def submit_all(self, payloads: list[tuple[P, int]], deadline: float, each: Each | None = None) -> list[R]:
@@ -509,7 +517,10 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         self._held.items = window  # what a fault outside the model call must still answer
         batches = split_by_budget(window, self.policy) if window else []
         if self._helpers and len(batches) > 1 and len(window) >= self.policy.max_batch_size // 2:
-            for spare in batches[:0:-1]:  # the longest first: they take the longest to run
+            spares = batches[:0:-1]  # the longest first: they take the longest to run
+            for n, spare in enumerate(spares):
+                # held: what is neither queued for the helpers nor answered
+                self._held.items = [*batches[0], *(item for later in spares[n:] for item in later)]
                 self._spare.put(spare)
             batches = batches[:1]
             self._held.items = batches[0]
@@ -525,9 +536,18 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
                 break
         return bool(window)
 
+    def _form(self) -> bool:
+        """The first worker's turn where helpers share its windows."""
+        self._held.former = True
+        self._forming = True
+        return self._turn()
+
     def _help(self, wait: bool = True) -> bool:
         """A helper's turn: one batch that the first worker left, run and answered (queue.Empty
-        when none is left and ``wait`` is False)."""
+        when none is left and ``wait`` is False); a window of its own while the first worker is
+        being replaced after a fault."""
+        if wait and not self._forming:
+            return self._turn()
         if wait:
             try:
                 batch = self._spare.get(timeout=0.05)
@@ -546,6 +566,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         return list(getattr(self._held, "items", []))
 
     def _fail_held(self, exc: BaseException) -> None:
+        if getattr(self._held, "former", False):  # the helpers form windows until its replacement does
+            self._forming = False
         held = self._holding()
         self._held.items = []
         error = self.failure(exc)

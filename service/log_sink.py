@@ -97,6 +97,13 @@ class LogSink:
             return data.count(b"\n") or 1
         return 0
 
+    def start(self) -> None:
+        """Start the writer thread now, from the calling thread, whose OS priority it inherits: the
+        server starts it before the models' worker threads, some of which run at a lower one
+        (service/batching.py ``lower_priority``), so that a line they log first does not start it
+        there."""
+        self._thread_running()
+
     def _thread_running(self) -> bool:
         """The writer thread, started on first need; False where none can start (memory, a pids limit)."""
         if self._thread is None:

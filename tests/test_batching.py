@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.batching import BatchPolicy, DynamicBatcher, WorkItem, split_by_budget
-from service.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 
 
 def _policy(**kw: float) -> BatchPolicy:
@@ -169,11 +169,19 @@ async def test_several_instances_run_batches_at_once() -> None:
 async def test_helpers_run_only_the_batches_the_first_worker_leaves_them() -> None:
     ran: list[tuple[str, list[str]]] = []
     lock = threading.Lock()
+    queued = 0  # what the "block" batch waits for: that many texts queued behind it
+    helper_started = threading.Event()
 
     def run(payloads: list[str]) -> list[str]:
+        name = threading.current_thread().name
         with lock:
-            ran.append((threading.current_thread().name, list(payloads)))
-        time.sleep(0.05)
+            ran.append((name, list(payloads)))
+        if payloads == ["block"]:
+            assert _wait_until(lambda: batcher.queue.qsize() >= queued)
+        elif name == "seqserve-m-1":
+            helper_started.set()
+        elif payloads[0].startswith("2-") and queued >= 15:  # the helper takes its batch meanwhile
+            assert helper_started.wait(5)
         return [p.upper() for p in payloads]
 
     policy = _policy(max_batch_size=24, instances=2, helpers_share_windows=True, batch_overhead_tokens=1)
@@ -187,7 +195,8 @@ async def test_helpers_run_only_the_batches_the_first_worker_leaves_them() -> No
     async def window(*lengths: int) -> list[tuple[str, list[str]]]:
         """Batches run for one window of five texts of each length (the first worker busy while
         they are queued), by thread."""
-        before = len(ran)
+        nonlocal queued
+        before, queued = len(ran), 5 * len(lengths)
         blocker = asyncio.ensure_future(batcher.submit("block", 1, deadline))
         while len(ran) == before:  # the first worker is busy: what comes now waits for its next window
             await asyncio.sleep(0.001)
@@ -206,11 +215,58 @@ async def test_helpers_run_only_the_batches_the_first_worker_leaves_them() -> No
     await batcher.close()
 
 
+def _wait_until(condition: Callable[[], bool], within_s: float = 5.0) -> bool:
+    """On a thread: whether ``condition`` became true within ``within_s``."""
+    until = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+async def test_while_the_first_worker_is_replaced_the_helpers_form_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.batching as batching
+
+    monkeypatch.setattr(batching, "_BACKOFF_S", (1.0,) * 4)  # the first worker's replacement waits a second
+    _plant_faults(monkeypatch, 1, RuntimeError("planted fault outside the model call"))
+    names: list[str] = []
+    runner = Recorder()
+
+    def run(payloads: list[str]) -> list[str]:
+        names.append(threading.current_thread().name)
+        return runner(payloads)
+
+    batcher = DynamicBatcher("m", run, _policy(instances=2, helpers_share_windows=True))
+    batcher.start()
+    with pytest.raises(InferenceFailed, match="planted fault"):  # the first worker's fault
+        await batcher.submit("x", 1, time.monotonic() + 10)
+    started = time.monotonic()
+    assert await batcher.submit("y", 1, time.monotonic() + 10) == "Y"
+    assert time.monotonic() - started < 0.5 and names == ["seqserve-m-1"]  # not a second later
+    await batcher.close()
+
+
+async def test_closing_answers_the_batches_left_for_the_helpers() -> None:
+    loop = asyncio.get_running_loop()
+    batcher = DynamicBatcher("m", Recorder(), _policy(instances=2, helpers_share_windows=True))
+    batcher.start()
+    await batcher.close()
+    left = [WorkItem("x", 1, time.monotonic() + 5, loop.create_future())]
+    batcher._spare.put(left)  # as the first worker leaves them, when no helper took them
+    await batcher.close()
+    assert left[0].future.done()
+    with pytest.raises(NotReady, match="shut down"):
+        left[0].future.result()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="a thread's own OS priority is Linux's")
 async def test_the_workers_after_the_first_run_at_a_lower_os_priority() -> None:
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    if base >= 19:
+        pytest.skip("this process runs at the lowest priority already")
     batcher = DynamicBatcher("m", Recorder(), _policy(instances=3, helper_nice=5, helpers_share_windows=True))
     batcher.start()
-    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
     expected = [base, min(base + 5, 19), min(base + 5, 19)]
 
     def priorities() -> list[int]:

@@ -43,6 +43,24 @@ def test_while_the_pipe_has_room_lines_go_at_once_in_order() -> None:
     os.close(write_end)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own OS priority is Linux's")
+def test_started_early_the_writer_keeps_the_priority_of_the_thread_that_started_it() -> None:
+    # the server starts it before the models' lowered worker threads (service/batching.py), so a
+    # line one of them logs first does not start it at their priority
+    read_end, write_end = os.pipe()
+    sink = LogSink(write_end)
+    sink.start()
+    thread = sink._thread
+    assert thread is not None and thread.is_alive()
+    sink.start()  # once
+    assert sink._thread is thread
+    assert os.getpriority(os.PRIO_PROCESS, thread.native_id or 0) == os.getpriority(os.PRIO_PROCESS, 0)
+    sink.write("one\n")
+    assert os.read(read_end, 100) == b"one\n"
+    os.close(read_end)
+    os.close(write_end)
+
+
 def test_a_stalled_reader_never_blocks_the_writer_and_what_does_not_fit_is_dropped_whole(
         caplog: pytest.LogCaptureFixture) -> None:
     read_end, write_end = os.pipe()  # nobody reads until the end: the pipe holds 64 KiB
