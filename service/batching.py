@@ -55,18 +55,24 @@ T = TypeVar("T")
 Each = Callable[[int, Any], None]
 
 
-def count_cancelled(labels: tuple[str, str], deadline: float, now: float) -> None:
+def count_cancelled(labels: tuple[str, str], item: Pending, deadline: float, now: float) -> None:
     """Count a text whose future was cancelled before its work ran or finished: the event loop's
-    504 once its deadline passed, else its client left (the 504 cancels before the threads see the
-    deadline, so the deadline alone does not tell them)."""
-    metrics.DROPPED.labels(*labels, "deadline" if deadline <= now else "client_gone").inc()
+    504 (``item.expired``) or its deadline passed, else its client left. The 504 says so on the
+    item: by the clocks alone it could look early (the loop's timer fires by uvloop's cached,
+    millisecond clock, and a thread may have read the time just before), and a text of a request
+    that timed out was counted as its client gone."""
+    metrics.DROPPED.labels(*labels, "deadline" if item.expired or deadline <= now else "client_gone").inc()
 
 
 class Pending(Waiting):
     """A text accepted and not yet answered: its place in the queue, and the future it is answered by."""
 
-    __slots__ = ("future",)
+    __slots__ = ("expired", "future")
     future: asyncio.Future[Any]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expired = False  # cancelled by the event loop's 504 at its deadline (``count_cancelled``)
 
 
 class WorkItem(Pending, Generic[P, R]):
@@ -202,8 +208,8 @@ class AnsweredFromThreads:
         finally:
             if held:
                 now = time.monotonic()
-                for _ in held:
-                    count_cancelled(self.labels, deadline, now)
+                for item in held:
+                    count_cancelled(self.labels, item, deadline, now)
                 self.in_flight -= len(held)
                 self._in_flight_gauge.set(self.in_flight)
                 held.clear()
@@ -222,6 +228,8 @@ class AnsweredFromThreads:
                         each(index, answers[-1])
                 return answers
         except TimeoutError:
+            for item in items:  # before they are cancelled below: the threads count why
+                item.expired = True
             raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
         finally:
             for item in items:
@@ -581,7 +589,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         queue_wait = metrics.QUEUE_WAIT.labels(*self.labels)
         for item in batch:  # drop, before any compute, requests nobody waits for or that are too late
             if item.future.done():
-                count_cancelled(self.labels, item.deadline, started)
+                count_cancelled(self.labels, item, item.deadline, started)
                 answers.append((item.future, None, None))
             elif item.deadline <= started:
                 metrics.DROPPED.labels(*self.labels, "deadline").inc()

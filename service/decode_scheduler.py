@@ -297,7 +297,7 @@ class _Lane:
         while self._waiting:
             request = self._waiting[0]
             if request.future.done():
-                count_cancelled(self.labels, request.deadline, now)
+                count_cancelled(self.labels, request, request.deadline, now)
                 self._finish(request)
             elif request.deadline <= now:
                 metrics.DROPPED.labels(*self.labels, "deadline").inc()
@@ -369,7 +369,7 @@ class _Lane:
         offset = 0
         for request, live in zip(rows.members, rows.layout, strict=True):
             if request.future.done():
-                count_cancelled(self.labels, request.deadline, now)
+                count_cancelled(self.labels, request, request.deadline, now)
                 self._finish(request)
                 changed = True
             elif request.deadline <= now:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import REGISTRY
 
-from service.batching import BatchPolicy, DynamicBatcher, WorkItem, split_by_budget
+from service.batching import BatchPolicy, DynamicBatcher, WorkItem, count_cancelled, split_by_budget
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 
 
@@ -544,3 +544,36 @@ def test_texts_failing_together_leave_no_unretrieved_exception() -> None:
 
     asyncio.run(run())
     assert unretrieved == []
+
+
+async def test_the_texts_of_a_request_that_timed_out_count_as_past_their_deadline() -> None:
+    # the 504 marks them before cancelling them: a thread that read the clock just before the
+    # deadline (uvloop's timer runs by a cached, millisecond clock) still counts them as expired,
+    # not as their client gone
+    gate, running = threading.Event(), threading.Event()
+
+    def held(payloads: list[str]) -> list[str]:
+        running.set()
+        gate.wait(5)
+        return payloads
+
+    batcher = DynamicBatcher("dl", held, _policy())
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit("a", 1, time.monotonic() + 5))  # holds the worker
+    while not running.is_set():
+        await asyncio.sleep(0.001)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit_all([("b", 1)], time.monotonic() + 0.05)
+    (late,) = list(batcher.queue.queue)
+    assert late.expired and late.future.cancelled()
+
+    def dropped(reason: str) -> float:
+        labels = {"model": "dl", "version": "", "reason": reason}
+        return REGISTRY.get_sample_value("seqserve_dropped_total", labels) or 0.0
+
+    before = dropped("deadline"), dropped("client_gone")
+    count_cancelled(batcher.labels, late, late.deadline, late.deadline - 0.001)
+    assert (dropped("deadline"), dropped("client_gone")) == (before[0] + 1, before[1])
+    gate.set()
+    assert await first == "a"
+    await batcher.close()
