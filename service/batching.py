@@ -16,9 +16,8 @@ busy with HTTP, that wait left the model idle for a third of each batch's time).
 
 With ``helpers_share_windows`` (the CPU) only the first worker forms windows; the others run the
 batches it leaves them: of a large window cut in several batches, it runs the first and puts the
-rest where they take them.
-A lone client's requests then stay on one thread, and a window cut in several batches runs on
-several cores at once. The helpers run at a lower OS priority (``helper_nice``) than the event
+rest where they take them. A lone client's requests then stay on one thread, and a backlog runs
+on several cores at once. The helpers run at a lower OS priority (``helper_nice``) than the event
 loop, whose HTTP work the models' throughput waits on too.
 
 Every accepted request's future is resolved exactly once: a result, or the error of its own
@@ -55,20 +54,22 @@ T = TypeVar("T")
 Each = Callable[[int, Any], None]
 
 
-def count_cancelled(labels: tuple[str, str], item: Pending, deadline: float, now: float) -> None:
+def count_cancelled(labels: tuple[str, str], item: Pending, now: float) -> None:
     """Count a text whose future was cancelled before its work ran or finished: the event loop's
     504 (``item.expired``) or its deadline passed, else its client left. The 504 says so on the
     item: by the clocks alone it could look early (the loop's timer fires by uvloop's cached,
     millisecond clock, and a thread may have read the time just before), and a text of a request
     that timed out was counted as its client gone."""
-    metrics.DROPPED.labels(*labels, "deadline" if item.expired or deadline <= now else "client_gone").inc()
+    metrics.DROPPED.labels(*labels, "deadline" if item.expired or item.deadline <= now else "client_gone").inc()
 
 
 class Pending(Waiting):
-    """A text accepted and not yet answered: its place in the queue, and the future it is answered by."""
+    """A text accepted and not yet answered: its place in the queue, the future it is answered by,
+    and its deadline (time.monotonic() seconds)."""
 
-    __slots__ = ("expired", "future")
+    __slots__ = ("deadline", "expired", "future")
     future: asyncio.Future[Any]
+    deadline: float
 
     def __init__(self) -> None:
         super().__init__()
@@ -76,7 +77,7 @@ class Pending(Waiting):
 
 
 class WorkItem(Pending, Generic[P, R]):
-    __slots__ = ("deadline", "enqueued_at", "length", "payload", "request")
+    __slots__ = ("enqueued_at", "length", "payload", "request")
 
     def __init__(self, payload: P, length: int, deadline: float, future: asyncio.Future[R],
                  request: object | None = None) -> None:
@@ -209,7 +210,7 @@ class AnsweredFromThreads:
             if held:
                 now = time.monotonic()
                 for item in held:
-                    count_cancelled(self.labels, item, deadline, now)
+                    count_cancelled(self.labels, item, now)
                 self.in_flight -= len(held)
                 self._in_flight_gauge.set(self.in_flight)
                 held.clear()
@@ -440,8 +441,9 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         # ONNX Runtime sessions are safe to run from several threads: ``instances`` workers run
         # that many batches at once (best with 1 intra-op thread each on a small CPU)
         for i in range(max(1, self.policy.instances)):
-            turn = self._turn if not self._helpers else self._help if i else self._form
-            self._start_thread(str(i), turn, self._holding, self._fail_held, nice=self.policy.helper_nice if i else 0)
+            turn, on_fault = ((self._help, self._fail_held) if i else (self._form, self._fail_former)) \
+                if self._helpers else (self._turn, self._fail_held)
+            self._start_thread(str(i), turn, self._holding, on_fault, nice=self.policy.helper_nice if i else 0)
 
     async def close(self) -> None:
         self.accepting = False
@@ -525,57 +527,59 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         self._held.items = window  # what a fault outside the model call must still answer
         batches = split_by_budget(window, self.policy) if window else []
         if self._helpers and len(batches) > 1 and len(window) >= self.policy.max_batch_size // 2:
-            spares = batches[:0:-1]  # the longest first: they take the longest to run
-            for n, spare in enumerate(spares):
-                # held: what is neither queued for the helpers nor answered
-                self._held.items = [*batches[0], *(item for later in spares[n:] for item in later)]
+            for spare in batches[:0:-1]:  # the longest first: they take the longest to run
                 self._spare.put(spare)
+                self._let_go(spare)  # a helper's now
             batches = batches[:1]
-            self._held.items = batches[0]
         for batch in batches:
             answers = self._run_batch(batch)
-            answered = {id(item) for item in batch}
-            self._held.items = [item for item in self._held.items if id(item) not in answered]
+            self._let_go(batch)
             self._hand_over(answers)
-        while self._helpers:  # then what the helpers have not taken
-            try:
-                self._help(wait=False)
-            except queue.Empty:
-                break
+        with contextlib.suppress(queue.Empty):
+            while self._helpers:  # then what the helpers have not taken
+                self._run_taken(self._spare.get_nowait())
         return bool(window)
+
+    def _let_go(self, batch: list[WorkItem[P, R]]) -> None:
+        """This worker no longer holds ``batch`` (answered, or left to the helpers)."""
+        gone = {id(item) for item in batch}
+        self._held.items = [item for item in self._held.items if id(item) not in gone]
 
     def _form(self) -> bool:
         """The first worker's turn where helpers share its windows."""
-        self._held.former = True
         self._forming = True
         return self._turn()
 
-    def _help(self, wait: bool = True) -> bool:
-        """A helper's turn: one batch that the first worker left, run and answered (queue.Empty
-        when none is left and ``wait`` is False); a window of its own while the first worker is
-        being replaced after a fault."""
-        if wait and not self._forming:
+    def _help(self) -> bool:
+        """A helper's turn: one batch that the first worker left, run and answered; a window of
+        its own while the first worker is being replaced after a fault."""
+        if not self._forming:
             return self._turn()
-        if wait:
-            try:
-                batch = self._spare.get(timeout=0.05)
-            except queue.Empty:
-                return False
-        else:
-            batch = self._spare.get_nowait()
+        try:
+            batch = self._spare.get(timeout=0.05)
+        except queue.Empty:
+            return False
+        self._run_taken(batch)
+        return True
+
+    def _run_taken(self, batch: list[WorkItem[P, R]]) -> None:
+        """Run and answer a batch taken from the ones the first worker left."""
         self._held.items = batch
         answers = self._run_batch(batch)
         self._held.items = []
         self._hand_over(answers)
-        return True
 
     def _holding(self) -> list[WorkItem[P, R]]:
         """What this worker took and has not answered yet (on the worker's own thread)."""
         return list(getattr(self._held, "items", []))
 
+    def _fail_former(self, exc: BaseException) -> None:
+        """The first worker's fault, where helpers share its windows: they form windows until its
+        replacement does."""
+        self._forming = False
+        self._fail_held(exc)
+
     def _fail_held(self, exc: BaseException) -> None:
-        if getattr(self._held, "former", False):  # the helpers form windows until its replacement does
-            self._forming = False
         held = self._holding()
         self._held.items = []
         error = self.failure(exc)
@@ -589,7 +593,7 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         queue_wait = metrics.QUEUE_WAIT.labels(*self.labels)
         for item in batch:  # drop, before any compute, requests nobody waits for or that are too late
             if item.future.done():
-                count_cancelled(self.labels, item, item.deadline, started)
+                count_cancelled(self.labels, item, started)
                 answers.append((item.future, None, None))
             elif item.deadline <= started:
                 metrics.DROPPED.labels(*self.labels, "deadline").inc()

@@ -53,7 +53,7 @@ log = logging.getLogger("seqserve.decode")
 
 
 class _Request(Pending):
-    __slots__ = ("arrived", "deadline", "first_step_at", "job", "next_update_at", "search", "serial")
+    __slots__ = ("arrived", "first_step_at", "job", "next_update_at", "search", "serial")
     _serials = itertools.count()
 
     def __init__(self, job: TranslationJob, deadline: float, future: asyncio.Future[TranslationOutput]) -> None:
@@ -297,7 +297,7 @@ class _Lane:
         while self._waiting:
             request = self._waiting[0]
             if request.future.done():
-                count_cancelled(self.labels, request, request.deadline, now)
+                count_cancelled(self.labels, request, now)
                 self._finish(request)
             elif request.deadline <= now:
                 metrics.DROPPED.labels(*self.labels, "deadline").inc()
@@ -369,7 +369,7 @@ class _Lane:
         offset = 0
         for request, live in zip(rows.members, rows.layout, strict=True):
             if request.future.done():
-                count_cancelled(self.labels, request, request.deadline, now)
+                count_cancelled(self.labels, request, now)
                 self._finish(request)
                 changed = True
             elif request.deadline <= now:

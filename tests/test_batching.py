@@ -572,7 +572,7 @@ async def test_the_texts_of_a_request_that_timed_out_count_as_past_their_deadlin
         return REGISTRY.get_sample_value("seqserve_dropped_total", labels) or 0.0
 
     before = dropped("deadline"), dropped("client_gone")
-    count_cancelled(batcher.labels, late, late.deadline, late.deadline - 0.001)
+    count_cancelled(batcher.labels, late, late.deadline - 0.001)
     assert (dropped("deadline"), dropped("client_gone")) == (before[0] + 1, before[1])
     gate.set()
     assert await first == "a"
