@@ -79,11 +79,16 @@ class Admission:
     def refusal(self, waiting: int, count: int | None, arriving: int = 0) -> Overloaded:
         """The 503 for a request of ``count`` texts (None: not yet read), counted as rejected;
         ``arriving``: the requests ahead of it that hold places but are not yet counted as texts."""
-        self._rejected.inc()
+        self.count_refusal()
         ahead = f" and {arriving} requests arriving" if arriving else ""
         brings = "" if count is None else f"; this request brings {count}"
         return Overloaded(f"model {self.model} has {waiting} {self.unit} waiting{ahead} (limit {self.limit}){brings}; "
                           "retry later", retry_after_s=1)
+
+    def count_refusal(self) -> None:
+        """Count one request refused for want of places (``refusal`` does; service/early_refusal.py
+        also, where it answers again a refusal it has already made)."""
+        self._rejected.inc()
 
     def leave(self, text: Waiting) -> None:
         """``text`` no longer waits (taken by an engine, or abandoned); a second call does nothing."""

@@ -56,7 +56,33 @@ _V2_ROUTE = re.compile(r"^/v2/models/([^/]+)(/versions/([^/]+))?/(infer|generate
 RESERVED = "seqserve.arriving"
 
 
-@dataclass(frozen=True)
+class RefusalBodies:
+    """The 503's body and headers, made once per model and state (its waiting texts and arriving
+    requests, which the message names) and reused: in a burst every refusal says the same few
+    things, and making each anew (the error, its message, its JSON) was a sixth of a refusal's
+    time on the event loop (docs/benchmarks.md, stop 40). Event loop only."""
+
+    KEPT = 256  # states kept before starting afresh: a burst cycles through a handful
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[Admission, int, int], tuple[list[tuple[bytes, bytes]], bytes]] = {}
+
+    def of(self, admission: Admission) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers and body of ``admission``'s refusal now, counted as a rejection."""
+        key = (admission, admission.waiting, admission.arriving)
+        made = self._made.get(key)
+        if made is None:
+            error = admission.refusal(key[1], None, key[2])  # counts it
+            made = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()], dumps(error.body())
+            if len(self._made) >= self.KEPT:
+                self._made.clear()
+            self._made[key] = made
+        else:
+            admission.count_refusal()
+        return made
+
+
+@dataclass(slots=True)
 class Refusal:
     """A request refused at the door, answered once its body has been read (``answer``)."""
 
@@ -67,15 +93,15 @@ class Refusal:
     request_id: str
     log_requests: bool
     inferred: tuple[str, str] | None  # (model, version) of a v2 infer route, whose statistics count it
+    bodies: RefusalBodies
 
     def answer(self, arrived: float, default_headers: Sequence[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
         """The whole HTTP/1.1 response, recorded as the app records its answers."""
-        error = self.admission.refusal(self.admission.waiting, None, self.admission.arriving)
-        headers = [*((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
-                   (b"x-request-id", self.request_id.encode())]
+        error_headers, body = self.bodies.of(self.admission)
+        headers = [*error_headers, (b"x-request-id", self.request_id.encode())]
         if not keep_alive:
             headers.append((b"connection", b"close"))
-        answer = json_answer(b"503 Service Unavailable", dumps(error.body()), default_headers, *headers)
+        answer = json_answer(b"503 Service Unavailable", body, default_headers, *headers)
         seconds = time.perf_counter() - arrived
         record_request(self.method, self.path, self.route, 503, seconds, self.request_id, self.log_requests)
         if self.inferred is not None:  # a failed request in Triton's statistics, as the app would count it
@@ -118,6 +144,7 @@ class EarlyRefusal:
         # one served model
         self._routes: dict[bytes, _Reachable | None] = {}
         self._generation = -1
+        self._bodies = RefusalBodies()
 
     def open(self, registry: ModelRegistry) -> None:
         self.registry, self._routes = registry, {}
@@ -134,7 +161,7 @@ class EarlyRefusal:
         if method != b"POST" or registry is None:
             return None
         if registry.generation != self._generation:
-            self._routes, self._generation = {}, registry.generation
+            self._routes, self._generation, self._bodies = {}, registry.generation, RefusalBodies()
         try:
             found = self._routes[url]
         except KeyError:
@@ -150,7 +177,7 @@ class EarlyRefusal:
             named = dict(headers)
             if self._refusable(path, named):
                 return Refusal(method.decode(), path, route, admission, request_id_of(named),
-                               self.log_requests, inferred)
+                               self.log_requests, inferred, self._bodies)
         return admission
 
     @staticmethod

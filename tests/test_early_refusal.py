@@ -134,6 +134,28 @@ def test_a_full_models_request_gets_the_apps_503_at_once(access_lines: Callable[
     assert b"\r\nconnection: close\r\n" in closing
 
 
+def test_refusals_made_again_say_the_state_of_the_moment_and_each_counts() -> None:
+    """The door reuses the bytes of a refusal it has made for the same state (service/early_refusal.py
+    RefusalBodies): a later state must not get an earlier message, nor a reused one go uncounted."""
+    door = _door()
+    admission = _fill(door, "translator")
+
+    def refused() -> str:
+        refusal = door.look(POST, b"/v1/translate", JSON)
+        assert isinstance(refusal, Refusal)
+        raw = refusal.answer(time.perf_counter(), [], keep_alive=True)
+        return str(json.loads(raw.split(b"\r\n\r\n", 1)[1])["error"])
+
+    rejected = metrics.REJECTED.labels("translator", "1", "queue_full")._value.get()
+    first, again = refused(), refused()
+    assert first == again and "has 2 texts waiting (limit 2)" in first
+    admission.arriving = 1
+    assert "has 2 texts waiting and 1 requests arriving (limit 2)" in refused()
+    admission.waiting, admission.arriving = 1, 1
+    assert "has 1 texts waiting and 1 requests arriving (limit 2)" in refused()
+    assert metrics.REJECTED.labels("translator", "1", "queue_full")._value.get() == rejected + 4
+
+
 @pytest.mark.parametrize("path,route", [
     (b"/v2/models/translator/infer", "/v2/models/{name}/infer"),
     (b"/v2/models/translator/versions/1/infer", "/v2/models/{name}/versions/{version}/infer"),
