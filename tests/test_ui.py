@@ -294,9 +294,19 @@ def test_the_page_works_by_keyboard_at_320_px_and_tells_a_screen_reader(browser:
     assert width[0] <= width[1], width  # only the map's own box scrolls
     assert page.evaluate("() => document.activeElement.id") == "source"
 
+    # the button's busy state, seen by the changes to it: a translation answered within one of the
+    # wait's polls (a frame) was busy and idle again before a poll looked (a flaky CI run)
+    page.evaluate("""() => {
+        const button = document.getElementById('translate');
+        window.translateWasBusy = false;
+        new MutationObserver((changes) => {
+            if (changes.some((c) => c.oldValue === 'true') || button.getAttribute('aria-disabled') === 'true')
+                window.translateWasBusy = true;
+        }).observe(button, {attributes: true, attributeFilter: ['aria-disabled'], attributeOldValue: true});
+    }""")
     page.focus("#translate")
     page.keyboard.press("Enter")
-    page.wait_for_function("() => document.getElementById('translate').getAttribute('aria-disabled') === 'true'")
+    page.wait_for_function("() => window.translateWasBusy")
     page.wait_for_function("() => !document.getElementById('translate').hasAttribute('aria-disabled')",
                            timeout=30_000)
     assert page.evaluate("() => document.activeElement.id") == "translate"  # not dropped to the body
