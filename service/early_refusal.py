@@ -147,7 +147,7 @@ class EarlyRefusal:
         self._bodies = RefusalBodies()
 
     def open(self, registry: ModelRegistry) -> None:
-        self.registry, self._routes = registry, {}
+        self.registry, self._routes, self._bodies = registry, {}, RefusalBodies()
 
     def close(self) -> None:
         self.registry = None
