@@ -69,10 +69,11 @@ class RefusalBodies:
 
     def of(self, admission: Admission) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """The headers and body of ``admission``'s refusal now, counted as a rejection."""
-        key = (admission, admission.waiting, admission.arriving)
+        waiting, arriving = admission.waiting, admission.arriving
+        key = (admission, waiting, arriving)
         made = self._made.get(key)
         if made is None:
-            error = admission.refusal(key[1], None, key[2])  # counts it
+            error = admission.refusal(waiting, None, arriving)  # counts it
             made = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()], dumps(error.body())
             if len(self._made) >= self.KEPT:
                 self._made.clear()
@@ -147,7 +148,8 @@ class EarlyRefusal:
         self._bodies = RefusalBodies()
 
     def open(self, registry: ModelRegistry) -> None:
-        self.registry, self._routes, self._bodies = registry, {}, RefusalBodies()
+        # what was built for another registry is forgotten at the next look, as for a new generation
+        self.registry, self._generation = registry, -1
 
     def close(self) -> None:
         self.registry = None
