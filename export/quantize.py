@@ -9,12 +9,14 @@ with the sha256 of the fp32 graph it came from, by the method of its model's tas
 - the classifier through ``onnxruntime.quantization.quantize_dynamic`` with QInt8 weights: its
   LSTMs become DynamicQuantizeLSTM, which is where its time goes; their activations are quantized
   with one scale per batch tensor, so a sentence's probabilities move slightly with its batch-mates;
-- the translator's MatMul weights as 8-bit blocks (``MatMulNBits``, bits 8) whose activations are
-  quantized per row and block at run time (accuracy level 4): no scale is shared across rows, and
-  the blocks keep it close to fp32. ONNX Runtime has no quantized GRU; the embeddings stay fp32
-  (8-bit Gather blocks do not exist). Its answers still move a little with their batch-mates
-  (quantization amplifies fp32's last-bit differences between batch sizes), so
-  SEQSERVE_PRECISION=auto leaves it in fp32 (AUTO, recorded in the card). A version whose derived
+- the translator "by rows" (export/row_int8.py): its large products (the decoder's GRUs, written
+  out for their one time step, the readout, the vocabulary, the encoder's initial state) as u8 x s8
+  integer products whose activations are quantized one row at a time, with a fixed scale where
+  they lie in [-1, 1] (BOUNDED_INPUTS); the encoder's GRUs and the embeddings stay fp32. No scale
+  is shared across rows and the integer sums are exact, so a row does not depend on its batch-mates
+  as far as the graphs go; but the served answers still move with them in a few of 1,000 sentences
+  (from the decode scheduler's mid-flight joins, not yet found), so SEQSERVE_PRECISION=auto
+  leaves it in fp32 (AUTO, recorded in the card). A version whose derived
 graphs already carry the current stamps is left alone (``--force`` derives again).
 
 Before the new graphs replace anything they are checked against fp32 on the same inputs: SST-2
@@ -45,10 +47,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
 from export.cli import run
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs, read_sst2
+from export.row_int8 import quantize_rows
 from service.model_card import DerivedParity, ModelCard, PrecisionSpec, load_model_card, write_model_card
 from service.onnx_session import SOURCE_SHA256_KEY, graph_path, sha256_of
 from service.runners import SentimentRunner, TranslationRunner, load_runner
@@ -58,19 +60,22 @@ from service.tokenization import SubwordTokenizer
 MIN_AGREEMENT = 0.97
 TOLERANCE = 0.02
 PROBE_SENTENCES = 256  # translation: Multi30k val sources checked (teacher-forced, every step)
-# weight blocks along the input dimension: 32 stays closer to fp32 on val than 128 (agreement
-# 0.9983 vs 0.9973, mean difference 0.00110 vs 0.00126) at the same speed
-BLOCK_SIZE = 32
+# the translator's graph inputs that lie in [-1, 1] by the model's construction: the decoder state
+# (tanh of the encoder's summary, then GRU states) and the encoder's states (GRU outputs, zero on
+# padding); INT8 by rows quantizes them, and what follows from them, with a fixed scale (row_int8.py)
+BOUNDED_INPUTS = {"decoder_step": {"decoder_state", "encoder_states"}}
 # whether SEQSERVE_PRECISION=auto serves the INT8 graphs on the CPU. Not the translator's: quantizing
-# activations amplifies the last-bit differences that fp32 kernels make between batch sizes, so a
-# translation can change with what shares its decoder batch (61 of 1,000 val sentences, streamed
-# against not; 0 in fp32), against the promises of streaming and seeded sampling
+# activations amplifies the last-bit differences fp32 kernels make between batchings, so a translation
+# can still change with what shares its decoder batch (`python -m loadtests.stream_check --parity
+# 1000`: 9 of 1,000 val sentences greedy, 6 beam 5, streamed against not; 0 in fp32), against the
+# promises of streaming and of seeded sampling
 AUTO = {"text-classification": True, "translation": False}
 METHODS = {
     "text-classification": "onnxruntime.quantization.quantize_dynamic, QInt8 weights, per-tensor, all supported "
                            "operators (activation scales per batch tensor)",
-    "translation": f"onnxruntime.quantization.matmul_nbits_quantizer, MatMul weights as symmetric 8-bit blocks of "
-                   f"{BLOCK_SIZE} (MatMulNBits), activations quantized per row and block (accuracy level 4)",
+    "translation": "export/row_int8.py: GRU steps, readout, vocabulary and initial-state products as u8 x s8 "
+                   "MatMulIntegerToFloat, weights per column, activations per row (a fixed 1/127 where they lie in "
+                   "[-1, 1]); encoder GRUs and embeddings fp32",
 }
 
 log = logging.getLogger("seqserve.quantize")
@@ -130,21 +135,11 @@ def up_to_date(model_dir: Path, card: ModelCard) -> bool:
     return all(stamp(graph_path(model_dir, spec, "int8")) == spec.sha256 for spec in card.graphs.values())
 
 
-def _blockwise_int8(source: Path) -> onnx.ModelProto:
-    """MatMul weights as 8-bit blocks; accuracy level 4 quantizes each activation row's blocks on its
-    own (dynamic quantization takes one scale for the whole batch tensor)."""
-    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=4, bits=8,
-                                          op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
-    quantizer.process()
-    model: onnx.ModelProto = quantizer.model.model
-    return model
-
-
-def derive(source: Path, target: Path, source_sha256: str, task: str) -> None:
-    """Quantize one graph into ``target`` by its task's method, stamped with its source's hash."""
+def derive(source: Path, target: Path, source_sha256: str, task: str, graph: str = "") -> None:
+    """Quantize one graph (``graph``: its key in model.json) into ``target`` by its task's method,
+    stamped with its source's hash."""
     if task == "translation":
-        model = _blockwise_int8(source)
+        model, _ = quantize_rows(onnx.load(str(source)), BOUNDED_INPUTS.get(graph, set()))
     else:
         quantize_dynamic(source, target, weight_type=QuantType.QInt8)
         model = onnx.load(str(target))
@@ -284,7 +279,7 @@ def quantize(model_dir: Path, data_dir: Path | None = DEFAULT_DATA_DIR, force: b
             source = model_dir / spec.file
             if sha256_of(source) != spec.sha256:
                 raise ParityError(f"{source}: sha256 differs from model.json; refusing to derive from it")
-            derive(source, temporary[key], spec.sha256, card.task)
+            derive(source, temporary[key], spec.sha256, card.task, key)
         parity = check_parity(model_dir, card, temporary, data_dir)
         say(f"{model_dir}: parity vs fp32 on {parity.checked_on}: agreement {parity.agreement:.4f} "
             f"(min {MIN_AGREEMENT}), mean |diff| {parity.mean_abs_diff:.5f} (tolerance {TOLERANCE}), "

@@ -1,0 +1,254 @@
+"""INT8 by rows: a graph's large constant-weight MatMuls and one-step GRUs as u8 x s8 integer products.
+
+Each such product ``x @ W`` becomes:
+
+- ``W`` as int8, symmetric, one scale per output column (per channel), fixed at derivation;
+- ``x`` quantized at run time **one row at a time** (each vector along its last axis): its own
+  scale ``max|row| / 127``, rounded to uint8 around a zero point of 128;
+- ``MatMulIntegerToFloat`` (ONNX Runtime's fused integer product, int32 accumulation, then x the
+  column scales), times the row's scale.
+
+The integer sums are exact, and no scale is shared between rows, so a row's result does not depend
+on which other rows share its batch (``quantize_dynamic`` takes one activation scale per batch
+tensor, and ``MatMulNBits`` takes different kernels by batch size). uint8 activations are what
+ONNX Runtime's fast integer kernels take (AVX-512 VNNI, AMX); int8 x int8 falls back to a slow
+reference path.
+
+ONNX Runtime has no quantized GRU, so a GRU node that runs one time step (its input's time axis is
+1 by shape inference, as in the translator's decoder step) is written out as its two products and
+its gates (ONNX's GRU equations, ``linear_before_reset`` as PyTorch exports it), both products
+quantized as above. GRUs over whole sequences (the encoder's) stay fp32, and so do products too small
+to pay for the quantizing (the attention's query and energy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# products with fewer weights than this stay fp32: quantizing a row costs a few small nodes
+MIN_WEIGHTS = 65_536
+ZERO_POINT = 128
+MS_DOMAIN = "com.microsoft"
+FIXED_SCALE = "row_int8.one_over_127"  # the scale of activations that lie in [-1, 1]
+
+
+class _Rewriter:
+    """Collects the new nodes and initializers while the graph's nodes are walked in order."""
+
+    def __init__(self, graph: onnx.GraphProto, bounded: set[str]) -> None:
+        self.bounded = bounded
+        self.inits = {i.name: i for i in graph.initializer}
+        self.nodes: list[onnx.NodeProto] = []
+        self.new_inits: list[onnx.TensorProto] = []
+        self._count = 0
+        self._quantized: dict[str, tuple[str, str]] = {}  # activation -> (uint8 rows, row scales)
+        self.skipped: set[str] = set()  # outputs of the bias Adds folded into the product before them
+        for name, value in ((FIXED_SCALE, np.float32(1 / 127)), ("row_int8.tiny", np.float32(1e-30)),
+                            ("row_int8.zero_point", np.float32(ZERO_POINT)),
+                            ("row_int8.u8_zero_point", np.uint8(ZERO_POINT)),
+                            ("row_int8.axis0", np.array([0], np.int64)),
+                            ("row_int8.axes01", np.array([0, 1], np.int64))):
+            self.new_inits.append(numpy_helper.from_array(np.asarray(value), name))
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"row_int8/{hint}_{self._count}"
+
+    def node(self, op: str, inputs: list[str], hint: str, domain: str = "", **attrs: Any) -> str:
+        out = self.name(hint)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
+        return out
+
+    def constant(self, array: np.ndarray, hint: str) -> str:
+        name = self.name(hint)
+        self.new_inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def weight(self, name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
+
+    def rows(self, x: str) -> tuple[str, str]:
+        """``x`` as uint8 around ZERO_POINT, and its scale: 1/127 where ``x`` is known to lie in
+        [-1, 1] (one QuantizeLinear), else each row's own (keeping its last axis, size 1)."""
+        if x not in self._quantized:
+            if x in self.bounded:
+                u8 = self.node("QuantizeLinear", [x, FIXED_SCALE, "row_int8.u8_zero_point"], "u8")
+                self._quantized[x] = (u8, FIXED_SCALE)
+            else:
+                peak = self.node("ReduceMax", [self.node("Abs", [x], "abs")], "peak", axes=[-1], keepdims=1)
+                scale = self.node("Mul", [self.node("Max", [peak, "row_int8.tiny"], "peak"),
+                                          FIXED_SCALE], "row_scale")
+                shifted = self.node("Add", [self.node("Round", [self.node("Div", [x, scale], "scaled")], "round"),
+                                            "row_int8.zero_point"], "shifted")
+                self._quantized[x] = (self.node("Cast", [shifted], "u8", to=TensorProto.UINT8), scale)
+        return self._quantized[x]
+
+    def product(self, x: str, weight: np.ndarray, hint: str, bias: str = "", output: str = "") -> str:
+        """``x @ weight (+ bias)`` ([..., K] @ [K, N], fp32) through the integer product, which applies
+        the scales. A bias goes in too where the activation's scale is one number; with a scale per
+        row it is a node of its own (ONNX Runtime 1.32's MatMulIntegerToFloat scales its bias input by
+        a non-scalar A scale)."""
+        column_scale = np.maximum(np.abs(weight).max(axis=0), 1e-30) / 127
+        q_weight = np.clip(np.round(weight / column_scale), -127, 127).astype(np.int8)
+        rows, scale = self.rows(x)
+        out = output or self.name(hint)
+        fused = scale == FIXED_SCALE
+        product = out if fused or not bias else self.name(hint)
+        self.nodes.append(helper.make_node(
+            "MatMulIntegerToFloat",
+            [rows, self.constant(q_weight, f"{hint}_weight"), scale,
+             self.constant(column_scale.astype(np.float32), f"{hint}_scale"), "row_int8.u8_zero_point", "",
+             bias if fused else ""],
+            [product], name=product, domain=MS_DOMAIN))
+        if bias and not fused:
+            self.nodes.append(helper.make_node("Add", [product, bias], [out], name=out))
+        return out
+
+    def matmul(self, node: onnx.NodeProto, bias_add: onnx.NodeProto | None) -> bool:
+        """A MatMul by a constant weight, with the bias Add that follows it when there is one."""
+        weight = self.weight(node.input[1])
+        if weight is None or weight.ndim != 2 or weight.size < MIN_WEIGHTS or node.input[0] in self.inits:
+            return False
+        if bias_add is None:
+            self.product(node.input[0], weight, "matmul", output=node.output[0])
+        else:
+            bias = next(name for name in bias_add.input if name != node.output[0])
+            self.product(node.input[0], weight, "matmul", bias=bias, output=bias_add.output[0])
+            self.skipped.add(bias_add.output[0])
+        return True
+
+    def gemm(self, node: onnx.NodeProto) -> bool:
+        """A Gemm (a Linear layer as PyTorch exports it: ``x @ W^T + b``) by a constant weight. ONNX
+        Runtime's fp32 Gemm takes another kernel for one row than for several, so a sentence's
+        result would depend on whether it was encoded alone (the encoder's initial decoder state)."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = self.weight(node.input[1])
+        bias = node.input[2] if len(node.input) > 2 else ""
+        if (weight is None or weight.ndim != 2 or weight.size < MIN_WEIGHTS or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0
+                or (bias and (bias not in self.inits or len(self.inits[bias].dims) != 1))):
+            return False
+        self.product(node.input[0], weight.T if attrs.get("transB", 0) else weight, "gemm", bias=bias,
+                     output=node.output[0])
+        return True
+
+    def gru_step(self, node: onnx.NodeProto, time_steps: int | None) -> bool:
+        """One time step of a one-direction GRU (``linear_before_reset``=1), zrh gate order."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        inputs = list(node.input) + [""] * (6 - len(node.input))
+        w, r, b = (self.weight(name) if name else None for name in inputs[1:4])
+        if (time_steps != 1 or attrs.get("linear_before_reset") != 1 or attrs.get("direction", b"forward") != b"forward"
+                or w is None or r is None or b is None or not inputs[5] or inputs[4]
+                or "activations" in attrs or "clip" in attrs):
+            return False
+        hidden = int(attrs["hidden_size"])
+        x = self.node("Squeeze", [inputs[0], "row_int8.axis0"], "x")
+        h = self.node("Squeeze", [inputs[5], "row_int8.axis0"], "h")
+        self.bounded.update(squeezed for squeezed, source in ((x, inputs[0]), (h, inputs[5])) if source in self.bounded)
+        gx = self.product(x, w[0].T, "gru_input", bias=self.constant(b[0, :3 * hidden], "wb"))
+        gh = self.product(h, r[0].T, "gru_hidden", bias=self.constant(b[0, 3 * hidden:], "rb"))
+        sizes = self.constant(np.array([2 * hidden, hidden], np.int64), "sizes")
+        gx_zr, gx_n = (self.name("gx_split") for _ in range(2))
+        gh_zr, gh_n = (self.name("gh_split") for _ in range(2))
+        self.nodes.append(helper.make_node("Split", [gx, sizes], [gx_zr, gx_n], axis=-1))
+        self.nodes.append(helper.make_node("Split", [gh, sizes], [gh_zr, gh_n], axis=-1))
+        zr = self.node("Sigmoid", [self.node("Add", [gx_zr, gh_zr], "zr_in")], "zr")
+        z, r_gate = self.name("z"), self.name("r")
+        halves = self.constant(np.array([hidden, hidden], np.int64), "halves")
+        self.nodes.append(helper.make_node("Split", [zr, halves], [z, r_gate], axis=-1))
+        n = self.node("Tanh", [self.node("Add", [gx_n, self.node("Mul", [r_gate, gh_n], "r_hn")], "n_in")], "n")
+        # (1 - z) * n + z * h, as n + z * (h - n)
+        new_h = self.node("Add", [n, self.node("Mul", [z, self.node("Sub", [h, n], "h_minus_n")], "z_step")], "h_new")
+        y, y_h = [*node.output, "", ""][:2]
+        if y:
+            self.nodes.append(helper.make_node("Unsqueeze", [new_h, "row_int8.axes01"], [y], name=node.name + "/y"))
+        if y_h:
+            self.nodes.append(helper.make_node("Unsqueeze", [new_h, "row_int8.axis0"], [y_h], name=node.name + "/y_h"))
+        return True
+
+
+def _time_steps(model: onnx.ModelProto) -> dict[str, int | None]:
+    """Each GRU's time axis (its input's axis 0), by node name, where shape inference knows it."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: v.type.tensor_type.shape for v in
+              list(inferred.graph.value_info) + list(inferred.graph.input)}
+    steps: dict[str, int | None] = {}
+    for node in model.graph.node:
+        if node.op_type == "GRU":
+            shape = shapes.get(node.input[0])
+            dim = shape.dim[0] if shape is not None and shape.dim else None
+            steps[node.name] = dim.dim_value if dim is not None and dim.HasField("dim_value") else None
+    return steps
+
+
+# operators whose output stays in [-1, 1] when their (data) inputs do
+_KEEPS_BOUND = {"Gather", "Squeeze", "Unsqueeze", "Transpose", "Reshape", "Identity", "Slice", "Split", "Concat",
+                "Flatten"}
+
+
+def _bounded(model: onnx.ModelProto, inputs: set[str]) -> set[str]:
+    """Tensors known to lie in [-1, 1]: the given graph inputs, the outputs of Tanh, Sigmoid and GRU
+    (their states are tanh values mixed by gates), what only moves or picks such values, and a
+    softmax-weighted sum of them (attention's context: a convex combination)."""
+    bounded = set(inputs)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        data = [name for name in node.input[:1 if node.op_type in ("Gather", "Reshape", "Slice", "Split",
+                                                                    "Squeeze", "Unsqueeze") else None] if name]
+        if (node.op_type in ("Tanh", "Sigmoid", "GRU")
+                or (node.op_type in _KEEPS_BOUND and data and all(name in bounded for name in data))
+                or (node.op_type == "MatMul" and node.input[1] in bounded and node.input[0] in producers
+                    and producers[node.input[0]].op_type == "Softmax")):
+            bounded.update(node.output)
+    return bounded
+
+
+def _bias_adds(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """MatMul output -> the Add that is its only consumer and adds a constant vector to it."""
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    adds = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(consumers.get(node.output[0], [])) != 1:
+            continue
+        (add,) = consumers[node.output[0]]
+        other = [name for name in add.input if name != node.output[0]]
+        if add.op_type == "Add" and len(other) == 1 and other[0] in inits and len(inits[other[0]].dims) == 1:
+            adds[node.output[0]] = add
+    return adds
+
+
+def quantize_rows(model: onnx.ModelProto, bounded_inputs: Collection[str] = ()) -> tuple[onnx.ModelProto, int]:
+    """The graph with its large products as integer products by rows; (new model, products rewritten).
+    ``bounded_inputs``: graph inputs known to lie in [-1, 1] (GRU states, say), quantized with a fixed
+    scale, as is whatever follows from them (_bounded)."""
+    steps = _time_steps(model)
+    bias_adds = _bias_adds(model)
+    rewriter = _Rewriter(model.graph, _bounded(model, set(bounded_inputs)))
+    rewritten = 0
+    for node in model.graph.node:
+        if node.output[0] in rewriter.skipped:
+            continue
+        done = (rewriter.matmul(node, bias_adds.get(node.output[0])) if node.op_type == "MatMul"
+                else rewriter.gemm(node) if node.op_type == "Gemm"
+                else rewriter.gru_step(node, steps.get(node.name)) if node.op_type == "GRU" else False)
+        if done:
+            rewritten += 1
+        else:
+            rewriter.nodes.append(node)
+    used = {name for node in rewriter.nodes for name in node.input}
+    graph = helper.make_graph(
+        rewriter.nodes, model.graph.name, list(model.graph.input), list(model.graph.output),
+        [i for i in list(model.graph.initializer) + rewriter.new_inits if i.name in used])
+    out = helper.make_model(graph, opset_imports=[*model.opset_import, helper.make_opsetid(MS_DOMAIN, 1)],
+                            producer_name=model.producer_name)
+    out.ir_version = model.ir_version
+    return out, rewritten
