@@ -43,6 +43,10 @@ class _Rewriter:
     def __init__(self, graph: onnx.GraphProto, bounded: set[str]) -> None:
         self.bounded = bounded
         self.inits = {i.name: i for i in graph.initializer}
+        # small constants (axes, say) as exported: Constant nodes or initializers
+        self.constants = {**{i.name: numpy_helper.to_array(i) for i in graph.initializer if len(i.dims) <= 1},
+                          **{n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}}
         self.nodes: list[onnx.NodeProto] = []
         self.new_inits: list[onnx.TensorProto] = []
         self._count = 0
@@ -51,7 +55,8 @@ class _Rewriter:
         for name, value in ((FIXED_SCALE, np.float32(1 / 127)), ("row_int8.tiny", np.float32(1e-30)),
                             ("row_int8.zero_point", np.float32(ZERO_POINT)),
                             ("row_int8.u8_zero_point", np.uint8(ZERO_POINT)),
-                            ("row_int8.axis0", np.array([0], np.int64)),
+                            ("row_int8.axis0", np.array([0], np.int64)), ("row_int8.axis1_scalar", np.int64(1)),
+                            ("row_int8.last", np.array([-1], np.int64)), ("row_int8.last_scalar", np.int64(-1)),
                             ("row_int8.axes01", np.array([0, 1], np.int64))):
             self.new_inits.append(numpy_helper.from_array(np.asarray(value), name))
 
@@ -135,6 +140,21 @@ class _Rewriter:
             return False
         self.product(node.input[0], weight.T if attrs.get("transB", 0) else weight, "gemm", bias=bias,
                      output=node.output[0])
+        return True
+
+    def sum_in_order(self, node: onnx.NodeProto) -> bool:
+        """A ReduceSum over axis 1 (the time axis: the encoder's mean of its states) as a running
+        sum along it, keeping the last. ONNX Runtime's ReduceSum takes another kernel when the batch
+        is one sentence, so its last bit, and through the quantized initial state a word now and
+        then, would depend on whether a sentence was encoded alone; a running sum adds in one
+        order, whatever the batch, and padding adds exact zeros."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = self.constants.get(node.input[1]) if len(node.input) > 1 else None
+        if axes is None or axes.tolist() != [1] or attrs.get("noop_with_empty_axes", 0):
+            return False
+        running = self.node("CumSum", [node.input[0], "row_int8.axis1_scalar"], "running_sum")
+        last = "row_int8.last" if attrs.get("keepdims", 1) else "row_int8.last_scalar"
+        self.nodes.append(helper.make_node("Gather", [running, last], list(node.output), name=node.name, axis=1))
         return True
 
     def gru_step(self, node: onnx.NodeProto, time_steps: int | None) -> bool:
@@ -239,6 +259,7 @@ def quantize_rows(model: onnx.ModelProto, bounded_inputs: Collection[str] = ()) 
             continue
         done = (rewriter.matmul(node, bias_adds.get(node.output[0])) if node.op_type == "MatMul"
                 else rewriter.gemm(node) if node.op_type == "Gemm"
+                else rewriter.sum_in_order(node) if node.op_type == "ReduceSum"
                 else rewriter.gru_step(node, steps.get(node.name)) if node.op_type == "GRU" else False)
         if done:
             rewritten += 1

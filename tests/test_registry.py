@@ -32,11 +32,9 @@ def fp32_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_auto_serves_int8_on_the_cpu_where_the_card_allows_and_says_so(int8_repo: Path) -> None:
     server = Server(int8_repo, precision="auto").wait_ready()
     try:
-        # the translator's card keeps its INT8 opt-in (precisions.int8.auto: its answers would move
-        # with their batch-mates, against streaming parity and seeded sampling)
-        assert _precisions(server) == {"sentiment": ("int8", "int8"), "translate-en-de": ("fp32", "fp32")}
+        assert _precisions(server) == {"sentiment": ("int8", "int8"), "translate-en-de": ("int8", "int8")}
         assert server.wait_for_output("sentiment/1 on CPUExecutionProvider (int8)")
-        assert server.wait_for_output("translate-en-de/1: fp32 under SEQSERVE_PRECISION=auto")
+        assert server.wait_for_output("translate-en-de/1 on CPUExecutionProvider (int8)")
         good = httpx.post(f"{server.url}/v1/sentiment", json={"text": "A gorgeous, witty, seductive movie."}).json()
         assert good["label"] == "positive"
         de = httpx.post(f"{server.url}/v1/translate", json={"text": "Two dogs play in the snow."}, timeout=30).json()
@@ -137,10 +135,11 @@ def test_choose_precision(int8_repo: Path, fp32_repo: Path, caplog: pytest.LogCa
     card = load_model_card(folder / "model.json")
     cpu, cuda = "CPUExecutionProvider", "CUDAExecutionProvider"
     assert Settings.model_fields["precision"].default == "auto"
-    assert card.precisions is not None and card.precisions["int8"].auto is False
-    assert choose_precision("auto", folder, card, cpu) == "fp32"  # the card keeps the translator's INT8 opt-in
-    card.precisions["int8"].auto = True  # as older cards read (the field's default)
+    assert card.precisions is not None and card.precisions["int8"].auto is True
     assert choose_precision("auto", folder, card, cpu) == "int8"
+    card.precisions["int8"].auto = False  # a card that keeps its INT8 opt-in
+    assert choose_precision("auto", folder, card, cpu) == "fp32"
+    card.precisions["int8"].auto = True
     assert choose_precision("auto", folder, card, cuda) == "fp32"  # fp32 stays the GPU's precision
     assert choose_precision("fp32", folder, card, cpu) == "fp32"
     with caplog.at_level(logging.WARNING):
