@@ -12,11 +12,12 @@ with the sha256 of the fp32 graph it came from, by the method of its model's tas
 - the translator "by rows" (export/row_int8.py): its large products (the decoder's GRUs, written
   out for their one time step, the readout, the vocabulary, the encoder's initial state) as u8 x s8
   integer products whose activations are quantized one row at a time, with a fixed scale where
-  they lie in [-1, 1] (BOUNDED_INPUTS); the encoder's mean over time as a running sum; its GRUs and
-  the embeddings stay fp32. No scale is shared across rows, the integer sums are exact, and no
-  kernel changes with the batch, so a sentence's translation does not move with its batch-mates
-  (streamed equals non-streamed, bit for bit, on 1,000 of 1,000 val sentences), and
-  SEQSERVE_PRECISION=auto serves it in INT8 on the CPU like the classifier (AUTO, in the card).
+  they lie in [-1, 1] (BOUNDED_INPUTS); the products of the target embedding as int8 tables made
+  once; the encoder's mean over time as a running sum; its GRUs and the embeddings stay fp32.
+  No scale is shared across rows, the integer sums are exact, and no kernel changes with the
+  batch, so a sentence's translation does not move with its batch-mates (streamed equals
+  non-streamed, bit for bit, on 1,000 of 1,000 val sentences), and SEQSERVE_PRECISION=auto serves
+  it in INT8 on the CPU like the classifier (AUTO, in the card).
 
 A version whose derived graphs already carry the current stamps is left alone (``--force`` derives
 again).
@@ -74,7 +75,8 @@ METHODS = {
                            "operators (activation scales per batch tensor)",
     "translation": "export/row_int8.py: GRU steps, readout, vocabulary and initial-state products as u8 x s8 "
                    "MatMulIntegerToFloat, weights per column, activations per row (a fixed 1/127 where they lie in "
-                   "[-1, 1]); the encoder's mean over time as a running sum; encoder GRUs and embeddings fp32",
+                   "[-1, 1]), the embedding's products as int8 tables; the encoder's mean over time as a running "
+                   "sum; encoder GRUs and embeddings fp32",
 }
 
 log = logging.getLogger("seqserve.quantize")

@@ -23,11 +23,11 @@ def _ops(path: Path) -> Counter[str]:
 
 
 # the translator's embeddings and its encoder's GRUs stay fp32 (export/row_int8.py), so its encoder,
-# mostly GRU and embedding, barely shrinks
+# mostly GRU and embedding, barely shrinks; its decoder gains tables of the embedding's products
 @pytest.mark.parametrize(("name", "graph", "quantized_op", "size_ratio"), [
     ("sentiment", "model", "DynamicQuantizeLSTM", 0.6),
     ("translate-en-de", "encoder", "MatMulIntegerToFloat", 1.0),
-    ("translate-en-de", "decoder_step", "MatMulIntegerToFloat", 0.55),
+    ("translate-en-de", "decoder_step", "MatMulIntegerToFloat", 0.9),
 ])
 def test_derived_graphs_are_quantized_stamped_and_smaller(int8_repo: Path, name: str, graph: str,
                                                          quantized_op: str, size_ratio: float) -> None:

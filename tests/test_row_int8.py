@@ -70,6 +70,35 @@ def test_a_gru_step_and_a_linear_layer_become_integer_products_close_to_fp32() -
     assert not np.allclose(y8, y32, atol=1e-6)  # really another computation
 
 
+def test_an_embedding_s_part_of_a_product_becomes_a_table_lookup() -> None:
+    """``concat(state, embedding[ids]) @ W + b``: the state's product by rows, the embedding's rows of
+    a table made once (the bias in it), added; the embedding's unit axis given to its rows too."""
+    rng = np.random.default_rng(5)
+    vocab, width, out = 300, 24, 1000
+    nodes = [helper.make_node("Gather", ["embedding", "ids"], ["embedded"]),
+             helper.make_node("Unsqueeze", ["embedded", "axis1"], ["embedded_1"]),
+             helper.make_node("Concat", ["state", "embedded_1"], ["joined"], axis=-1),
+             helper.make_node("MatMul", ["joined", "weight"], ["raw"]),
+             helper.make_node("Add", ["raw", "bias"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "readout",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["rows"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, ["rows", 1, HIDDEN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 1, out])],
+        [numpy_helper.from_array(rng.normal(0, 1, (vocab, width)).astype(np.float32), "embedding"),
+         numpy_helper.from_array(rng.normal(0, 0.3, (HIDDEN + width, out)).astype(np.float32), "weight"),
+         numpy_helper.from_array(rng.normal(0, 0.1, out).astype(np.float32), "bias"),
+         numpy_helper.from_array(np.array([1], np.int64), "axis1")])
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    int8, rewritten = quantize_rows(fp32, {"state"})
+    assert rewritten == 1 and _ops(int8)["MatMulIntegerToFloat"] == 1 and _ops(int8)["MatMul"] == 0
+    feeds = {"ids": rng.integers(0, vocab, ROWS),
+             "state": np.tanh(rng.normal(0, 1, (ROWS, 1, HIDDEN))).astype(np.float32)}
+    (y32,), (y8,) = _session(fp32).run(None, feeds), _session(int8).run(None, feeds)
+    assert y8.shape == y32.shape == (ROWS, 1, out)
+    assert np.abs(y8 - y32).max() < 0.02 * np.abs(y32).max()
+
+
 def test_an_input_of_unknown_range_is_quantized_by_its_own_rows() -> None:
     """``x`` is unbounded here (not declared, not a tanh), so its rows take their own scales: a row
     a thousand times larger is as exact as a small one."""
@@ -155,5 +184,7 @@ def test_sequence_grus_and_small_products_stay_fp32(int8_repo: Path) -> None:
     step = onnx.load(str(graph_path(folder, card.graphs["decoder_step"], "int8")))
     assert _ops(encoder)["GRU"] == 4 and _ops(encoder)["Gemm"] == 0  # the initial state's Gemm is by rows
     assert _ops(encoder)["ReduceSum"] == 0 and _ops(encoder)["CumSum"] == 1  # the mean's sum, in order
-    assert _ops(step)["GRU"] == 0 and _ops(step)["MatMulIntegerToFloat"] == 6
+    # products: the first GRU's state, the second GRU's input and state, the readout's states, the
+    # vocabulary; the embedding's products (the first GRU's input, the readout's third) are tables
+    assert _ops(step)["GRU"] == 0 and _ops(step)["MatMulIntegerToFloat"] == 5
     assert _ops(step)["MatMul"] == 3  # the attention's query, energy (too small to pay) and weighted sum
