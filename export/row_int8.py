@@ -316,6 +316,18 @@ def _bias_adds(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return adds
 
 
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """The nodes that lead to a graph output. What fed only a rewritten node (the embedding's moved
+    rows before a table lookup, a Concat split into parts, a ReduceSum's axes) would still run, and
+    ONNX Runtime warns of unused constants."""
+    live, needed = [], set(outputs)
+    for node in reversed(nodes):
+        if any(out in needed for out in node.output):
+            live.append(node)
+            needed.update(name for name in node.input if name)
+    return live[::-1]
+
+
 def quantize_rows(model: onnx.ModelProto, bounded_inputs: Collection[str] = ()) -> tuple[onnx.ModelProto, int]:
     """The graph with its large products as integer products by rows; (new model, products rewritten).
     ``bounded_inputs``: graph inputs known to lie in [-1, 1] (GRU states, say), quantized with a fixed
@@ -334,12 +346,10 @@ def quantize_rows(model: onnx.ModelProto, bounded_inputs: Collection[str] = ()) 
             rewritten += 1
         else:
             rewriter.nodes.append(node)
-    outputs = {o.name for o in model.graph.output}
-    used = {name for node in rewriter.nodes for name in node.input} | outputs
-    # Constants that only fed what was rewritten (a ReduceSum's axes): ONNX Runtime warns of them
-    rewriter.nodes = [node for node in rewriter.nodes if node.op_type != "Constant" or node.output[0] in used]
+    nodes = _live(rewriter.nodes, {o.name for o in model.graph.output})
+    used = {name for node in nodes for name in node.input}
     graph = helper.make_graph(
-        rewriter.nodes, model.graph.name, list(model.graph.input), list(model.graph.output),
+        nodes, model.graph.name, list(model.graph.input), list(model.graph.output),
         [i for i in list(model.graph.initializer) + rewriter.new_inits if i.name in used])
     out = helper.make_model(graph, opset_imports=[*model.opset_import, helper.make_opsetid(MS_DOMAIN, 1)],
                             producer_name=model.producer_name)

@@ -39,7 +39,7 @@ from service.batching import AnsweredFromThreads, BatchPolicy, Each, Pending, co
 from service.decoding import BeamSearch, StepUpdate
 from service.errors import DeadlineExceeded, NotReady
 from service.loop_budget import GiveWay
-from service.runners.row_ops import HostRowPool
+from service.runners.row_ops import HostRowPool, source_width
 from service.runners.translation import (
     DecoderRows,
     Encoded,
@@ -111,8 +111,8 @@ class _RowArrays:
         """Rebuild the rows: the survivors' next-step rows (``keep``: their parent rows, which
         index both the last step's state and the current encoder rows, as every row of a request
         holds the same encoder states), then the joiners' first rows, at the longest member's
-        source width."""
-        width = max(m.src_len for m in (*survivors, *joiners))
+        source width (rounded up: row_ops.source_width)."""
+        width = source_width(max(m.src_len for m in (*survivors, *joiners)))
         if survivors:
             assert self.rows is not None and self.state is not None
         if self.pool is not None:

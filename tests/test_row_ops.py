@@ -17,6 +17,7 @@ from service.runners.row_ops import (
     build_graph,
     gather_on_host,
     length_mask,
+    source_width,
 )
 
 CASES = [(True, True), (True, False), (False, True)]
@@ -123,3 +124,41 @@ def test_the_host_pool_gives_what_fresh_arrays_give() -> None:
             assert np.array_equal(want, have)  # type: ignore[arg-type]
         cases.add((bool(survivors), joiners is not None))
     assert cases == {(True, True), (True, False), (False, True)}
+
+
+def test_the_source_width_is_the_longest_rounded_up_to_a_multiple_of_four() -> None:
+    assert [source_width(n) for n in (0, 1, 3, 4, 5, 8, 9, 30)] == [4, 4, 4, 4, 8, 8, 12, 32]
+
+
+def test_attention_s_weighted_sum_keeps_its_bits_at_every_width_the_rule_gives() -> None:
+    """ONNX Runtime's MatMul as the decoder step runs it (weights [rows, 1, S] @ states [rows, S, D]):
+    with S a multiple of 4, more zero padding leaves every bit; with S as it comes, it does not."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["weights", "states"], ["context"])], "attention",
+        [onnx.helper.make_tensor_value_info("weights", onnx.TensorProto.FLOAT, ["rows", 1, "S"]),
+         onnx.helper.make_tensor_value_info("states", onnx.TensorProto.FLOAT, ["rows", "S", 384])],
+        [onnx.helper.make_tensor_value_info("context", onnx.TensorProto.FLOAT, None)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+                                   .SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+
+    def context(weights: np.ndarray, states: np.ndarray, width: int) -> np.ndarray:
+        padded_w = np.zeros((len(weights), 1, width), np.float32)
+        padded_w[..., :weights.shape[-1]] = weights
+        padded_s = np.zeros((len(states), width, 384), np.float32)
+        padded_s[:, :states.shape[1]] = states
+        return np.asarray(session.run(None, {"weights": padded_w, "states": padded_s})[0])
+
+    moved = {"rule": 0, "as it comes": 0}
+    for length in range(1, 30):
+        weights = rng.dirichlet(np.ones(length), (8, 1)).astype(np.float32)
+        states = np.tanh(rng.normal(0, 1, (8, length, 384))).astype(np.float32)
+        for longer in (1, 3, 4, 9):
+            moved["rule"] += not np.array_equal(context(weights, states, source_width(length)),
+                                                context(weights, states, source_width(length + longer)))
+            moved["as it comes"] += not np.array_equal(context(weights, states, length),
+                                                       context(weights, states, length + longer))
+    assert moved["rule"] == 0
+    assert moved["as it comes"] > 0

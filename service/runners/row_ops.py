@@ -49,6 +49,19 @@ class Encoded:
     lengths: np.ndarray  # [N] int64, on the host
 
 
+# the decoder's source width is a multiple of this: ONNX Runtime's fp32 MatMul over the source axis
+# (attention's weighted sum of the encoder states) adds the last few positions in another order
+# when that axis is not a multiple of 4, so a row's context moved in its last bit with the longest
+# source in its batch; INT8's quantizing turned that into another word in 1 of 1,000 val sentences
+# (streamed against not). Zero padding up to the next multiple adds exact zeros.
+SOURCE_WIDTH_MULTIPLE = 4
+
+
+def source_width(longest: int) -> int:
+    """The source width for rows whose longest source has ``longest`` positions (at least 1)."""
+    return -(-max(longest, 1) // SOURCE_WIDTH_MULTIPLE) * SOURCE_WIDTH_MULTIPLE
+
+
 def length_mask(lengths: np.ndarray, width: int) -> np.ndarray:
     """[N, width] float32, 1 on each source's real tokens."""
     return (np.arange(width)[None, :] < lengths[:, None]).astype(np.float32)

@@ -19,7 +19,7 @@ from service.decoding import BeamSearch, Breaks, Hypothesis, Sampling, StepUpdat
 from service.metrics import MODEL_CPU
 from service.model_card import ModelCard
 from service.onnx_session import Precision, Provider, device_of, graph_path, open_session
-from service.runners.row_ops import DecoderRows, DeviceRows, Encoded, RowGather, Tensor, gather_on_host
+from service.runners.row_ops import DecoderRows, DeviceRows, Encoded, RowGather, Tensor, gather_on_host, source_width
 from service.runners.sentiment import pad_batch
 from service.runners.vocabulary import check_embedding, check_output_vocabulary, checked_tokenizer
 
@@ -220,7 +220,7 @@ class TranslationRunner:
         searches = [self.search_for(j) for j in jobs]
         want_attention = any(j.keep_attention for j in jobs)
         owners = np.arange(len(jobs))
-        width = int(enc.lengths.max(initial=1))
+        width = source_width(int(enc.lengths.max(initial=1)))
         rows, state = self.gather_rows(None, None, None, enc, width)
         parents = np.arange(len(jobs))
         while True:
