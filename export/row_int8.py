@@ -184,7 +184,8 @@ class _Rewriter:
         blocks = [weight[starts[i]:starts[i + 1]] for i in range(len(widths))]
         rest = [part for part, found in zip(concat.input, lookups, strict=True) if found is None]
         bias_value = self.weight(bias) if bias else np.zeros(weight.shape[1], np.float32)
-        assert bias_value is not None
+        if bias_value is None:  # a bias computed at run time: not one to put in a table
+            return False
         terms = [self.as_rows_of(self.table(found[0], found[1], block, bias_value if i == 0 else 0.0, "table"),
                                  found[2])
                  for i, (found, block) in enumerate((f, b) for f, b in zip(lookups, blocks, strict=True) if f)]
