@@ -129,11 +129,16 @@ class _Rewriter:
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
         matrix = self.weight(node.input[0])
         ids_rank = len(self.dims.get(node.input[1]) or [None, None])
-        if axis != 0 or matrix is None or matrix.ndim != 2 or ids_rank != 1 or any(
-                n.op_type == "Transpose" and list(helper.get_attribute_value(n.attribute[0]))[-1] != len(
-                    self.dims.get(n.output[0]) or []) - 1 for n in since):
+        if axis != 0 or matrix is None or matrix.ndim != 2 or ids_rank != 1 or not all(
+                self._keeps_last_axis(n) for n in since if n.op_type == "Transpose"):
             return None
         return matrix, node.input[1], since
+
+    def _keeps_last_axis(self, transpose: onnx.NodeProto) -> bool:
+        rank = len(self.dims.get(transpose.output[0]) or [])
+        perm = next((list(helper.get_attribute_value(a)) for a in transpose.attribute if a.name == "perm"),
+                    list(range(rank))[::-1])  # no perm: the axes reversed
+        return bool(perm) and perm[-1] == rank - 1
 
     def as_rows_of(self, rows: str, since: list[onnx.NodeProto]) -> str:
         """A table lookup's [ids, N] given the unit axes its embedding rows were given."""
@@ -243,12 +248,17 @@ class _Rewriter:
                 or "activations" in attrs or "clip" in attrs):
             return False
         hidden = int(attrs["hidden_size"])
-        x = self.node("Squeeze", [inputs[0], "row_int8.axis0"], "x")
-        h = self.node("Squeeze", [inputs[5], "row_int8.axis0"], "h")
-        self.bounded.update(squeezed for squeezed, source in ((x, inputs[0]), (h, inputs[5])) if source in self.bounded)
         embedded = self.lookup(inputs[0])  # its table rows are [rows, 3H] as they are
-        gx = (self.table(embedded[0], embedded[1], w[0].T, b[0, :3 * hidden], "gru_input") if embedded is not None
-              else self.product(x, w[0].T, "gru_input", bias=self.constant(b[0, :3 * hidden], "wb")))
+        if embedded is not None:
+            gx = self.table(embedded[0], embedded[1], w[0].T, b[0, :3 * hidden], "gru_input")
+        else:
+            x = self.node("Squeeze", [inputs[0], "row_int8.axis0"], "x")
+            if inputs[0] in self.bounded:
+                self.bounded.add(x)
+            gx = self.product(x, w[0].T, "gru_input", bias=self.constant(b[0, :3 * hidden], "wb"))
+        h = self.node("Squeeze", [inputs[5], "row_int8.axis0"], "h")
+        if inputs[5] in self.bounded:
+            self.bounded.add(h)
         gh = self.product(h, r[0].T, "gru_hidden", bias=self.constant(b[0, 3 * hidden:], "rb"))
         sizes = self.constant(np.array([2 * hidden, hidden], np.int64), "sizes")
         gx_zr, gx_n = (self.name("gx_split") for _ in range(2))
