@@ -105,3 +105,21 @@ def test_the_load_generator_image_carries_what_the_grpc_user_imports() -> None:
     assert "COPY service/__init__.py ./service/__init__.py" in dockerfile and "COPY service " not in dockerfile
     imports = re.findall(r"^(?:from|import) (\S+)", (ROOT / "loadtests" / "locustfile.py").read_text(), re.M)
     assert not [name for name in imports if name.startswith(("service", "grpc"))]  # at module level: none
+
+
+def test_the_image_s_int8_stage_gets_every_export_module_the_quantizer_imports() -> None:
+    """.dockerignore leaves out export/ but the quantizer's modules: each export module that
+    export/quantize.py imports at module level, and those they import, must be let in, or the
+    image build's `python -m export.quantize` fails (export/cli.py was left out from 3e8e932 until
+    stop 41, when a container-check build found it)."""
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    needed, todo = set(), ["quantize"]
+    while todo:
+        module = todo.pop()
+        if module in needed:
+            continue
+        needed.add(module)
+        source = (ROOT / "export" / f"{module}.py").read_text()
+        todo += re.findall(r"^from export\.(\w+) import", source, re.M)
+    assert needed >= {"quantize", "cli", "data", "row_int8"}
+    assert [f"!export/{module}.py" for module in sorted(needed) if f"!export/{module}.py" not in ignored] == []
