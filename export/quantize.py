@@ -136,7 +136,7 @@ def up_to_date(model_dir: Path, card: ModelCard) -> bool:
     return all(stamp(graph_path(model_dir, spec, "int8")) == spec.sha256 for spec in card.graphs.values())
 
 
-def derive(source: Path, target: Path, source_sha256: str, task: str, graph: str = "") -> None:
+def derive(source: Path, target: Path, source_sha256: str, task: str, graph: str) -> None:
     """Quantize one graph (``graph``: its key in model.json) into ``target`` by its task's method,
     stamped with its source's hash."""
     if task == "translation":

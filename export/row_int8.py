@@ -1,24 +1,30 @@
-"""INT8 by rows: a graph's large constant-weight MatMuls and one-step GRUs as u8 x s8 integer products.
+"""INT8 by rows: a graph's large constant-weight products as u8 x s8 integer products, a row's
+result independent of the other rows in its batch.
 
-Each such product ``x @ W`` becomes:
+Each such product ``x @ W`` (a MatMul or Gemm by a constant weight, the bias Add after it) becomes:
 
-- ``W`` as int8, symmetric, one scale per output column (per channel), fixed at derivation;
+- ``W`` as int8, symmetric, one scale per output column, fixed at derivation;
 - ``x`` quantized at run time **one row at a time** (each vector along its last axis): its own
-  scale ``max|row| / 127``, rounded to uint8 around a zero point of 128;
-- ``MatMulIntegerToFloat`` (ONNX Runtime's fused integer product, int32 accumulation, then x the
-  column scales), times the row's scale.
+  scale ``max|row| / 127``, or a fixed 1/127 where ``x`` is known to lie in [-1, 1] (_bounded),
+  rounded to uint8 around a zero point of 128;
+- ``MatMulIntegerToFloat`` (ONNX Runtime's fused integer product: int32 sums, then the row's and
+  the column's scales).
 
-The integer sums are exact, and no scale is shared between rows, so a row's result does not depend
-on which other rows share its batch (``quantize_dynamic`` takes one activation scale per batch
-tensor, and ``MatMulNBits`` takes different kernels by batch size). uint8 activations are what
-ONNX Runtime's fast integer kernels take (AVX-512 VNNI, AMX); int8 x int8 falls back to a slow
-reference path.
+The integer sums are exact and no scale is shared between rows (``quantize_dynamic`` takes one
+activation scale per batch tensor, and ``MatMulNBits`` takes different kernels by batch size).
+uint8 activations are what ONNX Runtime's fast integer kernels take (AVX-512 VNNI, AMX); int8 x
+int8 falls back to a slow reference path.
 
-ONNX Runtime has no quantized GRU, so a GRU node that runs one time step (its input's time axis is
-1 by shape inference, as in the translator's decoder step) is written out as its two products and
-its gates (ONNX's GRU equations, ``linear_before_reset`` as PyTorch exports it), both products
-quantized as above. GRUs over whole sequences (the encoder's) stay fp32, and so do products too small
-to pay for the quantizing (the attention's query and energy).
+Also rewritten:
+- a GRU that runs one time step (its input's time axis is 1 by shape inference, as in the
+  translator's decoder step; ONNX Runtime has no quantized GRU): its two products and its gates;
+- a product of embedding rows (a Gather from a constant matrix, alone or as a part of a Concat):
+  an int8 table made once, looked up by token;
+- a ReduceSum over axis 1: a running sum (CumSum) along it, which adds in one order whatever the
+  batch (ONNX Runtime's ReduceSum, like its fp32 Gemm, takes another kernel for a batch of one).
+
+GRUs over whole sequences (the encoder's) stay fp32, and so do products too small to pay for the
+quantizing (the attention's query and energy).
 """
 
 from __future__ import annotations
@@ -35,6 +41,12 @@ MIN_WEIGHTS = 65_536
 ZERO_POINT = 128
 MS_DOMAIN = "com.microsoft"
 FIXED_SCALE = "row_int8.one_over_127"  # the scale of activations that lie in [-1, 1]
+
+
+def _int8_by_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``matrix`` [K, N] as symmetric int8 and its scale per column (float32 [N])."""
+    scale = np.maximum(np.abs(matrix).max(axis=0), 1e-30) / 127
+    return np.clip(np.round(matrix / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
 
 
 class _Rewriter:
@@ -100,8 +112,7 @@ class _Rewriter:
         the scales. A bias goes in too where the activation's scale is one number; with a scale per
         row it is a node of its own (ONNX Runtime 1.32's MatMulIntegerToFloat scales its bias input by
         a non-scalar A scale)."""
-        column_scale = np.maximum(np.abs(weight).max(axis=0), 1e-30) / 127
-        q_weight = np.clip(np.round(weight / column_scale), -127, 127).astype(np.int8)
+        q_weight, column_scale = _int8_by_columns(weight)
         rows, scale = self.rows(x)
         out = output or self.name(hint)
         fused = scale == FIXED_SCALE
@@ -109,7 +120,7 @@ class _Rewriter:
         self.nodes.append(helper.make_node(
             "MatMulIntegerToFloat",
             [rows, self.constant(q_weight, f"{hint}_weight"), scale,
-             self.constant(column_scale.astype(np.float32), f"{hint}_scale"), "row_int8.u8_zero_point", "",
+             self.constant(column_scale, f"{hint}_scale"), "row_int8.u8_zero_point", "",
              bias if fused else ""],
             [product], name=product, domain=MS_DOMAIN))
         if bias and not fused:
@@ -150,13 +161,11 @@ class _Rewriter:
     def table(self, embedding: np.ndarray, ids: str, weight: np.ndarray, bias: np.ndarray | float, hint: str) -> str:
         """``embedding[ids] @ weight + bias`` as rows of a table made once (int8, a scale per column):
         one Gather and its dequantizing instead of quantizing the rows and a product."""
-        table = embedding.astype(np.float64) @ weight + bias
-        column_scale = np.maximum(np.abs(table).max(axis=0), 1e-30) / 127
-        q_table = np.clip(np.round(table / column_scale), -127, 127).astype(np.int8)
+        q_table, column_scale = _int8_by_columns(embedding.astype(np.float64) @ weight + bias)
         rows = self.node("Gather", [self.constant(q_table, f"{hint}_table"), ids], f"{hint}_rows", axis=0)
         # Cast and Mul: DequantizeLinear by columns took ~4x their time on this CPU
         return self.node("Mul", [self.node("Cast", [rows], f"{hint}_float", to=TensorProto.FLOAT),
-                                 self.constant(column_scale.astype(np.float32), f"{hint}_scale")], hint)
+                                 self.constant(column_scale, f"{hint}_scale")], hint)
 
     def matmul(self, node: onnx.NodeProto, bias_add: onnx.NodeProto | None) -> bool:
         """A MatMul by a constant weight, with the bias Add that follows it when there is one."""
@@ -200,10 +209,14 @@ class _Rewriter:
                 self.bounded.add(joined)
             rest_weight = np.concatenate([b for f, b in zip(lookups, blocks, strict=True) if f is None])
             terms.append(self.product(joined, rest_weight, "matmul"))
+        # the terms added up, the last Add writing ``output`` (an Identity where there is one term)
         total = terms[-1]
-        for term in terms[:-1]:
-            total = self.node("Add", [total, term], "sum")
-        self.nodes.append(helper.make_node("Identity", [total], [output], name=output))
+        for i, term in enumerate(terms[:-1]):
+            name = output if i == len(terms) - 2 else self.name("sum")
+            self.nodes.append(helper.make_node("Add", [total, term], [name], name=name))
+            total = name
+        if len(terms) == 1:
+            self.nodes.append(helper.make_node("Identity", [total], [output], name=output))
         return True
 
     def gemm(self, node: onnx.NodeProto) -> bool:
