@@ -18,6 +18,7 @@ how a change moves throughput and CPU per request, on a machine whose speed drif
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import resource
@@ -49,10 +50,32 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float, float]]:
     return out
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: with SEQSERVE_WORKERS > 1 the server is a supervisor whose
+    worker processes (service/workers.py) do the serving."""
+    tree, todo = [], [pid]
+    while todo:
+        process = todo.pop()
+        tree.append(process)
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            for tid in os.listdir(f"/proc/{process}/task"):
+                todo += [int(child) for child in Path(f"/proc/{process}/task/{tid}/children").read_text().split()]
+    return tree
+
+
+def tree_cpu(pid: int) -> tuple[dict[int, tuple[str, float, float]], set[int]]:
+    """``thread_cpu`` over the server's processes (thread ids are unique across processes), and
+    the processes, whose main threads are the event loops (a supervisor's own, which mostly
+    sleeps, is counted with them)."""
+    processes = process_tree(pid)
+    return {tid: used for process in processes for tid, used in thread_cpu(process).items()}, set(processes)
+
+
 def server_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of a server process so far: (all threads, its main thread = the event loop)."""
-    threads = thread_cpu(pid)
-    return sum(cpu for _, cpu, _ in threads.values()), threads.get(pid, ("", 0.0, 0.0))[1]
+    """CPU seconds of a server so far, all its processes: (all threads, the event loops)."""
+    threads, main_tids = tree_cpu(pid)
+    return (sum(cpu for _, cpu, _ in threads.values()),
+            sum(cpu for tid, (_, cpu, _) in threads.items() if tid in main_tids))
 
 
 def answered_in_run(result: LoadResult, duration: float, warmup_s: float = 1.0) -> float:
@@ -74,7 +97,7 @@ class Share:
     duration: float
     server: dict[int, tuple[str, float, float]]  # tid -> (name, CPU s, system s) used in the run
     client_s: float
-    main_tid: int
+    main_tids: set[int]  # the processes' main threads: the event loops
 
     @property
     def answered(self) -> float:
@@ -89,21 +112,21 @@ class Share:
 
     @property
     def loop_us(self) -> float:
-        return self.per_request_us(self.server.get(self.main_tid, ("", 0.0, 0.0))[1])
+        return self.per_request_us(sum(cpu for tid, (_, cpu, _) in self.server.items() if tid in self.main_tids))
 
 
 def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration: float) -> Share:
     """One run of ``duration`` seconds (after the load generator's own warm-up second), with the CPU
     each server thread and the client used meanwhile."""
     pid = server.proc.pid
-    before, client_before = thread_cpu(pid), own_cpu()
+    (before, _), client_before = tree_cpu(pid), own_cpu()
     result = run(duration)
-    after, client_after = thread_cpu(pid), own_cpu()
+    (after, main_tids), client_after = tree_cpu(pid), own_cpu()
     used = {}
     for tid, (name, cpu, system) in after.items():
         was = before.get(tid, (name, 0.0, 0.0))
         used[tid] = (name, cpu - was[1], system - was[2])
-    return Share(result, duration, used, client_after - client_before, pid)
+    return Share(result, duration, used, client_after - client_before, main_tids)
 
 
 def report(route: str, clients: int, share: Share) -> None:
@@ -111,7 +134,8 @@ def report(route: str, clients: int, share: Share) -> None:
     print(f"{route}, {clients} clients: {result.rps:.1f} req/s, p50 {result.percentile(50) * 1000:.1f} ms")
     for tid, (_, used, used_system) in sorted(share.server.items()):
         if used > 0.05:  # Python 3.11 does not name OS threads: the main thread is the one with the pid
-            label = "event loop (main thread)" if tid == share.main_tid else f"worker/lane thread {tid}"
+            label = ("event loop (main thread)" if len(share.main_tids) == 1 else f"main thread of process {tid}") \
+                if tid in share.main_tids else f"worker/lane thread {tid}"
             print(f"  {label:28s} {share.per_request_us(used):8.0f} us/request  "
                   f"(system {share.per_request_us(used_system):.0f})")
     print(f"  {'server, all threads':28s} {share.server_us:8.0f} us/request")

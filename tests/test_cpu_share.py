@@ -28,3 +28,16 @@ def test_cpu_share_compares_two_servers_in_alternating_rounds(capsys: pytest.Cap
     rounds = re.findall(r"round (\d) ([AB]): +[\d.]+ req/s, server +\d+ us/request, event loop +\d+", out)
     assert rounds == [("1", "A"), ("1", "B"), ("2", "B"), ("2", "A")]  # alternating, each round's order flipped
     assert re.search(r"B / A: req/s \d+\.\d{3}, server CPU per request \d+\.\d{3}, event loop \d+\.\d{3}", out)
+
+
+def test_cpu_share_counts_every_worker_process(capsys: pytest.CaptureFixture[str]) -> None:
+    """With SEQSERVE_WORKERS=2 the server is a supervisor and its workers serve: their CPU counts
+    (read from the supervisor's pid alone, B's server CPU came out at 0-2 us a request)."""
+    if not list(COMMITTED_MODELS.glob("*/*/model.json")):
+        pytest.skip("no committed models")
+    cpu_share.main(["--models", str(COMMITTED_MODELS), "--clients", "4", "--duration", "1", "--rounds", "2",
+                    "--versus", "workers=2", "instances=1"])
+    out = capsys.readouterr().out
+    servers = re.findall(r"round \d B: +[\d.]+ req/s, server +(\d+) us/request, event loop +(\d+)", out)
+    assert len(servers) == 2
+    assert all(int(server) > 100 and int(loop) > 50 for server, loop in servers), servers
