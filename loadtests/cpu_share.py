@@ -71,11 +71,15 @@ def tree_cpu(pid: int) -> tuple[dict[int, tuple[str, float, float]], set[int]]:
     return {tid: used for process in processes for tid, used in thread_cpu(process).items()}, set(processes)
 
 
-def server_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of a server so far, all its processes: (all threads, the event loops)."""
-    threads, main_tids = tree_cpu(pid)
+def cpu_sums(threads: dict[int, tuple[str, float, float]], main_tids: set[int]) -> tuple[float, float]:
+    """CPU seconds of ``threads``: (all of them, the event loops among them)."""
     return (sum(cpu for _, cpu, _ in threads.values()),
             sum(cpu for tid, (_, cpu, _) in threads.items() if tid in main_tids))
+
+
+def server_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a server so far, all its processes: (all threads, the event loops)."""
+    return cpu_sums(*tree_cpu(pid))
 
 
 def answered_in_run(result: LoadResult, duration: float, warmup_s: float = 1.0) -> float:
@@ -108,11 +112,11 @@ class Share:
 
     @property
     def server_us(self) -> float:
-        return self.per_request_us(sum(cpu for _, cpu, _ in self.server.values()))
+        return self.per_request_us(cpu_sums(self.server, self.main_tids)[0])
 
     @property
     def loop_us(self) -> float:
-        return self.per_request_us(sum(cpu for tid, (_, cpu, _) in self.server.items() if tid in self.main_tids))
+        return self.per_request_us(cpu_sums(self.server, self.main_tids)[1])
 
 
 def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration: float) -> Share:
@@ -132,10 +136,13 @@ def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration:
 def report(route: str, clients: int, share: Share) -> None:
     result = share.result
     print(f"{route}, {clients} clients: {result.rps:.1f} req/s, p50 {result.percentile(50) * 1000:.1f} ms")
+    one_process = len(share.main_tids) == 1
     for tid, (_, used, used_system) in sorted(share.server.items()):
         if used > 0.05:  # Python 3.11 does not name OS threads: the main thread is the one with the pid
-            label = ("event loop (main thread)" if len(share.main_tids) == 1 else f"main thread of process {tid}") \
-                if tid in share.main_tids else f"worker/lane thread {tid}"
+            if tid not in share.main_tids:
+                label = f"worker/lane thread {tid}"
+            else:
+                label = "event loop (main thread)" if one_process else f"main thread of process {tid}"
             print(f"  {label:28s} {share.per_request_us(used):8.0f} us/request  "
                   f"(system {share.per_request_us(used_system):.0f})")
     print(f"  {'server, all threads':28s} {share.server_us:8.0f} us/request")
