@@ -340,7 +340,7 @@ def _bias_adds(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return adds
 
 
-def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+def live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
     """The nodes that lead to a graph output. What fed only a rewritten node (the embedding's moved
     rows before a table lookup, a Concat split into parts, a ReduceSum's axes) would still run, and
     ONNX Runtime warns of unused constants."""
@@ -370,7 +370,7 @@ def quantize_rows(model: onnx.ModelProto, bounded_inputs: Collection[str] = ()) 
             rewritten += 1
         else:
             rewriter.nodes.append(node)
-    nodes = _live(rewriter.nodes, {o.name for o in model.graph.output})
+    nodes = live_nodes(rewriter.nodes, {o.name for o in model.graph.output})
     used = {name for node in nodes for name in node.input}
     graph = helper.make_graph(
         nodes, model.graph.name, list(model.graph.input), list(model.graph.output),

@@ -49,6 +49,21 @@ def test_a_second_run_leaves_current_graphs_alone(int8_repo: Path) -> None:
     assert derived.stat().st_mtime_ns == before
 
 
+def test_a_graph_of_an_older_recipe_is_still_served_but_derived_again(tmp_path: Path) -> None:
+    repo = model_repository(tmp_path / "models")
+    folder = repo / "sentiment" / "1"
+    q.quantize(folder, None)
+    derived = folder / "sentiment.int8.onnx"
+    assert _ops(derived)["DynamicQuantizeLSTM"] == 2  # one a layer: its directions fused
+    model = onnx.load(str(derived))
+    next(p for p in model.metadata_props if p.key == q.RECIPE_KEY).value = "1"
+    onnx.save(model, str(derived))
+    spec = load_model_card(folder / "model.json").graphs["model"]
+    open_session(folder, spec, ["CPUExecutionProvider"], precision="int8")  # checked by parity when made
+    assert q.quantize(folder, None) is not None
+    assert q.stamp(derived, q.RECIPE_KEY) == q.RECIPE
+
+
 def test_int8_runner_agrees_with_fp32_within_the_tolerance(int8_repo: Path) -> None:
     folder = int8_repo / "sentiment" / "1"
     fp32, int8 = (load_runner(folder, ["CPUExecutionProvider"], precision=p) for p in ("fp32", "int8"))
