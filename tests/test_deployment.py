@@ -121,5 +121,5 @@ def test_the_image_s_int8_stage_gets_every_export_module_the_quantizer_imports()
         needed.add(module)
         source = (ROOT / "export" / f"{module}.py").read_text()
         todo += re.findall(r"^from export\.(\w+) import", source, re.M)
-    assert needed >= {"quantize", "cli", "data", "row_int8"}
+    assert needed >= {"quantize", "cli", "data", "row_int8", "bidirectional"}
     assert [f"!export/{module}.py" for module in sorted(needed) if f"!export/{module}.py" not in ignored] == []
