@@ -46,6 +46,13 @@ log = logging.getLogger("seqserve.registry")
 
 # how long a model may stay unhealthy (not ready) before liveness fails and an orchestrator restarts it
 LIVENESS_GRACE_S = 60.0
+# A classifier's batch on the CPU costs more than its model run, which warm-up measures: each
+# batch's answers are handed over with a wake-up of the event loop, which sends them together.
+# With the model run alone (~12 padded tokens for the INT8 classifier), windows of ~42 texts at 64
+# clients were cut into batches of ~4; counting a batch as 4x its run served 1.069-1.084x the
+# sentences at 64 clients and 0.996x at 16, the event loop's CPU a request 0.91x (stop 43,
+# docs/benchmarks.md).
+CPU_BATCH_COST_SCALE = 4.0
 
 
 @dataclass
@@ -189,11 +196,13 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
     instances = instances_for(settings)
     if isinstance(runner, SentimentRunner):
         policy = _policy(settings, instances)
-        if runner.providers[0] == CPU:  # measured there (instances_for); the GPU's workers stay as they were
+        on_cpu = runner.providers[0] == CPU
+        if on_cpu:  # measured there (instances_for); the GPU's workers stay as they were
             policy.helpers_share_windows, policy.helper_nice = True, settings.instance_nice
         if settings.warmup:
-            policy.batch_overhead_tokens = runner.measure_batch_overhead()
-            log.info("%s: one run costs as much as %.0f padded tokens", card.name,
+            scale = CPU_BATCH_COST_SCALE if on_cpu else 1.0
+            policy.batch_overhead_tokens = scale * runner.measure_batch_overhead()
+            log.info("%s: one batch costs as much as %.0f padded tokens", card.name,
                      policy.batch_overhead_tokens)
         engine = SentimentEngine(card.name, runner, policy)
     else:

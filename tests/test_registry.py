@@ -11,7 +11,8 @@ import pytest
 from loadtests.server import metric_value
 from service.model_card import load_model_card
 from service.onnx_session import ModelLoadError
-from service.registry import choose_precision, instances_for
+from service.registry import CPU_BATCH_COST_SCALE, choose_precision, instances_for, load_model
+from service.runners import SentimentRunner
 from service.server import STARTUP_FAILED
 from service.settings import Settings
 from tests.conftest import Server, model_repository
@@ -67,6 +68,14 @@ def test_instances_set_apply_to_every_model(fp32_repo: Path) -> None:
         assert server.wait_for_output("3 instance(s) a model")  # the settings line
     finally:
         assert server.stop() == 0
+
+
+def test_a_classifier_batch_on_the_cpu_counts_its_hand_over_beside_its_model_run(
+        int8_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SentimentRunner, "measure_batch_overhead", lambda self: 12.0)
+    model = load_model(int8_repo / "sentiment" / "1" / "model.json", ["CPUExecutionProvider"], Settings())
+    assert CPU_BATCH_COST_SCALE > 1
+    assert model.engine.policy.batch_overhead_tokens == 12.0 * CPU_BATCH_COST_SCALE  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("instances", "expected"), [(None, 2), (4, 4), (1, 1)])
