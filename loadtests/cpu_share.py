@@ -30,7 +30,7 @@ from pathlib import Path
 from loadtests import bench_service  # a module: bench_service uses this one too
 from loadtests.http_client import LoadResult
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
-from loadtests.server import ROOT, ServerProcess
+from loadtests.server import ROOT, ServerProcess, metric_value
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -102,6 +102,12 @@ class Share:
     server: dict[int, tuple[str, float, float]]  # tid -> (name, CPU s, system s) used in the run
     client_s: float
     main_tids: set[int]  # the processes' main threads: the event loops
+    batches: tuple[float, float] = (0.0, 0.0)  # the classifier's batches run, and the texts in them
+
+    @property
+    def mean_batch(self) -> float:
+        """Texts a batch of the dynamic batcher (the classifier's; 0 where none ran)."""
+        return self.batches[1] / self.batches[0] if self.batches[0] else 0.0
 
     @property
     def answered(self) -> float:
@@ -123,14 +129,22 @@ def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration:
     """One run of ``duration`` seconds (after the load generator's own warm-up second), with the CPU
     each server thread and the client used meanwhile."""
     pid = server.proc.pid
+    batches_before = batch_counts(server.url)  # read outside the CPU measured
     (before, _), client_before = tree_cpu(pid), own_cpu()
     result = run(duration)
     (after, main_tids), client_after = tree_cpu(pid), own_cpu()
+    batches_after = batch_counts(server.url)
     used = {}
     for tid, (name, cpu, system) in after.items():
         was = before.get(tid, (name, 0.0, 0.0))
         used[tid] = (name, cpu - was[1], system - was[2])
-    return Share(result, duration, used, client_after - client_before, main_tids)
+    batches = (batches_after[0] - batches_before[0], batches_after[1] - batches_before[1])
+    return Share(result, duration, used, client_after - client_before, main_tids, batches)
+
+
+def batch_counts(url: str) -> tuple[float, float]:
+    """The dynamic batcher's batches so far and the texts in them, every model (/metrics)."""
+    return metric_value(url, "seqserve_batch_size_count"), metric_value(url, "seqserve_batch_size_sum")
 
 
 def report(route: str, clients: int, share: Share) -> None:
@@ -147,6 +161,8 @@ def report(route: str, clients: int, share: Share) -> None:
                   f"(system {share.per_request_us(used_system):.0f})")
     print(f"  {'server, all threads':28s} {share.server_us:8.0f} us/request")
     print(f"  {'load generator':28s} {share.per_request_us(share.client_s):8.0f} us/request")
+    if share.mean_batch:
+        print(f"  {'mean batch':28s} {share.mean_batch:8.1f} texts")
 
 
 def compare(runs: dict[str, Callable[[float], LoadResult]], servers: dict[str, ServerProcess], rounds: int,
@@ -159,14 +175,19 @@ def compare(runs: dict[str, Callable[[float], LoadResult]], servers: dict[str, S
             share = measure(servers[name], runs[name], duration)
             shares[name].append(share)
             print(f"round {r + 1} {name}: {share.result.rps:8.1f} req/s, server {share.server_us:5.0f} us/request, "
-                  f"event loop {share.loop_us:4.0f}", flush=True)
+                  f"event loop {share.loop_us:4.0f}{_batch_note(share.mean_batch)}", flush=True)
     medians = {name: (statistics.median(s.result.rps for s in got), statistics.median(s.server_us for s in got),
-                      statistics.median(s.loop_us for s in got)) for name, got in shares.items()}
-    for name, (rps, server_us, loop_us) in medians.items():
+                      statistics.median(s.loop_us for s in got), statistics.median(s.mean_batch for s in got))
+               for name, got in shares.items()}
+    for name, (rps, server_us, loop_us, mean_batch) in medians.items():
         print(f"{name} (median of {rounds}): {rps:.1f} req/s, server {server_us:.0f} us/request, "
-              f"event loop {loop_us:.0f}")
+              f"event loop {loop_us:.0f}{_batch_note(mean_batch)}")
     (a, b) = medians.values()
     print(f"B / A: req/s {b[0] / a[0]:.3f}, server CPU per request {b[1] / a[1]:.3f}, event loop {b[2] / a[2]:.3f}")
+
+
+def _batch_note(mean_batch: float) -> str:
+    return f", mean batch {mean_batch:.1f}" if mean_batch else ""
 
 
 def main(argv: list[str] | None = None) -> None:
