@@ -113,6 +113,7 @@ def _find_layers(graph: onnx.GraphProto) -> list[_Layer]:
             pairs.setdefault(int(match["index"]), {})[match["side"]] = node
     if not pairs or sorted(pairs) != list(range(len(pairs))):
         raise NotABiRNN("no forward_rnns.K / backward_rnns.K layers numbered from 0")
+    producers = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -126,6 +127,10 @@ def _find_layers(graph: onnx.GraphProto) -> list[_Layer]:
         for node in (forward, backward):
             if len(node.input) > 4 and node.input[4]:
                 raise NotABiRNN(f"{node.name} already has sequence_lens")
+            # the fused operator starts from zeros, as the export's RNNs do (ConstantOfShape, value 0)
+            for state in node.input[5:]:
+                if state and not _zeros(producers.get(state)):
+                    raise NotABiRNN(f"{node.name} starts from a state other than zeros ({state})")
             if _attribute(node, "direction", b"forward") != b"forward":
                 raise NotABiRNN(f"{node.name} is not a forward RNN")
         layers.append(_Layer(forward, backward, _join_of(forward, consumers)))
@@ -163,6 +168,13 @@ def _stack(initializers: dict[str, onnx.TensorProto], graph: onnx.GraphProto, fo
         arrays.append(numpy_helper.to_array(initializers[tensor]))
     graph.initializer.append(numpy_helper.from_array(np.concatenate(arrays, axis=0), name))
     return name
+
+
+def _zeros(node: onnx.NodeProto | None) -> bool:
+    if node is None or node.op_type != "ConstantOfShape":
+        return False
+    value = _attribute(node, "value", None)
+    return value is None or not numpy_helper.to_array(value).any()  # type: ignore[arg-type]
 
 
 def _constant(name: str, value: np.ndarray) -> onnx.NodeProto:

@@ -92,6 +92,17 @@ def test_a_layer_missing_its_backward_direction_is_refused() -> None:
         fuse_bidirectional(model)
 
 
+def test_a_layer_starting_from_another_state_than_zeros_is_refused() -> None:
+    if not SENTIMENT.is_file():
+        pytest.skip("no committed models")
+    model = onnx.load(str(SENTIMENT))
+    for node in model.graph.node:
+        if node.name == "/encoder/forward_rnns.0/ConstantOfShape":
+            node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.ones(1, dtype=np.float32)))
+    with pytest.raises(NotABiRNN, match="starts from a state other than zeros"):
+        fuse_bidirectional(model)
+
+
 def test_a_freshly_exported_model_keeps_the_form_it_rewrites(tiny_repo: Path) -> None:
     for path, op in ((tiny_repo / "sentiment" / "1" / "sentiment.onnx", "LSTM"),
                      (tiny_repo / "translate-en-de" / "1" / "encoder.onnx", "GRU")):
