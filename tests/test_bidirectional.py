@@ -4,6 +4,7 @@ operators, on the committed graphs and on a freshly exported tiny model."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,25 +82,28 @@ def test_a_graph_without_such_layers_comes_back_unchanged() -> None:
     assert layers == 0 and fused is model
 
 
-def test_a_layer_missing_its_backward_direction_is_refused() -> None:
+def _backward_renamed(node: onnx.NodeProto) -> None:
+    if node.name == "/encoder/backward_rnns.1/LSTM":
+        node.name = "/encoder/other.1/LSTM"
+
+
+def _state_of_ones(node: onnx.NodeProto) -> None:
+    if node.name == "/encoder/forward_rnns.0/ConstantOfShape":
+        node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.ones(1, dtype=np.float32)))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_backward_renamed, "layer 1 lacks a direction"),
+    (_state_of_ones, "starts from a state other than zeros"),  # the fused operator starts from zeros
+])
+def test_a_graph_not_shaped_as_the_export_makes_it_is_refused(change: Callable[[onnx.NodeProto], None],
+                                                               message: str) -> None:
     if not SENTIMENT.is_file():
         pytest.skip("no committed models")
     model = onnx.load(str(SENTIMENT))
     for node in model.graph.node:
-        if node.name == "/encoder/backward_rnns.1/LSTM":
-            node.name = "/encoder/other.1/LSTM"
-    with pytest.raises(NotABiRNN, match="layer 1 lacks a direction"):
-        fuse_bidirectional(model)
-
-
-def test_a_layer_starting_from_another_state_than_zeros_is_refused() -> None:
-    if not SENTIMENT.is_file():
-        pytest.skip("no committed models")
-    model = onnx.load(str(SENTIMENT))
-    for node in model.graph.node:
-        if node.name == "/encoder/forward_rnns.0/ConstantOfShape":
-            node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.ones(1, dtype=np.float32)))
-    with pytest.raises(NotABiRNN, match="starts from a state other than zeros"):
+        change(node)
+    with pytest.raises(NotABiRNN, match=message):
         fuse_bidirectional(model)
 
 
