@@ -357,6 +357,9 @@ async function translate(event) {
   showError("");
   busy(button, true);
   $("translation-out").setAttribute("aria-busy", "true");
+  // the previous answer's map is no longer this one's: not complete until this result comes (a
+  // reader of data-complete, such as a test, read a stream mid-way when it stayed "true")
+  $("heatmap").dataset.complete = "false";
   const started = performance.now();
   let firstAt = null;
   const request = translationRequest();
