@@ -54,9 +54,9 @@ def fuse_bidirectional(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     fused = onnx.ModelProto()
     fused.CopyFrom(model)
     graph = fused.graph
-    layers = _find_layers(graph)
-    initializers = {init.name: init for init in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
+    layers = _find_layers(graph, producers)
+    initializers = {init.name: init for init in graph.initializer}
     first_input = _layer_input(producers, layers[0].forward)
 
     new_nodes: list[onnx.NodeProto] = [
@@ -105,7 +105,7 @@ def _lengths_input(graph: onnx.GraphProto) -> str:
     return candidates[0]
 
 
-def _find_layers(graph: onnx.GraphProto) -> list[_Layer]:
+def _find_layers(graph: onnx.GraphProto, producers: dict[str, onnx.NodeProto]) -> list[_Layer]:
     pairs: dict[int, dict[str, onnx.NodeProto]] = {}
     for node in graph.node:
         match = _LAYER.match(node.name)
@@ -113,7 +113,6 @@ def _find_layers(graph: onnx.GraphProto) -> list[_Layer]:
             pairs.setdefault(int(match["index"]), {})[match["side"]] = node
     if not pairs or sorted(pairs) != list(range(len(pairs))):
         raise NotABiRNN("no forward_rnns.K / backward_rnns.K layers numbered from 0")
-    producers = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:

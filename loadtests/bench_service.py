@@ -109,9 +109,8 @@ class ServedCpu:
         self.cpu = self.loop = self.model = self.answered = self.batches = self.batched = 0.0
 
     def _metrics(self) -> list[float]:
-        return [metric_value(self.server.url, name, model="sentiment")
-                for name in ("seqserve_model_cpu_seconds_total", "seqserve_batch_size_count",
-                             "seqserve_batch_size_sum")]
+        return [metric_value(self.server.url, "seqserve_model_cpu_seconds_total", model="sentiment"),
+                *cpu_share.batch_counts(self.server.url, model="sentiment")]
 
     def run(self, sentences: list[str], clients: int, duration: float, generator: LoadGenerator) -> LoadResult:
         # /metrics is read outside the /proc readings: its own cost is not a request's

@@ -142,9 +142,11 @@ def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration:
     return Share(result, duration, used, client_after - client_before, main_tids, batches)
 
 
-def batch_counts(url: str) -> tuple[float, float]:
-    """The dynamic batcher's batches so far and the texts in them, every model (/metrics)."""
-    return metric_value(url, "seqserve_batch_size_count"), metric_value(url, "seqserve_batch_size_sum")
+def batch_counts(url: str, **labels: str) -> tuple[float, float]:
+    """The dynamic batcher's batches so far and the texts in them (/metrics; every model unless
+    ``model=`` names one)."""
+    return (metric_value(url, "seqserve_batch_size_count", **labels),
+            metric_value(url, "seqserve_batch_size_sum", **labels))
 
 
 def report(route: str, clients: int, share: Share) -> None:
