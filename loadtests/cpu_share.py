@@ -7,8 +7,9 @@
 Starts a server, warms it up, then runs the lean closed-loop client and reads each server
 thread's CPU time (user + system, from /proc) and the client's own before and after. Prints
 microseconds of CPU per answered request for the event loop (the main thread), each worker or
-decode-lane thread, the server in total, and the client. On a machine where client and server share the cores,
-this tells which side to make cheaper. Linux only (reads /proc).
+decode-lane thread, the server in total and the part of it inside ONNX Runtime's runs (the
+server's seqserve_model_cpu_seconds_total), and the client. On a machine where client and
+server share the cores, this tells which side to make cheaper. Linux only (reads /proc).
 
 With ``--versus`` (other settings) or ``--versus-checkout`` (other code), a second server B is
 measured against A in alternating rounds, and the medians and their ratios B / A are printed:
@@ -103,6 +104,7 @@ class Share:
     client_s: float
     main_tids: set[int]  # the processes' main threads: the event loops
     batches: tuple[float, float] = (0.0, 0.0)  # the classifier's batches run, and the texts in them
+    model_s: float = 0.0  # CPU inside ONNX Runtime's runs (seqserve_model_cpu_seconds_total), every model
 
     @property
     def mean_batch(self) -> float:
@@ -124,22 +126,26 @@ class Share:
     def loop_us(self) -> float:
         return self.per_request_us(cpu_sums(self.server, self.main_tids)[1])
 
+    @property
+    def model_us(self) -> float:
+        return self.per_request_us(self.model_s)
+
 
 def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration: float) -> Share:
     """One run of ``duration`` seconds (after the load generator's own warm-up second), with the CPU
     each server thread and the client used meanwhile."""
     pid = server.proc.pid
-    batches_before = batch_counts(server.url)  # read outside the CPU measured
+    batches_before, model_before = batch_counts(server.url), model_cpu(server.url)  # outside the CPU measured
     (before, _), client_before = tree_cpu(pid), own_cpu()
     result = run(duration)
     (after, main_tids), client_after = tree_cpu(pid), own_cpu()
-    batches_after = batch_counts(server.url)
+    batches_after, model_after = batch_counts(server.url), model_cpu(server.url)
     used = {}
     for tid, (name, cpu, system) in after.items():
         was = before.get(tid, (name, 0.0, 0.0))
         used[tid] = (name, cpu - was[1], system - was[2])
     batches = (batches_after[0] - batches_before[0], batches_after[1] - batches_before[1])
-    return Share(result, duration, used, client_after - client_before, main_tids, batches)
+    return Share(result, duration, used, client_after - client_before, main_tids, batches, model_after - model_before)
 
 
 def batch_counts(url: str, **labels: str) -> tuple[float, float]:
@@ -147,6 +153,11 @@ def batch_counts(url: str, **labels: str) -> tuple[float, float]:
     ``model=`` names one)."""
     return (metric_value(url, "seqserve_batch_size_count", **labels),
             metric_value(url, "seqserve_batch_size_sum", **labels))
+
+
+def model_cpu(url: str) -> float:
+    """CPU seconds the server's threads have spent inside ONNX Runtime's runs so far, every model."""
+    return metric_value(url, "seqserve_model_cpu_seconds_total")
 
 
 def report(route: str, clients: int, share: Share) -> None:
@@ -162,6 +173,7 @@ def report(route: str, clients: int, share: Share) -> None:
             print(f"  {label:28s} {share.per_request_us(used):8.0f} us/request  "
                   f"(system {share.per_request_us(used_system):.0f})")
     print(f"  {'server, all threads':28s} {share.server_us:8.0f} us/request")
+    print(f"  {'of which inside the model':28s} {share.model_us:8.0f} us/request")
     print(f"  {'load generator':28s} {share.per_request_us(share.client_s):8.0f} us/request")
     if share.mean_batch:
         print(f"  {'mean batch':28s} {share.mean_batch:8.1f} texts")
@@ -177,15 +189,18 @@ def compare(runs: dict[str, Callable[[float], LoadResult]], servers: dict[str, S
             share = measure(servers[name], runs[name], duration)
             shares[name].append(share)
             print(f"round {r + 1} {name}: {share.result.rps:8.1f} req/s, server {share.server_us:5.0f} us/request, "
-                  f"event loop {share.loop_us:4.0f}{_batch_note(share.mean_batch)}", flush=True)
+                  f"event loop {share.loop_us:4.0f}, model {share.model_us:4.0f}{_batch_note(share.mean_batch)}",
+                  flush=True)
     medians = {name: (statistics.median(s.result.rps for s in got), statistics.median(s.server_us for s in got),
-                      statistics.median(s.loop_us for s in got), statistics.median(s.mean_batch for s in got))
+                      statistics.median(s.loop_us for s in got), statistics.median(s.model_us for s in got),
+                      statistics.median(s.mean_batch for s in got))
                for name, got in shares.items()}
-    for name, (rps, server_us, loop_us, mean_batch) in medians.items():
+    for name, (rps, server_us, loop_us, model_us, mean_batch) in medians.items():
         print(f"{name} (median of {rounds}): {rps:.1f} req/s, server {server_us:.0f} us/request, "
-              f"event loop {loop_us:.0f}{_batch_note(mean_batch)}")
+              f"event loop {loop_us:.0f}, model {model_us:.0f}{_batch_note(mean_batch)}")
     (a, b) = medians.values()
-    print(f"B / A: req/s {b[0] / a[0]:.3f}, server CPU per request {b[1] / a[1]:.3f}, event loop {b[2] / a[2]:.3f}")
+    print(f"B / A: req/s {b[0] / a[0]:.3f}, server CPU per request {b[1] / a[1]:.3f}, event loop {b[2] / a[2]:.3f}, "
+          f"model {b[3] / a[3] if a[3] else float('nan'):.3f}")
 
 
 def _batch_note(mean_batch: float) -> str:

@@ -39,6 +39,7 @@ from service.batching import AnsweredFromThreads, BatchPolicy, Each, Pending, co
 from service.decoding import BeamSearch, StepUpdate
 from service.errors import DeadlineExceeded, NotReady
 from service.loop_budget import GiveWay
+from service.runners.gil_held import positions
 from service.runners.row_ops import HostRowPool, source_width
 from service.runners.translation import (
     DecoderRows,
@@ -128,7 +129,7 @@ class _RowArrays:
                 self.rows if survivors else None, self.state if survivors else None, keep if survivors else None,
                 encoded if joiners else None, width)
         self.members, self.layout = members, layout
-        self.parents = np.arange(sum(layout), dtype=np.int64)
+        self.parents = positions(sum(layout))
         self.dirty = False
 
     def clear(self) -> None:

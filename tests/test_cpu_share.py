@@ -17,6 +17,10 @@ def test_cpu_share_reports_the_event_loop_workers_and_client(capsys: pytest.Capt
     out = capsys.readouterr().out
     for label in ("event loop (main thread)", "worker/lane thread", "server, all threads", "load generator"):
         assert re.search(rf"{re.escape(label)}.* \d+ us/request", out), label
+    # the model's share, read from the server's seqserve_model_cpu_seconds_total: part of the server's
+    server = re.search(r"server, all threads +(\d+) us/request", out)
+    model = re.search(r"of which inside the model +(\d+) us/request", out)
+    assert server and model and 0 < int(model[1]) < int(server[1]), out
     # the classifier's batches in the run (its default route), read from the server's /metrics
     mean_batch = re.search(r"mean batch +([\d.]+) texts", out)
     assert mean_batch and 1.0 <= float(mean_batch[1]) <= 4.0, out
@@ -29,9 +33,10 @@ def test_cpu_share_compares_two_servers_in_alternating_rounds(capsys: pytest.Cap
                     "--versus", "instances=1"])
     out = capsys.readouterr().out
     rounds = re.findall(r"round (\d) ([AB]): +[\d.]+ req/s, server +\d+ us/request, event loop +\d+, "
-                        r"mean batch [\d.]+", out)
+                        r"model +\d+, mean batch [\d.]+", out)
     assert rounds == [("1", "A"), ("1", "B"), ("2", "B"), ("2", "A")]  # alternating, each round's order flipped
-    assert re.search(r"B / A: req/s \d+\.\d{3}, server CPU per request \d+\.\d{3}, event loop \d+\.\d{3}", out)
+    assert re.search(r"B / A: req/s \d+\.\d{3}, server CPU per request \d+\.\d{3}, event loop \d+\.\d{3}, "
+                     r"model \d+\.\d{3}", out)
 
 
 def test_cpu_share_counts_every_worker_process(capsys: pytest.CaptureFixture[str]) -> None:

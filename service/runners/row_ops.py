@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.onnx_session import Provider, session_options
+from service.runners.gil_held import positions, put_rows, stack_rows, take_rows
 
 Tensor: TypeAlias = np.ndarray | ort.OrtValue  # a host array, or a value on the inference device
 
@@ -64,7 +65,7 @@ def source_width(longest: int) -> int:
 
 def length_mask(lengths: np.ndarray, width: int) -> np.ndarray:
     """[N, width] float32, 1 on each source's real tokens."""
-    return (np.arange(width)[None, :] < lengths[:, None]).astype(np.float32)
+    return (positions(width)[None, :] < lengths[:, None]).astype(np.float32)
 
 
 class RowGather(Protocol):
@@ -152,21 +153,20 @@ class HostRowPool:
         elif len(moving):
             sources = keep[moving]
             for rows in self._views:
-                rows[moving] = rows[sources]  # the right side is read whole before the writes
+                put_rows(rows, moving, rows, sources)
         self._owners[:total] = owners
         states, keys, mask = self._views
-        parts = [] if state is None else [state[keep]]
+        parts = [] if state is None else [take_rows(state, keep)]
         if joiners is not None:
             assert isinstance(joiners.states, np.ndarray) and isinstance(joiners.keys, np.ndarray)
-            joining, joined_width = slice(kept, total), joiners.states.shape[1]
-            for rows, new in ((states, joiners.states), (keys, joiners.keys)):
-                rows[joining, :joined_width] = new
-                rows[joining, joined_width:] = 0.0
-            mask[joining] = length_mask(joiners.lengths, width)
-            parts.append(np.asarray(joiners.init_state))
+            joining, joined = range(kept, total), range(total - kept)
+            put_rows(states, joining, np.ascontiguousarray(joiners.states), joined)  # zero-padded to the width
+            put_rows(keys, joining, np.ascontiguousarray(joiners.keys), joined)
+            put_rows(mask, joining, length_mask(joiners.lengths, width), joined)
+            parts.append(np.ascontiguousarray(joiners.init_state))
         if not parts:
             raise ValueError("a gather needs survivors or joiners")
-        return DecoderRows(states[:total], keys[:total], mask[:total]), _join(parts)
+        return DecoderRows(states[:total], keys[:total], mask[:total]), stack_rows(parts)
 
     def _lay_out(self, keep: np.ndarray, total: int, width: int, joiners: Encoded | None) -> None:
         """The rows laid out anew for ``width`` source positions (in the other area, made anew if it
@@ -188,15 +188,8 @@ class HostRowPool:
                        areas[1][: capacity * width * dims[1]].reshape(capacity, width, dims[1]),
                        areas[2][: capacity * width].reshape(capacity, width))
         owners = np.full(capacity, -1, np.int64)
-        if len(keep):
-            common = min(width, old[2].shape[1])
-            for rows, before in zip(self._views, old, strict=True):
-                if common == width:  # the same width or narrower: one copy, straight into place
-                    # (mode "clip" writes without a buffer; ``keep`` holds rows of the last step)
-                    np.take(before[:, :width], keep, axis=0, out=rows[: len(keep)], mode="clip")
-                else:
-                    rows[: len(keep), :common] = before[keep, :common]
-                    rows[: len(keep), common:] = 0.0
+        for rows, before in zip(self._views, old, strict=True):  # cut, or zero-padded, to the new width
+            put_rows(rows, range(len(keep)), before, keep)
         self._owners = owners
 
 
