@@ -16,6 +16,7 @@ source positions (axis 1), so a row cut or zero-padded to another width is its f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,7 +44,7 @@ def _bytes(array: np.ndarray) -> memoryview:
 
 
 def _row_bytes(array: np.ndarray) -> int:
-    return array.itemsize * int(np.prod(array.shape[1:]))
+    return array.itemsize * math.prod(array.shape[1:])  # not np.prod: a reduction for a tuple of ints
 
 
 def put_rows(dst: np.ndarray, to: Rows, src: np.ndarray, frm: Rows) -> None:
