@@ -59,7 +59,7 @@ def test_mismatched_rows_are_refused() -> None:
         put_rows(_rows(2, 3, 4), [0], _rows(2, 3, 5), [0])
     with pytest.raises(ValueError, match="do not fit"):
         put_rows(_rows(2, 3, 4), [0], _rows(2, 3, 4).astype(np.float64), [0])
-    with pytest.raises(ValueError, match="C-contiguous"):
+    with pytest.raises(ValueError, match="C-contiguous arrays only"):
         put_rows(_rows(2, 3, 4), [0], _rows(2, 3, 8)[:, :, ::2], [0])
 
 

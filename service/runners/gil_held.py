@@ -39,7 +39,7 @@ def positions(count: int) -> np.ndarray:
 
 def _bytes(array: np.ndarray) -> memoryview:
     if not array.flags.c_contiguous:
-        raise ValueError("held_copy needs C-contiguous arrays")
+        raise ValueError("gil_held copies C-contiguous arrays only")
     return array.data.cast("B")
 
 
