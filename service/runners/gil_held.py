@@ -30,16 +30,20 @@ _POSITIONS = np.arange(0, dtype=np.int64)
 def positions(count: int) -> np.ndarray:
     """``np.arange(count)`` (int64), read-only: a view of one cached array, grown when too short."""
     global _POSITIONS
-    if count > len(_POSITIONS):
-        grown = np.arange(max(count, 2 * len(_POSITIONS), 1024), dtype=np.int64)
-        grown.flags.writeable = False
-        _POSITIONS = grown  # one assignment: a thread reading the old array still reads valid numbers
-    return _POSITIONS[:count]
+    cached = _POSITIONS  # one read: another lane's thread may grow it meanwhile
+    if count > len(cached):
+        cached = np.arange(max(count, 2 * len(cached), 1024), dtype=np.int64)  # lets the GIL go, once
+        cached.flags.writeable = False
+        if len(cached) > len(_POSITIONS):  # never a shorter one in place of a longer
+            _POSITIONS = cached
+    return cached[:count]
 
 
 def _bytes(array: np.ndarray) -> memoryview:
     if not array.flags.c_contiguous:
         raise ValueError("gil_held copies C-contiguous arrays only")
+    if not array.nbytes:  # memoryview.cast refuses a shape with a zero in it
+        return memoryview(bytearray())
     return array.data.cast("B")
 
 
@@ -52,6 +56,8 @@ def put_rows(dst: np.ndarray, to: Rows, src: np.ndarray, frm: Rows) -> None:
     arrays of one dtype and the same dimensions after axis 1. ``dst`` and ``src`` share no memory
     unless they are the same array (rows moved within it; where a row is both written and read,
     every row is read first). Not ``np.may_share_memory``: it releases the GIL too."""
+    if len(to) != len(frm):
+        raise ValueError(f"{len(to)} rows to write from {len(frm)}")
     if not len(to):
         return
     if dst.dtype != src.dtype or dst.shape[2:] != src.shape[2:]:
