@@ -35,7 +35,7 @@ from loadtests import api_quality, baseline, ceiling, cpu_share
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from loadtests.load_generator import LoadGenerator, default_processes
-from loadtests.server import AS_DEPLOYED, OWN_SETTINGS, ROOT, ServerProcess, metric_value, served_models
+from loadtests.server import AS_DEPLOYED, OWN_SETTINGS, ROOT, ServerProcess, served_models
 from service.onnx_session import CPU, Precision, StaleGraphError, choose_providers, graph_path, provider_name
 from service.registry import instances_for
 from service.runners import SentimentRunner, TranslationRunner, load_runner
@@ -109,8 +109,7 @@ class ServedCpu:
         self.cpu = self.loop = self.model = self.answered = self.batches = self.batched = 0.0
 
     def _metrics(self) -> list[float]:
-        return [metric_value(self.server.url, "seqserve_model_cpu_seconds_total", model="sentiment"),
-                *cpu_share.batch_counts(self.server.url, model="sentiment")]
+        return cpu_share.counters(self.server.url, model="sentiment")  # model CPU s, batches, texts
 
     def run(self, sentences: list[str], clients: int, duration: float, generator: LoadGenerator) -> LoadResult:
         # /metrics is read outside the /proc readings: its own cost is not a request's

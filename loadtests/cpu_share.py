@@ -31,7 +31,7 @@ from pathlib import Path
 from loadtests import bench_service  # a module: bench_service uses this one too
 from loadtests.http_client import LoadResult
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
-from loadtests.server import ROOT, ServerProcess, metric_value
+from loadtests.server import ROOT, ServerProcess, metric_values
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -135,11 +135,11 @@ def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration:
     """One run of ``duration`` seconds (after the load generator's own warm-up second), with the CPU
     each server thread and the client used meanwhile."""
     pid = server.proc.pid
-    batches_before, model_before = batch_counts(server.url), model_cpu(server.url)  # outside the CPU measured
+    model_before, *batches_before = counters(server.url)  # read outside the CPU measured
     (before, _), client_before = tree_cpu(pid), own_cpu()
     result = run(duration)
     (after, main_tids), client_after = tree_cpu(pid), own_cpu()
-    batches_after, model_after = batch_counts(server.url), model_cpu(server.url)
+    model_after, *batches_after = counters(server.url)
     used = {}
     for tid, (name, cpu, system) in after.items():
         was = before.get(tid, (name, 0.0, 0.0))
@@ -148,16 +148,12 @@ def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration:
     return Share(result, duration, used, client_after - client_before, main_tids, batches, model_after - model_before)
 
 
-def batch_counts(url: str, **labels: str) -> tuple[float, float]:
-    """The dynamic batcher's batches so far and the texts in them (/metrics; every model unless
-    ``model=`` names one)."""
-    return (metric_value(url, "seqserve_batch_size_count", **labels),
-            metric_value(url, "seqserve_batch_size_sum", **labels))
-
-
-def model_cpu(url: str) -> float:
-    """CPU seconds the server's threads have spent inside ONNX Runtime's runs so far, every model."""
-    return metric_value(url, "seqserve_model_cpu_seconds_total")
+def counters(url: str, **labels: str) -> list[float]:
+    """From one read of /metrics (every model unless ``model=`` names one): the CPU seconds the
+    server's threads have spent inside ONNX Runtime's runs so far, the dynamic batcher's batches
+    and the texts in them."""
+    return metric_values(url, ("seqserve_model_cpu_seconds_total", "seqserve_batch_size_count",
+                               "seqserve_batch_size_sum"), **labels)
 
 
 def report(route: str, clients: int, share: Share) -> None:

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,17 @@ def metric_value(url: str, sample: str, **labels: str) -> float:
     """A sample of the server's /metrics (``seqserve_requests_total``, route=..., status=...),
     summed over the labels not given (``model=...`` alone: every version of it); 0 when it is not
     there yet."""
-    total = 0.0
+    return metric_values(url, (sample,), **labels)[0]
+
+
+def metric_values(url: str, samples: Sequence[str], **labels: str) -> list[float]:
+    """Several samples, each as ``metric_value`` reads it, from one read of /metrics."""
+    totals = dict.fromkeys(samples, 0.0)
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
         for s in family.samples:
-            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += float(s.value)
-    return total
+            if s.name in totals and all(s.labels.get(k) == v for k, v in labels.items()):
+                totals[s.name] += float(s.value)
+    return list(totals.values())
 
 
 def free_port() -> int:
