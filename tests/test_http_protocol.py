@@ -4,10 +4,12 @@ request layers count its latency from there."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -1028,3 +1030,30 @@ async def test_no_socket_object_is_made_for_a_connections_addresses() -> None:
     protocol.flow.resume_reading()
     assert transport.reading
     protocol.connection_lost(None)
+
+
+async def test_an_answered_request_is_freed_without_the_garbage_collector() -> None:
+    """The head-holding transport lets go of its request cycle once the head is out: a reference
+    back from it made every answered request a reference cycle (the cycle, its event, scope and
+    callbacks), which only the garbage collector freed, at ~3 % of the event loop's CPU."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    config = Config(app=app, http=ArrivalStampingProtocol, log_level="warning")
+    config.load()
+    protocol = ArrivalStampingProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _Writes()
+    protocol.connection_made(transport)
+    gc.disable()
+    try:
+        cycles = []
+        for method in (b"POST", b"HEAD", b"GET"):  # the last one replaces the cycle of the one before
+            protocol.data_received(method + b" /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+            await _until(lambda: protocol.cycle is not None and protocol.cycle.response_complete)
+            cycles.append(weakref.ref(protocol.cycle))
+            await asyncio.sleep(0)  # the request's task ends after its last write
+        assert [c() is None for c in cycles] == [True, True, False]
+    finally:
+        gc.enable()
