@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import MAX_DETAILS, ClientGone, InvalidInput
 from service.http_protocol import arrived_at
 from service.settings import Settings
 from service.tokenization import has_content
 
-TIMEOUT_HEADER = "x-request-timeout"
+TIMEOUT_HEADER = b"x-request-timeout"
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,7 +31,26 @@ async def parse_body(request: Request, schema: type[M]) -> M:
     """Validate the raw body in one pass, whatever its Content-Type says (none, or v2's
     application/octet-stream: RequestContextMiddleware has refused the rest with 415), skipping
     FastAPI's body machinery."""
-    return validate_json(schema, await request.body())
+    return validate_json(schema, await whole_body(request))
+
+
+async def whole_body(request: Request) -> bytes:
+    """The request's body, as ``request.body()`` reads it (ClientDisconnect if the client left
+    first, kept for later readers), without Starlette's stream generator: RequestContextMiddleware
+    has read it whole and replays it, mostly as one message, and the generator's machinery cost
+    more of the event loop than the read."""
+    if (body := getattr(request, "_body", None)) is not None:  # Starlette's cache: read before
+        return cast(bytes, body)
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    request._body = body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return body
 
 
 def validate_json(schema: type[M], raw: bytes) -> M:
@@ -151,11 +170,20 @@ def timeout_us(value: float | None, field: str) -> float | None:
     return max(value / 1e6, 1e-9)  # a subnormal number of microseconds would round to no time at all
 
 
+def header(scope: Mapping[str, Any], name: bytes) -> str | None:
+    """A request header's first value (``name`` in lower case, as ASGI gives names), as
+    ``request.headers.get`` reads it, without building Starlette's Headers for one look-up."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return cast(bytes, value).decode("latin-1")
+    return None
+
+
 def deadline_for(request: Request, settings: Settings, requested_s: float | None = None) -> float:
     """Absolute monotonic deadline: the server's timeout, shortened by X-Request-Timeout or v2
     timeout, counted from the request's arrival where the server stamped it (time spent waiting
     on a busy event loop before the route ran counts against it)."""
-    deadline = deadline_after(settings, (request.headers.get(TIMEOUT_HEADER), "X-Request-Timeout"),
+    deadline = deadline_after(settings, (header(request.scope, TIMEOUT_HEADER), "X-Request-Timeout"),
                               (requested_s, "parameters.timeout"))
     arrived = arrived_at(request.scope)
     return deadline if arrived is None else deadline - max(0.0, time.perf_counter() - arrived)
