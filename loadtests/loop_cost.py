@@ -1,0 +1,164 @@
+"""The event loop's own CPU per sentiment request, without HTTP, a load generator or their noise.
+
+    python -m loadtests.loop_cost [--model real|instant] [--clients 64] [--requests 8000]
+                                  [--rounds 5] [--garbage]
+
+Builds the service's app with the models in models/ and the access log on (its lines go to
+/dev/null), starts it (the lifespan: models, worker threads, warm-up) and calls it over ASGI, in
+this process, from ``--clients`` concurrent callers that each post SST-2 test sentences to
+/v1/sentiment one after another. Every layer from the request middleware to the answer runs, the
+batcher and its worker threads included; uvicorn's parsing and the socket writes do not (a bare
+uvicorn app costs ~40 us a request on the 2-core VMs).
+
+Per round it prints requests/s, the event loop thread's CPU a request (``time.thread_time``) and
+the process's (``getrusage``). ``--model instant`` has the classifier's worker answer at once, so
+the loop is all that costs: requests/s is then the serving path's own limit on one core.
+``--garbage`` counts the objects each request leaves for the garbage collector (``gc.DEBUG_SAVEALL``
+over a round): 0 when reference counting frees every request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import resource
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtests.inputs import DATA_DIR, sentiment_texts
+from loadtests.server import ROOT
+from service.app import create_app
+from service.http_protocol import ARRIVAL
+from service.runners import SentimentRunner
+from service.settings import Settings
+
+PATH = "/v1/sentiment"
+
+
+@contextlib.contextmanager
+def stderr_to_null() -> Iterator[None]:
+    """The access log's lines (and the server's own) off the terminal while the rounds run."""
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
+
+
+def request(body: bytes) -> tuple[dict[str, Any], Any, Any, list[int]]:
+    """One POST as uvicorn hands it to the app (scope, receive, send), stamped as arriving now, and
+    the list its answer's status lands in."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": PATH, "raw_path": PATH.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {},
+             "extensions": {ARRIVAL: {"at": time.perf_counter()}}}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the client stays: no disconnect
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    return scope, receive, send, status
+
+
+def answer_at_once(runner: SentimentRunner) -> None:
+    """The classifier's worker answers every batch at once (the same answer for each text)."""
+    answer = np.array([[0.25, 0.75]], dtype=np.float32)
+    runner.run = lambda batch: np.repeat(answer, len(batch), axis=0)  # type: ignore[method-assign]
+
+
+async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[int, int]]:
+    """Each round's figures, and the statuses of every answer in them."""
+    settings = Settings(model_repository=args.models, grpc_port=0, access_log=True)
+    app = create_app(settings)
+    bodies = [json.dumps({"text": t}).encode() for t in sentiment_texts(args.data_dir, "test")]
+    statuses: dict[int, int] = {}
+
+    async def caller(first: int, count: int) -> None:
+        for i in range(first, count, args.clients):
+            scope, receive, send, status = request(bodies[i % len(bodies)])
+            await app(scope, receive, send)
+            statuses[status[0]] = statuses.get(status[0], 0) + 1
+
+    async def one_round(count: int) -> None:
+        await asyncio.gather(*(caller(k, count) for k in range(args.clients)))
+
+    results: list[dict[str, float]] = []
+    async with app.router.lifespan_context(app):
+        if args.model == "instant":
+            runner = app.state.registry.for_task("text-classification").runner
+            assert isinstance(runner, SentimentRunner)
+            answer_at_once(runner)
+        await one_round(min(args.requests, 2000))  # warm: first calls, caches
+        statuses.clear()
+        for _ in range(args.rounds):
+            if args.garbage:
+                gc.collect()
+                gc.set_debug(gc.DEBUG_SAVEALL)
+            wall, loop = time.perf_counter(), time.thread_time()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            await one_round(args.requests)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            wall, loop = time.perf_counter() - wall, time.thread_time() - loop
+            process = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+            row = {"rps": args.requests / wall, "loop_us": loop / args.requests * 1e6,
+                   "process_us": process / args.requests * 1e6}
+            if args.garbage:
+                gc.collect()
+                row["garbage"] = len(gc.garbage) / args.requests
+                gc.set_debug(0)
+                gc.garbage.clear()
+            results.append(row)
+    return results, statuses
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("real", "instant"), default="real")
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--requests", type=int, default=8000, help="a round's")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--garbage", action="store_true", help="count what each request leaves for the garbage collector")
+    p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    args = p.parse_args(argv)
+    import uvloop  # the server's loop (uvicorn's loop="auto" takes it where installed)
+
+    with stderr_to_null():
+        results, statuses = uvloop.run(rounds(args))
+    print(f"{PATH} in process, {args.clients} callers, {args.model} model, {args.requests} requests a round; "
+          f"statuses {statuses}")
+    for i, row in enumerate(results, 1):
+        garbage = f", garbage {row['garbage']:.1f} objects a request" if "garbage" in row else ""
+        print(f"round {i}: {row['rps']:8.1f} req/s, event loop {row['loop_us']:5.0f} us, "
+              f"process {row['process_us']:5.0f} us a request{garbage}")
+    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    garbage = f", garbage {med['garbage']:.1f} objects a request" if "garbage" in med else ""
+    print(f"median: {med['rps']:.1f} req/s, event loop {med['loop_us']:.0f} us, process {med['process_us']:.0f} us "
+          f"a request{garbage}")
+
+
+if __name__ == "__main__":
+    main()

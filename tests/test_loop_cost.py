@@ -1,0 +1,26 @@
+"""loadtests/loop_cost.py: the whole sentiment route in process, and what it leaves for the
+garbage collector."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from loadtests import loop_cost
+
+
+def test_every_request_is_answered_and_freed_without_the_garbage_collector(capsys: pytest.CaptureFixture[str]) -> None:
+    # a reference cycle anywhere in the app's layers, the batcher or the route would leave garbage
+    # here (uvicorn's side of a request, below the app, is tests/test_http_protocol.py's)
+    loop_cost.main(["--model", "instant", "--clients", "8", "--requests", "400", "--rounds", "2", "--garbage"])
+    out = capsys.readouterr().out
+    assert "statuses {200: 800}" in out, out
+    median = r"median: [\d.]+ req/s, event loop \d+ us, process \d+ us a request, garbage 0\.0 objects"
+    assert re.search(median, out), out
+
+
+def test_the_real_model_answers_too(capsys: pytest.CaptureFixture[str]) -> None:
+    loop_cost.main(["--clients", "4", "--requests", "100", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "statuses {200: 100}" in out and "real model" in out, out
