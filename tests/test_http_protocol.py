@@ -501,12 +501,17 @@ class _Writes(_Transport):
         super().write(data)
 
 
-async def _answer(request: bytes, app: Any) -> _Writes:
+def _connected(app: Any, transport: _Transport) -> ArrivalStampingProtocol:
     config = Config(app=app, http=ArrivalStampingProtocol, log_level="warning")
     config.load()
     protocol = ArrivalStampingProtocol(config=config, server_state=ServerState(), app_state={})
-    transport = _Writes()
     protocol.connection_made(transport)
+    return protocol
+
+
+async def _answer(request: bytes, app: Any) -> _Writes:
+    transport = _Writes()
+    protocol = _connected(app, transport)
     protocol.data_received(request)
     for _ in range(200):
         await asyncio.sleep(0.001)
@@ -1041,11 +1046,7 @@ async def test_an_answered_request_is_freed_without_the_garbage_collector() -> N
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    config = Config(app=app, http=ArrivalStampingProtocol, log_level="warning")
-    config.load()
-    protocol = ArrivalStampingProtocol(config=config, server_state=ServerState(), app_state={})
-    transport = _Writes()
-    protocol.connection_made(transport)
+    protocol = _connected(app, _Writes())
     gc.disable()
     try:
         cycles = []
