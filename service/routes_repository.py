@@ -11,6 +11,7 @@ import pydantic_core
 from fastapi import APIRouter, Request
 
 from service.errors import InvalidInput, json_problem
+from service.inputs import whole_body
 from service.json_response import JSONResponse
 from service.repository import ModelControl, check_load_parameters
 from service.schemas import ErrorBody
@@ -40,7 +41,7 @@ def control(request: Request) -> ModelControl:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await whole_body(request)
     if not raw.strip():
         return {}
     try:

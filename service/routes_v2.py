@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__, v2_model, v2_stats
 from service.errors import InvalidInput
-from service.inputs import deadline_for, unless_client_leaves, validate_json
+from service.inputs import deadline_for, header, unless_client_leaves, validate_json, whole_body
 from service.json_response import JSONResponse, dumps
 from service.registry import ModelRegistry
 from service.schemas import JsonInt
@@ -36,6 +36,7 @@ from service.v2_infer import (
 )
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+_HEADER_LENGTH = HEADER_LENGTH.encode()  # as the scope names headers
 
 
 
@@ -101,10 +102,10 @@ def _flat(data: list[Any]) -> list[Any]:
 async def _read(request: Request) -> tuple[InferRequest, list[InputTensor]]:
     """The body as JSON (with or without a Content-Type), or as a JSON header followed by binary
     tensor data when Inference-Header-Content-Length is present."""
-    body = await request.body()
-    header_length = request.headers.get(HEADER_LENGTH)
-    header, tail = split_body(body, header_length) if header_length is not None else (body, b"")
-    parsed = validate_json(InferRequest, header)
+    body = await whole_body(request)
+    header_length = header(request.scope, _HEADER_LENGTH)
+    json_part, tail = split_body(body, header_length) if header_length is not None else (body, b"")
+    parsed = validate_json(InferRequest, json_part)
     _check_binary_flags(parsed)
     sizes: list[tuple[str, int]] = []
     for t in parsed.inputs:
