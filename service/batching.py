@@ -436,8 +436,10 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         super().__init__(name, policy.max_queue_size, version, unit)
         self.run_batch = run_batch
         self.policy = policy
-        # thread-safe: the event loop puts, the workers take; its length is bounded by admission
-        self.queue: queue.Queue[WorkItem[P, R]] = queue.Queue()
+        # thread-safe: the event loop puts, the workers take; its length is bounded by admission.
+        # SimpleQueue: its put and get are C calls, where Queue's take its lock and Condition in
+        # Python on both sides (the loop's put, a worker's get per text)
+        self.queue: queue.SimpleQueue[WorkItem[P, R]] = queue.SimpleQueue()
         self.requests_in_flight = 0  # submitted and not yet answered (event loop; workers read it)
         self._last_arrival = 0.0
         self._mean_gap_s = 1.0
