@@ -1,7 +1,7 @@
 """The event loop's own CPU per sentiment request, without HTTP, a load generator or their noise.
 
     python -m loadtests.loop_cost [--model real|instant] [--clients 64] [--requests 8000]
-                                  [--rounds 5] [--garbage]
+                                  [--rounds 5] [--garbage] [--layers]
 
 Builds the service's app with the models in models/ and the access log on (its lines go to
 /dev/null), starts it (the lifespan: models, worker threads, warm-up) and calls it over ASGI, in
@@ -15,6 +15,14 @@ the process's (``getrusage``). ``--model instant`` has the classifier's worker a
 the loop is all that costs: requests/s is then the serving path's own limit on one core.
 ``--garbage`` counts the objects each request leaves for the garbage collector (``gc.DEBUG_SAVEALL``
 over a round): 0 when reference counting frees every request.
+
+``--layers`` says what each layer of the app costs. The rounds take turns entering the app at each
+layer of its middleware stack, from the outermost (FastAPI itself) down to the inference routes'
+direct path (service/hot_routes.py), and once more whole with the access log off; each layer's
+cost is the event loop's CPU a request entering above it less entering below it (medians, same
+process, alternating rounds: the VM's drift is shared). An inner entry skips what the layers
+above it do for the request (request id, access log, metrics, body checks): it measures, it
+does not serve.
 """
 
 from __future__ import annotations
@@ -29,15 +37,20 @@ import resource
 import statistics
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from loadtests.inputs import DATA_DIR, sentiment_texts
 from loadtests.server import ROOT
 from service.app import create_app
+from service.hot_routes import HotRouteMiddleware
 from service.http_protocol import ARRIVAL
+from service.middleware import RequestContextMiddleware
 from service.runners import SentimentRunner
 from service.settings import Settings
 
@@ -89,17 +102,51 @@ def answer_at_once(runner: SentimentRunner) -> None:
     runner.run = lambda batch: np.repeat(answer, len(batch), axis=0)  # type: ignore[method-assign]
 
 
-async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[int, int]]:
-    """Each round's figures, and the statuses of every answer in them."""
+@dataclass
+class Entry:
+    """Where a round calls the app: ``layer`` (the app, or one of its middleware), and whether the
+    access log writes its lines meanwhile."""
+
+    name: str
+    layer: ASGIApp
+    access_log: bool = True
+
+
+def entries(app: FastAPI, layers: bool) -> list[Entry]:
+    """The whole app; with ``layers``, also each layer of its middleware stack down to the
+    inference routes' direct path, and the whole app with the access log off."""
+    if not layers:
+        return [Entry("app", app)]
+    found = [Entry("app", app)]
+    layer = app.middleware_stack
+    while layer is not None:
+        found.append(Entry(type(layer).__name__, layer))
+        if isinstance(layer, HotRouteMiddleware):
+            break
+        layer = getattr(layer, "app", None)
+    return [*found, Entry("app, access log off", app, access_log=False)]
+
+
+def _request_context(app: FastAPI) -> RequestContextMiddleware:
+    layer = app.middleware_stack
+    while not isinstance(layer, RequestContextMiddleware):
+        layer = layer.app  # type: ignore[union-attr]
+    return layer
+
+
+async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[int, int], list[str]]:
+    """Each round's figures, the statuses of every answer in them, and each round's entry."""
     settings = Settings(model_repository=args.models, grpc_port=0, access_log=True)
     app = create_app(settings)
     bodies = [json.dumps({"text": t}).encode() for t in sentiment_texts(args.data_dir, "test")]
     statuses: dict[int, int] = {}
+    entry = Entry("app", app)
 
     async def caller(first: int, count: int) -> None:
         for i in range(first, count, args.clients):
             scope, receive, send, status = request(bodies[i % len(bodies)])
-            await app(scope, receive, send)
+            scope["app"] = app  # what Starlette sets on the way in (an inner entry skips it)
+            await entry.layer(scope, receive, send)
             statuses[status[0]] = statuses.get(status[0], 0) + 1
 
     async def one_round(count: int) -> None:
@@ -111,9 +158,15 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
             runner = app.state.registry.for_task("text-classification").runner
             assert isinstance(runner, SentimentRunner)
             answer_at_once(runner)
-        await one_round(min(args.requests, 2000))  # warm: first calls, caches
+        await one_round(min(args.requests, 2000))  # warm: first calls, caches (and builds the stack)
         statuses.clear()
-        for _ in range(args.rounds):
+        turns = entries(app, args.layers)
+        context = _request_context(app)
+        names: list[str] = []
+        for k in range(args.rounds * len(turns)):
+            entry = turns[k % len(turns)]
+            context.log_requests = entry.access_log
+            names.append(entry.name)
             if args.garbage:
                 gc.collect()
                 gc.set_debug(gc.DEBUG_SAVEALL)
@@ -131,7 +184,8 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
                 gc.set_debug(0)
                 gc.garbage.clear()
             results.append(row)
-    return results, statuses
+        context.log_requests = settings.access_log
+    return results, statuses, names
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,23 +195,42 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=8000, help="a round's")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--garbage", action="store_true", help="count what each request leaves for the garbage collector")
+    p.add_argument("--layers", action="store_true", help="what each layer of the app costs (--rounds per layer)")
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     args = p.parse_args(argv)
     import uvloop  # the server's loop (uvicorn's loop="auto" takes it where installed)
 
     with stderr_to_null():
-        results, statuses = uvloop.run(rounds(args))
+        results, statuses, names = uvloop.run(rounds(args))
     print(f"{PATH} in process, {args.clients} callers, {args.model} model, {args.requests} requests a round; "
           f"statuses {statuses}")
-    for i, row in enumerate(results, 1):
+    for i, (row, name) in enumerate(zip(results, names, strict=True), 1):
         garbage = f", garbage {row['garbage']:.1f} objects a request" if "garbage" in row else ""
-        print(f"round {i}: {row['rps']:8.1f} req/s, event loop {row['loop_us']:5.0f} us, "
+        entered = f" ({name})" if args.layers else ""
+        print(f"round {i}{entered}: {row['rps']:8.1f} req/s, event loop {row['loop_us']:5.0f} us, "
               f"process {row['process_us']:5.0f} us a request{garbage}")
+    if args.layers:
+        print_layers(results, names)
+        return
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     garbage = f", garbage {med['garbage']:.1f} objects a request" if "garbage" in med else ""
     print(f"median: {med['rps']:.1f} req/s, event loop {med['loop_us']:.0f} us, process {med['process_us']:.0f} us "
           f"a request{garbage}")
+
+
+def print_layers(results: list[dict[str, float]], names: list[str]) -> None:
+    """Per entry, the median event loop CPU a request, and what the layer entered there costs
+    (this entry's less the next one's); the access log's line is the whole app's less its own."""
+    loop_us = {name: statistics.median(r["loop_us"] for r, n in zip(results, names, strict=True) if n == name)
+               for name in dict.fromkeys(names)}
+    layers = [n for n in loop_us if n != "app, access log off"]
+    print("| entered at | event loop a request | the layer's own |\n|---|---:|---:|")
+    for name, below in zip(layers, [*layers[1:], None], strict=True):
+        own = f"{loop_us[name] - loop_us[below]:.0f} us" if below is not None else "(the route and below)"
+        print(f"| {name} | {loop_us[name]:.0f} us | {own} |")
+    print(f"the access log's line: {loop_us['app'] - loop_us['app, access log off']:.0f} us a request "
+          f"(the whole app, {loop_us['app']:.0f} against {loop_us['app, access log off']:.0f} us with it off)")
 
 
 if __name__ == "__main__":

@@ -24,3 +24,14 @@ def test_the_real_model_answers_too(capsys: pytest.CaptureFixture[str]) -> None:
     loop_cost.main(["--clients", "4", "--requests", "100", "--rounds", "1"])
     out = capsys.readouterr().out
     assert "statuses {200: 100}" in out and "real model" in out, out
+
+
+def test_layers_say_what_each_layer_of_the_app_costs(capsys: pytest.CaptureFixture[str]) -> None:
+    loop_cost.main(["--model", "instant", "--clients", "4", "--requests", "100", "--rounds", "1", "--layers"])
+    out = capsys.readouterr().out
+    assert re.search(r"statuses \{200: \d+\}\n", out), out  # every answer a 200, whatever layer it entered at
+    # every layer from the app down to the inference routes' direct path, each entered once
+    for name in ("(app)", "(RequestContextMiddleware)", "(HotRouteMiddleware)", "(app, access log off)"):
+        assert name in out, out
+    assert re.search(r"\| RequestContextMiddleware \| \d+ us \| -?\d+ us \|", out), out
+    assert re.search(r"the access log's line: -?\d+ us a request", out), out
