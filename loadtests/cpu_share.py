@@ -9,7 +9,10 @@ thread's CPU time (user + system, from /proc) and the client's own before and af
 microseconds of CPU per answered request for the event loop (the main thread), each worker or
 decode-lane thread, the server in total and the part of it inside ONNX Runtime's runs (the
 server's seqserve_model_cpu_seconds_total), and the client. On a machine where client and
-server share the cores, this tells which side to make cheaper. Linux only (reads /proc).
+server share the cores, this tells which side to make cheaper. Each thread's line also says how
+much of the run it spent on a core and how much runnable but waiting for one (the kernel's
+schedstat; the rest it slept: for work, a lock or the GIL), and the last line how much of the
+machine's cores stayed idle: whether the cores, or one thread, set the pace. Linux only (reads /proc).
 
 With ``--versus`` (other settings) or ``--versus-checkout`` (other code), a second server B is
 measured against A in alternating rounds, and the medians and their ratios B / A are printed:
@@ -24,9 +27,11 @@ import os
 import random
 import resource
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from loadtests import bench_service  # a module: bench_service uses this one too
 from loadtests.http_client import LoadResult
@@ -36,8 +41,17 @@ from loadtests.server import ROOT, ServerProcess, metric_values
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu(pid: int) -> dict[int, tuple[str, float, float]]:
-    """Per thread id: (name, user+system seconds, system seconds)."""
+class ThreadCpu(NamedTuple):
+    name: str
+    cpu_s: float  # user + system
+    system_s: float
+    # runnable but not running: waiting for a core (the kernel's schedstat; 0 where it keeps none)
+    waited_s: float = 0.0
+
+
+def thread_cpu(pid: int) -> dict[int, ThreadCpu]:
+    """Per thread id: its name, CPU seconds (user + system, and system) and seconds spent waiting
+    for a core."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -47,8 +61,22 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float, float]]:
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         user, system = int(fields[11]) / _TICK, int(fields[12]) / _TICK
-        out[int(tid)] = (name, user + system, system)
+        out[int(tid)] = ThreadCpu(name, user + system, system, _waited_s(pid, tid))
     return out
+
+
+def _waited_s(pid: int, tid: str) -> float:
+    """Seconds the thread has been runnable without a core (0 where the kernel keeps no schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cores_idle_s() -> tuple[float, float]:
+    """The machine's CPU seconds so far: (idle, all), from /proc/stat (idle and iowait count as idle)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (ticks[3] + ticks[4]) / _TICK, sum(ticks[:8]) / _TICK  # after steal come guest times, already in user
 
 
 def process_tree(pid: int) -> list[int]:
@@ -64,7 +92,7 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def tree_cpu(pid: int) -> tuple[dict[int, tuple[str, float, float]], set[int]]:
+def tree_cpu(pid: int) -> tuple[dict[int, ThreadCpu], set[int]]:
     """``thread_cpu`` over the server's processes (thread ids are unique across processes), and
     the processes, whose main threads are the event loops (a supervisor's own, which mostly
     sleeps, is counted with them)."""
@@ -72,10 +100,10 @@ def tree_cpu(pid: int) -> tuple[dict[int, tuple[str, float, float]], set[int]]:
     return {tid: used for process in processes for tid, used in thread_cpu(process).items()}, set(processes)
 
 
-def cpu_sums(threads: dict[int, tuple[str, float, float]], main_tids: set[int]) -> tuple[float, float]:
+def cpu_sums(threads: dict[int, ThreadCpu], main_tids: set[int]) -> tuple[float, float]:
     """CPU seconds of ``threads``: (all of them, the event loops among them)."""
-    return (sum(cpu for _, cpu, _ in threads.values()),
-            sum(cpu for tid, (_, cpu, _) in threads.items() if tid in main_tids))
+    return (sum(t.cpu_s for t in threads.values()),
+            sum(t.cpu_s for tid, t in threads.items() if tid in main_tids))
 
 
 def server_cpu(pid: int) -> tuple[float, float]:
@@ -100,11 +128,13 @@ class Share:
 
     result: LoadResult
     duration: float
-    server: dict[int, tuple[str, float, float]]  # tid -> (name, CPU s, system s) used in the run
+    server: dict[int, ThreadCpu]  # tid -> what each thread used in the run
     client_s: float
     main_tids: set[int]  # the processes' main threads: the event loops
     batches: tuple[float, float] = (0.0, 0.0)  # the classifier's batches run, and the texts in them
     model_s: float = 0.0  # CPU inside ONNX Runtime's runs (seqserve_model_cpu_seconds_total), every model
+    cores_idle: float = 0.0  # the machine's idle share of its cores in the run
+    wall_s: float = 0.0  # the run's length, its warm-up included (what the threads' shares are of)
 
     @property
     def mean_batch(self) -> float:
@@ -136,16 +166,18 @@ def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration:
     each server thread and the client used meanwhile."""
     pid = server.proc.pid
     model_before, *batches_before = counters(server.url)  # read outside the CPU measured
-    (before, _), client_before = tree_cpu(pid), own_cpu()
+    (before, _), client_before, idle_before, started = tree_cpu(pid), own_cpu(), cores_idle_s(), time.monotonic()
     result = run(duration)
-    (after, main_tids), client_after = tree_cpu(pid), own_cpu()
+    (after, main_tids), client_after, idle_after, wall = tree_cpu(pid), own_cpu(), cores_idle_s(), time.monotonic()
     model_after, *batches_after = counters(server.url)
     used = {}
-    for tid, (name, cpu, system) in after.items():
-        was = before.get(tid, (name, 0.0, 0.0))
-        used[tid] = (name, cpu - was[1], system - was[2])
+    for tid, now in after.items():
+        was = before.get(tid, ThreadCpu(now.name, 0.0, 0.0))
+        used[tid] = ThreadCpu(now.name, now.cpu_s - was.cpu_s, now.system_s - was.system_s, now.waited_s - was.waited_s)
     batches = (batches_after[0] - batches_before[0], batches_after[1] - batches_before[1])
-    return Share(result, duration, used, client_after - client_before, main_tids, batches, model_after - model_before)
+    idle = (idle_after[0] - idle_before[0]) / max(idle_after[1] - idle_before[1], 1e-9)
+    return Share(result, duration, used, client_after - client_before, main_tids, batches, model_after - model_before,
+                 idle, wall - started)
 
 
 def counters(url: str, **labels: str) -> list[float]:
@@ -160,19 +192,23 @@ def report(route: str, clients: int, share: Share) -> None:
     result = share.result
     print(f"{route}, {clients} clients: {result.rps:.1f} req/s, p50 {result.percentile(50) * 1000:.1f} ms")
     one_process = len(share.main_tids) == 1
-    for tid, (_, used, used_system) in sorted(share.server.items()):
-        if used > 0.05:  # Python 3.11 does not name OS threads: the main thread is the one with the pid
+    for tid, used in sorted(share.server.items()):
+        if used.cpu_s > 0.05:  # Python 3.11 does not name OS threads: the main thread is the one with the pid
             if tid not in share.main_tids:
                 label = f"worker/lane thread {tid}"
             else:
                 label = "event loop (main thread)" if one_process else f"main thread of process {tid}"
-            print(f"  {label:28s} {share.per_request_us(used):8.0f} us/request  "
-                  f"(system {share.per_request_us(used_system):.0f})")
+            # of the run's time: on a core, and runnable but waiting for one (the rest it slept:
+            # for work, a lock or the GIL)
+            print(f"  {label:28s} {share.per_request_us(used.cpu_s):8.0f} us/request  "
+                  f"(system {share.per_request_us(used.system_s):.0f}; on a core {used.cpu_s / share.wall_s:.0%} "
+                  f"of the run, waiting for one {used.waited_s / share.wall_s:.0%})")
     print(f"  {'server, all threads':28s} {share.server_us:8.0f} us/request")
     print(f"  {'of which inside the model':28s} {share.model_us:8.0f} us/request")
     print(f"  {'load generator':28s} {share.per_request_us(share.client_s):8.0f} us/request")
     if share.mean_batch:
         print(f"  {'mean batch':28s} {share.mean_batch:8.1f} texts")
+    print(f"  {'cores idle':28s} {share.cores_idle:8.0%} of the run (the whole machine, /proc/stat)")
 
 
 def compare(runs: dict[str, Callable[[float], LoadResult]], servers: dict[str, ServerProcess], rounds: int,

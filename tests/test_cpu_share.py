@@ -24,6 +24,11 @@ def test_cpu_share_reports_the_event_loop_workers_and_client(capsys: pytest.Capt
     # the classifier's batches in the run (its default route), read from the server's /metrics
     mean_batch = re.search(r"mean batch +([\d.]+) texts", out)
     assert mean_batch and 1.0 <= float(mean_batch[1]) <= 4.0, out
+    # each thread's time on a core and waiting for one, of the run's; the machine's idle cores
+    loop = re.search(r"event loop \(main thread\) .*on a core (\d+)% of the run, waiting for one (\d+)%\)", out)
+    assert loop and 0 < int(loop[1]) <= 100 and 0 <= int(loop[2]) <= 100, out
+    idle = re.search(r"cores idle +(\d+)% of the run", out)
+    assert idle and 0 <= int(idle[1]) <= 100, out
 
 
 def test_cpu_share_compares_two_servers_in_alternating_rounds(capsys: pytest.CaptureFixture[str]) -> None:
