@@ -126,7 +126,11 @@ class AnswerWithId:
 def request_id_for(incoming: bytes | None) -> str:
     """The client's X-Request-ID if sane, else a new id unique in this process."""
     text = incoming.decode("latin-1") if incoming else ""
-    return text if text and _SANE_ID.match(text) else f"{_ID_PREFIX}{next(_id_counter):016x}"
+    return text if text and _SANE_ID.match(text) else _new_id()
+
+
+def _new_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def request_id_of(headers: Mapping[bytes, bytes], own_id: bytes = b"") -> str:
@@ -135,6 +139,8 @@ def request_id_of(headers: Mapping[bytes, bytes], own_id: bytes = b"") -> str:
     the trace and the caller's span), else ``own_id`` (an inference request's ``id``) if sane, else
     a new one."""
     given = headers.get(b"x-request-id")
+    if given is None and not own_id and b"traceparent" not in headers:
+        return _new_id()  # none given: most requests
     if given is None or _SANE_ID.match(given.decode("latin-1")) is None:
         parent = headers.get(b"traceparent")
         given = parent if parent is not None and _TRACEPARENT.match(parent.decode("latin-1")) else own_id

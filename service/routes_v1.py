@@ -32,7 +32,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _state(request: Request) -> tuple[ModelRegistry, Settings]:
-    return request.app.state.registry, request.app.state.settings
+    state = request.app.state
+    return state.registry, state.settings
 
 
 @router.post("/sentiment", response_model=SentimentResult | SentimentBatchResponse, responses=_ERRORS,
