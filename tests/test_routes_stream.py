@@ -64,15 +64,17 @@ def test_greedy_stream_without_attention_sends_none(committed_server: Server, cl
 
 def test_beam_stream_sends_the_best_live_beam_then_the_result(committed_server: Server, client: httpx.Client) -> None:
     url = committed_server.url
-    # long enough for several of the stream's hand-overs (at most one per SEQSERVE_STREAM_INTERVAL_MS)
-    body = {"text": ENDLESS, "stream": True, "beam_size": 5, "max_length": 150, "return_attention": True}
+    # long enough for several of the stream's hand-overs (at most one per SEQSERVE_STREAM_INTERVAL_MS,
+    # 50 ms): beam 10 to the 200-step limit took ~240 ms here (fp32), where beam 5 to 150 steps
+    # took 107-118 ms and sometimes gave only two hand-overs before the result
+    body = {"text": ENDLESS, "stream": True, "beam_size": 10, "max_length": 200, "return_attention": True}
     s = post_stream(client, f"{url}/v1/translate", body)
     names = [e.event for e in s.events]
     assert names[-1] == "result" and set(names[:-1]) == {"hypothesis"} and len(names) > 3
     hypotheses = [e.data for e in s.events[:-1]]
     assert [h["step"] for h in hypotheses] == sorted({h["step"] for h in hypotheses})
     assert all(a["target_tokens"] != b["target_tokens"] for a, b in itertools.pairwise(hypotheses))
-    assert s.events[-1].data == _plain(client, url, ENDLESS, 5, max_length=150)
+    assert s.events[-1].data == _plain(client, url, ENDLESS, 10, max_length=200)
 
 
 def test_refusals_before_the_stream_are_json_errors(committed_server: Server, client: httpx.Client) -> None:
