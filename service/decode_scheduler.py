@@ -198,11 +198,8 @@ class DecodeScheduler(AnsweredFromThreads):
         """Decode one request's jobs (admitted whole or refused whole); answers in order (and to
         ``each`` as they come in, in order)."""
         requests = [_Request(job, deadline, self._new_future()) for job in jobs]
-        held = self._accept_all(self._to_a_lane, requests, self.policy.turn)
-        try:
+        with self._accept_all(self._to_a_lane, requests, self.policy.turn):
             return await self._answer_all(requests, deadline, each)
-        finally:
-            self._drop_held(held)
 
     async def translate(self, job: TranslationJob, deadline: float) -> TranslationOutput:
         """One job alone (a request of one text)."""
