@@ -112,26 +112,24 @@ class Entry:
     access_log: bool = True
 
 
+def middleware(app: FastAPI) -> list[ASGIApp]:
+    """The app's middleware stack (built by its first request), outermost first, down to the
+    inference routes' direct path."""
+    stack: list[ASGIApp] = []
+    layer = app.middleware_stack
+    while layer is not None and not isinstance(layer, HotRouteMiddleware):
+        stack.append(layer)
+        layer = getattr(layer, "app", None)
+    return [*stack, layer] if layer is not None else stack
+
+
 def entries(app: FastAPI, layers: bool) -> list[Entry]:
     """The whole app; with ``layers``, also each layer of its middleware stack down to the
     inference routes' direct path, and the whole app with the access log off."""
     if not layers:
         return [Entry("app", app)]
-    found = [Entry("app", app)]
-    layer = app.middleware_stack
-    while layer is not None:
-        found.append(Entry(type(layer).__name__, layer))
-        if isinstance(layer, HotRouteMiddleware):
-            break
-        layer = getattr(layer, "app", None)
-    return [*found, Entry("app, access log off", app, access_log=False)]
-
-
-def _request_context(app: FastAPI) -> RequestContextMiddleware:
-    layer = app.middleware_stack
-    while not isinstance(layer, RequestContextMiddleware):
-        layer = layer.app  # type: ignore[union-attr]
-    return layer
+    return [Entry("app", app), *(Entry(type(layer).__name__, layer) for layer in middleware(app)),
+            Entry("app, access log off", app, access_log=False)]
 
 
 async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[int, int], list[str]]:
@@ -161,7 +159,7 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
         await one_round(min(args.requests, 2000))  # warm: first calls, caches (and builds the stack)
         statuses.clear()
         turns = entries(app, args.layers)
-        context = _request_context(app)
+        (context,) = [layer for layer in middleware(app) if isinstance(layer, RequestContextMiddleware)]
         names: list[str] = []
         for k in range(args.rounds * len(turns)):
             entry = turns[k % len(turns)]
