@@ -25,6 +25,7 @@ import torch
 from export.cli import run
 from export.data import DEFAULT_DATA_DIR, read_multi30k, read_multi30k_pairs, read_sst2
 from export.sentiment_model import SentimentConfig, SentimentLSTM
+from export.tied_weights import share_transposed_copies
 from export.tokenizers import TRUECASER_FILE, write_truecaser
 from export.training import EpochLog
 from export.translation_model import (
@@ -65,6 +66,8 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path,
     torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                       dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
     graph = onnx.load(str(path))
+    if share_transposed_copies(graph):  # the translator's tied output layer (export/tied_weights.py)
+        onnx.save(graph, str(path))
     onnx.checker.check_model(graph)
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:

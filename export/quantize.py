@@ -55,6 +55,7 @@ from export.bidirectional import fuse_bidirectional
 from export.cli import run
 from export.data import DEFAULT_DATA_DIR, read_multi30k_pairs, read_sst2
 from export.row_int8 import quantize_rows
+from export.tied_weights import materialise_transposes
 from service.model_card import DerivedParity, ModelCard, PrecisionSpec, load_model_card, write_model_card
 from service.onnx_session import SOURCE_SHA256_KEY, graph_path, sha256_of
 from service.runners import SentimentRunner, TranslationRunner, load_runner
@@ -149,8 +150,12 @@ def derive(source: Path, target: Path, source_sha256: str, task: str, graph: str
     """Quantize one graph (``graph``: its key in model.json) into ``target`` by its task's method,
     stamped with its source's hash and the recipe. Both methods start from the graph with its
     bidirectional layers fused (about a quarter of the classifier's time went to the nodes around
-    its separate directions); the arithmetic of each direction is the fp32 graph's."""
-    model, _ = fuse_bidirectional(onnx.load(str(source)))
+    its separate directions); the arithmetic of each direction is the fp32 graph's. A weight the
+    fp32 graph stores once for two uses (export/tied_weights.py) is materialised again first: both
+    methods look for products by a constant initializer."""
+    model = onnx.load(str(source))
+    materialise_transposes(model)
+    model, _ = fuse_bidirectional(model)
     if task == "translation":
         model, _ = quantize_rows(model, BOUNDED_INPUTS.get(graph, set()))
     else:

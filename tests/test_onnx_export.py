@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -17,6 +18,7 @@ from export.onnx_export import (
     translation_parity,
 )
 from export.sentiment_model import SentimentConfig, SentimentLSTM
+from export.tied_weights import matrices
 from export.translation_model import AttentionTranslator, TranslationConfig
 from service.runners.sentiment import pad_batch
 
@@ -69,6 +71,16 @@ def test_translation_parity_on_mixed_lengths(translator: tuple[AttentionTranslat
     rng = np.random.default_rng(3)
     pairs = list(zip(_random_sequences(rng, 24, 300, 30), _random_sequences(rng, 24, 280, 30), strict=True))
     assert translation_parity(model, out, pairs, batch_size=8) <= PARITY_TOLERANCE
+
+
+def test_the_tied_output_layer_is_stored_once(translator: tuple[AttentionTranslator, Path]) -> None:
+    model, out = translator
+    graph = onnx.load(str(out / "decoder_step.onnx")).graph
+    tied = [node for node in graph.node if node.op_type == "Transpose" and node.name.startswith("tied/")]
+    assert len(tied) == 1
+    stored = matrices(graph)
+    assert np.array_equal(stored[tied[0].input[0]], model.tgt_embed.weight.detach().numpy())
+    assert tied[0].output[0] not in stored
 
 
 def test_translation_step_does_not_depend_on_padding(translator: tuple[AttentionTranslator, Path]) -> None:
