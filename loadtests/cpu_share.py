@@ -11,7 +11,9 @@ decode-lane thread, the server in total and the part of it inside ONNX Runtime's
 server's seqserve_model_cpu_seconds_total), and the client. On a machine where client and
 server share the cores, this tells which side to make cheaper. Each thread's line also says how
 much of the run it spent on a core and how much runnable but waiting for one (the kernel's
-schedstat; the rest it slept: for work, a lock or the GIL), and the last line how much of the
+schedstat; the rest it slept: for work, a lock or the GIL) and how often a request it went to
+sleep (its voluntary context switches: a thread that hands the GIL back and forth sleeps more
+than once a request), and the last line how much of the
 machine's cores stayed idle: whether the cores, or one thread, set the pace. Linux only (reads /proc).
 
 With ``--versus`` (other settings) or ``--versus-checkout`` (other code), a second server B is
@@ -47,6 +49,8 @@ class ThreadCpu(NamedTuple):
     system_s: float
     # runnable but not running: waiting for a core (the kernel's schedstat; 0 where it keeps none)
     waited_s: float = 0.0
+    # times it went to sleep (voluntary context switches: for work, a lock, the GIL)
+    sleeps: int = 0
 
 
 def thread_cpu(pid: int) -> dict[int, ThreadCpu]:
@@ -61,8 +65,20 @@ def thread_cpu(pid: int) -> dict[int, ThreadCpu]:
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         user, system = int(fields[11]) / _TICK, int(fields[12]) / _TICK
-        out[int(tid)] = ThreadCpu(name, user + system, system, _waited_s(pid, tid))
+        out[int(tid)] = ThreadCpu(name, user + system, system, _waited_s(pid, tid), _sleeps(pid, tid))
     return out
+
+
+def _sleeps(pid: int, tid: str) -> int:
+    """The thread's voluntary context switches so far (0 where the kernel does not say)."""
+    try:
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
 
 
 def _waited_s(pid: int, tid: str) -> float:
@@ -173,7 +189,8 @@ def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration:
     used = {}
     for tid, now in after.items():
         was = before.get(tid, ThreadCpu(now.name, 0.0, 0.0))
-        used[tid] = ThreadCpu(now.name, now.cpu_s - was.cpu_s, now.system_s - was.system_s, now.waited_s - was.waited_s)
+        used[tid] = ThreadCpu(now.name, now.cpu_s - was.cpu_s, now.system_s - was.system_s, now.waited_s - was.waited_s,
+                              now.sleeps - was.sleeps)
     batches = (batches_after[0] - batches_before[0], batches_after[1] - batches_before[1])
     idle = (idle_after[0] - idle_before[0]) / max(idle_after[1] - idle_before[1], 1e-9)
     return Share(result, duration, used, client_after - client_before, main_tids, batches, model_after - model_before,
@@ -202,7 +219,8 @@ def report(route: str, clients: int, share: Share) -> None:
             # for work, a lock or the GIL)
             print(f"  {label:28s} {share.per_request_us(used.cpu_s):8.0f} us/request  "
                   f"(system {share.per_request_us(used.system_s):.0f}; on a core {used.cpu_s / share.wall_s:.0%} "
-                  f"of the run, waiting for one {used.waited_s / share.wall_s:.0%})")
+                  f"of the run, waiting for one {used.waited_s / share.wall_s:.0%}; "
+                  f"{used.sleeps / share.answered:.2f} sleeps a request)")
     print(f"  {'server, all threads':28s} {share.server_us:8.0f} us/request")
     print(f"  {'of which inside the model':28s} {share.model_us:8.0f} us/request")
     print(f"  {'load generator':28s} {share.per_request_us(share.client_s):8.0f} us/request")
