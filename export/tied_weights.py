@@ -43,7 +43,9 @@ def share_transposed_copies(model: onnx.ModelProto) -> int:
     """Replace each initializer that is exactly the transpose of another by a ``Transpose`` node
     of that other, under the same name (its consumers are unchanged). Returns the bytes saved."""
     graph = model.graph
-    arrays = matrices(graph)
+    inputs = {value.name for value in graph.input}  # an initializer listed as an input too (an
+    # older IR) is a default the caller may override: it stays an initializer
+    arrays = {name: array for name, array in matrices(graph).items() if name not in inputs}
     by_shape: dict[tuple[int, ...], list[str]] = {}
     for name, array in arrays.items():
         by_shape.setdefault(array.shape, []).append(name)

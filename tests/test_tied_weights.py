@@ -80,6 +80,13 @@ def test_a_matrix_of_the_transposed_shape_that_is_not_the_transpose_is_kept() ->
     assert set(_initializers(model)) == {"E", "other"}
 
 
+def test_an_initializer_that_is_also_a_graph_input_is_left_alone() -> None:
+    model = _tied_graph()
+    model.graph.input.append(helper.make_tensor_value_info("E_t", TensorProto.FLOAT, [DIM, VOCAB]))
+    assert share_transposed_copies(model) == 0
+    assert set(_initializers(model)) == {"E", "E_t"}
+
+
 def test_the_committed_graphs_hold_no_transposed_copies() -> None:
     for path in sorted(COMMITTED_MODELS.glob("*/*/*.onnx")):
         if not path.name.endswith(".int8.onnx"):
