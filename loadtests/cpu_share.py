@@ -54,8 +54,8 @@ class ThreadCpu(NamedTuple):
 
 
 def thread_cpu(pid: int) -> dict[int, ThreadCpu]:
-    """Per thread id: its name, CPU seconds (user + system, and system) and seconds spent waiting
-    for a core."""
+    """Per thread id: its name, CPU seconds (user + system, and system), seconds spent waiting
+    for a core and times it went to sleep."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
