@@ -9,8 +9,9 @@ Prints (and writes as markdown):
   - start-up to ready of `python -m service`;
   - sentiment over HTTP at 1, 16 and 64 clients (in the precision the server chose; INT8 on a
     CPU by default): sentences/s as a fraction of the INT8 limit, p50/p99; and server CPU per
-    request (all threads, loadtests/cpu_share.py) split into the model (ONNX Runtime alone on
-    batches of the served mean size, with the server's session settings) and serving (the rest);
+    request (all threads, loadtests/cpu_share.py) split into the model (the CPU of ONNX Runtime's
+    runs on the batches the server formed, from its seqserve_model_cpu_seconds_total) and serving
+    (the rest), with the batches' mean size and padded share;
   - translation over HTTP: requests/s at 1, 32 and 64 clients (iteration-level scheduling),
     the same at 64 clients with whole-request batching, p50 by source-length bucket, and a
     check that every served translation equals solo decoding of the same sentence.
@@ -106,10 +107,11 @@ class ServedCpu:
 
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
-        self.cpu = self.loop = self.model = self.answered = self.batches = self.batched = 0.0
+        self.cpu = self.loop = self.model = self.answered = self.batches = self.batched = self.padded = 0.0
 
     def _metrics(self) -> list[float]:
-        return cpu_share.counters(self.server.url, model="sentiment")  # model CPU s, batches, texts
+        # model CPU s, batches, texts, padded shares
+        return cpu_share.counters(self.server.url, model="sentiment")
 
     def run(self, sentences: list[str], clients: int, duration: float, generator: LoadGenerator) -> LoadResult:
         # /metrics is read outside the /proc readings: its own cost is not a request's
@@ -123,12 +125,18 @@ class ServedCpu:
         self.model += metrics_after[0] - metrics_before[0]
         self.batches += metrics_after[1] - metrics_before[1]
         self.batched += metrics_after[2] - metrics_before[2]
+        self.padded += metrics_after[3] - metrics_before[3]
         self.answered += cpu_share.answered_in_run(result, duration)
         return result
 
     @property
     def mean_batch(self) -> float:
         return self.batched / max(self.batches, 1.0)
+
+    @property
+    def padding(self) -> float:
+        """The padded share of a batch's positions, the mean over the batches (cpu_share.Share.padding)."""
+        return self.padded / max(self.batches, 1.0)
 
     def per_request_us(self) -> tuple[float, float, float]:
         """(all threads, model, event loop) CPU microseconds per answered request."""
@@ -205,14 +213,17 @@ def sentiment_section(args: argparse.Namespace, server: ServerProcess, generator
     threads = Settings().ort_intra_op_threads
     say("## Server CPU per request (sentiment, one sentence each; microseconds of CPU per answered request)")
     say("server = all its threads (/proc, as loadtests/cpu_share.py reads them); model = inside ONNX Runtime's runs "
-        "on the batches the server formed (seqserve_model_cpu_seconds_total); serving = server - model"
+        "on the batches the server formed (seqserve_model_cpu_seconds_total); serving = server - model; "
+        "padding = the padded share of a batch's positions (rows x its longest; the mean over its batches), "
+        "which the model runs like subwords"
         + ("" if threads == 1 else f" (ORT_INTRA_OP_THREADS={threads}: ONNX Runtime's pool threads count as "
                                    "serving here)") + "\n")
-    say("| clients | mean batch | server | model | serving | of which event loop |\n|---:|---:|---:|---:|---:|---:|")
+    say("| clients | mean batch | padding | server | model | serving | of which event loop |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|")
     for c in clients:
         total, model_us, loop = cpu[c].per_request_us()
-        say(f"| {c} | {cpu[c].mean_batch:.1f} | {total:.0f} | {model_us:.0f} | **{total - model_us:.0f}** | "
-            f"{loop:.0f} |")
+        say(f"| {c} | {cpu[c].mean_batch:.1f} | {cpu[c].padding:.0%} | {total:.0f} | {model_us:.0f} | "
+            f"**{total - model_us:.0f}** | {loop:.0f} |")
     say("")
 
 

@@ -148,6 +148,7 @@ class Share:
     client_s: float
     main_tids: set[int]  # the processes' main threads: the event loops
     batches: tuple[float, float] = (0.0, 0.0)  # the classifier's batches run, and the texts in them
+    padded_s: float = 0.0  # the sum over those batches of their padded share of positions
     model_s: float = 0.0  # CPU inside ONNX Runtime's runs (seqserve_model_cpu_seconds_total), every model
     cores_idle: float = 0.0  # the machine's idle share of its cores in the run
     wall_s: float = 0.0  # the run's length, its warm-up included (what the threads' shares are of)
@@ -156,6 +157,12 @@ class Share:
     def mean_batch(self) -> float:
         """Texts a batch of the dynamic batcher (the classifier's; 0 where none ran)."""
         return self.batches[1] / self.batches[0] if self.batches[0] else 0.0
+
+    @property
+    def padding(self) -> float:
+        """The padded share of a batch's positions (its rows x its longest), the mean over the
+        classifier's batches: the LSTM runs every padded position as if it were a subword."""
+        return self.padded_s / self.batches[0] if self.batches[0] else 0.0
 
     @property
     def answered(self) -> float:
@@ -193,16 +200,17 @@ def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration:
                               now.sleeps - was.sleeps)
     batches = (batches_after[0] - batches_before[0], batches_after[1] - batches_before[1])
     idle = (idle_after[0] - idle_before[0]) / max(idle_after[1] - idle_before[1], 1e-9)
-    return Share(result, duration, used, client_after - client_before, main_tids, batches, model_after - model_before,
-                 idle, wall - started)
+    padded = batches_after[2] - batches_before[2]
+    return Share(result, duration, used, client_after - client_before, main_tids, batches, padded,
+                 model_after - model_before, idle, wall - started)
 
 
 def counters(url: str, **labels: str) -> list[float]:
     """From one read of /metrics (every model unless ``model=`` names one): the CPU seconds the
-    server's threads have spent inside ONNX Runtime's runs so far, the dynamic batcher's batches
-    and the texts in them."""
+    server's threads have spent inside ONNX Runtime's runs so far, the dynamic batcher's batches,
+    the texts in them, and the sum of their padded shares."""
     return metric_values(url, ("seqserve_model_cpu_seconds_total", "seqserve_batch_size_count",
-                               "seqserve_batch_size_sum"), **labels)
+                               "seqserve_batch_size_sum", "seqserve_padding_ratio_sum"), **labels)
 
 
 def report(route: str, clients: int, share: Share) -> None:
@@ -225,7 +233,7 @@ def report(route: str, clients: int, share: Share) -> None:
     print(f"  {'of which inside the model':28s} {share.model_us:8.0f} us/request")
     print(f"  {'load generator':28s} {share.per_request_us(share.client_s):8.0f} us/request")
     if share.mean_batch:
-        print(f"  {'mean batch':28s} {share.mean_batch:8.1f} texts")
+        print(f"  {'mean batch':28s} {share.mean_batch:8.1f} texts, {share.padding:.0%} of its positions padding")
     print(f"  {'cores idle':28s} {share.cores_idle:8.0%} of the run (the whole machine, /proc/stat)")
 
 

@@ -28,8 +28,9 @@ def test_benchmark_runs_every_section(int8_repo: Path, tmp_path: Path, monkeypat
                     "ideal ratios"):
         assert section in report, section
     assert re.search(r"limits: \*\*fp32 [\d,]+ sentences/s\*\* at batch \d+; \*\*int8 [\d,]+ sentences/s\*\*", report)
-    # one row per client count, each with a model and a serving share of the server's CPU
-    rows = re.findall(r"(?m)^\| (1|16|64) \| [\d.]+ \| (\d+) \| (\d+) \| \*\*(-?\d+)\*\* \| \d+ \|$", report)
+    # one row per client count, each with its batches' padded share, and a model and a serving
+    # share of the server's CPU
+    rows = re.findall(r"(?m)^\| (1|16|64) \| [\d.]+ \| \d+% \| (\d+) \| (\d+) \| \*\*(-?\d+)\*\* \| \d+ \|$", report)
     assert [r[0] for r in rows] == ["1", "16", "64"]
     assert all(int(model) > 0 and int(serving) > 0 and abs(int(total) - int(model) - int(serving)) <= 1
                for _, total, model, serving in rows)

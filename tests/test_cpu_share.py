@@ -22,8 +22,9 @@ def test_cpu_share_reports_the_event_loop_workers_and_client(capsys: pytest.Capt
     model = re.search(r"of which inside the model +(\d+) us/request", out)
     assert server and model and 0 < int(model[1]) < int(server[1]), out
     # the classifier's batches in the run (its default route), read from the server's /metrics
-    mean_batch = re.search(r"mean batch +([\d.]+) texts", out)
-    assert mean_batch and 1.0 <= float(mean_batch[1]) <= 4.0, out
+    # and their padded share (seqserve_padding_ratio): a batch of one text has none
+    mean_batch = re.search(r"mean batch +([\d.]+) texts, (\d+)% of its positions padding", out)
+    assert mean_batch and 1.0 <= float(mean_batch[1]) <= 4.0 and 0 <= int(mean_batch[2]) < 100, out
     # each thread's time on a core and waiting for one, of the run's; the machine's idle cores
     # and how often it went to sleep (at 4 clients the loop waits for the next request now and then)
     loop = re.search(r"event loop \(main thread\) .*on a core (\d+)% of the run, waiting for one (\d+)%; "
