@@ -148,7 +148,7 @@ class Share:
     client_s: float
     main_tids: set[int]  # the processes' main threads: the event loops
     batches: tuple[float, float] = (0.0, 0.0)  # the classifier's batches run, and the texts in them
-    padded_s: float = 0.0  # the sum over those batches of their padded share of positions
+    padded_shares: float = 0.0  # the sum over those batches of their padded share of positions
     model_s: float = 0.0  # CPU inside ONNX Runtime's runs (seqserve_model_cpu_seconds_total), every model
     cores_idle: float = 0.0  # the machine's idle share of its cores in the run
     wall_s: float = 0.0  # the run's length, its warm-up included (what the threads' shares are of)
@@ -162,7 +162,7 @@ class Share:
     def padding(self) -> float:
         """The padded share of a batch's positions (its rows x its longest), the mean over the
         classifier's batches: the LSTM runs every padded position as if it were a subword."""
-        return self.padded_s / self.batches[0] if self.batches[0] else 0.0
+        return self.padded_shares / self.batches[0] if self.batches[0] else 0.0
 
     @property
     def answered(self) -> float:
