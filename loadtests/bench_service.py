@@ -103,40 +103,29 @@ class ServedCpu:
     """Server CPU over served sentiment runs: all threads and the event loop (from /proc, as
     loadtests/cpu_share.py reads them), the model's share (seqserve_model_cpu_seconds_total: the
     CPU of the threads calling ONNX Runtime, inside its runs, on the batches the server formed),
-    and the batch sizes."""
+    and those batches (their sizes and padding)."""
 
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
-        self.cpu = self.loop = self.model = self.answered = self.batches = self.batched = self.padded = 0.0
+        self.cpu = self.loop = self.model = self.answered = 0.0
+        self.batches = cpu_share.Batches()
 
-    def _metrics(self) -> list[float]:
-        # model CPU s, batches, texts, padded shares
+    def _metrics(self) -> tuple[float, cpu_share.Batches]:
         return cpu_share.counters(self.server.url, model="sentiment")
 
     def run(self, sentences: list[str], clients: int, duration: float, generator: LoadGenerator) -> LoadResult:
         # /metrics is read outside the /proc readings: its own cost is not a request's
-        metrics_before = self._metrics()
+        model_before, batches_before = self._metrics()
         cpu_before = cpu_share.server_cpu(self.server.proc.pid)
         result = http_sentiment(self.server.port, sentences, clients, duration, generator)
         cpu_after = cpu_share.server_cpu(self.server.proc.pid)
-        metrics_after = self._metrics()
+        model_after, batches_after = self._metrics()
         self.cpu += cpu_after[0] - cpu_before[0]
         self.loop += cpu_after[1] - cpu_before[1]
-        self.model += metrics_after[0] - metrics_before[0]
-        self.batches += metrics_after[1] - metrics_before[1]
-        self.batched += metrics_after[2] - metrics_before[2]
-        self.padded += metrics_after[3] - metrics_before[3]
+        self.model += model_after - model_before
+        self.batches += batches_after - batches_before
         self.answered += cpu_share.answered_in_run(result, duration)
         return result
-
-    @property
-    def mean_batch(self) -> float:
-        return self.batched / max(self.batches, 1.0)
-
-    @property
-    def padding(self) -> float:
-        """The padded share of a batch's positions, the mean over the batches (cpu_share.Share.padding)."""
-        return self.padded / max(self.batches, 1.0)
 
     def per_request_us(self) -> tuple[float, float, float]:
         """(all threads, model, event loop) CPU microseconds per answered request."""
@@ -222,7 +211,7 @@ def sentiment_section(args: argparse.Namespace, server: ServerProcess, generator
         "|---:|---:|---:|---:|---:|---:|---:|")
     for c in clients:
         total, model_us, loop = cpu[c].per_request_us()
-        say(f"| {c} | {cpu[c].mean_batch:.1f} | {cpu[c].padding:.0%} | {total:.0f} | {model_us:.0f} | "
+        say(f"| {c} | {cpu[c].batches.mean_size:.1f} | {cpu[c].batches.padding:.0%} | {total:.0f} | {model_us:.0f} | "
             f"**{total - model_us:.0f}** | {loop:.0f} |")
     say("")
 

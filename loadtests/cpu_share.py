@@ -138,6 +138,34 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@dataclass(frozen=True)
+class Batches:
+    """The dynamic batcher's batches, as /metrics counts them: how many ran, the texts in them, and
+    the sum of their padded shares (``seqserve_padding_ratio``: padded positions over rows x the
+    longest). Counters: a run's are the difference of two readings, several runs' the sum."""
+
+    runs: float = 0.0
+    texts: float = 0.0
+    padded_shares: float = 0.0
+
+    def __sub__(self, earlier: Batches) -> Batches:
+        return Batches(self.runs - earlier.runs, self.texts - earlier.texts, self.padded_shares - earlier.padded_shares)
+
+    def __add__(self, other: Batches) -> Batches:
+        return Batches(self.runs + other.runs, self.texts + other.texts, self.padded_shares + other.padded_shares)
+
+    @property
+    def mean_size(self) -> float:
+        """Texts a batch (0 where none ran)."""
+        return self.texts / self.runs if self.runs else 0.0
+
+    @property
+    def padding(self) -> float:
+        """The padded share of a batch's positions, the mean over the batches (0 where none ran): the
+        LSTM runs every padded position as if it were a subword."""
+        return self.padded_shares / self.runs if self.runs else 0.0
+
+
 @dataclass
 class Share:
     """One measured run: throughput and CPU seconds per thread, server and client."""
@@ -147,22 +175,10 @@ class Share:
     server: dict[int, ThreadCpu]  # tid -> what each thread used in the run
     client_s: float
     main_tids: set[int]  # the processes' main threads: the event loops
-    batches: tuple[float, float] = (0.0, 0.0)  # the classifier's batches run, and the texts in them
-    padded_shares: float = 0.0  # the sum over those batches of their padded share of positions
+    batches: Batches = Batches()  # the classifier's, in the run
     model_s: float = 0.0  # CPU inside ONNX Runtime's runs (seqserve_model_cpu_seconds_total), every model
     cores_idle: float = 0.0  # the machine's idle share of its cores in the run
     wall_s: float = 0.0  # the run's length, its warm-up included (what the threads' shares are of)
-
-    @property
-    def mean_batch(self) -> float:
-        """Texts a batch of the dynamic batcher (the classifier's; 0 where none ran)."""
-        return self.batches[1] / self.batches[0] if self.batches[0] else 0.0
-
-    @property
-    def padding(self) -> float:
-        """The padded share of a batch's positions (its rows x its longest), the mean over the
-        classifier's batches: the LSTM runs every padded position as if it were a subword."""
-        return self.padded_shares / self.batches[0] if self.batches[0] else 0.0
 
     @property
     def answered(self) -> float:
@@ -188,29 +204,28 @@ def measure(server: ServerProcess, run: Callable[[float], LoadResult], duration:
     """One run of ``duration`` seconds (after the load generator's own warm-up second), with the CPU
     each server thread and the client used meanwhile."""
     pid = server.proc.pid
-    model_before, *batches_before = counters(server.url)  # read outside the CPU measured
+    model_before, batches_before = counters(server.url)  # read outside the CPU measured
     (before, _), client_before, idle_before, started = tree_cpu(pid), own_cpu(), cores_idle_s(), time.monotonic()
     result = run(duration)
     (after, main_tids), client_after, idle_after, wall = tree_cpu(pid), own_cpu(), cores_idle_s(), time.monotonic()
-    model_after, *batches_after = counters(server.url)
+    model_after, batches_after = counters(server.url)
     used = {}
     for tid, now in after.items():
         was = before.get(tid, ThreadCpu(now.name, 0.0, 0.0))
         used[tid] = ThreadCpu(now.name, now.cpu_s - was.cpu_s, now.system_s - was.system_s, now.waited_s - was.waited_s,
                               now.sleeps - was.sleeps)
-    batches = (batches_after[0] - batches_before[0], batches_after[1] - batches_before[1])
     idle = (idle_after[0] - idle_before[0]) / max(idle_after[1] - idle_before[1], 1e-9)
-    padded = batches_after[2] - batches_before[2]
-    return Share(result, duration, used, client_after - client_before, main_tids, batches, padded,
+    return Share(result, duration, used, client_after - client_before, main_tids, batches_after - batches_before,
                  model_after - model_before, idle, wall - started)
 
 
-def counters(url: str, **labels: str) -> list[float]:
+def counters(url: str, **labels: str) -> tuple[float, Batches]:
     """From one read of /metrics (every model unless ``model=`` names one): the CPU seconds the
-    server's threads have spent inside ONNX Runtime's runs so far, the dynamic batcher's batches,
-    the texts in them, and the sum of their padded shares."""
-    return metric_values(url, ("seqserve_model_cpu_seconds_total", "seqserve_batch_size_count",
-                               "seqserve_batch_size_sum", "seqserve_padding_ratio_sum"), **labels)
+    server's threads have spent inside ONNX Runtime's runs so far, and the dynamic batcher's
+    batches."""
+    model_s, *batches = metric_values(url, ("seqserve_model_cpu_seconds_total", "seqserve_batch_size_count",
+                                            "seqserve_batch_size_sum", "seqserve_padding_ratio_sum"), **labels)
+    return model_s, Batches(*batches)
 
 
 def report(route: str, clients: int, share: Share) -> None:
@@ -232,8 +247,9 @@ def report(route: str, clients: int, share: Share) -> None:
     print(f"  {'server, all threads':28s} {share.server_us:8.0f} us/request")
     print(f"  {'of which inside the model':28s} {share.model_us:8.0f} us/request")
     print(f"  {'load generator':28s} {share.per_request_us(share.client_s):8.0f} us/request")
-    if share.mean_batch:
-        print(f"  {'mean batch':28s} {share.mean_batch:8.1f} texts, {share.padding:.0%} of its positions padding")
+    batches = share.batches
+    if batches.mean_size:
+        print(f"  {'mean batch':28s} {batches.mean_size:8.1f} texts, {batches.padding:.0%} of its positions padding")
     print(f"  {'cores idle':28s} {share.cores_idle:8.0%} of the run (the whole machine, /proc/stat)")
 
 
@@ -247,11 +263,11 @@ def compare(runs: dict[str, Callable[[float], LoadResult]], servers: dict[str, S
             share = measure(servers[name], runs[name], duration)
             shares[name].append(share)
             print(f"round {r + 1} {name}: {share.result.rps:8.1f} req/s, server {share.server_us:5.0f} us/request, "
-                  f"event loop {share.loop_us:4.0f}, model {share.model_us:4.0f}{_batch_note(share.mean_batch)}",
+                  f"event loop {share.loop_us:4.0f}, model {share.model_us:4.0f}{_batch_note(share.batches.mean_size)}",
                   flush=True)
     medians = {name: (statistics.median(s.result.rps for s in got), statistics.median(s.server_us for s in got),
                       statistics.median(s.loop_us for s in got), statistics.median(s.model_us for s in got),
-                      statistics.median(s.mean_batch for s in got))
+                      statistics.median(s.batches.mean_size for s in got))
                for name, got in shares.items()}
     for name, (rps, server_us, loop_us, model_us, mean_batch) in medians.items():
         print(f"{name} (median of {rounds}): {rps:.1f} req/s, server {server_us:.0f} us/request, "
