@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import itertools
 import json
 import os
@@ -121,6 +122,14 @@ class AnswerWithId:
             self.started, self.status = True, message["status"]
             message["headers"] = [*message.get("headers", []), (b"x-request-id", self.request_id.encode())]
         await self._send(message)
+
+
+def request_context(request_id: str) -> contextvars.Context:
+    """A context in which log lines name ``request_id``: for a task that answers a request outside
+    the request middleware, which sets it for the app's."""
+    context = contextvars.copy_context()
+    context.run(CURRENT_REQUEST_ID.set, request_id)
+    return context
 
 
 def request_id_for(incoming: bytes | None) -> str:

@@ -29,6 +29,7 @@ from service import (
 )
 from service.auth import ApiKeys
 from service.cors import JsonCORSMiddleware
+from service.direct_route import DirectSentiment
 from service.drain import Drain
 from service.early_refusal import ArrivalReleaseMiddleware, EarlyRefusal
 from service.errors import install_error_handlers
@@ -124,6 +125,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     # a share of requests starts per event-loop pass, in the server's protocol (service/loop_budget.py)
     app.state.pass_budget = PassBudget(settings.requests_per_loop_pass)
     app.state.drain = Drain(settings.drain_timeout_s)  # the graceful shutdown (service/drain.py)
+    # the plainest sentiment requests, answered in the server's protocol (service/direct_route.py);
+    # with API keys every request goes through the app, which checks them
+    app.state.direct_sentiment = DirectSentiment(app.state, settings, app.state.drain) \
+        if settings.direct_routes and not settings.api_keys else None
     install_error_handlers(app)
     routers = (routes_v1.router, routes_v2.router, routes_repository.router, routes_stream.router, ui.router)
     for router in routers:

@@ -18,6 +18,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from service.errors import NotReady
+
 if TYPE_CHECKING:
     from service.grpc_v2 import GrpcServer
     from service.registry import ModelRegistry
@@ -44,6 +46,14 @@ class Drain:
         """The deadline has passed (within ``slack_s``: gRPC's own timer may fire a little early),
         or a second Ctrl+C cut the drain short."""
         return self.cut_short or (self.deadline is not None and time.monotonic() >= self.deadline - slack_s)
+
+    def cut_off(self) -> NotReady:
+        """The answer to an HTTP request still in flight when the deadline passed (uvicorn cancels
+        it then), counted."""
+        self.http_cut_off += 1
+        why = "a second Ctrl+C cut its drain short" if self.cut_short else \
+            f"its drain timeout, {self.timeout_s:g} s, passed"
+        return NotReady(f"the server shut down before this request finished ({why}): retry it")
 
     def start(self) -> None:
         """The signal: the deadline is fixed and gRPC begins to stop (a second call does nothing)."""

@@ -99,6 +99,12 @@ class InferenceFailed(ServiceError):
     status, code = 500, "inference_failed"
 
 
+def internal_error(request_id: str) -> dict[str, Any]:
+    """The body of a 500 for a fault nobody else answered (a bug): its traceback is in the log,
+    under the request id it names."""
+    return {"error": f"internal server error (request {request_id})", "code": "internal_error"}
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
     out = ""

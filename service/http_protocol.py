@@ -13,6 +13,10 @@ the app never runs for them. And it asks for a turn before it parses a request's
 share of requests per event-loop pass (service/loop_budget.py). The refusing instance and the
 budget come from the app's state (``app.state.early_refusal``, active while the app serves;
 ``app.state.pass_budget``).
+
+And it answers the plainest POST /v1/sentiment requests itself, with the route's own steps
+(service/direct_route.py, ``app.state.direct_sentiment``): everything else, and every request the
+route would refuse, goes to the app through uvicorn's request cycle.
 """
 
 from __future__ import annotations
@@ -24,18 +28,19 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.access_log import record_request, request_id_of
+from service.access_log import record_request, request_context, request_id_of
 from service.admission import Admission
 from service.json_response import dumps
 
 if TYPE_CHECKING:  # at run time the refusing instance and the budget come from the app's state
+    from service.direct_route import Answer, DirectSentiment
     from service.early_refusal import EarlyRefusal, Refusal
     from service.loop_budget import PassBudget
 
@@ -224,6 +229,38 @@ class _NoSocketObject:
         return getattr(self._transport, name)
 
 
+class _NoEvent:
+    """uvicorn's connection_lost wakes a cycle's readers; a direct answer has none."""
+
+    @staticmethod
+    def set() -> None:
+        return None
+
+
+class DirectCycle:
+    """What the protocol holds as its request cycle while it answers a request directly
+    (service/direct_route.py): uvicorn's connection_lost, shutdown and pipelining read and set
+    these as they do a request cycle's."""
+
+    __slots__ = ("disconnected", "keep_alive", "response_complete")
+    message_event = _NoEvent
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive  # a shutdown sets it False: the connection closes after the answer
+        self.disconnected = False
+        self.response_complete = False
+
+
+class _Pending:
+    """A request the direct route may answer, while its body is read."""
+
+    __slots__ = ("admission", "body")
+
+    def __init__(self, admission: Admission | None) -> None:
+        self.admission = admission  # the early refusal's, reserved if it goes to the app after all
+        self.body: list[bytes] = []
+
+
 class ArrivalStampingProtocol(HttpToolsProtocol):
     _refusal: Refusal | None = None
     _closing = False  # a graceful shutdown began while a refused request or held bytes were pending
@@ -252,6 +289,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
     _linger_timer: asyncio.TimerHandle | None = None
     # the answer to bytes that broke the framing behind requests still being answered: sent after them
     _malformed_after: tuple[int, str, dict[str, Any]] | None = None
+    _direct: DirectSentiment | None = None  # the route answered here (service/direct_route.py)
+    _pending: _Pending | None = None  # a request it may answer: its head parsed, its body being read
 
     def on_message_begin(self) -> None:
         # a refusal answered in the parser's callback armed the keep-alive timer; a next request in
@@ -273,6 +312,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         door = getattr(state, "early_refusal", None) if self.limit_concurrency is None else None
         self._door: EarlyRefusal | None = door
         self._budget = getattr(state, "pass_budget", None)
+        self._direct = getattr(state, "direct_sentiment", None)
         settings = getattr(state, "settings", None)
         # a request's headers must arrive within its deadline, which counts from its first bytes
         self._head_timeout_s = settings.request_timeout_s if settings is not None else 30.0
@@ -334,6 +374,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         if not self._in_message or self._closed():
             return
         if not self._in_head:  # the body is incomplete after this read: it too must arrive in time
+            if self._pending is not None:  # only a whole body is answered directly: the app waits for it
+                self._the_ordinary_way()
             if self._body_timer is None and self.cycle is not None:
                 left = self._head_timeout_s - (time.perf_counter() - self.arrived)
                 self._body_timer = self.loop.call_later(max(left, 0.0), self._body_late, self.cycle)
@@ -469,6 +511,8 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
         refusal, self._refusal = self._refusal, None
+        if self._pending is not None and self._answered_directly():
+            return
         if refusal is None:
             super().on_message_complete()
             cycle = self.cycle
@@ -529,7 +573,63 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
                 self._refusal = found
                 self.cycle = _Answered  # type: ignore[assignment]
                 return
+        if self._direct is not None and (self.cycle is None or self.cycle.response_complete) \
+                and not self.pipeline and not self._closing and not self._declined \
+                and self._direct.takes(self.parser.get_method(), self.url, self.parser.get_http_version(),
+                                       self.headers):
+            self._pending = _Pending(admission)
+            return
         self._new_cycle(admission)
+
+    def on_body(self, body: bytes) -> None:
+        if self._pending is not None:
+            self._pending.body.append(body)
+            return
+        super().on_body(body)
+
+    def _the_ordinary_way(self) -> None:
+        """The pending request goes to the app after all: its cycle starts as when its head was
+        parsed, with the body read so far (the parser's own callbacks bring the rest)."""
+        pending, self._pending = self._pending, None
+        assert pending is not None
+        self._new_cycle(pending.admission)
+        if pending.body:
+            super().on_body(b"".join(pending.body))
+
+    def _answered_directly(self) -> bool:
+        """The pending request, its body whole, answered here (True), or sent the ordinary way."""
+        pending = self._pending
+        assert pending is not None and self._direct is not None
+        work = self._direct.start(b"".join(pending.body), self.arrived)
+        if work is None:
+            self._the_ordinary_way()
+            return False
+        self._pending = None
+        self._requests += 1
+        self.cycle = cycle = DirectCycle(keep_alive=self.parser.should_keep_alive() and not self._closing)  # type: ignore[assignment]
+        request_id = request_id_of(dict(self.headers))
+        task = self.loop.create_task(self._answer_directly(work, cycle, request_id, self.arrived),
+                                     context=request_context(request_id))
+        task.add_done_callback(self.tasks.discard)  # uvicorn waits for these at shutdown
+        self.tasks.add(task)
+        return True
+
+    async def _answer_directly(self, work: Coroutine[Any, Any, Answer], cycle: DirectCycle, request_id: str,
+                               arrived: float) -> None:
+        """Write the answer as the app's request cycle would (its headers, "connection: close" where
+        the connection ends after it; nothing to a client that left), then count and log it as the
+        request middleware does, and let the connection go on."""
+        answer = await work
+        if not cycle.disconnected and not self.transport.is_closing():
+            ending = () if cycle.keep_alive else ((b"connection", b"close"),)
+            self.transport.write(json_answer(answer.status_line, answer.body, self.server_state.default_headers,
+                                             *answer.headers, (b"x-request-id", request_id.encode()), *ending))
+        cycle.response_complete = True
+        if not cycle.keep_alive:
+            self.transport.close()
+        path = self._direct.path  # type: ignore[union-attr]
+        record_request("POST", path, path, answer.status, time.perf_counter() - arrived, request_id, self._log_requests)
+        self.on_response_complete()
 
     def _refusal_of_head(self) -> ASGIApp | None:
         """What answers a request whose head breaks a rule of RFC 9112 that the parser leaves to

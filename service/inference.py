@@ -24,11 +24,13 @@ from service.batching import Each
 from service.decoding import Sampling, StepUpdate
 from service.engines import SentimentEngine
 from service.errors import InvalidInput
-from service.inputs import Problems, check_range, check_tokens, item_field
-from service.registry import ServedModel
+from service.inputs import Problems, check_range, check_texts, check_tokens, item_field
+from service.registry import ModelRegistry, ServedModel
 from service.runners import SentimentRunner, TranslationRunner
 from service.runners.translation import TranslationJob, TranslationOutput
+from service.schemas import SentimentRequest
 from service.sentences import SentencesJob, joined, reads_words, sentences, translated_parts
+from service.settings import Settings
 from service.streaming import TranslationStream
 
 # 7 decimals: rounding moves a row's sum by at most 129 x 5e-8, inside the 1e-5 promised
@@ -52,6 +54,23 @@ class SentimentPieces:
         """Some text is scored by its sentences: the request may take long enough (up to the whole
         queue's worth) to be worth dropping if its client leaves."""
         return len(self.ids) > len(self.counts)
+
+
+def sentiment_job(registry: ModelRegistry, settings: Settings, request: SentimentRequest
+                  ) -> tuple[ServedModel, SentimentPieces]:
+    """A POST /v1/sentiment request's model and what its texts are scored as, or the error that
+    refuses it, whichever transport read it (the FastAPI route, or the server's protocol for the
+    plainest requests: service/direct_route.py)."""
+    model = registry.for_task("text-classification")
+    field, texts = request.field_and_texts()
+    check_texts(texts, settings, field)
+    return model, sentiment_ids(model, texts, field)
+
+
+def sentiment_answer(model: ServedModel, request: SentimentRequest, pieces: SentimentPieces,
+                     probs: list[np.ndarray]) -> dict[str, Any]:
+    """The body that answers a POST /v1/sentiment request, given its texts' probabilities."""
+    return request.answer([sentiment_result(model, p, n) for p, n in zip(probs, pieces.counts, strict=True)])
 
 
 def sentiment_ids(model: ServedModel, texts: list[str], field: str) -> SentimentPieces:

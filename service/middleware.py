@@ -24,7 +24,7 @@ from service.access_log import CURRENT_REQUEST_ID, AnswerWithId, record_request,
 from service.auth import UNAUTHORIZED, ApiKeys
 from service.charsets import UnsupportedCharset, declared_charset, to_utf8
 from service.content_coding import ACCEPTED, DecodedTooLarge, UnsupportedCoding, content_coding, decode
-from service.errors import NotReady
+from service.errors import internal_error
 from service.event_stream import ENDED_WITH, LAST_EVENT
 from service.http_protocol import LATE, MALFORMED, arrived_at
 from service.json_response import JSONResponse, dumps
@@ -199,10 +199,7 @@ class RequestContextMiddleware:
                 raise
             # uvicorn cancels what is still in flight when the drain's deadline passes: answered
             # (its text/plain 500 and a traceback told the client and the operator of a bug)
-            self.drain.http_cut_off += 1
-            why = "a second Ctrl+C cut its drain short" if self.drain.cut_short else \
-                f"its drain timeout, {self.drain.timeout_s:g} s, passed"
-            error = NotReady(f"the server shut down before this request finished ({why}): retry it")
+            error = self.drain.cut_off()
             if answer.started:  # a stream: it ends with its error event, not as if it were finished
                 answer.status = 503  # counted and logged as what it ended with (its status line said 200)
                 last_event = (scope.get("extensions") or {}).get(LAST_EVENT)
@@ -215,8 +212,7 @@ class RequestContextMiddleware:
             answer.status = 500
             log.exception("unhandled error on %s %s (request %s)", method, scope["path"], request_id)
             if not answer.started:
-                start, body = _json_response(500, {"error": f"internal server error (request {request_id})",
-                                                   "code": "internal_error"}, request_id)
+                start, body = _json_response(500, internal_error(request_id), request_id)
                 await send(start)
                 await send(body)
         finally:

@@ -42,18 +42,14 @@ def _state(request: Request) -> tuple[ModelRegistry, Settings]:
 async def sentiment(request: Request) -> JSONResponse:
     body = await parse_body(request, SentimentRequest)
     registry, settings = _state(request)
-    model = registry.for_task("text-classification")
-    field, texts = body.field_and_texts()
-    check_texts(texts, settings, field)
-    ids = inference.sentiment_ids(model, texts, field)
+    model, ids = inference.sentiment_job(registry, settings, body)
     # A disconnect watcher only for a request with texts scored by sentences (up to the whole
     # queue's worth): an ordinary one takes milliseconds, and a watcher task per request costs
     # more CPU than the rare abandoned classification it would save.
     work = inference.classify(model, ids, deadline_for(request, settings))
     probs = await (unless_client_leaves(request, work) if ids.split else work)
-    results = [inference.sentiment_result(model, p, n) for p, n in zip(probs, ids.counts, strict=True)]
     # built as plain JSON: response_model documents the shape without re-validating every answer
-    return JSONResponse(body.answer(results))
+    return JSONResponse(inference.sentiment_answer(model, body, ids, probs))
 
 
 @router.post("/translate", response_model=TranslationResult | TranslateBatchResponse, responses=_ERRORS,

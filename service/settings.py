@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         10, ge=0, le=19, description="on the CPU, how much lower the OS priority (nice, Linux) of a classifier's "
         "worker threads after its first is than the event loop's: they take the CPU the loop leaves instead of "
         "competing with it; 0 = the same")
+    direct_routes: bool = Field(
+        True, description="answer the plainest POST /v1/sentiment requests in the server's HTTP protocol, past the "
+        "request layers (the same answers, headers, log lines and metrics; service/direct_route.py); false = "
+        "every request through the app")
     workers: int = Field(1, ge=1, le=64, description="server processes on the port, each with its own models; "
                          "one Python process tops out at a few thousand small requests/s")
     worker_heartbeat_timeout_s: float = Field(
