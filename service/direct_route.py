@@ -52,6 +52,7 @@ _FOR_THE_LAYERS = frozenset({b"content-encoding", b"transfer-encoding", b"expect
                              b"x-request-timeout", b"upgrade"})
 
 Headers = Sequence[tuple[bytes, bytes]]
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}".encode() for status in http.HTTPStatus}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +64,7 @@ class Answer:
     @property
     def status_line(self) -> bytes:
         """As "200 OK" (uvicorn's reason phrases: Python's)."""
-        try:
-            return f"{self.status} {http.HTTPStatus(self.status).phrase}".encode()
-        except ValueError:
-            return str(self.status).encode()
+        return _STATUS_LINES.get(self.status) or str(self.status).encode()
 
 
 class DirectSentiment:
