@@ -15,7 +15,7 @@ import pytest
 from service.direct_route import Answer, DirectSentiment
 from service.settings import Settings
 from tests.conftest import Server
-from tests.test_http_protocol import _protocol, _Transport, _until
+from tests.test_http_protocol import _protocol, _Transport, _until, read_body
 
 BODY = b'{"text": "a gorgeous, witty film"}'
 HEAD = b"POST /v1/sentiment HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
@@ -48,13 +48,7 @@ def _app_and_route(route: _Route, ran: list[bytes]) -> Any:
     """An app that notes the bodies it reads, with ``route`` in its state."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        ran.append(body)
+        ran.append(await read_body(receive))
         await send({"type": "http.response.start", "status": 422, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b'{"code":"invalid_input"}'})
 
@@ -93,26 +87,19 @@ async def test_a_plain_request_is_answered_in_the_protocol_with_the_apps_headers
     assert transport.written.startswith(b"HTTP/1.1 200 OK") and len(route.bodies) == 2
 
 
-@pytest.mark.parametrize("extra", [b"Content-Encoding: gzip\r\n", b"Origin: https://example.com\r\n",
-                                   b"Expect: 100-continue\r\n", b"X-Request-Timeout: 5\r\n"])
-async def test_a_request_with_a_header_for_the_request_layers_goes_to_the_app(extra: bytes) -> None:
-    route, ran, transport = _Route(), [], _Transport()
-    protocol = _protocol(_app_and_route(route, ran), transport)
-    protocol.data_received(_request(extra=extra))
-    await _until(lambda: ran)
-    assert ran == [BODY] and route.bodies == []
-
-
-@pytest.mark.parametrize("head", [
-    HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
-    HEAD.replace(b"/v1/sentiment", b"/v1/sentiment?x=1"),
-    HEAD.replace(b"application/json", b"application/json; charset=utf-8"),
-    HEAD.replace(b"POST /v1/sentiment", b"POST /v1/translate"),
+@pytest.mark.parametrize("request_bytes", [
+    # a header for the request layers
+    *(_request(extra=extra) for extra in (b"Content-Encoding: gzip\r\n", b"Origin: https://example.com\r\n",
+                                          b"Expect: 100-continue\r\n", b"X-Request-Timeout: 5\r\n")),
+    # a head not of the plainest kind, or another route
+    *(_request(head=HEAD.replace(old, new)) for old, new in (
+        (b"HTTP/1.1", b"HTTP/1.0"), (b"/v1/sentiment", b"/v1/sentiment?x=1"),
+        (b"application/json", b"application/json; charset=utf-8"), (b"POST /v1/sentiment", b"POST /v1/translate"))),
 ])
-async def test_a_request_not_of_the_plainest_kind_goes_to_the_app(head: bytes) -> None:
+async def test_a_request_that_is_not_the_plainest_goes_to_the_app(request_bytes: bytes) -> None:
     route, ran, transport = _Route(), [], _Transport()
     protocol = _protocol(_app_and_route(route, ran), transport)
-    protocol.data_received(_request(head=head))
+    protocol.data_received(request_bytes)
     await _until(lambda: ran)
     assert ran == [BODY] and route.bodies == []
 

@@ -176,6 +176,16 @@ def _post(body: bytes = b'{"text": "a"}', extra: bytes = b"") -> bytes:
             b"Content-Length: %d\r\n\r\n%s" % (extra, len(body), body))
 
 
+async def read_body(receive: Any) -> bytes:
+    """An ASGI app's whole request body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 async def _until(condition: Any) -> None:
     for _ in range(200):
         if condition():
@@ -276,13 +286,7 @@ async def test_an_upgrade_to_h2c_is_ignored_and_the_request_read_with_its_body(c
     bodies: list[tuple[str, bytes, list[tuple[bytes, bytes]]]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        bodies.append((scope["path"], body, scope["headers"]))
+        bodies.append((scope["path"], await read_body(receive), scope["headers"]))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
