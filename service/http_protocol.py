@@ -620,7 +620,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         the connection ends after it; nothing to a client that left), then count and log it as the
         request middleware does, and let the connection go on."""
         answer = await work
-        if not cycle.disconnected and not self.transport.is_closing():
+        if not cycle.disconnected and not self._closed():
             ending = () if cycle.keep_alive else ((b"connection", b"close"),)
             self.transport.write(json_answer(answer.status_line, answer.body, self.server_state.default_headers,
                                              *answer.headers, (b"x-request-id", request_id.encode()), *ending))
