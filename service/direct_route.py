@@ -1,22 +1,25 @@
 """POST /v1/sentiment answered in the server's HTTP protocol, for the plainest requests.
 
 On a small CPU the classifier's INT8 model costs ~0.4 ms of a core a sentence, and everything
-around it was half as much again: uvicorn's request cycle (its scope, task, receive and send
-messages), the app's middleware layers and FastAPI's request and response objects cost ~60 us of
-the event loop a request on top of what the route itself does (docs/benchmarks.md, stop 49:
-`python -m loadtests.cpu_share --versus direct_routes=false`). The request a client sends nearly
-always needs none of what those layers decide, so for it the protocol (service/http_protocol.py)
-calls the same route steps (``inference.sentiment_job``, ``classify``, ``sentiment_answer``)
-itself, and writes the answer with the same headers, access-log line and metrics.
+around it was half as much again. Of that, uvicorn's request cycle (its scope, task, receive and
+send messages), the app's middleware layers and FastAPI's request and response objects cost ~40
+us of the event loop a request beyond what the route itself does: at 64 clients on a 2-core VM
+the loop took 137 against 179 us a request without them, and the server answered 1.12x the
+requests (docs/benchmarks.md, stop 49: `python -m loadtests.cpu_share --versus
+direct_routes=false`). The request a client sends nearly always needs none of what those layers
+decide, so for it the protocol (service/http_protocol.py) calls the same route steps
+(``inference.sentiment_job``, ``classify``, ``sentiment_answer``) itself, and writes the answer
+with the same headers, access-log line and metrics.
 
 It takes a request only when nothing in it is for those layers to decide (``takes``): HTTP/1.1,
-the exact path, a body of a declared length within SEQSERVE_MAX_BODY_BYTES, Content-Type exactly
-application/json, none of the headers that ask for more (Content-Encoding, Transfer-Encoding,
-Expect, Origin, X-Request-Timeout, Upgrade), no API keys configured, nothing else in flight on
-its connection. And only when it will be classified: a body that does not validate, a text the
-route refuses, a full queue, a text long enough to be scored by its sentences all go the
-ordinary way, the head and body handed to uvicorn's request cycle as just parsed, so every
-error is the app's own. SEQSERVE_DIRECT_ROUTES=false turns it off.
+the exact path, a body of a declared length within SEQSERVE_MAX_BODY_BYTES that arrives in the
+read that completes its head, Content-Type exactly application/json, none of the headers that
+ask for more (Content-Encoding, Transfer-Encoding, Expect, Origin, X-Request-Timeout, Upgrade),
+no API keys configured, nothing else in flight on its connection. And only when it will be
+classified: a body that does not validate, a text the route refuses, a full queue, a text long
+enough to be scored by its sentences all go the ordinary way, the head and body handed to
+uvicorn's request cycle as just parsed, so every error is the app's own.
+SEQSERVE_DIRECT_ROUTES=false turns it off.
 """
 
 from __future__ import annotations
