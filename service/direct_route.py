@@ -43,6 +43,7 @@ from service.schemas import SentimentRequest
 
 if TYPE_CHECKING:
     from service.drain import Drain
+    from service.registry import ServedModel
     from service.settings import Settings
 
 log = logging.getLogger("seqserve")
@@ -72,7 +73,7 @@ class Answer:
 
 class DirectSentiment:
     """The direct answer to POST /v1/sentiment (the module's docstring): ``takes`` on the head,
-    ``start`` on the whole body, ``answer`` once started."""
+    ``start`` on the whole body, which returns the coroutine that answers it."""
 
     path = PATH  # what the access log and the metrics name it by: the route's template
 
@@ -112,7 +113,7 @@ class DirectSentiment:
         deadline = deadline_after(self.settings) - max(0.0, time.perf_counter() - arrived)
         return self._answer(model, request, pieces, inference.classify(model, pieces, deadline))
 
-    async def _answer(self, model: Any, request: SentimentRequest, pieces: inference.SentimentPieces,
+    async def _answer(self, model: ServedModel, request: SentimentRequest, pieces: inference.SentimentPieces,
                       work: Coroutine[Any, Any, Any]) -> Answer:
         """What the app would answer once the texts are classified (or failed: a deadline, an
         overloaded or failed model, a shutdown's deadline, a fault)."""
