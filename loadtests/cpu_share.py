@@ -4,7 +4,8 @@
                                   [--duration 8] [SETTING=value ...]
                                   [--versus [SETTING=value ...]] [--versus-checkout DIR] [--rounds 4]
 
-Starts a server, warms it up, then runs the lean closed-loop client and reads each server
+Starts a server (with the access log on, as `make serve` and `make bench` run it; `access_log=false`
+turns it off), warms it up, then runs the lean closed-loop client and reads each server
 thread's CPU time (user + system, from /proc) and the client's own before and after. Prints
 microseconds of CPU per answered request for the event loop (the main thread), each worker or
 decode-lane thread, the server in total and the part of it inside ONNX Runtime's runs (the
@@ -38,7 +39,7 @@ from typing import NamedTuple
 from loadtests import bench_service  # a module: bench_service uses this one too
 from loadtests.http_client import LoadResult
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
-from loadtests.server import ROOT, ServerProcess, metric_values
+from loadtests.server import AS_DEPLOYED, ROOT, ServerProcess, metric_values
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -298,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds when comparing")
     args = p.parse_args(argv)
 
-    settings = dict(kv.split("=", 1) for kv in args.settings)
+    # as deployed (the access log on, which the serving cost counts), unless the arguments say
+    settings = {**AS_DEPLOYED, **dict(kv.split("=", 1) for kv in args.settings)}
     comparing = args.versus is not None or args.versus_checkout is not None
     servers = {"A": ServerProcess(args.models, settings=settings)}
     if comparing:
