@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from service import inference
 from service.access_log import CURRENT_REQUEST_ID
 from service.errors import ServiceError, internal_error
-from service.inputs import deadline_after, validate_json
+from service.inputs import deadline_after, from_arrival, validate_json
 from service.json_response import dumps
 from service.schemas import SentimentRequest
 
@@ -110,7 +109,7 @@ class DirectSentiment:
             return None
         if pieces.split:  # the route watches for its client leaving while its sentences are scored
             return None
-        deadline = deadline_after(self.settings) - max(0.0, time.perf_counter() - arrived)
+        deadline = from_arrival(deadline_after(self.settings), arrived)
         return self._answer(model, request, pieces, inference.classify(model, pieces, deadline))
 
     async def _answer(self, model: ServedModel, request: SentimentRequest, pieces: inference.SentimentPieces,

@@ -185,7 +185,12 @@ def deadline_for(request: Request, settings: Settings, requested_s: float | None
     on a busy event loop before the route ran counts against it)."""
     deadline = deadline_after(settings, (header(request.scope, TIMEOUT_HEADER), "X-Request-Timeout"),
                               (requested_s, "parameters.timeout"))
-    arrived = arrived_at(request.scope)
+    return from_arrival(deadline, arrived_at(request.scope))
+
+
+def from_arrival(deadline: float, arrived: float | None) -> float:
+    """``deadline`` (time.monotonic(), counted from now) counted from the request's arrival stamp
+    instead (time.perf_counter(); None: not stamped, from now)."""
     return deadline if arrived is None else deadline - max(0.0, time.perf_counter() - arrived)
 
 
