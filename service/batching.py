@@ -44,6 +44,7 @@ from service.access_log import named_ids
 from service.admission import Admission, Waiting
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
 from service.loop_budget import GiveWay
+from service.timers import Deadlines
 
 log = logging.getLogger("seqserve.batching")
 
@@ -170,6 +171,7 @@ class AnsweredFromThreads:
         self._stop = threading.Event()
         self.threads: list[threading.Thread] = []  # supervised: a failed one is replaced in place
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: Deadlines | None = None  # the requests' deadlines, on the loop
         self._give_way: GiveWay | None = None
 
     @property
@@ -185,6 +187,7 @@ class AnsweredFromThreads:
 
     def _open(self, give_way: GiveWay | None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop)
         self._give_way = give_way
         self.accepting = True
 
@@ -239,9 +242,11 @@ class AnsweredFromThreads:
         timeout, or when the caller is cancelled (its client left), the rest are cancelled so that
         the threads drop them; texts still queued give their places back at once."""
         # at the deadline the answers still out are cancelled (``_expire``), which wakes this task:
-        # one timer, where asyncio.timeout's context manager cost ~5 us of the loop a request
-        loop = asyncio.get_running_loop()
-        expiry = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0), self._expire, items)
+        # a place in a shared timer (service/timers.py), where asyncio.timeout's context manager
+        # cost ~5 us of the loop a request and a timer of its own ~4
+        deadlines = self._deadlines
+        assert deadlines is not None  # set where accepting starts (``_open``)
+        expiry = deadlines.add(deadlines.loop.time() + max(deadline - time.monotonic(), 0), self._expire, items)
         try:
             answers = []
             for index, item in enumerate(items):
@@ -254,7 +259,7 @@ class AnsweredFromThreads:
                 raise DeadlineExceeded(f"deadline passed before model {self.name} answered") from None
             raise  # this task itself was cancelled: its client left
         finally:
-            expiry.cancel()
+            deadlines.discard(expiry)
             for item in items:
                 if not item.future.done():
                     item.future.cancel()

@@ -38,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.access_log import record_request, request_context, request_id_of
 from service.admission import Admission
 from service.json_response import dumps
+from service.timers import IdleTimeout
 
 if TYPE_CHECKING:  # at run time the refusing instance and the budget come from the app's state
     from service.direct_route import Answer, DirectSentiment
@@ -317,11 +318,13 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         # a request's headers must arrive within its deadline, which counts from its first bytes
         self._head_timeout_s = settings.request_timeout_s if settings is not None else 30.0
         self._log_requests = settings.access_log if settings is not None else True
+        # uvicorn's keep-alive timer was a loop timer per request, stopped when it arrived and
+        # started when it was answered; this one keeps one timer (service/timers.py)
+        self._idle = IdleTimeout(self.loop, self.timeout_keep_alive_handler)
         # uvicorn arms the keep-alive timer only after a response: a connection that never sends
         # a request would be held open for ever. Its first request is due as a head is: within
         # the request deadline, when that is shorter than the keep-alive timeout
-        self.timeout_keep_alive_task = self.loop.call_later(min(self.timeout_keep_alive, self._head_timeout_s),
-                                                            self.timeout_keep_alive_handler)
+        self._idle.start(min(self.timeout_keep_alive, self._head_timeout_s))
 
     def data_received(self, data: bytes) -> None:
         if self._declined or self._lingering:  # never parsed: bytes after an error or a refusal, or
@@ -480,11 +483,21 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
         else:  # pipelined behind requests in flight: answered after them (on_response_complete)
             self._malformed_after = (status, reason, answer)
 
+    def _unset_keepalive_if_required(self) -> None:  # uvicorn's name: a request's bytes arrived
+        self._idle.stop()
+
     def on_response_complete(self) -> None:
-        if self._lingering:  # the answer closed the connection: the requests behind it are not run
-            self.server_state.total_requests += 1  # as uvicorn counts a response on a closed transport
+        self.server_state.total_requests += 1
+        if self._lingering or self.transport.is_closing():  # the requests behind it are not run
             return
-        super().on_response_complete()
+        # uvicorn's, with the keep-alive timer started as IdleTimeout's
+        self._idle.stop()
+        self.flow.resume_reading()
+        if self.pipeline:  # the next pipelined request starts; else the connection is idle
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle.start(self.timeout_keep_alive)
         if self._malformed_after is not None and self.cycle is not None and self.cycle.response_complete:
             status, reason, answer = self._malformed_after
             self._malformed_after = None
@@ -517,11 +530,10 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
             super().on_message_complete()
             cycle = self.cycle
             if cycle is not None and cycle.response_complete and cycle.keep_alive and not self.pipeline \
-                    and self.timeout_keep_alive_task is None and not self._closed():
-                # answered before its body was all read (a 413, a 415): uvicorn armed the keep-alive
-                # timer with the answer, and each read of the body since disarmed it
-                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
-                                                                    self.timeout_keep_alive_handler)
+                    and not self._idle.started and not self._closed():
+                # answered before its body was all read (a 413, a 415): the keep-alive timer started
+                # with the answer, and each read of the body since stopped it
+                self._idle.start(self.timeout_keep_alive)
             return
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() \
             and not self._closing
@@ -763,6 +775,7 @@ class ArrivalStampingProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self._idle.cancel()
         # the request being answered may be an older one than uvicorn's current cycle: marked
         # gone too, it stops writing to the closed transport (which raised, and logged a 500 for
         # a client that had left) and its work is dropped as for any client that leaves (499)

@@ -534,6 +534,7 @@ def test_texts_failing_together_leave_no_unretrieved_exception() -> None:
     async def run() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda _, context: unretrieved.append(context["message"]))
         answered = AnsweredFromThreads("m", 8)
+        answered._open(None)  # accepting, on this loop
         items = [SimpleNamespace(future=asyncio.get_running_loop().create_future(), waiting=False) for _ in range(3)]
         for item in items:
             item.future.set_exception(DeadlineExceeded("deadline passed during decoding"))

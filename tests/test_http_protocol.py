@@ -876,6 +876,23 @@ async def test_a_connection_answered_before_its_body_was_read_closes_when_idle()
     assert transport.closed and transport.written.count(b"HTTP/1.1 ") == 1
 
 
+async def test_an_answered_connection_closes_after_the_keep_alive_timeout_of_its_last_request() -> None:
+    """The keep-alive timeout counts from the last answer (service/timers.py keeps one timer for
+    it, not one a request): requests that keep coming keep the connection open past the timeout
+    counted from the first; once none comes for the timeout, it closes."""
+    ran: list[str] = []
+    transport = _Transport()
+    protocol = _protocol(_recording(ran), transport, timeout_keep_alive=0.1)
+    for i in range(6):  # 0.3 s of requests, each within the timeout of the one before
+        protocol.data_received(f"GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        await _until(lambda i=i: len(ran) == i + 1 and transport.written.count(b"HTTP/1.1 200") == i + 1)
+        await asyncio.sleep(0.05)
+        assert not transport.closed
+    answered = time.perf_counter()
+    await _until(lambda: transport.closed)
+    assert transport.closed and 0.03 <= time.perf_counter() - answered < 1.0
+
+
 async def test_a_connection_that_never_sends_a_request_closes_by_the_request_deadline() -> None:
     """The keep-alive timeout is long (SEQSERVE_KEEP_ALIVE_S, 75 s, longer than proxies keep idle
     upstream connections); a connection that sends nothing is held no longer than a head may take."""
