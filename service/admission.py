@@ -92,9 +92,17 @@ class Admission:
 
     def leave(self, text: Waiting) -> None:
         """``text`` no longer waits (taken by an engine, or abandoned); a second call does nothing."""
+        self.leave_all((text,))
+
+    def leave_all(self, texts: Sequence[Waiting]) -> None:
+        """``leave`` for each of ``texts`` (a window an engine took), under one lock and with one
+        change of the gauge."""
         with self._lock:
-            if not text.waiting:
-                return
-            text.waiting = False
-            self.waiting -= 1
-            self._depth.set(self.waiting)
+            left = 0
+            for text in texts:
+                if text.waiting:
+                    text.waiting = False
+                    left += 1
+            if left:
+                self.waiting -= left
+                self._depth.set(self.waiting)

@@ -59,6 +59,43 @@ def test_split_trades_padding_against_the_cost_of_a_run() -> None:
     loop.close()
 
 
+def _least_cost(lengths: list[int], policy: BatchPolicy) -> float:
+    """The least modelled cost of a window, every start of every last batch tried."""
+    lengths = sorted(lengths)
+    best = [0.0] + [float("inf")] * len(lengths)
+    for end in range(1, len(lengths) + 1):
+        longest = lengths[end - 1]
+        size = min(policy.max_batch_size, max(policy.max_batch_tokens // longest, 1))
+        for start in range(max(0, end - size), end):
+            best[end] = min(best[end], best[start] + policy.batch_overhead_tokens + (end - start) * longest)
+    return best[-1]
+
+
+@pytest.mark.parametrize("limits", [{"max_batch_size": 64, "max_batch_tokens": 8192},
+                                    {"max_batch_size": 8, "max_batch_tokens": 200}])
+def test_split_finds_the_least_cost_that_every_start_would(limits: dict[str, int]) -> None:
+    """The split looks at fewer starts than there are (the best one never moves back): its cost
+    is still the least, within the limits."""
+    import random
+
+    rng = random.Random(7)
+    loop = asyncio.new_event_loop()
+    for overhead in (0, 3, 12, 48, 400):
+        policy = _policy(**limits, batch_overhead_tokens=overhead)
+        for _ in range(150):
+            lengths = [rng.choice((rng.randint(1, 12), rng.randint(5, 60), rng.randint(40, 300)))
+                       for _ in range(rng.randint(1, 64))]
+            items = [WorkItem(str(n), n, 1e9, loop.create_future()) for n in lengths]
+            batches = split_by_budget(items, policy)
+            assert sorted(i.length for b in batches for i in b) == sorted(lengths)
+            for batch in batches:
+                assert len(batch) == 1 or (len(batch) <= policy.max_batch_size
+                                           and len(batch) * batch[-1].length <= policy.max_batch_tokens)
+            cost = sum(overhead + len(b) * b[-1].length for b in batches)
+            assert cost == _least_cost(lengths, policy)
+    loop.close()
+
+
 async def test_concurrent_requests_share_batches_and_each_gets_its_own_result() -> None:
     runner = Recorder(delay=0.02)
     batcher = DynamicBatcher("m", runner, _policy(max_batch_size=8))
