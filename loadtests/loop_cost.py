@@ -1,7 +1,7 @@
 """The event loop's own CPU per sentiment request, without HTTP, a load generator or their noise.
 
     python -m loadtests.loop_cost [--model real|instant] [--clients 64] [--requests 8000]
-                                  [--rounds 5] [--garbage] [--layers]
+                                  [--rounds 5] [--garbage] [--layers] [--via asgi|protocol]
 
 Builds the service's app with the models in models/ and the access log on (its lines go to
 /dev/null), starts it (the lifespan: models, worker threads, warm-up) and calls it over ASGI, in
@@ -15,6 +15,11 @@ the process's (``getrusage``). ``--model instant`` has the classifier's worker a
 the loop is all that costs: requests/s is then the serving path's own limit on one core.
 ``--garbage`` counts the objects each request leaves for the garbage collector (``gc.DEBUG_SAVEALL``
 over a round): 0 when reference counting frees every request.
+
+``--via protocol`` sends each request's bytes to the server's HTTP protocol instead
+(service/http_protocol.py, a connection per caller, its writes kept in memory): uvicorn's parsing,
+the direct route (service/direct_route.py) and the answer's bytes run too, only the sockets'
+system calls do not.
 
 ``--layers`` says what each layer of the app costs. The rounds take turns entering the app at each
 layer of its middleware stack, from the outermost (FastAPI itself) down to the inference routes'
@@ -49,7 +54,7 @@ from loadtests.inputs import DATA_DIR, sentiment_texts
 from loadtests.server import ROOT
 from service.app import create_app
 from service.hot_routes import HotRouteMiddleware
-from service.http_protocol import ARRIVAL
+from service.http_protocol import ARRIVAL, ArrivalStampingProtocol
 from service.middleware import RequestContextMiddleware
 from service.runners import SentimentRunner
 from service.settings import Settings
@@ -94,6 +99,66 @@ def request(body: bytes) -> tuple[dict[str, Any], Any, Any, list[int]]:
             status.append(message["status"])
 
     return scope, receive, send, status
+
+
+class Connection(asyncio.Transport):
+    """A caller's connection as the server's protocol sees it: what it writes is kept, and the
+    caller is woken when an answer is complete."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class AnsweringProtocol(ArrivalStampingProtocol):
+    """The server's protocol, telling its caller when an answer is complete."""
+
+    answered: asyncio.Future[None] | None = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.answered is not None and not self.answered.done():
+            self.answered.set_result(None)
+
+
+def connect(app: FastAPI, settings: Settings) -> tuple[AnsweringProtocol, Connection]:
+    """A connection to ``app`` through the server's protocol, configured as service/server.py does."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, log_config=None, http=AnsweringProtocol,
+                            proxy_headers=False, ws="none", server_header=False,
+                            timeout_keep_alive=settings.keep_alive_s)
+    config.load()
+    protocol = AnsweringProtocol(config=config, server_state=ServerState(), app_state={})
+    connection = Connection()
+    protocol.connection_made(connection)
+    return protocol, connection
+
+
+def raw_request(body: bytes) -> bytes:
+    """One POST as a client sends it."""
+    return (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def answer_at_once(runner: SentimentRunner) -> None:
@@ -141,11 +206,30 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
     entry = Entry("app", app)
 
     async def caller(first: int, count: int) -> None:
+        if args.via == "protocol":
+            await protocol_caller(first, count)
+            return
         for i in range(first, count, args.clients):
             scope, receive, send, status = request(bodies[i % len(bodies)])
             scope["app"] = app  # what Starlette sets on the way in (an inner entry skips it)
             await entry.layer(scope, receive, send)
             statuses[status[0]] = statuses.get(status[0], 0) + 1
+
+    raw = [raw_request(body) for body in bodies]
+    connections: dict[int, tuple[AnsweringProtocol, Connection]] = {}
+
+    async def protocol_caller(first: int, count: int) -> None:
+        if first not in connections:
+            connections[first] = connect(app, settings)
+        protocol, connection = connections[first]
+        loop = asyncio.get_running_loop()
+        for i in range(first, count, args.clients):
+            protocol.answered = loop.create_future()
+            protocol.data_received(raw[i % len(raw)])
+            await protocol.answered
+            status = int(connection.written[9:12])
+            statuses[status] = statuses.get(status, 0) + 1
+            connection.written.clear()
 
     async def one_round(count: int) -> None:
         await asyncio.gather(*(caller(k, count) for k in range(args.clients)))
@@ -159,11 +243,13 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
         await one_round(min(args.requests, 2000))  # warm: first calls, caches (and builds the stack)
         statuses.clear()
         turns = entries(app, args.layers)
-        (context,) = [layer for layer in middleware(app) if isinstance(layer, RequestContextMiddleware)]
+        # where the access log is turned off for a round (--layers): the app's request middleware
+        contexts = [layer for layer in middleware(app) if isinstance(layer, RequestContextMiddleware)]
         names: list[str] = []
         for k in range(args.rounds * len(turns)):
             entry = turns[k % len(turns)]
-            context.log_requests = entry.access_log
+            for context in contexts:
+                context.log_requests = entry.access_log
             names.append(entry.name)
             if args.garbage:
                 gc.collect()
@@ -182,7 +268,8 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
                 gc.set_debug(0)
                 gc.garbage.clear()
             results.append(row)
-        context.log_requests = settings.access_log
+        for context in contexts:
+            context.log_requests = settings.access_log
     return results, statuses, names
 
 
@@ -194,15 +281,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--garbage", action="store_true", help="count what each request leaves for the garbage collector")
     p.add_argument("--layers", action="store_true", help="what each layer of the app costs (--rounds per layer)")
+    p.add_argument("--via", choices=("asgi", "protocol"), default="asgi",
+                   help="call the app over ASGI, or send the requests' bytes to the server's protocol")
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     args = p.parse_args(argv)
+    if args.layers and args.via == "protocol":
+        p.error("--layers enters the app at its middleware layers: over ASGI only")
     import uvloop  # the server's loop (uvicorn's loop="auto" takes it where installed)
 
     with stderr_to_null():
         results, statuses, names = uvloop.run(rounds(args))
-    print(f"{PATH} in process, {args.clients} callers, {args.model} model, {args.requests} requests a round; "
-          f"statuses {statuses}")
+    print(f"{PATH} in process via {args.via}, {args.clients} callers, {args.model} model, "
+          f"{args.requests} requests a round; statuses {statuses}")
     for i, (row, name) in enumerate(zip(results, names, strict=True), 1):
         garbage = f", garbage {row['garbage']:.1f} objects a request" if "garbage" in row else ""
         entered = f" ({name})" if args.layers else ""

@@ -35,3 +35,22 @@ def test_layers_say_what_each_layer_of_the_app_costs(capsys: pytest.CaptureFixtu
         assert name in out, out
     assert re.search(r"\| RequestContextMiddleware \| \d+ us \| -?\d+ us \|", out), out
     assert re.search(r"the access log's line: -?\d+ us a request", out), out
+
+
+def test_via_the_protocol_the_direct_route_answers_and_frees_every_request(capsys: pytest.CaptureFixture[str]) -> None:
+    # the requests' bytes through the server's protocol: parsed, answered by the direct route
+    # (service/direct_route.py), written; nothing left for the garbage collector either
+    from service.metrics import REQUESTS
+
+    before = REQUESTS.labels("/v1/sentiment", "200")._value.get()
+    loop_cost.main(["--model", "instant", "--via", "protocol", "--clients", "8", "--requests", "400", "--rounds", "2",
+                    "--garbage"])
+    out = capsys.readouterr().out
+    assert "in process via protocol" in out and "statuses {200: 800}" in out, out
+    assert re.search(r"median: [\d.]+ req/s, event loop \d+ us, process \d+ us a request, garbage 0\.0 objects", out)
+    assert REQUESTS.labels("/v1/sentiment", "200")._value.get() - before >= 800  # counted as answered
+
+
+def test_layers_are_the_apps_own_not_the_protocols() -> None:
+    with pytest.raises(SystemExit):
+        loop_cost.main(["--via", "protocol", "--layers"])
