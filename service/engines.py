@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Generic, Protocol, TypeVar
 
-import numpy as np
-
 from service.admission import Admission
 from service.batching import BatchPolicy, DynamicBatcher, Each
 from service.loop_budget import GiveWay
@@ -68,16 +66,19 @@ class _BatchedEngine(Generic[P, R]):
         await self.batcher.close()
 
 
-class SentimentEngine(_BatchedEngine[list[int], np.ndarray]):
+class SentimentEngine(_BatchedEngine[list[int], list[float]]):
     def __init__(self, name: str, runner: SentimentRunner, policy: BatchPolicy) -> None:
         self.runner = runner
         # a text over the subword limit takes a place per sentence (service/inference.py SentimentPieces)
         self.batcher = DynamicBatcher(name, self._run, policy, runner.card.version, unit="texts or sentences")
 
-    def _run(self, batch: list[list[int]]) -> list[np.ndarray]:
-        return list(self.runner.run(batch))
+    def _run(self, batch: list[list[int]]) -> list[list[float]]:
+        # plain floats, a batch's in one numpy call here, rather than a row object each and a
+        # numpy call per answer on the event loop: a request answered there touches no numpy
+        result: list[list[float]] = self.runner.run(batch).tolist()
+        return result
 
-    async def classify_all(self, texts_ids: list[list[int]], deadline: float) -> list[np.ndarray]:
+    async def classify_all(self, texts_ids: list[list[int]], deadline: float) -> list[list[float]]:
         """One request's texts, admitted whole or refused whole; probabilities in order."""
         return await self.batcher.submit_all([(ids, len(ids)) for ids in texts_ids], deadline)
 

@@ -68,7 +68,7 @@ def sentiment_job(registry: ModelRegistry, settings: Settings, request: Sentimen
 
 
 def sentiment_answer(model: ServedModel, request: SentimentRequest, pieces: SentimentPieces,
-                     probs: list[np.ndarray]) -> dict[str, Any]:
+                     probs: list[list[float]]) -> dict[str, Any]:
     """The body that answers a POST /v1/sentiment request, given its texts' probabilities."""
     return request.answer([sentiment_result(model, p, n) for p, n in zip(probs, pieces.counts, strict=True)])
 
@@ -122,7 +122,7 @@ def _no_words(problems: Problems, field: str) -> None:
                  "alone are not scored", field)
 
 
-async def classify(model: ServedModel, pieces: SentimentPieces, deadline: float) -> list[np.ndarray]:
+async def classify(model: ServedModel, pieces: SentimentPieces, deadline: float) -> list[list[float]]:
     """Class probabilities of each text, batched with other requests."""
     engine = model.engine
     assert isinstance(engine, SentimentEngine)
@@ -131,15 +131,17 @@ async def classify(model: ServedModel, pieces: SentimentPieces, deadline: float)
         return probs
     texts, at = [], 0
     for count in pieces.counts:
-        texts.append(probs[at] if count == 1 else np.mean(probs[at : at + count], axis=0))
+        # the mean in the model's float32, as it was when the rows were its arrays
+        texts.append(probs[at] if count == 1 else
+                     np.mean(np.asarray(probs[at : at + count], dtype=np.float32), axis=0).tolist())
         at += count
     return texts
 
 
-def sentiment_result(model: ServedModel, probs: np.ndarray, sentences: int = 1) -> dict[str, Any]:
-    """One text's answer; ``sentences``: how many sentences a text over the subword limit was scored as."""
+def sentiment_result(model: ServedModel, values: list[float], sentences: int = 1) -> dict[str, Any]:
+    """One text's answer (``values``: its probabilities); ``sentences``: how many sentences a text
+    over the subword limit was scored as."""
     labels = model.card.labels or []
-    values = probs.tolist()  # plain floats: cheaper to compare and to render than numpy scalars
     best = max(range(len(values)), key=values.__getitem__)
     result = {"label": labels[best], "score": values[best],
               "probabilities": dict(zip(labels, values, strict=True)),
