@@ -21,8 +21,8 @@ def pad_batch(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarra
 
     One list of every row's ids and padding, made an array at once: a worker pads a batch right
     after ONNX Runtime's last run has left the core's caches cold, where each numpy call costs
-    ~10x what it costs warm, and a numpy assignment per row took ~100 us a batch of 9 against ~60
-    (python -m loadtests.pad_cost)."""
+    several times what it costs warm, and a numpy assignment per row took 116-119 us a batch of 9
+    there against 72-75 (python -m loadtests.turn_cost)."""
     lengths = [len(s) for s in sequences]
     width = max(lengths, default=1) or 1
     flat: list[int] = []
