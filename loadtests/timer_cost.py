@@ -9,13 +9,15 @@ request (``time.thread_time``), the median of the rounds:
 - a keep-alive timeout: ``call_later`` when a request is answered, ``cancel`` when the next one
   arrives (uvicorn's), against ``IdleTimeout.start`` and ``stop``;
 - a deadline: ``call_at`` when its texts are queued, ``cancel`` when they are answered, against
-  ``Deadlines.add`` and ``discard`` (requests arriving over the run, as at ~3,000 a second).
+  ``Deadlines.add`` and ``discard`` (requests arriving over the run, as at ~3,000 a second, 64 of
+  them in flight: each answered 64 requests after it came).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import statistics
 import time
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from service.timers import Deadlines, IdleTimeout
 
 _TIMEOUT_S = 30.0
+_IN_FLIGHT = 64  # requests whose deadlines are pending at once (64 closed-loop clients)
 
 
 def _nothing(*_: object) -> None:
@@ -30,22 +33,30 @@ def _nothing(*_: object) -> None:
 
 
 def loop_timers(loop: asyncio.AbstractEventLoop, requests: int) -> None:
+    in_flight: collections.deque[asyncio.TimerHandle] = collections.deque()
     for _ in range(requests):
         keep_alive = loop.call_later(75.0, _nothing)
         keep_alive.cancel()
-        deadline = loop.call_at(loop.time() + _TIMEOUT_S, _nothing, None)
+        in_flight.append(loop.call_at(loop.time() + _TIMEOUT_S, _nothing, None))
+        if len(in_flight) > _IN_FLIGHT:  # the oldest request is answered
+            in_flight.popleft().cancel()
+    for deadline in in_flight:
         deadline.cancel()
 
 
 def shared_timers(loop: asyncio.AbstractEventLoop, requests: int) -> None:
     idle = IdleTimeout(loop, _nothing)
     deadlines = Deadlines(loop)
-    # ~3,000 requests a second: the loop's clock moves 1/3 ms a request, as it would under load
+    in_flight: collections.deque[tuple[int, int]] = collections.deque()
+    # ~3,000 requests a second: the deadlines move 1/3 ms a request, as they would under load
     start = loop.time()
     for i in range(requests):
         idle.start(75.0)
         idle.stop()
-        handle = deadlines.add(start + i / 3000 + _TIMEOUT_S, _nothing, None)
+        in_flight.append(deadlines.add(start + i / 3000 + _TIMEOUT_S, _nothing, None))
+        if len(in_flight) > _IN_FLIGHT:
+            deadlines.discard(in_flight.popleft())
+    for handle in in_flight:
         deadlines.discard(handle)
     idle.cancel()
 

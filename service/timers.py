@@ -12,7 +12,8 @@ cancelled when they were answered. Both almost never fire. So:
   again for the time left.
 - ``Deadlines``: deadlines that fall in the same ``grain_s`` share one loop timer, which calls
   each of their callbacks still pending; a request adds its callback to its group and removes
-  it when answered. It fires up to ``grain_s`` late.
+  it when answered, and the last one removed takes the group's timer with it. It fires up to
+  ``grain_s`` late.
 """
 
 from __future__ import annotations
@@ -80,12 +81,14 @@ class IdleTimeout:
 class Deadlines:
     """Callbacks at deadlines (``loop.time()`` values), grouped by ``grain_s`` into one loop timer
     per group. ``add`` returns a key for ``discard``, which drops a callback that is no longer
-    due (its request was answered)."""
+    due (its request was answered); a group whose callbacks are all dropped goes with its timer,
+    so that nothing waits for deadlines nobody has any more (a client may ask for an hour)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, grain_s: float = DEADLINE_GRAIN_S) -> None:
         self.loop = loop
         self._grain_s = grain_s
         self._groups: dict[int, dict[int, tuple[Callable[[Any], None], Any]]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # each group's
         self._keys = itertools.count()
 
     def __len__(self) -> int:
@@ -97,16 +100,19 @@ class Deadlines:
         group = self._groups.get(slot)
         if group is None:
             group = self._groups[slot] = {}
-            self.loop.call_at(slot * self._grain_s, self._fire, slot)
+            self._timers[slot] = self.loop.call_at(slot * self._grain_s, self._fire, slot)
         key = next(self._keys)
         group[key] = (callback, arg)
         return slot, key
 
     def discard(self, handle: tuple[int, int]) -> None:
-        group = self._groups.get(handle[0])
-        if group is not None:
-            group.pop(handle[1], None)
+        slot, key = handle
+        group = self._groups.get(slot)
+        if group is not None and group.pop(key, None) is not None and not group:
+            del self._groups[slot]
+            self._timers.pop(slot).cancel()
 
     def _fire(self, slot: int) -> None:
+        self._timers.pop(slot, None)
         for callback, arg in self._groups.pop(slot, {}).values():
             callback(arg)

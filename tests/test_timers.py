@@ -129,3 +129,21 @@ def test_deadlines_fire_no_earlier_than_due_and_at_most_a_grain_late() -> None:
 
     late = asyncio.run(main())
     assert -0.002 <= late < 0.3  # the loop's clock has millisecond steps (uvloop)
+
+
+def test_deadlines_all_discarded_leave_no_group_and_no_timer() -> None:
+    """Answered requests leave nothing behind: with an hour's deadlines (a client may ask for
+    one) a group and its loop timer held on for the hour after its requests were answered."""
+
+    async def main() -> tuple[int, int, int]:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop, grain_s=0.005)
+        now = loop.time()
+        handles = [deadlines.add(now + 3600 + i * 0.001, lambda _: None, None) for i in range(50)]
+        groups = len(deadlines._groups)
+        for handle in handles:
+            deadlines.discard(handle)
+        return groups, len(deadlines._groups), len(deadlines._timers)
+
+    groups, left, timers = asyncio.run(main())
+    assert groups > 1 and left == 0 and timers == 0
