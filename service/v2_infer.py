@@ -193,7 +193,7 @@ async def infer(settings: Settings, model: ServedModel, inputs: list[InputTensor
     if model.card.task == "text-classification":
         ids = inference.sentiment_ids(model, texts, FIELD)
         work = inference.classify(model, ids, until)  # guarded as v1 guards it (routes_v1.sentiment)
-        probs = np.stack(await (guard(work) if ids.split else work)).astype(np.float32)
+        probs = np.array(await (guard(work) if ids.split else work), dtype=np.float32)  # the texts' rows, plain floats
         labels = model.card.labels or []
         outputs = [OutputTensor("label", "BYTES", text_shape, [labels[int(i)] for i in probs.argmax(-1)]),
                    OutputTensor("probabilities", "FP32", list(probs.shape), probs)]
