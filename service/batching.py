@@ -42,6 +42,7 @@ from typing import Any, Generic, TypeVar, cast
 from service import metrics
 from service.access_log import named_ids
 from service.admission import Admission, Waiting
+from service.affinity import cpu_of, pin_thread
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
 from service.loop_budget import GiveWay
 from service.timers import Deadlines
@@ -105,6 +106,9 @@ class BatchPolicy:
     # how much the OS priority (nice) of the worker threads after the first is below the main
     # thread's (``lower_priority``)
     helper_nice: int = 0
+    # the CPUs its threads are pinned to, the i-th thread to the i-th modulo their number; empty:
+    # where the scheduler puts them (service/affinity.py)
+    thread_cpus: tuple[int, ...] = ()
     # The worker threads after the first run only the batches that the first leaves them from
     # the windows it forms (the CPU: see DynamicBatcher), instead of forming windows of their own
     # (the GPU: a second worker's host work overlaps the first's device run, docs/gpu.md).
@@ -318,14 +322,15 @@ class AnsweredFromThreads:
 
     # --- supervised threads -----------------------------------------------------------------
     def _start_thread(self, name: str, turn: Callable[[], bool], holding: Callable[[], Sequence[Waiting]],
-                      on_fault: Callable[[BaseException], None], index: int | None = None, nice: int = 0) -> None:
+                      on_fault: Callable[[BaseException], None], index: int | None = None, nice: int = 0,
+                      cpu: int | None = None) -> None:
         """Start a thread that calls ``turn`` (True when it got work done) until the engine stops;
         if ``turn`` raises, the fault is logged with what the thread had taken (``holding``), then
         ``on_fault`` answers that, and a new thread with the same ``turn`` replaces this one. Where
         no thread can be started (memory or a pids limit: "can't start new thread"), the failed
         one carries on in its place: a model left with no thread took every request and answered
         each with 504 at its deadline, until the process was restarted. ``nice``: its OS priority
-        below the event loop's (``lower_priority``)."""
+        below the event loop's (``lower_priority``); ``cpu``: the one it runs on (None: any)."""
 
         def serve() -> None:
             worked = False  # whether the last turn did work (a turn starts by waiting for some)
@@ -346,6 +351,7 @@ class AnsweredFromThreads:
 
         def main() -> None:
             lower_priority(nice)
+            pin_thread(cpu)
             while True:
                 try:
                     serve()
@@ -355,7 +361,7 @@ class AnsweredFromThreads:
                 if self._stop.wait(_BACKOFF_S[min(self._faults_in_a_row, len(_BACKOFF_S)) - 1]):
                     return
                 try:
-                    self._start_thread(name, turn, holding, on_fault, slot, nice)
+                    self._start_thread(name, turn, holding, on_fault, slot, nice, cpu)
                     return
                 except RuntimeError as exc:
                     log.error("thread %s of model %s: no new thread could be started (%s); the failed one "
@@ -499,7 +505,8 @@ class DynamicBatcher(AnsweredFromThreads, Generic[P, R]):
         for i in range(max(1, self.policy.instances)):
             turn, on_fault = ((self._help, self._fail_held) if i else (self._form, self._fail_former)) \
                 if self._helpers else (self._turn, self._fail_held)
-            self._start_thread(str(i), turn, self._holding, on_fault, nice=self.policy.helper_nice if i else 0)
+            self._start_thread(str(i), turn, self._holding, on_fault, nice=self.policy.helper_nice if i else 0,
+                               cpu=cpu_of(self.policy.thread_cpus, i))
 
     async def close(self) -> None:
         self.accepting = False

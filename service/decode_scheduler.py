@@ -35,6 +35,7 @@ from collections.abc import Callable
 import numpy as np
 
 from service import metrics
+from service.affinity import cpu_of
 from service.batching import AnsweredFromThreads, BatchPolicy, Each, Pending, count_cancelled
 from service.decoding import BeamSearch, StepUpdate
 from service.errors import DeadlineExceeded, NotReady
@@ -179,7 +180,8 @@ class DecodeScheduler(AnsweredFromThreads):
     def start(self, give_way: GiveWay | None = None) -> None:
         self._open(give_way)
         for lane in self.lanes:
-            self._start_thread(f"decode-{lane.index}", lane.turn, lane.holding, lane.fail_held)
+            self._start_thread(f"decode-{lane.index}", lane.turn, lane.holding, lane.fail_held,
+                               cpu=cpu_of(self.policy.thread_cpus, lane.index))
 
     async def close(self) -> None:
         self.accepting = False

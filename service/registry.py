@@ -15,6 +15,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from service import metrics
+from service.affinity import thread_cpus
 from service.batching import BatchPolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import RequestBatchedTranslator, SentimentEngine, TranslationEngine
@@ -109,7 +110,8 @@ def instances_for(settings: Settings) -> int:
 def _policy(settings: Settings, instances: int) -> BatchPolicy:
     return BatchPolicy(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
                        max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
-                       max_queue_size=settings.max_queue_size, instances=instances)
+                       max_queue_size=settings.max_queue_size, instances=instances,
+                       thread_cpus=thread_cpus(settings.pin_model_threads, instances, settings.workers))
 
 
 def _translation_engine(name: str, runner: TranslationRunner, settings: Settings, instances: int) -> TranslationEngine:
@@ -207,8 +209,10 @@ def load_model(card_file: Path, providers: list[Provider], settings: Settings) -
         engine = SentimentEngine(card.name, runner, policy)
     else:
         engine = _translation_engine(card.name, runner, settings, instances)
-    log.info("loaded %s/%s (%s) on %s, %s, %d instance(s), in %.2fs", card.name, card.version, card.task,
-             runner.providers[0], runner.precision, instances, time.monotonic() - started)
+    cpus = engine.policy.thread_cpus
+    log.info("loaded %s/%s (%s) on %s, %s, %d instance(s)%s, in %.2fs", card.name, card.version, card.task,
+             runner.providers[0], runner.precision, instances,
+             f" (threads on CPUs {', '.join(map(str, cpus))})" if cpus else "", time.monotonic() - started)
     return ServedModel(card, runner, engine, card_file.parent)
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.affinity import PinMode
 from service.version_policy import VersionPolicy
 
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s*]+")  # no "*" inside: compared literally
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
         10, ge=0, le=19, description="on the CPU, how much lower the OS priority (nice, Linux) of a classifier's "
         "worker threads after its first is than the event loop's: they take the CPU the loop leaves instead of "
         "competing with it; 0 = the same")
+    pin_model_threads: PinMode = Field(
+        "auto", description="pin a model's threads (workers, decode lanes) one to each CPU the process may use "
+        "(Linux), so that none idles while two of them queue on another: auto = with one server process and at "
+        "least as many threads as CPUs (2 instances on 2 cores); on = always; off = leave them to the scheduler")
     direct_routes: bool = Field(
         True, description="answer the plainest POST /v1/sentiment requests in the server's HTTP protocol, past the "
         "request layers (the same answers, headers, log lines and metrics; service/direct_route.py); false = "

@@ -304,6 +304,38 @@ async def test_the_workers_after_the_first_run_at_a_lower_os_priority() -> None:
     await batcher.close()
 
 
+def _affinities(batcher: DynamicBatcher) -> list[set[int]]:
+    return [os.sched_getaffinity(t.native_id or 0) for t in batcher.threads]
+
+
+linux_only = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="a thread's own CPU set is Linux's")
+
+
+@linux_only
+async def test_the_workers_run_on_the_cpus_the_policy_pins_them_to() -> None:
+    cpus = tuple(sorted(os.sched_getaffinity(0)))[-2:]
+    batcher = DynamicBatcher("m", Recorder(), _policy(instances=3, thread_cpus=cpus))  # type: ignore[arg-type]
+    batcher.start()
+    expected = [{cpus[0]}, {cpus[-1]}, {cpus[0]}]  # the third goes round again
+    assert await _becomes(lambda: _affinities(batcher) == expected), _affinities(batcher)
+    assert await batcher.submit("x", 1, time.monotonic() + 5) == "X"
+    await batcher.close()
+
+
+@linux_only
+async def test_a_replaced_worker_runs_on_the_cpu_of_the_one_it_replaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    batcher = DynamicBatcher("m", Recorder(), _policy(instances=1, thread_cpus=(cpu,)))  # type: ignore[arg-type]
+    batcher.start()
+    first = batcher.threads[0]
+    _plant_faults(monkeypatch, 1, RuntimeError("planted fault outside the model call"))
+    with pytest.raises(InferenceFailed, match="planted fault"):
+        await batcher.submit("x", 1, time.monotonic() + 10)
+    assert await batcher.submit("again", 1, time.monotonic() + 10) == "AGAIN"  # served by the replacement
+    assert batcher.threads[0] is not first and _affinities(batcher) == [{cpu}]
+    await batcher.close()
+
+
 @pytest.mark.parametrize("gap_s", [1.05, 0.0])
 async def test_a_lone_client_does_not_wait_for_company_that_never_comes(gap_s: float) -> None:
     # its requests come further apart than the delay, or closer (each as soon as the last is

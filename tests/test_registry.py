@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 from pathlib import Path
 
 import httpx
 import pytest
 
 from loadtests.server import metric_value
+from service.affinity import allowed_cpus
 from service.model_card import load_model_card
 from service.onnx_session import ModelLoadError
 from service.registry import CPU_BATCH_COST_SCALE, choose_precision, instances_for, load_model
@@ -68,6 +71,34 @@ def test_instances_set_apply_to_every_model(fp32_repo: Path) -> None:
         assert server.wait_for_output("3 instance(s) a model")  # the settings line
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.skipif(len(allowed_cpus()) < 2, reason="one CPU: nothing to spread the threads over")
+def test_pinned_model_threads_run_one_on_each_cpu_and_start_up_says_which(fp32_repo: Path) -> None:
+    cpus = allowed_cpus()[:2]
+    server = Server(fp32_repo, pin_model_threads="on").wait_ready()
+    try:
+        said = f"2 instance(s) (threads on CPUs {cpus[0]}, {cpus[1]})"
+        assert server.wait_for_output(f"translate-en-de/1 (translation) on CPUExecutionProvider, fp32, {said}")
+        assert server.wait_for_output(f"sentiment/1 (text-classification) on CPUExecutionProvider, fp32, {said}")
+        # each model's two threads (the classifier's workers, the translator's lanes): one on each
+        pinned = collections.Counter(cpu for cpu_set in _thread_cpu_sets(server.proc.pid) if len(cpu_set) == 1
+                                     for cpu in cpu_set)
+        assert pinned == {cpus[0]: 2, cpus[1]: 2}
+    finally:
+        assert server.stop() == 0
+
+
+def _thread_cpu_sets(pid: int) -> list[set[int]]:
+    return [os.sched_getaffinity(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_the_setting_decides_the_cpus_in_each_models_policy(int8_repo: Path, mode: str) -> None:
+    card = int8_repo / "sentiment" / "1" / "model.json"
+    model = load_model(card, ["CPUExecutionProvider"], Settings(pin_model_threads=mode, warmup=False))
+    cpus = allowed_cpus()
+    assert model.engine.policy.thread_cpus == (cpus[:2] if mode == "on" and len(cpus) > 1 else ())
 
 
 def test_a_classifier_batch_on_the_cpu_counts_its_hand_over_beside_its_model_run(
