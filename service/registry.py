@@ -51,9 +51,12 @@ LIVENESS_GRACE_S = 60.0
 # batch's answers are handed over with a wake-up of the event loop, which sends them together.
 # With the model run alone (~12 padded tokens for the INT8 classifier), windows of ~42 texts at 64
 # clients were cut into batches of ~4; counting a batch as 4x its run served 1.069-1.084x the
-# sentences at 64 clients and 0.996x at 16, the event loop's CPU a request 0.91x (stop 43,
-# docs/benchmarks.md).
-CPU_BATCH_COST_SCALE = 4.0
+# sentences at 64 clients and 0.996x at 16, the event loop's CPU a request 0.91x (stop 43). Since
+# then the hand-over got cheaper (stops 44-50) and the model threads got a core each (stop 51,
+# service/affinity.py): 2x against 4x served 1.02-1.07x the sentences at 64 clients (batches of
+# 6.5-7 against 8.1-9.1 texts, the model's CPU a sentence 0.97x: less padding) and 1.08x at 16;
+# 1x against 2x 0.975x (batches of 4.9, the event loop's CPU 1.07x) (docs/benchmarks.md, stop 51).
+CPU_BATCH_COST_SCALE = 2.0
 
 
 @dataclass
