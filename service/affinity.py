@@ -10,9 +10,9 @@ milliseconds later.
 
 One model thread per CPU leaves no CPU without work while there is a backlog; the event loop and
 every other thread still run wherever the scheduler puts them. `python -m loadtests.cpu_share
---clients 64 --versus pin_model_threads=off` (docs/benchmarks.md, stop 51): 1.06-1.09x the
-requests in paired rounds, with the same CPU a request; 1.04x at 16 clients, the same at 1 and for
-greedy translation at 64.
+--clients 64 --versus pin_model_threads=off` (docs/benchmarks.md, stop 51): 1.00-1.09x the
+requests in five runs of paired rounds (1.02x in the longest), with the same CPU a request; 1.04x
+at 16 clients, the same at 1 and for greedy translation at 64.
 
 ``auto`` pins only where that measurement applies: one server process (several, each pinning
 its threads from the first CPU, would stack them on the same CPUs) and a model with at least as
