@@ -50,6 +50,7 @@ import numpy as np
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from loadtests.http_client import encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts
 from loadtests.server import ROOT
 from service.app import create_app
@@ -57,6 +58,7 @@ from service.hot_routes import HotRouteMiddleware
 from service.http_protocol import ARRIVAL, ArrivalStampingProtocol
 from service.middleware import RequestContextMiddleware
 from service.runners import SentimentRunner
+from service.server import uvicorn_config
 from service.settings import Settings
 
 PATH = "/v1/sentiment"
@@ -141,24 +143,15 @@ class AnsweringProtocol(ArrivalStampingProtocol):
 
 
 def connect(app: FastAPI, settings: Settings) -> tuple[AnsweringProtocol, Connection]:
-    """A connection to ``app`` through the server's protocol, configured as service/server.py does."""
-    import uvicorn
+    """A connection to ``app`` through the server's protocol, configured as the server runs it."""
     from uvicorn.server import ServerState
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, log_config=None, http=AnsweringProtocol,
-                            proxy_headers=False, ws="none", server_header=False,
-                            timeout_keep_alive=settings.keep_alive_s)
+    config = uvicorn_config(app, settings, AnsweringProtocol)
     config.load()
     protocol = AnsweringProtocol(config=config, server_state=ServerState(), app_state={})
     connection = Connection()
     protocol.connection_made(connection)
     return protocol, connection
-
-
-def raw_request(body: bytes) -> bytes:
-    """One POST as a client sends it."""
-    return (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def answer_at_once(runner: SentimentRunner) -> None:
@@ -201,7 +194,8 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
     """Each round's figures, the statuses of every answer in them, and each round's entry."""
     settings = Settings(model_repository=args.models, grpc_port=0, access_log=True)
     app = create_app(settings)
-    bodies = [json.dumps({"text": t}).encode() for t in sentiment_texts(args.data_dir, "test")]
+    texts = sentiment_texts(args.data_dir, "test")
+    bodies = [json.dumps({"text": t}).encode() for t in texts]
     statuses: dict[int, int] = {}
     entry = Entry("app", app)
 
@@ -215,7 +209,7 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
             await entry.layer(scope, receive, send)
             statuses[status[0]] = statuses.get(status[0], 0) + 1
 
-    raw = [raw_request(body) for body in bodies]
+    raw = [encode_post(PATH, {"text": t}) for t in texts]  # the same requests, as a client sends them
     connections: dict[int, tuple[AnsweringProtocol, Connection]] = {}
 
     async def protocol_caller(first: int, count: int) -> None:

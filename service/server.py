@@ -32,6 +32,8 @@ HEARTBEAT_INTERVAL_S = 1.0  # how often a supervised worker's event loop tells i
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from service.http_protocol import ArrivalStampingProtocol
+
 
 def _count_as_serving(serving: bool) -> None:
     """seqserve_workers_serving is summed over workers: it shows when all of them accept requests."""
@@ -181,6 +183,26 @@ def ports_free(settings: Settings, http: bool) -> bool:
     return True
 
 
+def uvicorn_config(app: FastAPI, settings: Settings, http: type[ArrivalStampingProtocol]) -> uvicorn.Config:
+    """How uvicorn runs ``app`` for the server; ``http``: the protocol of its connections,
+    ArrivalStampingProtocol or a subclass (loadtests/loop_cost.py feeds one bytes in process)."""
+    return uvicorn.Config(app, host=settings.host, port=settings.port,
+                          log_level=settings.log_level, access_log=False,
+                          log_config=None,  # uvicorn's lines go through the service's handler (service/logs.py)
+                          http=http,  # latency from arrival (service/http_protocol.py)
+                          # seqserve never reads the client address: skip uvicorn's X-Forwarded-For layer
+                          proxy_headers=False,
+                          # no route speaks WebSocket: an upgrade to it is declined as any other
+                          # (service/http_protocol.py), not handed to a handshake that answers a bare 403
+                          ws="none",
+                          # no "server: uvicorn" on every answer: it tells a scanner what to try
+                          server_header=False,
+                          timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
+                          # uvicorn's 5 s: a proxy keeping idle upstream connections longer (nginx 60 s)
+                          # reuses one as it closes, and its client gets a 502 the server never saw
+                          timeout_keep_alive=settings.keep_alive_s)
+
+
 def serve(sock: socket.socket | None = None, started: Event | None = None,
           heartbeat: ctypes.c_uint64 | None = None) -> None:
     """The whole app on its own event loop until SIGTERM/SIGINT. A supervisor passes the socket
@@ -203,21 +225,7 @@ def serve(sock: socket.socket | None = None, started: Event | None = None,
     except ModelLoadError:
         sys.exit(STARTUP_FAILED)
     app = create_app(settings, registry, loading_since)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=settings.log_level, access_log=False,
-                            log_config=None,  # uvicorn's lines go through the service's handler (service/logs.py)
-                            http=ArrivalStampingProtocol,  # latency from arrival (service/http_protocol.py)
-                            # seqserve never reads the client address: skip uvicorn's X-Forwarded-For layer
-                            proxy_headers=False,
-                            # no route speaks WebSocket: an upgrade to it is declined as any other
-                            # (service/http_protocol.py), not handed to a handshake that answers a bare 403
-                            ws="none",
-                            # no "server: uvicorn" on every answer: it tells a scanner what to try
-                            server_header=False,
-                            timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
-                            # uvicorn's 5 s: a proxy keeping idle upstream connections longer (nginx 60 s)
-                            # reuses one as it closes, and its client gets a 502 the server never saw
-                            timeout_keep_alive=settings.keep_alive_s)
+    config = uvicorn_config(app, settings, ArrivalStampingProtocol)
     server = _Server(config, app, started, heartbeat)
     server.run(sockets=[sock] if sock else None)
     if not server.started:  # start-up failed (e.g. a model refused to load): say so in the exit code
