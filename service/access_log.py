@@ -46,25 +46,41 @@ class AccessLog:
         self._logger = logger
         self._lines: list[str] = []
         self._lock = threading.Lock()  # between the loop's pass-end write and writes off the loop
+        # the event loop last written from, and its thread (one tuple: threads read it whole)
+        self._last_loop: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
 
     def write(self, fields: dict[str, Any]) -> None:
         """Log one request's ``fields`` (JSON-serialisable), after the time, level, logger and pid."""
-        entry = {"time": utc_time(time.time()), "level": "INFO",
-                 "logger": self._logger, "pid": os.getpid(), **fields}
-        line = dumps(entry).decode()
+        now = time.time()
+        # the fields after the ones every line has, which are written as text (none needs escaping)
+        line = f'{{"time":"{utc_time(now)}","level":"INFO","logger":"{self._logger}","pid":{_pid},' \
+            + dumps(fields).decode()[1:]
         if not line.isascii():
             # a path with non-ASCII characters (percent-decoded): escaped, so that the line stays one
             # line for readers that also split at U+2028/U+2029/U+0085 (str.splitlines, log
             # shippers) and valid JSON on a stderr that is not UTF-8
-            line = json.dumps(entry, separators=(",", ":"))
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not on the event loop: no pass to wait for
+            line = json.dumps({"time": utc_time(now), "level": "INFO", "logger": self._logger, "pid": _pid, **fields},
+                              separators=(",", ":"))
+        loop = self._running_loop()
+        if loop is None:  # not on the event loop: no pass to wait for
             self._write(line)
             return
         self._lines.append(line)
         if len(self._lines) == 1:
             loop.call_soon(self.flush)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop running on this thread, if any. The last one is remembered with its
+        thread: on Python 3.11 ``asyncio.get_running_loop`` makes a system call (getpid) each time."""
+        loop, thread = self._last_loop
+        if loop is not None and thread == threading.get_ident() and loop.is_running():
+            return loop
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        self._last_loop = (loop, threading.get_ident())
+        return loop
 
     def flush(self) -> None:
         """Write the pending lines now (at the end of a loop pass, and at exit)."""
@@ -81,6 +97,14 @@ class AccessLog:
             self._stream.flush()
 
 
+def _remember_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+# the process id every line carries: read once, and again in a forked child (a system call each time)
+_pid = os.getpid()
+os.register_at_fork(after_in_child=_remember_pid)
 access_log = AccessLog()
 atexit.register(access_log.flush)
 

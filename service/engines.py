@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Coroutine
+from typing import Any, Generic, Protocol, TypeVar
 
 from service.admission import Admission
 from service.batching import BatchPolicy, DynamicBatcher, Each
@@ -78,9 +79,11 @@ class SentimentEngine(_BatchedEngine[list[int], list[float]]):
         result: list[list[float]] = self.runner.run(batch).tolist()
         return result
 
-    async def classify_all(self, texts_ids: list[list[int]], deadline: float) -> list[list[float]]:
-        """One request's texts, admitted whole or refused whole; probabilities in order."""
-        return await self.batcher.submit_all([(ids, len(ids)) for ids in texts_ids], deadline)
+    def classify_all(self, texts_ids: list[list[int]], deadline: float) -> Coroutine[Any, Any, list[list[float]]]:
+        """One request's texts, admitted whole or refused whole; probabilities in order. The
+        batcher's own coroutine, not one awaiting it: each coroutine between the request's task
+        and the answer's future is entered again when the answer comes (~0.9 us a level)."""
+        return self.batcher.submit_all([(ids, len(ids)) for ids in texts_ids], deadline)
 
 
 class RequestBatchedTranslator(_BatchedEngine[TranslationJob, TranslationOutput]):

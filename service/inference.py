@@ -14,7 +14,7 @@ their status codes.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -122,15 +122,21 @@ def _no_words(problems: Problems, field: str) -> None:
                  "alone are not scored", field)
 
 
-async def classify(model: ServedModel, pieces: SentimentPieces, deadline: float) -> list[list[float]]:
-    """Class probabilities of each text, batched with other requests."""
+def classify(model: ServedModel, pieces: SentimentPieces, deadline: float) -> Coroutine[Any, Any, list[list[float]]]:
+    """Class probabilities of each text, batched with other requests: the engine's coroutine where
+    each text is one piece (engines.py ``classify_all`` says why), else one that averages each
+    text's sentences."""
     engine = model.engine
     assert isinstance(engine, SentimentEngine)
-    probs = await engine.classify_all(pieces.ids, deadline)
-    if len(probs) == len(pieces.counts):
-        return probs
+    work = engine.classify_all(pieces.ids, deadline)
+    return work if len(pieces.ids) == len(pieces.counts) else _by_text(work, pieces.counts)
+
+
+async def _by_text(work: Coroutine[Any, Any, list[list[float]]], counts: list[int]) -> list[list[float]]:
+    """Each text's probabilities: the mean of its sentences' where it was scored by sentences."""
+    probs = await work
     texts, at = [], 0
-    for count in pieces.counts:
+    for count in counts:
         # the mean in the model's float32, as it was when the rows were its arrays
         texts.append(probs[at] if count == 1 else
                      np.mean(np.asarray(probs[at : at + count], dtype=np.float32), axis=0).tolist())

@@ -49,6 +49,40 @@ def test_lines_off_the_event_loop_at_once_and_pending_ones_when_flushed_at_exit(
     assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == ["a", "b"]
 
 
+def test_a_later_event_loop_on_the_same_thread_gets_its_own_pass_and_a_thread_without_one_writes_at_once() -> None:
+    stream = _Counting()
+    log = AccessLog(stream)
+
+    async def one_pass(request_id: str) -> None:
+        log.write({"request_id": request_id})
+        assert stream.getvalue().count(f'"{request_id}"') == 0  # the loop it runs on: after its pass
+        await asyncio.sleep(0)
+        assert stream.getvalue().count(f'"{request_id}"') == 1
+
+    asyncio.run(one_pass("first"))  # the loop remembered is stopped and closed after this
+    asyncio.run(one_pass("second"))  # a new loop on the same thread is found, not the old one
+    log.write({"request_id": "no loop"})  # none running: at once
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == \
+        ["first", "second", "no loop"]
+
+
+def test_a_forked_child_writes_its_own_pid() -> None:
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its line goes back through the pipe
+        try:
+            stream = io.StringIO()
+            AccessLog(stream).write({"request_id": "child"})
+            os.write(write, stream.getvalue().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as lines:
+        entry = json.loads(lines.read())
+    os.waitpid(child, 0)
+    assert entry["pid"] == child != os.getpid()
+
+
 def test_a_line_is_the_time_level_logger_and_pid_then_the_requests_fields() -> None:
     stream = io.StringIO()
     AccessLog(stream).write({"request_id": "r-1", "status": 503, "latency_ms": 0.07})
