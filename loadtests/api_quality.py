@@ -68,7 +68,7 @@ def measure(models: Path, precision: str, data_dir: Path = DATA_DIR, beam: int =
 
     sst = read_sst2(data_dir, "test")[:limit]
     pairs = read_multi30k_pairs(data_dir, "test_2016_flickr")[:limit]
-    server = ServerProcess(models, precision=precision).wait_ready()
+    server = ServerProcess.ready(models, precision=precision)
     try:
         served = {name: model["precision"] for name, model in served_models(server.url).items()}
         labels = [res["label"] for res in api_sentiment(server.url, [r.text for r in sst])]
@@ -90,7 +90,7 @@ def batch_mates(models: Path, precision: str, data_dir: Path = DATA_DIR, split: 
     texts = [r.text for r in rows]
     order = list(range(len(texts)))
     random.Random(0).shuffle(order)
-    server = ServerProcess(models, precision=precision).wait_ready()
+    server = ServerProcess.ready(models, precision=precision)
     try:
         served = {name: model["precision"] for name, model in served_models(server.url).items()}
         def positive(batch: list[str], size: int) -> list[float]:
@@ -121,7 +121,7 @@ def emoji_accuracy(models: Path, precision: str, data_dir: Path = DATA_DIR, spli
                    limit: int | None = None) -> dict[str, float]:
     """SST-2 accuracy of ``split`` through the API with each of ``EMOJI`` after every sentence (``--emoji``)."""
     rows = read_sst2(data_dir, split)[:limit]
-    server = ServerProcess(models, precision=precision).wait_ready()
+    server = ServerProcess.ready(models, precision=precision)
     try:
         accuracy = {}
         for suffix in EMOJI:
@@ -148,7 +148,7 @@ def emoji_bleu(models: Path, precision: str, data_dir: Path = DATA_DIR, beam: in
     import sacrebleu
 
     pairs = read_multi30k_pairs(data_dir, "val")[:limit]
-    server = ServerProcess(models, precision=precision).wait_ready()
+    server = ServerProcess.ready(models, precision=precision)
     try:
         translate = api_translator(server.url)
         bleu = {}
@@ -165,7 +165,7 @@ def translation_scores(models: Path, data_dir: Path = DATA_DIR, beam: int = 5,
                        limit: int | None = None) -> dict[str, list[float]]:
     """The ``score`` of every val and test_2016_flickr source's translation, by split (``--scores``;
     ``limit``: only the first so many of each)."""
-    server = ServerProcess(models).wait_ready()
+    server = ServerProcess.ready(models)
     try:
         with httpx.Client(base_url=server.url, timeout=300) as client:
             scores: dict[str, list[float]] = {}

@@ -3,9 +3,13 @@
     make bench BASELINE=../seqserve-before      (python -m loadtests.bench_service --baseline DIR)
 
 The baseline is another checkout of seqserve with its own .venv (``make .venv/.runtime`` there)
-and its own models/. Both servers run with their defaults (the same SEQSERVE_* environment), and
-each phase alternates between them round by round, so that the machine's drift falls on both
-alike; the ratio printed is of the two medians over rounds.
+and its own models/. Both servers run with their defaults (the same SEQSERVE_* environment). Each
+round starts a fresh server of each side (which of them first alternates), warms both alike, then
+runs every phase on both, which of them first alternating too, so that the machine's drift falls
+on both alike; the ratio printed is of the two medians over rounds. A fresh pair a round: a server
+process keeps a speed of its own for its life on the 2-core VM (two started alike from the same
+code differed by 3-5 % over ten alternating rounds; docs/benchmarks.md, stop 52), and with one
+process a side the ratio was as much that luck as the code (2.28-2.55x at 64 clients in six runs).
 """
 
 from __future__ import annotations
@@ -46,27 +50,45 @@ def check_baseline(checkout: Path) -> None:
             raise SystemExit(f"baseline {checkout}: {needed} is missing (run `make .venv/.runtime` there)")
 
 
-def compare(checkout: Path, ours: ServerProcess, generator: LoadGenerator, sentences: list[str],
-            sources: list[str], seconds_per_round: float, rounds: int, say: Callable[[str], None]) -> None:
-    """Each phase on both servers, alternating, ``rounds`` times; prints a table of medians and ratios."""
+WARMUP_S = 1.0  # each fresh server's, on the 16-client sentiment phase, before a round's phases
+
+
+def compare(checkout: Path, start_ours: Callable[[], ServerProcess], generator: LoadGenerator,
+            sentences: list[str], sources: list[str], seconds_per_round: float, rounds: int,
+            say: Callable[[str], None]) -> None:
+    """Every phase on both sides, ``rounds`` times, a fresh server of each side a round (``start_ours``
+    starts this checkout's and waits until it is ready); prints a table of medians and ratios."""
     check_baseline(checkout)
-    theirs = ServerProcess(checkout / "models", checkout=checkout, settings=AS_DEPLOYED).wait_ready()
+
+    def start_theirs() -> ServerProcess:
+        return ServerProcess.ready(checkout / "models", checkout=checkout, settings=AS_DEPLOYED)
+
+    starts = {"this": start_ours, "baseline": start_theirs}
+    all_phases = phases(sentences, sources)
+    requests = {phase.name: [encode_post(phase.path, dict(body)) for body in phase.bodies] for phase in all_phases}
     rates: dict[tuple[str, str], list[float]] = {}
     p99: dict[tuple[str, str], list[float]] = {}
     failed: dict[tuple[str, str], int] = {}
-    try:
-        for phase in phases(sentences, sources):
-            requests = [encode_post(phase.path, dict(body)) for body in phase.bodies]
-            for _ in range(rounds):
-                for side, server in (("this", ours), ("baseline", theirs)):
-                    result: LoadResult = generator.run(server.port, requests, phase.clients, seconds_per_round)[0]
+    for r in range(rounds):
+        order = ["this", "baseline"] if r % 2 == 0 else ["baseline", "this"]
+        servers: dict[str, ServerProcess] = {}
+        try:
+            for side in order:  # one after the other: each times its model runs at warm-up, alone
+                servers[side] = starts[side]()
+            for side in order:
+                generator.run(servers[side].port, requests[all_phases[1].name], all_phases[1].clients, WARMUP_S)
+            for phase in all_phases:
+                for side in order:
+                    result: LoadResult = generator.run(servers[side].port, requests[phase.name], phase.clients,
+                                                       seconds_per_round)[0]
                     key = (phase.name, side)
                     rates.setdefault(key, []).append(result.items_per_s if phase.per_item else result.rps)
                     p99.setdefault(key, []).append(result.percentile(99) * 1000)
                     failed[key] = failed.get(key, 0) + sum(n for s, n in result.statuses.items() if s >= 300)
-    finally:
-        theirs.stop()
-    say(f"## This checkout vs the baseline at {checkout} ({rounds} alternating rounds of "
+        finally:
+            for server in servers.values():
+                server.stop()
+    say(f"## This checkout vs the baseline at {checkout} ({rounds} rounds, a fresh server of each side a round, "
         f"{seconds_per_round:.1f} s per phase and side)")
     say("| phase | this (median) | baseline (median) | this / baseline | p99 ms this / baseline | non-2xx |")
     say("|---|---:|---:|---:|---:|---:|")

@@ -43,6 +43,10 @@ from service.runners import SentimentRunner, TranslationRunner, load_runner
 from service.sentences import sentences, translated_parts
 from service.settings import Settings
 
+# rounds of the comparison with a baseline, each with a fresh server of each side: the ratio is a
+# median over as many server processes (loadtests/baseline.py says why)
+BASELINE_ROUNDS = 6
+
 
 # --- raw ONNX Runtime -----------------------------------------------------------------------
 class RawSentiment:
@@ -275,8 +279,8 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
     source_ids = [translator.tokenize(s) for s in sources]  # indexed like the requests' keys
     beams = (1, translator.decoding.default_beam_size)
     recorded: dict[int, dict[int, bytes]] = {b: {} for b in beams}
-    whole_server = ServerProcess(args.models, translation_scheduler="request", precision=precision,
-                                 settings=AS_DEPLOYED).wait_ready()
+    whole_server = ServerProcess.ready(args.models, translation_scheduler="request", precision=precision,
+                                 settings=AS_DEPLOYED)
     slice_s = args.duration / args.rounds
     runs: dict[tuple[int, str, int], list[LoadResult]] = {}
     try:
@@ -366,8 +370,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--duration", type=float, default=8.0, help="seconds measured per phase (after 1 s warm-up)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="each configuration's time is split into this many interleaved rounds")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="each configuration's time is split into this many interleaved rounds (default 3; "
+                        f"with --baseline {BASELINE_ROUNDS}, a fresh server of each side a round)")
     p.add_argument("--skip-translation", action="store_true")
     p.add_argument("--skip-quality", action="store_true", help="leave out quality through the API (fp32 vs INT8)")
     p.add_argument("--client-processes", type=int, default=default_processes(),
@@ -377,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="another checkout (with its own .venv) to compare against in alternating rounds "
                         "(loadtests/baseline.py); only that comparison runs")
     args = p.parse_args(argv)
+    args.rounds = args.rounds or (BASELINE_ROUNDS if args.baseline is not None else 3)
 
     lines: list[str] = ["# seqserve serving benchmark", "",
                         f"machine: {os.cpu_count()} CPUs; duration per phase {args.duration:.0f} s; load generator "
@@ -390,20 +396,19 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(text)
 
     if args.baseline is not None:
-        server = ServerProcess(args.models, settings=AS_DEPLOYED).wait_ready()
         generator = LoadGenerator(args.client_processes)
         try:
             sources = translation_texts(args.data_dir, "test_2016_flickr")
-            baseline.compare(args.baseline.resolve(), server, generator, sentiment_texts(args.data_dir, "test"),
-                             sources, args.duration / args.rounds, args.rounds, say)
+            baseline.compare(args.baseline.resolve(), lambda: ServerProcess.ready(args.models, settings=AS_DEPLOYED),
+                             generator, sentiment_texts(args.data_dir, "test"), sources, args.duration / args.rounds,
+                             args.rounds, say)
         finally:
             generator.close()
-            server.stop()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
         print(f"\nwritten to {args.out}")
         return
-    server = ServerProcess(args.models, settings=AS_DEPLOYED).wait_ready()
+    server = ServerProcess.ready(args.models, settings=AS_DEPLOYED)
     say(f"## Start-up\nspawn to ready (imports, model load, checks, warm-up): {server.ready_after_s:.2f} s\n")
     generator = LoadGenerator(args.client_processes)
     try:

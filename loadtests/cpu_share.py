@@ -19,7 +19,12 @@ machine's cores stayed idle: whether the cores, or one thread, set the pace. Lin
 
 With ``--versus`` (other settings) or ``--versus-checkout`` (other code), a second server B is
 measured against A in alternating rounds, and the medians and their ratios B / A are printed:
-how a change moves throughput and CPU per request, on a machine whose speed drifts.
+how a change moves throughput and CPU per request, on a machine whose speed drifts. Each round
+starts a fresh pair of servers (the first of them in turn A, then B): on the 2-core VM a server
+process keeps a speed of its own for its life, and two started alike from the same code differed
+by 3-5 % over ten alternating rounds (B / A 0.95-1.04 in five such runs; docs/benchmarks.md,
+stop 52), so a comparison of one process each measured mostly which one was luckier.
+``--same-servers`` keeps one of each for every round (faster; for a large difference).
 """
 
 from __future__ import annotations
@@ -254,18 +259,41 @@ def report(route: str, clients: int, share: Share) -> None:
     print(f"  {'cores idle':28s} {share.cores_idle:8.0%} of the run (the whole machine, /proc/stat)")
 
 
-def compare(runs: dict[str, Callable[[float], LoadResult]], servers: dict[str, ServerProcess], rounds: int,
-            duration: float) -> None:
-    """The two servers in alternating rounds (A B, B A, ...): on a machine whose speed drifts, only
-    ratios taken within one run mean anything. Prints each round, then medians and B / A."""
-    shares: dict[str, list[Share]] = {name: [] for name in servers}
-    for r in range(rounds):
-        for name in list(servers) if r % 2 == 0 else list(servers)[::-1]:
-            share = measure(servers[name], runs[name], duration)
-            shares[name].append(share)
-            print(f"round {r + 1} {name}: {share.result.rps:8.1f} req/s, server {share.server_us:5.0f} us/request, "
-                  f"event loop {share.loop_us:4.0f}, model {share.model_us:4.0f}{_batch_note(share.batches.mean_size)}",
-                  flush=True)
+Run = Callable[[float], LoadResult]
+
+
+def compare(start: Callable[[str], ServerProcess], runner: Callable[[int], Run], rounds: int, duration: float,
+            fresh: bool = True) -> None:
+    """Servers A and B (``start(name)`` starts one and waits until it is ready) in alternating rounds
+    (A B, B A, ...): on a machine whose speed drifts, only ratios taken within one run mean anything.
+    ``fresh``: a new pair every round, started in the round's order, so that each side's figure is a
+    median over as many processes as rounds. Prints each round, then medians and B / A."""
+    shares: dict[str, list[Share]] = {"A": [], "B": []}
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for r in range(rounds):
+            order = ["A", "B"] if r % 2 == 0 else ["B", "A"]
+            if fresh or not servers:
+                for server in servers.values():
+                    server.stop()
+                servers.clear()
+                # one after the other: a classifier times its model runs at warm-up to decide how it
+                # cuts batches, and started together each timed them with the other's warm-up on the
+                # cores (B then batched 3.4-5.7 texts where A batched 8.7, in two runs of the same code)
+                for name in order:
+                    servers[name] = start(name)
+                runs = {name: runner(server.port) for name, server in servers.items()}
+                for name in order:
+                    runs[name](2.0)  # warm-up
+            for name in order:
+                share = measure(servers[name], runs[name], duration)
+                shares[name].append(share)
+                print(f"round {r + 1} {name}: {share.result.rps:8.1f} req/s, server {share.server_us:5.0f} "
+                      f"us/request, event loop {share.loop_us:4.0f}, model {share.model_us:4.0f}"
+                      f"{_batch_note(share.batches.mean_size)}", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
     medians = {name: (statistics.median(s.result.rps for s in got), statistics.median(s.server_us for s in got),
                       statistics.median(s.loop_us for s in got), statistics.median(s.model_us for s in got),
                       statistics.median(s.batches.mean_size for s in got))
@@ -273,7 +301,7 @@ def compare(runs: dict[str, Callable[[float], LoadResult]], servers: dict[str, S
     for name, (rps, server_us, loop_us, model_us, mean_batch) in medians.items():
         print(f"{name} (median of {rounds}): {rps:.1f} req/s, server {server_us:.0f} us/request, "
               f"event loop {loop_us:.0f}, model {model_us:.0f}{_batch_note(mean_batch)}")
-    (a, b) = medians.values()
+    a, b = medians["A"], medians["B"]
     print(f"B / A: req/s {b[0] / a[0]:.3f}, server CPU per request {b[1] / a[1]:.3f}, event loop {b[2] / a[2]:.3f}, "
           f"model {b[3] / a[3] if a[3] else float('nan'):.3f}")
 
@@ -297,45 +325,43 @@ def main(argv: list[str] | None = None) -> None:
                    help="B runs this checkout's service with its own .venv and models/ (not --models; "
                         "run `make int8` there first, or B serves fp32 where A serves INT8)")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds when comparing")
+    p.add_argument("--same-servers", action="store_true",
+                   help="when comparing, one server of each side for every round instead of a fresh pair a round")
     args = p.parse_args(argv)
 
     # as deployed (the access log on, which the issue's serving cost counts), unless the arguments say
     settings = {**AS_DEPLOYED, **dict(kv.split("=", 1) for kv in args.settings)}
-    comparing = args.versus is not None or args.versus_checkout is not None
-    servers = {"A": ServerProcess(args.models, settings=settings)}
+    if args.route == "sentiment":
+        texts = sentiment_texts(args.data_dir, "test")
+
+        def runner(port: int) -> Run:
+            return lambda seconds: bench_service.http_sentiment(port, texts, args.clients, seconds)
+    else:
+        texts = translation_texts(args.data_dir, "test_2016_flickr")
+        random.Random(0).shuffle(texts)
+
+        def runner(port: int) -> Run:
+            return lambda seconds: bench_service.http_translate(port, texts, args.clients, seconds, args.beam)
+
+    versus = dict(kv.split("=", 1) for kv in args.versus or [])
+
+    def start(name: str) -> ServerProcess:
+        if name == "A":
+            return ServerProcess.ready(args.models, settings=settings)
+        # another checkout serves its own models/: the same trained weights, in the card format its code reads
+        models = args.versus_checkout.resolve() / "models" if args.versus_checkout else args.models
+        return ServerProcess.ready(models, settings={**settings, **versus}, checkout=args.versus_checkout)
+
+    if args.versus is not None or args.versus_checkout is not None:
+        compare(start, runner, args.rounds, args.duration, fresh=not args.same_servers)
+        return
+    server = start("A")
     try:
-        # one after the other: a classifier times its model runs at warm-up to decide how it cuts
-        # batches, and started together each timed them with the other's warm-up on the cores (B
-        # then batched 3.4-5.7 texts where A batched 8.7, in two runs of the same code)
-        servers["A"].wait_ready()
-        if comparing:
-            versus = dict(kv.split("=", 1) for kv in args.versus or [])
-            # another checkout serves its own models/: the same trained weights, in the card format its code reads
-            models = args.versus_checkout.resolve() / "models" if args.versus_checkout else args.models
-            servers["B"] = ServerProcess(models, settings={**settings, **versus}, checkout=args.versus_checkout)
-            servers["B"].wait_ready()
-        if args.route == "sentiment":
-            texts = sentiment_texts(args.data_dir, "test")
-
-            def runner(port: int) -> Callable[[float], LoadResult]:
-                return lambda seconds: bench_service.http_sentiment(port, texts, args.clients, seconds)
-        else:
-            texts = translation_texts(args.data_dir, "test_2016_flickr")
-            random.Random(0).shuffle(texts)
-
-            def runner(port: int) -> Callable[[float], LoadResult]:
-                return lambda seconds: bench_service.http_translate(port, texts, args.clients, seconds, args.beam)
-
-        runs = {name: runner(server.port) for name, server in servers.items()}
-        for run in runs.values():
-            run(2.0)  # warm-up
-        if comparing:
-            compare(runs, servers, args.rounds, args.duration)
-            return
-        share = measure(servers["A"], runs["A"], args.duration)
+        run = runner(server.port)
+        run(2.0)  # warm-up
+        share = measure(server, run, args.duration)
     finally:
-        for server in servers.values():
-            server.stop()
+        server.stop()
     report(args.route, args.clients, share)
 
 

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = None
     if args.url is None:
-        server = ServerProcess(ROOT / "models", capture_output=True).wait_ready()
+        server = ServerProcess.ready(ROOT / "models", capture_output=True)
         args.url, args.grpc_url = server.url.removeprefix("http://"), server.grpc_url
     inside = Path("/tmp") if args.root else Path(ROOT / "reports")
     host_dir = args.root / "tmp" if args.root else inside

@@ -133,7 +133,7 @@ def overload(models: Path, burst: int = 400, queue_size: int = 16, rounds: int =
     """Bursts far beyond capacity against a small queue: results or fast 503s, nothing lost, and
     the server's memory back at its level after the first burst (no growth per burst)."""
     report = ScenarioReport(f"overload: {rounds} bursts of {burst} mixed requests, queue size {queue_size}")
-    server = ServerProcess(models, max_queue_size=str(queue_size)).wait_ready()
+    server = ServerProcess.ready(models, max_queue_size=str(queue_size))
     try:
         url = server.url
         probe = _start_probe(f"{url}/v2/health/ready", 4.0 * rounds + 2)
@@ -360,7 +360,7 @@ def shutdown(models: Path, requests: int = 160, after_s: float = 0.3, **settings
     ``settings`` go to the server (``workers="2"``: the supervisor passes SIGTERM on to each)."""
     report = ScenarioReport(f"graceful shutdown: SIGTERM {after_s} s into {requests} requests"
                             + "".join(f", {k}={v}" for k, v in settings.items()))
-    server = ServerProcess(models, settings=settings).wait_ready()
+    server = ServerProcess.ready(models, settings=settings)
     url = server.url
     probe = _start_probe(f"{url}/v2/health/ready", after_s + 1.0)  # probes after SIGTERM fail: listener closed
 
@@ -417,7 +417,7 @@ def bulk(models: Path, route: str = "sentiment", texts: int = 40, every_s: float
     translate = route == "translate"
     report = BulkReport(f"bulk {route}: one request of {texts} long texts, a short request every "
                         f"{every_s * 1000:g} ms")
-    server = ServerProcess(models).wait_ready()
+    server = ServerProcess.ready(models)
     big_body: dict[str, object] = ({"texts": [PARAGRAPH] * texts, "beam_size": 1} if translate else
                                    {"texts": [f"{REVIEW} Take {i}." for i in range(texts)]})
     short_body = {"text": "A dog runs.", "beam_size": 1} if translate else {"text": "Great film."}

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="seqserve-reload-") as folder:
         repo = two_versions(args.model, Path(folder) / "repo")
         aside = Path(folder) / "aside"
-        server = ServerProcess(repo, model_control="true", warmup="false", grpc_port="0").wait_ready()
+        server = ServerProcess.ready(repo, model_control="true", warmup="false", grpc_port="0")
         try:
             load = f"{server.url}/v2/repository/models/{args.model}/load"
             sizes = [rss_mib(server.proc.pid)]

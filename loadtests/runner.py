@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                                  f"set it to one of the server's SEQSERVE_API_KEYS")
             res = run_config(name, args.host.rstrip("/"), args, args.out)
         else:
-            server = ServerProcess(args.models, settings=env).wait_ready()
+            server = ServerProcess.ready(args.models, settings=env)
             try:
                 res = run_config(name, server.url, args, args.out, server.grpc_port)
             finally:

@@ -136,6 +136,17 @@ class ServerProcess:
             time.sleep(0.02)
         raise TimeoutError("server did not become ready")
 
+    @classmethod
+    def ready(cls, models: Path, **kwargs: Any) -> ServerProcess:
+        """A server started (``ServerProcess(models, **kwargs)``) and ready; where it is not (it
+        exited, or timed out), stopped before the error goes on: nobody else holds it to stop."""
+        server = cls(models, **kwargs)
+        try:
+            return server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+
     def stop(self) -> int:
         """SIGTERM (graceful drain), then the exit code."""
         if self.proc.poll() is None:

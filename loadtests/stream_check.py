@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=8, help="client threads for the parity check")
     args = p.parse_args(argv)
     sentences = translation_texts(args.data_dir, "val")
-    server = ServerProcess(args.models).wait_ready()
+    server = ServerProcess.ready(args.models)
     try:
         if args.latency:
             latency(server.url, sentences, args.latency)

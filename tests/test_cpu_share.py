@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,12 +36,24 @@ def test_cpu_share_reports_the_event_loop_workers_and_client(capsys: pytest.Capt
     assert idle and 0 <= int(idle[1]) <= 100, out
 
 
-def test_cpu_share_compares_two_servers_in_alternating_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cpu_share_compares_two_servers_in_alternating_rounds_a_fresh_pair_each(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     if not list(COMMITTED_MODELS.glob("*/*/model.json")):
         pytest.skip("no committed models")
+    started: list[tuple[cpu_share.ServerProcess, str | None]] = []
+    ready = cpu_share.ServerProcess.ready
+
+    def counted(models: Path, **kwargs: Any) -> cpu_share.ServerProcess:
+        started.append((ready(models, **kwargs), kwargs["settings"].get("instances")))
+        return started[-1][0]
+
+    monkeypatch.setattr(cpu_share.ServerProcess, "ready", counted)
     cpu_share.main(["--models", str(COMMITTED_MODELS), "--clients", "4", "--duration", "1", "--rounds", "2",
                     "--versus", "instances=1"])
     out = capsys.readouterr().out
+    # a new pair each round, the first of it in the round's order, each stopped after its round
+    assert [instances for _, instances in started] == [None, "1", "1", None]
+    assert len({s.port for s, _ in started}) == 4 and all(s.proc.poll() is not None for s, _ in started)
     rounds = re.findall(r"round (\d) ([AB]): +[\d.]+ req/s, server +\d+ us/request, event loop +\d+, "
                         r"model +\d+, mean batch [\d.]+", out)
     assert rounds == [("1", "A"), ("1", "B"), ("2", "B"), ("2", "A")]  # alternating, each round's order flipped
@@ -53,7 +67,7 @@ def test_cpu_share_counts_every_worker_process(capsys: pytest.CaptureFixture[str
     if not list(COMMITTED_MODELS.glob("*/*/model.json")):
         pytest.skip("no committed models")
     cpu_share.main(["--models", str(COMMITTED_MODELS), "--clients", "4", "--duration", "1", "--rounds", "2",
-                    "--versus", "workers=2", "instances=1"])
+                    "--same-servers", "--versus", "workers=2", "instances=1"])
     out = capsys.readouterr().out
     servers = re.findall(r"round \d B: +[\d.]+ req/s, server +(\d+) us/request, event loop +(\d+)", out)
     assert len(servers) == 2
