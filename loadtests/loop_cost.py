@@ -1,6 +1,6 @@
 """The event loop's own CPU per sentiment request, without HTTP, a load generator or their noise.
 
-    python -m loadtests.loop_cost [--model real|instant] [--clients 64] [--requests 8000]
+    python -m loadtests.loop_cost [--model real|instant] [--sleep-us 0] [--clients 64] [--requests 8000]
                                   [--rounds 5] [--garbage] [--layers] [--via asgi|protocol]
 
 Builds the service's app with the models in models/ and the access log on (its lines go to
@@ -13,6 +13,9 @@ uvicorn app costs ~40 us a request on the 2-core VMs).
 Per round it prints requests/s, the event loop thread's CPU a request (``time.thread_time``) and
 the process's (``getrusage``). ``--model instant`` has the classifier's worker answer at once, so
 the loop is all that costs: requests/s is then the serving path's own limit on one core.
+``--sleep-us N`` has it sleep N us a text first: the model's pace without its CPU or its caches
+(2-core VM, stop 52: the loop then costs as much a request as with the real model, ~115-132 us
+against ~73 answered at once: what the loop pays for running a few requests a pass).
 ``--garbage`` counts the objects each request leaves for the garbage collector (``gc.DEBUG_SAVEALL``
 over a round): 0 when reference counting frees every request.
 
@@ -41,7 +44,7 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,10 +157,17 @@ def connect(app: FastAPI, settings: Settings) -> tuple[AnsweringProtocol, Connec
     return protocol, connection
 
 
-def answer_at_once(runner: SentimentRunner) -> None:
-    """The classifier's worker answers every batch at once (the same answer for each text)."""
+def answer_at_once(runner: SentimentRunner, sleep_s: float = 0.0) -> None:
+    """The classifier's worker answers every batch at once (the same answer for each text), or
+    after sleeping ``sleep_s`` a text: as long as a model run, without its CPU or its caches."""
     answer = np.array([[0.25, 0.75]], dtype=np.float32)
-    runner.run = lambda batch: np.repeat(answer, len(batch), axis=0)  # type: ignore[method-assign]
+
+    def run(batch: Sequence[Sequence[int]]) -> np.ndarray:
+        if sleep_s:
+            time.sleep(sleep_s * len(batch))
+        return np.repeat(answer, len(batch), axis=0)
+
+    runner.run = run  # type: ignore[method-assign]
 
 
 @dataclass
@@ -233,7 +243,7 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
         if args.model == "instant":
             runner = app.state.registry.for_task("text-classification").runner
             assert isinstance(runner, SentimentRunner)
-            answer_at_once(runner)
+            answer_at_once(runner, args.sleep_us / 1e6)
         await one_round(min(args.requests, 2000))  # warm: first calls, caches (and builds the stack)
         statuses.clear()
         turns = entries(app, args.layers)
@@ -270,6 +280,9 @@ async def rounds(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("real", "instant"), default="real")
+    p.add_argument("--sleep-us", type=float, default=0.0,
+                   help="with --model instant: the model thread sleeps this long a text before it answers "
+                        "(a run's length without its CPU: whether the loop's cost is the model's doing)")
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--requests", type=int, default=8000, help="a round's")
     p.add_argument("--rounds", type=int, default=5)
@@ -282,11 +295,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.layers and args.via == "protocol":
         p.error("--layers enters the app at its middleware layers: over ASGI only")
+    if args.sleep_us and args.model != "instant":
+        p.error("--sleep-us stands in for the model: with --model instant only")
     import uvloop  # the server's loop (uvicorn's loop="auto" takes it where installed)
 
     with stderr_to_null():
         results, statuses, names = uvloop.run(rounds(args))
-    print(f"{PATH} in process via {args.via}, {args.clients} callers, {args.model} model, "
+    model = f"instant model sleeping {args.sleep_us:g} us a text" if args.sleep_us else f"{args.model} model"
+    print(f"{PATH} in process via {args.via}, {args.clients} callers, {model}, "
           f"{args.requests} requests a round; statuses {statuses}")
     for i, (row, name) in enumerate(zip(results, names, strict=True), 1):
         garbage = f", garbage {row['garbage']:.1f} objects a request" if "garbage" in row else ""

@@ -54,3 +54,13 @@ def test_via_the_protocol_the_direct_route_answers_and_frees_every_request(capsy
 def test_layers_are_the_apps_own_not_the_protocols() -> None:
     with pytest.raises(SystemExit):
         loop_cost.main(["--via", "protocol", "--layers"])
+
+
+def test_a_sleeping_model_paces_the_requests_without_the_models_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    loop_cost.main(["--model", "instant", "--sleep-us", "2000", "--via", "protocol", "--clients", "4",
+                    "--requests", "40", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "instant model sleeping 2000 us a text" in out and "statuses {200: 40}" in out, out
+    rps = float(re.search(r"median: +([\d.]+) req/s", out)[1])  # type: ignore[index]
+    # two model threads, each asleep 2 ms a text: at most 1,000 a second (answered at once: thousands)
+    assert 0 < rps < 2000, out
