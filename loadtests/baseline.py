@@ -21,7 +21,7 @@ from pathlib import Path
 
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.load_generator import LoadGenerator
-from loadtests.server import AS_DEPLOYED, ServerProcess
+from loadtests.server import AS_DEPLOYED, ServerProcess, server_rounds
 
 
 @dataclass
@@ -69,12 +69,8 @@ def compare(checkout: Path, start_ours: Callable[[], ServerProcess], generator: 
     rates: dict[tuple[str, str], list[float]] = {}
     p99: dict[tuple[str, str], list[float]] = {}
     failed: dict[tuple[str, str], int] = {}
-    for r in range(rounds):
-        order = ["this", "baseline"] if r % 2 == 0 else ["baseline", "this"]
-        servers: dict[str, ServerProcess] = {}
-        try:
-            for side in order:  # one after the other: each times its model runs at warm-up, alone
-                servers[side] = starts[side]()
+    with server_rounds(starts, rounds) as each_round:  # a fresh server of each side a round
+        for order, servers, _ in each_round:
             for side in order:
                 generator.run(servers[side].port, requests[all_phases[1].name], all_phases[1].clients, WARMUP_S)
             for phase in all_phases:
@@ -85,9 +81,6 @@ def compare(checkout: Path, start_ours: Callable[[], ServerProcess], generator: 
                     rates.setdefault(key, []).append(result.items_per_s if phase.per_item else result.rps)
                     p99.setdefault(key, []).append(result.percentile(99) * 1000)
                     failed[key] = failed.get(key, 0) + sum(n for s, n in result.statuses.items() if s >= 300)
-        finally:
-            for server in servers.values():
-                server.stop()
     say(f"## This checkout vs the baseline at {checkout} ({rounds} rounds, a fresh server of each side a round, "
         f"{seconds_per_round:.1f} s per phase and side)")
     say("| phase | this (median) | baseline (median) | this / baseline | p99 ms this / baseline | non-2xx |")

@@ -280,7 +280,7 @@ def translation_section(args: argparse.Namespace, server: ServerProcess, generat
     beams = (1, translator.decoding.default_beam_size)
     recorded: dict[int, dict[int, bytes]] = {b: {} for b in beams}
     whole_server = ServerProcess.ready(args.models, translation_scheduler="request", precision=precision,
-                                 settings=AS_DEPLOYED)
+                                       settings=AS_DEPLOYED)
     slice_s = args.duration / args.rounds
     runs: dict[tuple[int, str, int], list[LoadResult]] = {}
     try:

@@ -44,7 +44,7 @@ from typing import NamedTuple
 from loadtests import bench_service  # a module: bench_service uses this one too
 from loadtests.http_client import LoadResult
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
-from loadtests.server import AS_DEPLOYED, ROOT, ServerProcess, metric_values
+from loadtests.server import AS_DEPLOYED, ROOT, ServerProcess, metric_values, server_rounds
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -262,26 +262,18 @@ def report(route: str, clients: int, share: Share) -> None:
 Run = Callable[[float], LoadResult]
 
 
-def compare(start: Callable[[str], ServerProcess], runner: Callable[[int], Run], rounds: int, duration: float,
-            fresh: bool = True) -> None:
-    """Servers A and B (``start(name)`` starts one and waits until it is ready) in alternating rounds
-    (A B, B A, ...): on a machine whose speed drifts, only ratios taken within one run mean anything.
-    ``fresh``: a new pair every round, started in the round's order, so that each side's figure is a
-    median over as many processes as rounds. Prints each round, then medians and B / A."""
-    shares: dict[str, list[Share]] = {"A": [], "B": []}
-    servers: dict[str, ServerProcess] = {}
-    try:
-        for r in range(rounds):
-            order = ["A", "B"] if r % 2 == 0 else ["B", "A"]
-            if fresh or not servers:
-                for server in servers.values():
-                    server.stop()
-                servers.clear()
-                # one after the other: a classifier times its model runs at warm-up to decide how it
-                # cuts batches, and started together each timed them with the other's warm-up on the
-                # cores (B then batched 3.4-5.7 texts where A batched 8.7, in two runs of the same code)
-                for name in order:
-                    servers[name] = start(name)
+def compare(starts: dict[str, Callable[[], ServerProcess]], runner: Callable[[int], Run], rounds: int,
+            duration: float, fresh: bool = True) -> None:
+    """Servers A and B (``starts``: each starts one and returns once it is ready) in alternating
+    rounds (A B, B A, ...): on a machine whose speed drifts, only ratios taken within one run mean
+    anything. ``fresh``: a new pair every round (loadtests/server.py ``server_rounds``), so that each
+    side's figure is a median over as many processes as rounds. Prints each round, then medians and
+    B / A."""
+    shares: dict[str, list[Share]] = {name: [] for name in starts}
+    runs: dict[str, Run] = {}
+    with server_rounds(starts, rounds, fresh) as each_round:
+        for r, (order, servers, new) in enumerate(each_round):
+            if new:
                 runs = {name: runner(server.port) for name, server in servers.items()}
                 for name in order:
                     runs[name](2.0)  # warm-up
@@ -291,9 +283,6 @@ def compare(start: Callable[[str], ServerProcess], runner: Callable[[int], Run],
                 print(f"round {r + 1} {name}: {share.result.rps:8.1f} req/s, server {share.server_us:5.0f} "
                       f"us/request, event loop {share.loop_us:4.0f}, model {share.model_us:4.0f}"
                       f"{_batch_note(share.batches.mean_size)}", flush=True)
-    finally:
-        for server in servers.values():
-            server.stop()
     medians = {name: (statistics.median(s.result.rps for s in got), statistics.median(s.server_us for s in got),
                       statistics.median(s.loop_us for s in got), statistics.median(s.model_us for s in got),
                       statistics.median(s.batches.mean_size for s in got))
@@ -345,17 +334,18 @@ def main(argv: list[str] | None = None) -> None:
 
     versus = dict(kv.split("=", 1) for kv in args.versus or [])
 
-    def start(name: str) -> ServerProcess:
-        if name == "A":
-            return ServerProcess.ready(args.models, settings=settings)
+    def start_a() -> ServerProcess:
+        return ServerProcess.ready(args.models, settings=settings)
+
+    def start_b() -> ServerProcess:
         # another checkout serves its own models/: the same trained weights, in the card format its code reads
         models = args.versus_checkout.resolve() / "models" if args.versus_checkout else args.models
         return ServerProcess.ready(models, settings={**settings, **versus}, checkout=args.versus_checkout)
 
     if args.versus is not None or args.versus_checkout is not None:
-        compare(start, runner, args.rounds, args.duration, fresh=not args.same_servers)
+        compare({"A": start_a, "B": start_b}, runner, args.rounds, args.duration, fresh=not args.same_servers)
         return
-    server = start("A")
+    server = start_a()
     try:
         run = runner(server.port)
         run(2.0)  # warm-up

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,40 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         return self.proc.wait()
+
+
+@contextlib.contextmanager
+def server_rounds(starts: Mapping[str, Callable[[], ServerProcess]], rounds: int,
+                  fresh: bool = True) -> Iterator[Iterator[tuple[list[str], dict[str, ServerProcess], bool]]]:
+    """The servers of a comparison, round by round: each round's order (the sides as given in even
+    rounds, reversed in odd ones), its servers by side, and whether they are new this round. The
+    servers are started in the round's order, one after the other (each ``starts[side]()`` returns
+    once its server is ready): a classifier times its model runs at warm-up to decide how it cuts
+    batches, and started together each timed them with the other's warm-up on the cores (B then
+    batched 3.4-5.7 texts where A batched 8.7, in two runs of the same code). ``fresh``: a new
+    server of each side every round: a server process keeps a speed of its own for its life on the
+    2-core VM, and two of the same code differed by 3-5% over ten rounds (docs/benchmarks.md, stop
+    52); else the first round's for all. Every server is stopped when its round's pair is replaced
+    and when the rounds end, however they end."""
+    sides = list(starts)
+    servers: dict[str, ServerProcess] = {}
+
+    def each_round() -> Iterator[tuple[list[str], dict[str, ServerProcess], bool]]:
+        for r in range(rounds):
+            order = sides if r % 2 == 0 else sides[::-1]
+            new = fresh or not servers
+            if new:
+                _stop_all(servers)
+                for side in order:
+                    servers[side] = starts[side]()
+            yield order, servers, new
+
+    try:
+        yield each_round()
+    finally:
+        _stop_all(servers)
+
+
+def _stop_all(servers: dict[str, ServerProcess]) -> None:
+    while servers:
+        servers.popitem()[1].stop()

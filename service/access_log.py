@@ -52,9 +52,10 @@ class AccessLog:
     def write(self, fields: dict[str, Any]) -> None:
         """Log one request's ``fields`` (JSON-serialisable), after the time, level, logger and pid."""
         now = time.time()
-        # the fields after the ones every line has, which are written as text (none needs escaping)
-        line = f'{{"time":"{utc_time(now)}","level":"INFO","logger":"{self._logger}","pid":{_pid},' \
-            + dumps(fields).decode()[1:]
+        # the ones every line has are written as text (none needs escaping), then the request's own
+        own = dumps(fields).decode()
+        line = f'{{"time":"{utc_time(now)}","level":"INFO","logger":"{self._logger}","pid":{_pid}' \
+            + ("," + own[1:] if fields else "}")
         if not line.isascii():
             # a path with non-ASCII characters (percent-decoded): escaped, so that the line stays one
             # line for readers that also split at U+2028/U+2029/U+0085 (str.splitlines, log
