@@ -5,7 +5,8 @@
 Two processes hand a byte back and forth over a pair of pipes, each blocking in ``read`` until
 the other writes: every hand-over wakes a process that sleeps. Printed per round trip (two
 wake-ups): the wall time and the CPU both processes used (``getrusage``), with both pinned to one
-CPU, to two different CPUs, and left to the scheduler; the median of the rounds.
+CPU, to two different CPUs, and left to the scheduler; the median of the rounds. Linux only
+(``os.sched_setaffinity``, ``os.fork``).
 
 Why: a request to the server wakes its event loop (the client's bytes, a model thread's answers,
 the GIL handed back by a model thread) and the client (the answer), and on the 2-core VMs of
