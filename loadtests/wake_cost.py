@@ -47,13 +47,18 @@ def round_trip(round_trips: int, cpus: tuple[int, int] | None) -> RoundTrip:
     pid = os.fork()
     if pid == 0:  # the child: answers each byte, then leaves without Python's clean-up
         try:
+            os.close(to_child_w)  # the parent's ends: its closing them is the child's end of input
+            os.close(to_parent_r)
             if cpus is not None:
                 os.sched_setaffinity(0, {cpus[1]})
             for _ in range(round_trips):
-                os.read(to_child_r, 1)
+                if not os.read(to_child_r, 1):  # the parent stopped early (an error, Ctrl+C)
+                    break
                 os.write(to_parent_w, b"x")
         finally:
             os._exit(0)
+    os.close(to_child_r)
+    os.close(to_parent_w)
     try:
         if cpus is not None:
             os.sched_setaffinity(0, {cpus[0]})
@@ -66,10 +71,10 @@ def round_trip(round_trips: int, cpus: tuple[int, int] | None) -> RoundTrip:
         wall = time.perf_counter() - started
         own = _cpu_s(resource.RUSAGE_SELF) - cpu_before
     finally:
+        os.close(to_child_w)  # first: a child still waiting for a byte reads the end and leaves
+        os.close(to_parent_r)
         os.waitpid(pid, 0)
         os.sched_setaffinity(0, allowed)
-        for fd in (to_child_r, to_child_w, to_parent_r, to_parent_w):
-            os.close(fd)
     # the child's CPU is known only once it has ended, for all its round trips: the measured ones' share
     child = _cpu_s(resource.RUSAGE_CHILDREN) - children_before
     measured = round_trips - 1
