@@ -50,7 +50,8 @@ def check_baseline(checkout: Path) -> None:
             raise SystemExit(f"baseline {checkout}: {needed} is missing (run `make .venv/.runtime` there)")
 
 
-WARMUP_S = 1.0  # each fresh server's, on the 16-client sentiment phase, before a round's phases
+WARMUP_S = 1.0  # each fresh server's, on WARMUP_PHASE, before a round's phases
+WARMUP_PHASE = "sentiment, 16 clients"
 
 
 def compare(checkout: Path, start_ours: Callable[[], ServerProcess], generator: LoadGenerator,
@@ -66,13 +67,14 @@ def compare(checkout: Path, start_ours: Callable[[], ServerProcess], generator: 
     starts = {"this": start_ours, "baseline": start_theirs}
     all_phases = phases(sentences, sources)
     requests = {phase.name: [encode_post(phase.path, dict(body)) for body in phase.bodies] for phase in all_phases}
+    warmup = next(phase for phase in all_phases if phase.name == WARMUP_PHASE)
     rates: dict[tuple[str, str], list[float]] = {}
     p99: dict[tuple[str, str], list[float]] = {}
     failed: dict[tuple[str, str], int] = {}
     with server_rounds(starts, rounds) as each_round:  # a fresh server of each side a round
         for order, servers, _ in each_round:
             for side in order:
-                generator.run(servers[side].port, requests[all_phases[1].name], all_phases[1].clients, WARMUP_S)
+                generator.run(servers[side].port, requests[warmup.name], warmup.clients, WARMUP_S)
             for phase in all_phases:
                 for side in order:
                     result: LoadResult = generator.run(servers[side].port, requests[phase.name], phase.clients,

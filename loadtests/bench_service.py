@@ -382,7 +382,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="another checkout (with its own .venv) to compare against in alternating rounds "
                         "(loadtests/baseline.py); only that comparison runs")
     args = p.parse_args(argv)
-    args.rounds = args.rounds or (BASELINE_ROUNDS if args.baseline is not None else 3)
+    if args.rounds is None:
+        args.rounds = BASELINE_ROUNDS if args.baseline is not None else 3
+    elif args.rounds < 1:
+        p.error("--rounds must be at least 1")
 
     lines: list[str] = ["# seqserve serving benchmark", "",
                         f"machine: {os.cpu_count()} CPUs; duration per phase {args.duration:.0f} s; load generator "

@@ -129,7 +129,7 @@ def classify(model: ServedModel, pieces: SentimentPieces, deadline: float) -> Co
     engine = model.engine
     assert isinstance(engine, SentimentEngine)
     work = engine.classify_all(pieces.ids, deadline)
-    return work if len(pieces.ids) == len(pieces.counts) else _by_text(work, pieces.counts)
+    return _by_text(work, pieces.counts) if pieces.split else work
 
 
 async def _by_text(work: Coroutine[Any, Any, list[list[float]]], counts: list[int]) -> list[list[float]]:
