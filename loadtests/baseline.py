@@ -10,6 +10,11 @@ on both alike; the ratio printed is of the two medians over rounds. A fresh pair
 process keeps a speed of its own for its life on the 2-core VM (two started alike from the same
 code differed by 3-5 % over ten alternating rounds; docs/benchmarks.md, stop 52), and with one
 process a side the ratio was as much that luck as the code (2.28-2.55x at 64 clients in six runs).
+
+Around each sentiment run it reads the server's CPU (loadtests/cpu_share.py ``measure``) and prints
+it per answered request: this checkout's split into the model and serving, as `make bench` splits
+it, so that one run gives both of issue 15's lines (the ratio and the serving cost), and the
+baseline's whole (a checkout that counts no model CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtests import cpu_share  # a module: cpu_share imports bench_service, which imports this one
 from loadtests.http_client import LoadResult, encode_post
 from loadtests.load_generator import LoadGenerator
 from loadtests.server import AS_DEPLOYED, ServerProcess, server_rounds
@@ -71,15 +77,23 @@ def compare(checkout: Path, start_ours: Callable[[], ServerProcess], generator: 
     rates: dict[tuple[str, str], list[float]] = {}
     p99: dict[tuple[str, str], list[float]] = {}
     failed: dict[tuple[str, str], int] = {}
+    shares: dict[tuple[str, str], list[cpu_share.Share]] = {}
     with server_rounds(starts, rounds) as each_round:  # a fresh server of each side a round
         for order, servers, _ in each_round:
             for side in order:
                 generator.run(servers[side].port, requests[warmup.name], warmup.clients, WARMUP_S)
             for phase in all_phases:
                 for side in order:
-                    result: LoadResult = generator.run(servers[side].port, requests[phase.name], phase.clients,
-                                                       seconds_per_round)[0]
                     key = (phase.name, side)
+
+                    def run(seconds: float, port: int = servers[side].port, phase: Phase = phase) -> LoadResult:
+                        return generator.run(port, requests[phase.name], phase.clients, seconds)[0]
+
+                    if phase.path == "/v1/sentiment":  # the CPU it cost each server, read around the run
+                        shares.setdefault(key, []).append(cpu_share.measure(servers[side], run, seconds_per_round))
+                        result = shares[key][-1].result
+                    else:
+                        result = run(seconds_per_round)
                     rates.setdefault(key, []).append(result.items_per_s if phase.per_item else result.rps)
                     p99.setdefault(key, []).append(result.percentile(99) * 1000)
                     failed[key] = failed.get(key, 0) + sum(n for s, n in result.statuses.items() if s >= 300)
@@ -94,4 +108,28 @@ def compare(checkout: Path, start_ours: Callable[[], ServerProcess], generator: 
             f"{statistics.median(p99[(phase.name, 'this')]):.0f} / "
             f"{statistics.median(p99[(phase.name, 'baseline')]):.0f} | "
             f"{failed[(phase.name, 'this')]} / {failed[(phase.name, 'baseline')]} |")
+    say("")
+    say_cpu(shares, say)
+
+
+def say_cpu(shares: Mapping[tuple[str, str], Sequence[cpu_share.Share]], say: Callable[[str], None]) -> None:
+    """The sentiment phases' server CPU per answered request, from the runs above: this checkout's
+    split into the model (inside ONNX Runtime's runs, seqserve_model_cpu_seconds_total) and serving
+    (the rest: issue 15's serving cost, measured on as many fresh servers as rounds), and the
+    baseline's whole (it counts no model CPU). Each a median over the rounds."""
+    say("## Sentiment: server CPU per answered request in the same runs (us; medians over the rounds)")
+    say("server = all the server's threads (/proc); model = inside ONNX Runtime's runs "
+        "(seqserve_model_cpu_seconds_total); serving = server - model, the round's own\n")
+    say("| phase | this: server | model | serving | of which event loop | mean batch | padding | baseline: server |")
+    say("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (name, side), ours in shares.items():
+        if side != "this":
+            continue
+        batches = sum((share.batches for share in ours), cpu_share.Batches())
+        theirs = statistics.median(share.server_us for share in shares[(name, "baseline")])
+        say(f"| {name} | {statistics.median(s.server_us for s in ours):.0f} | "
+            f"{statistics.median(s.model_us for s in ours):.0f} | "
+            f"**{statistics.median(s.server_us - s.model_us for s in ours):.0f}** | "
+            f"{statistics.median(s.loop_us for s in ours):.0f} | {batches.mean_size:.1f} | {batches.padding:.0%} | "
+            f"{theirs:.0f} |")
     say("")

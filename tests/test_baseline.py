@@ -31,3 +31,14 @@ def test_every_phase_is_compared_with_a_fresh_server_of_each_side_a_round() -> N
     rows = [re.fullmatch(r"\| (.+?) \| [\d,.]+ (?:sentences|requests)/s \| [\d,.]+ \| \*\*[\d.]+x\*\* \| \d+ / \d+ \| "
                          r"0 / 0 \|", line) for line in lines[3:8]]
     assert [row[1] for row in rows if row] == [phase.name for phase in baseline.phases([], [])], lines
+    # the sentiment phases' server CPU, read around the same runs: this checkout's split, the baseline's whole
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Sentiment: server CPU"))
+    row_shape = r"\| (.+?) \| (\d+) \| (\d+) \| \*\*(-?\d+)\*\* \| (\d+) \| ([\d.]+) \| \d+% \| (\d+) \|"
+    cpu_rows = [re.fullmatch(row_shape, line) for line in lines[start + 4 : start + 7]]
+    assert all(cpu_rows), lines[start:]
+    assert [row[1] for row in cpu_rows if row] == [p.name for p in baseline.phases([], []) if p.path == "/v1/sentiment"]
+    for row in cpu_rows:
+        assert row is not None
+        server, model, serving, loop, mean_batch, theirs = (float(row[i]) for i in range(2, 8))
+        assert 0 < model < server and 0 < loop < server and mean_batch >= 1 and theirs > 0
+        assert serving < server  # a median of each round's own difference, near server - model
