@@ -1,6 +1,6 @@
 """Where the CPU goes per request: the server's threads and the load generator, under load.
 
-    python -m loadtests.cpu_share [--route sentiment|translate] [--clients 64] [--beam 1]
+    python -m loadtests.cpu_share [--route sentiment|translate] [--clients 64] [--beam 1] [--texts 1]
                                   [--duration 8] [SETTING=value ...]
                                   [--versus [SETTING=value ...]] [--versus-checkout DIR] [--rounds 4]
 
@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from loadtests import bench_service  # a module: bench_service uses this one too
-from loadtests.http_client import LoadResult
+from loadtests.http_client import LoadResult, encode_post
 from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
+from loadtests.load_generator import LoadGenerator
 from loadtests.server import AS_DEPLOYED, ROOT, ServerProcess, metric_values, server_rounds
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -299,11 +300,22 @@ def _batch_note(mean_batch: float) -> str:
     return f", mean batch {mean_batch:.1f}" if mean_batch else ""
 
 
+def sentiment_lists(sentences: list[str], per_request: int) -> list[bytes]:
+    """POST /v1/sentiment requests of ``per_request`` sentences each (``texts``), the sentences
+    taken in turn: a client scoring a list at a time, whose texts the batcher runs together."""
+    count = len(sentences)
+    return [encode_post("/v1/sentiment", {"texts": [sentences[(start + i) % count] for i in range(per_request)]})
+            for start in range(0, count, per_request)]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--route", choices=("sentiment", "translate"), default="sentiment")
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--beam", type=int, default=1, help="translate: beam size")
+    p.add_argument("--texts", type=int, default=1, help=(
+        "sentiment: SST-2 test sentences a request ({\"texts\": [...]} where more than one); the CPU "
+        "figures are then a request's, of that many texts"))
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
@@ -320,7 +332,14 @@ def main(argv: list[str] | None = None) -> None:
 
     # as deployed (the access log on, which the issue's serving cost counts), unless the arguments say
     settings = {**AS_DEPLOYED, **dict(kv.split("=", 1) for kv in args.settings)}
-    if args.route == "sentiment":
+    if args.texts < 1:
+        p.error("--texts must be at least 1")
+    if args.route == "sentiment" and args.texts > 1:
+        lists = sentiment_lists(sentiment_texts(args.data_dir, "test"), args.texts)
+
+        def runner(port: int) -> Run:
+            return lambda seconds: LoadGenerator().run(port, lists, args.clients, seconds)[0]
+    elif args.route == "sentiment":
         texts = sentiment_texts(args.data_dir, "test")
 
         def runner(port: int) -> Run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -72,3 +73,21 @@ def test_cpu_share_counts_every_worker_process(capsys: pytest.CaptureFixture[str
     servers = re.findall(r"round \d B: +[\d.]+ req/s, server +(\d+) us/request, event loop +(\d+)", out)
     assert len(servers) == 2
     assert all(int(server) > 100 and int(loop) > 50 for server, loop in servers), servers
+
+
+def test_cpu_share_sends_lists_of_texts(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--texts N``: each request a list of N sentences, which the batcher runs together."""
+    if not list(COMMITTED_MODELS.glob("*/*/model.json")):
+        pytest.skip("no committed models")
+    cpu_share.main(["--models", str(COMMITTED_MODELS), "--clients", "1", "--texts", "8", "--duration", "1"])
+    out = capsys.readouterr().out
+    mean_batch = re.search(r"mean batch +([\d.]+) texts", out)
+    assert mean_batch and float(mean_batch[1]) > 1.5, out  # one client alone: a batch is its own list's texts
+    with pytest.raises(SystemExit):
+        cpu_share.main(["--texts", "0"])
+
+
+def test_sentiment_lists_take_the_sentences_in_turn() -> None:
+    requests = cpu_share.sentiment_lists(["a", "b", "c", "d", "e"], 2)
+    bodies = [json.loads(request.partition(b"\r\n\r\n")[2]) for request in requests]
+    assert bodies == [{"texts": ["a", "b"]}, {"texts": ["c", "d"]}, {"texts": ["e", "a"]}]
