@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {**AS_DEPLOYED, **dict(kv.split("=", 1) for kv in args.settings)}
     if args.texts < 1:
         p.error("--texts must be at least 1")
+    if args.texts > 1 and args.route != "sentiment":
+        p.error("--texts is for --route sentiment (a translation request is one text)")
     if args.route == "sentiment" and args.texts > 1:
         lists = sentiment_lists(sentiment_texts(args.data_dir, "test"), args.texts)
 

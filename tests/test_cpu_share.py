@@ -83,8 +83,9 @@ def test_cpu_share_sends_lists_of_texts(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     mean_batch = re.search(r"mean batch +([\d.]+) texts", out)
     assert mean_batch and float(mean_batch[1]) > 1.5, out  # one client alone: a batch is its own list's texts
-    with pytest.raises(SystemExit):
-        cpu_share.main(["--texts", "0"])
+    for refused in (["--texts", "0"], ["--route", "translate", "--texts", "4"]):
+        with pytest.raises(SystemExit):
+            cpu_share.main(refused)
 
 
 def test_sentiment_lists_take_the_sentences_in_turn() -> None:
