@@ -104,37 +104,32 @@ class RawSentiment:
 
 
 class ServedCpu:
-    """Server CPU over served sentiment runs: all threads and the event loop (from /proc, as
-    loadtests/cpu_share.py reads them), the model's share (seqserve_model_cpu_seconds_total: the
-    CPU of the threads calling ONNX Runtime, inside its runs, on the batches the server formed),
-    and those batches (their sizes and padding)."""
+    """Server CPU over served sentiment runs, each measured as loadtests/cpu_share.py measures one
+    (``measure``): all threads and the event loop (from /proc), the model's share
+    (seqserve_model_cpu_seconds_total: the CPU of the threads calling ONNX Runtime, inside its
+    runs, on the batches the server formed), and those batches (their sizes and padding)."""
 
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
-        self.cpu = self.loop = self.model = self.answered = 0.0
-        self.batches = cpu_share.Batches()
-
-    def _metrics(self) -> tuple[float, cpu_share.Batches]:
-        return cpu_share.counters(self.server.url, model="sentiment")
+        self.shares: list[cpu_share.Share] = []
 
     def run(self, sentences: list[str], clients: int, duration: float, generator: LoadGenerator) -> LoadResult:
-        # /metrics is read outside the /proc readings: its own cost is not a request's
-        model_before, batches_before = self._metrics()
-        cpu_before = cpu_share.server_cpu(self.server.proc.pid)
-        result = http_sentiment(self.server.port, sentences, clients, duration, generator)
-        cpu_after = cpu_share.server_cpu(self.server.proc.pid)
-        model_after, batches_after = self._metrics()
-        self.cpu += cpu_after[0] - cpu_before[0]
-        self.loop += cpu_after[1] - cpu_before[1]
-        self.model += model_after - model_before
-        self.batches += batches_after - batches_before
-        self.answered += cpu_share.answered_in_run(result, duration)
-        return result
+        share = cpu_share.measure(self.server, lambda seconds: http_sentiment(
+            self.server.port, sentences, clients, seconds, generator), duration)
+        self.shares.append(share)
+        return share.result
+
+    @property
+    def batches(self) -> cpu_share.Batches:
+        return sum((share.batches for share in self.shares), cpu_share.Batches())
 
     def per_request_us(self) -> tuple[float, float, float]:
-        """(all threads, model, event loop) CPU microseconds per answered request."""
-        per = 1e6 / max(self.answered, 1.0)
-        return self.cpu * per, self.model * per, self.loop * per
+        """(all threads, model, event loop) CPU microseconds per answered request, over all the runs."""
+        answered = max(sum(share.answered for share in self.shares), 1.0)
+        server = sum(share.server_us * share.answered for share in self.shares) / answered
+        model = sum(share.model_us * share.answered for share in self.shares) / answered
+        loop = sum(share.loop_us * share.answered for share in self.shares) / answered
+        return server, model, loop
 
 
 def raw_runners(models: Path, sentences: list[str], sizes: list[int]) -> dict[str, RawSentiment]:

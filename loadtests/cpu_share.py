@@ -336,16 +336,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--texts must be at least 1")
     if args.texts > 1 and args.route != "sentiment":
         p.error("--texts is for --route sentiment (a translation request is one text)")
-    if args.route == "sentiment" and args.texts > 1:
-        lists = sentiment_lists(sentiment_texts(args.data_dir, "test"), args.texts)
+    if args.route == "sentiment":
+        sentences = sentiment_texts(args.data_dir, "test")
+        requests = sentiment_lists(sentences, args.texts) if args.texts > 1 else \
+            [encode_post("/v1/sentiment", {"text": s}) for s in sentences]
 
         def runner(port: int) -> Run:
-            return lambda seconds: LoadGenerator().run(port, lists, args.clients, seconds)[0]
-    elif args.route == "sentiment":
-        texts = sentiment_texts(args.data_dir, "test")
-
-        def runner(port: int) -> Run:
-            return lambda seconds: bench_service.http_sentiment(port, texts, args.clients, seconds)
+            return lambda seconds: LoadGenerator().run(port, requests, args.clients, seconds)[0]
     else:
         texts = translation_texts(args.data_dir, "test_2016_flickr")
         random.Random(0).shuffle(texts)
