@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import sentencepiece as spm
 
 from service.truecasing import Truecaser
+from service.word_memory import WordMemory
 
 if TYPE_CHECKING:
     from service.model_card import TokenizerSpec
@@ -220,6 +221,9 @@ class SubwordTokenizer:
         self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
         self._plain = str.maketrans({char: plain for char, plain in TYPOGRAPHIC.items()
                                      if self._spells_as_bytes(char)})
+        # texts tokenised by their words' remembered ids (service/word_memory.py); not with a
+        # truecaser, which reads a word's case by its place in the sentence
+        self.word_memory = WordMemory(self._sp, self.normalize) if truecaser is None else None
 
     @classmethod
     def from_spec(cls, model_dir: Path, spec: TokenizerSpec) -> SubwordTokenizer:
@@ -243,9 +247,17 @@ class SubwordTokenizer:
         return self.truecaser(text) if self.truecaser is not None else text
 
     def encode(self, text: str, add_eos: bool = False) -> list[int]:
-        ids: list[int] = self._sp.encode(self.normalize(text), out_type=int)
+        memory = self.word_memory
+        ids = memory.encode(text) if memory is not None else None
+        if ids is None:
+            ids = self.encode_whole(text)
         if add_eos:
             ids.append(EOS_ID)
+        return ids
+
+    def encode_whole(self, text: str) -> list[int]:
+        """The text normalised and encoded by sentencepiece in one piece, not word by word."""
+        ids: list[int] = self._sp.encode(self.normalize(text), out_type=int)
         return ids
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
