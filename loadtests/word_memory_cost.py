@@ -10,13 +10,14 @@ This streams texts it has not seen through a fresh tokenizer of models/sentiment
 For each block it prints the share of texts that taught the memory a word (a word it did not
 hold), how many words it held before the block, and the CPU a text (``time.thread_time``)
 tokenised through the memory against normalised and encoded whole (as before), each timed on the
-same block in turn.
+same block in turn; at the end, what the memory's table takes.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 from loadtests.inputs import DATA_DIR, sentiment_texts
 from service.model_card import load_model_card
 from service.tokenization import SubwordTokenizer
+from service.word_memory import WordMemory
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -83,6 +85,16 @@ def main() -> None:
             us_whole = cpu_per_text(whole, block)
             print(f"{name:<22} {start:>5}-{start + len(block):<5} {taught:>10.1%} "
                   f"{size_before:>10,} {us_memory:>10.1f} {us_whole:>9.1f}", flush=True)
+    print(f"the memory holds {len(memory):,} words in {footprint(memory) / 1e6:.1f} MB "
+          f"({footprint(memory) / max(len(memory), 1):.0f} bytes a word)")
+
+
+def footprint(memory: WordMemory) -> int:
+    """Bytes the memory's table takes: the dict, its words, their id tuples and the ids that are
+    not Python's shared small ints."""
+    table = memory._ids
+    return sys.getsizeof(table) + sum(sys.getsizeof(word) + sys.getsizeof(ids)
+                                      + sum(sys.getsizeof(i) for i in ids if i > 256) for word, ids in table.items())
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """A text's subword ids as its words' ids, remembered: each word normalised and encoded once.
 
 Every request's text is normalised (service/tokenization.py) and encoded by sentencepiece on the
-event loop, ~12 µs a SST-2 sentence warm and more between model runs, and sentencepiece's binding
-lets go of the GIL on every call (0.2.x, pybind11), handing it to a model thread that waits for
-it. Texts rarely repeat, words do, as spaCy's tokenizer also relies on (it caches each
-space-separated substring's tokens). For printable ASCII text, tokenising word by word gives the
-ids of tokenising the whole text:
+event loop: ~15 µs a SST-2 sentence warm, more between model runs, most of it the normaliser's
+Python (and sentencepiece's binding lets go of the GIL on every call, 0.2.x, pybind11). Texts
+rarely repeat, words do, as spaCy's tokenizer also relies on (it caches each space-separated
+substring's tokens). For printable ASCII text, tokenising word by word gives the ids of tokenising
+the whole text:
 
 - The normalisers' rules look no further than a word's own characters: a quote opens at a word's
   start and closes at its end, clitics, negations and corpus markup sit inside a word, punctuation
@@ -41,7 +41,7 @@ class WordMemory:
     """``encode(text)``: the ids of a raw text, from its words' remembered ids (the module's
     docstring), or None for a text that must be tokenised whole.
 
-    It keeps up to ``capacity`` words of at most ``longest`` characters (~5 MB at the defaults).
+    It keeps up to ``capacity`` words of at most ``longest`` characters (~7 MB at the defaults).
     A full memory forgets the older half of what it holds: text that fills it with words never
     seen again costs their tokenising, not memory."""
 
@@ -95,6 +95,6 @@ class WordMemory:
         over = len(known) + len(keep) - self.capacity
         if over > 0:  # forget the older half at least (a dict keeps its insertion order)
             for word in list(itertools.islice(known, max(over, len(known) // 2))):
-                del known[word]
+                known.pop(word, None)
         known.update(keep)
         return text_ids
