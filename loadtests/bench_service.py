@@ -124,11 +124,11 @@ class ServedCpu:
         return sum((share.batches for share in self.shares), cpu_share.Batches())
 
     def per_request_us(self) -> tuple[float, float, float]:
-        """(all threads, model, event loop) CPU microseconds per answered request, over all the runs."""
+        """(all threads, model, event loop) CPU microseconds per answered request, over all the
+        runs: each run's figure weighted by the requests it answered."""
         answered = max(sum(share.answered for share in self.shares), 1.0)
-        server = sum(share.server_us * share.answered for share in self.shares) / answered
-        model = sum(share.model_us * share.answered for share in self.shares) / answered
-        loop = sum(share.loop_us * share.answered for share in self.shares) / answered
+        server, model, loop = (sum(getattr(share, figure) * share.answered for share in self.shares) / answered
+                               for figure in ("server_us", "model_us", "loop_us"))
         return server, model, loop
 
 
@@ -215,10 +215,14 @@ def sentiment_section(args: argparse.Namespace, server: ServerProcess, generator
     say("")
 
 
+def sentiment_requests(sentences: list[str]) -> list[bytes]:
+    """POST /v1/sentiment requests of one sentence each, as a client sends them."""
+    return [encode_post("/v1/sentiment", {"text": s}) for s in sentences]
+
+
 def http_sentiment(port: int, sentences: list[str], clients: int, duration: float,
                    generator: LoadGenerator | None = None) -> LoadResult:
-    requests = [encode_post("/v1/sentiment", {"text": s}) for s in sentences]
-    return (generator or LoadGenerator()).run(port, requests, clients, duration)[0]
+    return (generator or LoadGenerator()).run(port, sentiment_requests(sentences), clients, duration)[0]
 
 
 def http_translate(port: int, sources: list[str], clients: int, duration: float, beam_size: int,

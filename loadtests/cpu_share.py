@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.route == "sentiment":
         sentences = sentiment_texts(args.data_dir, "test")
         requests = sentiment_lists(sentences, args.texts) if args.texts > 1 else \
-            [encode_post("/v1/sentiment", {"text": s}) for s in sentences]
+            bench_service.sentiment_requests(sentences)
 
         def runner(port: int) -> Run:
             return lambda seconds: LoadGenerator().run(port, requests, args.clients, seconds)[0]

@@ -16,13 +16,12 @@ same block in turn; at the end, what the memory's table takes.
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from loadtests.inputs import DATA_DIR, sentiment_texts
+from loadtests.inputs import DATA_DIR, sentiment_texts, translation_texts
 from service.model_card import load_model_card
 from service.tokenization import SubwordTokenizer
 from service.word_memory import WordMemory
@@ -38,8 +37,7 @@ def sentiment_tokenizer(models: Path) -> SubwordTokenizer:
 
 def streams(data_dir: Path) -> Iterator[tuple[str, list[str]]]:
     yield "SST-2 train", sentiment_texts(data_dir, "train")
-    with gzip.open(data_dir / "multi30k" / "train.en.gz", "rt", encoding="utf-8") as handle:
-        yield "Multi30k train (en)", [line.strip() for line in handle if line.strip()]
+    yield "Multi30k train (en)", translation_texts(data_dir, "train")
     test = sentiment_texts(data_dir, "test")
     yield "SST-2 test", test
     yield "SST-2 test again", test
@@ -57,12 +55,15 @@ def through_memory(tokenizer: SubwordTokenizer, texts: list[str]) -> tuple[float
     memory = tokenizer.word_memory
     assert memory is not None
     taught = 0
-    started = time.thread_time()
-    for text in texts:
+
+    def encode(text: str) -> list[int]:
+        nonlocal taught
         before = len(memory)
-        tokenizer.encode(text)
+        ids = tokenizer.encode(text)
         taught += len(memory) != before
-    return (time.thread_time() - started) / len(texts) * 1e6, taught / len(texts)
+        return ids
+
+    return cpu_per_text(encode, texts), taught / len(texts)
 
 
 def main() -> None:
